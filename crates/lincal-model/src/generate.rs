@@ -1,0 +1,250 @@
+//! Batched sampling with a KV cache: prompts are left-padded, prefilled in one forward pass,
+//! then decoded one token per step for the whole batch.
+
+use crate::error::{ModelError, Result};
+use crate::layers::{attention_mask, positions_from_mask};
+use crate::model::CausalLm;
+use crate::tokenizer::Tokenizer;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use tch::{Kind, Tensor};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 is greedy decoding.
+    pub temperature: f64,
+    /// Nucleus sampling; 1.0 disables it.
+    pub top_p: f64,
+    /// 0 disables it.
+    pub top_k: i64,
+    pub max_new_tokens: i64,
+    /// Generation of a row ends once its text contains one of these; the text is cut before it.
+    pub stop: Vec<String>,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams { temperature: 0.7, top_p: 1.0, top_k: 0, max_new_tokens: 256, stop: Vec::new(), seed: 42 }
+    }
+}
+
+impl SamplingParams {
+    pub fn validate(&self) -> Result<()> {
+        let problem = if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            format!("temperature must be >= 0, got {}", self.temperature)
+        } else if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            format!("top_p must be in (0, 1], got {}", self.top_p)
+        } else if self.top_k < 0 {
+            format!("top_k must be >= 0, got {}", self.top_k)
+        } else if self.max_new_tokens < 1 {
+            format!("max_new_tokens must be >= 1, got {}", self.max_new_tokens)
+        } else {
+            return Ok(());
+        };
+        Err(ModelError::Invalid(problem))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Eos,
+    Stop,
+    Length,
+}
+
+/// One row's result. `tokens` includes the EOS token when one ended the row; `logprobs[i]` is
+/// the log-probability of `tokens[i]` under the temperature-scaled distribution (before top-k
+/// and top-p filtering), the quantity PPO needs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Generation {
+    pub tokens: Vec<i64>,
+    pub logprobs: Vec<f32>,
+    pub text: String,
+    pub finish_reason: FinishReason,
+}
+
+/// Token ids and log-probs of a batch as device tensors `[B, N]`, right-padded with `pad_id`
+/// (log-prob 0) after each row's end: the form PPO consumes without leaving the GPU.
+pub struct GeneratedBatch {
+    pub tokens: Tensor,
+    pub logprobs: Tensor,
+    /// Tokens each row produced (EOS included).
+    pub lengths: Vec<i64>,
+    pub finish_reasons: Vec<FinishReason>,
+}
+
+/// Left-pads `prompts` into `[B, P]` ids and a `[B, P]` mask (1 = real token).
+pub fn left_pad(prompts: &[Vec<i64>], pad_id: i64, device: tch::Device) -> (Tensor, Tensor) {
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(prompts.len() * width);
+    let mut mask = Vec::with_capacity(prompts.len() * width);
+    for prompt in prompts {
+        let pad = width - prompt.len();
+        ids.extend(std::iter::repeat_n(pad_id, pad).chain(prompt.iter().copied()));
+        mask.extend(std::iter::repeat_n(0i64, pad).chain(std::iter::repeat_n(1, prompt.len())));
+    }
+    let shape = [prompts.len() as i64, width as i64];
+    (Tensor::from_slice(&ids).view(shape).to_device(device), Tensor::from_slice(&mask).view(shape).to_device(device))
+}
+
+/// Samples `[B]` next tokens from `logits` `[B, V]` by inverting the CDF at `uniform` `[B]`
+/// (draws in [0, 1)); returns them with their log-probs. The draws come from the caller's
+/// seeded generator, not libtorch's global one, so results do not depend on what else runs.
+pub fn sample_next(logits: &Tensor, params: &SamplingParams, uniform: &Tensor) -> (Tensor, Tensor) {
+    let logits = logits.to_kind(Kind::Float);
+    if params.temperature == 0.0 {
+        let tokens = logits.argmax(-1, false);
+        let logprobs = logits.log_softmax(-1, Kind::Float).gather(-1, &tokens.unsqueeze(-1), false).squeeze_dim(-1);
+        return (tokens, logprobs);
+    }
+    let scaled = logits / params.temperature;
+    let logprobs_all = scaled.log_softmax(-1, Kind::Float);
+    let mut filtered = scaled;
+    let vocab = filtered.size()[1];
+    if params.top_k > 0 && params.top_k < vocab {
+        let (top, _) = filtered.topk(params.top_k, -1, true, true);
+        let kth = top.narrow(-1, params.top_k - 1, 1);
+        filtered = filtered.masked_fill(&filtered.lt_tensor(&kth), f64::NEG_INFINITY);
+    }
+    if params.top_p < 1.0 {
+        let (sorted, order) = filtered.sort(-1, true);
+        let probs = sorted.softmax(-1, Kind::Float);
+        // Drop a token when the tokens ranked above it already cover top_p; the first stays.
+        let before = probs.cumsum(-1, Kind::Float) - &probs;
+        let drop_sorted = before.gt(params.top_p);
+        let drop = drop_sorted.scatter(-1, &order, &drop_sorted);
+        filtered = filtered.masked_fill(&drop, f64::NEG_INFINITY);
+    }
+    let cdf = filtered.softmax(-1, Kind::Float).cumsum(-1, Kind::Float);
+    let target = (uniform.unsqueeze(-1) * cdf.narrow(-1, vocab - 1, 1)).to_kind(Kind::Float);
+    let tokens = target.searchsorted(&cdf, false, true, "right", None::<Tensor>).squeeze_dim(-1).clamp_max(vocab - 1);
+    let logprobs = logprobs_all.gather(-1, &tokens.unsqueeze(-1), false).squeeze_dim(-1);
+    (tokens, logprobs)
+}
+
+/// How often (in steps) the loop asks the GPU whether every row has finished. Each check is a
+/// device synchronisation that stalls the launch pipeline, so it is not done every token.
+const FINISHED_CHECK_INTERVAL: i64 = 16;
+
+/// Generates continuations of `prompts` (token ids). Rows end at any of `eos_ids`, at a stop
+/// string (needs `stop_tokenizer`), or after `max_new_tokens`.
+pub fn generate_batch(model: &CausalLm, prompts: &[Vec<i64>], params: &SamplingParams, eos_ids: &[i64], pad_id: i64, stop_tokenizer: Option<&Tokenizer>, mut on_token: Option<&mut dyn FnMut(usize, i64)>) -> Result<GeneratedBatch> {
+    params.validate()?;
+    if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
+        return Err(ModelError::Invalid("every prompt needs at least one token".into()));
+    }
+    if !params.stop.is_empty() && stop_tokenizer.is_none() {
+        return Err(ModelError::Invalid("stop strings need the tokenizer".into()));
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(params.seed);
+    let device = model.device();
+    let batch = prompts.len() as i64;
+    let (input_ids, mut key_mask) = left_pad(prompts, pad_id, device);
+    let prompt_len = input_ids.size()[1];
+    let mut cache = model.new_cache(batch, prompt_len + params.max_new_tokens);
+    let eos = Tensor::from_slice(eos_ids).to_device(device);
+    let mut positions = positions_from_mask(&key_mask);
+    let mut finished = Tensor::zeros([batch], (Kind::Bool, device));
+    // Stop strings and streaming need each token on the host anyway; then the host decides
+    // which rows are done, otherwise the GPU does and is asked only now and then.
+    let track_on_host = !params.stop.is_empty() || on_token.is_some();
+    let mut row_done = vec![false; prompts.len()];
+    let mut stopped = vec![false; prompts.len()];
+    let mut host_tokens: Vec<Vec<i64>> = vec![Vec::new(); prompts.len()];
+    let (mut tokens, mut logprobs) = (Vec::new(), Vec::new());
+    tch::no_grad(|| -> Result<()> {
+        let hidden = model.forward(&input_ids, &positions, Some(&attention_mask(&key_mask, prompt_len)), Some(&mut cache));
+        let mut logits = model.logits(&hidden.select(1, -1));
+        positions = positions.select(1, -1);
+        for step in 0..params.max_new_tokens {
+            let draws: Vec<f32> = (0..batch).map(|_| rng.random::<f32>()).collect();
+            let (next, logp) = sample_next(&logits, params, &Tensor::from_slice(&draws).to_device(device));
+            let next = next.where_self(&finished.logical_not(), &Tensor::from(pad_id).to_device(device));
+            tokens.push(next.shallow_clone());
+            logprobs.push(logp.masked_fill(&finished, 0.0));
+            let all_finished = if track_on_host {
+                let ids = Vec::<i64>::try_from(&next).expect("ids on host");
+                for (row, &id) in ids.iter().enumerate() {
+                    if row_done[row] {
+                        continue;
+                    }
+                    host_tokens[row].push(id);
+                    if let Some(callback) = on_token.as_mut() {
+                        callback(row, id);
+                    }
+                    if eos_ids.contains(&id) {
+                        row_done[row] = true;
+                    } else if let Some(tokenizer) = stop_tokenizer.filter(|_| !params.stop.is_empty()) {
+                        stopped[row] = stop_position(tokenizer, &host_tokens[row], &params.stop)?.is_some();
+                        row_done[row] = stopped[row];
+                    }
+                }
+                finished = Tensor::from_slice(&row_done).to_device(device);
+                row_done.iter().all(|&d| d)
+            } else {
+                finished = finished.logical_or(&Tensor::isin(&next, &eos, false, false));
+                (step + 1) % FINISHED_CHECK_INTERVAL == 0 && finished.all().int64_value(&[]) == 1
+            };
+            if all_finished || step + 1 == params.max_new_tokens {
+                break;
+            }
+            key_mask = Tensor::cat(&[&key_mask, &Tensor::ones([batch, 1], (Kind::Int64, device))], 1);
+            positions = &positions + 1;
+            let mask = attention_mask(&key_mask, 1);
+            let hidden = model.forward(&next.unsqueeze(1), &positions.unsqueeze(1), Some(&mask), Some(&mut cache));
+            logits = model.logits(&hidden.squeeze_dim(1));
+        }
+        Ok(())
+    })?;
+    let tokens = Tensor::stack(&tokens, 1);
+    let logprobs = Tensor::stack(&logprobs, 1);
+    let (lengths, finish_reasons) = row_ends(&tokens, eos_ids, pad_id, &stopped);
+    Ok(GeneratedBatch { tokens, logprobs, lengths, finish_reasons })
+}
+
+/// Length and finish reason of each row from the token matrix (trailing pads are not output).
+fn row_ends(tokens: &Tensor, eos_ids: &[i64], pad_id: i64, stopped: &[bool]) -> (Vec<i64>, Vec<FinishReason>) {
+    let rows = Vec::<Vec<i64>>::try_from(tokens.to_device(tch::Device::Cpu)).expect("2-d ids");
+    rows.iter()
+        .zip(stopped)
+        .map(|(row, &stopped)| match row.iter().position(|id| eos_ids.contains(id)) {
+            Some(i) => (i as i64 + 1, FinishReason::Eos),
+            None if stopped => (row.iter().rposition(|&id| id != pad_id).map_or(0, |i| i as i64 + 1), FinishReason::Stop),
+            None => (row.len() as i64, FinishReason::Length),
+        })
+        .unzip()
+}
+
+/// Byte offset of the first stop string in the decoded text of `tokens`, if any.
+fn stop_position(tokenizer: &Tokenizer, tokens: &[i64], stop: &[String]) -> Result<Option<usize>> {
+    let text = tokenizer.decode(tokens, true)?;
+    Ok(stop.iter().filter_map(|s| text.find(s.as_str())).min())
+}
+
+/// Generates for text prompts and decodes the results.
+pub fn generate_text(model: &CausalLm, tokenizer: &Tokenizer, prompts: &[Vec<i64>], params: &SamplingParams, on_token: Option<&mut dyn FnMut(usize, i64)>) -> Result<Vec<Generation>> {
+    let mut eos_ids = tokenizer.eos_token_ids();
+    for id in model.config().eos_token_ids() {
+        if !eos_ids.contains(&id) {
+            eos_ids.push(id);
+        }
+    }
+    let pad_id = model.config().pad_token_id().or_else(|| tokenizer.pad_token().and_then(|t| tokenizer.token_id(&t))).or(eos_ids.first().copied()).unwrap_or(0);
+    let batch = generate_batch(model, prompts, params, &eos_ids, pad_id, Some(tokenizer), on_token)?;
+    let tokens = Vec::<Vec<i64>>::try_from(batch.tokens.to_device(tch::Device::Cpu)).expect("2-d ids");
+    let logprobs = Vec::<Vec<f32>>::try_from(batch.logprobs.to_device(tch::Device::Cpu).to_kind(Kind::Float)).expect("2-d logprobs");
+    let mut out = Vec::with_capacity(tokens.len());
+    for (row, (ids, lps)) in tokens.into_iter().zip(logprobs).enumerate() {
+        let len = batch.lengths[row] as usize;
+        let reason = batch.finish_reasons[row];
+        let mut text = tokenizer.decode(&ids[..len], true)?;
+        if reason == FinishReason::Stop {
+            let cut = params.stop.iter().filter_map(|s| text.find(s.as_str())).min().unwrap_or(text.len());
+            text.truncate(cut);
+        }
+        out.push(Generation { tokens: ids[..len].to_vec(), logprobs: lps[..len].to_vec(), text, finish_reason: reason });
+    }
+    Ok(out)
+}

@@ -1,0 +1,199 @@
+//! Pieces shared by the Llama and GPT-NeoX decoders: rotary embeddings, masks, the KV cache
+//! and attention over it.
+
+use tch::{Kind, Tensor};
+
+/// Per-layer key/value buffers allocated once for the whole generation, so decoding writes
+/// in place instead of concatenating (which would copy the whole cache every token).
+pub struct KvCache {
+    layers: Vec<(Tensor, Tensor)>,
+    len: i64,
+}
+
+impl KvCache {
+    pub fn new(num_layers: i64, batch: i64, kv_heads: i64, max_len: i64, head_dim: i64, options: (Kind, tch::Device)) -> Self {
+        let layers = (0..num_layers)
+            .map(|_| {
+                (Tensor::zeros([batch, kv_heads, max_len, head_dim], options), Tensor::zeros([batch, kv_heads, max_len, head_dim], options))
+            })
+            .collect();
+        KvCache { layers, len: 0 }
+    }
+
+    /// Tokens stored so far.
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> i64 {
+        self.layers.first().map_or(0, |(k, _)| k.size()[2])
+    }
+
+    /// Keeps only the rows in `index` (finished sequences leave the batch).
+    pub fn select_rows(&mut self, index: &Tensor) {
+        for (k, v) in &mut self.layers {
+            *k = k.index_select(0, index);
+            *v = v.index_select(0, index);
+        }
+    }
+
+    /// Called by the model once every layer has stored the new step.
+    pub(crate) fn advance(&mut self, steps: i64) {
+        self.len += steps;
+    }
+}
+
+/// `inv_freq` for rotary embeddings over `dim` channels, with optional Llama-3 or linear scaling.
+pub fn rotary_inv_freq(dim: i64, theta: f64, scaling: Option<&crate::config::RopeScaling>) -> Vec<f64> {
+    let mut inv_freq: Vec<f64> = (0..dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f64 / dim as f64)).collect();
+    if let Some(s) = scaling {
+        match s.rope_type.as_str() {
+            "linear" => inv_freq.iter_mut().for_each(|f| *f /= s.factor),
+            "llama3" => {
+                let low = s.low_freq_factor.unwrap_or(1.0);
+                let high = s.high_freq_factor.unwrap_or(4.0);
+                let old_len = s.original_max_position_embeddings.unwrap_or(8192) as f64;
+                let (low_wavelen, high_wavelen) = (old_len / low, old_len / high);
+                for f in inv_freq.iter_mut() {
+                    let wavelen = 2.0 * std::f64::consts::PI / *f;
+                    if wavelen > low_wavelen {
+                        *f /= s.factor;
+                    } else if wavelen >= high_wavelen {
+                        let smooth = (old_len / wavelen - low) / (high - low);
+                        *f = (1.0 - smooth) * *f / s.factor + smooth * *f;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    inv_freq
+}
+
+/// cos and sin tables `[B, 1, T, dim]` for integer `positions` `[B, T]`, computed in f32 and
+/// cast to `kind` as transformers does.
+pub fn rotary_cos_sin(inv_freq: &Tensor, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+    let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq.view([1, 1, -1]);
+    let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
+    (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
+}
+
+/// Rotates the first `cos.size()[-1]` channels of `x` `[B, heads, T, head_dim]` (all of them
+/// for Llama, a fraction for GPT-NeoX), "rotate half" layout.
+pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let rotary_dim = *cos.size().last().expect("cos has a last dim");
+    let head_dim = *x.size().last().expect("x has a last dim");
+    let (rot, pass) = if rotary_dim == head_dim { (x.shallow_clone(), None) } else { (x.narrow(-1, 0, rotary_dim), Some(x.narrow(-1, rotary_dim, head_dim - rotary_dim))) };
+    let half = rotary_dim / 2;
+    let rotated_half = Tensor::cat(&[-rot.narrow(-1, half, half), rot.narrow(-1, 0, half)], -1);
+    let out = &rot * cos + rotated_half * sin;
+    match pass {
+        None => out,
+        Some(pass) => Tensor::cat(&[out, pass], -1),
+    }
+}
+
+/// Positions for left-padded rows: real tokens count from 0, pads get 0 (as transformers).
+pub fn positions_from_mask(attention_mask: &Tensor) -> Tensor {
+    (attention_mask.to_kind(Kind::Int64).cumsum(-1, Kind::Int64) - 1).clamp_min(0)
+}
+
+/// Boolean attention mask `[B, 1, T, S]` for `T` new queries over `S` keys, given which keys
+/// are real tokens (`key_mask` `[B, S]`, 1 = real). Causal over absolute positions; every query
+/// also sees itself, so pad rows are never fully masked (a fully masked row would be NaN, and
+/// NaN pad keys would poison real rows through 0·NaN).
+pub fn attention_mask(key_mask: &Tensor, query_len: i64) -> Tensor {
+    let key_len = key_mask.size()[1];
+    let device = key_mask.device();
+    let query_pos = Tensor::arange_start(key_len - query_len, key_len, (Kind::Int64, device)).view([query_len, 1]);
+    let key_pos = Tensor::arange(key_len, (Kind::Int64, device)).view([1, key_len]);
+    let causal = key_pos.le_tensor(&query_pos);
+    let diagonal = key_pos.eq_tensor(&query_pos);
+    let real = key_mask.to_kind(Kind::Bool).view([-1, 1, 1, key_len]);
+    causal.unsqueeze(0).unsqueeze(0).logical_and(&real).logical_or(&diagonal.unsqueeze(0).unsqueeze(0))
+}
+
+/// Scaled dot-product attention of `q` `[B, H, T, D]` over `k`, `v` `[B, Hkv, T, D]` and, when a
+/// cache is given, everything stored before. `mask` `None` means plain causal (training, no
+/// padding before real tokens), which lets PyTorch pick its flash kernel.
+pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, cache: Option<(&mut KvCache, usize)>) -> Tensor {
+    let gqa = q.size()[1] != k.size()[1];
+    match cache {
+        None => Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, mask.is_none(), None, gqa),
+        Some((cache, layer)) => {
+            let start = cache.len;
+            let steps = k.size()[2];
+            assert!(start + steps <= cache.capacity(), "KV cache holds {} tokens, asked for {}", cache.capacity(), start + steps);
+            let (ck, cv) = &mut cache.layers[layer];
+            ck.narrow(2, start, steps).copy_(k);
+            cv.narrow(2, start, steps).copy_(v);
+            let (keys, values) = (ck.narrow(2, 0, start + steps), cv.narrow(2, 0, start + steps));
+            let causal_without_mask = mask.is_none() && start == 0;
+            Tensor::scaled_dot_product_attention(q, &keys, &values, mask, 0.0, causal_without_mask, None, gqa)
+        }
+    }
+}
+
+/// RMSNorm as transformers computes it: normalise in f32, cast back, then scale.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
+    let kind = x.kind();
+    let xf = x.to_kind(Kind::Float);
+    let variance = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+    weight * (xf * (variance + eps).rsqrt()).to_kind(kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_is_causal_and_hides_left_padding() {
+        // Row 0: one pad then two real tokens; row 1: three real tokens.
+        let key_mask = Tensor::from_slice2(&[[0i64, 1, 1], [1, 1, 1]]);
+        let mask = attention_mask(&key_mask, 3);
+        let got: Vec<Vec<bool>> = (0..3).map(|i| Vec::<bool>::try_from(mask.get(0).get(0).get(i)).unwrap()).collect();
+        assert_eq!(got, vec![vec![true, false, false], vec![false, true, false], vec![false, true, true]]);
+        let got: Vec<Vec<bool>> = (0..3).map(|i| Vec::<bool>::try_from(mask.get(1).get(0).get(i)).unwrap()).collect();
+        assert_eq!(got, vec![vec![true, false, false], vec![true, true, false], vec![true, true, true]]);
+        // A decode step (one query over four keys) sees every real key.
+        let step = attention_mask(&Tensor::from_slice2(&[[0i64, 1, 1, 1]]), 1);
+        assert_eq!(Vec::<bool>::try_from(step.flatten(0, -1)).unwrap(), vec![false, true, true, true]);
+    }
+
+    #[test]
+    fn positions_skip_left_padding() {
+        let positions = positions_from_mask(&Tensor::from_slice2(&[[0i64, 0, 1, 1], [1, 1, 1, 1]]));
+        assert_eq!(Vec::<i64>::try_from(positions.flatten(0, -1)).unwrap(), vec![0, 0, 0, 1, 0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn llama3_scaling_matches_hand_values() {
+        // dim 4, theta 10000: inv_freq = [1, 0.01]; wavelengths 2π ≈ 6.28 and 628.3.
+        // old_len 64, factors low 1 / high 4: low_wavelen 64, high_wavelen 16.
+        // 6.28 < 16 keeps 1.0; 628.3 > 64 is divided by factor 8.
+        let scaling = crate::config::RopeScaling { rope_type: "llama3".into(), factor: 8.0, low_freq_factor: Some(1.0), high_freq_factor: Some(4.0), original_max_position_embeddings: Some(64) };
+        let f = rotary_inv_freq(4, 10_000.0, Some(&scaling));
+        assert_eq!(f[0], 1.0);
+        assert!((f[1] - 0.01 / 8.0).abs() < 1e-15);
+        // A medium wavelength is smoothed: old_len 256 puts 628.3 between 64 and 256.
+        let scaling = crate::config::RopeScaling { original_max_position_embeddings: Some(1024), ..scaling };
+        let f = rotary_inv_freq(4, 10_000.0, Some(&scaling));
+        let wavelen = 2.0 * std::f64::consts::PI / 0.01;
+        let smooth = (1024.0 / wavelen - 1.0) / 3.0;
+        assert!((f[1] - ((1.0 - smooth) * 0.01 / 8.0 + smooth * 0.01)).abs() < 1e-15);
+    }
+
+    #[test]
+    fn rotary_rotates_pairs_by_position_angle() {
+        // One head, dim 2: (x0, x1) at position p rotates by p·inv_freq = p radians.
+        let inv_freq = Tensor::from_slice(&[1.0f32]);
+        let (cos, sin) = rotary_cos_sin(&inv_freq, &Tensor::from_slice2(&[[2i64]]), Kind::Float);
+        let x = Tensor::from_slice(&[1.0f32, 0.0]).view([1, 1, 1, 2]);
+        let y = Vec::<f32>::try_from(apply_rotary(&x, &cos, &sin).flatten(0, -1)).unwrap();
+        assert!((y[0] - 2f32.cos()).abs() < 1e-6 && (y[1] - 2f32.sin()).abs() < 1e-6, "{y:?}");
+    }
+}

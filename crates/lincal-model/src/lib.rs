@@ -1,0 +1,28 @@
+//! lincal-model: the language models lincal trains and serves. Llama-family and GPT-NeoX
+//! decoders over libtorch (`tch`), Hugging Face checkpoints in and out, GGUF import,
+//! weight-diff recovery, and batched KV-cache generation.
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod fsutil;
+pub mod generate;
+// GGUF-PENDING pub mod gguf;
+pub mod gpt_neox;
+pub mod layers;
+pub mod llama;
+pub mod model;
+pub mod recover;
+pub mod tokenizer;
+
+pub use config::{GptNeoXConfig, LlamaConfig, ModelConfig};
+pub use error::{ModelError, Result};
+pub use generate::{FinishReason, Generation, SamplingParams, generate_batch, generate_text};
+pub use layers::KvCache;
+pub use model::CausalLm;
+pub use tokenizer::{ChatMessage, Tokenizer};
+
+/// The best device here: the first CUDA GPU when there is one.
+pub fn default_device() -> tch::Device {
+    tch::Device::cuda_if_available()
+}

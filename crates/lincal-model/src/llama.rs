@@ -1,0 +1,130 @@
+//! The Llama decoder (Llama 2/3, SmolLM2): RMSNorm, rotary attention with grouped-query
+//! heads, SwiGLU MLP, optionally tied input/output embeddings. Parameter names are those of
+//! transformers' `LlamaForCausalLM`, so HF checkpoints load as they are.
+
+use crate::config::LlamaConfig;
+use crate::layers::{KvCache, apply_rotary, attend, rms_norm, rotary_cos_sin, rotary_inv_freq};
+use tch::{Kind, Tensor, nn, nn::Module};
+
+struct Attention {
+    q_proj: nn::Linear,
+    k_proj: nn::Linear,
+    v_proj: nn::Linear,
+    o_proj: nn::Linear,
+    num_heads: i64,
+    num_kv_heads: i64,
+    head_dim: i64,
+}
+
+struct Mlp {
+    gate_proj: nn::Linear,
+    up_proj: nn::Linear,
+    down_proj: nn::Linear,
+}
+
+struct DecoderLayer {
+    input_layernorm: Tensor,
+    self_attn: Attention,
+    post_attention_layernorm: Tensor,
+    mlp: Mlp,
+}
+
+pub struct Llama {
+    config: LlamaConfig,
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: Tensor,
+    /// `None` when the output projection is tied to `embed_tokens`.
+    lm_head: Option<Tensor>,
+    inv_freq: Tensor,
+}
+
+fn linear(vs: nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> nn::Linear {
+    nn::linear(vs, in_dim, out_dim, nn::LinearConfig { bias, ..Default::default() })
+}
+
+impl Llama {
+    pub fn new(vs: &nn::Path, config: &LlamaConfig) -> Self {
+        let (hidden, heads, kv_heads, head_dim) = (config.hidden_size, config.num_attention_heads, config.num_kv_heads(), config.head_dim());
+        let model = vs / "model";
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| {
+                let layer = &model / "layers" / i;
+                let attn = &layer / "self_attn";
+                let mlp = &layer / "mlp";
+                DecoderLayer {
+                    input_layernorm: (&layer / "input_layernorm").ones("weight", &[hidden]),
+                    self_attn: Attention {
+                        q_proj: linear(&attn / "q_proj", hidden, heads * head_dim, config.attention_bias),
+                        k_proj: linear(&attn / "k_proj", hidden, kv_heads * head_dim, config.attention_bias),
+                        v_proj: linear(&attn / "v_proj", hidden, kv_heads * head_dim, config.attention_bias),
+                        o_proj: linear(&attn / "o_proj", heads * head_dim, hidden, config.attention_bias),
+                        num_heads: heads,
+                        num_kv_heads: kv_heads,
+                        head_dim,
+                    },
+                    post_attention_layernorm: (&layer / "post_attention_layernorm").ones("weight", &[hidden]),
+                    mlp: Mlp {
+                        gate_proj: linear(&mlp / "gate_proj", hidden, config.intermediate_size, config.mlp_bias),
+                        up_proj: linear(&mlp / "up_proj", hidden, config.intermediate_size, config.mlp_bias),
+                        down_proj: linear(&mlp / "down_proj", config.intermediate_size, hidden, config.mlp_bias),
+                    },
+                }
+            })
+            .collect();
+        let embed_tokens = (&model / "embed_tokens").var("weight", &[config.vocab_size, hidden], nn::Init::Randn { mean: 0.0, stdev: 0.02 });
+        let lm_head = (!config.tie_word_embeddings).then(|| (vs / "lm_head").var("weight", &[config.vocab_size, hidden], nn::Init::Randn { mean: 0.0, stdev: 0.02 }));
+        let inv_freq = Tensor::from_slice(&rotary_inv_freq(head_dim, config.rope_theta, config.rope_scaling.as_ref())).to_kind(Kind::Float).to_device(vs.device());
+        Llama { config: config.clone(), embed_tokens, layers, norm: (&model / "norm").ones("weight", &[hidden]), lm_head, inv_freq }
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// Final hidden states `[B, T, hidden]` for `input_ids` `[B, T]` at `positions` `[B, T]`.
+    /// `mask` is a boolean `[B, 1, T, S]` (see `layers::attention_mask`) or `None` for plain
+    /// causal attention; with a cache, the new keys and values are appended to it.
+    pub fn forward(&self, input_ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, mut cache: Option<&mut KvCache>) -> Tensor {
+        let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
+        let (cos, sin) = rotary_cos_sin(&self.inv_freq, positions, x.kind());
+        for (index, layer) in self.layers.iter().enumerate() {
+            let h = rms_norm(&x, &layer.input_layernorm, self.config.rms_norm_eps);
+            let h = layer.self_attn.forward(&h, &cos, &sin, mask, cache.as_deref_mut().map(|c| (c, index)));
+            x = x + h;
+            let h = rms_norm(&x, &layer.post_attention_layernorm, self.config.rms_norm_eps);
+            x = x + layer.mlp.forward(&h);
+        }
+        if let Some(cache) = cache {
+            cache.advance(input_ids.size()[1]);
+        }
+        rms_norm(&x, &self.norm, self.config.rms_norm_eps)
+    }
+
+    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+        hidden.matmul(&self.lm_head.as_ref().unwrap_or(&self.embed_tokens).tr())
+    }
+
+    pub fn new_cache(&self, batch: i64, max_len: i64) -> KvCache {
+        let c = &self.config;
+        KvCache::new(c.num_hidden_layers, batch, c.num_kv_heads(), max_len, c.head_dim(), (self.embed_tokens.kind(), self.embed_tokens.device()))
+    }
+}
+
+impl Attention {
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: Option<&Tensor>, cache: Option<(&mut KvCache, usize)>) -> Tensor {
+        let (b, t) = (x.size()[0], x.size()[1]);
+        let q = self.q_proj.forward(x).view([b, t, self.num_heads, self.head_dim]).transpose(1, 2);
+        let k = self.k_proj.forward(x).view([b, t, self.num_kv_heads, self.head_dim]).transpose(1, 2);
+        let v = self.v_proj.forward(x).view([b, t, self.num_kv_heads, self.head_dim]).transpose(1, 2);
+        let (q, k) = (apply_rotary(&q, cos, sin), apply_rotary(&k, cos, sin));
+        let out = attend(&q, &k, &v, mask, cache);
+        self.o_proj.forward(&out.transpose(1, 2).reshape([b, t, self.num_heads * self.head_dim]))
+    }
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.down_proj.forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
+    }
+}

@@ -1,0 +1,89 @@
+//! Tiny random models and tokenizers made inside the tests.
+
+use lincal_model::{CausalLm, GptNeoXConfig, LlamaConfig, ModelConfig};
+use std::path::Path;
+use tch::{Device, Kind};
+
+pub fn tiny_llama(tie: bool) -> ModelConfig {
+    let text = format!(
+        r#"{{"model_type":"llama","vocab_size":64,"hidden_size":32,"intermediate_size":48,"num_hidden_layers":2,
+        "num_attention_heads":4,"num_key_value_heads":2,"rms_norm_eps":1e-5,"rope_theta":10000.0,
+        "tie_word_embeddings":{tie},"eos_token_id":2,"bos_token_id":1}}"#
+    );
+    ModelConfig::from_json(&text).unwrap()
+}
+
+#[allow(dead_code)]
+pub fn tiny_neox() -> ModelConfig {
+    let config = GptNeoXConfig {
+        vocab_size: 64,
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        rotary_pct: 0.5,
+        rotary_emb_base: 10_000.0,
+        layer_norm_eps: 1e-5,
+        use_parallel_residual: true,
+        max_position_embeddings: 128,
+        tie_word_embeddings: false,
+        hidden_act: "gelu".into(),
+        bos_token_id: None,
+        eos_token_id: Some(lincal_model::config::TokenIds::One(2)),
+        pad_token_id: None,
+        torch_dtype: None,
+    };
+    ModelConfig::GptNeoX(config)
+}
+
+#[allow(dead_code)]
+pub fn llama_config(model: &ModelConfig) -> &LlamaConfig {
+    match model {
+        ModelConfig::Llama(c) => c,
+        _ => panic!("not llama"),
+    }
+}
+
+pub fn random_model(config: ModelConfig, seed: i64) -> CausalLm {
+    tch::manual_seed(seed);
+    let model = CausalLm::new(config, Device::Cpu, Kind::Float);
+    // Norm weights start at one; perturb them so that a loader that skipped them would fail.
+    tch::no_grad(|| {
+        for (_, mut var) in model.var_store().variables() {
+            let noise = var.randn_like() * 0.05;
+            let _ = var.g_add_(&noise);
+        }
+    });
+    model
+}
+
+/// A word-level tokenizer over "t0".."t{n-1}" split on whitespace, with a ChatML-like template.
+#[allow(dead_code)]
+pub fn write_tokenizer(dir: &Path, n: usize) {
+    let mut vocab = serde_json::Map::new();
+    for (i, special) in ["<unk>", "<s>", "</s>"].iter().enumerate() {
+        vocab.insert(special.to_string(), i.into());
+    }
+    for i in 3..n {
+        vocab.insert(format!("t{i}"), i.into());
+    }
+    let tokenizer = serde_json::json!({
+        "version": "1.0",
+        "added_tokens": [
+            {"id": 0, "content": "<unk>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+            {"id": 1, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+            {"id": 2, "content": "</s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}
+        ],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "post_processor": null,
+        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": false},
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), serde_json::to_string(&tokenizer).unwrap()).unwrap();
+    let config = serde_json::json!({
+        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "chat_template": "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
+    });
+    std::fs::write(dir.join("tokenizer_config.json"), serde_json::to_string(&config).unwrap()).unwrap();
+}

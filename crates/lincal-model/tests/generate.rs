@@ -1,0 +1,138 @@
+//! Batched generation on tiny random models.
+
+mod common;
+
+use common::*;
+use lincal_model::generate::{FinishReason, SamplingParams, generate_batch, generate_text};
+use lincal_model::{CausalLm, Tokenizer};
+use tch::{Device, Kind, Tensor};
+
+/// Greedy decoding by the obvious method: a full forward over the growing sequence each step.
+fn greedy_reference(model: &CausalLm, prompt: &[i64], steps: usize) -> Vec<i64> {
+    let mut ids = prompt.to_vec();
+    for _ in 0..steps {
+        let t = Tensor::from_slice(&ids).view([1, -1]);
+        let positions = Tensor::arange(ids.len() as i64, (Kind::Int64, Device::Cpu)).unsqueeze(0);
+        let logits = tch::no_grad(|| model.logits(&model.forward(&t, &positions, None, None)));
+        ids.push(logits.get(0).get(-1).argmax(-1, false).int64_value(&[]));
+    }
+    ids[prompt.len()..].to_vec()
+}
+
+fn greedy(max_new_tokens: i64) -> SamplingParams {
+    SamplingParams { temperature: 0.0, max_new_tokens, ..Default::default() }
+}
+
+#[test]
+fn batched_greedy_matches_one_at_a_time_full_forward() {
+    for config in [tiny_llama(true), tiny_neox()] {
+        let model = random_model(config, 7);
+        let prompts = vec![vec![3i64, 4, 5], vec![10, 11, 12, 13, 14, 15, 16], vec![40]];
+        // No EOS so every row runs the full length.
+        let out = generate_batch(&model, &prompts, &greedy(8), &[], 0, None, None).unwrap();
+        let rows = Vec::<Vec<i64>>::try_from(&out.tokens).unwrap();
+        for (prompt, row) in prompts.iter().zip(&rows) {
+            assert_eq!(row, &greedy_reference(&model, prompt, 8), "prompt {prompt:?}");
+        }
+        assert_eq!(out.lengths, vec![8, 8, 8]);
+        assert_eq!(out.finish_reasons, vec![FinishReason::Length; 3]);
+    }
+}
+
+#[test]
+fn rows_end_at_eos_and_are_padded_after_it() {
+    let model = random_model(tiny_llama(true), 8);
+    let prompts = vec![vec![3i64, 4, 5], vec![20, 21]];
+    let free = Vec::<Vec<i64>>::try_from(&generate_batch(&model, &prompts, &greedy(6), &[], 0, None, None).unwrap().tokens).unwrap();
+    // Declare row 0's third greedy token the EOS: row 0 stops there, with pads after.
+    let eos = free[0][2];
+    let out = generate_batch(&model, &prompts, &greedy(6), &[eos], 63, None, None).unwrap();
+    let rows = Vec::<Vec<i64>>::try_from(&out.tokens).unwrap();
+    let logprobs = Vec::<Vec<f32>>::try_from(&out.logprobs).unwrap();
+    let first_eos = free[0].iter().position(|&t| t == eos).unwrap();
+    assert_eq!(out.lengths[0], first_eos as i64 + 1);
+    assert_eq!(out.finish_reasons[0], FinishReason::Eos);
+    assert_eq!(&rows[0][..=first_eos], &free[0][..=first_eos]);
+    assert!(rows[0][first_eos + 1..].iter().all(|&t| t == 63));
+    assert!(logprobs[0][first_eos + 1..].iter().all(|&l| l == 0.0));
+    assert!(logprobs[0][..=first_eos].iter().all(|&l| l < 0.0));
+}
+
+#[test]
+fn sampling_is_seeded_and_top_k_one_is_greedy() {
+    let model = random_model(tiny_llama(false), 9);
+    let prompts = vec![vec![3i64, 4, 5], vec![6, 7]];
+    let params = SamplingParams { temperature: 1.0, max_new_tokens: 12, seed: 5, ..Default::default() };
+    let a = generate_batch(&model, &prompts, &params, &[], 0, None, None).unwrap();
+    let b = generate_batch(&model, &prompts, &params, &[], 0, None, None).unwrap();
+    assert!(bool::try_from(a.tokens.eq_tensor(&b.tokens).all()).unwrap(), "same seed, same tokens");
+    let c = generate_batch(&model, &prompts, &SamplingParams { seed: 6, ..params.clone() }, &[], 0, None, None).unwrap();
+    assert!(!bool::try_from(a.tokens.eq_tensor(&c.tokens).all()).unwrap(), "another seed, other tokens");
+    let top1 = generate_batch(&model, &prompts, &SamplingParams { top_k: 1, ..params.clone() }, &[], 0, None, None).unwrap();
+    let greedy_out = generate_batch(&model, &prompts, &greedy(12), &[], 0, None, None).unwrap();
+    assert!(bool::try_from(top1.tokens.eq_tensor(&greedy_out.tokens).all()).unwrap());
+    // A tiny nucleus keeps only the most likely token too.
+    let nucleus = generate_batch(&model, &prompts, &SamplingParams { top_p: 1e-6, ..params.clone() }, &[], 0, None, None).unwrap();
+    assert!(bool::try_from(nucleus.tokens.eq_tensor(&greedy_out.tokens).all()).unwrap());
+}
+
+/// The returned log-probs are those of the temperature-scaled distribution (what PPO needs).
+#[test]
+fn logprobs_are_temperature_scaled() {
+    let model = random_model(tiny_llama(true), 10);
+    let prompt = vec![3i64, 4, 5];
+    let params = SamplingParams { temperature: 0.7, max_new_tokens: 1, seed: 1, ..Default::default() };
+    let out = generate_batch(&model, &[prompt.clone()], &params, &[], 0, None, None).unwrap();
+    let token = out.tokens.int64_value(&[0, 0]);
+    let t = Tensor::from_slice(&prompt).view([1, 3]);
+    let positions = Tensor::arange(3, (Kind::Int64, Device::Cpu)).unsqueeze(0);
+    let logits = tch::no_grad(|| model.logits(&model.forward(&t, &positions, None, None))).get(0).get(-1);
+    let expected = (logits / 0.7).log_softmax(-1, Kind::Float).double_value(&[token]);
+    assert!((out.logprobs.double_value(&[0, 0]) - expected).abs() < 1e-5);
+}
+
+#[test]
+fn text_generation_decodes_and_cuts_at_stop_strings() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tokenizer(dir.path(), 64);
+    let tokenizer = Tokenizer::from_dir(dir.path()).unwrap();
+    let model = random_model(tiny_llama(true), 11);
+    let prompt = tokenizer.encode("t3 t4 t5", false).unwrap();
+    assert_eq!(prompt, vec![3, 4, 5]);
+    let free = generate_text(&model, &tokenizer, &[prompt.clone()], &greedy(10), None).unwrap().remove(0);
+    let words: Vec<&str> = free.text.split(' ').collect();
+    assert!(words.len() >= 4, "{:?}", free.text);
+    // Stop at the third generated word: the text ends before it and generation stops early.
+    let stop = words[2].to_string();
+    let params = SamplingParams { stop: vec![stop.clone()], ..greedy(10) };
+    let mut streamed = Vec::new();
+    let mut on_token = |row: usize, id: i64| streamed.push((row, id));
+    let cut = generate_text(&model, &tokenizer, &[prompt], &params, Some(&mut on_token)).unwrap().remove(0);
+    assert_eq!(cut.finish_reason, FinishReason::Stop);
+    let at = free.text.find(&stop).unwrap();
+    assert_eq!(cut.text, free.text[..at]);
+    assert!(cut.tokens.len() < free.tokens.len());
+    assert_eq!(streamed.iter().map(|&(_, id)| id).collect::<Vec<_>>(), cut.tokens);
+}
+
+#[test]
+fn chat_template_renders_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tokenizer(dir.path(), 16);
+    let tokenizer = Tokenizer::from_dir(dir.path()).unwrap();
+    let text = tokenizer.apply_chat_template(&[lincal_model::ChatMessage::new("user", "t3 t4")], true).unwrap();
+    assert_eq!(text, "user: t3 t4 assistant: ");
+}
+
+#[test]
+fn invalid_sampling_parameters_are_refused() {
+    let model = random_model(tiny_llama(true), 12);
+    for params in [
+        SamplingParams { temperature: -1.0, ..Default::default() },
+        SamplingParams { top_p: 0.0, ..Default::default() },
+        SamplingParams { max_new_tokens: 0, ..Default::default() },
+    ] {
+        assert!(generate_batch(&model, &[vec![3]], &params, &[], 0, None, None).is_err(), "{params:?}");
+    }
+    assert!(generate_batch(&model, &[vec![]], &greedy(2), &[], 0, None, None).is_err());
+}
