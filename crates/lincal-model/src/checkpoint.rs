@@ -101,7 +101,7 @@ impl SafetensorsCheckpoint {
 }
 
 /// One safetensors file with the `{"format": "pt"}` metadata transformers checks for.
-fn write_safetensors_file(path: &Path, tensors: &[(&String, &Tensor)]) -> Result<()> {
+pub fn write_safetensors_file(path: &Path, tensors: &[(&String, &Tensor)]) -> Result<()> {
     let mut buffers = Vec::with_capacity(tensors.len());
     for (name, tensor) in tensors {
         let tensor = tensor.to_device(tch::Device::Cpu).contiguous();

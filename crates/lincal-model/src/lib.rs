@@ -7,12 +7,13 @@ pub mod config;
 pub mod error;
 pub mod fsutil;
 pub mod generate;
-// GGUF-PENDING pub mod gguf;
+pub mod gguf;
 pub mod gpt_neox;
 pub mod layers;
 pub mod llama;
 pub mod model;
 pub mod recover;
+pub mod testing;
 pub mod tokenizer;
 
 pub use config::{GptNeoXConfig, LlamaConfig, ModelConfig};

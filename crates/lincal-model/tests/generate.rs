@@ -1,8 +1,6 @@
 //! Batched generation on tiny random models.
 
-mod common;
-
-use common::*;
+use lincal_model::testing::*;
 use lincal_model::generate::{FinishReason, SamplingParams, generate_batch, generate_text};
 use lincal_model::{CausalLm, Tokenizer};
 use tch::{Device, Kind, Tensor};

@@ -1,8 +1,6 @@
 //! Behaviour of the decoders on tiny random models: caching, padding, checkpoints, errors.
 
-mod common;
-
-use common::*;
+use lincal_model::testing::*;
 use lincal_model::layers::{attention_mask, positions_from_mask};
 use lincal_model::{CausalLm, ModelConfig, ModelError};
 use tch::{Device, Kind, Tensor};

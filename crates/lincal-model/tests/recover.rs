@@ -1,8 +1,6 @@
 //! Weight-diff recovery round trip on a tiny model.
 
-mod common;
-
-use common::*;
+use lincal_model::testing::*;
 use lincal_model::recover::{SUM_FILE, recover};
 use lincal_model::CausalLm;
 use std::collections::BTreeMap;

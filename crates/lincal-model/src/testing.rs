@@ -1,9 +1,10 @@
-//! Tiny random models and tokenizers made inside the tests.
+//! Tiny random models and tokenizers, made on the spot for tests in any crate.
 
-use lincal_model::{CausalLm, GptNeoXConfig, LlamaConfig, ModelConfig};
+use crate::{CausalLm, GptNeoXConfig, ModelConfig};
 use std::path::Path;
 use tch::{Device, Kind};
 
+/// A 2-layer Llama with grouped-query attention (4 heads, 2 KV heads), vocabulary 64.
 pub fn tiny_llama(tie: bool) -> ModelConfig {
     let text = format!(
         r#"{{"model_type":"llama","vocab_size":64,"hidden_size":32,"intermediate_size":48,"num_hidden_layers":2,
@@ -13,7 +14,7 @@ pub fn tiny_llama(tie: bool) -> ModelConfig {
     ModelConfig::from_json(&text).unwrap()
 }
 
-#[allow(dead_code)]
+/// A 2-layer GPT-NeoX with partial rotary embeddings, vocabulary 64.
 pub fn tiny_neox() -> ModelConfig {
     let config = GptNeoXConfig {
         vocab_size: 64,
@@ -29,21 +30,14 @@ pub fn tiny_neox() -> ModelConfig {
         tie_word_embeddings: false,
         hidden_act: "gelu".into(),
         bos_token_id: None,
-        eos_token_id: Some(lincal_model::config::TokenIds::One(2)),
+        eos_token_id: Some(crate::config::TokenIds::One(2)),
         pad_token_id: None,
         torch_dtype: None,
     };
     ModelConfig::GptNeoX(config)
 }
 
-#[allow(dead_code)]
-pub fn llama_config(model: &ModelConfig) -> &LlamaConfig {
-    match model {
-        ModelConfig::Llama(c) => c,
-        _ => panic!("not llama"),
-    }
-}
-
+/// Random weights on the CPU in f32, every parameter (norms included) perturbed.
 pub fn random_model(config: ModelConfig, seed: i64) -> CausalLm {
     tch::manual_seed(seed);
     let model = CausalLm::new(config, Device::Cpu, Kind::Float);
@@ -58,7 +52,6 @@ pub fn random_model(config: ModelConfig, seed: i64) -> CausalLm {
 }
 
 /// A word-level tokenizer over "t0".."t{n-1}" split on whitespace, with a ChatML-like template.
-#[allow(dead_code)]
 pub fn write_tokenizer(dir: &Path, n: usize) {
     let mut vocab = serde_json::Map::new();
     for (i, special) in ["<unk>", "<s>", "</s>"].iter().enumerate() {

@@ -1,0 +1,24 @@
+"""Random-weight Llama models of the SmolLM2-135M and Llama-2-7B shapes, saved as bf16
+safetensors that both transformers and lincal load (the device machine has no model hub)."""
+import sys, torch, transformers
+
+SHAPES = {
+    "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, rms_norm_eps=1e-5, rope_theta=100000.0,
+                         max_position_embeddings=8192, tie_word_embeddings=True),
+    "llama2-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                      num_attention_heads=32, num_key_value_heads=32, rms_norm_eps=1e-5, rope_theta=10000.0,
+                      max_position_embeddings=4096, tie_word_embeddings=False),
+}
+
+def make(name, out):
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(**SHAPES[name], bos_token_id=1, eos_token_id=2, torch_dtype="bfloat16")
+    with torch.device("cuda"):
+        model = transformers.LlamaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(out, safe_serialization=True)
+    del model
+    torch.cuda.empty_cache()
+
+if __name__ == "__main__":
+    make(sys.argv[1], sys.argv[2])

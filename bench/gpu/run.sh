@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs GPU checks and benchmarks on the device machine, results under $OUT.
+# usage: bench/gpu/run.sh STEP...   STEP: parity:NAME | lincal:NAME | hf:NAME  (NAME: smollm2-135m | llama2-7b)
+# Needs .gpu/lincal from `cargo xtask gpu-build`, carried with the call.
+set -euo pipefail
+export LD_LIBRARY_PATH=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib
+export PYTHONUNBUFFERED=1
+lincal=$PWD/.gpu/lincal
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/device.txt"
+for step in "$@"; do
+  what=${step%%:*}; name=${step#*:}; model=/tmp/models/$name
+  [ -f "$model/config.json" ] || python3 bench/gpu/make_models.py "$name" "$model"
+  echo "== $step"
+  case $what in
+    parity) python3 bench/gpu/parity.py "$model" "$name" "$lincal" "$OUT/parity.jsonl" ;;
+    lincal) "$lincal" bench generate --model "$model" --label "$name" --batch 64,256 --device cuda --dtype bf16 --json "$OUT/generate.jsonl" ;;
+    hf) python3 bench/gpu/hf_generate.py "$model" "$name" 64,256 "$OUT/generate.jsonl" ;;
+    *) echo "unknown step $step"; exit 2 ;;
+  esac
+done

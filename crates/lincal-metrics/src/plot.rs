@@ -1,0 +1,440 @@
+//! Reliability diagrams and the accuracy-vs-ECE frontier, each written as PNG and SVG.
+//!
+//! Text is drawn with DejaVu Sans embedded in the crate (plotters' `ab_glyph` font path), so
+//! plots render the same on a fresh machine with no fontconfig or system fonts.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::{FontStyle, register_font};
+
+use crate::MetricsError;
+use crate::calibration::{ReliabilityBin, merge_equal_confidence};
+use crate::report::{Estimate, MetricsReport};
+
+const FONT: &str = "sans-serif";
+static DEJAVU_SANS: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+/// plotters keeps registered fonts in a global table: register once per process.
+static FONT_REGISTERED: OnceLock<bool> = OnceLock::new();
+
+/// Where a plot was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlotFiles {
+    pub png: PathBuf,
+    pub svg: PathBuf,
+}
+
+/// Writes `<stem>.png` and `<stem>.svg`: bin accuracy against bin mean confidence, with the
+/// diagonal of perfect calibration, and below it the number of predictions per bin. Bins with
+/// equal mean confidence are merged first, as in the reference's plot.
+pub fn write_reliability_diagram(
+    bins: &[ReliabilityBin],
+    title: &str,
+    stem: impl AsRef<Path>,
+) -> Result<PlotFiles, MetricsError> {
+    if bins.is_empty() {
+        return Err(MetricsError::InvalidConfig {
+            field: "bins",
+            reason: "a reliability diagram needs at least one bin; pass a report's \
+                     `reliability_bins`"
+                .into(),
+        });
+    }
+    let figure = Reliability {
+        bins: merge_equal_confidence(bins),
+        title,
+    };
+    write_figure(&figure, (900, 1000), stem.as_ref())
+}
+
+/// One method on the accuracy-vs-ECE frontier.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrontierPoint {
+    pub label: String,
+    pub accuracy: Estimate,
+    pub ece: Estimate,
+}
+
+impl FrontierPoint {
+    pub fn from_report(label: impl Into<String>, report: &MetricsReport) -> Self {
+        Self {
+            label: label.into(),
+            accuracy: report.accuracy,
+            ece: report.ece,
+        }
+    }
+}
+
+/// Writes `<stem>.png` and `<stem>.svg`: accuracy against ECE for several methods, with their
+/// bootstrap intervals as error bars in both directions, each point labelled and in the legend.
+pub fn write_frontier_plot(
+    points: &[FrontierPoint],
+    title: &str,
+    stem: impl AsRef<Path>,
+) -> Result<PlotFiles, MetricsError> {
+    if points.is_empty() {
+        return Err(MetricsError::InvalidConfig {
+            field: "points",
+            reason: "a frontier plot needs at least one method".into(),
+        });
+    }
+    write_figure(&Frontier { points, title }, (1100, 800), stem.as_ref())
+}
+
+type DrawResult<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+
+/// A figure drawn the same way on the bitmap and the SVG backend.
+trait Figure {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB>;
+}
+
+fn write_figure(
+    figure: &impl Figure,
+    (w, h): (u32, u32),
+    stem: &Path,
+) -> Result<PlotFiles, MetricsError> {
+    let files = PlotFiles {
+        png: with_suffix(stem, "png"),
+        svg: with_suffix(stem, "svg"),
+    };
+    let drawing_error = |path: &Path, e: String| MetricsError::Write {
+        path: path.to_path_buf(),
+        message: format!("drawing failed: {e}"),
+    };
+    if !*FONT_REGISTERED.get_or_init(|| register_font(FONT, FontStyle::Normal, DEJAVU_SANS).is_ok())
+    {
+        return Err(drawing_error(
+            &files.png,
+            "the embedded font did not load".into(),
+        ));
+    }
+
+    let mut rgb = vec![0u8; w as usize * h as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
+        figure
+            .draw(&root)
+            .and_then(|()| root.present())
+            .map_err(|e| drawing_error(&files.png, e.to_string()))?;
+    }
+    write_atomically(
+        &files.png,
+        &encode_png(&rgb, (w, h)).map_err(|e| drawing_error(&files.png, e.to_string()))?,
+    )?;
+
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (w, h)).into_drawing_area();
+        figure
+            .draw(&root)
+            .and_then(|()| root.present())
+            .map_err(|e| drawing_error(&files.svg, e.to_string()))?;
+    }
+    write_atomically(&files.svg, svg.as_bytes())?;
+    Ok(files)
+}
+
+/// `stem` with ".png" or ".svg" appended (not replacing a dot already in the name).
+fn with_suffix(stem: &Path, suffix: &str) -> PathBuf {
+    let mut name = stem.as_os_str().to_owned();
+    name.push(".");
+    name.push(suffix);
+    name.into()
+}
+
+fn encode_png(rgb: &[u8], (w, h): (u32, u32)) -> Result<Vec<u8>, png::EncodingError> {
+    let mut bytes = Vec::new();
+    let mut encoder = png::Encoder::new(&mut bytes, w, h);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.write_header()?.write_image_data(rgb)?;
+    Ok(bytes)
+}
+
+/// Writes to a temporary name beside `path` and renames it, so a crash never leaves half a file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), MetricsError> {
+    let write_error = |e: std::io::Error| MetricsError::Write {
+        path: path.to_path_buf(),
+        message: format!("{e}; check that the folder exists and is writable"),
+    };
+    let temporary = with_suffix(path, &format!("{}.tmp", std::process::id()));
+    std::fs::write(&temporary, bytes).map_err(write_error)?;
+    std::fs::rename(&temporary, path).map_err(|e| {
+        let _ = std::fs::remove_file(&temporary);
+        write_error(e)
+    })
+}
+
+/// Tableau's 10 colours: distinct, and readable on white (unlike a generated palette's yellows).
+const COLORS: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+struct Reliability<'a> {
+    bins: Vec<ReliabilityBin>,
+    title: &'a str,
+}
+
+impl Figure for Reliability<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
+        root.fill(&WHITE)?;
+        let root = root.margin(12, 0, 0, 0).titled(self.title, (FONT, 30))?;
+        let (top, bottom) = root.split_vertically(680);
+        let blue = COLORS[0];
+        let no_minor_grid = WHITE.mix(0.0);
+
+        let mut chart = ChartBuilder::on(&top)
+            .margin(20)
+            .x_label_area_size(45)
+            .y_label_area_size(80)
+            .build_cartesian_2d(0f64..1f64, 0f64..1f64)?;
+        chart
+            .configure_mesh()
+            .x_desc("Mean confidence in bin")
+            .y_desc("Accuracy in bin")
+            .label_style((FONT, 18))
+            .axis_desc_style((FONT, 20))
+            .light_line_style(no_minor_grid)
+            .draw()?;
+        let grey = ShapeStyle::from(&BLACK.mix(0.5)).stroke_width(2);
+        chart
+            .draw_series(DashedLineSeries::new([(0.0, 0.0), (1.0, 1.0)], 10, 6, grey))?
+            .label("Perfect calibration")
+            .legend(move |(x, y)| PathElement::new([(x - 4, y), (x + 16, y)], grey));
+        let points: Vec<_> = self
+            .bins
+            .iter()
+            .map(|b| (b.mean_confidence, b.accuracy))
+            .collect();
+        chart.draw_series(LineSeries::new(
+            points.iter().copied(),
+            blue.stroke_width(2),
+        ))?;
+        let total: usize = self.bins.iter().map(|b| b.count).sum();
+        chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 6, blue.filled())))?
+            .label(format!(
+                "Bins ({} shown, {total} predictions)",
+                self.bins.len()
+            ))
+            .legend(move |(x, y)| Circle::new((x + 6, y), 6, blue.filled()));
+        // Upper left is where an underconfident model's points go, rarely seen with LLMs.
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .label_font((FONT, 18))
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .draw()?;
+
+        // Predictions per bin as stems at the bin's mean confidence, on the same axis as above;
+        // stems stay readable where bars of neighbouring bins would overlap.
+        let max_count = self.bins.iter().map(|b| b.count).max().unwrap_or(1) as f64;
+        let mut counts = ChartBuilder::on(&bottom)
+            .margin(20)
+            .margin_top(0)
+            .x_label_area_size(45)
+            .y_label_area_size(80)
+            .build_cartesian_2d(0f64..1f64, 0f64..max_count * 1.15)?;
+        counts
+            .configure_mesh()
+            .x_desc("Mean confidence in bin")
+            .y_desc("Predictions in bin")
+            .y_labels(4)
+            .y_label_formatter(&|c| format!("{c:.0}"))
+            .label_style((FONT, 18))
+            .axis_desc_style((FONT, 20))
+            .light_line_style(no_minor_grid)
+            .draw()?;
+        counts.draw_series(self.bins.iter().map(|b| {
+            PathElement::new(
+                [
+                    (b.mean_confidence, 0.0),
+                    (b.mean_confidence, b.count as f64),
+                ],
+                blue.stroke_width(3),
+            )
+        }))?;
+        counts.draw_series(
+            self.bins
+                .iter()
+                .map(|b| Circle::new((b.mean_confidence, b.count as f64), 4, blue.filled())),
+        )?;
+        Ok(())
+    }
+}
+
+struct Frontier<'a> {
+    points: &'a [FrontierPoint],
+    title: &'a str,
+}
+
+impl Figure for Frontier<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
+        root.fill(&WHITE)?;
+        let root = root.margin(12, 0, 0, 0).titled(self.title, (FONT, 30))?;
+        let label_font = TextStyle::from((FONT, 18).into_font());
+        let color = |i: usize| COLORS[i % COLORS.len()];
+
+        // The legend gets its own panel on the right, so it never hides a point.
+        let mut widest = 0;
+        for p in self.points {
+            widest = widest.max(root.estimate_text_size(&p.label, &label_font)?.0);
+        }
+        let (plot_area, legend_area) =
+            root.split_horizontally(root.dim_in_pixel().0 - (widest + 70).min(400));
+        for (i, p) in self.points.iter().enumerate() {
+            let y = 70 + 30 * i as i32;
+            legend_area.draw(&Circle::new((15, y), 7, color(i).filled()))?;
+            legend_area.draw(&Text::new(
+                p.label.as_str(),
+                (32, y - 10),
+                label_font.clone(),
+            ))?;
+        }
+
+        // Axes fit every interval, with room around them for labels.
+        let span = |get: fn(&FrontierPoint) -> &Estimate| {
+            let (lo, hi) = self
+                .points
+                .iter()
+                .map(get)
+                .fold((f64::MAX, f64::MIN), |(lo, hi), e| {
+                    (
+                        lo.min(e.ci_low.unwrap_or(e.value)),
+                        hi.max(e.ci_high.unwrap_or(e.value)),
+                    )
+                });
+            let pad = ((hi - lo) * 0.12).max(0.02);
+            (lo - pad).max(0.0)..(hi + pad).min(1.0)
+        };
+        let mut chart = ChartBuilder::on(&plot_area)
+            .margin(25)
+            .x_label_area_size(55)
+            .y_label_area_size(90)
+            .build_cartesian_2d(span(|p| &p.ece), span(|p| &p.accuracy))?;
+        chart
+            .configure_mesh()
+            .x_desc("ECE (lower is better)")
+            .y_desc("Accuracy (higher is better)")
+            .label_style((FONT, 18))
+            .axis_desc_style((FONT, 20))
+            .light_line_style(WHITE.mix(0.0))
+            .x_label_formatter(&|x| format!("{x:.2}"))
+            .y_label_formatter(&|y| format!("{y:.2}"))
+            .draw()?;
+
+        let pixels: Vec<_> = self
+            .points
+            .iter()
+            .map(|p| chart.backend_coord(&(p.ece.value, p.accuracy.value)))
+            .collect();
+        // Markers first, so that labels are placed around all of them.
+        let mut taken: Vec<_> = pixels.iter().map(|&p| PixelRect::around(p, 9)).collect();
+        let inside = PixelRect::of_area(chart.plotting_area());
+        for (i, p) in self.points.iter().enumerate() {
+            let (x, y) = (p.ece.value, p.accuracy.value);
+            let bar = color(i).stroke_width(2);
+            let (x_lo, x_hi) = (p.ece.ci_low.unwrap_or(x), p.ece.ci_high.unwrap_or(x));
+            let (y_lo, y_hi) = (
+                p.accuracy.ci_low.unwrap_or(y),
+                p.accuracy.ci_high.unwrap_or(y),
+            );
+            chart.draw_series([ErrorBar::new_vertical(x, y_lo, y, y_hi, bar, 10)])?;
+            chart.draw_series([ErrorBar::new_horizontal(y, x_lo, x, x_hi, bar, 10)])?;
+            chart.draw_series([Circle::new((x, y), 7, color(i).filled())])?;
+
+            let size = plot_area.estimate_text_size(&p.label, &label_font)?;
+            let label = place_label(pixels[i], size, &taken, &inside);
+            taken.push(label);
+            let offset = (label.x0 - pixels[i].0, label.y0 - pixels[i].1);
+            let text = Text::new(p.label.clone(), offset, label_font.clone());
+            chart.draw_series([EmptyElement::at((x, y)) + text])?;
+        }
+        Ok(())
+    }
+}
+
+/// A rectangle in pixels.
+#[derive(Clone, Copy)]
+struct PixelRect {
+    x0: i32,
+    y0: i32,
+    x1: i32,
+    y1: i32,
+}
+
+impl PixelRect {
+    fn around((x, y): (i32, i32), radius: i32) -> Self {
+        Self {
+            x0: x - radius,
+            y0: y - radius,
+            x1: x + radius,
+            y1: y + radius,
+        }
+    }
+
+    fn of_area<DB: DrawingBackend, CT: plotters::coord::CoordTranslate>(
+        area: &DrawingArea<DB, CT>,
+    ) -> Self {
+        let (x, y) = area.get_pixel_range();
+        Self {
+            x0: x.start,
+            y0: y.start,
+            x1: x.end,
+            y1: y.end,
+        }
+    }
+
+    fn overlaps(&self, other: &PixelRect) -> bool {
+        self.x0 < other.x1 && other.x0 < self.x1 && self.y0 < other.y1 && other.y0 < self.y1
+    }
+
+    fn within(&self, outer: &PixelRect) -> bool {
+        self.x0 >= outer.x0 && self.x1 <= outer.x1 && self.y0 >= outer.y0 && self.y1 <= outer.y1
+    }
+}
+
+/// Where a point's label goes: the first of eight spots around the point (right, then left,
+/// then above and below) that stays in the plot and clears every marker and earlier label;
+/// up-right if none does.
+fn place_label(
+    (x, y): (i32, i32),
+    (w, h): (u32, u32),
+    taken: &[PixelRect],
+    inside: &PixelRect,
+) -> PixelRect {
+    let (w, h) = (w as i32, h as i32);
+    let at = |x0: i32, y0: i32| PixelRect {
+        x0,
+        y0,
+        x1: x0 + w,
+        y1: y0 + h,
+    };
+    let candidates = [
+        at(x + 12, y - h - 4),
+        at(x + 12, y + 4),
+        at(x - 12 - w, y - h - 4),
+        at(x - 12 - w, y + 4),
+        at(x + 12, y - h / 2),
+        at(x - 12 - w, y - h / 2),
+        at(x - w / 2, y - h - 14),
+        at(x - w / 2, y + 14),
+    ];
+    candidates
+        .iter()
+        .find(|c| c.within(inside) && !taken.iter().any(|t| t.overlaps(c)))
+        .copied()
+        .unwrap_or(candidates[0])
+}

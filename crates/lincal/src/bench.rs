@@ -1,0 +1,96 @@
+//! `lincal bench ...`: speed measurements that print numbers (never timed tests).
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use lincal_model::{CausalLm, SamplingParams, generate_batch};
+use rand::{Rng, SeedableRng};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Writes the f32 logits of a forward pass over token ids (left-padded rows) to a
+    /// safetensors file, for parity checks against transformers.
+    Logits {
+        #[arg(long)]
+        model: PathBuf,
+        /// JSON list of lists of token ids.
+        #[arg(long)]
+        ids: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "auto")]
+        device: String,
+        #[arg(long, default_value = "auto")]
+        dtype: String,
+    },
+    /// Batched sampling throughput: random prompts, every row runs to --new-tokens (no EOS).
+    Generate {
+        #[arg(long)]
+        model: PathBuf,
+        /// Batch sizes to measure, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "64,256")]
+        batch: Vec<usize>,
+        #[arg(long, default_value_t = 128)]
+        prompt_len: usize,
+        #[arg(long, default_value_t = 300)]
+        new_tokens: i64,
+        #[arg(long, default_value_t = 0.7)]
+        temperature: f64,
+        #[arg(long, default_value = "auto")]
+        device: String,
+        #[arg(long, default_value = "auto")]
+        dtype: String,
+        /// Append one JSON line per measurement here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Name recorded with each measurement (e.g. the model shape).
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+}
+
+pub fn run(command: BenchCommand) -> Result<()> {
+    match command {
+        BenchCommand::Logits { model, ids, out, device, dtype } => {
+            let device = crate::parse_device(&device)?;
+            let kind = crate::parse_kind(&dtype, device)?;
+            let model = CausalLm::load(&model, device, Some(kind))?;
+            let text = std::fs::read_to_string(&ids).with_context(|| format!("reading {}", ids.display()))?;
+            let rows: Vec<Vec<i64>> = serde_json::from_str(&text).with_context(|| format!("{}: expected a JSON list of equal-length lists of token ids", ids.display()))?;
+            let (input, mask) = lincal_model::generate::left_pad(&rows, 0, device);
+            let positions = lincal_model::layers::positions_from_mask(&mask);
+            let attention = lincal_model::layers::attention_mask(&mask, input.size()[1]);
+            let logits = tch::no_grad(|| model.logits(&model.forward(&input, &positions, Some(&attention), None))).to_kind(tch::Kind::Float);
+            Ok(lincal_model::checkpoint::write_safetensors_file(&out, &[(&"logits".to_string(), &logits)])?)
+        }
+        BenchCommand::Generate { model, batch, prompt_len, new_tokens, temperature, device, dtype, json, label } => {
+            let device = crate::parse_device(&device)?;
+            let kind = crate::parse_kind(&dtype, device)?;
+            let model = CausalLm::load(&model, device, Some(kind))?;
+            let vocab = model.config().vocab_size();
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+            let mut prompts = |n: usize| -> Vec<Vec<i64>> { (0..n).map(|_| (0..prompt_len).map(|_| rng.random_range(0..vocab)).collect()).collect() };
+            let params = SamplingParams { temperature, max_new_tokens: new_tokens, ..Default::default() };
+            // Warm-up: kernel selection and allocator growth stay out of the numbers.
+            generate_batch(&model, &prompts(2), &SamplingParams { max_new_tokens: 8, ..params.clone() }, &[], 0, None, None)?;
+            println!("{:>6} {:>7} {:>8} {:>10} {:>12}", "batch", "prompt", "new", "seconds", "tokens/s");
+            for &size in &batch {
+                let batch_prompts = prompts(size);
+                let started = Instant::now();
+                let out = generate_batch(&model, &batch_prompts, &params, &[], 0, None, None)?;
+                let seconds = started.elapsed().as_secs_f64();
+                let generated: i64 = out.lengths.iter().sum();
+                let rate = generated as f64 / seconds;
+                println!("{size:>6} {prompt_len:>7} {new_tokens:>8} {seconds:>10.2} {rate:>12.0}");
+                if let Some(path) = &json {
+                    let record = serde_json::json!({ "bench": "generate", "engine": "lincal", "model": label, "batch": size, "prompt_len": prompt_len, "new_tokens": new_tokens, "seconds": seconds, "tokens_per_s": rate, "kind": format!("{kind:?}"), "device": format!("{device:?}") });
+                    let mut text = std::fs::read_to_string(path).unwrap_or_default();
+                    text.push_str(&format!("{record}\n"));
+                    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+                }
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The real `lincal` binary on tiny models made in the test.
+
+use lincal_model::testing::{random_model, tiny_llama, write_tokenizer};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn lincal(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lincal")).args(args).output().expect("lincal runs")
+}
+
+fn tiny_model_dir(dir: &Path) -> String {
+    let model_dir = dir.join("tiny");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    random_model(tiny_llama(true), 1).save(&model_dir, usize::MAX).unwrap();
+    write_tokenizer(&model_dir, 64);
+    model_dir.to_str().unwrap().to_string()
+}
+
+fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn generate_writes_jsonl_and_resumes_after_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(dir.path());
+    let input = dir.path().join("prompts.jsonl");
+    let lines: Vec<String> = (0..5).map(|i| format!("{{\"id\": {i}, \"prompt\": \"t{} t{}\"}}", 3 + i, 10 + i)).collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let output = dir.path().join("out.jsonl");
+    let args = ["generate", "--model", &model, "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--max-new-tokens", "6", "--batch-size", "2", "--device", "cpu", "--seed", "3"];
+    let run = lincal(&args);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let full = read_jsonl(&output);
+    assert_eq!(full.len(), 5);
+    for (i, record) in full.iter().enumerate() {
+        assert_eq!(record["id"], i, "input fields are kept, in order");
+        assert!(record["completion"].is_string() && record["num_tokens"].as_u64().unwrap() <= 6);
+    }
+    // A run killed after two batches left 4 finished lines and a torn fifth in OUT.partial;
+    // the resumed run keeps the 4 lines and gives exactly the uninterrupted result.
+    std::fs::remove_file(&output).unwrap();
+    let kept: Vec<String> = full[..4].iter().map(|r| r.to_string()).collect();
+    std::fs::write(output.with_extension("jsonl.partial"), kept.join("\n") + "\n{\"id\": 4, \"comp").unwrap();
+    let run = lincal(&args);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(read_jsonl(&output), full);
+    assert!(!output.with_extension("jsonl.partial").exists());
+}
+
+#[test]
+fn bad_input_lines_are_named_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(dir.path());
+    for (content, expected) in [
+        ("{\"prompt\": \"t3\"}\nnot json\n", "prompts.jsonl:2: not valid JSON"),
+        ("{\"prompt\": \"t3\"}\n{\"text\": \"t4\"}\n", "prompts.jsonl:2: needs a `prompt` string"),
+        ("[1, 2]\n", "prompts.jsonl:1: each line must be a JSON object"),
+    ] {
+        let input = dir.path().join("prompts.jsonl");
+        std::fs::write(&input, content).unwrap();
+        let run = lincal(&["generate", "--model", &model, "--input", input.to_str().unwrap(), "--device", "cpu"]);
+        assert!(!run.status.success());
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn missing_model_and_bad_options_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = lincal(&["generate", "--model", dir.path().to_str().unwrap(), "--prompt", "hi", "--device", "cpu"]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && stderr.contains("config.json") && !stderr.contains("panicked"), "{stderr}");
+    let model = tiny_model_dir(dir.path());
+    let run = lincal(&["generate", "--model", &model, "--prompt", "t3", "--top-p", "1.5", "--device", "cpu"]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && stderr.contains("top_p must be in (0, 1]"), "{stderr}");
+    let run = lincal(&["convert", "gguf", model.as_str(), dir.path().join("x").to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && stderr.contains(&model) && !stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn single_prompt_streams_the_greedy_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(dir.path());
+    let run = lincal(&["generate", "--model", &model, "--prompt", "t3 t4", "--temperature", "0", "--max-new-tokens", "5", "--device", "cpu"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let streamed = String::from_utf8(run.stdout).unwrap();
+    // The same answer through the library.
+    let tokenizer = lincal_model::Tokenizer::from_dir(Path::new(&model)).unwrap();
+    let loaded = lincal_model::CausalLm::load(Path::new(&model), tch::Device::Cpu, None).unwrap();
+    let params = lincal_model::SamplingParams { temperature: 0.0, max_new_tokens: 5, ..Default::default() };
+    let ids = tokenizer.encode("t3 t4", true).unwrap();
+    let expected = lincal_model::generate_text(&loaded, &tokenizer, &[ids], &params, None).unwrap().remove(0);
+    assert_eq!(streamed.trim_end(), expected.text);
+}
+
+#[test]
+fn eval_metrics_writes_json_and_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("preds.jsonl");
+    // Brier by hand: (0.1² + 0.8² + 0.4² + 0.3²) / 4 = (0.01 + 0.64 + 0.16 + 0.09) / 4 = 0.225.
+    std::fs::write(&input, "{\"confidence\": 0.9, \"correct\": true}\n{\"confidence\": 0.8, \"correct\": false}\n{\"confidence\": 0.6, \"correct\": 1}\n{\"confidence\": 0.3, \"correct\": 0}\n").unwrap();
+    let out = dir.path().join("report");
+    let run = lincal(&["eval", "metrics", input.to_str().unwrap(), "--bins", "2", "--resamples", "200", "--out", out.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["accuracy"]["value"], 0.5);
+    assert!((metrics["brier"]["value"].as_f64().unwrap() - 0.225).abs() < 1e-12);
+    for key in ["ece", "ece_width", "mce", "log_loss", "auroc"] {
+        assert!(metrics.get(key).is_some(), "{key}");
+    }
+    assert!(out.join("reliability.png").exists() && out.join("reliability.svg").exists());
+
+    std::fs::write(&input, "{\"confidence\": 1.5, \"correct\": true}\n").unwrap();
+    let run = lincal(&["eval", "metrics", input.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && stderr.contains("preds.jsonl:1"), "{stderr}");
+}
