@@ -4,7 +4,7 @@ usage: hf_generate.py MODEL_DIR NAME BATCHES OUT_JSONL"""
 import json, sys, time, torch, transformers
 
 model_dir, name, batches, out = sys.argv[1], sys.argv[2], [int(b) for b in sys.argv[3].split(",")], sys.argv[4]
-model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.bfloat16, attn_implementation="sdpa").cuda().eval()
+model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation="sdpa").cuda().eval()
 vocab = model.config.vocab_size
 kwargs = dict(do_sample=True, temperature=0.7, top_k=0, top_p=1.0, pad_token_id=0)
 with torch.no_grad():

@@ -53,6 +53,10 @@ pub struct LlamaConfig {
     pub rope_theta: f64,
     #[serde(default)]
     pub rope_scaling: Option<RopeScaling>,
+    /// transformers 5 writes `rope_theta` and the scaling here instead of at the top level;
+    /// `ModelConfig::from_json` folds it into the two fields above.
+    #[serde(default, skip_serializing)]
+    pub rope_parameters: Option<serde_json::Value>,
     #[serde(default = "default_max_positions")]
     pub max_position_embeddings: i64,
     #[serde(default)]
@@ -82,6 +86,18 @@ fn default_max_positions() -> i64 {
 }
 
 impl LlamaConfig {
+    fn fold_rope_parameters(&mut self) -> Result<(), String> {
+        let Some(parameters) = self.rope_parameters.take() else { return Ok(()) };
+        if let Some(theta) = parameters.get("rope_theta") {
+            self.rope_theta = theta.as_f64().ok_or("rope_parameters.rope_theta must be a number")?;
+        }
+        let rope_type = parameters.get("rope_type").and_then(|t| t.as_str()).unwrap_or("default");
+        if rope_type != "default" {
+            self.rope_scaling = Some(serde_json::from_value(parameters).map_err(|e| format!("rope_parameters: {e}"))?);
+        }
+        Ok(())
+    }
+
     pub fn num_kv_heads(&self) -> i64 {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
@@ -173,7 +189,10 @@ impl ModelConfig {
             "gpt_neox" => serde_json::from_value(value).map(ModelConfig::GptNeoX),
             other => return Err(format!("model_type \"{other}\" is not supported; lincal runs \"llama\" and \"gpt_neox\"")),
         };
-        let config = parsed.map_err(|e| format!("{e}"))?;
+        let mut config = parsed.map_err(|e| format!("{e}"))?;
+        if let ModelConfig::Llama(c) = &mut config {
+            c.fold_rope_parameters()?;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -314,6 +333,20 @@ mod tests {
         assert_eq!(c.rope_scaling.as_ref().unwrap().rope_type, "linear");
         let again = ModelConfig::from_json(&config.to_json()).unwrap();
         assert_eq!(again, config);
+    }
+
+    /// transformers 5 moves `rope_theta` into `rope_parameters`; missing it silently would
+    /// run SmolLM2 (theta 1e5) with the default 1e4.
+    #[test]
+    fn rope_parameters_of_transformers_5_are_read() {
+        let text = r#"{"model_type":"llama","vocab_size":100,"hidden_size":64,"intermediate_size":128,
+            "num_hidden_layers":2,"num_attention_heads":4,"rope_parameters":{"rope_type":"default","rope_theta":100000.0}}"#;
+        let ModelConfig::Llama(c) = ModelConfig::from_json(text).unwrap() else { panic!("expected llama") };
+        assert_eq!((c.rope_theta, c.rope_scaling.is_none()), (100_000.0, true));
+        let text = text.replace(r#""rope_type":"default""#, r#""rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192"#);
+        let ModelConfig::Llama(c) = ModelConfig::from_json(&text).unwrap() else { panic!("expected llama") };
+        let scaling = c.rope_scaling.unwrap();
+        assert_eq!((scaling.rope_type.as_str(), scaling.factor, c.rope_theta), ("llama3", 8.0, 100_000.0));
     }
 
     #[test]

@@ -138,9 +138,14 @@ pub fn generate_batch(model: &CausalLm, prompts: &[Vec<i64>], params: &SamplingP
     if !params.stop.is_empty() && stop_tokenizer.is_none() {
         return Err(ModelError::Invalid("stop strings need the tokenizer".into()));
     }
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(params.seed);
     let device = model.device();
     let batch = prompts.len() as i64;
+    // Every draw of the run goes to the device in one copy: a copy per step from pageable
+    // memory would synchronise the host with the GPU at every token.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(params.seed);
+    let draws: Vec<f32> = (0..params.max_new_tokens * batch).map(|_| rng.random::<f32>()).collect();
+    let draws = Tensor::from_slice(&draws).view([params.max_new_tokens, batch]).to_device(device);
+    let pad = Tensor::from(pad_id).to_device(device);
     let (input_ids, mut key_mask) = left_pad(prompts, pad_id, device);
     let prompt_len = input_ids.size()[1];
     let mut cache = model.new_cache(batch, prompt_len + params.max_new_tokens);
@@ -159,9 +164,8 @@ pub fn generate_batch(model: &CausalLm, prompts: &[Vec<i64>], params: &SamplingP
         let mut logits = model.logits(&hidden.select(1, -1));
         positions = positions.select(1, -1);
         for step in 0..params.max_new_tokens {
-            let draws: Vec<f32> = (0..batch).map(|_| rng.random::<f32>()).collect();
-            let (next, logp) = sample_next(&logits, params, &Tensor::from_slice(&draws).to_device(device));
-            let next = next.where_self(&finished.logical_not(), &Tensor::from(pad_id).to_device(device));
+            let (next, logp) = sample_next(&logits, params, &draws.get(step));
+            let next = next.where_self(&finished.logical_not(), &pad);
             tokens.push(next.shallow_clone());
             logprobs.push(logp.masked_fill(&finished, 0.0));
             let all_finished = if track_on_host {
