@@ -185,6 +185,11 @@ mod tests {
         items.iter().map(|&(c, y)| Prediction::new(c, y)).collect()
     }
 
+    /// The five predictions the hand-computed cases below share.
+    fn five_predictions() -> Vec<Prediction> {
+        preds(&[(0.8, true), (0.1, false), (0.9, true), (0.3, true), (0.4, false)])
+    }
+
     const EPS: f64 = 1e-12;
 
     /// 5 predictions, 2 bins. Sorted: 0.1✗ 0.3✓ 0.4✗ 0.8✓ 0.9✓.
@@ -194,13 +199,7 @@ mod tests {
     /// ECE = 2/4·0.30 + 2/4·0.10 = 0.20; MCE = 0.30.
     #[test]
     fn equal_mass_drops_remainder_by_hand() {
-        let p = preds(&[
-            (0.8, true),
-            (0.1, false),
-            (0.9, true),
-            (0.3, true),
-            (0.4, false),
-        ]);
+        let p = five_predictions();
         let bins = reliability_bins(&p, 2, Binning::EqualMass).unwrap();
         assert_eq!(bins.iter().map(|b| b.count).collect::<Vec<_>>(), vec![2, 2]);
         assert!((bins[0].mean_confidence - 0.2).abs() < EPS);
@@ -216,13 +215,7 @@ mod tests {
     /// ECE = 3/5·0.2/3 + 2/5·0.15 = 0.04 + 0.06 = 0.10; MCE = 0.15.
     #[test]
     fn equal_mass_keep_all_by_hand() {
-        let p = preds(&[
-            (0.8, true),
-            (0.1, false),
-            (0.9, true),
-            (0.3, true),
-            (0.4, false),
-        ]);
+        let p = five_predictions();
         let bins = reliability_bins(&p, 2, Binning::EqualMassKeepAll).unwrap();
         assert_eq!(bins.iter().map(|b| b.count).collect::<Vec<_>>(), vec![3, 2]);
         assert!((ece(&p, 2, Binning::EqualMassKeepAll).unwrap() - 0.10).abs() < EPS);
@@ -235,13 +228,7 @@ mod tests {
     /// ECE = 1/5·0.1 + 2/5·0.15 + 2/5·0.15 = 0.02 + 0.06 + 0.06 = 0.14; MCE = 0.15.
     #[test]
     fn equal_width_by_hand_skips_empty_bins() {
-        let p = preds(&[
-            (0.8, true),
-            (0.1, false),
-            (0.9, true),
-            (0.3, true),
-            (0.4, false),
-        ]);
+        let p = five_predictions();
         let bins = reliability_bins(&p, 4, Binning::EqualWidth).unwrap();
         let edges: Vec<_> = bins.iter().map(|b| (b.lower, b.upper, b.count)).collect();
         assert_eq!(edges, vec![(0.0, 0.25, 1), (0.25, 0.5, 2), (0.75, 1.0, 2)]);

@@ -35,6 +35,19 @@ impl TokenIds {
     }
 }
 
+/// Fields every architecture's config carries: special token ids and the stored precision.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SpecialTokens {
+    #[serde(default)]
+    pub bos_token_id: Option<TokenIds>,
+    #[serde(default)]
+    pub eos_token_id: Option<TokenIds>,
+    #[serde(default)]
+    pub pad_token_id: Option<i64>,
+    #[serde(default)]
+    pub torch_dtype: Option<String>,
+}
+
 /// Llama family (Llama 2/3, SmolLM2, Mistral-style GQA).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LlamaConfig {
@@ -65,14 +78,8 @@ pub struct LlamaConfig {
     pub attention_bias: bool,
     #[serde(default)]
     pub mlp_bias: bool,
-    #[serde(default)]
-    pub bos_token_id: Option<TokenIds>,
-    #[serde(default)]
-    pub eos_token_id: Option<TokenIds>,
-    #[serde(default)]
-    pub pad_token_id: Option<i64>,
-    #[serde(default)]
-    pub torch_dtype: Option<String>,
+    #[serde(flatten)]
+    pub tokens: SpecialTokens,
 }
 
 fn default_rms_norm_eps() -> f64 {
@@ -128,14 +135,8 @@ pub struct GptNeoXConfig {
     pub tie_word_embeddings: bool,
     #[serde(default = "default_gelu")]
     pub hidden_act: String,
-    #[serde(default)]
-    pub bos_token_id: Option<TokenIds>,
-    #[serde(default)]
-    pub eos_token_id: Option<TokenIds>,
-    #[serde(default)]
-    pub pad_token_id: Option<i64>,
-    #[serde(default)]
-    pub torch_dtype: Option<String>,
+    #[serde(flatten)]
+    pub tokens: SpecialTokens,
 }
 
 fn default_rotary_pct() -> f64 {
@@ -273,47 +274,34 @@ impl ModelConfig {
         }
     }
 
-    pub fn hidden_size(&self) -> i64 {
+    fn tokens(&self) -> &SpecialTokens {
         match self {
-            ModelConfig::Llama(c) => c.hidden_size,
-            ModelConfig::GptNeoX(c) => c.hidden_size,
+            ModelConfig::Llama(c) => &c.tokens,
+            ModelConfig::GptNeoX(c) => &c.tokens,
+        }
+    }
+
+    fn tokens_mut(&mut self) -> &mut SpecialTokens {
+        match self {
+            ModelConfig::Llama(c) => &mut c.tokens,
+            ModelConfig::GptNeoX(c) => &mut c.tokens,
         }
     }
 
     pub fn eos_token_ids(&self) -> Vec<i64> {
-        let ids = match self {
-            ModelConfig::Llama(c) => &c.eos_token_id,
-            ModelConfig::GptNeoX(c) => &c.eos_token_id,
-        };
-        ids.as_ref().map(TokenIds::to_vec).unwrap_or_default()
+        self.tokens().eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default()
     }
 
     pub fn pad_token_id(&self) -> Option<i64> {
-        match self {
-            ModelConfig::Llama(c) => c.pad_token_id,
-            ModelConfig::GptNeoX(c) => c.pad_token_id,
-        }
-    }
-
-    pub fn set_pad_token_id(&mut self, id: i64) {
-        match self {
-            ModelConfig::Llama(c) => c.pad_token_id = Some(id),
-            ModelConfig::GptNeoX(c) => c.pad_token_id = Some(id),
-        }
+        self.tokens().pad_token_id
     }
 
     pub fn set_torch_dtype(&mut self, name: &str) {
-        match self {
-            ModelConfig::Llama(c) => c.torch_dtype = Some(name.into()),
-            ModelConfig::GptNeoX(c) => c.torch_dtype = Some(name.into()),
-        }
+        self.tokens_mut().torch_dtype = Some(name.into());
     }
 
     pub fn torch_dtype(&self) -> Option<&str> {
-        match self {
-            ModelConfig::Llama(c) => c.torch_dtype.as_deref(),
-            ModelConfig::GptNeoX(c) => c.torch_dtype.as_deref(),
-        }
+        self.tokens().torch_dtype.as_deref()
     }
 }
 

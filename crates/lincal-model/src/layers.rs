@@ -33,14 +33,6 @@ impl KvCache {
         self.layers.first().map_or(0, |(k, _)| k.size()[2])
     }
 
-    /// Keeps only the rows in `index` (finished sequences leave the batch).
-    pub fn select_rows(&mut self, index: &Tensor) {
-        for (k, v) in &mut self.layers {
-            *k = k.index_select(0, index);
-            *v = v.index_select(0, index);
-        }
-    }
-
     /// Called by the model once every layer has stored the new step.
     pub(crate) fn advance(&mut self, steps: i64) {
         self.len += steps;

@@ -89,10 +89,6 @@ impl CausalLm {
         self.vs.root().kind()
     }
 
-    pub fn num_parameters(&self) -> i64 {
-        self.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
-    }
-
     /// Final hidden states; see `Llama::forward` for the arguments.
     pub fn forward(&self, input_ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, cache: Option<&mut KvCache>) -> Tensor {
         match &self.arch {

@@ -29,10 +29,7 @@ pub fn tiny_neox() -> ModelConfig {
         max_position_embeddings: 128,
         tie_word_embeddings: false,
         hidden_act: "gelu".into(),
-        bos_token_id: None,
-        eos_token_id: Some(crate::config::TokenIds::One(2)),
-        pad_token_id: None,
-        torch_dtype: None,
+        tokens: crate::config::SpecialTokens { eos_token_id: Some(crate::config::TokenIds::One(2)), ..Default::default() },
     };
     ModelConfig::GptNeoX(config)
 }
