@@ -85,9 +85,9 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 println!("{size:>6} {prompt_len:>7} {new_tokens:>8} {seconds:>10.2} {rate:>12.0}");
                 if let Some(path) = &json {
                     let record = serde_json::json!({ "bench": "generate", "engine": "lincal", "model": label, "batch": size, "prompt_len": prompt_len, "new_tokens": new_tokens, "seconds": seconds, "tokens_per_s": rate, "kind": format!("{kind:?}"), "device": format!("{device:?}") });
-                    let mut text = std::fs::read_to_string(path).unwrap_or_default();
-                    text.push_str(&format!("{record}\n"));
-                    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+                    use std::io::Write;
+                    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
+                    writeln!(file, "{record}").with_context(|| format!("writing {}", path.display()))?;
                 }
             }
             Ok(())
