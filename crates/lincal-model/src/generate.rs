@@ -181,7 +181,7 @@ pub fn generate_batch(model: &CausalLm, prompts: &[Vec<i64>], params: &SamplingP
                     if eos_ids.contains(&id) {
                         row_done[row] = true;
                     } else if let Some(tokenizer) = stop_tokenizer.filter(|_| !params.stop.is_empty()) {
-                        stopped[row] = stop_position(tokenizer, &host_tokens[row], &params.stop)?.is_some();
+                        stopped[row] = stop_position(&tokenizer.decode(&host_tokens[row], true)?, &params.stop).is_some();
                         row_done[row] = stopped[row];
                     }
                 }
@@ -221,10 +221,9 @@ fn row_ends(tokens: &Tensor, eos_ids: &[i64], pad_id: i64, stopped: &[bool]) -> 
         .unzip()
 }
 
-/// Byte offset of the first stop string in the decoded text of `tokens`, if any.
-fn stop_position(tokenizer: &Tokenizer, tokens: &[i64], stop: &[String]) -> Result<Option<usize>> {
-    let text = tokenizer.decode(tokens, true)?;
-    Ok(stop.iter().filter_map(|s| text.find(s.as_str())).min())
+/// Byte offset of the first stop string in `text`, if any.
+fn stop_position(text: &str, stop: &[String]) -> Option<usize> {
+    stop.iter().filter_map(|s| text.find(s.as_str())).min()
 }
 
 /// Generates for text prompts and decodes the results.
@@ -245,7 +244,7 @@ pub fn generate_text(model: &CausalLm, tokenizer: &Tokenizer, prompts: &[Vec<i64
         let reason = batch.finish_reasons[row];
         let mut text = tokenizer.decode(&ids[..len], true)?;
         if reason == FinishReason::Stop {
-            let cut = params.stop.iter().filter_map(|s| text.find(s.as_str())).min().unwrap_or(text.len());
+            let cut = stop_position(&text, &params.stop).unwrap_or(text.len());
             text.truncate(cut);
         }
         out.push(Generation { tokens: ids[..len].to_vec(), logprobs: lps[..len].to_vec(), text, finish_reason: reason });
