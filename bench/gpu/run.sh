@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs GPU checks and benchmarks on the device machine, results under $OUT.
-# usage: bench/gpu/run.sh STEP...   STEP: parity:NAME | lincal:NAME | hf:NAME  (NAME: smollm2-135m | llama2-7b)
+# usage: bench/gpu/run.sh STEP...   STEP: parity:NAME | lincal:NAME | eager:NAME | hf:NAME
+#   (NAME: smollm2-135m | llama2-7b; eager = lincal without CUDA graphs)
 # Needs .gpu/lincal from `cargo xtask gpu-build`, carried with the call.
 set -euo pipefail
 export LD_LIBRARY_PATH=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib
@@ -13,7 +14,8 @@ for step in "$@"; do
   echo "== $step"
   case $what in
     parity) python3 bench/gpu/parity.py "$model" "$name" "$lincal" "$OUT/parity.jsonl" ;;
-    lincal) "$lincal" bench generate --model "$model" --label "$name" --batch 64,256 --device cuda --dtype bf16 --json "$OUT/generate.jsonl" ;;
+    lincal) "$lincal" bench generate --model "$model" --label "$name" --batch 64,256 --device cuda --dtype bf16 --verify --json "$OUT/generate.jsonl" ;;
+    eager) "$lincal" bench generate --model "$model" --label "$name" --batch 64,256 --device cuda --dtype bf16 --no-cuda-graph --verify --json "$OUT/generate.jsonl" ;;
     hf) python3 bench/gpu/hf_generate.py "$model" "$name" 64,256 "$OUT/generate.jsonl" ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac

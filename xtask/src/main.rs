@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const TORCH_VERSION: &str = "2.11.0";
-/// libtorch_cpu.so links against libcudart and libcupti even in CPU use.
-const TORCH_CPU_COMPANIONS: [&str; 2] = ["nvidia-cuda-runtime==13.0.96", "nvidia-cuda-cupti==13.5.25"];
+/// libtorch_cpu.so links against libcudart and libcupti even in CPU use; the CUDA-graph shim
+/// of GPU builds compiles against the runtime headers, which need the crt headers too.
+const TORCH_COMPANIONS: [&str; 3] = ["nvidia-cuda-runtime==13.0.96", "nvidia-cuda-cupti==13.5.25", "nvidia-cuda-crt==13.0.88"];
 
 struct Asset {
     /// pip requirement, fetched with `pip download --no-deps`
@@ -83,16 +84,21 @@ fn install_libtorch(venv: &Path, gpu: bool) -> Result<PathBuf> {
         run(Command::new("python3").args(["-m", "venv"]).arg(venv))?;
     }
     let site = site_packages(venv)?;
-    let installed = site.join(format!("torch-{TORCH_VERSION}.dist-info")).exists();
+    // pip records "name==version" as site-packages/name_with_underscores-version.dist-info.
+    let present = |requirement: &str| {
+        let (name, version) = requirement.split_once("==").expect("pinned requirement");
+        site.join(format!("{}-{version}.dist-info", name.replace('-', "_"))).exists()
+    };
+    let installed = present(&format!("torch=={TORCH_VERSION}")) && TORCH_COMPANIONS.iter().all(|r| present(r));
     let full_marker = venv.join(".lincal-full-torch");
     if !installed || (gpu && !full_marker.exists()) {
         eprintln!("xtask: installing torch=={TORCH_VERSION} into {} ({})", venv.display(), if gpu { "full wheel" } else { "CPU set" });
         let mut pip = Command::new(&python);
         pip.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]);
         if gpu {
-            pip.arg(format!("torch=={TORCH_VERSION}"));
+            pip.arg(format!("torch=={TORCH_VERSION}")).args(TORCH_COMPANIONS);
         } else {
-            pip.args(["--no-deps", &format!("torch=={TORCH_VERSION}")]).args(TORCH_CPU_COMPANIONS);
+            pip.args(["--no-deps", &format!("torch=={TORCH_VERSION}")]).args(TORCH_COMPANIONS);
         }
         run(&mut pip)?;
         if gpu {

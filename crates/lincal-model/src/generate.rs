@@ -2,7 +2,8 @@
 //! then decoded one token per step for the whole batch.
 
 use crate::error::{ModelError, Result};
-use crate::layers::{attention_mask, positions_from_mask};
+use crate::cuda_graph::{self, CudaGraph};
+use crate::layers::{KvCache, attention_mask, positions_from_mask};
 use crate::model::CausalLm;
 use crate::tokenizer::Tokenizer;
 use rand::{Rng, SeedableRng};
@@ -128,6 +129,74 @@ pub fn sample_next(logits: &Tensor, params: &SamplingParams, uniform: &Tensor) -
 /// device synchronisation that stalls the launch pipeline, so it is not done every token.
 const FINISHED_CHECK_INTERVAL: i64 = 16;
 
+/// Decode steps attend over the cache in windows of this many slots: a window is fixed
+/// within a captured graph, and rounding up to it keeps the number of graphs small while
+/// reading little more of the cache than the tokens so far.
+const WINDOW: i64 = 128;
+
+/// The decode step's inputs and the cache it writes, held in tensors whose addresses never
+/// change, so the step can run eagerly or as a CUDA graph replayed every token.
+struct DecodeState {
+    /// `[B, 1]` the tokens just sampled.
+    input_ids: Tensor,
+    /// `[B, 1]` their positions (real tokens so far; left padding does not count).
+    positions: Tensor,
+    /// `[1]` the cache slot they are written to.
+    slot: Tensor,
+    /// `[B, capacity]` which cache slots hold real tokens.
+    key_mask: Tensor,
+    cache: KvCache,
+}
+
+impl DecodeState {
+    /// Logits `[B, V]` of the next token, attending over the first `visible` cache slots.
+    fn step(&mut self, model: &CausalLm, visible: i64) -> Tensor {
+        let batch = self.input_ids.size()[0];
+        self.cache.set_window(&self.slot, visible);
+        let mask = self.key_mask.narrow(1, 0, visible).view([batch, 1, 1, visible]);
+        let hidden = model.forward(&self.input_ids, &self.positions, Some(&mask), Some(&mut self.cache));
+        model.logits(&hidden.squeeze_dim(1))
+    }
+
+    /// Stores `next` `[B]` as the input of the step that writes cache slot `slot`.
+    fn feed(&mut self, next: &Tensor) {
+        self.input_ids.copy_(&next.unsqueeze(1));
+        let _ = self.positions.g_add_scalar_(1);
+        let _ = self.slot.g_add_scalar_(1);
+        let _ = self.key_mask.index_fill_(1, &self.slot, 1);
+    }
+}
+
+/// Runs decode steps: eagerly, or through one CUDA graph per attention window, recorded the
+/// first time the window is needed and replayed for every later token.
+struct Decoder {
+    /// Declared first so the graphs are dropped before the tensors they read.
+    graphs: Vec<(i64, CudaGraph, Tensor)>,
+    state: DecodeState,
+    use_graphs: bool,
+}
+
+impl Decoder {
+    fn logits(&mut self, model: &CausalLm, visible: i64) -> Result<Tensor> {
+        if !self.use_graphs {
+            return Ok(self.state.step(model, visible));
+        }
+        if let Some((_, graph, logits)) = self.graphs.iter().find(|(window, _, _)| *window == visible) {
+            graph.replay()?;
+            return Ok(logits.shallow_clone());
+        }
+        let mut logits = None;
+        let state = &mut self.state;
+        // The step only rewrites the same slot from the same inputs, so the warm-up run before
+        // the first recording changes nothing.
+        let graph = CudaGraph::capture(model.device(), self.graphs.is_empty(), || logits = Some(state.step(model, visible)))?;
+        let logits = logits.expect("the captured step ran");
+        graph.replay()?;
+        self.graphs.push((visible, graph, logits.shallow_clone()));
+        Ok(logits)
+    }
+}
+
 /// Generates continuations of `prompts` (token ids). Rows end at any of `eos_ids`, at a stop
 /// string (needs `stop_tokenizer`), or after `max_new_tokens`.
 pub fn generate_batch(model: &CausalLm, prompts: &[Vec<i64>], params: &SamplingParams, eos_ids: &[i64], pad_id: i64, stop_tokenizer: Option<&Tokenizer>, mut on_token: Option<&mut dyn FnMut(usize, i64)>) -> Result<GeneratedBatch> {
@@ -146,11 +215,10 @@ pub fn generate_batch(model: &CausalLm, prompts: &[Vec<i64>], params: &SamplingP
     let draws: Vec<f32> = (0..params.max_new_tokens * batch).map(|_| rng.random::<f32>()).collect();
     let draws = Tensor::from_slice(&draws).view([params.max_new_tokens, batch]).to_device(device);
     let pad = Tensor::from(pad_id).to_device(device);
-    let (input_ids, mut key_mask) = left_pad(prompts, pad_id, device);
+    let (input_ids, prompt_mask) = left_pad(prompts, pad_id, device);
     let prompt_len = input_ids.size()[1];
-    let mut cache = model.new_cache(batch, prompt_len + params.max_new_tokens);
+    let capacity = prompt_len + params.max_new_tokens;
     let eos = Tensor::from_slice(eos_ids).to_device(device);
-    let mut positions = positions_from_mask(&key_mask);
     let mut finished = Tensor::zeros([batch], (Kind::Bool, device));
     // Stop strings and streaming need each token on the host anyway; then the host decides
     // which rows are done, otherwise the GPU does and is asked only now and then.
@@ -160,9 +228,22 @@ pub fn generate_batch(model: &CausalLm, prompts: &[Vec<i64>], params: &SamplingP
     let mut host_tokens: Vec<Vec<i64>> = vec![Vec::new(); prompts.len()];
     let (mut tokens, mut logprobs) = (Vec::new(), Vec::new());
     tch::no_grad(|| -> Result<()> {
-        let hidden = model.forward(&input_ids, &positions, Some(&attention_mask(&key_mask, prompt_len)), Some(&mut cache));
+        let key_mask = Tensor::zeros([batch, capacity], (Kind::Bool, device));
+        key_mask.narrow(1, 0, prompt_len).copy_(&prompt_mask);
+        let positions = positions_from_mask(&prompt_mask);
+        let mut cache = model.new_cache(batch, capacity);
+        cache.set_window(&Tensor::arange(prompt_len, (Kind::Int64, device)), prompt_len);
+        let mask = attention_mask(&prompt_mask, 0, prompt_len);
+        let hidden = model.forward(&input_ids, &positions, Some(&mask), Some(&mut cache));
         let mut logits = model.logits(&hidden.select(1, -1));
-        positions = positions.select(1, -1);
+        let state = DecodeState {
+            input_ids: Tensor::zeros([batch, 1], (Kind::Int64, device)),
+            positions: positions.narrow(1, prompt_len - 1, 1).contiguous(),
+            slot: Tensor::from_slice(&[prompt_len - 1]).to_device(device),
+            key_mask,
+            cache,
+        };
+        let mut decoder = Decoder { graphs: Vec::new(), state, use_graphs: model.cuda_graphs() && cuda_graph::supported(device) };
         for step in 0..params.max_new_tokens {
             let (next, logp) = sample_next(&logits, params, &draws.get(step));
             let next = next.where_self(&finished.logical_not(), &pad);
@@ -194,11 +275,9 @@ pub fn generate_batch(model: &CausalLm, prompts: &[Vec<i64>], params: &SamplingP
             if all_finished || step + 1 == params.max_new_tokens {
                 break;
             }
-            key_mask = Tensor::cat(&[&key_mask, &Tensor::ones([batch, 1], (Kind::Int64, device))], 1);
-            positions = &positions + 1;
-            let mask = attention_mask(&key_mask, 1);
-            let hidden = model.forward(&next.unsqueeze(1), &positions.unsqueeze(1), Some(&mask), Some(&mut cache));
-            logits = model.logits(&hidden.squeeze_dim(1));
+            decoder.state.feed(&next);
+            let written = prompt_len + step + 1;
+            logits = decoder.logits(model, ((written + WINDOW - 1) / WINDOW * WINDOW).min(capacity))?;
         }
         Ok(())
     })?;

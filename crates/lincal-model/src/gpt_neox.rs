@@ -3,16 +3,17 @@
 //! names are those of transformers' `GPTNeoXForCausalLM`.
 
 use crate::config::GptNeoXConfig;
-use crate::layers::{KvCache, apply_rotary, attend, rotary_cos_sin, rotary_inv_freq};
+use crate::lora;
+use crate::layers::{KvCache, apply_rotary, attend, attention_bias, rotary_cos_sin, rotary_inv_freq};
 use tch::{Kind, Tensor, nn, nn::Module};
 
 struct DecoderLayer {
     input_layernorm: nn::LayerNorm,
     post_attention_layernorm: nn::LayerNorm,
-    query_key_value: nn::Linear,
-    dense: nn::Linear,
-    dense_h_to_4h: nn::Linear,
-    dense_4h_to_h: nn::Linear,
+    query_key_value: lora::Linear,
+    dense: lora::Linear,
+    dense_h_to_4h: lora::Linear,
+    dense_4h_to_h: lora::Linear,
 }
 
 pub struct GptNeoX {
@@ -36,10 +37,10 @@ impl GptNeoX {
                 DecoderLayer {
                     input_layernorm: norm(&layer / "input_layernorm"),
                     post_attention_layernorm: norm(&layer / "post_attention_layernorm"),
-                    query_key_value: nn::linear(&layer / "attention" / "query_key_value", hidden, 3 * hidden, Default::default()),
-                    dense: nn::linear(&layer / "attention" / "dense", hidden, hidden, Default::default()),
-                    dense_h_to_4h: nn::linear(&layer / "mlp" / "dense_h_to_4h", hidden, config.intermediate_size, Default::default()),
-                    dense_4h_to_h: nn::linear(&layer / "mlp" / "dense_4h_to_h", config.intermediate_size, hidden, Default::default()),
+                    query_key_value: lora::linear(&layer / "attention" / "query_key_value", hidden, 3 * hidden, true),
+                    dense: lora::linear(&layer / "attention" / "dense", hidden, hidden, true),
+                    dense_h_to_4h: lora::linear(&layer / "mlp" / "dense_h_to_4h", hidden, config.intermediate_size, true),
+                    dense_4h_to_h: lora::linear(&layer / "mlp" / "dense_4h_to_h", config.intermediate_size, hidden, true),
                 }
             })
             .collect();
@@ -58,6 +59,7 @@ impl GptNeoX {
     pub fn forward(&self, input_ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, mut cache: Option<&mut KvCache>) -> Tensor {
         let mut x = Tensor::embedding(&self.embed_in, input_ids, -1, false, false);
         let (cos, sin) = rotary_cos_sin(&self.inv_freq, positions, x.kind());
+        let bias = mask.map(|m| attention_bias(m, x.kind()));
         let (b, t) = (input_ids.size()[0], input_ids.size()[1]);
         let (heads, head_dim) = (self.config.num_attention_heads, self.config.head_dim());
         let gelu_kind = if self.config.hidden_act == "gelu" { "none" } else { "tanh" };
@@ -67,7 +69,7 @@ impl GptNeoX {
             let q = apply_rotary(&qkv.narrow(-1, 0, head_dim), &cos, &sin);
             let k = apply_rotary(&qkv.narrow(-1, head_dim, head_dim), &cos, &sin);
             let v = qkv.narrow(-1, 2 * head_dim, head_dim);
-            let attn = attend(&q, &k, &v, mask, cache.as_deref_mut().map(|c| (c, index)));
+            let attn = attend(&q, &k, &v, bias.as_ref(), cache.as_deref_mut().map(|c| (c, index)));
             let attn = layer.dense.forward(&attn.transpose(1, 2).reshape([b, t, heads * head_dim]));
             let mlp = |h: &Tensor| layer.dense_4h_to_h.forward(&layer.dense_h_to_4h.forward(h).gelu(gelu_kind));
             x = if self.config.use_parallel_residual {
@@ -76,9 +78,6 @@ impl GptNeoX {
                 let x = x + attn;
                 mlp(&layer.post_attention_layernorm.forward(&x)) + x
             };
-        }
-        if let Some(cache) = cache {
-            cache.advance(t);
         }
         self.final_layer_norm.forward(&x)
     }

@@ -5,37 +5,39 @@ use tch::{Kind, Tensor};
 
 /// Per-layer key/value buffers allocated once for the whole generation, so decoding writes
 /// in place instead of concatenating (which would copy the whole cache every token).
+///
+/// Where a forward pass writes is a device tensor of slot indices rather than a host integer,
+/// and how many leading slots it attends over is fixed per call: together they let one decode
+/// step be captured in a CUDA graph and replayed for every token (see `generate`).
 pub struct KvCache {
     layers: Vec<(Tensor, Tensor)>,
-    len: i64,
+    /// Slots `[T]` the next forward pass writes, one per new token.
+    slots: Tensor,
+    /// Leading slots the next forward pass attends over (a key mask `[B, visible]` hides
+    /// the unwritten and padded ones).
+    visible: i64,
 }
 
 impl KvCache {
-    pub fn new(num_layers: i64, batch: i64, kv_heads: i64, max_len: i64, head_dim: i64, options: (Kind, tch::Device)) -> Self {
+    pub fn new(num_layers: i64, batch: i64, kv_heads: i64, capacity: i64, head_dim: i64, options: (Kind, tch::Device)) -> Self {
         let layers = (0..num_layers)
             .map(|_| {
-                (Tensor::zeros([batch, kv_heads, max_len, head_dim], options), Tensor::zeros([batch, kv_heads, max_len, head_dim], options))
+                (Tensor::zeros([batch, kv_heads, capacity, head_dim], options), Tensor::zeros([batch, kv_heads, capacity, head_dim], options))
             })
             .collect();
-        KvCache { layers, len: 0 }
-    }
-
-    /// Tokens stored so far.
-    pub fn len(&self) -> i64 {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+        KvCache { layers, slots: Tensor::zeros([0], (Kind::Int64, options.1)), visible: 0 }
     }
 
     pub fn capacity(&self) -> i64 {
         self.layers.first().map_or(0, |(k, _)| k.size()[2])
     }
 
-    /// Called by the model once every layer has stored the new step.
-    pub(crate) fn advance(&mut self, steps: i64) {
-        self.len += steps;
+    /// Makes the next forward pass write its `T` new keys and values at `slots` (`[T]`, on
+    /// the cache's device) and attend over the first `visible` slots.
+    pub fn set_window(&mut self, slots: &Tensor, visible: i64) {
+        assert!(visible <= self.capacity(), "KV cache holds {} tokens, asked to attend over {visible}", self.capacity());
+        self.slots = slots.shallow_clone();
+        self.visible = visible;
     }
 }
 
@@ -94,14 +96,15 @@ pub fn positions_from_mask(attention_mask: &Tensor) -> Tensor {
     (attention_mask.to_kind(Kind::Int64).cumsum(-1, Kind::Int64) - 1).clamp_min(0)
 }
 
-/// Boolean attention mask `[B, 1, T, S]` for `T` new queries over `S` keys, given which keys
-/// are real tokens (`key_mask` `[B, S]`, 1 = real). Causal over absolute positions; every query
-/// also sees itself, so pad rows are never fully masked (a fully masked row would be NaN, and
-/// NaN pad keys would poison real rows through 0·NaN).
-pub fn attention_mask(key_mask: &Tensor, query_len: i64) -> Tensor {
+/// Boolean attention mask `[B, 1, T, S]` for `T` new queries at key slots
+/// `first_query_slot..first_query_slot + T` over `S` keys, given which keys are real tokens
+/// (`key_mask` `[B, S]`, 1 = real). Causal over slots; every query also sees itself, so pad rows
+/// are never fully masked (a fully masked row would be NaN, and NaN pad keys would poison real
+/// rows through 0·NaN).
+pub fn attention_mask(key_mask: &Tensor, first_query_slot: i64, query_len: i64) -> Tensor {
     let key_len = key_mask.size()[1];
     let device = key_mask.device();
-    let query_pos = Tensor::arange_start(key_len - query_len, key_len, (Kind::Int64, device)).view([query_len, 1]);
+    let query_pos = Tensor::arange_start(first_query_slot, first_query_slot + query_len, (Kind::Int64, device)).view([query_len, 1]);
     let key_pos = Tensor::arange(key_len, (Kind::Int64, device)).view([1, key_len]);
     let causal = key_pos.le_tensor(&query_pos);
     let diagonal = key_pos.eq_tensor(&query_pos);
@@ -109,25 +112,45 @@ pub fn attention_mask(key_mask: &Tensor, query_len: i64) -> Tensor {
     causal.unsqueeze(0).unsqueeze(0).logical_and(&real).logical_or(&diagonal.unsqueeze(0).unsqueeze(0))
 }
 
-/// Scaled dot-product attention of `q` `[B, H, T, D]` over `k`, `v` `[B, Hkv, T, D]` and, when a
-/// cache is given, everything stored before. `mask` `None` means plain causal (training, no
-/// padding before real tokens), which lets PyTorch pick its flash kernel.
-pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, cache: Option<(&mut KvCache, usize)>) -> Tensor {
-    let gqa = q.size()[1] != k.size()[1];
+/// The boolean mask as an additive bias (0 where allowed, -inf where hidden) of the model's
+/// precision: converted once per forward pass instead of once per layer inside attention.
+pub fn attention_bias(mask: &Tensor, kind: Kind) -> Tensor {
+    Tensor::zeros(mask.size(), (kind, mask.device())).masked_fill(&mask.logical_not(), f64::NEG_INFINITY)
+}
+
+/// Scaled dot-product attention of `q` `[B, H, T, D]` over `k`, `v` `[B, Hkv, T, D]`.
+/// `bias` `None` means plain causal (training, no padding before real tokens), which lets
+/// PyTorch pick its flash kernel. With a cache the new keys and values are stored at the
+/// cache's slots and the queries attend over its visible window; `bias` is then required.
+pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, cache: Option<(&mut KvCache, usize)>) -> Tensor {
     match cache {
-        None => Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, mask.is_none(), None, gqa),
+        None if bias.is_none() => Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, true, None, q.size()[1] != k.size()[1]),
+        None => attend_grouped(q, k, v, bias),
         Some((cache, layer)) => {
-            let start = cache.len;
-            let steps = k.size()[2];
-            assert!(start + steps <= cache.capacity(), "KV cache holds {} tokens, asked for {}", cache.capacity(), start + steps);
+            let visible = cache.visible;
             let (ck, cv) = &mut cache.layers[layer];
-            ck.narrow(2, start, steps).copy_(k);
-            cv.narrow(2, start, steps).copy_(v);
-            let (keys, values) = (ck.narrow(2, 0, start + steps), cv.narrow(2, 0, start + steps));
-            let causal_without_mask = mask.is_none() && start == 0;
-            Tensor::scaled_dot_product_attention(q, &keys, &values, mask, 0.0, causal_without_mask, None, gqa)
+            let _ = ck.index_copy_(2, &cache.slots, k);
+            let _ = cv.index_copy_(2, &cache.slots, v);
+            attend_grouped(q, &ck.narrow(2, 0, visible), &cv.narrow(2, 0, visible), Some(bias.expect("cached attention needs a mask")))
         }
     }
+}
+
+/// Attention with a mask where query heads `h = kv·G + j` share key head `kv`: each group of
+/// `G` query heads is folded into the query axis, so the kernel sees equal head counts and no
+/// key or value is copied `G` times (masked attention kernels do not all take grouped heads).
+fn attend_grouped(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    let (b, heads, t, d) = q.size4().expect("q is [B, H, T, D]");
+    let group = heads / k.size()[1];
+    if group == 1 {
+        return Tensor::scaled_dot_product_attention(q, k, v, bias, 0.0, false, None, false);
+    }
+    let q = q.reshape([b, heads / group, group * t, d]);
+    let bias = bias.map(|m| {
+        let s = m.size();
+        m.unsqueeze(2).expand([s[0], s[1], group, s[2], s[3]], false).reshape([s[0], s[1], group * s[2], s[3]])
+    });
+    Tensor::scaled_dot_product_attention(&q, k, v, bias.as_ref(), 0.0, false, None, false).reshape([b, heads, t, d])
 }
 
 /// RMSNorm as transformers computes it: normalise in f32, cast back, then scale.
@@ -146,14 +169,34 @@ mod tests {
     fn mask_is_causal_and_hides_left_padding() {
         // Row 0: one pad then two real tokens; row 1: three real tokens.
         let key_mask = Tensor::from_slice2(&[[0i64, 1, 1], [1, 1, 1]]);
-        let mask = attention_mask(&key_mask, 3);
+        let mask = attention_mask(&key_mask, 0, 3);
         let got: Vec<Vec<bool>> = (0..3).map(|i| Vec::<bool>::try_from(mask.get(0).get(0).get(i)).unwrap()).collect();
         assert_eq!(got, vec![vec![true, false, false], vec![false, true, false], vec![false, true, true]]);
         let got: Vec<Vec<bool>> = (0..3).map(|i| Vec::<bool>::try_from(mask.get(1).get(0).get(i)).unwrap()).collect();
         assert_eq!(got, vec![vec![true, false, false], vec![true, true, false], vec![true, true, true]]);
-        // A decode step (one query over four keys) sees every real key.
-        let step = attention_mask(&Tensor::from_slice2(&[[0i64, 1, 1, 1]]), 1);
+        // A decode step (one query at slot 3 of four keys) sees every real key; at slot 2 of a
+        // longer window it sees neither the later slot nor the pad.
+        let step = attention_mask(&Tensor::from_slice2(&[[0i64, 1, 1, 1]]), 3, 1);
         assert_eq!(Vec::<bool>::try_from(step.flatten(0, -1)).unwrap(), vec![false, true, true, true]);
+        let step = attention_mask(&Tensor::from_slice2(&[[0i64, 1, 1, 1]]), 2, 1);
+        assert_eq!(Vec::<bool>::try_from(step.flatten(0, -1)).unwrap(), vec![false, true, true, false]);
+    }
+
+    /// Folding query-head groups into the query axis computes the same attention as PyTorch's
+    /// own grouped-query path, for a prefill (causal, padded) and a single decode query.
+    #[test]
+    fn grouped_attention_matches_enable_gqa() {
+        tch::manual_seed(3);
+        let key_mask = Tensor::from_slice2(&[[0i64, 1, 1, 1, 1], [1, 1, 1, 1, 1]]);
+        for (first, t) in [(0, 5), (4, 1)] {
+            let q = Tensor::randn([2, 6, t, 4], (Kind::Float, tch::Device::Cpu));
+            let (k, v) = (Tensor::randn([2, 2, 5, 4], (Kind::Float, tch::Device::Cpu)), Tensor::randn([2, 2, 5, 4], (Kind::Float, tch::Device::Cpu)));
+            let bias = attention_bias(&attention_mask(&key_mask, first, t), Kind::Float);
+            let expected = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&bias), 0.0, false, None, true);
+            let got = attend_grouped(&q, &k, &v, Some(&bias));
+            let diff = (got - expected).abs().max().double_value(&[]);
+            assert!(diff < 1e-6, "query slots {first}..{}: max abs diff {diff}", first + t);
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod cuda_graph;
 pub mod error;
 pub mod fsutil;
 pub mod generate;

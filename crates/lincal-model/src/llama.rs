@@ -3,23 +3,24 @@
 //! transformers' `LlamaForCausalLM`, so HF checkpoints load as they are.
 
 use crate::config::LlamaConfig;
-use crate::layers::{KvCache, apply_rotary, attend, rms_norm, rotary_cos_sin, rotary_inv_freq};
+use crate::lora;
+use crate::layers::{KvCache, apply_rotary, attend, attention_bias, rms_norm, rotary_cos_sin, rotary_inv_freq};
 use tch::{Kind, Tensor, nn, nn::Module};
 
 struct Attention {
-    q_proj: nn::Linear,
-    k_proj: nn::Linear,
-    v_proj: nn::Linear,
-    o_proj: nn::Linear,
+    q_proj: lora::Linear,
+    k_proj: lora::Linear,
+    v_proj: lora::Linear,
+    o_proj: lora::Linear,
     num_heads: i64,
     num_kv_heads: i64,
     head_dim: i64,
 }
 
 struct Mlp {
-    gate_proj: nn::Linear,
-    up_proj: nn::Linear,
-    down_proj: nn::Linear,
+    gate_proj: lora::Linear,
+    up_proj: lora::Linear,
+    down_proj: lora::Linear,
 }
 
 struct DecoderLayer {
@@ -39,8 +40,9 @@ pub struct Llama {
     inv_freq: Tensor,
 }
 
-fn linear(vs: nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> nn::Linear {
-    nn::linear(vs, in_dim, out_dim, nn::LinearConfig { bias, ..Default::default() })
+/// Projections are LoRA-capable linear layers (plain ones unless built inside `lora::with_lora`).
+fn linear(vs: nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> lora::Linear {
+    lora::linear(vs, in_dim, out_dim, bias)
 }
 
 impl Llama {
@@ -84,19 +86,18 @@ impl Llama {
 
     /// Final hidden states `[B, T, hidden]` for `input_ids` `[B, T]` at `positions` `[B, T]`.
     /// `mask` is a boolean `[B, 1, T, S]` (see `layers::attention_mask`) or `None` for plain
-    /// causal attention; with a cache, the new keys and values are appended to it.
+    /// causal attention; with a cache (see `KvCache::set_window`), the new keys and values are
+    /// stored in it and the mask covers its visible window.
     pub fn forward(&self, input_ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, mut cache: Option<&mut KvCache>) -> Tensor {
         let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
         let (cos, sin) = rotary_cos_sin(&self.inv_freq, positions, x.kind());
+        let bias = mask.map(|m| attention_bias(m, x.kind()));
         for (index, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.input_layernorm, self.config.rms_norm_eps);
-            let h = layer.self_attn.forward(&h, &cos, &sin, mask, cache.as_deref_mut().map(|c| (c, index)));
+            let h = layer.self_attn.forward(&h, &cos, &sin, bias.as_ref(), cache.as_deref_mut().map(|c| (c, index)));
             x = x + h;
             let h = rms_norm(&x, &layer.post_attention_layernorm, self.config.rms_norm_eps);
             x = x + layer.mlp.forward(&h);
-        }
-        if let Some(cache) = cache {
-            cache.advance(input_ids.size()[1]);
         }
         rms_norm(&x, &self.norm, self.config.rms_norm_eps)
     }
@@ -112,13 +113,13 @@ impl Llama {
 }
 
 impl Attention {
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: Option<&Tensor>, cache: Option<(&mut KvCache, usize)>) -> Tensor {
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, bias: Option<&Tensor>, cache: Option<(&mut KvCache, usize)>) -> Tensor {
         let (b, t) = (x.size()[0], x.size()[1]);
         let q = self.q_proj.forward(x).view([b, t, self.num_heads, self.head_dim]).transpose(1, 2);
         let k = self.k_proj.forward(x).view([b, t, self.num_kv_heads, self.head_dim]).transpose(1, 2);
         let v = self.v_proj.forward(x).view([b, t, self.num_kv_heads, self.head_dim]).transpose(1, 2);
         let (q, k) = (apply_rotary(&q, cos, sin), apply_rotary(&k, cos, sin));
-        let out = attend(&q, &k, &v, mask, cache);
+        let out = attend(&q, &k, &v, bias, cache);
         self.o_proj.forward(&out.transpose(1, 2).reshape([b, t, self.num_heads * self.head_dim]))
     }
 }

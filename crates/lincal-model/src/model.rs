@@ -24,6 +24,8 @@ pub struct CausalLm {
     config: ModelConfig,
     vs: nn::VarStore,
     arch: Architecture,
+    /// Whether generation replays CUDA graphs for decode steps (on a GPU, `cuda` builds).
+    cuda_graphs: bool,
 }
 
 impl CausalLm {
@@ -37,7 +39,7 @@ impl CausalLm {
             ModelConfig::Llama(c) => Architecture::Llama(Llama::new(&root, c)),
             ModelConfig::GptNeoX(c) => Architecture::GptNeoX(GptNeoX::new(&root, c)),
         };
-        CausalLm { config, vs, arch }
+        CausalLm { config, vs, arch, cuda_graphs: true }
     }
 
     /// Loads `dir/config.json` and the safetensors weights. `kind` `None` keeps the stored
@@ -79,6 +81,15 @@ impl CausalLm {
     pub fn set_kind(&mut self, kind: Kind) {
         self.vs.set_kind(kind);
         self.config.set_torch_dtype(kind_name(kind));
+    }
+
+    /// Turns CUDA-graph decoding on (the default) or off, e.g. to compare with eager decoding.
+    pub fn set_cuda_graphs(&mut self, enabled: bool) {
+        self.cuda_graphs = enabled;
+    }
+
+    pub fn cuda_graphs(&self) -> bool {
+        self.cuda_graphs
     }
 
     pub fn device(&self) -> Device {

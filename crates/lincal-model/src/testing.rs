@@ -2,7 +2,7 @@
 
 use crate::{CausalLm, GptNeoXConfig, ModelConfig};
 use std::path::Path;
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 /// A 2-layer Llama with grouped-query attention (4 heads, 2 KV heads), vocabulary 64.
 pub fn tiny_llama(tie: bool) -> ModelConfig {
@@ -34,15 +34,23 @@ pub fn tiny_neox() -> ModelConfig {
     ModelConfig::GptNeoX(config)
 }
 
-/// Random weights on the CPU in f32, every parameter (norms included) perturbed.
-pub fn random_model(config: ModelConfig, seed: i64) -> CausalLm {
-    tch::manual_seed(seed);
+/// Random weights on the CPU in f32, every parameter (norms included) perturbed. The values
+/// come from a ChaCha stream seeded by `seed`, not libtorch's global generator, which tests
+/// running in parallel threads would share.
+pub fn random_model(config: ModelConfig, seed: u64) -> CausalLm {
+    use rand::{Rng, SeedableRng};
     let model = CausalLm::new(config, Device::Cpu, Kind::Float);
-    // Norm weights start at one; perturb them so that a loader that skipped them would fail.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let variables: std::collections::BTreeMap<String, Tensor> = model.var_store().variables().into_iter().collect();
     tch::no_grad(|| {
-        for (_, mut var) in model.var_store().variables() {
-            let noise = var.randn_like() * 0.05;
-            let _ = var.g_add_(&noise);
+        for var in variables.values() {
+            let size = var.size();
+            // Matrices like PyTorch's default linear init; vectors (norms, biases) around their
+            // start value, so that a loader that skipped them would fail.
+            let scale = if size.len() == 2 { 1.0 / (size[1] as f32).sqrt() } else { 0.05 };
+            let noise: Vec<f32> = (0..var.numel()).map(|_| rng.random_range(-scale..scale)).collect();
+            let base = if size.len() == 2 { var.zeros_like() } else { var.shallow_clone() };
+            var.shallow_clone().copy_(&(base + Tensor::from_slice(&noise).view(size.as_slice())));
         }
     });
     model

@@ -14,7 +14,8 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
 }
 
-/// Prefill 5 tokens into the cache, then feed 4 one at a time: every step's logits equal the
+/// Prefill 5 tokens into the cache, then feed 4 one at a time at cache slots 5..9 attending
+/// over a window of all 12 slots (the unwritten ones masked): every step's logits equal the
 /// full causal forward's at that position (f32; tolerance 1e-5 absolute for logits of size ~1).
 #[test]
 fn kv_cache_decoding_matches_full_forward() {
@@ -22,20 +23,22 @@ fn kv_cache_decoding_matches_full_forward() {
         let model = random_model(config, 1);
         let ids = Tensor::from_slice(&[5i64, 9, 17, 33, 2, 40, 41, 7, 60]).view([1, 9]);
         let expected = full_logits(&model, &ids);
-        let mut cache = model.new_cache(1, 9);
+        let mut cache = model.new_cache(1, 12);
         tch::no_grad(|| {
             let prefix = ids.narrow(1, 0, 5);
             let positions = Tensor::arange(5, (Kind::Int64, Device::Cpu)).unsqueeze(0);
-            let logits = model.logits(&model.forward(&prefix, &positions, None, Some(&mut cache)));
+            cache.set_window(&Tensor::arange(5, (Kind::Int64, Device::Cpu)), 5);
+            let mask = attention_mask(&Tensor::ones([1, 5], (Kind::Int64, Device::Cpu)), 0, 5);
+            let logits = model.logits(&model.forward(&prefix, &positions, Some(&mask), Some(&mut cache)));
             assert!(max_abs_diff(&logits, &expected.narrow(1, 0, 5)) < 1e-5);
             for t in 5..9 {
-                let key_mask = Tensor::ones([1, t + 1], (Kind::Int64, Device::Cpu));
-                let step = model.logits(&model.forward(&ids.narrow(1, t, 1), &Tensor::from_slice(&[t]).view([1, 1]), Some(&attention_mask(&key_mask, 1)), Some(&mut cache)));
+                let key_mask = Tensor::cat(&[Tensor::ones([1, t + 1], (Kind::Int64, Device::Cpu)), Tensor::zeros([1, 11 - t], (Kind::Int64, Device::Cpu))], 1);
+                cache.set_window(&Tensor::from_slice(&[t]), 12);
+                let step = model.logits(&model.forward(&ids.narrow(1, t, 1), &Tensor::from_slice(&[t]).view([1, 1]), Some(&attention_mask(&key_mask, t, 1)), Some(&mut cache)));
                 let diff = max_abs_diff(&step, &expected.narrow(1, t, 1));
                 assert!(diff < 1e-5, "step {t}: max abs diff {diff}");
             }
         });
-        assert_eq!(cache.len(), 9);
     }
 }
 
@@ -47,7 +50,7 @@ fn left_padding_leaves_real_token_logits_unchanged() {
         let short = [11i64, 12, 13];
         let long = [20i64, 21, 22, 23, 24, 25];
         let (ids, key_mask) = lincal_model::generate::left_pad(&[short.to_vec(), long.to_vec()], 0, Device::Cpu);
-        let logits = tch::no_grad(|| model.logits(&model.forward(&ids, &positions_from_mask(&key_mask), Some(&attention_mask(&key_mask, 6)), None)));
+        let logits = tch::no_grad(|| model.logits(&model.forward(&ids, &positions_from_mask(&key_mask), Some(&attention_mask(&key_mask, 0, 6)), None)));
         let alone_short = full_logits(&model, &Tensor::from_slice(&short).view([1, 3]));
         let alone_long = full_logits(&model, &Tensor::from_slice(&long).view([1, 6]));
         assert!(max_abs_diff(&logits.get(0).narrow(0, 3, 3), &alone_short.get(0)) < 1e-5);

@@ -2,7 +2,9 @@
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
+use lincal_model::generate::GeneratedBatch;
 use lincal_model::{CausalLm, SamplingParams, generate_batch};
+use tch::Tensor;
 use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -47,6 +49,13 @@ pub enum BenchCommand {
         /// Name recorded with each measurement (e.g. the model shape).
         #[arg(long, default_value = "")]
         label: String,
+        /// Decode eagerly instead of replaying CUDA graphs (for comparison).
+        #[arg(long)]
+        no_cuda_graph: bool,
+        /// Also check the first 8 rows against a full forward pass over prompt and output: the
+        /// largest and mean gap between the log-probs decoding reported and the recomputed ones.
+        #[arg(long)]
+        verify: bool,
     },
 }
 
@@ -60,21 +69,22 @@ pub fn run(command: BenchCommand) -> Result<()> {
             let rows: Vec<Vec<i64>> = serde_json::from_str(&text).with_context(|| format!("{}: expected a JSON list of equal-length lists of token ids", ids.display()))?;
             let (input, mask) = lincal_model::generate::left_pad(&rows, 0, device);
             let positions = lincal_model::layers::positions_from_mask(&mask);
-            let attention = lincal_model::layers::attention_mask(&mask, input.size()[1]);
+            let attention = lincal_model::layers::attention_mask(&mask, 0, input.size()[1]);
             let logits = tch::no_grad(|| model.logits(&model.forward(&input, &positions, Some(&attention), None))).to_kind(tch::Kind::Float);
             Ok(lincal_model::checkpoint::write_safetensors_file(&out, &[(&"logits".to_string(), &logits)])?)
         }
-        BenchCommand::Generate { model, batch, prompt_len, new_tokens, temperature, device, dtype, json, label } => {
+        BenchCommand::Generate { model, batch, prompt_len, new_tokens, temperature, device, dtype, json, label, no_cuda_graph, verify } => {
             let device = crate::parse_device(&device)?;
             let kind = crate::parse_kind(&dtype, device)?;
-            let model = CausalLm::load(&model, device, Some(kind))?;
+            let mut model = CausalLm::load(&model, device, Some(kind))?;
+            model.set_cuda_graphs(!no_cuda_graph);
             let vocab = model.config().vocab_size();
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
             let mut prompts = |n: usize| -> Vec<Vec<i64>> { (0..n).map(|_| (0..prompt_len).map(|_| rng.random_range(0..vocab)).collect()).collect() };
             let params = SamplingParams { temperature, max_new_tokens: new_tokens, ..Default::default() };
             // Warm-up: kernel selection and allocator growth stay out of the numbers.
             generate_batch(&model, &prompts(2), &SamplingParams { max_new_tokens: 8, ..params.clone() }, &[], 0, None, None)?;
-            println!("{:>6} {:>7} {:>8} {:>10} {:>12}", "batch", "prompt", "new", "seconds", "tokens/s");
+            println!("{:>6} {:>7} {:>8} {:>10} {:>12}  {:<16}  {}", "batch", "prompt", "new", "seconds", "tokens/s", "tokens digest", if verify { "log-prob gap max / mean" } else { "" });
             for &size in &batch {
                 let batch_prompts = prompts(size);
                 let started = Instant::now();
@@ -82,9 +92,16 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 let seconds = started.elapsed().as_secs_f64();
                 let generated: i64 = out.lengths.iter().sum();
                 let rate = generated as f64 / seconds;
-                println!("{size:>6} {prompt_len:>7} {new_tokens:>8} {seconds:>10.2} {rate:>12.0}");
+                // Identical digests show two runs sampled identical tokens; different ones are not
+                // an error by themselves (cuBLAS may pick other kernels inside a graph, and one
+                // rounding difference changes a sample), which is what --verify checks.
+                let tokens = Vec::<Vec<i64>>::try_from(out.tokens.to_device(tch::Device::Cpu))?;
+                let digest = tokens.iter().flatten().fold(0u64, |h, &t| h.wrapping_mul(1_000_003).wrapping_add(t as u64));
+                let gap = verify.then(|| logprob_gap(&model, &batch_prompts, &out, temperature));
+                let gap_text = gap.map_or(String::new(), |(max, mean)| format!("{max:.4} / {mean:.5}"));
+                println!("{size:>6} {prompt_len:>7} {new_tokens:>8} {seconds:>10.2} {rate:>12.0}  {digest:016x}  {gap_text}");
                 if let Some(path) = &json {
-                    let record = serde_json::json!({ "bench": "generate", "engine": "lincal", "model": label, "batch": size, "prompt_len": prompt_len, "new_tokens": new_tokens, "seconds": seconds, "tokens_per_s": rate, "kind": format!("{kind:?}"), "device": format!("{device:?}") });
+                    let record = serde_json::json!({ "bench": "generate", "engine": "lincal", "model": label, "batch": size, "prompt_len": prompt_len, "new_tokens": new_tokens, "seconds": seconds, "tokens_per_s": rate, "cuda_graph": model.cuda_graphs(), "tokens_digest": format!("{digest:016x}"), "logprob_gap_max": gap.map(|g| g.0), "logprob_gap_mean": gap.map(|g| g.1), "kind": format!("{kind:?}"), "device": format!("{device:?}") });
                     use std::io::Write;
                     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
                     writeln!(file, "{record}").with_context(|| format!("writing {}", path.display()))?;
@@ -93,4 +110,21 @@ pub fn run(command: BenchCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Largest and mean absolute difference, over the first 8 rows, between the log-probs that
+/// generation reported for its tokens and those of one full causal forward pass over prompt and
+/// output (every row runs to full length here, and prompts are unpadded).
+fn logprob_gap(model: &CausalLm, prompts: &[Vec<i64>], out: &GeneratedBatch, temperature: f64) -> (f64, f64) {
+    let rows = prompts.len().min(8) as i64;
+    let device = model.device();
+    let prompt = Tensor::from_slice2(&prompts[..rows as usize]).to_device(device);
+    let (prompt_len, new) = (prompt.size()[1], out.tokens.size()[1]);
+    let ids = Tensor::cat(&[prompt, out.tokens.narrow(0, 0, rows)], 1);
+    let positions = Tensor::arange(ids.size()[1], (tch::Kind::Int64, device)).unsqueeze(0).expand_as(&ids);
+    let logits = tch::no_grad(|| model.logits(&model.forward(&ids, &positions, None, None))).to_kind(tch::Kind::Float);
+    let scaled = if temperature > 0.0 { logits / temperature } else { logits };
+    let expected = scaled.narrow(1, prompt_len - 1, new).log_softmax(-1, tch::Kind::Float).gather(-1, &out.tokens.narrow(0, 0, rows).unsqueeze(-1), false).squeeze_dim(-1);
+    let gap = (expected - out.logprobs.narrow(0, 0, rows).to_kind(tch::Kind::Float)).abs();
+    (gap.max().double_value(&[]), gap.mean(tch::Kind::Float).double_value(&[]))
 }
