@@ -1,0 +1,284 @@
+//! Turning reference rows into training examples (SPEC 1.3, 1.5, 1.6 and the Factuality RM).
+//! Prompts are rendered by closures so that this module does not depend on the templates: the
+//! caller passes the template of the run.
+
+use serde::{Deserialize, Serialize};
+
+use super::{HasQuestionId, RewardModelTrainingRow, SftTrainingRow, Tally, WithQuestion};
+use crate::Result;
+
+/// Paragraphs are cut to this many characters (Unicode scalar values, as Python slices strings)
+/// before they go into a reward-model prompt (SPEC 1.6).
+pub const PARAGRAPH_CHAR_LIMIT: usize = 2000;
+
+/// A supervised example: the loss is on `target` only. Also the JSONL format `{"prompt", "target"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SftExample {
+    /// Groups examples for the train/eval split; optional in JSONL files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub question_id: Option<String>,
+    pub prompt: String,
+    pub target: String,
+}
+
+/// A reward-model example with a soft label in [0, 1]. Also the JSONL format `{"prompt", "label"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RewardExample {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub question_id: Option<String>,
+    pub prompt: String,
+    pub label: f64,
+}
+
+/// An example without a question id is its own group, keyed by its prompt: equal prompts stay
+/// on the same side of a split.
+impl HasQuestionId for SftExample {
+    fn question_id(&self) -> &str {
+        self.question_id.as_deref().unwrap_or(&self.prompt)
+    }
+}
+
+impl HasQuestionId for RewardExample {
+    fn question_id(&self) -> &str {
+        self.question_id.as_deref().unwrap_or(&self.prompt)
+    }
+}
+
+/// Which column of `sft_training` is the target (the reference's `sft_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SftTarget {
+    /// `claude_summary`.
+    LcSft,
+    /// The first of `icl_generated_paragraphs`.
+    FactualitySft,
+    /// `claude_generated_paragraph`.
+    ClaudeDistill,
+}
+
+/// What a reader or reward-model prompt is filled with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReaderPromptInput<'a> {
+    pub question: &'a str,
+    /// The generated paragraph, already cut to [`PARAGRAPH_CHAR_LIMIT`] for reward models.
+    pub paragraph: &'a str,
+    /// The answer candidate (ForecastProbs) or the true answer (binary correctness); empty for
+    /// ExtractAnswers.
+    pub answer: &'a str,
+}
+
+const MISSING_QUESTION_PROMPT: &str = "missing paragraph_generation_prompt";
+const MISSING_TARGET: &str = "missing target";
+const MISSING_PARAGRAPH: &str = "missing paragraph";
+const MISSING_LIST: &str = "missing answers or probabilities list";
+const EMPTY_LIST: &str = "empty answers or probabilities list";
+const NAN_IN_LIST: &str = "NaN in answers or probabilities list";
+const LENGTH_MISMATCH: &str = "answers and probabilities differ in length";
+const MISSING_LABEL: &str = "missing label";
+const LABEL_OUT_OF_RANGE: &str = "label outside [0, 1]";
+
+/// SFT examples from `sft_training`: prompt = the rendered `paragraph_generation_prompt`,
+/// target = the column chosen by `target`. Rows missing either are skipped and counted.
+pub fn sft_examples(
+    rows: &[SftTrainingRow],
+    target: SftTarget,
+    render_prompt: &dyn Fn(&str) -> Result<String>,
+) -> Result<(Vec<SftExample>, Tally)> {
+    let mut examples = Vec::new();
+    let mut tally = Tally::default();
+    for row in rows {
+        let Some(query) = &row.paragraph_generation_prompt else {
+            tally.skip(MISSING_QUESTION_PROMPT);
+            continue;
+        };
+        let text = match target {
+            SftTarget::LcSft => row.claude_summary.as_ref(),
+            SftTarget::FactualitySft => row
+                .icl_generated_paragraphs
+                .as_ref()
+                .and_then(|p| p.first()?.as_ref()),
+            SftTarget::ClaudeDistill => row.claude_generated_paragraph.as_ref(),
+        };
+        let Some(text) = text else {
+            tally.skip(MISSING_TARGET);
+            continue;
+        };
+        examples.push(SftExample {
+            question_id: Some(row.question_id.clone()),
+            prompt: render_prompt(query)?,
+            target: text.clone(),
+        });
+        tally.keep();
+    }
+    Ok((examples, tally))
+}
+
+/// The answers and probabilities of a row, when both lists are usable (SPEC 1.5 and 1.6: rows
+/// with a missing list, an empty list or a NaN anywhere are skipped).
+fn answers_and_probs<'a>(
+    row: &'a RewardModelTrainingRow,
+    tally: &mut Tally,
+) -> Option<(&'a str, Vec<&'a str>, &'a [f64])> {
+    let Some(paragraph) = &row.lc_sft_generated_paragraph else {
+        tally.skip(MISSING_PARAGRAPH);
+        return None;
+    };
+    let (Some(answers), Some(probs)) = (
+        &row.lc_sft_ground_truth_and_extracted_answers,
+        &row.lc_sft_forecasted_probs,
+    ) else {
+        tally.skip(MISSING_LIST);
+        return None;
+    };
+    if answers.is_empty() || probs.is_empty() {
+        tally.skip(EMPTY_LIST);
+        return None;
+    }
+    let Some(answers) = answers
+        .iter()
+        .map(Option::as_deref)
+        .collect::<Option<Vec<&str>>>()
+    else {
+        tally.skip(NAN_IN_LIST);
+        return None;
+    };
+    if probs.iter().any(|p| p.is_nan()) {
+        tally.skip(NAN_IN_LIST);
+        return None;
+    }
+    Some((paragraph, answers, probs))
+}
+
+/// ExtractAnswers SFT examples (SPEC 1.5): the target is `No Answer` when only the ground truth
+/// is listed, otherwise the extracted answers, de-duplicated in order, joined with "; ".
+pub fn extract_answers_examples(
+    rows: &[WithQuestion<RewardModelTrainingRow>],
+    render_prompt: &dyn Fn(&ReaderPromptInput) -> Result<String>,
+) -> Result<(Vec<SftExample>, Tally)> {
+    let mut examples = Vec::new();
+    let mut tally = Tally::default();
+    for WithQuestion { row, question } in rows {
+        let Some((paragraph, answers, _)) = answers_and_probs(row, &mut tally) else {
+            continue;
+        };
+        let mut extracted: Vec<&str> = Vec::new();
+        for answer in &answers[1..] {
+            if !extracted.contains(answer) {
+                extracted.push(answer);
+            }
+        }
+        let target = if extracted.is_empty() {
+            "No Answer".to_string()
+        } else {
+            extracted.join("; ")
+        };
+        let input = ReaderPromptInput {
+            question: &question.question,
+            paragraph,
+            answer: "",
+        };
+        examples.push(SftExample {
+            question_id: Some(row.question_id.clone()),
+            prompt: render_prompt(&input)?,
+            target,
+        });
+        tally.keep();
+    }
+    Ok((examples, tally))
+}
+
+/// ForecastProbs reward-model examples (SPEC 1.6): one per (paragraph, answer candidate), the
+/// ground truth included, labelled with Claude's probability. A row with any probability
+/// outside [0, 1] is skipped whole.
+pub fn forecast_probs_examples(
+    rows: &[WithQuestion<RewardModelTrainingRow>],
+    render_prompt: &dyn Fn(&ReaderPromptInput) -> Result<String>,
+) -> Result<(Vec<RewardExample>, Tally)> {
+    let mut examples = Vec::new();
+    let mut tally = Tally::default();
+    for WithQuestion { row, question } in rows {
+        let Some((paragraph, answers, probs)) = answers_and_probs(row, &mut tally) else {
+            continue;
+        };
+        if answers.len() != probs.len() {
+            tally.skip(LENGTH_MISMATCH);
+            continue;
+        }
+        if probs.iter().any(|p| !(0.0..=1.0).contains(p)) {
+            tally.skip(LABEL_OUT_OF_RANGE);
+            continue;
+        }
+        let paragraph = cut_paragraph(paragraph);
+        for (answer, &label) in answers.iter().zip(probs) {
+            let input = ReaderPromptInput {
+                question: &question.question,
+                paragraph,
+                answer,
+            };
+            examples.push(RewardExample {
+                question_id: Some(row.question_id.clone()),
+                prompt: render_prompt(&input)?,
+                label,
+            });
+        }
+        tally.keep();
+    }
+    Ok((examples, tally))
+}
+
+/// Factuality reward-model examples: the Factuality SFT paragraph with the true answer
+/// (TriviaQA `answer.value`), labelled with Claude's 0/1 correctness judgement.
+pub fn binary_correctness_examples(
+    rows: &[WithQuestion<RewardModelTrainingRow>],
+    render_prompt: &dyn Fn(&ReaderPromptInput) -> Result<String>,
+) -> Result<(Vec<RewardExample>, Tally)> {
+    let mut examples = Vec::new();
+    let mut tally = Tally::default();
+    for WithQuestion { row, question } in rows {
+        let Some(paragraph) = &row.factuality_sft_generated_paragraph else {
+            tally.skip(MISSING_PARAGRAPH);
+            continue;
+        };
+        let Some(label) = row.factuality_sft_binary_correctness else {
+            tally.skip(MISSING_LABEL);
+            continue;
+        };
+        if !(0.0..=1.0).contains(&label) {
+            tally.skip(LABEL_OUT_OF_RANGE);
+            continue;
+        }
+        let input = ReaderPromptInput {
+            question: &question.question,
+            paragraph: cut_paragraph(paragraph),
+            answer: &question.answer,
+        };
+        examples.push(RewardExample {
+            question_id: Some(row.question_id.clone()),
+            prompt: render_prompt(&input)?,
+            label,
+        });
+        tally.keep();
+    }
+    Ok((examples, tally))
+}
+
+fn cut_paragraph(paragraph: &str) -> &str {
+    match paragraph.char_indices().nth(PARAGRAPH_CHAR_LIMIT) {
+        Some((end, _)) => &paragraph[..end],
+        None => paragraph,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cut_paragraph_counts_characters_not_bytes() {
+        let paragraph = "é".repeat(PARAGRAPH_CHAR_LIMIT + 5);
+        assert_eq!(
+            cut_paragraph(&paragraph).chars().count(),
+            PARAGRAPH_CHAR_LIMIT
+        );
+        assert_eq!(cut_paragraph("short"), "short");
+    }
+}

@@ -1,0 +1,105 @@
+//! JSON Lines files: the plain example formats (`{"prompt", "target"}` for SFT, `{"prompt",
+//! "label"}` for reward models, each with an optional `"question_id"`), and the reading and
+//! atomic writing that the question sources use too.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{RewardExample, SftExample};
+use crate::{DataError, Result};
+
+/// Reads one JSON object per line (blank lines are allowed); `check` rejects values that parse
+/// but make no sense. Errors name the file and line.
+pub fn read_jsonl<T: DeserializeOwned>(
+    path: &Path,
+    check: impl Fn(&T) -> std::result::Result<(), String>,
+) -> Result<Vec<T>> {
+    let file = File::open(path).map_err(|source| DataError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut items = Vec::new();
+    for (index, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|source| DataError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row_error = |message: String| DataError::Row {
+            path: path.to_path_buf(),
+            line: index + 1,
+            message,
+        };
+        let item: T = serde_json::from_str(&line).map_err(|e| row_error(e.to_string()))?;
+        check(&item).map_err(row_error)?;
+        items.push(item);
+    }
+    Ok(items)
+}
+
+/// Reads `{"prompt", "target"}` lines.
+pub fn read_sft_jsonl(path: &Path) -> Result<Vec<SftExample>> {
+    read_jsonl(path, |_: &SftExample| Ok(()))
+}
+
+/// Reads `{"prompt", "label"}` lines; a label must be a number in [0, 1].
+pub fn read_reward_jsonl(path: &Path) -> Result<Vec<RewardExample>> {
+    read_jsonl(path, |example: &RewardExample| {
+        if (0.0..=1.0).contains(&example.label) {
+            Ok(())
+        } else {
+            Err(format!("label {} is outside [0, 1]", example.label))
+        }
+    })
+}
+
+/// Writes one JSON object per line, atomically.
+pub fn write_jsonl<T: Serialize>(path: &Path, items: &[T]) -> Result<()> {
+    write_atomically(path, |out| {
+        for item in items {
+            serde_json::to_writer(&mut *out, item).map_err(std::io::Error::from)?;
+            out.write_all(b"\n")?;
+        }
+        Ok(())
+    })
+}
+
+/// Writes through `write` to a temporary file beside `path`, then renames it over `path`, so a
+/// crash never leaves a truncated file under the final name.
+pub(crate) fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+) -> Result<()> {
+    let temporary = temporary_path(path);
+    let write_error = |source| DataError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let result = (|| {
+        let mut out = BufWriter::new(File::create(&temporary)?);
+        write(&mut out)?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&temporary, path)
+    })();
+    if result.is_err() {
+        // Best effort: the error being reported matters more than a leftover temporary file.
+        let _ = std::fs::remove_file(&temporary);
+    }
+    result.map_err(write_error)
+}
+
+/// `dir/.name.<pid>.tmp`: hidden, beside the target (same file system, so the rename is atomic),
+/// and distinct per process.
+pub(crate) fn temporary_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
