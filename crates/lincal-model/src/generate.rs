@@ -21,12 +21,11 @@ pub struct SamplingParams {
     pub max_new_tokens: i64,
     /// Generation of a row ends once its text contains one of these; the text is cut before it.
     pub stop: Vec<String>,
-    pub seed: u64,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.7, top_p: 1.0, top_k: 0, max_new_tokens: 256, stop: Vec::new(), seed: 42 }
+        SamplingParams { temperature: 0.7, top_p: 1.0, top_k: 0, max_new_tokens: 256, stop: Vec::new() }
     }
 }
 
@@ -198,11 +197,16 @@ impl Decoder {
 }
 
 /// Generates continuations of `prompts` (token ids). Rows end at any of `eos_ids`, at a stop
-/// string (needs `stop_tokenizer`), or after `max_new_tokens`.
-pub fn generate_batch(model: &CausalLm, prompts: &[Vec<i64>], params: &SamplingParams, eos_ids: &[i64], pad_id: i64, stop_tokenizer: Option<&Tokenizer>, mut on_token: Option<&mut dyn FnMut(usize, i64)>) -> Result<GeneratedBatch> {
+/// string (needs `stop_tokenizer`), or after `max_new_tokens`. Row `i` samples with its own
+/// random stream seeded by `seeds[i]`, so what a row draws does not depend on which other rows
+/// share its batch (a resumed or re-batched run samples the same).
+pub fn generate_batch(model: &CausalLm, prompts: &[Vec<i64>], seeds: &[u64], params: &SamplingParams, eos_ids: &[i64], pad_id: i64, stop_tokenizer: Option<&Tokenizer>, mut on_token: Option<&mut dyn FnMut(usize, i64)>) -> Result<GeneratedBatch> {
     params.validate()?;
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
         return Err(ModelError::Invalid("every prompt needs at least one token".into()));
+    }
+    if seeds.len() != prompts.len() {
+        return Err(ModelError::Invalid(format!("{} prompts need {} seeds, got {}", prompts.len(), prompts.len(), seeds.len())));
     }
     if !params.stop.is_empty() && stop_tokenizer.is_none() {
         return Err(ModelError::Invalid("stop strings need the tokenizer".into()));
@@ -211,9 +215,8 @@ pub fn generate_batch(model: &CausalLm, prompts: &[Vec<i64>], params: &SamplingP
     let batch = prompts.len() as i64;
     // Every draw of the run goes to the device in one copy: a copy per step from pageable
     // memory would synchronise the host with the GPU at every token.
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(params.seed);
-    let draws: Vec<f32> = (0..params.max_new_tokens * batch).map(|_| rng.random::<f32>()).collect();
-    let draws = Tensor::from_slice(&draws).view([params.max_new_tokens, batch]).to_device(device);
+    let draws: Vec<f32> = seeds.iter().flat_map(|&seed| rand_chacha::ChaCha8Rng::seed_from_u64(seed).random_iter::<f32>().take(params.max_new_tokens as usize)).collect();
+    let draws = Tensor::from_slice(&draws).view([batch, params.max_new_tokens]).tr().contiguous().to_device(device);
     let pad = Tensor::from(pad_id).to_device(device);
     let (input_ids, prompt_mask) = left_pad(prompts, pad_id, device);
     let prompt_len = input_ids.size()[1];
@@ -306,7 +309,7 @@ fn stop_position(text: &str, stop: &[String]) -> Option<usize> {
 }
 
 /// Generates for text prompts and decodes the results.
-pub fn generate_text(model: &CausalLm, tokenizer: &Tokenizer, prompts: &[Vec<i64>], params: &SamplingParams, on_token: Option<&mut dyn FnMut(usize, i64)>) -> Result<Vec<Generation>> {
+pub fn generate_text(model: &CausalLm, tokenizer: &Tokenizer, prompts: &[Vec<i64>], seeds: &[u64], params: &SamplingParams, on_token: Option<&mut dyn FnMut(usize, i64)>) -> Result<Vec<Generation>> {
     let mut eos_ids = tokenizer.eos_token_ids();
     for id in model.config().eos_token_ids() {
         if !eos_ids.contains(&id) {
@@ -314,7 +317,7 @@ pub fn generate_text(model: &CausalLm, tokenizer: &Tokenizer, prompts: &[Vec<i64
         }
     }
     let pad_id = model.config().pad_token_id().or_else(|| tokenizer.pad_token().and_then(|t| tokenizer.token_id(&t))).or(eos_ids.first().copied()).unwrap_or(0);
-    let batch = generate_batch(model, prompts, params, &eos_ids, pad_id, Some(tokenizer), on_token)?;
+    let batch = generate_batch(model, prompts, seeds, params, &eos_ids, pad_id, Some(tokenizer), on_token)?;
     let tokens = Vec::<Vec<i64>>::try_from(batch.tokens.to_device(tch::Device::Cpu)).expect("2-d ids");
     let logprobs = Vec::<Vec<f32>>::try_from(batch.logprobs.to_device(tch::Device::Cpu).to_kind(Kind::Float)).expect("2-d logprobs");
     let mut out = Vec::with_capacity(tokens.len());

@@ -21,13 +21,18 @@ fn greedy(max_new_tokens: i64) -> SamplingParams {
     SamplingParams { temperature: 0.0, max_new_tokens, ..Default::default() }
 }
 
+/// One seed per prompt: `base`, `base + 1`, ...
+fn seeds(prompts: &[Vec<i64>], base: u64) -> Vec<u64> {
+    (base..).take(prompts.len()).collect()
+}
+
 #[test]
 fn batched_greedy_matches_one_at_a_time_full_forward() {
     for config in [tiny_llama(true), tiny_neox()] {
         let model = random_model(config, 7);
         let prompts = vec![vec![3i64, 4, 5], vec![10, 11, 12, 13, 14, 15, 16], vec![40]];
         // No EOS so every row runs the full length.
-        let out = generate_batch(&model, &prompts, &greedy(8), &[], 0, None, None).unwrap();
+        let out = generate_batch(&model, &prompts, &seeds(&prompts, 5), &greedy(8), &[], 0, None, None).unwrap();
         let rows = Vec::<Vec<i64>>::try_from(&out.tokens).unwrap();
         for (prompt, row) in prompts.iter().zip(&rows) {
             assert_eq!(row, &greedy_reference(&model, prompt, 8), "prompt {prompt:?}");
@@ -41,10 +46,10 @@ fn batched_greedy_matches_one_at_a_time_full_forward() {
 fn rows_end_at_eos_and_are_padded_after_it() {
     let model = random_model(tiny_llama(true), 8);
     let prompts = vec![vec![3i64, 4, 5], vec![20, 21]];
-    let free = Vec::<Vec<i64>>::try_from(&generate_batch(&model, &prompts, &greedy(6), &[], 0, None, None).unwrap().tokens).unwrap();
+    let free = Vec::<Vec<i64>>::try_from(&generate_batch(&model, &prompts, &seeds(&prompts, 5), &greedy(6), &[], 0, None, None).unwrap().tokens).unwrap();
     // Declare row 0's third greedy token the EOS: row 0 stops there, with pads after.
     let eos = free[0][2];
-    let out = generate_batch(&model, &prompts, &greedy(6), &[eos], 63, None, None).unwrap();
+    let out = generate_batch(&model, &prompts, &seeds(&prompts, 5), &greedy(6), &[eos], 63, None, None).unwrap();
     let rows = Vec::<Vec<i64>>::try_from(&out.tokens).unwrap();
     let logprobs = Vec::<Vec<f32>>::try_from(&out.logprobs).unwrap();
     let first_eos = free[0].iter().position(|&t| t == eos).unwrap();
@@ -60,18 +65,31 @@ fn rows_end_at_eos_and_are_padded_after_it() {
 fn sampling_is_seeded_and_top_k_one_is_greedy() {
     let model = random_model(tiny_llama(false), 9);
     let prompts = vec![vec![3i64, 4, 5], vec![6, 7]];
-    let params = SamplingParams { temperature: 1.0, max_new_tokens: 12, seed: 5, ..Default::default() };
-    let a = generate_batch(&model, &prompts, &params, &[], 0, None, None).unwrap();
-    let b = generate_batch(&model, &prompts, &params, &[], 0, None, None).unwrap();
+    let params = SamplingParams { temperature: 1.0, max_new_tokens: 12, ..Default::default() };
+    let a = generate_batch(&model, &prompts, &seeds(&prompts, 5), &params, &[], 0, None, None).unwrap();
+    let b = generate_batch(&model, &prompts, &seeds(&prompts, 5), &params, &[], 0, None, None).unwrap();
     assert!(bool::try_from(a.tokens.eq_tensor(&b.tokens).all()).unwrap(), "same seed, same tokens");
-    let c = generate_batch(&model, &prompts, &SamplingParams { seed: 6, ..params.clone() }, &[], 0, None, None).unwrap();
+    let c = generate_batch(&model, &prompts, &seeds(&prompts, 6), &params, &[], 0, None, None).unwrap();
     assert!(!bool::try_from(a.tokens.eq_tensor(&c.tokens).all()).unwrap(), "another seed, other tokens");
-    let top1 = generate_batch(&model, &prompts, &SamplingParams { top_k: 1, ..params.clone() }, &[], 0, None, None).unwrap();
-    let greedy_out = generate_batch(&model, &prompts, &greedy(12), &[], 0, None, None).unwrap();
+    let top1 = generate_batch(&model, &prompts, &seeds(&prompts, 5), &SamplingParams { top_k: 1, ..params.clone() }, &[], 0, None, None).unwrap();
+    let greedy_out = generate_batch(&model, &prompts, &seeds(&prompts, 5), &greedy(12), &[], 0, None, None).unwrap();
     assert!(bool::try_from(top1.tokens.eq_tensor(&greedy_out.tokens).all()).unwrap());
     // A tiny nucleus keeps only the most likely token too.
-    let nucleus = generate_batch(&model, &prompts, &SamplingParams { top_p: 1e-6, ..params.clone() }, &[], 0, None, None).unwrap();
+    let nucleus = generate_batch(&model, &prompts, &seeds(&prompts, 5), &SamplingParams { top_p: 1e-6, ..params.clone() }, &[], 0, None, None).unwrap();
     assert!(bool::try_from(nucleus.tokens.eq_tensor(&greedy_out.tokens).all()).unwrap());
+}
+
+/// A row samples from its own seeded stream: alone, or beside other rows in a batch, the same
+/// prompt and seed give the same tokens (prompts of equal length, so padding is the same too).
+#[test]
+fn a_rows_samples_do_not_depend_on_its_batch() {
+    let model = random_model(tiny_llama(false), 13);
+    let params = SamplingParams { temperature: 1.0, max_new_tokens: 10, ..Default::default() };
+    let batch = generate_batch(&model, &[vec![3i64, 4, 5], vec![6, 7, 8], vec![9, 10, 11]], &[5, 9, 2], &params, &[], 0, None, None).unwrap();
+    let alone = generate_batch(&model, &[vec![6i64, 7, 8]], &[9], &params, &[], 0, None, None).unwrap();
+    assert_eq!(Vec::<i64>::try_from(batch.tokens.get(1)).unwrap(), Vec::<i64>::try_from(alone.tokens.get(0)).unwrap());
+    let other_seed = generate_batch(&model, &[vec![6i64, 7, 8]], &[10], &params, &[], 0, None, None).unwrap();
+    assert_ne!(Vec::<i64>::try_from(other_seed.tokens.get(0)).unwrap(), Vec::<i64>::try_from(alone.tokens.get(0)).unwrap());
 }
 
 /// The returned log-probs are those of the temperature-scaled distribution (what PPO needs).
@@ -79,8 +97,8 @@ fn sampling_is_seeded_and_top_k_one_is_greedy() {
 fn logprobs_are_temperature_scaled() {
     let model = random_model(tiny_llama(true), 10);
     let prompt = vec![3i64, 4, 5];
-    let params = SamplingParams { temperature: 0.7, max_new_tokens: 1, seed: 1, ..Default::default() };
-    let out = generate_batch(&model, &[prompt.clone()], &params, &[], 0, None, None).unwrap();
+    let params = SamplingParams { temperature: 0.7, max_new_tokens: 1, ..Default::default() };
+    let out = generate_batch(&model, &[prompt.clone()], &[1], &params, &[], 0, None, None).unwrap();
     let token = out.tokens.int64_value(&[0, 0]);
     let t = Tensor::from_slice(&prompt).view([1, 3]);
     let positions = Tensor::arange(3, (Kind::Int64, Device::Cpu)).unsqueeze(0);
@@ -97,7 +115,7 @@ fn text_generation_decodes_and_cuts_at_stop_strings() {
     let model = random_model(tiny_llama(true), 11);
     let prompt = tokenizer.encode("t3 t4 t5", false).unwrap();
     assert_eq!(prompt, vec![3, 4, 5]);
-    let free = generate_text(&model, &tokenizer, &[prompt.clone()], &greedy(10), None).unwrap().remove(0);
+    let free = generate_text(&model, &tokenizer, &[prompt.clone()], &[0], &greedy(10), None).unwrap().remove(0);
     let words: Vec<&str> = free.text.split(' ').collect();
     assert!(words.len() >= 4, "{:?}", free.text);
     // Stop at the third generated word: the text ends before it and generation stops early.
@@ -105,7 +123,7 @@ fn text_generation_decodes_and_cuts_at_stop_strings() {
     let params = SamplingParams { stop: vec![stop.clone()], ..greedy(10) };
     let mut streamed = Vec::new();
     let mut on_token = |row: usize, id: i64| streamed.push((row, id));
-    let cut = generate_text(&model, &tokenizer, &[prompt], &params, Some(&mut on_token)).unwrap().remove(0);
+    let cut = generate_text(&model, &tokenizer, &[prompt], &[0], &params, Some(&mut on_token)).unwrap().remove(0);
     assert_eq!(cut.finish_reason, FinishReason::Stop);
     let at = free.text.find(&stop).unwrap();
     assert_eq!(cut.text, free.text[..at]);
@@ -130,7 +148,7 @@ fn invalid_sampling_parameters_are_refused() {
         SamplingParams { top_p: 0.0, ..Default::default() },
         SamplingParams { max_new_tokens: 0, ..Default::default() },
     ] {
-        assert!(generate_batch(&model, &[vec![3]], &params, &[], 0, None, None).is_err(), "{params:?}");
+        assert!(generate_batch(&model, &[vec![3]], &[0], &params, &[], 0, None, None).is_err(), "{params:?}");
     }
-    assert!(generate_batch(&model, &[vec![]], &greedy(2), &[], 0, None, None).is_err());
+    assert!(generate_batch(&model, &[vec![]], &[0], &greedy(2), &[], 0, None, None).is_err());
 }

@@ -20,7 +20,7 @@ fn smollm2_answers_the_capital_of_france() {
     assert!(prompt.ends_with("<|im_start|>assistant\n"), "{prompt:?}");
     let ids = tokenizer.encode(&prompt, false).unwrap();
     let params = SamplingParams { temperature: 0.0, max_new_tokens: 32, ..Default::default() };
-    let answer = generate_text(&model, &tokenizer, &[ids.clone(), ids], &params, None).unwrap();
+    let answer = generate_text(&model, &tokenizer, &[ids.clone(), ids], &[0, 1], &params, None).unwrap();
     assert!(answer[0].text.contains("Paris"), "{:?}", answer[0].text);
     assert_eq!(answer[0].text, answer[1].text, "identical rows of a batch decode identically");
     assert_eq!(answer[0].finish_reason, lincal_model::FinishReason::Eos, "the chat model ends its turn");

@@ -34,6 +34,7 @@ pub struct GenerateArgs {
     top_k: i64,
     #[arg(long, default_value_t = 256)]
     max_new_tokens: i64,
+    /// Row `i` of an input file samples with seed `SEED + i`, unless its line has a `seed`.
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Stop generating a row once its text contains this (repeatable).
@@ -53,13 +54,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let model = CausalLm::load(&args.model, device, Some(kind))?;
     let tokenizer = Tokenizer::from_dir(&args.model)?;
     tokenizer.check_model_vocab(model.config().vocab_size())?;
-    let params = SamplingParams { temperature: args.temperature, top_p: args.top_p, top_k: args.top_k, max_new_tokens: args.max_new_tokens, stop: args.stop.clone(), seed: args.seed };
+    let params = SamplingParams { temperature: args.temperature, top_p: args.top_p, top_k: args.top_k, max_new_tokens: args.max_new_tokens, stop: args.stop.clone() };
     params.validate()?;
     match (&args.prompt, &args.input) {
-        (Some(prompt), _) => stream_one(&model, &tokenizer, &render(&tokenizer, &[ChatMessage::new("user", prompt)], prompt, args.chat)?, args.chat, &params),
+        (Some(prompt), _) => stream_one(&model, &tokenizer, &render(&tokenizer, &[ChatMessage::new("user", prompt)], prompt, args.chat)?, args.chat, args.seed, &params),
         (None, Some(input)) => {
             let output = args.output.clone().unwrap_or_else(|| input.with_extension("generations.jsonl"));
-            generate_file(&model, &tokenizer, input, &output, &params, args.chat, args.batch_size)
+            generate_file(&model, &tokenizer, input, &output, &params, args.chat, args.batch_size, args.seed)
         }
         (None, None) => bail!("give --prompt TEXT or --input FILE.jsonl"),
     }
@@ -75,7 +76,7 @@ fn encode(tokenizer: &Tokenizer, text: &str, chat: bool) -> Result<Vec<i64>> {
     Ok(tokenizer.encode(text, !chat)?)
 }
 
-fn stream_one(model: &CausalLm, tokenizer: &Tokenizer, prompt: &str, chat: bool, params: &SamplingParams) -> Result<()> {
+fn stream_one(model: &CausalLm, tokenizer: &Tokenizer, prompt: &str, chat: bool, seed: u64, params: &SamplingParams) -> Result<()> {
     let ids = encode(tokenizer, prompt, chat)?;
     let mut tokens = Vec::new();
     let mut printed = 0usize;
@@ -96,7 +97,7 @@ fn stream_one(model: &CausalLm, tokenizer: &Tokenizer, prompt: &str, chat: bool,
             }
         }
     };
-    let generation = generate_text(model, tokenizer, &[ids], params, Some(&mut on_token))?.remove(0);
+    let generation = generate_text(model, tokenizer, &[ids], &[seed], params, Some(&mut on_token))?.remove(0);
     // The stream may have shown text past a stop string; finish the line with the final cut.
     if generation.text.len() > printed && generation.text.is_char_boundary(printed) {
         print!("{}", &generation.text[printed..]);
@@ -108,9 +109,12 @@ fn stream_one(model: &CausalLm, tokenizer: &Tokenizer, prompt: &str, chat: bool,
 struct InputRow {
     fields: serde_json::Map<String, serde_json::Value>,
     prompt: String,
+    seed: u64,
 }
 
-fn read_inputs(path: &Path, tokenizer: &Tokenizer, chat: bool) -> Result<Vec<InputRow>> {
+/// Reads the prompts of `path`; row `i` gets seed `first_seed + i` unless its line has a
+/// `seed` of its own.
+fn read_inputs(path: &Path, tokenizer: &Tokenizer, chat: bool, first_seed: u64) -> Result<Vec<InputRow>> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut rows = Vec::new();
     for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
@@ -132,22 +136,26 @@ fn read_inputs(path: &Path, tokenizer: &Tokenizer, chat: bool) -> Result<Vec<Inp
             }
             _ => bail!("{}: needs a `prompt` string or a `messages` list", at()),
         };
-        rows.push(InputRow { fields, prompt });
+        let seed = match fields.get("seed") {
+            None => first_seed.wrapping_add(rows.len() as u64),
+            Some(value) => value.as_u64().with_context(|| format!("{}: `seed` must be a non-negative integer, got {value}", at()))?,
+        };
+        rows.push(InputRow { fields, prompt, seed });
     }
     Ok(rows)
 }
 
-fn generate_file(model: &CausalLm, tokenizer: &Tokenizer, input: &Path, output: &Path, params: &SamplingParams, chat: bool, batch_size: usize) -> Result<()> {
-    let rows = read_inputs(input, tokenizer, chat)?;
+fn generate_file(model: &CausalLm, tokenizer: &Tokenizer, input: &Path, output: &Path, params: &SamplingParams, chat: bool, batch_size: usize, seed: u64) -> Result<()> {
+    let rows = read_inputs(input, tokenizer, chat, seed)?;
     let partial = output.with_extension("jsonl.partial");
     // Lines finished by an earlier, interrupted run are kept; a torn last line is dropped.
     let done_lines: Vec<String> = match std::fs::read_to_string(&partial) {
         Ok(text) => text.lines().filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()).map(str::to_string).collect(),
         Err(_) => Vec::new(),
     };
-    // Whole batches only, so that every batch keeps its seed across a resume.
+    // Each row samples from its own seed, so a resume may start mid-batch.
     let batch_size = batch_size.max(1);
-    let done = done_lines.len().min(rows.len()) / batch_size * batch_size;
+    let done = done_lines.len().min(rows.len());
     let mut writer = std::io::BufWriter::new(std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?);
     for line in &done_lines[..done] {
         writeln!(writer, "{line}")?;
@@ -159,11 +167,10 @@ fn generate_file(model: &CausalLm, tokenizer: &Tokenizer, input: &Path, output: 
     progress.set_position(done as u64);
     let started = std::time::Instant::now();
     let mut new_tokens = 0usize;
-    for (batch_index, batch) in rows[done..].chunks(batch_size).enumerate() {
+    for batch in rows[done..].chunks(batch_size) {
         let prompts: Vec<Vec<i64>> = batch.iter().map(|row| encode(tokenizer, &row.prompt, chat)).collect::<Result<_>>()?;
-        // A distinct seed per batch keeps a resumed run identical to an uninterrupted one.
-        let batch_params = SamplingParams { seed: params.seed.wrapping_add((done / batch_size + batch_index) as u64), ..params.clone() };
-        let generations = generate_text(model, tokenizer, &prompts, &batch_params, None)?;
+        let seeds: Vec<u64> = batch.iter().map(|row| row.seed).collect();
+        let generations = generate_text(model, tokenizer, &prompts, &seeds, params, None)?;
         for (row, generation) in batch.iter().zip(generations) {
             new_tokens += generation.tokens.len();
             let mut record = row.fields.clone();

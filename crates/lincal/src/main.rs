@@ -1,10 +1,7 @@
-//! The `lincal` command line. Each subcommand is a thin layer over the library crates.
-
-mod bench;
-mod eval;
-mod generate;
+//! The `lincal` command line: argument parsing only; the commands live in the `lincal` library.
 
 use anyhow::{Context, Result};
+use lincal::{bench, eval, generate};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -96,26 +93,4 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval { what } => eval::run(what),
         Command::Bench { what } => bench::run(what),
     }
-}
-
-/// `--device auto|cpu|cuda|cuda:N`.
-pub fn parse_device(name: &str) -> Result<tch::Device> {
-    Ok(match name {
-        "auto" => lincal_model::default_device(),
-        "cpu" => tch::Device::Cpu,
-        "cuda" => tch::Device::Cuda(0),
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(index) => tch::Device::Cuda(index),
-            None => anyhow::bail!("--device {other:?}: use auto, cpu, cuda or cuda:N"),
-        },
-    })
-}
-
-/// `--dtype auto|f32|bf16|f16`; auto is bf16 on a GPU and f32 on the CPU.
-pub fn parse_kind(name: &str, device: tch::Device) -> Result<tch::Kind> {
-    Ok(match name {
-        "auto" if device.is_cuda() => tch::Kind::BFloat16,
-        "auto" => tch::Kind::Float,
-        other => lincal_model::model::kind_from_name(other).with_context(|| format!("--dtype {other:?}: use auto, f32, bf16 or f16"))?,
-    })
 }

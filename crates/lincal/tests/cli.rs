@@ -94,7 +94,7 @@ fn single_prompt_streams_the_greedy_answer() {
     let loaded = lincal_model::CausalLm::load(Path::new(&model), tch::Device::Cpu, None).unwrap();
     let params = lincal_model::SamplingParams { temperature: 0.0, max_new_tokens: 5, ..Default::default() };
     let ids = tokenizer.encode("t3 t4", true).unwrap();
-    let expected = lincal_model::generate_text(&loaded, &tokenizer, &[ids], &params, None).unwrap().remove(0);
+    let expected = lincal_model::generate_text(&loaded, &tokenizer, &[ids], &[42], &params, None).unwrap().remove(0);
     assert_eq!(streamed.trim_end(), expected.text);
 }
 

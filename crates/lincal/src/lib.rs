@@ -1,0 +1,31 @@
+//! The commands of the `lincal` command line, as a library: `main.rs` parses arguments and
+//! calls in here, and integration tests and other tools can call the same functions.
+
+pub mod bench;
+pub mod eval;
+pub mod generate;
+pub mod local_llm;
+
+use anyhow::{Context, Result};
+
+/// `--device auto|cpu|cuda|cuda:N`.
+pub fn parse_device(name: &str) -> Result<tch::Device> {
+    Ok(match name {
+        "auto" => lincal_model::default_device(),
+        "cpu" => tch::Device::Cpu,
+        "cuda" => tch::Device::Cuda(0),
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(index) => tch::Device::Cuda(index),
+            None => anyhow::bail!("--device {other:?}: use auto, cpu, cuda or cuda:N"),
+        },
+    })
+}
+
+/// `--dtype auto|f32|bf16|f16`; auto is bf16 on a GPU and f32 on the CPU.
+pub fn parse_kind(name: &str, device: tch::Device) -> Result<tch::Kind> {
+    Ok(match name {
+        "auto" if device.is_cuda() => tch::Kind::BFloat16,
+        "auto" => tch::Kind::Float,
+        other => lincal_model::model::kind_from_name(other).with_context(|| format!("--dtype {other:?}: use auto, f32, bf16 or f16"))?,
+    })
+}
