@@ -12,6 +12,7 @@ pub mod gguf;
 pub mod gpt_neox;
 pub mod layers;
 pub mod llama;
+pub mod lora;
 pub mod model;
 pub mod recover;
 pub mod testing;

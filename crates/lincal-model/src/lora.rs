@@ -1,0 +1,367 @@
+//! LoRA (Hu et al. 2021) as PEFT implements it: a frozen linear layer `W` gains a trainable
+//! low-rank update, `y = W x + (alpha / r) · B A dropout(x)`, with `A` `[r, in]` drawn like
+//! PEFT (kaiming-uniform with a = √5, i.e. U(±1/√in)) and `B` `[out, r]` zero, so a fresh
+//! adapter leaves the model unchanged. Adapters live in their own `VarStore` in f32 (PEFT's
+//! `autocast_adapter_dtype`), apart from the base weights, which stay as loaded.
+//!
+//! The decoders build their projections with [`linear`]. Adapters are attached while a model
+//! is built inside [`with_lora`], which returns the model and its [`LoraAdapters`]:
+//!
+//! ```ignore
+//! let (model, adapters) = lora::with_lora(&config, device, seed, || CausalLm::load(dir, device, None))?;
+//! ```
+//!
+//! Outside `with_lora` the layer is a plain linear layer. Adapters are saved in PEFT's layout
+//! (`adapter_config.json`, `adapter_model.safetensors` with `base_model.model.<module>.lora_A.weight`
+//! names) or merged into the base weights.
+
+use crate::checkpoint::write_safetensors_file;
+use crate::error::{ModelError, Result};
+use crate::fsutil::write_atomic;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tch::{Device, Tensor, nn};
+
+/// The adapter file names PEFT reads.
+pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
+pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
+/// PEFT prefixes every module name with the wrapper's path to the base model.
+const PEFT_PREFIX: &str = "base_model.model.";
+
+/// Which layers get adapters and how large they are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraConfig {
+    /// Rank `r` of the update.
+    pub r: i64,
+    /// The update is scaled by `alpha / r`.
+    pub alpha: f64,
+    /// Dropout on the adapter's input while training.
+    #[serde(default)]
+    pub dropout: f64,
+    /// Module names as in Hugging Face checkpoints: `q_proj`, `k_proj`, `v_proj`, `o_proj`,
+    /// `gate_proj`, `up_proj`, `down_proj` (Llama); `query_key_value`, `dense`,
+    /// `dense_h_to_4h`, `dense_4h_to_h` (GPT-NeoX). A module matches when its full name
+    /// equals an entry or ends with `.` and the entry, as in PEFT.
+    pub target_modules: Vec<String>,
+}
+
+impl LoraConfig {
+    pub fn scaling(&self) -> f64 {
+        self.alpha / self.r as f64
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let problem = if self.r < 1 {
+            format!("lora.r must be at least 1, got {}", self.r)
+        } else if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            format!("lora.alpha must be a positive number, got {}", self.alpha)
+        } else if !(0.0..1.0).contains(&self.dropout) {
+            format!("lora.dropout must be in [0, 1), got {}", self.dropout)
+        } else if self.target_modules.is_empty() {
+            "lora.target_modules is empty; name the layers to adapt, e.g. [\"q_proj\", \"v_proj\"]".into()
+        } else {
+            return Ok(());
+        };
+        Err(ModelError::Invalid(problem))
+    }
+
+    fn targets(&self, module: &str) -> bool {
+        self.target_modules.iter().any(|t| module == t || module.ends_with(&format!(".{t}")))
+    }
+
+    /// Reads PEFT's `adapter_config.json` in `dir`.
+    pub fn from_peft_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join(ADAPTER_CONFIG_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+        let bad = |message: String| ModelError::Config { path: path.clone(), message };
+        let peft: PeftConfig = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        if peft.peft_type != "LORA" {
+            return Err(bad(format!("peft_type is \"{}\"; only LORA adapters are supported", peft.peft_type)));
+        }
+        if peft.use_dora || peft.use_rslora || peft.fan_in_fan_out {
+            return Err(bad("use_dora, use_rslora and fan_in_fan_out variants are not supported; train a plain LoRA adapter".into()));
+        }
+        let target_modules = match peft.target_modules {
+            serde_json::Value::Array(items) => items.iter().map(|v| v.as_str().map(str::to_string)).collect::<Option<Vec<_>>>(),
+            _ => None,
+        }
+        .ok_or_else(|| bad("target_modules must be a list of module names (regular expressions are not supported)".into()))?;
+        let config = LoraConfig { r: peft.r, alpha: peft.lora_alpha, dropout: peft.lora_dropout, target_modules };
+        config.validate().map_err(|e| bad(e.to_string()))?;
+        Ok(config)
+    }
+}
+
+/// The subset of PEFT's `LoraConfig` that lincal reads and writes.
+#[derive(Serialize, Deserialize)]
+struct PeftConfig {
+    peft_type: String,
+    #[serde(default)]
+    task_type: Option<String>,
+    r: i64,
+    lora_alpha: f64,
+    #[serde(default)]
+    lora_dropout: f64,
+    target_modules: serde_json::Value,
+    #[serde(default)]
+    base_model_name_or_path: Option<String>,
+    #[serde(default)]
+    bias: Option<String>,
+    #[serde(default)]
+    fan_in_fan_out: bool,
+    #[serde(default)]
+    use_rslora: bool,
+    #[serde(default)]
+    use_dora: bool,
+    #[serde(default)]
+    inference_mode: bool,
+}
+
+/// Flags shared by every adapter of one model.
+#[derive(Debug)]
+struct Switches {
+    enabled: AtomicBool,
+    training: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Adapter {
+    a: Tensor,
+    b: Tensor,
+    scaling: f64,
+    dropout: f64,
+    switches: Arc<Switches>,
+}
+
+/// A linear layer `y = x Wᵀ + b`, optionally with a LoRA adapter.
+#[derive(Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    adapter: Option<Adapter>,
+}
+
+impl nn::Module for Linear {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let out = x.linear(&self.weight, self.bias.as_ref());
+        match &self.adapter {
+            Some(adapter) if adapter.switches.enabled.load(Ordering::Relaxed) => {
+                // PEFT computes the update in the adapter's dtype and casts the sum back.
+                let training = adapter.switches.training.load(Ordering::Relaxed);
+                let h = x.to_kind(adapter.a.kind()).dropout(adapter.dropout, training);
+                let update = h.linear::<Tensor>(&adapter.a, None).linear::<Tensor>(&adapter.b, None) * adapter.scaling;
+                (&out + update).to_kind(out.kind())
+            }
+            _ => out,
+        }
+    }
+}
+
+/// The adapters being created by the model build running inside [`with_lora`] on this thread.
+struct PendingAdapters {
+    config: LoraConfig,
+    vs: nn::VarStore,
+    modules: Vec<String>,
+    switches: Arc<Switches>,
+    /// Draws the `A` matrices; a seeded stream of our own rather than libtorch's global
+    /// generator, so that the same seed gives the same adapters whatever else runs.
+    rng: rand_chacha::ChaCha8Rng,
+}
+
+thread_local! {
+    static PENDING: RefCell<Option<PendingAdapters>> = const { RefCell::new(None) };
+}
+
+/// A linear layer named by `path` (its Hugging Face module name), with an adapter when a
+/// [`with_lora`] build targets it. The base weight starts as tch's default (checkpoints are
+/// normally loaded right after).
+pub fn linear(path: nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> Linear {
+    let base = nn::linear(&path, in_dim, out_dim, nn::LinearConfig { bias, ..Default::default() });
+    let module = path.components().collect::<Vec<_>>().join(".");
+    let adapter = PENDING.with(|pending| {
+        let mut pending = pending.borrow_mut();
+        let pending = pending.as_mut().filter(|p| p.config.targets(&module))?;
+        let root = pending.vs.root();
+        let node = module.split('.').fold(root, |p, c| p / c);
+        let bound = 1.0 / (in_dim as f32).sqrt();
+        let values: Vec<f32> = (0..pending.config.r * in_dim).map(|_| pending.rng.random_range(-bound..bound)).collect();
+        let a = (&node / "lora_A").var_copy("weight", &Tensor::from_slice(&values).view([pending.config.r, in_dim]));
+        let b = (&node / "lora_B").var("weight", &[out_dim, pending.config.r], nn::Init::Const(0.0));
+        pending.modules.push(module.clone());
+        Some(Adapter { a, b, scaling: pending.config.scaling(), dropout: pending.config.dropout, switches: pending.switches.clone() })
+    });
+    Linear { weight: base.ws, bias: base.bs, adapter }
+}
+
+/// Clears the pending adapters when `with_lora` ends, even by a panic.
+struct PendingGuard;
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        PENDING.with(|p| p.borrow_mut().take());
+    }
+}
+
+/// Runs `build` (which constructs or loads a model) with adapters attached to every targeted
+/// linear layer; the adapters' `VarStore` is on `device`, in f32, trainable, and `seed` draws
+/// their `A` matrices. Fails when no layer matched `config.target_modules`.
+pub fn with_lora<T>(config: &LoraConfig, device: Device, seed: u64, build: impl FnOnce() -> Result<T>) -> Result<(T, LoraAdapters)> {
+    config.validate()?;
+    let switches = Arc::new(Switches { enabled: AtomicBool::new(true), training: AtomicBool::new(false) });
+    let started = PENDING.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.is_some() {
+            return false;
+        }
+        *p = Some(PendingAdapters { config: config.clone(), vs: nn::VarStore::new(device), modules: Vec::new(), switches: switches.clone(), rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed) });
+        true
+    });
+    if !started {
+        return Err(ModelError::Invalid("with_lora calls cannot be nested".into()));
+    }
+    let guard = PendingGuard;
+    let built = build()?;
+    let pending = PENDING.with(|p| p.borrow_mut().take()).expect("set above");
+    drop(guard);
+    if pending.modules.is_empty() {
+        return Err(ModelError::Invalid(format!(
+            "lora.target_modules {:?} matched no linear layer of this model; Llama layers are q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj and GPT-NeoX layers are query_key_value, dense, dense_h_to_4h, dense_4h_to_h",
+            config.target_modules
+        )));
+    }
+    Ok((built, LoraAdapters { config: pending.config, vs: pending.vs, modules: pending.modules, switches, merged: false }))
+}
+
+/// The adapters of one model: trainable parameters, on/off switch, saving and merging.
+pub struct LoraAdapters {
+    config: LoraConfig,
+    vs: nn::VarStore,
+    /// Full module names (`model.layers.0.self_attn.q_proj`) in construction order.
+    modules: Vec<String>,
+    switches: Arc<Switches>,
+    merged: bool,
+}
+
+impl LoraAdapters {
+    pub fn config(&self) -> &LoraConfig {
+        &self.config
+    }
+
+    /// The adapter parameters, named `<module>.lora_A.weight` and `<module>.lora_B.weight`.
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    pub fn modules(&self) -> &[String] {
+        &self.modules
+    }
+
+    /// With adapters off the model computes exactly its base weights (PPO's reference policy).
+    pub fn set_enabled(&self, enabled: bool) {
+        self.switches.enabled.store(enabled && !self.merged, Ordering::Relaxed);
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.switches.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Dropout applies only in training mode.
+    pub fn set_training(&self, training: bool) {
+        self.switches.training.store(training, Ordering::Relaxed);
+    }
+
+    /// Runs `f` with the adapters off, then restores the previous state.
+    pub fn without_adapters<R>(&self, f: impl FnOnce() -> R) -> R {
+        let was = self.enabled();
+        self.set_enabled(false);
+        let result = f();
+        self.set_enabled(was);
+        result
+    }
+
+    fn adapter_tensors(&self, module: &str) -> (Tensor, Tensor) {
+        let vars = self.vs.variables();
+        (vars[&format!("{module}.lora_A.weight")].shallow_clone(), vars[&format!("{module}.lora_B.weight")].shallow_clone())
+    }
+
+    /// Adds `(alpha / r) · B A` to each adapted weight of `base` (the model's `VarStore`) and
+    /// turns the adapters off for good, as PEFT's `merge_and_unload`; the model then computes
+    /// the same function without adapters and saves as a plain Hugging Face checkpoint.
+    pub fn merge_into(&mut self, base: &nn::VarStore) -> Result<()> {
+        if self.merged {
+            return Err(ModelError::Invalid("the adapters are already merged into the base weights".into()));
+        }
+        let weights = base.variables();
+        for module in &self.modules {
+            let name = format!("{module}.weight");
+            let mut weight = weights.get(&name).ok_or_else(|| ModelError::Invalid(format!("the base model has no `{name}` to merge the adapter into; merge into the model the adapters were built with")))?.shallow_clone();
+            let (a, b) = self.adapter_tensors(module);
+            tch::no_grad(|| {
+                let delta = b.matmul(&a) * self.config.scaling();
+                let _ = weight.g_add_(&delta.to_device(weight.device()));
+            });
+        }
+        self.merged = true;
+        self.set_enabled(false);
+        Ok(())
+    }
+
+    /// Writes `adapter_config.json` and `adapter_model.safetensors` in PEFT's layout into
+    /// `dir` (which must exist). `base_model` is recorded as `base_model_name_or_path`.
+    pub fn save_peft(&self, dir: &Path, base_model: Option<&str>) -> Result<()> {
+        let config = PeftConfig {
+            peft_type: "LORA".into(),
+            task_type: Some("CAUSAL_LM".into()),
+            r: self.config.r,
+            lora_alpha: self.config.alpha,
+            lora_dropout: self.config.dropout,
+            target_modules: self.config.target_modules.clone().into(),
+            base_model_name_or_path: base_model.map(str::to_string),
+            bias: Some("none".into()),
+            fan_in_fan_out: false,
+            use_rslora: false,
+            use_dora: false,
+            inference_mode: true,
+        };
+        let named: Vec<(String, Tensor)> = self.vs.variables().into_iter().map(|(name, t)| (format!("{PEFT_PREFIX}{name}"), t)).collect();
+        let mut refs: Vec<(&String, &Tensor)> = named.iter().map(|(n, t)| (n, t)).collect();
+        refs.sort_by(|x, y| x.0.cmp(y.0));
+        let weights = dir.join(ADAPTER_WEIGHTS_FILE);
+        let tmp = dir.join(format!("{ADAPTER_WEIGHTS_FILE}.tmp"));
+        write_safetensors_file(&tmp, &refs)?;
+        std::fs::rename(&tmp, &weights).map_err(|e| ModelError::io(&weights, e))?;
+        write_atomic(&dir.join(ADAPTER_CONFIG_FILE), serde_json::to_string_pretty(&config).expect("json").as_bytes())
+    }
+
+    /// Loads adapter weights saved by [`Self::save_peft`] (or PEFT) from `dir`; its config
+    /// must equal this one's rank, alpha and target modules.
+    pub fn load_peft(&self, dir: &Path) -> Result<()> {
+        let stored = LoraConfig::from_peft_dir(dir)?;
+        if (stored.r, stored.alpha, &stored.target_modules) != (self.config.r, self.config.alpha, &self.config.target_modules) {
+            return Err(ModelError::Config {
+                path: dir.join(ADAPTER_CONFIG_FILE),
+                message: format!("adapter has r {}, alpha {}, targets {:?}, but the model was built with r {}, alpha {}, targets {:?}", stored.r, stored.alpha, stored.target_modules, self.config.r, self.config.alpha, self.config.target_modules),
+            });
+        }
+        let path = dir.join(ADAPTER_WEIGHTS_FILE);
+        let stored: HashMap<String, Tensor> = Tensor::read_safetensors(&path)
+            .map_err(|e| ModelError::Checkpoint { path: path.clone(), message: format!("not a readable safetensors file ({e})") })?
+            .into_iter()
+            .collect();
+        for (name, var) in self.vs.variables() {
+            let key = format!("{PEFT_PREFIX}{name}");
+            let tensor = stored.get(&key).ok_or_else(|| ModelError::MissingTensor { name: key.clone(), path: path.clone() })?;
+            if tensor.size() != var.size() {
+                return Err(ModelError::ShapeMismatch { name: key, path, expected: var.size(), actual: tensor.size() });
+            }
+            tch::no_grad(|| var.shallow_clone().f_copy_(tensor))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,401 @@
+//! Reward models (SPEC 1.6 ForecastProbs, 1.8 Factuality): a causal-LM backbone whose final
+//! hidden state at the last position of a left-padded row goes through `Linear(hidden, 1)`;
+//! sigmoid of that logit is the probability. Trained with binary cross-entropy on soft
+//! labels; evaluated by the MSE of sigmoid(logit) against the label. PPO reuses the type as
+//! its value model: the reward model's backbone with a zero head (SPEC 2.1).
+//!
+//! # Saved layout (the reference's `RewardModel`)
+//! The reference head has a bias, which `LlamaForSequenceClassification` (`score.weight`
+//! only) cannot hold, so models are saved as the reference saves them:
+//! - `model.safetensors`: the backbone under `backbone_model.` (`backbone_model.model.layers.0...`,
+//!   `backbone_model.lm_head.weight`) and `reward_head.weight` `[1, hidden]`, `reward_head.bias` `[1]`;
+//! - `config.json`: `{"model_type": "reward_model", "backbone_model_name_or_path": <the SFT
+//!   model it started from>, "backbone_config": {<that model's config.json>}}`.
+//!
+//! The reference code loads it with `RewardModel.from_pretrained(dir)` once
+//! `backbone_model_name_or_path` points at a local copy of the backbone (as its weight
+//! recovery script does). Plain transformers: build the backbone from `backbone_config`
+//! (`LlamaForCausalLM(LlamaConfig(**cfg["backbone_config"]))`), load the `backbone_model.`
+//! tensors with the prefix stripped, then score as
+//! `h = backbone.model(ids, attention_mask=mask).last_hidden_state[:, -1]` and
+//! `logit = h @ reward_head.weight.T + reward_head.bias` with inputs left-padded.
+//! [`RewardModel::load`] reads both this layout and reference checkpoints without
+//! `backbone_config` (it then reads the backbone's config from `backbone_model_name_or_path`).
+
+use crate::config::RewardModelConfig;
+use crate::data::{RewardExample, collate_left_padded, rows_digest, tokenize_reward};
+use crate::engine::{Engine, Objective, TrainSummary};
+use crate::error::{Result, TrainError};
+use crate::optim::{AdamWConfig, TrainableParams};
+use crate::run::{Manifest, RunOptions, timestamp};
+use crate::setup::{LoadedModel, OUTPUT_EMBEDDINGS, to_full_precision};
+use lincal_model::checkpoint::{SafetensorsCheckpoint, save_safetensors};
+use lincal_model::fsutil::write_atomic;
+use lincal_model::lora::LoraAdapters;
+use lincal_model::model::{DEFAULT_MAX_SHARD_BYTES, kind_from_name, kind_name};
+use lincal_model::{CausalLm, ModelConfig, ModelError, Tokenizer};
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use tch::{Device, Kind, Reduction, Tensor, nn};
+
+pub const BACKBONE_PREFIX: &str = "backbone_model.";
+pub const HEAD_WEIGHT: &str = "reward_head.weight";
+pub const HEAD_BIAS: &str = "reward_head.bias";
+
+/// How a new head starts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HeadInit {
+    /// PyTorch's `nn.Linear` default for the weight, U(±1/√hidden), drawn from `seed`; bias zero
+    /// (the reference reward model).
+    Default { seed: u64 },
+    /// Weight and bias zero (the reference's value model).
+    Zero,
+}
+
+pub struct RewardModel {
+    backbone: CausalLm,
+    /// Holds `reward_head.weight` and `reward_head.bias`.
+    head: nn::VarStore,
+    /// Recorded as `backbone_model_name_or_path`.
+    backbone_source: String,
+}
+
+fn hidden_size(config: &ModelConfig) -> i64 {
+    match config {
+        ModelConfig::Llama(c) => c.hidden_size,
+        ModelConfig::GptNeoX(c) => c.hidden_size,
+    }
+}
+
+impl RewardModel {
+    /// A new head on `backbone`, in the backbone's precision and device.
+    pub fn new(backbone: CausalLm, init: HeadInit, backbone_source: &str) -> Self {
+        let hidden = hidden_size(backbone.config());
+        let mut head = nn::VarStore::new(backbone.device());
+        let root = head.root() / "reward_head";
+        let weight: Vec<f32> = match init {
+            HeadInit::Default { seed } => {
+                let bound = 1.0 / (hidden as f32).sqrt();
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+                (0..hidden).map(|_| rng.random_range(-bound..bound)).collect()
+            }
+            HeadInit::Zero => vec![0.0; hidden as usize],
+        };
+        let _ = root.var_copy("weight", &Tensor::from_slice(&weight).view([1, hidden]));
+        let _ = root.zeros("bias", &[1]);
+        head.set_kind(backbone.kind());
+        RewardModel { backbone, head, backbone_source: backbone_source.into() }
+    }
+
+    /// Reads the layout described in the module docs; `kind` `None` keeps the stored dtype.
+    pub fn load(dir: &Path, device: Device, kind: Option<Kind>) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|e| TrainError::io(&config_path, e))?;
+        let bad = |message: String| TrainError::Model(ModelError::Config { path: config_path.clone(), message });
+        let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("malformed JSON ({e})")))?;
+        if config.get("model_type").and_then(|t| t.as_str()) != Some("reward_model") {
+            return Err(bad("model_type is not \"reward_model\"; this is not a reward model directory (a plain causal LM loads with CausalLm::load)".into()));
+        }
+        let source = config.get("backbone_model_name_or_path").and_then(|s| s.as_str()).unwrap_or_default().to_string();
+        let backbone_config = match config.get("backbone_config") {
+            Some(value) => ModelConfig::from_json(&value.to_string()).map_err(|m| bad(format!("backbone_config: {m}")))?,
+            None if !source.is_empty() => ModelConfig::from_file(&Path::new(&source).join("config.json"))?,
+            None => return Err(bad("has neither backbone_config nor backbone_model_name_or_path; cannot tell the backbone's architecture".into())),
+        };
+        let kind = kind.unwrap_or_else(|| backbone_config.torch_dtype().and_then(kind_from_name).unwrap_or(Kind::Float));
+        let backbone = tch::no_grad(|| CausalLm::new(backbone_config, device, kind));
+        let model = RewardModel::new(backbone, HeadInit::Zero, &source);
+        let checkpoint = SafetensorsCheckpoint::open(dir)?;
+        checkpoint.load_into(&model.named_variables().into_iter().collect::<HashMap<_, _>>())?;
+        Ok(model)
+    }
+
+    /// Every weight under its saved name.
+    fn named_variables(&self) -> BTreeMap<String, Tensor> {
+        let mut named: BTreeMap<String, Tensor> = self.backbone.var_store().variables().into_iter().map(|(n, t)| (format!("{BACKBONE_PREFIX}{n}"), t)).collect();
+        named.extend(self.head.variables());
+        named
+    }
+
+    /// Writes `config.json` and the weights into `dir` (which must exist).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        save_safetensors(dir, &self.named_variables(), DEFAULT_MAX_SHARD_BYTES)?;
+        let backbone_config: serde_json::Value = serde_json::from_str(&self.backbone.config().to_json()).expect("configs are JSON");
+        let config = serde_json::json!({
+            "model_type": "reward_model",
+            "architectures": ["RewardModel"],
+            "backbone_model_name_or_path": self.backbone_source,
+            "backbone_config": backbone_config,
+            "torch_dtype": kind_name(self.backbone.kind()),
+        });
+        Ok(write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&config).expect("json").as_bytes())?)
+    }
+
+    pub fn backbone(&self) -> &CausalLm {
+        &self.backbone
+    }
+
+    /// The head's two variables (trainable), by saved name.
+    pub fn head_var_store(&self) -> &nn::VarStore {
+        &self.head
+    }
+
+    /// Replaces the head, e.g. `HeadInit::Zero` to turn a trained reward model into PPO's
+    /// value model.
+    pub fn with_head(self, init: HeadInit) -> Self {
+        RewardModel::new(self.backbone, init, &self.backbone_source)
+    }
+
+    pub fn set_kind(&mut self, kind: Kind) {
+        self.backbone.set_kind(kind);
+        self.head.set_kind(kind);
+    }
+
+    /// The head applied to backbone hidden states `[..., hidden]`: f32 scores `[...]`. PPO's
+    /// value model applies it at every response position.
+    pub fn head(&self, hidden: &Tensor) -> Tensor {
+        let vars = self.head.variables();
+        hidden.linear(&vars[HEAD_WEIGHT], Some(&vars[HEAD_BIAS])).squeeze_dim(-1).to_kind(Kind::Float)
+    }
+
+    /// Logits `[B]` (f32) of a left-padded batch: `input_ids`, `positions` `[B, T]` and the
+    /// boolean attention mask `[B, 1, T, T]` of `lincal_model::layers::attention_mask`.
+    pub fn score(&self, input_ids: &Tensor, positions: &Tensor, mask: &Tensor) -> Tensor {
+        let hidden = self.backbone.forward(input_ids, positions, Some(mask), None);
+        self.head(&hidden.select(1, hidden.size()[1] - 1))
+    }
+
+    /// Logits of `texts`, tokenised with special tokens, truncated on the right to `max_len`
+    /// tokens and left-padded with `pad_id`, in batches of `batch_size`.
+    pub fn score_texts(&self, tokenizer: &Tokenizer, texts: &[String], max_len: usize, pad_id: i64, batch_size: usize) -> Result<Vec<f32>> {
+        let rows = texts.iter().map(|t| tokenize_reward(tokenizer, t, max_len)).collect::<Result<Vec<_>>>()?;
+        let mut logits = Vec::with_capacity(rows.len());
+        tch::no_grad(|| -> Result<()> {
+            for chunk in rows.chunks(batch_size.max(1)) {
+                let refs: Vec<&[i64]> = chunk.iter().map(Vec::as_slice).collect();
+                let batch = collate_left_padded(&refs, pad_id, self.backbone.device());
+                logits.extend(Vec::<f32>::try_from(self.score(&batch.input_ids, &batch.positions, &batch.mask))?);
+            }
+            Ok(())
+        })?;
+        Ok(logits)
+    }
+}
+
+struct RewardObjective {
+    model: RewardModel,
+    tokenizer: Tokenizer,
+    lora: Option<LoraAdapters>,
+    pad_id: i64,
+    train: Vec<(Vec<i64>, f64)>,
+    eval: Vec<(Vec<i64>, f64)>,
+    eval_batch_size: usize,
+}
+
+impl RewardObjective {
+    /// Logits and labels of the examples `rows[units]`.
+    fn logits(&self, rows: &[(Vec<i64>, f64)], units: &[usize]) -> (Tensor, Tensor, usize) {
+        let ids: Vec<&[i64]> = units.iter().map(|&u| rows[u].0.as_slice()).collect();
+        let labels: Vec<f32> = units.iter().map(|&u| rows[u].1 as f32).collect();
+        let batch = collate_left_padded(&ids, self.pad_id, self.model.backbone.device());
+        let logits = self.model.score(&batch.input_ids, &batch.positions, &batch.mask);
+        (logits, Tensor::from_slice(&labels).to_device(self.model.backbone.device()), batch.tokens)
+    }
+}
+
+impl Objective for RewardObjective {
+    fn weight(&self, _unit: usize) -> f64 {
+        1.0
+    }
+
+    fn loss_sum(&self, units: &[usize]) -> Result<(Tensor, usize)> {
+        let (logits, labels, tokens) = self.logits(&self.train, units);
+        Ok((logits.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Sum), tokens))
+    }
+
+    fn evaluate(&self) -> Result<Vec<(&'static str, f64)>> {
+        if self.eval.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (mut loss, mut squared_error) = (0.0, 0.0);
+        tch::no_grad(|| {
+            let all: Vec<usize> = (0..self.eval.len()).collect();
+            for units in all.chunks(self.eval_batch_size) {
+                let (logits, labels, _) = self.logits(&self.eval, units);
+                loss += logits.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Sum).double_value(&[]);
+                squared_error += (logits.sigmoid() - &labels).square().sum(Kind::Double).double_value(&[]);
+            }
+        });
+        let n = self.eval.len() as f64;
+        Ok(vec![("eval_loss", loss / n), ("eval_mse", squared_error / n)])
+    }
+
+    fn set_training(&self, training: bool) {
+        if let Some(adapters) = &self.lora {
+            adapters.set_training(training);
+        }
+    }
+
+    fn save_final(&mut self, dir: &Path) -> Result<()> {
+        to_full_precision(&mut self.model.backbone, self.lora.as_mut())?;
+        self.model.head.set_kind(Kind::Float);
+        self.model.save(dir)?;
+        Ok(self.tokenizer.save(dir)?)
+    }
+}
+
+/// Tokenises reward examples, checking every label.
+fn tokenize_rewards(tokenizer: &Tokenizer, examples: &[RewardExample], max_len: usize, set: &'static str) -> Result<Vec<(Vec<i64>, f64)>> {
+    examples
+        .iter()
+        .enumerate()
+        .map(|(index, example)| {
+            let data_error = |message: String| TrainError::Data { set, index, message };
+            if !(0.0..=1.0).contains(&example.label) {
+                return Err(data_error(format!("label {} is outside [0, 1]; labels are probabilities or 0/1 correctness", example.label)));
+            }
+            let ids = tokenize_reward(tokenizer, &example.text, max_len).map_err(|e| data_error(e.to_string()))?;
+            if ids.is_empty() {
+                return Err(data_error("the text has no tokens".into()));
+            }
+            Ok((ids, example.label))
+        })
+        .collect()
+}
+
+/// Trains a reward model (backbone + new head) into a run directory.
+pub struct RewardModelTrainer {
+    objective: RewardObjective,
+    engine: Engine,
+}
+
+impl RewardModelTrainer {
+    /// The backbone comes from `model_dir` (a causal LM with its tokenizer, e.g. the SFT
+    /// model); the head starts as PyTorch's default linear init seeded by `training.seed`.
+    pub fn new(model_dir: &Path, device: Device, config: &RewardModelConfig, train: &[RewardExample], eval: &[RewardExample], run: &RunOptions) -> Result<Self> {
+        config.validate()?;
+        let kind = config.training.precision.kind(device);
+        let loaded = LoadedModel::load(model_dir, device, kind, config.lora.as_ref(), config.training.seed, &config.pad_token)?;
+        let train_rows = tokenize_rewards(&loaded.tokenizer, train, config.model_max_length, "train")?;
+        let eval_rows = tokenize_rewards(&loaded.tokenizer, eval, config.model_max_length, "eval")?;
+        let mut trainable = loaded.trainable(&OUTPUT_EMBEDDINGS);
+        let LoadedModel { model, tokenizer, lora, pad_id, .. } = loaded;
+        let model = RewardModel::new(model, HeadInit::Default { seed: config.training.seed }, &model_dir.display().to_string());
+        let mut head: Vec<(String, Tensor)> = model.head.variables().into_iter().collect();
+        head.sort_by(|a, b| a.0.cmp(&b.0));
+        trainable.extend(head);
+        let params = TrainableParams::new(trainable, AdamWConfig::from_training(&config.training));
+        let manifest = Manifest {
+            stage: "reward_model".into(),
+            config: serde_json::to_value(config).expect("configs serialise"),
+            base_model: model_dir.to_path_buf(),
+            inputs: Vec::new(),
+            lincal_version: env!("CARGO_PKG_VERSION").into(),
+            started_at: timestamp(),
+        };
+        let labels: Vec<Vec<i64>> = train_rows.iter().map(|(_, label)| vec![label.to_bits() as i64]).collect();
+        let digest = rows_digest(train_rows.iter().zip(&labels).map(|((ids, _), label)| (ids.as_slice(), label.as_slice())));
+        let engine = Engine::open(run, manifest, &config.training, params, train_rows.len(), digest, device)?;
+        let objective = RewardObjective { model, tokenizer, lora, pad_id, train: train_rows, eval: eval_rows, eval_batch_size: config.training.eval_batch_size };
+        Ok(RewardModelTrainer { objective, engine })
+    }
+
+    pub fn train(&mut self, stop_at_step: Option<u64>) -> Result<TrainSummary> {
+        self.engine.train(&mut self.objective, stop_at_step)
+    }
+
+    pub fn total_steps(&self) -> u64 {
+        self.engine.total_steps()
+    }
+
+    pub fn model(&self) -> &RewardModel {
+        &self.objective.model
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{quick_training, run_options, saved_tensors, tiny_model_dir};
+
+    fn examples() -> Vec<RewardExample> {
+        [("t5 t6 t7", 0.1), ("t8 t9", 0.35), ("t10 t11 t12 t13", 0.6), ("t14", 0.9)].iter().map(|(t, l)| RewardExample { text: t.to_string(), label: *l }).collect()
+    }
+
+    fn config(epochs: f64) -> RewardModelConfig {
+        RewardModelConfig { model_max_length: 64, pad_token: "[PAD]".into(), lora: None, training: quick_training(1e-2, epochs, 4, 2) }
+    }
+
+    /// Four texts with soft labels, 80 steps of batch 4 at lr 1e-2: the MSE of sigmoid(score)
+    /// against the labels falls below 1e-3 (it starts near 0.07).
+    #[test]
+    fn fits_soft_labels_and_saves_the_reference_layout() {
+        let model_dir = tiny_model_dir();
+        let run = tempfile::tempdir().unwrap();
+        let data = examples();
+        let mut trainer = RewardModelTrainer::new(model_dir.path(), Device::Cpu, &config(80.0), &data, &data, &run_options(run.path())).unwrap();
+        let summary = trainer.train(None).unwrap();
+        let mse = summary.eval.iter().find(|(n, _)| n == "eval_mse").unwrap().1;
+        assert!(mse < 1e-3, "eval MSE {mse}");
+        let final_dir = summary.final_dir.unwrap();
+        let tensors = saved_tensors(&final_dir);
+        for name in ["backbone_model.model.embed_tokens.weight", "backbone_model.lm_head.weight", HEAD_WEIGHT, HEAD_BIAS] {
+            assert!(tensors.contains_key(name), "{name} missing");
+        }
+        assert_eq!((tensors[HEAD_WEIGHT].size(), tensors[HEAD_BIAS].size()), (vec![1, 32], vec![1]));
+        // The output embedding is not used by a reward model and stays as loaded.
+        let base = saved_tensors(model_dir.path());
+        assert!(tensors["backbone_model.lm_head.weight"].narrow(0, 0, 64).equal(&base["lm_head.weight"]));
+        let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(final_dir.join("config.json")).unwrap()).unwrap();
+        assert_eq!((config["model_type"].as_str(), config["backbone_config"]["vocab_size"].as_i64()), (Some("reward_model"), Some(65)));
+        // Reloaded, it scores exactly as the trained model.
+        let tokenizer = Tokenizer::from_dir(&final_dir).unwrap();
+        let texts: Vec<String> = data.iter().map(|e| e.text.clone()).collect();
+        let trained = trainer.model().score_texts(&tokenizer, &texts, 64, 64, 3).unwrap();
+        let reloaded = RewardModel::load(&final_dir, Device::Cpu, None).unwrap();
+        assert_eq!(reloaded.score_texts(&tokenizer, &texts, 64, 64, 3).unwrap(), trained);
+        for (logit, example) in trained.iter().zip(&data) {
+            let p = 1.0 / (1.0 + (-*logit as f64).exp());
+            assert!((p - example.label).abs() < 0.05, "{p} vs {}", example.label);
+        }
+        // A reference checkpoint has no backbone_config and names the backbone's directory.
+        let backbone_dir = tempfile::tempdir().unwrap();
+        let mut config = config;
+        std::fs::write(backbone_dir.path().join("config.json"), config["backbone_config"].to_string()).unwrap();
+        config.as_object_mut().unwrap().remove("backbone_config");
+        config["backbone_model_name_or_path"] = backbone_dir.path().display().to_string().into();
+        std::fs::write(final_dir.join("config.json"), config.to_string()).unwrap();
+        let reference = RewardModel::load(&final_dir, Device::Cpu, None).unwrap();
+        assert_eq!(reference.score_texts(&tokenizer, &texts, 64, 64, 3).unwrap(), trained);
+    }
+
+    #[test]
+    fn scores_read_the_last_real_token_of_left_padded_rows() {
+        let backbone = lincal_model::testing::random_model(lincal_model::testing::tiny_llama(false), 9);
+        let model = RewardModel::new(backbone, HeadInit::Default { seed: 1 }, "tiny");
+        let bound = 1.0 / 32f64.sqrt();
+        let head = model.head_var_store().variables();
+        assert!(head[HEAD_WEIGHT].abs().max().double_value(&[]) <= bound);
+        assert_eq!(head[HEAD_BIAS].double_value(&[0]), 0.0);
+        let dir = tempfile::tempdir().unwrap();
+        lincal_model::testing::write_tokenizer(dir.path(), 64);
+        let tokenizer = Tokenizer::from_dir(dir.path()).unwrap();
+        let alone = model.score_texts(&tokenizer, &["t5 t6".to_string()], 64, 0, 1).unwrap();
+        let batched = model.score_texts(&tokenizer, &["t7 t8 t9 t10 t11".to_string(), "t5 t6".to_string()], 64, 0, 2).unwrap();
+        assert!((alone[0] - batched[1]).abs() < 1e-5, "{alone:?} vs {batched:?}");
+        // PPO's value model: the same backbone with a zero head scores every text 0.
+        let value = model.with_head(HeadInit::Zero);
+        assert_eq!(value.score_texts(&tokenizer, &["t5 t6".to_string(), "t9".to_string()], 64, 0, 2).unwrap(), vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn labels_outside_the_unit_interval_are_refused() {
+        let model_dir = tiny_model_dir();
+        let run = tempfile::tempdir().unwrap();
+        let mut data = examples();
+        data[1].label = 1.5;
+        let err = RewardModelTrainer::new(model_dir.path(), Device::Cpu, &config(1.0), &data, &[], &run_options(run.path())).err().unwrap().to_string();
+        assert_eq!(err, "train example 1: label 1.5 is outside [0, 1]; labels are probabilities or 0/1 correctness");
+    }
+}

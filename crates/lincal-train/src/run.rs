@@ -1,0 +1,255 @@
+//! A run directory: what a training stage reads and writes.
+//!
+//! ```text
+//! run/
+//!   manifest.json              stage, config, inputs with sha256, lincal version, start time
+//!   metrics.jsonl              one JSON object per step (and per evaluation)
+//!   events.out.tfevents.*      the same scalars for TensorBoard (one file per session)
+//!   checkpoints/step-00000025/ params.safetensors, optimizer.safetensors, state.json
+//!   final/                     the trained model in the Hugging Face layout, with its tokenizer
+//! ```
+//! Every file and directory appears under its final name complete or not at all.
+
+use crate::error::{Result, TrainError};
+use crate::tensorboard::EventWriter;
+use lincal_model::fsutil::{write_atomic, write_dir_atomic};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const CHECKPOINTS_DIR: &str = "checkpoints";
+pub const FINAL_DIR: &str = "final";
+pub const STATE_FILE: &str = "state.json";
+
+/// Where a run writes and what it reads, as given by the caller.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub dir: PathBuf,
+    /// Data files the examples came from; their sha256 goes into the manifest and a resume
+    /// with changed files is refused.
+    pub input_files: Vec<PathBuf>,
+    /// Show a progress bar on stderr (when it is a terminal).
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputFile {
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub stage: String,
+    pub config: serde_json::Value,
+    pub base_model: PathBuf,
+    pub inputs: Vec<InputFile>,
+    pub lincal_version: String,
+    pub started_at: String,
+}
+
+impl Manifest {
+    /// Whether `other` describes the same work (everything but version and start time).
+    fn same_work(&self, other: &Manifest) -> bool {
+        (&self.stage, &self.config, &self.base_model, &self.inputs) == (&other.stage, &other.config, &other.base_model, &other.inputs)
+    }
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = std::fs::File::open(path).map_err(|e| TrainError::io(path, e))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(|e| TrainError::io(path, e))?;
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// Progress saved with each checkpoint. Data position and shuffling follow from `step`
+/// (epoch = step / steps_per_epoch; each epoch's order is a seeded permutation), so these
+/// fields are stored for checking that a resume continues the same run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer steps completed (also the scheduler's step).
+    pub step: u64,
+    pub total_steps: u64,
+    pub steps_per_epoch: u64,
+    pub epoch: u64,
+    /// Training units (examples or packed rows) of the current epoch already consumed.
+    pub epoch_offset: usize,
+    pub train_units: usize,
+    pub data_sha256: String,
+    pub seed: u64,
+}
+
+pub struct RunDir {
+    dir: PathBuf,
+    events: EventWriter,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::run_dir(path, format!("is not valid ({e}); the run directory is damaged")))
+}
+
+/// What `RunDir::open` found.
+pub enum Opened {
+    /// A new run, or one to resume from the newest checkpoint (if any).
+    Active(RunDir, Option<(PathBuf, TrainState)>),
+    /// `final/` exists: the run already finished.
+    Finished(PathBuf),
+}
+
+impl RunDir {
+    /// Opens `options.dir` for `manifest`'s work: creates it (writing the manifest), or
+    /// checks that an existing run was started with the same stage, config and inputs.
+    pub fn open(options: &RunOptions, mut manifest: Manifest) -> Result<Opened> {
+        let dir = &options.dir;
+        manifest.inputs = options.input_files.iter().map(|path| Ok(InputFile { path: path.clone(), sha256: sha256_file(path)? })).collect::<Result<_>>()?;
+        let manifest_path = dir.join(MANIFEST_FILE);
+        if manifest_path.exists() {
+            let stored: Manifest = read_json(&manifest_path)?;
+            if !stored.same_work(&manifest) {
+                return Err(TrainError::run_dir(&manifest_path, format!("this run was started with a different {}; resume with the same settings, or train into a new directory", difference(&stored, &manifest))));
+            }
+            if dir.join(FINAL_DIR).exists() {
+                return Ok(Opened::Finished(dir.join(FINAL_DIR)));
+            }
+        } else {
+            let occupied = std::fs::read_dir(dir).map(|mut entries| entries.next().is_some()).unwrap_or(false);
+            if occupied {
+                return Err(TrainError::run_dir(dir, "is not empty and holds no manifest.json, so it is not a lincal run; train into a new or empty directory"));
+            }
+            std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+            write_atomic(&manifest_path, serde_json::to_string_pretty(&manifest).expect("json").as_bytes())?;
+        }
+        let latest = latest_checkpoint(dir)?.map(|path| Ok::<_, TrainError>((path.clone(), read_json(&path.join(STATE_FILE))?))).transpose()?;
+        let events = EventWriter::create(dir)?;
+        Ok(Opened::Active(RunDir { dir: dir.clone(), events }, latest))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Drops metric records of steps after `step` (work that a resume redoes) and marks the
+    /// restart for TensorBoard.
+    pub fn rewind_to(&mut self, step: u64) -> Result<()> {
+        let path = self.dir.join(METRICS_FILE);
+        if path.exists() {
+            let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+            // A record cut by a crash mid-write is dropped with the rest.
+            let kept: String = text.lines().filter(|line| serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v.get("step").and_then(|s| s.as_u64())).is_some_and(|s| s <= step)).map(|line| format!("{line}\n")).collect();
+            write_atomic(&path, kept.as_bytes())?;
+        }
+        self.events.session_start(step + 1)
+    }
+
+    /// Appends one record to `metrics.jsonl` and its numeric fields (but `step`) to TensorBoard
+    /// under `<group>/<name>`.
+    pub fn log(&mut self, group: &str, record: &serde_json::Value) -> Result<()> {
+        let path = self.dir.join(METRICS_FILE);
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| TrainError::io(&path, e))?;
+        writeln!(file, "{record}").map_err(|e| TrainError::io(&path, e))?;
+        let step = record.get("step").and_then(|s| s.as_u64()).unwrap_or(0);
+        let tags: Vec<(String, f64)> = record.as_object().into_iter().flatten().filter(|(k, _)| k.as_str() != "step").filter_map(|(k, v)| v.as_f64().map(|v| (format!("{group}/{k}"), v))).collect();
+        let tags: Vec<(&str, f64)> = tags.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        self.events.scalars(step, &tags)
+    }
+
+    /// Writes a checkpoint directory atomically (`fill` writes the tensors) and keeps only
+    /// the newest `keep`.
+    pub fn save_checkpoint(&self, state: &TrainState, keep: usize, fill: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+        let path = self.dir.join(CHECKPOINTS_DIR).join(format!("step-{:08}", state.step));
+        write_dir(&path, |tmp| {
+            fill(tmp)?;
+            Ok(write_atomic(&tmp.join(STATE_FILE), serde_json::to_string_pretty(state).expect("json").as_bytes())?)
+        })?;
+        let all = checkpoints(&self.dir)?;
+        for old in all.iter().take(all.len().saturating_sub(keep)) {
+            std::fs::remove_dir_all(old).map_err(|e| TrainError::io(old, e))?;
+        }
+        Ok(path)
+    }
+
+    /// Writes `final/` atomically; its presence marks the run finished.
+    pub fn save_final(&self, fill: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+        let path = self.dir.join(FINAL_DIR);
+        write_dir(&path, fill)?;
+        Ok(path)
+    }
+}
+
+/// `write_dir_atomic` for a filler that fails with a `TrainError`.
+fn write_dir(path: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let mut failure = None;
+    let written = write_dir_atomic(path, |tmp| {
+        fill(tmp).map_err(|e| {
+            failure = Some(e);
+            lincal_model::ModelError::Invalid(String::new())
+        })
+    });
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(written?),
+    }
+}
+
+/// Complete checkpoint directories, oldest first.
+fn checkpoints(dir: &Path) -> Result<Vec<PathBuf>> {
+    let root = dir.join(CHECKPOINTS_DIR);
+    if !root.exists() {
+        return Ok(Vec::new());
+    }
+    let mut found: Vec<(u64, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(&root).map_err(|e| TrainError::io(&root, e))? {
+        let path = entry.map_err(|e| TrainError::io(&root, e))?.path();
+        // `step-N.partial` directories are checkpoints cut short by a crash.
+        let step = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("step-")).and_then(|n| n.parse::<u64>().ok());
+        if let Some(step) = step.filter(|_| path.join(STATE_FILE).exists()) {
+            found.push((step, path));
+        }
+    }
+    found.sort();
+    Ok(found.into_iter().map(|(_, p)| p).collect())
+}
+
+fn latest_checkpoint(dir: &Path) -> Result<Option<PathBuf>> {
+    Ok(checkpoints(dir)?.pop())
+}
+
+/// Names what differs between two manifests, for the error message.
+fn difference(stored: &Manifest, new: &Manifest) -> String {
+    if stored.stage != new.stage {
+        return format!("stage (\"{}\", now \"{}\")", stored.stage, new.stage);
+    }
+    if stored.base_model != new.base_model {
+        return format!("base model ({}, now {})", stored.base_model.display(), new.base_model.display());
+    }
+    if stored.inputs != new.inputs {
+        return "set of input files or input file contents (sha256 differs)".into();
+    }
+    let mut fields = Vec::new();
+    diff_values("", &stored.config, &new.config, &mut fields);
+    format!("config ({})", fields.join(", "))
+}
+
+fn diff_values(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for key in keys {
+                let null = serde_json::Value::Null;
+                let name = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                diff_values(&name, x.get(key).unwrap_or(&null), y.get(key).unwrap_or(&null), out);
+            }
+        }
+        _ if a != b => out.push(format!("{prefix} was {a}, now {b}")),
+        _ => {}
+    }
+}
+
+/// RFC 3339 time of now, for manifests.
+pub fn timestamp() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
