@@ -5,28 +5,16 @@ use lincal_model::Tokenizer;
 use lincal_model::layers::{attention_mask, positions_from_mask};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
 /// Label of a position that carries no loss (PyTorch's `ignore_index`).
 pub const IGNORE_INDEX: i64 = -100;
 
-/// One SFT pair: the formatted prompt (ending, for the reference's templates, at
-/// "### Response:") and the target text appended to it with no separator.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SftExample {
-    pub prompt: String,
-    pub target: String,
-}
-
-/// One reward-model input: the formatted text and its label in [0, 1] (a forecast
-/// probability, or 0/1 correctness).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RewardExample {
-    pub text: String,
-    pub label: f64,
-}
+/// The examples are `lincal-data`'s, which reads them from every supported format: an SFT
+/// pair is a formatted prompt and the target appended to it with no separator; a
+/// reward-model example is a formatted text (`prompt`) and its label in [0, 1].
+pub use lincal_data::schema::{RewardExample, SftExample};
 
 /// Token ids of one training row with their labels; with packing, several examples.
 #[derive(Debug, Clone, PartialEq)]
@@ -196,10 +184,10 @@ mod tests {
     fn labels_mask_exactly_the_prompt_and_the_padding() {
         let (_dir, tok) = tokenizer();
         // The word-level test tokenizer maps "tN" to id N; EOS "</s>" is id 2.
-        let short = tokenize_sft(&tok, &SftExample { prompt: "t5 t6 t7".into(), target: " t8 t9".into() }, 2, 64).unwrap();
+        let short = tokenize_sft(&tok, &SftExample { question_id: None, prompt: "t5 t6 t7".into(), target: " t8 t9".into() }, 2, 64).unwrap();
         assert_eq!(short.input_ids, vec![5, 6, 7, 8, 9, 2]);
         assert_eq!(short.labels, vec![-100, -100, -100, 8, 9, 2]);
-        let long = tokenize_sft(&tok, &SftExample { prompt: "t10".into(), target: " t11 t12 t13 t14 t15".into() }, 2, 64).unwrap();
+        let long = tokenize_sft(&tok, &SftExample { question_id: None, prompt: "t10".into(), target: " t11 t12 t13 t14 t15".into() }, 2, 64).unwrap();
         assert_eq!(long.labels, vec![-100, 11, 12, 13, 14, 15, 2]);
         let batch = collate_sft(&[&short, &long], 63, Device::Cpu);
         assert_eq!(Vec::<i64>::try_from(batch.input_ids.get(0)).unwrap(), vec![5, 6, 7, 8, 9, 2, 63]);
@@ -208,10 +196,10 @@ mod tests {
         assert_eq!(batch.tokens, 13);
         assert!(batch.mask.is_none());
         // Truncation at 4 tokens keeps one target token and cuts the EOS.
-        let cut = tokenize_sft(&tok, &SftExample { prompt: "t5 t6 t7".into(), target: " t8 t9".into() }, 2, 4).unwrap();
+        let cut = tokenize_sft(&tok, &SftExample { question_id: None, prompt: "t5 t6 t7".into(), target: " t8 t9".into() }, 2, 4).unwrap();
         assert_eq!((cut.input_ids, cut.labels), (vec![5, 6, 7, 8], vec![-100, -100, -100, 8]));
         // A prompt that fills the window leaves no target: the example is dropped.
-        let examples = [SftExample { prompt: "t5 t6 t7 t8".into(), target: " t9".into() }, SftExample { prompt: "t5".into(), target: " t9".into() }];
+        let examples = [SftExample { question_id: None, prompt: "t5 t6 t7 t8".into(), target: " t9".into() }, SftExample { question_id: None, prompt: "t5".into(), target: " t9".into() }];
         let (rows, dropped) = tokenize_sft_set(&tok, &examples, 2, 4, "train").unwrap();
         assert_eq!((rows.len(), dropped), (1, vec![0]));
     }

@@ -15,7 +15,7 @@ use tch::{Device, Kind};
 fn bf16_sft_and_reward_model_train_on_the_gpu() {
     let device = Device::Cuda(0);
     let model_dir = tiny_model_dir();
-    let data: Vec<SftExample> = [("t5 t6", " t20 t21 t22"), ("t7 t8 t9", " t23 t24"), ("t10", " t25 t26 t27 t28"), ("t11 t12", " t29")].iter().map(|(p, t)| SftExample { prompt: p.to_string(), target: t.to_string() }).collect();
+    let data: Vec<SftExample> = [("t5 t6", " t20 t21 t22"), ("t7 t8 t9", " t23 t24"), ("t10", " t25 t26 t27 t28"), ("t11 t12", " t29")].iter().map(|(p, t)| SftExample { question_id: None, prompt: p.to_string(), target: t.to_string() }).collect();
     let run = tempfile::tempdir().unwrap();
     let mut training = quick_training(1e-2, 60.0, 4, 2);
     training.precision = Precision::Auto;
@@ -27,7 +27,7 @@ fn bf16_sft_and_reward_model_train_on_the_gpu() {
     assert!(summary.eval[0].1 < 0.1);
     assert_eq!(CausalLm::load(summary.final_dir.as_ref().unwrap(), Device::Cpu, None).unwrap().kind(), Kind::Float);
 
-    let examples: Vec<RewardExample> = [("t5 t6 t7", 0.1), ("t8 t9", 0.35), ("t10 t11 t12 t13", 0.6), ("t14", 0.9)].iter().map(|(t, l)| RewardExample { text: t.to_string(), label: *l }).collect();
+    let examples: Vec<RewardExample> = [("t5 t6 t7", 0.1), ("t8 t9", 0.35), ("t10 t11 t12 t13", 0.6), ("t14", 0.9)].iter().map(|(t, l)| RewardExample { question_id: None, prompt: t.to_string(), label: *l }).collect();
     let run = tempfile::tempdir().unwrap();
     let config = RewardModelConfig { model_max_length: 64, pad_token: "[PAD]".into(), lora: None, training: crate::config::TrainingConfig { epochs: 80.0, ..training } };
     let summary = RewardModelTrainer::new(model_dir.path(), device, &config, &examples, &examples, &run_options(run.path())).unwrap().train(None).unwrap();

@@ -121,7 +121,7 @@ fn targets_are_matched_by_hugging_face_module_name() {
 fn lora_sft_trains_adapters_and_saves_merged_weights_and_the_adapter() {
     let model_dir = tiny_model_dir();
     let run = tempfile::tempdir().unwrap();
-    let data: Vec<SftExample> = [("t5 t6", " t20 t21"), ("t7", " t22 t23 t24")].iter().map(|(p, t)| SftExample { prompt: p.to_string(), target: t.to_string() }).collect();
+    let data: Vec<SftExample> = [("t5 t6", " t20 t21"), ("t7", " t22 t23 t24")].iter().map(|(p, t)| SftExample { question_id: None, prompt: p.to_string(), target: t.to_string() }).collect();
     let config = SftConfig { model_max_length: 32, packing: false, pad_token: "[PAD]".into(), lora: Some(LoraConfig { dropout: 0.1, ..lora(4, 8.0, &["q_proj", "v_proj"]) }), training: quick_training(1e-2, 10.0, 2, 1) };
     let mut trainer = SftTrainer::new(model_dir.path(), Device::Cpu, &config, &data, &data, &run_options(run.path())).unwrap();
     let summary = trainer.train(None).unwrap();

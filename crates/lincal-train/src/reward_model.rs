@@ -255,7 +255,7 @@ fn tokenize_rewards(tokenizer: &Tokenizer, examples: &[RewardExample], max_len: 
             if !(0.0..=1.0).contains(&example.label) {
                 return Err(data_error(format!("label {} is outside [0, 1]; labels are probabilities or 0/1 correctness", example.label)));
             }
-            let ids = tokenize_reward(tokenizer, &example.text, max_len).map_err(|e| data_error(e.to_string()))?;
+            let ids = tokenize_reward(tokenizer, &example.prompt, max_len).map_err(|e| data_error(e.to_string()))?;
             if ids.is_empty() {
                 return Err(data_error("the text has no tokens".into()));
             }
@@ -320,7 +320,7 @@ mod tests {
     use crate::testutil::{quick_training, run_options, saved_tensors, tiny_model_dir};
 
     fn examples() -> Vec<RewardExample> {
-        [("t5 t6 t7", 0.1), ("t8 t9", 0.35), ("t10 t11 t12 t13", 0.6), ("t14", 0.9)].iter().map(|(t, l)| RewardExample { text: t.to_string(), label: *l }).collect()
+        [("t5 t6 t7", 0.1), ("t8 t9", 0.35), ("t10 t11 t12 t13", 0.6), ("t14", 0.9)].iter().map(|(t, l)| RewardExample { question_id: None, prompt: t.to_string(), label: *l }).collect()
     }
 
     fn config(epochs: f64) -> RewardModelConfig {
@@ -351,7 +351,7 @@ mod tests {
         assert_eq!((config["model_type"].as_str(), config["backbone_config"]["vocab_size"].as_i64()), (Some("reward_model"), Some(65)));
         // Reloaded, it scores exactly as the trained model.
         let tokenizer = Tokenizer::from_dir(&final_dir).unwrap();
-        let texts: Vec<String> = data.iter().map(|e| e.text.clone()).collect();
+        let texts: Vec<String> = data.iter().map(|e| e.prompt.clone()).collect();
         let trained = trainer.model().score_texts(&tokenizer, &texts, 64, 64, 3).unwrap();
         let reloaded = RewardModel::load(&final_dir, Device::Cpu, None).unwrap();
         assert_eq!(reloaded.score_texts(&tokenizer, &texts, 64, 64, 3).unwrap(), trained);

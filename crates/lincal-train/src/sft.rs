@@ -159,7 +159,7 @@ mod tests {
     fn examples() -> Vec<SftExample> {
         [("t5 t6", " t20 t21 t22"), ("t7 t8 t9", " t23 t24"), ("t10", " t25 t26 t27 t28"), ("t11 t12", " t29"), ("t13 t14 t15 t16", " t30 t31"), ("t17", " t32"), ("t18 t19", " t33 t34 t35"), ("t36", " t37 t38")]
             .iter()
-            .map(|(p, t)| SftExample { prompt: p.to_string(), target: t.to_string() })
+            .map(|(p, t)| SftExample { question_id: None, prompt: p.to_string(), target: t.to_string() })
             .collect()
     }
 
