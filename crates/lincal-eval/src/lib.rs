@@ -1,0 +1,30 @@
+//! Evaluation for lincal: the per-item results of a run, BM25 retrieval for claim checking,
+//! run reports and the comparison of runs.
+//!
+//! - [`examples`]: [`ScoredExample`], one scored QA answer or biography claim, and
+//!   `examples.jsonl` ([`read_examples`], [`write_examples`]); [`predictions`] applies the
+//!   reference's scoring rules (SPEC 5.2-5.3) before the metrics.
+//! - [`retrieval`]: [`KnowledgeIndex`], a tantivy BM25 index of a `{"id", "title", "text"}`
+//!   JSONL knowledge source, kept on disk and rebuilt only when the source changes.
+//! - [`report`]: [`write_run_report`] writes `results.json`, `report.md`, a self-contained
+//!   `report.html` and the plots of one run; metrics come from `lincal_metrics`.
+//! - [`compare`](mod@compare): [`compare()`] puts runs on one dataset side by side.
+//! - [`paper`]: the paper's headline numbers, shown beside runs on the paper's datasets.
+
+pub mod compare;
+mod error;
+pub mod examples;
+mod files;
+pub mod paper;
+mod render;
+pub mod report;
+pub mod retrieval;
+
+pub use compare::{ComparedRun, Comparison, compare};
+pub use error::EvalError;
+pub use examples::{
+    ClaimExample, Counts, ExampleKind, QaExample, ScoredExample, Stage, StageFailure,
+    check_examples, predictions, read_examples, write_examples,
+};
+pub use report::{ReportOptions, RunResults, RunSettings, read_results, write_run_report};
+pub use retrieval::{IndexLocation, IndexStatus, KnowledgeIndex, Passage, SourceSummary};
