@@ -26,6 +26,31 @@ pub enum BenchCommand {
         #[arg(long, default_value = "auto")]
         dtype: String,
     },
+    /// Training throughput: timed SFT steps (forward, backward, clipping, AdamW) on random
+    /// tokens, as `lincal sft` runs them.
+    Sft {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        #[arg(long, default_value_t = 1024)]
+        seq_len: usize,
+        /// Timed steps, after the warm-up ones.
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        #[arg(long, default_value = "auto")]
+        device: String,
+        #[arg(long, default_value = "auto")]
+        dtype: String,
+        /// Append one JSON line with the measurement here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Name recorded with the measurement (e.g. the model shape).
+        #[arg(long, default_value = "")]
+        label: String,
+    },
     /// Batched sampling throughput: random prompts, every row runs to --new-tokens (no EOS).
     Generate {
         #[arg(long)]
@@ -73,6 +98,17 @@ pub fn run(command: BenchCommand) -> Result<()> {
             let logits = tch::no_grad(|| model.logits(&model.forward(&input, &positions, Some(&attention), None))).to_kind(tch::Kind::Float);
             Ok(lincal_model::checkpoint::write_safetensors_file(&out, &[(&"logits".to_string(), &logits)])?)
         }
+        BenchCommand::Sft { model, batch, seq_len, steps, warmup, device, dtype, json, label } => {
+            let device = crate::parse_device(&device)?;
+            let kind = crate::parse_kind(&dtype, device)?;
+            let model = CausalLm::load(&model, device, Some(kind))?;
+            let result = lincal_train::bench_sft(&model, batch, seq_len, steps, warmup)?;
+            println!("{batch} x {seq_len} tokens, {} parameters: {:.0} tokens/s ({:.3} s/step over {steps} steps)", result.parameters, result.tokens_per_second, result.seconds_per_step);
+            if let Some(path) = &json {
+                append_json_line(path, &serde_json::json!({ "bench": "sft", "engine": "lincal", "model": label, "batch": batch, "seq_len": seq_len, "tokens_per_s": result.tokens_per_second, "seconds_per_step": result.seconds_per_step, "steps": steps, "kind": format!("{kind:?}"), "device": format!("{device:?}") }))?;
+            }
+            Ok(())
+        }
         BenchCommand::Generate { model, batch, prompt_len, new_tokens, temperature, device, dtype, json, label, no_cuda_graph, verify } => {
             let device = crate::parse_device(&device)?;
             let kind = crate::parse_kind(&dtype, device)?;
@@ -102,10 +138,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 let gap_text = gap.map_or(String::new(), |(max, mean)| format!("{max:.4} / {mean:.5}"));
                 println!("{size:>6} {prompt_len:>7} {new_tokens:>8} {seconds:>10.2} {rate:>12.0}  {digest:016x}  {gap_text}");
                 if let Some(path) = &json {
-                    let record = serde_json::json!({ "bench": "generate", "engine": "lincal", "model": label, "batch": size, "prompt_len": prompt_len, "new_tokens": new_tokens, "seconds": seconds, "tokens_per_s": rate, "cuda_graph": model.cuda_graphs(), "tokens_digest": format!("{digest:016x}"), "logprob_gap_max": gap.map(|g| g.0), "logprob_gap_mean": gap.map(|g| g.1), "kind": format!("{kind:?}"), "device": format!("{device:?}") });
-                    use std::io::Write;
-                    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
-                    writeln!(file, "{record}").with_context(|| format!("writing {}", path.display()))?;
+                    append_json_line(path, &serde_json::json!({ "bench": "generate", "engine": "lincal", "model": label, "batch": size, "prompt_len": prompt_len, "new_tokens": new_tokens, "seconds": seconds, "tokens_per_s": rate, "cuda_graph": model.cuda_graphs(), "tokens_digest": format!("{digest:016x}"), "logprob_gap_max": gap.map(|g| g.0), "logprob_gap_mean": gap.map(|g| g.1), "kind": format!("{kind:?}"), "device": format!("{device:?}") }))?;
                 }
             }
             Ok(())
@@ -128,4 +161,11 @@ fn logprob_gap(model: &CausalLm, prompts: &[Vec<i64>], out: &GeneratedBatch, tem
     let expected = scaled.narrow(1, prompt_len - 1, new).log_softmax(-1, tch::Kind::Float).gather(-1, &out.tokens.narrow(0, 0, rows).unsqueeze(-1), false).squeeze_dim(-1);
     let gap = (expected - out.logprobs.narrow(0, 0, rows).to_kind(tch::Kind::Float)).abs();
     (gap.max().double_value(&[]), gap.mean(tch::Kind::Float).double_value(&[]))
+}
+
+/// Appends `record` as one line to the JSONL file at `path`.
+fn append_json_line(path: &std::path::Path, record: &serde_json::Value) -> Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
+    writeln!(file, "{record}").with_context(|| format!("writing {}", path.display()))
 }

@@ -1,7 +1,7 @@
 //! The `lincal` command line: argument parsing only; the commands live in the `lincal` library.
 
 use anyhow::{Context, Result};
-use lincal::{bench, eval, generate};
+use lincal::{bench, eval, generate, train};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -35,6 +35,12 @@ enum Command {
     },
     /// Generate text with a local model: one prompt streamed, or a JSONL file in batches.
     Generate(generate::GenerateArgs),
+    /// Supervised fine-tuning (presets: lc_sft, factuality_sft, claude_distill, extract_answers).
+    Sft(train::TrainArgs),
+    /// Train a reward model (presets: forecast_probs, factuality).
+    RewardModel(train::TrainArgs),
+    /// Score texts with a reward model.
+    Score(train::ScoreArgs),
     /// Evaluate calibration.
     Eval {
         #[command(subcommand)]
@@ -90,6 +96,9 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Generate(args) => generate::run(args),
+        Command::Sft(args) => train::sft(args),
+        Command::RewardModel(args) => train::reward_model(args),
+        Command::Score(args) => train::score(args),
         Command::Eval { what } => eval::run(what),
         Command::Bench { what } => bench::run(what),
     }
