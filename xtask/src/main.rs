@@ -173,13 +173,21 @@ fn test(root: &Path) -> Result<()> {
     // The slow tests (real SmolLM2) are #[ignore]d for plain `cargo test`; run them too.
     run(Command::new("cargo")
         .args(["test", "--workspace", "--", "--include-ignored"])
+        .env("CARGO_TARGET_DIR", target_dir())
         .env("LINCAL_SMOLLM2_GGUF", &prepared.smollm2_gguf))
+}
+
+/// Builds go to `$CARGO_TARGET_DIR`, else to `$LINCAL_CACHE/target`: a fresh clone on the same
+/// machine (CI) then reuses every compiled dependency (libtorch bindings, tantivy, ...)
+/// instead of compiling them again for half an hour on two cores.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| cache_dir().join("target"), PathBuf::from)
 }
 
 fn demo(root: &Path) -> Result<()> {
     let prepared = setup(root, false)?;
-    run(Command::new("cargo").args(["build", "--release", "--quiet", "-p", "lincal"]))?;
-    let lincal = root.join("target/release/lincal");
+    run(Command::new("cargo").args(["build", "--release", "--quiet", "-p", "lincal"]).env("CARGO_TARGET_DIR", target_dir()))?;
+    let lincal = target_dir().join("release/lincal");
     let model = cache_dir().join("models/SmolLM2-135M-Instruct");
     if !model.join("config.json").exists() {
         run(Command::new(&lincal).args(["convert", "gguf"]).arg(&prepared.smollm2_gguf).arg(&model))?;
@@ -209,6 +217,16 @@ fn gpu_build(root: &Path) -> Result<()> {
     std::fs::copy(root.join("target/gpu/release/lincal"), &binary)?;
     run(Command::new("strip").arg(&binary))?;
     println!("{} ({} bytes): carry `.gpu` and set LD_LIBRARY_PATH to torch/lib there", binary.display(), std::fs::metadata(&binary)?.len());
+    // The training checks there need a real tokenizer for the SmolLM2-shaped model.
+    let converted = cache_dir().join("models/SmolLM2-135M-Instruct");
+    let tokenizer = out.join("tokenizer");
+    std::fs::create_dir_all(&tokenizer)?;
+    for name in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
+        match std::fs::copy(converted.join(name), tokenizer.join(name)) {
+            Ok(_) => {}
+            Err(_) => eprintln!("xtask: no {} yet (run `cargo xtask demo` once); the GPU training checks need it", converted.join(name).display()),
+        }
+    }
     Ok(())
 }
 

@@ -1,20 +1,9 @@
 //! The real `lincal` binary on tiny models made in the test.
 
-use lincal_model::testing::{random_model, tiny_llama, write_tokenizer};
+mod common;
+
+use common::{lincal, tiny_model_dir};
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn lincal(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lincal")).args(args).output().expect("lincal runs")
-}
-
-fn tiny_model_dir(dir: &Path) -> String {
-    let model_dir = dir.join("tiny");
-    std::fs::create_dir_all(&model_dir).unwrap();
-    random_model(tiny_llama(true), 1).save(&model_dir, usize::MAX).unwrap();
-    write_tokenizer(&model_dir, 64);
-    model_dir.to_str().unwrap().to_string()
-}
 
 fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()

@@ -1,25 +1,15 @@
 //! `lincal sft`, `lincal reward-model` and `lincal score` end to end on a tiny model.
 
-use lincal_model::testing::{random_model, tiny_llama, write_tokenizer};
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-fn lincal(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lincal")).args(args).output().expect("lincal runs")
-}
+use common::{lincal, tiny_model_dir};
+use std::path::Path;
+use std::process::Output;
 
 fn ok(output: Output) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "{stderr}");
     String::from_utf8_lossy(&output.stdout).into_owned() + &stderr
-}
-
-fn tiny_model_dir(dir: &Path) -> String {
-    let model_dir = dir.join("tiny");
-    std::fs::create_dir_all(&model_dir).unwrap();
-    random_model(tiny_llama(true), 1).save(&model_dir, usize::MAX).unwrap();
-    write_tokenizer(&model_dir, 64);
-    model_dir.to_str().unwrap().to_string()
 }
 
 fn write(path: &Path, lines: &[String]) -> String {
