@@ -75,25 +75,9 @@ impl Engine {
         let total_steps = config.max_steps.unwrap_or_else(|| (config.epochs * steps_per_epoch as f64).ceil().max(1.0) as u64);
         let mut state = TrainState { step: 0, total_steps, steps_per_epoch, epoch: 0, epoch_offset: 0, train_units, data_sha256, seed: config.seed };
         let schedule = LrSchedule::new(config.schedule, config.warmup_ratio, total_steps);
-        let (run, finished, resumed_from) = match RunDir::open(options, manifest)? {
-            Opened::Finished(dir) => {
-                state.step = total_steps;
-                (None, Some(dir), None)
-            }
-            Opened::Active(mut run, None) => {
-                // Metrics of an attempt that died before its first checkpoint are dropped.
-                run.rewind_to(0)?;
-                (Some(run), None, None)
-            }
-            Opened::Active(mut run, Some((checkpoint, saved))) => {
-                check_same_run(&checkpoint, &saved, &state)?;
-                params.load(&checkpoint)?;
-                run.rewind_to(saved.step)?;
-                state = saved;
-                (Some(run), None, Some(state.step))
-            }
-        };
-        Ok(Engine { config: config.clone(), params, schedule, state, run, finished, resumed_from, progress: options.progress, device })
+        let opened = open_run(options, manifest, &mut state, &mut params)?;
+        let resumed_from = opened.checkpoint.is_some().then_some(state.step);
+        Ok(Engine { config: config.clone(), params, schedule, state, run: opened.run, finished: opened.finished, resumed_from, progress: options.progress, device })
     }
 
     pub fn total_steps(&self) -> u64 {
@@ -203,13 +187,51 @@ impl Engine {
     }
 
     fn progress_bar(&self) -> ProgressBar {
-        if !self.progress {
-            return ProgressBar::hidden();
-        }
-        let bar = ProgressBar::new(self.state.total_steps).with_position(self.state.step);
-        bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] step {pos}/{len} (eta {eta}) {msg}").expect("valid template").progress_chars("=> "));
-        bar
+        progress_bar(self.progress, self.state.step, self.state.total_steps)
     }
+}
+
+/// A step counter on stderr (hidden unless `enabled`).
+pub(crate) fn progress_bar(enabled: bool, step: u64, total_steps: u64) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total_steps).with_position(step);
+    bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] step {pos}/{len} (eta {eta}) {msg}").expect("valid template").progress_chars("=> "));
+    bar
+}
+
+/// A run directory opened for training.
+pub(crate) struct OpenedRun {
+    /// `None` when the run already finished.
+    pub run: Option<RunDir>,
+    pub finished: Option<PathBuf>,
+    /// The checkpoint the run resumes from.
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// Opens (or resumes) the run in `options.dir`: a resume checks that the newest checkpoint
+/// belongs to this run (`state` describes it), loads its weights and optimizer state into
+/// `params` and its progress into `state`, and drops the metrics of steps it redoes.
+pub(crate) fn open_run(options: &RunOptions, manifest: Manifest, state: &mut TrainState, params: &mut TrainableParams) -> Result<OpenedRun> {
+    Ok(match RunDir::open(options, manifest)? {
+        Opened::Finished(dir) => {
+            state.step = state.total_steps;
+            OpenedRun { run: None, finished: Some(dir), checkpoint: None }
+        }
+        Opened::Active(mut run, None) => {
+            // Metrics of an attempt that died before its first checkpoint are dropped.
+            run.rewind_to(0)?;
+            OpenedRun { run: Some(run), finished: None, checkpoint: None }
+        }
+        Opened::Active(mut run, Some((checkpoint, saved))) => {
+            check_same_run(&checkpoint, &saved, state)?;
+            params.load(&checkpoint)?;
+            run.rewind_to(saved.step)?;
+            *state = saved;
+            OpenedRun { run: Some(run), finished: None, checkpoint: Some(checkpoint) }
+        }
+    })
 }
 
 /// Refuses a resume whose data or step arithmetic differ from the checkpoint's.

@@ -9,6 +9,8 @@ pub enum TrainError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    #[error(transparent)]
+    Dataset(#[from] lincal_data::DataError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("config field `{field}`: {message}")]
@@ -21,6 +23,9 @@ pub enum TrainError {
     NoData(&'static str),
     #[error("training diverged at step {step}: the loss is {loss}; lower the learning rate, or check the data and the precision")]
     Diverged { step: u64, loss: f64 },
+    /// A PPO reward implemented outside this crate failed (e.g. an API reader).
+    #[error("the reward could not be computed: {0}")]
+    Reward(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl TrainError {

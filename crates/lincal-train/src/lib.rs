@@ -1,7 +1,8 @@
 //! Training for lincal over libtorch: supervised fine-tuning ([`sft`]), reward models
-//! ([`reward_model`]), AdamW and learning-rate schedules ([`optim`]), run directories with
-//! checkpoints that resume exactly ([`run`]), TensorBoard logs ([`tensorboard`]) and a
-//! training-throughput benchmark ([`bench`]). LoRA lives in `lincal_model::lora`.
+//! ([`reward_model`]), PPO for decision-based and Factuality RL ([`ppo`]), AdamW and
+//! learning-rate schedules ([`optim`]), run directories with checkpoints that resume exactly
+//! ([`run`]), TensorBoard logs ([`tensorboard`]) and a training-throughput benchmark
+//! ([`bench`]). LoRA lives in `lincal_model::lora`.
 
 pub mod bench;
 pub mod config;
@@ -9,6 +10,7 @@ pub mod data;
 mod engine;
 pub mod error;
 pub mod optim;
+pub mod ppo;
 pub mod reward_model;
 pub mod run;
 mod setup;

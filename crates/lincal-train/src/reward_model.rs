@@ -1,8 +1,8 @@
 //! Reward models (SPEC 1.6 ForecastProbs, 1.8 Factuality): a causal-LM backbone whose final
 //! hidden state at the last position of a left-padded row goes through `Linear(hidden, 1)`;
 //! sigmoid of that logit is the probability. Trained with binary cross-entropy on soft
-//! labels; evaluated by the MSE of sigmoid(logit) against the label. PPO reuses the type as
-//! its value model: the reward model's backbone with a zero head (SPEC 2.1).
+//! labels; evaluated by the MSE of sigmoid(logit) against the label. PPO's value model is the
+//! reward model's backbone with a zero [`ScalarHead`] of its own (SPEC 2.1).
 //!
 //! # Saved layout (the reference's `RewardModel`)
 //! The reference head has a bias, which `LlamaForSequenceClassification` (`score.weight`
@@ -53,27 +53,22 @@ pub enum HeadInit {
     Zero,
 }
 
-pub struct RewardModel {
-    backbone: CausalLm,
+/// `Linear(hidden, 1)` with a bias over a backbone's final hidden states: a reward model's
+/// head, and PPO's value head.
+pub struct ScalarHead {
     /// Holds `reward_head.weight` and `reward_head.bias`.
-    head: nn::VarStore,
-    /// Recorded as `backbone_model_name_or_path`.
-    backbone_source: String,
+    vs: nn::VarStore,
 }
 
-fn hidden_size(config: &ModelConfig) -> i64 {
-    match config {
-        ModelConfig::Llama(c) => c.hidden_size,
-        ModelConfig::GptNeoX(c) => c.hidden_size,
-    }
-}
-
-impl RewardModel {
-    /// A new head on `backbone`, in the backbone's precision and device.
-    pub fn new(backbone: CausalLm, init: HeadInit, backbone_source: &str) -> Self {
-        let hidden = hidden_size(backbone.config());
-        let mut head = nn::VarStore::new(backbone.device());
-        let root = head.root() / "reward_head";
+impl ScalarHead {
+    /// A new head for the hidden states of `backbone`, in its precision and on its device.
+    pub fn for_backbone(backbone: &CausalLm, init: HeadInit) -> Self {
+        let hidden = match backbone.config() {
+            ModelConfig::Llama(c) => c.hidden_size,
+            ModelConfig::GptNeoX(c) => c.hidden_size,
+        };
+        let mut vs = nn::VarStore::new(backbone.device());
+        let root = vs.root() / "reward_head";
         let weight: Vec<f32> = match init {
             HeadInit::Default { seed } => {
                 let bound = 1.0 / (hidden as f32).sqrt();
@@ -84,7 +79,37 @@ impl RewardModel {
         };
         let _ = root.var_copy("weight", &Tensor::from_slice(&weight).view([1, hidden]));
         let _ = root.zeros("bias", &[1]);
-        head.set_kind(backbone.kind());
+        vs.set_kind(backbone.kind());
+        ScalarHead { vs }
+    }
+
+    /// The two variables, named [`HEAD_WEIGHT`] and [`HEAD_BIAS`].
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    pub fn set_kind(&mut self, kind: Kind) {
+        self.vs.set_kind(kind);
+    }
+
+    /// f32 scores `[...]` of hidden states `[..., hidden]`.
+    pub fn forward(&self, hidden: &Tensor) -> Tensor {
+        let vars = self.vs.variables();
+        hidden.linear(&vars[HEAD_WEIGHT], Some(&vars[HEAD_BIAS])).squeeze_dim(-1).to_kind(Kind::Float)
+    }
+}
+
+pub struct RewardModel {
+    backbone: CausalLm,
+    head: ScalarHead,
+    /// Recorded as `backbone_model_name_or_path`.
+    backbone_source: String,
+}
+
+impl RewardModel {
+    /// A new head on `backbone`, in the backbone's precision and device.
+    pub fn new(backbone: CausalLm, init: HeadInit, backbone_source: &str) -> Self {
+        let head = ScalarHead::for_backbone(&backbone, init);
         RewardModel { backbone, head, backbone_source: backbone_source.into() }
     }
 
@@ -114,7 +139,7 @@ impl RewardModel {
     /// Every weight under its saved name.
     fn named_variables(&self) -> BTreeMap<String, Tensor> {
         let mut named: BTreeMap<String, Tensor> = self.backbone.var_store().variables().into_iter().map(|(n, t)| (format!("{BACKBONE_PREFIX}{n}"), t)).collect();
-        named.extend(self.head.variables());
+        named.extend(self.head.vs.variables());
         named
     }
 
@@ -138,7 +163,7 @@ impl RewardModel {
 
     /// The head's two variables (trainable), by saved name.
     pub fn head_var_store(&self) -> &nn::VarStore {
-        &self.head
+        self.head.var_store()
     }
 
     /// Replaces the head, e.g. `HeadInit::Zero` to turn a trained reward model into PPO's
@@ -152,11 +177,9 @@ impl RewardModel {
         self.head.set_kind(kind);
     }
 
-    /// The head applied to backbone hidden states `[..., hidden]`: f32 scores `[...]`. PPO's
-    /// value model applies it at every response position.
+    /// The head applied to backbone hidden states `[..., hidden]`: f32 scores `[...]`.
     pub fn head(&self, hidden: &Tensor) -> Tensor {
-        let vars = self.head.variables();
-        hidden.linear(&vars[HEAD_WEIGHT], Some(&vars[HEAD_BIAS])).squeeze_dim(-1).to_kind(Kind::Float)
+        self.head.forward(hidden)
     }
 
     /// Logits `[B]` (f32) of a left-padded batch: `input_ids`, `positions` `[B, T]` and the
@@ -282,7 +305,7 @@ impl RewardModelTrainer {
         let mut trainable = loaded.trainable(&OUTPUT_EMBEDDINGS);
         let LoadedModel { model, tokenizer, lora, pad_id, .. } = loaded;
         let model = RewardModel::new(model, HeadInit::Default { seed: config.training.seed }, &model_dir.display().to_string());
-        let mut head: Vec<(String, Tensor)> = model.head.variables().into_iter().collect();
+        let mut head: Vec<(String, Tensor)> = model.head.vs.variables().into_iter().collect();
         head.sort_by(|a, b| a.0.cmp(&b.0));
         trainable.extend(head);
         let params = TrainableParams::new(trainable, AdamWConfig::from_training(&config.training));

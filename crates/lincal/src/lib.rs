@@ -5,6 +5,7 @@ pub mod bench;
 pub mod eval;
 pub mod generate;
 pub mod local_llm;
+pub mod ppo;
 pub mod train;
 
 use anyhow::{Context, Result};

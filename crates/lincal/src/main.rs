@@ -1,7 +1,7 @@
 //! The `lincal` command line: argument parsing only; the commands live in the `lincal` library.
 
 use anyhow::{Context, Result};
-use lincal::{bench, eval, generate, train};
+use lincal::{bench, eval, generate, ppo, train};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -41,6 +41,8 @@ enum Command {
     RewardModel(train::TrainArgs),
     /// Score texts with a reward model.
     Score(train::ScoreArgs),
+    /// PPO: decision-based RL (preset lc_ppo) or Factuality RL (factuality_ppo).
+    Ppo(ppo::PpoArgs),
     /// Evaluate calibration.
     Eval {
         #[command(subcommand)]
@@ -99,6 +101,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sft(args) => train::sft(args),
         Command::RewardModel(args) => train::reward_model(args),
         Command::Score(args) => train::score(args),
+        Command::Ppo(args) => ppo::run(args),
         Command::Eval { what } => eval::run(what),
         Command::Bench { what } => bench::run(what),
     }

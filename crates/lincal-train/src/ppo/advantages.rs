@@ -1,0 +1,212 @@
+//! From rollouts to advantages (SPEC 2.4-2.6): the clamped per-token KL penalty, the sequence
+//! reward on the last real response token, scale-only reward whitening, GAE and advantage
+//! whitening.
+//!
+//! Every statistic is taken over the positions whose `weights` are 1: the real response tokens
+//! by default, or every position up to `response_len` when reproducing the reference's padding
+//! (SPEC 8, item 5). Outside the weighted positions rewards, values, advantages and returns are
+//! 0, so GAE stops at each row's last real token.
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+/// Whitening's guard against a zero standard deviation.
+const WHITEN_EPSILON: f64 = 1e-8;
+
+/// Per-token KL estimate `max(log π − log π_ref, 0)` (SPEC 2.4).
+pub fn kl_penalty(logprobs: &Tensor, ref_logprobs: &Tensor) -> Tensor {
+    (logprobs - ref_logprobs).clamp_min(0.0)
+}
+
+/// `−β·kl` at every position, plus each row's sequence reward `scores[b]` at its last real
+/// response token `lengths[b] − 1` (SPEC 2.5).
+pub fn shape_rewards(scores: &[f64], kl: &Tensor, lengths: &[i64], kl_coef: f64) -> Tensor {
+    let device = kl.device();
+    let last = Tensor::from_slice(&lengths.iter().map(|&n| n - 1).collect::<Vec<_>>()).to_device(device).unsqueeze(1);
+    let scores = Tensor::from_slice(scores).to_kind(Kind::Float).to_device(device).unsqueeze(1);
+    (kl * -kl_coef).scatter_add(1, &last, &scores)
+}
+
+/// `(x − μ)/(σ + 1e-8)` with μ and the population σ over the weighted positions, then `+ μ`
+/// again unless `shift_mean` (the reference's scale-only reward whitening); 0 elsewhere.
+pub fn whiten(values: &Tensor, weights: &Tensor, shift_mean: bool) -> Tensor {
+    let count = weights.sum(Kind::Float);
+    let mean = (values * weights).sum(Kind::Float) / &count;
+    let centred = values - &mean;
+    let std = ((&centred * &centred * weights).sum(Kind::Float) / &count).sqrt();
+    let whitened = centred / (std + WHITEN_EPSILON);
+    let whitened = if shift_mean { whitened } else { whitened + mean };
+    whitened * weights
+}
+
+/// Generalised advantage estimation over the positions of each row (`V` past the last
+/// position is 0): `δ_t = r_t + γ·V_{t+1} − V_t`, `A_t = δ_t + γλ·A_{t+1}`. Returns the
+/// advantages and the returns `A + V`.
+pub fn gae(rewards: &Tensor, values: &Tensor, gamma: f64, lam: f64) -> (Tensor, Tensor) {
+    let width = rewards.size()[1];
+    let mut next_value = values.select(1, 0).zeros_like();
+    let mut next_advantage = next_value.zeros_like();
+    let mut advantages = Vec::with_capacity(width as usize);
+    for t in (0..width).rev() {
+        let value = values.select(1, t);
+        let delta = rewards.select(1, t) + &next_value * gamma - &value;
+        next_advantage = delta + next_advantage * (gamma * lam);
+        advantages.push(next_advantage.shallow_clone());
+        next_value = value;
+    }
+    advantages.reverse();
+    let advantages = Tensor::stack(&advantages, 1);
+    let returns = &advantages + values;
+    (advantages, returns)
+}
+
+/// What the update trains towards.
+pub struct Advantages {
+    /// Whitened advantages `[B, W]`.
+    pub advantages: Tensor,
+    /// Returns `[B, W]` (advantages before whitening plus values).
+    pub returns: Tensor,
+    /// The shaped rewards `[B, W]` before whitening.
+    pub shaped_rewards: Tensor,
+}
+
+/// Shaping, optional scale-only reward whitening, GAE and advantage whitening (SPEC 2.5-2.6).
+/// `values` outside the weighted positions are ignored.
+#[allow(clippy::too_many_arguments)]
+pub fn estimate_advantages(scores: &[f64], kl: &Tensor, lengths: &[i64], values: &Tensor, weights: &Tensor, kl_coef: f64, whiten_rewards: bool, gamma: f64, lam: f64) -> Advantages {
+    let shaped_rewards = shape_rewards(scores, kl, lengths, kl_coef) * weights;
+    let rewards = if whiten_rewards { whiten(&shaped_rewards, weights, false) } else { shaped_rewards.shallow_clone() };
+    let (advantages, returns) = gae(&rewards, &(values * weights), gamma, lam);
+    Advantages { advantages: whiten(&advantages, weights, true), returns: returns * weights, shaped_rewards }
+}
+
+/// The KL coefficient β: fixed, or adapted towards a target summed KL per sequence
+/// (SPEC 2.4): `β ← β·(1 + k_beta·clip(KL/target − 1, −0.2, 0.2))` once per PPO step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KlController {
+    pub value: f64,
+    /// `(target, k_beta)` when adaptive.
+    pub adaptive: Option<(f64, f64)>,
+}
+
+impl KlController {
+    pub fn step(&mut self, kl_sum_per_sequence: f64) {
+        if let Some((target, k_beta)) = self.adaptive {
+            let error = (kl_sum_per_sequence / target - 1.0).clamp(-0.2, 0.2);
+            self.value *= 1.0 + k_beta * error;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t2(rows: &[&[f32]]) -> Tensor {
+        Tensor::from_slice2(rows)
+    }
+
+    fn values(t: &Tensor) -> Vec<Vec<f32>> {
+        Vec::<Vec<f32>>::try_from(t).unwrap()
+    }
+
+    fn close(got: &[Vec<f32>], want: &[&[f64]]) {
+        for (g, w) in got.iter().zip(want) {
+            for (a, b) in g.iter().zip(w.iter()) {
+                assert!((*a as f64 - b).abs() < 1e-5, "{got:?} vs {want:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn kl_is_clamped_at_zero() {
+        let kl = kl_penalty(&t2(&[&[-1.0, -2.0, -0.5]]), &t2(&[&[-1.5, -1.0, -0.5]]));
+        assert_eq!(values(&kl), vec![vec![0.5, 0.0, 0.0]]);
+    }
+
+    #[test]
+    fn the_sequence_reward_lands_on_the_last_real_token() {
+        // β 0.1; row 0 generated 2 tokens (reward on position 1), row 1 all 3 (position 2).
+        let kl = t2(&[&[1.0, 2.0, 0.0], &[0.0, 0.5, 1.0]]);
+        let shaped = shape_rewards(&[3.0, -1.0], &kl, &[2, 3], 0.1);
+        close(&values(&shaped), &[&[-0.1, 2.8, 0.0], &[0.0, -0.05, -1.1]]);
+    }
+
+    #[test]
+    fn whitening_scales_and_optionally_keeps_the_mean() {
+        // Real entries 1, 2, 3 (mean 2, population std √(2/3) = 0.816497); the padded 9 is left out.
+        let x = t2(&[&[1.0, 2.0], &[3.0, 9.0]]);
+        let mask = t2(&[&[1.0, 1.0], &[1.0, 0.0]]);
+        let std = (2.0f64 / 3.0).sqrt() + 1e-8;
+        close(&values(&whiten(&x, &mask, true)), &[&[-1.0 / std, 0.0], &[1.0 / std, 0.0]]);
+        close(&values(&whiten(&x, &mask, false)), &[&[2.0 - 1.0 / std, 2.0], &[2.0 + 1.0 / std, 0.0]]);
+        // The reference's padding counts every entry: mean 3.75, std √9.6875 = 3.112475.
+        let all = x.ones_like();
+        let std = 9.6875f64.sqrt() + 1e-8;
+        close(&values(&whiten(&x, &all, false)), &[&[3.75 - 2.75 / std, 3.75 - 1.75 / std], &[3.75 - 0.75 / std, 3.75 + 5.25 / std]]);
+    }
+
+    #[test]
+    fn gae_with_unit_gamma_and_lambda_is_reward_to_go_minus_value() {
+        // γ = λ = 1: A_t = Σ_{k≥t} r_k − V_t. Rewards 1, 0, 2 and values 0.5, 1, 1.5:
+        // A = 3 − 0.5, 2 − 1, 2 − 1.5; returns = reward-to-go 3, 2, 2.
+        let (advantages, returns) = gae(&t2(&[&[1.0, 0.0, 2.0]]), &t2(&[&[0.5, 1.0, 1.5]]), 1.0, 1.0);
+        close(&values(&advantages), &[&[2.5, 1.0, 0.5]]);
+        close(&values(&returns), &[&[3.0, 2.0, 2.0]]);
+        // γ 0.5, λ 1: δ = (1 + 0.5 − 0.5, 0 + 0.75 − 1, 2 − 1.5) = (1, −0.25, 0.5);
+        // A_2 = 0.5, A_1 = −0.25 + 0.25 = 0, A_0 = 1 + 0 = 1.
+        let (advantages, _) = gae(&t2(&[&[1.0, 0.0, 2.0]]), &t2(&[&[0.5, 1.0, 1.5]]), 0.5, 1.0);
+        close(&values(&advantages), &[&[1.0, 0.0, 0.5]]);
+    }
+
+    /// Masked (default) against the reference's padding, on one row of 2 real tokens padded to 3.
+    #[test]
+    fn padding_is_masked_by_default_and_counted_by_the_reference() {
+        let kl = t2(&[&[0.0, 0.0, 0.0], &[0.0, 0.0, 0.0]]);
+        let values_in = t2(&[&[0.5, 0.25, 7.0], &[1.0, 0.0, 0.0]]);
+        let mask = t2(&[&[1.0, 1.0, 0.0], &[1.0, 1.0, 1.0]]);
+        // No whitening, to follow GAE by hand: scores 2 and 1 land on positions 1 and 2.
+        let masked = estimate_advantages(&[2.0, 1.0], &kl, &[2, 3], &values_in, &mask, 0.1, false, 1.0, 1.0);
+        // Row 0 stops at its last real token: A = (2 − 0.5, 2 − 0.25, 0); the pad's value 7 is ignored.
+        close(&values(&masked.returns), &[&[2.0, 2.0, 0.0], &[1.0, 1.0, 1.0]]);
+        // Raw advantages 1.5, 1.75 | 0, 1, 1 over 5 real entries: mean 1.05, σ = √0.36 = 0.6.
+        let std = 0.6 + 1e-8;
+        close(&values(&masked.advantages), &[&[0.45 / std, 0.7 / std, 0.0], &[-1.05 / std, -0.05 / std, -0.05 / std]]);
+        let all = mask.ones_like();
+        let reference = estimate_advantages(&[2.0, 1.0], &kl, &[2, 3], &values_in, &all, 0.1, false, 1.0, 1.0);
+        // The reference bootstraps through the pad: δ_1 = 2 + 7 − 0.25 and A_2 = −7, so A_1 and
+        // the returns are unchanged, but the pad's advantage −7 enters the whitening.
+        close(&values(&reference.returns), &[&[2.0, 2.0, 0.0], &[1.0, 1.0, 1.0]]);
+        let raw = [1.5f64, 1.75, -7.0, 0.0, 1.0, 1.0];
+        let mean = raw.iter().sum::<f64>() / 6.0;
+        let std = (raw.iter().map(|a| (a - mean) * (a - mean)).sum::<f64>() / 6.0).sqrt() + 1e-8;
+        let want: Vec<f64> = raw.iter().map(|a| (a - mean) / std).collect();
+        close(&values(&reference.advantages), &[&want[..3], &want[3..]]);
+    }
+
+    #[test]
+    fn scale_only_reward_whitening_feeds_gae() {
+        // One row, 2 real tokens, β 0: shaped (0, 4); whitened over 2 entries (mean 2, σ 2):
+        // (0 − 2)/2 + 2 = 1 and (4 − 2)/2 + 2 = 3; values 0 → returns 4, 3.
+        let zeros = t2(&[&[0.0, 0.0]]);
+        let ones = t2(&[&[1.0, 1.0]]);
+        let a = estimate_advantages(&[4.0], &zeros, &[2], &zeros, &ones, 0.1, true, 1.0, 1.0);
+        close(&values(&a.shaped_rewards), &[&[0.0, 4.0]]);
+        close(&values(&a.returns), &[&[4.0, 3.0]]);
+    }
+
+    #[test]
+    fn the_adaptive_controller_moves_beta_by_at_most_twenty_percent_of_k() {
+        let mut fixed = KlController { value: 0.1, adaptive: None };
+        fixed.step(100.0);
+        assert_eq!(fixed.value, 0.1);
+        let mut adaptive = KlController { value: 0.1, adaptive: Some((6.0, 0.1)) };
+        // KL 7.2: error 0.2 → β·1.02. KL 60: clipped at 0.2 → ·1.02. KL 5.4: −0.1 → ·0.99.
+        adaptive.step(7.2);
+        assert!((adaptive.value - 0.102).abs() < 1e-15);
+        adaptive.step(60.0);
+        assert!((adaptive.value - 0.10404).abs() < 1e-15);
+        adaptive.step(5.4);
+        assert!((adaptive.value - 0.1029996).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,355 @@
+//! The PPO config: one struct, TOML-friendly, with the presets of `lc_ppo.sh` and
+//! `factuality_ppo.sh` (SPEC 2 and 3). Every default is the reference's.
+
+use crate::config::Precision;
+use crate::error::{Result, TrainError};
+use lincal_model::lora::LoraConfig;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Which reward the built-in trainer computes (the reference's `rl_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RlType {
+    /// Decision-based RL (SPEC 1.7): ExtractAnswers + ForecastProbs log-loss reward.
+    DecisionBased,
+    /// Factuality RL (SPEC 1.8): thresholded binary-correctness reward model.
+    Factuality,
+}
+
+/// The reward path (SPEC 1.5, 1.7, 1.8).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardConfig {
+    /// Constant added to every sequence reward (`reward_offset`: 5 for LC, 0 for Factuality).
+    pub reward_offset: f64,
+    /// λ of the normalisation penalty −λ·|Σ_j p_j − 1| (`answer_extractor_normalization_lambda`).
+    pub normalization_lambda: f64,
+    /// p_gt is clipped to [epsilon, 1] before the log (`cross_entropy_epsilon`).
+    pub cross_entropy_epsilon: f64,
+    /// Reward-model inputs are truncated on the right to this many tokens (the SFT
+    /// tokenizer's `model_max_length`).
+    pub model_max_length: usize,
+    /// Reward-model rows per forward pass (`eval_reward_model_per_device_batch_size`).
+    pub score_batch_size: usize,
+    /// Extractor prompts per `generate` call.
+    pub extractor_batch_size: usize,
+    /// ExtractAnswers sampling during training: temperature 0.3 and the model's generation
+    /// defaults, which transformers takes as top-k 50, top-p 1 (SPEC 1.5, not confirmed).
+    pub extractor_temperature: f64,
+    pub extractor_top_k: i64,
+    pub extractor_top_p: f64,
+    /// During evaluation the reference extracts with top-p 0.9 and no top-k.
+    pub extractor_eval_top_k: i64,
+    pub extractor_eval_top_p: f64,
+    pub extractor_max_new_tokens: i64,
+}
+
+impl RewardConfig {
+    fn reference(reward_offset: f64) -> Self {
+        RewardConfig {
+            reward_offset,
+            normalization_lambda: 5.0,
+            cross_entropy_epsilon: 1e-4,
+            model_max_length: 1024,
+            score_batch_size: 32,
+            extractor_batch_size: 64,
+            extractor_temperature: 0.3,
+            extractor_top_k: 50,
+            extractor_top_p: 1.0,
+            extractor_eval_top_k: 0,
+            extractor_eval_top_p: 0.9,
+            extractor_max_new_tokens: 300,
+        }
+    }
+}
+
+/// Everything a PPO run needs besides its models and prompts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PpoConfig {
+    pub rl_type: RlType,
+    /// PPO steps (one rollout batch each).
+    pub total_steps: u64,
+    /// Prompts sampled per PPO step.
+    pub rollout_batch_size: usize,
+    /// Rollouts per optimizer step; `rollout_batch_size / step_batch_size` optimizer steps are
+    /// taken per epoch over the rollouts.
+    pub step_batch_size: usize,
+    /// Rollouts per forward/backward pass of the update (gradients are accumulated).
+    pub micro_batch_size: usize,
+    /// Passes over each rollout batch (`noptepochs`).
+    pub epochs_per_rollout: usize,
+    /// Prompts per `generate` call (bounds the KV cache).
+    pub generation_batch_size: usize,
+    /// Rollouts per no-grad forward pass when scoring (policy and reference log-probs, values).
+    pub forward_batch_size: usize,
+    /// Training prompts longer than this many tokens are dropped (evaluation keeps them).
+    pub query_len: usize,
+    /// Most tokens sampled per response.
+    pub response_len: usize,
+    /// Sampling temperature; log-probs everywhere are taken at this temperature.
+    pub temperature: f64,
+    /// β of the per-token KL penalty −β·max(log π − log π_ref, 0).
+    pub kl_coef: f64,
+    /// Adapt β towards `kl_target` (summed KL per sequence): β ← β·(1 + k_beta·clip(KL/target − 1, ±0.2)).
+    pub adaptive_kl: bool,
+    pub kl_target: f64,
+    pub kl_k_beta: f64,
+    pub gamma: f64,
+    pub lam: f64,
+    /// Scale-only whitening of the shaped rewards before GAE.
+    pub whiten_rewards: bool,
+    pub cliprange: f64,
+    pub cliprange_value: f64,
+    pub vf_coef: f64,
+    /// `false` (default): statistics and losses cover real response tokens only. `true`: as
+    /// the reference (SPEC 8, item 5), every position up to `response_len` counts, padding
+    /// included.
+    pub reference_padding: bool,
+    pub learning_rate: f64,
+    /// Linear warmup over this many PPO steps, then linear decay to zero at `total_steps`.
+    pub warmup_steps: u64,
+    /// Decoupled weight decay (bitsandbytes' AdamW default 0.01); biases and norms exempt.
+    pub weight_decay: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_epsilon: f64,
+    /// Global gradient-norm clipping over policy and value; 0 disables it.
+    pub max_grad_norm: f64,
+    /// Evaluate on the validation prompts before training and every this many steps.
+    pub eval_every: u64,
+    /// Evaluate on at most this many validation prompts (all when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_eval_prompts: Option<usize>,
+    /// Write a resumable checkpoint every this many steps.
+    pub save_every: u64,
+    pub keep_checkpoints: usize,
+    /// Write every step's rollouts to `rollouts/step-N.jsonl`.
+    pub dump_rollouts: bool,
+    /// Seeds prompt order, sampling, minibatch order and new weights.
+    pub seed: u64,
+    pub precision: Precision,
+    /// Added as the pad token when the policy tokenizer has none.
+    pub pad_token: String,
+    /// Policy and value as LoRA adapters on frozen bases; the reference policy is then the
+    /// policy base with its adapters off, and the reward model the value base with its
+    /// adapters off (no second copies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraConfig>,
+    /// A directory of `<name>.j2` files replacing built-in prompt templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub templates: Option<PathBuf>,
+    pub reward: RewardConfig,
+}
+
+/// PPO presets, one per reference script.
+pub const PPO_PRESETS: [&str; 2] = ["lc_ppo", "factuality_ppo"];
+
+impl PpoConfig {
+    /// The hyperparameters of `examples/scripts/<name>.sh` (8 GPUs × per-device batches).
+    pub fn preset(name: &str) -> Result<Self> {
+        let (rl_type, reward_offset) = match name {
+            "lc_ppo" => (RlType::DecisionBased, 5.0),
+            "factuality_ppo" => (RlType::Factuality, 0.0),
+            other => return Err(TrainError::config("preset", format!("unknown PPO preset \"{other}\"; choose one of {PPO_PRESETS:?}"))),
+        };
+        Ok(PpoConfig {
+            rl_type,
+            total_steps: 1500,
+            rollout_batch_size: 512,
+            step_batch_size: 512,
+            micro_batch_size: 2,
+            epochs_per_rollout: 1,
+            generation_batch_size: 64,
+            forward_batch_size: 16,
+            query_len: 128,
+            response_len: 300,
+            temperature: 0.7,
+            kl_coef: 0.1,
+            adaptive_kl: false,
+            kl_target: 6.0,
+            kl_k_beta: 0.1,
+            gamma: 1.0,
+            lam: 1.0,
+            whiten_rewards: true,
+            cliprange: 0.2,
+            cliprange_value: 0.2,
+            vf_coef: 0.1,
+            reference_padding: false,
+            learning_rate: 1e-5,
+            warmup_steps: 5,
+            weight_decay: 0.01,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-5,
+            max_grad_norm: 1.0,
+            eval_every: 20,
+            max_eval_prompts: None,
+            save_every: 20,
+            keep_checkpoints: 2,
+            dump_rollouts: true,
+            seed: 42,
+            precision: Precision::Auto,
+            pad_token: "[PAD]".into(),
+            lora: None,
+            templates: None,
+            reward: RewardConfig::reference(reward_offset),
+        })
+    }
+
+    /// For a quick run: rollout and step batches, total steps, warmup and the eval and save
+    /// intervals shrink by `scale` (rounded, at least 1); micro-batches shrink only as far as
+    /// the batches require, and the batches are rounded down to whole micro-batches and steps.
+    pub fn scaled(&self, scale: f64) -> Result<Self> {
+        if !(scale > 0.0 && scale <= 1.0) {
+            return Err(TrainError::config("scale", format!("must be in (0, 1], got {scale}")));
+        }
+        let shrink = |n: f64| (n * scale).round().max(1.0);
+        let rollout = shrink(self.rollout_batch_size as f64) as usize;
+        let step = (shrink(self.step_batch_size as f64) as usize).min(rollout);
+        let micro = self.micro_batch_size.min(step);
+        let step = step / micro * micro;
+        Ok(PpoConfig {
+            rollout_batch_size: rollout / step * step,
+            step_batch_size: step,
+            micro_batch_size: micro,
+            total_steps: shrink(self.total_steps as f64) as u64,
+            warmup_steps: if self.warmup_steps == 0 { 0 } else { shrink(self.warmup_steps as f64) as u64 },
+            eval_every: shrink(self.eval_every as f64) as u64,
+            save_every: shrink(self.save_every as f64) as u64,
+            ..self.clone()
+        })
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let at_least_one = |field: &str, v: u64| if v >= 1 { Ok(()) } else { Err(TrainError::config(field, "must be at least 1")) };
+        for (field, v) in [
+            ("total_steps", self.total_steps),
+            ("rollout_batch_size", self.rollout_batch_size as u64),
+            ("step_batch_size", self.step_batch_size as u64),
+            ("micro_batch_size", self.micro_batch_size as u64),
+            ("epochs_per_rollout", self.epochs_per_rollout as u64),
+            ("generation_batch_size", self.generation_batch_size as u64),
+            ("forward_batch_size", self.forward_batch_size as u64),
+            ("query_len", self.query_len as u64),
+            ("response_len", self.response_len as u64),
+            ("eval_every", self.eval_every),
+            ("save_every", self.save_every),
+            ("keep_checkpoints", self.keep_checkpoints as u64),
+            ("reward.model_max_length", self.reward.model_max_length as u64),
+            ("reward.score_batch_size", self.reward.score_batch_size as u64),
+            ("reward.extractor_batch_size", self.reward.extractor_batch_size as u64),
+            ("reward.extractor_max_new_tokens", self.reward.extractor_max_new_tokens.max(0) as u64),
+        ] {
+            at_least_one(field, v)?;
+        }
+        if !self.rollout_batch_size.is_multiple_of(self.step_batch_size) {
+            return Err(TrainError::config("rollout_batch_size", format!("must be a multiple of step_batch_size ({}), got {}", self.step_batch_size, self.rollout_batch_size)));
+        }
+        if !self.step_batch_size.is_multiple_of(self.micro_batch_size) {
+            return Err(TrainError::config("step_batch_size", format!("must be a multiple of micro_batch_size ({}), got {}", self.micro_batch_size, self.step_batch_size)));
+        }
+        if self.max_eval_prompts == Some(0) {
+            return Err(TrainError::config("max_eval_prompts", "must be at least 1 when set"));
+        }
+        let positive = |field: &str, v: f64| if v.is_finite() && v > 0.0 { Ok(()) } else { Err(TrainError::config(field, format!("must be a positive number, got {v}"))) };
+        positive("temperature", self.temperature)?;
+        positive("learning_rate", self.learning_rate)?;
+        positive("adam_epsilon", self.adam_epsilon)?;
+        positive("kl_target", self.kl_target)?;
+        positive("reward.cross_entropy_epsilon", self.reward.cross_entropy_epsilon)?;
+        positive("reward.extractor_temperature", self.reward.extractor_temperature)?;
+        let non_negative = |field: &str, v: f64| if v.is_finite() && v >= 0.0 { Ok(()) } else { Err(TrainError::config(field, format!("must be a number >= 0, got {v}"))) };
+        for (field, v) in [
+            ("kl_coef", self.kl_coef),
+            ("kl_k_beta", self.kl_k_beta),
+            ("cliprange", self.cliprange),
+            ("cliprange_value", self.cliprange_value),
+            ("vf_coef", self.vf_coef),
+            ("weight_decay", self.weight_decay),
+            ("max_grad_norm", self.max_grad_norm),
+            ("reward.normalization_lambda", self.reward.normalization_lambda),
+        ] {
+            non_negative(field, v)?;
+        }
+        if !self.reward.reward_offset.is_finite() {
+            return Err(TrainError::config("reward.reward_offset", format!("must be a finite number, got {}", self.reward.reward_offset)));
+        }
+        for (field, v) in [("gamma", self.gamma), ("lam", self.lam), ("reward.extractor_top_p", self.reward.extractor_top_p), ("reward.extractor_eval_top_p", self.reward.extractor_eval_top_p)] {
+            if !(v > 0.0 && v <= 1.0) {
+                return Err(TrainError::config(field, format!("must be in (0, 1], got {v}")));
+            }
+        }
+        for (field, v) in [("adam_beta1", self.adam_beta1), ("adam_beta2", self.adam_beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(TrainError::config(field, format!("must be in [0, 1), got {v}")));
+            }
+        }
+        if self.reward.extractor_top_k < 0 || self.reward.extractor_eval_top_k < 0 {
+            return Err(TrainError::config("reward.extractor_top_k", "must be >= 0 (0 disables top-k)"));
+        }
+        if self.pad_token.is_empty() {
+            return Err(TrainError::config("pad_token", "must not be empty"));
+        }
+        if let Some(lora) = &self.lora {
+            lora.validate()?;
+        }
+        Ok(())
+    }
+
+    /// Optimizer steps per PPO step.
+    pub fn optimizer_steps_per_rollout(&self) -> usize {
+        self.epochs_per_rollout * self.rollout_batch_size / self.step_batch_size
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::with_overrides;
+
+    #[test]
+    fn presets_carry_the_reference_hyperparameters() {
+        let lc = PpoConfig::preset("lc_ppo").unwrap();
+        assert_eq!((lc.rl_type, lc.total_steps, lc.rollout_batch_size, lc.step_batch_size, lc.micro_batch_size, lc.epochs_per_rollout), (RlType::DecisionBased, 1500, 512, 512, 2, 1));
+        assert_eq!((lc.query_len, lc.response_len, lc.temperature, lc.kl_coef, lc.adaptive_kl), (128, 300, 0.7, 0.1, false));
+        assert_eq!((lc.cliprange, lc.cliprange_value, lc.vf_coef, lc.gamma, lc.lam, lc.whiten_rewards), (0.2, 0.2, 0.1, 1.0, 1.0, true));
+        assert_eq!((lc.learning_rate, lc.warmup_steps, lc.adam_epsilon, lc.weight_decay, lc.max_grad_norm), (1e-5, 5, 1e-5, 0.01, 1.0));
+        assert_eq!((lc.reward.reward_offset, lc.reward.normalization_lambda, lc.reward.cross_entropy_epsilon, lc.reward.extractor_temperature, lc.reward.extractor_max_new_tokens), (5.0, 5.0, 1e-4, 0.3, 300));
+        assert_eq!((lc.eval_every, lc.save_every, lc.optimizer_steps_per_rollout()), (20, 20, 1));
+        let factuality = PpoConfig::preset("factuality_ppo").unwrap();
+        assert_eq!((factuality.rl_type, factuality.reward.reward_offset), (RlType::Factuality, 0.0));
+        assert_eq!(PpoConfig::preset("ppo").unwrap_err().to_string(), "config field `preset`: unknown PPO preset \"ppo\"; choose one of [\"lc_ppo\", \"factuality_ppo\"]");
+        assert!(lc.validate().is_ok());
+    }
+
+    #[test]
+    fn scale_shrinks_batches_and_steps_to_whole_micro_batches() {
+        // 512 × 0.01 = 5.12 → 5 rollouts; step batch 5 rounded to micro-batches of 2 → 4; the
+        // rollout batch to whole step batches → 4. 1500 steps → 15, warmup 5 → 1, eval 20 → 1.
+        let scaled = PpoConfig::preset("lc_ppo").unwrap().scaled(0.01).unwrap();
+        assert_eq!((scaled.rollout_batch_size, scaled.step_batch_size, scaled.micro_batch_size), (4, 4, 2));
+        assert_eq!((scaled.total_steps, scaled.warmup_steps, scaled.eval_every, scaled.save_every), (15, 1, 1, 1));
+        assert!(scaled.validate().is_ok());
+        let tenth = PpoConfig::preset("lc_ppo").unwrap().scaled(0.1).unwrap();
+        assert_eq!((tenth.rollout_batch_size, tenth.step_batch_size, tenth.total_steps, tenth.eval_every), (50, 50, 150, 2));
+        assert_eq!(scaled.scaled(1.5).unwrap_err().to_string(), "config field `scale`: must be in (0, 1], got 1.5");
+    }
+
+    #[test]
+    fn validation_and_overrides_name_the_field() {
+        let config = PpoConfig::preset("lc_ppo").unwrap();
+        let set = |items: &[&str]| with_overrides(&config, &items.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let changed = set(&["reference_padding=true", "reward.reward_offset=2.5", "rl_type=factuality", "lora.r=4", "lora.alpha=8", "lora.target_modules=[\"q_proj\"]"]).unwrap();
+        assert_eq!((changed.reference_padding, changed.reward.reward_offset, changed.rl_type, changed.lora.as_ref().map(|l| l.r)), (true, 2.5, RlType::Factuality, Some(4)));
+        let err = set(&["reward.offset=1"]).unwrap_err().to_string();
+        assert!(err.starts_with("config field `reward.offset`: unknown field `offset`, expected one of `reward_offset`"), "{err}");
+        let bad = set(&["step_batch_size=3"]).unwrap();
+        assert_eq!(bad.validate().unwrap_err().to_string(), "config field `rollout_batch_size`: must be a multiple of step_batch_size (3), got 512");
+        let bad = set(&["step_batch_size=256", "micro_batch_size=3"]).unwrap();
+        assert_eq!(bad.validate().unwrap_err().to_string(), "config field `step_batch_size`: must be a multiple of micro_batch_size (3), got 256");
+        assert_eq!(set(&["gamma=1.5"]).unwrap().validate().unwrap_err().to_string(), "config field `gamma`: must be in (0, 1], got 1.5");
+        assert_eq!(set(&["temperature=0"]).unwrap().validate().unwrap_err().to_string(), "config field `temperature`: must be a positive number, got 0");
+    }
+}

@@ -1,0 +1,576 @@
+//! PPO for decision-based RL (LC RL) and Factuality RL (SPEC 1.5-1.8, 2).
+//!
+//! Each PPO step is the algorithm, one named function per part:
+//! 1. rollout ([`rollout`]): sample a response to each of `rollout_batch_size` prompts at
+//!    temperature 0.7, score it with the [`Reward`], and compute the policy's and the
+//!    reference's log-probs and the values by forward passes over query + response;
+//! 2. advantages ([`advantages::estimate_advantages`]): −β·max(KL, 0) per token plus the
+//!    sequence reward on the last real token, scale-only reward whitening, GAE (γ = λ = 1),
+//!    advantage whitening;
+//! 3. update: `epochs_per_rollout` passes over the rollouts in minibatches of
+//!    `step_batch_size` (micro-batches accumulated), clipped policy and value losses
+//!    ([`loss`]), one clipped AdamW step per minibatch; the learning rate follows a linear
+//!    warmup and decay stepped once per PPO step, and the KL controller steps after.
+//!
+//! Deliberate differences from the reference:
+//! - padded positions are left out of whitening and losses (`reference_padding = true`
+//!   restores the reference's statistics over all `response_len` positions, SPEC 8 item 5);
+//! - losses are averaged over the positions of the whole optimizer step rather than per
+//!   micro-batch, so accumulation equals one large batch;
+//! - AdamW is exact f32 rather than 8-bit (see [`crate::optim`]);
+//! - extracted answers are parsed by `lincal_data::parse::parse_extracted_answers` (de-duplicated
+//!   by normal form); an extraction that does not parse (e.g. empty) counts as no answer and
+//!   shows in the `extraction_unparsed` metric, where the reference would forecast its raw text;
+//! - queries are left-padded to the longest in the batch (at most `query_len`) and, unless
+//!   `reference_padding`, responses to the longest response: with the padding masked, the
+//!   same computation on fewer positions.
+//!
+//! Only the policy is saved at the end, as the reference does. Checkpoints hold policy, value,
+//! optimizer and KL-controller state; the prompt order, sampling seeds and minibatch order are
+//! functions of the seed and the step, so a resumed run continues exactly.
+//!
+//! ```text
+//! run/
+//!   manifest.json, metrics.jsonl, events.out.tfevents.*   as every run (see crate::run)
+//!   rollouts/step-00000001.jsonl   query, response, reward and its terms, reader details
+//!   eval/step-00000020.jsonl       the same for the validation prompts
+//!   checkpoints/step-00000020/     params, optimizer, state.json, ppo_state.json
+//!   final/                         the policy (HF layout, tokenizer; LoRA: merged + adapter/)
+//! ```
+
+pub mod advantages;
+pub mod bench;
+pub mod config;
+pub mod loss;
+pub mod models;
+pub mod reward;
+pub mod rollout;
+#[cfg(test)]
+mod tests;
+
+pub use bench::{PpoStepBench, bench_ppo_step};
+pub use config::{PPO_PRESETS, PpoConfig, RewardConfig, RlType};
+pub use models::{PpoModels, ValueModel};
+pub use reward::{BinaryCorrectnessReward, DecisionReward, Reward, RewardInput, RewardOutput, ScoreContext};
+pub use rollout::{PpoPrompt, RolloutTiming};
+
+use crate::config::Schedule;
+use crate::data::epoch_order;
+use crate::engine::{open_run, progress_bar, synchronize};
+use crate::error::{Result, TrainError};
+use crate::optim::{AdamWConfig, LrSchedule, TrainableParams};
+use crate::reward_model::RewardModel;
+use crate::run::{Manifest, RunDir, RunOptions, TrainState, timestamp};
+use crate::setup::LoadedModel;
+use advantages::{KlController, estimate_advantages, kl_penalty};
+use lincal_data::prompts::Templates;
+use lincal_model::lora::with_lora;
+use lincal_model::{CausalLm, ModelError, Tokenizer};
+use loss::{LossInputs, LossStats, ppo_loss};
+use models::{load_reference, response_logprobs, row_index};
+use rand::{RngCore, SeedableRng};
+use rollout::{RolloutPrompt, RolloutSettings, Rollouts, TokenizedPrompts, collect_rollouts};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// The checkpoint file holding the KL controller.
+pub const PPO_STATE_FILE: &str = "ppo_state.json";
+
+/// The independent random streams of a run; each draw is a function of (seed, stream, step).
+#[derive(Debug, Clone, Copy)]
+enum Stream {
+    Sampling = 1,
+    Extraction = 2,
+    Minibatches = 3,
+    EvalSampling = 4,
+    EvalExtraction = 5,
+}
+
+fn stream_seed(seed: u64, stream: Stream, step: u64) -> u64 {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(stream as u64);
+    rng.set_word_pos(u128::from(step) * 2);
+    rng.next_u64()
+}
+
+/// Where a PPO run's models are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PpoModelPaths {
+    /// The SFT policy: a causal LM with its tokenizer.
+    pub policy: PathBuf,
+    /// The reward model (ForecastProbs for LC, the binary-correctness model for Factuality):
+    /// the built-in rewards score with it, and the value model starts from its backbone.
+    pub reward_model: PathBuf,
+    /// ExtractAnswers (decision-based RL only).
+    pub answer_extractor: Option<PathBuf>,
+}
+
+/// The policy, value model, optimizer and KL controller, and one PPO step over them.
+pub(crate) struct Learner {
+    config: PpoConfig,
+    models: PpoModels,
+    params: TrainableParams,
+    schedule: LrSchedule,
+    kl: KlController,
+}
+
+/// What one PPO step did: its rollouts and its metrics, named as logged.
+pub(crate) struct StepOutcome {
+    rollouts: Rollouts,
+    /// Summed log-ratio to the reference per rollout (unclamped).
+    kl_sums: Vec<f64>,
+    metrics: Vec<(String, f64)>,
+    update_seconds: f64,
+}
+
+impl Learner {
+    fn new(config: &PpoConfig, models: PpoModels) -> Self {
+        let adam = AdamWConfig { beta1: config.adam_beta1, beta2: config.adam_beta2, eps: config.adam_epsilon, weight_decay: config.weight_decay };
+        let params = TrainableParams::new(models.trainable(), adam);
+        let schedule = LrSchedule { schedule: Schedule::Linear, warmup_steps: config.warmup_steps, total_steps: config.total_steps };
+        let kl = KlController { value: config.kl_coef, adaptive: config.adaptive_kl.then_some((config.kl_target, config.kl_k_beta)) };
+        Learner { config: config.clone(), models, params, schedule, kl }
+    }
+
+    fn settings(&self, with_values: bool) -> RolloutSettings {
+        let c = &self.config;
+        RolloutSettings { temperature: c.temperature, response_len: c.response_len, generation_batch_size: c.generation_batch_size, forward_batch_size: c.forward_batch_size, full_width: c.reference_padding, with_values }
+    }
+
+    /// 1 on the positions that statistics and losses cover.
+    fn weights(&self, rollouts: &Rollouts) -> Tensor {
+        let mask = &rollouts.seqs.response_mask;
+        if self.config.reference_padding { mask.ones_like() } else { mask.shallow_clone() }
+    }
+
+    /// One PPO step on `prompts`, after `step` completed steps (SPEC 2.9).
+    fn step(&mut self, reward: &mut dyn Reward, prompts: &[RolloutPrompt<'_>], step: u64) -> Result<StepOutcome> {
+        // Rollout: sample, score, forward passes.
+        let seed = self.config.seed;
+        let context = ScoreContext { seed: stream_seed(seed, Stream::Extraction, step), evaluation: false };
+        let sampling = reward::row_seeds(stream_seed(seed, Stream::Sampling, step), prompts.len());
+        let rollouts = collect_rollouts(&self.models, reward, prompts, &sampling, context, &self.settings(true))?;
+        // Advantages.
+        let weights = self.weights(&rollouts);
+        let kl = kl_penalty(&rollouts.logprobs, &rollouts.ref_logprobs);
+        let values = rollouts.values.as_ref().expect("training rollouts have values");
+        let c = &self.config;
+        let advantages = estimate_advantages(&rollouts.scores(), &kl, &rollouts.seqs.lengths, values, &weights, self.kl.value, c.whiten_rewards, c.gamma, c.lam);
+        // Update.
+        let started = Instant::now();
+        let (stats, learning_rate, grad_norm) = self.update(&rollouts, &advantages, &weights, step)?;
+        synchronize(self.models.policy.model.device());
+        let update_seconds = started.elapsed().as_secs_f64();
+
+        // Statistics, then the KL controller's step on the mean summed KL.
+        let kl_sums = row_sums(&(&rollouts.logprobs - &rollouts.ref_logprobs));
+        let mut metrics = rollout_metrics(&rollouts, &kl_sums, "");
+        let weight_total = weights.sum(Kind::Double).double_value(&[]);
+        let weighted_mean = |t: &Tensor| (t * &weights).sum(Kind::Double).double_value(&[]) / weight_total;
+        let penalty = row_sums(&(&kl * -self.kl.value));
+        metrics.extend([
+            ("kl_penalty".to_string(), penalty.iter().sum::<f64>() / penalty.len() as f64),
+            ("kl_coef".to_string(), self.kl.value),
+            ("values".to_string(), weighted_mean(values)),
+            ("returns".to_string(), weighted_mean(&advantages.returns)),
+            ("learning_rate".to_string(), learning_rate),
+            ("grad_norm".to_string(), grad_norm),
+        ]);
+        metrics.extend(stats.means().into_iter().map(|(k, v)| (k.to_string(), v)));
+        metrics.extend([
+            ("generation_seconds".to_string(), rollouts.timing.generation_seconds),
+            ("reward_seconds".to_string(), rollouts.timing.reward_seconds),
+            ("forward_seconds".to_string(), rollouts.timing.forward_seconds),
+            ("update_seconds".to_string(), update_seconds),
+        ]);
+        let kl_mean = kl_sums.iter().sum::<f64>() / kl_sums.len() as f64;
+        self.kl.step(kl_mean);
+        Ok(StepOutcome { rollouts, kl_sums, metrics, update_seconds })
+    }
+
+    /// `epochs_per_rollout` passes over the rollouts in shuffled minibatches of
+    /// `step_batch_size`, one clipped AdamW step each (SPEC 2.7). Returns the loss statistics,
+    /// the learning rate and the last gradient norm.
+    fn update(&mut self, rollouts: &Rollouts, advantages: &advantages::Advantages, weights: &Tensor, step: u64) -> Result<(LossStats, f64, f64)> {
+        let c = &self.config;
+        // Dropout draws from libtorch's global generator; seeding it per step makes a resumed
+        // run draw the same masks as an uninterrupted one.
+        tch::manual_seed(c.seed.wrapping_add(step) as i64);
+        self.models.set_training(true);
+        let device = self.models.policy.model.device();
+        let old_values = rollouts.values.as_ref().expect("training rollouts have values");
+        let learning_rate = c.learning_rate * self.schedule.factor(step);
+        let minibatch_seed = stream_seed(c.seed, Stream::Minibatches, step);
+        let (mut stats, mut grad_norm) = (LossStats::default(), 0.0);
+        for epoch in 0..c.epochs_per_rollout {
+            let order = epoch_order(rollouts.seqs.rows(), minibatch_seed, epoch as u64);
+            for minibatch in order.chunks(c.step_batch_size) {
+                let total_weight = weights.index_select(0, &row_index(minibatch, device)).sum(Kind::Double).double_value(&[]).max(1.0);
+                for micro in minibatch.chunks(c.micro_batch_size) {
+                    let batch = rollouts.seqs.batch(micro);
+                    let index = row_index(micro, device);
+                    let pick = |t: &Tensor| t.index_select(0, &index);
+                    let (logprobs, _) = response_logprobs(&self.models.policy.model, &batch, c.temperature, false);
+                    let values = self.models.value.forward(&batch);
+                    let inputs = LossInputs { logprobs: &logprobs, old_logprobs: &pick(&rollouts.logprobs), advantages: &pick(&advantages.advantages), values: &values, old_values: &pick(old_values), returns: &pick(&advantages.returns), weights: &pick(weights) };
+                    let (loss, micro_stats) = ppo_loss(&inputs, c.cliprange, c.cliprange_value, c.vf_coef);
+                    let total = micro_stats.policy_loss + c.vf_coef * micro_stats.value_loss;
+                    if !total.is_finite() {
+                        self.models.set_training(false);
+                        return Err(TrainError::Diverged { step: step + 1, loss: total / micro_stats.weight.max(1.0) });
+                    }
+                    (loss / total_weight).backward();
+                    self.params.accumulate_grads();
+                    stats.accumulate(&micro_stats);
+                }
+                grad_norm = self.params.step(learning_rate, c.max_grad_norm);
+            }
+        }
+        self.models.set_training(false);
+        Ok((stats, learning_rate, grad_norm))
+    }
+}
+
+/// Row sums `[B]` of `[B, W]` (padding holds 0), on the host.
+fn row_sums(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(t.sum_dim_intlist(1, false, Kind::Double).to_device(Device::Cpu)).expect("1-d sums")
+}
+
+/// Reward, its terms, KL, entropy and length statistics of rollouts, names prefixed.
+fn rollout_metrics(rollouts: &Rollouts, kl_sums: &[f64], prefix: &str) -> Vec<(String, f64)> {
+    let n = rollouts.rewards.len() as f64;
+    let scores = rollouts.scores();
+    let mean = scores.iter().sum::<f64>() / n;
+    let std = (scores.iter().map(|s| (s - mean) * (s - mean)).sum::<f64>() / n).sqrt();
+    let mut terms: BTreeMap<&str, f64> = BTreeMap::new();
+    for output in &rollouts.rewards {
+        for (name, value) in &output.terms {
+            *terms.entry(name.as_str()).or_default() += value / n;
+        }
+    }
+    let tokens: i64 = rollouts.seqs.lengths.iter().sum();
+    let entropy = rollouts.entropy.sum(Kind::Double).double_value(&[]) / tokens.max(1) as f64;
+    let mut metrics = vec![("reward".to_string(), mean), ("reward_std".to_string(), std)];
+    metrics.extend(terms.into_iter().map(|(k, v)| (k.to_string(), v)));
+    metrics.extend([
+        ("kl".to_string(), kl_sums.iter().sum::<f64>() / n),
+        ("entropy".to_string(), entropy),
+        ("response_length".to_string(), tokens as f64 / n),
+        ("eos_fraction".to_string(), rollouts.ended_with_eos.iter().filter(|&&e| e).count() as f64 / n),
+    ]);
+    metrics.into_iter().map(|(k, v)| (format!("{prefix}{k}"), v)).collect()
+}
+
+/// One JSON line per rollout: the prompt, the response, its reward, terms and reader details.
+fn rollout_lines(rollouts: &Rollouts, prompts: &[&PpoPrompt], kl_sums: &[f64]) -> String {
+    let mut out = String::new();
+    for (i, prompt) in prompts.iter().enumerate() {
+        let reward = &rollouts.rewards[i];
+        let record = serde_json::json!({
+            "question_id": prompt.question_id,
+            "query": prompt.query,
+            "question": prompt.question,
+            "answer": prompt.answer,
+            "response": rollouts.responses[i],
+            "response_tokens": rollouts.seqs.lengths[i],
+            "ended_with_eos": rollouts.ended_with_eos[i],
+            "reward": reward.reward,
+            "terms": reward.terms,
+            "details": reward.details,
+            "kl": kl_sums[i],
+        });
+        out.push_str(&record.to_string());
+        out.push('\n');
+    }
+    out
+}
+
+/// What the prompts looked like after tokenisation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PpoDataReport {
+    pub train_prompts: usize,
+    /// Training prompts longer than `query_len` tokens, left out (SPEC 2.2).
+    pub dropped_long_prompts: usize,
+    pub eval_prompts: usize,
+}
+
+/// Where a `train` call left the run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PpoSummary {
+    pub steps: u64,
+    pub total_steps: u64,
+    pub final_dir: Option<PathBuf>,
+    pub resumed_from: Option<u64>,
+    /// Metrics of the last step run by this call.
+    pub last_step: Vec<(String, f64)>,
+    /// Metrics of the last evaluation run by this call.
+    pub eval: Vec<(String, f64)>,
+}
+
+/// The KL controller as checkpointed (the bits keep β exact across a resume).
+#[derive(Serialize, Deserialize)]
+struct PpoState {
+    kl_coef: f64,
+    kl_coef_bits: u64,
+}
+
+/// Trains a policy with PPO into a run directory.
+pub struct PpoTrainer {
+    learner: Learner,
+    reward: Box<dyn Reward>,
+    prompts: Vec<PpoPrompt>,
+    train: TokenizedPrompts,
+    eval_prompts: Vec<PpoPrompt>,
+    eval: TokenizedPrompts,
+    state: TrainState,
+    run: Option<RunDir>,
+    finished: Option<PathBuf>,
+    resumed_from: Option<u64>,
+    progress: bool,
+    policy_dir: PathBuf,
+    report: PpoDataReport,
+}
+
+/// Loads the prompt templates of a run.
+fn templates(config: &PpoConfig) -> Result<Templates> {
+    Ok(match &config.templates {
+        Some(dir) => Templates::with_overrides(dir)?,
+        None => Templates::builtin()?,
+    })
+}
+
+/// Runs a reward-model load inside `with_lora`, whose builder reports model errors only.
+fn load_reward_model_with_lora(config: &PpoConfig, dir: &Path, device: Device, kind: Kind) -> Result<(RewardModel, lincal_model::lora::LoraAdapters)> {
+    let lora = config.lora.as_ref().expect("LoRA mode");
+    let mut failure = None;
+    let built = with_lora(lora, device, config.seed.wrapping_add(1), || {
+        RewardModel::load(dir, device, Some(kind)).map_err(|e| {
+            let message = e.to_string();
+            failure = Some(e);
+            ModelError::Invalid(message)
+        })
+    });
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(built?),
+    }
+}
+
+impl PpoTrainer {
+    /// Loads the models in `paths` and the built-in reward of `config.rl_type`, tokenises the
+    /// prompts and opens the run in `run.dir`, resuming from its newest checkpoint.
+    pub fn new(paths: &PpoModelPaths, device: Device, config: &PpoConfig, train: &[PpoPrompt], eval: &[PpoPrompt], run: &RunOptions) -> Result<Self> {
+        Self::build(paths, device, config, None, train, eval, run)
+    }
+
+    /// As [`Self::new`] with another reward (the value model still starts from the backbone
+    /// of `paths.reward_model`).
+    pub fn with_reward(paths: &PpoModelPaths, device: Device, config: &PpoConfig, reward: Box<dyn Reward>, train: &[PpoPrompt], eval: &[PpoPrompt], run: &RunOptions) -> Result<Self> {
+        Self::build(paths, device, config, Some(reward), train, eval, run)
+    }
+
+    fn build(paths: &PpoModelPaths, device: Device, config: &PpoConfig, custom_reward: Option<Box<dyn Reward>>, train: &[PpoPrompt], eval: &[PpoPrompt], run: &RunOptions) -> Result<Self> {
+        config.validate()?;
+        // The ExtractAnswers model of the built-in decision-based reward, checked before any
+        // model is loaded.
+        let extractor_dir = match (&custom_reward, config.rl_type, &paths.answer_extractor) {
+            (None, RlType::DecisionBased, None) => return Err(TrainError::config("answer_extractor", "decision-based RL needs the ExtractAnswers model; give its directory (or use rl_type = \"factuality\")")),
+            (None, RlType::DecisionBased, Some(dir)) => Some(dir),
+            _ => None,
+        };
+        let kind = config.precision.kind(device);
+        let policy = LoadedModel::load(&paths.policy, device, kind, config.lora.as_ref(), config.seed, &config.pad_token)?;
+        let reference = match config.lora {
+            Some(_) => None,
+            None => Some(load_reference(&policy, &paths.policy)?),
+        };
+        // In LoRA mode the value adapters sit on the reward model itself, which the built-in
+        // rewards then share; otherwise the value model is a trained copy of it.
+        let (value, shared_reward_model) = match config.lora {
+            Some(_) => {
+                let (model, adapters) = load_reward_model_with_lora(config, &paths.reward_model, device, kind)?;
+                let model = Rc::new(model);
+                (ValueModel::new(model.clone(), Some(adapters)), Some(model))
+            }
+            None => (ValueModel::new(Rc::new(RewardModel::load(&paths.reward_model, device, Some(kind))?), None), None),
+        };
+        let models = PpoModels::assemble(policy, reference, value)?;
+        let custom = custom_reward.is_some();
+        let reward: Box<dyn Reward> = match custom_reward {
+            Some(reward) => reward,
+            None => {
+                let reward_model = match shared_reward_model {
+                    Some(model) => model,
+                    None => Rc::new(RewardModel::load(&paths.reward_model, device, Some(kind))?),
+                };
+                let reward_tokenizer = Tokenizer::from_dir(&paths.reward_model)?;
+                match extractor_dir {
+                    Some(dir) => Box::new(DecisionReward::new(CausalLm::load(dir, device, Some(kind))?, Tokenizer::from_dir(dir)?, reward_model, reward_tokenizer, templates(config)?, config.reward.clone())?),
+                    None => Box::new(BinaryCorrectnessReward::new(reward_model, reward_tokenizer, templates(config)?, config.reward.clone())?),
+                }
+            }
+        };
+
+        let templates = templates(config)?;
+        let tokenizer = &models.policy.tokenizer;
+        let train_tokens = TokenizedPrompts::new(&templates, tokenizer, train, Some(config.query_len))?;
+        let eval = &eval[..config.max_eval_prompts.unwrap_or(eval.len()).min(eval.len())];
+        let eval_tokens = TokenizedPrompts::new(&templates, tokenizer, eval, None)?;
+        let kept = train_tokens.ids.len();
+        if kept < config.rollout_batch_size {
+            return Err(TrainError::config("rollout_batch_size", format!("is {}, but only {kept} training prompts fit in query_len {} ({} longer ones dropped); give more prompts or lower rollout_batch_size", config.rollout_batch_size, config.query_len, train_tokens.dropped)));
+        }
+        let report = PpoDataReport { train_prompts: kept, dropped_long_prompts: train_tokens.dropped, eval_prompts: eval_tokens.ids.len() };
+
+        let mut learner = Learner::new(config, models);
+        let mut manifest_config = serde_json::to_value(config).expect("configs serialise");
+        manifest_config["models"] = serde_json::json!({ "policy": paths.policy, "reward_model": paths.reward_model, "answer_extractor": paths.answer_extractor, "custom_reward": custom });
+        let manifest = Manifest { stage: "ppo".into(), config: manifest_config, base_model: paths.policy.clone(), inputs: Vec::new(), lincal_version: env!("CARGO_PKG_VERSION").into(), started_at: timestamp() };
+        let steps_per_epoch = (kept / config.rollout_batch_size) as u64;
+        let mut state = TrainState { step: 0, total_steps: config.total_steps, steps_per_epoch, epoch: 0, epoch_offset: 0, train_units: kept, data_sha256: train_tokens.digest(train), seed: config.seed };
+        let opened = open_run(run, manifest, &mut state, &mut learner.params)?;
+        if let Some(checkpoint) = &opened.checkpoint {
+            learner.kl.value = read_ppo_state(checkpoint)?;
+        }
+        Ok(PpoTrainer {
+            learner,
+            reward,
+            prompts: train.to_vec(),
+            train: train_tokens,
+            eval_prompts: eval.to_vec(),
+            eval: eval_tokens,
+            resumed_from: opened.checkpoint.is_some().then_some(state.step),
+            state,
+            run: opened.run,
+            finished: opened.finished,
+            progress: run.progress,
+            policy_dir: paths.policy.clone(),
+            report,
+        })
+    }
+
+    pub fn data_report(&self) -> &PpoDataReport {
+        &self.report
+    }
+
+    pub fn total_steps(&self) -> u64 {
+        self.state.total_steps
+    }
+
+    pub fn policy(&self) -> &CausalLm {
+        self.learner.models.policy()
+    }
+
+    /// Trains to the end (writing `final/`), or until `stop_at_step` steps are complete (a
+    /// checkpoint is written there, so a later call resumes without loss).
+    pub fn train(&mut self, stop_at_step: Option<u64>) -> Result<PpoSummary> {
+        let mut summary = PpoSummary { steps: self.state.step, total_steps: self.state.total_steps, final_dir: self.finished.clone(), resumed_from: self.resumed_from, last_step: Vec::new(), eval: Vec::new() };
+        let Some(mut run) = self.run.take() else { return Ok(summary) };
+        let outcome = self.run_steps(&mut run, stop_at_step, &mut summary);
+        if outcome.is_ok() && self.state.step == self.state.total_steps {
+            self.learner.params.promote_to_masters();
+            let (policy, policy_dir) = (&mut self.learner.models.policy, &self.policy_dir);
+            let dir = run.save_final(|dir| policy.save_causal_lm(dir, policy_dir))?;
+            self.finished = Some(dir.clone());
+            summary.final_dir = Some(dir);
+        } else {
+            self.run = Some(run);
+        }
+        outcome.map(|()| summary)
+    }
+
+    /// The kept training prompts of step `step`: epochs are seeded shuffles of the prompts,
+    /// cut into rollout batches (a last partial batch is dropped), cycled forever.
+    fn prompt_rows(&self, step: u64) -> Vec<usize> {
+        let batch = self.learner.config.rollout_batch_size;
+        let order = epoch_order(self.train.ids.len(), self.learner.config.seed, step / self.state.steps_per_epoch);
+        let offset = (step % self.state.steps_per_epoch) as usize * batch;
+        order[offset..offset + batch].to_vec()
+    }
+
+    fn run_steps(&mut self, run: &mut RunDir, stop_at_step: Option<u64>, summary: &mut PpoSummary) -> Result<()> {
+        let bar = progress_bar(self.progress, self.state.step, self.state.total_steps);
+        let started = Instant::now();
+        while self.state.step < self.state.total_steps && stop_at_step.is_none_or(|stop| self.state.step < stop) {
+            let step = self.state.step;
+            let rows = self.prompt_rows(step);
+            let prompts: Vec<&PpoPrompt> = rows.iter().map(|&r| &self.prompts[self.train.index[r]]).collect();
+            let inputs: Vec<RolloutPrompt> = rows.iter().zip(&prompts).map(|(&r, p)| RolloutPrompt { ids: &self.train.ids[r], question: &p.question, answer: &p.answer }).collect();
+            let outcome = self.learner.step(self.reward.as_mut(), &inputs, step)?;
+            let done = step + 1;
+            self.state.step = done;
+            self.state.epoch = done / self.state.steps_per_epoch;
+            self.state.epoch_offset = (done % self.state.steps_per_epoch) as usize * self.learner.config.rollout_batch_size;
+            let mut record = serde_json::json!({ "step": done });
+            for (name, value) in &outcome.metrics {
+                record[name] = (*value).into();
+            }
+            record["elapsed_seconds"] = started.elapsed().as_secs_f64().into();
+            run.log("train", &record)?;
+            if self.learner.config.dump_rollouts {
+                write_lines(run.path(), "rollouts", done, &rollout_lines(&outcome.rollouts, &prompts, &outcome.kl_sums))?;
+            }
+            summary.steps = done;
+            summary.last_step = outcome.metrics;
+            bar.set_position(done);
+            let metric = |name: &str| summary.last_step.iter().find(|(n, _)| n == name).map_or(f64::NAN, |(_, v)| *v);
+            bar.set_message(format!("reward {:.3}  kl {:.3}  update {:.1}s", metric("reward"), metric("kl"), outcome.update_seconds));
+            let last = done == self.state.total_steps;
+            if done == 1 || done.is_multiple_of(self.learner.config.eval_every) || last {
+                summary.eval = self.evaluate(run, done)?;
+            }
+            let stopping = stop_at_step == Some(done);
+            if !last && (done.is_multiple_of(self.learner.config.save_every) || stopping) {
+                let (params, kl) = (&self.learner.params, self.learner.kl.value);
+                run.save_checkpoint(&self.state, self.learner.config.keep_checkpoints, |dir| {
+                    params.save(dir)?;
+                    let state = PpoState { kl_coef: kl, kl_coef_bits: kl.to_bits() };
+                    Ok(lincal_model::fsutil::write_atomic(&dir.join(PPO_STATE_FILE), serde_json::to_string_pretty(&state).expect("json").as_bytes())?)
+                })?;
+            }
+        }
+        bar.finish_and_clear();
+        Ok(())
+    }
+
+    /// Samples and scores a response to every validation prompt with the current policy,
+    /// logs the means as `eval_*` and writes the rollouts to `eval/step-N.jsonl`.
+    fn evaluate(&mut self, run: &mut RunDir, step: u64) -> Result<Vec<(String, f64)>> {
+        if self.eval.ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let seed = self.learner.config.seed;
+        let prompts: Vec<&PpoPrompt> = self.eval.index.iter().map(|&i| &self.eval_prompts[i]).collect();
+        let inputs: Vec<RolloutPrompt> = self.eval.ids.iter().zip(&prompts).map(|(ids, p)| RolloutPrompt { ids, question: &p.question, answer: &p.answer }).collect();
+        let sampling = reward::row_seeds(stream_seed(seed, Stream::EvalSampling, step), inputs.len());
+        let context = ScoreContext { seed: stream_seed(seed, Stream::EvalExtraction, step), evaluation: true };
+        let rollouts = collect_rollouts(&self.learner.models, self.reward.as_mut(), &inputs, &sampling, context, &self.learner.settings(false))?;
+        let kl_sums = row_sums(&(&rollouts.logprobs - &rollouts.ref_logprobs));
+        let metrics = rollout_metrics(&rollouts, &kl_sums, "eval_");
+        let mut record = serde_json::json!({ "step": step });
+        for (name, value) in &metrics {
+            record[name] = (*value).into();
+        }
+        run.log("eval", &record)?;
+        write_lines(run.path(), "eval", step, &rollout_lines(&rollouts, &prompts, &kl_sums))?;
+        Ok(metrics)
+    }
+}
+
+/// Writes `run/<folder>/step-N.jsonl` atomically.
+fn write_lines(run: &Path, folder: &str, step: u64, lines: &str) -> Result<()> {
+    let dir = run.join(folder);
+    std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
+    Ok(lincal_model::fsutil::write_atomic(&dir.join(format!("step-{step:08}.jsonl")), lines.as_bytes())?)
+}
+
+fn read_ppo_state(checkpoint: &Path) -> Result<f64> {
+    let path = checkpoint.join(PPO_STATE_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+    let state: PpoState = serde_json::from_str(&text).map_err(|e| TrainError::run_dir(&path, format!("is not valid ({e}); the checkpoint is damaged: delete it to resume from the one before")))?;
+    Ok(f64::from_bits(state.kl_coef_bits))
+}

@@ -1,0 +1,265 @@
+//! The models of a PPO run (SPEC 2.1) and the forward passes over rollouts (SPEC 2.4).
+//!
+//! | role | full fine-tuning | LoRA mode |
+//! | --- | --- | --- |
+//! | policy | the SFT model, every weight trained | adapters on the frozen SFT model |
+//! | reference policy | a second frozen copy of the SFT model | the policy with its adapters off |
+//! | value | the reward model's backbone, trained, with a zero head | adapters on the frozen reward-model backbone, with a zero head |
+//! | reward model | a frozen copy of the reward model | the value backbone with its adapters off |
+
+use crate::error::{Result, TrainError};
+use crate::reward_model::{HeadInit, RewardModel, ScalarHead};
+use crate::setup::{LoadedModel, OUTPUT_EMBEDDINGS};
+use lincal_model::layers::{attention_mask, positions_from_mask};
+use lincal_model::lora::LoraAdapters;
+use lincal_model::{CausalLm, Tokenizer};
+use std::rc::Rc;
+use tch::{Kind, Tensor};
+
+/// The critic: a reward-model backbone (shared with the frozen reward model in LoRA mode)
+/// and a head of its own that starts at zero, so every first value is 0 (SPEC 2.1).
+pub struct ValueModel {
+    pub(crate) backbone: Rc<RewardModel>,
+    pub(crate) head: ScalarHead,
+    pub(crate) lora: Option<LoraAdapters>,
+}
+
+impl ValueModel {
+    /// `lora`: the adapters the backbone was built with (`with_lora`), which are then the
+    /// only trained backbone weights.
+    pub fn new(backbone: Rc<RewardModel>, lora: Option<LoraAdapters>) -> Self {
+        let head = ScalarHead::for_backbone(backbone.backbone(), HeadInit::Zero);
+        ValueModel { backbone, head, lora }
+    }
+
+    /// Values `[b, W]` (f32) at the response positions of `batch`: V[t] estimates the return
+    /// before response token t is emitted.
+    pub(crate) fn forward(&self, batch: &ForwardBatch) -> Tensor {
+        let hidden = self.backbone.backbone().forward(&batch.input_ids, &batch.positions, Some(&batch.mask), None);
+        self.head.forward(&batch.response_states(&hidden))
+    }
+
+    /// Runs `f` with the value adapters off, so that the shared backbone is the reward model's.
+    pub(crate) fn without_adapters<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.lora {
+            Some(adapters) => adapters.without_adapters(f),
+            None => f(),
+        }
+    }
+}
+
+/// Everything PPO runs on: policy, reference policy, value model and the policy tokenizer.
+pub struct PpoModels {
+    pub(crate) policy: LoadedModel,
+    /// `None` in LoRA mode: the reference is the policy with its adapters off.
+    pub(crate) reference: Option<CausalLm>,
+    pub(crate) value: ValueModel,
+    /// Tokens that end a response.
+    pub(crate) eos_ids: Vec<i64>,
+}
+
+impl PpoModels {
+    /// Assembles the models. With `policy_lora` (the adapters `policy` was built with) the
+    /// reference must be `None`; without, it must be a frozen copy of the policy. The
+    /// tokenizer must have a pad and an EOS token and fit the policy's and the value
+    /// backbone's vocabularies, because the value model reads the policy's tokens.
+    pub fn new(policy: CausalLm, policy_lora: Option<LoraAdapters>, reference: Option<CausalLm>, value: ValueModel, tokenizer: Tokenizer) -> Result<Self> {
+        let pad_id = tokenizer.pad_token().and_then(|t| tokenizer.token_id(&t)).ok_or_else(|| TrainError::config("tokenizer", "the policy tokenizer has no pad token; PPO pads responses with it (load the SFT model, which adds \"[PAD]\")"))?;
+        let eos_id = tokenizer.eos_token().and_then(|t| tokenizer.token_id(&t)).ok_or_else(|| TrainError::config("tokenizer", "the policy tokenizer has no eos_token; responses end at it, so set it in tokenizer_config.json"))?;
+        let policy = LoadedModel { model: policy, tokenizer, lora: policy_lora, pad_id, eos_id };
+        PpoModels::assemble(policy, reference, value)
+    }
+
+    pub(crate) fn assemble(policy: LoadedModel, reference: Option<CausalLm>, value: ValueModel) -> Result<Self> {
+        match (&policy.lora, &reference) {
+            (Some(_), Some(_)) => return Err(TrainError::config("lora", "with LoRA the reference policy is the policy with its adapters off; pass no reference model")),
+            (None, None) => return Err(TrainError::config("reference", "full fine-tuning needs a frozen copy of the policy as the reference model")),
+            _ => {}
+        }
+        let tokens = policy.tokenizer.vocab_size() as i64;
+        let value_vocab = value.backbone.backbone().config().vocab_size();
+        if value_vocab < tokens {
+            return Err(TrainError::config("reward_model", format!("the value model reads the policy's tokens, but its backbone has {value_vocab} embedding rows and the policy tokenizer {tokens} tokens; train the reward model from the policy's SFT model")));
+        }
+        policy.tokenizer.check_model_vocab(policy.model.config().vocab_size())?;
+        let eos_ids = eos_ids(&policy.model, &policy.tokenizer);
+        Ok(PpoModels { policy, reference, value, eos_ids })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.policy.tokenizer
+    }
+
+    pub fn policy(&self) -> &CausalLm {
+        &self.policy.model
+    }
+
+    /// The trained weights, named `policy.*` and `value.*`: the adapters (and the value
+    /// head) in LoRA mode, else every policy weight and every value-backbone weight but its
+    /// unused output embedding. Everything else is frozen.
+    pub(crate) fn trainable(&self) -> Vec<(String, Tensor)> {
+        let mut named: Vec<(String, Tensor)> = self.policy.trainable(&[]).into_iter().map(|(n, t)| (format!("policy.{n}"), t)).collect();
+        if let Some(reference) = &self.reference {
+            freeze(reference.var_store().variables().into_values());
+        }
+        let value = &self.value;
+        let backbone = value.backbone.backbone().var_store().variables();
+        freeze(value.backbone.head_var_store().variables().into_values());
+        let mut value_named: Vec<(String, Tensor)> = match &value.lora {
+            Some(adapters) => {
+                freeze(backbone.into_values());
+                adapters.var_store().variables().into_iter().collect()
+            }
+            None => {
+                let (unused, trained): (Vec<_>, Vec<_>) = backbone.into_iter().partition(|(name, _)| OUTPUT_EMBEDDINGS.contains(&name.as_str()));
+                freeze(unused.into_iter().map(|(_, t)| t));
+                trained
+            }
+        };
+        value_named.extend(value.head.var_store().variables());
+        value_named.sort_by(|a, b| a.0.cmp(&b.0));
+        named.extend(value_named.into_iter().map(|(n, t)| (format!("value.{n}"), t)));
+        named
+    }
+
+    /// LoRA dropout on (update) or off (sampling and scoring).
+    pub(crate) fn set_training(&self, training: bool) {
+        self.policy.set_training(training);
+        if let Some(adapters) = &self.value.lora {
+            adapters.set_training(training);
+        }
+    }
+
+    /// Log-probs (and entropies) of the reference policy.
+    pub(crate) fn reference_logprobs(&self, batch: &ForwardBatch, temperature: f64) -> Tensor {
+        match (&self.reference, &self.policy.lora) {
+            (Some(reference), _) => response_logprobs(reference, batch, temperature, false).0,
+            (None, Some(adapters)) => adapters.without_adapters(|| response_logprobs(&self.policy.model, batch, temperature, false).0),
+            (None, None) => unreachable!("checked in PpoModels::assemble"),
+        }
+    }
+}
+
+/// The tokens that end a generation: the tokenizer's EOS (and end-of-turn) tokens and the
+/// model config's EOS ids.
+pub(crate) fn eos_ids(model: &CausalLm, tokenizer: &Tokenizer) -> Vec<i64> {
+    let mut ids = tokenizer.eos_token_ids();
+    for id in model.config().eos_token_ids() {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+fn freeze(vars: impl IntoIterator<Item = Tensor>) {
+    for var in vars {
+        let _ = var.set_requires_grad(false);
+    }
+}
+
+/// The token layout of a set of rollouts on the device: queries left-padded to a common
+/// width Q, responses right-padded (with the pad id) to a common width W.
+pub(crate) struct Sequences {
+    /// `[B, Q]`.
+    pub queries: Tensor,
+    /// `[B, Q]`, 1 on real query tokens.
+    pub query_mask: Tensor,
+    /// `[B, W]`.
+    pub responses: Tensor,
+    /// `[B, W]` f32, 1 on the tokens each row generated (EOS included).
+    pub response_mask: Tensor,
+    /// Tokens each row generated.
+    pub lengths: Vec<i64>,
+}
+
+impl Sequences {
+    /// Lays out `queries` and `responses` (each row's tokens, EOS included) on `device`,
+    /// responses padded to `width` tokens.
+    pub fn new(queries: &[&[i64]], responses: &[Vec<i64>], width: usize, pad_id: i64, device: tch::Device) -> Self {
+        let query_rows: Vec<Vec<i64>> = queries.iter().map(|q| q.to_vec()).collect();
+        let (queries, query_mask) = lincal_model::generate::left_pad(&query_rows, pad_id, device);
+        let mut ids = Vec::with_capacity(responses.len() * width);
+        let mut mask = Vec::with_capacity(responses.len() * width);
+        for response in responses {
+            ids.extend(response.iter().copied().chain(std::iter::repeat_n(pad_id, width - response.len())));
+            mask.extend(std::iter::repeat_n(1f32, response.len()).chain(std::iter::repeat_n(0.0, width - response.len())));
+        }
+        let shape = [responses.len() as i64, width as i64];
+        Sequences {
+            queries,
+            query_mask,
+            responses: Tensor::from_slice(&ids).view(shape).to_device(device),
+            response_mask: Tensor::from_slice(&mask).view(shape).to_device(device),
+            lengths: responses.iter().map(|r| r.len() as i64).collect(),
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.lengths.len()
+    }
+
+    /// The forward-pass inputs of rows `rows`.
+    pub fn batch(&self, rows: &[usize]) -> ForwardBatch {
+        let index = row_index(rows, self.queries.device());
+        let queries = self.queries.index_select(0, &index);
+        let responses = self.responses.index_select(0, &index);
+        let key_mask = Tensor::cat(&[self.query_mask.index_select(0, &index), self.response_mask.index_select(0, &index).to_kind(Kind::Int64)], 1);
+        let width = key_mask.size()[1];
+        ForwardBatch {
+            input_ids: Tensor::cat(&[&queries, &responses], 1),
+            positions: positions_from_mask(&key_mask),
+            mask: attention_mask(&key_mask, 0, width),
+            query_width: queries.size()[1],
+            responses,
+            response_mask: self.response_mask.index_select(0, &index),
+        }
+    }
+}
+
+/// Row indices as a device tensor.
+pub(crate) fn row_index(rows: &[usize], device: tch::Device) -> Tensor {
+    Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>()).to_device(device)
+}
+
+/// One forward pass's worth of query + response rows.
+pub(crate) struct ForwardBatch {
+    pub input_ids: Tensor,
+    pub positions: Tensor,
+    /// Causal over real tokens (left query padding and right response padding hidden).
+    pub mask: Tensor,
+    pub query_width: i64,
+    pub responses: Tensor,
+    pub response_mask: Tensor,
+}
+
+impl ForwardBatch {
+    /// Hidden states `[b, W, H]` at the positions that predict the response tokens
+    /// (Q − 1 .. Q + W − 2).
+    fn response_states(&self, hidden: &Tensor) -> Tensor {
+        hidden.narrow(1, self.query_width - 1, self.responses.size()[1])
+    }
+}
+
+/// Log-probs `[b, W]` (f32) of the response tokens under `model` at `temperature` (logits
+/// divided by it, SPEC 2.4), 0 on padding; with `with_entropy` also the entropies `[b, W]`
+/// of those distributions.
+pub(crate) fn response_logprobs(model: &CausalLm, batch: &ForwardBatch, temperature: f64, with_entropy: bool) -> (Tensor, Option<Tensor>) {
+    let hidden = model.forward(&batch.input_ids, &batch.positions, Some(&batch.mask), None);
+    let logits = model.logits(&batch.response_states(&hidden)).to_kind(Kind::Float) / temperature;
+    let log_softmax = logits.log_softmax(-1, Kind::Float);
+    let chosen = log_softmax.gather(-1, &batch.responses.unsqueeze(-1), false).squeeze_dim(-1) * &batch.response_mask;
+    let entropy = with_entropy.then(|| -(log_softmax.exp() * &log_softmax).sum_dim_intlist(-1, false, Kind::Float) * &batch.response_mask);
+    (chosen, entropy)
+}
+
+/// Makes the frozen reference policy in full fine-tuning: the policy's checkpoint, grown to
+/// the tokenizer's vocabulary as the policy was (pad token added).
+pub(crate) fn load_reference(policy: &LoadedModel, dir: &std::path::Path) -> Result<CausalLm> {
+    let mut reference = CausalLm::load(dir, policy.model.device(), Some(policy.model.kind()))?;
+    let vocab = policy.model.config().vocab_size();
+    if reference.config().vocab_size() < vocab {
+        reference.resize_token_embeddings(vocab)?;
+    }
+    Ok(reference)
+}

@@ -1,0 +1,276 @@
+//! Sequence rewards (SPEC 1.5-1.8). [`Reward`] is what the PPO loop calls; two built-in
+//! implementations reproduce the reference: [`DecisionReward`] (ExtractAnswers + ForecastProbs,
+//! decision-based RL) and [`BinaryCorrectnessReward`] (Factuality RL). Another reader, e.g. an
+//! API model through `lincal_llm`, plugs in by implementing the trait.
+
+use super::config::RewardConfig;
+use super::models::eos_ids;
+use crate::error::{Result, TrainError};
+use crate::reward_model::RewardModel;
+use lincal_data::parse::parse_extracted_answers;
+use lincal_data::prompts::Templates;
+use lincal_data::schema::PARAGRAPH_CHAR_LIMIT;
+use lincal_model::{CausalLm, SamplingParams, Tokenizer, generate_batch};
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+/// One response to score, with what the reader is asked about (SPEC 1.7): the TriviaQA
+/// question, its gold answer (`answer.value`) and the decoded paragraph.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RewardInput<'a> {
+    pub question: &'a str,
+    pub answer: &'a str,
+    pub paragraph: &'a str,
+}
+
+/// The sequence reward of one response.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RewardOutput {
+    /// Everything included (the offset too); PPO adds it at the last response token.
+    pub reward: f64,
+    /// Parts of the reward and reader statistics; each is averaged into the step's metrics.
+    pub terms: BTreeMap<String, f64>,
+    /// What the reader saw and said (extracted answers, forecasts), written with the rollouts.
+    pub details: serde_json::Value,
+}
+
+/// How a batch is being scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScoreContext {
+    /// Seeds any sampling the reward does (answer extraction); row `i` of the batch draws from
+    /// `row_seeds(seed, n)[i]`, so a resumed run scores exactly as an uninterrupted one.
+    pub seed: u64,
+    /// Periodic evaluation rather than a training rollout (the reference extracts answers
+    /// with other sampling settings then).
+    pub evaluation: bool,
+}
+
+/// A sequence-level reward for PPO. An implementation outside this crate reports its own
+/// failures as [`TrainError::Reward`].
+pub trait Reward {
+    /// One output per input, in order.
+    fn score(&mut self, inputs: &[RewardInput<'_>], context: ScoreContext) -> Result<Vec<RewardOutput>>;
+}
+
+/// `n` sampling seeds drawn from `seed`.
+pub fn row_seeds(seed: u64, n: usize) -> Vec<u64> {
+    rand_chacha::ChaCha8Rng::seed_from_u64(seed).random_iter().take(n).collect()
+}
+
+/// `R = ln(max(p_gt, ε)) − λ·|Σ_j p_j − 1| + offset` (SPEC 1.7) with its log-loss and
+/// normalisation terms. `p_extracted` are the forecasts of the extracted answers only (the
+/// ground-truth row is not in the sum); with no answer the penalty is −λ.
+pub fn decision_reward(p_gt: f64, p_extracted: &[f64], config: &RewardConfig) -> (f64, f64, f64) {
+    let log_loss = p_gt.max(config.cross_entropy_epsilon).ln();
+    let normalization = -config.normalization_lambda * (p_extracted.iter().sum::<f64>() - 1.0).abs();
+    (log_loss + normalization + config.reward_offset, log_loss, normalization)
+}
+
+/// `R = 1[sigmoid(ℓ) > 0.5] + offset` (SPEC 1.8) with sigmoid(ℓ). The indicator is taken as
+/// `ℓ > 0`, which is the same condition without sigmoid's rounding near 0.5.
+pub fn binary_reward(logit: f64, reward_offset: f64) -> (f64, f64) {
+    let correct = if logit > 0.0 { 1.0 } else { 0.0 };
+    (correct + reward_offset, sigmoid(logit))
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// The id a tokenizer pads with: its pad token, else its EOS (left padding is masked, so
+/// only the row length matters).
+fn padding_id(tokenizer: &Tokenizer, what: &str) -> Result<i64> {
+    tokenizer
+        .pad_token()
+        .or_else(|| tokenizer.eos_token())
+        .and_then(|t| tokenizer.token_id(&t))
+        .ok_or_else(|| TrainError::config(what, "the tokenizer has neither a pad nor an eos token to pad batches with; set one in tokenizer_config.json"))
+}
+
+/// The answers an ExtractAnswers output names: "No Answer" is none; otherwise the
+/// semicolon-separated items, de-duplicated. An output that does not parse counts as no
+/// answer (and is reported), as the reader found nothing usable.
+pub fn parse_extraction(text: &str) -> (Vec<String>, bool) {
+    match parse_extracted_answers(text) {
+        Ok(answers) => (answers, true),
+        Err(_) => (Vec::new(), false),
+    }
+}
+
+/// Decision-based RL (SPEC 1.7): ExtractAnswers names the answers a paragraph gives,
+/// ForecastProbs gives each (and the ground truth) an independent probability, and the reward
+/// is the log-loss of the ground truth plus the normalisation penalty and the offset.
+pub struct DecisionReward {
+    extractor: CausalLm,
+    extractor_tokenizer: Tokenizer,
+    extractor_eos: Vec<i64>,
+    extractor_pad: i64,
+    forecaster: Rc<RewardModel>,
+    forecaster_tokenizer: Tokenizer,
+    forecaster_pad: i64,
+    templates: Templates,
+    config: RewardConfig,
+}
+
+impl DecisionReward {
+    /// `extractor` is the ExtractAnswers causal LM (GPT-NeoX in the reference) with its
+    /// tokenizer; `forecaster` the ForecastProbs reward model with its tokenizer.
+    pub fn new(extractor: CausalLm, extractor_tokenizer: Tokenizer, forecaster: Rc<RewardModel>, forecaster_tokenizer: Tokenizer, templates: Templates, config: RewardConfig) -> Result<Self> {
+        let extractor_eos = eos_ids(&extractor, &extractor_tokenizer);
+        if extractor_eos.is_empty() {
+            return Err(TrainError::config("answer_extractor", "the ExtractAnswers model names no EOS token (tokenizer_config.json or config.json); its outputs would never end"));
+        }
+        let extractor_pad = padding_id(&extractor_tokenizer, "answer_extractor")?;
+        let forecaster_pad = padding_id(&forecaster_tokenizer, "reward_model")?;
+        Ok(DecisionReward { extractor, extractor_tokenizer, extractor_eos, extractor_pad, forecaster, forecaster_tokenizer, forecaster_pad, templates, config })
+    }
+
+    /// ExtractAnswers' raw outputs for `inputs` (SPEC 1.5: sampled at temperature 0.3).
+    fn extract(&self, inputs: &[RewardInput<'_>], context: ScoreContext) -> Result<Vec<String>> {
+        let c = &self.config;
+        let (top_k, top_p) = if context.evaluation { (c.extractor_eval_top_k, c.extractor_eval_top_p) } else { (c.extractor_top_k, c.extractor_top_p) };
+        let params = SamplingParams { temperature: c.extractor_temperature, top_p, top_k, max_new_tokens: c.extractor_max_new_tokens, stop: Vec::new() };
+        let prompts = inputs
+            .iter()
+            .map(|input| Ok(self.extractor_tokenizer.encode(&self.templates.extract_answers_model(input.question, input.paragraph)?, true)?))
+            .collect::<Result<Vec<Vec<i64>>>>()?;
+        let seeds = row_seeds(context.seed, inputs.len());
+        let mut texts = Vec::with_capacity(inputs.len());
+        for (chunk, chunk_seeds) in prompts.chunks(c.extractor_batch_size).zip(seeds.chunks(c.extractor_batch_size)) {
+            let out = generate_batch(&self.extractor, chunk, chunk_seeds, &params, &self.extractor_eos, self.extractor_pad, None, None)?;
+            let tokens = Vec::<Vec<i64>>::try_from(out.tokens.to_device(tch::Device::Cpu))?;
+            for (row, &len) in tokens.iter().zip(&out.lengths) {
+                texts.push(self.extractor_tokenizer.decode(&row[..len as usize], true)?.trim().to_string());
+            }
+        }
+        Ok(texts)
+    }
+}
+
+impl Reward for DecisionReward {
+    fn score(&mut self, inputs: &[RewardInput<'_>], context: ScoreContext) -> Result<Vec<RewardOutput>> {
+        let extractions = self.extract(inputs, context)?;
+        let parsed: Vec<(Vec<String>, bool)> = extractions.iter().map(|text| parse_extraction(text)).collect();
+        // Ground truth first, then each extracted answer, even one equal to the ground truth.
+        let mut texts = Vec::new();
+        for (input, (answers, _)) in inputs.iter().zip(&parsed) {
+            for candidate in std::iter::once(input.answer).chain(answers.iter().map(String::as_str)) {
+                texts.push(self.templates.forecast_probs_model(input.question, input.paragraph, candidate)?);
+            }
+        }
+        let logits = self.forecaster.score_texts(&self.forecaster_tokenizer, &texts, self.config.model_max_length, self.forecaster_pad, self.config.score_batch_size)?;
+        let mut probabilities = logits.iter().map(|&l| sigmoid(l as f64));
+        let mut outputs = Vec::with_capacity(inputs.len());
+        for (extraction, (answers, parsed_ok)) in extractions.into_iter().zip(parsed) {
+            let p_gt = probabilities.next().expect("one logit per candidate");
+            let p_answers: Vec<f64> = probabilities.by_ref().take(answers.len()).collect();
+            let (reward, log_loss, normalization) = decision_reward(p_gt, &p_answers, &self.config);
+            let terms = BTreeMap::from([
+                ("log_loss".to_string(), log_loss),
+                ("normalization".to_string(), normalization),
+                ("p_ground_truth".to_string(), p_gt),
+                ("p_answers_sum".to_string(), p_answers.iter().sum()),
+                ("answers".to_string(), answers.len() as f64),
+                ("extraction_unparsed".to_string(), if parsed_ok { 0.0 } else { 1.0 }),
+            ]);
+            let details = serde_json::json!({ "extraction": extraction, "answers": answers, "p_answers": p_answers, "p_ground_truth": p_gt });
+            outputs.push(RewardOutput { reward, terms, details });
+        }
+        Ok(outputs)
+    }
+}
+
+/// Factuality RL (SPEC 1.8): the binary-correctness reward model judges whether the paragraph
+/// gives the right answer, and the reward is that judgement thresholded at 0.5.
+pub struct BinaryCorrectnessReward {
+    model: Rc<RewardModel>,
+    tokenizer: Tokenizer,
+    pad_id: i64,
+    templates: Templates,
+    config: RewardConfig,
+}
+
+impl BinaryCorrectnessReward {
+    pub fn new(model: Rc<RewardModel>, tokenizer: Tokenizer, templates: Templates, config: RewardConfig) -> Result<Self> {
+        let pad_id = padding_id(&tokenizer, "reward_model")?;
+        Ok(BinaryCorrectnessReward { model, tokenizer, pad_id, templates, config })
+    }
+}
+
+impl Reward for BinaryCorrectnessReward {
+    fn score(&mut self, inputs: &[RewardInput<'_>], _context: ScoreContext) -> Result<Vec<RewardOutput>> {
+        // The reward model was trained on paragraphs cut to their first 2000 characters.
+        let texts = inputs
+            .iter()
+            .map(|input| {
+                let paragraph: String = input.paragraph.chars().take(PARAGRAPH_CHAR_LIMIT).collect();
+                Ok(self.templates.binary_correctness_model(input.question, &paragraph, input.answer)?)
+            })
+            .collect::<Result<Vec<String>>>()?;
+        let logits = self.model.score_texts(&self.tokenizer, &texts, self.config.model_max_length, self.pad_id, self.config.score_batch_size)?;
+        Ok(logits
+            .iter()
+            .map(|&logit| {
+                let (reward, probability) = binary_reward(logit as f64, self.config.reward_offset);
+                let terms = BTreeMap::from([("probability".to_string(), probability), ("correct".to_string(), reward - self.config.reward_offset)]);
+                RewardOutput { reward, terms, details: serde_json::json!({ "probability": probability }) }
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ppo::config::PpoConfig;
+
+    fn lc() -> RewardConfig {
+        PpoConfig::preset("lc_ppo").unwrap().reward
+    }
+
+    #[test]
+    fn decision_reward_matches_hand_values() {
+        // p_gt 0.5, answers 0.5 and 0.3: ln 0.5 − 5·|0.8 − 1| + 5 = −0.693147 − 1 + 5.
+        let (reward, log_loss, normalization) = decision_reward(0.5, &[0.5, 0.3], &lc());
+        assert!((log_loss - (-std::f64::consts::LN_2)).abs() < 1e-12);
+        assert!((normalization - (-1.0)).abs() < 1e-12);
+        assert!((reward - (5.0 - 1.0 - std::f64::consts::LN_2)).abs() < 1e-12);
+        // Over-confident answers are penalised as much as missing mass: Σ = 1.6 → −3.
+        assert!((decision_reward(0.9, &[0.9, 0.7], &lc()).2 - (-3.0)).abs() < 1e-12);
+        // Nothing extracted: the sum is 0, a flat −λ = −5, cancelling the offset.
+        let (reward, _, normalization) = decision_reward(0.9, &[], &lc());
+        assert_eq!(normalization, -5.0);
+        assert!((reward - 0.9f64.ln()).abs() < 1e-12);
+        // p_gt below ε = 1e-4 is clipped: ln 1e-4 = −9.21034.
+        let (reward, log_loss, _) = decision_reward(1e-7, &[1.0], &lc());
+        assert!((log_loss - (-9.210_340_371_976_182)).abs() < 1e-12);
+        assert!((reward - (5.0 - 9.210_340_371_976_182)).abs() < 1e-12);
+        // A perfect, normalised reader: R = 0 + 0 + 5.
+        assert_eq!(decision_reward(1.0, &[1.0], &lc()).0, 5.0);
+    }
+
+    #[test]
+    fn binary_reward_thresholds_the_probability() {
+        assert_eq!(binary_reward(0.3, 0.0).0, 1.0);
+        assert_eq!(binary_reward(-0.3, 0.0).0, 0.0);
+        // Exactly 0.5 is not above it.
+        assert_eq!(binary_reward(0.0, 0.0), (0.0, 0.5));
+        // A logit so small that f32 sigmoid rounds to 0.5 still counts as above it.
+        assert_eq!(binary_reward(1e-9, 0.0).0, 1.0);
+        let (reward, p) = binary_reward(2.0, 0.5);
+        assert_eq!(reward, 1.5);
+        assert!((p - 0.880_797_077_977_882_3).abs() < 1e-15);
+    }
+
+    #[test]
+    fn extractions_parse_to_answer_sets() {
+        assert_eq!(parse_extraction("No Answer"), (vec![], true));
+        assert_eq!(parse_extraction("Paris; Lyon ; Paris"), (vec!["Paris".to_string(), "Lyon".to_string()], true));
+        // Nothing usable: no answers, reported as unparsed.
+        assert_eq!(parse_extraction(""), (vec![], false));
+        assert_eq!(row_seeds(7, 3), row_seeds(7, 3));
+        assert_ne!(row_seeds(7, 3), row_seeds(8, 3));
+    }
+}

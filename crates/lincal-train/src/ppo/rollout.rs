@@ -1,0 +1,254 @@
+//! Prompts and rollouts (SPEC 2.2-2.4): prompts rendered with the policy template and those
+//! longer than `query_len` dropped; responses sampled; the reward; and the no-grad forward
+//! passes that give the policy's and the reference's log-probs and the values.
+
+use super::models::{PpoModels, Sequences, response_logprobs};
+use super::reward::{Reward, RewardInput, RewardOutput, ScoreContext};
+use crate::engine::synchronize;
+use crate::error::{Result, TrainError};
+use lincal_data::prompts::Templates;
+use lincal_data::schema::{ParagraphGenerationRow, WithQuestion};
+use lincal_model::{FinishReason, SamplingParams, Tokenizer, generate_batch};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::time::Instant;
+use tch::Tensor;
+
+/// A PPO prompt: the open-ended query the policy answers, and the question and gold answer
+/// its paragraph is scored against (SPEC 1.7). Also the JSONL format
+/// `{"query", "question", "answer"}` with an optional `"question_id"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PpoPrompt {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub question_id: Option<String>,
+    pub query: String,
+    pub question: String,
+    pub answer: String,
+}
+
+impl PpoPrompt {
+    /// Prompts from a `*_paragraph_generation` split joined with TriviaQA (SPEC 2.2): the
+    /// query is `paragraph_generation_prompt`, the question the split's own (Jeopardy) or
+    /// TriviaQA's, the answer TriviaQA's `answer.value`.
+    pub fn from_joined(rows: Vec<WithQuestion<ParagraphGenerationRow>>) -> Vec<PpoPrompt> {
+        rows.into_iter()
+            .map(|WithQuestion { row, question }| PpoPrompt { question_id: Some(row.question_id), query: row.paragraph_generation_prompt, question: row.question.unwrap_or(question.question), answer: question.answer })
+            .collect()
+    }
+
+    /// Reads `{"query", "question", "answer"}` lines; errors name the file and line.
+    pub fn read_jsonl(path: &Path) -> Result<Vec<PpoPrompt>> {
+        Ok(lincal_data::schema::jsonl::read_jsonl(path, |prompt: &PpoPrompt| {
+            for (field, value) in [("query", &prompt.query), ("question", &prompt.question), ("answer", &prompt.answer)] {
+                if value.trim().is_empty() {
+                    return Err(format!("`{field}` is empty"));
+                }
+            }
+            Ok(())
+        })?)
+    }
+}
+
+/// Prompts tokenised with the policy template.
+pub(crate) struct TokenizedPrompts {
+    pub ids: Vec<Vec<i64>>,
+    /// Index of each kept prompt in the prompt list.
+    pub index: Vec<usize>,
+    /// Prompts dropped for being longer than the limit.
+    pub dropped: usize,
+}
+
+impl TokenizedPrompts {
+    /// Renders each prompt's query with the policy template and tokenises it (special tokens
+    /// added, as in SFT); with `max_len`, longer prompts are dropped, as the reference drops
+    /// them from training.
+    pub fn new(templates: &Templates, tokenizer: &Tokenizer, prompts: &[PpoPrompt], max_len: Option<usize>) -> Result<Self> {
+        let mut tokenized = TokenizedPrompts { ids: Vec::new(), index: Vec::new(), dropped: 0 };
+        for (index, prompt) in prompts.iter().enumerate() {
+            let ids = tokenizer.encode(&templates.policy(&prompt.query)?, true)?;
+            if ids.is_empty() {
+                return Err(TrainError::Data { set: "ppo", index, message: "the rendered query has no tokens".into() });
+            }
+            if max_len.is_some_and(|max| ids.len() > max) {
+                tokenized.dropped += 1;
+                continue;
+            }
+            tokenized.ids.push(ids);
+            tokenized.index.push(index);
+        }
+        Ok(tokenized)
+    }
+
+    /// A digest of the kept prompts (tokens, question, answer), so that a resume on other
+    /// prompts is refused.
+    pub fn digest(&self, prompts: &[PpoPrompt]) -> String {
+        let mut hasher = Sha256::new();
+        for (ids, &index) in self.ids.iter().zip(&self.index) {
+            hasher.update((ids.len() as u64).to_le_bytes());
+            ids.iter().for_each(|id| hasher.update(id.to_le_bytes()));
+            for text in [&prompts[index].question, &prompts[index].answer] {
+                hasher.update((text.len() as u64).to_le_bytes());
+                hasher.update(text.as_bytes());
+            }
+        }
+        format!("{:x}", hasher.finalize())
+    }
+}
+
+/// One prompt of a rollout batch.
+pub(crate) struct RolloutPrompt<'a> {
+    pub ids: &'a [i64],
+    pub question: &'a str,
+    pub answer: &'a str,
+}
+
+/// How long each part of a rollout took (device synchronised).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct RolloutTiming {
+    pub generation_seconds: f64,
+    /// The reward (answer extraction and forecasting for LC).
+    pub reward_seconds: f64,
+    /// Policy, reference and value forward passes.
+    pub forward_seconds: f64,
+}
+
+/// How rollouts are sampled and scored.
+pub(crate) struct RolloutSettings {
+    pub temperature: f64,
+    pub response_len: usize,
+    pub generation_batch_size: usize,
+    pub forward_batch_size: usize,
+    /// Pad every response to `response_len` (the reference's layout) rather than to the
+    /// longest one.
+    pub full_width: bool,
+    /// Compute values (training; evaluation needs none).
+    pub with_values: bool,
+}
+
+/// Sampled responses with everything PPO needs about them.
+pub(crate) struct Rollouts {
+    pub seqs: Sequences,
+    pub responses: Vec<String>,
+    pub ended_with_eos: Vec<bool>,
+    /// `[B, W]` log-probs at the sampling temperature (0 on padding).
+    pub logprobs: Tensor,
+    pub ref_logprobs: Tensor,
+    /// `[B, W]` entropy of each sampling distribution (0 on padding).
+    pub entropy: Tensor,
+    pub values: Option<Tensor>,
+    pub rewards: Vec<RewardOutput>,
+    pub timing: RolloutTiming,
+}
+
+impl Rollouts {
+    pub fn scores(&self) -> Vec<f64> {
+        self.rewards.iter().map(|r| r.reward).collect()
+    }
+}
+
+/// Samples a response to each prompt (row `i` seeded by `sampling_seeds[i]`), scores it,
+/// and computes the log-probs (and values) by forward passes over query + response.
+pub(crate) fn collect_rollouts(models: &PpoModels, reward: &mut dyn Reward, prompts: &[RolloutPrompt<'_>], sampling_seeds: &[u64], context: ScoreContext, settings: &RolloutSettings) -> Result<Rollouts> {
+    let device = models.policy.model.device();
+    models.set_training(false);
+    let timed = |started: Instant| {
+        synchronize(device);
+        started.elapsed().as_secs_f64()
+    };
+    let started = Instant::now();
+    let (responses, ended_with_eos) = sample_responses(models, prompts, sampling_seeds, settings)?;
+    let generation_seconds = timed(started);
+
+    let started = Instant::now();
+    let texts = responses.iter().map(|r| Ok(models.policy.tokenizer.decode(r, true)?)).collect::<Result<Vec<String>>>()?;
+    let rewards = score_responses(models, reward, prompts, &texts, context)?;
+    let reward_seconds = timed(started);
+
+    let started = Instant::now();
+    let width = if settings.full_width { settings.response_len } else { responses.iter().map(Vec::len).max().unwrap_or(1) };
+    let queries: Vec<&[i64]> = prompts.iter().map(|p| p.ids).collect();
+    let seqs = Sequences::new(&queries, &responses, width, models.policy.pad_id, device);
+    let passes = forward_passes(models, &seqs, settings);
+    let forward_seconds = timed(started);
+    Ok(Rollouts {
+        seqs,
+        responses: texts,
+        ended_with_eos,
+        logprobs: passes.logprobs,
+        ref_logprobs: passes.ref_logprobs,
+        entropy: passes.entropy,
+        values: passes.values,
+        rewards,
+        timing: RolloutTiming { generation_seconds, reward_seconds, forward_seconds },
+    })
+}
+
+/// Samples each response at the rollout temperature (no top-k or top-p, SPEC 2.3) up to
+/// `response_len` tokens; returns each row's tokens (EOS included) and whether EOS ended it.
+fn sample_responses(models: &PpoModels, prompts: &[RolloutPrompt<'_>], seeds: &[u64], settings: &RolloutSettings) -> Result<(Vec<Vec<i64>>, Vec<bool>)> {
+    let params = SamplingParams { temperature: settings.temperature, top_p: 1.0, top_k: 0, max_new_tokens: settings.response_len as i64, stop: Vec::new() };
+    let mut responses = Vec::with_capacity(prompts.len());
+    let mut ended_with_eos = Vec::with_capacity(prompts.len());
+    for (chunk, chunk_seeds) in prompts.chunks(settings.generation_batch_size).zip(seeds.chunks(settings.generation_batch_size)) {
+        let ids: Vec<Vec<i64>> = chunk.iter().map(|p| p.ids.to_vec()).collect();
+        let out = generate_batch(&models.policy.model, &ids, chunk_seeds, &params, &models.eos_ids, models.policy.pad_id, None, None)?;
+        let tokens = Vec::<Vec<i64>>::try_from(out.tokens.to_device(tch::Device::Cpu))?;
+        for ((row, &len), reason) in tokens.into_iter().zip(&out.lengths).zip(&out.finish_reasons) {
+            responses.push(row[..len as usize].to_vec());
+            ended_with_eos.push(*reason == FinishReason::Eos);
+        }
+    }
+    Ok((responses, ended_with_eos))
+}
+
+/// The sequence reward of each decoded response. In LoRA mode the reward model shares its
+/// base with the value model, so the value adapters are off meanwhile.
+fn score_responses(models: &PpoModels, reward: &mut dyn Reward, prompts: &[RolloutPrompt<'_>], texts: &[String], context: ScoreContext) -> Result<Vec<RewardOutput>> {
+    let inputs: Vec<RewardInput> = prompts.iter().zip(texts).map(|(p, text)| RewardInput { question: p.question, answer: p.answer, paragraph: text }).collect();
+    let rewards = models.value.without_adapters(|| reward.score(&inputs, context))?;
+    if rewards.len() != prompts.len() {
+        return Err(TrainError::config("reward", format!("the reward returned {} scores for {} responses", rewards.len(), prompts.len())));
+    }
+    if let Some((index, bad)) = rewards.iter().enumerate().find(|(_, r)| !r.reward.is_finite()) {
+        return Err(TrainError::Data { set: "rollout", index, message: format!("the reward is {}; rewards must be finite numbers", bad.reward) });
+    }
+    Ok(rewards)
+}
+
+/// What the no-grad forward passes over the rollouts give.
+struct ForwardPasses {
+    logprobs: Tensor,
+    ref_logprobs: Tensor,
+    entropy: Tensor,
+    values: Option<Tensor>,
+}
+
+/// The policy's log-probs (with entropies), the reference's log-probs and the values, in
+/// chunks of `forward_batch_size` rows. The old-policy log-probs of the update are these
+/// recomputed ones rather than those sampling reported: they come from the same forward pass
+/// as the update's and the reference's, so the ratio and the KL compare like with like, while
+/// sampling's incremental decoding differs from a full pass by rounding, which the KL clamp
+/// at 0 would turn into a positive penalty.
+fn forward_passes(models: &PpoModels, seqs: &Sequences, settings: &RolloutSettings) -> ForwardPasses {
+    let (mut logprobs, mut ref_logprobs, mut entropy, mut values) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    tch::no_grad(|| {
+        let rows: Vec<usize> = (0..seqs.rows()).collect();
+        for chunk in rows.chunks(settings.forward_batch_size) {
+            let batch = seqs.batch(chunk);
+            let (lp, ent) = response_logprobs(&models.policy.model, &batch, settings.temperature, true);
+            logprobs.push(lp);
+            entropy.push(ent.expect("asked for entropy"));
+            ref_logprobs.push(models.reference_logprobs(&batch, settings.temperature));
+            if settings.with_values {
+                values.push(models.value.forward(&batch));
+            }
+        }
+    });
+    ForwardPasses {
+        logprobs: Tensor::cat(&logprobs, 0),
+        ref_logprobs: Tensor::cat(&ref_logprobs, 0),
+        entropy: Tensor::cat(&entropy, 0),
+        values: settings.with_values.then(|| Tensor::cat(&values, 0)),
+    }
+}

@@ -1,0 +1,135 @@
+//! `lincal ppo`: decision-based RL (preset `lc_ppo`) or Factuality RL (`factuality_ppo`) with
+//! PPO, from a preset or TOML config, on prompts from JSONL or the reference dataset, into a
+//! run directory that resumes where it stopped.
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use lincal_data::schema::{self, TriviaQa};
+use lincal_train::ppo::{PpoConfig, PpoModelPaths, PpoPrompt, PpoSummary, PpoTrainer};
+use lincal_train::{RunOptions, with_overrides};
+use std::path::{Path, PathBuf};
+
+#[derive(Args)]
+pub struct PpoArgs {
+    /// The SFT policy to start from (Hugging Face layout, with its tokenizer).
+    #[arg(long)]
+    policy: PathBuf,
+    /// The reward model: ForecastProbs for decision-based RL, the binary-correctness model for
+    /// Factuality RL. The value model starts from its backbone.
+    #[arg(long)]
+    reward_model: PathBuf,
+    /// The ExtractAnswers model (decision-based RL).
+    #[arg(long)]
+    answer_extractor: Option<PathBuf>,
+    /// The run directory: metrics, TensorBoard logs, rollouts, evaluations, checkpoints and
+    /// `final/` (the policy). An unfinished run there resumes from its newest checkpoint.
+    #[arg(long)]
+    out: PathBuf,
+    /// A reference script's hyperparameters: lc_ppo or factuality_ppo (SPEC sections 2, 3).
+    #[arg(long, conflicts_with = "config")]
+    preset: Option<String>,
+    /// A TOML config (write one with `--print-config` to start from a preset).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// `key=value` overrides, e.g. `reference_padding=true` or `lora.r=16` (repeatable).
+    #[arg(long = "set")]
+    overrides: Vec<String>,
+    /// Shrinks the run (rollout and step batches, steps, warmup, eval/save intervals).
+    #[arg(long)]
+    scale: Option<f64>,
+    /// Training prompts: JSONL lines `{"query", "question", "answer"}`, or the reference's
+    /// `trivia_qa_paragraph_generation` `ppo` split (CSV or Parquet, with --trivia-qa).
+    #[arg(long)]
+    train: PathBuf,
+    /// Validation prompts in the same formats (the reference's `ppo_validation` split);
+    /// without them no evaluation runs.
+    #[arg(long)]
+    eval: Option<PathBuf>,
+    /// TriviaQA `unfiltered.nocontext` files (Parquet or JSON): the question and gold answer of
+    /// each reference prompt, which the reference files hold only as ids.
+    #[arg(long = "trivia-qa")]
+    trivia_qa: Vec<PathBuf>,
+    /// A directory of prompt templates overriding the built-in ones.
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Print the resolved config as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Stop after this many PPO steps (the run resumes later from its checkpoint).
+    #[arg(long)]
+    stop_at_step: Option<u64>,
+}
+
+pub fn run(args: PpoArgs) -> Result<()> {
+    let config = resolve_config(&args)?;
+    if args.print_config {
+        print!("{}", toml::to_string_pretty(&config)?);
+        return Ok(());
+    }
+    let train = read_prompts(&args.train, &args.trivia_qa)?;
+    let eval = match &args.eval {
+        Some(path) => read_prompts(path, &args.trivia_qa)?,
+        None => {
+            eprintln!("no --eval prompts: the run will not evaluate");
+            Vec::new()
+        }
+    };
+    let device = crate::parse_device(&args.device)?;
+    let paths = PpoModelPaths { policy: args.policy.clone(), reward_model: args.reward_model.clone(), answer_extractor: args.answer_extractor.clone() };
+    let mut input_files = vec![args.train.clone()];
+    input_files.extend(args.eval.iter().cloned());
+    input_files.extend(args.trivia_qa.iter().cloned());
+    let options = RunOptions { dir: args.out.clone(), input_files, progress: true };
+    let mut trainer = PpoTrainer::new(&paths, device, &config, &train, &eval, &options)?;
+    let data = trainer.data_report();
+    eprintln!("{} training prompts ({} longer than query_len {} left out), {} evaluation prompts", data.train_prompts, data.dropped_long_prompts, config.query_len, data.eval_prompts);
+    report(&trainer.train(args.stop_at_step)?);
+    Ok(())
+}
+
+fn resolve_config(args: &PpoArgs) -> Result<PpoConfig> {
+    let config = match (&args.preset, &args.config) {
+        (Some(name), _) => PpoConfig::preset(name)?,
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("{}: not a valid PPO config", path.display()))?
+        }
+        (None, None) => bail!("give --preset lc_ppo|factuality_ppo or --config FILE.toml"),
+    };
+    let config = match args.scale {
+        Some(scale) => config.scaled(scale)?,
+        None => config,
+    };
+    let mut config = with_overrides(&config, &args.overrides)?;
+    if let Some(dir) = &args.prompts {
+        config.templates = Some(dir.clone());
+    }
+    Ok(config)
+}
+
+/// JSONL prompts, or a reference `*_paragraph_generation` split joined with TriviaQA.
+fn read_prompts(path: &Path, trivia_qa: &[PathBuf]) -> Result<Vec<PpoPrompt>> {
+    if path.extension().is_some_and(|e| e == "jsonl" || e == "json") {
+        return Ok(PpoPrompt::read_jsonl(path)?);
+    }
+    if trivia_qa.is_empty() {
+        bail!("{}: reference prompts need their questions and answers: give --trivia-qa with TriviaQA's unfiltered.nocontext files", path.display());
+    }
+    let joined = TriviaQa::load(trivia_qa)?.join(schema::read_paragraph_generation(path)?);
+    if !joined.unmatched.is_empty() {
+        eprintln!("{}: {joined}; those rows are left out", path.display());
+    }
+    Ok(PpoPrompt::from_joined(joined.rows))
+}
+
+fn report(summary: &PpoSummary) {
+    let pick = |metrics: &[(String, f64)]| metrics.iter().filter(|(name, _)| ["reward", "kl", "eval_reward", "eval_kl"].contains(&name.as_str())).map(|(name, value)| format!("{name} {value:.4}")).collect::<Vec<_>>().join(", ");
+    let last = if summary.last_step.is_empty() { String::new() } else { format!(", last step: {}", pick(&summary.last_step)) };
+    let eval = if summary.eval.is_empty() { String::new() } else { format!(", evaluation: {}", pick(&summary.eval)) };
+    match &summary.final_dir {
+        Some(dir) => eprintln!("finished {} of {} steps{last}{eval}; wrote the policy to {}", summary.steps, summary.total_steps, dir.display()),
+        None => eprintln!("stopped after {} of {} steps{last}{eval}; run the same command again to resume", summary.steps, summary.total_steps),
+    }
+}
