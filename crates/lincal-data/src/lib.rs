@@ -1,6 +1,9 @@
-//! Data for lincal: the reference dataset schema, offline question sources, prompt templates
-//! and the parsers of what teachers, readers and judges answer. No libtorch here.
+//! Data for lincal: the reference dataset schema, offline question sources, prompt templates,
+//! the parsers of what teachers, readers and judges answer, the teacher pipelines that make
+//! training data, and the stage artifacts every stage of lincal writes. No libtorch here.
 
+pub mod artifact;
+pub mod distill;
 pub mod error;
 pub mod prompts;
 pub mod parse;

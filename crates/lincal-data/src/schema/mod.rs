@@ -17,6 +17,7 @@ pub mod pylit;
 mod split;
 mod table;
 mod trivia_qa;
+pub mod write;
 
 pub use examples::{
     PARAGRAPH_CHAR_LIMIT, ReaderPromptInput, RewardExample, SftExample, SftTarget,

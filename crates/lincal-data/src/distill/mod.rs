@@ -1,0 +1,682 @@
+//! The teacher pipelines that make lincal's training data (SPEC 1.1, 1.2, 1.4, 1.8). Each is a
+//! resumable stage that reads the directory of the stage before it (or a file) and writes one
+//! [`crate::artifact`] directory:
+//!
+//! | function | reads | writes |
+//! | --- | --- | --- |
+//! | [`make_queries`] | QA JSONL | `queries.jsonl`: open-ended queries that hide the answer |
+//! | [`sample_paragraphs`] | queries | `samples.jsonl`: M base-model paragraphs per query |
+//! | [`summarize_samples`] | samples | `summaries.jsonl`, `sft_training.csv`, `lc_sft.jsonl`, `factuality_sft.jsonl` (`claude_distill.jsonl`) |
+//! | [`extract_answers`] | paragraphs | `extractions.jsonl`: the answers each paragraph gives |
+//! | [`forecast_candidates`] | extractions | `forecasts.jsonl`, `reward_model_training.csv`, `questions.jsonl`, `extract_answers.jsonl`, `forecast_probs.jsonl` |
+//! | [`judge_correctness`] | paragraphs | `correctness.jsonl`, `reward_model_training.csv`, `questions.jsonl`, `binary_correctness.jsonl` |
+//!
+//! The CSV files follow the reference schema and the JSONL example sets are the `{prompt,
+//! target}` / `{prompt, label}` formats, so `lincal sft` and `lincal reward-model` take either.
+//! Every model call goes through [`lincal_llm::generate_parsed`] with the parser of its output
+//! format, so an unparseable answer is asked again with the next seed; an item still without a
+//! usable answer after [`Settings::max_attempts`] calls lands in `failures.jsonl` with the raw
+//! text, and the counts go into the manifest. Every request's seed derives from the stage seed
+//! and its item's id, so results depend neither on order, chunking nor interruptions; with an
+//! [`lincal_llm::LlmClient`] cache in the stage directory a rerun repeats no call.
+
+mod generation;
+mod labels;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use lincal_llm::{
+    Accounting, Llm, LlmRequest, ParseFailure, Parsed, SamplingParams, generate_parsed,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::artifact::{Failure, Keyed, Manifest, Opened, StageRun, open_stage};
+use crate::parse::contains_match;
+use crate::prompts::{self, CATALOGUE, Templates};
+use crate::schema::jsonl::read_jsonl;
+use crate::{DataError, Result};
+
+pub use generation::{SampleTemplate, make_queries, sample_paragraphs, summarize_samples};
+pub use labels::{extract_answers, forecast_candidates, judge_correctness, read_paragraphs};
+
+/// The stages of the teacher pipelines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Queries,
+    Sample,
+    Summarize,
+    Extract,
+    Forecast,
+    Binary,
+}
+
+impl Stage {
+    /// The stage name in manifests.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Queries => "distill-queries",
+            Stage::Sample => "distill-sample",
+            Stage::Summarize => "distill-summarize",
+            Stage::Extract => "label-extract",
+            Stage::Forecast => "label-forecast",
+            Stage::Binary => "label-binary",
+        }
+    }
+
+    /// The JSONL file of the stage's records, one per item.
+    pub fn output(self) -> &'static str {
+        match self {
+            Stage::Queries => "queries.jsonl",
+            Stage::Sample => "samples.jsonl",
+            Stage::Summarize => "summaries.jsonl",
+            Stage::Extract => "extractions.jsonl",
+            Stage::Forecast => "forecasts.jsonl",
+            Stage::Binary => "correctness.jsonl",
+        }
+    }
+
+    /// The sampling settings of the reference where it has them (SPEC 1.2: base samples at
+    /// temperature 0.7, top-p 0.9, 512 tokens; summaries at 0.3 with 1,800 tokens; SPEC 1.4:
+    /// labels at 0.2). The reference does not say how it sampled queries: 0.3 keeps them close
+    /// to the examples while a retry can still come out differently.
+    pub fn default_settings(self) -> Settings {
+        let (temperature, top_p, max_tokens) = match self {
+            Stage::Queries => (0.3, None, 128),
+            Stage::Sample => (0.7, Some(0.9), 512),
+            Stage::Summarize => (0.3, None, 1800),
+            Stage::Extract | Stage::Forecast | Stage::Binary => (0.2, None, 512),
+        };
+        Settings {
+            temperature,
+            top_p,
+            max_tokens,
+            max_attempts: 10,
+            seed: 0,
+            limit: None,
+        }
+    }
+}
+
+/// How a stage samples, and how much of its input it takes. All of it is part of the stage's
+/// config: changing any of it makes another artifact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    pub temperature: f64,
+    /// `None` leaves the backend's default (no nucleus cut).
+    pub top_p: Option<f64>,
+    pub max_tokens: u32,
+    /// Calls per request before its item is recorded as failed (at least one).
+    pub max_attempts: u32,
+    /// Seeds of every request derive from this and the item id.
+    pub seed: u64,
+    /// Take only the first `limit` items of the input.
+    pub limit: Option<usize>,
+}
+
+impl Settings {
+    /// Checks what no model could answer, naming the setting.
+    pub fn validate(&self) -> Result<()> {
+        let problem = if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            format!("temperature is {}; use a number >= 0", self.temperature)
+        } else if let Some(top_p) = self.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+            format!("top_p is {top_p}; use a number in (0, 1]")
+        } else if self.max_tokens == 0 {
+            "max_tokens is 0; allow at least one new token".to_string()
+        } else if self.max_attempts == 0 {
+            "max_attempts is 0; allow at least one call per request".to_string()
+        } else {
+            return Ok(());
+        };
+        Err(DataError::Invalid(format!("stage settings: {problem}")))
+    }
+}
+
+/// How a stage runs, without changing what it produces.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Replace whatever the output directory holds (its response cache excepted).
+    pub force: bool,
+    /// Items handed to the model together; their records are committed together.
+    pub chunk_size: usize,
+    /// Token and cost counters to record in the manifest and the metrics.
+    pub accounting: Option<Arc<Accounting>>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            force: false,
+            chunk_size: 64,
+            accounting: None,
+        }
+    }
+}
+
+/// What every stage is given: the model it calls (the teacher, or the sampled model), the
+/// prompt templates, and how to run.
+pub struct StageContext<'a> {
+    pub llm: &'a dyn Llm,
+    pub templates: &'a Templates,
+    pub options: RunOptions,
+}
+
+/// What a stage did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageReport {
+    pub dir: PathBuf,
+    /// The directory already held this stage, finished with the same config and inputs.
+    pub skipped: bool,
+    /// The run resumed an interrupted one.
+    pub resumed: bool,
+    pub manifest: Manifest,
+}
+
+/// A question with its gold answer: the QA JSONL of [`crate::sources`]. `aliases` always starts
+/// with `answer`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QaItem {
+    pub id: String,
+    pub question: String,
+    pub answer: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub source: String,
+}
+
+impl QaItem {
+    /// Puts the answer first among the aliases.
+    fn normalise_aliases(&mut self) {
+        self.aliases.retain(|alias| alias != &self.answer);
+        self.aliases.insert(0, self.answer.clone());
+    }
+}
+
+/// The Jeopardy clue a question was rephrased from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JeopardyClue {
+    pub category: String,
+    pub clue: String,
+}
+
+/// A line of the questions file: a QA record; one with a `category` is a Jeopardy clue, which
+/// is first rephrased into a question that needs no category.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuestionInput {
+    #[serde(flatten)]
+    pub item: QaItem,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+}
+
+/// An open-ended query for a question.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryRecord {
+    /// For a Jeopardy clue, `question` is the rephrased question.
+    #[serde(flatten)]
+    pub item: QaItem,
+    pub query: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jeopardy: Option<JeopardyClue>,
+}
+
+/// The base model's paragraphs for a query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleRecord {
+    #[serde(flatten)]
+    pub item: QaItem,
+    pub query: String,
+    pub samples: Vec<String>,
+}
+
+/// The teacher's summary of a query's samples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SummaryRecord {
+    #[serde(flatten)]
+    pub item: QaItem,
+    pub query: String,
+    pub samples: Vec<String>,
+    pub summary: String,
+    /// The teacher's own paragraph for the query (Claude Distill's target), when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distilled_paragraph: Option<String>,
+}
+
+/// A paragraph to label, with the question it answers. `lincal generate` writes the paragraph
+/// as `completion`, which is read here too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParagraphRecord {
+    #[serde(flatten)]
+    pub item: QaItem,
+    #[serde(alias = "completion")]
+    pub paragraph: String,
+}
+
+/// The answers a teacher found in a paragraph (empty: it gives none).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExtractionRecord {
+    #[serde(flatten)]
+    pub item: QaItem,
+    pub paragraph: String,
+    pub extracted_answers: Vec<String>,
+}
+
+/// A teacher's probability for each candidate: the gold answer first, then the extracted ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForecastRecord {
+    #[serde(flatten)]
+    pub item: QaItem,
+    pub paragraph: String,
+    pub candidates: Vec<String>,
+    pub probabilities: Vec<f64>,
+}
+
+/// A teacher's verdict on whether a paragraph gives the gold answer and no other.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CorrectnessRecord {
+    #[serde(flatten)]
+    pub item: QaItem,
+    pub paragraph: String,
+    pub correct: bool,
+}
+
+macro_rules! keyed_by_item_id {
+    ($($record:ty),*) => {$(
+        impl Keyed for $record {
+            fn key(&self) -> &str {
+                &self.item.id
+            }
+        }
+    )*};
+}
+keyed_by_item_id!(
+    QueryRecord,
+    SampleRecord,
+    SummaryRecord,
+    ParagraphRecord,
+    ExtractionRecord,
+    ForecastRecord,
+    CorrectnessRecord
+);
+
+/// Reads the questions of a QA JSONL file, aliases answer-first, ids unique.
+pub fn read_questions(path: &Path) -> Result<Vec<QuestionInput>> {
+    let mut questions = read_jsonl(path, |input: &QuestionInput| {
+        check_item(&input.item)?;
+        match &input.category {
+            Some(category) if category.trim().is_empty() => Err(format!(
+                "record {} has an empty `category`; leave it out unless the question is a Jeopardy clue",
+                input.item.id
+            )),
+            _ => Ok(()),
+        }
+    })?;
+    for question in &mut questions {
+        question.item.normalise_aliases();
+    }
+    check_unique_ids(path, questions.iter().map(|q| q.item.id.as_str()))?;
+    Ok(questions)
+}
+
+fn check_item(item: &QaItem) -> std::result::Result<(), String> {
+    if item.id.trim().is_empty() {
+        Err("the record has an empty `id`".into())
+    } else if item.question.trim().is_empty() || item.answer.trim().is_empty() {
+        Err(format!(
+            "record {} needs a non-empty question and answer",
+            item.id
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_unique_ids<'a>(path: &Path, ids: impl Iterator<Item = &'a str>) -> Result<()> {
+    let mut first_at: HashMap<&str, usize> = HashMap::new();
+    for (index, id) in ids.enumerate() {
+        if let Some(first) = first_at.insert(id, index) {
+            return Err(DataError::File {
+                path: path.to_path_buf(),
+                message: format!(
+                    "id {id:?} belongs to records {} and {}; every item needs its own id",
+                    first + 1,
+                    index + 1
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Reads the records of a finished stage `expected` in `dir`, and the path they came from.
+fn read_stage_records<T: Keyed>(dir: &Path, expected: Stage) -> Result<(Vec<T>, PathBuf)> {
+    let manifest = Manifest::read(dir)?;
+    let wrong = |message: String| DataError::File {
+        path: dir.to_path_buf(),
+        message,
+    };
+    if manifest.stage != expected.name() {
+        return Err(wrong(format!(
+            "holds a `{}` stage; give the directory of a `{}` stage",
+            manifest.stage,
+            expected.name()
+        )));
+    }
+    if manifest.finished.is_none() {
+        return Err(wrong(format!(
+            "its `{}` stage has not finished; run it to the end first",
+            manifest.stage
+        )));
+    }
+    let path = dir.join(expected.output());
+    let records: Vec<T> = read_jsonl(&path, |_| Ok(()))?;
+    check_unique_ids(&path, records.iter().map(Keyed::key))?;
+    Ok((records, path))
+}
+
+/// The seed of one request: the stage seed and a key naming the request within its item.
+fn request_seed(seed: u64, key: &str) -> u64 {
+    let digest = Sha256::new()
+        .chain_update(seed.to_le_bytes())
+        .chain_update(key.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(bytes)
+}
+
+fn sampling(settings: &Settings, seed: u64, stop: Vec<String>) -> SamplingParams {
+    SamplingParams {
+        n: 1,
+        temperature: settings.temperature,
+        top_p: settings.top_p,
+        max_tokens: settings.max_tokens,
+        stop,
+        seed,
+    }
+}
+
+/// A chat request of a rendered chat template.
+fn chat_request(messages: Vec<prompts::ChatMessage>, settings: &Settings, seed: u64) -> LlmRequest {
+    let messages = messages
+        .into_iter()
+        .map(|message| lincal_llm::ChatMessage {
+            role: match message.role {
+                prompts::Role::System => lincal_llm::Role::System,
+                prompts::Role::User => lincal_llm::Role::User,
+                prompts::Role::Assistant => lincal_llm::Role::Assistant,
+            },
+            content: message.content,
+        })
+        .collect();
+    LlmRequest::chat(messages, sampling(settings, seed, Vec::new()))
+}
+
+/// The record of an item that never got a usable answer.
+fn failure(id: &str, step: &str, what: &str, failure: ParseFailure) -> Failure {
+    let (reason, raw_text, attempts) = match failure {
+        ParseFailure::Unparseable {
+            raw_text,
+            error,
+            attempts,
+            ..
+        } => (
+            format!("{what}no usable answer in {attempts} attempts: {error}"),
+            Some(raw_text),
+            attempts,
+        ),
+        ParseFailure::Call { error, attempts } => {
+            (format!("{what}the call failed: {error}"), None, attempts)
+        }
+    };
+    Failure {
+        id: id.to_string(),
+        step: step.to_string(),
+        reason,
+        raw_text,
+        attempts,
+    }
+}
+
+/// Why `text` gives the answer away, if it does: it contains one of the aliases.
+fn reveals_answer(text: &str, aliases: &[String]) -> std::result::Result<(), String> {
+    match aliases
+        .iter()
+        .find(|alias| contains_match(text, std::slice::from_ref(alias)))
+    {
+        Some(alias) => Err(format!(
+            "it gives the answer away (it contains \"{alias}\")"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// [`generate_parsed`] for values that must also pass a check that depends on the request
+/// (such as not containing that question's answer), which a parser shared by the batch cannot
+/// make: a value failing `check(index, value)` counts as unparseable and is asked again with the
+/// next seed, like any unparseable answer. Each round is one batch.
+fn generate_parsed_checked<T>(
+    llm: &dyn Llm,
+    requests: &[LlmRequest],
+    max_attempts: u32,
+    parse: impl Fn(&str) -> std::result::Result<T, String>,
+    check: impl Fn(usize, &T) -> std::result::Result<(), String>,
+) -> Vec<std::result::Result<Parsed<T>, ParseFailure>> {
+    let mut outcomes: Vec<Option<std::result::Result<Parsed<T>, ParseFailure>>> =
+        requests.iter().map(|_| None).collect();
+    let mut open: Vec<usize> = (0..requests.len()).collect();
+    for attempt in 1..=max_attempts.max(1) {
+        if open.is_empty() {
+            break;
+        }
+        let asked: Vec<LlmRequest> = open
+            .iter()
+            .map(|&i| {
+                requests[i].with_seed(requests[i].params.seed.wrapping_add(u64::from(attempt - 1)))
+            })
+            .collect();
+        let mut still_open = Vec::new();
+        for (&index, result) in open.iter().zip(generate_parsed(llm, &asked, 1, &parse)) {
+            let outcome = match result {
+                Ok(parsed) => match parsed
+                    .values
+                    .iter()
+                    .try_for_each(|value| check(index, value))
+                {
+                    Ok(()) => Ok(Parsed {
+                        attempts: attempt,
+                        ..parsed
+                    }),
+                    Err(error) => Err(ParseFailure::Unparseable {
+                        raw_text: parsed.response.text().to_string(),
+                        error,
+                        attempts: attempt,
+                        seed: parsed.seed,
+                    }),
+                },
+                Err(ParseFailure::Unparseable {
+                    raw_text,
+                    error,
+                    seed,
+                    ..
+                }) => Err(ParseFailure::Unparseable {
+                    raw_text,
+                    error,
+                    attempts: attempt,
+                    seed,
+                }),
+                Err(ParseFailure::Call { error, .. }) => Err(ParseFailure::Call {
+                    error,
+                    attempts: attempt,
+                }),
+            };
+            if matches!(outcome, Err(ParseFailure::Unparseable { .. })) {
+                still_open.push(index);
+            }
+            outcomes[index] = Some(outcome);
+        }
+        open = still_open;
+    }
+    outcomes
+        .into_iter()
+        .map(|outcome| outcome.expect("every request was asked at least once"))
+        .collect()
+}
+
+/// The sha256 of each named template's source (built-in or override file), so that editing a
+/// template changes the stage's config.
+fn template_fingerprints(
+    templates: &Templates,
+    names: &[&str],
+) -> Result<BTreeMap<String, String>> {
+    names
+        .iter()
+        .map(|&name| {
+            let source = match templates.override_path(name) {
+                Some(path) => std::fs::read(path).map_err(|source| DataError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?,
+                None => CATALOGUE
+                    .iter()
+                    .find(|spec| spec.name == name)
+                    .map(|spec| spec.builtin.as_bytes().to_vec())
+                    .ok_or_else(|| DataError::Invalid(format!("no template named `{name}`")))?,
+            };
+            Ok((name.to_string(), format!("{:x}", Sha256::digest(&source))))
+        })
+        .collect()
+}
+
+/// The config of a stage, once its settings are valid: the settings, the model it calls, its
+/// templates and `extra` options.
+fn stage_config(
+    llm: &dyn Llm,
+    templates: &Templates,
+    template_names: &[&str],
+    settings: &Settings,
+    extra: Value,
+) -> Result<Value> {
+    settings.validate()?;
+    let mut config = json!({
+        "settings": settings,
+        "model": {"backend": llm.backend(), "model": llm.model()},
+        "templates": template_fingerprints(templates, template_names)?,
+    });
+    if let (Value::Object(config), Value::Object(extra)) = (&mut config, extra) {
+        config.extend(extra);
+    }
+    Ok(config)
+}
+
+/// One stage run over its items: open the directory (or skip it), produce the items that have
+/// no record yet chunk by chunk, commit the records in input order, write the stage's other
+/// outputs from them with `write_outputs`, and finish the manifest.
+struct StageJob<'a, I> {
+    stage: Stage,
+    config: Value,
+    input: &'a Path,
+    items: &'a [I],
+    id_of: fn(&I) -> &str,
+}
+
+impl<I> StageJob<'_, I> {
+    fn run<R: Keyed>(
+        self,
+        out: &Path,
+        options: &RunOptions,
+        mut produce: impl FnMut(&[&I]) -> Result<Vec<std::result::Result<R, Failure>>>,
+        write_outputs: impl FnOnce(&mut StageRun, &[R]) -> Result<()>,
+    ) -> Result<StageReport> {
+        let mut run = match open_stage(
+            out,
+            self.stage.name(),
+            &self.config,
+            &[self.input],
+            options.force,
+        )? {
+            Opened::Finished(manifest) => {
+                return Ok(StageReport {
+                    dir: out.to_path_buf(),
+                    skipped: true,
+                    resumed: false,
+                    manifest,
+                });
+            }
+            Opened::Run(run) => run,
+        };
+        let resumed = run.is_resumed();
+        let mut log = run.record_log::<R>(self.stage.output())?;
+        let todo: Vec<&I> = self
+            .items
+            .iter()
+            .filter(|item| !log.is_done((self.id_of)(item)))
+            .collect();
+        let reused = self.items.len() - todo.len();
+        let started = Instant::now();
+        let (mut produced, mut failed) = (0u64, 0u64);
+        for chunk in todo.chunks(options.chunk_size.max(1)) {
+            let outcomes = produce(chunk)?;
+            if outcomes.len() != chunk.len() {
+                return Err(DataError::Invalid(format!(
+                    "the `{}` stage produced {} outcomes for {} items",
+                    self.stage.name(),
+                    outcomes.len(),
+                    chunk.len()
+                )));
+            }
+            let (records, failures): (Vec<_>, Vec<_>) =
+                outcomes.into_iter().partition(std::result::Result::is_ok);
+            let records: Vec<R> = records.into_iter().flatten().collect();
+            let failures: Vec<Failure> = failures.into_iter().filter_map(|f| f.err()).collect();
+            log.append(&records)?;
+            run.fail(&failures)?;
+            produced += records.len() as u64;
+            failed += failures.len() as u64;
+            let mut line = json!({
+                "items_done": reused as u64 + produced + failed,
+                "items": self.items.len(),
+                "produced": produced,
+                "failed": failed,
+                "elapsed_s": started.elapsed().as_secs_f64(),
+            });
+            if let Some(accounting) = &options.accounting {
+                line["usage"] = json!(accounting.total());
+            }
+            run.log_metrics(&line)?;
+        }
+        let order: Vec<&str> = self.items.iter().map(|item| (self.id_of)(item)).collect();
+        let records = run.commit_records(log, &order)?;
+        write_outputs(&mut run, &records)?;
+        let counts = BTreeMap::from([
+            ("items".to_string(), self.items.len() as u64),
+            ("reused".to_string(), reused as u64),
+            ("produced".to_string(), produced),
+            ("failed".to_string(), failed),
+            ("records".to_string(), records.len() as u64),
+        ]);
+        let mut summary = serde_json::Map::new();
+        if let Some(accounting) = &options.accounting {
+            summary.insert("usage".into(), json!(accounting.by_model()));
+        }
+        let manifest = run.finish(counts, summary)?;
+        Ok(StageReport {
+            dir: out.to_path_buf(),
+            skipped: false,
+            resumed,
+            manifest,
+        })
+    }
+}
+
+fn take_limit<T>(mut items: Vec<T>, settings: &Settings) -> Vec<T> {
+    if let Some(limit) = settings.limit {
+        items.truncate(limit);
+    }
+    items
+}
