@@ -10,12 +10,21 @@
 //!   `report.html` and the plots of one run; metrics come from `lincal_metrics`.
 //! - [`compare`](mod@compare): [`compare()`] puts runs on one dataset side by side.
 //! - [`paper`]: the paper's headline numbers, shown beside runs on the paper's datasets.
+//! - [`qa`] and [`bio`]: the QA and biography evaluation pipelines, resumable stage by stage in
+//!   a run directory ([`pipeline`] holds what they share); [`readers`] and [`judges`] are the
+//!   roles of a QA run, [`datasets`] reads the evaluation sets.
 
+pub mod bio;
 pub mod compare;
+pub mod datasets;
 mod error;
 pub mod examples;
 mod files;
+pub mod judges;
 pub mod paper;
+pub mod pipeline;
+pub mod qa;
+pub mod readers;
 mod render;
 pub mod report;
 pub mod retrieval;
@@ -25,6 +34,10 @@ pub use error::EvalError;
 pub use examples::{
     ClaimExample, Counts, ExampleKind, QaExample, ScoredExample, Stage, StageFailure,
     check_examples, predictions, read_examples, write_examples,
+};
+pub use pipeline::{
+    GenerationSettings, ItemFailure, Method, PipelineError, Policy, Progress, ProgressEvent,
+    PromptStyle, RunOptions, RunOutcome, RunStatus, TeacherSettings,
 };
 pub use report::{ReportOptions, RunResults, RunSettings, read_results, write_run_report};
 pub use retrieval::{IndexLocation, IndexStatus, KnowledgeIndex, Passage, SourceSummary};
