@@ -2,10 +2,13 @@
 //! calls in here, and integration tests and other tools can call the same functions.
 
 pub mod bench;
+pub mod data;
+pub mod distill;
 pub mod eval;
 pub mod generate;
 pub mod local_llm;
 pub mod ppo;
+pub mod surrogate_reader;
 pub mod train;
 
 use anyhow::{Context, Result};

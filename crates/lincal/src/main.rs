@@ -1,7 +1,7 @@
 //! The `lincal` command line: argument parsing only; the commands live in the `lincal` library.
 
 use anyhow::{Context, Result};
-use lincal::{bench, eval, generate, ppo, train};
+use lincal::{bench, data, distill, eval, generate, ppo, train};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -43,6 +43,26 @@ enum Command {
     Score(train::ScoreArgs),
     /// PPO: decision-based RL (preset lc_ppo) or Factuality RL (factuality_ppo).
     Ppo(ppo::PpoArgs),
+    /// Teacher pipelines of the SFT data: open-ended queries, base-model samples, summaries.
+    Distill {
+        #[command(subcommand)]
+        what: distill::DistillCommand,
+    },
+    /// Reader training labels from paragraphs: extracted answers, forecasts, 0/1 correctness.
+    Label {
+        #[command(subcommand)]
+        what: distill::LabelCommand,
+    },
+    /// Question sources: fetch their pinned packages and build QA JSONL.
+    Data {
+        #[command(subcommand)]
+        what: data::DataCommand,
+    },
+    /// Prompt templates.
+    Prompts {
+        #[command(subcommand)]
+        what: data::PromptsCommand,
+    },
     /// Evaluate calibration.
     Eval {
         #[command(subcommand)]
@@ -102,6 +122,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::RewardModel(args) => train::reward_model(args),
         Command::Score(args) => train::score(args),
         Command::Ppo(args) => ppo::run(args),
+        Command::Distill { what } => distill::run_distill(what),
+        Command::Label { what } => distill::run_label(what),
+        Command::Data { what } => data::run_data(what),
+        Command::Prompts { what } => data::run_prompts(what),
         Command::Eval { what } => eval::run(what),
         Command::Bench { what } => bench::run(what),
     }

@@ -1,0 +1,350 @@
+//! `lincal distill queries|sample|summarize` and `lincal label extract|forecast|binary`: the
+//! teacher pipelines of `lincal_data::distill` with a teacher (or base model) from a backend
+//! config or a local model directory, a response cache in the stage directory, a progress bar
+//! over the model's requests and a run summary with token and cost accounting.
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use lincal_data::artifact::CACHE_FILE;
+use lincal_data::distill::{self, RunOptions, SampleTemplate, Settings, Stage, StageContext, StageReport};
+use lincal_data::prompts::Templates;
+use lincal_llm::{Accounting, BackendConfig, ClientOptions, LlmClient, Progress, ResponseCache};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Subcommand)]
+pub enum DistillCommand {
+    /// QA questions (JSONL `{id, question, answer, aliases}`, with `category` for Jeopardy
+    /// clues) into open-ended queries that do not give the answer away.
+    Queries {
+        #[arg(long)]
+        questions: PathBuf,
+        #[command(flatten)]
+        teacher: TeacherArgs,
+        #[command(flatten)]
+        stage: StageArgs,
+    },
+    /// Paragraphs of a base model for every query (8 per query from the 8-shot prompt, cut at
+    /// the first blank line), or of a fine-tuned policy with `--template policy`.
+    Sample {
+        /// A `distill queries` directory.
+        #[arg(long)]
+        queries: PathBuf,
+        #[command(flatten)]
+        base: BaseArgs,
+        /// Samples per query (the reference's M).
+        #[arg(long, default_value_t = 8)]
+        samples: usize,
+        #[arg(long, value_enum, default_value = "icl")]
+        template: TemplateArg,
+        #[command(flatten)]
+        stage: StageArgs,
+    },
+    /// The teacher's summary of each query's samples, with confidence statements: writes
+    /// sft_training.csv and the LC SFT and Factuality SFT example sets.
+    Summarize {
+        /// A `distill sample` directory.
+        #[arg(long)]
+        samples: PathBuf,
+        /// Also ask the teacher for its own paragraph per query (the Claude Distill target).
+        #[arg(long)]
+        distill_paragraphs: bool,
+        #[command(flatten)]
+        teacher: TeacherArgs,
+        #[command(flatten)]
+        stage: StageArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum LabelCommand {
+    /// The answers each paragraph gives to its question.
+    Extract {
+        /// A `distill summarize` or `distill sample` directory, or a JSONL file of
+        /// `{id, question, answer, aliases, paragraph}` (or `completion`) records.
+        #[arg(long)]
+        paragraphs: PathBuf,
+        #[command(flatten)]
+        teacher: TeacherArgs,
+        #[command(flatten)]
+        stage: StageArgs,
+    },
+    /// A probability for the gold answer and every extracted answer: writes
+    /// reward_model_training.csv, questions.jsonl and the ExtractAnswers and ForecastProbs sets.
+    Forecast {
+        /// A `label extract` directory.
+        #[arg(long)]
+        extractions: PathBuf,
+        #[command(flatten)]
+        teacher: TeacherArgs,
+        #[command(flatten)]
+        stage: StageArgs,
+    },
+    /// A 0/1 correctness label per paragraph: writes reward_model_training.csv,
+    /// questions.jsonl and the Factuality reward-model set.
+    Binary {
+        /// As for `label extract` (the Factuality SFT model's paragraphs).
+        #[arg(long)]
+        paragraphs: PathBuf,
+        #[command(flatten)]
+        teacher: TeacherArgs,
+        #[command(flatten)]
+        stage: StageArgs,
+    },
+}
+
+/// The teacher: a backend config or a local model.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+pub struct TeacherArgs {
+    /// A backend config (TOML, `lincal_llm::BackendConfig`): an OpenAI-compatible or Anthropic
+    /// endpoint.
+    #[arg(long)]
+    teacher: Option<PathBuf>,
+    /// A local model directory (Hugging Face layout) run by lincal's engine, through its chat
+    /// template.
+    #[arg(long)]
+    teacher_model: Option<PathBuf>,
+}
+
+/// The sampled model: a backend config or a local model.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+pub struct BaseArgs {
+    /// A backend config (TOML) of a completions endpoint serving the base model.
+    #[arg(long)]
+    base: Option<PathBuf>,
+    /// A local model directory (Hugging Face layout).
+    #[arg(long)]
+    base_model: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum TemplateArg {
+    /// The base model's 8-shot prompt.
+    Icl,
+    /// The prompt of a fine-tuned policy.
+    Policy,
+}
+
+/// What every stage command shares. Sampling options default to the reference's values for
+/// the stage.
+#[derive(Args)]
+pub struct StageArgs {
+    /// The stage directory. A finished stage there with the same config and inputs is skipped;
+    /// an interrupted one resumes.
+    #[arg(long)]
+    out: PathBuf,
+    /// Take only the first N items of the input.
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long)]
+    temperature: Option<f64>,
+    #[arg(long)]
+    top_p: Option<f64>,
+    /// Most new tokens per answer.
+    #[arg(long)]
+    max_tokens: Option<u32>,
+    /// Calls per request before its item is recorded in failures.jsonl.
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    /// Every request's seed derives from this and its item's id.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// A directory of prompt templates overriding the built-in ones (see `lincal prompts export`).
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// The response cache (SQLite); default OUT/cache.sqlite, or the backend config's `cache`.
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// Replace what OUT holds (its response cache is kept, so answered requests cost nothing).
+    #[arg(long)]
+    force: bool,
+    /// Items sent to the model together and committed together.
+    #[arg(long, default_value_t = 64)]
+    chunk_size: usize,
+    /// Device of a local model: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Precision of a local model: auto, f32, bf16 or f16.
+    #[arg(long, default_value = "auto")]
+    dtype: String,
+    /// Requests a local model decodes together.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+}
+
+impl StageArgs {
+    fn settings(&self, stage: Stage) -> Settings {
+        let defaults = stage.default_settings();
+        Settings {
+            temperature: self.temperature.unwrap_or(defaults.temperature),
+            top_p: self.top_p.or(defaults.top_p),
+            max_tokens: self.max_tokens.unwrap_or(defaults.max_tokens),
+            max_attempts: self.max_attempts.unwrap_or(defaults.max_attempts),
+            seed: self.seed,
+            limit: self.limit,
+        }
+    }
+
+    fn templates(&self) -> Result<Templates> {
+        Ok(match &self.prompts {
+            Some(dir) => Templates::with_overrides(dir)?,
+            None => Templates::builtin()?,
+        })
+    }
+}
+
+/// Where a model comes from.
+enum ModelSource<'a> {
+    Config(&'a Path),
+    Local(&'a Path),
+}
+
+impl TeacherArgs {
+    fn source(&self) -> ModelSource<'_> {
+        match (&self.teacher, &self.teacher_model) {
+            (Some(config), _) => ModelSource::Config(config),
+            (None, Some(dir)) => ModelSource::Local(dir),
+            // clap's group requires one of them.
+            (None, None) => unreachable!("--teacher or --teacher-model is required"),
+        }
+    }
+}
+
+impl BaseArgs {
+    fn source(&self) -> ModelSource<'_> {
+        match (&self.base, &self.base_model) {
+            (Some(config), _) => ModelSource::Config(config),
+            (None, Some(dir)) => ModelSource::Local(dir),
+            (None, None) => unreachable!("--base or --base-model is required"),
+        }
+    }
+}
+
+/// A model client with its cache, counters and a progress bar over its requests.
+struct Model {
+    client: LlmClient,
+    accounting: Arc<Accounting>,
+    bar: ProgressBar,
+}
+
+impl Model {
+    fn build(source: ModelSource, args: &StageArgs) -> Result<Self> {
+        let default_cache = args.out.join(CACHE_FILE);
+        let client = match source {
+            ModelSource::Config(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                let mut config: BackendConfig = toml::from_str(&text).with_context(|| format!("{}: not a valid backend config", path.display()))?;
+                config.cache = args.cache.clone().or(config.cache).or(Some(default_cache));
+                config.build().with_context(|| format!("setting up the backend of {}", path.display()))?
+            }
+            ModelSource::Local(dir) => {
+                let device = crate::parse_device(&args.device)?;
+                let kind = crate::parse_kind(&args.dtype, device)?;
+                let llm = crate::local_llm::LocalLlm::load(dir, device, kind, args.batch_size)
+                    .with_context(|| format!("loading the model in {}", dir.display()))?;
+                // One worker hands the engine whole batches.
+                let options = ClientOptions { concurrency: args.batch_size.max(1), ..ClientOptions::default() };
+                let cache = ResponseCache::open(args.cache.clone().unwrap_or(default_cache))?;
+                LlmClient::new(Arc::new(llm), options).with_cache(Arc::new(cache))
+            }
+        };
+        let accounting = Arc::new(Accounting::new());
+        let bar = ProgressBar::new(0).with_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} requests [{elapsed_precise} < {eta_precise}] {msg}").expect("valid template"),
+        );
+        let (cached, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let hook_bar = bar.clone();
+        let client = client.with_accounting(accounting.clone()).with_progress(move |event| match event {
+            Progress::Queued { requests } => hook_bar.inc_length(requests as u64),
+            Progress::Finished { from_cache, ok } => {
+                let cached = cached.fetch_add(u64::from(from_cache), Ordering::Relaxed) + u64::from(from_cache);
+                let failed = failed.fetch_add(u64::from(!ok), Ordering::Relaxed) + u64::from(!ok);
+                hook_bar.set_message(format!("{cached} from cache, {failed} failed calls"));
+                hook_bar.inc(1);
+            }
+        });
+        Ok(Model { client, accounting, bar })
+    }
+
+    fn context<'a>(&'a self, templates: &'a Templates, args: &StageArgs) -> StageContext<'a> {
+        let options = RunOptions { force: args.force, chunk_size: args.chunk_size, accounting: Some(self.accounting.clone()) };
+        StageContext { llm: &self.client, templates, options }
+    }
+
+    /// Ends the progress bar and prints what the stage did.
+    fn report(&self, report: &StageReport) {
+        self.bar.finish_and_clear();
+        print_report(report, &self.accounting);
+    }
+}
+
+fn print_report(report: &StageReport, accounting: &Accounting) {
+    let manifest = &report.manifest;
+    let dir = report.dir.display();
+    if report.skipped {
+        eprintln!("{dir}: the `{}` stage already finished with this config and these inputs; skipped (use --force to run it again)", manifest.stage);
+        return;
+    }
+    let count = |name: &str| manifest.counts.get(name).copied().unwrap_or(0);
+    let reused = match count("reused") {
+        0 => String::new(),
+        n => format!(", {n} from the interrupted run"),
+    };
+    eprintln!("{}: {} of {} items done{reused}; {} failed (see {dir}/failures.jsonl)", manifest.stage, count("records"), count("items"), count("failed"));
+    for (model, usage) in accounting.by_model() {
+        let cost = if usage.cost_usd > 0.0 { format!(", ${:.4}", usage.cost_usd) } else { String::new() };
+        eprintln!(
+            "  {model}: {} requests, {} from cache, {} calls ({} retries, {} failed), {} prompt + {} completion tokens{cost}",
+            usage.requests, usage.cache_hits, usage.attempts, usage.retries, usage.failed, usage.prompt_tokens, usage.completion_tokens
+        );
+    }
+    eprintln!("wrote {}", manifest.outputs.iter().map(|name| format!("{dir}/{name}")).collect::<Vec<_>>().join(", "));
+}
+
+pub fn run_distill(command: DistillCommand) -> Result<()> {
+    match command {
+        DistillCommand::Queries { questions, teacher, stage } => {
+            let templates = stage.templates()?;
+            let model = Model::build(teacher.source(), &stage)?;
+            let report = distill::make_queries(&model.context(&templates, &stage), &questions, &stage.out, &stage.settings(Stage::Queries))?;
+            model.report(&report);
+        }
+        DistillCommand::Sample { queries, base, samples, template, stage } => {
+            let templates = stage.templates()?;
+            let model = Model::build(base.source(), &stage)?;
+            let template = match template {
+                TemplateArg::Icl => SampleTemplate::Icl,
+                TemplateArg::Policy => SampleTemplate::Policy,
+            };
+            let settings = stage.settings(Stage::Sample);
+            let report = distill::sample_paragraphs(&model.context(&templates, &stage), &queries, &stage.out, &settings, samples, template)?;
+            model.report(&report);
+        }
+        DistillCommand::Summarize { samples, distill_paragraphs, teacher, stage } => {
+            let templates = stage.templates()?;
+            let model = Model::build(teacher.source(), &stage)?;
+            let settings = stage.settings(Stage::Summarize);
+            let report = distill::summarize_samples(&model.context(&templates, &stage), &samples, &stage.out, &settings, distill_paragraphs)?;
+            model.report(&report);
+        }
+    }
+    Ok(())
+}
+
+pub fn run_label(command: LabelCommand) -> Result<()> {
+    type Labeller = fn(&StageContext, &Path, &Path, &Settings) -> lincal_data::Result<StageReport>;
+    let (kind, label, input, teacher, stage): (Stage, Labeller, _, _, _) = match &command {
+        LabelCommand::Extract { paragraphs, teacher, stage } => (Stage::Extract, distill::extract_answers, paragraphs, teacher, stage),
+        LabelCommand::Forecast { extractions, teacher, stage } => (Stage::Forecast, distill::forecast_candidates, extractions, teacher, stage),
+        LabelCommand::Binary { paragraphs, teacher, stage } => (Stage::Binary, distill::judge_correctness, paragraphs, teacher, stage),
+    };
+    let templates = stage.templates()?;
+    let model = Model::build(teacher.source(), stage)?;
+    let report = label(&model.context(&templates, stage), input, &stage.out, &stage.settings(kind))?;
+    model.report(&report);
+    Ok(())
+}
