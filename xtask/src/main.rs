@@ -174,7 +174,9 @@ fn test(root: &Path) -> Result<()> {
     run(Command::new("cargo")
         .args(["test", "--workspace", "--", "--include-ignored"])
         .env("CARGO_TARGET_DIR", target_dir())
-        .env("LINCAL_SMOLLM2_GGUF", &prepared.smollm2_gguf))
+        .env("LINCAL_SMOLLM2_GGUF", &prepared.smollm2_gguf)
+        // The real-model evaluations fetch their offline question sources here, once.
+        .env("LINCAL_ASSETS", cache_dir().join("sources")))
 }
 
 /// Builds go to `$CARGO_TARGET_DIR`, else to `$LINCAL_CACHE/target`: a fresh clone on the same

@@ -16,7 +16,8 @@ pub mod run;
 mod setup;
 pub mod sft;
 pub mod tensorboard;
-#[cfg(test)]
+// GPU tests exist only in `cuda` builds: `cargo test -p lincal-train --features cuda -- --ignored`.
+#[cfg(all(test, feature = "cuda"))]
 mod gpu_tests;
 #[cfg(test)]
 mod lora_tests;

@@ -2,11 +2,12 @@
 //! PPO, from a preset or TOML config, on prompts from JSONL or the reference dataset, into a
 //! run directory that resumes where it stopped.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Args;
 use lincal_data::schema::{self, TriviaQa};
 use lincal_train::ppo::{PpoConfig, PpoModelPaths, PpoPrompt, PpoSummary, PpoTrainer};
-use lincal_train::{RunOptions, with_overrides};
+use crate::train::{ConfigArgs, print_config};
+use lincal_train::RunOptions;
 use std::path::{Path, PathBuf};
 
 #[derive(Args)]
@@ -25,18 +26,8 @@ pub struct PpoArgs {
     /// `final/` (the policy). An unfinished run there resumes from its newest checkpoint.
     #[arg(long)]
     out: PathBuf,
-    /// A reference script's hyperparameters: lc_ppo or factuality_ppo (SPEC sections 2, 3).
-    #[arg(long, conflicts_with = "config")]
-    preset: Option<String>,
-    /// A TOML config (write one with `--print-config` to start from a preset).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// `key=value` overrides, e.g. `reference_padding=true` or `lora.r=16` (repeatable).
-    #[arg(long = "set")]
-    overrides: Vec<String>,
-    /// Shrinks the run (rollout and step batches, steps, warmup, eval/save intervals).
-    #[arg(long)]
-    scale: Option<f64>,
+    #[command(flatten)]
+    config: ConfigArgs,
     /// Training prompts: JSONL lines `{"query", "question", "answer"}`, or the reference's
     /// `trivia_qa_paragraph_generation` `ppo` split (CSV or Parquet, with --trivia-qa).
     #[arg(long)]
@@ -65,8 +56,7 @@ pub struct PpoArgs {
 pub fn run(args: PpoArgs) -> Result<()> {
     let config = resolve_config(&args)?;
     if args.print_config {
-        print!("{}", toml::to_string_pretty(&config)?);
-        return Ok(());
+        return print_config(&config);
     }
     let train = read_prompts(&args.train, &args.trivia_qa)?;
     let eval = match &args.eval {
@@ -90,19 +80,7 @@ pub fn run(args: PpoArgs) -> Result<()> {
 }
 
 fn resolve_config(args: &PpoArgs) -> Result<PpoConfig> {
-    let config = match (&args.preset, &args.config) {
-        (Some(name), _) => PpoConfig::preset(name)?,
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            toml::from_str(&text).with_context(|| format!("{}: not a valid PPO config", path.display()))?
-        }
-        (None, None) => bail!("give --preset lc_ppo|factuality_ppo or --config FILE.toml"),
-    };
-    let config = match args.scale {
-        Some(scale) => config.scaled(scale)?,
-        None => config,
-    };
-    let mut config = with_overrides(&config, &args.overrides)?;
+    let mut config = args.config.resolve(PpoConfig::preset, |c, scale| c.scaled(scale))?;
     if let Some(dir) = &args.prompts {
         config.templates = Some(dir.clone());
     }

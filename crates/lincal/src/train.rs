@@ -20,18 +20,8 @@ pub struct TrainArgs {
     /// run there resumes from its newest checkpoint.
     #[arg(long)]
     out: PathBuf,
-    /// A reference script's hyperparameters (SPEC section 3).
-    #[arg(long, conflicts_with = "config")]
-    preset: Option<String>,
-    /// A TOML config (write one with `--print-config` to start from a preset).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// `key=value` overrides, e.g. `training.learning_rate=1e-5` (repeatable).
-    #[arg(long = "set")]
-    overrides: Vec<String>,
-    /// Shrinks the run (batch sizes, epochs, eval/save intervals) for quick experiments.
-    #[arg(long)]
-    scale: Option<f64>,
+    #[command(flatten)]
+    config: ConfigArgs,
     /// Training data: JSONL (`{"prompt", "target"}` for SFT, `{"prompt", "label"}` for reward
     /// models) or the reference dataset's CSV/Parquet split for the task.
     #[arg(long)]
@@ -64,12 +54,50 @@ pub struct TrainArgs {
     stop_at_step: Option<u64>,
 }
 
+/// Where a command's config comes from; shared by every training command.
+#[derive(Args)]
+pub struct ConfigArgs {
+    /// A reference script's hyperparameters (SPEC sections 2 and 3; the command's help names
+    /// its presets).
+    #[arg(long, conflicts_with = "config")]
+    pub preset: Option<String>,
+    /// A TOML config (write one with `--print-config` to start from a preset).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// `key=value` overrides, e.g. `training.learning_rate=1e-5` (repeatable).
+    #[arg(long = "set")]
+    pub overrides: Vec<String>,
+    /// Shrinks the run (batch sizes, steps or epochs, eval/save intervals) for quick
+    /// experiments; in (0, 1].
+    #[arg(long)]
+    pub scale: Option<f64>,
+}
+
+impl ConfigArgs {
+    /// The preset or the TOML file, then `--scale`, then the `--set` overrides.
+    pub fn resolve<C: Serialize + DeserializeOwned>(&self, preset: impl Fn(&str) -> lincal_train::Result<C>, scaled: impl Fn(C, f64) -> lincal_train::Result<C>) -> Result<C> {
+        let config = match (&self.preset, &self.config) {
+            (Some(name), _) => preset(name)?,
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("{}: not a valid config", path.display()))?
+            }
+            (None, None) => bail!("give --preset NAME or --config FILE.toml"),
+        };
+        let config = match self.scale {
+            Some(scale) => scaled(config, scale)?,
+            None => config,
+        };
+        Ok(with_overrides(&config, &self.overrides)?)
+    }
+}
+
 pub fn sft(args: TrainArgs) -> Result<()> {
-    let config: SftConfig = resolve_config(&args, SftConfig::preset)?;
+    let config = args.config.resolve(SftConfig::preset, |c, scale| Ok(SftConfig { training: c.training.scaled(scale)?, ..c }))?;
     if args.print_config {
         return print_config(&config);
     }
-    let task = args.task.clone().or_else(|| args.preset.clone());
+    let task = args.task.clone().or_else(|| args.config.preset.clone());
     let read = |path: &Path| read_sft(path, task.as_deref(), &args);
     let (train, eval) = train_eval(&args, read, schema::SFT_EVAL_QUESTIONS)?;
     let device = crate::parse_device(&args.device)?;
@@ -83,11 +111,11 @@ pub fn sft(args: TrainArgs) -> Result<()> {
 }
 
 pub fn reward_model(args: TrainArgs) -> Result<()> {
-    let config: RewardModelConfig = resolve_config(&args, RewardModelConfig::preset)?;
+    let config = args.config.resolve(RewardModelConfig::preset, |c, scale| Ok(RewardModelConfig { training: c.training.scaled(scale)?, ..c }))?;
     if args.print_config {
         return print_config(&config);
     }
-    let task = args.task.clone().or_else(|| args.preset.clone());
+    let task = args.task.clone().or_else(|| args.config.preset.clone());
     let read = |path: &Path| read_reward(path, task.as_deref(), &args);
     let (train, eval) = train_eval(&args, read, schema::REWARD_MODEL_EVAL_QUESTIONS)?;
     let device = crate::parse_device(&args.device)?;
@@ -95,40 +123,7 @@ pub fn reward_model(args: TrainArgs) -> Result<()> {
     report(trainer.train(args.stop_at_step)?)
 }
 
-fn resolve_config<C: Serialize + DeserializeOwned + ScaledConfig>(args: &TrainArgs, preset: impl Fn(&str) -> lincal_train::Result<C>) -> Result<C> {
-    let config = match (&args.preset, &args.config) {
-        (Some(name), _) => preset(name)?,
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            toml::from_str(&text).with_context(|| format!("{}: not a valid config", path.display()))?
-        }
-        (None, None) => bail!("give --preset NAME or --config FILE.toml"),
-    };
-    let config = match args.scale {
-        Some(scale) => config.scaled(scale)?,
-        None => config,
-    };
-    Ok(with_overrides(&config, &args.overrides)?)
-}
-
-/// Both configs scale through their `training` table.
-pub trait ScaledConfig: Sized {
-    fn scaled(self, scale: f64) -> lincal_train::Result<Self>;
-}
-
-impl ScaledConfig for SftConfig {
-    fn scaled(self, scale: f64) -> lincal_train::Result<Self> {
-        Ok(SftConfig { training: self.training.scaled(scale)?, ..self })
-    }
-}
-
-impl ScaledConfig for RewardModelConfig {
-    fn scaled(self, scale: f64) -> lincal_train::Result<Self> {
-        Ok(RewardModelConfig { training: self.training.scaled(scale)?, ..self })
-    }
-}
-
-fn print_config<C: Serialize>(config: &C) -> Result<()> {
+pub fn print_config<C: Serialize>(config: &C) -> Result<()> {
     print!("{}", toml::to_string_pretty(config)?);
     Ok(())
 }

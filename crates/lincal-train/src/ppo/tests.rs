@@ -335,6 +335,7 @@ fn bench_times_one_step_at_the_given_geometry() {
     assert!(result.trainable_parameters > 0);
 }
 
+#[cfg(feature = "cuda")]
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn ppo_trains_in_bf16_on_the_gpu() {
@@ -356,6 +357,7 @@ fn ppo_trains_in_bf16_on_the_gpu() {
 
 /// One PPO step at the reference geometry (512 rollouts, 128 + 300 tokens) on SmolLM2-135M-
 /// shaped random models in bf16, Factuality reward; the times are printed, not asserted.
+#[cfg(feature = "cuda")]
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn ppo_step_time_of_a_smollm2_shaped_model() {
