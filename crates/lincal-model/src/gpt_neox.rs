@@ -4,7 +4,8 @@
 
 use crate::config::GptNeoXConfig;
 use crate::lora;
-use crate::layers::{KvCache, apply_rotary, attend, attention_bias, rotary_cos_sin, rotary_inv_freq};
+use crate::layers::{KvCache, LayerContext, apply_rotary, attend, rotary_inv_freq};
+use crate::model::Decoder;
 use tch::{Kind, Tensor, nn, nn::Module};
 
 struct DecoderLayer {
@@ -54,39 +55,51 @@ impl GptNeoX {
     pub fn config(&self) -> &GptNeoXConfig {
         &self.config
     }
+}
 
-    /// Same contract as `Llama::forward`.
-    pub fn forward(&self, input_ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, mut cache: Option<&mut KvCache>) -> Tensor {
-        let mut x = Tensor::embedding(&self.embed_in, input_ids, -1, false, false);
-        let (cos, sin) = rotary_cos_sin(&self.inv_freq, positions, x.kind());
-        let bias = mask.map(|m| attention_bias(m, x.kind()));
-        let (b, t) = (input_ids.size()[0], input_ids.size()[1]);
-        let (heads, head_dim) = (self.config.num_attention_heads, self.config.head_dim());
-        let gelu_kind = if self.config.hidden_act == "gelu" { "none" } else { "tanh" };
-        for (index, layer) in self.layers.iter().enumerate() {
-            // The fused projection is laid out per head as [q | k | v].
-            let qkv = layer.query_key_value.forward(&layer.input_layernorm.forward(&x)).view([b, t, heads, 3 * head_dim]).transpose(1, 2);
-            let q = apply_rotary(&qkv.narrow(-1, 0, head_dim), &cos, &sin);
-            let k = apply_rotary(&qkv.narrow(-1, head_dim, head_dim), &cos, &sin);
-            let v = qkv.narrow(-1, 2 * head_dim, head_dim);
-            let attn = attend(&q, &k, &v, bias.as_ref(), cache.as_deref_mut().map(|c| (c, index)));
-            let attn = layer.dense.forward(&attn.transpose(1, 2).reshape([b, t, heads * head_dim]));
-            let mlp = |h: &Tensor| layer.dense_4h_to_h.forward(&layer.dense_h_to_4h.forward(h).gelu(gelu_kind));
-            x = if self.config.use_parallel_residual {
-                mlp(&layer.post_attention_layernorm.forward(&x)) + attn + x
-            } else {
-                let x = x + attn;
-                mlp(&layer.post_attention_layernorm.forward(&x)) + x
-            };
-        }
-        self.final_layer_norm.forward(&x)
+impl Decoder for GptNeoX {
+    fn num_layers(&self) -> usize {
+        self.layers.len()
     }
 
-    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+    fn embed(&self, input_ids: &Tensor) -> Tensor {
+        Tensor::embedding(&self.embed_in, input_ids, -1, false, false)
+    }
+
+    fn layer_context(&self, positions: &Tensor, mask: Option<&Tensor>, kind: Kind) -> LayerContext {
+        LayerContext::new(&self.inv_freq, positions, mask, kind)
+    }
+
+    fn layer(&self, index: usize, x: &Tensor, context: &LayerContext, cache: Option<&mut KvCache>) -> Tensor {
+        let layer = &self.layers[index];
+        let (b, t) = (x.size()[0], x.size()[1]);
+        let (heads, head_dim) = (self.config.num_attention_heads, self.config.head_dim());
+        // The fused projection is laid out per head as [q | k | v].
+        let qkv = layer.query_key_value.forward(&layer.input_layernorm.forward(x)).view([b, t, heads, 3 * head_dim]).transpose(1, 2);
+        let q = apply_rotary(&qkv.narrow(-1, 0, head_dim), &context.cos, &context.sin);
+        let k = apply_rotary(&qkv.narrow(-1, head_dim, head_dim), &context.cos, &context.sin);
+        let v = qkv.narrow(-1, 2 * head_dim, head_dim);
+        let attn = attend(&q, &k, &v, context.bias.as_ref(), cache.map(|c| (c, index)));
+        let attn = layer.dense.forward(&attn.transpose(1, 2).reshape([b, t, heads * head_dim]));
+        let gelu_kind = if self.config.hidden_act == "gelu" { "none" } else { "tanh" };
+        let mlp = |h: &Tensor| layer.dense_4h_to_h.forward(&layer.dense_h_to_4h.forward(h).gelu(gelu_kind));
+        if self.config.use_parallel_residual {
+            mlp(&layer.post_attention_layernorm.forward(x)) + attn + x
+        } else {
+            let x = x + attn;
+            mlp(&layer.post_attention_layernorm.forward(&x)) + x
+        }
+    }
+
+    fn final_norm(&self, x: &Tensor) -> Tensor {
+        self.final_layer_norm.forward(x)
+    }
+
+    fn logits(&self, hidden: &Tensor) -> Tensor {
         hidden.matmul(&self.embed_out.as_ref().unwrap_or(&self.embed_in).tr())
     }
 
-    pub fn new_cache(&self, batch: i64, max_len: i64) -> KvCache {
+    fn new_cache(&self, batch: i64, max_len: i64) -> KvCache {
         let c = &self.config;
         KvCache::new(c.num_hidden_layers, batch, c.num_attention_heads, max_len, c.head_dim(), (self.embed_in.kind(), self.embed_in.device()))
     }

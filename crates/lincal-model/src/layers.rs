@@ -76,6 +76,22 @@ pub fn rotary_cos_sin(inv_freq: &Tensor, positions: &Tensor, kind: Kind) -> (Ten
     (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
 }
 
+/// What every decoder layer of one forward pass reads besides its input: the rotary tables of
+/// the positions and the attention bias (`None`: plain causal attention).
+pub struct LayerContext {
+    pub cos: Tensor,
+    pub sin: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl LayerContext {
+    /// For `positions` `[B, T]` and a boolean `mask` (see [`attention_mask`]), in `kind`.
+    pub fn new(inv_freq: &Tensor, positions: &Tensor, mask: Option<&Tensor>, kind: Kind) -> Self {
+        let (cos, sin) = rotary_cos_sin(inv_freq, positions, kind);
+        LayerContext { cos, sin, bias: mask.map(|m| attention_bias(m, kind)) }
+    }
+}
+
 /// Rotates the first `cos.size()[-1]` channels of `x` `[B, heads, T, head_dim]` (all of them
 /// for Llama, a fraction for GPT-NeoX), "rotate half" layout.
 pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
@@ -186,6 +202,7 @@ mod tests {
     /// own grouped-query path, for a prefill (causal, padded) and a single decode query.
     #[test]
     fn grouped_attention_matches_enable_gqa() {
+        let _rng = crate::testing::LIBTORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
         tch::manual_seed(3);
         let key_mask = Tensor::from_slice2(&[[0i64, 1, 1, 1, 1], [1, 1, 1, 1, 1]]);
         for (first, t) in [(0, 5), (4, 1)] {

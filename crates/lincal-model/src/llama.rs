@@ -4,7 +4,8 @@
 
 use crate::config::LlamaConfig;
 use crate::lora;
-use crate::layers::{KvCache, apply_rotary, attend, attention_bias, rms_norm, rotary_cos_sin, rotary_inv_freq};
+use crate::layers::{KvCache, LayerContext, apply_rotary, attend, rms_norm, rotary_inv_freq};
+use crate::model::Decoder;
 use tch::{Kind, Tensor, nn, nn::Module};
 
 struct Attention {
@@ -83,30 +84,39 @@ impl Llama {
     pub fn config(&self) -> &LlamaConfig {
         &self.config
     }
+}
 
-    /// Final hidden states `[B, T, hidden]` for `input_ids` `[B, T]` at `positions` `[B, T]`.
-    /// `mask` is a boolean `[B, 1, T, S]` (see `layers::attention_mask`) or `None` for plain
-    /// causal attention; with a cache (see `KvCache::set_window`), the new keys and values are
-    /// stored in it and the mask covers its visible window.
-    pub fn forward(&self, input_ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, mut cache: Option<&mut KvCache>) -> Tensor {
-        let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
-        let (cos, sin) = rotary_cos_sin(&self.inv_freq, positions, x.kind());
-        let bias = mask.map(|m| attention_bias(m, x.kind()));
-        for (index, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &layer.input_layernorm, self.config.rms_norm_eps);
-            let h = layer.self_attn.forward(&h, &cos, &sin, bias.as_ref(), cache.as_deref_mut().map(|c| (c, index)));
-            x = x + h;
-            let h = rms_norm(&x, &layer.post_attention_layernorm, self.config.rms_norm_eps);
-            x = x + layer.mlp.forward(&h);
-        }
-        rms_norm(&x, &self.norm, self.config.rms_norm_eps)
+impl Decoder for Llama {
+    fn num_layers(&self) -> usize {
+        self.layers.len()
     }
 
-    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+    fn embed(&self, input_ids: &Tensor) -> Tensor {
+        Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false)
+    }
+
+    fn layer_context(&self, positions: &Tensor, mask: Option<&Tensor>, kind: Kind) -> LayerContext {
+        LayerContext::new(&self.inv_freq, positions, mask, kind)
+    }
+
+    fn layer(&self, index: usize, x: &Tensor, context: &LayerContext, cache: Option<&mut KvCache>) -> Tensor {
+        let layer = &self.layers[index];
+        let h = rms_norm(x, &layer.input_layernorm, self.config.rms_norm_eps);
+        let h = layer.self_attn.forward(&h, &context.cos, &context.sin, context.bias.as_ref(), cache.map(|c| (c, index)));
+        let x = x + h;
+        let h = rms_norm(&x, &layer.post_attention_layernorm, self.config.rms_norm_eps);
+        x + layer.mlp.forward(&h)
+    }
+
+    fn final_norm(&self, x: &Tensor) -> Tensor {
+        rms_norm(x, &self.norm, self.config.rms_norm_eps)
+    }
+
+    fn logits(&self, hidden: &Tensor) -> Tensor {
         hidden.matmul(&self.lm_head.as_ref().unwrap_or(&self.embed_tokens).tr())
     }
 
-    pub fn new_cache(&self, batch: i64, max_len: i64) -> KvCache {
+    fn new_cache(&self, batch: i64, max_len: i64) -> KvCache {
         let c = &self.config;
         KvCache::new(c.num_hidden_layers, batch, c.num_kv_heads(), max_len, c.head_dim(), (self.embed_tokens.kind(), self.embed_tokens.device()))
     }

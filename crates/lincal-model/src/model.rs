@@ -6,7 +6,7 @@ use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::fsutil::write_atomic;
 use crate::gpt_neox::GptNeoX;
-use crate::layers::KvCache;
+use crate::layers::{KvCache, LayerContext};
 use crate::llama::Llama;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,17 +15,40 @@ use tch::{Device, Kind, Tensor, nn};
 /// transformers' default shard size.
 pub const DEFAULT_MAX_SHARD_BYTES: usize = 5 << 30;
 
-enum Architecture {
-    Llama(Llama),
-    GptNeoX(GptNeoX),
+/// One architecture's network, as the forward passes use it: embedding, decoder layers, final
+/// norm and output projection.
+pub(crate) trait Decoder: Send {
+    fn num_layers(&self) -> usize;
+    fn embed(&self, input_ids: &Tensor) -> Tensor;
+    fn layer_context(&self, positions: &Tensor, mask: Option<&Tensor>, kind: Kind) -> LayerContext;
+    /// Decoder layer `index` on hidden states `x` `[B, T, hidden]`; with a cache, the new keys
+    /// and values are stored in it.
+    fn layer(&self, index: usize, x: &Tensor, context: &LayerContext, cache: Option<&mut KvCache>) -> Tensor;
+    fn final_norm(&self, x: &Tensor) -> Tensor;
+    fn logits(&self, hidden: &Tensor) -> Tensor;
+    fn new_cache(&self, batch: i64, max_len: i64) -> KvCache;
 }
 
 pub struct CausalLm {
     config: ModelConfig,
     vs: nn::VarStore,
-    arch: Architecture,
+    decoder: Box<dyn Decoder>,
     /// Whether generation replays CUDA graphs for decode steps (on a GPU, `cuda` builds).
     cuda_graphs: bool,
+}
+
+/// What [`CausalLm::forward_checkpointed`] keeps for the backward pass.
+pub struct Checkpoints {
+    input_ids: Tensor,
+    context: LayerContext,
+    /// The input of every decoder layer, without a graph.
+    layer_inputs: Vec<Tensor>,
+    /// The last layer's output as a leaf: the loss's own backward pass stops there.
+    last: Tensor,
+    /// Layer `i` runs after reseeding libtorch's generator with `seed + i`, in both passes,
+    /// so that a recomputed layer draws the dropout masks (LoRA) of its first pass, as
+    /// torch's checkpointing restores the RNG state.
+    seed: i64,
 }
 
 impl CausalLm {
@@ -35,11 +58,11 @@ impl CausalLm {
         let mut vs = nn::VarStore::new(device);
         vs.set_kind(kind);
         let root = vs.root();
-        let arch = match &config {
-            ModelConfig::Llama(c) => Architecture::Llama(Llama::new(&root, c)),
-            ModelConfig::GptNeoX(c) => Architecture::GptNeoX(GptNeoX::new(&root, c)),
+        let decoder: Box<dyn Decoder> = match &config {
+            ModelConfig::Llama(c) => Box::new(Llama::new(&root, c)),
+            ModelConfig::GptNeoX(c) => Box::new(GptNeoX::new(&root, c)),
         };
-        CausalLm { config, vs, arch, cuda_graphs: true }
+        CausalLm { config, vs, decoder, cuda_graphs: true }
     }
 
     /// Loads `dir/config.json` and the safetensors weights. `kind` `None` keeps the stored
@@ -100,26 +123,69 @@ impl CausalLm {
         self.vs.root().kind()
     }
 
-    /// Final hidden states; see `Llama::forward` for the arguments.
-    pub fn forward(&self, input_ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, cache: Option<&mut KvCache>) -> Tensor {
-        match &self.arch {
-            Architecture::Llama(m) => m.forward(input_ids, positions, mask, cache),
-            Architecture::GptNeoX(m) => m.forward(input_ids, positions, mask, cache),
+    /// Final hidden states `[B, T, hidden]` for `input_ids` `[B, T]` at `positions` `[B, T]`.
+    /// `mask` is a boolean `[B, 1, T, S]` (see `layers::attention_mask`) or `None` for plain
+    /// causal attention; with a cache (see `KvCache::set_window`), the new keys and values are
+    /// stored in it and the mask covers its visible window.
+    pub fn forward(&self, input_ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, mut cache: Option<&mut KvCache>) -> Tensor {
+        let mut x = self.decoder.embed(input_ids);
+        let context = self.decoder.layer_context(positions, mask, x.kind());
+        for index in 0..self.decoder.num_layers() {
+            x = self.decoder.layer(index, &x, &context, cache.as_deref_mut());
+        }
+        self.decoder.final_norm(&x)
+    }
+
+    /// [`Self::forward`] (without a cache) for training with gradient checkpointing: only the
+    /// input of each decoder layer is kept, and the returned hidden states carry a graph
+    /// through the final norm alone. Back-propagate a loss computed from them with
+    /// [`Self::backward_checkpointed`], which recomputes one layer at a time.
+    pub fn forward_checkpointed(&self, input_ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>) -> (Tensor, Checkpoints) {
+        let seed = Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]);
+        let (context, layer_inputs, last) = tch::no_grad(|| {
+            let mut x = self.decoder.embed(input_ids);
+            let context = self.decoder.layer_context(positions, mask, x.kind());
+            let mut layer_inputs = Vec::with_capacity(self.decoder.num_layers());
+            for index in 0..self.decoder.num_layers() {
+                tch::manual_seed(seed.wrapping_add(index as i64));
+                let output = self.decoder.layer(index, &x, &context, None);
+                layer_inputs.push(std::mem::replace(&mut x, output));
+            }
+            (context, layer_inputs, x)
+        });
+        let last = last.set_requires_grad(true);
+        let hidden = self.decoder.final_norm(&last);
+        (hidden, Checkpoints { input_ids: input_ids.shallow_clone(), context, layer_inputs, last, seed })
+    }
+
+    /// Back-propagates `loss`, computed from the hidden states of [`Self::forward_checkpointed`],
+    /// into every weight that requires grad: each layer is run again from its saved input, last
+    /// layer first, and its backward pass takes the gradient of the layer above.
+    pub fn backward_checkpointed(&self, loss: &Tensor, checkpoints: Checkpoints) {
+        let Checkpoints { input_ids, context, mut layer_inputs, last, seed } = checkpoints;
+        loss.backward();
+        let mut grad = last.grad();
+        while let Some(input) = layer_inputs.pop() {
+            let index = layer_inputs.len();
+            let input = input.set_requires_grad(true);
+            tch::manual_seed(seed.wrapping_add(index as i64));
+            let output = self.decoder.layer(index, &input, &context, None);
+            // The gradient of sum(output · grad) with respect to output is grad itself.
+            (output * &grad).sum(Kind::Float).backward();
+            grad = input.grad();
+        }
+        let embedded = self.decoder.embed(&input_ids);
+        if embedded.requires_grad() {
+            (embedded * grad).sum(Kind::Float).backward();
         }
     }
 
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        match &self.arch {
-            Architecture::Llama(m) => m.logits(hidden),
-            Architecture::GptNeoX(m) => m.logits(hidden),
-        }
+        self.decoder.logits(hidden)
     }
 
     pub fn new_cache(&self, batch: i64, max_len: i64) -> KvCache {
-        match &self.arch {
-            Architecture::Llama(m) => m.new_cache(batch, max_len),
-            Architecture::GptNeoX(m) => m.new_cache(batch, max_len),
-        }
+        self.decoder.new_cache(batch, max_len)
     }
 
     /// Grows the vocabulary to `new_vocab` rows; new input and output embedding rows are the
@@ -170,5 +236,107 @@ pub fn kind_name(kind: Kind) -> &'static str {
         Kind::BFloat16 => "bfloat16",
         Kind::Half => "float16",
         _ => "float32",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::{attention_mask, positions_from_mask};
+    use crate::lora::{LoraConfig, with_lora};
+    use crate::testing::{LIBTORCH_RNG, random_model, tiny_llama, tiny_neox};
+
+    /// Left-padded rows (the second starts with two pads), their positions and mask.
+    fn batch() -> (Tensor, Tensor, Tensor) {
+        let ids = Tensor::from_slice2(&[[5i64, 9, 13, 4, 7, 21], [0, 0, 3, 8, 30, 11]]);
+        let key_mask = Tensor::from_slice2(&[[1i64, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]]);
+        (ids, positions_from_mask(&key_mask), attention_mask(&key_mask, 0, 6))
+    }
+
+    /// A loss that weighs every logit differently, so that every gradient entry matters.
+    fn loss_of(model: &CausalLm, hidden: &Tensor) -> Tensor {
+        let logits = model.logits(hidden);
+        let weights = Tensor::arange(logits.numel() as i64, (Kind::Float, Device::Cpu)).view(logits.size().as_slice()).sin();
+        (logits * weights).sum(Kind::Float)
+    }
+
+    /// Every trained variable's gradient after `run`, which back-propagates one loss; the
+    /// gradients are cleared afterwards.
+    fn gradients(vars: &[(String, Tensor)], run: impl FnOnce()) -> Vec<(String, Tensor)> {
+        run();
+        vars.iter()
+            .map(|(name, var)| {
+                let grad = var.grad().copy();
+                let _ = var.grad().zero_();
+                (name.clone(), grad)
+            })
+            .collect()
+    }
+
+    fn assert_close(expected: &[(String, Tensor)], got: &[(String, Tensor)]) {
+        for ((name, e), (_, g)) in expected.iter().zip(got) {
+            let diff = (e - g).abs().max().double_value(&[]);
+            let scale = e.abs().max().double_value(&[]).max(1e-6);
+            assert!(diff <= 1e-5 * scale, "{name}: max abs diff {diff} (largest entry {scale})");
+        }
+    }
+
+    /// Checkpointed training computes the gradients of the plain forward pass, for both
+    /// architectures, tied and untied embeddings, with padding.
+    #[test]
+    fn checkpointed_backward_gives_the_plain_gradients() {
+        let (ids, positions, mask) = batch();
+        for (label, config) in [("llama tied", tiny_llama(true)), ("llama untied", tiny_llama(false)), ("gpt-neox", tiny_neox())] {
+            let model = random_model(config, 4);
+            let vars: Vec<(String, Tensor)> = model.var_store().variables().into_iter().collect();
+            let plain = gradients(&vars, || loss_of(&model, &model.forward(&ids, &positions, Some(&mask), None)).backward());
+            let checkpointed = gradients(&vars, || {
+                let (hidden, checkpoints) = model.forward_checkpointed(&ids, &positions, Some(&mask));
+                model.backward_checkpointed(&loss_of(&model, &hidden), checkpoints);
+            });
+            assert!(plain.iter().all(|(_, g)| g.abs().sum(Kind::Float).double_value(&[]) > 0.0), "{label}: every weight gets a gradient");
+            assert_close(&plain, &checkpointed);
+        }
+    }
+
+    /// With LoRA dropout the recomputed layers draw the masks of the first pass: the gradients
+    /// are those of a plain pass that reseeds before each layer as the checkpointed one does.
+    #[test]
+    fn checkpointed_backward_replays_dropout_masks() {
+        let _rng = LIBTORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+        let lora = LoraConfig { r: 4, alpha: 8.0, dropout: 0.5, target_modules: vec!["q_proj".into(), "down_proj".into()] };
+        let (model, adapters) = with_lora(&lora, Device::Cpu, 1, || Ok(random_model(tiny_llama(false), 5))).unwrap();
+        adapters.set_training(true);
+        // Non-zero B matrices, so that the masks change the loss and every gradient.
+        let vars: Vec<(String, Tensor)> = adapters.var_store().variables().into_iter().collect();
+        tch::no_grad(|| vars.iter().filter(|(n, _)| n.contains("lora_B")).for_each(|(_, v)| {
+            let _ = v.shallow_clone().copy_(&(Tensor::ones_like(v) * 0.1));
+        }));
+        let (ids, positions, mask) = batch();
+        tch::manual_seed(11);
+        let checkpointed = gradients(&vars, || {
+            let (hidden, checkpoints) = model.forward_checkpointed(&ids, &positions, Some(&mask));
+            model.backward_checkpointed(&loss_of(&model, &hidden), checkpoints);
+        });
+        tch::manual_seed(11);
+        let seed = Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]);
+        let reseeded = gradients(&vars, || {
+            let mut x = model.decoder.embed(&ids);
+            let context = model.decoder.layer_context(&positions, Some(&mask), x.kind());
+            for index in 0..model.decoder.num_layers() {
+                tch::manual_seed(seed.wrapping_add(index as i64));
+                x = model.decoder.layer(index, &x, &context, None);
+            }
+            loss_of(&model, &model.decoder.final_norm(&x)).backward();
+        });
+        assert_close(&reseeded, &checkpointed);
+        // A differently seeded pass draws other masks: the comparison above can fail.
+        tch::manual_seed(12);
+        let other = gradients(&vars, || {
+            let (hidden, checkpoints) = model.forward_checkpointed(&ids, &positions, Some(&mask));
+            model.backward_checkpointed(&loss_of(&model, &hidden), checkpoints);
+        });
+        let b = vars.iter().position(|(n, _)| n.contains("lora_B")).unwrap();
+        assert!(!other[b].1.allclose(&checkpointed[b].1, 1e-5, 1e-5, false));
     }
 }
