@@ -1,6 +1,9 @@
 """Random-weight Llama models of the SmolLM2-135M and Llama-2-7B shapes, saved as bf16
-safetensors that both transformers and lincal load (the device machine has no model hub)."""
-import sys, torch, transformers
+safetensors that both transformers and lincal load (the device machine has no model hub).
+  make_models.py NAME OUT [TOKENIZER_DIR]
+With a tokenizer, it is saved beside the model (with a "[PAD]" token added if it has no pad
+token, as `lincal sft` does) and the vocabulary is sized to it: what `lincal bench ppo` needs."""
+import shutil, sys, torch, transformers
 
 SHAPES = {
     "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
@@ -11,9 +14,18 @@ SHAPES = {
                       max_position_embeddings=4096, tie_word_embeddings=False),
 }
 
-def make(name, out):
+def make(name, out, tokenizer_dir=None):
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(**SHAPES[name], bos_token_id=1, eos_token_id=2, torch_dtype="bfloat16")
+    shape = dict(SHAPES[name])
+    if tokenizer_dir:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+        if tokenizer.pad_token is None:
+            tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+            tokenizer.save_pretrained(out)
+        else:
+            shutil.copytree(tokenizer_dir, out, dirs_exist_ok=True)
+        shape["vocab_size"] = len(tokenizer)
+    config = transformers.LlamaConfig(**shape, bos_token_id=1, eos_token_id=2, torch_dtype="bfloat16")
     with torch.device("cuda"):
         model = transformers.LlamaForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(out, safe_serialization=True)
@@ -21,4 +33,4 @@ def make(name, out):
     torch.cuda.empty_cache()
 
 if __name__ == "__main__":
-    make(sys.argv[1], sys.argv[2])
+    make(*sys.argv[1:])

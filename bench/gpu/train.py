@@ -2,10 +2,11 @@
   train.py parity MODEL_DIR TOKENIZER_DIR LINCAL OUT_JSONL
       lincal sft and lincal reward-model train briefly on the GPU; their saved models load in
       transformers and give the same logits (SFT) and scores (reward model) as lincal does.
-  train.py bench MODEL_DIR BATCH SEQ_LEN OUT_JSONL LABEL
-      transformers + PyTorch training steps (SDPA, torch AdamW) on random tokens, in two
-      precisions: bf16 autocast over f32 weights (what lincal does: bf16 compute, f32 masters)
-      and pure bf16 weights."""
+  train.py bench MODEL_DIR BATCH SEQ_LEN OUT_JSONL LABEL [PRECISIONS] [checkpointing]
+      transformers + PyTorch training steps (SDPA, fused torch AdamW) on random tokens, in the
+      given precisions (default both): autocast-bf16, bf16 autocast over f32 weights (what
+      lincal does by default: bf16 compute, f32 masters), and bf16, pure bf16 weights (lincal's
+      pure_bf16); with `checkpointing`, gradient checkpointing on."""
 import json, os, shutil, subprocess, sys, time, torch, transformers
 from safetensors.torch import load_file
 
@@ -73,10 +74,13 @@ def parity(model_dir, tokenizer_dir, lincal, out):
     ref = torch.tensor(ref)
     record(out, check="reward model in transformers (one text at a time vs lincal's left-padded batches)", dtype="f32", max_abs_err=(ours - ref).abs().max().item(), score_abs_max=ref.abs().max().item())
 
-def bench(model_dir, batch, seq_len, out, label):
-    for precision in ["autocast-bf16", "bf16"]:
+def bench(model_dir, batch, seq_len, out, label, precisions="autocast-bf16,bf16", checkpointing=""):
+    for precision in precisions.split(","):
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa").cuda().train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        torch.cuda.reset_peak_memory_stats()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
         ids = torch.randint(0, model.config.vocab_size, (batch, seq_len), device="cuda")
         def step():
@@ -95,7 +99,8 @@ def bench(model_dir, batch, seq_len, out, label):
             step()
         torch.cuda.synchronize()
         seconds = (time.perf_counter() - started) / steps
-        record(out, bench="sft", engine=f"transformers {transformers.__version__} ({precision})", model=label, batch=batch, seq_len=seq_len, tokens_per_s=batch * seq_len / seconds, seconds_per_step=seconds)
+        record(out, bench="sft", engine=f"transformers {transformers.__version__} ({precision})", model=label, batch=batch, seq_len=seq_len, tokens_per_s=batch * seq_len / seconds, seconds_per_step=seconds,
+               gradient_checkpointing=bool(checkpointing), peak_reserved_gib=torch.cuda.max_memory_reserved() / 2**30)
         del model, optimizer
         torch.cuda.empty_cache()
 
@@ -104,4 +109,4 @@ if __name__ == "__main__":
     if what == "parity":
         parity(*args)
     else:
-        bench(args[0], int(args[1]), int(args[2]), args[3], args[4])
+        bench(args[0], int(args[1]), int(args[2]), *args[3:])

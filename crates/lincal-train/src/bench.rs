@@ -2,14 +2,27 @@
 //! for a bf16 model) exactly as the trainer runs them, on random tokens.
 
 use crate::data::{TokenRow, collate_sft};
-use crate::engine::synchronize;
+use crate::engine::{backward_loss, synchronize};
 use crate::error::{Result, TrainError};
 use crate::optim::{AdamWConfig, TrainableParams};
-use crate::sft::causal_lm_loss_sum;
+use crate::sft::labelled_loss_sum;
 use lincal_model::CausalLm;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::time::Instant;
+
+/// What `bench_sft` runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SftBenchSettings {
+    pub batch_size: usize,
+    pub seq_len: usize,
+    /// Timed steps, after `warmup_steps` untimed ones.
+    pub steps: usize,
+    pub warmup_steps: usize,
+    pub gradient_checkpointing: bool,
+    /// f32 master weights for a low-precision model (see `Precision::master_weights`).
+    pub master_weights: bool,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SftBench {
@@ -22,10 +35,11 @@ pub struct SftBench {
     pub parameters: i64,
 }
 
-/// Runs `warmup_steps + steps` optimizer steps of batch `batch_size` × `seq_len` random
-/// tokens on `model` (whose weights it trains: use a throwaway copy) and times the last
-/// `steps`, with the device synchronised before and after.
-pub fn bench_sft(model: &CausalLm, batch_size: usize, seq_len: usize, steps: usize, warmup_steps: usize) -> Result<SftBench> {
+/// Runs `warmup_steps + steps` optimizer steps of `batch_size` × `seq_len` random tokens on
+/// `model` (whose weights it trains: use a throwaway copy) and times the last `steps`, with
+/// the device synchronised before and after.
+pub fn bench_sft(model: &CausalLm, settings: &SftBenchSettings) -> Result<SftBench> {
+    let SftBenchSettings { batch_size, seq_len, steps, warmup_steps, gradient_checkpointing, master_weights } = *settings;
     if batch_size == 0 || steps == 0 || seq_len < 2 {
         return Err(TrainError::config("bench", format!("needs batch size >= 1, steps >= 1 and sequence length >= 2; got {batch_size}, {steps}, {seq_len}")));
     }
@@ -40,14 +54,14 @@ pub fn bench_sft(model: &CausalLm, batch_size: usize, seq_len: usize, steps: usi
     let batch = collate_sft(&rows.iter().collect::<Vec<_>>(), 0, model.device());
     let labelled = (batch_size * (seq_len - 1)) as f64;
     let named: Vec<(String, tch::Tensor)> = model.var_store().variables().into_iter().collect();
-    let mut params = TrainableParams::new(named, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 });
+    let mut params = TrainableParams::new(named, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }, master_weights);
     let mut started = Instant::now();
     for step in 0..warmup_steps + steps {
         if step == warmup_steps {
             synchronize(model.device());
             started = Instant::now();
         }
-        (causal_lm_loss_sum(model, &batch) / labelled).backward();
+        let _loss = backward_loss(model, gradient_checkpointing, &batch.input_ids, &batch.positions, batch.mask.as_ref(), labelled, |hidden| labelled_loss_sum(model, hidden, &batch));
         params.accumulate_grads();
         params.step(1e-5, 1.0);
     }
@@ -65,11 +79,13 @@ mod tests {
     fn bench_runs_training_steps_and_counts_tokens() {
         let model = lincal_model::testing::random_model(lincal_model::testing::tiny_llama(false), 1);
         let before = model.var_store().variables()["lm_head.weight"].copy();
-        let result = bench_sft(&model, 2, 8, 2, 1).unwrap();
+        let settings = SftBenchSettings { batch_size: 2, seq_len: 8, steps: 2, warmup_steps: 1, gradient_checkpointing: true, master_weights: true };
+        let result = bench_sft(&model, &settings).unwrap();
         assert_eq!((result.tokens_per_step, result.steps), (16, 2));
         assert!(result.tokens_per_second > 0.0);
         // Three AdamW steps moved the weights.
         assert!(!model.var_store().variables()["lm_head.weight"].equal(&before));
-        assert_eq!(bench_sft(&model, 2, 1, 2, 1).unwrap_err().to_string(), "config field `bench`: needs batch size >= 1, steps >= 1 and sequence length >= 2; got 2, 2, 1");
+        let err = bench_sft(&model, &SftBenchSettings { seq_len: 1, ..settings }).unwrap_err().to_string();
+        assert_eq!(err, "config field `bench`: needs batch size >= 1, steps >= 1 and sequence length >= 2; got 2, 2, 1");
     }
 }

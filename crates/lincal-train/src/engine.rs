@@ -8,6 +8,7 @@ use crate::error::{Result, TrainError};
 use crate::optim::{LrSchedule, TrainableParams};
 use crate::run::{Manifest, Opened, RunDir, RunOptions, TrainState};
 use indicatif::{ProgressBar, ProgressStyle};
+use lincal_model::CausalLm;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Tensor};
@@ -19,8 +20,9 @@ pub(crate) trait Objective {
     /// models. Averaging over the whole step (not per micro-batch) makes gradient
     /// accumulation equal to one large batch.
     fn weight(&self, unit: usize) -> f64;
-    /// Sum of the per-unit losses of one micro-batch (with its graph), and its real tokens.
-    fn loss_sum(&self, units: &[usize]) -> Result<(Tensor, usize)>;
+    /// Forward and backward over one micro-batch: back-propagates the sum of its per-unit
+    /// losses divided by `divisor`, and returns that sum (detached) and its real tokens.
+    fn backward(&self, units: &[usize], divisor: f64) -> Result<(Tensor, usize)>;
     /// Eval-set metrics, named as they should appear in `metrics.jsonl`.
     fn evaluate(&self) -> Result<Vec<(&'static str, f64)>>;
     /// Dropout (LoRA) on or off.
@@ -167,13 +169,11 @@ impl Engine {
         let mut loss_total: Option<Tensor> = None;
         let mut tokens = 0;
         for micro in units.chunks(self.config.micro_batch_size) {
-            let (loss_sum, micro_tokens) = objective.loss_sum(micro)?;
-            (&loss_sum / total_weight).backward();
+            let (loss_sum, micro_tokens) = objective.backward(micro, total_weight)?;
             self.params.accumulate_grads();
-            let detached = loss_sum.detach();
             loss_total = Some(match loss_total {
-                Some(total) => total + detached,
-                None => detached,
+                Some(total) => total + loss_sum,
+                None => loss_sum,
             });
             tokens += micro_tokens;
         }
@@ -188,6 +188,22 @@ impl Engine {
 
     fn progress_bar(&self) -> ProgressBar {
         progress_bar(self.progress, self.state.step, self.state.total_steps)
+    }
+}
+
+/// Runs `model` over a batch, turns its final hidden states into a loss sum with `loss_of`
+/// and back-propagates that sum divided by `divisor`, with gradient checkpointing when
+/// `checkpointing`. Returns the loss sum, detached.
+pub(crate) fn backward_loss(model: &CausalLm, checkpointing: bool, input_ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, divisor: f64, loss_of: impl FnOnce(&Tensor) -> Tensor) -> Tensor {
+    if checkpointing {
+        let (hidden, checkpoints) = model.forward_checkpointed(input_ids, positions, mask);
+        let loss = loss_of(&hidden);
+        model.backward_checkpointed(&(&loss / divisor), checkpoints);
+        loss.detach()
+    } else {
+        let loss = loss_of(&model.forward(input_ids, positions, mask, None));
+        (&loss / divisor).backward();
+        loss.detach()
     }
 }
 

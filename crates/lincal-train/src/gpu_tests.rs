@@ -46,7 +46,8 @@ fn sft_throughput_of_a_smollm2_shaped_model() {
     tch::manual_seed(0);
     let model = CausalLm::new(config, Device::Cuda(0), Kind::BFloat16);
     for (batch, len) in [(8, 1024), (16, 1024)] {
-        let result = crate::bench::bench_sft(&model, batch, len, 10, 3).unwrap();
+        let settings = crate::bench::SftBenchSettings { batch_size: batch, seq_len: len, steps: 10, warmup_steps: 3, gradient_checkpointing: false, master_weights: true };
+        let result = crate::bench::bench_sft(&model, &settings).unwrap();
         eprintln!("bench sft smollm2-135m bf16 batch {batch} x {len}: {}", serde_json::to_string(&result).unwrap());
     }
 }

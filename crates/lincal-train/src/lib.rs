@@ -24,7 +24,7 @@ mod lora_tests;
 #[cfg(test)]
 mod testutil;
 
-pub use bench::{SftBench, bench_sft};
+pub use bench::{SftBench, SftBenchSettings, bench_sft};
 pub use config::{Precision, REWARD_MODEL_PRESETS, RewardModelConfig, SFT_PRESETS, Schedule, SftConfig, TrainingConfig, with_overrides};
 pub use data::{RewardExample, SftExample};
 pub use engine::TrainSummary;

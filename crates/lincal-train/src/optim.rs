@@ -6,6 +6,8 @@
 //! of each trainable weight; gradients are accumulated in f32, AdamW updates the masters and
 //! the bf16 weights are refreshed from them. An f32 model is its own master. The reference's
 //! 8-bit paged AdamW (bitsandbytes) is replaced by exact f32 AdamW (`torch.optim.AdamW`).
+//! Without master weights (`Precision::PureBf16`) the weights, gradients and moments all stay
+//! in the model's precision, as `torch.optim.AdamW` over bf16 parameters.
 
 use crate::config::{Schedule, TrainingConfig};
 use crate::error::{Result, TrainError};
@@ -65,9 +67,9 @@ pub struct AdamState {
 }
 
 impl AdamState {
-    /// Zero moments in f32, shaped like `param`.
+    /// Zero moments shaped like `param`, in its precision.
     pub fn new(param: &Tensor) -> Self {
-        let exp_avg = param.zeros_like().to_kind(Kind::Float);
+        let exp_avg = param.zeros_like();
         AdamState { exp_avg_sq: exp_avg.zeros_like(), exp_avg, step: 0 }
     }
 }
@@ -138,11 +140,12 @@ impl Member {
 struct Group {
     members: Vec<Member>,
     decay: bool,
-    /// f32 weights: the masters of low-precision variables, the storage of f32 ones.
+    /// The weights AdamW updates: f32 masters of low-precision variables, or the variables'
+    /// own storage (f32 variables, or any without master weights).
     weights: Tensor,
     /// The low-precision copy the model computes with (`None` for f32 variables).
     compute: Option<Tensor>,
-    /// f32 gradient summed over the micro-batches of a step.
+    /// Gradient summed over the micro-batches of a step, in the precision of `weights`.
     grad: Tensor,
     adam: AdamState,
 }
@@ -160,8 +163,9 @@ pub struct TrainableParams {
 
 impl TrainableParams {
     /// `named` are the variables to train (they must require grad); names must be unique.
-    /// The variables' storage moves into the flat buffers (values unchanged).
-    pub fn new(named: Vec<(String, Tensor)>, config: AdamWConfig) -> Self {
+    /// The variables' storage moves into the flat buffers (values unchanged). With
+    /// `master_weights`, low-precision variables get f32 masters, gradients and moments.
+    pub fn new(named: Vec<(String, Tensor)>, config: AdamWConfig, master_weights: bool) -> Self {
         // Grouped by (kind, decay) in order of first appearance.
         let mut grouped: Vec<((Kind, bool), Vec<Member>)> = Vec::new();
         for (name, var) in named {
@@ -180,8 +184,9 @@ impl TrainableParams {
                 total += member.shape.iter().product::<i64>();
             }
             let device = group_members[0].var.device();
-            let weights = Tensor::zeros([total], (Kind::Float, device));
-            let compute = (kind != Kind::Float).then(|| Tensor::zeros([total], (kind, device)));
+            let master_kind = if master_weights { Kind::Float } else { kind };
+            let weights = Tensor::zeros([total], (master_kind, device));
+            let compute = (kind != master_kind).then(|| Tensor::zeros([total], (kind, device)));
             tch::no_grad(|| {
                 for member in &mut group_members {
                     member.view(&weights).copy_(&member.var);
@@ -200,7 +205,7 @@ impl TrainableParams {
         self.groups.iter().map(|g| g.weights.numel() as i64).sum()
     }
 
-    /// Adds the gradients of the last backward pass to the f32 accumulators and clears them.
+    /// Adds the gradients of the last backward pass to the accumulators and clears them.
     pub fn accumulate_grads(&mut self) {
         tch::no_grad(|| {
             for group in &self.groups {
@@ -232,7 +237,7 @@ impl TrainableParams {
         norm
     }
 
-    /// The f32 weights (masters where there are any), by name.
+    /// The weights AdamW updates (f32 masters where there are any), by name.
     pub fn weights(&self) -> BTreeMap<String, Tensor> {
         self.groups.iter().flat_map(|g| g.members.iter().map(|m| (m.name.clone(), m.view(&g.weights)))).collect()
     }
@@ -249,7 +254,7 @@ impl TrainableParams {
         }
     }
 
-    /// Writes the weights and AdamW state into `dir` (exact f32 values).
+    /// Writes the weights and AdamW state into `dir` (exact values).
     pub fn save(&self, dir: &Path) -> Result<()> {
         save_safetensors_named(dir, PARAMS_FILE, &self.weights())?;
         let mut state = BTreeMap::new();
@@ -369,7 +374,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let var = Tensor::from_slice(&[1.0f32, -2.0]).to_kind(Kind::BFloat16).set_requires_grad(true);
         let config = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-        let mut params = TrainableParams::new(vec![("w".into(), var.shallow_clone())], config);
+        let mut params = TrainableParams::new(vec![("w".into(), var.shallow_clone())], config, true);
         for _ in 0..2 {
             (&var * 3.0).sum(Kind::Float).backward();
             params.accumulate_grads();
@@ -384,14 +389,39 @@ mod tests {
         assert_eq!(var.double_value(&[0]), master.to_kind(Kind::BFloat16).double_value(&[0]));
         params.save(dir.path()).unwrap();
         let fresh = Tensor::from_slice(&[0.0f32, 0.0]).to_kind(Kind::BFloat16).set_requires_grad(true);
-        let mut restored = TrainableParams::new(vec![("w".into(), fresh.shallow_clone())], config);
+        let mut restored = TrainableParams::new(vec![("w".into(), fresh.shallow_clone())], config, true);
         restored.load(dir.path()).unwrap();
         assert!(restored.weights()["w"].equal(&master));
         assert_eq!(restored.groups[0].adam.step, 1);
         assert!(restored.groups[0].adam.exp_avg.equal(&params.groups[0].adam.exp_avg));
         assert_eq!(fresh.double_value(&[1]), var.double_value(&[1]));
-        let mut other = TrainableParams::new(vec![("v".into(), fresh)], config);
+        let mut other = TrainableParams::new(vec![("v".into(), fresh)], config, true);
         let err = other.load(dir.path()).unwrap_err().to_string();
         assert!(err.ends_with("params.safetensors: has no tensor `v`; the checkpoint was written by a different model or LoRA setup"), "{err}");
+    }
+
+    /// Without master weights everything stays in bf16, as torch's AdamW over bf16 weights: a
+    /// step smaller than the weight's bf16 spacing is lost, a representable one is exact.
+    #[test]
+    fn pure_bf16_keeps_no_f32_copies() {
+        let var = Tensor::from_slice(&[1.0f32, -2.0]).to_kind(Kind::BFloat16).set_requires_grad(true);
+        let config = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+        let mut params = TrainableParams::new(vec![("w".into(), var.shallow_clone())], config, false);
+        let group = &params.groups[0];
+        assert!(group.compute.is_none());
+        assert_eq!((group.weights.kind(), group.grad.kind(), group.adam.exp_avg.kind(), group.adam.exp_avg_sq.kind()), (Kind::BFloat16, Kind::BFloat16, Kind::BFloat16, Kind::BFloat16));
+        let step = |params: &mut TrainableParams, lr: f64| {
+            (&var * 3.0).sum(Kind::Float).backward();
+            params.accumulate_grads();
+            params.step(lr, 0.0);
+        };
+        // 1 - 1e-3 rounds back to 1 in bf16 (spacing 2^-7 there); -2 - 1e-3 to -2.
+        step(&mut params, 1e-3);
+        assert_eq!(Vec::<f32>::try_from(var.to_kind(Kind::Float)).unwrap(), vec![1.0, -2.0]);
+        // The first-moment estimate is 0.1 · 3 = 0.3 stored in bf16 (0.30078125).
+        assert_eq!(params.groups[0].adam.exp_avg.double_value(&[0]), 0.30078125);
+        // A step of 0.25 (Adam's step is lr · m̂/√v̂ = lr for a constant gradient) is exact.
+        step(&mut params, 0.25);
+        assert_eq!(Vec::<f32>::try_from(var.to_kind(Kind::Float)).unwrap(), vec![0.75, -2.25]);
     }
 }

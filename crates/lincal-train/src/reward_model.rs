@@ -23,8 +23,8 @@
 //! `backbone_config` (it then reads the backbone's config from `backbone_model_name_or_path`).
 
 use crate::config::RewardModelConfig;
-use crate::data::{RewardExample, collate_left_padded, rows_digest, tokenize_reward};
-use crate::engine::{Engine, Objective, TrainSummary};
+use crate::data::{LeftPaddedBatch, RewardExample, collate_left_padded, rows_digest, tokenize_reward};
+use crate::engine::{Engine, Objective, TrainSummary, backward_loss};
 use crate::error::{Result, TrainError};
 use crate::optim::{AdamWConfig, TrainableParams};
 use crate::run::{Manifest, RunOptions, timestamp};
@@ -185,7 +185,12 @@ impl RewardModel {
     /// Logits `[B]` (f32) of a left-padded batch: `input_ids`, `positions` `[B, T]` and the
     /// boolean attention mask `[B, 1, T, T]` of `lincal_model::layers::attention_mask`.
     pub fn score(&self, input_ids: &Tensor, positions: &Tensor, mask: &Tensor) -> Tensor {
-        let hidden = self.backbone.forward(input_ids, positions, Some(mask), None);
+        self.score_hidden(&self.backbone.forward(input_ids, positions, Some(mask), None))
+    }
+
+    /// Logits `[B]` from the backbone's final hidden states of a left-padded batch: the head
+    /// reads the last position, every row's last real token.
+    fn score_hidden(&self, hidden: &Tensor) -> Tensor {
         self.head(&hidden.select(1, hidden.size()[1] - 1))
     }
 
@@ -214,16 +219,16 @@ struct RewardObjective {
     train: Vec<(Vec<i64>, f64)>,
     eval: Vec<(Vec<i64>, f64)>,
     eval_batch_size: usize,
+    gradient_checkpointing: bool,
 }
 
 impl RewardObjective {
-    /// Logits and labels of the examples `rows[units]`.
-    fn logits(&self, rows: &[(Vec<i64>, f64)], units: &[usize]) -> (Tensor, Tensor, usize) {
+    /// The left-padded batch of the examples `rows[units]` and their labels.
+    fn batch(&self, rows: &[(Vec<i64>, f64)], units: &[usize]) -> (LeftPaddedBatch, Tensor) {
         let ids: Vec<&[i64]> = units.iter().map(|&u| rows[u].0.as_slice()).collect();
         let labels: Vec<f32> = units.iter().map(|&u| rows[u].1 as f32).collect();
-        let batch = collate_left_padded(&ids, self.pad_id, self.model.backbone.device());
-        let logits = self.model.score(&batch.input_ids, &batch.positions, &batch.mask);
-        (logits, Tensor::from_slice(&labels).to_device(self.model.backbone.device()), batch.tokens)
+        let device = self.model.backbone.device();
+        (collate_left_padded(&ids, self.pad_id, device), Tensor::from_slice(&labels).to_device(device))
     }
 }
 
@@ -232,9 +237,12 @@ impl Objective for RewardObjective {
         1.0
     }
 
-    fn loss_sum(&self, units: &[usize]) -> Result<(Tensor, usize)> {
-        let (logits, labels, tokens) = self.logits(&self.train, units);
-        Ok((logits.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Sum), tokens))
+    fn backward(&self, units: &[usize], divisor: f64) -> Result<(Tensor, usize)> {
+        let (batch, labels) = self.batch(&self.train, units);
+        let loss = backward_loss(&self.model.backbone, self.gradient_checkpointing, &batch.input_ids, &batch.positions, Some(&batch.mask), divisor, |hidden| {
+            self.model.score_hidden(hidden).binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Sum)
+        });
+        Ok((loss, batch.tokens))
     }
 
     fn evaluate(&self) -> Result<Vec<(&'static str, f64)>> {
@@ -245,7 +253,8 @@ impl Objective for RewardObjective {
         tch::no_grad(|| {
             let all: Vec<usize> = (0..self.eval.len()).collect();
             for units in all.chunks(self.eval_batch_size) {
-                let (logits, labels, _) = self.logits(&self.eval, units);
+                let (batch, labels) = self.batch(&self.eval, units);
+                let logits = self.model.score(&batch.input_ids, &batch.positions, &batch.mask);
                 loss += logits.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Sum).double_value(&[]);
                 squared_error += (logits.sigmoid() - &labels).square().sum(Kind::Double).double_value(&[]);
             }
@@ -308,7 +317,7 @@ impl RewardModelTrainer {
         let mut head: Vec<(String, Tensor)> = model.head.vs.variables().into_iter().collect();
         head.sort_by(|a, b| a.0.cmp(&b.0));
         trainable.extend(head);
-        let params = TrainableParams::new(trainable, AdamWConfig::from_training(&config.training));
+        let params = TrainableParams::new(trainable, AdamWConfig::from_training(&config.training), config.training.precision.master_weights());
         let manifest = Manifest {
             stage: "reward_model".into(),
             config: serde_json::to_value(config).expect("configs serialise"),
@@ -320,7 +329,7 @@ impl RewardModelTrainer {
         let labels: Vec<Vec<i64>> = train_rows.iter().map(|(_, label)| vec![label.to_bits() as i64]).collect();
         let digest = rows_digest(train_rows.iter().zip(&labels).map(|((ids, _), label)| (ids.as_slice(), label.as_slice())));
         let engine = Engine::open(run, manifest, &config.training, params, train_rows.len(), digest, device)?;
-        let objective = RewardObjective { model, tokenizer, lora, pad_id, train: train_rows, eval: eval_rows, eval_batch_size: config.training.eval_batch_size };
+        let objective = RewardObjective { model, tokenizer, lora, pad_id, train: train_rows, eval: eval_rows, eval_batch_size: config.training.eval_batch_size, gradient_checkpointing: config.training.gradient_checkpointing };
         Ok(RewardModelTrainer { objective, engine })
     }
 
@@ -348,6 +357,30 @@ mod tests {
 
     fn config(epochs: f64) -> RewardModelConfig {
         RewardModelConfig { model_max_length: 64, pad_token: "[PAD]".into(), lora: None, training: quick_training(1e-2, epochs, 4, 2) }
+    }
+
+    /// Two steps with gradient checkpointing train the weights that two plain steps do (the
+    /// texts have different lengths, so the rows are left-padded).
+    #[test]
+    fn gradient_checkpointing_trains_the_same_weights() {
+        let model_dir = tiny_model_dir();
+        let data = examples();
+        let trained = |gradient_checkpointing: bool| {
+            let run = tempfile::tempdir().unwrap();
+            let mut config = config(2.0);
+            config.training.gradient_checkpointing = gradient_checkpointing;
+            RewardModelTrainer::new(model_dir.path(), Device::Cpu, &config, &data, &[], &run_options(run.path())).unwrap().train(None).unwrap();
+            saved_tensors(&run.path().join("final"))
+        };
+        let (plain, checkpointed) = (trained(false), trained(true));
+        for (name, tensor) in &plain {
+            let diff = (tensor - &checkpointed[name]).abs().max().double_value(&[]);
+            assert!(diff < 1e-6, "{name}: differs by {diff}");
+        }
+        // The steps reached the first layer.
+        let base = saved_tensors(model_dir.path());
+        let moved = (&plain["backbone_model.model.layers.0.mlp.down_proj.weight"] - &base["model.layers.0.mlp.down_proj.weight"]).abs().max().double_value(&[]);
+        assert!(moved > 1e-4, "{moved}");
     }
 
     /// Four texts with soft labels, 80 steps of batch 4 at lr 1e-2: the MSE of sigmoid(score)

@@ -3,7 +3,7 @@
 
 use crate::config::SftConfig;
 use crate::data::{SftBatch, SftExample, TokenRow, collate_sft, pack_rows, rows_digest, tokenize_sft_set};
-use crate::engine::{Engine, Objective, TrainSummary};
+use crate::engine::{Engine, Objective, TrainSummary, backward_loss};
 use crate::error::Result;
 use crate::optim::{AdamWConfig, TrainableParams};
 use crate::run::{Manifest, RunOptions, timestamp};
@@ -12,12 +12,16 @@ use lincal_model::CausalLm;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Reduction, Tensor};
 
-/// Sum of the cross-entropy of every labelled next-token prediction in `batch`. Logits are
+/// Sum of the cross-entropy of every labelled next-token prediction in `batch`.
+pub fn causal_lm_loss_sum(model: &CausalLm, batch: &SftBatch) -> Tensor {
+    labelled_loss_sum(model, &model.forward(&batch.input_ids, &batch.positions, batch.mask.as_ref(), None), batch)
+}
+
+/// [`causal_lm_loss_sum`] from the model's final hidden states over `batch`. Logits are
 /// computed only at labelled positions (prompts are often most of a row) and in f32, as
 /// transformers upcasts them before the loss.
-pub fn causal_lm_loss_sum(model: &CausalLm, batch: &SftBatch) -> Tensor {
+pub(crate) fn labelled_loss_sum(model: &CausalLm, hidden: &Tensor, batch: &SftBatch) -> Tensor {
     let width = batch.input_ids.size()[1];
-    let hidden = model.forward(&batch.input_ids, &batch.positions, batch.mask.as_ref(), None);
     let hidden = hidden.narrow(1, 0, width - 1);
     let targets = batch.labels.narrow(1, 1, width - 1).reshape([-1]);
     let labelled = targets.ne(crate::data::IGNORE_INDEX).nonzero().squeeze_dim(1);
@@ -44,6 +48,7 @@ struct SftObjective {
     train: Vec<TokenRow>,
     eval: Vec<TokenRow>,
     eval_batch_size: usize,
+    gradient_checkpointing: bool,
     base_model: PathBuf,
 }
 
@@ -52,10 +57,12 @@ impl Objective for SftObjective {
         self.train[unit].target_tokens() as f64
     }
 
-    fn loss_sum(&self, units: &[usize]) -> Result<(Tensor, usize)> {
+    fn backward(&self, units: &[usize], divisor: f64) -> Result<(Tensor, usize)> {
         let rows: Vec<&TokenRow> = units.iter().map(|&u| &self.train[u]).collect();
-        let batch = collate_sft(&rows, self.loaded.pad_id, self.loaded.model.device());
-        Ok((causal_lm_loss_sum(&self.loaded.model, &batch), batch.tokens))
+        let model = &self.loaded.model;
+        let batch = collate_sft(&rows, self.loaded.pad_id, model.device());
+        let loss = backward_loss(model, self.gradient_checkpointing, &batch.input_ids, &batch.positions, batch.mask.as_ref(), divisor, |hidden| labelled_loss_sum(model, hidden, &batch));
+        Ok((loss, batch.tokens))
     }
 
     fn evaluate(&self) -> Result<Vec<(&'static str, f64)>> {
@@ -118,7 +125,7 @@ impl SftTrainer {
             rows
         };
         let report = SftDataReport { train_rows: rows.len(), ..report };
-        let params = TrainableParams::new(loaded.trainable(&[]), AdamWConfig::from_training(&config.training));
+        let params = TrainableParams::new(loaded.trainable(&[]), AdamWConfig::from_training(&config.training), config.training.precision.master_weights());
         let manifest = Manifest {
             stage: "sft".into(),
             config: serde_json::to_value(config).expect("configs serialise"),
@@ -129,7 +136,7 @@ impl SftTrainer {
         };
         let digest = rows_digest(rows.iter().map(|r| (r.input_ids.as_slice(), r.labels.as_slice())));
         let engine = Engine::open(run, manifest, &config.training, params, rows.len(), digest, device)?;
-        let objective = SftObjective { loaded, train: rows, eval: eval_rows, eval_batch_size: config.training.eval_batch_size, base_model: model_dir.to_path_buf() };
+        let objective = SftObjective { loaded, train: rows, eval: eval_rows, eval_batch_size: config.training.eval_batch_size, gradient_checkpointing: config.training.gradient_checkpointing, base_model: model_dir.to_path_buf() };
         Ok(SftTrainer { objective, engine, report })
     }
 
@@ -211,26 +218,31 @@ mod tests {
     /// One step over 8 examples of different lengths: 4 micro-batches of 2 against one batch of
     /// 8. The loss is averaged over the step's target tokens, so both compute the same gradient
     /// up to float rounding. Adam's first update is lr·g/(|g| + eps), a sign for tiny g, so eps
-    /// is 1 here to keep rounding differences small: parameters agree within 1e-6.
+    /// is 1 here to keep rounding differences small: parameters agree within 1e-6. Gradient
+    /// checkpointing computes the same step too.
     #[test]
     fn gradient_accumulation_equals_one_large_batch() {
         let model_dir = tiny_model_dir();
         let data = examples();
-        let run_step = |micro: usize| {
+        let run_step = |micro: usize, gradient_checkpointing: bool| {
             let run = tempfile::tempdir().unwrap();
             let mut config = sft_config(1e-2, 1.0, 8, micro);
             config.training.adam_epsilon = 1.0;
+            config.training.gradient_checkpointing = gradient_checkpointing;
             let mut trainer = SftTrainer::new(model_dir.path(), Device::Cpu, &config, &data, &[], &run_options(run.path())).unwrap();
             assert_eq!(trainer.total_steps(), 1);
             trainer.train(None).unwrap();
             saved_tensors(&run.path().join("final"))
         };
-        let accumulated = run_step(2);
-        let full = run_step(8);
+        let accumulated = run_step(2, false);
+        let full = run_step(8, false);
+        let checkpointed = run_step(2, true);
         let initial = saved_tensors(model_dir.path());
         for (name, tensor) in &accumulated {
-            let diff = (tensor - &full[name]).abs().max().double_value(&[]);
-            assert!(diff < 1e-6, "{name}: differs by {diff}");
+            for (other, label) in [(&full, "one batch"), (&checkpointed, "checkpointed")] {
+                let diff = (tensor - &other[name]).abs().max().double_value(&[]);
+                assert!(diff < 1e-6, "{name}: {label} differs by {diff}");
+            }
         }
         // And the step did move the weights.
         let moved = (&accumulated["lm_head.weight"].narrow(0, 0, 64) - &initial["lm_head.weight"]).abs().max().double_value(&[]);

@@ -35,6 +35,7 @@ pub(crate) fn quick_training(learning_rate: f64, epochs: f64, batch_size: usize,
         keep_checkpoints: 2,
         seed: 42,
         precision: Precision::F32,
+        gradient_checkpointing: false,
         max_steps: None,
     }
 }

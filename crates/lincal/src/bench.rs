@@ -50,6 +50,39 @@ pub enum BenchCommand {
         /// Name recorded with the measurement (e.g. the model shape).
         #[arg(long, default_value = "")]
         label: String,
+        /// Recompute each layer's activations in the backward pass (`training.gradient_checkpointing`).
+        #[arg(long)]
+        gradient_checkpointing: bool,
+        /// Keep weights, gradients and AdamW moments in the model's precision, with no f32
+        /// master weights (`training.precision = "pure_bf16"`).
+        #[arg(long)]
+        no_master_weights: bool,
+    },
+    /// One PPO step at the reference geometry (512 rollouts, 128 + 300 tokens by default),
+    /// timed by part: generation, scoring (the reward, then the policy, reference and value
+    /// forward passes) and the update. Every model of the run is made from --model.
+    Ppo {
+        /// A causal LM with its tokenizer, which must have a pad token (an SFT model does):
+        /// the policy, the reference (or LoRA adapters), the reward model and value backbone
+        /// (with a new head) and, for decision-based RL, the answer extractor. Random weights
+        /// of the shape to measure are fine.
+        #[arg(long)]
+        model: PathBuf,
+        /// The run's config: a preset (`lc_ppo`, `factuality_ppo`) or TOML file, with overrides
+        /// such as `--set generation_batch_size=128`.
+        #[command(flatten)]
+        config: crate::train::ConfigArgs,
+        /// Untimed PPO steps before the timed one.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Append one JSON line with the measurement here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Name recorded with the measurement (e.g. the model shape).
+        #[arg(long, default_value = "")]
+        label: String,
     },
     /// Batched sampling throughput: random prompts, every row runs to --new-tokens (no EOS).
     Generate {
@@ -98,14 +131,42 @@ pub fn run(command: BenchCommand) -> Result<()> {
             let logits = tch::no_grad(|| model.logits(&model.forward(&input, &positions, Some(&attention), None))).to_kind(tch::Kind::Float);
             Ok(lincal_model::checkpoint::write_safetensors_file(&out, &[(&"logits".to_string(), &logits)])?)
         }
-        BenchCommand::Sft { model, batch, seq_len, steps, warmup, device, dtype, json, label } => {
+        BenchCommand::Sft { model, batch, seq_len, steps, warmup, device, dtype, json, label, gradient_checkpointing, no_master_weights } => {
             let device = crate::parse_device(&device)?;
             let kind = crate::parse_kind(&dtype, device)?;
             let model = CausalLm::load(&model, device, Some(kind))?;
-            let result = lincal_train::bench_sft(&model, batch, seq_len, steps, warmup)?;
+            let settings = lincal_train::SftBenchSettings { batch_size: batch, seq_len, steps, warmup_steps: warmup, gradient_checkpointing, master_weights: !no_master_weights };
+            let result = lincal_train::bench_sft(&model, &settings)?;
             println!("{batch} x {seq_len} tokens, {} parameters: {:.0} tokens/s ({:.3} s/step over {steps} steps)", result.parameters, result.tokens_per_second, result.seconds_per_step);
             if let Some(path) = &json {
-                append_json_line(path, &serde_json::json!({ "bench": "sft", "engine": "lincal", "model": label, "batch": batch, "seq_len": seq_len, "tokens_per_s": result.tokens_per_second, "seconds_per_step": result.seconds_per_step, "steps": steps, "kind": format!("{kind:?}"), "device": format!("{device:?}") }))?;
+                append_json_line(path, &serde_json::json!({ "bench": "sft", "engine": "lincal", "model": label, "batch": batch, "seq_len": seq_len, "tokens_per_s": result.tokens_per_second, "seconds_per_step": result.seconds_per_step, "steps": steps, "kind": format!("{kind:?}"), "master_weights": !no_master_weights, "gradient_checkpointing": gradient_checkpointing, "device": format!("{device:?}") }))?;
+            }
+            Ok(())
+        }
+        BenchCommand::Ppo { model, config, warmup, device, json, label } => {
+            let config = config.resolve(lincal_train::ppo::PpoConfig::preset, |c, scale| c.scaled(scale))?;
+            let device = crate::parse_device(&device)?;
+            let result = lincal_train::ppo::bench_ppo(&model, device, &config, warmup)?;
+            println!(
+                "{} rollouts of {} + {} tokens{}: {:.1} s per PPO step = generation {:.1} s ({:.0} tokens/s) + scoring {:.1} s (reward {:.1} s) + update {:.1} s; {} trained parameters; first step KL {}, approx KL {}",
+                result.rollouts,
+                result.query_len,
+                result.response_len,
+                if config.lora.is_some() { " (LoRA)" } else { "" },
+                result.total_seconds,
+                result.generation_seconds,
+                result.generated_tokens_per_second,
+                result.scoring_seconds,
+                result.reward_seconds,
+                result.update_seconds,
+                result.trainable_parameters,
+                result.first_step_kl,
+                result.first_step_approx_kl
+            );
+            if let Some(path) = &json {
+                let mut record = serde_json::json!({ "bench": "ppo", "engine": "lincal", "model": label, "rl_type": format!("{:?}", config.rl_type), "lora": config.lora.is_some(), "generation_batch_size": config.generation_batch_size, "forward_batch_size": config.forward_batch_size, "micro_batch_size": config.micro_batch_size, "device": format!("{device:?}") });
+                record.as_object_mut().expect("an object").extend(serde_json::to_value(&result)?.as_object().expect("a struct").clone());
+                append_json_line(path, &record)?;
             }
             Ok(())
         }

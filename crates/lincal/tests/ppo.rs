@@ -112,3 +112,26 @@ fn ppo_prints_its_config_and_names_bad_input() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success() && stderr.contains("train.jsonl:1: missing field `answer`") && !stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn bench_ppo_times_one_step_and_appends_a_json_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (policy, _, _) = models(dir.path());
+    let json = dir.path().join("bench.jsonl");
+    let (policy, json_arg) = (policy.to_str().unwrap().to_string(), json.to_str().unwrap().to_string());
+    let mut args: Vec<&str> = vec!["bench", "ppo", "--model", &policy, "--preset", "lc_ppo", "--device", "cpu", "--warmup", "0", "--json", &json_arg, "--label", "tiny"];
+    for setting in ["rollout_batch_size=4", "step_batch_size=4", "generation_batch_size=4", "forward_batch_size=2", "query_len=6", "response_len=3", "precision=f32", "reward.extractor_max_new_tokens=3"] {
+        args.extend(["--set", setting]);
+    }
+    let output = lincal(&args);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.starts_with("4 rollouts of 6 + 3 tokens: ") && stdout.contains(" s per PPO step = generation "), "{stdout}");
+    let records = read_jsonl(&json);
+    assert_eq!(records.len(), 1);
+    let record = &records[0];
+    assert_eq!((record["bench"].as_str(), record["model"].as_str(), record["rl_type"].as_str(), record["rollouts"].as_u64()), (Some("ppo"), Some("tiny"), Some("DecisionBased"), Some(4)));
+    for part in ["generation_seconds", "scoring_seconds", "reward_seconds", "update_seconds", "total_seconds"] {
+        assert!(record[part].as_f64().is_some_and(|s| s > 0.0), "{part} in {record}");
+    }
+}

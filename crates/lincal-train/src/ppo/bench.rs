@@ -1,24 +1,18 @@
-//! PPO speed: one PPO step exactly as the trainer runs it, on given models, timed by part.
-//!
-//! The caller builds the models (random weights of the shape to measure are fine) and a
-//! reward, e.g. for a 7B run in LoRA mode:
-//!
-//! ```ignore
-//! let (policy, policy_lora) = with_lora(&lora, device, 0, || Ok(CausalLm::new(llama_7b.clone(), device, Kind::BFloat16)))?;
-//! let (rm, value_lora) = with_lora(&lora, device, 1, || Ok(RewardModel::new(CausalLm::new(llama_7b, device, Kind::BFloat16), HeadInit::Default { seed: 0 }, "bench")))?;
-//! let rm = Rc::new(rm);
-//! let models = PpoModels::new(policy, Some(policy_lora), None, ValueModel::new(rm.clone(), Some(value_lora)), Tokenizer::from_dir(dir)?)?;
-//! let mut reward = BinaryCorrectnessReward::new(rm, Tokenizer::from_dir(dir)?, Templates::builtin()?, config.reward.clone())?;
-//! let times = bench_ppo_step(models, &mut reward, &PpoConfig::preset("lc_ppo")?, 1)?;
-//! ```
+//! PPO speed: one PPO step exactly as the trainer runs it, timed by part: on every model of
+//! the run made from one causal LM ([`bench_ppo`], what `lincal bench ppo` runs), or on
+//! models and a reward the caller built ([`bench_ppo_step`]).
 
-use super::config::PpoConfig;
+use super::config::{PpoConfig, RlType};
 use super::models::PpoModels;
 use super::reward::Reward;
 use super::rollout::RolloutPrompt;
-use super::Learner;
+use super::{Learner, PpoModelPaths, load_models};
 use crate::engine::synchronize;
-use crate::error::Result;
+use crate::error::{Result, TrainError};
+use crate::reward_model::{HeadInit, RewardModel};
+use lincal_model::{CausalLm, Tokenizer};
+use std::path::Path;
+use tch::Device;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::time::Instant;
@@ -40,6 +34,29 @@ pub struct PpoStepBench {
     pub total_seconds: f64,
     pub generated_tokens_per_second: f64,
     pub trainable_parameters: i64,
+    /// Mean summed log-ratio to the reference policy, and the update's approximate KL
+    /// between old and new log-probs, at the first step: both 0 for a fresh policy when the
+    /// forward passes are deterministic.
+    pub first_step_kl: f64,
+    pub first_step_approx_kl: f64,
+}
+
+/// [`bench_ppo_step`] with the built-in reward of `config.rl_type`, every model made from the
+/// causal LM in `model_dir` (random weights of the shape to measure are fine): the policy,
+/// the reference or adapters as `config.lora` says, the reward model and value backbone with
+/// a freshly initialised head, and for decision-based RL the answer extractor. The tokenizer
+/// in `model_dir` must have a pad token, so that policy and reward model share one
+/// vocabulary.
+pub fn bench_ppo(model_dir: &Path, device: Device, config: &PpoConfig, warmup_steps: usize) -> Result<PpoStepBench> {
+    let tokenizer = Tokenizer::from_dir(model_dir)?;
+    if tokenizer.pad_token().and_then(|t| tokenizer.token_id(&t)).is_none() {
+        return Err(TrainError::config("tokenizer", format!("{} sets no pad_token; the benchmark uses this model as policy and reward model, which must share one vocabulary: use an SFT model (`lincal sft` adds \"[PAD]\") or set pad_token in tokenizer_config.json", model_dir.join("tokenizer_config.json").display())));
+    }
+    let paths = PpoModelPaths { policy: model_dir.to_path_buf(), reward_model: model_dir.to_path_buf(), answer_extractor: (config.rl_type == RlType::DecisionBased).then(|| model_dir.to_path_buf()) };
+    let source = model_dir.display().to_string();
+    let with_new_head = |dir: &Path, device: Device, kind: tch::Kind| Ok(RewardModel::new(CausalLm::load(dir, device, Some(kind))?, HeadInit::Default { seed: config.seed }, &source));
+    let (models, mut reward) = load_models(&paths, device, config, None, &with_new_head)?;
+    bench_ppo_step(models, reward.as_mut(), config, warmup_steps)
 }
 
 /// Runs `warmup_steps + 1` PPO steps of `config.rollout_batch_size` random prompts of exactly
@@ -58,10 +75,15 @@ pub fn bench_ppo_step(mut models: PpoModels, reward: &mut dyn Reward, config: &P
     let mut learner = Learner::new(config, models);
     let device = learner.models.policy.model.device();
     let mut timed = None;
+    let mut first_step = (f64::NAN, f64::NAN);
     for step in 0..=warmup_steps as u64 {
         synchronize(device);
         let started = Instant::now();
         let outcome = learner.step(reward, &inputs, step)?;
+        if step == 0 {
+            let metric = |name: &str| outcome.metrics.iter().find(|(n, _)| n == name).map_or(f64::NAN, |(_, v)| *v);
+            first_step = (metric("kl"), metric("approx_kl"));
+        }
         timed = Some((outcome, started.elapsed().as_secs_f64()));
     }
     let (outcome, total_seconds) = timed.expect("at least one step ran");
@@ -78,5 +100,7 @@ pub fn bench_ppo_step(mut models: PpoModels, reward: &mut dyn Reward, config: &P
         total_seconds,
         generated_tokens_per_second: generated as f64 / timing.generation_seconds.max(1e-9),
         trainable_parameters: learner.params.num_parameters(),
+        first_step_kl: first_step.0,
+        first_step_approx_kl: first_step.1,
     })
 }

@@ -48,7 +48,7 @@ pub mod rollout;
 #[cfg(test)]
 mod tests;
 
-pub use bench::{PpoStepBench, bench_ppo_step};
+pub use bench::{PpoStepBench, bench_ppo, bench_ppo_step};
 pub use config::{PPO_PRESETS, PpoConfig, RewardConfig, RlType};
 pub use models::{PpoModels, ValueModel};
 pub use reward::{BinaryCorrectnessReward, DecisionReward, Reward, RewardInput, RewardOutput, ScoreContext};
@@ -130,7 +130,7 @@ pub(crate) struct StepOutcome {
 impl Learner {
     fn new(config: &PpoConfig, models: PpoModels) -> Self {
         let adam = AdamWConfig { beta1: config.adam_beta1, beta2: config.adam_beta2, eps: config.adam_epsilon, weight_decay: config.weight_decay };
-        let params = TrainableParams::new(models.trainable(), adam);
+        let params = TrainableParams::new(models.trainable(), adam, config.precision.master_weights());
         let schedule = LrSchedule { schedule: Schedule::Linear, warmup_steps: config.warmup_steps, total_steps: config.total_steps };
         let kl = KlController { value: config.kl_coef, adaptive: config.adaptive_kl.then_some((config.kl_target, config.kl_k_beta)) };
         Learner { config: config.clone(), models, params, schedule, kl }
@@ -343,12 +343,15 @@ fn templates(config: &PpoConfig) -> Result<Templates> {
     })
 }
 
+/// Reads a reward model from a directory; see [`load_models`].
+pub(crate) type RewardModelLoader<'a> = &'a dyn Fn(&Path, Device, Kind) -> Result<RewardModel>;
+
 /// Runs a reward-model load inside `with_lora`, whose builder reports model errors only.
-fn load_reward_model_with_lora(config: &PpoConfig, dir: &Path, device: Device, kind: Kind) -> Result<(RewardModel, lincal_model::lora::LoraAdapters)> {
+fn load_reward_model_with_lora(config: &PpoConfig, dir: &Path, device: Device, kind: Kind, load: RewardModelLoader) -> Result<(RewardModel, lincal_model::lora::LoraAdapters)> {
     let lora = config.lora.as_ref().expect("LoRA mode");
     let mut failure = None;
     let built = with_lora(lora, device, config.seed.wrapping_add(1), || {
-        RewardModel::load(dir, device, Some(kind)).map_err(|e| {
+        load(dir, device, kind).map_err(|e| {
             let message = e.to_string();
             failure = Some(e);
             ModelError::Invalid(message)
@@ -358,6 +361,51 @@ fn load_reward_model_with_lora(config: &PpoConfig, dir: &Path, device: Device, k
         Some(e) => Err(e),
         None => Ok(built?),
     }
+}
+
+/// The models of a run in the arrangement `config` asks for (see `models`), and its reward:
+/// `custom_reward`, or the built-in one of `config.rl_type`. `load_reward_model` reads
+/// `paths.reward_model` (`RewardModel::load` when training).
+pub(crate) fn load_models(paths: &PpoModelPaths, device: Device, config: &PpoConfig, custom_reward: Option<Box<dyn Reward>>, load_reward_model: RewardModelLoader) -> Result<(PpoModels, Box<dyn Reward>)> {
+    // The ExtractAnswers model of the built-in decision-based reward, checked before any
+    // model is loaded.
+    let extractor_dir = match (&custom_reward, config.rl_type, &paths.answer_extractor) {
+        (None, RlType::DecisionBased, None) => return Err(TrainError::config("answer_extractor", "decision-based RL needs the ExtractAnswers model; give its directory (or use rl_type = \"factuality\")")),
+        (None, RlType::DecisionBased, Some(dir)) => Some(dir),
+        _ => None,
+    };
+    let kind = config.precision.kind(device);
+    let policy = LoadedModel::load(&paths.policy, device, kind, config.lora.as_ref(), config.seed, &config.pad_token)?;
+    let reference = match config.lora {
+        Some(_) => None,
+        None => Some(load_reference(&policy, &paths.policy)?),
+    };
+    // In LoRA mode the value adapters sit on the reward model itself, which the built-in
+    // rewards then share; otherwise the value model is a trained copy of it.
+    let (value, shared_reward_model) = match config.lora {
+        Some(_) => {
+            let (model, adapters) = load_reward_model_with_lora(config, &paths.reward_model, device, kind, load_reward_model)?;
+            let model = Rc::new(model);
+            (ValueModel::new(model.clone(), Some(adapters)), Some(model))
+        }
+        None => (ValueModel::new(Rc::new(load_reward_model(&paths.reward_model, device, kind)?), None), None),
+    };
+    let models = PpoModels::assemble(policy, reference, value)?;
+    let reward: Box<dyn Reward> = match custom_reward {
+        Some(reward) => reward,
+        None => {
+            let reward_model = match shared_reward_model {
+                Some(model) => model,
+                None => Rc::new(load_reward_model(&paths.reward_model, device, kind)?),
+            };
+            let reward_tokenizer = Tokenizer::from_dir(&paths.reward_model)?;
+            match extractor_dir {
+                Some(dir) => Box::new(DecisionReward::new(CausalLm::load(dir, device, Some(kind))?, Tokenizer::from_dir(dir)?, reward_model, reward_tokenizer, templates(config)?, config.reward.clone())?),
+                None => Box::new(BinaryCorrectnessReward::new(reward_model, reward_tokenizer, templates(config)?, config.reward.clone())?),
+            }
+        }
+    };
+    Ok((models, reward))
 }
 
 impl PpoTrainer {
@@ -375,45 +423,8 @@ impl PpoTrainer {
 
     fn build(paths: &PpoModelPaths, device: Device, config: &PpoConfig, custom_reward: Option<Box<dyn Reward>>, train: &[PpoPrompt], eval: &[PpoPrompt], run: &RunOptions) -> Result<Self> {
         config.validate()?;
-        // The ExtractAnswers model of the built-in decision-based reward, checked before any
-        // model is loaded.
-        let extractor_dir = match (&custom_reward, config.rl_type, &paths.answer_extractor) {
-            (None, RlType::DecisionBased, None) => return Err(TrainError::config("answer_extractor", "decision-based RL needs the ExtractAnswers model; give its directory (or use rl_type = \"factuality\")")),
-            (None, RlType::DecisionBased, Some(dir)) => Some(dir),
-            _ => None,
-        };
-        let kind = config.precision.kind(device);
-        let policy = LoadedModel::load(&paths.policy, device, kind, config.lora.as_ref(), config.seed, &config.pad_token)?;
-        let reference = match config.lora {
-            Some(_) => None,
-            None => Some(load_reference(&policy, &paths.policy)?),
-        };
-        // In LoRA mode the value adapters sit on the reward model itself, which the built-in
-        // rewards then share; otherwise the value model is a trained copy of it.
-        let (value, shared_reward_model) = match config.lora {
-            Some(_) => {
-                let (model, adapters) = load_reward_model_with_lora(config, &paths.reward_model, device, kind)?;
-                let model = Rc::new(model);
-                (ValueModel::new(model.clone(), Some(adapters)), Some(model))
-            }
-            None => (ValueModel::new(Rc::new(RewardModel::load(&paths.reward_model, device, Some(kind))?), None), None),
-        };
-        let models = PpoModels::assemble(policy, reference, value)?;
         let custom = custom_reward.is_some();
-        let reward: Box<dyn Reward> = match custom_reward {
-            Some(reward) => reward,
-            None => {
-                let reward_model = match shared_reward_model {
-                    Some(model) => model,
-                    None => Rc::new(RewardModel::load(&paths.reward_model, device, Some(kind))?),
-                };
-                let reward_tokenizer = Tokenizer::from_dir(&paths.reward_model)?;
-                match extractor_dir {
-                    Some(dir) => Box::new(DecisionReward::new(CausalLm::load(dir, device, Some(kind))?, Tokenizer::from_dir(dir)?, reward_model, reward_tokenizer, templates(config)?, config.reward.clone())?),
-                    None => Box::new(BinaryCorrectnessReward::new(reward_model, reward_tokenizer, templates(config)?, config.reward.clone())?),
-                }
-            }
-        };
+        let (models, reward) = load_models(paths, device, config, custom_reward, &|dir, device, kind| RewardModel::load(dir, device, Some(kind)))?;
 
         let templates = templates(config)?;
         let tokenizer = &models.policy.tokenizer;

@@ -313,26 +313,29 @@ fn bad_settings_and_prompts_are_named() {
     assert!(err.contains("prompts.jsonl:1: missing field `answer`"), "{err}");
 }
 
-/// The PPO step benchmark runs the trainer's step on given models at the given geometry.
+/// The PPO step benchmark makes every model of a decision-based run from one causal LM (here
+/// in LoRA mode) and times the trainer's step at the given geometry.
 #[test]
 fn bench_times_one_step_at_the_given_geometry() {
     let fixture = fixture();
-    let mut config = config(RlType::Factuality);
+    let mut config = config(RlType::DecisionBased);
     config.rollout_batch_size = 4;
     config.step_batch_size = 4;
     config.query_len = 5;
     config.response_len = 3;
-    let policy = lincal_model::CausalLm::load(&fixture.paths.policy, Device::Cpu, None).unwrap();
-    let reference = lincal_model::CausalLm::load(&fixture.paths.policy, Device::Cpu, None).unwrap();
-    let value = ValueModel::new(Rc::new(RewardModel::load(&fixture.paths.reward_model, Device::Cpu, None).unwrap()), None);
-    let tokenizer = Tokenizer::from_dir(&fixture.paths.policy).unwrap();
-    let models = PpoModels::new(policy, None, Some(reference), value, tokenizer).unwrap();
-    let result = bench_ppo_step(models, &mut TargetWordReward, &config, 1).unwrap();
+    config.lora = Some(LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, target_modules: vec!["q_proj".into(), "v_proj".into()] });
+    let result = bench_ppo(&fixture.paths.policy, Device::Cpu, &config, 1).unwrap();
     assert_eq!((result.rollouts, result.query_len, result.response_len), (4, 5, 3));
-    assert!(result.generation_seconds > 0.0 && result.update_seconds > 0.0 && result.total_seconds >= result.update_seconds);
-    // Every response ran to its full length: 4 × 3 tokens.
+    assert!(result.generation_seconds > 0.0 && result.reward_seconds > 0.0 && result.update_seconds > 0.0);
+    assert!(result.scoring_seconds >= result.reward_seconds && result.total_seconds >= result.generation_seconds + result.scoring_seconds + result.update_seconds);
     assert!(result.generated_tokens_per_second > 0.0);
-    assert!(result.trainable_parameters > 0);
+    // Trained: rank-4 adapters on q (32 → 32) and v (32 → 16) in 2 layers, for the policy and
+    // the value backbone, 2 · 4 · (64 + 48) each, and the value head (32 weights, 1 bias).
+    assert_eq!(result.trainable_parameters, 2 * 2 * 4 * (64 + 48) + 33);
+    assert_eq!((result.first_step_kl, result.first_step_approx_kl), (0.0, 0.0));
+    // The extractor's tokenizer has no pad token: it cannot stand in for every model.
+    let err = bench_ppo(fixture.paths.answer_extractor.as_ref().unwrap(), Device::Cpu, &config, 0).err().unwrap().to_string();
+    assert!(err.contains("tokenizer_config.json sets no pad_token; the benchmark uses this model as policy and reward model"), "{err}");
 }
 
 #[cfg(feature = "cuda")]
