@@ -2,22 +2,25 @@
 # Runs GPU checks and benchmarks on the device machine, results under $OUT.
 # usage: bench/gpu/run.sh STEP...   STEP: parity:NAME | lincal:NAME | eager:NAME | hf:NAME
 #   | train-parity:NAME | sft:NAME | sft-ckpt:NAME | hf-sft:NAME | hf-sft-ckpt:NAME | ppo:NAME
+#   | ppo-large-batches:NAME
 #   (NAME: smollm2-135m | llama2-7b; eager = lincal without CUDA graphs; -ckpt = with gradient
 #    checkpointing. The SFT benchmarks run 16 x 1024 tokens for SmolLM2 and 4 x 1024 for the 7B,
 #    which fits one 80 GB GPU only with gradient checkpointing and pure bf16 weights and AdamW
 #    state. ppo: one LC PPO step at 512 rollouts of 128 + 300 tokens, full fine-tuning for
-#    SmolLM2, LoRA for the 7B. train-parity and ppo need the SmolLM2 tokenizer carried in
+#    SmolLM2, LoRA for the 7B; ppo-large-batches generates, scores and updates in larger
+#    batches than the reference's (for SmolLM2, whose memory allows). train-parity and ppo need the SmolLM2 tokenizer carried in
 #    .gpu/tokenizer, which `cargo xtask gpu-build` copies there.)
 # Every step's peak device memory (nvidia-smi, sampled every 250 ms) goes to $OUT/memory.jsonl.
 # Needs .gpu/lincal from `cargo xtask gpu-build`, carried with the call.
-set -euo pipefail
+set -uo pipefail
 export LD_LIBRARY_PATH=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib
 export PYTHONUNBUFFERED=1
 lincal=$PWD/.gpu/lincal
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/device.txt"
 for step in "$@"; do
   what=${step%%:*}; name=${step#*:}; model=/tmp/models/$name
-  [ -f "$model/config.json" ] || python3 bench/gpu/make_models.py "$name" "$model"
+  # PPO runs on a copy with the tokenizer, made below.
+  [[ $what == ppo* || -f "$model/config.json" ]] || python3 bench/gpu/make_models.py "$name" "$model"
   case $name in
     llama2-7b) sft_batch=4; sft_flags=(--gradient-checkpointing --no-master-weights); hf_precisions=bf16; hf_ckpt=checkpointing;
       ppo_flags=(--warmup 0 --set lora.r=16 --set lora.alpha=32 --set lora.dropout=0.05
@@ -25,8 +28,10 @@ for step in "$@"; do
     *) sft_batch=16; sft_flags=(); hf_precisions=autocast-bf16,bf16; hf_ckpt=""; ppo_flags=(--warmup 1) ;;
   esac
   echo "== $step"
-  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 250 > /tmp/memory.txt &
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 250 > /tmp/memory.txt 2>/dev/null &
   sampler=$!
+  trap 'kill $sampler 2>/dev/null' EXIT
+  # A failing step is reported and the next one runs.
   case $what in
     parity) python3 bench/gpu/parity.py "$model" "$name" "$lincal" "$OUT/parity.jsonl" ;;
     lincal) "$lincal" bench generate --model "$model" --label "$name" --batch 64,256 --device cuda --dtype bf16 --verify --json "$OUT/generate.jsonl" ;;
@@ -36,12 +41,14 @@ for step in "$@"; do
     sft-ckpt) "$lincal" bench sft --model "$model" --label "$name" --batch $sft_batch --seq-len 1024 --device cuda --dtype bf16 "${sft_flags[@]}" --gradient-checkpointing --json "$OUT/sft.jsonl" ;;
     hf-sft) python3 bench/gpu/train.py bench "$model" $sft_batch 1024 "$OUT/sft.jsonl" "$name" $hf_precisions $hf_ckpt ;;
     hf-sft-ckpt) python3 bench/gpu/train.py bench "$model" $sft_batch 1024 "$OUT/sft.jsonl" "$name" $hf_precisions checkpointing ;;
-    ppo)
+    ppo|ppo-large-batches)
       [ -f "$model-ppo/config.json" ] || python3 bench/gpu/make_models.py "$name" "$model-ppo" "$PWD/.gpu/tokenizer"
+      [ $what = ppo ] || ppo_flags+=(--set generation_batch_size=512 --set forward_batch_size=64 --set micro_batch_size=16
+        --set reward.extractor_batch_size=512 --set reward.score_batch_size=128)
       "$lincal" bench ppo --model "$model-ppo" --label "$name" --preset lc_ppo --device cuda "${ppo_flags[@]}" --json "$OUT/ppo.jsonl" ;;
     hf) python3 bench/gpu/hf_generate.py "$model" "$name" 64,256 "$OUT/generate.jsonl" ;;
-    *) echo "unknown step $step"; exit 2 ;;
-  esac
+    *) echo "unknown step $step" ;;
+  esac || echo "step $step failed"
   kill $sampler; wait $sampler 2>/dev/null || true
   peak=$(sort -n /tmp/memory.txt | tail -1)
   echo "peak device memory: $peak MiB"

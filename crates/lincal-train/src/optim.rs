@@ -74,21 +74,34 @@ impl AdamState {
     }
 }
 
-/// One AdamW update in place, in the operation order of `torch.optim.AdamW`'s single-tensor
-/// path.
+/// Elements AdamW updates per pass: its temporaries are a few tensors of this size, however
+/// large the flat buffer (a whole 7B model is one buffer of 6.7 billion elements).
+const ADAMW_CHUNK: i64 = 1 << 26;
+
+/// One AdamW update in place of 1-D tensors (the flat buffers), in the operation order of
+/// `torch.optim.AdamW`'s single-tensor path, chunk by chunk.
 pub fn adamw_update(param: &mut Tensor, grad: &Tensor, state: &mut AdamState, lr: f64, config: &AdamWConfig, decay: bool) {
+    adamw_update_in_chunks(param, grad, state, lr, config, decay, ADAMW_CHUNK);
+}
+
+fn adamw_update_in_chunks(param: &mut Tensor, grad: &Tensor, state: &mut AdamState, lr: f64, config: &AdamWConfig, decay: bool, chunk: i64) {
     state.step += 1;
+    let bias_correction1 = 1.0 - config.beta1.powi(state.step as i32);
+    let bias_correction2 = 1.0 - config.beta2.powi(state.step as i32);
+    let step_size = lr / bias_correction1;
+    let len = param.size()[0];
     tch::no_grad(|| {
-        if decay && config.weight_decay != 0.0 {
-            let _ = param.g_mul_scalar_(1.0 - lr * config.weight_decay);
+        for start in (0..len).step_by(chunk as usize) {
+            let part = |t: &Tensor| t.narrow(0, start, chunk.min(len - start));
+            let (mut param, grad, mut exp_avg, mut exp_avg_sq) = (part(param), part(grad), part(&state.exp_avg), part(&state.exp_avg_sq));
+            if decay && config.weight_decay != 0.0 {
+                let _ = param.g_mul_scalar_(1.0 - lr * config.weight_decay);
+            }
+            let _ = exp_avg.lerp_(&grad, 1.0 - config.beta1);
+            let _ = exp_avg_sq.g_mul_scalar_(config.beta2).addcmul_(&(&grad * (1.0 - config.beta2)), &grad);
+            let denom = exp_avg_sq.sqrt() / bias_correction2.sqrt() + config.eps;
+            let _ = param.addcdiv_(&(&exp_avg * -step_size), &denom);
         }
-        let _ = state.exp_avg.lerp_(grad, 1.0 - config.beta1);
-        let _ = state.exp_avg_sq.g_mul_scalar_(config.beta2).addcmul_(&(grad * (1.0 - config.beta2)), grad);
-        let bias_correction1 = 1.0 - config.beta1.powi(state.step as i32);
-        let bias_correction2 = 1.0 - config.beta2.powi(state.step as i32);
-        let step_size = lr / bias_correction1;
-        let denom = state.exp_avg_sq.sqrt() / bias_correction2.sqrt() + config.eps;
-        let _ = param.addcdiv_(&(&state.exp_avg * -step_size), &denom);
     });
 }
 
@@ -352,6 +365,25 @@ mod tests {
         let mut state = AdamState { exp_avg: b.zeros_like(), exp_avg_sq: b.zeros_like(), step: 0 };
         adamw_update(&mut b, &Tensor::from_slice(&[0.5f64]), &mut state, 0.1, &config, false);
         assert!((b.double_value(&[0]) - (1.0 - 0.1 * 0.5 / (0.5 + 1e-8))).abs() < 1e-15);
+    }
+
+    /// Chunks of 3 over 10 elements (the last one short) update exactly as one pass.
+    #[test]
+    fn chunked_adamw_equals_one_pass() {
+        let config = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
+        let start = Tensor::linspace(-1.0, 1.0, 10, (Kind::Float, tch::Device::Cpu));
+        let run = |chunk: i64| {
+            let mut p = start.copy();
+            let mut state = AdamState::new(&p);
+            for g in [0.5, -0.25] {
+                adamw_update_in_chunks(&mut p, &(&start * g + 0.1), &mut state, 0.1, &config, true, chunk);
+            }
+            (p, state)
+        };
+        let ((chunked, a), (whole, b)) = (run(3), run(10));
+        assert!(chunked.equal(&whole) && a.exp_avg.equal(&b.exp_avg) && a.exp_avg_sq.equal(&b.exp_avg_sq));
+        assert_eq!((a.step, b.step), (2, 2));
+        assert!(!chunked.equal(&start));
     }
 
     #[test]
