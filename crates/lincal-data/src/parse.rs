@@ -605,7 +605,7 @@ fn single_value(
 fn last_labelled(lines: &[&str], is_label: impl Fn(&str) -> bool) -> Option<(usize, String)> {
     lines.iter().enumerate().rev().find_map(|(index, line)| {
         let (label, value) = split_label(line)?;
-        is_label(&label).then(|| (index, clean(value)))
+        is_label(&label).then(|| (index, clean_value(value)))
     })
 }
 
@@ -641,13 +641,26 @@ fn is_bullet(line: &str) -> bool {
     BULLET.is_match(line)
 }
 
-/// One line without markdown: heading marks, bullets, emphasis, code ticks, and quotes around
-/// the whole line.
+/// One line without markdown: heading marks, bullets (numbered ones too), emphasis, code
+/// ticks, and quotes around the whole line.
 fn clean(line: &str) -> String {
     static BULLET: LazyLock<Regex> = LazyLock::new(|| {
         Regex::new(r"^\s*(?:#+\s*|[-*•+]\s+|\d{1,2}[.)]\s+)").expect("valid regex")
     });
-    let unbulleted = BULLET.replace(line, "");
+    without_markdown(line, &BULLET)
+}
+
+/// The value after a label, cleaned as [`clean`] does a line except that a leading number
+/// stays: a list would start on the next line, so in "Probability: 1. The answer..." the "1."
+/// is the value, not a list marker.
+fn clean_value(value: &str) -> String {
+    static BULLET: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"^\s*(?:#+\s*|[-*•+]\s+)").expect("valid regex"));
+    without_markdown(value, &BULLET)
+}
+
+fn without_markdown(line: &str, bullet: &Regex) -> String {
+    let unbulleted = bullet.replace(line, "");
     let plain = unbulleted
         .replace("**", "")
         .replace("__", "")

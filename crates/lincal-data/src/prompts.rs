@@ -48,6 +48,26 @@ pub struct ChatMessage {
     pub content: String,
 }
 
+impl From<Role> for lincal_llm::Role {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::System => lincal_llm::Role::System,
+            Role::User => lincal_llm::Role::User,
+            Role::Assistant => lincal_llm::Role::Assistant,
+        }
+    }
+}
+
+/// A rendered chat turn as the models receive it.
+impl From<ChatMessage> for lincal_llm::ChatMessage {
+    fn from(message: ChatMessage) -> Self {
+        lincal_llm::ChatMessage {
+            role: message.role.into(),
+            content: message.content,
+        }
+    }
+}
+
 /// Whether a template renders to one string or to chat turns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TemplateKind {

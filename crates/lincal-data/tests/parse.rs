@@ -269,6 +269,32 @@ fn probability_well_formed_and_sloppy() {
     }
 }
 
+/// A full stop after the number ends a sentence: "1." is the probability 1, neither a list
+/// marker nor the start of a decimal, whatever the sentence after it says.
+#[test]
+fn probability_followed_by_a_full_stop_and_a_sentence() {
+    let cases = [
+        ("Probability: 1. The answer is stated plainly.", 1.0),
+        (
+            "Reasoning: it is the only answer given.\nProbability: 1. It is named 3 times.",
+            1.0,
+        ),
+        ("Probability: 0. The paragraph names another city.", 0.0),
+        ("Probability: 0.7. The paragraph hedges a little.", 0.7),
+        ("Probability: 70%. The paragraph says so.", 0.7),
+        ("Probability: 1. ", 1.0),
+        ("Probability: 1.", 1.0),
+        ("Probability: 0.7.", 0.7),
+    ];
+    for (text, expected) in cases {
+        let parsed = parse_probability(text).unwrap_or_else(|err| panic!("{text:?}: {err}"));
+        assert_eq!(parsed, expected, "{text:?}");
+    }
+    // The same holds for a verdict after its label.
+    assert!(parse_correctness("Correct: 1. The paragraph gives the true answer.").unwrap());
+    assert!(!parse_correctness("Correct: 0. It gives two answers.").unwrap());
+}
+
 #[test]
 fn probability_malformed() {
     let expected =

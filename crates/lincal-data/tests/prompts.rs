@@ -53,110 +53,88 @@ fn assert_filled(text: &str) {
 #[test]
 fn every_template_renders_through_its_typed_function_with_values_filled_in() {
     let t = templates();
-    let pairs = [JudgePair {
-        question: "QUESTION-J",
-        gold: "GOLD-J",
-        proposed: "PROPOSED-J",
-    }];
-    let passages = [Passage {
-        title: "TITLE-P",
-        text: "TEXT-P",
-    }];
+    // (template, its rendering, the values it was given); each value is unique to its
+    // template, so finding it shows that this very template filled it in.
+    fn filled<'v, T, const N: usize>(
+        name: &'static str,
+        values: [&'v str; N],
+        render: impl FnOnce([&'v str; N]) -> lincal_data::Result<T>,
+    ) -> (&'static str, T, Vec<&'v str>) {
+        let rendered = render(values).unwrap_or_else(|err| panic!("{name}: {err}"));
+        (name, rendered, values.to_vec())
+    }
     let completions: Vec<(&str, String, Vec<&str>)> = vec![
-        ("policy", t.policy("QUERY-1").unwrap(), vec!["QUERY-1"]),
-        (
-            "bio_query",
-            t.bio_query("ENTITY-1").unwrap(),
-            vec!["ENTITY-1"],
-        ),
-        (
-            "icl_paragraphs",
-            t.icl_paragraphs("QUERY-2").unwrap(),
-            vec!["QUERY-2"],
-        ),
-        (
-            "summary_icl_paragraphs",
-            t.summary_icl_paragraphs("QUERY-3").unwrap(),
-            vec!["QUERY-3"],
-        ),
-        (
+        filled("policy", ["QUERY-1"], |[q]| t.policy(q)),
+        filled("bio_query", ["ENTITY-1"], |[e]| t.bio_query(e)),
+        filled("icl_paragraphs", ["QUERY-2"], |[q]| t.icl_paragraphs(q)),
+        filled("summary_icl_paragraphs", ["QUERY-3"], |[q]| {
+            t.summary_icl_paragraphs(q)
+        }),
+        filled(
             "extract_answers_model",
-            t.extract_answers_model("QUESTION-1", "PARAGRAPH-1")
-                .unwrap(),
-            vec!["QUESTION-1", "PARAGRAPH-1"],
+            ["QUESTION-1", "PARAGRAPH-1"],
+            |[q, p]| t.extract_answers_model(q, p),
         ),
-        (
+        filled(
             "forecast_probs_model",
-            t.forecast_probs_model("QUESTION-2", "PARAGRAPH-2", "CANDIDATE-2")
-                .unwrap(),
-            vec!["QUESTION-2", "PARAGRAPH-2", "CANDIDATE-2"],
+            ["QUESTION-2", "PARAGRAPH-2", "CANDIDATE-2"],
+            |[q, p, c]| t.forecast_probs_model(q, p, c),
         ),
-        (
+        filled(
             "binary_correctness_model",
-            t.binary_correctness_model("QUESTION-3", "PARAGRAPH-3", "ANSWER-3")
-                .unwrap(),
-            vec!["QUESTION-3", "PARAGRAPH-3", "ANSWER-3"],
+            ["QUESTION-3", "PARAGRAPH-3", "ANSWER-3"],
+            |[q, p, a]| t.binary_correctness_model(q, p, a),
         ),
     ];
     let chats: Vec<(&str, Vec<ChatMessage>, Vec<&str>)> = vec![
-        (
-            "paragraph_zero_shot",
-            t.paragraph_zero_shot("QUERY-4").unwrap(),
-            vec!["QUERY-4"],
-        ),
-        (
-            "paragraph_jafu",
-            t.paragraph_jafu("QUERY-5").unwrap(),
-            vec!["QUERY-5"],
-        ),
-        (
-            "open_ended_query",
-            t.open_ended_query("QUESTION-4").unwrap(),
-            vec!["QUESTION-4"],
-        ),
-        (
+        filled("paragraph_zero_shot", ["QUERY-4"], |[q]| {
+            t.paragraph_zero_shot(q)
+        }),
+        filled("paragraph_jafu", ["QUERY-5"], |[q]| t.paragraph_jafu(q)),
+        filled("open_ended_query", ["QUESTION-4"], |[q]| {
+            t.open_ended_query(q)
+        }),
+        filled(
             "jeopardy_rephrase",
-            t.jeopardy_rephrase("CATEGORY-1", "CLUE-1", "ANSWER-4")
-                .unwrap(),
-            vec!["CATEGORY-1", "CLUE-1", "ANSWER-4"],
+            ["CATEGORY-1", "CLUE-1", "ANSWER-4"],
+            |[c, q, a]| t.jeopardy_rephrase(c, q, a),
         ),
-        (
-            "summarize_samples",
-            t.summarize_samples(&["SAMPLE-A", "SAMPLE-B"]).unwrap(),
-            vec!["SAMPLE-A", "SAMPLE-B"],
-        ),
-        (
+        filled("summarize_samples", ["SAMPLE-A", "SAMPLE-B"], |samples| {
+            t.summarize_samples(&samples)
+        }),
+        filled(
             "extract_answers",
-            t.extract_answers("QUESTION-5", "PARAGRAPH-5", ExtractionUse::Evaluation)
-                .unwrap(),
-            vec!["QUESTION-5", "PARAGRAPH-5"],
+            ["QUESTION-5", "PARAGRAPH-5"],
+            |[q, p]| t.extract_answers(q, p, ExtractionUse::Evaluation),
         ),
-        (
+        filled(
             "forecast_probability",
-            t.forecast_probability("QUESTION-6", "PARAGRAPH-6", "CANDIDATE-6")
-                .unwrap(),
-            vec!["QUESTION-6", "PARAGRAPH-6", "CANDIDATE-6"],
+            ["QUESTION-6", "PARAGRAPH-6", "CANDIDATE-6"],
+            |[q, p, c]| t.forecast_probability(q, p, c),
         ),
-        (
+        filled(
             "binary_correctness",
-            t.binary_correctness("QUESTION-7", "PARAGRAPH-7", "ANSWER-7")
-                .unwrap(),
-            vec!["QUESTION-7", "PARAGRAPH-7", "ANSWER-7"],
+            ["QUESTION-7", "PARAGRAPH-7", "ANSWER-7"],
+            |[q, p, a]| t.binary_correctness(q, p, a),
         ),
-        (
+        filled(
             "judge_equivalence",
-            t.judge_equivalence(&pairs).unwrap(),
-            vec!["QUESTION-J", "GOLD-J", "PROPOSED-J"],
+            ["QUESTION-J", "GOLD-J", "PROPOSED-J"],
+            |[question, gold, proposed]| {
+                t.judge_equivalence(&[JudgePair {
+                    question,
+                    gold,
+                    proposed,
+                }])
+            },
         ),
-        (
-            "decompose_claims",
-            t.decompose_claims("ENTITY-2", "PARAGRAPH-8").unwrap(),
-            vec!["ENTITY-2", "PARAGRAPH-8"],
-        ),
-        (
+        filled("decompose_claims", ["ENTITY-2", "PARAGRAPH-8"], |[e, p]| {
+            t.decompose_claims(e, p)
+        }),
+        filled(
             "fact_check",
-            t.fact_check("ENTITY-3", "CLAIM-1", &passages).unwrap(),
-            vec!["ENTITY-3", "CLAIM-1", "TITLE-P", "TEXT-P"],
+            ["ENTITY-3", "CLAIM-1", "TITLE-P", "TEXT-P"],
+            |[entity, claim, title, text]| t.fact_check(entity, claim, &[Passage { title, text }]),
         ),
     ];
 
@@ -521,9 +499,16 @@ fn write(dir: &Path, name: &str, text: &str) {
     fs::write(dir.join(name), text).unwrap();
 }
 
-fn file_error(result: Result<Templates, DataError>) -> (std::path::PathBuf, String) {
-    match result {
-        Err(DataError::File { path, message }) => (path, message),
+/// The message of the error that refuses an override directory holding only `name` with
+/// `text`; the error must name that file.
+fn refused_override(name: &str, text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), name, text);
+    match Templates::with_overrides(dir.path()) {
+        Err(DataError::File { path, message }) => {
+            assert_eq!(path, dir.path().join(name), "{message}");
+            message
+        }
         Err(other) => panic!("expected a file error, got {other}"),
         Ok(_) => panic!("expected a file error, got templates"),
     }
@@ -581,19 +566,13 @@ fn a_chat_override_without_markers_is_one_user_turn() {
 
 #[test]
 fn an_unknown_template_name_is_refused_with_the_file_and_the_known_names() {
-    let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "polciy.j2", "{{ query }}");
-    let (path, message) = file_error(Templates::with_overrides(dir.path()));
-    assert_eq!(path, dir.path().join("polciy.j2"));
+    let message = refused_override("polciy.j2", "{{ query }}");
     assert!(
         message.starts_with("unknown template name `polciy`; the templates are policy, bio_query,"),
         "{message}"
     );
 
-    let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "policy.txt", "{{ query }}");
-    let (path, message) = file_error(Templates::with_overrides(dir.path()));
-    assert_eq!(path, dir.path().join("policy.txt"));
+    let message = refused_override("policy.txt", "{{ query }}");
     assert!(
         message.starts_with("not a template: override files are named <template>.j2"),
         "{message}"
@@ -602,14 +581,7 @@ fn an_unknown_template_name_is_refused_with_the_file_and_the_known_names() {
 
 #[test]
 fn a_missing_required_placeholder_is_refused_naming_file_and_placeholder() {
-    let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "extract_answers.j2",
-        "<<user>>\nQuestion: {{ question }}\n",
-    );
-    let (path, message) = file_error(Templates::with_overrides(dir.path()));
-    assert_eq!(path, dir.path().join("extract_answers.j2"));
+    let message = refused_override("extract_answers.j2", "<<user>>\nQuestion: {{ question }}\n");
     assert_eq!(
         message,
         "template `extract_answers`: never uses the required placeholder `{{ paragraph }}`"
@@ -636,13 +608,10 @@ fn an_optional_variable_may_be_left_out() {
 
 #[test]
 fn a_misspelt_variable_is_refused_at_load() {
-    let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
+    let message = refused_override(
         "forecast_probs_model.j2",
         "{{ question }} {{ paragraph }} {{ candidate }} {{ canddiate }}",
     );
-    let (_, message) = file_error(Templates::with_overrides(dir.path()));
     assert_eq!(
         message,
         "template `forecast_probs_model`: uses `{{ canddiate }}`, which is not one of its variables (question, paragraph, candidate)"
@@ -651,14 +620,10 @@ fn a_misspelt_variable_is_refused_at_load() {
 
 #[test]
 fn a_misspelt_attribute_is_caught_by_the_trial_render_at_load() {
-    let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
+    let message = refused_override(
         "judge_equivalence.j2",
         "<<user>>\n{% for pair in pairs %}\n{{ pair.question }}\n{{ pair.gold_answer }}\n{% endfor %}",
     );
-    let (path, message) = file_error(Templates::with_overrides(dir.path()));
-    assert_eq!(path, dir.path().join("judge_equivalence.j2"));
     assert!(
         message.starts_with("template `judge_equivalence`: line 4: undefined value"),
         "{message}"
@@ -668,33 +633,18 @@ fn a_misspelt_attribute_is_caught_by_the_trial_render_at_load() {
 
 #[test]
 fn role_markers_and_syntax_errors_are_reported_with_their_line() {
-    let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "policy.j2", "Task:\n<<user>>\n{{ query }}");
-    let (_, message) = file_error(Templates::with_overrides(dir.path()));
     assert_eq!(
-        message,
+        refused_override("policy.j2", "Task:\n<<user>>\n{{ query }}"),
         "template `policy`: line 2: `<<user>>` is a role marker, but this is a completion template (one plain text, no chat turns)"
     );
-
-    let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "paragraph_jafu.j2",
-        "Hello\n<<user>>\n{{ query }}",
-    );
-    let (_, message) = file_error(Templates::with_overrides(dir.path()));
     assert_eq!(
-        message,
+        refused_override("paragraph_jafu.j2", "Hello\n<<user>>\n{{ query }}"),
         "template `paragraph_jafu`: text before the first role marker; start the file with <<system>> or <<user>>"
     );
-
-    let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
+    let message = refused_override(
         "paragraph_jafu.j2",
         "<<system>>\nBe brief.\n<<user>>\nfirst line\n{{ query }\n",
     );
-    let (_, message) = file_error(Templates::with_overrides(dir.path()));
     assert!(
         message.starts_with("template `paragraph_jafu`: line 5: syntax error"),
         "{message}"

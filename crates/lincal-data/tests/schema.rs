@@ -418,16 +418,11 @@ fn write_flat_parquet(
 #[test]
 fn reward_model_training_parquet_reads_like_the_csv() {
     let dir = tempfile::tempdir().unwrap();
-    let columns = [
-        "question_id",
-        "lc_sft_generated_paragraph",
-        "lc_sft_ground_truth_and_extracted_answers",
-        "lc_sft_forecasted_probs",
-        "factuality_sft_generated_paragraph",
-        "factuality_sft_binary_correctness",
-    ];
-    // The same cells as the CSV fixture; the HF conversion stores the label as a double.
+    // The same columns and cells as the CSV fixture; the HF conversion stores the label as a
+    // double.
     let mut reader = csv::Reader::from_path(fixture("reward_model_training.csv")).unwrap();
+    let header = reader.headers().unwrap().clone();
+    let columns: Vec<&str> = header.iter().collect();
     let rows: Vec<Vec<Option<String>>> = reader
         .records()
         .map(|r| {

@@ -34,17 +34,17 @@ use lincal_llm::{Llm, LlmRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+pub use crate::pipeline::GENERATIONS_FILE;
 use crate::pipeline::{
     GenerationRecord, ItemFailure, OpenedRun, PipelineError, Policy, Progress, RunOptions,
-    RunOutcome, Stages, TeacherSettings, ask_parsed, chat_prompt, finish_run, open_run,
-    template_inputs, template_sources,
+    RunOutcome, TeacherSettings, ask_parsed, chat_prompt, describe_llm, open_run, template_inputs,
+    template_sources,
 };
 use crate::readers::ItemResults;
 use crate::{ClaimExample, KnowledgeIndex, RunSettings, ScoredExample, Stage};
 
 /// The stage name in the run's manifest.
 pub const STAGE_NAME: &str = "eval-bio";
-pub const GENERATIONS_FILE: &str = "generations.jsonl";
 pub const CLAIMS_FILE: &str = "claims.jsonl";
 pub const CHECKS_FILE: &str = "checks.jsonl";
 
@@ -98,30 +98,23 @@ pub struct LlmDecomposer<'a> {
 
 impl Decomposer for LlmDecomposer<'_> {
     fn describe(&self) -> String {
-        format!("llm {} {}", self.llm.backend(), self.llm.model())
+        describe_llm(self.llm)
     }
 
     fn decompose(&self, inputs: &[DecomposeInput<'_>]) -> ItemResults<Vec<ClaimGroup>> {
-        let requests = inputs
-            .iter()
-            .map(|input| {
+        self.settings.ask(
+            self.llm,
+            inputs,
+            DECOMPOSITION_MAX_TOKENS,
+            Stage::Decomposition,
+            |input| {
                 let messages = self
                     .templates
                     .decompose_claims(input.entity, input.paragraph)?;
-                Ok(self.settings.request(
-                    chat_prompt(messages),
-                    DECOMPOSITION_MAX_TOKENS,
-                    &format!("decompose/{}", input.entity),
-                ))
-            })
-            .collect::<Result<Vec<LlmRequest>, PipelineError>>()?;
-        Ok(ask_parsed(
-            self.llm,
-            &requests,
-            self.settings.max_attempts,
-            Stage::Decomposition,
+                Ok((chat_prompt(messages), format!("decompose/{}", input.entity)))
+            },
             parse_claims,
-        ))
+        )
     }
 }
 
@@ -227,7 +220,7 @@ pub struct ClaimConfidence<'a> {
 impl ClaimConfidence<'_> {
     fn describe(&self) -> String {
         let fallback = match self.llm {
-            Some(llm) => format!("llm {} {}", llm.backend(), llm.model()),
+            Some(llm) => describe_llm(llm),
             None => format!("scored {UNREAD_HEDGE_PROBABILITY}"),
         };
         format!(
@@ -251,25 +244,18 @@ impl ClaimConfidence<'_> {
             .collect();
         let unread: Vec<usize> = (0..claims.len()).filter(|&i| out[i].is_none()).collect();
         if let Some(llm) = self.llm.filter(|_| !unread.is_empty()) {
-            let requests = unread
-                .iter()
-                .map(|&i| {
+            let replies = self.settings.ask(
+                llm,
+                &unread,
+                CONFIDENCE_MAX_TOKENS,
+                Stage::Filter,
+                |&i| {
                     let claim = claims[i];
                     let messages = self.confidence_prompt(claim)?;
-                    Ok(self.settings.request(
-                        chat_prompt(messages),
-                        CONFIDENCE_MAX_TOKENS,
-                        &format!("confidence/{}", claim.id),
-                    ))
-                })
-                .collect::<Result<Vec<LlmRequest>, PipelineError>>()?;
-            let replies = ask_parsed(
-                llm,
-                &requests,
-                self.settings.max_attempts,
-                Stage::Filter,
+                    Ok((chat_prompt(messages), format!("confidence/{}", claim.id)))
+                },
                 parse_probability,
-            );
+            )?;
             for (&i, reply) in unread.iter().zip(replies) {
                 out[i] = Some(match reply {
                     Ok(p) => (p, None),
@@ -350,9 +336,8 @@ pub struct FactChecker<'a> {
 impl FactChecker<'_> {
     fn describe(&self) -> String {
         format!(
-            "llm {} {}; BM25 top {} of {}",
-            self.llm.backend(),
-            self.llm.model(),
+            "{}; BM25 top {} of {}",
+            describe_llm(self.llm),
             self.passages,
             self.source_label
         )
@@ -442,42 +427,34 @@ impl BioEvaluation<'_> {
             "checker": self.checker.describe(),
             "templates": template_sources(templates, &TEMPLATES),
         });
-        let mut inputs = inputs.to_vec();
-        inputs.extend(template_inputs(templates, &TEMPLATES));
-        let run = match open_run(run_dir, STAGE_NAME, &config, &inputs, self.options.force)? {
+        let inputs = [inputs, &template_inputs(templates, &TEMPLATES)].concat();
+        let opened = open_run(
+            run_dir,
+            STAGE_NAME,
+            &config,
+            &inputs,
+            &self.options,
+            self.progress,
+        )?;
+        let mut stages = match opened {
             OpenedRun::Finished(outcome) => return Ok(outcome),
-            OpenedRun::Run(run) => run,
-        };
-        let chunk = self.options.chunk_size;
-        let mut stages = Stages {
-            run,
-            progress: self.progress,
+            OpenedRun::Run(stages) => stages,
         };
 
         let queries = entities
             .iter()
-            .map(|entity| Ok((entity, templates.bio_query(entity)?)))
-            .collect::<Result<Vec<(&String, String)>, PipelineError>>()?;
-        let generations = stages.run(
-            GENERATIONS_FILE,
-            Stage::Generation,
-            &queries,
-            chunk,
-            |(entity, _)| entity,
-            |chunk| {
-                let items: Vec<(&str, &str)> = chunk
-                    .iter()
-                    .map(|(entity, query)| (entity.as_str(), query.as_str()))
-                    .collect();
-                self.policy.generate(&items)
-            },
-        )?;
+            .map(|entity| Ok((entity.as_str(), templates.bio_query(entity)?)))
+            .collect::<Result<Vec<(&str, String)>, PipelineError>>()?;
+        let queries: Vec<(&str, &str)> = queries
+            .iter()
+            .map(|(entity, query)| (*entity, query.as_str()))
+            .collect();
+        let generations = stages.generate(&self.policy, &queries)?;
 
         let claims = stages.run(
             CLAIMS_FILE,
             Stage::Decomposition,
             &generations,
-            chunk,
             |g| &g.id,
             |chunk| self.decompose(chunk),
         )?;
@@ -487,7 +464,6 @@ impl BioEvaluation<'_> {
             CHECKS_FILE,
             Stage::FactCheck,
             &items,
-            chunk,
             |c| &c.id,
             |chunk| self.check(chunk, states_confidence),
         )?;
@@ -562,17 +538,10 @@ impl BioEvaluation<'_> {
                 count_kind(|k| matches!(k, ClaimKind::Abstention)),
             ),
         ];
-        let mut extra = self.extra.clone();
+        let mut extra = self.policy.settings_with(&self.extra);
         for (name, count) in tallies {
             extra.insert(name.to_string(), json!(count));
         }
-        extra.insert("prompt".into(), json!(self.policy.method.prompt.name()));
-        extra.insert("states_confidence".into(), json!(states_confidence));
-        extra.insert(
-            "temperature".into(),
-            json!(self.policy.settings.temperature),
-        );
-        extra.insert("seed".into(), json!(self.policy.settings.seed));
         extra.insert("decomposer".into(), json!(self.decomposer.describe()));
         if states_confidence {
             extra.insert("confidence".into(), json!(self.confidence.describe()));
@@ -595,14 +564,7 @@ impl BioEvaluation<'_> {
             ),
             ("failures".to_string(), failures.len() as u64),
         ]);
-        finish_run(
-            stages.run,
-            &settings,
-            examples,
-            &failures,
-            counts,
-            &self.options.report,
-        )
+        stages.finish(&settings, examples, &failures, counts)
     }
 
     fn decompose(&self, chunk: &[&GenerationRecord]) -> Result<Vec<ClaimsRecord>, PipelineError> {

@@ -14,7 +14,7 @@ use crate::examples::{ExampleKind, ScoredExample, read_examples};
 use crate::files::{write_atomically, write_json};
 use crate::render::{
     Cell, Table, format_interval, format_value, html, html_page, interval_label, markdown,
-    metric_rows, paper_table, svg_figure,
+    metric_rows, paper_section_html, paper_section_markdown, svg_figure,
 };
 use crate::report::{EXAMPLES_FILE, REPORT_MD_FILE, RunResults, read_results};
 
@@ -412,10 +412,7 @@ fn comparison_markdown(comparison: &Comparison) -> String {
         )
         .unwrap();
     }
-    if let Some((heading, table)) = paper_table(&comparison.dataset) {
-        writeln!(out, "\n## Paper\n\n{}\n", markdown(&heading)).unwrap();
-        out += &table.to_markdown();
-    }
+    out += &paper_section_markdown(&comparison.dataset);
     out
 }
 
@@ -440,15 +437,7 @@ fn comparison_html(
     for (run, svg) in comparison.runs.iter().zip(reliability) {
         body += &svg_figure(svg, &run.label)?;
     }
-    if let Some((heading, table)) = paper_table(&comparison.dataset) {
-        writeln!(
-            body,
-            "<h2>Paper</h2>\n<p class=\"note\">{}</p>",
-            html(&heading)
-        )
-        .unwrap();
-        body += &table.to_html();
-    }
+    body += &paper_section_html(&comparison.dataset);
     Ok(html_page(&comparison_title(comparison), &body))
 }
 

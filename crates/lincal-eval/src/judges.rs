@@ -12,7 +12,9 @@ use lincal_data::prompts::{JUDGE_BATCH_SIZE, JudgePair, Templates};
 use lincal_llm::{Llm, LlmRequest};
 
 use crate::Stage;
-use crate::pipeline::{ItemFailure, PipelineError, TeacherSettings, ask_parsed, chat_prompt};
+use crate::pipeline::{
+    ItemFailure, PipelineError, TeacherSettings, ask_parsed, chat_prompt, describe_llm,
+};
 use crate::readers::ItemResults;
 
 /// New tokens of a judge reply: one verdict line per pair.
@@ -48,7 +50,7 @@ pub struct LlmJudge<'a> {
 
 impl Judge for LlmJudge<'_> {
     fn describe(&self) -> String {
-        format!("llm {} {}", self.llm.backend(), self.llm.model())
+        describe_llm(self.llm)
     }
 
     fn judge(&self, inputs: &[JudgeInput<'_>]) -> ItemResults<bool> {

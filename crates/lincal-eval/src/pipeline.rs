@@ -15,11 +15,11 @@ use std::str::FromStr;
 use lincal_data::DataError;
 use lincal_data::artifact::{Failure, Keyed, Opened, StageRun, open_stage};
 use lincal_data::parse::first_paragraph;
-use lincal_data::prompts::{self, Templates};
+use lincal_data::prompts::{self, JUDGE_BATCH_SIZE, Templates};
+pub use lincal_llm::request_seed;
 use lincal_llm::{Llm, LlmRequest, ParseFailure, Prompt, SamplingParams, generate_parsed};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use sha2::{Digest, Sha256};
+use serde_json::{Value, json};
 
 use crate::report::{
     EXAMPLES_FILE, FRONTIER_PLOT, RELIABILITY_PLOT, REPORT_HTML_FILE, REPORT_MD_FILE, RESULTS_FILE,
@@ -348,35 +348,38 @@ impl TeacherSettings {
             },
         }
     }
-}
 
-/// The seed of one request: a run's seed and a key naming the request, so that results do not
-/// depend on the order, the chunking or on interruptions.
-pub fn request_seed(seed: u64, key: &str) -> u64 {
-    let digest = Sha256::new()
-        .chain_update(seed.to_le_bytes())
-        .chain_update(key.as_bytes())
-        .finalize();
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&digest[..8]);
-    u64::from_le_bytes(bytes)
+    /// Asks `llm` one request per input, `prompt` giving an input's prompt and the key that
+    /// names its request (and fixes its seed), and reads each answer with `parse` as
+    /// [`ask_parsed`] does: one result per input, in order.
+    pub(crate) fn ask<I, T>(
+        &self,
+        llm: &dyn Llm,
+        inputs: &[I],
+        max_tokens: u32,
+        stage: Stage,
+        prompt: impl Fn(&I) -> Result<(Prompt, String), PipelineError>,
+        parse: impl Fn(&str) -> lincal_data::Result<T>,
+    ) -> Result<Vec<Result<T, ItemFailure>>, PipelineError> {
+        let requests = inputs
+            .iter()
+            .map(|input| {
+                let (prompt, key) = prompt(input)?;
+                Ok(self.request(prompt, max_tokens, &key))
+            })
+            .collect::<Result<Vec<LlmRequest>, PipelineError>>()?;
+        Ok(ask_parsed(llm, &requests, self.max_attempts, stage, parse))
+    }
 }
 
 /// A chat prompt of rendered template turns.
 pub fn chat_prompt(messages: Vec<prompts::ChatMessage>) -> Prompt {
-    Prompt::Chat(
-        messages
-            .into_iter()
-            .map(|message| lincal_llm::ChatMessage {
-                role: match message.role {
-                    prompts::Role::System => lincal_llm::Role::System,
-                    prompts::Role::User => lincal_llm::Role::User,
-                    prompts::Role::Assistant => lincal_llm::Role::Assistant,
-                },
-                content: message.content,
-            })
-            .collect(),
-    )
+    Prompt::Chat(messages.into_iter().map(Into::into).collect())
+}
+
+/// A model in a role, as reports and manifests name it.
+pub(crate) fn describe_llm(llm: &dyn Llm) -> String {
+    format!("llm {} {}", llm.backend(), llm.model())
 }
 
 fn chat_request(messages: Vec<prompts::ChatMessage>, params: SamplingParams) -> LlmRequest {
@@ -409,6 +412,9 @@ pub fn ask_parsed<T>(
     })
     .collect()
 }
+
+/// The paragraphs of the evaluated model, one per question or person.
+pub const GENERATIONS_FILE: &str = "generations.jsonl";
 
 /// The generated paragraph of one item (question or entity), keyed by the item's id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -500,9 +506,23 @@ impl Policy<'_> {
             .collect())
     }
 
+    /// The settings a run records beside `extra`: the policy's prompt style, whether it states
+    /// confidence, its temperature and seed.
+    pub(crate) fn settings_with(&self, extra: &BTreeMap<String, Value>) -> BTreeMap<String, Value> {
+        let mut settings = extra.clone();
+        settings.insert("prompt".into(), json!(self.method.prompt.name()));
+        settings.insert(
+            "states_confidence".into(),
+            json!(self.method.states_confidence),
+        );
+        settings.insert("temperature".into(), json!(self.settings.temperature));
+        settings.insert("seed".into(), json!(self.settings.seed));
+        settings
+    }
+
     /// The model, method and sampling, for the run's manifest.
     pub(crate) fn config(&self) -> Value {
-        serde_json::json!({
+        json!({
             "backend": self.llm.backend(),
             "model": self.llm.model(),
             "method": self.method,
@@ -553,46 +573,52 @@ pub struct RunOutcome {
 
 /// A run directory opened for a pipeline.
 #[allow(clippy::large_enum_variant, reason = "one per run, moved once")]
-pub(crate) enum OpenedRun {
+pub(crate) enum OpenedRun<'p> {
     Finished(RunOutcome),
-    Run(StageRun),
+    Run(Stages<'p>),
 }
 
 /// Opens `run_dir` as stage `stage` with `config` and the input files (hashed): a finished run
-/// with the same config and inputs is read back, anything else runs or resumes.
-pub(crate) fn open_run(
+/// with the same config and inputs is read back, anything else runs or resumes with `options`,
+/// reporting to `progress`.
+pub(crate) fn open_run<'p>(
     run_dir: &Path,
     stage: &str,
     config: &Value,
     inputs: &[&Path],
-    force: bool,
-) -> Result<OpenedRun, PipelineError> {
-    match open_stage(run_dir, stage, config, inputs, force)? {
+    options: &'p RunOptions,
+    progress: &'p dyn Progress,
+) -> Result<OpenedRun<'p>, PipelineError> {
+    match open_stage(run_dir, stage, config, inputs, options.force)? {
         Opened::Finished(_) => Ok(OpenedRun::Finished(RunOutcome {
             status: RunStatus::AlreadyFinished,
             results: read_results(run_dir)?,
             examples: read_examples(run_dir.join(EXAMPLES_FILE))?,
         })),
-        Opened::Run(run) => Ok(OpenedRun::Run(run)),
+        Opened::Run(run) => Ok(OpenedRun::Run(Stages {
+            run,
+            progress,
+            options,
+        })),
     }
 }
 
-/// The stages of a run in progress, and how they report.
+/// The stages of a run in progress, how they report, and how the run goes.
 pub(crate) struct Stages<'p> {
-    pub run: StageRun,
-    pub progress: &'p dyn Progress,
+    run: StageRun,
+    progress: &'p dyn Progress,
+    options: &'p RunOptions,
 }
 
 impl Stages<'_> {
     /// Runs one stage over `items`: the items without a record in `<output>.partial` are
-    /// handed to `produce` `chunk_size` at a time, and each chunk's records are appended before
+    /// handed to `produce` a chunk at a time, and each chunk's records are appended before
     /// the next chunk starts. Returns every record, in the order of `items`.
     pub(crate) fn run<I, R: Keyed>(
         &mut self,
         output: &str,
         stage: Stage,
         items: &[I],
-        chunk_size: usize,
         key: impl Fn(&I) -> &str,
         mut produce: impl FnMut(&[&I]) -> Result<Vec<R>, PipelineError>,
     ) -> Result<Vec<R>, PipelineError> {
@@ -606,7 +632,7 @@ impl Stages<'_> {
             total: items.len(),
             done: items.len() - todo.len(),
         });
-        for chunk in todo.chunks(chunk_size.max(1)) {
+        for chunk in todo.chunks(self.chunk_size(stage)) {
             let records = produce(chunk)?;
             let expected: Vec<&str> = chunk.iter().map(|item| key(item)).collect();
             let produced: Vec<&str> = records.iter().map(Keyed::key).collect();
@@ -634,54 +660,85 @@ impl Stages<'_> {
         }
         Ok(records)
     }
-}
 
-/// Writes the report, the failures of every item and the finished manifest.
-pub(crate) fn finish_run(
-    mut run: StageRun,
-    settings: &RunSettings,
-    examples: Vec<ScoredExample>,
-    failures: &[(String, ItemFailure)],
-    counts: BTreeMap<String, u64>,
-    report: &ReportOptions,
-) -> Result<RunOutcome, PipelineError> {
-    let status = if run.is_resumed() {
-        RunStatus::Resumed
-    } else {
-        RunStatus::Ran
-    };
-    let results = write_run_report(run.dir(), settings, &examples, report)?;
-    let mut written = vec![
-        EXAMPLES_FILE.to_string(),
-        REPORT_MD_FILE.to_string(),
-        REPORT_HTML_FILE.to_string(),
-        RESULTS_FILE.to_string(),
-    ];
-    for plot in [RELIABILITY_PLOT, FRONTIER_PLOT] {
-        written.extend(["png", "svg"].map(|ext| format!("{plot}.{ext}")));
+    /// Items per chunk of `stage`: the run's chunk size, in whole judge batches for the judge,
+    /// so that answered items are judged ten to a call, as in the reference, except for the
+    /// last call of each chunk.
+    fn chunk_size(&self, stage: Stage) -> usize {
+        let chunk_size = self.options.chunk_size.max(1);
+        match stage {
+            Stage::Judge => chunk_size.div_ceil(JUDGE_BATCH_SIZE) * JUDGE_BATCH_SIZE,
+            _ => chunk_size,
+        }
     }
-    for name in written {
-        // Already written, atomically, by write_run_report; this lists them in the manifest.
-        run.write_output(&name, |_| Ok(()))?;
+
+    /// The generation stage of both pipelines: the policy's paragraph for each `(id, query)`.
+    pub(crate) fn generate(
+        &mut self,
+        policy: &Policy,
+        queries: &[(&str, &str)],
+    ) -> Result<Vec<GenerationRecord>, PipelineError> {
+        self.run(
+            GENERATIONS_FILE,
+            Stage::Generation,
+            queries,
+            |(id, _)| id,
+            |chunk| {
+                let items: Vec<(&str, &str)> = chunk.iter().map(|&&item| item).collect();
+                policy.generate(&items)
+            },
+        )
     }
-    let records: Vec<Failure> = failures
-        .iter()
-        .map(|(id, failure)| failure.record(id))
-        .collect();
-    run.fail(&records)?;
-    let summary = serde_json::Map::from_iter([(
-        "metrics".to_string(),
-        serde_json::json!({
-            "accuracy": results.metrics.accuracy.value,
-            "ece": results.metrics.ece.value,
-        }),
-    )]);
-    run.finish(counts, summary)?;
-    Ok(RunOutcome {
-        status,
-        results,
-        examples,
-    })
+
+    /// Writes the report, the failures of every item and the finished manifest.
+    pub(crate) fn finish(
+        self,
+        settings: &RunSettings,
+        examples: Vec<ScoredExample>,
+        failures: &[(String, ItemFailure)],
+        counts: BTreeMap<String, u64>,
+    ) -> Result<RunOutcome, PipelineError> {
+        let Stages {
+            mut run, options, ..
+        } = self;
+        let status = if run.is_resumed() {
+            RunStatus::Resumed
+        } else {
+            RunStatus::Ran
+        };
+        let results = write_run_report(run.dir(), settings, &examples, &options.report)?;
+        let mut written = vec![
+            EXAMPLES_FILE.to_string(),
+            REPORT_MD_FILE.to_string(),
+            REPORT_HTML_FILE.to_string(),
+            RESULTS_FILE.to_string(),
+        ];
+        for plot in [RELIABILITY_PLOT, FRONTIER_PLOT] {
+            written.extend(["png", "svg"].map(|ext| format!("{plot}.{ext}")));
+        }
+        for name in written {
+            // Already written, atomically, by write_run_report; this lists them in the manifest.
+            run.write_output(&name, |_| Ok(()))?;
+        }
+        let records: Vec<Failure> = failures
+            .iter()
+            .map(|(id, failure)| failure.record(id))
+            .collect();
+        run.fail(&records)?;
+        let summary = serde_json::Map::from_iter([(
+            "metrics".to_string(),
+            json!({
+                "accuracy": results.metrics.accuracy.value,
+                "ece": results.metrics.ece.value,
+            }),
+        )]);
+        run.finish(counts, summary)?;
+        Ok(RunOutcome {
+            status,
+            results,
+            examples,
+        })
+    }
 }
 
 /// The config entry of the prompt templates: the override file of each template a run uses,

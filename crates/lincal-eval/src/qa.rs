@@ -21,22 +21,21 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use lincal_data::artifact::Keyed;
-use lincal_data::prompts::JUDGE_BATCH_SIZE;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::datasets::{QaDataset, QaQuestion};
 use crate::judges::{Judge, JudgeInput};
+pub use crate::pipeline::GENERATIONS_FILE;
 use crate::pipeline::{
     GenerationRecord, ItemFailure, OpenedRun, PipelineError, Policy, Progress, RunOptions,
-    RunOutcome, Stages, finish_run, open_run, template_inputs, template_sources,
+    RunOutcome, open_run, template_inputs, template_sources,
 };
 use crate::readers::{ForecastInput, ReadInput, Reader};
 use crate::{QaExample, RunSettings, ScoredExample, Stage};
 
 /// The stage name in the run's manifest.
 pub const STAGE_NAME: &str = "eval-qa";
-pub const GENERATIONS_FILE: &str = "generations.jsonl";
 pub const EXTRACTIONS_FILE: &str = "extractions.jsonl";
 pub const FORECASTS_FILE: &str = "forecasts.jsonl";
 pub const JUDGMENTS_FILE: &str = "judgments.jsonl";
@@ -174,30 +173,24 @@ impl QaEvaluation<'_> {
         });
         let mut inputs: Vec<&Path> = dataset.files.iter().map(|p| p.as_path()).collect();
         inputs.extend(template_inputs(templates, &TEMPLATES));
-        let run = match open_run(run_dir, STAGE_NAME, &config, &inputs, self.options.force)? {
+        let opened = open_run(
+            run_dir,
+            STAGE_NAME,
+            &config,
+            &inputs,
+            &self.options,
+            self.progress,
+        )?;
+        let mut stages = match opened {
             OpenedRun::Finished(outcome) => return Ok(outcome),
-            OpenedRun::Run(run) => run,
-        };
-        let chunk = self.options.chunk_size;
-        let mut stages = Stages {
-            run,
-            progress: self.progress,
+            OpenedRun::Run(stages) => stages,
         };
 
-        let generations = stages.run(
-            GENERATIONS_FILE,
-            Stage::Generation,
-            questions,
-            chunk,
-            |q| &q.id,
-            |chunk| {
-                let items: Vec<(&str, &str)> = chunk
-                    .iter()
-                    .map(|q| (q.id.as_str(), q.query.as_str()))
-                    .collect();
-                self.policy.generate(&items)
-            },
-        )?;
+        let queries: Vec<(&str, &str)> = questions
+            .iter()
+            .map(|q| (q.id.as_str(), q.query.as_str()))
+            .collect();
+        let generations = stages.generate(&self.policy, &queries)?;
         let read: Vec<(&QaQuestion, &GenerationRecord)> =
             questions.iter().zip(&generations).collect();
 
@@ -205,7 +198,6 @@ impl QaEvaluation<'_> {
             EXTRACTIONS_FILE,
             Stage::Extraction,
             &read,
-            chunk,
             |(q, _)| &q.id,
             |chunk| self.extract(chunk),
         )?;
@@ -221,7 +213,6 @@ impl QaEvaluation<'_> {
                 FORECASTS_FILE,
                 Stage::Forecast,
                 &items,
-                chunk,
                 |(q, ..)| &q.id,
                 |chunk| self.forecast(chunk),
             )?)
@@ -237,14 +228,10 @@ impl QaEvaluation<'_> {
                 (q, choose_answer(&extractions[i].answers, probabilities))
             })
             .collect();
-        // Chunks of whole judge batches: answered items are judged ten to a call, as in the
-        // reference, except for the last call of each chunk.
-        let judge_chunk = chunk.max(1).div_ceil(JUDGE_BATCH_SIZE) * JUDGE_BATCH_SIZE;
         let judgments = stages.run(
             JUDGMENTS_FILE,
             Stage::Judge,
             &choices,
-            judge_chunk,
             |(q, _)| &q.id,
             |chunk| self.judge(chunk),
         )?;
@@ -277,14 +264,7 @@ impl QaEvaluation<'_> {
             }));
         }
 
-        let mut extra = self.extra.clone();
-        extra.insert("prompt".into(), json!(self.policy.method.prompt.name()));
-        extra.insert("states_confidence".into(), json!(states_confidence));
-        extra.insert(
-            "temperature".into(),
-            json!(self.policy.settings.temperature),
-        );
-        extra.insert("seed".into(), json!(self.policy.settings.seed));
+        let mut extra = self.policy.settings_with(&self.extra);
         if !dataset.tally.skipped.is_empty() {
             extra.insert(
                 "dataset rows left out".into(),
@@ -308,14 +288,7 @@ impl QaEvaluation<'_> {
             "correct".into(),
             judgments.iter().filter(|j| j.correct).count() as u64,
         );
-        finish_run(
-            stages.run,
-            &settings,
-            examples,
-            &failures,
-            counts,
-            &self.options.report,
-        )
+        stages.finish(&settings, examples, &failures, counts)
     }
 
     fn extract(

@@ -13,10 +13,10 @@ use lincal_data::parse::{
     LexicalReader, contains_match, parse_extracted_answers, parse_probability,
 };
 use lincal_data::prompts::{ExtractionUse, Templates};
-use lincal_llm::{Llm, LlmRequest, Prompt};
+use lincal_llm::{Llm, Prompt};
 
 use crate::Stage;
-use crate::pipeline::{ItemFailure, PipelineError, TeacherSettings, ask_parsed, chat_prompt};
+use crate::pipeline::{ItemFailure, PipelineError, TeacherSettings, chat_prompt, describe_llm};
 
 /// New tokens for an extraction reply: a line of reasoning and a line of answers.
 pub const EXTRACTION_MAX_TOKENS: u32 = 256;
@@ -72,57 +72,44 @@ pub struct LlmReader<'a> {
 
 impl Reader for LlmReader<'_> {
     fn describe(&self) -> String {
-        format!("llm {} {}", self.llm.backend(), self.llm.model())
+        describe_llm(self.llm)
     }
 
     fn extract(&self, inputs: &[ReadInput<'_>]) -> ItemResults<Vec<String>> {
-        let requests = inputs
-            .iter()
-            .map(|input| {
+        self.settings.ask(
+            self.llm,
+            inputs,
+            EXTRACTION_MAX_TOKENS,
+            Stage::Extraction,
+            |input| {
                 let messages = self.templates.extract_answers(
                     input.question,
                     input.paragraph,
                     ExtractionUse::Evaluation,
                 )?;
-                Ok(self.settings.request(
-                    chat_prompt(messages),
-                    EXTRACTION_MAX_TOKENS,
-                    &format!("extract/{}", input.id),
-                ))
-            })
-            .collect::<Result<Vec<LlmRequest>, PipelineError>>()?;
-        Ok(ask_parsed(
-            self.llm,
-            &requests,
-            self.settings.max_attempts,
-            Stage::Extraction,
+                Ok((chat_prompt(messages), format!("extract/{}", input.id)))
+            },
             parse_extracted_answers,
-        ))
+        )
     }
 
     fn forecast(&self, inputs: &[ForecastInput<'_>]) -> ItemResults<f64> {
-        let requests = inputs
-            .iter()
-            .map(|input| {
+        self.settings.ask(
+            self.llm,
+            inputs,
+            FORECAST_MAX_TOKENS,
+            Stage::Forecast,
+            |input| {
                 let messages = self.templates.forecast_probability(
                     input.question,
                     input.paragraph,
                     input.candidate,
                 )?;
-                Ok(self.settings.request(
-                    chat_prompt(messages),
-                    FORECAST_MAX_TOKENS,
-                    &format!("forecast/{}/{}", input.id, input.candidate),
-                ))
-            })
-            .collect::<Result<Vec<LlmRequest>, PipelineError>>()?;
-        Ok(ask_parsed(
-            self.llm,
-            &requests,
-            self.settings.max_attempts,
-            Stage::Forecast,
+                let key = format!("forecast/{}/{}", input.id, input.candidate);
+                Ok((chat_prompt(messages), key))
+            },
             parse_probability,
-        ))
+        )
     }
 }
 
@@ -135,24 +122,17 @@ pub fn extract_with_model(
     settings: &TeacherSettings,
     inputs: &[ReadInput<'_>],
 ) -> ItemResults<Vec<String>> {
-    let requests = inputs
-        .iter()
-        .map(|input| {
-            let prompt = templates.extract_answers_model(input.question, input.paragraph)?;
-            Ok(settings.request(
-                Prompt::Completion(prompt),
-                EXTRACT_ANSWERS_MODEL_MAX_TOKENS,
-                &format!("extract/{}", input.id),
-            ))
-        })
-        .collect::<Result<Vec<LlmRequest>, PipelineError>>()?;
-    Ok(ask_parsed(
+    settings.ask(
         llm,
-        &requests,
-        settings.max_attempts,
+        inputs,
+        EXTRACT_ANSWERS_MODEL_MAX_TOKENS,
         Stage::Extraction,
+        |input| {
+            let prompt = templates.extract_answers_model(input.question, input.paragraph)?;
+            Ok((Prompt::Completion(prompt), format!("extract/{}", input.id)))
+        },
         parse_extracted_answers,
-    ))
+    )
 }
 
 /// A reader without a model, for quick and fully reproducible runs.

@@ -248,9 +248,32 @@ pub(crate) fn metrics_note(report: &MetricsReport) -> String {
     note
 }
 
+/// The "Paper" section of a Markdown report: the paper's numbers for `dataset`, or nothing for
+/// a dataset the paper did not use.
+pub(crate) fn paper_section_markdown(dataset: &str) -> String {
+    paper_table(dataset).map_or_else(String::new, |(heading, table)| {
+        format!(
+            "\n## Paper\n\n{}\n\n{}",
+            markdown(&heading),
+            table.to_markdown()
+        )
+    })
+}
+
+/// The "Paper" section of an HTML report, as [`paper_section_markdown`].
+pub(crate) fn paper_section_html(dataset: &str) -> String {
+    paper_table(dataset).map_or_else(String::new, |(heading, table)| {
+        format!(
+            "<h2>Paper</h2>\n<p class=\"note\">{}</p>\n{}",
+            html(&heading),
+            table.to_html()
+        )
+    })
+}
+
 /// The paper's numbers for `dataset` as a table with a heading line, or None for a dataset
 /// the paper did not use.
-pub(crate) fn paper_table(dataset: &str) -> Option<(String, Table)> {
+fn paper_table(dataset: &str) -> Option<(String, Table)> {
     let (name, results) = paper_results(dataset)?;
     let mut table = Table::new(&[("method (paper)", false), ("accuracy", true), ("ECE", true)]);
     for r in results {

@@ -22,7 +22,7 @@ use crate::files::{read_json, write_atomically, write_json};
 use crate::paper::paper_results;
 use crate::render::{
     Cell, Table, format_interval, format_value, html, html_page, interval_label, markdown,
-    metric_rows, metrics_note, paper_table, svg_figure,
+    metric_rows, metrics_note, paper_section_html, paper_section_markdown, svg_figure,
 };
 
 pub const EXAMPLES_FILE: &str = "examples.jsonl";
@@ -313,10 +313,7 @@ fn run_markdown(results: &RunResults) -> String {
         )
         .unwrap();
     }
-    if let Some((heading, table)) = paper_table(&s.dataset) {
-        writeln!(out, "\n## Paper\n\n{}\n", markdown(&heading)).unwrap();
-        out += &table.to_markdown();
-    }
+    out += &paper_section_markdown(&s.dataset);
     writeln!(
         out,
         "\nEvery scored item is in [{EXAMPLES_FILE}]({EXAMPLES_FILE}); {REPORT_HTML_FILE} lists \
@@ -348,15 +345,7 @@ fn run_html(
         "Reliability diagram: accuracy against mean confidence per bin",
     )?;
     body += &svg_figure(&plots.frontier, "Accuracy against ECE")?;
-    if let Some((heading, table)) = paper_table(&s.dataset) {
-        writeln!(
-            body,
-            "<h2>Paper</h2>\n<p class=\"note\">{}</p>",
-            html(&heading)
-        )
-        .unwrap();
-        body += &table.to_html();
-    }
+    body += &paper_section_html(&s.dataset);
     let shown = shown.min(examples.len());
     writeln!(
         body,

@@ -14,14 +14,14 @@ use lincal_eval::bio::{BioEvaluation, ClaimConfidence, FactChecker, LlmDecompose
 use lincal_eval::datasets::{QaDataset, QaQuestion, load_qa_jsonl};
 use lincal_eval::judges::{ExactMatchJudge, Judge, JudgeInput, LlmJudge};
 use lincal_eval::qa::QaEvaluation;
-use lincal_eval::readers::{LexicalQaReader, LlmReader};
+use lincal_eval::readers::{LexicalQaReader, LlmReader, Reader};
 use lincal_eval::{
     ClaimExample, GenerationSettings, IndexLocation, KnowledgeIndex, Method, PipelineError, Policy,
-    ProgressEvent, QaExample, RunOptions, RunStatus, ScoredExample, Stage, StageFailure,
-    TeacherSettings,
+    ProgressEvent, QaExample, RunOptions, RunOutcome, RunStatus, ScoredExample, Stage,
+    StageFailure, TeacherSettings,
 };
 use lincal_llm::testing::FakeLlm;
-use lincal_llm::{ClientOptions, LlmClient, LlmRequest, LlmResponse, Prompt, ResponseCache};
+use lincal_llm::{ClientOptions, Llm, LlmClient, LlmRequest, LlmResponse, Prompt, ResponseCache};
 
 /// The text a scripted model reads: the last chat turn, or the completion prompt.
 fn prompt_text(request: &LlmRequest) -> String {
@@ -29,6 +29,11 @@ fn prompt_text(request: &LlmRequest) -> String {
         Prompt::Chat(messages) => messages.last().unwrap().content.clone(),
         Prompt::Completion(text) => text.clone(),
     }
+}
+
+/// A scripted model: it answers each request with `reply` to the request's text.
+fn scripted<T: Into<String>>(reply: impl Fn(&str) -> T + Send + Sync + 'static) -> FakeLlm {
+    FakeLlm::new(move |request| Ok(LlmResponse::from_texts([reply(&prompt_text(request))])))
 }
 
 /// The value of the last line starting with `label` in `text`.
@@ -95,20 +100,15 @@ fn paragraph_for(prompt: &str) -> &'static str {
 }
 
 fn policy_llm() -> FakeLlm {
-    FakeLlm::new(|request| {
-        Ok(LlmResponse::from_texts([paragraph_for(&prompt_text(
-            request,
-        ))]))
-    })
+    scripted(paragraph_for)
 }
 
 /// Extraction and forecasts for the paragraphs above; "Mumble." never gets a parseable
 /// extraction and the forecast of "Rome" never parses.
 fn reader_llm() -> FakeLlm {
-    FakeLlm::new(|request| {
-        let text = prompt_text(request);
-        let reply = if text.contains("what is the probability") {
-            let paragraph = field(&text, "Paragraph:");
+    scripted(|text| {
+        if text.contains("what is the probability") {
+            let paragraph = field(text, "Paragraph:");
             let candidate = text
                 .split("probability that \"")
                 .nth(1)
@@ -125,7 +125,7 @@ fn reader_llm() -> FakeLlm {
                 other => panic!("unexpected forecast {other:?}"),
             }
         } else {
-            match field(&text, "Paragraph:") {
+            match field(text, "Paragraph:") {
                 "It is Paris, though I give Lyon a 30% chance." => {
                     "Reasoning: two.\nAnswers: Paris; Lyon"
                 }
@@ -137,8 +137,7 @@ fn reader_llm() -> FakeLlm {
                 "Rome, or perhaps Milan." => "Reasoning: two.\nAnswers: Rome; Milan",
                 other => panic!("unexpected paragraph {other:?}"),
             }
-        };
-        Ok(LlmResponse::from_texts([reply]))
+        }
     })
 }
 
@@ -164,8 +163,8 @@ fn judge_pairs(text: &str) -> Vec<(String, String, String)> {
 
 /// Says Yes exactly when the proposed answer is the gold one.
 fn judge_llm() -> FakeLlm {
-    FakeLlm::new(|request| {
-        let verdicts: Vec<String> = judge_pairs(&prompt_text(request))
+    scripted(|text| {
+        let verdicts: Vec<String> = judge_pairs(text)
             .iter()
             .enumerate()
             .map(|(i, (_, gold, proposed))| {
@@ -176,7 +175,7 @@ fn judge_llm() -> FakeLlm {
                 )
             })
             .collect();
-        Ok(LlmResponse::from_texts([verdicts.join("\n")]))
+        verdicts.join("\n")
     })
 }
 
@@ -217,44 +216,11 @@ struct Models {
     judge: FakeLlm,
 }
 
-fn run_qa(
-    dir: &Path,
-    models: &Models,
-    method: &Method,
-    dataset: &QaDataset,
-    progress: &dyn lincal_eval::Progress,
-    chunk_size: usize,
-) -> Result<lincal_eval::RunOutcome, PipelineError> {
-    let templates = Templates::builtin().unwrap();
-    let settings = GenerationSettings::local();
-    let reader = LlmReader {
-        llm: &models.reader,
-        templates: &templates,
-        settings: teacher(),
-    };
-    let judge = LlmJudge {
-        llm: &models.judge,
-        templates: &templates,
-        settings: teacher(),
-    };
-    QaEvaluation {
-        policy: Policy {
-            llm: &models.policy,
-            method,
-            settings: &settings,
-            templates: &templates,
-        },
-        reader: &reader,
-        judge: &judge,
-        model_label: "fake policy".into(),
-        extra: BTreeMap::new(),
-        options: RunOptions {
-            chunk_size,
-            ..RunOptions::default()
-        },
-        progress,
+impl Models {
+    /// The reader and judge models, as teachers.
+    fn teachers(&self) -> QaRoles<'_> {
+        QaRoles::Teachers(&self.reader, &self.judge)
     }
-    .run(dir, dataset)
 }
 
 fn models() -> Models {
@@ -265,6 +231,80 @@ fn models() -> Models {
     }
 }
 
+/// Who reads and judges a QA test run.
+enum QaRoles<'a> {
+    /// Models asked as teachers with the built-in prompts: the reader, then the judge.
+    Teachers(&'a dyn Llm, &'a dyn Llm),
+    /// The lexical reader and the exact-match judge: no model.
+    Lexical,
+}
+
+/// A QA run of `method` on `dataset` by the `policy` model, read and judged by `roles`.
+fn run_qa(
+    dir: &Path,
+    policy: &dyn Llm,
+    roles: QaRoles,
+    method: &Method,
+    dataset: &QaDataset,
+    progress: &dyn lincal_eval::Progress,
+    options: RunOptions,
+) -> Result<RunOutcome, PipelineError> {
+    let templates = Templates::builtin().unwrap();
+    let (reader, judge): (Box<dyn Reader + '_>, Box<dyn Judge + '_>) = match roles {
+        QaRoles::Teachers(reader, judge) => (
+            Box::new(LlmReader {
+                llm: reader,
+                templates: &templates,
+                settings: teacher(),
+            }),
+            Box::new(LlmJudge {
+                llm: judge,
+                templates: &templates,
+                settings: teacher(),
+            }),
+        ),
+        QaRoles::Lexical => (
+            Box::new(LexicalQaReader::default()),
+            Box::new(ExactMatchJudge),
+        ),
+    };
+    QaEvaluation {
+        policy: Policy {
+            llm: policy,
+            method,
+            settings: &GenerationSettings::local(),
+            templates: &templates,
+        },
+        reader: reader.as_ref(),
+        judge: judge.as_ref(),
+        model_label: "fake policy".into(),
+        extra: BTreeMap::new(),
+        options,
+        progress,
+    }
+    .run(dir, dataset)
+}
+
+/// The run options with chunks of `chunk_size` items.
+fn chunks_of(chunk_size: usize) -> RunOptions {
+    RunOptions {
+        chunk_size,
+        ..RunOptions::default()
+    }
+}
+
+/// (answer, confidence, correct) of each scored QA item.
+fn answers(outcome: &RunOutcome) -> Vec<(Option<&str>, Option<f64>, bool)> {
+    outcome
+        .examples
+        .iter()
+        .map(|e| match e {
+            ScoredExample::Qa(q) => (q.answer.as_deref(), q.confidence, q.correct),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
 #[test]
 fn qa_pipeline_scores_each_question_as_worked_out_by_hand() {
     let dir = tempfile::tempdir().unwrap();
@@ -273,11 +313,12 @@ fn qa_pipeline_scores_each_question_as_worked_out_by_hand() {
     let method = Method::preset("LC SFT").unwrap();
     let outcome = run_qa(
         dir.path(),
-        &models,
+        &models.policy,
+        models.teachers(),
         &method,
         &dataset(questions.clone()),
         &no_progress,
-        40,
+        RunOptions::default(),
     )
     .unwrap();
     assert_eq!(outcome.status, RunStatus::Ran);
@@ -413,23 +454,16 @@ fn a_method_without_confidence_takes_the_first_answer_at_confidence_one() {
     assert!(!method.states_confidence);
     let outcome = run_qa(
         dir.path(),
-        &models,
+        &models.policy,
+        models.teachers(),
         &method,
         &dataset(questions),
         &no_progress,
-        40,
+        RunOptions::default(),
     )
     .unwrap();
-    let answers: Vec<(Option<&str>, Option<f64>, bool)> = outcome
-        .examples
-        .iter()
-        .map(|e| match e {
-            ScoredExample::Qa(q) => (q.answer.as_deref(), q.confidence, q.correct),
-            other => panic!("{other:?}"),
-        })
-        .collect();
     assert_eq!(
-        answers,
+        answers(&outcome),
         [
             (Some("Paris"), None, true),
             (Some("Bern"), None, false),
@@ -569,7 +603,6 @@ fn exact_match_judge_accepts_any_alias_after_normalising() {
 #[test]
 fn lexical_reader_with_exact_judge_needs_no_model_but_the_policy() {
     let dir = tempfile::tempdir().unwrap();
-    let templates = Templates::builtin().unwrap();
     let questions = vec![
         question("q1", "capital of France", "Paris", &["City of Light"]),
         question("q2", "largest Swiss city", "Zurich", &[]),
@@ -577,8 +610,7 @@ fn lexical_reader_with_exact_judge_needs_no_model_but_the_policy() {
         question("q4", "the unknown thing", "Oslo", &[]),
         question("q5", "the city of lights", "Paris", &["City of Light"]),
     ];
-    let policy = FakeLlm::new(|request| {
-        let text = prompt_text(request);
+    let policy = scripted(|text| {
         let table = [
             ("capital of France", "Paris is the capital of France."),
             ("largest Swiss city", "It is likely Zurich."),
@@ -586,41 +618,24 @@ fn lexical_reader_with_exact_judge_needs_no_model_but_the_policy() {
             ("the unknown thing", "I cannot say."),
             ("the city of lights", "They call it the City of Light."),
         ];
-        let paragraph = table.iter().find(|(key, _)| text.contains(key)).unwrap().1;
-        Ok(LlmResponse::from_texts([paragraph]))
+        table.iter().find(|(key, _)| text.contains(key)).unwrap().1
     });
-    let method = Method::preset("LC SFT").unwrap();
-    let settings = GenerationSettings::local();
-    let outcome = QaEvaluation {
-        policy: Policy {
-            llm: &policy,
-            method: &method,
-            settings: &settings,
-            templates: &templates,
-        },
-        reader: &LexicalQaReader::default(),
-        judge: &ExactMatchJudge,
-        model_label: "fake".into(),
-        extra: BTreeMap::new(),
-        options: RunOptions::default(),
-        progress: &no_progress,
-    }
-    .run(dir.path(), &dataset(questions))
+    let outcome = run_qa(
+        dir.path(),
+        &policy,
+        QaRoles::Lexical,
+        &Method::preset("LC SFT").unwrap(),
+        &dataset(questions),
+        &no_progress,
+        RunOptions::default(),
+    )
     .unwrap();
-    let scored: Vec<(Option<&str>, Option<f64>, bool)> = outcome
-        .examples
-        .iter()
-        .map(|e| match e {
-            ScoredExample::Qa(q) => (q.answer.as_deref(), q.confidence, q.correct),
-            other => panic!("{other:?}"),
-        })
-        .collect();
     let likely = lincal_data::parse::HedgeTable::default()
         .probability("likely")
         .unwrap();
     assert_eq!(likely, 0.75);
     assert_eq!(
-        scored,
+        answers(&outcome),
         [
             (Some("Paris"), Some(1.0), true),
             (Some("Zurich"), Some(0.75), true),
@@ -653,55 +668,37 @@ fn a_killed_run_resumes_and_a_finished_one_makes_no_call() {
     let questions = five_questions();
     let data = dataset(questions.clone());
     let method = Method::preset("LC RL").unwrap();
-    let templates = Templates::builtin().unwrap();
-    let settings = GenerationSettings::local();
-    // Each attempt gets fresh scripted models (counting their calls) behind the same cache.
-    let attempt = |progress: &dyn lincal_eval::Progress| {
+    // Each run gets fresh scripted models (counting their calls) behind the same cache.
+    let attempt = |progress: &dyn lincal_eval::Progress, options: RunOptions| {
         let backends = [
             Arc::new(policy_llm()),
             Arc::new(reader_llm()),
             Arc::new(judge_llm()),
         ];
         let [policy, reader, judge] = backends.clone().map(|b| cached(b, dir.path()));
-        let llm_reader = LlmReader {
-            llm: &reader,
-            templates: &templates,
-            settings: teacher(),
-        };
-        let llm_judge = LlmJudge {
-            llm: &judge,
-            templates: &templates,
-            settings: teacher(),
-        };
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            QaEvaluation {
-                policy: Policy {
-                    llm: &policy,
-                    method: &method,
-                    settings: &settings,
-                    templates: &templates,
-                },
-                reader: &llm_reader,
-                judge: &llm_judge,
-                model_label: "fake".into(),
-                extra: BTreeMap::new(),
-                options: RunOptions {
-                    chunk_size: 2,
-                    ..RunOptions::default()
-                },
+            run_qa(
+                dir.path(),
+                &policy,
+                QaRoles::Teachers(&reader, &judge),
+                &method,
+                &data,
                 progress,
-            }
-            .run(dir.path(), &data)
+                options,
+            )
             .unwrap()
         }));
         let calls = backends.map(|b| b.requests().len());
         (outcome.ok(), calls)
     };
     // Killed once the first two questions' forecasts are committed.
-    let (outcome, first_calls) = attempt(&kill_at(ProgressEvent::Advanced {
-        stage: Stage::Forecast,
-        by: 2,
-    }));
+    let (outcome, first_calls) = attempt(
+        &kill_at(ProgressEvent::Advanced {
+            stage: Stage::Forecast,
+            by: 2,
+        }),
+        chunks_of(2),
+    );
     assert!(outcome.is_none());
     // Generation 5; extraction 5 and a second try of q4's; forecasts of q1 and q2: 4.
     assert_eq!(first_calls, [5, 6 + 4, 0]);
@@ -710,18 +707,28 @@ fn a_killed_run_resumes_and_a_finished_one_makes_no_call() {
 
     // Resumed: generation and extraction are done; the forecasts of q3-q5 are asked (q3 and
     // q4 have no answer, q5 has two, Rome twice); the judge once.
-    let (outcome, resumed_calls) = attempt(&no_progress);
+    let (outcome, resumed_calls) = attempt(&no_progress, chunks_of(2));
     let outcome = outcome.unwrap();
     assert_eq!(outcome.status, RunStatus::Resumed);
     assert_eq!(resumed_calls, [0, 3, 1]);
 
     // The same run, uninterrupted, in another directory gives the same examples.
     let fresh = tempfile::tempdir().unwrap();
-    let uninterrupted = run_qa(fresh.path(), &models(), &method, &data, &no_progress, 2).unwrap();
+    let models = models();
+    let uninterrupted = run_qa(
+        fresh.path(),
+        &models.policy,
+        models.teachers(),
+        &method,
+        &data,
+        &no_progress,
+        chunks_of(2),
+    )
+    .unwrap();
     assert_eq!(outcome.examples, uninterrupted.examples);
 
     // Finished: nothing is asked, the results are read back.
-    let (again, calls) = attempt(&no_progress);
+    let (again, calls) = attempt(&no_progress, chunks_of(2));
     let again = again.unwrap();
     assert_eq!(again.status, RunStatus::AlreadyFinished);
     assert_eq!(calls, [0, 0, 0]);
@@ -729,69 +736,37 @@ fn a_killed_run_resumes_and_a_finished_one_makes_no_call() {
     assert_eq!(again.results, outcome.results);
 
     // --force redoes the run; the response cache answers every call.
-    let backends = [
-        Arc::new(policy_llm()),
-        Arc::new(reader_llm()),
-        Arc::new(judge_llm()),
-    ];
-    let [policy, reader, judge] = backends.clone().map(|b| cached(b, dir.path()));
-    let llm_reader = LlmReader {
-        llm: &reader,
-        templates: &templates,
-        settings: teacher(),
-    };
-    let llm_judge = LlmJudge {
-        llm: &judge,
-        templates: &templates,
-        settings: teacher(),
-    };
-    let forced = QaEvaluation {
-        policy: Policy {
-            llm: &policy,
-            method: &method,
-            settings: &settings,
-            templates: &templates,
-        },
-        reader: &llm_reader,
-        judge: &llm_judge,
-        model_label: "fake".into(),
-        extra: BTreeMap::new(),
-        options: RunOptions {
-            chunk_size: 2,
+    let (forced, calls) = attempt(
+        &no_progress,
+        RunOptions {
             force: true,
-            ..RunOptions::default()
+            ..chunks_of(2)
         },
-        progress: &no_progress,
-    }
-    .run(dir.path(), &data)
-    .unwrap();
+    );
+    let forced = forced.unwrap();
     assert_eq!(forced.status, RunStatus::Ran);
     assert_eq!(forced.examples, outcome.examples);
-    assert_eq!(backends.map(|b| b.requests().len()), [0, 0, 0]);
+    assert_eq!(calls, [0, 0, 0]);
 }
 
 #[test]
 fn a_run_directory_of_another_run_is_refused_with_the_difference() {
     let dir = tempfile::tempdir().unwrap();
     let data = dataset(five_questions());
-    run_qa(
-        dir.path(),
-        &models(),
-        &Method::preset("LC SFT").unwrap(),
-        &data,
-        &no_progress,
-        40,
-    )
-    .unwrap();
-    let error = run_qa(
-        dir.path(),
-        &models(),
-        &Method::preset("LC RL").unwrap(),
-        &data,
-        &no_progress,
-        40,
-    )
-    .unwrap_err();
+    let models = models();
+    let run = |method: &str| {
+        run_qa(
+            dir.path(),
+            &models.policy,
+            models.teachers(),
+            &Method::preset(method).unwrap(),
+            &data,
+            &no_progress,
+            RunOptions::default(),
+        )
+    };
+    run("LC SFT").unwrap();
+    let error = run("LC RL").unwrap_err();
     let message = error.to_string();
     assert!(
         message.contains("does not match this one") && message.contains("--force"),
@@ -805,13 +780,15 @@ fn progress_counts_every_item_of_every_stage() {
     let dir = tempfile::tempdir().unwrap();
     let events = std::sync::Mutex::new(Vec::new());
     let record = |event: ProgressEvent| events.lock().unwrap().push(event);
+    let models = models();
     run_qa(
         dir.path(),
-        &models(),
+        &models.policy,
+        models.teachers(),
         &Method::preset("LC SFT").unwrap(),
         &dataset(five_questions()),
         &record,
-        2,
+        chunks_of(2),
     )
     .unwrap();
     let events = events.into_inner().unwrap();
@@ -874,22 +851,19 @@ const KNOWLEDGE: &str = r#"{"id": "ada", "title": "Ada Lovelace", "text": "Ada L
 "#;
 
 fn bio_policy() -> FakeLlm {
-    FakeLlm::new(|request| {
-        let text = prompt_text(request);
-        let bio = if text.contains("Ada Lovelace") {
+    scripted(|text| {
+        if text.contains("Ada Lovelace") {
             "Ada Lovelace was an English mathematician. I am 80% sure she was born in 1815, and 20% sure it was 1816. She was brilliant."
         } else {
             "Alan Turing was a mathematician."
-        };
-        Ok(LlmResponse::from_texts([bio]))
+        }
     })
 }
 
 /// Claims for Ada (a group of alternatives, a subjective claim); nothing parseable for Turing.
 fn decomposer_llm() -> FakeLlm {
-    FakeLlm::new(|request| {
-        let text = prompt_text(request);
-        let reply = if field(&text, "Person:") == "Ada Lovelace" {
+    scripted(|text| {
+        if field(text, "Person:") == "Ada Lovelace" {
             r#"[
   {"claim": "Ada Lovelace was English.", "type": "objective", "confidence": "direct"},
   {"alternatives": [
@@ -900,61 +874,58 @@ fn decomposer_llm() -> FakeLlm {
 ]"#
         } else {
             "Sorry, I cannot list claims."
-        };
-        Ok(LlmResponse::from_texts([reply]))
+        }
     })
 }
 
 /// True when the passages it was shown back the claim's year or nationality.
 fn checker_llm() -> FakeLlm {
-    FakeLlm::new(|request| {
-        let text = prompt_text(request);
-        let claim = field(&text, "Statement:");
+    scripted(|text| {
+        let claim = field(text, "Statement:");
         let passages = text.split("Statement:").next().unwrap();
         let supported = ["1815", "English"]
             .iter()
             .any(|w| claim.contains(w) && passages.contains(w));
-        Ok(LlmResponse::from_texts([if supported {
-            "True"
-        } else {
-            "False"
-        }]))
+        if supported { "True" } else { "False" }
     })
 }
 
-#[test]
-fn bio_pipeline_checks_claims_against_retrieved_passages_and_scores_groups_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let knowledge = dir.path().join("people.jsonl");
-    std::fs::write(&knowledge, KNOWLEDGE).unwrap();
-    let index = KnowledgeIndex::open(&knowledge, IndexLocation::Memory).unwrap();
+/// The models of a biography run: the policy, the decomposer, the confidence model for
+/// wording the hedge table does not know (if any) and the fact checker.
+struct BioModels<'a> {
+    policy: &'a dyn Llm,
+    decomposer: &'a dyn Llm,
+    confidence: Option<&'a dyn Llm>,
+    checker: &'a dyn Llm,
+}
+
+/// A biography run of LC SFT about `entities` in `run_dir`, claims checked against the
+/// `knowledge` JSONL file.
+fn run_bio(run_dir: &Path, models: BioModels, entities: &[&str], knowledge: &Path) -> RunOutcome {
+    let index = KnowledgeIndex::open(knowledge, IndexLocation::Memory).unwrap();
     let templates = Templates::builtin().unwrap();
-    let (policy, decomposer_model, checker_model) = (bio_policy(), decomposer_llm(), checker_llm());
-    let method = Method::preset("LC SFT").unwrap();
-    let settings = GenerationSettings::local();
     let decomposer = LlmDecomposer {
-        llm: &decomposer_model,
+        llm: models.decomposer,
         templates: &templates,
         settings: teacher(),
     };
-    let run_dir = dir.path().join("run");
-    let entities = vec!["Ada Lovelace".to_string(), "Alan Turing".to_string()];
-    let outcome = BioEvaluation {
+    let entities: Vec<String> = entities.iter().map(|e| e.to_string()).collect();
+    BioEvaluation {
         policy: Policy {
-            llm: &policy,
-            method: &method,
-            settings: &settings,
+            llm: models.policy,
+            method: &Method::preset("LC SFT").unwrap(),
+            settings: &GenerationSettings::local(),
             templates: &templates,
         },
         decomposer: &decomposer,
         confidence: ClaimConfidence {
             lexical: Default::default(),
-            llm: None,
+            llm: models.confidence,
             templates: &templates,
             settings: teacher(),
         },
         checker: FactChecker {
-            llm: &checker_model,
+            llm: models.checker,
             templates: &templates,
             settings: teacher(),
             index: &index,
@@ -967,8 +938,29 @@ fn bio_pipeline_checks_claims_against_retrieved_passages_and_scores_groups_once(
         options: RunOptions::default(),
         progress: &no_progress,
     }
-    .run(&run_dir, &entities, &[knowledge.as_path()])
-    .unwrap();
+    .run(run_dir, &entities, &[knowledge])
+    .unwrap()
+}
+
+#[test]
+fn bio_pipeline_checks_claims_against_retrieved_passages_and_scores_groups_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let knowledge = dir.path().join("people.jsonl");
+    std::fs::write(&knowledge, KNOWLEDGE).unwrap();
+    let (policy, decomposer, checker) = (bio_policy(), decomposer_llm(), checker_llm());
+    let run_dir = dir.path().join("run");
+    let models = BioModels {
+        policy: &policy,
+        decomposer: &decomposer,
+        confidence: None,
+        checker: &checker,
+    };
+    let outcome = run_bio(
+        &run_dir,
+        models,
+        &["Ada Lovelace", "Alan Turing"],
+        &knowledge,
+    );
 
     let claim = |id: &str,
                  claim: &str,
@@ -1017,7 +1009,7 @@ fn bio_pipeline_checks_claims_against_retrieved_passages_and_scores_groups_once(
         ]
     );
     // Every checked claim saw Ada's page, and only hers.
-    let checks = checker_model.requests();
+    let checks = checker.requests();
     assert_eq!(checks.len(), 3);
     for request in &checks {
         let text = prompt_text(request);
@@ -1054,67 +1046,23 @@ fn unknown_hedges_fall_back_to_a_model_or_to_even_odds_with_a_note() {
     let dir = tempfile::tempdir().unwrap();
     let knowledge = dir.path().join("people.jsonl");
     std::fs::write(&knowledge, KNOWLEDGE).unwrap();
-    let index = KnowledgeIndex::open(&knowledge, IndexLocation::Memory).unwrap();
-    let templates = Templates::builtin().unwrap();
-    let policy = FakeLlm::new(|_| {
-        Ok(LlmResponse::from_texts([
-            "Alan Turing was English, my gut says.",
-        ]))
+    let policy = scripted(|_| "Alan Turing was English, my gut says.");
+    let decomposer = scripted(
+        |_| r#"[{"claim": "Alan Turing was English.", "type": "objective", "confidence": "my gut says"}]"#,
+    );
+    let confidence_model = scripted(|text| {
+        assert!(text.contains("\"my gut says\""));
+        "Reasoning: a gut feeling.\nProbability: 0.6"
     });
-    let decomposer_model = FakeLlm::new(|_| {
-        Ok(LlmResponse::from_texts([
-            r#"[{"claim": "Alan Turing was English.", "type": "objective", "confidence": "my gut says"}]"#,
-        ]))
-    });
-    let confidence_model = FakeLlm::new(|request| {
-        assert!(prompt_text(request).contains("\"my gut says\""));
-        Ok(LlmResponse::from_texts([
-            "Reasoning: a gut feeling.\nProbability: 0.6",
-        ]))
-    });
-    let checker_model = checker_llm();
-    let method = Method::preset("LC SFT").unwrap();
-    let settings = GenerationSettings::local();
-    let decomposer = LlmDecomposer {
-        llm: &decomposer_model,
-        templates: &templates,
-        settings: teacher(),
-    };
-    let run = |run_dir: &Path, confidence_llm: Option<&dyn lincal_llm::Llm>| {
-        BioEvaluation {
-            policy: Policy {
-                llm: &policy,
-                method: &method,
-                settings: &settings,
-                templates: &templates,
-            },
+    let checker = checker_llm();
+    let run = |run_dir: &Path, confidence: Option<&dyn Llm>| {
+        let models = BioModels {
+            policy: &policy,
             decomposer: &decomposer,
-            confidence: ClaimConfidence {
-                lexical: Default::default(),
-                llm: confidence_llm,
-                templates: &templates,
-                settings: teacher(),
-            },
-            checker: FactChecker {
-                llm: &checker_model,
-                templates: &templates,
-                settings: teacher(),
-                index: &index,
-                passages: 5,
-                source_label: "people".into(),
-            },
-            dataset_name: "people".into(),
-            model_label: "fake".into(),
-            extra: BTreeMap::new(),
-            options: RunOptions::default(),
-            progress: &no_progress,
-        }
-        .run(
-            run_dir,
-            &["Alan Turing".to_string()],
-            &[knowledge.as_path()],
-        )
-        .unwrap()
+            confidence,
+            checker: &checker,
+        };
+        run_bio(run_dir, models, &["Alan Turing"], &knowledge)
     };
     let with_model = run(&dir.path().join("a"), Some(&confidence_model));
     assert_eq!(with_model.examples[0].confidence(), Some(0.6));

@@ -13,7 +13,8 @@
 //!   crash-safe SQLite [`ResponseCache`], token and cost [`Accounting`] and a [`Progress`]
 //!   hook. It is itself an [`Llm`].
 //! - [`generate_parsed`] asks again, with a new seed, until the caller's parser accepts an
-//!   answer, and records what never parsed instead of dropping it.
+//!   answer, and records what never parsed instead of dropping it; [`request_seed`] gives each
+//!   request of a run its own seed.
 //! - [`BackendConfig`] describes a backend in TOML or JSON and builds its [`LlmClient`].
 //! - [`testing::FakeLlm`] is a scripted backend for tests here and in other crates.
 //!
@@ -65,12 +66,12 @@ pub use config::{BackendConfig, BackendKind};
 pub use error::{CacheError, ConfigError, LlmError};
 pub use http::HttpSettings;
 pub use openai::{MaxTokensField, OpenAiBackend};
-pub use parse::{ParseFailure, Parsed, generate_parsed};
+pub use parse::{ParseFailure, Parsed, generate_parsed, generate_parsed_indexed};
 pub use rate_limit::RateLimiter;
 pub use retry::RetryPolicy;
 pub use types::{
     ChatMessage, Choice, FinishReason, LlmRequest, LlmResponse, Prompt, Role, SamplingParams,
-    TokenUsage,
+    TokenUsage, request_seed,
 };
 
 /// A language model that answers batches of requests.

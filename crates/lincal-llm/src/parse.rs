@@ -45,6 +45,19 @@ pub fn generate_parsed<T>(
     max_attempts: u32,
     parse: impl Fn(&str) -> Result<T, String>,
 ) -> Vec<Result<Parsed<T>, ParseFailure>> {
+    generate_parsed_indexed(llm, requests, max_attempts, |_, text| parse(text))
+}
+
+/// [`generate_parsed`] with a parser that is also told which request the answer is for (its
+/// index in `requests`), for values that must pass a check of their own request, such as not
+/// containing that request's answer: a value the parser refuses is asked again like any
+/// unparseable answer.
+pub fn generate_parsed_indexed<T>(
+    llm: &dyn Llm,
+    requests: &[LlmRequest],
+    max_attempts: u32,
+    parse: impl Fn(usize, &str) -> Result<T, String>,
+) -> Vec<Result<Parsed<T>, ParseFailure>> {
     let mut outcomes: Vec<Option<Result<Parsed<T>, ParseFailure>>> =
         requests.iter().map(|_| None).collect();
     let mut open: Vec<usize> = (0..requests.len()).collect();
@@ -67,7 +80,7 @@ pub fn generate_parsed<T>(
                     error,
                     attempts: attempt,
                 }),
-                Ok(response) => match parse_samples(&response, &parse) {
+                Ok(response) => match parse_samples(&response, |text| parse(index, text)) {
                     Ok(values) => Ok(Parsed {
                         values,
                         response,
@@ -97,7 +110,7 @@ pub fn generate_parsed<T>(
 /// Parses every sample, or gives the first unparseable text with its error.
 fn parse_samples<T>(
     response: &LlmResponse,
-    parse: &impl Fn(&str) -> Result<T, String>,
+    parse: impl Fn(&str) -> Result<T, String>,
 ) -> Result<Vec<T>, (String, String)> {
     response
         .texts()
@@ -173,6 +186,32 @@ mod tests {
         // Round 1 asks all three, round 2 the two open ones, round 3 only "bad".
         assert_eq!(seeds, [10, 20, 5, 11, 21, 22]);
         assert_eq!(fake.batch_sizes(), [3, 2, 1]);
+    }
+
+    #[test]
+    fn an_indexed_parser_checks_each_answer_against_its_own_request() {
+        // The answer is the seed; request 0 refuses its first seed, request 1 takes anything.
+        let fake =
+            FakeLlm::new(|request| Ok(LlmResponse::from_texts([request.params.seed.to_string()])));
+        let outcomes = generate_parsed_indexed(
+            &fake,
+            &[request("a", 0), request("b", 10)],
+            3,
+            |index, text| match (index, number(text)?) {
+                (0, 0) => Err("seed 0 is refused for request 0".to_string()),
+                (_, value) => Ok(value),
+            },
+        );
+        let parsed: Vec<(Vec<i64>, u32)> = outcomes
+            .into_iter()
+            .map(|outcome| {
+                let parsed = outcome.unwrap();
+                (parsed.values, parsed.attempts)
+            })
+            .collect();
+        assert_eq!(parsed, [(vec![1], 2), (vec![10], 1)]);
+        let seeds: Vec<u64> = fake.requests().iter().map(|r| r.params.seed).collect();
+        assert_eq!(seeds, [0, 10, 1]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! What a caller asks of a model and what comes back.
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::LlmError;
 
@@ -89,6 +90,19 @@ impl Default for SamplingParams {
             seed: 0,
         }
     }
+}
+
+/// The seed of one request: a run's seed and a key naming the request within the run (an
+/// item's id and the step, say), so that what a request gets does not depend on the order, the
+/// chunking or on interruptions.
+pub fn request_seed(seed: u64, key: &str) -> u64 {
+    let digest = Sha256::new()
+        .chain_update(seed.to_le_bytes())
+        .chain_update(key.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(bytes)
 }
 
 /// One request: a prompt and its sampling parameters.

@@ -3,14 +3,14 @@
 
 use std::path::Path;
 
-use lincal_llm::{LlmRequest, generate_parsed};
+use lincal_llm::{LlmRequest, request_seed};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{
-    JeopardyClue, QueryRecord, SampleRecord, Settings, Stage, StageContext, StageJob, StageReport,
-    SummaryRecord, chat_request, failure, generate_parsed_checked, read_questions,
-    read_stage_records, request_seed, reveals_answer, sampling, stage_config, take_limit,
+    JeopardyClue, QueryRecord, QuestionInput, SampleRecord, Settings, Stage, StageContext,
+    StageJob, StageReport, SummaryRecord, hiding_answer, read_questions, read_stage_records,
+    sampling,
 };
 use crate::artifact::Failure;
 use crate::parse::{
@@ -33,107 +33,85 @@ pub fn make_queries(
     out: &Path,
     settings: &Settings,
 ) -> Result<StageReport> {
-    let (llm, templates) = (cx.llm, cx.templates);
-    let inputs = take_limit(read_questions(questions)?, settings);
-    let config = stage_config(
-        llm,
-        templates,
-        &["jeopardy_rephrase", "open_ended_query"],
+    let templates = cx.templates;
+    let inputs = read_questions(questions)?;
+    let job = StageJob::new(
+        cx,
         settings,
+        Stage::Queries,
+        &["jeopardy_rephrase", "open_ended_query"],
         json!({}),
     )?;
-    let job = StageJob {
-        stage: Stage::Queries,
-        config,
-        input: questions,
-        items: &inputs,
-        id_of: |input| &input.item.id,
-    };
     job.run(
         out,
-        &cx.options,
+        questions,
+        inputs,
         |chunk| {
             // Jeopardy clues become plain questions first.
-            let clues: Vec<usize> = (0..chunk.len())
-                .filter(|&i| chunk[i].category.is_some())
-                .collect();
-            let requests = clues
+            let clues: Vec<&QuestionInput> = chunk
                 .iter()
-                .map(|&i| {
-                    let input = chunk[i];
-                    let category = input.category.as_deref().unwrap_or_default();
-                    let messages = templates.jeopardy_rephrase(
-                        category,
-                        &input.item.question,
-                        &input.item.answer,
-                    )?;
-                    let seed = request_seed(settings.seed, &format!("{}/rephrase", input.item.id));
-                    Ok(chat_request(messages, settings, seed))
-                })
-                .collect::<Result<Vec<LlmRequest>>>()?;
-            let rephrased = generate_parsed_checked(
-                llm,
-                &requests,
-                settings.max_attempts,
-                |text| parse_rephrased_question(text).map_err(|e| e.to_string()),
-                |k, question| reveals_answer(question, &chunk[clues[k]].item.aliases),
-            );
-            let mut outcomes: Vec<Option<std::result::Result<QueryRecord, Failure>>> =
-                chunk.iter().map(|_| None).collect();
-            let mut questions: Vec<String> = chunk
-                .iter()
-                .map(|input| input.item.question.clone())
+                .copied()
+                .filter(|input| input.category.is_some())
                 .collect();
-            for (&i, result) in clues.iter().zip(rephrased) {
-                match result {
-                    Ok(parsed) => {
-                        questions[i] = parsed.values.into_iter().next().unwrap_or_default()
-                    }
-                    Err(error) => {
-                        outcomes[i] = Some(Err(failure(&chunk[i].item.id, "rephrase", "", error)))
-                    }
-                }
-            }
-            let open: Vec<usize> = (0..chunk.len())
-                .filter(|&i| outcomes[i].is_none())
-                .collect();
-            let requests = open
+            let mut rephrased = job
+                .ask_each(
+                    "rephrase",
+                    &clues,
+                    |input| {
+                        let category = input.category.as_deref().unwrap_or_default();
+                        templates.jeopardy_rephrase(
+                            category,
+                            &input.item.question,
+                            &input.item.answer,
+                        )
+                    },
+                    |input, text| {
+                        hiding_answer(parse_rephrased_question(text)?, &input.item.aliases)
+                    },
+                )?
+                .into_iter();
+            // Each item's record with its question as the query will ask it, the query still
+            // to write; or the failure of its rephrasing.
+            let drafts: Vec<std::result::Result<QueryRecord, Failure>> = chunk
                 .iter()
-                .map(|&i| {
-                    let seed = request_seed(settings.seed, &format!("{}/query", chunk[i].item.id));
-                    Ok(chat_request(
-                        templates.open_ended_query(&questions[i])?,
-                        settings,
-                        seed,
-                    ))
-                })
-                .collect::<Result<Vec<LlmRequest>>>()?;
-            let queries = generate_parsed_checked(
-                llm,
-                &requests,
-                settings.max_attempts,
-                |text| parse_open_ended_query(text).map_err(|e| e.to_string()),
-                |k, query| reveals_answer(query, &chunk[open[k]].item.aliases),
-            );
-            for (&i, result) in open.iter().zip(queries) {
-                let input = chunk[i];
-                outcomes[i] = Some(match result {
-                    Ok(parsed) => {
-                        let mut item = input.item.clone();
-                        item.question = questions[i].clone();
-                        Ok(QueryRecord {
-                            item,
-                            query: parsed.values.into_iter().next().unwrap_or_default(),
-                            jeopardy: input.category.as_ref().map(|category| JeopardyClue {
+                .map(|input| {
+                    let mut item = input.item.clone();
+                    let jeopardy = match &input.category {
+                        Some(category) => {
+                            item.question = rephrased.next().expect("one outcome per clue")?;
+                            Some(JeopardyClue {
                                 category: category.clone(),
                                 clue: input.item.question.clone(),
-                            }),
+                            })
+                        }
+                        None => None,
+                    };
+                    Ok(QueryRecord {
+                        item,
+                        query: String::new(),
+                        jeopardy,
+                    })
+                })
+                .collect();
+            let open: Vec<&QueryRecord> = drafts.iter().flatten().collect();
+            let mut queries = job
+                .ask_each(
+                    "query",
+                    &open,
+                    |draft| templates.open_ended_query(&draft.item.question),
+                    |draft, text| {
+                        let query = parse_open_ended_query(text)?;
+                        Ok(QueryRecord {
+                            query: hiding_answer(query, &draft.item.aliases)?,
+                            ..draft.clone()
                         })
-                    }
-                    Err(error) => Err(failure(&input.item.id, "query", "", error)),
-                });
-            }
-            Ok(outcomes.into_iter().flatten().collect())
+                    },
+                )?
+                .into_iter();
+            Ok(drafts
+                .into_iter()
+                .map(|draft| draft.and_then(|_| queries.next().expect("one outcome per open item")))
+                .collect())
         },
         |_, _| Ok(()),
     )
@@ -174,13 +152,13 @@ impl SampleTemplate {
         }
     }
 
-    fn cut(self, text: &str) -> std::result::Result<String, String> {
+    fn cut(self, text: &str) -> Result<String> {
         let paragraph = match self {
             SampleTemplate::Icl => first_paragraph(text),
             SampleTemplate::Policy => text.trim().to_string(),
         };
         if paragraph.is_empty() {
-            Err("the sample is empty".to_string())
+            Err(DataError::Invalid("the sample is empty".into()))
         } else {
             Ok(paragraph)
         }
@@ -199,74 +177,52 @@ pub fn sample_paragraphs(
     per_query: usize,
     template: SampleTemplate,
 ) -> Result<StageReport> {
-    let (llm, templates) = (cx.llm, cx.templates);
+    let templates = cx.templates;
     if per_query == 0 {
         return Err(DataError::Invalid(
             "samples per query is 0; ask for at least one".into(),
         ));
     }
     let (records, input) = read_stage_records::<QueryRecord>(queries_dir, Stage::Queries)?;
-    let records = take_limit(records, settings);
-    let config = stage_config(
-        llm,
-        templates,
-        &[template.template_name()],
+    let job = StageJob::new(
+        cx,
         settings,
+        Stage::Sample,
+        &[template.template_name()],
         json!({"samples_per_query": per_query, "template": template}),
     )?;
-    let job = StageJob {
-        stage: Stage::Sample,
-        config,
-        input: &input,
-        items: &records,
-        id_of: |record| &record.item.id,
-    };
     job.run(
         out,
-        &cx.options,
+        &input,
+        records,
         |chunk| {
-            let mut requests = Vec::with_capacity(chunk.len() * per_query);
-            for record in chunk {
-                let prompt = template.render(templates, &record.query)?;
-                for j in 0..per_query {
-                    let seed =
-                        request_seed(settings.seed, &format!("{}/sample/{j}", record.item.id));
-                    requests.push(LlmRequest::completion(
-                        prompt.clone(),
-                        sampling(settings, seed, template.stop()),
-                    ));
-                }
-            }
-            let mut outcomes = generate_parsed(llm, &requests, settings.max_attempts, |text| {
-                template.cut(text)
-            })
-            .into_iter();
-            Ok(chunk
-                .iter()
-                .map(|record| {
-                    let mut samples = Vec::with_capacity(per_query);
-                    let mut first_failure = None;
-                    for j in 0..per_query {
-                        match outcomes.next() {
-                            Some(Ok(parsed)) => samples.extend(parsed.values),
-                            Some(Err(error)) if first_failure.is_none() => {
-                                let what = format!("sample {} of {per_query}: ", j + 1);
-                                first_failure =
-                                    Some(failure(&record.item.id, "sample", &what, error));
-                            }
-                            _ => {}
-                        }
-                    }
-                    match first_failure {
-                        Some(failed) => Err(failed),
-                        None => Ok(SampleRecord {
-                            item: record.item.clone(),
-                            query: record.query.clone(),
-                            samples,
-                        }),
-                    }
-                })
-                .collect())
+            job.ask_all(
+                "sample",
+                chunk,
+                |record| {
+                    let prompt = template.render(templates, &record.query)?;
+                    Ok((0..per_query)
+                        .map(|j| {
+                            let key = format!("{}/sample/{j}", record.item.id);
+                            let params = sampling(
+                                settings,
+                                request_seed(settings.seed, &key),
+                                template.stop(),
+                            );
+                            (
+                                format!("sample {} of {per_query}: ", j + 1),
+                                LlmRequest::completion(prompt.clone(), params),
+                            )
+                        })
+                        .collect())
+                },
+                |_, text| template.cut(text),
+                |record, samples| SampleRecord {
+                    item: record.item.clone(),
+                    query: record.query.clone(),
+                    samples,
+                },
+            )
         },
         |_, _| Ok(()),
     )
@@ -286,92 +242,59 @@ pub fn summarize_samples(
     settings: &Settings,
     distill_paragraphs: bool,
 ) -> Result<StageReport> {
-    let (llm, templates) = (cx.llm, cx.templates);
+    let templates = cx.templates;
     let (records, input) = read_stage_records::<SampleRecord>(samples_dir, Stage::Sample)?;
-    let records = take_limit(records, settings);
     let mut template_names = vec!["summarize_samples", "policy"];
     if distill_paragraphs {
         template_names.push("paragraph_zero_shot");
     }
-    let config = stage_config(
-        llm,
-        templates,
-        &template_names,
+    let job = StageJob::new(
+        cx,
         settings,
+        Stage::Summarize,
+        &template_names,
         json!({"distill_paragraphs": distill_paragraphs}),
     )?;
-    let job = StageJob {
-        stage: Stage::Summarize,
-        config,
-        input: &input,
-        items: &records,
-        id_of: |record| &record.item.id,
-    };
     job.run(
         out,
-        &cx.options,
+        &input,
+        records,
         |chunk| {
-            let requests = chunk
-                .iter()
-                .map(|record| {
-                    let seed = request_seed(settings.seed, &format!("{}/summary", record.item.id));
-                    Ok(chat_request(
-                        templates.summarize_samples(&record.samples)?,
-                        settings,
-                        seed,
-                    ))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let summaries = generate_parsed(llm, &requests, settings.max_attempts, |text| {
-                parse_summary(text).map_err(|e| e.to_string())
-            });
+            let summaries = job.ask_each(
+                "summary",
+                chunk,
+                |record| templates.summarize_samples(&record.samples),
+                |_, text| parse_summary(text),
+            )?;
             let mut paragraphs = Vec::new();
             if distill_paragraphs {
-                let requests = chunk
-                    .iter()
-                    .map(|record| {
-                        let seed =
-                            request_seed(settings.seed, &format!("{}/paragraph", record.item.id));
-                        Ok(chat_request(
-                            templates.paragraph_zero_shot(&record.query)?,
-                            settings,
-                            seed,
-                        ))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                paragraphs = generate_parsed(llm, &requests, settings.max_attempts, |text| {
-                    let paragraph = text.trim();
-                    if paragraph.is_empty() {
-                        Err("the paragraph is empty".to_string())
-                    } else {
-                        Ok(paragraph.to_string())
-                    }
-                });
+                paragraphs = job.ask_each(
+                    "paragraph",
+                    chunk,
+                    |record| templates.paragraph_zero_shot(&record.query),
+                    |_, text| {
+                        let paragraph = text.trim();
+                        if paragraph.is_empty() {
+                            Err(DataError::Invalid("the paragraph is empty".into()))
+                        } else {
+                            Ok(paragraph.to_string())
+                        }
+                    },
+                )?;
             }
             let mut paragraphs = paragraphs.into_iter();
             Ok(chunk
                 .iter()
                 .zip(summaries)
                 .map(|(record, summary)| {
-                    let id = &record.item.id;
                     // Taken before any early return, so that the paragraphs stay in step.
                     let paragraph = paragraphs.next();
-                    let summary = summary.map_err(|error| failure(id, "summary", "", error))?;
-                    let distilled_paragraph = match paragraph {
-                        Some(result) => Some(
-                            result
-                                .map_err(|error| failure(id, "paragraph", "", error))?
-                                .values
-                                .remove(0),
-                        ),
-                        None => None,
-                    };
                     Ok(SummaryRecord {
                         item: record.item.clone(),
                         query: record.query.clone(),
                         samples: record.samples.clone(),
-                        summary: summary.values.into_iter().next().unwrap_or_default(),
-                        distilled_paragraph,
+                        summary: summary?,
+                        distilled_paragraph: paragraph.transpose()?,
                     })
                 })
                 .collect())

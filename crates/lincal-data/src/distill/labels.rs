@@ -5,13 +5,13 @@
 
 use std::path::{Path, PathBuf};
 
-use lincal_llm::generate_parsed;
+use lincal_llm::request_seed;
 use serde_json::json;
 
 use super::{
     CorrectnessRecord, ExtractionRecord, ForecastRecord, ParagraphRecord, SampleRecord, Settings,
     Stage, StageContext, StageJob, StageReport, SummaryRecord, chat_request, check_item,
-    check_unique_ids, failure, read_stage_records, request_seed, stage_config, take_limit,
+    check_unique_ids, read_stage_records,
 };
 use crate::artifact::{Manifest, StageRun};
 use crate::parse::{
@@ -89,48 +89,37 @@ pub fn extract_answers(
     out: &Path,
     settings: &Settings,
 ) -> Result<StageReport> {
-    let (llm, templates) = (cx.llm, cx.templates);
     let (records, input) = read_paragraphs(paragraphs)?;
-    let records = take_limit(records, settings);
-    let config = stage_config(llm, templates, &["extract_answers"], settings, json!({}))?;
-    let job = StageJob {
-        stage: Stage::Extract,
-        config,
-        input: &input,
-        items: &records,
-        id_of: |record| &record.item.id,
-    };
+    let job = StageJob::new(
+        cx,
+        settings,
+        Stage::Extract,
+        &["extract_answers"],
+        json!({}),
+    )?;
     job.run(
         out,
-        &cx.options,
+        &input,
+        records,
         |chunk| {
-            let requests = chunk
-                .iter()
-                .map(|record| {
-                    let messages = templates.extract_answers(
+            job.ask_each(
+                "extract",
+                chunk,
+                |record| {
+                    cx.templates.extract_answers(
                         &record.item.question,
                         &record.paragraph,
                         ExtractionUse::TrainingLabels,
-                    )?;
-                    let seed = request_seed(settings.seed, &format!("{}/extract", record.item.id));
-                    Ok(chat_request(messages, settings, seed))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let answers = generate_parsed(llm, &requests, settings.max_attempts, |text| {
-                parse_extracted_answers(text).map_err(|e| e.to_string())
-            });
-            Ok(chunk
-                .iter()
-                .zip(answers)
-                .map(|(record, answers)| match answers {
-                    Ok(parsed) => Ok(ExtractionRecord {
+                    )
+                },
+                |record, text| {
+                    Ok(ExtractionRecord {
                         item: record.item.clone(),
                         paragraph: record.paragraph.clone(),
-                        extracted_answers: parsed.values.into_iter().next().unwrap_or_default(),
-                    }),
-                    Err(error) => Err(failure(&record.item.id, "extract", "", error)),
-                })
-                .collect())
+                        extracted_answers: parse_extracted_answers(text)?,
+                    })
+                },
+            )
         },
         |_, _| Ok(()),
     )
@@ -149,89 +138,55 @@ pub fn forecast_candidates(
     out: &Path,
     settings: &Settings,
 ) -> Result<StageReport> {
-    let (llm, templates) = (cx.llm, cx.templates);
+    let templates = cx.templates;
     let (records, input) = read_stage_records::<ExtractionRecord>(extractions_dir, Stage::Extract)?;
-    let records = take_limit(records, settings);
-    let config = stage_config(
-        llm,
-        templates,
+    let job = StageJob::new(
+        cx,
+        settings,
+        Stage::Forecast,
         &[
             "forecast_probability",
             "extract_answers_model",
             "forecast_probs_model",
         ],
-        settings,
         json!({}),
     )?;
-    let job = StageJob {
-        stage: Stage::Forecast,
-        config,
-        input: &input,
-        items: &records,
-        id_of: |record| &record.item.id,
-    };
     job.run(
         out,
-        &cx.options,
+        &input,
+        records,
         |chunk| {
-            let candidates: Vec<Vec<String>> = chunk
-                .iter()
-                .map(|record| {
-                    std::iter::once(record.item.answer.clone())
-                        .chain(record.extracted_answers.iter().cloned())
+            job.ask_all(
+                "forecast",
+                chunk,
+                |record| {
+                    candidates(record)
+                        .iter()
+                        .map(|candidate| {
+                            let messages = templates.forecast_probability(
+                                &record.item.question,
+                                &record.paragraph,
+                                candidate,
+                            )?;
+                            // Keyed by the candidate's text: the gold answer extracted again is
+                            // the same request, asked once.
+                            let key = format!("{}/forecast/{candidate}", record.item.id);
+                            let seed = request_seed(settings.seed, &key);
+                            Ok((
+                                format!("candidate \"{candidate}\": "),
+                                chat_request(messages, settings, seed),
+                            ))
+                        })
                         .collect()
-                })
-                .collect();
-            let mut requests = Vec::new();
-            for (record, candidates) in chunk.iter().zip(&candidates) {
-                for candidate in candidates {
-                    let messages = templates.forecast_probability(
-                        &record.item.question,
-                        &record.paragraph,
-                        candidate,
-                    )?;
-                    // Keyed by the candidate's text: the gold answer extracted again is the
-                    // same request, asked once.
-                    let key = format!("{}/forecast/{candidate}", record.item.id);
-                    requests.push(chat_request(
-                        messages,
-                        settings,
-                        request_seed(settings.seed, &key),
-                    ));
-                }
-            }
-            let mut forecasts = generate_parsed(llm, &requests, settings.max_attempts, |text| {
-                parse_probability(text).map_err(|e| e.to_string())
-            })
-            .into_iter();
-            Ok(chunk
-                .iter()
-                .zip(candidates)
-                .map(|(record, candidates)| {
-                    let mut probabilities = Vec::with_capacity(candidates.len());
-                    let mut first_failure = None;
-                    for candidate in &candidates {
-                        match forecasts.next() {
-                            Some(Ok(parsed)) => probabilities.extend(parsed.values),
-                            Some(Err(error)) if first_failure.is_none() => {
-                                let what = format!("candidate \"{candidate}\": ");
-                                first_failure =
-                                    Some(failure(&record.item.id, "forecast", &what, error));
-                            }
-                            _ => {}
-                        }
-                    }
-                    match first_failure {
-                        Some(failed) => Err(failed),
-                        None => Ok(ForecastRecord {
-                            item: record.item.clone(),
-                            paragraph: record.paragraph.clone(),
-                            candidates,
-                            probabilities,
-                        }),
-                    }
-                })
-                .collect())
+                },
+                |_, text| parse_probability(text),
+                |record, probabilities| ForecastRecord {
+                    item: record.item.clone(),
+                    paragraph: record.paragraph.clone(),
+                    candidates: candidates(record),
+                    probabilities,
+                },
+            )
         },
         |run, forecasts| {
             let rows: Vec<WithQuestion<RewardModelTrainingRow>> = forecasts
@@ -279,54 +234,38 @@ pub fn judge_correctness(
     out: &Path,
     settings: &Settings,
 ) -> Result<StageReport> {
-    let (llm, templates) = (cx.llm, cx.templates);
+    let templates = cx.templates;
     let (records, input) = read_paragraphs(paragraphs)?;
-    let records = take_limit(records, settings);
-    let config = stage_config(
-        llm,
-        templates,
-        &["binary_correctness", "binary_correctness_model"],
+    let job = StageJob::new(
+        cx,
         settings,
+        Stage::Binary,
+        &["binary_correctness", "binary_correctness_model"],
         json!({}),
     )?;
-    let job = StageJob {
-        stage: Stage::Binary,
-        config,
-        input: &input,
-        items: &records,
-        id_of: |record| &record.item.id,
-    };
     job.run(
         out,
-        &cx.options,
+        &input,
+        records,
         |chunk| {
-            let requests = chunk
-                .iter()
-                .map(|record| {
-                    let messages = templates.binary_correctness(
+            job.ask_each(
+                "binary",
+                chunk,
+                |record| {
+                    templates.binary_correctness(
                         &record.item.question,
                         &record.paragraph,
                         &record.item.answer,
-                    )?;
-                    let seed = request_seed(settings.seed, &format!("{}/binary", record.item.id));
-                    Ok(chat_request(messages, settings, seed))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let verdicts = generate_parsed(llm, &requests, settings.max_attempts, |text| {
-                parse_correctness(text).map_err(|e| e.to_string())
-            });
-            Ok(chunk
-                .iter()
-                .zip(verdicts)
-                .map(|(record, verdict)| match verdict {
-                    Ok(parsed) => Ok(CorrectnessRecord {
+                    )
+                },
+                |record, text| {
+                    Ok(CorrectnessRecord {
                         item: record.item.clone(),
                         paragraph: record.paragraph.clone(),
-                        correct: parsed.values.into_iter().next().unwrap_or_default(),
-                    }),
-                    Err(error) => Err(failure(&record.item.id, "binary", "", error)),
-                })
-                .collect())
+                        correct: parse_correctness(text)?,
+                    })
+                },
+            )
         },
         |run, verdicts| {
             let rows: Vec<WithQuestion<RewardModelTrainingRow>> = verdicts
@@ -354,6 +293,14 @@ pub fn judge_correctness(
             run.write_output("binary_correctness.jsonl", |path| write_jsonl(path, &set))
         },
     )
+}
+
+/// The answers to forecast for an extraction: the gold answer first, always, then each
+/// extracted answer (SPEC 1.4 step 3).
+fn candidates(record: &ExtractionRecord) -> Vec<String> {
+    std::iter::once(record.item.answer.clone())
+        .chain(record.extracted_answers.iter().cloned())
+        .collect()
 }
 
 /// The question of an item in TriviaQA's shape, for the reader join.

@@ -13,8 +13,9 @@
 //!
 //! The CSV files follow the reference schema and the JSONL example sets are the `{prompt,
 //! target}` / `{prompt, label}` formats, so `lincal sft` and `lincal reward-model` take either.
-//! Every model call goes through [`lincal_llm::generate_parsed`] with the parser of its output
-//! format, so an unparseable answer is asked again with the next seed; an item still without a
+//! Every model call goes through [`lincal_llm::generate_parsed_indexed`] with the parser of its
+//! output format (and the checks of its item, such as a query not giving its answer away), so an
+//! unparseable answer is asked again with the next seed; an item still without a
 //! usable answer after [`Settings::max_attempts`] calls lands in `failures.jsonl` with the raw
 //! text, and the counts go into the manifest. Every request's seed derives from the stage seed
 //! and its item's id, so results depend neither on order, chunking nor interruptions; with an
@@ -29,7 +30,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lincal_llm::{
-    Accounting, Llm, LlmRequest, ParseFailure, Parsed, SamplingParams, generate_parsed,
+    Accounting, Llm, LlmRequest, ParseFailure, SamplingParams, generate_parsed_indexed,
+    request_seed,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -295,6 +297,7 @@ macro_rules! keyed_by_item_id {
     )*};
 }
 keyed_by_item_id!(
+    QuestionInput,
     QueryRecord,
     SampleRecord,
     SummaryRecord,
@@ -379,17 +382,6 @@ fn read_stage_records<T: Keyed>(dir: &Path, expected: Stage) -> Result<(Vec<T>, 
     Ok((records, path))
 }
 
-/// The seed of one request: the stage seed and a key naming the request within its item.
-fn request_seed(seed: u64, key: &str) -> u64 {
-    let digest = Sha256::new()
-        .chain_update(seed.to_le_bytes())
-        .chain_update(key.as_bytes())
-        .finalize();
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&digest[..8]);
-    u64::from_le_bytes(bytes)
-}
-
 fn sampling(settings: &Settings, seed: u64, stop: Vec<String>) -> SamplingParams {
     SamplingParams {
         n: 1,
@@ -403,17 +395,7 @@ fn sampling(settings: &Settings, seed: u64, stop: Vec<String>) -> SamplingParams
 
 /// A chat request of a rendered chat template.
 fn chat_request(messages: Vec<prompts::ChatMessage>, settings: &Settings, seed: u64) -> LlmRequest {
-    let messages = messages
-        .into_iter()
-        .map(|message| lincal_llm::ChatMessage {
-            role: match message.role {
-                prompts::Role::System => lincal_llm::Role::System,
-                prompts::Role::User => lincal_llm::Role::User,
-                prompts::Role::Assistant => lincal_llm::Role::Assistant,
-            },
-            content: message.content,
-        })
-        .collect();
+    let messages = messages.into_iter().map(Into::into).collect();
     LlmRequest::chat(messages, sampling(settings, seed, Vec::new()))
 }
 
@@ -443,89 +425,17 @@ fn failure(id: &str, step: &str, what: &str, failure: ParseFailure) -> Failure {
     }
 }
 
-/// Why `text` gives the answer away, if it does: it contains one of the aliases.
-fn reveals_answer(text: &str, aliases: &[String]) -> std::result::Result<(), String> {
+/// `text`, unless it gives the answer away: contains one of the aliases.
+fn hiding_answer(text: String, aliases: &[String]) -> Result<String> {
     match aliases
         .iter()
-        .find(|alias| contains_match(text, std::slice::from_ref(alias)))
+        .find(|alias| contains_match(&text, std::slice::from_ref(alias)))
     {
-        Some(alias) => Err(format!(
+        Some(alias) => Err(DataError::Invalid(format!(
             "it gives the answer away (it contains \"{alias}\")"
-        )),
-        None => Ok(()),
+        ))),
+        None => Ok(text),
     }
-}
-
-/// [`generate_parsed`] for values that must also pass a check that depends on the request
-/// (such as not containing that question's answer), which a parser shared by the batch cannot
-/// make: a value failing `check(index, value)` counts as unparseable and is asked again with the
-/// next seed, like any unparseable answer. Each round is one batch.
-fn generate_parsed_checked<T>(
-    llm: &dyn Llm,
-    requests: &[LlmRequest],
-    max_attempts: u32,
-    parse: impl Fn(&str) -> std::result::Result<T, String>,
-    check: impl Fn(usize, &T) -> std::result::Result<(), String>,
-) -> Vec<std::result::Result<Parsed<T>, ParseFailure>> {
-    let mut outcomes: Vec<Option<std::result::Result<Parsed<T>, ParseFailure>>> =
-        requests.iter().map(|_| None).collect();
-    let mut open: Vec<usize> = (0..requests.len()).collect();
-    for attempt in 1..=max_attempts.max(1) {
-        if open.is_empty() {
-            break;
-        }
-        let asked: Vec<LlmRequest> = open
-            .iter()
-            .map(|&i| {
-                requests[i].with_seed(requests[i].params.seed.wrapping_add(u64::from(attempt - 1)))
-            })
-            .collect();
-        let mut still_open = Vec::new();
-        for (&index, result) in open.iter().zip(generate_parsed(llm, &asked, 1, &parse)) {
-            let outcome = match result {
-                Ok(parsed) => match parsed
-                    .values
-                    .iter()
-                    .try_for_each(|value| check(index, value))
-                {
-                    Ok(()) => Ok(Parsed {
-                        attempts: attempt,
-                        ..parsed
-                    }),
-                    Err(error) => Err(ParseFailure::Unparseable {
-                        raw_text: parsed.response.text().to_string(),
-                        error,
-                        attempts: attempt,
-                        seed: parsed.seed,
-                    }),
-                },
-                Err(ParseFailure::Unparseable {
-                    raw_text,
-                    error,
-                    seed,
-                    ..
-                }) => Err(ParseFailure::Unparseable {
-                    raw_text,
-                    error,
-                    attempts: attempt,
-                    seed,
-                }),
-                Err(ParseFailure::Call { error, .. }) => Err(ParseFailure::Call {
-                    error,
-                    attempts: attempt,
-                }),
-            };
-            if matches!(outcome, Err(ParseFailure::Unparseable { .. })) {
-                still_open.push(index);
-            }
-            outcomes[index] = Some(outcome);
-        }
-        open = still_open;
-    }
-    outcomes
-        .into_iter()
-        .map(|outcome| outcome.expect("every request was asked at least once"))
-        .collect()
 }
 
 /// The sha256 of each named template's source (built-in or override file), so that editing a
@@ -553,51 +463,159 @@ fn template_fingerprints(
         .collect()
 }
 
-/// The config of a stage, once its settings are valid: the settings, the model it calls, its
-/// templates and `extra` options.
-fn stage_config(
-    llm: &dyn Llm,
-    templates: &Templates,
-    template_names: &[&str],
-    settings: &Settings,
-    extra: Value,
-) -> Result<Value> {
-    settings.validate()?;
-    let mut config = json!({
-        "settings": settings,
-        "model": {"backend": llm.backend(), "model": llm.model()},
-        "templates": template_fingerprints(templates, template_names)?,
-    });
-    if let (Value::Object(config), Value::Object(extra)) = (&mut config, extra) {
-        config.extend(extra);
-    }
-    Ok(config)
-}
-
-/// One stage run over its items: open the directory (or skip it), produce the items that have
-/// no record yet chunk by chunk, commit the records in input order, write the stage's other
-/// outputs from them with `write_outputs`, and finish the manifest.
-struct StageJob<'a, I> {
+/// One stage: its config, the model it asks and how. [`StageJob::run`] runs it over its items:
+/// open the directory (or skip it), produce the records of the items that have none yet chunk
+/// by chunk, commit the records in input order, write the stage's other outputs from them, and
+/// finish the manifest. Records are produced by asking the model ([`StageJob::ask_all`],
+/// [`StageJob::ask_each`]).
+struct StageJob<'a> {
     stage: Stage,
     config: Value,
-    input: &'a Path,
-    items: &'a [I],
-    id_of: fn(&I) -> &str,
+    cx: &'a StageContext<'a>,
+    settings: &'a Settings,
 }
 
-impl<I> StageJob<'_, I> {
-    fn run<R: Keyed>(
-        self,
+impl<'a> StageJob<'a> {
+    /// The job of `stage`, once its settings are valid. Its config is the settings, the model
+    /// it calls, the templates it renders and `extra` options.
+    fn new(
+        cx: &'a StageContext<'a>,
+        settings: &'a Settings,
+        stage: Stage,
+        template_names: &[&str],
+        extra: Value,
+    ) -> Result<Self> {
+        settings.validate()?;
+        let mut config = json!({
+            "settings": settings,
+            "model": {"backend": cx.llm.backend(), "model": cx.llm.model()},
+            "templates": template_fingerprints(cx.templates, template_names)?,
+        });
+        if let (Value::Object(config), Value::Object(extra)) = (&mut config, extra) {
+            config.extend(extra);
+        }
+        Ok(StageJob {
+            stage,
+            config,
+            cx,
+            settings,
+        })
+    }
+
+    /// Asks the model every request of every item, `requests(item)` giving each with the words
+    /// that name it in a failure ("sample 2 of 8: "), and reads each sample of an answer with
+    /// `parse`, which is also given the request's item (to check the value against it); an
+    /// answer that does not parse is asked again with the next seed
+    /// ([`generate_parsed_indexed`]). An item's outcome is `record(item, values)`, the values
+    /// of all its requests in order, or a failure of `step` for the first request that never
+    /// gave a usable answer.
+    fn ask_all<I: Keyed, T, R>(
+        &self,
+        step: &str,
+        items: &[&I],
+        requests: impl Fn(&I) -> Result<Vec<(String, LlmRequest)>>,
+        parse: impl Fn(&I, &str) -> Result<T>,
+        record: impl Fn(&I, Vec<T>) -> R,
+    ) -> Result<Vec<std::result::Result<R, Failure>>> {
+        let (mut owners, mut names, mut asked) = (Vec::new(), Vec::new(), Vec::new());
+        for (index, item) in items.iter().enumerate() {
+            for (name, request) in requests(item)? {
+                owners.push(index);
+                names.push(name);
+                asked.push(request);
+            }
+        }
+        let answers = generate_parsed_indexed(
+            self.cx.llm,
+            &asked,
+            self.settings.max_attempts,
+            |k, text| parse(items[owners[k]], text).map_err(|e| e.to_string()),
+        );
+        let mut outcomes: Vec<std::result::Result<Vec<T>, Failure>> =
+            items.iter().map(|_| Ok(Vec::new())).collect();
+        for (((owner, name), request), answer) in
+            owners.into_iter().zip(names).zip(&asked).zip(answers)
+        {
+            let outcome = &mut outcomes[owner];
+            let Ok(values) = outcome else {
+                // The item failed already; its first failure is the one recorded.
+                continue;
+            };
+            let id = items[owner].key();
+            match answer {
+                Ok(parsed) if parsed.values.len() == request.params.n as usize => {
+                    values.extend(parsed.values);
+                }
+                Ok(parsed) => {
+                    *outcome = Err(Failure {
+                        id: id.to_string(),
+                        step: step.to_string(),
+                        reason: format!(
+                            "{name}the answer held {} samples instead of {}",
+                            parsed.values.len(),
+                            request.params.n
+                        ),
+                        raw_text: None,
+                        attempts: parsed.attempts,
+                    });
+                }
+                Err(error) => *outcome = Err(failure(id, step, &name, error)),
+            }
+        }
+        Ok(items
+            .iter()
+            .zip(outcomes)
+            .map(|(item, outcome)| outcome.map(|values| record(item, values)))
+            .collect())
+    }
+
+    /// Asks the model one chat per item, the chat `messages` renders, seeded by the stage seed
+    /// and `<id>/<step>`, and reads the item's outcome from the answer with `parse` (see
+    /// [`StageJob::ask_all`]).
+    fn ask_each<I: Keyed, R>(
+        &self,
+        step: &str,
+        items: &[&I],
+        messages: impl Fn(&I) -> Result<Vec<prompts::ChatMessage>>,
+        parse: impl Fn(&I, &str) -> Result<R>,
+    ) -> Result<Vec<std::result::Result<R, Failure>>> {
+        let settings = self.settings;
+        self.ask_all(
+            step,
+            items,
+            |item| {
+                let seed = request_seed(settings.seed, &format!("{}/{step}", item.key()));
+                Ok(vec![(
+                    String::new(),
+                    chat_request(messages(item)?, settings, seed),
+                )])
+            },
+            parse,
+            // One request of one sample: one value.
+            |_, mut values| values.remove(0),
+        )
+    }
+
+    /// Runs the job over the first [`Settings::limit`] `items`, read from `input`, into `out`:
+    /// `produce` makes the records of a chunk of items (or their failures), `write_outputs`
+    /// the stage's other outputs from all records.
+    fn run<I: Keyed, R: Keyed>(
+        &self,
         out: &Path,
-        options: &RunOptions,
+        input: &Path,
+        mut items: Vec<I>,
         mut produce: impl FnMut(&[&I]) -> Result<Vec<std::result::Result<R, Failure>>>,
         write_outputs: impl FnOnce(&mut StageRun, &[R]) -> Result<()>,
     ) -> Result<StageReport> {
+        let options = &self.cx.options;
+        if let Some(limit) = self.settings.limit {
+            items.truncate(limit);
+        }
         let mut run = match open_stage(
             out,
             self.stage.name(),
             &self.config,
-            &[self.input],
+            &[input],
             options.force,
         )? {
             Opened::Finished(manifest) => {
@@ -612,12 +630,11 @@ impl<I> StageJob<'_, I> {
         };
         let resumed = run.is_resumed();
         let mut log = run.record_log::<R>(self.stage.output())?;
-        let todo: Vec<&I> = self
-            .items
+        let todo: Vec<&I> = items
             .iter()
-            .filter(|item| !log.is_done((self.id_of)(item)))
+            .filter(|item| !log.is_done(item.key()))
             .collect();
-        let reused = self.items.len() - todo.len();
+        let reused = items.len() - todo.len();
         let started = Instant::now();
         let (mut produced, mut failed) = (0u64, 0u64);
         for chunk in todo.chunks(options.chunk_size.max(1)) {
@@ -640,7 +657,7 @@ impl<I> StageJob<'_, I> {
             failed += failures.len() as u64;
             let mut line = json!({
                 "items_done": reused as u64 + produced + failed,
-                "items": self.items.len(),
+                "items": items.len(),
                 "produced": produced,
                 "failed": failed,
                 "elapsed_s": started.elapsed().as_secs_f64(),
@@ -650,11 +667,11 @@ impl<I> StageJob<'_, I> {
             }
             run.log_metrics(&line)?;
         }
-        let order: Vec<&str> = self.items.iter().map(|item| (self.id_of)(item)).collect();
+        let order: Vec<&str> = items.iter().map(Keyed::key).collect();
         let records = run.commit_records(log, &order)?;
         write_outputs(&mut run, &records)?;
         let counts = BTreeMap::from([
-            ("items".to_string(), self.items.len() as u64),
+            ("items".to_string(), items.len() as u64),
             ("reused".to_string(), reused as u64),
             ("produced".to_string(), produced),
             ("failed".to_string(), failed),
@@ -672,11 +689,4 @@ impl<I> StageJob<'_, I> {
             manifest,
         })
     }
-}
-
-fn take_limit<T>(mut items: Vec<T>, settings: &Settings) -> Vec<T> {
-    if let Some(limit) = settings.limit {
-        items.truncate(limit);
-    }
-    items
 }

@@ -359,7 +359,9 @@ struct Expression {
     confidence: StatedConfidence,
 }
 
-const BEFORE_CUES: &[&str] = &[
+/// Words that mark a number near them as a confidence, before or after it ("I am 70% sure",
+/// "the chance is 70%").
+const CUES: &[&str] = &[
     "sure",
     "certain",
     "certainty",
@@ -371,6 +373,9 @@ const BEFORE_CUES: &[&str] = &[
     "likelihood",
     "likely",
     "odds",
+];
+/// Cues only before the number ("I would put it at 70%").
+const BEFORE_ONLY_CUES: &[&str] = &[
     "estimate",
     "estimated",
     "guess",
@@ -379,20 +384,8 @@ const BEFORE_CUES: &[&str] = &[
     "say",
     "put",
 ];
-const AFTER_CUES: &[&str] = &[
-    "sure",
-    "certain",
-    "certainty",
-    "confident",
-    "confidence",
-    "chance",
-    "chances",
-    "likely",
-    "likelihood",
-    "probability",
-    "probable",
-    "odds",
-];
+/// Cues only after the number ("70% probable").
+const AFTER_ONLY_CUES: &[&str] = &["probable"];
 const CUE_WORDS_BEFORE: usize = 5;
 const CUE_WORDS_AFTER: usize = 3;
 
@@ -524,11 +517,15 @@ fn has_cue(text: &str, start: usize, end: usize) -> bool {
         .iter()
         .rev()
         .take(CUE_WORDS_BEFORE)
-        .any(|word| BEFORE_CUES.contains(&word.as_str()))
+        .any(|word| is_cue(word, BEFORE_ONLY_CUES))
         || after
             .iter()
             .take(CUE_WORDS_AFTER)
-            .any(|word| AFTER_CUES.contains(&word.as_str()))
+            .any(|word| is_cue(word, AFTER_ONLY_CUES))
+}
+
+fn is_cue(word: &str, cues_of_this_side: &[&str]) -> bool {
+    CUES.contains(&word) || cues_of_this_side.contains(&word)
 }
 
 /// The span from `(` to `)` when the statement stands alone in short parentheses: "(30%)",

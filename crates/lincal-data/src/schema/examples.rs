@@ -76,6 +76,29 @@ const LENGTH_MISMATCH: &str = "answers and probabilities differ in length";
 const MISSING_LABEL: &str = "missing label";
 const LABEL_OUT_OF_RANGE: &str = "label outside [0, 1]";
 
+/// Why a row gives no example: one of the reasons above.
+type Skip = &'static str;
+
+/// The examples of every row, made by `examples_of`, which gives a row's examples or the reason
+/// the row is skipped; the tally counts both.
+fn collect_examples<R, E>(
+    rows: &[R],
+    mut examples_of: impl FnMut(&R) -> Result<std::result::Result<Vec<E>, Skip>>,
+) -> Result<(Vec<E>, Tally)> {
+    let mut examples = Vec::new();
+    let mut tally = Tally::default();
+    for row in rows {
+        match examples_of(row)? {
+            Ok(row_examples) => {
+                examples.extend(row_examples);
+                tally.keep();
+            }
+            Err(reason) => tally.skip(reason),
+        }
+    }
+    Ok((examples, tally))
+}
+
 /// SFT examples from `sft_training`: prompt = the rendered `paragraph_generation_prompt`,
 /// target = the column chosen by `target`. Rows missing either are skipped and counted.
 pub fn sft_examples(
@@ -83,12 +106,9 @@ pub fn sft_examples(
     target: SftTarget,
     render_prompt: &dyn Fn(&str) -> Result<String>,
 ) -> Result<(Vec<SftExample>, Tally)> {
-    let mut examples = Vec::new();
-    let mut tally = Tally::default();
-    for row in rows {
+    collect_examples(rows, |row| {
         let Some(query) = &row.paragraph_generation_prompt else {
-            tally.skip(MISSING_QUESTION_PROMPT);
-            continue;
+            return Ok(Err(MISSING_QUESTION_PROMPT));
         };
         let text = match target {
             SftTarget::LcSft => row.claude_summary.as_ref(),
@@ -99,53 +119,43 @@ pub fn sft_examples(
             SftTarget::ClaudeDistill => row.claude_generated_paragraph.as_ref(),
         };
         let Some(text) = text else {
-            tally.skip(MISSING_TARGET);
-            continue;
+            return Ok(Err(MISSING_TARGET));
         };
-        examples.push(SftExample {
+        Ok(Ok(vec![SftExample {
             question_id: Some(row.question_id.clone()),
             prompt: render_prompt(query)?,
             target: text.clone(),
-        });
-        tally.keep();
-    }
-    Ok((examples, tally))
+        }]))
+    })
 }
 
 /// The answers and probabilities of a row, when both lists are usable (SPEC 1.5 and 1.6: rows
 /// with a missing list, an empty list or a NaN anywhere are skipped).
-fn answers_and_probs<'a>(
-    row: &'a RewardModelTrainingRow,
-    tally: &mut Tally,
-) -> Option<(&'a str, Vec<&'a str>, &'a [f64])> {
-    let Some(paragraph) = &row.lc_sft_generated_paragraph else {
-        tally.skip(MISSING_PARAGRAPH);
-        return None;
-    };
+fn answers_and_probs(
+    row: &RewardModelTrainingRow,
+) -> std::result::Result<(&str, Vec<&str>, &[f64]), Skip> {
+    let paragraph = row
+        .lc_sft_generated_paragraph
+        .as_deref()
+        .ok_or(MISSING_PARAGRAPH)?;
     let (Some(answers), Some(probs)) = (
         &row.lc_sft_ground_truth_and_extracted_answers,
         &row.lc_sft_forecasted_probs,
     ) else {
-        tally.skip(MISSING_LIST);
-        return None;
+        return Err(MISSING_LIST);
     };
     if answers.is_empty() || probs.is_empty() {
-        tally.skip(EMPTY_LIST);
-        return None;
+        return Err(EMPTY_LIST);
     }
-    let Some(answers) = answers
+    let answers = answers
         .iter()
         .map(Option::as_deref)
         .collect::<Option<Vec<&str>>>()
-    else {
-        tally.skip(NAN_IN_LIST);
-        return None;
-    };
+        .ok_or(NAN_IN_LIST)?;
     if probs.iter().any(|p| p.is_nan()) {
-        tally.skip(NAN_IN_LIST);
-        return None;
+        return Err(NAN_IN_LIST);
     }
-    Some((paragraph, answers, probs))
+    Ok((paragraph, answers, probs))
 }
 
 /// ExtractAnswers SFT examples (SPEC 1.5): the target is `No Answer` when only the ground truth
@@ -154,11 +164,10 @@ pub fn extract_answers_examples(
     rows: &[WithQuestion<RewardModelTrainingRow>],
     render_prompt: &dyn Fn(&ReaderPromptInput) -> Result<String>,
 ) -> Result<(Vec<SftExample>, Tally)> {
-    let mut examples = Vec::new();
-    let mut tally = Tally::default();
-    for WithQuestion { row, question } in rows {
-        let Some((paragraph, answers, _)) = answers_and_probs(row, &mut tally) else {
-            continue;
+    collect_examples(rows, |WithQuestion { row, question }| {
+        let (paragraph, answers, _) = match answers_and_probs(row) {
+            Ok(usable) => usable,
+            Err(reason) => return Ok(Err(reason)),
         };
         let mut extracted: Vec<&str> = Vec::new();
         for answer in &answers[1..] {
@@ -176,14 +185,12 @@ pub fn extract_answers_examples(
             paragraph,
             answer: "",
         };
-        examples.push(SftExample {
+        Ok(Ok(vec![SftExample {
             question_id: Some(row.question_id.clone()),
             prompt: render_prompt(&input)?,
             target,
-        });
-        tally.keep();
-    }
-    Ok((examples, tally))
+        }]))
+    })
 }
 
 /// ForecastProbs reward-model examples (SPEC 1.6): one per (paragraph, answer candidate), the
@@ -193,36 +200,36 @@ pub fn forecast_probs_examples(
     rows: &[WithQuestion<RewardModelTrainingRow>],
     render_prompt: &dyn Fn(&ReaderPromptInput) -> Result<String>,
 ) -> Result<(Vec<RewardExample>, Tally)> {
-    let mut examples = Vec::new();
-    let mut tally = Tally::default();
-    for WithQuestion { row, question } in rows {
-        let Some((paragraph, answers, probs)) = answers_and_probs(row, &mut tally) else {
-            continue;
+    collect_examples(rows, |WithQuestion { row, question }| {
+        let (paragraph, answers, probs) = match answers_and_probs(row) {
+            Ok(usable) => usable,
+            Err(reason) => return Ok(Err(reason)),
         };
         if answers.len() != probs.len() {
-            tally.skip(LENGTH_MISMATCH);
-            continue;
+            return Ok(Err(LENGTH_MISMATCH));
         }
         if probs.iter().any(|p| !(0.0..=1.0).contains(p)) {
-            tally.skip(LABEL_OUT_OF_RANGE);
-            continue;
+            return Ok(Err(LABEL_OUT_OF_RANGE));
         }
         let paragraph = cut_paragraph(paragraph);
-        for (answer, &label) in answers.iter().zip(probs) {
-            let input = ReaderPromptInput {
-                question: &question.question,
-                paragraph,
-                answer,
-            };
-            examples.push(RewardExample {
-                question_id: Some(row.question_id.clone()),
-                prompt: render_prompt(&input)?,
-                label,
-            });
-        }
-        tally.keep();
-    }
-    Ok((examples, tally))
+        let examples = answers
+            .iter()
+            .zip(probs)
+            .map(|(answer, &label)| {
+                let input = ReaderPromptInput {
+                    question: &question.question,
+                    paragraph,
+                    answer,
+                };
+                Ok(RewardExample {
+                    question_id: Some(row.question_id.clone()),
+                    prompt: render_prompt(&input)?,
+                    label,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Ok(examples))
+    })
 }
 
 /// Factuality reward-model examples: the Factuality SFT paragraph with the true answer
@@ -231,34 +238,27 @@ pub fn binary_correctness_examples(
     rows: &[WithQuestion<RewardModelTrainingRow>],
     render_prompt: &dyn Fn(&ReaderPromptInput) -> Result<String>,
 ) -> Result<(Vec<RewardExample>, Tally)> {
-    let mut examples = Vec::new();
-    let mut tally = Tally::default();
-    for WithQuestion { row, question } in rows {
+    collect_examples(rows, |WithQuestion { row, question }| {
         let Some(paragraph) = &row.factuality_sft_generated_paragraph else {
-            tally.skip(MISSING_PARAGRAPH);
-            continue;
+            return Ok(Err(MISSING_PARAGRAPH));
         };
         let Some(label) = row.factuality_sft_binary_correctness else {
-            tally.skip(MISSING_LABEL);
-            continue;
+            return Ok(Err(MISSING_LABEL));
         };
         if !(0.0..=1.0).contains(&label) {
-            tally.skip(LABEL_OUT_OF_RANGE);
-            continue;
+            return Ok(Err(LABEL_OUT_OF_RANGE));
         }
         let input = ReaderPromptInput {
             question: &question.question,
             paragraph: cut_paragraph(paragraph),
             answer: &question.answer,
         };
-        examples.push(RewardExample {
+        Ok(Ok(vec![RewardExample {
             question_id: Some(row.question_id.clone()),
             prompt: render_prompt(&input)?,
             label,
-        });
-        tally.keep();
-    }
-    Ok((examples, tally))
+        }]))
+    })
 }
 
 fn cut_paragraph(paragraph: &str) -> &str {

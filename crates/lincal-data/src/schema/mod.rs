@@ -88,51 +88,66 @@ impl HasQuestionId for ParagraphGenerationRow {
     }
 }
 
+/// The columns of `sft_training`, in the order of the fields of [`SftTrainingRow`].
+const SFT_TRAINING_COLUMNS: [&str; 5] = [
+    "question_id",
+    "paragraph_generation_prompt",
+    "claude_summary",
+    "icl_generated_paragraphs",
+    "claude_generated_paragraph",
+];
+
+/// The columns of `reward_model_training`, in the order of the fields of
+/// [`RewardModelTrainingRow`].
+const REWARD_MODEL_TRAINING_COLUMNS: [&str; 6] = [
+    "question_id",
+    "lc_sft_generated_paragraph",
+    "lc_sft_ground_truth_and_extracted_answers",
+    "lc_sft_forecasted_probs",
+    "factuality_sft_generated_paragraph",
+    "factuality_sft_binary_correctness",
+];
+
 /// Reads `sft_training` (`.csv`, or `.parquet` from the HF conversion).
 pub fn read_sft_training(path: &Path) -> Result<Vec<SftTrainingRow>> {
-    let columns = [
-        "question_id",
-        "paragraph_generation_prompt",
-        "claude_summary",
-        "icl_generated_paragraphs",
-        "claude_generated_paragraph",
-    ];
     let mut rows = Vec::new();
-    table::for_each_row(path, &columns, columns.len(), |row| {
-        rows.push(SftTrainingRow {
-            question_id: row.cell(0).required_text()?,
-            paragraph_generation_prompt: row.cell(1).text(),
-            claude_summary: row.cell(2).text(),
-            icl_generated_paragraphs: row.cell(3).text_list()?,
-            claude_generated_paragraph: row.cell(4).text(),
-        });
-        Ok(())
-    })?;
+    table::for_each_row(
+        path,
+        &SFT_TRAINING_COLUMNS,
+        SFT_TRAINING_COLUMNS.len(),
+        |row| {
+            rows.push(SftTrainingRow {
+                question_id: row.cell(0).required_text()?,
+                paragraph_generation_prompt: row.cell(1).text(),
+                claude_summary: row.cell(2).text(),
+                icl_generated_paragraphs: row.cell(3).text_list()?,
+                claude_generated_paragraph: row.cell(4).text(),
+            });
+            Ok(())
+        },
+    )?;
     Ok(rows)
 }
 
 /// Reads `reward_model_training` (`.csv` or `.parquet`).
 pub fn read_reward_model_training(path: &Path) -> Result<Vec<RewardModelTrainingRow>> {
-    let columns = [
-        "question_id",
-        "lc_sft_generated_paragraph",
-        "lc_sft_ground_truth_and_extracted_answers",
-        "lc_sft_forecasted_probs",
-        "factuality_sft_generated_paragraph",
-        "factuality_sft_binary_correctness",
-    ];
     let mut rows = Vec::new();
-    table::for_each_row(path, &columns, columns.len(), |row| {
-        rows.push(RewardModelTrainingRow {
-            question_id: row.cell(0).required_text()?,
-            lc_sft_generated_paragraph: row.cell(1).text(),
-            lc_sft_ground_truth_and_extracted_answers: row.cell(2).text_list()?,
-            lc_sft_forecasted_probs: row.cell(3).number_list()?,
-            factuality_sft_generated_paragraph: row.cell(4).text(),
-            factuality_sft_binary_correctness: row.cell(5).number()?,
-        });
-        Ok(())
-    })?;
+    table::for_each_row(
+        path,
+        &REWARD_MODEL_TRAINING_COLUMNS,
+        REWARD_MODEL_TRAINING_COLUMNS.len(),
+        |row| {
+            rows.push(RewardModelTrainingRow {
+                question_id: row.cell(0).required_text()?,
+                lc_sft_generated_paragraph: row.cell(1).text(),
+                lc_sft_ground_truth_and_extracted_answers: row.cell(2).text_list()?,
+                lc_sft_forecasted_probs: row.cell(3).number_list()?,
+                factuality_sft_generated_paragraph: row.cell(4).text(),
+                factuality_sft_binary_correctness: row.cell(5).number()?,
+            });
+            Ok(())
+        },
+    )?;
     Ok(rows)
 }
 

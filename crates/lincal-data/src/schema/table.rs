@@ -97,43 +97,38 @@ impl Cell<'_> {
         }
     }
 
-    /// A stringified list of texts; numbers become Python's `str()` of them, and `None`/`nan`
-    /// items become `None` (the reference treats them as NaN).
-    pub fn text_list(&self) -> Result<Option<Vec<Option<String>>>> {
+    /// A stringified list, each item converted by `item(index, literal)`.
+    fn list_of<T>(&self, item: impl Fn(usize, &PyLiteral) -> Result<T>) -> Result<Option<Vec<T>>> {
         let Some(items) = self.list()? else {
             return Ok(None);
         };
         items
             .iter()
             .enumerate()
-            .map(|(i, item)| match item {
-                PyLiteral::List(_) => {
-                    Err(self.error(format!("item {i} is a nested list; expected a string")))
-                }
-                other => Ok(other.python_str()),
-            })
+            .map(|(i, literal)| item(i, literal))
             .collect::<Result<Vec<_>>>()
             .map(Some)
     }
 
+    /// A stringified list of texts; numbers become Python's `str()` of them, and `None`/`nan`
+    /// items become `None` (the reference treats them as NaN).
+    pub fn text_list(&self) -> Result<Option<Vec<Option<String>>>> {
+        self.list_of(|i, item| match item {
+            PyLiteral::List(_) => {
+                Err(self.error(format!("item {i} is a nested list; expected a string")))
+            }
+            other => Ok(other.python_str()),
+        })
+    }
+
     /// A stringified list of numbers; `None`/`nan` items become NaN.
     pub fn number_list(&self) -> Result<Option<Vec<f64>>> {
-        let Some(items) = self.list()? else {
-            return Ok(None);
-        };
-        items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| match item {
-                PyLiteral::Int(v) => Ok(*v as f64),
-                PyLiteral::Float(v) => Ok(*v),
-                PyLiteral::None => Ok(f64::NAN),
-                other => {
-                    Err(self.error(format!("item {i} is {}; expected a number", other.kind())))
-                }
-            })
-            .collect::<Result<Vec<_>>>()
-            .map(Some)
+        self.list_of(|i, item| match item {
+            PyLiteral::Int(v) => Ok(*v as f64),
+            PyLiteral::Float(v) => Ok(*v),
+            PyLiteral::None => Ok(f64::NAN),
+            other => Err(self.error(format!("item {i} is {}; expected a number", other.kind()))),
+        })
     }
 }
 
@@ -206,19 +201,20 @@ fn locate_columns(
     }
 }
 
-fn read_csv(
-    path: &Path,
-    columns: &[&str],
-    required: usize,
-    each_row: &mut dyn FnMut(TableRow<'_>) -> Result<()>,
-) -> Result<()> {
-    let file = File::open(path).map_err(|source| DataError::Read {
+/// What a table reader hands each row to.
+type EachRow<'f> = &'f mut dyn FnMut(TableRow<'_>) -> Result<()>;
+
+fn open_file(path: &Path) -> Result<File> {
+    File::open(path).map_err(|source| DataError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
+    })
+}
+
+fn read_csv(path: &Path, columns: &[&str], required: usize, each_row: EachRow) -> Result<()> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
-        .from_reader(file);
+        .from_reader(open_file(path)?);
     let csv_error = |e: csv::Error| {
         let line = e.position().map_or(1, |p| p.line() as usize);
         DataError::Row {
@@ -257,14 +253,19 @@ fn read_csv(
 }
 
 fn open_parquet(path: &Path) -> Result<SerializedFileReader<File>> {
-    let file = File::open(path).map_err(|source| DataError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    SerializedFileReader::new(file).map_err(|e| DataError::File {
+    SerializedFileReader::new(open_file(path)?).map_err(|e| DataError::File {
         path: path.to_path_buf(),
         message: format!("not a readable Parquet file: {e}"),
     })
+}
+
+/// The schema of a Parquet file: its top-level columns.
+fn root_schema(reader: &SerializedFileReader<File>) -> TypePtr {
+    reader
+        .metadata()
+        .file_metadata()
+        .schema_descr()
+        .root_schema_ptr()
 }
 
 /// Keeps of `ty` only the fields named by `wanted` (dotted paths relative to `ty`), so that the
@@ -316,11 +317,7 @@ pub(crate) fn for_each_parquet_row(
     mut each_row: impl FnMut(usize, parquet::record::Row) -> Result<()>,
 ) -> Result<()> {
     let reader = open_parquet(path)?;
-    let schema = reader
-        .metadata()
-        .file_metadata()
-        .schema_descr()
-        .root_schema_ptr();
+    let schema = root_schema(&reader);
     let projected = projection(&schema, wanted).map(|ty| ty.as_ref().clone());
     let rows = reader
         .get_row_iter(projected)
@@ -339,25 +336,12 @@ pub(crate) fn for_each_parquet_row(
     Ok(())
 }
 
-fn read_parquet(
-    path: &Path,
-    columns: &[&str],
-    required: usize,
-    each_row: &mut dyn FnMut(TableRow<'_>) -> Result<()>,
-) -> Result<()> {
-    let header: Vec<String> = {
-        let reader = open_parquet(path)?;
-        let schema = reader
-            .metadata()
-            .file_metadata()
-            .schema_descr()
-            .root_schema_ptr();
-        schema
-            .get_fields()
-            .iter()
-            .map(|f| f.name().to_owned())
-            .collect()
-    };
+fn read_parquet(path: &Path, columns: &[&str], required: usize, each_row: EachRow) -> Result<()> {
+    let header: Vec<String> = root_schema(&open_parquet(path)?)
+        .get_fields()
+        .iter()
+        .map(|f| f.name().to_owned())
+        .collect();
     let positions = locate_columns(path, &header, columns, required)?;
     let present: Vec<&str> = columns
         .iter()

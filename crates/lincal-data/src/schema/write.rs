@@ -8,7 +8,10 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::pylit::python_float_repr;
-use super::{RewardModelTrainingRow, SftTrainingRow, TriviaQuestion};
+use super::{
+    REWARD_MODEL_TRAINING_COLUMNS, RewardModelTrainingRow, SFT_TRAINING_COLUMNS, SftTrainingRow,
+    TriviaQuestion,
+};
 use crate::Result;
 use crate::schema::jsonl::{write_atomically, write_jsonl};
 
@@ -58,17 +61,19 @@ pub fn python_float_list(items: &[f64]) -> String {
     format!("[{}]", items.join(", "))
 }
 
-/// Writes CSV `rows` under `header`, atomically; `None` cells are left empty (pandas' NaN).
-fn write_csv(
+/// Writes `rows` as CSV under `header`, atomically, each row's cells given by `cells`; `None`
+/// cells are left empty (pandas' NaN).
+fn write_csv<R, const N: usize>(
     path: &Path,
-    header: &[&str],
-    rows: impl Iterator<Item = Vec<Option<String>>>,
+    header: &[&str; N],
+    rows: &[R],
+    cells: impl Fn(&R) -> [Option<String>; N],
 ) -> Result<()> {
     write_atomically(path, |out| {
         let mut writer = csv::Writer::from_writer(out);
         writer.write_record(header)?;
         for row in rows {
-            writer.write_record(row.iter().map(|cell| cell.as_deref().unwrap_or("")))?;
+            writer.write_record(cells(row).iter().map(|cell| cell.as_deref().unwrap_or("")))?;
         }
         writer.flush()
     })
@@ -76,58 +81,35 @@ fn write_csv(
 
 /// Writes `sft_training` rows as the reference CSV.
 pub fn write_sft_training(path: &Path, rows: &[SftTrainingRow]) -> Result<()> {
-    let header = [
-        "question_id",
-        "paragraph_generation_prompt",
-        "claude_summary",
-        "icl_generated_paragraphs",
-        "claude_generated_paragraph",
-    ];
-    write_csv(
-        path,
-        &header,
-        rows.iter().map(|row| {
-            vec![
-                Some(row.question_id.clone()),
-                row.paragraph_generation_prompt.clone(),
-                row.claude_summary.clone(),
-                row.icl_generated_paragraphs
-                    .as_deref()
-                    .map(python_text_list),
-                row.claude_generated_paragraph.clone(),
-            ]
-        }),
-    )
+    write_csv(path, &SFT_TRAINING_COLUMNS, rows, |row| {
+        [
+            Some(row.question_id.clone()),
+            row.paragraph_generation_prompt.clone(),
+            row.claude_summary.clone(),
+            row.icl_generated_paragraphs
+                .as_deref()
+                .map(python_text_list),
+            row.claude_generated_paragraph.clone(),
+        ]
+    })
 }
 
 /// Writes `reward_model_training` rows as the reference CSV.
 pub fn write_reward_model_training(path: &Path, rows: &[RewardModelTrainingRow]) -> Result<()> {
-    let header = [
-        "question_id",
-        "lc_sft_generated_paragraph",
-        "lc_sft_ground_truth_and_extracted_answers",
-        "lc_sft_forecasted_probs",
-        "factuality_sft_generated_paragraph",
-        "factuality_sft_binary_correctness",
-    ];
-    write_csv(
-        path,
-        &header,
-        rows.iter().map(|row| {
-            vec![
-                Some(row.question_id.clone()),
-                row.lc_sft_generated_paragraph.clone(),
-                row.lc_sft_ground_truth_and_extracted_answers
-                    .as_deref()
-                    .map(python_text_list),
-                row.lc_sft_forecasted_probs
-                    .as_deref()
-                    .map(python_float_list),
-                row.factuality_sft_generated_paragraph.clone(),
-                row.factuality_sft_binary_correctness.map(python_float_repr),
-            ]
-        }),
-    )
+    write_csv(path, &REWARD_MODEL_TRAINING_COLUMNS, rows, |row| {
+        [
+            Some(row.question_id.clone()),
+            row.lc_sft_generated_paragraph.clone(),
+            row.lc_sft_ground_truth_and_extracted_answers
+                .as_deref()
+                .map(python_text_list),
+            row.lc_sft_forecasted_probs
+                .as_deref()
+                .map(python_float_list),
+            row.factuality_sft_generated_paragraph.clone(),
+            row.factuality_sft_binary_correctness.map(python_float_repr),
+        ]
+    })
 }
 
 /// Writes questions as TriviaQA JSON Lines with the HF field names (`question_id`, `question`,
