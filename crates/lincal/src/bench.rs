@@ -21,10 +21,8 @@ pub enum BenchCommand {
         ids: PathBuf,
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value = "auto")]
-        device: String,
-        #[arg(long, default_value = "auto")]
-        dtype: String,
+        #[command(flatten)]
+        device: crate::DeviceArgs,
     },
     /// Training throughput: timed SFT steps (forward, backward, clipping, AdamW) on random
     /// tokens, as `lincal sft` runs them.
@@ -40,10 +38,8 @@ pub enum BenchCommand {
         steps: usize,
         #[arg(long, default_value_t = 3)]
         warmup: usize,
-        #[arg(long, default_value = "auto")]
-        device: String,
-        #[arg(long, default_value = "auto")]
-        dtype: String,
+        #[command(flatten)]
+        device: crate::DeviceArgs,
         /// Append one JSON line with the measurement here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -97,10 +93,8 @@ pub enum BenchCommand {
         new_tokens: i64,
         #[arg(long, default_value_t = 0.7)]
         temperature: f64,
-        #[arg(long, default_value = "auto")]
-        device: String,
-        #[arg(long, default_value = "auto")]
-        dtype: String,
+        #[command(flatten)]
+        device: crate::DeviceArgs,
         /// Append one JSON line per measurement here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -119,9 +113,8 @@ pub enum BenchCommand {
 
 pub fn run(command: BenchCommand) -> Result<()> {
     match command {
-        BenchCommand::Logits { model, ids, out, device, dtype } => {
-            let device = crate::parse_device(&device)?;
-            let kind = crate::parse_kind(&dtype, device)?;
+        BenchCommand::Logits { model, ids, out, device } => {
+            let (device, kind) = device.resolve()?;
             let model = CausalLm::load(&model, device, Some(kind))?;
             let text = std::fs::read_to_string(&ids).with_context(|| format!("reading {}", ids.display()))?;
             let rows: Vec<Vec<i64>> = serde_json::from_str(&text).with_context(|| format!("{}: expected a JSON list of equal-length lists of token ids", ids.display()))?;
@@ -131,9 +124,8 @@ pub fn run(command: BenchCommand) -> Result<()> {
             let logits = tch::no_grad(|| model.logits(&model.forward(&input, &positions, Some(&attention), None))).to_kind(tch::Kind::Float);
             Ok(lincal_model::checkpoint::write_safetensors_file(&out, &[(&"logits".to_string(), &logits)])?)
         }
-        BenchCommand::Sft { model, batch, seq_len, steps, warmup, device, dtype, json, label, gradient_checkpointing, no_master_weights } => {
-            let device = crate::parse_device(&device)?;
-            let kind = crate::parse_kind(&dtype, device)?;
+        BenchCommand::Sft { model, batch, seq_len, steps, warmup, device, json, label, gradient_checkpointing, no_master_weights } => {
+            let (device, kind) = device.resolve()?;
             let model = CausalLm::load(&model, device, Some(kind))?;
             let settings = lincal_train::SftBenchSettings { batch_size: batch, seq_len, steps, warmup_steps: warmup, gradient_checkpointing, master_weights: !no_master_weights };
             let result = lincal_train::bench_sft(&model, &settings)?;
@@ -170,9 +162,8 @@ pub fn run(command: BenchCommand) -> Result<()> {
             }
             Ok(())
         }
-        BenchCommand::Generate { model, batch, prompt_len, new_tokens, temperature, device, dtype, json, label, no_cuda_graph, verify } => {
-            let device = crate::parse_device(&device)?;
-            let kind = crate::parse_kind(&dtype, device)?;
+        BenchCommand::Generate { model, batch, prompt_len, new_tokens, temperature, device, json, label, no_cuda_graph, verify } => {
+            let (device, kind) = device.resolve()?;
             let mut model = CausalLm::load(&model, device, Some(kind))?;
             model.set_cuda_graphs(!no_cuda_graph);
             let vocab = model.config().vocab_size();

@@ -165,12 +165,9 @@ pub struct StageArgs {
     /// Items sent to the model together and committed together.
     #[arg(long, default_value_t = 64)]
     chunk_size: usize,
-    /// Device of a local model: auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    device: String,
-    /// Precision of a local model: auto, f32, bf16 or f16.
-    #[arg(long, default_value = "auto")]
-    dtype: String,
+    /// Device and precision of a local model.
+    #[command(flatten)]
+    device: crate::DeviceArgs,
     /// Requests a local model decodes together.
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
@@ -203,24 +200,26 @@ enum ModelSource<'a> {
     Local(&'a Path),
 }
 
-impl TeacherArgs {
-    fn source(&self) -> ModelSource<'_> {
-        match (&self.teacher, &self.teacher_model) {
+impl<'a> ModelSource<'a> {
+    /// A backend config or a local model directory, one of which clap's argument group requires.
+    fn from_flags(config: &'a Option<PathBuf>, dir: &'a Option<PathBuf>) -> Self {
+        match (config, dir) {
             (Some(config), _) => ModelSource::Config(config),
             (None, Some(dir)) => ModelSource::Local(dir),
-            // clap's group requires one of them.
-            (None, None) => unreachable!("--teacher or --teacher-model is required"),
+            (None, None) => unreachable!("clap requires a backend config or a model directory"),
         }
+    }
+}
+
+impl TeacherArgs {
+    fn source(&self) -> ModelSource<'_> {
+        ModelSource::from_flags(&self.teacher, &self.teacher_model)
     }
 }
 
 impl BaseArgs {
     fn source(&self) -> ModelSource<'_> {
-        match (&self.base, &self.base_model) {
-            (Some(config), _) => ModelSource::Config(config),
-            (None, Some(dir)) => ModelSource::Local(dir),
-            (None, None) => unreachable!("--base or --base-model is required"),
-        }
+        ModelSource::from_flags(&self.base, &self.base_model)
     }
 }
 
@@ -242,8 +241,7 @@ impl Model {
                 config.build().with_context(|| format!("setting up the backend of {}", path.display()))?
             }
             ModelSource::Local(dir) => {
-                let device = crate::parse_device(&args.device)?;
-                let kind = crate::parse_kind(&args.dtype, device)?;
+                let (device, kind) = args.device.resolve()?;
                 let llm = crate::local_llm::LocalLlm::load(dir, device, kind, args.batch_size)
                     .with_context(|| format!("loading the model in {}", dir.display()))?;
                 // One worker hands the engine whole batches.

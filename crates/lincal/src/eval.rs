@@ -134,12 +134,9 @@ pub struct RunArgs {
     /// Bootstrap resamples of the confidence intervals (0: none).
     #[arg(long, default_value_t = 10_000)]
     resamples: usize,
-    /// Device of local models: auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    device: String,
-    /// Precision of local models: auto, f32, bf16 or f16.
-    #[arg(long, default_value = "auto")]
-    dtype: String,
+    /// Device and precision of local models.
+    #[command(flatten)]
+    device: crate::DeviceArgs,
     /// Requests a local model decodes together.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
@@ -330,8 +327,7 @@ struct Models {
 
 impl Models {
     fn new(run: &RunArgs) -> Result<Self> {
-        let device = crate::parse_device(&run.device)?;
-        let kind = crate::parse_kind(&run.dtype, device)?;
+        let (device, kind) = run.device.resolve()?;
         let cache_path = run.cache.clone().unwrap_or_else(|| run.out.join(CACHE_FILE));
         let cache = ResponseCache::open(&cache_path).with_context(|| format!("opening the response cache {}", cache_path.display()))?;
         Ok(Models { cache: Arc::new(cache), accounting: Arc::new(Accounting::new()), device, kind, batch_size: run.batch_size.max(1), local: HashMap::new() })
@@ -441,8 +437,8 @@ fn teacher(run: &RunArgs) -> TeacherSettings {
 fn extra(run: &RunArgs, policy: &ModelSource) -> BTreeMap<String, serde_json::Value> {
     let mut extra = BTreeMap::from([("max_attempts".to_string(), serde_json::json!(run.max_attempts))]);
     if matches!(policy, ModelSource::Local(_)) {
-        extra.insert("device".into(), serde_json::json!(run.device));
-        extra.insert("dtype".into(), serde_json::json!(run.dtype));
+        extra.insert("device".into(), serde_json::json!(run.device.device));
+        extra.insert("dtype".into(), serde_json::json!(run.device.dtype));
     }
     if let Some(limit) = run.limit {
         extra.insert("limit".into(), serde_json::json!(limit));

@@ -42,15 +42,12 @@ pub struct GenerateArgs {
     stop: Vec<String>,
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
-    #[arg(long, default_value = "auto")]
-    device: String,
-    #[arg(long, default_value = "auto")]
-    dtype: String,
+    #[command(flatten)]
+    device: crate::DeviceArgs,
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    let device = crate::parse_device(&args.device)?;
-    let kind = crate::parse_kind(&args.dtype, device)?;
+    let (device, kind) = args.device.resolve()?;
     let model = CausalLm::load(&args.model, device, Some(kind))?;
     let tokenizer = Tokenizer::from_dir(&args.model)?;
     tokenizer.check_model_vocab(model.config().vocab_size())?;

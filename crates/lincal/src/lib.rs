@@ -13,6 +13,24 @@ pub mod train;
 
 use anyhow::{Context, Result};
 
+/// Where and in which precision a command runs its models.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DeviceArgs {
+    /// auto (the first GPU if there is one), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// auto (bf16 on a GPU, f32 on the CPU), f32, bf16 or f16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+}
+
+impl DeviceArgs {
+    pub fn resolve(&self) -> Result<(tch::Device, tch::Kind)> {
+        let device = parse_device(&self.device)?;
+        Ok((device, parse_kind(&self.dtype, device)?))
+    }
+}
+
 /// `--device auto|cpu|cuda|cuda:N`.
 pub fn parse_device(name: &str) -> Result<tch::Device> {
     Ok(match name {

@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 use lincal_data::schema::{self, TriviaQa};
 use lincal_train::ppo::{PpoConfig, PpoModelPaths, PpoPrompt, PpoSummary, PpoTrainer};
-use crate::train::{ConfigArgs, print_config};
+use crate::train::{ConfigArgs, RunArgs, print_config};
 use lincal_train::RunOptions;
 use std::path::{Path, PathBuf};
 
@@ -36,52 +36,39 @@ pub struct PpoArgs {
     /// without them no evaluation runs.
     #[arg(long)]
     eval: Option<PathBuf>,
-    /// TriviaQA `unfiltered.nocontext` files (Parquet or JSON): the question and gold answer of
-    /// each reference prompt, which the reference files hold only as ids.
-    #[arg(long = "trivia-qa")]
-    trivia_qa: Vec<PathBuf>,
-    /// A directory of prompt templates overriding the built-in ones.
-    #[arg(long)]
-    prompts: Option<PathBuf>,
-    #[arg(long, default_value = "auto")]
-    device: String,
-    /// Print the resolved config as TOML and exit.
-    #[arg(long)]
-    print_config: bool,
-    /// Stop after this many PPO steps (the run resumes later from its checkpoint).
-    #[arg(long)]
-    stop_at_step: Option<u64>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 pub fn run(args: PpoArgs) -> Result<()> {
     let config = resolve_config(&args)?;
-    if args.print_config {
+    if args.run.print_config {
         return print_config(&config);
     }
-    let train = read_prompts(&args.train, &args.trivia_qa)?;
+    let train = read_prompts(&args.train, &args.run.trivia_qa)?;
     let eval = match &args.eval {
-        Some(path) => read_prompts(path, &args.trivia_qa)?,
+        Some(path) => read_prompts(path, &args.run.trivia_qa)?,
         None => {
             eprintln!("no --eval prompts: the run will not evaluate");
             Vec::new()
         }
     };
-    let device = crate::parse_device(&args.device)?;
+    let device = crate::parse_device(&args.run.device)?;
     let paths = PpoModelPaths { policy: args.policy.clone(), reward_model: args.reward_model.clone(), answer_extractor: args.answer_extractor.clone() };
     let mut input_files = vec![args.train.clone()];
     input_files.extend(args.eval.iter().cloned());
-    input_files.extend(args.trivia_qa.iter().cloned());
+    input_files.extend(args.run.trivia_qa.iter().cloned());
     let options = RunOptions { dir: args.out.clone(), input_files, progress: true };
     let mut trainer = PpoTrainer::new(&paths, device, &config, &train, &eval, &options)?;
     let data = trainer.data_report();
     eprintln!("{} training prompts ({} longer than query_len {} left out), {} evaluation prompts", data.train_prompts, data.dropped_long_prompts, config.query_len, data.eval_prompts);
-    report(&trainer.train(args.stop_at_step)?);
+    report(&trainer.train(args.run.stop_at_step)?);
     Ok(())
 }
 
 fn resolve_config(args: &PpoArgs) -> Result<PpoConfig> {
     let mut config = args.config.resolve(PpoConfig::preset, |c, scale| c.scaled(scale))?;
-    if let Some(dir) = &args.prompts {
+    if let Some(dir) = &args.run.prompts {
         config.templates = Some(dir.clone());
     }
     Ok(config)

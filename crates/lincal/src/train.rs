@@ -37,21 +37,28 @@ pub struct TrainArgs {
     /// extract_answers, forecast_probs or factuality. Defaults to the preset's name.
     #[arg(long)]
     task: Option<String>,
-    /// TriviaQA `unfiltered.nocontext` files (Parquet or JSON): the reader tasks need each
-    /// question's text and answer, which the reference files hold only as ids.
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// How a training run goes, shared by `sft`, `reward-model` and `ppo`.
+#[derive(Args)]
+pub struct RunArgs {
+    /// TriviaQA `unfiltered.nocontext` files (Parquet or JSON): the question text and gold
+    /// answer of each row of a reference dataset file, which holds them only as ids.
     #[arg(long = "trivia-qa")]
-    trivia_qa: Vec<PathBuf>,
+    pub trivia_qa: Vec<PathBuf>,
     /// A directory of prompt templates overriding the built-in ones.
     #[arg(long)]
-    prompts: Option<PathBuf>,
+    pub prompts: Option<PathBuf>,
     #[arg(long, default_value = "auto")]
-    device: String,
+    pub device: String,
     /// Print the resolved config as TOML and exit.
     #[arg(long)]
-    print_config: bool,
-    /// Stop after this many optimizer steps (the run resumes later from its checkpoint).
+    pub print_config: bool,
+    /// Stop after this many steps (the run resumes later from its checkpoint).
     #[arg(long)]
-    stop_at_step: Option<u64>,
+    pub stop_at_step: Option<u64>,
 }
 
 /// Where a command's config comes from; shared by every training command.
@@ -94,33 +101,33 @@ impl ConfigArgs {
 
 pub fn sft(args: TrainArgs) -> Result<()> {
     let config = args.config.resolve(SftConfig::preset, |c, scale| Ok(SftConfig { training: c.training.scaled(scale)?, ..c }))?;
-    if args.print_config {
+    if args.run.print_config {
         return print_config(&config);
     }
     let task = args.task.clone().or_else(|| args.config.preset.clone());
     let read = |path: &Path| read_sft(path, task.as_deref(), &args);
     let (train, eval) = train_eval(&args, read, schema::SFT_EVAL_QUESTIONS)?;
-    let device = crate::parse_device(&args.device)?;
+    let device = crate::parse_device(&args.run.device)?;
     let mut trainer = SftTrainer::new(&args.model, device, &config, &train, &eval, &run_options(&args))?;
     let data = trainer.data_report();
     eprintln!(
         "{} training examples in {} rows, {} evaluation examples, {} target tokens; left out because truncation kept no target token: {} training, {} evaluation",
         data.train_examples, data.train_rows, data.eval_examples, data.target_tokens, data.dropped_train.len(), data.dropped_eval.len()
     );
-    report(trainer.train(args.stop_at_step)?)
+    report(trainer.train(args.run.stop_at_step)?)
 }
 
 pub fn reward_model(args: TrainArgs) -> Result<()> {
     let config = args.config.resolve(RewardModelConfig::preset, |c, scale| Ok(RewardModelConfig { training: c.training.scaled(scale)?, ..c }))?;
-    if args.print_config {
+    if args.run.print_config {
         return print_config(&config);
     }
     let task = args.task.clone().or_else(|| args.config.preset.clone());
     let read = |path: &Path| read_reward(path, task.as_deref(), &args);
     let (train, eval) = train_eval(&args, read, schema::REWARD_MODEL_EVAL_QUESTIONS)?;
-    let device = crate::parse_device(&args.device)?;
+    let device = crate::parse_device(&args.run.device)?;
     let mut trainer = RewardModelTrainer::new(&args.model, device, &config, &train, &eval, &run_options(&args))?;
-    report(trainer.train(args.stop_at_step)?)
+    report(trainer.train(args.run.stop_at_step)?)
 }
 
 pub fn print_config<C: Serialize>(config: &C) -> Result<()> {
@@ -131,7 +138,7 @@ pub fn print_config<C: Serialize>(config: &C) -> Result<()> {
 fn run_options(args: &TrainArgs) -> RunOptions {
     let mut input_files = vec![args.train.clone()];
     input_files.extend(args.eval.iter().cloned());
-    input_files.extend(args.trivia_qa.iter().cloned());
+    input_files.extend(args.run.trivia_qa.iter().cloned());
     RunOptions { dir: args.out.clone(), input_files, progress: true }
 }
 
@@ -149,7 +156,7 @@ fn train_eval<T: HasQuestionId>(args: &TrainArgs, read: impl Fn(&Path) -> Result
 }
 
 fn templates(args: &TrainArgs) -> Result<Templates> {
-    Ok(match &args.prompts {
+    Ok(match &args.run.prompts {
         Some(dir) => Templates::with_overrides(dir)?,
         None => Templates::builtin()?,
     })
@@ -202,10 +209,10 @@ fn read_reward(path: &Path, task: Option<&str>, args: &TrainArgs) -> Result<Vec<
 
 /// `reward_model_training` rows joined with their TriviaQA questions.
 fn joined_reward_rows(path: &Path, args: &TrainArgs) -> Result<Vec<schema::WithQuestion<schema::RewardModelTrainingRow>>> {
-    if args.trivia_qa.is_empty() {
+    if args.run.trivia_qa.is_empty() {
         bail!("{}: the reader tasks need the questions and answers: give --trivia-qa with TriviaQA's unfiltered.nocontext files", path.display());
     }
-    let trivia = TriviaQa::load(&args.trivia_qa)?;
+    let trivia = TriviaQa::load(&args.run.trivia_qa)?;
     let joined = trivia.join(schema::read_reward_model_training(path)?);
     if !joined.unmatched.is_empty() {
         eprintln!("{}: {} rows have no TriviaQA question and are left out (first ids: {:?})", path.display(), joined.unmatched.len(), joined.unmatched_ids().iter().take(5).collect::<Vec<_>>());
@@ -246,15 +253,12 @@ pub struct ScoreArgs {
     max_len: usize,
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
-    #[arg(long, default_value = "auto")]
-    device: String,
-    #[arg(long, default_value = "auto")]
-    dtype: String,
+    #[command(flatten)]
+    device: crate::DeviceArgs,
 }
 
 pub fn score(args: ScoreArgs) -> Result<()> {
-    let device = crate::parse_device(&args.device)?;
-    let kind = crate::parse_kind(&args.dtype, device)?;
+    let (device, kind) = args.device.resolve()?;
     let model = lincal_train::RewardModel::load(&args.model, device, Some(kind))?;
     let tokenizer = lincal_model::Tokenizer::from_dir(&args.model)?;
     let pad_id = tokenizer.pad_token().and_then(|t| tokenizer.token_id(&t)).with_context(|| format!("{}: the tokenizer has no pad token", args.model.display()))?;
