@@ -3,26 +3,50 @@
 
 use anyhow::Result;
 use lincal_llm::{Choice, FinishReason, Llm, LlmError, LlmRequest, LlmResponse, Prompt, TokenUsage};
-use lincal_model::{CausalLm, ChatMessage, Generation, SamplingParams, Tokenizer, generate_text};
-use std::path::Path;
+use lincal_model::checkpoint::SafetensorsCheckpoint;
+use lincal_model::{CausalLm, ChatMessage, Generation, ModelConfig, SamplingParams, Tokenizer, generate_text};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 pub struct LocalLlm {
     /// Tensors are not `Sync`; one caller at a time uses the GPU anyway.
-    engine: Mutex<(CausalLm, Tokenizer)>,
+    engine: Mutex<Engine>,
     /// The model directory and a fingerprint of its weights: the cache key must change when
     /// the weights do.
     name: String,
     batch_size: usize,
 }
 
+/// The tokenizer, and the weights once a request needs them: a stage that turns out to be
+/// finished (or answered from the cache) never spends the time or memory to load them.
+struct Engine {
+    model: Option<CausalLm>,
+    tokenizer: Tokenizer,
+    dir: PathBuf,
+    device: tch::Device,
+    kind: tch::Kind,
+}
+
+impl Engine {
+    fn loaded(&mut self) -> Result<(&CausalLm, &Tokenizer)> {
+        if self.model.is_none() {
+            self.model = Some(CausalLm::load(&self.dir, self.device, Some(self.kind))?);
+        }
+        Ok((self.model.as_ref().expect("loaded above"), &self.tokenizer))
+    }
+}
+
 impl LocalLlm {
+    /// Reads the config and tokenizer of the model in `dir` and checks that they fit; the
+    /// weights are loaded at the first request.
     pub fn load(dir: &Path, device: tch::Device, kind: tch::Kind, batch_size: usize) -> Result<Self> {
-        let model = CausalLm::load(dir, device, Some(kind))?;
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        SafetensorsCheckpoint::open(dir)?;
         let tokenizer = Tokenizer::from_dir(dir)?;
-        tokenizer.check_model_vocab(model.config().vocab_size())?;
+        tokenizer.check_model_vocab(config.vocab_size())?;
         let name = format!("{}#{}", dir.canonicalize()?.display(), weights_fingerprint(dir)?);
-        Ok(LocalLlm { engine: Mutex::new((model, tokenizer)), name, batch_size: batch_size.max(1) })
+        let engine = Engine { model: None, tokenizer, dir: dir.to_path_buf(), device, kind };
+        Ok(LocalLlm { engine: Mutex::new(engine), name, batch_size: batch_size.max(1) })
     }
 }
 
@@ -62,8 +86,14 @@ impl Llm for LocalLlm {
     }
 
     fn generate(&self, requests: &[LlmRequest]) -> Vec<Result<LlmResponse, LlmError>> {
-        let engine = self.engine.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (model, tokenizer) = &*engine;
+        let mut engine = self.engine.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (model, tokenizer) = match engine.loaded() {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                let message = format!("loading the weights in {}: {error:#}", self.name);
+                return requests.iter().map(|_| Err(LlmError::Backend { message: message.clone(), retryable: false })).collect();
+            }
+        };
         let mut results: Vec<Result<LlmResponse, LlmError>> = requests.iter().map(|_| Ok(LlmResponse { choices: Vec::new(), usage: Some(TokenUsage::default()) })).collect();
         // Requests sharing sampling settings are decoded together, `batch_size` samples at a
         // time; sample j of a request uses seed + j, as the Anthropic backend does.
@@ -158,8 +188,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let llm = local(dir.path(), 2);
         let results = llm.generate(&[request("t3 t4", 2, 7), request("t5", 1, 9)]);
-        let engine = llm.engine.lock().unwrap();
-        let (model, tokenizer) = &*engine;
+        let mut engine = llm.engine.lock().unwrap();
+        let (model, tokenizer) = engine.loaded().unwrap();
         let params = sampling_params(&request("", 1, 0));
         let ids = tokenizer.encode("t3 t4", true).unwrap();
         let expected = generate_text(model, tokenizer, &[ids.clone(), ids.clone()], &[7, 8], &params, None).unwrap();
@@ -170,6 +200,27 @@ mod tests {
         assert_eq!(usage.completion_tokens, expected.iter().map(|g| g.tokens.len() as u64).sum::<u64>());
         let alone = generate_text(model, tokenizer, &[tokenizer.encode("t5", true).unwrap()], &[9], &params, None).unwrap();
         assert_eq!(results[1].as_ref().unwrap().text(), alone[0].text);
+    }
+
+    /// The weights are read at the first request, not before: weights broken after `load`
+    /// fail that request with an error naming the directory.
+    #[test]
+    fn weights_load_at_the_first_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let llm = local(dir.path(), 4);
+        assert!(llm.engine.lock().unwrap().model.is_none());
+        std::fs::write(dir.path().join("model.safetensors"), b"not a checkpoint").unwrap();
+        let results = llm.generate(&[request("t3", 1, 1), request("t4", 1, 2)]);
+        for result in results {
+            match result {
+                Err(LlmError::Backend { message, retryable: false }) => assert!(message.starts_with("loading the weights in ") && message.contains("model.safetensors"), "{message}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        // A directory without weights is refused at once.
+        std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+        let err = LocalLlm::load(dir.path(), tch::Device::Cpu, tch::Kind::Float, 4).err().unwrap().to_string();
+        assert!(err.contains("no model.safetensors or model.safetensors.index.json here"), "{err}");
     }
 
     /// A bad request fails alone; the rest of the batch is answered.
@@ -192,8 +243,8 @@ mod tests {
         let params = lincal_llm::SamplingParams { temperature: 0.0, max_tokens: 5, ..Default::default() };
         let chat = LlmRequest::chat(vec![lincal_llm::ChatMessage::user("t3 t4")], params.clone());
         let got = llm.generate(&[chat]).remove(0).unwrap();
-        let engine = llm.engine.lock().unwrap();
-        let (model, tokenizer) = &*engine;
+        let mut engine = llm.engine.lock().unwrap();
+        let (model, tokenizer) = engine.loaded().unwrap();
         let text = tokenizer.apply_chat_template(&[ChatMessage::new("user", "t3 t4")], true).unwrap();
         let greedy = SamplingParams { temperature: 0.0, max_new_tokens: 5, ..Default::default() };
         let expected = generate_text(model, tokenizer, &[tokenizer.encode(&text, false).unwrap()], &[0], &greedy, None).unwrap();
