@@ -40,12 +40,8 @@ pub enum BenchCommand {
         warmup: usize,
         #[command(flatten)]
         device: crate::DeviceArgs,
-        /// Append one JSON line with the measurement here.
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// Name recorded with the measurement (e.g. the model shape).
-        #[arg(long, default_value = "")]
-        label: String,
+        #[command(flatten)]
+        record: RecordArgs,
         /// Recompute each layer's activations in the backward pass (`training.gradient_checkpointing`).
         #[arg(long)]
         gradient_checkpointing: bool,
@@ -73,12 +69,8 @@ pub enum BenchCommand {
         warmup: usize,
         #[arg(long, default_value = "auto")]
         device: String,
-        /// Append one JSON line with the measurement here.
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// Name recorded with the measurement (e.g. the model shape).
-        #[arg(long, default_value = "")]
-        label: String,
+        #[command(flatten)]
+        record: RecordArgs,
     },
     /// Batched sampling throughput: random prompts, every row runs to --new-tokens (no EOS).
     Generate {
@@ -95,12 +87,8 @@ pub enum BenchCommand {
         temperature: f64,
         #[command(flatten)]
         device: crate::DeviceArgs,
-        /// Append one JSON line per measurement here.
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// Name recorded with each measurement (e.g. the model shape).
-        #[arg(long, default_value = "")]
-        label: String,
+        #[command(flatten)]
+        record: RecordArgs,
         /// Decode eagerly instead of replaying CUDA graphs (for comparison).
         #[arg(long)]
         no_cuda_graph: bool,
@@ -124,18 +112,15 @@ pub fn run(command: BenchCommand) -> Result<()> {
             let logits = tch::no_grad(|| model.logits(&model.forward(&input, &positions, Some(&attention), None))).to_kind(tch::Kind::Float);
             Ok(lincal_model::checkpoint::write_safetensors_file(&out, &[(&"logits".to_string(), &logits)])?)
         }
-        BenchCommand::Sft { model, batch, seq_len, steps, warmup, device, json, label, gradient_checkpointing, no_master_weights } => {
+        BenchCommand::Sft { model, batch, seq_len, steps, warmup, device, record, gradient_checkpointing, no_master_weights } => {
             let (device, kind) = device.resolve()?;
             let model = CausalLm::load(&model, device, Some(kind))?;
             let settings = lincal_train::SftBenchSettings { batch_size: batch, seq_len, steps, warmup_steps: warmup, gradient_checkpointing, master_weights: !no_master_weights };
             let result = lincal_train::bench_sft(&model, &settings)?;
             println!("{batch} x {seq_len} tokens, {} parameters: {:.0} tokens/s ({:.3} s/step over {steps} steps)", result.parameters, result.tokens_per_second, result.seconds_per_step);
-            if let Some(path) = &json {
-                append_json_line(path, &serde_json::json!({ "bench": "sft", "engine": "lincal", "model": label, "batch": batch, "seq_len": seq_len, "tokens_per_s": result.tokens_per_second, "seconds_per_step": result.seconds_per_step, "steps": steps, "kind": format!("{kind:?}"), "master_weights": !no_master_weights, "gradient_checkpointing": gradient_checkpointing, "device": format!("{device:?}") }))?;
-            }
-            Ok(())
+            record.append(serde_json::json!({ "bench": "sft", "engine": "lincal", "batch": batch, "seq_len": seq_len, "tokens_per_s": result.tokens_per_second, "seconds_per_step": result.seconds_per_step, "steps": steps, "kind": format!("{kind:?}"), "master_weights": !no_master_weights, "gradient_checkpointing": gradient_checkpointing, "device": format!("{device:?}") }))
         }
-        BenchCommand::Ppo { model, config, warmup, device, json, label } => {
+        BenchCommand::Ppo { model, config, warmup, device, record } => {
             let config = config.resolve(lincal_train::ppo::PpoConfig::preset, |c, scale| c.scaled(scale))?;
             let device = crate::parse_device(&device)?;
             let result = lincal_train::ppo::bench_ppo(&model, device, &config, warmup)?;
@@ -155,14 +140,11 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 result.first_step_kl,
                 result.first_step_approx_kl
             );
-            if let Some(path) = &json {
-                let mut record = serde_json::json!({ "bench": "ppo", "engine": "lincal", "model": label, "rl_type": format!("{:?}", config.rl_type), "lora": config.lora.is_some(), "generation_batch_size": config.generation_batch_size, "forward_batch_size": config.forward_batch_size, "micro_batch_size": config.micro_batch_size, "device": format!("{device:?}") });
-                record.as_object_mut().expect("an object").extend(serde_json::to_value(&result)?.as_object().expect("a struct").clone());
-                append_json_line(path, &record)?;
-            }
-            Ok(())
+            let mut measured = serde_json::json!({ "bench": "ppo", "engine": "lincal", "rl_type": format!("{:?}", config.rl_type), "lora": config.lora.is_some(), "generation_batch_size": config.generation_batch_size, "forward_batch_size": config.forward_batch_size, "micro_batch_size": config.micro_batch_size, "device": format!("{device:?}") });
+            measured.as_object_mut().expect("an object").extend(serde_json::to_value(&result)?.as_object().expect("a struct").clone());
+            record.append(measured)
         }
-        BenchCommand::Generate { model, batch, prompt_len, new_tokens, temperature, device, json, label, no_cuda_graph, verify } => {
+        BenchCommand::Generate { model, batch, prompt_len, new_tokens, temperature, device, record, no_cuda_graph, verify } => {
             let (device, kind) = device.resolve()?;
             let mut model = CausalLm::load(&model, device, Some(kind))?;
             model.set_cuda_graphs(!no_cuda_graph);
@@ -189,9 +171,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 let gap = verify.then(|| logprob_gap(&model, &batch_prompts, &out, temperature));
                 let gap_text = gap.map_or(String::new(), |(max, mean)| format!("{max:.4} / {mean:.5}"));
                 println!("{size:>6} {prompt_len:>7} {new_tokens:>8} {seconds:>10.2} {rate:>12.0}  {digest:016x}  {gap_text}");
-                if let Some(path) = &json {
-                    append_json_line(path, &serde_json::json!({ "bench": "generate", "engine": "lincal", "model": label, "batch": size, "prompt_len": prompt_len, "new_tokens": new_tokens, "seconds": seconds, "tokens_per_s": rate, "cuda_graph": model.cuda_graphs(), "tokens_digest": format!("{digest:016x}"), "logprob_gap_max": gap.map(|g| g.0), "logprob_gap_mean": gap.map(|g| g.1), "kind": format!("{kind:?}"), "device": format!("{device:?}") }))?;
-                }
+                record.append(serde_json::json!({ "bench": "generate", "engine": "lincal", "batch": size, "prompt_len": prompt_len, "new_tokens": new_tokens, "seconds": seconds, "tokens_per_s": rate, "cuda_graph": model.cuda_graphs(), "tokens_digest": format!("{digest:016x}"), "logprob_gap_max": gap.map(|g| g.0), "logprob_gap_mean": gap.map(|g| g.1), "kind": format!("{kind:?}"), "device": format!("{device:?}") }))?;
             }
             Ok(())
         }
@@ -215,9 +195,24 @@ fn logprob_gap(model: &CausalLm, prompts: &[Vec<i64>], out: &GeneratedBatch, tem
     (gap.max().double_value(&[]), gap.mean(tch::Kind::Float).double_value(&[]))
 }
 
-/// Appends `record` as one line to the JSONL file at `path`.
-fn append_json_line(path: &std::path::Path, record: &serde_json::Value) -> Result<()> {
-    use std::io::Write;
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
-    writeln!(file, "{record}").with_context(|| format!("writing {}", path.display()))
+/// Where a benchmark's measurements go besides the terminal.
+#[derive(clap::Args)]
+pub struct RecordArgs {
+    /// Append one JSON line per measurement here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Name recorded with each measurement (e.g. the model shape).
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+impl RecordArgs {
+    /// Appends `measurement`, with the label as `model`, as one line of the --json file.
+    fn append(&self, mut measurement: serde_json::Value) -> Result<()> {
+        use std::io::Write;
+        let Some(path) = &self.json else { return Ok(()) };
+        measurement["model"] = self.label.clone().into();
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
+        writeln!(file, "{measurement}").with_context(|| format!("writing {}", path.display()))
+    }
 }
