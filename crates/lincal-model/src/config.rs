@@ -218,10 +218,10 @@ impl ModelConfig {
                 if c.head_dim.is_none() && c.hidden_size % c.num_attention_heads != 0 {
                     return Err(format!("hidden_size ({}) is not divisible by num_attention_heads ({}); set head_dim", c.hidden_size, c.num_attention_heads));
                 }
-                if let Some(s) = &c.rope_scaling {
-                    if !matches!(s.rope_type.as_str(), "linear" | "llama3" | "default") {
-                        return Err(format!("rope_scaling type \"{}\" is not supported (use \"linear\" or \"llama3\")", s.rope_type));
-                    }
+                if let Some(s) = &c.rope_scaling
+                    && !matches!(s.rope_type.as_str(), "linear" | "llama3" | "default")
+                {
+                    return Err(format!("rope_scaling type \"{}\" is not supported (use \"linear\" or \"llama3\")", s.rope_type));
                 }
                 Ok(())
             }

@@ -309,9 +309,7 @@ mod tests {
         adapters.set_training(true);
         // Non-zero B matrices, so that the masks change the loss and every gradient.
         let vars: Vec<(String, Tensor)> = adapters.var_store().variables().into_iter().collect();
-        tch::no_grad(|| vars.iter().filter(|(n, _)| n.contains("lora_B")).for_each(|(_, v)| {
-            let _ = v.shallow_clone().copy_(&(Tensor::ones_like(v) * 0.1));
-        }));
+        tch::no_grad(|| vars.iter().filter(|(n, _)| n.contains("lora_B")).for_each(|(_, v)| v.shallow_clone().copy_(&(Tensor::ones_like(v) * 0.1))));
         let (ids, positions, mask) = batch();
         tch::manual_seed(11);
         let checkpointed = gradients(&vars, || {

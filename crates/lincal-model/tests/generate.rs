@@ -98,7 +98,7 @@ fn logprobs_are_temperature_scaled() {
     let model = random_model(tiny_llama(true), 10);
     let prompt = vec![3i64, 4, 5];
     let params = SamplingParams { temperature: 0.7, max_new_tokens: 1, ..Default::default() };
-    let out = generate_batch(&model, &[prompt.clone()], &[1], &params, &[], 0, None, None).unwrap();
+    let out = generate_batch(&model, std::slice::from_ref(&prompt), &[1], &params, &[], 0, None, None).unwrap();
     let token = out.tokens.int64_value(&[0, 0]);
     let t = Tensor::from_slice(&prompt).view([1, 3]);
     let positions = Tensor::arange(3, (Kind::Int64, Device::Cpu)).unsqueeze(0);
@@ -115,7 +115,7 @@ fn text_generation_decodes_and_cuts_at_stop_strings() {
     let model = random_model(tiny_llama(true), 11);
     let prompt = tokenizer.encode("t3 t4 t5", false).unwrap();
     assert_eq!(prompt, vec![3, 4, 5]);
-    let free = generate_text(&model, &tokenizer, &[prompt.clone()], &[0], &greedy(10), None).unwrap().remove(0);
+    let free = generate_text(&model, &tokenizer, std::slice::from_ref(&prompt), &[0], &greedy(10), None).unwrap().remove(0);
     let words: Vec<&str> = free.text.split(' ').collect();
     assert!(words.len() >= 4, "{:?}", free.text);
     // Stop at the third generated word: the text ends before it and generation stops early.

@@ -86,12 +86,14 @@ fn stream_one(model: &CausalLm, tokenizer: &Tokenizer, prompt: &str, chat: bool,
         tokens.push(id);
         // Decode the whole answer and print what is new: a token can complete a multi-byte
         // character started by the previous one.
-        if let Ok(text) = tokenizer.decode(&tokens, true) {
-            if text.len() > printed && text.is_char_boundary(printed) && !text.ends_with('\u{FFFD}') {
-                let _ = write!(stdout, "{}", &text[printed..]);
-                let _ = stdout.flush();
-                printed = text.len();
-            }
+        if let Ok(text) = tokenizer.decode(&tokens, true)
+            && text.len() > printed
+            && text.is_char_boundary(printed)
+            && !text.ends_with('\u{FFFD}')
+        {
+            let _ = write!(stdout, "{}", &text[printed..]);
+            let _ = stdout.flush();
+            printed = text.len();
         }
     };
     let generation = generate_text(model, tokenizer, &[ids], &[seed], params, Some(&mut on_token))?.remove(0);
