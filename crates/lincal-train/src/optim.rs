@@ -211,6 +211,14 @@ impl TrainableParams {
             let adam = AdamState::new(&weights);
             groups.push(Group { members: group_members, decay, grad: weights.zeros_like(), weights, compute, adam });
         }
+        // A variable that is its own AdamW weight gets a gradient that is a view of the
+        // accumulator before any backward pass, so that no pass makes a second copy of it.
+        for group in groups.iter().filter(|g| g.compute.is_none()) {
+            for member in &group.members {
+                (member.var.sum(Kind::Float) * 0.0).backward();
+                member.var.grad().set_data(&member.view(&group.grad));
+            }
+        }
         TrainableParams { groups, config }
     }
 
@@ -219,13 +227,25 @@ impl TrainableParams {
     }
 
     /// Adds the gradients of the last backward pass to the accumulators and clears them.
+    /// The gradient of a variable that is its own AdamW weight (f32, or no master weights)
+    /// already is a view of its accumulator, which backward passes add into in place; one
+    /// that was replaced becomes such a view again.
     pub fn accumulate_grads(&mut self) {
         tch::no_grad(|| {
             for group in &self.groups {
                 for member in &group.members {
                     let mut g = member.var.grad();
-                    if g.defined() {
-                        let _ = member.view(&group.grad).g_add_(&g);
+                    if !g.defined() {
+                        continue;
+                    }
+                    let mut accumulator = member.view(&group.grad);
+                    if g.data_ptr() == accumulator.data_ptr() {
+                        continue;
+                    }
+                    let _ = accumulator.g_add_(&g);
+                    if group.compute.is_none() {
+                        g.set_data(&accumulator);
+                    } else {
                         let _ = g.zero_();
                     }
                 }
@@ -430,6 +450,28 @@ mod tests {
         let mut other = TrainableParams::new(vec![("v".into(), fresh)], config, true);
         let err = other.load(dir.path()).unwrap_err().to_string();
         assert!(err.ends_with("params.safetensors: has no tensor `v`; the checkpoint was written by a different model or LoRA setup"), "{err}");
+    }
+
+    /// An f32 variable's gradient is a view of the accumulator from the start, and backward
+    /// passes add into it in place: the sums are those of separate gradients.
+    #[test]
+    fn own_weight_gradients_accumulate_in_place() {
+        let var = Tensor::from_slice(&[1.0f32, -2.0, 0.5]).set_requires_grad(true);
+        let config = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+        let mut params = TrainableParams::new(vec![("w".into(), var.shallow_clone())], config, true);
+        let accumulated = |params: &TrainableParams| Vec::<f32>::try_from(&params.groups[0].grad).unwrap();
+        assert_eq!(var.grad().data_ptr(), params.groups[0].grad.data_ptr());
+        (&var * 2.0).sum(Kind::Float).backward();
+        params.accumulate_grads();
+        (&var * &var).sum(Kind::Float).backward();
+        params.accumulate_grads();
+        // 2 + 2w.
+        assert_eq!(accumulated(&params), vec![4.0, -2.0, 3.0]);
+        params.step(1e-3, 0.0);
+        assert_eq!(Vec::<f32>::try_from(var.grad()).unwrap(), vec![0.0; 3]);
+        (&var * 3.0).sum(Kind::Float).backward();
+        params.accumulate_grads();
+        assert_eq!(accumulated(&params), vec![3.0; 3]);
     }
 
     /// Without master weights everything stays in bf16, as torch's AdamW over bf16 weights: a
