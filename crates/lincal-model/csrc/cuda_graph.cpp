@@ -5,6 +5,7 @@
 // must not unwind into Rust.
 
 #include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -90,6 +91,17 @@ int lincal_graph_replay(void* graph, char* error, size_t capacity) {
 
 void lincal_graph_free(void* graph) {
   delete static_cast<at::cuda::CUDAGraph*>(graph);
+}
+
+// Returns the caching allocator's unused blocks to the driver (torch.cuda.empty_cache).
+int lincal_empty_cache(char* error, size_t capacity) {
+  try {
+    c10::cuda::CUDACachingAllocator::emptyCache();
+    return 0;
+  } catch (const std::exception& e) {
+    write_error(error, capacity, e);
+    return 1;
+  }
 }
 
 }  // extern "C"

@@ -1,6 +1,7 @@
 //! CUDA graphs: a decode step is recorded once and replayed for every token, so its ~1,600
 //! kernel launches cost the CPU one launch. tch has no binding for libtorch's `CUDAGraph`; a
-//! small C++ shim (`csrc/cuda_graph.cpp`, built with the `cuda` feature) provides one.
+//! small C++ shim (`csrc/cuda_graph.cpp`, built with the `cuda` feature) provides one, and
+//! the caching allocator's `emptyCache`, which tch does not bind either.
 //!
 //! Recorded work must not synchronise with the host (no `.item()`, no data-dependent shapes),
 //! and every tensor it reads or writes must keep its address between replays.
@@ -23,7 +24,20 @@ mod ffi {
         pub fn lincal_graph_capture_end(graph: *mut c_void, error: *mut c_char, capacity: usize) -> c_int;
         pub fn lincal_graph_replay(graph: *mut c_void, error: *mut c_char, capacity: usize) -> c_int;
         pub fn lincal_graph_free(graph: *mut c_void);
+        pub fn lincal_empty_cache(error: *mut c_char, capacity: usize) -> c_int;
     }
+}
+
+/// Returns the memory that libtorch's caching allocator holds but no tensor uses to the
+/// driver (`torch.cuda.empty_cache()`), e.g. after many small tensors were moved into one
+/// large buffer, whose freed blocks could not serve the next large allocation. Does nothing
+/// in builds without the `cuda` feature.
+pub fn empty_cache() -> Result<()> {
+    #[cfg(feature = "cuda")]
+    // SAFETY: the shim only calls libtorch and reports failures through the buffer.
+    return shim_call(|error, capacity| (unsafe { ffi::lincal_empty_cache(error, capacity) } == 0).then_some(()));
+    #[cfg(not(feature = "cuda"))]
+    Ok(())
 }
 
 /// A recorded sequence of kernels; dropping it frees its private memory pool.

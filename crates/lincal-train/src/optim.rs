@@ -208,6 +208,11 @@ impl TrainableParams {
                     member.var.set_data(&member.view(storage));
                 }
             });
+            // The variables' old storage is free now but cached in blocks of their sizes, which
+            // the large buffers allocated next cannot use: give it back to the driver.
+            if device.is_cuda() {
+                lincal_model::cuda_graph::empty_cache().expect("emptying libtorch's CUDA cache");
+            }
             let adam = AdamState::new(&weights);
             groups.push(Group { members: group_members, decay, grad: weights.zeros_like(), weights, compute, adam });
         }
@@ -217,6 +222,9 @@ impl TrainableParams {
             for member in &group.members {
                 (member.var.sum(Kind::Float) * 0.0).backward();
                 member.var.grad().set_data(&member.view(&group.grad));
+            }
+            if group.weights.device().is_cuda() {
+                lincal_model::cuda_graph::empty_cache().expect("emptying libtorch's CUDA cache");
             }
         }
         TrainableParams { groups, config }
