@@ -220,7 +220,7 @@ impl TrainableParams {
         // accumulator before any backward pass, so that no pass makes a second copy of it.
         for group in groups.iter().filter(|g| g.compute.is_none()) {
             for member in &group.members {
-                (member.var.sum(Kind::Float) * 0.0).backward();
+                tch::with_grad(|| (member.var.sum(Kind::Float) * 0.0).backward());
                 member.var.grad().set_data(&member.view(&group.grad));
             }
             if group.weights.device().is_cuda() {
