@@ -127,13 +127,21 @@ impl CausalLm {
     /// `mask` is a boolean `[B, 1, T, S]` (see `layers::attention_mask`) or `None` for plain
     /// causal attention; with a cache (see `KvCache::set_window`), the new keys and values are
     /// stored in it and the mask covers its visible window.
-    pub fn forward(&self, input_ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, mut cache: Option<&mut KvCache>) -> Tensor {
+    pub fn forward(&self, input_ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, cache: Option<&mut KvCache>) -> Tensor {
+        let (x, _) = self.run_layers(input_ids, positions, mask, cache, |_, _| {});
+        self.decoder.final_norm(&x)
+    }
+
+    /// Embeds `input_ids` and runs every decoder layer, calling `before_layer(index, input)`
+    /// first. Returns the last layer's output and the layers' shared context.
+    fn run_layers(&self, input_ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, mut cache: Option<&mut KvCache>, mut before_layer: impl FnMut(usize, &Tensor)) -> (Tensor, LayerContext) {
         let mut x = self.decoder.embed(input_ids);
         let context = self.decoder.layer_context(positions, mask, x.kind());
         for index in 0..self.decoder.num_layers() {
+            before_layer(index, &x);
             x = self.decoder.layer(index, &x, &context, cache.as_deref_mut());
         }
-        self.decoder.final_norm(&x)
+        (x, context)
     }
 
     /// [`Self::forward`] (without a cache) for training with gradient checkpointing: only the
@@ -142,16 +150,12 @@ impl CausalLm {
     /// [`Self::backward_checkpointed`], which recomputes one layer at a time.
     pub fn forward_checkpointed(&self, input_ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>) -> (Tensor, Checkpoints) {
         let seed = Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]);
-        let (context, layer_inputs, last) = tch::no_grad(|| {
-            let mut x = self.decoder.embed(input_ids);
-            let context = self.decoder.layer_context(positions, mask, x.kind());
-            let mut layer_inputs = Vec::with_capacity(self.decoder.num_layers());
-            for index in 0..self.decoder.num_layers() {
-                tch::manual_seed(seed.wrapping_add(index as i64));
-                let output = self.decoder.layer(index, &x, &context, None);
-                layer_inputs.push(std::mem::replace(&mut x, output));
-            }
-            (context, layer_inputs, x)
+        let mut layer_inputs = Vec::with_capacity(self.decoder.num_layers());
+        let (last, context) = tch::no_grad(|| {
+            self.run_layers(input_ids, positions, mask, None, |index, x| {
+                seed_layer(seed, index);
+                layer_inputs.push(x.shallow_clone());
+            })
         });
         let last = last.set_requires_grad(true);
         let hidden = self.decoder.final_norm(&last);
@@ -168,7 +172,7 @@ impl CausalLm {
         while let Some(input) = layer_inputs.pop() {
             let index = layer_inputs.len();
             let input = input.set_requires_grad(true);
-            tch::manual_seed(seed.wrapping_add(index as i64));
+            seed_layer(seed, index);
             let output = self.decoder.layer(index, &input, &context, None);
             // The gradient of sum(output · grad) with respect to output is grad itself.
             (output * &grad).sum(Kind::Float).backward();
@@ -220,6 +224,11 @@ impl CausalLm {
     pub fn parameter_sum(&self) -> f64 {
         self.vs.variables().values().map(|t| t.to_kind(Kind::Double).sum(Kind::Double).double_value(&[])).sum()
     }
+}
+
+/// Reseeds libtorch's generator before decoder layer `index` of a checkpointed pass.
+fn seed_layer(seed: i64, index: usize) {
+    tch::manual_seed(seed.wrapping_add(index as i64));
 }
 
 pub fn kind_from_name(name: &str) -> Option<Kind> {
