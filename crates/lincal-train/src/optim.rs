@@ -208,24 +208,23 @@ impl TrainableParams {
                     member.var.set_data(&member.view(storage));
                 }
             });
-            // The variables' old storage is free now but cached in blocks of their sizes, which
-            // the large buffers allocated next cannot use: give it back to the driver.
+            let grad = weights.zeros_like();
+            // A variable that is its own AdamW weight gets a gradient that is a view of the
+            // accumulator before any backward pass, so that no pass makes a second copy of it.
+            if compute.is_none() {
+                for member in &group_members {
+                    tch::with_grad(|| (member.var.sum(Kind::Float) * 0.0).backward());
+                    member.var.grad().set_data(&member.view(&grad));
+                }
+            }
+            // The variables' old storage and the priming's gradients are free now but cached in
+            // blocks of their sizes, which the moment buffers allocated next cannot use: give
+            // them back to the driver.
             if device.is_cuda() {
                 lincal_model::cuda_graph::empty_cache().expect("emptying libtorch's CUDA cache");
             }
             let adam = AdamState::new(&weights);
-            groups.push(Group { members: group_members, decay, grad: weights.zeros_like(), weights, compute, adam });
-        }
-        // A variable that is its own AdamW weight gets a gradient that is a view of the
-        // accumulator before any backward pass, so that no pass makes a second copy of it.
-        for group in groups.iter().filter(|g| g.compute.is_none()) {
-            for member in &group.members {
-                tch::with_grad(|| (member.var.sum(Kind::Float) * 0.0).backward());
-                member.var.grad().set_data(&member.view(&group.grad));
-            }
-            if group.weights.device().is_cuda() {
-                lincal_model::cuda_graph::empty_cache().expect("emptying libtorch's CUDA cache");
-            }
+            groups.push(Group { members: group_members, decay, grad, weights, compute, adam });
         }
         TrainableParams { groups, config }
     }
@@ -234,26 +233,16 @@ impl TrainableParams {
         self.groups.iter().map(|g| g.weights.numel() as i64).sum()
     }
 
-    /// Adds the gradients of the last backward pass to the accumulators and clears them.
-    /// The gradient of a variable that is its own AdamW weight (f32, or no master weights)
-    /// already is a view of its accumulator, which backward passes add into in place; one
-    /// that was replaced becomes such a view again.
+    /// Adds the gradients of the last backward pass to the f32 accumulators of low-precision
+    /// variables and clears them. Every other variable's gradient is a view of its
+    /// accumulator (see [`Self::new`]), which backward passes already added into.
     pub fn accumulate_grads(&mut self) {
         tch::no_grad(|| {
-            for group in &self.groups {
+            for group in self.groups.iter().filter(|g| g.compute.is_some()) {
                 for member in &group.members {
                     let mut g = member.var.grad();
-                    if !g.defined() {
-                        continue;
-                    }
-                    let mut accumulator = member.view(&group.grad);
-                    if g.data_ptr() == accumulator.data_ptr() {
-                        continue;
-                    }
-                    let _ = accumulator.g_add_(&g);
-                    if group.compute.is_none() {
-                        g.set_data(&accumulator);
-                    } else {
+                    if g.defined() {
+                        let _ = member.view(&group.grad).g_add_(&g);
                         let _ = g.zero_();
                     }
                 }
