@@ -1,9 +1,9 @@
 //! The real SmolLM2-135M-Instruct, converted from the pinned GGUF (slow: `cargo xtask test`
 //! sets LINCAL_SMOLLM2_GGUF and runs the ignored tests).
 
+use lincal_gguf::{OutputDtype, convert_to_hf};
 use lincal_model::generate::{SamplingParams, generate_text};
-use lincal_model::gguf::{OutputDtype, convert_to_hf};
-use lincal_model::{CausalLm, ChatMessage, Tokenizer};
+use lincal_model::{CausalLm, ChatTurn, Tokenizer};
 use tch::{Device, Kind};
 
 #[test]
@@ -16,7 +16,7 @@ fn smollm2_answers_the_capital_of_france() {
     let model = CausalLm::load(&model_dir, Device::Cpu, Some(Kind::Float)).unwrap();
     let tokenizer = Tokenizer::from_dir(&model_dir).unwrap();
     tokenizer.check_model_vocab(model.config().vocab_size()).unwrap();
-    let prompt = tokenizer.apply_chat_template(&[ChatMessage::new("user", "What is the capital of France?")], true).unwrap();
+    let prompt = tokenizer.apply_chat_template(&[ChatTurn::new("user", "What is the capital of France?")], true).unwrap();
     assert!(prompt.ends_with("<|im_start|>assistant\n"), "{prompt:?}");
     let ids = tokenizer.encode(&prompt, false).unwrap();
     let params = SamplingParams { temperature: 0.0, max_new_tokens: 32, ..Default::default() };
