@@ -1,9 +1,10 @@
-//! Data for lincal: the reference dataset schema, offline question sources, prompt templates,
-//! the parsers of what teachers, readers and judges answer, the teacher pipelines that make
-//! training data, and the stage artifacts every stage of lincal writes. No libtorch here.
+//! Data for lincal: the reference dataset schema and its file formats, offline question sources,
+//! prompt templates, the parsers of what teachers, readers and judges answer, and the stage
+//! directory format of the teacher pipelines and evaluation. Nothing here calls a model (the
+//! teacher pipelines that do are `lincal-distill`), so neither libtorch nor a model backend is a
+//! dependency.
 
 pub mod artifact;
-pub mod distill;
 pub mod error;
 pub mod prompts;
 pub mod parse;

@@ -9,18 +9,18 @@ use lincal_data::parse::{
     parse_claims, parse_extracted_answers, parse_judge_verdicts, parse_open_ended_query,
 };
 use lincal_data::prompts::{
-    CATALOGUE, ChatMessage, ExtractionUse, JudgePair, Passage, Role, TemplateKind, Templates,
+    CATALOGUE, PromptMessage, ExtractionUse, JudgePair, Passage, Role, TemplateKind, Templates,
 };
 
 fn templates() -> Templates {
     Templates::builtin().expect("built-in templates load")
 }
 
-fn roles(messages: &[ChatMessage]) -> Vec<Role> {
+fn roles(messages: &[PromptMessage]) -> Vec<Role> {
     messages.iter().map(|message| message.role).collect()
 }
 
-fn user_text(messages: &[ChatMessage]) -> &str {
+fn user_text(messages: &[PromptMessage]) -> &str {
     &messages.last().expect("at least one message").content
 }
 
@@ -86,7 +86,7 @@ fn every_template_renders_through_its_typed_function_with_values_filled_in() {
             |[q, p, a]| t.binary_correctness_model(q, p, a),
         ),
     ];
-    let chats: Vec<(&str, Vec<ChatMessage>, Vec<&str>)> = vec![
+    let chats: Vec<(&str, Vec<PromptMessage>, Vec<&str>)> = vec![
         filled("paragraph_zero_shot", ["QUERY-4"], |[q]| {
             t.paragraph_zero_shot(q)
         }),
@@ -534,11 +534,11 @@ fn an_override_file_replaces_its_template_and_only_that_one() {
     assert_eq!(
         t.forecast_probability("q", "p", "c").unwrap(),
         [
-            ChatMessage {
+            PromptMessage {
                 role: Role::User,
                 content: "P(c | q, p)?".into()
             },
-            ChatMessage {
+            PromptMessage {
                 role: Role::Assistant,
                 content: "Probability:".into()
             },
@@ -557,7 +557,7 @@ fn a_chat_override_without_markers_is_one_user_turn() {
     let t = Templates::with_overrides(dir.path()).unwrap();
     assert_eq!(
         t.open_ended_query("Why?").unwrap(),
-        [ChatMessage {
+        [PromptMessage {
             role: Role::User,
             content: "Rewrite: Why?".into()
         }]

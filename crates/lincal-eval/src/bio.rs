@@ -36,8 +36,8 @@ use serde_json::{Value, json};
 
 pub use crate::pipeline::GENERATIONS_FILE;
 use crate::pipeline::{
-    GenerationRecord, ItemFailure, OpenedRun, PipelineError, Policy, Progress, RunOptions,
-    RunOutcome, TeacherSettings, ask_parsed, chat_prompt, describe_llm, open_run, template_inputs,
+    GenerationRecord, ItemFailure, OpenedRun, PipelineError, Policy, Progress, EvalOptions,
+    RunOutcome, TeacherSettings, ask_parsed, chat_prompt, describe_llm, open_eval_run, template_inputs,
     template_sources,
 };
 use crate::readers::ItemResults;
@@ -296,7 +296,7 @@ impl ClaimConfidence<'_> {
     fn confidence_prompt(
         &self,
         claim: &ClaimItem,
-    ) -> Result<Vec<prompts::ChatMessage>, PipelineError> {
+    ) -> Result<Vec<prompts::PromptMessage>, PipelineError> {
         let question = format!(
             "Is this statement about {} true: {}",
             claim.entity, claim.text
@@ -399,7 +399,7 @@ pub struct BioEvaluation<'a> {
     pub dataset_name: String,
     pub model_label: String,
     pub extra: BTreeMap<String, Value>,
-    pub options: RunOptions,
+    pub options: EvalOptions,
     pub progress: &'a dyn Progress,
 }
 
@@ -428,7 +428,7 @@ impl BioEvaluation<'_> {
             "templates": template_sources(templates, &TEMPLATES),
         });
         let inputs = [inputs, &template_inputs(templates, &TEMPLATES)].concat();
-        let opened = open_run(
+        let opened = open_eval_run(
             run_dir,
             STAGE_NAME,
             &config,

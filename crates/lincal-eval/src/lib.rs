@@ -37,7 +37,7 @@ pub use examples::{
 };
 pub use pipeline::{
     GenerationSettings, ItemFailure, Method, PipelineError, Policy, Progress, ProgressEvent,
-    PromptStyle, RunOptions, RunOutcome, RunStatus, TeacherSettings,
+    PromptStyle, EvalOptions, RunOutcome, RunStatus, TeacherSettings,
 };
 pub use report::{ReportOptions, RunResults, RunSettings, read_results, write_run_report};
 pub use retrieval::{IndexLocation, IndexStatus, KnowledgeIndex, Passage, SourceSummary};

@@ -16,6 +16,7 @@ use lincal_data::DataError;
 use lincal_data::artifact::{Failure, Keyed, Opened, StageRun, open_stage};
 use lincal_data::parse::first_paragraph;
 use lincal_data::prompts::{self, JUDGE_BATCH_SIZE, Templates};
+pub use lincal_distill::chat_prompt;
 pub use lincal_llm::request_seed;
 use lincal_llm::{Llm, LlmRequest, ParseFailure, Prompt, SamplingParams, generate_parsed};
 use serde::{Deserialize, Serialize};
@@ -372,17 +373,12 @@ impl TeacherSettings {
     }
 }
 
-/// A chat prompt of rendered template turns.
-pub fn chat_prompt(messages: Vec<prompts::ChatMessage>) -> Prompt {
-    Prompt::Chat(messages.into_iter().map(Into::into).collect())
-}
-
 /// A model in a role, as reports and manifests name it.
 pub(crate) fn describe_llm(llm: &dyn Llm) -> String {
     format!("llm {} {}", llm.backend(), llm.model())
 }
 
-fn chat_request(messages: Vec<prompts::ChatMessage>, params: SamplingParams) -> LlmRequest {
+fn chat_request(messages: Vec<prompts::PromptMessage>, params: SamplingParams) -> LlmRequest {
     LlmRequest {
         prompt: chat_prompt(messages),
         params,
@@ -533,7 +529,7 @@ impl Policy<'_> {
 
 /// How a pipeline runs, without changing what it produces.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RunOptions {
+pub struct EvalOptions {
     /// Items handed to a stage's models together; their records are committed together.
     pub chunk_size: usize,
     /// Replace a run directory that holds another run (its response cache is kept, so calls
@@ -542,9 +538,9 @@ pub struct RunOptions {
     pub report: ReportOptions,
 }
 
-impl Default for RunOptions {
+impl Default for EvalOptions {
     fn default() -> Self {
-        RunOptions {
+        EvalOptions {
             chunk_size: 40,
             force: false,
             report: ReportOptions::default(),
@@ -581,12 +577,12 @@ pub(crate) enum OpenedRun<'p> {
 /// Opens `run_dir` as stage `stage` with `config` and the input files (hashed): a finished run
 /// with the same config and inputs is read back, anything else runs or resumes with `options`,
 /// reporting to `progress`.
-pub(crate) fn open_run<'p>(
+pub(crate) fn open_eval_run<'p>(
     run_dir: &Path,
     stage: &str,
     config: &Value,
     inputs: &[&Path],
-    options: &'p RunOptions,
+    options: &'p EvalOptions,
     progress: &'p dyn Progress,
 ) -> Result<OpenedRun<'p>, PipelineError> {
     match open_stage(run_dir, stage, config, inputs, options.force)? {
@@ -607,7 +603,7 @@ pub(crate) fn open_run<'p>(
 pub(crate) struct Stages<'p> {
     run: StageRun,
     progress: &'p dyn Progress,
-    options: &'p RunOptions,
+    options: &'p EvalOptions,
 }
 
 impl Stages<'_> {

@@ -28,8 +28,8 @@ use crate::datasets::{QaDataset, QaQuestion};
 use crate::judges::{Judge, JudgeInput};
 pub use crate::pipeline::GENERATIONS_FILE;
 use crate::pipeline::{
-    GenerationRecord, ItemFailure, OpenedRun, PipelineError, Policy, Progress, RunOptions,
-    RunOutcome, open_run, template_inputs, template_sources,
+    GenerationRecord, ItemFailure, OpenedRun, PipelineError, Policy, Progress, EvalOptions,
+    RunOutcome, open_eval_run, template_inputs, template_sources,
 };
 use crate::readers::{ForecastInput, ReadInput, Reader};
 use crate::{QaExample, RunSettings, ScoredExample, Stage};
@@ -148,7 +148,7 @@ pub struct QaEvaluation<'a> {
     pub model_label: String,
     /// Recorded with the run's settings (seed, device...).
     pub extra: BTreeMap<String, Value>,
-    pub options: RunOptions,
+    pub options: EvalOptions,
     pub progress: &'a dyn Progress,
 }
 
@@ -173,7 +173,7 @@ impl QaEvaluation<'_> {
         });
         let mut inputs: Vec<&Path> = dataset.files.iter().map(|p| p.as_path()).collect();
         inputs.extend(template_inputs(templates, &TEMPLATES));
-        let opened = open_run(
+        let opened = open_eval_run(
             run_dir,
             STAGE_NAME,
             &config,

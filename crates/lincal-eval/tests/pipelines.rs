@@ -17,7 +17,7 @@ use lincal_eval::qa::QaEvaluation;
 use lincal_eval::readers::{LexicalQaReader, LlmReader, Reader};
 use lincal_eval::{
     ClaimExample, GenerationSettings, IndexLocation, KnowledgeIndex, Method, PipelineError, Policy,
-    ProgressEvent, QaExample, RunOptions, RunOutcome, RunStatus, ScoredExample, Stage,
+    ProgressEvent, QaExample, EvalOptions, RunOutcome, RunStatus, ScoredExample, Stage,
     StageFailure, TeacherSettings,
 };
 use lincal_llm::testing::FakeLlm;
@@ -247,7 +247,7 @@ fn run_qa(
     method: &Method,
     dataset: &QaDataset,
     progress: &dyn lincal_eval::Progress,
-    options: RunOptions,
+    options: EvalOptions,
 ) -> Result<RunOutcome, PipelineError> {
     let templates = Templates::builtin().unwrap();
     let (reader, judge): (Box<dyn Reader + '_>, Box<dyn Judge + '_>) = match roles {
@@ -286,10 +286,10 @@ fn run_qa(
 }
 
 /// The run options with chunks of `chunk_size` items.
-fn chunks_of(chunk_size: usize) -> RunOptions {
-    RunOptions {
+fn chunks_of(chunk_size: usize) -> EvalOptions {
+    EvalOptions {
         chunk_size,
-        ..RunOptions::default()
+        ..EvalOptions::default()
     }
 }
 
@@ -318,7 +318,7 @@ fn qa_pipeline_scores_each_question_as_worked_out_by_hand() {
         &method,
         &dataset(questions.clone()),
         &no_progress,
-        RunOptions::default(),
+        EvalOptions::default(),
     )
     .unwrap();
     assert_eq!(outcome.status, RunStatus::Ran);
@@ -459,7 +459,7 @@ fn a_method_without_confidence_takes_the_first_answer_at_confidence_one() {
         &method,
         &dataset(questions),
         &no_progress,
-        RunOptions::default(),
+        EvalOptions::default(),
     )
     .unwrap();
     assert_eq!(
@@ -627,7 +627,7 @@ fn lexical_reader_with_exact_judge_needs_no_model_but_the_policy() {
         &Method::preset("LC SFT").unwrap(),
         &dataset(questions),
         &no_progress,
-        RunOptions::default(),
+        EvalOptions::default(),
     )
     .unwrap();
     let likely = lincal_data::parse::HedgeTable::default()
@@ -669,7 +669,7 @@ fn a_killed_run_resumes_and_a_finished_one_makes_no_call() {
     let data = dataset(questions.clone());
     let method = Method::preset("LC RL").unwrap();
     // Each run gets fresh scripted models (counting their calls) behind the same cache.
-    let attempt = |progress: &dyn lincal_eval::Progress, options: RunOptions| {
+    let attempt = |progress: &dyn lincal_eval::Progress, options: EvalOptions| {
         let backends = [
             Arc::new(policy_llm()),
             Arc::new(reader_llm()),
@@ -738,7 +738,7 @@ fn a_killed_run_resumes_and_a_finished_one_makes_no_call() {
     // --force redoes the run; the response cache answers every call.
     let (forced, calls) = attempt(
         &no_progress,
-        RunOptions {
+        EvalOptions {
             force: true,
             ..chunks_of(2)
         },
@@ -762,7 +762,7 @@ fn a_run_directory_of_another_run_is_refused_with_the_difference() {
             &Method::preset(method).unwrap(),
             &data,
             &no_progress,
-            RunOptions::default(),
+            EvalOptions::default(),
         )
     };
     run("LC SFT").unwrap();
@@ -838,7 +838,7 @@ fn qa_jsonl_datasets_read_queries_and_aliases_and_name_bad_lines() {
     assert_eq!(
         error,
         format!(
-            "{}:2: record a needs a non-empty `question` and `answer`",
+            "{}:2: record a needs a non-empty question and answer",
             path.display()
         )
     );
@@ -935,7 +935,7 @@ fn run_bio(run_dir: &Path, models: BioModels, entities: &[&str], knowledge: &Pat
         dataset_name: "handmade people".into(),
         model_label: "fake".into(),
         extra: BTreeMap::new(),
-        options: RunOptions::default(),
+        options: EvalOptions::default(),
         progress: &no_progress,
     }
     .run(run_dir, &entities, &[knowledge])

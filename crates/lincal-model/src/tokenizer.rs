@@ -14,14 +14,14 @@ pub struct Tokenizer {
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ChatMessage {
+pub struct ChatTurn {
     pub role: String,
     pub content: String,
 }
 
-impl ChatMessage {
+impl ChatTurn {
     pub fn new(role: &str, content: &str) -> Self {
-        ChatMessage { role: role.into(), content: content.into() }
+        ChatTurn { role: role.into(), content: content.into() }
     }
 }
 
@@ -109,7 +109,7 @@ impl Tokenizer {
     }
 
     /// Renders `messages` with the model's Jinja chat template.
-    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+    pub fn apply_chat_template(&self, messages: &[ChatTurn], add_generation_prompt: bool) -> Result<String> {
         let template = self.chat_template().ok_or_else(|| ModelError::ChatTemplate(format!("{} has no `chat_template`; this is not a chat model, so pass a plain prompt (drop --chat)", self.path.with_file_name("tokenizer_config.json").display())))?;
         let mut env = minijinja::Environment::new();
         env.add_function("raise_exception", |message: String| -> std::result::Result<String, minijinja::Error> {

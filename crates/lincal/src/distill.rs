@@ -1,5 +1,5 @@
 //! `lincal distill queries|sample|summarize` and `lincal label extract|forecast|binary`: the
-//! teacher pipelines of `lincal_data::distill` with a teacher (or base model) from a backend
+//! teacher pipelines of `lincal_distill` with a teacher (or base model) from a backend
 //! config or a local model directory, a response cache in the stage directory, a progress bar
 //! over the model's requests and a run summary with token and cost accounting.
 
@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use lincal_data::artifact::CACHE_FILE;
-use lincal_data::distill::{self, RunOptions, SampleTemplate, Settings, Stage, StageContext, StageReport};
 use lincal_data::prompts::Templates;
+use lincal_distill::{self as distill, SampleTemplate, Settings, Stage, StageContext, StageOptions, StageReport};
 use lincal_llm::{Accounting, BackendConfig, ClientOptions, LlmClient, Progress, ResponseCache};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -194,32 +194,32 @@ impl StageArgs {
     }
 }
 
-/// Where a model comes from.
-enum ModelSource<'a> {
+/// Where the model a stage calls comes from (the teacher, or the base model that is sampled).
+enum TeacherSource<'a> {
     Config(&'a Path),
     Local(&'a Path),
 }
 
-impl<'a> ModelSource<'a> {
+impl<'a> TeacherSource<'a> {
     /// A backend config or a local model directory, one of which clap's argument group requires.
     fn from_flags(config: &'a Option<PathBuf>, dir: &'a Option<PathBuf>) -> Self {
         match (config, dir) {
-            (Some(config), _) => ModelSource::Config(config),
-            (None, Some(dir)) => ModelSource::Local(dir),
+            (Some(config), _) => TeacherSource::Config(config),
+            (None, Some(dir)) => TeacherSource::Local(dir),
             (None, None) => unreachable!("clap requires a backend config or a model directory"),
         }
     }
 }
 
 impl TeacherArgs {
-    fn source(&self) -> ModelSource<'_> {
-        ModelSource::from_flags(&self.teacher, &self.teacher_model)
+    fn source(&self) -> TeacherSource<'_> {
+        TeacherSource::from_flags(&self.teacher, &self.teacher_model)
     }
 }
 
 impl BaseArgs {
-    fn source(&self) -> ModelSource<'_> {
-        ModelSource::from_flags(&self.base, &self.base_model)
+    fn source(&self) -> TeacherSource<'_> {
+        TeacherSource::from_flags(&self.base, &self.base_model)
     }
 }
 
@@ -231,16 +231,16 @@ struct Model {
 }
 
 impl Model {
-    fn build(source: ModelSource, args: &StageArgs) -> Result<Self> {
+    fn build(source: TeacherSource, args: &StageArgs) -> Result<Self> {
         let default_cache = args.out.join(CACHE_FILE);
         let client = match source {
-            ModelSource::Config(path) => {
+            TeacherSource::Config(path) => {
                 let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
                 let mut config: BackendConfig = toml::from_str(&text).with_context(|| format!("{}: not a valid backend config", path.display()))?;
                 config.cache = args.cache.clone().or(config.cache).or(Some(default_cache));
                 config.build().with_context(|| format!("setting up the backend of {}", path.display()))?
             }
-            ModelSource::Local(dir) => {
+            TeacherSource::Local(dir) => {
                 let (device, kind) = args.device.resolve()?;
                 let llm = crate::local_llm::LocalLlm::load(dir, device, kind, args.batch_size)
                     .with_context(|| format!("loading the model in {}", dir.display()))?;
@@ -269,7 +269,7 @@ impl Model {
     }
 
     fn context<'a>(&'a self, templates: &'a Templates, args: &StageArgs) -> StageContext<'a> {
-        let options = RunOptions { force: args.force, chunk_size: args.chunk_size, accounting: Some(self.accounting.clone()) };
+        let options = StageOptions { force: args.force, chunk_size: args.chunk_size, accounting: Some(self.accounting.clone()) };
         StageContext { llm: &self.client, templates, options }
     }
 

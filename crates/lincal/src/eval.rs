@@ -18,7 +18,7 @@ use lincal_eval::judges::{ExactMatchJudge, Judge, LlmJudge};
 use lincal_eval::qa::QaEvaluation;
 use lincal_eval::readers::{LexicalQaReader, LlmReader, Reader};
 use lincal_eval::{
-    GenerationSettings, IndexLocation, KnowledgeIndex, Method, Policy, ProgressEvent, PromptStyle, ReportOptions, RunOptions, RunOutcome, RunStatus,
+    GenerationSettings, IndexLocation, KnowledgeIndex, Method, Policy, ProgressEvent, PromptStyle, ReportOptions, EvalOptions, RunOutcome, RunStatus,
     TeacherSettings,
 };
 use lincal_llm::{Accounting, BackendConfig, ClientOptions, Llm, LlmClient, ResponseCache};
@@ -420,9 +420,9 @@ fn templates(run: &RunArgs) -> Result<Templates> {
     })
 }
 
-fn run_options(run: &RunArgs, config: ReportConfig) -> RunOptions {
+fn run_options(run: &RunArgs, config: ReportConfig) -> EvalOptions {
     let bootstrap = BootstrapConfig { resamples: run.resamples, ..config.bootstrap };
-    RunOptions {
+    EvalOptions {
         chunk_size: run.chunk_size,
         force: run.force,
         report: ReportOptions { metrics: Some(ReportConfig { bootstrap, ..config }), ..ReportOptions::default() },

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use lincal_llm::{Choice, FinishReason, Llm, LlmError, LlmRequest, LlmResponse, Prompt, TokenUsage};
 use lincal_model::checkpoint::SafetensorsCheckpoint;
-use lincal_model::{CausalLm, ChatMessage, Generation, ModelConfig, SamplingParams, Tokenizer, generate_text};
+use lincal_model::{CausalLm, ChatTurn, Generation, ModelConfig, SamplingParams, Tokenizer, generate_text};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -143,7 +143,7 @@ fn encode_prompt(tokenizer: &Tokenizer, prompt: &Prompt) -> Result<Vec<i64>, Llm
     match prompt {
         // Chat templates already hold any BOS text, so only raw completions get special tokens.
         Prompt::Chat(messages) => {
-            let messages: Vec<ChatMessage> = messages.iter().map(|m| ChatMessage::new(m.role.as_str(), &m.content)).collect();
+            let messages: Vec<ChatTurn> = messages.iter().map(|m| ChatTurn::new(m.role.as_str(), &m.content)).collect();
             tokenizer.encode(&tokenizer.apply_chat_template(&messages, true).map_err(invalid)?, false).map_err(invalid)
         }
         Prompt::Completion(text) => tokenizer.encode(text, true).map_err(invalid),
@@ -245,7 +245,7 @@ mod tests {
         let got = llm.generate(&[chat]).remove(0).unwrap();
         let mut engine = llm.engine.lock().unwrap();
         let (model, tokenizer) = engine.loaded().unwrap();
-        let text = tokenizer.apply_chat_template(&[ChatMessage::new("user", "t3 t4")], true).unwrap();
+        let text = tokenizer.apply_chat_template(&[ChatTurn::new("user", "t3 t4")], true).unwrap();
         let greedy = SamplingParams { temperature: 0.0, max_new_tokens: 5, ..Default::default() };
         let expected = generate_text(model, tokenizer, &[tokenizer.encode(&text, false).unwrap()], &[0], &greedy, None).unwrap();
         assert_eq!(got.text(), expected[0].text);

@@ -249,7 +249,7 @@ fn smollm2_runs_the_distillation_and_label_chain_on_20_questions() {
     let gguf = std::env::var("LINCAL_SMOLLM2_GGUF").expect("set LINCAL_SMOLLM2_GGUF to the SmolLM2-135M-Instruct GGUF");
     let dir = tempfile::tempdir().unwrap();
     let model_dir = dir.path().join("smollm2");
-    lincal_model::gguf::convert_to_hf(Path::new(&gguf), &model_dir, lincal_model::gguf::OutputDtype::F32).unwrap();
+    lincal_gguf::convert_to_hf(Path::new(&gguf), &model_dir, lincal_gguf::OutputDtype::F32).unwrap();
     let model = p(&model_dir).to_string();
     let prompts = dir.path().join("prompts");
     std::fs::create_dir_all(&prompts).unwrap();

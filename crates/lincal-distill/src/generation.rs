@@ -3,24 +3,24 @@
 
 use std::path::Path;
 
+use lincal_data::artifact::Failure;
+use lincal_data::parse::{
+    first_paragraph, parse_open_ended_query, parse_rephrased_question, parse_summary,
+};
+use lincal_data::prompts::Templates;
+use lincal_data::schema::jsonl::write_jsonl;
+use lincal_data::schema::write::write_sft_training;
+use lincal_data::schema::{SftTarget, SftTrainingRow, sft_examples};
+use lincal_data::{DataError, Result};
 use lincal_llm::{LlmRequest, request_seed};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{
+use crate::{
     JeopardyClue, QueryRecord, QuestionInput, SampleRecord, Settings, Stage, StageContext,
     StageJob, StageReport, SummaryRecord, hiding_answer, read_questions, read_stage_records,
     sampling,
 };
-use crate::artifact::Failure;
-use crate::parse::{
-    first_paragraph, parse_open_ended_query, parse_rephrased_question, parse_summary,
-};
-use crate::prompts::Templates;
-use crate::schema::jsonl::write_jsonl;
-use crate::schema::write::write_sft_training;
-use crate::schema::{SftTarget, SftTrainingRow, sft_examples};
-use crate::{DataError, Result};
 
 /// Turns each question of a QA JSONL file into an open-ended query ("Write a paragraph about
 /// ...") that does not give its answer away: a query containing any alias of the answer is

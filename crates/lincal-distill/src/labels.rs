@@ -5,26 +5,26 @@
 
 use std::path::{Path, PathBuf};
 
-use lincal_llm::request_seed;
-use serde_json::json;
-
-use super::{
-    CorrectnessRecord, ExtractionRecord, ForecastRecord, ParagraphRecord, SampleRecord, Settings,
-    Stage, StageContext, StageJob, StageReport, SummaryRecord, chat_request, check_item,
-    check_unique_ids, read_stage_records,
-};
-use crate::artifact::{Manifest, StageRun};
-use crate::parse::{
+use lincal_data::artifact::{Manifest, StageRun};
+use lincal_data::parse::{
     normalize_answer, parse_correctness, parse_extracted_answers, parse_probability,
 };
-use crate::prompts::ExtractionUse;
-use crate::schema::jsonl::{read_jsonl, write_jsonl};
-use crate::schema::write::{write_reward_model_training, write_trivia_qa_jsonl};
-use crate::schema::{
+use lincal_data::prompts::ExtractionUse;
+use lincal_data::schema::jsonl::write_jsonl;
+use lincal_data::schema::write::{write_reward_model_training, write_trivia_qa_jsonl};
+use lincal_data::schema::{
     ReaderPromptInput, RewardModelTrainingRow, TriviaQuestion, WithQuestion,
     binary_correctness_examples, extract_answers_examples, forecast_probs_examples,
 };
-use crate::{DataError, Result};
+use lincal_data::sources::{QaRecord, read_qa_records};
+use lincal_data::{DataError, Result};
+use lincal_llm::request_seed;
+use serde_json::json;
+
+use crate::{
+    CorrectnessRecord, ExtractionRecord, ForecastRecord, ParagraphRecord, SampleRecord, Settings,
+    Stage, StageContext, StageJob, StageReport, SummaryRecord, chat_request, read_stage_records,
+};
 
 /// The paragraphs to label, and the file they come from. `path` is the directory of a finished
 /// `distill-summarize` stage (its summaries: LC SFT paragraphs), of a `distill-sample` stage (the
@@ -33,18 +33,13 @@ use crate::{DataError, Result};
 /// generate` writes, with the paragraph as `completion`, works too).
 pub fn read_paragraphs(path: &Path) -> Result<(Vec<ParagraphRecord>, PathBuf)> {
     if !path.is_dir() {
-        let mut records = read_jsonl(path, |record: &ParagraphRecord| {
-            check_item(&record.item)?;
+        let records = read_qa_records(path, |record: &ParagraphRecord| {
             if record.paragraph.trim().is_empty() {
                 Err(format!("record {} has an empty paragraph", record.item.id))
             } else {
                 Ok(())
             }
         })?;
-        for record in &mut records {
-            record.item.normalise_aliases();
-        }
-        check_unique_ids(path, records.iter().map(|r| r.item.id.as_str()))?;
         return Ok((records, path.to_path_buf()));
     }
     let stage = Manifest::read(path)?.stage;
@@ -304,7 +299,7 @@ fn candidates(record: &ExtractionRecord) -> Vec<String> {
 }
 
 /// The question of an item in TriviaQA's shape, for the reader join.
-fn trivia_question(item: &super::QaItem) -> TriviaQuestion {
+fn trivia_question(item: &QaRecord) -> TriviaQuestion {
     TriviaQuestion {
         question_id: item.id.clone(),
         question: item.question.clone(),

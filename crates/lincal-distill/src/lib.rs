@@ -1,6 +1,9 @@
-//! The teacher pipelines that make lincal's training data (SPEC 1.1, 1.2, 1.4, 1.8). Each is a
-//! resumable stage that reads the directory of the stage before it (or a file) and writes one
-//! [`crate::artifact`] directory:
+//! The teacher pipelines that make lincal's training data (SPEC 1.1, 1.2, 1.4, 1.8), apart from
+//! `lincal-data` (which holds the formats, templates and parsers they use) so that the data crate
+//! does not depend on the model backends. Nothing here needs libtorch: the models are any
+//! [`lincal_llm::Llm`], the local engine included. Each pipeline is a resumable stage that reads
+//! the directory of the stage before it (or a file) and writes one [`lincal_data::artifact`]
+//! directory:
 //!
 //! | function | reads | writes |
 //! | --- | --- | --- |
@@ -20,28 +23,31 @@
 //! text, and the counts go into the manifest. Every request's seed derives from the stage seed
 //! and its item's id, so results depend neither on order, chunking nor interruptions; with an
 //! [`lincal_llm::LlmClient`] cache in the stage directory a rerun repeats no call.
+//!
+//! [`chat_prompt`] is where rendered chat templates become model messages, for these pipelines
+//! and for `lincal-eval`.
 
 mod generation;
 mod labels;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use lincal_data::artifact::{Failure, Keyed, Manifest, Opened, StageRun, open_stage};
+use lincal_data::parse::contains_match;
+use lincal_data::prompts::{self, CATALOGUE, PromptMessage, Templates};
+use lincal_data::schema::jsonl::{check_unique_ids, read_jsonl};
+use lincal_data::sources::{QaRecord, read_qa_records};
+use lincal_data::{DataError, Result};
 use lincal_llm::{
-    Accounting, Llm, LlmRequest, ParseFailure, SamplingParams, generate_parsed_indexed,
-    request_seed,
+    Accounting, ChatMessage, Llm, LlmRequest, ParseFailure, Prompt, Role, SamplingParams,
+    generate_parsed_indexed, request_seed,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-
-use crate::artifact::{Failure, Keyed, Manifest, Opened, StageRun, open_stage};
-use crate::parse::contains_match;
-use crate::prompts::{self, CATALOGUE, Templates};
-use crate::schema::jsonl::read_jsonl;
-use crate::{DataError, Result};
 
 pub use generation::{SampleTemplate, make_queries, sample_paragraphs, summarize_samples};
 pub use labels::{extract_answers, forecast_candidates, judge_correctness, read_paragraphs};
@@ -140,7 +146,7 @@ impl Settings {
 
 /// How a stage runs, without changing what it produces.
 #[derive(Debug, Clone)]
-pub struct RunOptions {
+pub struct StageOptions {
     /// Replace whatever the output directory holds (its response cache excepted).
     pub force: bool,
     /// Items handed to the model together; their records are committed together.
@@ -149,9 +155,9 @@ pub struct RunOptions {
     pub accounting: Option<Arc<Accounting>>,
 }
 
-impl Default for RunOptions {
+impl Default for StageOptions {
     fn default() -> Self {
-        RunOptions {
+        StageOptions {
             force: false,
             chunk_size: 64,
             accounting: None,
@@ -164,7 +170,7 @@ impl Default for RunOptions {
 pub struct StageContext<'a> {
     pub llm: &'a dyn Llm,
     pub templates: &'a Templates,
-    pub options: RunOptions,
+    pub options: StageOptions,
 }
 
 /// What a stage did.
@@ -176,27 +182,6 @@ pub struct StageReport {
     /// The run resumed an interrupted one.
     pub resumed: bool,
     pub manifest: Manifest,
-}
-
-/// A question with its gold answer: the QA JSONL of [`crate::sources`]. `aliases` always starts
-/// with `answer`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct QaItem {
-    pub id: String,
-    pub question: String,
-    pub answer: String,
-    #[serde(default)]
-    pub aliases: Vec<String>,
-    #[serde(default)]
-    pub source: String,
-}
-
-impl QaItem {
-    /// Puts the answer first among the aliases.
-    fn normalise_aliases(&mut self) {
-        self.aliases.retain(|alias| alias != &self.answer);
-        self.aliases.insert(0, self.answer.clone());
-    }
 }
 
 /// The Jeopardy clue a question was rephrased from.
@@ -211,7 +196,7 @@ pub struct JeopardyClue {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuestionInput {
     #[serde(flatten)]
-    pub item: QaItem,
+    pub item: QaRecord,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
 }
@@ -221,7 +206,7 @@ pub struct QuestionInput {
 pub struct QueryRecord {
     /// For a Jeopardy clue, `question` is the rephrased question.
     #[serde(flatten)]
-    pub item: QaItem,
+    pub item: QaRecord,
     pub query: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jeopardy: Option<JeopardyClue>,
@@ -231,7 +216,7 @@ pub struct QueryRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SampleRecord {
     #[serde(flatten)]
-    pub item: QaItem,
+    pub item: QaRecord,
     pub query: String,
     pub samples: Vec<String>,
 }
@@ -240,7 +225,7 @@ pub struct SampleRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SummaryRecord {
     #[serde(flatten)]
-    pub item: QaItem,
+    pub item: QaRecord,
     pub query: String,
     pub samples: Vec<String>,
     pub summary: String,
@@ -254,7 +239,7 @@ pub struct SummaryRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ParagraphRecord {
     #[serde(flatten)]
-    pub item: QaItem,
+    pub item: QaRecord,
     #[serde(alias = "completion")]
     pub paragraph: String,
 }
@@ -263,7 +248,7 @@ pub struct ParagraphRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExtractionRecord {
     #[serde(flatten)]
-    pub item: QaItem,
+    pub item: QaRecord,
     pub paragraph: String,
     pub extracted_answers: Vec<String>,
 }
@@ -272,7 +257,7 @@ pub struct ExtractionRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ForecastRecord {
     #[serde(flatten)]
-    pub item: QaItem,
+    pub item: QaRecord,
     pub paragraph: String,
     pub candidates: Vec<String>,
     pub probabilities: Vec<f64>,
@@ -282,7 +267,7 @@ pub struct ForecastRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CorrectnessRecord {
     #[serde(flatten)]
-    pub item: QaItem,
+    pub item: QaRecord,
     pub paragraph: String,
     pub correct: bool,
 }
@@ -309,52 +294,32 @@ keyed_by_item_id!(
 
 /// Reads the questions of a QA JSONL file, aliases answer-first, ids unique.
 pub fn read_questions(path: &Path) -> Result<Vec<QuestionInput>> {
-    let mut questions = read_jsonl(path, |input: &QuestionInput| {
-        check_item(&input.item)?;
-        match &input.category {
-            Some(category) if category.trim().is_empty() => Err(format!(
-                "record {} has an empty `category`; leave it out unless the question is a Jeopardy clue",
-                input.item.id
-            )),
-            _ => Ok(()),
-        }
-    })?;
-    for question in &mut questions {
-        question.item.normalise_aliases();
-    }
-    check_unique_ids(path, questions.iter().map(|q| q.item.id.as_str()))?;
-    Ok(questions)
+    read_qa_records(path, |input: &QuestionInput| match &input.category {
+        Some(category) if category.trim().is_empty() => Err(format!(
+            "record {} has an empty `category`; leave it out unless the question is a Jeopardy clue",
+            input.item.id
+        )),
+        _ => Ok(()),
+    })
 }
 
-fn check_item(item: &QaItem) -> std::result::Result<(), String> {
-    if item.id.trim().is_empty() {
-        Err("the record has an empty `id`".into())
-    } else if item.question.trim().is_empty() || item.answer.trim().is_empty() {
-        Err(format!(
-            "record {} needs a non-empty question and answer",
-            item.id
-        ))
-    } else {
-        Ok(())
-    }
-}
-
-fn check_unique_ids<'a>(path: &Path, ids: impl Iterator<Item = &'a str>) -> Result<()> {
-    let mut first_at: HashMap<&str, usize> = HashMap::new();
-    for (index, id) in ids.enumerate() {
-        if let Some(first) = first_at.insert(id, index) {
-            return Err(DataError::File {
-                path: path.to_path_buf(),
-                message: format!(
-                    "id {id:?} belongs to records {} and {}; every item needs its own id",
-                    first + 1,
-                    index + 1
-                ),
-            });
+/// Lines that hold a QA record beside fields of their own are read by
+/// [`lincal_data::sources::read_qa_records`], which checks and normalises the record.
+macro_rules! holds_qa_record {
+    ($($record:ty),*) => {$(
+        impl AsRef<QaRecord> for $record {
+            fn as_ref(&self) -> &QaRecord {
+                &self.item
+            }
         }
-    }
-    Ok(())
+        impl AsMut<QaRecord> for $record {
+            fn as_mut(&mut self) -> &mut QaRecord {
+                &mut self.item
+            }
+        }
+    )*};
 }
+holds_qa_record!(QuestionInput, ParagraphRecord);
 
 /// Reads the records of a finished stage `expected` in `dir`, and the path they came from.
 fn read_stage_records<T: Keyed>(dir: &Path, expected: Stage) -> Result<(Vec<T>, PathBuf)> {
@@ -393,10 +358,30 @@ fn sampling(settings: &Settings, seed: u64, stop: Vec<String>) -> SamplingParams
     }
 }
 
+/// The prompt a model receives for the turns a chat template rendered. `lincal-data` does not
+/// depend on the model backends, so its turns become their messages here, once, for every
+/// caller that sends templates to an [`Llm`] (these pipelines and lincal's evaluation).
+pub fn chat_prompt(messages: Vec<PromptMessage>) -> Prompt {
+    let messages = messages
+        .into_iter()
+        .map(|message| ChatMessage {
+            role: match message.role {
+                prompts::Role::System => Role::System,
+                prompts::Role::User => Role::User,
+                prompts::Role::Assistant => Role::Assistant,
+            },
+            content: message.content,
+        })
+        .collect();
+    Prompt::Chat(messages)
+}
+
 /// A chat request of a rendered chat template.
-fn chat_request(messages: Vec<prompts::ChatMessage>, settings: &Settings, seed: u64) -> LlmRequest {
-    let messages = messages.into_iter().map(Into::into).collect();
-    LlmRequest::chat(messages, sampling(settings, seed, Vec::new()))
+fn chat_request(messages: Vec<PromptMessage>, settings: &Settings, seed: u64) -> LlmRequest {
+    LlmRequest {
+        prompt: chat_prompt(messages),
+        params: sampling(settings, seed, Vec::new()),
+    }
 }
 
 /// The record of an item that never got a usable answer.
@@ -576,7 +561,7 @@ impl<'a> StageJob<'a> {
         &self,
         step: &str,
         items: &[&I],
-        messages: impl Fn(&I) -> Result<Vec<prompts::ChatMessage>>,
+        messages: impl Fn(&I) -> Result<Vec<PromptMessage>>,
         parse: impl Fn(&I, &str) -> Result<R>,
     ) -> Result<Vec<std::result::Result<R, Failure>>> {
         let settings = self.settings;

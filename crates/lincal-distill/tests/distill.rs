@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use lincal_data::artifact::Manifest;
-use lincal_data::distill::{
-    self, RunOptions, SampleTemplate, Settings, Stage, StageContext, StageReport,
-};
 use lincal_data::prompts::Templates;
 use lincal_data::schema::{
     self, RewardModelTrainingRow, SftExample, SftTrainingRow, TriviaQa, jsonl,
+};
+use lincal_distill::{
+    self as distill, SampleTemplate, Settings, Stage, StageContext, StageOptions, StageReport,
 };
 use lincal_llm::testing::FakeLlm;
 use lincal_llm::{LlmError, LlmRequest, LlmResponse, Prompt, Role};
@@ -211,7 +211,7 @@ fn context<'a>(teacher: &'a Teacher, templates: &'a Templates) -> StageContext<'
     StageContext {
         llm: teacher.fake.as_ref(),
         templates,
-        options: RunOptions::default(),
+        options: StageOptions::default(),
     }
 }
 
@@ -676,9 +676,9 @@ fn a_killed_stage_resumes_without_asking_again_and_ends_as_an_uninterrupted_one(
         .map(|i| format!("{}\n", json!({"id": format!("n{i}"), "question": format!("Question number {i}?"), "answer": format!("answer{i}")})))
         .collect();
     std::fs::write(&questions, lines).unwrap();
-    let options = RunOptions {
+    let options = StageOptions {
         chunk_size: 2,
-        ..RunOptions::default()
+        ..StageOptions::default()
     };
     let run = |teacher: &Teacher, out: &Path| {
         let cx = StageContext {
@@ -746,7 +746,7 @@ fn a_killed_stage_resumes_without_asking_again_and_ends_as_an_uninterrupted_one(
     assert!(error.contains("holds a finished `distill-queries` run that does not match this one: its config differs: `settings.temperature` was 0.3, now 0.9"), "{error}");
     // --limit is part of the config too; with force the stage runs again.
     let cx = StageContext {
-        options: RunOptions {
+        options: StageOptions {
             force: true,
             ..options.clone()
         },
