@@ -1,9 +1,12 @@
-//! Stage artifacts: every stage of lincal (a teacher pipeline, a trainer, an evaluation) writes
-//! one directory holding
+//! Stage artifacts: the directory format of lincal's resumable stages. The teacher pipelines
+//! (`lincal-distill`) and the evaluation runs (`lincal-eval`) use all of it; the trainers
+//! (`lincal-train`'s run directories) and `lincal generate --input` (a sidecar
+//! `OUT.manifest.json`) record their work with the same [`Manifest`]. A stage that calls models
+//! writes one directory holding
 //!
 //! - `manifest.json`: the stage name, its full config as JSON, its input files with their
 //!   sha256, the lincal version, when it started (and was resumed) and finished, its counts,
-//!   the names of its outputs and a free-form summary (token usage and cost, final losses...);
+//!   the names of its outputs and a free-form summary (token usage and cost...);
 //! - its outputs, each written under a temporary name and renamed;
 //! - `failures.jsonl`: the items it could not produce, each with the reason and the raw text;
 //! - `metrics.jsonl`: progress lines, appended as the stage goes.
@@ -82,6 +85,10 @@ pub struct Manifest {
     pub stage: String,
     /// Everything that decides the outputs; a rerun with another config is refused.
     pub config: Value,
+    /// The model a trainer started from, or that generated the output; a rerun with another
+    /// model is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_model: Option<PathBuf>,
     pub inputs: Vec<InputFile>,
     pub lincal_version: String,
     /// RFC 3339, UTC.
@@ -103,31 +110,66 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The manifest of `stage` starting now, by this version of lincal.
+    pub fn new(stage: &str, config: Value, inputs: Vec<InputFile>) -> Self {
+        Manifest {
+            stage: stage.to_string(),
+            config,
+            base_model: None,
+            inputs,
+            lincal_version: env!("CARGO_PKG_VERSION").to_string(),
+            started: timestamp(),
+            resumed: Vec::new(),
+            finished: None,
+            counts: BTreeMap::new(),
+            outputs: Vec::new(),
+            summary: serde_json::Map::new(),
+        }
+    }
+
     /// Reads `DIR/manifest.json`.
     pub fn read(dir: &Path) -> Result<Self> {
-        let path = dir.join(MANIFEST_FILE);
-        let text = fs::read_to_string(&path).map_err(|source| DataError::Read {
-            path: path.clone(),
+        Self::read_at(
+            &dir.join(MANIFEST_FILE),
+            "remove the directory or choose another",
+        )
+    }
+
+    /// Reads a manifest kept next to a single output file rather than in a stage directory.
+    pub fn read_file(path: &Path) -> Result<Self> {
+        Self::read_at(path, "remove it with the output it describes, or choose another output")
+    }
+
+    fn read_at(path: &Path, advice: &str) -> Result<Self> {
+        let text = fs::read_to_string(path).map_err(|source| DataError::Read {
+            path: path.to_path_buf(),
             source,
         })?;
         serde_json::from_str(&text).map_err(|e| DataError::File {
-            path,
-            message: format!("not a stage manifest ({e}); remove the directory or choose another"),
+            path: path.to_path_buf(),
+            message: format!("not a stage manifest ({e}); {advice}"),
         })
     }
 
-    fn write(&self, dir: &Path) -> Result<()> {
-        write_atomically(&dir.join(MANIFEST_FILE), |out| {
+    /// Writes `DIR/manifest.json` atomically.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        self.write_file(&dir.join(MANIFEST_FILE))
+    }
+
+    /// Writes the manifest to `path` atomically.
+    pub fn write_file(&self, path: &Path) -> Result<()> {
+        write_atomically(path, |out| {
             serde_json::to_writer_pretty(&mut *out, self).map_err(std::io::Error::from)?;
             out.write_all(b"\n")
         })
     }
 
-    /// Whether this manifest is of the same stage with the same config and input contents
-    /// (where the inputs lie does not matter).
-    fn same_run(&self, other: &Manifest) -> bool {
+    /// Whether this manifest is of the same stage with the same config, base model and input
+    /// contents (where the inputs lie does not matter).
+    pub fn same_run(&self, other: &Manifest) -> bool {
         self.stage == other.stage
             && self.config == other.config
+            && self.base_model == other.base_model
             && self.inputs.len() == other.inputs.len()
             && self
                 .inputs
@@ -136,13 +178,25 @@ impl Manifest {
                 .all(|(a, b)| a.sha256 == b.sha256)
     }
 
-    /// What differs from `new`, in words, for the refusal message.
-    fn difference(&self, new: &Manifest) -> String {
+    /// What differs from `new`, in words, for a refusal message.
+    pub fn difference(&self, new: &Manifest) -> String {
         if self.stage != new.stage {
             return format!("it holds a `{}` stage, not `{}`", self.stage, new.stage);
         }
         if let Some(change) = json_difference("", &self.config, &new.config) {
             return format!("its config differs: {change}");
+        }
+        if self.base_model != new.base_model {
+            let name = |model: &Option<PathBuf>| {
+                model
+                    .as_ref()
+                    .map_or("none".to_string(), |path| path.display().to_string())
+            };
+            return format!(
+                "its base model was {}, now {}",
+                name(&self.base_model),
+                name(&new.base_model)
+            );
         }
         if self.inputs.len() != new.inputs.len() {
             return format!(
@@ -190,7 +244,8 @@ fn json_difference(at: &str, old: &Value, new: &Value) -> Option<String> {
     Some(format!("`{at}` was {old}, now {new}"))
 }
 
-fn now() -> String {
+/// Now, in RFC 3339 (UTC, whole seconds), as manifests record times.
+pub fn timestamp() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
@@ -217,18 +272,7 @@ pub fn open_stage(
         .iter()
         .map(|path| InputFile::hash(path))
         .collect::<Result<Vec<_>>>()?;
-    let mut manifest = Manifest {
-        stage: stage.to_string(),
-        config,
-        inputs,
-        lincal_version: env!("CARGO_PKG_VERSION").to_string(),
-        started: now(),
-        resumed: Vec::new(),
-        finished: None,
-        counts: BTreeMap::new(),
-        outputs: Vec::new(),
-        summary: serde_json::Map::new(),
-    };
+    let mut manifest = Manifest::new(stage, config, inputs);
     let refuse = |message: String| DataError::File {
         path: dir.to_path_buf(),
         message,
@@ -246,7 +290,7 @@ pub fn open_stage(
             (true, false, false) => {
                 manifest.started = old.started;
                 manifest.resumed = old.resumed;
-                manifest.resumed.push(now());
+                manifest.resumed.push(timestamp());
                 resuming = true;
             }
             (false, _, false) => {
@@ -496,7 +540,7 @@ impl StageRun {
         })?;
         self.add_output(&failures);
         self.add_output(&self.dir.join(METRICS_FILE));
-        self.manifest.finished = Some(now());
+        self.manifest.finished = Some(timestamp());
         self.manifest.counts = counts;
         self.manifest.outputs = self.outputs;
         self.manifest.summary = summary;

@@ -2,7 +2,8 @@
 //! for a bf16 model) exactly as the trainer runs them, on random tokens.
 
 use crate::data::{TokenRow, collate_sft};
-use crate::engine::{backward_loss, synchronize};
+use crate::train_loop::backward_loss;
+use crate::training_run::synchronize;
 use crate::error::{Result, TrainError};
 use crate::optim::{AdamWConfig, TrainableParams};
 use crate::sft::labelled_loss_sum;

@@ -24,10 +24,12 @@
 
 use crate::config::RewardModelConfig;
 use crate::data::{LeftPaddedBatch, RewardExample, collate_left_padded, rows_digest, tokenize_reward};
-use crate::engine::{Engine, Objective, TrainSummary, backward_loss};
+use crate::train_loop::{Objective, TrainLoop, backward_loss};
+use crate::training_run::TrainSummary;
+use lincal_data::artifact::Manifest;
 use crate::error::{Result, TrainError};
 use crate::optim::{AdamWConfig, TrainableParams};
-use crate::run::{Manifest, RunOptions, timestamp};
+use crate::run::RunOptions;
 use crate::setup::{LoadedModel, OUTPUT_EMBEDDINGS, to_full_precision};
 use lincal_model::checkpoint::{SafetensorsCheckpoint, save_safetensors};
 use lincal_model::fsutil::write_atomic;
@@ -299,7 +301,7 @@ fn tokenize_rewards(tokenizer: &Tokenizer, examples: &[RewardExample], max_len: 
 /// Trains a reward model (backbone + new head) into a run directory.
 pub struct RewardModelTrainer {
     objective: RewardObjective,
-    engine: Engine,
+    train_loop: TrainLoop,
 }
 
 impl RewardModelTrainer {
@@ -318,27 +320,20 @@ impl RewardModelTrainer {
         head.sort_by(|a, b| a.0.cmp(&b.0));
         trainable.extend(head);
         let params = TrainableParams::new(trainable, AdamWConfig::from_training(&config.training), config.training.precision.master_weights());
-        let manifest = Manifest {
-            stage: "reward_model".into(),
-            config: serde_json::to_value(config).expect("configs serialise"),
-            base_model: model_dir.to_path_buf(),
-            inputs: Vec::new(),
-            lincal_version: env!("CARGO_PKG_VERSION").into(),
-            started_at: timestamp(),
-        };
+        let manifest = Manifest { base_model: Some(model_dir.to_path_buf()), ..Manifest::new("reward_model", serde_json::to_value(config).expect("configs serialise"), Vec::new()) };
         let labels: Vec<Vec<i64>> = train_rows.iter().map(|(_, label)| vec![label.to_bits() as i64]).collect();
         let digest = rows_digest(train_rows.iter().zip(&labels).map(|((ids, _), label)| (ids.as_slice(), label.as_slice())));
-        let engine = Engine::open(run, manifest, &config.training, params, train_rows.len(), digest, device)?;
+        let train_loop = TrainLoop::open(run, manifest, &config.training, params, train_rows.len(), digest, device)?;
         let objective = RewardObjective { model, tokenizer, lora, pad_id, train: train_rows, eval: eval_rows, eval_batch_size: config.training.eval_batch_size, gradient_checkpointing: config.training.gradient_checkpointing };
-        Ok(RewardModelTrainer { objective, engine })
+        Ok(RewardModelTrainer { objective, train_loop })
     }
 
     pub fn train(&mut self, stop_at_step: Option<u64>) -> Result<TrainSummary> {
-        self.engine.train(&mut self.objective, stop_at_step)
+        self.train_loop.train(&mut self.objective, stop_at_step)
     }
 
     pub fn total_steps(&self) -> u64 {
-        self.engine.total_steps()
+        self.train_loop.total_steps()
     }
 
     pub fn model(&self) -> &RewardModel {
@@ -412,7 +407,7 @@ mod tests {
         let reloaded = RewardModel::load(&final_dir, Device::Cpu, None).unwrap();
         assert_eq!(reloaded.score_texts(&tokenizer, &texts, 64, 64, 3).unwrap(), trained);
         for (logit, example) in trained.iter().zip(&data) {
-            let p = 1.0 / (1.0 + (-*logit as f64).exp());
+            let p = crate::sigmoid(f64::from(*logit));
             assert!((p - example.label).abs() < 0.05, "{p} vs {}", example.label);
         }
         // A reference checkpoint has no backbone_config and names the backbone's directory.

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! run/
-//!   manifest.json              stage, config, inputs with sha256, lincal version, start time
+//!   manifest.json              stage, config, base model, inputs with sha256, lincal version,
+//!                              start, resume and finish times (`lincal_data::artifact::Manifest`)
 //!   metrics.jsonl              one JSON object per step (and per evaluation)
 //!   events.out.tfevents.*      the same scalars for TensorBoard (one file per session)
 //!   checkpoints/step-00000025/ params.safetensors, optimizer.safetensors, state.json
@@ -12,13 +13,12 @@
 
 use crate::error::{Result, TrainError};
 use crate::tensorboard::EventWriter;
+use lincal_data::artifact::{InputFile, MANIFEST_FILE, Manifest, timestamp};
 use lincal_model::fsutil::{write_atomic, write_dir_atomic};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub const MANIFEST_FILE: &str = "manifest.json";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
 pub const FINAL_DIR: &str = "final";
@@ -33,36 +33,6 @@ pub struct RunOptions {
     pub input_files: Vec<PathBuf>,
     /// Show a progress bar on stderr (when it is a terminal).
     pub progress: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InputFile {
-    pub path: PathBuf,
-    pub sha256: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Manifest {
-    pub stage: String,
-    pub config: serde_json::Value,
-    pub base_model: PathBuf,
-    pub inputs: Vec<InputFile>,
-    pub lincal_version: String,
-    pub started_at: String,
-}
-
-impl Manifest {
-    /// Whether `other` describes the same work (everything but version and start time).
-    fn same_work(&self, other: &Manifest) -> bool {
-        (&self.stage, &self.config, &self.base_model, &self.inputs) == (&other.stage, &other.config, &other.base_model, &other.inputs)
-    }
-}
-
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).map_err(|e| TrainError::io(path, e))?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(|e| TrainError::io(path, e))?;
-    Ok(format!("{:x}", hasher.finalize()))
 }
 
 /// Progress saved with each checkpoint. Data position and shuffling follow from `step`
@@ -80,6 +50,13 @@ pub struct TrainState {
     pub train_units: usize,
     pub data_sha256: String,
     pub seed: u64,
+}
+
+impl TrainState {
+    /// The state of a run that has not started.
+    pub fn new(total_steps: u64, steps_per_epoch: u64, train_units: usize, data_sha256: String, seed: u64) -> Self {
+        TrainState { step: 0, total_steps, steps_per_epoch, epoch: 0, epoch_offset: 0, train_units, data_sha256, seed }
+    }
 }
 
 pub struct RunDir {
@@ -101,28 +78,33 @@ pub enum Opened {
 }
 
 impl RunDir {
-    /// Opens `options.dir` for `manifest`'s work: creates it (writing the manifest), or
-    /// checks that an existing run was started with the same stage, config and inputs.
+    /// Opens `options.dir` for `manifest`'s work (its inputs, `options.input_files`, are
+    /// hashed here): creates it (writing the manifest), or checks that an existing run was
+    /// started with the same stage, config, base model and input contents, and records the
+    /// resume. A run is finished once `final/` exists.
     pub fn open(options: &RunOptions, mut manifest: Manifest) -> Result<Opened> {
         let dir = &options.dir;
-        manifest.inputs = options.input_files.iter().map(|path| Ok(InputFile { path: path.clone(), sha256: sha256_file(path)? })).collect::<Result<_>>()?;
+        manifest.inputs = options.input_files.iter().map(|path| InputFile::hash(path)).collect::<Result<_, _>>()?;
         let manifest_path = dir.join(MANIFEST_FILE);
         if manifest_path.exists() {
-            let stored: Manifest = read_json(&manifest_path)?;
-            if !stored.same_work(&manifest) {
-                return Err(TrainError::run_dir(&manifest_path, format!("this run was started with a different {}; resume with the same settings, or train into a new directory", difference(&stored, &manifest))));
+            let stored = Manifest::read(dir)?;
+            if !stored.same_run(&manifest) {
+                return Err(TrainError::run_dir(&manifest_path, format!("holds a run that does not match this one: {}; resume with the same settings, or train into a new directory", stored.difference(&manifest))));
             }
             if dir.join(FINAL_DIR).exists() {
                 return Ok(Opened::Finished(dir.join(FINAL_DIR)));
             }
+            manifest.started = stored.started;
+            manifest.resumed = stored.resumed;
+            manifest.resumed.push(timestamp());
         } else {
             let occupied = std::fs::read_dir(dir).map(|mut entries| entries.next().is_some()).unwrap_or(false);
             if occupied {
                 return Err(TrainError::run_dir(dir, "is not empty and holds no manifest.json, so it is not a lincal run; train into a new or empty directory"));
             }
             std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
-            write_atomic(&manifest_path, serde_json::to_string_pretty(&manifest).expect("json").as_bytes())?;
         }
+        manifest.write(dir)?;
         let latest = latest_checkpoint(dir)?.map(|path| Ok::<_, TrainError>((path.clone(), read_json(&path.join(STATE_FILE))?))).transpose()?;
         let events = EventWriter::create(dir)?;
         Ok(Opened::Active(RunDir { dir: dir.clone(), events }, latest))
@@ -172,10 +154,14 @@ impl RunDir {
         Ok(path)
     }
 
-    /// Writes `final/` atomically; its presence marks the run finished.
+    /// Writes `final/` atomically; its presence marks the run finished. The manifest then
+    /// records the time.
     pub fn save_final(&self, fill: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
         let path = self.dir.join(FINAL_DIR);
         write_dir(&path, fill)?;
+        let mut manifest = Manifest::read(&self.dir)?;
+        manifest.finished = Some(timestamp());
+        manifest.write(&self.dir)?;
         Ok(path)
     }
 }
@@ -216,40 +202,4 @@ fn checkpoints(dir: &Path) -> Result<Vec<PathBuf>> {
 
 fn latest_checkpoint(dir: &Path) -> Result<Option<PathBuf>> {
     Ok(checkpoints(dir)?.pop())
-}
-
-/// Names what differs between two manifests, for the error message.
-fn difference(stored: &Manifest, new: &Manifest) -> String {
-    if stored.stage != new.stage {
-        return format!("stage (\"{}\", now \"{}\")", stored.stage, new.stage);
-    }
-    if stored.base_model != new.base_model {
-        return format!("base model ({}, now {})", stored.base_model.display(), new.base_model.display());
-    }
-    if stored.inputs != new.inputs {
-        return "set of input files or input file contents (sha256 differs)".into();
-    }
-    let mut fields = Vec::new();
-    diff_values("", &stored.config, &new.config, &mut fields);
-    format!("config ({})", fields.join(", "))
-}
-
-fn diff_values(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
-    match (a, b) {
-        (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
-            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-            for key in keys {
-                let null = serde_json::Value::Null;
-                let name = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
-                diff_values(&name, x.get(key).unwrap_or(&null), y.get(key).unwrap_or(&null), out);
-            }
-        }
-        _ if a != b => out.push(format!("{prefix} was {a}, now {b}")),
-        _ => {}
-    }
-}
-
-/// RFC 3339 time of now, for manifests.
-pub fn timestamp() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }

@@ -3,10 +3,12 @@
 
 use crate::config::SftConfig;
 use crate::data::{SftBatch, SftExample, TokenRow, collate_sft, pack_rows, rows_digest, tokenize_sft_set};
-use crate::engine::{Engine, Objective, TrainSummary, backward_loss};
+use crate::train_loop::{Objective, TrainLoop, backward_loss};
+use crate::training_run::TrainSummary;
+use lincal_data::artifact::Manifest;
 use crate::error::Result;
 use crate::optim::{AdamWConfig, TrainableParams};
-use crate::run::{Manifest, RunOptions, timestamp};
+use crate::run::RunOptions;
 use crate::setup::LoadedModel;
 use lincal_model::CausalLm;
 use std::path::{Path, PathBuf};
@@ -93,7 +95,7 @@ impl Objective for SftObjective {
 /// Fine-tunes a causal LM on prompt/target pairs into a run directory.
 pub struct SftTrainer {
     objective: SftObjective,
-    engine: Engine,
+    train_loop: TrainLoop,
     report: SftDataReport,
 }
 
@@ -126,23 +128,16 @@ impl SftTrainer {
         };
         let report = SftDataReport { train_rows: rows.len(), ..report };
         let params = TrainableParams::new(loaded.trainable(&[]), AdamWConfig::from_training(&config.training), config.training.precision.master_weights());
-        let manifest = Manifest {
-            stage: "sft".into(),
-            config: serde_json::to_value(config).expect("configs serialise"),
-            base_model: model_dir.to_path_buf(),
-            inputs: Vec::new(),
-            lincal_version: env!("CARGO_PKG_VERSION").into(),
-            started_at: timestamp(),
-        };
+        let manifest = Manifest { base_model: Some(model_dir.to_path_buf()), ..Manifest::new("sft", serde_json::to_value(config).expect("configs serialise"), Vec::new()) };
         let digest = rows_digest(rows.iter().map(|r| (r.input_ids.as_slice(), r.labels.as_slice())));
-        let engine = Engine::open(run, manifest, &config.training, params, rows.len(), digest, device)?;
+        let train_loop = TrainLoop::open(run, manifest, &config.training, params, rows.len(), digest, device)?;
         let objective = SftObjective { loaded, train: rows, eval: eval_rows, eval_batch_size: config.training.eval_batch_size, gradient_checkpointing: config.training.gradient_checkpointing, base_model: model_dir.to_path_buf() };
-        Ok(SftTrainer { objective, engine, report })
+        Ok(SftTrainer { objective, train_loop, report })
     }
 
     /// Trains to the end (writing `final/`), or until `stop_at_step` steps are complete.
     pub fn train(&mut self, stop_at_step: Option<u64>) -> Result<TrainSummary> {
-        self.engine.train(&mut self.objective, stop_at_step)
+        self.train_loop.train(&mut self.objective, stop_at_step)
     }
 
     pub fn data_report(&self) -> &SftDataReport {
@@ -150,7 +145,7 @@ impl SftTrainer {
     }
 
     pub fn total_steps(&self) -> u64 {
-        self.engine.total_steps()
+        self.train_loop.total_steps()
     }
 
     pub fn model(&self) -> &CausalLm {
@@ -204,6 +199,8 @@ mod tests {
         assert!(events.iter().any(|e| e.step == 60 && e.scalars.iter().any(|(tag, _)| tag == "eval/eval_loss")));
         let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.path().join("manifest.json")).unwrap()).unwrap();
         assert_eq!((manifest["stage"].as_str(), manifest["config"]["training"]["learning_rate"].as_f64()), (Some("sft"), Some(1e-2)));
+        assert_eq!(manifest["base_model"].as_str(), model_dir.path().to_str());
+        assert!(manifest["finished"].is_string(), "writing final/ marks the manifest finished: {manifest}");
         // The saved model has the pad row, the pad token, and scores the data as the trainer did.
         let saved = CausalLm::load(&final_dir, Device::Cpu, None).unwrap();
         assert_eq!((saved.config().vocab_size(), saved.kind()), (65, Kind::Float));
@@ -285,7 +282,7 @@ mod tests {
         assert_eq!(losses(broken.path()).len(), 6);
         // A finished run is not trained again.
         let again = SftTrainer::new(model_dir.path(), Device::Cpu, &config, data, &[], &options).unwrap().train(None).unwrap();
-        assert_eq!((again.steps, again.last_loss), (6, None));
+        assert_eq!((again.steps, again.last("loss")), (6, None));
     }
 
     #[test]
@@ -299,7 +296,7 @@ mod tests {
         SftTrainer::new(model_dir.path(), Device::Cpu, &config, data, &[], &options).unwrap().train(Some(1)).unwrap();
         config.training.learning_rate = 2e-3;
         let err = SftTrainer::new(model_dir.path(), Device::Cpu, &config, data, &[], &options).err().unwrap().to_string();
-        assert!(err.ends_with("manifest.json: this run was started with a different config (training.learning_rate was 0.001, now 0.002); resume with the same settings, or train into a new directory"), "{err}");
+        assert!(err.ends_with("manifest.json: holds a run that does not match this one: its config differs: `training.learning_rate` was 0.001, now 0.002; resume with the same settings, or train into a new directory"), "{err}");
         config.training.learning_rate = 1e-3;
         let err = SftTrainer::new(model_dir.path(), Device::Cpu, &config, &examples()[4..], &[], &options).err().unwrap().to_string();
         assert!(err.contains("step-00000001: was written with training data of 4 units"), "{err}");
@@ -310,9 +307,17 @@ mod tests {
         let hashed = tempfile::tempdir().unwrap();
         let with_input = RunOptions { input_files: vec![file.clone()], ..run_options(hashed.path()) };
         SftTrainer::new(model_dir.path(), Device::Cpu, &config, data, &[], &with_input).unwrap();
+        let v1 = lincal_data::artifact::InputFile::hash(&file).unwrap().sha256;
         std::fs::write(&file, "v2").unwrap();
+        let v2 = lincal_data::artifact::InputFile::hash(&file).unwrap().sha256;
         let err = SftTrainer::new(model_dir.path(), Device::Cpu, &config, data, &[], &with_input).err().unwrap().to_string();
-        assert!(err.ends_with("this run was started with a different set of input files or input file contents (sha256 differs); resume with the same settings, or train into a new directory"), "{err}");
+        let changed = format!("holds a run that does not match this one: input {} has changed (sha256 {} then, {} now); resume with the same settings, or train into a new directory", file.display(), &v1[..12], &v2[..12]);
+        assert!(err.ends_with(&changed), "{err}");
+        // So is a run from another base model.
+        let other_model = tiny_model_dir();
+        let err = SftTrainer::new(other_model.path(), Device::Cpu, &config, data, &[], &options).err().unwrap().to_string();
+        let moved = format!("holds a run that does not match this one: its base model was {}, now {}; resume with the same settings", model_dir.path().display(), other_model.path().display());
+        assert!(err.contains(&moved), "{err}");
         let empty = tempfile::tempdir().unwrap();
         let err = SftTrainer::new(model_dir.path(), Device::Cpu, &config, &[], &[], &run_options(empty.path())).err().unwrap().to_string();
         assert_eq!(err, "the training set is empty (examples whose prompt fills model_max_length are dropped); give at least one example with a target");

@@ -5,9 +5,9 @@
 use anyhow::{Result, bail};
 use clap::Args;
 use lincal_data::schema::{self, TriviaQa};
-use lincal_train::ppo::{PpoConfig, PpoModelPaths, PpoPrompt, PpoSummary, PpoTrainer};
+use lincal_train::ppo::{PpoConfig, PpoModelPaths, PpoPrompt, PpoTrainer};
 use crate::train::{ConfigArgs, RunArgs, print_config};
-use lincal_train::RunOptions;
+use lincal_train::{RunOptions, TrainSummary};
 use std::path::{Path, PathBuf};
 
 #[derive(Args)]
@@ -89,7 +89,7 @@ fn read_prompts(path: &Path, trivia_qa: &[PathBuf]) -> Result<Vec<PpoPrompt>> {
     Ok(PpoPrompt::from_joined(joined.rows))
 }
 
-fn report(summary: &PpoSummary) {
+fn report(summary: &TrainSummary) {
     let pick = |metrics: &[(String, f64)]| metrics.iter().filter(|(name, _)| ["reward", "kl", "eval_reward", "eval_kl"].contains(&name.as_str())).map(|(name, value)| format!("{name} {value:.4}")).collect::<Vec<_>>().join(", ");
     let last = if summary.last_step.is_empty() { String::new() } else { format!(", last step: {}", pick(&summary.last_step)) };
     let eval = if summary.eval.is_empty() { String::new() } else { format!(", evaluation: {}", pick(&summary.eval)) };

@@ -225,7 +225,7 @@ fn log_tally(path: &Path, tally: &Tally) {
 }
 
 fn report(summary: TrainSummary) -> Result<()> {
-    let loss = summary.last_loss.map_or(String::new(), |loss| format!(", last training loss {loss:.4}"));
+    let loss = summary.last("loss").map_or(String::new(), |loss| format!(", last training loss {loss:.4}"));
     let eval: Vec<String> = summary.eval.iter().map(|(name, value)| format!("{name} {value:.4}")).collect();
     let eval = if eval.is_empty() { String::new() } else { format!(", evaluation: {}", eval.join(", ")) };
     match &summary.final_dir {
@@ -249,7 +249,7 @@ pub struct ScoreArgs {
     #[arg(long)]
     output: Option<PathBuf>,
     /// Texts are truncated on the right to this many tokens.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = lincal_train::scorer::DEFAULT_MAX_TOKENS)]
     max_len: usize,
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
@@ -259,9 +259,7 @@ pub struct ScoreArgs {
 
 pub fn score(args: ScoreArgs) -> Result<()> {
     let (device, kind) = args.device.resolve()?;
-    let model = lincal_train::RewardModel::load(&args.model, device, Some(kind))?;
-    let tokenizer = lincal_model::Tokenizer::from_dir(&args.model)?;
-    let pad_id = tokenizer.pad_token().and_then(|t| tokenizer.token_id(&t)).with_context(|| format!("{}: the tokenizer has no pad token", args.model.display()))?;
+    let scorer = lincal_train::Scorer::load(&args.model, device, Some(kind), args.max_len, args.batch_size)?;
     let text = std::fs::read_to_string(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
     let mut records = Vec::new();
     for (index, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -271,11 +269,11 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         records.push(record);
     }
     let texts: Vec<String> = records.iter().map(|r| r["prompt"].as_str().expect("checked above").to_string()).collect();
-    let scores = model.score_texts(&tokenizer, &texts, args.max_len, pad_id, args.batch_size)?;
+    let scores = scorer.logits(&texts)?;
     let mut out = String::new();
     for (mut record, score) in records.into_iter().zip(scores) {
         record.insert("score".into(), score.into());
-        record.insert("probability".into(), (1.0 / (1.0 + (-f64::from(score)).exp())).into());
+        record.insert("probability".into(), lincal_train::sigmoid(f64::from(score)).into());
         out.push_str(&serde_json::Value::Object(record).to_string());
         out.push('\n');
     }

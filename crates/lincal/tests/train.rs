@@ -40,6 +40,12 @@ fn sft_runs_from_a_preset_stops_and_resumes_to_a_loadable_model() {
     // Running again finds the finished run and leaves it as it is.
     let again = ok(lincal(&args));
     assert!(again.contains("finished 4 of 4 steps"), "{again}");
+    // The run's manifest is a stage manifest like every stage's: both data files hashed, one
+    // resume, finished once final/ was written.
+    let manifest = lincal_data::artifact::Manifest::read(&out).unwrap();
+    assert_eq!((manifest.stage.as_str(), manifest.inputs.len(), manifest.resumed.len()), ("sft", 2, 1));
+    assert_eq!(manifest.base_model.as_deref(), Some(Path::new(&model)));
+    assert!(manifest.finished.is_some());
 }
 
 #[test]
@@ -81,7 +87,7 @@ fn a_trained_reward_model_scores_texts_like_the_library() {
     for (line, expected) in lines.iter().zip(expected) {
         assert_eq!(line["score"].as_f64().unwrap() as f32, expected);
         let probability = line["probability"].as_f64().unwrap();
-        assert!((probability - 1.0 / (1.0 + (-f64::from(expected)).exp())).abs() < 1e-12);
+        assert!((probability - lincal_train::sigmoid(f64::from(expected))).abs() < 1e-12);
         assert!(line["label"].is_number(), "input fields are kept");
     }
 }

@@ -70,13 +70,37 @@ pub struct Advantages {
     pub shaped_rewards: Tensor,
 }
 
+/// What advantages are estimated from: a batch of rollouts.
+pub struct AdvantageInputs<'a> {
+    /// Each row's sequence reward.
+    pub scores: &'a [f64],
+    /// Per-token KL estimates `[B, W]` ([`kl_penalty`]).
+    pub kl: &'a Tensor,
+    /// Tokens each row generated.
+    pub lengths: &'a [i64],
+    /// Values `[B, W]`; those outside the weighted positions are ignored.
+    pub values: &'a Tensor,
+    /// `[B, W]`, 1 on the positions statistics cover.
+    pub weights: &'a Tensor,
+}
+
+/// How advantages are estimated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdvantageSettings {
+    /// β, the KL penalty's coefficient.
+    pub kl_coef: f64,
+    /// Scale-only whitening of the shaped rewards.
+    pub whiten_rewards: bool,
+    pub gamma: f64,
+    pub lam: f64,
+}
+
 /// Shaping, optional scale-only reward whitening, GAE and advantage whitening (SPEC 2.5-2.6).
-/// `values` outside the weighted positions are ignored.
-#[allow(clippy::too_many_arguments)]
-pub fn estimate_advantages(scores: &[f64], kl: &Tensor, lengths: &[i64], values: &Tensor, weights: &Tensor, kl_coef: f64, whiten_rewards: bool, gamma: f64, lam: f64) -> Advantages {
-    let shaped_rewards = shape_rewards(scores, kl, lengths, kl_coef) * weights;
-    let rewards = if whiten_rewards { whiten(&shaped_rewards, weights, false) } else { shaped_rewards.shallow_clone() };
-    let (advantages, returns) = gae(&rewards, &(values * weights), gamma, lam);
+pub fn estimate_advantages(inputs: &AdvantageInputs<'_>, settings: &AdvantageSettings) -> Advantages {
+    let weights = inputs.weights;
+    let shaped_rewards = shape_rewards(inputs.scores, inputs.kl, inputs.lengths, settings.kl_coef) * weights;
+    let rewards = if settings.whiten_rewards { whiten(&shaped_rewards, weights, false) } else { shaped_rewards.shallow_clone() };
+    let (advantages, returns) = gae(&rewards, &(inputs.values * weights), settings.gamma, settings.lam);
     Advantages { advantages: whiten(&advantages, weights, true), returns: returns * weights, shaped_rewards }
 }
 
@@ -166,14 +190,15 @@ mod tests {
         let values_in = t2(&[&[0.5, 0.25, 7.0], &[1.0, 0.0, 0.0]]);
         let mask = t2(&[&[1.0, 1.0, 0.0], &[1.0, 1.0, 1.0]]);
         // No whitening, to follow GAE by hand: scores 2 and 1 land on positions 1 and 2.
-        let masked = estimate_advantages(&[2.0, 1.0], &kl, &[2, 3], &values_in, &mask, 0.1, false, 1.0, 1.0);
+        let settings = AdvantageSettings { kl_coef: 0.1, whiten_rewards: false, gamma: 1.0, lam: 1.0 };
+        let masked = estimate_advantages(&AdvantageInputs { scores: &[2.0, 1.0], kl: &kl, lengths: &[2, 3], values: &values_in, weights: &mask }, &settings);
         // Row 0 stops at its last real token: A = (2 − 0.5, 2 − 0.25, 0); the pad's value 7 is ignored.
         close(&values(&masked.returns), &[&[2.0, 2.0, 0.0], &[1.0, 1.0, 1.0]]);
         // Raw advantages 1.5, 1.75 | 0, 1, 1 over 5 real entries: mean 1.05, σ = √0.36 = 0.6.
         let std = 0.6 + 1e-8;
         close(&values(&masked.advantages), &[&[0.45 / std, 0.7 / std, 0.0], &[-1.05 / std, -0.05 / std, -0.05 / std]]);
         let all = mask.ones_like();
-        let reference = estimate_advantages(&[2.0, 1.0], &kl, &[2, 3], &values_in, &all, 0.1, false, 1.0, 1.0);
+        let reference = estimate_advantages(&AdvantageInputs { scores: &[2.0, 1.0], kl: &kl, lengths: &[2, 3], values: &values_in, weights: &all }, &settings);
         // The reference bootstraps through the pad: δ_1 = 2 + 7 − 0.25 and A_2 = −7, so A_1 and
         // the returns are unchanged, but the pad's advantage −7 enters the whitening.
         close(&values(&reference.returns), &[&[2.0, 2.0, 0.0], &[1.0, 1.0, 1.0]]);
@@ -190,7 +215,8 @@ mod tests {
         // (0 − 2)/2 + 2 = 1 and (4 − 2)/2 + 2 = 3; values 0 → returns 4, 3.
         let zeros = t2(&[&[0.0, 0.0]]);
         let ones = t2(&[&[1.0, 1.0]]);
-        let a = estimate_advantages(&[4.0], &zeros, &[2], &zeros, &ones, 0.1, true, 1.0, 1.0);
+        let settings = AdvantageSettings { kl_coef: 0.1, whiten_rewards: true, gamma: 1.0, lam: 1.0 };
+        let a = estimate_advantages(&AdvantageInputs { scores: &[4.0], kl: &zeros, lengths: &[2], values: &zeros, weights: &ones }, &settings);
         close(&values(&a.shaped_rewards), &[&[0.0, 4.0]]);
         close(&values(&a.returns), &[&[4.0, 3.0]]);
     }

@@ -3,6 +3,8 @@
 
 use crate::config::Precision;
 use crate::error::{Result, TrainError};
+use crate::scorer::DEFAULT_MAX_TOKENS;
+use lincal_data::prompts::{EXTRACT_ANSWERS_MAX_TOKENS, EXTRACT_ANSWERS_TEMPERATURE};
 use lincal_model::lora::LoraConfig;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -51,15 +53,15 @@ impl RewardConfig {
             reward_offset,
             normalization_lambda: 5.0,
             cross_entropy_epsilon: 1e-4,
-            model_max_length: 1024,
+            model_max_length: DEFAULT_MAX_TOKENS,
             score_batch_size: 32,
             extractor_batch_size: 64,
-            extractor_temperature: 0.3,
+            extractor_temperature: EXTRACT_ANSWERS_TEMPERATURE,
             extractor_top_k: 50,
             extractor_top_p: 1.0,
             extractor_eval_top_k: 0,
             extractor_eval_top_p: 0.9,
-            extractor_max_new_tokens: 300,
+            extractor_max_new_tokens: i64::from(EXTRACT_ANSWERS_MAX_TOKENS),
         }
     }
 }

@@ -25,9 +25,12 @@
 //!   `reference_padding`, responses to the longest response: with the padding masked, the
 //!   same computation on fewer positions.
 //!
-//! Only the policy is saved at the end, as the reference does. Checkpoints hold policy, value,
-//! optimizer and KL-controller state; the prompt order, sampling seeds and minibatch order are
-//! functions of the seed and the step, so a resumed run continues exactly.
+//! The models are assembled in [`models`]. The run itself (opening or resuming its directory,
+//! step bookkeeping, metrics, checkpoints, `final/`) is the lifecycle every trainer shares
+//! (`crate::training_run`); this module supplies the steps. Only the policy is saved at the
+//! end, as the reference does. Checkpoints hold policy, value, optimizer and KL-controller
+//! state; the prompt order, sampling seeds and minibatch order are functions of the seed and
+//! the step, so a resumed run continues exactly.
 //!
 //! ```text
 //! run/
@@ -50,30 +53,27 @@ mod tests;
 
 pub use bench::{PpoStepBench, bench_ppo, bench_ppo_step};
 pub use config::{PPO_PRESETS, PpoConfig, RewardConfig, RlType};
-pub use models::{PpoModels, ValueModel};
+pub use models::{PpoModelPaths, PpoModels, ValueModel};
 pub use reward::{BinaryCorrectnessReward, DecisionReward, Reward, RewardInput, RewardOutput, ScoreContext};
 pub use rollout::{PpoPrompt, RolloutTiming};
 
 use crate::config::Schedule;
 use crate::data::epoch_order;
-use crate::engine::{open_run, progress_bar, synchronize};
 use crate::error::{Result, TrainError};
 use crate::optim::{AdamWConfig, LrSchedule, TrainableParams};
 use crate::reward_model::RewardModel;
-use crate::run::{Manifest, RunDir, RunOptions, TrainState, timestamp};
-use crate::setup::LoadedModel;
-use advantages::{KlController, estimate_advantages, kl_penalty};
-use lincal_data::prompts::Templates;
-use lincal_model::lora::with_lora;
-use lincal_model::{CausalLm, ModelError, Tokenizer};
+use crate::run::{RunOptions, TrainState};
+use crate::training_run::{RunSteps, StepPlan, StepRecord, TrainSummary, TrainingRun, synchronize};
+use advantages::{AdvantageInputs, AdvantageSettings, KlController, estimate_advantages, kl_penalty};
+use lincal_data::artifact::Manifest;
+use lincal_model::CausalLm;
 use loss::{LossInputs, LossStats, ppo_loss};
-use models::{load_reference, response_logprobs, row_index};
+use models::{load_models, response_logprobs, row_index, templates};
 use rand::{RngCore, SeedableRng};
 use rollout::{RolloutPrompt, RolloutSettings, Rollouts, TokenizedPrompts, collect_rollouts};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -95,18 +95,6 @@ fn stream_seed(seed: u64, stream: Stream, step: u64) -> u64 {
     rng.set_stream(stream as u64);
     rng.set_word_pos(u128::from(step) * 2);
     rng.next_u64()
-}
-
-/// Where a PPO run's models are.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PpoModelPaths {
-    /// The SFT policy: a causal LM with its tokenizer.
-    pub policy: PathBuf,
-    /// The reward model (ForecastProbs for LC, the binary-correctness model for Factuality):
-    /// the built-in rewards score with it, and the value model starts from its backbone.
-    pub reward_model: PathBuf,
-    /// ExtractAnswers (decision-based RL only).
-    pub answer_extractor: Option<PathBuf>,
 }
 
 /// The policy, value model, optimizer and KL controller, and one PPO step over them.
@@ -159,7 +147,8 @@ impl Learner {
         let kl = kl_penalty(&rollouts.logprobs, &rollouts.ref_logprobs);
         let values = rollouts.values.as_ref().expect("training rollouts have values");
         let c = &self.config;
-        let advantages = estimate_advantages(&rollouts.scores(), &kl, &rollouts.seqs.lengths, values, &weights, self.kl.value, c.whiten_rewards, c.gamma, c.lam);
+        let inputs = AdvantageInputs { scores: &rollouts.scores(), kl: &kl, lengths: &rollouts.seqs.lengths, values, weights: &weights };
+        let advantages = estimate_advantages(&inputs, &AdvantageSettings { kl_coef: self.kl.value, whiten_rewards: c.whiten_rewards, gamma: c.gamma, lam: c.lam });
         // Update.
         let started = Instant::now();
         let (stats, learning_rate, grad_norm) = self.update(&rollouts, &advantages, &weights, step)?;
@@ -298,19 +287,6 @@ pub struct PpoDataReport {
     pub eval_prompts: usize,
 }
 
-/// Where a `train` call left the run.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PpoSummary {
-    pub steps: u64,
-    pub total_steps: u64,
-    pub final_dir: Option<PathBuf>,
-    pub resumed_from: Option<u64>,
-    /// Metrics of the last step run by this call.
-    pub last_step: Vec<(String, f64)>,
-    /// Metrics of the last evaluation run by this call.
-    pub eval: Vec<(String, f64)>,
-}
-
 /// The KL controller as checkpointed (the bits keep β exact across a resume).
 #[derive(Serialize, Deserialize)]
 struct PpoState {
@@ -320,92 +296,20 @@ struct PpoState {
 
 /// Trains a policy with PPO into a run directory.
 pub struct PpoTrainer {
+    run: TrainingRun,
+    steps: PpoSteps,
+    report: PpoDataReport,
+}
+
+/// PPO's side of a run: the learner, the reward and the tokenised prompts.
+struct PpoSteps {
     learner: Learner,
     reward: Box<dyn Reward>,
     prompts: Vec<PpoPrompt>,
     train: TokenizedPrompts,
     eval_prompts: Vec<PpoPrompt>,
     eval: TokenizedPrompts,
-    state: TrainState,
-    run: Option<RunDir>,
-    finished: Option<PathBuf>,
-    resumed_from: Option<u64>,
-    progress: bool,
     policy_dir: PathBuf,
-    report: PpoDataReport,
-}
-
-/// Loads the prompt templates of a run.
-fn templates(config: &PpoConfig) -> Result<Templates> {
-    Ok(match &config.templates {
-        Some(dir) => Templates::with_overrides(dir)?,
-        None => Templates::builtin()?,
-    })
-}
-
-/// Reads a reward model from a directory; see [`load_models`].
-pub(crate) type RewardModelLoader<'a> = &'a dyn Fn(&Path, Device, Kind) -> Result<RewardModel>;
-
-/// Runs a reward-model load inside `with_lora`, whose builder reports model errors only.
-fn load_reward_model_with_lora(config: &PpoConfig, dir: &Path, device: Device, kind: Kind, load: RewardModelLoader) -> Result<(RewardModel, lincal_model::lora::LoraAdapters)> {
-    let lora = config.lora.as_ref().expect("LoRA mode");
-    let mut failure = None;
-    let built = with_lora(lora, device, config.seed.wrapping_add(1), || {
-        load(dir, device, kind).map_err(|e| {
-            let message = e.to_string();
-            failure = Some(e);
-            ModelError::Invalid(message)
-        })
-    });
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(built?),
-    }
-}
-
-/// The models of a run in the arrangement `config` asks for (see `models`), and its reward:
-/// `custom_reward`, or the built-in one of `config.rl_type`. `load_reward_model` reads
-/// `paths.reward_model` (`RewardModel::load` when training).
-pub(crate) fn load_models(paths: &PpoModelPaths, device: Device, config: &PpoConfig, custom_reward: Option<Box<dyn Reward>>, load_reward_model: RewardModelLoader) -> Result<(PpoModels, Box<dyn Reward>)> {
-    // The ExtractAnswers model of the built-in decision-based reward, checked before any
-    // model is loaded.
-    let extractor_dir = match (&custom_reward, config.rl_type, &paths.answer_extractor) {
-        (None, RlType::DecisionBased, None) => return Err(TrainError::config("answer_extractor", "decision-based RL needs the ExtractAnswers model; give its directory (or use rl_type = \"factuality\")")),
-        (None, RlType::DecisionBased, Some(dir)) => Some(dir),
-        _ => None,
-    };
-    let kind = config.precision.kind(device);
-    let policy = LoadedModel::load(&paths.policy, device, kind, config.lora.as_ref(), config.seed, &config.pad_token)?;
-    let reference = match config.lora {
-        Some(_) => None,
-        None => Some(load_reference(&policy, &paths.policy)?),
-    };
-    // In LoRA mode the value adapters sit on the reward model itself, which the built-in
-    // rewards then share; otherwise the value model is a trained copy of it.
-    let (value, shared_reward_model) = match config.lora {
-        Some(_) => {
-            let (model, adapters) = load_reward_model_with_lora(config, &paths.reward_model, device, kind, load_reward_model)?;
-            let model = Rc::new(model);
-            (ValueModel::new(model.clone(), Some(adapters)), Some(model))
-        }
-        None => (ValueModel::new(Rc::new(load_reward_model(&paths.reward_model, device, kind)?), None), None),
-    };
-    let models = PpoModels::assemble(policy, reference, value)?;
-    let reward: Box<dyn Reward> = match custom_reward {
-        Some(reward) => reward,
-        None => {
-            let reward_model = match shared_reward_model {
-                Some(model) => model,
-                None => Rc::new(load_reward_model(&paths.reward_model, device, kind)?),
-            };
-            let reward_tokenizer = Tokenizer::from_dir(&paths.reward_model)?;
-            match extractor_dir {
-                Some(dir) => Box::new(DecisionReward::new(CausalLm::load(dir, device, Some(kind))?, Tokenizer::from_dir(dir)?, reward_model, reward_tokenizer, templates(config)?, config.reward.clone())?),
-                None => Box::new(BinaryCorrectnessReward::new(reward_model, reward_tokenizer, templates(config)?, config.reward.clone())?),
-            }
-        }
-    };
-    Ok((models, reward))
 }
 
 impl PpoTrainer {
@@ -440,28 +344,16 @@ impl PpoTrainer {
         let mut learner = Learner::new(config, models);
         let mut manifest_config = serde_json::to_value(config).expect("configs serialise");
         manifest_config["models"] = serde_json::json!({ "policy": paths.policy, "reward_model": paths.reward_model, "answer_extractor": paths.answer_extractor, "custom_reward": custom });
-        let manifest = Manifest { stage: "ppo".into(), config: manifest_config, base_model: paths.policy.clone(), inputs: Vec::new(), lincal_version: env!("CARGO_PKG_VERSION").into(), started_at: timestamp() };
+        let manifest = Manifest { base_model: Some(paths.policy.clone()), ..Manifest::new("ppo", manifest_config, Vec::new()) };
         let steps_per_epoch = (kept / config.rollout_batch_size) as u64;
-        let mut state = TrainState { step: 0, total_steps: config.total_steps, steps_per_epoch, epoch: 0, epoch_offset: 0, train_units: kept, data_sha256: train_tokens.digest(train), seed: config.seed };
-        let opened = open_run(run, manifest, &mut state, &mut learner.params)?;
-        if let Some(checkpoint) = &opened.checkpoint {
+        let state = TrainState::new(config.total_steps, steps_per_epoch, kept, train_tokens.digest(train), config.seed);
+        let plan = StepPlan { units_per_step: config.rollout_batch_size, save_every: config.save_every, keep_checkpoints: config.keep_checkpoints };
+        let training_run = TrainingRun::open(run, manifest, state, plan, &mut learner.params)?;
+        if let Some(checkpoint) = training_run.checkpoint() {
             learner.kl.value = read_ppo_state(checkpoint)?;
         }
-        Ok(PpoTrainer {
-            learner,
-            reward,
-            prompts: train.to_vec(),
-            train: train_tokens,
-            eval_prompts: eval.to_vec(),
-            eval: eval_tokens,
-            resumed_from: opened.checkpoint.is_some().then_some(state.step),
-            state,
-            run: opened.run,
-            finished: opened.finished,
-            progress: run.progress,
-            policy_dir: paths.policy.clone(),
-            report,
-        })
+        let steps = PpoSteps { learner, reward, prompts: train.to_vec(), train: train_tokens, eval_prompts: eval.to_vec(), eval: eval_tokens, policy_dir: paths.policy.clone() };
+        Ok(PpoTrainer { run: training_run, steps, report })
     }
 
     pub fn data_report(&self) -> &PpoDataReport {
@@ -469,88 +361,59 @@ impl PpoTrainer {
     }
 
     pub fn total_steps(&self) -> u64 {
-        self.state.total_steps
+        self.run.total_steps()
     }
 
     pub fn policy(&self) -> &CausalLm {
-        self.learner.models.policy()
+        self.steps.learner.models.policy()
     }
 
     /// Trains to the end (writing `final/`), or until `stop_at_step` steps are complete (a
     /// checkpoint is written there, so a later call resumes without loss).
-    pub fn train(&mut self, stop_at_step: Option<u64>) -> Result<PpoSummary> {
-        let mut summary = PpoSummary { steps: self.state.step, total_steps: self.state.total_steps, final_dir: self.finished.clone(), resumed_from: self.resumed_from, last_step: Vec::new(), eval: Vec::new() };
-        let Some(mut run) = self.run.take() else { return Ok(summary) };
-        let outcome = self.run_steps(&mut run, stop_at_step, &mut summary);
-        if outcome.is_ok() && self.state.step == self.state.total_steps {
-            self.learner.params.promote_to_masters();
-            let (policy, policy_dir) = (&mut self.learner.models.policy, &self.policy_dir);
-            let dir = run.save_final(|dir| policy.save_causal_lm(dir, policy_dir))?;
-            self.finished = Some(dir.clone());
-            summary.final_dir = Some(dir);
-        } else {
-            self.run = Some(run);
-        }
-        outcome.map(|()| summary)
+    pub fn train(&mut self, stop_at_step: Option<u64>) -> Result<TrainSummary> {
+        self.run.train(&mut self.steps, stop_at_step)
     }
+}
 
+impl PpoSteps {
     /// The kept training prompts of step `step`: epochs are seeded shuffles of the prompts,
     /// cut into rollout batches (a last partial batch is dropped), cycled forever.
-    fn prompt_rows(&self, step: u64) -> Vec<usize> {
+    fn prompt_rows(&self, step: u64, steps_per_epoch: u64) -> Vec<usize> {
         let batch = self.learner.config.rollout_batch_size;
-        let order = epoch_order(self.train.ids.len(), self.learner.config.seed, step / self.state.steps_per_epoch);
-        let offset = (step % self.state.steps_per_epoch) as usize * batch;
+        let order = epoch_order(self.train.ids.len(), self.learner.config.seed, step / steps_per_epoch);
+        let offset = (step % steps_per_epoch) as usize * batch;
         order[offset..offset + batch].to_vec()
     }
+}
 
-    fn run_steps(&mut self, run: &mut RunDir, stop_at_step: Option<u64>, summary: &mut PpoSummary) -> Result<()> {
-        let bar = progress_bar(self.progress, self.state.step, self.state.total_steps);
-        let started = Instant::now();
-        while self.state.step < self.state.total_steps && stop_at_step.is_none_or(|stop| self.state.step < stop) {
-            let step = self.state.step;
-            let rows = self.prompt_rows(step);
-            let prompts: Vec<&PpoPrompt> = rows.iter().map(|&r| &self.prompts[self.train.index[r]]).collect();
-            let inputs: Vec<RolloutPrompt> = rows.iter().zip(&prompts).map(|(&r, p)| RolloutPrompt { ids: &self.train.ids[r], question: &p.question, answer: &p.answer }).collect();
-            let outcome = self.learner.step(self.reward.as_mut(), &inputs, step)?;
-            let done = step + 1;
-            self.state.step = done;
-            self.state.epoch = done / self.state.steps_per_epoch;
-            self.state.epoch_offset = (done % self.state.steps_per_epoch) as usize * self.learner.config.rollout_batch_size;
-            let mut record = serde_json::json!({ "step": done });
-            for (name, value) in &outcome.metrics {
-                record[name] = (*value).into();
-            }
-            record["elapsed_seconds"] = started.elapsed().as_secs_f64().into();
-            run.log("train", &record)?;
-            if self.learner.config.dump_rollouts {
-                write_lines(run.path(), "rollouts", done, &rollout_lines(&outcome.rollouts, &prompts, &outcome.kl_sums))?;
-            }
-            summary.steps = done;
-            summary.last_step = outcome.metrics;
-            bar.set_position(done);
-            let metric = |name: &str| summary.last_step.iter().find(|(n, _)| n == name).map_or(f64::NAN, |(_, v)| *v);
-            bar.set_message(format!("reward {:.3}  kl {:.3}  update {:.1}s", metric("reward"), metric("kl"), outcome.update_seconds));
-            let last = done == self.state.total_steps;
-            if done == 1 || done.is_multiple_of(self.learner.config.eval_every) || last {
-                summary.eval = self.evaluate(run, done)?;
-            }
-            let stopping = stop_at_step == Some(done);
-            if !last && (done.is_multiple_of(self.learner.config.save_every) || stopping) {
-                let (params, kl) = (&self.learner.params, self.learner.kl.value);
-                run.save_checkpoint(&self.state, self.learner.config.keep_checkpoints, |dir| {
-                    params.save(dir)?;
-                    let state = PpoState { kl_coef: kl, kl_coef_bits: kl.to_bits() };
-                    Ok(lincal_model::fsutil::write_atomic(&dir.join(PPO_STATE_FILE), serde_json::to_string_pretty(&state).expect("json").as_bytes())?)
-                })?;
-            }
+impl RunSteps for PpoSteps {
+    /// One PPO step; with `dump_rollouts` its rollouts go to `rollouts/step-N.jsonl`.
+    fn step(&mut self, state: &TrainState, run: &Path) -> Result<StepRecord> {
+        let step = state.step;
+        let rows = self.prompt_rows(step, state.steps_per_epoch);
+        let prompts: Vec<&PpoPrompt> = rows.iter().map(|&r| &self.prompts[self.train.index[r]]).collect();
+        let inputs: Vec<RolloutPrompt> = rows.iter().zip(&prompts).map(|(&r, p)| RolloutPrompt { ids: &self.train.ids[r], question: &p.question, answer: &p.answer }).collect();
+        let outcome = self.learner.step(self.reward.as_mut(), &inputs, step)?;
+        if self.learner.config.dump_rollouts {
+            write_lines(run, "rollouts", step + 1, &rollout_lines(&outcome.rollouts, &prompts, &outcome.kl_sums))?;
         }
-        bar.finish_and_clear();
-        Ok(())
+        let mut metrics = serde_json::json!({});
+        for (name, value) in &outcome.metrics {
+            metrics[name] = (*value).into();
+        }
+        let metric = |name: &str| outcome.metrics.iter().find(|(n, _)| n == name).map_or(f64::NAN, |(_, v)| *v);
+        let message = format!("reward {:.3}  kl {:.3}  update {:.1}s", metric("reward"), metric("kl"), outcome.update_seconds);
+        Ok(StepRecord { metrics, message })
+    }
+
+    /// After the first step (a baseline) and every `eval_every` steps.
+    fn evaluates_after(&self, done: u64) -> bool {
+        done == 1 || done.is_multiple_of(self.learner.config.eval_every)
     }
 
     /// Samples and scores a response to every validation prompt with the current policy,
-    /// logs the means as `eval_*` and writes the rollouts to `eval/step-N.jsonl`.
-    fn evaluate(&mut self, run: &mut RunDir, step: u64) -> Result<Vec<(String, f64)>> {
+    /// returns the means as `eval_*` and writes the rollouts to `eval/step-N.jsonl`.
+    fn evaluate(&mut self, step: u64, run: &Path) -> Result<Vec<(String, f64)>> {
         if self.eval.ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -561,14 +424,22 @@ impl PpoTrainer {
         let context = ScoreContext { seed: stream_seed(seed, Stream::EvalExtraction, step), evaluation: true };
         let rollouts = collect_rollouts(&self.learner.models, self.reward.as_mut(), &inputs, &sampling, context, &self.learner.settings(false))?;
         let kl_sums = row_sums(&(&rollouts.logprobs - &rollouts.ref_logprobs));
-        let metrics = rollout_metrics(&rollouts, &kl_sums, "eval_");
-        let mut record = serde_json::json!({ "step": step });
-        for (name, value) in &metrics {
-            record[name] = (*value).into();
-        }
-        run.log("eval", &record)?;
-        write_lines(run.path(), "eval", step, &rollout_lines(&rollouts, &prompts, &kl_sums))?;
-        Ok(metrics)
+        write_lines(run, "eval", step, &rollout_lines(&rollouts, &prompts, &kl_sums))?;
+        Ok(rollout_metrics(&rollouts, &kl_sums, "eval_"))
+    }
+
+    /// The policy and value weights, the optimizer and the KL controller.
+    fn save_checkpoint(&self, dir: &Path) -> Result<()> {
+        self.learner.params.save(dir)?;
+        let kl = self.learner.kl.value;
+        let state = PpoState { kl_coef: kl, kl_coef_bits: kl.to_bits() };
+        Ok(lincal_model::fsutil::write_atomic(&dir.join(PPO_STATE_FILE), serde_json::to_string_pretty(&state).expect("json").as_bytes())?)
+    }
+
+    /// Only the policy, as the reference saves.
+    fn save_final(&mut self, dir: &Path) -> Result<()> {
+        self.learner.params.promote_to_masters();
+        self.learner.models.policy.save_causal_lm(dir, &self.policy_dir)
     }
 }
 

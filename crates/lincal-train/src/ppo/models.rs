@@ -1,4 +1,5 @@
-//! The models of a PPO run (SPEC 2.1) and the forward passes over rollouts (SPEC 2.4).
+//! The models of a PPO run (SPEC 2.1): loading them from their directories with the reward
+//! ([`load_models`]), and the forward passes over rollouts (SPEC 2.4).
 //!
 //! | role | full fine-tuning | LoRA mode |
 //! | --- | --- | --- |
@@ -7,14 +8,30 @@
 //! | value | the reward model's backbone, trained, with a zero head | adapters on the frozen reward-model backbone, with a zero head |
 //! | reward model | a frozen copy of the reward model | the value backbone with its adapters off |
 
+use super::config::{PpoConfig, RlType};
+use super::reward::{BinaryCorrectnessReward, DecisionReward, Reward};
 use crate::error::{Result, TrainError};
 use crate::reward_model::{HeadInit, RewardModel, ScalarHead};
 use crate::setup::{LoadedModel, OUTPUT_EMBEDDINGS};
+use lincal_data::prompts::Templates;
 use lincal_model::layers::{attention_mask, positions_from_mask};
-use lincal_model::lora::LoraAdapters;
-use lincal_model::{CausalLm, Tokenizer};
+use lincal_model::lora::{LoraAdapters, with_lora};
+use lincal_model::{CausalLm, ModelError, Tokenizer};
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
+
+/// Where a PPO run's models are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PpoModelPaths {
+    /// The SFT policy: a causal LM with its tokenizer.
+    pub policy: PathBuf,
+    /// The reward model (ForecastProbs for LC, the binary-correctness model for Factuality):
+    /// the built-in rewards score with it, and the value model starts from its backbone.
+    pub reward_model: PathBuf,
+    /// ExtractAnswers (decision-based RL only).
+    pub answer_extractor: Option<PathBuf>,
+}
 
 /// The critic: a reward-model backbone (shared with the frozen reward model in LoRA mode)
 /// and a head of its own that starts at zero, so every first value is 0 (SPEC 2.1).
@@ -255,11 +272,84 @@ pub(crate) fn response_logprobs(model: &CausalLm, batch: &ForwardBatch, temperat
 
 /// Makes the frozen reference policy in full fine-tuning: the policy's checkpoint, grown to
 /// the tokenizer's vocabulary as the policy was (pad token added).
-pub(crate) fn load_reference(policy: &LoadedModel, dir: &std::path::Path) -> Result<CausalLm> {
+fn load_reference(policy: &LoadedModel, dir: &Path) -> Result<CausalLm> {
     let mut reference = CausalLm::load(dir, policy.model.device(), Some(policy.model.kind()))?;
     let vocab = policy.model.config().vocab_size();
     if reference.config().vocab_size() < vocab {
         reference.resize_token_embeddings(vocab)?;
     }
     Ok(reference)
+}
+
+/// Loads the prompt templates of a run.
+pub(crate) fn templates(config: &PpoConfig) -> Result<Templates> {
+    Ok(match &config.templates {
+        Some(dir) => Templates::with_overrides(dir)?,
+        None => Templates::builtin()?,
+    })
+}
+
+/// Reads a reward model from a directory; see [`load_models`].
+pub(crate) type RewardModelLoader<'a> = &'a dyn Fn(&Path, Device, Kind) -> Result<RewardModel>;
+
+/// Runs a reward-model load inside `with_lora`, whose builder reports model errors only.
+fn load_reward_model_with_lora(config: &PpoConfig, dir: &Path, device: Device, kind: Kind, load: RewardModelLoader) -> Result<(RewardModel, LoraAdapters)> {
+    let lora = config.lora.as_ref().expect("LoRA mode");
+    let mut failure = None;
+    let built = with_lora(lora, device, config.seed.wrapping_add(1), || {
+        load(dir, device, kind).map_err(|e| {
+            let message = e.to_string();
+            failure = Some(e);
+            ModelError::Invalid(message)
+        })
+    });
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(built?),
+    }
+}
+
+/// The models of a run in the arrangement `config` asks for (see the table above), and its reward:
+/// `custom_reward`, or the built-in one of `config.rl_type`. `load_reward_model` reads
+/// `paths.reward_model` (`RewardModel::load` when training).
+pub(crate) fn load_models(paths: &PpoModelPaths, device: Device, config: &PpoConfig, custom_reward: Option<Box<dyn Reward>>, load_reward_model: RewardModelLoader) -> Result<(PpoModels, Box<dyn Reward>)> {
+    // The ExtractAnswers model of the built-in decision-based reward, checked before any
+    // model is loaded.
+    let extractor_dir = match (&custom_reward, config.rl_type, &paths.answer_extractor) {
+        (None, RlType::DecisionBased, None) => return Err(TrainError::config("answer_extractor", "decision-based RL needs the ExtractAnswers model; give its directory (or use rl_type = \"factuality\")")),
+        (None, RlType::DecisionBased, Some(dir)) => Some(dir),
+        _ => None,
+    };
+    let kind = config.precision.kind(device);
+    let policy = LoadedModel::load(&paths.policy, device, kind, config.lora.as_ref(), config.seed, &config.pad_token)?;
+    let reference = match config.lora {
+        Some(_) => None,
+        None => Some(load_reference(&policy, &paths.policy)?),
+    };
+    // In LoRA mode the value adapters sit on the reward model itself, which the built-in
+    // rewards then share; otherwise the value model is a trained copy of it.
+    let (value, shared_reward_model) = match config.lora {
+        Some(_) => {
+            let (model, adapters) = load_reward_model_with_lora(config, &paths.reward_model, device, kind, load_reward_model)?;
+            let model = Rc::new(model);
+            (ValueModel::new(model.clone(), Some(adapters)), Some(model))
+        }
+        None => (ValueModel::new(Rc::new(load_reward_model(&paths.reward_model, device, kind)?), None), None),
+    };
+    let models = PpoModels::assemble(policy, reference, value)?;
+    let reward: Box<dyn Reward> = match custom_reward {
+        Some(reward) => reward,
+        None => {
+            let reward_model = match shared_reward_model {
+                Some(model) => model,
+                None => Rc::new(load_reward_model(&paths.reward_model, device, kind)?),
+            };
+            let reward_tokenizer = Tokenizer::from_dir(&paths.reward_model)?;
+            match extractor_dir {
+                Some(dir) => Box::new(DecisionReward::new(CausalLm::load(dir, device, Some(kind))?, Tokenizer::from_dir(dir)?, reward_model, reward_tokenizer, templates(config)?, config.reward.clone())?),
+                None => Box::new(BinaryCorrectnessReward::new(reward_model, reward_tokenizer, templates(config)?, config.reward.clone())?),
+            }
+        }
+    };
+    Ok((models, reward))
 }

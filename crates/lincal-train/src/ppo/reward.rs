@@ -7,10 +7,11 @@ use super::config::RewardConfig;
 use super::models::eos_ids;
 use crate::error::{Result, TrainError};
 use crate::reward_model::RewardModel;
+use crate::scorer::{Scorer, padding_id, sigmoid};
 use lincal_data::parse::parse_extracted_answers;
 use lincal_data::prompts::Templates;
-use lincal_data::schema::PARAGRAPH_CHAR_LIMIT;
-use lincal_model::{CausalLm, SamplingParams, Tokenizer, generate_batch};
+use lincal_data::schema::cut_paragraph;
+use lincal_model::{BatchRequest, CausalLm, SamplingParams, Tokenizer, generate_batch};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -75,20 +76,6 @@ pub fn binary_reward(logit: f64, reward_offset: f64) -> (f64, f64) {
     (correct + reward_offset, sigmoid(logit))
 }
 
-fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
-}
-
-/// The id a tokenizer pads with: its pad token, else its EOS (left padding is masked, so
-/// only the row length matters).
-fn padding_id(tokenizer: &Tokenizer, what: &str) -> Result<i64> {
-    tokenizer
-        .pad_token()
-        .or_else(|| tokenizer.eos_token())
-        .and_then(|t| tokenizer.token_id(&t))
-        .ok_or_else(|| TrainError::config(what, "the tokenizer has neither a pad nor an eos token to pad batches with; set one in tokenizer_config.json"))
-}
-
 /// The answers an ExtractAnswers output names: "No Answer" is none; otherwise the
 /// semicolon-separated items, de-duplicated. An output that does not parse counts as no
 /// answer (and is reported), as the reader found nothing usable.
@@ -107,9 +94,7 @@ pub struct DecisionReward {
     extractor_tokenizer: Tokenizer,
     extractor_eos: Vec<i64>,
     extractor_pad: i64,
-    forecaster: Rc<RewardModel>,
-    forecaster_tokenizer: Tokenizer,
-    forecaster_pad: i64,
+    forecaster: Scorer,
     templates: Templates,
     config: RewardConfig,
 }
@@ -123,8 +108,8 @@ impl DecisionReward {
             return Err(TrainError::config("answer_extractor", "the ExtractAnswers model names no EOS token (tokenizer_config.json or config.json); its outputs would never end"));
         }
         let extractor_pad = padding_id(&extractor_tokenizer, "answer_extractor")?;
-        let forecaster_pad = padding_id(&forecaster_tokenizer, "reward_model")?;
-        Ok(DecisionReward { extractor, extractor_tokenizer, extractor_eos, extractor_pad, forecaster, forecaster_tokenizer, forecaster_pad, templates, config })
+        let forecaster = Scorer::new(forecaster, forecaster_tokenizer, config.model_max_length, config.score_batch_size, "reward_model")?;
+        Ok(DecisionReward { extractor, extractor_tokenizer, extractor_eos, extractor_pad, forecaster, templates, config })
     }
 
     /// ExtractAnswers' raw outputs for `inputs` (SPEC 1.5: sampled at temperature 0.3).
@@ -139,7 +124,8 @@ impl DecisionReward {
         let seeds = row_seeds(context.seed, inputs.len());
         let mut texts = Vec::with_capacity(inputs.len());
         for (chunk, chunk_seeds) in prompts.chunks(c.extractor_batch_size).zip(seeds.chunks(c.extractor_batch_size)) {
-            let out = generate_batch(&self.extractor, chunk, chunk_seeds, &params, &self.extractor_eos, self.extractor_pad, None, None)?;
+            let request = BatchRequest { eos_ids: &self.extractor_eos, pad_id: self.extractor_pad, ..BatchRequest::new(chunk, chunk_seeds, &params) };
+            let out = generate_batch(&self.extractor, &request, None)?;
             let tokens = Vec::<Vec<i64>>::try_from(out.tokens.to_device(tch::Device::Cpu))?;
             for (row, &len) in tokens.iter().zip(&out.lengths) {
                 texts.push(self.extractor_tokenizer.decode(&row[..len as usize], true)?.trim().to_string());
@@ -160,8 +146,7 @@ impl Reward for DecisionReward {
                 texts.push(self.templates.forecast_probs_model(input.question, input.paragraph, candidate)?);
             }
         }
-        let logits = self.forecaster.score_texts(&self.forecaster_tokenizer, &texts, self.config.model_max_length, self.forecaster_pad, self.config.score_batch_size)?;
-        let mut probabilities = logits.iter().map(|&l| sigmoid(l as f64));
+        let mut probabilities = self.forecaster.probabilities(&texts)?.into_iter();
         let mut outputs = Vec::with_capacity(inputs.len());
         for (extraction, (answers, parsed_ok)) in extractions.into_iter().zip(parsed) {
             let p_gt = probabilities.next().expect("one logit per candidate");
@@ -185,17 +170,15 @@ impl Reward for DecisionReward {
 /// Factuality RL (SPEC 1.8): the binary-correctness reward model judges whether the paragraph
 /// gives the right answer, and the reward is that judgement thresholded at 0.5.
 pub struct BinaryCorrectnessReward {
-    model: Rc<RewardModel>,
-    tokenizer: Tokenizer,
-    pad_id: i64,
+    model: Scorer,
     templates: Templates,
     config: RewardConfig,
 }
 
 impl BinaryCorrectnessReward {
     pub fn new(model: Rc<RewardModel>, tokenizer: Tokenizer, templates: Templates, config: RewardConfig) -> Result<Self> {
-        let pad_id = padding_id(&tokenizer, "reward_model")?;
-        Ok(BinaryCorrectnessReward { model, tokenizer, pad_id, templates, config })
+        let model = Scorer::new(model, tokenizer, config.model_max_length, config.score_batch_size, "reward_model")?;
+        Ok(BinaryCorrectnessReward { model, templates, config })
     }
 }
 
@@ -204,12 +187,9 @@ impl Reward for BinaryCorrectnessReward {
         // The reward model was trained on paragraphs cut to their first 2000 characters.
         let texts = inputs
             .iter()
-            .map(|input| {
-                let paragraph: String = input.paragraph.chars().take(PARAGRAPH_CHAR_LIMIT).collect();
-                Ok(self.templates.binary_correctness_model(input.question, &paragraph, input.answer)?)
-            })
+            .map(|input| Ok(self.templates.binary_correctness_model(input.question, cut_paragraph(input.paragraph), input.answer)?))
             .collect::<Result<Vec<String>>>()?;
-        let logits = self.model.score_texts(&self.tokenizer, &texts, self.config.model_max_length, self.pad_id, self.config.score_batch_size)?;
+        let logits = self.model.logits(&texts)?;
         Ok(logits
             .iter()
             .map(|&logit| {

@@ -4,51 +4,15 @@
 
 use super::models::{PpoModels, Sequences, response_logprobs};
 use super::reward::{Reward, RewardInput, RewardOutput, ScoreContext};
-use crate::engine::synchronize;
+use crate::training_run::synchronize;
 use crate::error::{Result, TrainError};
 use lincal_data::prompts::Templates;
-use lincal_data::schema::{ParagraphGenerationRow, WithQuestion};
-use lincal_model::{FinishReason, SamplingParams, Tokenizer, generate_batch};
-use serde::{Deserialize, Serialize};
+pub use lincal_data::schema::PpoPrompt;
+use lincal_model::{BatchRequest, FinishReason, SamplingParams, Tokenizer, generate_batch};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::path::Path;
 use std::time::Instant;
 use tch::Tensor;
-
-/// A PPO prompt: the open-ended query the policy answers, and the question and gold answer
-/// its paragraph is scored against (SPEC 1.7). Also the JSONL format
-/// `{"query", "question", "answer"}` with an optional `"question_id"`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PpoPrompt {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub question_id: Option<String>,
-    pub query: String,
-    pub question: String,
-    pub answer: String,
-}
-
-impl PpoPrompt {
-    /// Prompts from a `*_paragraph_generation` split joined with TriviaQA (SPEC 2.2): the
-    /// query is `paragraph_generation_prompt`, the question the split's own (Jeopardy) or
-    /// TriviaQA's, the answer TriviaQA's `answer.value`.
-    pub fn from_joined(rows: Vec<WithQuestion<ParagraphGenerationRow>>) -> Vec<PpoPrompt> {
-        rows.into_iter()
-            .map(|WithQuestion { row, question }| PpoPrompt { question_id: Some(row.question_id), query: row.paragraph_generation_prompt, question: row.question.unwrap_or(question.question), answer: question.answer })
-            .collect()
-    }
-
-    /// Reads `{"query", "question", "answer"}` lines; errors name the file and line.
-    pub fn read_jsonl(path: &Path) -> Result<Vec<PpoPrompt>> {
-        Ok(lincal_data::schema::jsonl::read_jsonl(path, |prompt: &PpoPrompt| {
-            for (field, value) in [("query", &prompt.query), ("question", &prompt.question), ("answer", &prompt.answer)] {
-                if value.trim().is_empty() {
-                    return Err(format!("`{field}` is empty"));
-                }
-            }
-            Ok(())
-        })?)
-    }
-}
 
 /// Prompts tokenised with the policy template.
 pub(crate) struct TokenizedPrompts {
@@ -192,7 +156,8 @@ fn sample_responses(models: &PpoModels, prompts: &[RolloutPrompt<'_>], seeds: &[
     let mut ended_with_eos = Vec::with_capacity(prompts.len());
     for (chunk, chunk_seeds) in prompts.chunks(settings.generation_batch_size).zip(seeds.chunks(settings.generation_batch_size)) {
         let ids: Vec<Vec<i64>> = chunk.iter().map(|p| p.ids.to_vec()).collect();
-        let out = generate_batch(&models.policy.model, &ids, chunk_seeds, &params, &models.eos_ids, models.policy.pad_id, None, None)?;
+        let request = BatchRequest { eos_ids: &models.eos_ids, pad_id: models.policy.pad_id, ..BatchRequest::new(&ids, chunk_seeds, &params) };
+        let out = generate_batch(&models.policy.model, &request, None)?;
         let tokens = Vec::<Vec<i64>>::try_from(out.tokens.to_device(tch::Device::Cpu))?;
         for ((row, &len), reason) in tokens.into_iter().zip(&out.lengths).zip(&out.finish_reasons) {
             responses.push(row[..len as usize].to_vec());

@@ -5,8 +5,11 @@ use super::*;
 use crate::config::Precision;
 use crate::reward_model::HeadInit;
 use crate::testutil::{run_options, saved_tensors};
+use lincal_data::prompts::Templates;
+use lincal_model::Tokenizer;
 use lincal_model::lora::LoraConfig;
 use lincal_model::testing::{random_model, tiny_llama, tiny_neox, write_tokenizer};
+use std::rc::Rc;
 
 /// A policy (tiny Llama, vocabulary 64 plus "[PAD]" = 64), a reward model on a backbone of the
 /// same shape, and a tiny GPT-NeoX ExtractAnswers model, in temporary directories.
@@ -218,12 +221,12 @@ fn lora_mode_trains_adapters_on_shared_frozen_bases() {
     config.warmup_steps = 0;
     config.learning_rate = 1e-2;
     let mut trainer = PpoTrainer::new(&fixture.paths, Device::Cpu, &config, &prompts(), &[], &run_options(run.path())).unwrap();
-    let trainable = trainer.learner.params.num_parameters();
+    let trainable = trainer.steps.learner.params.num_parameters();
     // q_proj and v_proj adapters of 2 layers (r 4: 4·32 + 32·4 and 4·32 + 16·4) for policy and
     // value, plus the value head's 32 + 1.
     assert_eq!(trainable, 2 * 2 * (256 + 192) + 33);
     trainer.train(Some(2)).unwrap();
-    let models = &trainer.learner.models;
+    let models = &trainer.steps.learner.models;
     let loaded = lincal_model::CausalLm::load(&fixture.paths.policy, Device::Cpu, None).unwrap();
     let name = "model.layers.0.self_attn.q_proj.weight";
     assert!(models.policy.model.var_store().variables()[name].equal(&loaded.var_store().variables()[name]));
@@ -261,7 +264,7 @@ fn the_decision_reward_combines_extraction_and_forecasts() {
         assert_eq!(answers, reward::parse_extraction(output.details["extraction"].as_str().unwrap()).0);
         let candidates: Vec<String> = std::iter::once(input.answer.to_string()).chain(answers.iter().cloned()).collect();
         let texts: Vec<String> = candidates.iter().map(|c| templates.forecast_probs_model(input.question, input.paragraph, c).unwrap()).collect();
-        let probabilities: Vec<f64> = forecaster.score_texts(&tokenizer, &texts, 1024, 64, 7).unwrap().iter().map(|&l| 1.0 / (1.0 + (-(l as f64)).exp())).collect();
+        let probabilities: Vec<f64> = forecaster.score_texts(&tokenizer, &texts, 1024, 64, 7).unwrap().iter().map(|&l| crate::sigmoid(f64::from(l))).collect();
         let (expected, log_loss, normalization) = reward::decision_reward(probabilities[0], &probabilities[1..], &config);
         assert!((output.reward - expected).abs() < 1e-6, "{output:?} vs {expected}");
         assert!((output.terms["log_loss"] - log_loss).abs() < 1e-6 && (output.terms["normalization"] - normalization).abs() < 1e-6);
