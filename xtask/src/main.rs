@@ -6,7 +6,8 @@
 //!   `.libtorch` link that `.cargo/config.toml` points torch-sys at.
 //! * `test`: setup, then every test of the workspace, the slow real-model ones included.
 //! * `demo`: setup, release build, SmolLM2 converted once, a few questions answered.
-//! * `gpu-build`: a stripped `cuda` binary in `.gpu/lincal`, ready to carry to a GPU machine.
+//! * `gpu-build`: a stripped `cuda` binary in `.gpu/lincal`, ready to carry to a GPU machine,
+//!   built in `$LINCAL_CACHE/target-gpu`.
 //!
 //! The venv and assets live in `$LINCAL_CACHE` (default `~/.cache/lincal`) so that fresh
 //! clones on the same machine (CI) reuse them.
@@ -212,11 +213,14 @@ fn gpu_build(root: &Path) -> Result<()> {
     // The CPU venv's torch wheel already holds libtorch_cuda.so; the shared build script adds
     // --allow-shlib-undefined for the CUDA libraries that only the GPU machine has.
     setup(root, false)?;
-    run(Command::new("cargo").args(["build", "--release", "-p", "lincal", "--features", "cuda", "--target-dir", "target/gpu"]))?;
+    // Beside the CPU target dir, not in it: the `cuda` feature would otherwise rebuild
+    // lincal-model back and forth; under the cache, so a fresh clone reuses the build.
+    let target = cache_dir().join("target-gpu");
+    run(Command::new("cargo").args(["build", "--release", "-p", "lincal", "--features", "cuda", "--target-dir"]).arg(&target))?;
     let out = root.join(".gpu");
     std::fs::create_dir_all(&out)?;
     let binary = out.join("lincal");
-    std::fs::copy(root.join("target/gpu/release/lincal"), &binary)?;
+    std::fs::copy(target.join("release/lincal"), &binary)?;
     run(Command::new("strip").arg(&binary))?;
     println!("{} ({} bytes): carry `.gpu` and set LD_LIBRARY_PATH to torch/lib there", binary.display(), std::fs::metadata(&binary)?.len());
     // The training checks there need a real tokenizer for the SmolLM2-shaped model.

@@ -9,7 +9,7 @@
 //!
 //! Two kinds of template exist. *Completion* templates render to one string: the inputs of models
 //! trained here (policy, ExtractAnswers, reward models) and the base model's few-shot prompts.
-//! *Chat* templates render to a list of [`ChatMessage`]s and are what teachers (any OpenAI- or
+//! *Chat* templates render to a list of [`PromptMessage`]s and are what teachers (any OpenAI- or
 //! Anthropic-compatible endpoint, or a local model through its chat template) receive. A chat
 //! template file is split into turns by marker lines `<<system>>`, `<<user>>` and `<<assistant>>`
 //! (a trailing assistant turn is a prefill); each turn is its own template, so Jinja blocks cannot
@@ -23,13 +23,18 @@ use std::path::{Path, PathBuf};
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value, context};
 use serde::{Deserialize, Serialize};
 
+use crate::schema::cut_paragraph;
 use crate::{DataError, Result};
 
 /// The most pairs one call of the semantic-equivalence judge may hold (SPEC 5.1 step 5).
 pub const JUDGE_BATCH_SIZE: usize = 10;
 
-/// ForecastProbs sees at most this many characters of a paragraph (SPEC 1.6).
-pub const FORECAST_PARAGRAPH_CHARS: usize = 2000;
+/// Sampling temperature of the trained ExtractAnswers model (`answer_extractor_temperature`,
+/// SPEC 1.5), in PPO's reward and in evaluation's surrogate reader alike.
+pub const EXTRACT_ANSWERS_TEMPERATURE: f64 = 0.3;
+/// New tokens of the trained ExtractAnswers model (`answer_extractor_response_len`, SPEC 1.5).
+pub const EXTRACT_ANSWERS_MAX_TOKENS: u32 = 300;
+
 
 /// Who speaks a chat turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,31 +46,12 @@ pub enum Role {
     Assistant,
 }
 
-/// One turn of a chat prompt, in the `{role, content}` shape of chat APIs.
+/// One turn a chat template renders, in the `{role, content}` shape of chat APIs. The crates
+/// that send templates to a model turn it into the model's message type.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChatMessage {
+pub struct PromptMessage {
     pub role: Role,
     pub content: String,
-}
-
-impl From<Role> for lincal_llm::Role {
-    fn from(role: Role) -> Self {
-        match role {
-            Role::System => lincal_llm::Role::System,
-            Role::User => lincal_llm::Role::User,
-            Role::Assistant => lincal_llm::Role::Assistant,
-        }
-    }
-}
-
-/// A rendered chat turn as the models receive it.
-impl From<ChatMessage> for lincal_llm::ChatMessage {
-    fn from(message: ChatMessage) -> Self {
-        lincal_llm::ChatMessage {
-            role: message.role.into(),
-            content: message.content,
-        }
-    }
 }
 
 /// Whether a template renders to one string or to chat turns.
@@ -408,7 +394,7 @@ impl Templates {
         Ok(())
     }
 
-    fn render_turns(&self, name: &str, ctx: Value) -> Result<Vec<ChatMessage>> {
+    fn render_turns(&self, name: &str, ctx: Value) -> Result<Vec<PromptMessage>> {
         let loaded = self
             .loaded
             .get(name)
@@ -424,7 +410,7 @@ impl Templates {
                         .origin
                         .error(name, describe_jinja_error(&self.env, turn, &err))
                 })?;
-            messages.push(ChatMessage {
+            messages.push(PromptMessage {
                 role: turn.role,
                 content: rendered.trim().to_owned(),
             });
@@ -460,12 +446,12 @@ impl Templates {
     }
 
     /// Zero-shot paragraph request for a chat model.
-    pub fn paragraph_zero_shot(&self, query: &str) -> Result<Vec<ChatMessage>> {
+    pub fn paragraph_zero_shot(&self, query: &str) -> Result<Vec<PromptMessage>> {
         self.render_turns("paragraph_zero_shot", context! { query })
     }
 
     /// Zero-shot paragraph request that asks for probabilities on uncertain claims.
-    pub fn paragraph_jafu(&self, query: &str) -> Result<Vec<ChatMessage>> {
+    pub fn paragraph_jafu(&self, query: &str) -> Result<Vec<PromptMessage>> {
         self.render_turns("paragraph_jafu", context! { query })
     }
 
@@ -475,14 +461,14 @@ impl Templates {
     }
 
     /// Input of the ForecastProbs model for one candidate; the paragraph is cut to its first
-    /// [`FORECAST_PARAGRAPH_CHARS`] characters, as in the reference.
+    /// [`crate::schema::PARAGRAPH_CHAR_LIMIT`] characters, as in the reference.
     pub fn forecast_probs_model(
         &self,
         question: &str,
         paragraph: &str,
         candidate: &str,
     ) -> Result<String> {
-        let paragraph = first_chars(paragraph, FORECAST_PARAGRAPH_CHARS);
+        let paragraph = cut_paragraph(paragraph);
         self.render_completion(
             "forecast_probs_model",
             context! { question, paragraph, candidate },
@@ -504,7 +490,7 @@ impl Templates {
 
     /// Asks a teacher to turn a QA question into an open-ended query; parse the reply with
     /// [`crate::parse::parse_open_ended_query`].
-    pub fn open_ended_query(&self, question: &str) -> Result<Vec<ChatMessage>> {
+    pub fn open_ended_query(&self, question: &str) -> Result<Vec<PromptMessage>> {
         self.render_turns("open_ended_query", context! { question })
     }
 
@@ -515,13 +501,13 @@ impl Templates {
         category: &str,
         clue: &str,
         answer: &str,
-    ) -> Result<Vec<ChatMessage>> {
+    ) -> Result<Vec<PromptMessage>> {
         self.render_turns("jeopardy_rephrase", context! { category, clue, answer })
     }
 
     /// Asks a teacher to merge base-model samples into one paragraph with confidence statements;
     /// parse the reply with [`crate::parse::parse_summary`].
-    pub fn summarize_samples<S: AsRef<str>>(&self, samples: &[S]) -> Result<Vec<ChatMessage>> {
+    pub fn summarize_samples<S: AsRef<str>>(&self, samples: &[S]) -> Result<Vec<PromptMessage>> {
         if samples.is_empty() {
             return Err(DataError::Invalid(
                 "summarize_samples needs at least one sample".into(),
@@ -538,7 +524,7 @@ impl Templates {
         question: &str,
         paragraph: &str,
         used_for: ExtractionUse,
-    ) -> Result<Vec<ChatMessage>> {
+    ) -> Result<Vec<PromptMessage>> {
         let shots = used_for.shots();
         self.render_turns("extract_answers", context! { question, paragraph, shots })
     }
@@ -550,7 +536,7 @@ impl Templates {
         question: &str,
         paragraph: &str,
         candidate: &str,
-    ) -> Result<Vec<ChatMessage>> {
+    ) -> Result<Vec<PromptMessage>> {
         self.render_turns(
             "forecast_probability",
             context! { question, paragraph, candidate },
@@ -564,7 +550,7 @@ impl Templates {
         question: &str,
         paragraph: &str,
         answer: &str,
-    ) -> Result<Vec<ChatMessage>> {
+    ) -> Result<Vec<PromptMessage>> {
         self.render_turns(
             "binary_correctness",
             context! { question, paragraph, answer },
@@ -573,7 +559,7 @@ impl Templates {
 
     /// Asks a judge whether each proposed answer means the gold one (1 to [`JUDGE_BATCH_SIZE`]
     /// pairs); parse the reply with [`crate::parse::parse_judge_verdicts`] and `pairs.len()`.
-    pub fn judge_equivalence(&self, pairs: &[JudgePair<'_>]) -> Result<Vec<ChatMessage>> {
+    pub fn judge_equivalence(&self, pairs: &[JudgePair<'_>]) -> Result<Vec<PromptMessage>> {
         if pairs.is_empty() || pairs.len() > JUDGE_BATCH_SIZE {
             return Err(DataError::Invalid(format!(
                 "judge_equivalence takes 1 to {JUDGE_BATCH_SIZE} pairs per call, got {}; split the batch",
@@ -585,7 +571,7 @@ impl Templates {
 
     /// Asks a teacher to split a biography into claims with confidence; parse the reply with
     /// [`crate::parse::parse_claims`].
-    pub fn decompose_claims(&self, entity: &str, paragraph: &str) -> Result<Vec<ChatMessage>> {
+    pub fn decompose_claims(&self, entity: &str, paragraph: &str) -> Result<Vec<PromptMessage>> {
         self.render_turns("decompose_claims", context! { entity, paragraph })
     }
 
@@ -596,7 +582,7 @@ impl Templates {
         entity: &str,
         claim: &str,
         passages: &[Passage<'_>],
-    ) -> Result<Vec<ChatMessage>> {
+    ) -> Result<Vec<PromptMessage>> {
         if passages.is_empty() {
             return Err(DataError::Invalid(format!(
                 "fact_check of \"{claim}\" needs at least one passage; a claim with no retrieved passage cannot be checked"
@@ -808,9 +794,3 @@ fn sample_value(var: &str) -> Value {
     }
 }
 
-fn first_chars(text: &str, max_chars: usize) -> &str {
-    match text.char_indices().nth(max_chars) {
-        Some((end, _)) => &text[..end],
-        None => text,
-    }
-}

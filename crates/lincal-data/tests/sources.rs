@@ -593,6 +593,41 @@ fn qa_jsonl_with_an_empty_answer_is_reported() {
     );
 }
 
+#[test]
+fn qa_jsonl_puts_the_answer_first_among_its_aliases_and_needs_unique_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qa.jsonl");
+    // A hand-written file: no `source`, aliases without the answer or with it last and twice.
+    std::fs::write(
+        &path,
+        "{\"id\":\"q1\",\"question\":\"Q?\",\"answer\":\"A\",\"aliases\":[\"a1\",\"A\",\"a1\"]}\n\
+         {\"id\":\"q2\",\"question\":\"Q2?\",\"answer\":\"B\"}\n",
+    )
+    .unwrap();
+    let records = read_qa_jsonl(&path).unwrap();
+    assert_eq!(records[0].aliases, ["A", "a1"]);
+    assert_eq!(records[1].aliases, ["B"]);
+    assert_eq!(records[1].source, "");
+    std::fs::write(
+        &path,
+        "{\"id\":\"q1\",\"question\":\"Q?\",\"answer\":\"A\"}\n\
+         {\"id\":\"q1\",\"question\":\"Q2?\",\"answer\":\"B\"}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        read_qa_jsonl(&path).unwrap_err().to_string(),
+        format!(
+            "{}: id \"q1\" belongs to records 1 and 2; every item needs its own id",
+            path.display()
+        )
+    );
+    std::fs::write(&path, "{\"id\":\" \",\"question\":\"Q?\",\"answer\":\"A\"}\n").unwrap();
+    assert_eq!(
+        read_qa_jsonl(&path).unwrap_err().to_string(),
+        format!("{}:1: the record has an empty `id`", path.display())
+    );
+}
+
 // ---------------------------------------------------------------- fetch
 
 /// Serves `body` over HTTP on a loopback port for `connections` requests (honouring a `Range:

@@ -20,7 +20,7 @@ use std::str::FromStr;
 
 use lincal_data::schema::jsonl::read_jsonl;
 use lincal_data::schema::{Tally, TriviaQa, read_paragraph_generation};
-use lincal_data::sources::read_knowledge_jsonl;
+use lincal_data::sources::{QaRecord, read_knowledge_jsonl, read_qa_records};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use serde::Deserialize;
 use serde_json::Value;
@@ -472,59 +472,45 @@ fn read_bioasq(path: &Path) -> Result<HashMap<String, Answer>, PipelineError> {
     Ok(answers)
 }
 
-/// A line of a QA JSONL file.
+/// A line of a QA JSONL file: a QA record, with the query the evaluated model is asked when it
+/// differs from the question.
 #[derive(Deserialize)]
 struct QaLine {
-    id: String,
-    question: String,
-    answer: String,
-    #[serde(default)]
-    aliases: Vec<String>,
+    #[serde(flatten)]
+    record: QaRecord,
     #[serde(default, alias = "paragraph_generation_prompt")]
     query: Option<String>,
 }
 
+impl AsRef<QaRecord> for QaLine {
+    fn as_ref(&self) -> &QaRecord {
+        &self.record
+    }
+}
+
+impl AsMut<QaRecord> for QaLine {
+    fn as_mut(&mut self) -> &mut QaRecord {
+        &mut self.record
+    }
+}
+
 /// Loads a QA JSONL file; the dataset is named after the file (`fanoutqa.jsonl`: "fanoutqa").
 pub fn load_qa_jsonl(path: &Path) -> Result<QaDataset, PipelineError> {
-    let lines: Vec<QaLine> = read_jsonl(path, |line: &QaLine| {
-        if line.id.trim().is_empty() {
-            Err("the record has an empty `id`".into())
-        } else if line.question.trim().is_empty() || line.answer.trim().is_empty() {
-            Err(format!(
-                "record {} needs a non-empty `question` and `answer`",
-                line.id
-            ))
-        } else {
-            Ok(())
-        }
-    })?;
-    let mut first_line: HashMap<String, usize> = HashMap::new();
-    let mut questions = Vec::with_capacity(lines.len());
+    let lines: Vec<QaLine> = read_qa_records(path, |_: &QaLine| Ok(()))?;
     let mut tally = Tally::default();
-    for (index, line) in lines.into_iter().enumerate() {
-        if let Some(first) = first_line.insert(line.id.clone(), index) {
-            return Err(EvalError::File {
-                path: path.to_path_buf(),
-                message: format!(
-                    "id {:?} belongs to records {} and {}; every question needs its own id",
-                    line.id,
-                    first + 1,
-                    index + 1
-                ),
+    let questions = lines
+        .into_iter()
+        .map(|QaLine { record, query }| {
+            tally.keep();
+            QaQuestion {
+                query: query.unwrap_or_else(|| record.question.clone()),
+                id: record.id,
+                question: record.question,
+                answer: record.answer,
+                aliases: record.aliases,
             }
-            .into());
-        }
-        let mut aliases = vec![line.answer.clone()];
-        aliases.extend(line.aliases.into_iter().filter(|a| *a != line.answer));
-        tally.keep();
-        questions.push(QaQuestion {
-            query: line.query.unwrap_or_else(|| line.question.clone()),
-            id: line.id,
-            question: line.question,
-            answer: line.answer,
-            aliases,
-        });
-    }
+        })
+        .collect();
     Ok(QaDataset {
         name: path
             .file_stem()

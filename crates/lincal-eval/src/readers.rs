@@ -12,18 +12,18 @@
 use lincal_data::parse::{
     LexicalReader, contains_match, parse_extracted_answers, parse_probability,
 };
-use lincal_data::prompts::{ExtractionUse, Templates};
+use lincal_data::prompts::{
+    EXTRACT_ANSWERS_MAX_TOKENS, EXTRACT_ANSWERS_TEMPERATURE, ExtractionUse, Templates,
+};
 use lincal_llm::{Llm, Prompt};
 
 use crate::Stage;
 use crate::pipeline::{ItemFailure, PipelineError, TeacherSettings, chat_prompt, describe_llm};
 
-/// New tokens for an extraction reply: a line of reasoning and a line of answers.
-pub const EXTRACTION_MAX_TOKENS: u32 = 256;
-/// New tokens for a forecast reply: a line of reasoning and a probability.
-pub const FORECAST_MAX_TOKENS: u32 = 128;
-/// New tokens of the ExtractAnswers model (`answer_extractor_response_len`, SPEC 1.5).
-pub const EXTRACT_ANSWERS_MODEL_MAX_TOKENS: u32 = 300;
+/// New tokens for a teacher's extraction reply: a line of reasoning and a line of answers.
+pub const EXTRACTION_REPLY_MAX_TOKENS: u32 = 256;
+/// New tokens for a teacher's forecast reply: a line of reasoning and a probability.
+pub const FORECAST_REPLY_MAX_TOKENS: u32 = 128;
 
 /// A paragraph to read for one question.
 #[derive(Debug, Clone, Copy)]
@@ -79,7 +79,7 @@ impl Reader for LlmReader<'_> {
         self.settings.ask(
             self.llm,
             inputs,
-            EXTRACTION_MAX_TOKENS,
+            EXTRACTION_REPLY_MAX_TOKENS,
             Stage::Extraction,
             |input| {
                 let messages = self.templates.extract_answers(
@@ -97,7 +97,7 @@ impl Reader for LlmReader<'_> {
         self.settings.ask(
             self.llm,
             inputs,
-            FORECAST_MAX_TOKENS,
+            FORECAST_REPLY_MAX_TOKENS,
             Stage::Forecast,
             |input| {
                 let messages = self.templates.forecast_probability(
@@ -114,18 +114,23 @@ impl Reader for LlmReader<'_> {
 }
 
 /// Extraction by a trained ExtractAnswers model (SPEC 1.5): the `extract_answers_model`
-/// prompt as a completion, up to 300 new tokens, the reply `"a; b"` or `"No Answer"`. The
-/// surrogate reader samples it at temperature 0.3, as PPO does.
+/// prompt as a completion, sampled as PPO samples it ([`EXTRACT_ANSWERS_TEMPERATURE`], up to
+/// [`EXTRACT_ANSWERS_MAX_TOKENS`] new tokens), the reply `"a; b"` or `"No Answer"`. `settings`
+/// gives the attempts and the seed.
 pub fn extract_with_model(
     llm: &dyn Llm,
     templates: &Templates,
     settings: &TeacherSettings,
     inputs: &[ReadInput<'_>],
 ) -> ItemResults<Vec<String>> {
+    let settings = TeacherSettings {
+        temperature: EXTRACT_ANSWERS_TEMPERATURE,
+        ..settings.clone()
+    };
     settings.ask(
         llm,
         inputs,
-        EXTRACT_ANSWERS_MODEL_MAX_TOKENS,
+        EXTRACT_ANSWERS_MAX_TOKENS,
         Stage::Extraction,
         |input| {
             let prompt = templates.extract_answers_model(input.question, input.paragraph)?;

@@ -196,11 +196,34 @@ impl Decoder {
     }
 }
 
-/// Generates continuations of `prompts` (token ids). Rows end at any of `eos_ids`, at a stop
-/// string (needs `stop_tokenizer`), or after `max_new_tokens`. Row `i` samples with its own
-/// random stream seeded by `seeds[i]`, so what a row draws does not depend on which other rows
-/// share its batch (a resumed or re-batched run samples the same).
-pub fn generate_batch(model: &CausalLm, prompts: &[Vec<i64>], seeds: &[u64], params: &SamplingParams, eos_ids: &[i64], pad_id: i64, stop_tokenizer: Option<&Tokenizer>, mut on_token: Option<&mut dyn FnMut(usize, i64)>) -> Result<GeneratedBatch> {
+/// A batch to generate: prompts (token ids), one sampling seed per prompt, and what ends a row.
+#[derive(Clone, Copy)]
+pub struct BatchRequest<'a> {
+    pub prompts: &'a [Vec<i64>],
+    pub seeds: &'a [u64],
+    pub params: &'a SamplingParams,
+    /// A row ends at any of these (none: only `max_new_tokens` or a stop string ends it).
+    pub eos_ids: &'a [i64],
+    /// Fills the prompts' left padding and the rows that ended.
+    pub pad_id: i64,
+    /// Decodes rows to look for `params.stop`; required when there are stop strings.
+    pub stop_tokenizer: Option<&'a Tokenizer>,
+}
+
+impl<'a> BatchRequest<'a> {
+    /// A request whose rows end only after `max_new_tokens`, padded with id 0.
+    pub fn new(prompts: &'a [Vec<i64>], seeds: &'a [u64], params: &'a SamplingParams) -> Self {
+        BatchRequest { prompts, seeds, params, eos_ids: &[], pad_id: 0, stop_tokenizer: None }
+    }
+}
+
+/// Generates continuations of `request.prompts`. Rows end at any of `eos_ids`, at a stop string
+/// (needs `stop_tokenizer`), or after `max_new_tokens`. Row `i` samples with its own random
+/// stream seeded by `seeds[i]`, so what a row draws does not depend on which other rows share
+/// its batch (a resumed or re-batched run samples the same). `on_token` sees each new token of
+/// each row as it is sampled.
+pub fn generate_batch(model: &CausalLm, request: &BatchRequest<'_>, mut on_token: Option<&mut dyn FnMut(usize, i64)>) -> Result<GeneratedBatch> {
+    let BatchRequest { prompts, seeds, params, eos_ids, pad_id, stop_tokenizer } = *request;
     params.validate()?;
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
         return Err(ModelError::Invalid("every prompt needs at least one token".into()));
@@ -317,7 +340,8 @@ pub fn generate_text(model: &CausalLm, tokenizer: &Tokenizer, prompts: &[Vec<i64
         }
     }
     let pad_id = model.config().pad_token_id().or_else(|| tokenizer.pad_token().and_then(|t| tokenizer.token_id(&t))).or(eos_ids.first().copied()).unwrap_or(0);
-    let batch = generate_batch(model, prompts, seeds, params, &eos_ids, pad_id, Some(tokenizer), on_token)?;
+    let request = BatchRequest { eos_ids: &eos_ids, pad_id, stop_tokenizer: Some(tokenizer), ..BatchRequest::new(prompts, seeds, params) };
+    let batch = generate_batch(model, &request, on_token)?;
     let tokens = Vec::<Vec<i64>>::try_from(batch.tokens.to_device(tch::Device::Cpu)).expect("2-d ids");
     let logprobs = Vec::<Vec<f32>>::try_from(batch.logprobs.to_device(tch::Device::Cpu).to_kind(Kind::Float)).expect("2-d logprobs");
     let mut out = Vec::with_capacity(tokens.len());

@@ -1,6 +1,6 @@
 //! lincal-model: the language models lincal trains and serves. Llama-family and GPT-NeoX
-//! decoders over libtorch (`tch`), Hugging Face checkpoints in and out, GGUF import,
-//! weight-diff recovery, and batched KV-cache generation.
+//! decoders over libtorch (`tch`), Hugging Face checkpoints in and out, weight-diff recovery,
+//! and batched KV-cache generation.
 
 pub mod checkpoint;
 pub mod config;
@@ -8,7 +8,6 @@ pub mod cuda_graph;
 pub mod error;
 pub mod fsutil;
 pub mod generate;
-pub mod gguf;
 pub mod gpt_neox;
 pub mod layers;
 pub mod llama;
@@ -20,10 +19,10 @@ pub mod tokenizer;
 
 pub use config::{GptNeoXConfig, LlamaConfig, ModelConfig};
 pub use error::{ModelError, Result};
-pub use generate::{FinishReason, Generation, SamplingParams, generate_batch, generate_text};
+pub use generate::{BatchRequest, FinishReason, Generation, SamplingParams, generate_batch, generate_text};
 pub use layers::KvCache;
 pub use model::CausalLm;
-pub use tokenizer::{ChatMessage, Tokenizer};
+pub use tokenizer::{ChatTurn, Tokenizer};
 
 /// The best device here: the first CUDA GPU when there is one.
 pub fn default_device() -> tch::Device {

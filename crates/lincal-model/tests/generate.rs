@@ -1,7 +1,7 @@
 //! Batched generation on tiny random models.
 
 use lincal_model::testing::*;
-use lincal_model::generate::{FinishReason, SamplingParams, generate_batch, generate_text};
+use lincal_model::generate::{BatchRequest, FinishReason, SamplingParams, generate_batch, generate_text};
 use lincal_model::{CausalLm, Tokenizer};
 use tch::{Device, Kind, Tensor};
 
@@ -32,7 +32,7 @@ fn batched_greedy_matches_one_at_a_time_full_forward() {
         let model = random_model(config, 7);
         let prompts = vec![vec![3i64, 4, 5], vec![10, 11, 12, 13, 14, 15, 16], vec![40]];
         // No EOS so every row runs the full length.
-        let out = generate_batch(&model, &prompts, &seeds(&prompts, 5), &greedy(8), &[], 0, None, None).unwrap();
+        let out = generate_batch(&model, &BatchRequest::new(&prompts, &seeds(&prompts, 5), &greedy(8)), None).unwrap();
         let rows = Vec::<Vec<i64>>::try_from(&out.tokens).unwrap();
         for (prompt, row) in prompts.iter().zip(&rows) {
             assert_eq!(row, &greedy_reference(&model, prompt, 8), "prompt {prompt:?}");
@@ -46,10 +46,10 @@ fn batched_greedy_matches_one_at_a_time_full_forward() {
 fn rows_end_at_eos_and_are_padded_after_it() {
     let model = random_model(tiny_llama(true), 8);
     let prompts = vec![vec![3i64, 4, 5], vec![20, 21]];
-    let free = Vec::<Vec<i64>>::try_from(&generate_batch(&model, &prompts, &seeds(&prompts, 5), &greedy(6), &[], 0, None, None).unwrap().tokens).unwrap();
+    let free = Vec::<Vec<i64>>::try_from(&generate_batch(&model, &BatchRequest::new(&prompts, &seeds(&prompts, 5), &greedy(6)), None).unwrap().tokens).unwrap();
     // Declare row 0's third greedy token the EOS: row 0 stops there, with pads after.
     let eos = free[0][2];
-    let out = generate_batch(&model, &prompts, &seeds(&prompts, 5), &greedy(6), &[eos], 63, None, None).unwrap();
+    let out = generate_batch(&model, &BatchRequest { eos_ids: &[eos], pad_id: 63, ..BatchRequest::new(&prompts, &seeds(&prompts, 5), &greedy(6)) }, None).unwrap();
     let rows = Vec::<Vec<i64>>::try_from(&out.tokens).unwrap();
     let logprobs = Vec::<Vec<f32>>::try_from(&out.logprobs).unwrap();
     let first_eos = free[0].iter().position(|&t| t == eos).unwrap();
@@ -66,16 +66,16 @@ fn sampling_is_seeded_and_top_k_one_is_greedy() {
     let model = random_model(tiny_llama(false), 9);
     let prompts = vec![vec![3i64, 4, 5], vec![6, 7]];
     let params = SamplingParams { temperature: 1.0, max_new_tokens: 12, ..Default::default() };
-    let a = generate_batch(&model, &prompts, &seeds(&prompts, 5), &params, &[], 0, None, None).unwrap();
-    let b = generate_batch(&model, &prompts, &seeds(&prompts, 5), &params, &[], 0, None, None).unwrap();
+    let a = generate_batch(&model, &BatchRequest::new(&prompts, &seeds(&prompts, 5), &params), None).unwrap();
+    let b = generate_batch(&model, &BatchRequest::new(&prompts, &seeds(&prompts, 5), &params), None).unwrap();
     assert!(bool::try_from(a.tokens.eq_tensor(&b.tokens).all()).unwrap(), "same seed, same tokens");
-    let c = generate_batch(&model, &prompts, &seeds(&prompts, 6), &params, &[], 0, None, None).unwrap();
+    let c = generate_batch(&model, &BatchRequest::new(&prompts, &seeds(&prompts, 6), &params), None).unwrap();
     assert!(!bool::try_from(a.tokens.eq_tensor(&c.tokens).all()).unwrap(), "another seed, other tokens");
-    let top1 = generate_batch(&model, &prompts, &seeds(&prompts, 5), &SamplingParams { top_k: 1, ..params.clone() }, &[], 0, None, None).unwrap();
-    let greedy_out = generate_batch(&model, &prompts, &seeds(&prompts, 5), &greedy(12), &[], 0, None, None).unwrap();
+    let top1 = generate_batch(&model, &BatchRequest::new(&prompts, &seeds(&prompts, 5), &SamplingParams { top_k: 1, ..params.clone() }), None).unwrap();
+    let greedy_out = generate_batch(&model, &BatchRequest::new(&prompts, &seeds(&prompts, 5), &greedy(12)), None).unwrap();
     assert!(bool::try_from(top1.tokens.eq_tensor(&greedy_out.tokens).all()).unwrap());
     // A tiny nucleus keeps only the most likely token too.
-    let nucleus = generate_batch(&model, &prompts, &seeds(&prompts, 5), &SamplingParams { top_p: 1e-6, ..params.clone() }, &[], 0, None, None).unwrap();
+    let nucleus = generate_batch(&model, &BatchRequest::new(&prompts, &seeds(&prompts, 5), &SamplingParams { top_p: 1e-6, ..params.clone() }), None).unwrap();
     assert!(bool::try_from(nucleus.tokens.eq_tensor(&greedy_out.tokens).all()).unwrap());
 }
 
@@ -85,10 +85,10 @@ fn sampling_is_seeded_and_top_k_one_is_greedy() {
 fn a_rows_samples_do_not_depend_on_its_batch() {
     let model = random_model(tiny_llama(false), 13);
     let params = SamplingParams { temperature: 1.0, max_new_tokens: 10, ..Default::default() };
-    let batch = generate_batch(&model, &[vec![3i64, 4, 5], vec![6, 7, 8], vec![9, 10, 11]], &[5, 9, 2], &params, &[], 0, None, None).unwrap();
-    let alone = generate_batch(&model, &[vec![6i64, 7, 8]], &[9], &params, &[], 0, None, None).unwrap();
+    let batch = generate_batch(&model, &BatchRequest::new(&[vec![3i64, 4, 5], vec![6, 7, 8], vec![9, 10, 11]], &[5, 9, 2], &params), None).unwrap();
+    let alone = generate_batch(&model, &BatchRequest::new(&[vec![6i64, 7, 8]], &[9], &params), None).unwrap();
     assert_eq!(Vec::<i64>::try_from(batch.tokens.get(1)).unwrap(), Vec::<i64>::try_from(alone.tokens.get(0)).unwrap());
-    let other_seed = generate_batch(&model, &[vec![6i64, 7, 8]], &[10], &params, &[], 0, None, None).unwrap();
+    let other_seed = generate_batch(&model, &BatchRequest::new(&[vec![6i64, 7, 8]], &[10], &params), None).unwrap();
     assert_ne!(Vec::<i64>::try_from(other_seed.tokens.get(0)).unwrap(), Vec::<i64>::try_from(alone.tokens.get(0)).unwrap());
 }
 
@@ -98,7 +98,7 @@ fn logprobs_are_temperature_scaled() {
     let model = random_model(tiny_llama(true), 10);
     let prompt = vec![3i64, 4, 5];
     let params = SamplingParams { temperature: 0.7, max_new_tokens: 1, ..Default::default() };
-    let out = generate_batch(&model, std::slice::from_ref(&prompt), &[1], &params, &[], 0, None, None).unwrap();
+    let out = generate_batch(&model, &BatchRequest::new(std::slice::from_ref(&prompt), &[1], &params), None).unwrap();
     let token = out.tokens.int64_value(&[0, 0]);
     let t = Tensor::from_slice(&prompt).view([1, 3]);
     let positions = Tensor::arange(3, (Kind::Int64, Device::Cpu)).unsqueeze(0);
@@ -136,7 +136,7 @@ fn chat_template_renders_messages() {
     let dir = tempfile::tempdir().unwrap();
     write_tokenizer(dir.path(), 16);
     let tokenizer = Tokenizer::from_dir(dir.path()).unwrap();
-    let text = tokenizer.apply_chat_template(&[lincal_model::ChatMessage::new("user", "t3 t4")], true).unwrap();
+    let text = tokenizer.apply_chat_template(&[lincal_model::ChatTurn::new("user", "t3 t4")], true).unwrap();
     assert_eq!(text, "user: t3 t4 assistant: ");
 }
 
@@ -148,7 +148,7 @@ fn invalid_sampling_parameters_are_refused() {
         SamplingParams { top_p: 0.0, ..Default::default() },
         SamplingParams { max_new_tokens: 0, ..Default::default() },
     ] {
-        assert!(generate_batch(&model, &[vec![3]], &[0], &params, &[], 0, None, None).is_err(), "{params:?}");
+        assert!(generate_batch(&model, &BatchRequest::new(&[vec![3]], &[0], &params), None).is_err(), "{params:?}");
     }
-    assert!(generate_batch(&model, &[vec![]], &[0], &greedy(2), &[], 0, None, None).is_err());
+    assert!(generate_batch(&model, &BatchRequest::new(&[vec![]], &[0], &greedy(2)), None).is_err());
 }

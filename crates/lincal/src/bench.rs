@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use lincal_model::generate::GeneratedBatch;
-use lincal_model::{CausalLm, SamplingParams, generate_batch};
+use lincal_model::{BatchRequest, CausalLm, SamplingParams, generate_batch};
 use tch::Tensor;
 use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
@@ -153,13 +153,13 @@ pub fn run(command: BenchCommand) -> Result<()> {
             let mut prompts = |n: usize| -> Vec<Vec<i64>> { (0..n).map(|_| (0..prompt_len).map(|_| rng.random_range(0..vocab)).collect()).collect() };
             let params = SamplingParams { temperature, max_new_tokens: new_tokens, ..Default::default() };
             // Warm-up: kernel selection and allocator growth stay out of the numbers.
-            generate_batch(&model, &prompts(2), &[0, 1], &SamplingParams { max_new_tokens: 8, ..params.clone() }, &[], 0, None, None)?;
+            generate_batch(&model, &BatchRequest::new(&prompts(2), &[0, 1], &SamplingParams { max_new_tokens: 8, ..params.clone() }), None)?;
             println!("{:>6} {:>7} {:>8} {:>10} {:>12}  {:<16}  {}", "batch", "prompt", "new", "seconds", "tokens/s", "tokens digest", if verify { "log-prob gap max / mean" } else { "" });
             for &size in &batch {
                 let batch_prompts = prompts(size);
                 let seeds: Vec<u64> = (0..size as u64).collect();
                 let started = Instant::now();
-                let out = generate_batch(&model, &batch_prompts, &seeds, &params, &[], 0, None, None)?;
+                let out = generate_batch(&model, &BatchRequest::new(&batch_prompts, &seeds, &params), None)?;
                 let seconds = started.elapsed().as_secs_f64();
                 let generated: i64 = out.lengths.iter().sum();
                 let rate = generated as f64 / seconds;

@@ -2,6 +2,7 @@
 //! calls in here, and integration tests and other tools can call the same functions.
 
 pub mod bench;
+pub mod convert;
 pub mod data;
 pub mod distill;
 pub mod eval;

@@ -165,7 +165,7 @@ fn the_surrogate_reader_forecasts_with_the_reward_model() {
             .iter()
             .map(|c| templates.forecast_probs_model(&example.question, &example.generated_text, c).unwrap())
             .collect();
-        let probabilities: Vec<f64> = rm.score_texts(&tokenizer, &texts, 1024, 0, 16).unwrap().into_iter().map(|l| 1.0 / (1.0 + (-f64::from(l)).exp())).collect();
+        let probabilities: Vec<f64> = rm.score_texts(&tokenizer, &texts, 1024, 0, 16).unwrap().into_iter().map(|l| lincal_train::sigmoid(f64::from(l))).collect();
         let best = probabilities.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let first_best = probabilities.iter().position(|p| *p == best).unwrap();
         assert_eq!(example.answer.as_deref(), Some(example.extracted_answers[first_best].as_str()));
@@ -272,7 +272,7 @@ fn bad_options_fail_with_what_to_do() {
 fn smollm2(dir: &Path) -> String {
     let gguf = std::env::var("LINCAL_SMOLLM2_GGUF").expect("set LINCAL_SMOLLM2_GGUF to the SmolLM2-135M-Instruct GGUF");
     let model = dir.join("smollm2");
-    lincal_model::gguf::convert_to_hf(Path::new(&gguf), &model, lincal_model::gguf::OutputDtype::F32).unwrap();
+    lincal_gguf::convert_to_hf(Path::new(&gguf), &model, lincal_gguf::OutputDtype::F32).unwrap();
     model.to_str().unwrap().to_string()
 }
 

@@ -4,7 +4,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{HasQuestionId, RewardModelTrainingRow, SftTrainingRow, Tally, WithQuestion};
+use std::path::Path;
+
+use super::{
+    HasQuestionId, ParagraphGenerationRow, RewardModelTrainingRow, SftTrainingRow, Tally,
+    WithQuestion,
+};
 use crate::Result;
 
 /// Paragraphs are cut to this many characters (Unicode scalar values, as Python slices strings)
@@ -28,6 +33,41 @@ pub struct RewardExample {
     pub question_id: Option<String>,
     pub prompt: String,
     pub label: f64,
+}
+
+/// A PPO prompt: the open-ended query the policy answers, and the question and gold answer
+/// its paragraph is scored against (SPEC 1.7). Also the JSONL format
+/// `{"query", "question", "answer"}` with an optional `"question_id"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PpoPrompt {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub question_id: Option<String>,
+    pub query: String,
+    pub question: String,
+    pub answer: String,
+}
+
+impl PpoPrompt {
+    /// Prompts from a `*_paragraph_generation` split joined with TriviaQA (SPEC 2.2): the
+    /// query is `paragraph_generation_prompt`, the question the split's own (Jeopardy) or
+    /// TriviaQA's, the answer TriviaQA's `answer.value`.
+    pub fn from_joined(rows: Vec<WithQuestion<ParagraphGenerationRow>>) -> Vec<PpoPrompt> {
+        rows.into_iter()
+            .map(|WithQuestion { row, question }| PpoPrompt { question_id: Some(row.question_id), query: row.paragraph_generation_prompt, question: row.question.unwrap_or(question.question), answer: question.answer })
+            .collect()
+    }
+
+    /// Reads `{"query", "question", "answer"}` lines; errors name the file and line.
+    pub fn read_jsonl(path: &Path) -> Result<Vec<PpoPrompt>> {
+        super::jsonl::read_jsonl(path, |prompt: &PpoPrompt| {
+            for (field, value) in [("query", &prompt.query), ("question", &prompt.question), ("answer", &prompt.answer)] {
+                if value.trim().is_empty() {
+                    return Err(format!("`{field}` is empty"));
+                }
+            }
+            Ok(())
+        })
+    }
 }
 
 /// An example without a question id is its own group, keyed by its prompt: equal prompts stay
@@ -261,7 +301,9 @@ pub fn binary_correctness_examples(
     })
 }
 
-fn cut_paragraph(paragraph: &str) -> &str {
+/// The first [`PARAGRAPH_CHAR_LIMIT`] characters of a paragraph: what the reader and reward
+/// models were trained on and are shown (SPEC 1.6).
+pub fn cut_paragraph(paragraph: &str) -> &str {
     match paragraph.char_indices().nth(PARAGRAPH_CHAR_LIMIT) {
         Some((end, _)) => &paragraph[..end],
         None => paragraph,

@@ -2,6 +2,7 @@
 //! "label"}` for reward models, each with an optional `"question_id"`), and the reading and
 //! atomic writing that the question sources use too.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -41,6 +42,24 @@ pub fn read_jsonl<T: DeserializeOwned>(
         items.push(item);
     }
     Ok(items)
+}
+
+/// Refuses a file whose records share an id (`ids` in file order).
+pub fn check_unique_ids<'a>(path: &Path, ids: impl Iterator<Item = &'a str>) -> Result<()> {
+    let mut first_at: HashMap<&str, usize> = HashMap::new();
+    for (index, id) in ids.enumerate() {
+        if let Some(first) = first_at.insert(id, index) {
+            return Err(DataError::File {
+                path: path.to_path_buf(),
+                message: format!(
+                    "id {id:?} belongs to records {} and {}; every item needs its own id",
+                    first + 1,
+                    index + 1
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Reads `{"prompt", "target"}` lines.

@@ -20,8 +20,8 @@ mod trivia_qa;
 pub mod write;
 
 pub use examples::{
-    PARAGRAPH_CHAR_LIMIT, ReaderPromptInput, RewardExample, SftExample, SftTarget,
-    binary_correctness_examples, extract_answers_examples, forecast_probs_examples, sft_examples,
+    PARAGRAPH_CHAR_LIMIT, PpoPrompt, ReaderPromptInput, RewardExample, SftExample, SftTarget,
+    binary_correctness_examples, cut_paragraph, extract_answers_examples, forecast_probs_examples, sft_examples,
 };
 pub use split::{
     REWARD_MODEL_EVAL_QUESTIONS, SFT_EVAL_QUESTIONS, SPLIT_SEED, Split, split_by_question_id,

@@ -10,11 +10,12 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::str::FromStr;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::schema::Tally;
-use crate::schema::jsonl::{read_jsonl, write_jsonl};
+use crate::schema::jsonl::{check_unique_ids, read_jsonl, write_jsonl};
 use crate::{DataError, Result};
 
 mod bigbench;
@@ -26,14 +27,54 @@ mod wordnet;
 pub use fetch::{Artifact, Progress, fetch_artifact};
 pub use red_trivia::GENERAL_KNOWLEDGE_LISTS;
 
-/// A question with its gold answer. `aliases` lists every accepted answer, `answer` first.
+/// A question with its gold answer: a line of the QA JSONL format. `aliases` lists every
+/// accepted answer, `answer` first; files written by hand may leave out `aliases` and `source`,
+/// and [`read_qa_jsonl`] puts the answer first among the aliases whatever the file says.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QaRecord {
     pub id: String,
     pub question: String,
     pub answer: String,
+    #[serde(default)]
     pub aliases: Vec<String>,
+    #[serde(default)]
     pub source: String,
+}
+
+impl QaRecord {
+    /// Rejects a record without an id, a question or an answer.
+    fn check(&self) -> std::result::Result<(), String> {
+        if self.id.trim().is_empty() {
+            Err("the record has an empty `id`".into())
+        } else if self.question.trim().is_empty() || self.answer.trim().is_empty() {
+            Err(format!("record {} needs a non-empty question and answer", self.id))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The gold answer, then each listed alias once.
+    fn normalise_aliases(&mut self) {
+        let listed = std::mem::take(&mut self.aliases);
+        self.aliases.push(self.answer.clone());
+        for alias in listed {
+            if !self.aliases.contains(&alias) {
+                self.aliases.push(alias);
+            }
+        }
+    }
+}
+
+impl AsRef<QaRecord> for QaRecord {
+    fn as_ref(&self) -> &QaRecord {
+        self
+    }
+}
+
+impl AsMut<QaRecord> for QaRecord {
+    fn as_mut(&mut self) -> &mut QaRecord {
+        self
+    }
 }
 
 /// A passage of knowledge text about one named entity.
@@ -169,18 +210,31 @@ fn build_qa(
     Ok(questions.tally)
 }
 
-/// Reads a QA JSONL file written by [`build`] (or by hand in the same format).
+/// Reads a QA JSONL file written by [`build`] (or by hand in the same format): every record
+/// has an id, a question and an answer, ids are unique, and the aliases are the gold answer
+/// followed by the listed ones.
 pub fn read_qa_jsonl(path: &Path) -> Result<Vec<QaRecord>> {
-    read_jsonl(path, |record: &QaRecord| {
-        if record.question.trim().is_empty() || record.answer.trim().is_empty() {
-            Err(format!(
-                "record {} needs a non-empty question and answer",
-                record.id
-            ))
-        } else {
-            Ok(())
-        }
-    })
+    read_qa_records(path, |_: &QaRecord| Ok(()))
+}
+
+/// [`read_qa_jsonl`] for lines that carry fields of their own beside the [`QaRecord`] (a type
+/// that flattens one); `check` adds the caller's rules about those fields.
+pub fn read_qa_records<T>(
+    path: &Path,
+    check: impl Fn(&T) -> std::result::Result<(), String>,
+) -> Result<Vec<T>>
+where
+    T: DeserializeOwned + AsRef<QaRecord> + AsMut<QaRecord>,
+{
+    let mut records = read_jsonl(path, |record: &T| {
+        record.as_ref().check()?;
+        check(record)
+    })?;
+    for record in &mut records {
+        record.as_mut().normalise_aliases();
+    }
+    check_unique_ids(path, records.iter().map(|r| r.as_ref().id.as_str()))?;
+    Ok(records)
 }
 
 /// Reads a knowledge JSONL file written by [`build`].
