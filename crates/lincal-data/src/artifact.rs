@@ -19,7 +19,9 @@
 //! `NAME.jsonl.partial` as soon as it exists, a resumed run reads back the ids already there
 //! (dropping a line torn by the kill) and skips them, and [`StageRun::commit_records`] writes the
 //! finished file in input order and removes the partial. Combined with a response cache in the
-//! directory ([`CACHE_FILE`]), a stage killed half way through a batch repeats no call.
+//! directory ([`CACHE_FILE`]), a stage killed half way through a batch repeats no call. While
+//! [`open_stage`] looks at a directory and while its [`StageRun`] lives, the directory is locked
+//! ([`OutputLock`]), so a second run on it is refused, naming the first.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -33,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::lock::{LOCK_FILE, OutputLock};
 use crate::schema::jsonl::{write_atomically, write_jsonl};
 use crate::{DataError, Result};
 
@@ -137,7 +140,10 @@ impl Manifest {
 
     /// Reads a manifest kept next to a single output file rather than in a stage directory.
     pub fn read_file(path: &Path) -> Result<Self> {
-        Self::read_at(path, "remove it with the output it describes, or choose another output")
+        Self::read_at(
+            path,
+            "remove it with the output it describes, or choose another output",
+        )
     }
 
     fn read_at(path: &Path, advice: &str) -> Result<Self> {
@@ -273,6 +279,7 @@ pub fn open_stage(
         .map(|path| InputFile::hash(path))
         .collect::<Result<Vec<_>>>()?;
     let mut manifest = Manifest::new(stage, config, inputs);
+    let lock = OutputLock::dir(dir)?;
     let refuse = |message: String| DataError::File {
         path: dir.to_path_buf(),
         message,
@@ -325,10 +332,11 @@ pub fn open_stage(
         failures,
         metrics,
         outputs: Vec::new(),
+        lock,
     }))
 }
 
-/// Whether `dir` exists and holds anything other than a response cache.
+/// Whether `dir` exists and holds anything other than a response cache and the lock.
 fn holds_foreign_files(dir: &Path) -> Result<bool> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -345,7 +353,8 @@ fn holds_foreign_files(dir: &Path) -> Result<bool> {
             path: dir.to_path_buf(),
             source,
         })?;
-        if !entry.file_name().to_string_lossy().starts_with(CACHE_FILE) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(CACHE_FILE) && name != LOCK_FILE {
             return Ok(true);
         }
     }
@@ -449,11 +458,18 @@ pub struct StageRun {
     failures: File,
     metrics: File,
     outputs: Vec<String>,
+    /// Released when the run ends, finished or not.
+    lock: OutputLock,
 }
 
 impl StageRun {
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The lock on the directory; it says whether it replaced one left by a dead process.
+    pub fn lock(&self) -> &OutputLock {
+        &self.lock
     }
 
     /// Whether this run takes up an interrupted one.
@@ -639,7 +655,8 @@ fn read_records<T: Keyed>(path: &Path) -> Result<(Vec<T>, u64)> {
             path: path.to_path_buf(),
             line: index + 1,
             message: format!(
-                "not a valid record ({e}); the file is damaged: delete it to produce its items again"
+                "not a valid record ({e}); the file is damaged: \
+                 delete it to produce its items again"
             ),
         })?;
         if seen.insert(record.key().to_string()) {

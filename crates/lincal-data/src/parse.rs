@@ -102,8 +102,23 @@ pub fn parse_summary(text: &str) -> Result<String> {
 /// ("Reasoning: ...\nAnswers: a; b") or the ExtractAnswers model ("a; b", "No Answer").
 /// Answers are split on ";" (or given as bullet lines), cleaned, and de-duplicated by their
 /// normal form keeping the first spelling. The no-answer marker ("none", "No Answer",
-/// "No Answers") gives an empty list (SPEC 1.5, 1.7).
+/// "No Answers") gives an empty list (SPEC 1.5, 1.7). Where the reply is a teacher's,
+/// [`parse_teacher_extraction`] is the stricter reading.
 pub fn parse_extracted_answers(text: &str) -> Result<Vec<String>> {
+    extracted_answers(text, true)
+}
+
+/// The candidate answers of an `extract_answers` teacher reply, as [`parse_extracted_answers`]
+/// reads them, except that the answers line ("Answers: a; b", "Answers: none") is required: a
+/// teacher that answers with one bare line (or bullets) did not follow the format, and its line
+/// may as well be a sentence of the paragraph as a list of answers.
+pub fn parse_teacher_extraction(text: &str) -> Result<Vec<String>> {
+    extracted_answers(text, false)
+}
+
+/// The answers of an extraction reply; `unlabelled` also accepts one bare line or bullet lines
+/// without the answers label (the ExtractAnswers model's format).
+fn extracted_answers(text: &str, unlabelled: bool) -> Result<Vec<String>> {
     const WHAT: &str = "extracted answers";
     const EXPECTED: &str = "a line \"Answers: a; b; c\" or \"Answers: none\"";
     let lines: Vec<&str> = text.lines().collect();
@@ -115,6 +130,7 @@ pub fn parse_extracted_answers(text: &str) -> Result<Vec<String>> {
             .take_while(|line| !line.trim().is_empty() && split_label(line).is_none())
             .map(|line| line.to_string())
             .collect(),
+        None if !unlabelled => return Err(malformed(WHAT, EXPECTED, text)),
         None => {
             let filled: Vec<&str> = lines
                 .iter()
@@ -212,7 +228,8 @@ pub fn parse_correctness(text: &str) -> Result<bool> {
     parse_verdict(
         text,
         "correctness label",
-        "a line \"Correct: 1\" or \"Correct: 0\" (yes/no, true/false and correct/incorrect also work)",
+        "a line \"Correct: 1\" or \"Correct: 0\" (yes/no, \
+         true/false and correct/incorrect also work)",
     )
 }
 
@@ -239,9 +256,10 @@ pub fn parse_fact_check(text: &str) -> Result<Support> {
 /// and no other (SPEC 8, item 10: the reference did not check this).
 pub fn parse_judge_verdicts(text: &str, expected: usize) -> Result<Vec<bool>> {
     static VERDICT_LINE: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(
-            r#"(?i)(?:^|[\s{,"'*])(?:(?:verdict|answer|pair|item)\s*)?#?(\d{1,3})\s*["'*]*\s*[:.)=\-–]+\s*["'*]*\s*(yes|no|true|false|correct|incorrect)\b"#,
-        )
+        Regex::new(concat!(
+            r#"(?i)(?:^|[\s{,"'*])(?:(?:verdict|answer|pair|item)\s*)?#?(\d{1,3})"#,
+            r#"\s*["'*]*\s*[:.)=\-–]+\s*["'*]*\s*(yes|no|true|false|correct|incorrect)\b"#,
+        ))
         .expect("valid regex")
     });
     const WHAT: &str = "judge verdicts";
@@ -343,7 +361,8 @@ pub fn parse_claims(text: &str) -> Result<Vec<ClaimGroup>> {
     static TRAILING_COMMA: LazyLock<Regex> =
         LazyLock::new(|| Regex::new(r",(\s*[\]}])").expect("valid regex"));
     const WHAT: &str = "claims";
-    const EXPECTED: &str = "a JSON list of {\"claim\", \"type\", \"confidence\"} objects and {\"alternatives\": [...]} groups";
+    const EXPECTED: &str = "a JSON list of {\"claim\", \"type\", \"confidence\"} objects and \
+                            {\"alternatives\": [...]} groups";
     let (Some(start), Some(end)) = (text.find('['), text.rfind(']')) else {
         return Err(malformed(WHAT, EXPECTED, text));
     };
@@ -497,8 +516,11 @@ fn claim_error(at: &str, message: &str, text: &str) -> DataError {
 
 /// A number as written, with an optional leading "about"/"~" and sign, and an optional percent.
 static NUMBER: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)(?:(?:about|approximately|around|roughly|~|≈)\s*)?(-)?(\d+(?:\.\d+)?|\.\d+)\s*(%|percent\b|per\s+cent\b)?")
-        .expect("valid regex")
+    Regex::new(concat!(
+        r"(?i)(?:(?:about|approximately|around|roughly|~|≈)\s*)?",
+        r"(-)?(\d+(?:\.\d+)?|\.\d+)\s*(%|percent\b|per\s+cent\b)?",
+    ))
+    .expect("valid regex")
 });
 
 fn probability_from_number(caps: &regex::Captures) -> std::result::Result<f64, String> {

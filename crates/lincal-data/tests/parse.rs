@@ -42,7 +42,11 @@ fn open_ended_query_well_formed_and_sloppy() {
         expected
     );
     assert_eq!(
-        parse_open_ended_query("Sure! Here is the rewrite.\n\n**Query:** \"Write a paragraph about the fall of the Berlin Wall.\"\n").unwrap(),
+        parse_open_ended_query(
+            "Sure! Here is the rewrite.\n\n\
+             **Query:** \"Write a paragraph about the fall of the Berlin Wall.\"\n"
+        )
+        .unwrap(),
         expected
     );
     assert_eq!(
@@ -71,11 +75,13 @@ fn open_ended_query_malformed() {
         error(parse_open_ended_query(
             "I think the question is about Germany.\nIt asks for a year."
         )),
-        "cannot parse open-ended query: expected a line \"Query: Write a paragraph about ...\"; got \"I think the question is about Germany. It asks for a year.\""
+        "cannot parse open-ended query: expected a line \"Query: Write a paragraph about ...\"; \
+         got \"I think the question is about Germany. It asks for a year.\""
     );
     assert_eq!(
         error(parse_open_ended_query("   ")),
-        "cannot parse open-ended query: expected a line \"Query: Write a paragraph about ...\"; got an empty response"
+        "cannot parse open-ended query: expected a line \"Query: Write a paragraph about ...\"; \
+         got an empty response"
     );
     assert!(error(parse_open_ended_query("Query:   ")).contains("expected a line \"Query:"));
 }
@@ -94,20 +100,26 @@ fn a_query_that_gives_its_answer_away_is_detected_by_contains_match() {
 
 #[test]
 fn rephrased_question_well_formed_sloppy_and_malformed() {
-    let reply = "Explanation: The category says it is about presidents.\nRephrased question: Who was the first U.S. president to live in the White House?";
+    let reply = "Explanation: The category says it is about presidents.\n\
+                 Rephrased question: Who was the first U.S. president to live in the White House?";
     assert_eq!(
         parse_rephrased_question(reply).unwrap(),
         "Who was the first U.S. president to live in the White House?"
     );
     assert_eq!(
-        parse_rephrased_question("explanation: none needed\n- **Rephrased Question**: 'What is the most abundant gas in air?'").unwrap(),
+        parse_rephrased_question(
+            "explanation: none needed\n\
+             - **Rephrased Question**: 'What is the most abundant gas in air?'"
+        )
+        .unwrap(),
         "What is the most abundant gas in air?"
     );
     assert_eq!(
         error(parse_rephrased_question(
             "Explanation: The category adds context."
         )),
-        "cannot parse rephrased Jeopardy question: expected a line \"Rephrased question: ...\"; got \"Explanation: The category adds context.\""
+        "cannot parse rephrased Jeopardy question: expected a line \"Rephrased question: ...\"; \
+         got \"Explanation: The category adds context.\""
     );
 }
 
@@ -115,7 +127,8 @@ fn rephrased_question_well_formed_sloppy_and_malformed() {
 
 #[test]
 fn summary_well_formed_and_with_headers() {
-    let paragraph = "I am certain that Bell invented the telephone. I estimate a 50% chance that he was born in Edinburgh.";
+    let paragraph = "I am certain that Bell invented the telephone. \
+                     I estimate a 50% chance that he was born in Edinburgh.";
     assert_eq!(
         parse_summary(&format!("  {paragraph}\n")).unwrap(),
         paragraph
@@ -138,13 +151,15 @@ fn summary_well_formed_and_with_headers() {
 fn summary_malformed() {
     assert_eq!(
         error(parse_summary("### My Statement\n")),
-        "cannot parse summary: expected a paragraph of first-person statements; got \"### My Statement\""
+        "cannot parse summary: expected a paragraph of first-person statements; \
+         got \"### My Statement\""
     );
     assert_eq!(
         error(parse_summary(
             "I believe, as Thought 3 says, that it was 1876."
         )),
-        "summary refers to \"Thought 3\"; the statement must not mention the Thoughts: \"I believe, as Thought 3 says, that it was 1876.\""
+        "summary refers to \"Thought 3\"; the statement must not mention the Thoughts: \
+         \"I believe, as Thought 3 says, that it was 1876.\""
     );
 }
 
@@ -172,7 +187,8 @@ fn extracted_answers_well_formed() {
     // The reference evaluation prompt's format (SPEC 5.1).
     assert_eq!(
         parse_extracted_answers(
-            "Reasoning for Answer: The paragraph names one.\nList of Answers to the Question in the Context Paragraph: Louvre."
+            "Reasoning for Answer: The paragraph names one.\n\
+             List of Answers to the Question in the Context Paragraph: Louvre."
         )
         .unwrap(),
         ["Louvre"]
@@ -186,8 +202,11 @@ fn extracted_answers_well_formed() {
 #[test]
 fn extracted_answers_sloppy() {
     assert_eq!(
-        parse_extracted_answers("Let me look.\n\n**Reasoning:** two names.\n**Answers:** \"Gabriel García Márquez\"; 'Mario Vargas Llosa'.\n\nHope this helps!")
-            .unwrap(),
+        parse_extracted_answers(
+            "Let me look.\n\n**Reasoning:** two names.\n\
+             **Answers:** \"Gabriel García Márquez\"; 'Mario Vargas Llosa'.\n\nHope this helps!"
+        )
+        .unwrap(),
         ["Gabriel García Márquez", "Mario Vargas Llosa"]
     );
     assert_eq!(
@@ -220,20 +239,63 @@ fn extracted_answers_malformed() {
         error(parse_extracted_answers(
             "Reasoning: The paragraph names Paris."
         )),
-        "cannot parse extracted answers: expected a line \"Answers: a; b; c\" or \"Answers: none\"; got \"Reasoning: The paragraph names Paris.\""
+        "cannot parse extracted answers: expected a line \"Answers: a; b; c\" or \
+         \"Answers: none\"; got \"Reasoning: The paragraph names Paris.\""
     );
     assert_eq!(
         error(parse_extracted_answers(
             "The paragraph mentions Paris.\nIt also mentions Lyon."
         )),
-        "cannot parse extracted answers: expected a line \"Answers: a; b; c\" or \"Answers: none\"; got \"The paragraph mentions Paris. It also mentions Lyon.\""
+        "cannot parse extracted answers: expected a line \"Answers: a; b; c\" or \
+         \"Answers: none\"; got \"The paragraph mentions Paris. It also mentions Lyon.\""
     );
     assert_eq!(
         error(parse_extracted_answers("Answers: Paris; none")),
-        "cannot parse extracted answers: expected either answers or the no-answer marker, not both; got \"Answers: Paris; none\""
+        "cannot parse extracted answers: expected either answers or the no-answer marker, \
+         not both; got \"Answers: Paris; none\""
     );
     assert!(error(parse_extracted_answers("Answers: ;  ;")).contains("expected a line \"Answers:"));
     assert!(error(parse_extracted_answers("")).ends_with("got an empty response"));
+}
+
+#[test]
+fn teacher_extractions_need_the_answers_line() {
+    // Every labelled form reads as parse_extracted_answers reads it.
+    for reply in [
+        "Reasoning: It names two years.\nAnswers: 1889; 1887",
+        "Reasoning: Nothing fits.\nAnswers: none",
+        "Reasoning for Answer: The paragraph names one.\n\
+         List of Answers to the Question in the Context Paragraph: Louvre.",
+        "Let me look.\n\n**Reasoning:** two names.\n\
+         **Answers:** \"Gabriel García Márquez\"; 'Mario Vargas Llosa'.\n\nHope this helps!",
+        "Answers:\n- Paris\n- Lyon.\n* `Marseille`\n\nDone.",
+        "ANSWER: NONE.",
+    ] {
+        assert_eq!(
+            parse_teacher_extraction(reply).unwrap(),
+            parse_extracted_answers(reply).unwrap(),
+            "{reply}"
+        );
+    }
+    // The ExtractAnswers model's bare formats are a teacher that did not follow its format: a
+    // one-line reply may be a sentence of the paragraph rather than an answer list.
+    let expected =
+        "cannot parse extracted answers: expected a line \"Answers: a; b; c\" or \"Answers: none\"";
+    for reply in [
+        "Peru; Bolivia; Ecuador",
+        "No Answer",
+        "- Paris\n- Lyon",
+        "The paragraph says it is Paris.",
+    ] {
+        assert!(
+            error(parse_teacher_extraction(reply)).starts_with(expected),
+            "{reply}"
+        );
+    }
+    assert_eq!(
+        error(parse_teacher_extraction("Paris")),
+        format!("{expected}; got \"Paris\"")
+    );
 }
 
 // ---- probabilities -----------------------------------------------------------------------
@@ -252,7 +314,8 @@ fn probability_well_formed_and_sloppy() {
         ("Probability: 0", 0.0),
         ("Answer Probability, float in range [0.0, 1.0]: 0.35.", 0.35),
         (
-            "Reasoning: The paragraph says 40% for Lyon and 60% for Paris.\nProbability: 0.6 (it states 60%)",
+            "Reasoning: The paragraph says 40% for Lyon and 60% for Paris.\n\
+             Probability: 0.6 (it states 60%)",
             0.6,
         ),
         ("Reasoning: stated plainly.\n\nprobability:\n\n 0.9", 0.9),
@@ -302,19 +365,22 @@ fn probability_malformed() {
     assert_eq!(
         error(parse_probability("Probability: 70")),
         format!(
-            "cannot parse probability: expected {expected} (70 is above 1; write 0.7 or 70%); got \"Probability: 70\""
+            "cannot parse probability: expected {expected} (70 is above 1; write 0.7 or 70%); \
+             got \"Probability: 70\""
         )
     );
     assert_eq!(
         error(parse_probability("Probability: 120%")),
         format!(
-            "cannot parse probability: expected {expected} (120% is above 100%); got \"Probability: 120%\""
+            "cannot parse probability: expected {expected} (120% is above 100%); \
+             got \"Probability: 120%\""
         )
     );
     assert_eq!(
         error(parse_probability("Probability: -0.2")),
         format!(
-            "cannot parse probability: expected {expected} (-0.2 is negative); got \"Probability: -0.2\""
+            "cannot parse probability: expected {expected} (-0.2 is negative); \
+             got \"Probability: -0.2\""
         )
     );
     assert_eq!(
@@ -327,7 +393,8 @@ fn probability_malformed() {
             "It says 40% for one and 60% for the other."
         )),
         format!(
-            "cannot parse probability: expected {expected}; got \"It says 40% for one and 60% for the other.\""
+            "cannot parse probability: expected {expected}; \
+             got \"It says 40% for one and 60% for the other.\""
         )
     );
     assert!(error(parse_probability("")).ends_with("got an empty response"));
@@ -369,7 +436,9 @@ fn correctness_malformed() {
         error(parse_correctness(
             "Reasoning: The paragraph gives 1 answer."
         )),
-        "cannot parse correctness label: expected a line \"Correct: 1\" or \"Correct: 0\" (yes/no, true/false and correct/incorrect also work); got \"Reasoning: The paragraph gives 1 answer.\""
+        "cannot parse correctness label: expected a line \"Correct: 1\" or \
+         \"Correct: 0\" (yes/no, true/false and correct/incorrect also work); \
+         got \"Reasoning: The paragraph gives 1 answer.\""
     );
     assert!(
         error(parse_correctness("Correct: maybe"))
@@ -404,7 +473,8 @@ fn fact_check_verdicts() {
     );
     assert_eq!(
         error(parse_fact_check("The passages do not say.")),
-        "cannot parse fact-check verdict: expected \"True\" or \"False\"; got \"The passages do not say.\""
+        "cannot parse fact-check verdict: expected \"True\" or \"False\"; \
+         got \"The passages do not say.\""
     );
 }
 
@@ -449,27 +519,33 @@ fn judge_verdicts_well_formed_and_sloppy() {
 fn judge_verdicts_with_wrong_count_or_numbering_fail_clearly() {
     assert_eq!(
         error(parse_judge_verdicts("Verdict 1: Yes\nVerdict 2: No", 3)),
-        "cannot parse judge verdicts: expected 3 lines \"Verdict i: Yes\" or \"Verdict i: No\", numbered 1 to 3; missing 3; got \"Verdict 1: Yes Verdict 2: No\""
+        "cannot parse judge verdicts: expected 3 lines \"Verdict i: Yes\" or \"Verdict i: No\", \
+         numbered 1 to 3; missing 3; got \"Verdict 1: Yes Verdict 2: No\""
     );
     assert_eq!(
         error(parse_judge_verdicts(
             "Verdict 1: Yes\nVerdict 2: No\nVerdict 3: Yes",
             2
         )),
-        "cannot parse judge verdicts: expected 2 lines \"Verdict i: Yes\" or \"Verdict i: No\", numbered 1 to 2; found verdict 3; got \"Verdict 1: Yes Verdict 2: No Verdict 3: Yes\""
+        "cannot parse judge verdicts: expected 2 lines \"Verdict i: Yes\" or \"Verdict i: No\", \
+         numbered 1 to 2; found verdict 3; got \"Verdict 1: Yes Verdict 2: No Verdict 3: Yes\""
     );
     assert_eq!(
         error(parse_judge_verdicts("Verdict 1: Yes\nVerdict 1: No", 1)),
-        "cannot parse judge verdicts: expected 1 lines \"Verdict i: Yes\" or \"Verdict i: No\", numbered 1 to 1; verdict 1 is given twice, differently; got \"Verdict 1: Yes Verdict 1: No\""
+        "cannot parse judge verdicts: expected 1 lines \"Verdict i: Yes\" or \"Verdict i: No\", \
+         numbered 1 to 1; verdict 1 is given twice, differently; \
+         got \"Verdict 1: Yes Verdict 1: No\""
     );
     assert_eq!(
         error(parse_judge_verdicts("Verdict 0: Yes", 1)),
-        "cannot parse judge verdicts: expected 1 lines \"Verdict i: Yes\" or \"Verdict i: No\", numbered 1 to 1; found verdict 0; got \"Verdict 0: Yes\""
+        "cannot parse judge verdicts: expected 1 lines \"Verdict i: Yes\" or \"Verdict i: No\", \
+         numbered 1 to 1; found verdict 0; got \"Verdict 0: Yes\""
     );
     // Unnumbered verdicts could be misaligned with the batch, so they are refused.
     assert_eq!(
         error(parse_judge_verdicts("Yes\nNo", 2)),
-        "cannot parse judge verdicts: expected 2 lines \"Verdict i: Yes\" or \"Verdict i: No\", numbered 1 to 2; got \"Yes No\""
+        "cannot parse judge verdicts: expected 2 lines \"Verdict i: Yes\" or \"Verdict i: No\", \
+         numbered 1 to 2; got \"Yes No\""
     );
     assert_eq!(
         error(parse_judge_verdicts("Verdict 1: Yes", 0)),
@@ -541,7 +617,17 @@ fn claims_well_formed() {
 
 #[test]
 fn claims_sloppy() {
-    let reply = "Here are the claims:\n```json\n[\n  {\"claim\": \"Pelé was Brazilian.\", \"type\": \"Objective\", \"confidence\": \"Direct\"},\n  [\n    {\"claim\": \"Pelé was 17.\", \"confidence\": \"70%\"},\n    {\"claim\": \"Pelé was 18.\", \"confidence\": \"30%\"},\n  ],\n]\n```\nLet me know if you need more.";
+    let reply = r#"Here are the claims:
+```json
+[
+  {"claim": "Pelé was Brazilian.", "type": "Objective", "confidence": "Direct"},
+  [
+    {"claim": "Pelé was 17.", "confidence": "70%"},
+    {"claim": "Pelé was 18.", "confidence": "30%"},
+  ],
+]
+```
+Let me know if you need more."#;
     assert_eq!(
         parse_claims(reply).unwrap(),
         [
@@ -562,19 +648,23 @@ fn claims_sloppy() {
 fn claims_malformed() {
     assert_eq!(
         error(parse_claims("The paragraph has three claims.")),
-        "cannot parse claims: expected a JSON list of {\"claim\", \"type\", \"confidence\"} objects and {\"alternatives\": [...]} groups; got \"The paragraph has three claims.\""
+        "cannot parse claims: expected a JSON list of {\"claim\", \"type\", \"confidence\"} \
+         objects and {\"alternatives\": [...]} groups; got \"The paragraph has three claims.\""
     );
     assert_eq!(
         error(parse_claims(
             r#"[{"claim": "A was born in 1900.", "type": "objective"}]"#
         )),
-        "cannot parse claims: item 1: an objective claim needs a \"confidence\" (\"direct\" if unhedged); got \"[{\"claim\": \"A was born in 1900.\", \"type\": \"objective\"}]\""
+        "cannot parse claims: item 1: an objective claim needs a \"confidence\" (\"direct\" if \
+         unhedged); got \"[{\"claim\": \"A was born in 1900.\", \"type\": \"objective\"}]\""
     );
     assert_eq!(
         error(parse_claims(
             r#"[{"claim": "A", "confidence": "direct"}, {"claim": "B", "confidence": 70}]"#
         )),
-        "cannot parse claims: item 2: confidence 70 is not in [0, 1]; write 0.7 or \"70%\"; got \"[{\"claim\": \"A\", \"confidence\": \"direct\"}, {\"claim\": \"B\", \"confidence\": 70}]\""
+        "cannot parse claims: item 2: confidence 70 is not in [0, 1]; write 0.7 or \"70%\"; \
+         got \"[{\"claim\": \"A\", \"confidence\": \"direct\"}, \
+         {\"claim\": \"B\", \"confidence\": 70}]\""
     );
     assert!(
         error(parse_claims(
@@ -584,8 +674,12 @@ fn claims_malformed() {
             "cannot parse claims: item 1, alternative 1: alternatives must be objective claims"
         )
     );
-    assert!(error(parse_claims(r#"[{"claim": "A", "type": "opinion"}]"#))
-        .starts_with("cannot parse claims: item 1: unknown type \"opinion\"; expected objective, subjective or abstention"));
+    assert!(
+        error(parse_claims(r#"[{"claim": "A", "type": "opinion"}]"#)).starts_with(
+            "cannot parse claims: item 1: unknown type \"opinion\"; \
+             expected objective, subjective or abstention"
+        )
+    );
     assert!(
         error(parse_claims(r#"[{"claim": "A", "confidence": "150%"}]"#))
             .starts_with("cannot parse claims: item 1: confidence \"150%\": 150% is above 100%")
@@ -599,8 +693,11 @@ fn claims_malformed() {
             .starts_with("cannot parse claims: expected a JSON list")
     );
     // Bare objects outside a list are not silently read through an inner group.
-    assert!(error(parse_claims(r#"{"claim": "A", "confidence": "direct"}, {"alternatives": [{"claim": "B", "confidence": "60%"}]}"#))
-        .starts_with("cannot parse claims: expected a JSON list"));
+    let bare = concat!(
+        r#"{"claim": "A", "confidence": "direct"}, "#,
+        r#"{"alternatives": [{"claim": "B", "confidence": "60%"}]}"#
+    );
+    assert!(error(parse_claims(bare)).starts_with("cannot parse claims: expected a JSON list"));
 }
 
 // ---- lexical reader ----------------------------------------------------------------------
@@ -722,7 +819,8 @@ fn clauses_belong_to_the_statement_that_governs_them() {
     );
     assert_eq!(
         clause_view(
-            "Lyon is the capital of France, and it is unlikely that Paris is. Marseille is a port, I think."
+            "Lyon is the capital of France, and it is unlikely that Paris is. \
+             Marseille is a port, I think."
         ),
         owned(&[
             ("Lyon is the capital of France, and", None),
@@ -743,7 +841,10 @@ fn clauses_belong_to_the_statement_that_governs_them() {
 #[test]
 fn sentences_split_at_ends_but_not_at_initials_or_abbreviations() {
     let sentences: Vec<String> = reader()
-        .read("J. K. Rowling wrote it in the U.S. or U.K. in 1997. Dr. Who? No! It was \"Mr. X.\" Then\n\nA new paragraph")
+        .read(
+            "J. K. Rowling wrote it in the U.S. or U.K. in 1997. \
+             Dr. Who? No! It was \"Mr. X.\" Then\n\nA new paragraph",
+        )
         .into_iter()
         .map(|sentence| sentence.text)
         .collect();

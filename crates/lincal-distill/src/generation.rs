@@ -3,11 +3,12 @@
 
 use std::path::Path;
 
-use lincal_data::artifact::Failure;
+use lincal_data::artifact::{Failure, StageRun};
 use lincal_data::parse::{
     first_paragraph, parse_open_ended_query, parse_rephrased_question, parse_summary,
+    parse_teacher_extraction,
 };
-use lincal_data::prompts::Templates;
+use lincal_data::prompts::{ExtractionUse, Templates};
 use lincal_data::schema::jsonl::write_jsonl;
 use lincal_data::schema::write::write_sft_training;
 use lincal_data::schema::{SftTarget, SftTrainingRow, sft_examples};
@@ -16,10 +17,11 @@ use lincal_llm::{LlmRequest, request_seed};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::offline::{OFFLINE_QUERY_TEMPLATE, agreement_summary, answer_shares, offline_query};
 use crate::{
-    JeopardyClue, QueryRecord, QuestionInput, SampleRecord, Settings, Stage, StageContext,
-    StageJob, StageReport, SummaryRecord, hiding_answer, read_questions, read_stage_records,
-    sampling,
+    Counts, JeopardyClue, Outcome, QueryRecord, QuestionInput, SampleAnswer, SampleRecord,
+    Settings, Stage, StageContext, StageJob, StageReport, SummaryRecord, Teacher, chat_request,
+    hiding_answer, read_questions, read_stage_records, sampling,
 };
 
 /// Turns each question of a QA JSONL file into an open-ended query ("Write a paragraph about
@@ -27,6 +29,9 @@ use crate::{
 /// asked again. A question with a Jeopardy `category` is first rephrased into a question that
 /// needs no category (which must not contain the answer either); the rephrased question then
 /// replaces the clue in every later stage. Writes `queries.jsonl`.
+///
+/// Offline, the query is [`offline_query`]: the question inside a fixed request. A question
+/// that contains its answer, or a Jeopardy clue, fails.
 pub fn make_queries(
     cx: &StageContext,
     questions: &Path,
@@ -35,6 +40,27 @@ pub fn make_queries(
 ) -> Result<StageReport> {
     let templates = cx.templates;
     let inputs = read_questions(questions)?;
+    if let Teacher::Offline { .. } = cx.teacher {
+        let job = StageJob::new(
+            cx,
+            settings,
+            Stage::Queries,
+            &[],
+            json!({"query_template": OFFLINE_QUERY_TEMPLATE}),
+        )?;
+        return job.run(
+            out,
+            questions,
+            inputs,
+            |chunk| {
+                Ok(chunk
+                    .iter()
+                    .map(|input| offline_query_record(input))
+                    .collect())
+            },
+            |_, _| Ok(Counts::new()),
+        );
+    }
     let job = StageJob::new(
         cx,
         settings,
@@ -72,7 +98,7 @@ pub fn make_queries(
                 .into_iter();
             // Each item's record with its question as the query will ask it, the query still
             // to write; or the failure of its rephrasing.
-            let drafts: Vec<std::result::Result<QueryRecord, Failure>> = chunk
+            let drafts: Vec<Outcome<QueryRecord>> = chunk
                 .iter()
                 .map(|input| {
                     let mut item = input.item.clone();
@@ -113,8 +139,38 @@ pub fn make_queries(
                 .map(|draft| draft.and_then(|_| queries.next().expect("one outcome per open item")))
                 .collect())
         },
-        |_, _| Ok(()),
+        |_, _| Ok(Counts::new()),
     )
+}
+
+/// The offline query writer's record of a question (see [`make_queries`]).
+fn offline_query_record(input: &QuestionInput) -> Outcome<QueryRecord> {
+    let fail = |reason: String| Failure {
+        id: input.item.id.clone(),
+        step: "query".to_string(),
+        reason,
+        raw_text: None,
+        attempts: 0,
+    };
+    if input.category.is_some() {
+        return Err(fail(
+            "a Jeopardy clue needs a model to rephrase it into a question; the offline query \
+             writer takes plain questions"
+                .to_string(),
+        ));
+    }
+    let query = hiding_answer(offline_query(&input.item.question), &input.item.aliases).map_err(
+        |error| {
+            fail(format!(
+                "the offline query holds the question whole: {error}"
+            ))
+        },
+    )?;
+    Ok(QueryRecord {
+        item: input.item.clone(),
+        query,
+        jeopardy: None,
+    })
 }
 
 /// The prompt the sampled model gets, and how its answer is cut.
@@ -224,7 +280,7 @@ pub fn sample_paragraphs(
                 },
             )
         },
-        |_, _| Ok(()),
+        |_, _| Ok(Counts::new()),
     )
 }
 
@@ -235,6 +291,12 @@ pub fn sample_paragraphs(
 /// summary, the samples as `icl_generated_paragraphs`, the teacher's paragraph), and the SFT
 /// example sets it gives: `lc_sft.jsonl` (summaries), `factuality_sft.jsonl` (the first sample),
 /// and `claude_distill.jsonl` (the teacher's paragraphs).
+///
+/// Offline, the summariser by agreement: the extractor finds the answer of each sample (the
+/// first it lists), and [`agreement_summary`] states each answer's share of the samples
+/// ([`answer_shares`]); the record keeps each sample's answer. A sample whose extraction
+/// fails is left out of the shares; an item all of whose extractions fail fails. It writes no
+/// paragraph of its own, so `distill_paragraphs` is refused.
 pub fn summarize_samples(
     cx: &StageContext,
     samples_dir: &Path,
@@ -244,6 +306,65 @@ pub fn summarize_samples(
 ) -> Result<StageReport> {
     let templates = cx.templates;
     let (records, input) = read_stage_records::<SampleRecord>(samples_dir, Stage::Sample)?;
+    let write_outputs = |run: &mut StageRun, summaries: &[SummaryRecord]| -> Result<Counts> {
+        write_summary_outputs(run, summaries, templates, distill_paragraphs)?;
+        Ok(Counts::new())
+    };
+    if let Teacher::Offline { .. } = cx.teacher {
+        if distill_paragraphs {
+            return Err(DataError::Invalid(
+                "the offline summariser writes no paragraph of its own (the Claude Distill \
+                 target); leave distill_paragraphs off, or give a teacher model"
+                    .into(),
+            ));
+        }
+        let job = StageJob::new(
+            cx,
+            settings,
+            Stage::Summarize,
+            &["extract_answers", "policy"],
+            json!({"distill_paragraphs": false}),
+        )?;
+        return job.run(
+            out,
+            &input,
+            records,
+            |chunk| {
+                let extractions = job.ask_requests(
+                    "extract",
+                    chunk,
+                    |record| {
+                        let count = record.samples.len();
+                        record
+                            .samples
+                            .iter()
+                            .enumerate()
+                            .map(|(j, sample)| {
+                                let messages = templates.extract_answers(
+                                    &record.item.question,
+                                    sample,
+                                    ExtractionUse::TrainingLabels,
+                                )?;
+                                let key = format!("{}/extract/{j}", record.item.id);
+                                let seed = request_seed(settings.seed, &key);
+                                Ok((
+                                    format!("sample {} of {count}: ", j + 1),
+                                    chat_request(messages, settings, seed),
+                                ))
+                            })
+                            .collect()
+                    },
+                    |_, text| parse_teacher_extraction(text),
+                )?;
+                Ok(chunk
+                    .iter()
+                    .zip(extractions)
+                    .map(|(record, extractions)| agreement_record(record, extractions))
+                    .collect())
+            },
+            write_outputs,
+        );
+    }
     let mut template_names = vec!["summarize_samples", "policy"];
     if distill_paragraphs {
         template_names.push("paragraph_zero_shot");
@@ -295,36 +416,74 @@ pub fn summarize_samples(
                         samples: record.samples.clone(),
                         summary: summary?,
                         distilled_paragraph: paragraph.transpose()?,
+                        sample_answers: Vec::new(),
                     })
                 })
                 .collect())
         },
-        |run, summaries| {
-            let rows: Vec<SftTrainingRow> = summaries
-                .iter()
-                .map(|record| SftTrainingRow {
-                    question_id: record.item.id.clone(),
-                    paragraph_generation_prompt: Some(record.query.clone()),
-                    claude_summary: Some(record.summary.clone()),
-                    icl_generated_paragraphs: Some(
-                        record.samples.iter().cloned().map(Some).collect(),
-                    ),
-                    claude_generated_paragraph: record.distilled_paragraph.clone(),
-                })
-                .collect();
-            run.write_output("sft_training.csv", |path| write_sft_training(path, &rows))?;
-            let mut sets = vec![
-                (SftTarget::LcSft, "lc_sft.jsonl"),
-                (SftTarget::FactualitySft, "factuality_sft.jsonl"),
-            ];
-            if distill_paragraphs {
-                sets.push((SftTarget::ClaudeDistill, "claude_distill.jsonl"));
-            }
-            for (target, name) in sets {
-                let (examples, _) = sft_examples(&rows, target, &|query| templates.policy(query))?;
-                run.write_output(name, |path| write_jsonl(path, &examples))?;
-            }
-            Ok(())
-        },
+        write_outputs,
     )
+}
+
+/// The summary by agreement of a query's samples, from the outcome of each sample's
+/// extraction (see [`summarize_samples`]).
+fn agreement_record(
+    record: &SampleRecord,
+    extractions: Vec<Outcome<Vec<String>>>,
+) -> Outcome<SummaryRecord> {
+    if !extractions.iter().any(std::result::Result::is_ok)
+        && let Some(Err(first)) = extractions.first()
+    {
+        return Err(first.clone());
+    }
+    let sample_answers: Vec<SampleAnswer> = extractions
+        .into_iter()
+        .map(|extraction| match extraction {
+            Ok(answers) => match answers.into_iter().next() {
+                Some(answer) => SampleAnswer::Answer(answer),
+                None => SampleAnswer::NoAnswer,
+            },
+            Err(failure) => SampleAnswer::Failed(failure.reason),
+        })
+        .collect();
+    Ok(SummaryRecord {
+        item: record.item.clone(),
+        query: record.query.clone(),
+        samples: record.samples.clone(),
+        summary: agreement_summary(&answer_shares(&sample_answers)),
+        distilled_paragraph: None,
+        sample_answers,
+    })
+}
+
+/// `sft_training.csv` and the SFT example sets of the summaries (see [`summarize_samples`]).
+fn write_summary_outputs(
+    run: &mut StageRun,
+    summaries: &[SummaryRecord],
+    templates: &Templates,
+    distill_paragraphs: bool,
+) -> Result<()> {
+    let rows: Vec<SftTrainingRow> = summaries
+        .iter()
+        .map(|record| SftTrainingRow {
+            question_id: record.item.id.clone(),
+            paragraph_generation_prompt: Some(record.query.clone()),
+            claude_summary: Some(record.summary.clone()),
+            icl_generated_paragraphs: Some(record.samples.iter().cloned().map(Some).collect()),
+            claude_generated_paragraph: record.distilled_paragraph.clone(),
+        })
+        .collect();
+    run.write_output("sft_training.csv", |path| write_sft_training(path, &rows))?;
+    let mut sets = vec![
+        (SftTarget::LcSft, "lc_sft.jsonl"),
+        (SftTarget::FactualitySft, "factuality_sft.jsonl"),
+    ];
+    if distill_paragraphs {
+        sets.push((SftTarget::ClaudeDistill, "claude_distill.jsonl"));
+    }
+    for (target, name) in sets {
+        let (examples, _) = sft_examples(&rows, target, &|query| templates.policy(query))?;
+        run.write_output(name, |path| write_jsonl(path, &examples))?;
+    }
+    Ok(())
 }

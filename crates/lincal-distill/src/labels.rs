@@ -7,23 +7,25 @@ use std::path::{Path, PathBuf};
 
 use lincal_data::artifact::{Manifest, StageRun};
 use lincal_data::parse::{
-    normalize_answer, parse_correctness, parse_extracted_answers, parse_probability,
+    LexicalReader, normalize_answer, parse_correctness, parse_probability, parse_teacher_extraction,
 };
 use lincal_data::prompts::ExtractionUse;
 use lincal_data::schema::jsonl::write_jsonl;
 use lincal_data::schema::write::{write_reward_model_training, write_trivia_qa_jsonl};
 use lincal_data::schema::{
-    ReaderPromptInput, RewardModelTrainingRow, TriviaQuestion, WithQuestion,
-    binary_correctness_examples, extract_answers_examples, forecast_probs_examples,
+    ReaderPromptInput, RewardModelTrainingRow, SftExample, TriviaQuestion, WithQuestion,
+    binary_correctness_examples, extract_answers_target, forecast_probs_examples,
 };
 use lincal_data::sources::{QaRecord, read_qa_records};
 use lincal_data::{DataError, Result};
 use lincal_llm::request_seed;
 use serde_json::json;
 
+use crate::offline::exact_match_label;
 use crate::{
-    CorrectnessRecord, ExtractionRecord, ForecastRecord, ParagraphRecord, SampleRecord, Settings,
-    Stage, StageContext, StageJob, StageReport, SummaryRecord, chat_request, read_stage_records,
+    CorrectnessRecord, Counts, ExtractionRecord, ForecastRecord, ParagraphRecord, SampleRecord,
+    Settings, Stage, StageContext, StageJob, StageReport, SummaryRecord, Teacher, chat_request,
+    read_stage_records,
 };
 
 /// The paragraphs to label, and the file they come from. `path` is the directory of a finished
@@ -77,19 +79,23 @@ pub fn read_paragraphs(path: &Path) -> Result<(Vec<ParagraphRecord>, PathBuf)> {
 }
 
 /// Asks the teacher which answers each paragraph gives to its question (SPEC 1.4 step 2, with
-/// the 8-shot training-label prompt). Writes `extractions.jsonl`.
+/// the 8-shot training-label prompt; a reply without its answers line fails). Writes
+/// `extractions.jsonl` and the ExtractAnswers SFT set `extract_answers.jsonl` (SPEC 1.5), one
+/// example per paragraph whatever becomes of its forecasts. There is no offline teacher:
+/// finding the answers of free text needs a model.
 pub fn extract_answers(
     cx: &StageContext,
     paragraphs: &Path,
     out: &Path,
     settings: &Settings,
 ) -> Result<StageReport> {
+    let templates = cx.templates;
     let (records, input) = read_paragraphs(paragraphs)?;
     let job = StageJob::new(
         cx,
         settings,
         Stage::Extract,
-        &["extract_answers"],
+        &["extract_answers", "extract_answers_model"],
         json!({}),
     )?;
     job.run(
@@ -101,7 +107,7 @@ pub fn extract_answers(
                 "extract",
                 chunk,
                 |record| {
-                    cx.templates.extract_answers(
+                    templates.extract_answers(
                         &record.item.question,
                         &record.paragraph,
                         ExtractionUse::TrainingLabels,
@@ -111,22 +117,42 @@ pub fn extract_answers(
                     Ok(ExtractionRecord {
                         item: record.item.clone(),
                         paragraph: record.paragraph.clone(),
-                        extracted_answers: parse_extracted_answers(text)?,
+                        extracted_answers: parse_teacher_extraction(text)?,
                     })
                 },
             )
         },
-        |_, _| Ok(()),
+        |run, extractions| {
+            let examples = extractions
+                .iter()
+                .map(|record| {
+                    Ok(SftExample {
+                        question_id: Some(record.item.id.clone()),
+                        prompt: templates
+                            .extract_answers_model(&record.item.question, &record.paragraph)?,
+                        target: extract_answers_target(&record.extracted_answers),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            run.write_output("extract_answers.jsonl", |path| write_jsonl(path, &examples))?;
+            Ok(Counts::new())
+        },
     )
 }
 
 /// Asks the teacher, for every paragraph of a `label-extract` directory and every candidate
 /// answer (the gold answer first, always, then each extracted answer: SPEC 1.4 step 3), the
-/// probability that the candidate is correct judging by the paragraph alone. An item whose
-/// forecast fails for any candidate fails whole, since a row must carry every candidate.
-/// Writes `forecasts.jsonl`, `reward_model_training.csv` (the LC columns), `questions.jsonl`
-/// (TriviaQA format, for the reader join), the ExtractAnswers SFT set `extract_answers.jsonl`
-/// and the ForecastProbs reward-model set `forecast_probs.jsonl`.
+/// probability that the candidate is correct judging by the paragraph alone. An extracted
+/// candidate whose forecast fails is dropped from its row (and listed in the record's
+/// `dropped_candidates`, counted as `dropped_candidates`); the item fails only when the gold
+/// answer's forecast does, since a row of the reference schema starts with it. Writes
+/// `forecasts.jsonl`, `reward_model_training.csv` (the LC columns), `questions.jsonl`
+/// (TriviaQA format, for the reader join) and the ForecastProbs reward-model set
+/// `forecast_probs.jsonl`.
+///
+/// Offline, the probability of a candidate is the confidence the paragraph states for it
+/// ([`LexicalReader::forecast`] with the default hedge table), for the gold answer the highest
+/// stated for any of its aliases: nothing fails.
 pub fn forecast_candidates(
     cx: &StageContext,
     extractions_dir: &Path,
@@ -135,15 +161,81 @@ pub fn forecast_candidates(
 ) -> Result<StageReport> {
     let templates = cx.templates;
     let (records, input) = read_stage_records::<ExtractionRecord>(extractions_dir, Stage::Extract)?;
+    let write_outputs = |run: &mut StageRun, forecasts: &[ForecastRecord]| -> Result<Counts> {
+        let rows: Vec<WithQuestion<RewardModelTrainingRow>> = forecasts
+            .iter()
+            .map(|record| WithQuestion {
+                row: RewardModelTrainingRow {
+                    question_id: record.item.id.clone(),
+                    lc_sft_generated_paragraph: Some(record.paragraph.clone()),
+                    lc_sft_ground_truth_and_extracted_answers: Some(
+                        record.candidates.iter().cloned().map(Some).collect(),
+                    ),
+                    lc_sft_forecasted_probs: Some(record.probabilities.clone()),
+                    factuality_sft_generated_paragraph: None,
+                    factuality_sft_binary_correctness: None,
+                },
+                question: trivia_question(&record.item),
+            })
+            .collect();
+        write_reward_rows(run, &rows)?;
+        let (forecast_set, _) = forecast_probs_examples(&rows, &|input: &ReaderPromptInput| {
+            templates.forecast_probs_model(input.question, input.paragraph, input.answer)
+        })?;
+        run.write_output("forecast_probs.jsonl", |path| {
+            write_jsonl(path, &forecast_set)
+        })?;
+        let dropped: usize = forecasts
+            .iter()
+            .map(|record| record.dropped_candidates.len())
+            .sum();
+        Ok(Counts::from([(
+            "dropped_candidates".to_string(),
+            dropped as u64,
+        )]))
+    };
+    if let Teacher::Offline { .. } = cx.teacher {
+        let job = StageJob::new(
+            cx,
+            settings,
+            Stage::Forecast,
+            &["forecast_probs_model"],
+            json!({}),
+        )?;
+        let reader = LexicalReader::default();
+        return job.run(
+            out,
+            &input,
+            records,
+            |chunk| {
+                Ok(chunk
+                    .iter()
+                    .map(|record| {
+                        let candidates = candidates(record);
+                        let mut probabilities = reader.forecast(&record.paragraph, &candidates);
+                        // The paragraph may state the gold answer under any of its aliases.
+                        probabilities[0] = reader
+                            .forecast(&record.paragraph, &record.item.aliases)
+                            .into_iter()
+                            .fold(probabilities[0], f64::max);
+                        Ok(ForecastRecord {
+                            item: record.item.clone(),
+                            paragraph: record.paragraph.clone(),
+                            candidates,
+                            probabilities,
+                            dropped_candidates: Vec::new(),
+                        })
+                    })
+                    .collect())
+            },
+            write_outputs,
+        );
+    }
     let job = StageJob::new(
         cx,
         settings,
         Stage::Forecast,
-        &[
-            "forecast_probability",
-            "extract_answers_model",
-            "forecast_probs_model",
-        ],
+        &["forecast_probability", "forecast_probs_model"],
         json!({}),
     )?;
     job.run(
@@ -151,7 +243,7 @@ pub fn forecast_candidates(
         &input,
         records,
         |chunk| {
-            job.ask_all(
+            let forecasts = job.ask_requests(
                 "forecast",
                 chunk,
                 |record| {
@@ -175,47 +267,36 @@ pub fn forecast_candidates(
                         .collect()
                 },
                 |_, text| parse_probability(text),
-                |record, probabilities| ForecastRecord {
-                    item: record.item.clone(),
-                    paragraph: record.paragraph.clone(),
-                    candidates: candidates(record),
-                    probabilities,
-                },
-            )
-        },
-        |run, forecasts| {
-            let rows: Vec<WithQuestion<RewardModelTrainingRow>> = forecasts
+            )?;
+            Ok(chunk
                 .iter()
-                .map(|record| WithQuestion {
-                    row: RewardModelTrainingRow {
-                        question_id: record.item.id.clone(),
-                        lc_sft_generated_paragraph: Some(record.paragraph.clone()),
-                        lc_sft_ground_truth_and_extracted_answers: Some(
-                            record.candidates.iter().cloned().map(Some).collect(),
-                        ),
-                        lc_sft_forecasted_probs: Some(record.probabilities.clone()),
-                        factuality_sft_generated_paragraph: None,
-                        factuality_sft_binary_correctness: None,
-                    },
-                    question: trivia_question(&record.item),
+                .zip(forecasts)
+                .map(|(record, forecasts)| {
+                    let mut row = ForecastRecord {
+                        item: record.item.clone(),
+                        paragraph: record.paragraph.clone(),
+                        candidates: Vec::new(),
+                        probabilities: Vec::new(),
+                        dropped_candidates: Vec::new(),
+                    };
+                    for (index, (candidate, forecast)) in
+                        candidates(record).into_iter().zip(forecasts).enumerate()
+                    {
+                        match forecast {
+                            Ok(probability) => {
+                                row.candidates.push(candidate);
+                                row.probabilities.push(probability);
+                            }
+                            // The gold answer's failure is the item's.
+                            Err(failure) if index == 0 => return Err(failure),
+                            Err(failure) => row.dropped_candidates.push(failure),
+                        }
+                    }
+                    Ok(row)
                 })
-                .collect();
-            write_reward_rows(run, &rows)?;
-            let (extract_set, _) =
-                extract_answers_examples(&rows, &|input: &ReaderPromptInput| {
-                    templates.extract_answers_model(input.question, input.paragraph)
-                })?;
-            run.write_output("extract_answers.jsonl", |path| {
-                write_jsonl(path, &extract_set)
-            })?;
-            let (forecast_set, _) =
-                forecast_probs_examples(&rows, &|input: &ReaderPromptInput| {
-                    templates.forecast_probs_model(input.question, input.paragraph, input.answer)
-                })?;
-            run.write_output("forecast_probs.jsonl", |path| {
-                write_jsonl(path, &forecast_set)
-            })
+                .collect())
         },
+        write_outputs,
     )
 }
 
@@ -223,6 +304,10 @@ pub fn forecast_candidates(
 /// paragraphs of the Factuality SFT model). Writes `correctness.jsonl`,
 /// `reward_model_training.csv` (the Factuality columns), `questions.jsonl` and the Factuality
 /// reward-model set `binary_correctness.jsonl`.
+///
+/// Offline, the extractor finds the answers of each paragraph (it never sees the gold answer)
+/// and the label is [`exact_match_label`]: correct when there is at least one and each equals
+/// an alias of the gold answer after normalisation. The record keeps the answers.
 pub fn judge_correctness(
     cx: &StageContext,
     paragraphs: &Path,
@@ -231,6 +316,65 @@ pub fn judge_correctness(
 ) -> Result<StageReport> {
     let templates = cx.templates;
     let (records, input) = read_paragraphs(paragraphs)?;
+    let write_outputs = |run: &mut StageRun, verdicts: &[CorrectnessRecord]| -> Result<Counts> {
+        let rows: Vec<WithQuestion<RewardModelTrainingRow>> = verdicts
+            .iter()
+            .map(|record| WithQuestion {
+                row: RewardModelTrainingRow {
+                    question_id: record.item.id.clone(),
+                    lc_sft_generated_paragraph: None,
+                    lc_sft_ground_truth_and_extracted_answers: None,
+                    lc_sft_forecasted_probs: None,
+                    factuality_sft_generated_paragraph: Some(record.paragraph.clone()),
+                    factuality_sft_binary_correctness: Some(if record.correct { 1.0 } else { 0.0 }),
+                },
+                question: trivia_question(&record.item),
+            })
+            .collect();
+        write_reward_rows(run, &rows)?;
+        let (set, _) = binary_correctness_examples(&rows, &|input: &ReaderPromptInput| {
+            templates.binary_correctness_model(input.question, input.paragraph, input.answer)
+        })?;
+        run.write_output("binary_correctness.jsonl", |path| write_jsonl(path, &set))?;
+        Ok(Counts::new())
+    };
+    if let Teacher::Offline { .. } = cx.teacher {
+        let job = StageJob::new(
+            cx,
+            settings,
+            Stage::Binary,
+            &["extract_answers", "binary_correctness_model"],
+            json!({}),
+        )?;
+        return job.run(
+            out,
+            &input,
+            records,
+            |chunk| {
+                job.ask_each(
+                    "extract",
+                    chunk,
+                    |record| {
+                        templates.extract_answers(
+                            &record.item.question,
+                            &record.paragraph,
+                            ExtractionUse::TrainingLabels,
+                        )
+                    },
+                    |record, text| {
+                        let answers = parse_teacher_extraction(text)?;
+                        Ok(CorrectnessRecord {
+                            item: record.item.clone(),
+                            paragraph: record.paragraph.clone(),
+                            correct: exact_match_label(&answers, &record.item.aliases),
+                            extracted_answers: Some(answers),
+                        })
+                    },
+                )
+            },
+            write_outputs,
+        );
+    }
     let job = StageJob::new(
         cx,
         settings,
@@ -258,35 +402,12 @@ pub fn judge_correctness(
                         item: record.item.clone(),
                         paragraph: record.paragraph.clone(),
                         correct: parse_correctness(text)?,
+                        extracted_answers: None,
                     })
                 },
             )
         },
-        |run, verdicts| {
-            let rows: Vec<WithQuestion<RewardModelTrainingRow>> = verdicts
-                .iter()
-                .map(|record| WithQuestion {
-                    row: RewardModelTrainingRow {
-                        question_id: record.item.id.clone(),
-                        lc_sft_generated_paragraph: None,
-                        lc_sft_ground_truth_and_extracted_answers: None,
-                        lc_sft_forecasted_probs: None,
-                        factuality_sft_generated_paragraph: Some(record.paragraph.clone()),
-                        factuality_sft_binary_correctness: Some(if record.correct {
-                            1.0
-                        } else {
-                            0.0
-                        }),
-                    },
-                    question: trivia_question(&record.item),
-                })
-                .collect();
-            write_reward_rows(run, &rows)?;
-            let (set, _) = binary_correctness_examples(&rows, &|input: &ReaderPromptInput| {
-                templates.binary_correctness_model(input.question, input.paragraph, input.answer)
-            })?;
-            run.write_output("binary_correctness.jsonl", |path| write_jsonl(path, &set))
-        },
+        write_outputs,
     )
 }
 

@@ -10,8 +10,8 @@
 //! | [`make_queries`] | QA JSONL | `queries.jsonl`: open-ended queries that hide the answer |
 //! | [`sample_paragraphs`] | queries | `samples.jsonl`: M base-model paragraphs per query |
 //! | [`summarize_samples`] | samples | `summaries.jsonl`, `sft_training.csv`, `lc_sft.jsonl`, `factuality_sft.jsonl` (`claude_distill.jsonl`) |
-//! | [`extract_answers`] | paragraphs | `extractions.jsonl`: the answers each paragraph gives |
-//! | [`forecast_candidates`] | extractions | `forecasts.jsonl`, `reward_model_training.csv`, `questions.jsonl`, `extract_answers.jsonl`, `forecast_probs.jsonl` |
+//! | [`extract_answers`] | paragraphs | `extractions.jsonl`: the answers each paragraph gives; `extract_answers.jsonl` |
+//! | [`forecast_candidates`] | extractions | `forecasts.jsonl`, `reward_model_training.csv`, `questions.jsonl`, `forecast_probs.jsonl` |
 //! | [`judge_correctness`] | paragraphs | `correctness.jsonl`, `reward_model_training.csv`, `questions.jsonl`, `binary_correctness.jsonl` |
 //!
 //! The CSV files follow the reference schema and the JSONL example sets are the `{prompt,
@@ -20,22 +20,36 @@
 //! output format (and the checks of its item, such as a query not giving its answer away), so an
 //! unparseable answer is asked again with the next seed; an item still without a
 //! usable answer after [`Settings::max_attempts`] calls lands in `failures.jsonl` with the raw
-//! text, and the counts go into the manifest. Every request's seed derives from the stage seed
-//! and its item's id, so results depend neither on order, chunking nor interruptions; with an
-//! [`lincal_llm::LlmClient`] cache in the stage directory a rerun repeats no call.
+//! text, and the counts go into the manifest. A stage more than [`Settings::max_failure_share`]
+//! of whose items failed ends in an error and stays unfinished, so that running it again
+//! retries them; the retry budget and the failure share are not part of a stage's config, so
+//! changing them resumes it. While a stage runs its directory is locked
+//! ([`lincal_data::lock::OutputLock`]): a second run on it is refused, naming the first. Every
+//! request's seed derives from the stage seed and its item's id, so results depend neither on
+//! order, chunking nor interruptions; with an [`lincal_llm::LlmClient`] cache in the stage
+//! directory a rerun repeats no call.
+//!
+//! Each teacher role can also be played offline ([`Teacher::Offline`], described in
+//! [`offline`]): a template writes the queries, the summary states how the samples' answers
+//! agree, the forecast is the confidence the paragraph states, and the binary label is an exact
+//! match against the gold answer.
 //!
 //! [`chat_prompt`] is where rendered chat templates become model messages, for these pipelines
 //! and for `lincal-eval`.
 
 mod generation;
 mod labels;
+pub mod offline;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use lincal_data::artifact::{Failure, Keyed, Manifest, Opened, StageRun, open_stage};
+use lincal_data::artifact::{
+    FAILURES_FILE, Failure, Keyed, Manifest, Opened, StageRun, open_stage,
+};
+use lincal_data::lock::LockHolder;
 use lincal_data::parse::contains_match;
 use lincal_data::prompts::{self, CATALOGUE, PromptMessage, Templates};
 use lincal_data::schema::jsonl::{check_unique_ids, read_jsonl};
@@ -88,6 +102,30 @@ impl Stage {
         }
     }
 
+    /// The offline stand-in for the stage's API teacher (see [`offline`]), by the name its
+    /// manifests record; `None` where a model is needed (the sampled model, and the extraction
+    /// of answers from free text).
+    pub fn offline_teacher(self) -> Option<&'static str> {
+        match self {
+            Stage::Queries => Some("query-template"),
+            Stage::Summarize => Some("agreement"),
+            Stage::Forecast => Some("stated-confidence"),
+            Stage::Binary => Some("exact-match"),
+            Stage::Sample | Stage::Extract => None,
+        }
+    }
+
+    /// Whether the stage's offline teacher asks an extractor for the answers texts give.
+    pub fn offline_needs_extractor(self) -> bool {
+        matches!(self, Stage::Summarize | Stage::Binary)
+    }
+
+    /// The default settings of the stage with an offline teacher: its requests, if any, are
+    /// the extractor's, sampled as the reference samples its extraction labels (SPEC 1.4).
+    pub fn offline_default_settings(self) -> Settings {
+        Stage::Extract.default_settings()
+    }
+
     /// The sampling settings of the reference where it has them (SPEC 1.2: base samples at
     /// temperature 0.7, top-p 0.9, 512 tokens; summaries at 0.3 with 1,800 tokens; SPEC 1.4:
     /// labels at 0.2). The reference does not say how it sampled queries: 0.3 keeps them close
@@ -104,14 +142,21 @@ impl Stage {
             top_p,
             max_tokens,
             max_attempts: 10,
+            max_failure_share: DEFAULT_MAX_FAILURE_SHARE,
             seed: 0,
             limit: None,
         }
     }
 }
 
-/// How a stage samples, and how much of its input it takes. All of it is part of the stage's
-/// config: changing any of it makes another artifact.
+/// The default [`Settings::max_failure_share`]: a stage most of whose items failed has not
+/// done its job.
+pub const DEFAULT_MAX_FAILURE_SHARE: f64 = 0.5;
+
+/// How a stage samples, how much of its input it takes, and how hard it tries. What decides
+/// the outputs (sampling, seed, limit) is part of the stage's config, so changing it makes
+/// another artifact; the retry budget and the failure share are not ([`Settings::identity`]),
+/// so changing them resumes the stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
     pub temperature: f64,
@@ -120,10 +165,18 @@ pub struct Settings {
     pub max_tokens: u32,
     /// Calls per request before its item is recorded as failed (at least one).
     pub max_attempts: u32,
+    /// The largest share of items that may fail for the stage to finish; past it the stage
+    /// ends in an error and stays unfinished, so that a rerun retries the failed items.
+    #[serde(default = "default_max_failure_share")]
+    pub max_failure_share: f64,
     /// Seeds of every request derive from this and the item id.
     pub seed: u64,
     /// Take only the first `limit` items of the input.
     pub limit: Option<usize>,
+}
+
+fn default_max_failure_share() -> f64 {
+    DEFAULT_MAX_FAILURE_SHARE
 }
 
 impl Settings {
@@ -137,10 +190,27 @@ impl Settings {
             "max_tokens is 0; allow at least one new token".to_string()
         } else if self.max_attempts == 0 {
             "max_attempts is 0; allow at least one call per request".to_string()
+        } else if !(0.0..=1.0).contains(&self.max_failure_share) {
+            format!(
+                "max_failure_share is {}; use a share in [0, 1]",
+                self.max_failure_share
+            )
         } else {
             return Ok(());
         };
         Err(DataError::Invalid(format!("stage settings: {problem}")))
+    }
+
+    /// What of the settings decides a stage's outputs, for its config: everything but the
+    /// retry budget and the failure share, which only decide how hard it tries.
+    pub fn identity(&self) -> Value {
+        json!({
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+            "limit": self.limit,
+        })
     }
 }
 
@@ -165,10 +235,24 @@ impl Default for StageOptions {
     }
 }
 
-/// What every stage is given: the model it calls (the teacher, or the sampled model), the
-/// prompt templates, and how to run.
+/// Who answers a stage's requests.
+#[derive(Clone, Copy)]
+pub enum Teacher<'a> {
+    /// A model (an API backend or the local engine) asked with the stage's prompt template; for
+    /// [`sample_paragraphs`], the model that is sampled.
+    Model(&'a dyn Llm),
+    /// The stage's offline stand-in for its API teacher ([`Stage::offline_teacher`], described
+    /// in [`offline`]). The stand-ins that need the answers a text gives (the summariser by
+    /// agreement, the binary labeller: [`Stage::offline_needs_extractor`]) ask `extractor`
+    /// with the teacher extraction prompt, which never shows it the gold answer; the others
+    /// take no extractor.
+    Offline { extractor: Option<&'a dyn Llm> },
+}
+
+/// What every stage is given: who answers (the teacher, or the sampled model), the prompt
+/// templates, and how to run.
 pub struct StageContext<'a> {
-    pub llm: &'a dyn Llm,
+    pub teacher: Teacher<'a>,
     pub templates: &'a Templates,
     pub options: StageOptions,
 }
@@ -181,6 +265,9 @@ pub struct StageReport {
     pub skipped: bool,
     /// The run resumed an interrupted one.
     pub resumed: bool,
+    /// The lock of a run that died without releasing it, which this run took over: worth a
+    /// warning, since the directory may hold what that run left half written.
+    pub took_over_lock: Option<LockHolder>,
     pub manifest: Manifest,
 }
 
@@ -232,6 +319,23 @@ pub struct SummaryRecord {
     /// The teacher's own paragraph for the query (Claude Distill's target), when asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distilled_paragraph: Option<String>,
+    /// The answer of each sample that the summariser by agreement counted, in sample order;
+    /// empty for a model's summary.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sample_answers: Vec<SampleAnswer>,
+}
+
+/// The answer the extractor found in one sample, for the summariser by agreement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SampleAnswer {
+    /// The first answer the extractor listed.
+    Answer(String),
+    /// The extractor found none; the sample counts toward the shares, for no answer.
+    NoAnswer,
+    /// No usable extraction within the attempts (the reason); the sample is left out of the
+    /// shares, as a sample that was not drawn.
+    Failed(String),
 }
 
 /// A paragraph to label, with the question it answers. `lincal generate` writes the paragraph
@@ -253,7 +357,8 @@ pub struct ExtractionRecord {
     pub extracted_answers: Vec<String>,
 }
 
-/// A teacher's probability for each candidate: the gold answer first, then the extracted ones.
+/// A teacher's probability for each candidate: the gold answer first, then the extracted ones
+/// whose forecast succeeded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ForecastRecord {
     #[serde(flatten)]
@@ -261,6 +366,9 @@ pub struct ForecastRecord {
     pub paragraph: String,
     pub candidates: Vec<String>,
     pub probabilities: Vec<f64>,
+    /// The extracted candidates left out because their forecast failed, with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dropped_candidates: Vec<Failure>,
 }
 
 /// A teacher's verdict on whether a paragraph gives the gold answer and no other.
@@ -270,6 +378,10 @@ pub struct CorrectnessRecord {
     pub item: QaRecord,
     pub paragraph: String,
     pub correct: bool,
+    /// The answers the offline labeller's extractor found, which the verdict matched against
+    /// the gold answer; absent for a model's verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extracted_answers: Option<Vec<String>>,
 }
 
 macro_rules! keyed_by_item_id {
@@ -296,7 +408,8 @@ keyed_by_item_id!(
 pub fn read_questions(path: &Path) -> Result<Vec<QuestionInput>> {
     read_qa_records(path, |input: &QuestionInput| match &input.category {
         Some(category) if category.trim().is_empty() => Err(format!(
-            "record {} has an empty `category`; leave it out unless the question is a Jeopardy clue",
+            "record {} has an empty `category`; leave it out unless the question is \
+             a Jeopardy clue",
             input.item.id
         )),
         _ => Ok(()),
@@ -448,21 +561,31 @@ fn template_fingerprints(
         .collect()
 }
 
+/// Extra counts a stage's outputs add to its manifest.
+type Counts = BTreeMap<String, u64>;
+
+/// What became of one item, or of one request of an item.
+type Outcome<T> = std::result::Result<T, Failure>;
+
 /// One stage: its config, the model it asks and how. [`StageJob::run`] runs it over its items:
 /// open the directory (or skip it), produce the records of the items that have none yet chunk
-/// by chunk, commit the records in input order, write the stage's other outputs from them, and
-/// finish the manifest. Records are produced by asking the model ([`StageJob::ask_all`],
-/// [`StageJob::ask_each`]).
+/// by chunk, and unless too many items failed, commit the records in input order, write the
+/// stage's other outputs from them, and finish the manifest. Records are produced by asking
+/// the model ([`StageJob::ask_requests`] and its shorthands) or by an offline teacher.
 struct StageJob<'a> {
     stage: Stage,
     config: Value,
-    cx: &'a StageContext<'a>,
+    /// Where the stage's requests go: the teacher model, or an offline teacher's extractor.
+    llm: Option<&'a dyn Llm>,
+    options: &'a StageOptions,
     settings: &'a Settings,
 }
 
 impl<'a> StageJob<'a> {
-    /// The job of `stage`, once its settings are valid. Its config is the settings, the model
-    /// it calls, the templates it renders and `extra` options.
+    /// The job of `stage`, once its settings are valid and `cx`'s teacher can play it. Its
+    /// config is the settings that decide the outputs ([`Settings::identity`]), the teacher (the
+    /// model, or the offline teacher and its extractor), the templates it renders and `extra`
+    /// options.
     fn new(
         cx: &'a StageContext<'a>,
         settings: &'a Settings,
@@ -471,37 +594,79 @@ impl<'a> StageJob<'a> {
         extra: Value,
     ) -> Result<Self> {
         settings.validate()?;
+        let describe = |llm: &dyn Llm| json!({"backend": llm.backend(), "model": llm.model()});
         let mut config = json!({
-            "settings": settings,
-            "model": {"backend": cx.llm.backend(), "model": cx.llm.model()},
+            "settings": settings.identity(),
             "templates": template_fingerprints(cx.templates, template_names)?,
         });
+        let llm = match cx.teacher {
+            Teacher::Model(llm) => {
+                config["model"] = describe(llm);
+                Some(llm)
+            }
+            Teacher::Offline { extractor } => {
+                let Some(name) = stage.offline_teacher() else {
+                    let needs = match stage {
+                        Stage::Sample => "its paragraphs are the samples of a model",
+                        _ => "finding the answers a free-text paragraph gives needs a model",
+                    };
+                    return Err(DataError::Invalid(format!(
+                        "the `{}` stage has no offline teacher ({needs}); give a model",
+                        stage.name()
+                    )));
+                };
+                let problem = match (stage.offline_needs_extractor(), extractor) {
+                    (true, None) => Some(
+                        "needs an extractor: a model that finds the answer each text gives; \
+                         give one",
+                    ),
+                    (false, Some(_)) => Some("takes no extractor; leave it out"),
+                    _ => None,
+                };
+                if let Some(problem) = problem {
+                    return Err(DataError::Invalid(format!(
+                        "the offline `{name}` teacher of the `{}` stage {problem}",
+                        stage.name()
+                    )));
+                }
+                config["model"] = json!({"backend": "offline", "model": name});
+                if let Some(extractor) = extractor {
+                    config["extractor"] = describe(extractor);
+                }
+                extractor
+            }
+        };
         if let (Value::Object(config), Value::Object(extra)) = (&mut config, extra) {
             config.extend(extra);
         }
         Ok(StageJob {
             stage,
             config,
-            cx,
+            llm,
+            options: &cx.options,
             settings,
         })
     }
 
     /// Asks the model every request of every item, `requests(item)` giving each with the words
-    /// that name it in a failure ("sample 2 of 8: "), and reads each sample of an answer with
-    /// `parse`, which is also given the request's item (to check the value against it); an
-    /// answer that does not parse is asked again with the next seed
-    /// ([`generate_parsed_indexed`]). An item's outcome is `record(item, values)`, the values
-    /// of all its requests in order, or a failure of `step` for the first request that never
-    /// gave a usable answer.
-    fn ask_all<I: Keyed, T, R>(
+    /// that name it in a failure ("sample 2 of 8: "), and reads the answer with `parse`, which
+    /// is also given the request's item (to check the value against it); an answer that does
+    /// not parse is asked again with the next seed ([`generate_parsed_indexed`]). Per item,
+    /// the outcome of each of its requests in order: the value, or a failure of `step` naming
+    /// the request.
+    fn ask_requests<I: Keyed, T>(
         &self,
         step: &str,
         items: &[&I],
         requests: impl Fn(&I) -> Result<Vec<(String, LlmRequest)>>,
         parse: impl Fn(&I, &str) -> Result<T>,
-        record: impl Fn(&I, Vec<T>) -> R,
-    ) -> Result<Vec<std::result::Result<R, Failure>>> {
+    ) -> Result<Vec<Vec<Outcome<T>>>> {
+        let llm = self.llm.ok_or_else(|| {
+            DataError::Invalid(format!(
+                "the `{}` stage has no model to ask",
+                self.stage.name()
+            ))
+        })?;
         let (mut owners, mut names, mut asked) = (Vec::new(), Vec::new(), Vec::new());
         for (index, item) in items.iter().enumerate() {
             for (name, request) in requests(item)? {
@@ -510,60 +675,67 @@ impl<'a> StageJob<'a> {
                 asked.push(request);
             }
         }
-        let answers = generate_parsed_indexed(
-            self.cx.llm,
-            &asked,
-            self.settings.max_attempts,
-            |k, text| parse(items[owners[k]], text).map_err(|e| e.to_string()),
-        );
-        let mut outcomes: Vec<std::result::Result<Vec<T>, Failure>> =
-            items.iter().map(|_| Ok(Vec::new())).collect();
-        for (((owner, name), request), answer) in
-            owners.into_iter().zip(names).zip(&asked).zip(answers)
-        {
-            let outcome = &mut outcomes[owner];
-            let Ok(values) = outcome else {
-                // The item failed already; its first failure is the one recorded.
-                continue;
-            };
+        let answers =
+            generate_parsed_indexed(llm, &asked, self.settings.max_attempts, |k, text| {
+                parse(items[owners[k]], text).map_err(|e| e.to_string())
+            });
+        let mut outcomes: Vec<Vec<Outcome<T>>> = items.iter().map(|_| Vec::new()).collect();
+        for ((owner, name), answer) in owners.into_iter().zip(names).zip(answers) {
             let id = items[owner].key();
-            match answer {
-                Ok(parsed) if parsed.values.len() == request.params.n as usize => {
-                    values.extend(parsed.values);
+            let outcome = match answer {
+                // Every request of a stage asks for one sample.
+                Ok(parsed) if parsed.values.len() == 1 => {
+                    Ok(parsed.values.into_iter().next().expect("one value"))
                 }
-                Ok(parsed) => {
-                    *outcome = Err(Failure {
-                        id: id.to_string(),
-                        step: step.to_string(),
-                        reason: format!(
-                            "{name}the answer held {} samples instead of {}",
-                            parsed.values.len(),
-                            request.params.n
-                        ),
-                        raw_text: None,
-                        attempts: parsed.attempts,
-                    });
-                }
-                Err(error) => *outcome = Err(failure(id, step, &name, error)),
-            }
+                Ok(parsed) => Err(Failure {
+                    id: id.to_string(),
+                    step: step.to_string(),
+                    reason: format!(
+                        "{name}the answer held {} samples instead of one",
+                        parsed.values.len()
+                    ),
+                    raw_text: None,
+                    attempts: parsed.attempts,
+                }),
+                Err(error) => Err(failure(id, step, &name, error)),
+            };
+            outcomes[owner].push(outcome);
         }
+        Ok(outcomes)
+    }
+
+    /// [`StageJob::ask_requests`] for items that need every request answered: an item's
+    /// outcome is `record(item, values)`, the values of all its requests in order, or the
+    /// failure of the first request that never gave a usable answer.
+    fn ask_all<I: Keyed, T, R>(
+        &self,
+        step: &str,
+        items: &[&I],
+        requests: impl Fn(&I) -> Result<Vec<(String, LlmRequest)>>,
+        parse: impl Fn(&I, &str) -> Result<T>,
+        record: impl Fn(&I, Vec<T>) -> R,
+    ) -> Result<Vec<Outcome<R>>> {
+        let outcomes = self.ask_requests(step, items, requests, parse)?;
         Ok(items
             .iter()
             .zip(outcomes)
-            .map(|(item, outcome)| outcome.map(|values| record(item, values)))
+            .map(|(item, outcomes)| {
+                let values = outcomes.into_iter().collect::<Outcome<Vec<T>>>()?;
+                Ok(record(item, values))
+            })
             .collect())
     }
 
     /// Asks the model one chat per item, the chat `messages` renders, seeded by the stage seed
     /// and `<id>/<step>`, and reads the item's outcome from the answer with `parse` (see
-    /// [`StageJob::ask_all`]).
+    /// [`StageJob::ask_requests`]).
     fn ask_each<I: Keyed, R>(
         &self,
         step: &str,
         items: &[&I],
         messages: impl Fn(&I) -> Result<Vec<PromptMessage>>,
         parse: impl Fn(&I, &str) -> Result<R>,
-    ) -> Result<Vec<std::result::Result<R, Failure>>> {
+    ) -> Result<Vec<Outcome<R>>> {
         let settings = self.settings;
         self.ask_all(
             step,
@@ -576,23 +748,26 @@ impl<'a> StageJob<'a> {
                 )])
             },
             parse,
-            // One request of one sample: one value.
+            // One request: one value.
             |_, mut values| values.remove(0),
         )
     }
 
     /// Runs the job over the first [`Settings::limit`] `items`, read from `input`, into `out`:
     /// `produce` makes the records of a chunk of items (or their failures), `write_outputs`
-    /// the stage's other outputs from all records.
+    /// the stage's other outputs from all records, and any counts of its own. When more than
+    /// [`Settings::max_failure_share`] of the items failed, the stage ends with an error
+    /// instead, unfinished: its records stay in the partial log and a rerun retries the
+    /// failed items.
     fn run<I: Keyed, R: Keyed>(
         &self,
         out: &Path,
         input: &Path,
         mut items: Vec<I>,
-        mut produce: impl FnMut(&[&I]) -> Result<Vec<std::result::Result<R, Failure>>>,
-        write_outputs: impl FnOnce(&mut StageRun, &[R]) -> Result<()>,
+        mut produce: impl FnMut(&[&I]) -> Result<Vec<Outcome<R>>>,
+        write_outputs: impl FnOnce(&mut StageRun, &[R]) -> Result<Counts>,
     ) -> Result<StageReport> {
-        let options = &self.cx.options;
+        let options = self.options;
         if let Some(limit) = self.settings.limit {
             items.truncate(limit);
         }
@@ -608,12 +783,14 @@ impl<'a> StageJob<'a> {
                     dir: out.to_path_buf(),
                     skipped: true,
                     resumed: false,
+                    took_over_lock: None,
                     manifest,
                 });
             }
             Opened::Run(run) => run,
         };
         let resumed = run.is_resumed();
+        let took_over_lock = run.lock().took_over().cloned();
         let mut log = run.record_log::<R>(self.stage.output())?;
         let todo: Vec<&I> = items
             .iter()
@@ -652,10 +829,25 @@ impl<'a> StageJob<'a> {
             }
             run.log_metrics(&line)?;
         }
+        if failed as f64 > self.settings.max_failure_share * items.len() as f64 {
+            return Err(DataError::File {
+                path: out.to_path_buf(),
+                message: format!(
+                    "{failed} of the {} items of the `{}` stage failed, more than its largest \
+                     share of failures ({}), so it stays unfinished. The reasons are in \
+                     {}.partial; run the stage again to retry the failed items (it keeps what \
+                     was done), or allow a larger failure share",
+                    items.len(),
+                    self.stage.name(),
+                    self.settings.max_failure_share,
+                    out.join(FAILURES_FILE).display()
+                ),
+            });
+        }
         let order: Vec<&str> = items.iter().map(Keyed::key).collect();
         let records = run.commit_records(log, &order)?;
-        write_outputs(&mut run, &records)?;
-        let counts = BTreeMap::from([
+        let mut counts = write_outputs(&mut run, &records)?;
+        counts.extend([
             ("items".to_string(), items.len() as u64),
             ("reused".to_string(), reused as u64),
             ("produced".to_string(), produced),
@@ -671,6 +863,7 @@ impl<'a> StageJob<'a> {
             dir: out.to_path_buf(),
             skipped: false,
             resumed,
+            took_over_lock,
             manifest,
         })
     }

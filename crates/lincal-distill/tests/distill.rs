@@ -6,12 +6,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use lincal_data::artifact::Manifest;
+use lincal_data::lock::{LOCK_FILE, LockHolder, OutputLock};
 use lincal_data::prompts::Templates;
 use lincal_data::schema::{
     self, RewardModelTrainingRow, SftExample, SftTrainingRow, TriviaQa, jsonl,
 };
 use lincal_distill::{
     self as distill, SampleTemplate, Settings, Stage, StageContext, StageOptions, StageReport,
+    Teacher as Answerer,
 };
 use lincal_llm::testing::FakeLlm;
 use lincal_llm::{LlmError, LlmRequest, LlmResponse, Prompt, Role};
@@ -75,9 +77,10 @@ impl Teacher {
 
     /// `special(task, key, call)` may replace the scripted answer of the `call`-th (0-based)
     /// request of that task and key.
-    fn with(
-        special: impl Fn(Task, &str, usize) -> Option<Result<String, LlmError>> + Send + Sync + 'static,
-    ) -> Self {
+    fn with<F>(special: F) -> Self
+    where
+        F: Fn(Task, &str, usize) -> Option<Result<String, LlmError>> + Send + Sync + 'static,
+    {
         let calls: Arc<Mutex<HashMap<(Task, String), usize>>> = Arc::default();
         let counter = calls.clone();
         let fake = FakeLlm::new(move |request| {
@@ -138,24 +141,43 @@ fn scripted(task: Task, key: &str, call: usize, text: &str) -> String {
     match task {
         Task::Query => match key {
             // Gives the answer away the first time.
-            "What is the capital of France?" if call == 0 => "Query: Write a paragraph about Paris and its history.".into(),
-            "What is the capital of France?" => "Query: Write a paragraph about the capital city of France.".into(),
-            "Which planet is known as the Red Planet?" => "Here it is.\nQuery: Write a paragraph about the planet known as the Red Planet.".into(),
-            "Which scientist proposed the theory of general relativity?" => "Query: Write a paragraph about the scientist who proposed general relativity.".into(),
+            "What is the capital of France?" if call == 0 => {
+                "Query: Write a paragraph about Paris and its history.".into()
+            }
+            "What is the capital of France?" => {
+                "Query: Write a paragraph about the capital city of France.".into()
+            }
+            "Which planet is known as the Red Planet?" => {
+                "Here it is.\nQuery: Write a paragraph about the planet known as the Red Planet."
+                    .into()
+            }
+            "Which scientist proposed the theory of general relativity?" => {
+                "Query: Write a paragraph about the scientist who proposed general relativity."
+                    .into()
+            }
             "Who wrote Hamlet?" => "Query: Write a paragraph about Shakespeare's Hamlet.".into(),
             other => format!("Query: Write a paragraph about the subject of \"{other}\"."),
         },
-        Task::Rephrase => "Explanation: The category says he is a scientist.\nRephrased question: Which scientist proposed the theory of general relativity?".into(),
+        Task::Rephrase => "Explanation: The category says he is a scientist.\nRephrased question: \
+                           Which scientist proposed the theory of general relativity?"
+            .into(),
         // The base model goes on with the next few-shot example after a blank line.
-        Task::Sample => format!("\n{} fact {call}.\n\n### Query 10\nWrite a paragraph about", subject(key)),
+        Task::Sample => format!(
+            "\n{} fact {call}.\n\n### Query 10\nWrite a paragraph about",
+            subject(key)
+        ),
         Task::Summary => {
             let thoughts = your_task(text).matches("### Thought ").count();
             format!("### My Statement\nI am certain of the first of {thoughts} Thoughts.")
         }
         Task::Paragraph => format!("{} is well known.", subject(key)),
         Task::Extract => match key {
-            "What is the capital of France?" => "Reasoning: It names two cities.\nAnswers: Paris; Lyon".into(),
-            "Which planet is known as the Red Planet?" => "Reasoning: No planet is named.\nAnswers: none".into(),
+            "What is the capital of France?" => {
+                "Reasoning: It names two cities.\nAnswers: Paris; Lyon".into()
+            }
+            "Which planet is known as the Red Planet?" => {
+                "Reasoning: No planet is named.\nAnswers: none".into()
+            }
             _ => "Reasoning: I am not sure what to list.".into(),
         },
         Task::Forecast => match key {
@@ -187,12 +209,36 @@ fn subject(query: &str) -> &str {
 
 fn questions_file(dir: &Path, with_hamlet: bool) -> PathBuf {
     let mut lines = vec![
-        json!({"id": "q1", "question": "What is the capital of France?", "answer": "Paris", "aliases": ["Paris", "Paris, France"], "source": "test"}),
-        json!({"id": "q2", "question": "Which planet is known as the Red Planet?", "answer": "Mars", "source": "test"}),
-        json!({"id": "q3", "question": "He proposed the theory of general relativity", "answer": "Albert Einstein", "aliases": ["Einstein"], "source": "jeopardy", "category": "SCIENTISTS"}),
+        json!({
+            "id": "q1",
+            "question": "What is the capital of France?",
+            "answer": "Paris",
+            "aliases": ["Paris", "Paris, France"],
+            "source": "test",
+        }),
+        json!({
+            "id": "q2",
+            "question": "Which planet is known as the Red Planet?",
+            "answer": "Mars",
+            "source": "test",
+        }),
+        json!({
+            "id": "q3",
+            "question": "He proposed the theory of general relativity",
+            "answer": "Albert Einstein",
+            "aliases": ["Einstein"],
+            "source": "jeopardy",
+            "category": "SCIENTISTS",
+        }),
     ];
     if with_hamlet {
-        lines.push(json!({"id": "q4", "question": "Who wrote Hamlet?", "answer": "William Shakespeare", "aliases": ["Shakespeare"], "source": "test"}));
+        lines.push(json!({
+            "id": "q4",
+            "question": "Who wrote Hamlet?",
+            "answer": "William Shakespeare",
+            "aliases": ["Shakespeare"],
+            "source": "test",
+        }));
     }
     let path = dir.join("questions.jsonl");
     let text: String = lines.iter().map(|line| format!("{line}\n")).collect();
@@ -209,7 +255,7 @@ fn settings(stage: Stage) -> Settings {
 
 fn context<'a>(teacher: &'a Teacher, templates: &'a Templates) -> StageContext<'a> {
     StageContext {
-        llm: teacher.fake.as_ref(),
+        teacher: Answerer::Model(teacher.fake.as_ref()),
         templates,
         options: StageOptions::default(),
     }
@@ -283,14 +329,34 @@ fn queries_hide_the_answer_rephrase_jeopardy_clues_and_record_failures() {
     assert_eq!(
         read_lines(&out.join("queries.jsonl")),
         [
-            json!({"id": "q1", "question": "What is the capital of France?", "answer": "Paris", "aliases": ["Paris", "Paris, France"], "source": "test",
-                   "query": "Write a paragraph about the capital city of France."}),
-            json!({"id": "q2", "question": "Which planet is known as the Red Planet?", "answer": "Mars", "aliases": ["Mars"], "source": "test",
-                   "query": "Write a paragraph about the planet known as the Red Planet."}),
-            json!({"id": "q3", "question": "Which scientist proposed the theory of general relativity?", "answer": "Albert Einstein",
-                   "aliases": ["Albert Einstein", "Einstein"], "source": "jeopardy",
-                   "query": "Write a paragraph about the scientist who proposed general relativity.",
-                   "jeopardy": {"category": "SCIENTISTS", "clue": "He proposed the theory of general relativity"}}),
+            json!({
+                "id": "q1",
+                "question": "What is the capital of France?",
+                "answer": "Paris",
+                "aliases": ["Paris", "Paris, France"],
+                "source": "test",
+                "query": "Write a paragraph about the capital city of France.",
+            }),
+            json!({
+                "id": "q2",
+                "question": "Which planet is known as the Red Planet?",
+                "answer": "Mars",
+                "aliases": ["Mars"],
+                "source": "test",
+                "query": "Write a paragraph about the planet known as the Red Planet.",
+            }),
+            json!({
+                "id": "q3",
+                "question": "Which scientist proposed the theory of general relativity?",
+                "answer": "Albert Einstein",
+                "aliases": ["Albert Einstein", "Einstein"],
+                "source": "jeopardy",
+                "query": "Write a paragraph about the scientist who proposed general relativity.",
+                "jeopardy": {
+                    "category": "SCIENTISTS",
+                    "clue": "He proposed the theory of general relativity",
+                },
+            }),
         ]
     );
     // q1's first query named Paris and was asked again; q4's always names Shakespeare.
@@ -298,9 +364,14 @@ fn queries_hide_the_answer_rephrase_jeopardy_clues_and_record_failures() {
     assert_eq!(teacher.calls(Task::Rephrase), 1);
     assert_eq!(
         read_lines(&out.join("failures.jsonl")),
-        [json!({"id": "q4", "step": "query",
-                "reason": "no usable answer in 3 attempts: it gives the answer away (it contains \"Shakespeare\")",
-                "raw_text": "Query: Write a paragraph about Shakespeare's Hamlet.", "attempts": 3})]
+        [json!({
+            "id": "q4",
+            "step": "query",
+            "reason": "no usable answer in 3 attempts: it gives the answer away (it contains \
+                       \"Shakespeare\")",
+            "raw_text": "Query: Write a paragraph about Shakespeare's Hamlet.",
+            "attempts": 3,
+        })]
     );
     assert_eq!(counts(&report), count_list(4, 0, 3, 1));
     // The retry of q1 used the next seed of the same request.
@@ -308,7 +379,10 @@ fn queries_hide_the_answer_rephrase_jeopardy_clues_and_record_failures() {
         .fake
         .requests()
         .iter()
-        .filter(|r| matches!(&r.prompt, Prompt::Chat(m) if m[1].content.ends_with("Question: What is the capital of France?")))
+        .filter(|r| {
+            matches!(&r.prompt, Prompt::Chat(m)
+                if m[1].content.ends_with("Question: What is the capital of France?"))
+        })
         .map(|r| r.params.seed)
         .collect();
     assert_eq!(q1.len(), 2);
@@ -416,9 +490,14 @@ fn summaries_see_the_samples_and_make_sft_training_rows() {
     assert!(!summary_prompt.contains("### Thought 9"));
     assert_eq!(
         read_lines(&out.join("failures.jsonl")),
-        [json!({"id": "q3", "step": "summary",
-                "reason": "no usable answer in 3 attempts: summary refers to \"Thought 2\"; the statement must not mention the Thoughts: \"Thought 2 says he was German.\"",
-                "raw_text": "Thought 2 says he was German.", "attempts": 3})]
+        [json!({
+            "id": "q3",
+            "step": "summary",
+            "reason": "no usable answer in 3 attempts: summary refers to \"Thought 2\"; the \
+                       statement must not mention the Thoughts: \"Thought 2 says he was German.\"",
+            "raw_text": "Thought 2 says he was German.",
+            "attempts": 3,
+        })]
     );
     let summary = "I am certain of the first of 8 Thoughts.";
     let paris: Vec<Option<String>> = (0..8).map(|i| Some(format!("Paris fact {i}."))).collect();
@@ -485,9 +564,25 @@ fn reader_labels_include_the_ground_truth_and_feed_the_reader_sets() {
     let paragraphs = dir.path().join("paragraphs.jsonl");
     // The paragraph field may be `completion`, as `lincal generate` writes it.
     let lines = [
-        json!({"id": "q1", "question": "What is the capital of France?", "answer": "Paris", "aliases": ["Paris, France"], "paragraph": "I am 80% sure it is Paris, with a 20% chance of Lyon."}),
-        json!({"id": "q2", "question": "Which planet is known as the Red Planet?", "answer": "Mars", "completion": "I do not know."}),
-        json!({"id": "q3", "question": "Who proposed general relativity?", "answer": "Albert Einstein", "paragraph": "A physicist did."}),
+        json!({
+            "id": "q1",
+            "question": "What is the capital of France?",
+            "answer": "Paris",
+            "aliases": ["Paris, France"],
+            "paragraph": "I am 80% sure it is Paris, with a 20% chance of Lyon.",
+        }),
+        json!({
+            "id": "q2",
+            "question": "Which planet is known as the Red Planet?",
+            "answer": "Mars",
+            "completion": "I do not know.",
+        }),
+        json!({
+            "id": "q3",
+            "question": "Who proposed general relativity?",
+            "answer": "Albert Einstein",
+            "paragraph": "A physicist did.",
+        }),
     ];
     std::fs::write(
         &paragraphs,
@@ -529,6 +624,16 @@ fn reader_labels_include_the_ground_truth_and_feed_the_reader_sets() {
             && !messages[1].content.contains("### Example 9")
     );
     assert_eq!(first.params.temperature, 0.2);
+    // The ExtractAnswers set comes with the extractions, whatever becomes of the forecasts.
+    let extract_set = jsonl::read_sft_jsonl(&extractions.join("extract_answers.jsonl")).unwrap();
+    let targets: Vec<&str> = extract_set.iter().map(|e| e.target.as_str()).collect();
+    assert_eq!(targets, ["Paris; Lyon", "No Answer"]);
+    assert_eq!(
+        extract_set[1].prompt,
+        templates
+            .extract_answers_model("Which planet is known as the Red Planet?", "I do not know.")
+            .unwrap()
+    );
 
     let teacher = Teacher::new();
     let forecasts = dir.path().join("forecast");
@@ -539,7 +644,9 @@ fn reader_labels_include_the_ground_truth_and_feed_the_reader_sets() {
         &settings(Stage::Forecast),
     )
     .unwrap();
-    assert_eq!(counts(&report), count_list(2, 0, 2, 0));
+    let mut expected = count_list(2, 0, 2, 0);
+    expected.insert(0, ("dropped_candidates".into(), 0));
+    assert_eq!(counts(&report), expected);
     let records = read_lines(&forecasts.join("forecasts.jsonl"));
     // The ground truth comes first even when it was also extracted.
     assert_eq!(records[0]["candidates"], json!(["Paris", "Paris", "Lyon"]));
@@ -580,15 +687,7 @@ fn reader_labels_include_the_ground_truth_and_feed_the_reader_sets() {
         joined.rows[0].question.normalized_aliases,
         ["paris", "paris france"]
     );
-    let extract_set = jsonl::read_sft_jsonl(&forecasts.join("extract_answers.jsonl")).unwrap();
-    let targets: Vec<&str> = extract_set.iter().map(|e| e.target.as_str()).collect();
-    assert_eq!(targets, ["Paris; Lyon", "No Answer"]);
-    assert_eq!(
-        extract_set[1].prompt,
-        templates
-            .extract_answers_model("Which planet is known as the Red Planet?", "I do not know.")
-            .unwrap()
-    );
+    assert!(!forecasts.join("extract_answers.jsonl").exists());
     let forecast_set = jsonl::read_reward_jsonl(&forecasts.join("forecast_probs.jsonl")).unwrap();
     let labels: Vec<f64> = forecast_set.iter().map(|e| e.label).collect();
     assert_eq!(labels, [0.8, 0.8, 0.2, 0.0]);
@@ -623,9 +722,12 @@ fn reader_labels_include_the_ground_truth_and_feed_the_reader_sets() {
     assert_eq!(counts(&report), count_list(3, 0, 2, 1));
     assert_eq!(
         read_lines(&binary.join("failures.jsonl")),
-        [
-            json!({"id": "q3", "step": "binary", "reason": "the call failed: backend failed: out of memory", "attempts": 1})
-        ]
+        [json!({
+            "id": "q3",
+            "step": "binary",
+            "reason": "the call failed: backend failed: out of memory",
+            "attempts": 1,
+        })]
     );
     let rows =
         schema::read_reward_model_training(&binary.join("reward_model_training.csv")).unwrap();
@@ -664,7 +766,13 @@ fn paragraphs_come_from_summaries_or_first_samples() {
     let error = distill::read_paragraphs(&dir.path().join("queries"))
         .unwrap_err()
         .to_string();
-    assert!(error.contains("holds a `distill-queries` stage; give the directory of a `distill-summarize` or `distill-sample` stage"), "{error}");
+    assert!(
+        error.contains(
+            "holds a `distill-queries` stage; give the directory of a `distill-summarize` or \
+             `distill-sample` stage"
+        ),
+        "{error}"
+    );
 }
 
 #[test]
@@ -673,7 +781,16 @@ fn a_killed_stage_resumes_without_asking_again_and_ends_as_an_uninterrupted_one(
     let templates = Templates::builtin().unwrap();
     let questions = dir.path().join("many.jsonl");
     let lines: String = (0..6)
-        .map(|i| format!("{}\n", json!({"id": format!("n{i}"), "question": format!("Question number {i}?"), "answer": format!("answer{i}")})))
+        .map(|i| {
+            format!(
+                "{}\n",
+                json!({
+                    "id": format!("n{i}"),
+                    "question": format!("Question number {i}?"),
+                    "answer": format!("answer{i}"),
+                })
+            )
+        })
         .collect();
     std::fs::write(&questions, lines).unwrap();
     let options = StageOptions {
@@ -743,7 +860,13 @@ fn a_killed_stage_resumes_without_asking_again_and_ends_as_an_uninterrupted_one(
     let error = distill::make_queries(&cx, &questions, &out, &hotter)
         .unwrap_err()
         .to_string();
-    assert!(error.contains("holds a finished `distill-queries` run that does not match this one: its config differs: `settings.temperature` was 0.3, now 0.9"), "{error}");
+    assert!(
+        error.contains(
+            "holds a finished `distill-queries` run that does not match this one: \
+             its config differs: `settings.temperature` was 0.3, now 0.9"
+        ),
+        "{error}"
+    );
     // --limit is part of the config too; with force the stage runs again.
     let cx = StageContext {
         options: StageOptions {
@@ -771,7 +894,8 @@ fn bad_question_files_are_named_with_the_line() {
             "q.jsonl:1: record a needs a non-empty question and answer",
         ),
         (
-            "{\"id\": \"a\", \"question\": \"Q?\", \"answer\": \"A\"}\n{\"id\": \"a\", \"question\": \"R?\", \"answer\": \"B\"}\n",
+            "{\"id\": \"a\", \"question\": \"Q?\", \"answer\": \"A\"}\n\
+             {\"id\": \"a\", \"question\": \"R?\", \"answer\": \"B\"}\n",
             "q.jsonl: id \"a\" belongs to records 1 and 2; every item needs its own id",
         ),
         (
@@ -832,4 +956,239 @@ fn bad_question_files_are_named_with_the_line() {
         )),
         "{error}"
     );
+}
+
+/// A teacher whose query calls fail for every question but France's.
+fn failing_queries() -> Teacher {
+    Teacher::with(|task, key, _| {
+        (task == Task::Query && key != "What is the capital of France?").then(|| {
+            Err(LlmError::Backend {
+                message: "overloaded".into(),
+                retryable: false,
+            })
+        })
+    })
+}
+
+#[test]
+fn a_stage_with_most_items_failed_stays_unfinished_and_a_rerun_retries_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let templates = Templates::builtin().unwrap();
+    let questions = questions_file(dir.path(), true);
+    let out = dir.path().join("queries");
+    let failing = failing_queries();
+    let error = distill::make_queries(
+        &context(&failing, &templates),
+        &questions,
+        &out,
+        &settings(Stage::Queries),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains(
+            "3 of the 4 items of the `distill-queries` stage failed, more than its largest share \
+             of failures (0.5), so it stays unfinished"
+        ),
+        "{error}"
+    );
+    assert!(
+        error.contains("failures.jsonl.partial; run the stage again to retry the failed items"),
+        "{error}"
+    );
+    assert!(Manifest::read(&out).unwrap().finished.is_none());
+    assert!(!out.join(LOCK_FILE).exists(), "the lock is released");
+    assert_eq!(read_lines(&out.join("failures.jsonl.partial")).len(), 3);
+    assert!(!out.join("queries.jsonl").exists());
+
+    // The rerun asks again for the failed items only. q4's query still names Shakespeare: one
+    // failure in four is within the share, and the stage finishes.
+    let teacher = Teacher::new();
+    let report = distill::make_queries(
+        &context(&teacher, &templates),
+        &questions,
+        &out,
+        &settings(Stage::Queries),
+    )
+    .unwrap();
+    assert!(report.resumed && !report.skipped);
+    assert_eq!(counts(&report), count_list(4, 1, 2, 1));
+    // q2 and q3 once each, q4 three times; France is not asked again.
+    assert_eq!(teacher.calls(Task::Query), 1 + 1 + 3);
+    assert_eq!(read_lines(&out.join("queries.jsonl")).len(), 3);
+    assert_eq!(read_lines(&out.join("failures.jsonl")).len(), 1);
+}
+
+#[test]
+fn the_retry_budget_and_the_failure_share_are_not_part_of_a_stages_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let templates = Templates::builtin().unwrap();
+    let questions = questions_file(dir.path(), true);
+    let out = dir.path().join("queries");
+    let run = |teacher: &Teacher, settings: &Settings| {
+        distill::make_queries(&context(teacher, &templates), &questions, &out, settings)
+    };
+    let once = Settings {
+        max_attempts: 1,
+        ..settings(Stage::Queries)
+    };
+    // With one attempt even France's query fails (its first names Paris).
+    run(&failing_queries(), &once).unwrap_err();
+    // Another retry budget and failure share resume the unfinished stage.
+    let generous = Settings {
+        max_attempts: 5,
+        max_failure_share: 1.0,
+        ..settings(Stage::Queries)
+    };
+    let teacher = Teacher::new();
+    let report = run(&teacher, &generous).unwrap();
+    assert!(report.resumed);
+    assert_eq!(counts(&report), count_list(4, 0, 3, 1));
+    assert_eq!(teacher.calls(Task::Query), 2 + 1 + 1 + 5);
+    let recorded = &report.manifest.config["settings"];
+    assert_eq!(
+        *recorded,
+        json!({"temperature": 0.3, "top_p": null, "max_tokens": 128, "seed": 0, "limit": null})
+    );
+    // ... and leave a finished one finished.
+    let strict = Settings {
+        max_attempts: 2,
+        max_failure_share: 0.0,
+        ..settings(Stage::Queries)
+    };
+    let teacher = Teacher::new();
+    assert!(run(&teacher, &strict).unwrap().skipped);
+    assert_eq!(teacher.total_calls(), 0);
+}
+
+#[test]
+fn a_failed_forecast_drops_only_its_candidate() {
+    let dir = tempfile::tempdir().unwrap();
+    let templates = Templates::builtin().unwrap();
+    let paragraphs = dir.path().join("paragraphs.jsonl");
+    let lines = [
+        json!({
+            "id": "q1",
+            "question": "What is the capital of France?",
+            "answer": "Paris",
+            "paragraph": "I am 80% sure it is Paris, with a 20% chance of Lyon.",
+        }),
+        json!({
+            "id": "q2",
+            "question": "Which planet is known as the Red Planet?",
+            "answer": "Mars",
+            "paragraph": "I do not know.",
+        }),
+    ];
+    std::fs::write(
+        &paragraphs,
+        lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let extractions = dir.path().join("extract");
+    distill::extract_answers(
+        &context(&Teacher::new(), &templates),
+        &paragraphs,
+        &extractions,
+        &settings(Stage::Extract),
+    )
+    .unwrap();
+    // Lyon's forecast never parses; Mars' (q2's gold answer) call fails.
+    let teacher = Teacher::with(|task, key, _| match (task, key) {
+        (Task::Forecast, "Lyon") => Some(Ok("Reasoning: hard to say.".to_string())),
+        (Task::Forecast, "Mars") => Some(Err(LlmError::Backend {
+            message: "overloaded".into(),
+            retryable: false,
+        })),
+        _ => None,
+    });
+    let forecasts = dir.path().join("forecast");
+    let report = distill::forecast_candidates(
+        &context(&teacher, &templates),
+        &extractions,
+        &forecasts,
+        &settings(Stage::Forecast),
+    )
+    .unwrap();
+    let mut expected = count_list(2, 0, 1, 1);
+    expected.insert(0, ("dropped_candidates".into(), 1));
+    assert_eq!(counts(&report), expected);
+    let records = read_lines(&forecasts.join("forecasts.jsonl"));
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["candidates"], json!(["Paris", "Paris"]));
+    assert_eq!(records[0]["probabilities"], json!([0.8, 0.8]));
+    assert_eq!(
+        records[0]["dropped_candidates"],
+        json!([{
+            "id": "q1",
+            "step": "forecast",
+            "reason": "candidate \"Lyon\": no usable answer in 3 attempts: cannot parse \
+                       probability: expected a line \"Probability: <number between 0 and 1>\" \
+                       (a percentage such as 70% also works); got \"Reasoning: hard to say.\"",
+            "raw_text": "Reasoning: hard to say.",
+            "attempts": 3,
+        }])
+    );
+    // Without its gold answer's forecast a row cannot be written: the item fails.
+    assert_eq!(
+        read_lines(&forecasts.join("failures.jsonl")),
+        [json!({
+            "id": "q2",
+            "step": "forecast",
+            "reason": "candidate \"Mars\": the call failed: backend failed: overloaded",
+            "attempts": 1,
+        })]
+    );
+    let set = jsonl::read_reward_jsonl(&forecasts.join("forecast_probs.jsonl")).unwrap();
+    assert_eq!(set.iter().map(|e| e.label).collect::<Vec<_>>(), [0.8, 0.8]);
+}
+
+#[test]
+fn a_second_run_on_a_locked_stage_is_refused_and_a_dead_runs_lock_is_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let templates = Templates::builtin().unwrap();
+    let questions = questions_file(dir.path(), false);
+    let out = dir.path().join("queries");
+    let run = |teacher: &Teacher| {
+        distill::make_queries(
+            &context(teacher, &templates),
+            &questions,
+            &out,
+            &settings(Stage::Queries),
+        )
+    };
+    // Another run holds the directory.
+    let held = OutputLock::dir(&out).unwrap();
+    let teacher = Teacher::new();
+    let error = run(&teacher).unwrap_err().to_string();
+    let lock = out.join(LOCK_FILE);
+    assert!(
+        error.starts_with(&format!(
+            "{}: the output this lock guards is held by process {} (since ",
+            lock.display(),
+            std::process::id()
+        )),
+        "{error}"
+    );
+    assert!(
+        error.contains(&format!("remove {} and run again", lock.display())),
+        "{error}"
+    );
+    assert_eq!(teacher.total_calls(), 0);
+    assert!(!out.join("manifest.json").exists());
+    drop(held);
+
+    // A run that died left its lock behind: the next run takes it over and says so.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = LockHolder {
+        pid: dead,
+        started: "2026-01-01T00:00:00Z".into(),
+    };
+    std::fs::write(&lock, serde_json::to_string(&stale).unwrap()).unwrap();
+    let report = run(&Teacher::new()).unwrap();
+    assert_eq!(report.took_over_lock, Some(stale));
+    assert_eq!(counts(&report), count_list(3, 0, 3, 0));
+    assert!(!lock.exists(), "released when the stage ends");
 }

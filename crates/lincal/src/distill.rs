@@ -1,15 +1,21 @@
 //! `lincal distill queries|sample|summarize` and `lincal label extract|forecast|binary`: the
 //! teacher pipelines of `lincal_distill` with a teacher (or base model) from a backend
-//! config or a local model directory, a response cache in the stage directory, a progress bar
-//! over the model's requests and a run summary with token and cost accounting.
+//! config or a local model directory, or the stage's offline teacher (`--offline`, with an
+//! extractor model where it needs one), a response cache in the stage directory, a progress
+//! bar over the model's requests and a run summary with token and cost accounting.
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use lincal_data::artifact::CACHE_FILE;
 use lincal_data::prompts::Templates;
-use lincal_distill::{self as distill, SampleTemplate, Settings, Stage, StageContext, StageOptions, StageReport};
-use lincal_llm::{Accounting, BackendConfig, ClientOptions, LlmClient, Progress, ResponseCache};
+use lincal_distill::{
+    self as distill, SampleTemplate, Settings, Stage, StageContext, StageOptions, StageReport,
+    Teacher,
+};
+use lincal_llm::{
+    Accounting, BackendConfig, ClientOptions, Llm, LlmClient, Progress, ResponseCache,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +29,11 @@ pub enum DistillCommand {
         questions: PathBuf,
         #[command(flatten)]
         teacher: TeacherArgs,
+        /// The offline stand-in for an API query writer: the query is the question inside a
+        /// fixed request ("Write a short paragraph that answers this question: ..."); a Jeopardy
+        /// clue, or a question that contains its answer, fails.
+        #[arg(long, group = "TeacherArgs")]
+        offline: bool,
         #[command(flatten)]
         stage: StageArgs,
     },
@@ -53,6 +64,14 @@ pub enum DistillCommand {
         distill_paragraphs: bool,
         #[command(flatten)]
         teacher: TeacherArgs,
+        /// The offline stand-in for an API summariser, summary by agreement: the extractor
+        /// (--extractor or --extractor-model) finds each sample's answer, and the summary states
+        /// each answer's share of the samples as its confidence ("I am 60% sure that the answer
+        /// is Paris. It may instead be Lyon (40%)."). It never sees the gold answer.
+        #[arg(long, group = "TeacherArgs")]
+        offline: bool,
+        #[command(flatten)]
+        extractor: ExtractorArgs,
         #[command(flatten)]
         stage: StageArgs,
     },
@@ -60,7 +79,9 @@ pub enum DistillCommand {
 
 #[derive(Subcommand)]
 pub enum LabelCommand {
-    /// The answers each paragraph gives to its question.
+    /// The answers each paragraph gives to its question: writes extractions.jsonl and the
+    /// ExtractAnswers set. There is no offline teacher: reading answers from free text needs a
+    /// model.
     Extract {
         /// A `distill summarize` or `distill sample` directory, or a JSONL file of
         /// `{id, question, answer, aliases, paragraph}` (or `completion`) records.
@@ -71,14 +92,19 @@ pub enum LabelCommand {
         #[command(flatten)]
         stage: StageArgs,
     },
-    /// A probability for the gold answer and every extracted answer: writes
-    /// reward_model_training.csv, questions.jsonl and the ExtractAnswers and ForecastProbs sets.
+    /// A probability for the gold answer and every extracted answer (a candidate whose
+    /// forecast fails is dropped from its row): writes reward_model_training.csv,
+    /// questions.jsonl and the ForecastProbs set.
     Forecast {
         /// A `label extract` directory.
         #[arg(long)]
         extractions: PathBuf,
         #[command(flatten)]
         teacher: TeacherArgs,
+        /// The offline stand-in for an API forecaster: the confidence the paragraph itself
+        /// states for each candidate (percentages, and hedges through the hedge table).
+        #[arg(long, group = "TeacherArgs")]
+        offline: bool,
         #[command(flatten)]
         stage: StageArgs,
     },
@@ -90,12 +116,20 @@ pub enum LabelCommand {
         paragraphs: PathBuf,
         #[command(flatten)]
         teacher: TeacherArgs,
+        /// The offline stand-in for an API labeller: the extractor (--extractor or
+        /// --extractor-model) finds the paragraph's answers, and it is correct when each is an
+        /// alias of the gold answer after normalisation (exact match).
+        #[arg(long, group = "TeacherArgs")]
+        offline: bool,
+        #[command(flatten)]
+        extractor: ExtractorArgs,
         #[command(flatten)]
         stage: StageArgs,
     },
 }
 
-/// The teacher: a backend config or a local model.
+/// The teacher: a backend config or a local model (or, where a command has one, `--offline`,
+/// which joins this group).
 #[derive(Args)]
 #[group(required = true, multiple = false)]
 pub struct TeacherArgs {
@@ -107,6 +141,19 @@ pub struct TeacherArgs {
     /// template.
     #[arg(long)]
     teacher_model: Option<PathBuf>,
+}
+
+/// The extractor of an offline teacher that needs one: a backend config or a local model,
+/// asked with the teacher extraction prompt.
+#[derive(Args)]
+#[group(multiple = false)]
+pub struct ExtractorArgs {
+    /// A backend config (TOML) of the extractor (with --offline).
+    #[arg(long)]
+    extractor: Option<PathBuf>,
+    /// A local model directory (Hugging Face layout) of the extractor (with --offline).
+    #[arg(long)]
+    extractor_model: Option<PathBuf>,
 }
 
 /// The sampled model: a backend config or a local model.
@@ -147,9 +194,14 @@ pub struct StageArgs {
     /// Most new tokens per answer.
     #[arg(long)]
     max_tokens: Option<u32>,
-    /// Calls per request before its item is recorded in failures.jsonl.
+    /// Calls per request before its item is recorded in failures.jsonl. Changing it resumes
+    /// the stage rather than replacing it.
     #[arg(long)]
     max_attempts: Option<u32>,
+    /// The largest share of items that may fail for the stage to finish; past it the command
+    /// fails and the stage stays unfinished, so that running it again retries the failures.
+    #[arg(long, default_value_t = distill::DEFAULT_MAX_FAILURE_SHARE)]
+    max_failure_share: f64,
     /// Every request's seed derives from this and its item's id.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -174,13 +226,19 @@ pub struct StageArgs {
 }
 
 impl StageArgs {
-    fn settings(&self, stage: Stage) -> Settings {
-        let defaults = stage.default_settings();
+    /// The settings of `stage`, whose defaults are those of its offline teacher when `offline`.
+    fn settings(&self, stage: Stage, offline: bool) -> Settings {
+        let defaults = if offline {
+            stage.offline_default_settings()
+        } else {
+            stage.default_settings()
+        };
         Settings {
             temperature: self.temperature.unwrap_or(defaults.temperature),
             top_p: self.top_p.or(defaults.top_p),
             max_tokens: self.max_tokens.unwrap_or(defaults.max_tokens),
             max_attempts: self.max_attempts.unwrap_or(defaults.max_attempts),
+            max_failure_share: self.max_failure_share,
             seed: self.seed,
             limit: self.limit,
         }
@@ -217,6 +275,13 @@ impl TeacherArgs {
     }
 }
 
+impl ExtractorArgs {
+    fn source(&self) -> Option<TeacherSource<'_>> {
+        (self.extractor.is_some() || self.extractor_model.is_some())
+            .then(|| TeacherSource::from_flags(&self.extractor, &self.extractor_model))
+    }
+}
+
 impl BaseArgs {
     fn source(&self) -> TeacherSource<'_> {
         TeacherSource::from_flags(&self.base, &self.base_model)
@@ -235,56 +300,150 @@ impl Model {
         let default_cache = args.out.join(CACHE_FILE);
         let client = match source {
             TeacherSource::Config(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                let mut config: BackendConfig = toml::from_str(&text).with_context(|| format!("{}: not a valid backend config", path.display()))?;
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let mut config: BackendConfig = toml::from_str(&text)
+                    .with_context(|| format!("{}: not a valid backend config", path.display()))?;
                 config.cache = args.cache.clone().or(config.cache).or(Some(default_cache));
-                config.build().with_context(|| format!("setting up the backend of {}", path.display()))?
+                config
+                    .build()
+                    .with_context(|| format!("setting up the backend of {}", path.display()))?
             }
             TeacherSource::Local(dir) => {
                 let (device, kind) = args.device.resolve()?;
                 let llm = crate::local_llm::LocalLlm::load(dir, device, kind, args.batch_size)
                     .with_context(|| format!("loading the model in {}", dir.display()))?;
                 // One worker hands the engine whole batches.
-                let options = ClientOptions { concurrency: args.batch_size.max(1), ..ClientOptions::default() };
+                let options = ClientOptions {
+                    concurrency: args.batch_size.max(1),
+                    ..ClientOptions::default()
+                };
                 let cache = ResponseCache::open(args.cache.clone().unwrap_or(default_cache))?;
                 LlmClient::new(Arc::new(llm), options).with_cache(Arc::new(cache))
             }
         };
         let accounting = Arc::new(Accounting::new());
         let bar = ProgressBar::new(0).with_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} requests [{elapsed_precise} < {eta_precise}] {msg}").expect("valid template"),
+            ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} requests [{elapsed_precise} < {eta_precise}] {msg}",
+            )
+            .expect("valid template"),
         );
         let (cached, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let hook_bar = bar.clone();
-        let client = client.with_accounting(accounting.clone()).with_progress(move |event| match event {
-            Progress::Queued { requests } => hook_bar.inc_length(requests as u64),
-            Progress::Finished { from_cache, ok } => {
-                let cached = cached.fetch_add(u64::from(from_cache), Ordering::Relaxed) + u64::from(from_cache);
-                let failed = failed.fetch_add(u64::from(!ok), Ordering::Relaxed) + u64::from(!ok);
-                hook_bar.set_message(format!("{cached} from cache, {failed} failed calls"));
-                hook_bar.inc(1);
+        let client = client
+            .with_accounting(accounting.clone())
+            .with_progress(move |event| match event {
+                Progress::Queued { requests } => hook_bar.inc_length(requests as u64),
+                Progress::Finished { from_cache, ok } => {
+                    let cached = cached.fetch_add(u64::from(from_cache), Ordering::Relaxed)
+                        + u64::from(from_cache);
+                    let failed =
+                        failed.fetch_add(u64::from(!ok), Ordering::Relaxed) + u64::from(!ok);
+                    hook_bar.set_message(format!("{cached} from cache, {failed} failed calls"));
+                    hook_bar.inc(1);
+                }
+            });
+        Ok(Model {
+            client,
+            accounting,
+            bar,
+        })
+    }
+}
+
+/// Who a stage command asks: a model, or the stage's offline teacher with the extractor model
+/// it may need.
+enum Asked {
+    Model(Model),
+    Offline(Option<Model>),
+}
+
+impl Asked {
+    /// The model of `teacher`, or with `offline` the offline teacher and the extractor of
+    /// `extractor` where it needs one (`needs_extractor`; the flags are named in the error).
+    fn build(
+        teacher: &TeacherArgs,
+        offline: bool,
+        extractor: Option<&ExtractorArgs>,
+        stage: Stage,
+        args: &StageArgs,
+    ) -> Result<Self> {
+        let extractor = extractor.and_then(ExtractorArgs::source);
+        if !offline {
+            if extractor.is_some() {
+                anyhow::bail!(
+                    "--extractor and --extractor-model give the extractor of the offline teacher: \
+                     add --offline, or leave them out"
+                );
             }
-        });
-        Ok(Model { client, accounting, bar })
+            return Ok(Asked::Model(Model::build(teacher.source(), args)?));
+        }
+        match extractor {
+            Some(source) => Ok(Asked::Offline(Some(Model::build(source, args)?))),
+            None if stage.offline_needs_extractor() => {
+                anyhow::bail!(
+                    "the offline teacher of the `{}` stage needs an extractor, a model that finds \
+                     the answers a text gives: give --extractor CONFIG or --extractor-model DIR",
+                    stage.name()
+                )
+            }
+            None => Ok(Asked::Offline(None)),
+        }
+    }
+
+    /// The model whose requests are counted and shown: the teacher, or the extractor.
+    fn model(&self) -> Option<&Model> {
+        match self {
+            Asked::Model(model) => Some(model),
+            Asked::Offline(extractor) => extractor.as_ref(),
+        }
     }
 
     fn context<'a>(&'a self, templates: &'a Templates, args: &StageArgs) -> StageContext<'a> {
-        let options = StageOptions { force: args.force, chunk_size: args.chunk_size, accounting: Some(self.accounting.clone()) };
-        StageContext { llm: &self.client, templates, options }
+        let teacher = match self {
+            Asked::Model(model) => Teacher::Model(&model.client),
+            Asked::Offline(extractor) => Teacher::Offline {
+                extractor: extractor.as_ref().map(|model| &model.client as &dyn Llm),
+            },
+        };
+        let options = StageOptions {
+            force: args.force,
+            chunk_size: args.chunk_size,
+            accounting: self.model().map(|model| model.accounting.clone()),
+        };
+        StageContext {
+            teacher,
+            templates,
+            options,
+        }
     }
 
     /// Ends the progress bar and prints what the stage did.
     fn report(&self, report: &StageReport) {
-        self.bar.finish_and_clear();
-        print_report(report, &self.accounting);
+        if let Some(model) = self.model() {
+            model.bar.finish_and_clear();
+        }
+        print_report(report, self.model().map(|model| model.accounting.as_ref()));
     }
 }
 
-fn print_report(report: &StageReport, accounting: &Accounting) {
+fn print_report(report: &StageReport, accounting: Option<&Accounting>) {
     let manifest = &report.manifest;
     let dir = report.dir.display();
+    if let Some(holder) = &report.took_over_lock {
+        eprintln!(
+            "warning: {dir} was locked by process {} (since {}), which no longer runs; \
+             this run took the lock over",
+            holder.pid, holder.started
+        );
+    }
     if report.skipped {
-        eprintln!("{dir}: the `{}` stage already finished with this config and these inputs; skipped (use --force to run it again)", manifest.stage);
+        eprintln!(
+            "{dir}: the `{}` stage already finished with this config and these inputs; \
+             skipped (use --force to run it again)",
+            manifest.stage
+        );
         return;
     }
     let count = |name: &str| manifest.counts.get(name).copied().unwrap_or(0);
@@ -292,42 +451,118 @@ fn print_report(report: &StageReport, accounting: &Accounting) {
         0 => String::new(),
         n => format!(", {n} from the interrupted run"),
     };
-    eprintln!("{}: {} of {} items done{reused}; {} failed (see {dir}/failures.jsonl)", manifest.stage, count("records"), count("items"), count("failed"));
-    for (model, usage) in accounting.by_model() {
-        let cost = if usage.cost_usd > 0.0 { format!(", ${:.4}", usage.cost_usd) } else { String::new() };
+    let dropped = match count("dropped_candidates") {
+        0 => String::new(),
+        n => format!(
+            "; {n} candidates dropped from their rows, their forecasts having failed (see \
+             dropped_candidates in {dir}/{})",
+            Stage::Forecast.output()
+        ),
+    };
+    eprintln!(
+        "{}: {} of {} items done{reused}; {} failed (see {dir}/failures.jsonl){dropped}",
+        manifest.stage,
+        count("records"),
+        count("items"),
+        count("failed")
+    );
+    for (model, usage) in accounting.map(Accounting::by_model).unwrap_or_default() {
+        let cost = if usage.cost_usd > 0.0 {
+            format!(", ${:.4}", usage.cost_usd)
+        } else {
+            String::new()
+        };
         eprintln!(
-            "  {model}: {} requests, {} from cache, {} calls ({} retries, {} failed), {} prompt + {} completion tokens{cost}",
-            usage.requests, usage.cache_hits, usage.attempts, usage.retries, usage.failed, usage.prompt_tokens, usage.completion_tokens
+            "  {model}: {} requests, {} from cache, {} calls ({} retries, {} failed), \
+             {} prompt + {} completion tokens{cost}",
+            usage.requests,
+            usage.cache_hits,
+            usage.attempts,
+            usage.retries,
+            usage.failed,
+            usage.prompt_tokens,
+            usage.completion_tokens
         );
     }
-    eprintln!("wrote {}", manifest.outputs.iter().map(|name| format!("{dir}/{name}")).collect::<Vec<_>>().join(", "));
+    eprintln!(
+        "wrote {}",
+        manifest
+            .outputs
+            .iter()
+            .map(|name| format!("{dir}/{name}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 }
 
 pub fn run_distill(command: DistillCommand) -> Result<()> {
     match command {
-        DistillCommand::Queries { questions, teacher, stage } => {
+        DistillCommand::Queries {
+            questions,
+            teacher,
+            offline,
+            stage,
+        } => {
             let templates = stage.templates()?;
-            let model = Model::build(teacher.source(), &stage)?;
-            let report = distill::make_queries(&model.context(&templates, &stage), &questions, &stage.out, &stage.settings(Stage::Queries))?;
-            model.report(&report);
+            let asked = Asked::build(&teacher, offline, None, Stage::Queries, &stage)?;
+            let settings = stage.settings(Stage::Queries, offline);
+            let report = distill::make_queries(
+                &asked.context(&templates, &stage),
+                &questions,
+                &stage.out,
+                &settings,
+            )?;
+            asked.report(&report);
         }
-        DistillCommand::Sample { queries, base, samples, template, stage } => {
+        DistillCommand::Sample {
+            queries,
+            base,
+            samples,
+            template,
+            stage,
+        } => {
             let templates = stage.templates()?;
-            let model = Model::build(base.source(), &stage)?;
+            let asked = Asked::Model(Model::build(base.source(), &stage)?);
             let template = match template {
                 TemplateArg::Icl => SampleTemplate::Icl,
                 TemplateArg::Policy => SampleTemplate::Policy,
             };
-            let settings = stage.settings(Stage::Sample);
-            let report = distill::sample_paragraphs(&model.context(&templates, &stage), &queries, &stage.out, &settings, samples, template)?;
-            model.report(&report);
+            let settings = stage.settings(Stage::Sample, false);
+            let report = distill::sample_paragraphs(
+                &asked.context(&templates, &stage),
+                &queries,
+                &stage.out,
+                &settings,
+                samples,
+                template,
+            )?;
+            asked.report(&report);
         }
-        DistillCommand::Summarize { samples, distill_paragraphs, teacher, stage } => {
+        DistillCommand::Summarize {
+            samples,
+            distill_paragraphs,
+            teacher,
+            offline,
+            extractor,
+            stage,
+        } => {
             let templates = stage.templates()?;
-            let model = Model::build(teacher.source(), &stage)?;
-            let settings = stage.settings(Stage::Summarize);
-            let report = distill::summarize_samples(&model.context(&templates, &stage), &samples, &stage.out, &settings, distill_paragraphs)?;
-            model.report(&report);
+            let asked = Asked::build(
+                &teacher,
+                offline,
+                Some(&extractor),
+                Stage::Summarize,
+                &stage,
+            )?;
+            let settings = stage.settings(Stage::Summarize, offline);
+            let report = distill::summarize_samples(
+                &asked.context(&templates, &stage),
+                &samples,
+                &stage.out,
+                &settings,
+                distill_paragraphs,
+            )?;
+            asked.report(&report);
         }
     }
     Ok(())
@@ -335,14 +570,59 @@ pub fn run_distill(command: DistillCommand) -> Result<()> {
 
 pub fn run_label(command: LabelCommand) -> Result<()> {
     type Labeller = fn(&StageContext, &Path, &Path, &Settings) -> lincal_data::Result<StageReport>;
-    let (kind, label, input, teacher, stage): (Stage, Labeller, _, _, _) = match &command {
-        LabelCommand::Extract { paragraphs, teacher, stage } => (Stage::Extract, distill::extract_answers, paragraphs, teacher, stage),
-        LabelCommand::Forecast { extractions, teacher, stage } => (Stage::Forecast, distill::forecast_candidates, extractions, teacher, stage),
-        LabelCommand::Binary { paragraphs, teacher, stage } => (Stage::Binary, distill::judge_correctness, paragraphs, teacher, stage),
-    };
+    let (kind, label, input, teacher, offline, extractor, stage): (Stage, Labeller, _, _, _, _, _) =
+        match &command {
+            LabelCommand::Extract {
+                paragraphs,
+                teacher,
+                stage,
+            } => (
+                Stage::Extract,
+                distill::extract_answers,
+                paragraphs,
+                teacher,
+                false,
+                None,
+                stage,
+            ),
+            LabelCommand::Forecast {
+                extractions,
+                teacher,
+                offline,
+                stage,
+            } => (
+                Stage::Forecast,
+                distill::forecast_candidates,
+                extractions,
+                teacher,
+                *offline,
+                None,
+                stage,
+            ),
+            LabelCommand::Binary {
+                paragraphs,
+                teacher,
+                offline,
+                extractor,
+                stage,
+            } => (
+                Stage::Binary,
+                distill::judge_correctness,
+                paragraphs,
+                teacher,
+                *offline,
+                Some(extractor),
+                stage,
+            ),
+        };
     let templates = stage.templates()?;
-    let model = Model::build(teacher.source(), stage)?;
-    let report = label(&model.context(&templates, stage), input, &stage.out, &stage.settings(kind))?;
-    model.report(&report);
+    let asked = Asked::build(teacher, offline, extractor, kind, stage)?;
+    let report = label(
+        &asked.context(&templates, stage),
+        input,
+        &stage.out,
+        &stage.settings(kind, offline),
+    )?;
+    asked.report(&report);
     Ok(())
 }
