@@ -1,10 +1,13 @@
-//! `lincal data fetch|build` over the offline question sources, and `lincal prompts export`.
+//! `lincal data fetch|build|split` over the offline question sources, and `lincal prompts
+//! export`.
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use clap::builder::PossibleValuesParser;
 use indicatif::{ProgressBar, ProgressStyle};
 use lincal_data::prompts::Templates;
+use lincal_data::schema::jsonl::write_jsonl;
+use lincal_data::schema::{RoleSize, split_roles};
 use lincal_data::sources::{self, Source};
 use std::path::{Path, PathBuf};
 
@@ -28,7 +31,71 @@ pub enum DataCommand {
         #[arg(long)]
         cache: Option<PathBuf>,
     },
+    /// Split a QA JSONL by question id into disjoint roles (SFT, reader training, PPO,
+    /// validation, test): deterministic for a seed, whatever the order of the file. Writes
+    /// DIR/ROLE.jsonl for each role.
+    Split {
+        /// A QA JSONL (`lincal data build` output or the same format by hand).
+        questions: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Roles and their question counts in dealing order, `NAME=N,...`; the last may be
+        /// `NAME=rest`.
+        #[arg(long, default_value = DEFAULT_ROLES)]
+        roles: String,
+        #[arg(long, default_value_t = lincal_data::schema::SPLIT_SEED)]
+        seed: u64,
+    },
 }
+
+/// Parses `NAME=N,NAME=rest` role sizes.
+pub fn parse_roles(text: &str) -> Result<Vec<RoleSize>> {
+    text.split(',')
+        .map(|part| {
+            let (role, size) = part
+                .trim()
+                .split_once('=')
+                .with_context(|| format!("--roles: {part:?} is not NAME=N or NAME=rest"))?;
+            let questions = match size.trim() {
+                "rest" => None,
+                n => Some(
+                    n.parse()
+                        .with_context(|| format!("--roles: {part:?}: {n:?} is not a count"))?,
+                ),
+            };
+            Ok(RoleSize {
+                role: role.trim().to_string(),
+                questions,
+            })
+        })
+        .collect()
+}
+
+/// Splits `questions` into `out/ROLE.jsonl` files; returns each role's path and count.
+pub fn split_questions(
+    questions: &Path,
+    out: &Path,
+    roles: &[RoleSize],
+    seed: u64,
+) -> Result<Vec<(PathBuf, usize)>> {
+    let records = sources::read_qa_jsonl(questions)?;
+    let split = split_roles(records, roles, seed)
+        .with_context(|| format!("splitting {}", questions.display()))?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    roles
+        .iter()
+        .map(|role| {
+            let path = out.join(format!("{}.jsonl", role.role));
+            let records = &split[&role.role];
+            write_jsonl(&path, records)?;
+            Ok((path, records.len()))
+        })
+        .collect()
+}
+
+/// The default roles of `lincal data split`: the reference pipeline's disjoint question sets
+/// (SPEC 1), at the tiny preset's sizes.
+pub const DEFAULT_ROLES: &str = "sft=200,reader=200,ppo=64,validation=32,test=120";
 
 #[derive(Subcommand)]
 pub enum PromptsCommand {
@@ -43,7 +110,8 @@ fn source_names() -> PossibleValuesParser {
 fn default_cache() -> PathBuf {
     let root = match std::env::var_os("LINCAL_CACHE") {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache/lincal"),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
+            .join(".cache/lincal"),
     };
     root.join("sources")
 }
@@ -51,7 +119,8 @@ fn default_cache() -> PathBuf {
 /// Fetches `source` into `cache` with a download bar.
 fn fetch(source: Source, cache: &Path) -> Result<PathBuf> {
     let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("{msg} {bar:40} {bytes}/{total_bytes} ({bytes_per_sec})").expect("valid template"),
+        ProgressStyle::with_template("{msg} {bar:40} {bytes}/{total_bytes} ({bytes_per_sec})")
+            .expect("valid template"),
     );
     let path = sources::fetch(source, cache, &mut |progress| {
         bar.set_message(progress.file_name.to_string());
@@ -74,9 +143,24 @@ pub fn run_data(command: DataCommand) -> Result<()> {
         }
         DataCommand::Build { name, out, cache } => {
             let source: Source = name.parse()?;
+            if let Some(dir) = out.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
             let raw = fetch(source, &cache.unwrap_or_else(default_cache))?;
-            let tally = sources::build(source, &raw, &out).with_context(|| format!("building {source} from {}", raw.display()))?;
+            let tally = sources::build(source, &raw, &out)
+                .with_context(|| format!("building {source} from {}", raw.display()))?;
             println!("{source}: {tally}; wrote {}", out.display());
+        }
+        DataCommand::Split {
+            questions,
+            out,
+            roles,
+            seed,
+        } => {
+            for (path, count) in split_questions(&questions, &out, &parse_roles(&roles)?, seed)? {
+                println!("{count} questions: {}", path.display());
+            }
         }
     }
     Ok(())

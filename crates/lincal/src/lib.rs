@@ -1,13 +1,16 @@
 //! The commands of the `lincal` command line, as a library: `main.rs` parses arguments and
-//! calls in here, and integration tests and other tools can call the same functions.
+//! calls in here ([`cli`]), and the pipeline runner, integration tests and other tools call the
+//! same functions.
 
 pub mod bench;
+pub mod cli;
 pub mod convert;
 pub mod data;
 pub mod distill;
 pub mod eval;
 pub mod generate;
 pub mod local_llm;
+pub mod pipeline;
 pub mod ppo;
 pub mod surrogate_reader;
 pub mod train;
@@ -50,6 +53,7 @@ pub fn parse_kind(name: &str, device: tch::Device) -> Result<tch::Kind> {
     Ok(match name {
         "auto" if device.is_cuda() => tch::Kind::BFloat16,
         "auto" => tch::Kind::Float,
-        other => lincal_model::model::kind_from_name(other).with_context(|| format!("--dtype {other:?}: use auto, f32, bf16 or f16"))?,
+        other => lincal_model::model::kind_from_name(other)
+            .with_context(|| format!("--dtype {other:?}: use auto, f32, bf16 or f16"))?,
     })
 }

@@ -6,7 +6,11 @@ use common::{lincal, tiny_model_dir};
 use std::path::Path;
 
 fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
@@ -14,12 +18,34 @@ fn generate_writes_jsonl_and_resumes_after_a_kill() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model_dir(dir.path());
     let input = dir.path().join("prompts.jsonl");
-    let lines: Vec<String> = (0..5).map(|i| format!("{{\"id\": {i}, \"prompt\": \"t{} t{}\"}}", 3 + i, 10 + i)).collect();
+    let lines: Vec<String> = (0..5)
+        .map(|i| format!("{{\"id\": {i}, \"prompt\": \"t{} t{}\"}}", 3 + i, 10 + i))
+        .collect();
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
     let output = dir.path().join("out.jsonl");
-    let args = ["generate", "--model", &model, "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--max-new-tokens", "6", "--batch-size", "2", "--device", "cpu", "--seed", "3"];
+    let args = [
+        "generate",
+        "--model",
+        &model,
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--max-new-tokens",
+        "6",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--seed",
+        "3",
+    ];
     let run = lincal(&args);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let full = read_jsonl(&output);
     assert_eq!(full.len(), 5);
     for (i, record) in full.iter().enumerate() {
@@ -30,9 +56,17 @@ fn generate_writes_jsonl_and_resumes_after_a_kill() {
     // the resumed run keeps the 4 lines and gives exactly the uninterrupted result.
     std::fs::remove_file(&output).unwrap();
     let kept: Vec<String> = full[..4].iter().map(|r| r.to_string()).collect();
-    std::fs::write(output.with_extension("jsonl.partial"), kept.join("\n") + "\n{\"id\": 4, \"comp").unwrap();
+    std::fs::write(
+        output.with_extension("jsonl.partial"),
+        kept.join("\n") + "\n{\"id\": 4, \"comp",
+    )
+    .unwrap();
     let run = lincal(&args);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     assert_eq!(read_jsonl(&output), full);
     assert!(!output.with_extension("jsonl.partial").exists());
 }
@@ -42,13 +76,30 @@ fn bad_input_lines_are_named_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model_dir(dir.path());
     for (content, expected) in [
-        ("{\"prompt\": \"t3\"}\nnot json\n", "prompts.jsonl:2: not valid JSON"),
-        ("{\"prompt\": \"t3\"}\n{\"text\": \"t4\"}\n", "prompts.jsonl:2: needs a `prompt` string"),
-        ("[1, 2]\n", "prompts.jsonl:1: each line must be a JSON object"),
+        (
+            "{\"prompt\": \"t3\"}\nnot json\n",
+            "prompts.jsonl:2: not valid JSON",
+        ),
+        (
+            "{\"prompt\": \"t3\"}\n{\"text\": \"t4\"}\n",
+            "prompts.jsonl:2: needs a `prompt` string",
+        ),
+        (
+            "[1, 2]\n",
+            "prompts.jsonl:1: each line must be a JSON object",
+        ),
     ] {
         let input = dir.path().join("prompts.jsonl");
         std::fs::write(&input, content).unwrap();
-        let run = lincal(&["generate", "--model", &model, "--input", input.to_str().unwrap(), "--device", "cpu"]);
+        let run = lincal(&[
+            "generate",
+            "--model",
+            &model,
+            "--input",
+            input.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ]);
         assert!(!run.status.success());
         let stderr = String::from_utf8_lossy(&run.stderr);
         assert!(stderr.contains(expected), "{stderr}");
@@ -59,31 +110,77 @@ fn bad_input_lines_are_named_with_file_and_line() {
 #[test]
 fn missing_model_and_bad_options_fail_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let run = lincal(&["generate", "--model", dir.path().to_str().unwrap(), "--prompt", "hi", "--device", "cpu"]);
+    let run = lincal(&[
+        "generate",
+        "--model",
+        dir.path().to_str().unwrap(),
+        "--prompt",
+        "hi",
+        "--device",
+        "cpu",
+    ]);
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(!run.status.success() && stderr.contains("config.json") && !stderr.contains("panicked"), "{stderr}");
+    assert!(
+        !run.status.success() && stderr.contains("config.json") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
     let model = tiny_model_dir(dir.path());
-    let run = lincal(&["generate", "--model", &model, "--prompt", "t3", "--top-p", "1.5", "--device", "cpu"]);
+    let run = lincal(&[
+        "generate", "--model", &model, "--prompt", "t3", "--top-p", "1.5", "--device", "cpu",
+    ]);
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(!run.status.success() && stderr.contains("top_p must be in (0, 1]"), "{stderr}");
-    let run = lincal(&["convert", "gguf", model.as_str(), dir.path().join("x").to_str().unwrap()]);
+    assert!(
+        !run.status.success() && stderr.contains("top_p must be in (0, 1]"),
+        "{stderr}"
+    );
+    let run = lincal(&[
+        "convert",
+        "gguf",
+        model.as_str(),
+        dir.path().join("x").to_str().unwrap(),
+    ]);
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(!run.status.success() && stderr.contains(&model) && !stderr.contains("panicked"), "{stderr}");
+    assert!(
+        !run.status.success() && stderr.contains(&model) && !stderr.contains("panicked"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn single_prompt_streams_the_greedy_answer() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model_dir(dir.path());
-    let run = lincal(&["generate", "--model", &model, "--prompt", "t3 t4", "--temperature", "0", "--max-new-tokens", "5", "--device", "cpu"]);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let run = lincal(&[
+        "generate",
+        "--model",
+        &model,
+        "--prompt",
+        "t3 t4",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "5",
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let streamed = String::from_utf8(run.stdout).unwrap();
     // The same answer through the library.
     let tokenizer = lincal_model::Tokenizer::from_dir(Path::new(&model)).unwrap();
     let loaded = lincal_model::CausalLm::load(Path::new(&model), tch::Device::Cpu, None).unwrap();
-    let params = lincal_model::SamplingParams { temperature: 0.0, max_new_tokens: 5, ..Default::default() };
+    let params = lincal_model::SamplingParams {
+        temperature: 0.0,
+        max_new_tokens: 5,
+        ..Default::default()
+    };
     let ids = tokenizer.encode("t3 t4", true).unwrap();
-    let expected = lincal_model::generate_text(&loaded, &tokenizer, &[ids], &[42], &params, None).unwrap().remove(0);
+    let expected = lincal_model::generate_text(&loaded, &tokenizer, &[ids], &[42], &params, None)
+        .unwrap()
+        .remove(0);
     assert_eq!(streamed.trim_end(), expected.text);
 }
 
@@ -92,11 +189,33 @@ fn eval_metrics_writes_json_and_plots() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("preds.jsonl");
     // Brier by hand: (0.1² + 0.8² + 0.4² + 0.3²) / 4 = (0.01 + 0.64 + 0.16 + 0.09) / 4 = 0.225.
-    std::fs::write(&input, "{\"confidence\": 0.9, \"correct\": true}\n{\"confidence\": 0.8, \"correct\": false}\n{\"confidence\": 0.6, \"correct\": 1}\n{\"confidence\": 0.3, \"correct\": 0}\n").unwrap();
+    std::fs::write(
+        &input,
+        "{\"confidence\": 0.9, \"correct\": true}\n\
+         {\"confidence\": 0.8, \"correct\": false}\n\
+         {\"confidence\": 0.6, \"correct\": 1}\n\
+         {\"confidence\": 0.3, \"correct\": 0}\n",
+    )
+    .unwrap();
     let out = dir.path().join("report");
-    let run = lincal(&["eval", "metrics", input.to_str().unwrap(), "--bins", "2", "--resamples", "200", "--out", out.to_str().unwrap()]);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let run = lincal(&[
+        "eval",
+        "metrics",
+        input.to_str().unwrap(),
+        "--bins",
+        "2",
+        "--resamples",
+        "200",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics["accuracy"]["value"], 0.5);
     assert!((metrics["brier"]["value"].as_f64().unwrap() - 0.225).abs() < 1e-12);
     for key in ["ece", "ece_width", "mce", "log_loss", "auroc"] {
@@ -107,5 +226,65 @@ fn eval_metrics_writes_json_and_plots() {
     std::fs::write(&input, "{\"confidence\": 1.5, \"correct\": true}\n").unwrap();
     let run = lincal(&["eval", "metrics", input.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(!run.status.success() && stderr.contains("preds.jsonl:1"), "{stderr}");
+    assert!(
+        !run.status.success() && stderr.contains("preds.jsonl:1"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn data_split_writes_disjoint_roles_the_same_way_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let questions = dir.path().join("qa.jsonl");
+    let lines: Vec<String> = (0..30)
+        .map(|i| format!("{{\"id\": \"q{i}\", \"question\": \"Q{i}?\", \"answer\": \"A{i}\"}}"))
+        .collect();
+    std::fs::write(&questions, lines.join("\n") + "\n").unwrap();
+    let split = |out: &str| {
+        let out = dir.path().join(out);
+        let run = lincal(&[
+            "data",
+            "split",
+            questions.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--roles",
+            "sft=10,ppo=5,test=rest",
+        ]);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        ["sft", "ppo", "test"].map(|role| read_jsonl(&out.join(format!("{role}.jsonl"))))
+    };
+    let first = split("a");
+    assert_eq!(first.each_ref().map(Vec::len), [10, 5, 15]);
+    let mut ids: Vec<&str> = first
+        .iter()
+        .flatten()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 30);
+    // Aliases come out answer-first, as every reader of the format expects.
+    assert_eq!(first[0][0]["aliases"][0], first[0][0]["answer"]);
+    assert_eq!(split("b"), first);
+    let run = lincal(&[
+        "data",
+        "split",
+        questions.to_str().unwrap(),
+        "--out",
+        dir.path().join("c").to_str().unwrap(),
+        "--roles",
+        "sft=40",
+    ]);
+    assert!(!run.status.success());
+    assert!(
+        String::from_utf8_lossy(&run.stderr)
+            .contains("the roles need 40 question ids, but the data has only 30"),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
 }

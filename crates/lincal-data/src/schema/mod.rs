@@ -21,10 +21,12 @@ pub mod write;
 
 pub use examples::{
     PARAGRAPH_CHAR_LIMIT, PpoPrompt, ReaderPromptInput, RewardExample, SftExample, SftTarget,
-    binary_correctness_examples, cut_paragraph, extract_answers_examples, forecast_probs_examples, sft_examples,
+    binary_correctness_examples, cut_paragraph, extract_answers_examples, extract_answers_target,
+    forecast_probs_examples, sft_examples,
 };
 pub use split::{
-    REWARD_MODEL_EVAL_QUESTIONS, SFT_EVAL_QUESTIONS, SPLIT_SEED, Split, split_by_question_id,
+    REWARD_MODEL_EVAL_QUESTIONS, RoleSize, SFT_EVAL_QUESTIONS, SPLIT_SEED, Split,
+    split_by_question_id, split_roles,
 };
 pub use trivia_qa::{Joined, TriviaQa, TriviaQuestion, WithQuestion};
 

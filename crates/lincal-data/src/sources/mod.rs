@@ -14,8 +14,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::schema::Tally;
 use crate::schema::jsonl::{check_unique_ids, read_jsonl, write_jsonl};
+use crate::schema::{HasQuestionId, Tally};
 use crate::{DataError, Result};
 
 mod bigbench;
@@ -47,7 +47,10 @@ impl QaRecord {
         if self.id.trim().is_empty() {
             Err("the record has an empty `id`".into())
         } else if self.question.trim().is_empty() || self.answer.trim().is_empty() {
-            Err(format!("record {} needs a non-empty question and answer", self.id))
+            Err(format!(
+                "record {} needs a non-empty question and answer",
+                self.id
+            ))
         } else {
             Ok(())
         }
@@ -62,6 +65,12 @@ impl QaRecord {
                 self.aliases.push(alias);
             }
         }
+    }
+}
+
+impl HasQuestionId for QaRecord {
+    fn question_id(&self) -> &str {
+        &self.id
     }
 }
 

@@ -1,0 +1,937 @@
+//! `lincal pipeline init|run|status`: the reference pipeline (SPEC 1) as one run.
+//!
+//! The pipeline is data: [`stages`] turns a [`PipelineConfig`] into a list of stages, each the
+//! command line of an existing `lincal` command (so a stage does exactly what that command
+//! does, and `lincal pipeline status` can print it for running by hand), and the
+//! [`runner`] walks the list, skipping finished stages, resuming interrupted ones and refusing
+//! changed ones. Every stage writes its own directory under the pipeline's:
+//!
+//! ```text
+//! questions/        the question source split into sft, reader, ppo, validation, test
+//! queries_*/        open-ended queries (query writer)
+//! samples/          M base-model paragraphs per SFT query
+//! summaries/        the summariser's consensus paragraphs: LC SFT and Factuality SFT targets
+//! lc_sft/, factuality_sft/                     SFT runs (final/ is the model)
+//! lc_paragraphs/, reader_extract/, reader_forecast/   reader training labels
+//! extract_answers/, forecast_probs/            the surrogate reader
+//! factuality_paragraphs/, binary_labels/, factuality_rm/
+//! lc_ppo/, factuality_ppo/                     PPO runs
+//! eval_*/           QA evaluation of every method on the test questions
+//! report/           the comparison of the methods
+//! ```
+
+pub mod report;
+pub mod runner;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::cli::Cli;
+use runner::{Stage, StageStatus};
+
+#[derive(Subcommand)]
+pub enum PipelineCommand {
+    /// Write a pipeline config to edit, from a preset.
+    Init {
+        #[arg(long, value_enum)]
+        preset: Preset,
+        /// The config file to write.
+        #[arg(long, default_value = "pipeline.toml")]
+        out: PathBuf,
+        /// The base model directory (Hugging Face layout); default the SmolLM2 that `cargo
+        /// xtask demo` converts into $LINCAL_CACHE/models.
+        #[arg(long)]
+        base_model: Option<PathBuf>,
+    },
+    /// Run (or resume) every stage of a config into a directory.
+    Run {
+        config: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace the directory of a stage whose settings changed (a stage name, or `all`);
+        /// repeatable.
+        #[arg(long)]
+        force: Vec<String>,
+    },
+    /// Each stage of a pipeline directory: done, partial, pending or changed, and its command.
+    Status {
+        dir: PathBuf,
+        /// Also print each stage's command line.
+        #[arg(long)]
+        commands: bool,
+    },
+}
+
+/// Sizes and teachers of a whole run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// CPU, offline, SmolLM2-135M as base model: minutes, for seeing every stage work.
+    Tiny,
+    /// One GPU, a small model, offline or API teachers (not run on this project's machines).
+    Small,
+    /// The reference's sizes (SPEC 1-3): 10k SFT questions, 8 samples, 20k reader questions,
+    /// 1,500 PPO steps; API teachers required.
+    Paper,
+}
+
+/// A pipeline: where the questions come from, the base model, who plays each teacher role and
+/// the extra flags of each stage. `lincal pipeline init` writes one to edit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub preset: Preset,
+    /// The base model (Hugging Face layout): sampled for the summaries and fine-tuned by SFT.
+    pub base_model: PathBuf,
+    /// auto, cpu, cuda or cuda:N, for every local model.
+    pub device: String,
+    pub questions: QuestionsConfig,
+    pub teachers: Teachers,
+    /// Extra command-line flags per stage name (after the ones the pipeline sets), e.g.
+    /// `lc_sft = ["--set", "training.epochs=2"]`.
+    #[serde(default)]
+    pub stage_args: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuestionsConfig {
+    /// A QA JSONL file, or an offline source name (`lincal data build`), built once.
+    pub source: String,
+    /// `role=N,...` in dealing order: sft, reader, ppo, validation, test.
+    pub roles: String,
+    pub seed: u64,
+}
+
+/// Who plays each teacher role: `offline`, `model:DIR` (a local model) or `api:FILE.toml` (an
+/// OpenAI-compatible or Anthropic backend config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Teachers {
+    pub query_writer: String,
+    pub summarizer: String,
+    pub extractor: String,
+    pub forecaster: String,
+    pub binary_labeler: String,
+    /// The evaluation's reader: lexical, llm:DIR, or api:FILE.toml.
+    pub eval_reader: String,
+    /// The evaluation's judge: exact, model:DIR or api:FILE.toml.
+    pub eval_judge: String,
+}
+
+/// The roles `questions/` holds, in dealing order.
+pub const ROLES: [&str; 5] = ["sft", "reader", "ppo", "validation", "test"];
+
+impl PipelineConfig {
+    pub fn preset(preset: Preset, base_model: PathBuf) -> Self {
+        let offline = || "offline".to_string();
+        // No model-free reader of free text exists: the base model extracts answers.
+        let base_extractor = format!("model:{}", base_model.display());
+        let (source, roles, teachers) = match preset {
+            Preset::Tiny | Preset::Small => (
+                "bigbench-qa-wikidata",
+                if preset == Preset::Tiny {
+                    "sft=200,reader=200,ppo=64,validation=32,test=120"
+                } else {
+                    "sft=2000,reader=2000,ppo=4000,validation=500,test=1000"
+                },
+                Teachers {
+                    query_writer: offline(),
+                    summarizer: offline(),
+                    extractor: base_extractor,
+                    forecaster: offline(),
+                    binary_labeler: offline(),
+                    eval_reader: "lexical".into(),
+                    eval_judge: "exact".into(),
+                },
+            ),
+            Preset::Paper => {
+                let api = || "api:anthropic.toml".to_string();
+                (
+                    "bigbench-qa-wikidata",
+                    "sft=10000,reader=20000,ppo=40000,validation=1000,test=1000",
+                    Teachers {
+                        query_writer: api(),
+                        summarizer: api(),
+                        extractor: api(),
+                        forecaster: api(),
+                        binary_labeler: api(),
+                        eval_reader: api(),
+                        eval_judge: api(),
+                    },
+                )
+            }
+        };
+        let stage_args = match preset {
+            Preset::Tiny => tiny_stage_args(),
+            Preset::Small => BTreeMap::new(),
+            Preset::Paper => BTreeMap::from([(
+                "samples".to_string(),
+                vec!["--samples".to_string(), "8".to_string()],
+            )]),
+        };
+        PipelineConfig {
+            preset,
+            base_model,
+            device: if preset == Preset::Tiny {
+                "cpu".into()
+            } else {
+                "auto".into()
+            },
+            questions: QuestionsConfig {
+                source: source.into(),
+                roles: roles.into(),
+                seed: lincal_data::schema::SPLIT_SEED,
+            },
+            teachers,
+            stage_args,
+        }
+    }
+
+    pub fn read(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| {
+            format!(
+                "{}: not a pipeline config (write one with `lincal pipeline init`)",
+                path.display()
+            )
+        })
+    }
+}
+
+/// The tiny preset's sizes, from this project's 2-core CPU measurements: sampling ~200
+/// tokens/s at batch 32, SFT ~190 tokens/s, one PPO step of 16 rollouts ~70 s.
+fn tiny_stage_args() -> BTreeMap<String, Vec<String>> {
+    let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    BTreeMap::from([
+        (
+            "samples".to_string(),
+            args(&["--samples", "4", "--max-tokens", "48", "--batch-size", "32"]),
+        ),
+        (
+            "lc_sft".to_string(),
+            args(&[
+                "--set",
+                "training.epochs=2",
+                "--set",
+                "training.batch_size=8",
+                "--set",
+                "training.micro_batch_size=8",
+                "--set",
+                "model_max_length=256",
+            ]),
+        ),
+        (
+            "factuality_sft".to_string(),
+            args(&[
+                "--set",
+                "training.epochs=2",
+                "--set",
+                "training.batch_size=8",
+                "--set",
+                "training.micro_batch_size=8",
+                "--set",
+                "model_max_length=256",
+            ]),
+        ),
+        (
+            "lc_paragraphs".to_string(),
+            args(&["--max-tokens", "64", "--batch-size", "32"]),
+        ),
+        (
+            "factuality_paragraphs".to_string(),
+            args(&["--max-tokens", "64", "--batch-size", "32"]),
+        ),
+        (
+            "extract_answers".to_string(),
+            args(&[
+                "--set",
+                "training.epochs=2",
+                "--set",
+                "training.batch_size=8",
+                "--set",
+                "training.micro_batch_size=8",
+                "--set",
+                "model_max_length=256",
+            ]),
+        ),
+        (
+            "forecast_probs".to_string(),
+            args(&[
+                "--set",
+                "training.epochs=1",
+                "--set",
+                "training.batch_size=8",
+                "--set",
+                "training.micro_batch_size=8",
+                "--set",
+                "model_max_length=256",
+            ]),
+        ),
+        (
+            "factuality_rm".to_string(),
+            args(&[
+                "--set",
+                "training.epochs=1",
+                "--set",
+                "training.batch_size=8",
+                "--set",
+                "training.micro_batch_size=8",
+                "--set",
+                "model_max_length=256",
+            ]),
+        ),
+        (
+            "lc_ppo".to_string(),
+            args(&[
+                "--set",
+                "total_steps=4",
+                "--set",
+                "rollout_batch_size=16",
+                "--set",
+                "step_batch_size=16",
+                "--set",
+                "response_len=64",
+            ]),
+        ),
+        (
+            "factuality_ppo".to_string(),
+            args(&[
+                "--set",
+                "total_steps=4",
+                "--set",
+                "rollout_batch_size=16",
+                "--set",
+                "step_batch_size=16",
+                "--set",
+                "response_len=64",
+            ]),
+        ),
+    ])
+}
+
+/// The flags that give a stage its teacher. An offline teacher that reads answers from free
+/// text (the agreement summariser, the binary labeller) gets the extractor role as its model.
+fn teacher_flags(role: &str, spec: &str, extractor: Option<&str>) -> Result<Vec<String>> {
+    Ok(match spec.split_once(':') {
+        None if spec == "offline" => {
+            let mut flags = vec!["--offline".to_string()];
+            match extractor.map(|e| e.split_once(':')) {
+                None => {}
+                Some(Some(("model", dir))) => {
+                    flags.extend(["--extractor-model".to_string(), dir.to_string()])
+                }
+                Some(Some(("api", file))) => {
+                    flags.extend(["--extractor".to_string(), file.to_string()])
+                }
+                Some(_) => bail!(
+                    "teachers.{role} = \"offline\" reads answers with teachers.extractor, \
+                     which must be \"model:DIR\" or \"api:FILE.toml\""
+                ),
+            }
+            flags
+        }
+        Some(("model", dir)) => vec!["--teacher-model".into(), dir.into()],
+        Some(("api", file)) => vec!["--teacher".into(), file.into()],
+        _ => {
+            bail!("teachers.{role} = {spec:?}: use \"offline\", \"model:DIR\" or \"api:FILE.toml\"")
+        }
+    })
+}
+
+/// A stage that runs a `lincal` command line.
+struct CommandStage {
+    name: &'static str,
+    inputs: Vec<&'static str>,
+    args: Vec<String>,
+}
+
+/// The stages of `config` writing under `dir`, as command lines (without the leading
+/// `lincal`), and the questions stage's settings.
+fn command_stages(config: &PipelineConfig, dir: &Path) -> Result<Vec<CommandStage>> {
+    let path = |parts: &[&str]| {
+        parts
+            .iter()
+            .fold(dir.to_path_buf(), |p, part| p.join(part))
+            .display()
+            .to_string()
+    };
+    let base = config.base_model.display().to_string();
+    let t = &config.teachers;
+    let device = ["--device".to_string(), config.device.clone()];
+    let mut stages = Vec::new();
+    let mut add = |name: &'static str, inputs: Vec<&'static str>, args: Vec<String>| {
+        stages.push(CommandStage { name, inputs, args })
+    };
+    let s = |list: &[&str]| list.iter().map(|x| x.to_string()).collect::<Vec<String>>();
+    for (name, role) in [
+        ("queries_sft", "sft"),
+        ("queries_reader", "reader"),
+        ("queries_ppo", "ppo"),
+        ("queries_validation", "validation"),
+        ("queries_test", "test"),
+    ] {
+        let mut args = s(&[
+            "distill",
+            "queries",
+            "--questions",
+            &path(&["questions", &format!("{role}.jsonl")]),
+            "--out",
+            &path(&[name]),
+        ]);
+        args.extend(teacher_flags("query_writer", &t.query_writer, None)?);
+        add(name, vec!["questions"], args);
+    }
+    let mut args = s(&[
+        "distill",
+        "sample",
+        "--queries",
+        &path(&["queries_sft"]),
+        "--base-model",
+        &base,
+        "--template",
+        "icl",
+        "--out",
+        &path(&["samples"]),
+    ]);
+    args.extend(device.clone());
+    add("samples", vec!["queries_sft"], args);
+    let mut args = s(&[
+        "distill",
+        "summarize",
+        "--samples",
+        &path(&["samples"]),
+        "--out",
+        &path(&["summaries"]),
+    ]);
+    args.extend(teacher_flags(
+        "summarizer",
+        &t.summarizer,
+        Some(&t.extractor),
+    )?);
+    add("summaries", vec!["samples"], args);
+    for (name, preset, data) in [
+        ("lc_sft", "lc_sft", "lc_sft.jsonl"),
+        ("factuality_sft", "factuality_sft", "factuality_sft.jsonl"),
+    ] {
+        let mut args = s(&[
+            "sft",
+            "--model",
+            &base,
+            "--out",
+            &path(&[name]),
+            "--preset",
+            preset,
+            "--train",
+            &path(&["summaries", data]),
+        ]);
+        args.extend(device.clone());
+        add(name, vec!["summaries"], args);
+    }
+    for (name, policy) in [
+        ("lc_paragraphs", "lc_sft"),
+        ("factuality_paragraphs", "factuality_sft"),
+    ] {
+        let mut args = s(&[
+            "distill",
+            "sample",
+            "--queries",
+            &path(&["queries_reader"]),
+            "--base-model",
+            &path(&[policy, "final"]),
+            "--template",
+            "policy",
+            "--samples",
+            "1",
+            "--out",
+            &path(&[name]),
+        ]);
+        args.extend(device.clone());
+        add(name, vec!["queries_reader", policy], args);
+    }
+    let mut args = s(&[
+        "label",
+        "extract",
+        "--paragraphs",
+        &path(&["lc_paragraphs"]),
+        "--out",
+        &path(&["reader_extract"]),
+    ]);
+    args.extend(teacher_flags("extractor", &t.extractor, None)?);
+    add("reader_extract", vec!["lc_paragraphs"], args);
+    let mut args = s(&[
+        "label",
+        "forecast",
+        "--extractions",
+        &path(&["reader_extract"]),
+        "--out",
+        &path(&["reader_forecast"]),
+    ]);
+    args.extend(teacher_flags("forecaster", &t.forecaster, None)?);
+    add("reader_forecast", vec!["reader_extract"], args);
+    let mut args = s(&[
+        "sft",
+        "--model",
+        &base,
+        "--out",
+        &path(&["extract_answers"]),
+        "--preset",
+        "extract_answers",
+        "--train",
+        &path(&["reader_extract", "extract_answers.jsonl"]),
+    ]);
+    args.extend(device.clone());
+    add("extract_answers", vec!["reader_extract"], args);
+    let mut args = s(&[
+        "reward-model",
+        "--model",
+        &path(&["lc_sft", "final"]),
+        "--out",
+        &path(&["forecast_probs"]),
+        "--preset",
+        "forecast_probs",
+        "--train",
+        &path(&["reader_forecast", "forecast_probs.jsonl"]),
+    ]);
+    args.extend(device.clone());
+    add("forecast_probs", vec!["lc_sft", "reader_forecast"], args);
+    let mut args = s(&[
+        "label",
+        "binary",
+        "--paragraphs",
+        &path(&["factuality_paragraphs"]),
+        "--out",
+        &path(&["binary_labels"]),
+    ]);
+    args.extend(teacher_flags(
+        "binary_labeler",
+        &t.binary_labeler,
+        Some(&t.extractor),
+    )?);
+    add("binary_labels", vec!["factuality_paragraphs"], args);
+    let mut args = s(&[
+        "reward-model",
+        "--model",
+        &path(&["factuality_sft", "final"]),
+        "--out",
+        &path(&["factuality_rm"]),
+        "--preset",
+        "factuality",
+        "--train",
+        &path(&["binary_labels", "binary_correctness.jsonl"]),
+    ]);
+    args.extend(device.clone());
+    add(
+        "factuality_rm",
+        vec!["factuality_sft", "binary_labels"],
+        args,
+    );
+    let ppo_prompts = path(&["queries_ppo", "queries.jsonl"]);
+    let validation_prompts = path(&["queries_validation", "queries.jsonl"]);
+    let mut args = s(&[
+        "ppo",
+        "--policy",
+        &path(&["lc_sft", "final"]),
+        "--reward-model",
+        &path(&["forecast_probs", "final"]),
+        "--answer-extractor",
+        &path(&["extract_answers", "final"]),
+        "--train",
+        &ppo_prompts,
+        "--eval",
+        &validation_prompts,
+        "--out",
+        &path(&["lc_ppo"]),
+        "--preset",
+        "lc_ppo",
+    ]);
+    args.extend(device.clone());
+    add(
+        "lc_ppo",
+        vec![
+            "queries_ppo",
+            "queries_validation",
+            "lc_sft",
+            "forecast_probs",
+            "extract_answers",
+        ],
+        args,
+    );
+    let mut args = s(&[
+        "ppo",
+        "--policy",
+        &path(&["factuality_sft", "final"]),
+        "--reward-model",
+        &path(&["factuality_rm", "final"]),
+        "--train",
+        &ppo_prompts,
+        "--eval",
+        &validation_prompts,
+        "--out",
+        &path(&["factuality_ppo"]),
+        "--preset",
+        "factuality_ppo",
+    ]);
+    args.extend(device.clone());
+    add(
+        "factuality_ppo",
+        vec![
+            "queries_ppo",
+            "queries_validation",
+            "factuality_sft",
+            "factuality_rm",
+        ],
+        args,
+    );
+    let test_queries = path(&["queries_test", "queries.jsonl"]);
+    let evaluated = [
+        (base.clone(), None),
+        (path(&["lc_sft", "final"]), Some("lc_sft")),
+        (path(&["lc_ppo", "final"]), Some("lc_ppo")),
+        (path(&["factuality_sft", "final"]), Some("factuality_sft")),
+        (path(&["factuality_ppo", "final"]), Some("factuality_ppo")),
+    ];
+    for ((name, method), (model, input)) in EVALUATIONS.into_iter().zip(evaluated) {
+        let mut args = s(&[
+            "eval",
+            "qa",
+            "--model",
+            &model,
+            "--dataset",
+            &test_queries,
+            "--method",
+            method,
+            "--out",
+            &path(&[name]),
+        ]);
+        args.extend(reader_flags(&t.eval_reader)?);
+        args.extend(judge_flags(&t.eval_judge)?);
+        args.extend(device.clone());
+        let mut inputs = vec!["queries_test"];
+        inputs.extend(input);
+        add(name, inputs, args);
+    }
+    let evals = EVALUATIONS.map(|(stage, _)| stage);
+    let mut args = s(&["eval", "compare"]);
+    args.extend(evals.iter().map(|e| path(&[e])));
+    args.extend(s(&["--out", &path(&["report"])]));
+    add("report", evals.to_vec(), args);
+    for stage in &mut stages {
+        if let Some(extra) = config.stage_args.get(stage.name) {
+            stage.args.extend(extra.iter().cloned());
+        }
+    }
+    if let Some(unknown) = config
+        .stage_args
+        .keys()
+        .find(|k| !stages.iter().any(|s| s.name == k.as_str()))
+    {
+        bail!(
+            "stage_args.{unknown}: no such stage; the stages are {}",
+            stages.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(stages)
+}
+
+fn reader_flags(spec: &str) -> Result<Vec<String>> {
+    Ok(match spec.split_once(':') {
+        None if spec == "lexical" => vec!["--reader".into(), "lexical".into()],
+        Some(("model", dir)) => vec![
+            "--reader".into(),
+            "llm".into(),
+            "--reader-model".into(),
+            dir.into(),
+        ],
+        Some(("api", file)) => vec!["--reader".into(), file.into()],
+        _ => bail!(
+            "teachers.eval_reader = {spec:?}: use \"lexical\", \"model:DIR\" or \"api:FILE.toml\""
+        ),
+    })
+}
+
+fn judge_flags(spec: &str) -> Result<Vec<String>> {
+    Ok(match spec.split_once(':') {
+        None if spec == "exact" => vec!["--judge".into(), "exact".into()],
+        Some(("model", dir)) => vec![
+            "--judge".into(),
+            "llm".into(),
+            "--judge-model".into(),
+            dir.into(),
+        ],
+        Some(("api", file)) => vec!["--judge".into(), file.into()],
+        _ => bail!(
+            "teachers.eval_judge = {spec:?}: use \"exact\", \"model:DIR\" or \"api:FILE.toml\""
+        ),
+    })
+}
+
+/// Runs one `lincal` command line in this process.
+fn run_command(args: &[String]) -> Result<()> {
+    let cli =
+        Cli::try_parse_from(std::iter::once("lincal".to_string()).chain(args.iter().cloned()))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::cli::run(cli)
+}
+
+/// Builds the questions of `config` into `dir` (the source once, then the split).
+fn questions_stage(config: &PipelineConfig, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let file = if Path::new(&config.questions.source).is_file() {
+        PathBuf::from(&config.questions.source)
+    } else {
+        let built = dir.join("source.jsonl");
+        if !built.exists() {
+            run_command(&[
+                "data".into(),
+                "build".into(),
+                config.questions.source.clone(),
+                "--out".into(),
+                built.display().to_string(),
+            ])?;
+        }
+        built
+    };
+    let roles = crate::data::parse_roles(&config.questions.roles)?;
+    crate::data::split_questions(&file, dir, &roles, config.questions.seed)?;
+    Ok(())
+}
+
+/// Every stage of `config` under `dir`, in order.
+fn stages<'a>(
+    config: &'a PipelineConfig,
+    dir: &Path,
+) -> Result<(Vec<Stage<'a>>, Vec<CommandStage>)> {
+    let commands = command_stages(config, dir)?;
+    let mut stages = vec![Stage {
+        name: "questions",
+        inputs: Vec::new(),
+        settings: serde_json::to_value(&config.questions)?,
+        run: Box::new(move |out| questions_stage(config, out)),
+    }];
+    for command in &commands {
+        let args = command.args.clone();
+        // The fingerprint sees paths relative to the pipeline directory, so a moved directory
+        // is still the same pipeline.
+        let prefix = dir.display().to_string();
+        let settings: Vec<String> = args.iter().map(|a| a.replace(&prefix, "$DIR")).collect();
+        let pipeline_dir = dir.to_path_buf();
+        let run: runner::StageFn = if command.name == "report" {
+            Box::new(move |out| {
+                run_command(&args)?;
+                write_report(&pipeline_dir, out)
+            })
+        } else {
+            Box::new(move |_| run_command(&args))
+        };
+        stages.push(Stage {
+            name: command.name,
+            inputs: command.inputs.clone(),
+            settings: serde_json::json!(settings),
+            run,
+        });
+    }
+    Ok((stages, commands))
+}
+
+/// The evaluation stages and the paper's names of their methods, the base model first (the
+/// constant baseline takes its answers).
+pub const EVALUATIONS: [(&str, &str); 5] = [
+    ("eval_icl", "ICL"),
+    ("eval_lc_sft", "LC SFT"),
+    ("eval_lc_rl", "LC RL"),
+    ("eval_factuality_sft", "Factuality SFT"),
+    ("eval_factuality_rl", "Factuality RL"),
+];
+
+/// `report/report.json` and its table on stdout.
+fn write_report(dir: &Path, out: &Path) -> Result<()> {
+    let runs: Vec<(&str, PathBuf)> = EVALUATIONS
+        .iter()
+        .map(|(stage, method)| (*method, dir.join(stage)))
+        .collect();
+    let runs: Vec<(&str, &Path)> = runs.iter().map(|(m, p)| (*m, p.as_path())).collect();
+    let report = report::pipeline_report(&runs, &lincal_metrics::ReportConfig::qa())?;
+    let path = out.join("report.json");
+    lincal_model::fsutil::write_atomic(&path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    let cell = |m: &report::MetricWithCi| match (m.value, m.ci) {
+        (Some(v), Some([lo, hi])) => format!("{v:.3} [{lo:.3}, {hi:.3}]"),
+        (Some(v), None) => format!("{v:.3}"),
+        _ => "-".into(),
+    };
+    println!(
+        "| method | n | accuracy | ECE | Brier | AUROC |\n| --- | --- | --- | --- | --- | --- |"
+    );
+    for m in &report.methods {
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            m.name,
+            m.n,
+            cell(&m.accuracy),
+            cell(&m.ece),
+            cell(&m.brier),
+            cell(&m.auroc)
+        );
+    }
+    Ok(())
+}
+
+/// The config a pipeline directory was run with (copied there by the first run).
+const CONFIG_COPY: &str = "pipeline.toml";
+
+pub fn run(command: PipelineCommand) -> Result<()> {
+    match command {
+        PipelineCommand::Init {
+            preset,
+            out,
+            base_model,
+        } => {
+            let base_model =
+                base_model.unwrap_or_else(|| lincal_cache().join("models/SmolLM2-135M-Instruct"));
+            let config = PipelineConfig::preset(preset, base_model);
+            if out.exists() {
+                bail!("{} exists; give another --out or remove it", out.display());
+            }
+            let text = format!(
+                "# lincal pipeline config, preset {preset:?}; \
+                 run it with `lincal pipeline run {} --out DIR`.\n{}",
+                out.display(),
+                toml::to_string_pretty(&config)?
+            );
+            std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+        PipelineCommand::Run {
+            config: path,
+            out,
+            force,
+        } => {
+            let config = PipelineConfig::read(&path)?;
+            let out = std::path::absolute(&out)
+                .with_context(|| format!("resolving {}", out.display()))?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let copy = out.join(CONFIG_COPY);
+            lincal_model::fsutil::write_atomic(&copy, toml::to_string_pretty(&config)?.as_bytes())?;
+            let (stages, _) = stages(&config, &out)?;
+            let report = runner::run(&out, &stages, &force, &mut |line| eprintln!("{line}"))?;
+            eprintln!(
+                "{} stages ran, {} were already done",
+                report.ran.len(),
+                report.skipped.len()
+            );
+            println!("{}", out.join("report").join("comparison.md").display());
+            Ok(())
+        }
+        PipelineCommand::Status { dir, commands } => {
+            let config = PipelineConfig::read(&dir.join(CONFIG_COPY))
+                .with_context(|| format!("{} holds no pipeline run", dir.display()))?;
+            let dir = std::path::absolute(&dir)?;
+            let (stages, command_lines) = stages(&config, &dir)?;
+            let state = runner::PipelineState::read(&dir)?;
+            for (stage, status) in stages.iter().zip(runner::statuses(&dir, &stages)?) {
+                let seconds = state
+                    .stages
+                    .get(stage.name)
+                    .map_or(String::new(), |r| format!("  {:.0}s", r.seconds));
+                println!(
+                    "{:<22} {:<8}{}{seconds}",
+                    stage.name,
+                    status.as_str(),
+                    counts(&dir.join(stage.name), status)
+                );
+                if commands
+                    && let Some(command) = command_lines.iter().find(|c| c.name == stage.name)
+                {
+                    println!("    lincal {}", command.args.join(" "));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// What a stage directory's manifest counted, as `  key=value ...`.
+fn counts(dir: &Path, status: StageStatus) -> String {
+    if status == StageStatus::Pending {
+        return String::new();
+    }
+    match lincal_data::artifact::Manifest::read(dir) {
+        Ok(manifest) => manifest
+            .counts
+            .iter()
+            .map(|(k, v)| format!("  {k}={v}"))
+            .collect(),
+        Err(_) => String::new(),
+    }
+}
+
+fn lincal_cache() -> PathBuf {
+    match std::env::var_os("LINCAL_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
+            .join(".cache/lincal"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_preset_round_trips_through_toml_and_builds_its_stages() {
+        for preset in [Preset::Tiny, Preset::Small, Preset::Paper] {
+            let config = PipelineConfig::preset(preset, PathBuf::from("/models/base"));
+            let text = toml::to_string_pretty(&config).unwrap();
+            assert_eq!(toml::from_str::<PipelineConfig>(&text).unwrap(), config);
+            let (stages, _) = stages(&config, Path::new("/runs/p")).unwrap();
+            assert_eq!(stages.len(), 26, "{preset:?}");
+            runner::fingerprints(&stages).unwrap();
+        }
+    }
+
+    #[test]
+    fn every_stage_command_line_parses() {
+        let config = PipelineConfig::preset(Preset::Tiny, PathBuf::from("/models/base"));
+        for command in command_stages(&config, Path::new("/runs/p")).unwrap() {
+            Cli::try_parse_from(
+                std::iter::once("lincal".to_string()).chain(command.args.iter().cloned()),
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", command.name));
+        }
+    }
+
+    #[test]
+    fn fingerprints_do_not_depend_on_where_the_pipeline_lies_and_bad_teachers_are_named() {
+        let config = PipelineConfig::preset(Preset::Tiny, PathBuf::from("/models/base"));
+        let (a, _) = stages(&config, Path::new("/runs/one")).unwrap();
+        let (b, _) = stages(&config, Path::new("/elsewhere/two")).unwrap();
+        assert_eq!(
+            runner::fingerprints(&a).unwrap(),
+            runner::fingerprints(&b).unwrap()
+        );
+        let mut bad = config.clone();
+        bad.teachers.summarizer = "claude".into();
+        let err = command_stages(&bad, Path::new("/runs/p"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            err,
+            "teachers.summarizer = \"claude\": use \"offline\", \"model:DIR\" or \"api:FILE.toml\""
+        );
+        let mut bad = config.clone();
+        bad.stage_args.insert("lc_stf".into(), vec![]);
+        assert!(
+            command_stages(&bad, Path::new("/runs/p"))
+                .err()
+                .unwrap()
+                .to_string()
+                .starts_with("stage_args.lc_stf: no such stage")
+        );
+    }
+}
