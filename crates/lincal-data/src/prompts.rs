@@ -35,7 +35,6 @@ pub const EXTRACT_ANSWERS_TEMPERATURE: f64 = 0.3;
 /// New tokens of the trained ExtractAnswers model (`answer_extractor_response_len`, SPEC 1.5).
 pub const EXTRACT_ANSWERS_MAX_TOKENS: u32 = 300;
 
-
 /// Who speaks a chat turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -105,7 +104,8 @@ pub const CATALOGUE: &[TemplateSpec] = &[
         kind: TemplateKind::Completion,
         required: &["query"],
         optional: &[],
-        purpose: "8-shot base-model paragraphs (distillation samples, Factuality SFT, ICL baseline)",
+        purpose: "8-shot base-model paragraphs (distillation samples, Factuality SFT, \
+                  ICL baseline)",
         builtin: builtin!("icl_paragraphs"),
     },
     TemplateSpec {
@@ -193,7 +193,8 @@ pub const CATALOGUE: &[TemplateSpec] = &[
         kind: TemplateKind::Chat,
         required: &["question", "paragraph", "candidate"],
         optional: &[],
-        purpose: "teacher probability that one candidate answer is correct, from the paragraph alone",
+        purpose: "teacher probability that one candidate answer is correct, \
+                  from the paragraph alone",
         builtin: builtin!("forecast_probability"),
     },
     TemplateSpec {
@@ -562,7 +563,8 @@ impl Templates {
     pub fn judge_equivalence(&self, pairs: &[JudgePair<'_>]) -> Result<Vec<PromptMessage>> {
         if pairs.is_empty() || pairs.len() > JUDGE_BATCH_SIZE {
             return Err(DataError::Invalid(format!(
-                "judge_equivalence takes 1 to {JUDGE_BATCH_SIZE} pairs per call, got {}; split the batch",
+                "judge_equivalence takes 1 to {JUDGE_BATCH_SIZE} pairs per call, got {}; \
+                 split the batch",
                 pairs.len()
             )));
         }
@@ -585,7 +587,8 @@ impl Templates {
     ) -> Result<Vec<PromptMessage>> {
         if passages.is_empty() {
             return Err(DataError::Invalid(format!(
-                "fact_check of \"{claim}\" needs at least one passage; a claim with no retrieved passage cannot be checked"
+                "fact_check of \"{claim}\" needs at least one passage; \
+                 a claim with no retrieved passage cannot be checked"
             )));
         }
         self.render_turns("fact_check", context! { entity, claim, passages })
@@ -624,7 +627,8 @@ fn read_override_dir(dir: &Path) -> Result<BTreeMap<String, (PathBuf, String)>> 
             return Err(DataError::File {
                 path,
                 message: format!(
-                    "not a template: override files are named <template>.j2, with <template> one of {}",
+                    "not a template: override files are named <template>.j2, \
+                     with <template> one of {}",
                     known()
                 ),
             });
@@ -661,7 +665,8 @@ fn compile(
         if let Some(role) = role_marker(line) {
             if spec.kind == TemplateKind::Completion {
                 return Err(fail(format!(
-                    "line {}: `{}` is a role marker, but this is a completion template (one plain text, no chat turns)",
+                    "line {}: `{}` is a role marker, \
+                     but this is a completion template (one plain text, no chat turns)",
                     index + 1,
                     line.trim()
                 )));
@@ -793,4 +798,3 @@ fn sample_value(var: &str) -> Value {
         other => Value::from(format!("<{other}>")),
     }
 }
-

@@ -126,9 +126,13 @@ fn a_finished_stage_has_its_manifest_outputs_in_order_and_failures() {
     );
     assert_eq!(
         read_lines(&out.join("failures.jsonl")),
-        [
-            json!({"id": "b", "step": "compute", "reason": "no usable answer in 2 attempts: not a number", "raw_text": "seven", "attempts": 2})
-        ]
+        [json!({
+            "id": "b",
+            "step": "compute",
+            "reason": "no usable answer in 2 attempts: not a number",
+            "raw_text": "seven",
+            "attempts": 2,
+        })]
     );
     assert_eq!(read_lines(&out.join("metrics.jsonl")), [json!({"done": 3})]);
     let mut names: Vec<String> = std::fs::read_dir(&out)

@@ -9,7 +9,7 @@ use lincal_data::parse::{
     parse_claims, parse_extracted_answers, parse_judge_verdicts, parse_open_ended_query,
 };
 use lincal_data::prompts::{
-    CATALOGUE, PromptMessage, ExtractionUse, JudgePair, Passage, Role, TemplateKind, Templates,
+    CATALOGUE, ExtractionUse, JudgePair, Passage, PromptMessage, Role, TemplateKind, Templates,
 };
 
 fn templates() -> Templates {
@@ -193,7 +193,8 @@ fn policy_prompt_ends_exactly_at_the_response_header() {
         .unwrap();
     assert_eq!(
         prompt,
-        "You are given a task below. Carry it out in writing, as completely and helpfully as you can.\n\n\
+        "You are given a task below. \
+         Carry it out in writing, as completely and helpfully as you can.\n\n\
          ### Instruction:\nWrite a paragraph about Ada Lovelace.\n\n### Response:"
     );
 }
@@ -360,9 +361,10 @@ fn summary_prompt_numbers_every_sample_after_three_worked_examples() {
     }
     assert!(!task.contains("### Thought 9"));
     let empty: [&str; 0] = [];
-    assert!(
-        matches!(templates().summarize_samples(&empty), Err(DataError::Invalid(m)) if m.contains("at least one sample"))
-    );
+    assert!(matches!(
+        templates().summarize_samples(&empty),
+        Err(DataError::Invalid(m)) if m.contains("at least one sample")
+    ));
 }
 
 #[test]
@@ -521,7 +523,8 @@ fn an_override_file_replaces_its_template_and_only_that_one() {
     write(
         dir.path(),
         "forecast_probability.j2",
-        "<<user>>\nP({{ candidate }} | {{ question }}, {{ paragraph }})?\n<<assistant>>\nProbability:",
+        "<<user>>\nP({{ candidate }} | {{ question }}, {{ paragraph }})?\n<<assistant>>\n\
+         Probability:",
     );
     write(dir.path(), ".hidden", "ignored");
     let t = Templates::with_overrides(dir.path()).unwrap();
@@ -614,7 +617,8 @@ fn a_misspelt_variable_is_refused_at_load() {
     );
     assert_eq!(
         message,
-        "template `forecast_probs_model`: uses `{{ canddiate }}`, which is not one of its variables (question, paragraph, candidate)"
+        "template `forecast_probs_model`: uses `{{ canddiate }}`, which is not one of its \
+         variables (question, paragraph, candidate)"
     );
 }
 
@@ -622,7 +626,8 @@ fn a_misspelt_variable_is_refused_at_load() {
 fn a_misspelt_attribute_is_caught_by_the_trial_render_at_load() {
     let message = refused_override(
         "judge_equivalence.j2",
-        "<<user>>\n{% for pair in pairs %}\n{{ pair.question }}\n{{ pair.gold_answer }}\n{% endfor %}",
+        "<<user>>\n{% for pair in pairs %}\n{{ pair.question }}\n{{ pair.gold_answer }}\n\
+         {% endfor %}",
     );
     assert!(
         message.starts_with("template `judge_equivalence`: line 4: undefined value"),
@@ -635,11 +640,13 @@ fn a_misspelt_attribute_is_caught_by_the_trial_render_at_load() {
 fn role_markers_and_syntax_errors_are_reported_with_their_line() {
     assert_eq!(
         refused_override("policy.j2", "Task:\n<<user>>\n{{ query }}"),
-        "template `policy`: line 2: `<<user>>` is a role marker, but this is a completion template (one plain text, no chat turns)"
+        "template `policy`: line 2: `<<user>>` is a role marker, but this is a completion template \
+         (one plain text, no chat turns)"
     );
     assert_eq!(
         refused_override("paragraph_jafu.j2", "Hello\n<<user>>\n{{ query }}"),
-        "template `paragraph_jafu`: text before the first role marker; start the file with <<system>> or <<user>>"
+        "template `paragraph_jafu`: text before the first role marker; \
+         start the file with <<system>> or <<user>>"
     );
     let message = refused_override(
         "paragraph_jafu.j2",

@@ -106,7 +106,8 @@ fn literal_parser_reports_malformed_input_with_position() {
     );
     assert_eq!(
         error("[Paris]"),
-        "at character 2: unknown name \"Paris\" (expected a quoted string, a number, None, True, False, nan or inf)"
+        "at character 2: unknown name \"Paris\" (expected a quoted string, a number, None, True, \
+         False, nan or inf)"
     );
     assert_eq!(
         error("[1.2.3]"),
@@ -146,7 +147,8 @@ fn expected_sft_rows() -> Vec<SftTrainingRow> {
         SftTrainingRow {
             question_id: s("tc_1"),
             paragraph_generation_prompt: some(
-                "Write a paragraph about the scoring system of a racket sport that counts 15 and 30.",
+                "Write a paragraph about the scoring system of a racket sport that \
+                 counts 15 and 30.",
             ),
             claude_summary: some(
                 "I am certain the sport is tennis, which counts \"15, 30, 40, game\".\n\n\
@@ -179,7 +181,8 @@ fn expected_sft_rows() -> Vec<SftTrainingRow> {
         SftTrainingRow {
             question_id: s("tc_4"),
             paragraph_generation_prompt: some(
-                "Write a paragraph about the author of a famous American novel set on the Mississippi.",
+                "Write a paragraph about the author of a famous American novel set on \
+                 the Mississippi.",
             ),
             claude_summary: some("I am certain it is Mark Twain."),
             icl_generated_paragraphs: Some(vec![
@@ -205,8 +208,8 @@ fn bad_literal_cell_is_reported_with_file_line_and_column() {
     assert_eq!(
         error,
         format!(
-            "{}:4: column icl_generated_paragraphs: not a valid Python list literal at character 8: \
-             string opened with ' is never closed",
+            "{}:4: column icl_generated_paragraphs: not a valid Python list literal at \
+             character 8: string opened with ' is never closed",
             path.display()
         )
     );
@@ -221,9 +224,10 @@ fn missing_column_is_reported_with_the_columns_present() {
     assert_eq!(
         error,
         format!(
-            "{}: missing column(s) lc_sft_ground_truth_and_extracted_answers, factuality_sft_generated_paragraph, \
-             factuality_sft_binary_correctness; the file has question_id, lc_sft_generated_paragraph, \
-             lc_sft_forecasted_probs. Is this the right split of the reference dataset?",
+            "{}: missing column(s) lc_sft_ground_truth_and_extracted_answers, \
+             factuality_sft_generated_paragraph, factuality_sft_binary_correctness; \
+             the file has question_id, lc_sft_generated_paragraph, lc_sft_forecasted_probs. \
+             Is this the right split of the reference dataset?",
             path.display()
         )
     );
@@ -236,7 +240,8 @@ fn unknown_extension_is_refused() {
         .to_string();
     assert_eq!(
         error,
-        "data/sft_training.tsv: unknown file type: expected a .csv, .parquet, .json or .jsonl extension"
+        "data/sft_training.tsv: unknown file type: expected a .csv, .parquet, \
+         .json or .jsonl extension"
     );
 }
 
@@ -333,7 +338,8 @@ fn paragraph_generation_splits_read_with_and_without_question_column() {
             ParagraphGenerationRow {
                 question_id: s("tc_1"),
                 paragraph_generation_prompt: s(
-                    "Write a paragraph about the sport whose scores go \"15, 30, 40\", and its history."
+                    "Write a paragraph about the sport whose scores go \"15, 30, 40\", \
+                     and its history."
                 ),
                 question: None,
             },
@@ -470,8 +476,8 @@ fn parquet_bad_cell_is_reported_with_row_number() {
     assert_eq!(
         schema::read_sft_training(&path).unwrap_err().to_string(),
         format!(
-            "{}:2: column icl_generated_paragraphs: not a valid Python list literal at character 1: \
-             expected a value, found '{{'",
+            "{}:2: column icl_generated_paragraphs: not a valid Python list literal at \
+             character 1: expected a value, found '{{'",
             path.display()
         )
     );
@@ -487,8 +493,10 @@ fn write_trivia_parquet(path: &Path, questions: &[TriviaQuestion]) {
                 optional binary question_id (UTF8);
                 optional binary question_source (UTF8);
                 optional group answer {
-                    optional group aliases (LIST) { repeated group list { optional binary element (UTF8); } }
-                    optional group normalized_aliases (LIST) { repeated group list { optional binary element (UTF8); } }
+                    optional group aliases (LIST) { repeated group list { \
+                        optional binary element (UTF8); } }
+                    optional group normalized_aliases (LIST) { repeated group list { \
+                        optional binary element (UTF8); } }
                     optional binary type (UTF8);
                     optional binary value (UTF8);
                 }
@@ -651,8 +659,9 @@ fn join_gives_questions_and_reports_unmatched_rows() {
     assert_eq!(joined.unmatched_ids(), vec!["tc_99"]);
     assert_eq!(
         joined.to_string(),
-        "6 rows matched a TriviaQA question; 1 rows have an id that is not in the TriviaQA files given (tc_99): \
-         load the TriviaQA split they come from (test rows join with validation, the others with train)"
+        "6 rows matched a TriviaQA question; 1 rows have an id that is not in the TriviaQA files \
+         given (tc_99): load the TriviaQA split they come from (test rows join with validation, \
+         the others with train)"
     );
 }
 
@@ -689,7 +698,8 @@ fn sft_examples_for_each_target_skip_and_count_missing_targets() {
         SftExample {
             question_id: some("tc_3"),
             prompt: s(
-                "### Instruction:\nWrite a paragraph about a famous portrait, its painter and where it hangs.\n\n### Response:"
+                "### Instruction:\nWrite a paragraph about a famous portrait, \
+                 its painter and where it hangs.\n\n### Response:"
             ),
             target: s("I believe the painting is the Mona Lisa."),
         }
@@ -736,7 +746,8 @@ fn extract_answers_targets_dedupe_in_order_and_say_no_answer() {
     );
     assert_eq!(
         examples[1].prompt,
-        "Q=In which year did the Titanic sink?|P=The ship sank in 1912, I believe; 1911 is less likely.|A="
+        "Q=In which year did the Titanic sink?|P=The ship sank in 1912, I believe; 1911 is \
+         less likely.|A="
     );
     assert_eq!(
         report,

@@ -119,7 +119,8 @@ fn fanoutqa_keeps_leaf_questions_with_normalised_answers() {
             ),
             qa(
                 "fanoutqa-a4",
-                "Which nations won the last 2 FIFA world cups in descending order, and in what year?",
+                "Which nations won the last 2 FIFA world cups in descending order, \
+                 and in what year?",
                 &["2022: Argentina; 2018: France"],
                 f
             ),
@@ -167,8 +168,8 @@ fn fanoutqa_reports_a_broken_dev_set_inside_the_wheel() {
     assert_eq!(
         error,
         format!(
-            "{}!fanoutqa/data/fanout-final-dev.json:3: not FanOutQA questions: invalid type: integer `5`, \
-             expected a sequence at line 3 column 18",
+            "{}!fanoutqa/data/fanout-final-dev.json:3: not FanOutQA questions: invalid type: \
+             integer `5`, expected a sequence at line 3 column 18",
             wheel.display()
         )
     );
@@ -270,7 +271,8 @@ fn red_trivia_refuses_an_archive_without_lists() {
     assert_eq!(
         error,
         format!(
-            "{}: no trivia list under /redbot/ext/trivia/lists/ in this archive; is it the Red-Trivia sdist?",
+            "{}: no trivia list under /redbot/ext/trivia/lists/ in this archive; \
+             is it the Red-Trivia sdist?",
             sdist.display()
         )
     );
@@ -394,7 +396,8 @@ fn bigbench_without_the_task_is_a_clear_error() {
     assert_eq!(
         error.to_string(),
         format!(
-            "{}: no member ending in /benchmark_tasks/qa_wikidata/task.json; is this the bigbench 1.0.0 sdist?",
+            "{}: no member ending in /benchmark_tasks/qa_wikidata/task.json; \
+             is this the bigbench 1.0.0 sdist?",
             sdist.display()
         )
     );
@@ -457,9 +460,9 @@ fn wordnet_people_are_named_instances_under_person() {
             person(
                 "wordnet-10954498",
                 "Albert Einstein",
-                "physicist born in Germany who formulated the special theory of relativity and the general theory \
-                 of relativity; Einstein also proposed that light consists of discrete quantized bundles of energy \
-                 (later called photons) (1879-1955)"
+                "physicist born in Germany who formulated the special theory of relativity and \
+                 the general theory of relativity; Einstein also proposed that light consists of \
+                 discrete quantized bundles of energy (later called photons) (1879-1955)"
             ),
             person(
                 "wordnet-11111111",
@@ -580,8 +583,10 @@ fn qa_jsonl_with_an_empty_answer_is_reported() {
     let path = dir.path().join("qa.jsonl");
     std::fs::write(
         &path,
-        "{\"id\":\"q1\",\"question\":\"Q?\",\"answer\":\"A\",\"aliases\":[\"A\"],\"source\":\"x\"}\n\
-         {\"id\":\"q2\",\"question\":\"Q?\",\"answer\":\" \",\"aliases\":[],\"source\":\"x\"}\n",
+        "{\"id\":\"q1\",\"question\":\"Q?\",\
+         \"answer\":\"A\",\"aliases\":[\"A\"],\"source\":\"x\"}\n\
+         {\"id\":\"q2\",\"question\":\"Q?\",\
+         \"answer\":\" \",\"aliases\":[],\"source\":\"x\"}\n",
     )
     .unwrap();
     assert_eq!(
@@ -621,7 +626,11 @@ fn qa_jsonl_puts_the_answer_first_among_its_aliases_and_needs_unique_ids() {
             path.display()
         )
     );
-    std::fs::write(&path, "{\"id\":\" \",\"question\":\"Q?\",\"answer\":\"A\"}\n").unwrap();
+    std::fs::write(
+        &path,
+        "{\"id\":\" \",\"question\":\"Q?\",\"answer\":\"A\"}\n",
+    )
+    .unwrap();
     assert_eq!(
         read_qa_jsonl(&path).unwrap_err().to_string(),
         format!("{}:1: the record has an empty `id`", path.display())
@@ -726,8 +735,9 @@ fn fetch_hash_mismatch_names_url_and_both_hashes() {
     assert_eq!(
         error.to_string(),
         format!(
-            "sha256 mismatch for {url}: expected {expected}, got {actual}; the download was discarded. If the \
-             registry really changed the file, the pinned hash in lincal-data must be updated after checking it"
+            "sha256 mismatch for {url}: expected {expected}, got {actual}; \
+             the download was discarded. If the registry really changed the file, \
+             the pinned hash in lincal-data must be updated after checking it"
         )
     );
     server.join().unwrap();

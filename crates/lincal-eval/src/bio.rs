@@ -36,9 +36,9 @@ use serde_json::{Value, json};
 
 pub use crate::pipeline::GENERATIONS_FILE;
 use crate::pipeline::{
-    GenerationRecord, ItemFailure, OpenedRun, PipelineError, Policy, Progress, EvalOptions,
-    RunOutcome, TeacherSettings, ask_parsed, chat_prompt, describe_llm, open_eval_run, template_inputs,
-    template_sources,
+    EvalOptions, GenerationRecord, ItemFailure, OpenedRun, PipelineError, Policy, Progress,
+    RunOutcome, TeacherSettings, ask_parsed, chat_prompt, describe_llm, open_eval_run,
+    template_inputs, template_sources,
 };
 use crate::readers::ItemResults;
 use crate::{ClaimExample, KnowledgeIndex, RunSettings, ScoredExample, Stage};

@@ -121,7 +121,8 @@ impl ReferenceDataset {
         }
     }
 
-    /// The dataset whose folder name is `folder`, as in `<root>/sciq_paragraph_generation/test.csv`.
+    /// The dataset whose folder name is `folder`, as in
+    /// `<root>/sciq_paragraph_generation/test.csv`.
     fn of_folder(folder: &str) -> Option<Self> {
         ReferenceDataset::ALL
             .into_iter()

@@ -12,7 +12,10 @@ pub enum EvalError {
         source: std::io::Error,
     },
 
-    #[error("cannot write {}: {source}; check that the folder exists and is writable", path.display())]
+    #[error(
+        "cannot write {}: {source}; check that the folder exists and is writable",
+        path.display()
+    )]
     Write {
         path: PathBuf,
         source: std::io::Error,

@@ -36,8 +36,8 @@ pub use examples::{
     check_examples, predictions, read_examples, write_examples,
 };
 pub use pipeline::{
-    GenerationSettings, ItemFailure, Method, PipelineError, Policy, Progress, ProgressEvent,
-    PromptStyle, EvalOptions, RunOutcome, RunStatus, TeacherSettings,
+    EvalOptions, GenerationSettings, ItemFailure, Method, PipelineError, Policy, Progress,
+    ProgressEvent, PromptStyle, RunOutcome, RunStatus, TeacherSettings,
 };
 pub use report::{ReportOptions, RunResults, RunSettings, read_results, write_run_report};
 pub use retrieval::{IndexLocation, IndexStatus, KnowledgeIndex, Passage, SourceSummary};

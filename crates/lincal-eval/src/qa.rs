@@ -28,7 +28,7 @@ use crate::datasets::{QaDataset, QaQuestion};
 use crate::judges::{Judge, JudgeInput};
 pub use crate::pipeline::GENERATIONS_FILE;
 use crate::pipeline::{
-    GenerationRecord, ItemFailure, OpenedRun, PipelineError, Policy, Progress, EvalOptions,
+    EvalOptions, GenerationRecord, ItemFailure, OpenedRun, PipelineError, Policy, Progress,
     RunOutcome, open_eval_run, template_inputs, template_sources,
 };
 use crate::readers::{ForecastInput, ReadInput, Reader};

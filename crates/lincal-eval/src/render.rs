@@ -299,22 +299,11 @@ pub(crate) fn html_page(title: &str, body: &str) -> String {
 <html lang="en">
 <head>
 <meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
+<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title}</title>
 <style>
-body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }}
-h1 {{ font-size: 1.6em; }} h2 {{ font-size: 1.25em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }}
-table {{ border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }}
-th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }}
-th {{ background: #f3f3f3; }} td.num, th.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
-tbody tr:nth-child(even) {{ background: #fafafa; }}
-details summary {{ color: #555; cursor: pointer; font-size: 0.9em; }}
-div.long {{ white-space: pre-wrap; max-width: 60em; }}
-figure {{ display: inline-block; margin: 0.5em 1em 1em 0; vertical-align: top; }}
-figure img {{ width: 520px; max-width: 100%; border: 1px solid #eee; }}
-figcaption, p.note {{ color: #555; font-size: 0.9em; }}
-</style>
+{STYLE}</style>
 </head>
 <body>
 {body}</body>
@@ -323,6 +312,29 @@ figcaption, p.note {{ color: #555; font-size: 0.9em; }}
         title = html(title)
     )
 }
+
+/// The policy of [`html_page`]: inline styles and `data:` images, nothing else.
+const CONTENT_SECURITY_POLICY: &str =
+    "default-src 'none'; img-src data:; style-src 'unsafe-inline'";
+
+/// The style sheet of [`html_page`]; its longer lines take two literals here.
+const STYLE: &str = concat!(
+    "body { font-family: system-ui, -apple-system, \"Segoe UI\", sans-serif; margin: 2em auto; ",
+    "max-width: 1200px; padding: 0 1em; color: #222; }\n",
+    "h1 { font-size: 1.6em; } ",
+    "h2 { font-size: 1.25em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }\n",
+    "table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }\n",
+    "th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; ",
+    "text-align: left; vertical-align: top; }\n",
+    "th { background: #f3f3f3; } ",
+    "td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }\n",
+    "tbody tr:nth-child(even) { background: #fafafa; }\n",
+    "details summary { color: #555; cursor: pointer; font-size: 0.9em; }\n",
+    "div.long { white-space: pre-wrap; max-width: 60em; }\n",
+    "figure { display: inline-block; margin: 0.5em 1em 1em 0; vertical-align: top; }\n",
+    "figure img { width: 520px; max-width: 100%; border: 1px solid #eee; }\n",
+    "figcaption, p.note { color: #555; font-size: 0.9em; }\n",
+);
 
 /// An `<img>` showing an SVG file as a `data:` URI. An image loaded through `<img>` never runs
 /// scripts, so nothing inside the SVG can act on the page.

@@ -36,7 +36,8 @@ fn trivia_qa_split_joins_with_its_questions_by_id() {
     let split = write(
         &dir.path()
             .join("trivia_qa_paragraph_generation/test_11k.csv"),
-        "question_id,paragraph_generation_prompt\ntc_1,Write a paragraph about the Eiffel Tower.\ntc_9,Write about nothing.\n",
+        "question_id,paragraph_generation_prompt\ntc_1,Write a paragraph about the Eiffel Tower.\n\
+         tc_9,Write about nothing.\n",
     );
     write(
         &dir.path()
@@ -45,8 +46,12 @@ fn trivia_qa_split_joins_with_its_questions_by_id() {
     );
     let trivia = write(
         &dir.path().join("trivia.jsonl"),
-        r#"{"question_id": "tc_1", "question": "In which city is the Eiffel Tower?", "answer": {"value": "Paris", "aliases": ["Paris", "Paris, France"], "normalized_aliases": ["paris"]}}
-"#,
+        concat!(
+            r#"{"question_id": "tc_1", "question": "In which city is the Eiffel Tower?", "#,
+            r#""answer": {"value": "Paris", "aliases": ["Paris", "Paris, France"], "#,
+            r#""normalized_aliases": ["paris"]}}"#,
+            "\n",
+        ),
     );
     assert_eq!(
         find_split_file(dir.path(), ReferenceDataset::TriviaQa, "test").unwrap(),
@@ -89,7 +94,8 @@ fn jeopardy_and_sciq_ids_are_row_indices_of_their_answer_files() {
     let dir = tempfile::tempdir().unwrap();
     let jeopardy_split = write(
         &dir.path().join("jeopardy_paragraph_generation/test.csv"),
-        "question_id,paragraph_generation_prompt,question\n1,Write about a river.,Which river flows through Cairo?\n",
+        "question_id,paragraph_generation_prompt,question\n\
+         1,Write about a river.,Which river flows through Cairo?\n",
     );
     let jeopardy = write(
         &dir.path().join("JEOPARDY_QUESTIONS1.json"),
@@ -115,11 +121,15 @@ fn jeopardy_and_sciq_ids_are_row_indices_of_their_answer_files() {
     );
     let train = write(
         &dir.path().join("sciq/train.jsonl"),
-        "{\"question\": \"Q0?\", \"correct_answer\": \"a0\"}\n{\"question\": \"Q1?\", \"correct_answer\": \"a1\"}\n",
+        "{\"question\": \"Q0?\", \"correct_answer\": \"a0\"}\n\
+         {\"question\": \"Q1?\", \"correct_answer\": \"a1\"}\n",
     );
     let validation = write(
         &dir.path().join("sciq/valid.json"),
-        r#"[{"question": "What is the sun?", "correct_answer": "a star", "distractor1": "a planet"}]"#,
+        concat!(
+            r#"[{"question": "What is the sun?", "correct_answer": "a star", "#,
+            r#""distractor1": "a planet"}]"#,
+        ),
     );
     let data = load_reference(&sciq_split, None, &[train, validation.clone()]).unwrap();
     assert_eq!(
@@ -152,15 +162,19 @@ fn bioasq_keeps_factoid_questions_with_their_first_answer_and_its_synonyms() {
     let dir = tempfile::tempdir().unwrap();
     let split = write(
         &dir.path().join("bioasq_paragraph_generation/test.csv"),
-        "question_id,paragraph_generation_prompt\nb1,Write about a gene.\nb2,Write about a list.\nb3,Write about an enzyme.\n",
+        "question_id,paragraph_generation_prompt\nb1,Write about a gene.\nb2,Write about a list.\n\
+         b3,Write about an enzyme.\n",
     );
     let answers = write(
         &dir.path().join("training12b_new.json"),
-        r#"{"questions": [
-            {"id": "b1", "type": "factoid", "body": "Which gene is mutated?", "exact_answer": [["BRCA1", "breast cancer 1"], ["TP53"]]},
+        concat!(
+            r#"{"questions": [
+            {"id": "b1", "type": "factoid", "body": "Which gene is mutated?", "#,
+            r#""exact_answer": [["BRCA1", "breast cancer 1"], ["TP53"]]},
             {"id": "b2", "type": "list", "body": "List genes.", "exact_answer": [["A"], ["B"]]},
             {"id": "b3", "type": "factoid", "body": "Which enzyme?", "exact_answer": ["lactase"]}
-        ]}"#,
+        ]}"#
+        ),
     );
     let data = load_reference(&split, None, &[answers]).unwrap();
     assert_eq!(

@@ -16,8 +16,8 @@ use lincal_eval::judges::{ExactMatchJudge, Judge, JudgeInput, LlmJudge};
 use lincal_eval::qa::QaEvaluation;
 use lincal_eval::readers::{LexicalQaReader, LlmReader, Reader};
 use lincal_eval::{
-    ClaimExample, GenerationSettings, IndexLocation, KnowledgeIndex, Method, PipelineError, Policy,
-    ProgressEvent, QaExample, EvalOptions, RunOutcome, RunStatus, ScoredExample, Stage,
+    ClaimExample, EvalOptions, GenerationSettings, IndexLocation, KnowledgeIndex, Method,
+    PipelineError, Policy, ProgressEvent, QaExample, RunOutcome, RunStatus, ScoredExample, Stage,
     StageFailure, TeacherSettings,
 };
 use lincal_llm::testing::FakeLlm;
@@ -825,7 +825,8 @@ fn qa_jsonl_datasets_read_queries_and_aliases_and_name_bad_lines() {
     std::fs::write(
         &path,
         "{\"id\": \"a\", \"question\": \"Q1?\", \"answer\": \"X\", \"aliases\": [\"X\", \"ex\"]}\n\
-         {\"id\": \"b\", \"question\": \"Q2?\", \"answer\": \"Y\", \"query\": \"Write about Q2.\"}\n",
+         {\"id\": \"b\", \"question\": \"Q2?\", \"answer\": \"Y\", \"query\": \
+         \"Write about Q2.\"}\n",
     )
     .unwrap();
     let data = load_qa_jsonl(&path).unwrap();
@@ -833,7 +834,12 @@ fn qa_jsonl_datasets_read_queries_and_aliases_and_name_bad_lines() {
     assert_eq!(data.questions[0].query, "Q1?");
     assert_eq!(data.questions[0].aliases, ["X", "ex"]);
     assert_eq!(data.questions[1].query, "Write about Q2.");
-    std::fs::write(&path, "{\"id\": \"a\", \"question\": \"Q1?\", \"answer\": \"X\"}\n{\"id\": \"a\", \"question\": \"Q2?\", \"answer\": \"\"}\n").unwrap();
+    std::fs::write(
+        &path,
+        "{\"id\": \"a\", \"question\": \"Q1?\", \"answer\": \"X\"}\n\
+         {\"id\": \"a\", \"question\": \"Q2?\", \"answer\": \"\"}\n",
+    )
+    .unwrap();
     let error = load_qa_jsonl(&path).unwrap_err().to_string();
     assert_eq!(
         error,
@@ -846,14 +852,20 @@ fn qa_jsonl_datasets_read_queries_and_aliases_and_name_bad_lines() {
 
 // ---- biographies ------------------------------------------------------------------------
 
-const KNOWLEDGE: &str = r#"{"id": "ada", "title": "Ada Lovelace", "text": "Ada Lovelace was an English mathematician, born in London in 1815, who wrote the first published computer program."}
-{"id": "turing", "title": "Alan Turing", "text": "Alan Turing was an English mathematician and a founder of computer science."}
-"#;
+const KNOWLEDGE: &str = concat!(
+    r#"{"id": "ada", "title": "Ada Lovelace", "text": "Ada Lovelace was an English "#,
+    r#"mathematician, born in London in 1815, who wrote the first published computer program."}"#,
+    "\n",
+    r#"{"id": "turing", "title": "Alan Turing", "text": "Alan Turing was an English "#,
+    r#"mathematician and a founder of computer science."}"#,
+    "\n",
+);
 
 fn bio_policy() -> FakeLlm {
     scripted(|text| {
         if text.contains("Ada Lovelace") {
-            "Ada Lovelace was an English mathematician. I am 80% sure she was born in 1815, and 20% sure it was 1816. She was brilliant."
+            "Ada Lovelace was an English mathematician. I am 80% sure she was born in 1815, \
+             and 20% sure it was 1816. She was brilliant."
         } else {
             "Alan Turing was a mathematician."
         }
@@ -1047,9 +1059,12 @@ fn unknown_hedges_fall_back_to_a_model_or_to_even_odds_with_a_note() {
     let knowledge = dir.path().join("people.jsonl");
     std::fs::write(&knowledge, KNOWLEDGE).unwrap();
     let policy = scripted(|_| "Alan Turing was English, my gut says.");
-    let decomposer = scripted(
-        |_| r#"[{"claim": "Alan Turing was English.", "type": "objective", "confidence": "my gut says"}]"#,
-    );
+    let decomposer = scripted(|_| {
+        concat!(
+            r#"[{"claim": "Alan Turing was English.", "type": "objective", "#,
+            r#""confidence": "my gut says"}]"#
+        )
+    });
     let confidence_model = scripted(|text| {
         assert!(text.contains("\"my gut says\""));
         "Reasoning: a gut feeling.\nProbability: 0.6"

@@ -364,7 +364,10 @@ fn write_lines(path: &Path, lines: &[&str]) {
 fn examples_jsonl_errors_name_file_line_and_field() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("examples.jsonl");
-    let good = r#"{"kind": "qa", "id": "q1", "question": "Q", "gold_answer": "g", "generated_text": "t", "answer": "a", "confidence": 0.5, "correct": true}"#;
+    let good = concat!(
+        r#"{"kind": "qa", "id": "q1", "question": "Q", "gold_answer": "g", "#,
+        r#""generated_text": "t", "answer": "a", "confidence": 0.5, "correct": true}"#
+    );
     let check = |lines: &[&str], expected: &str| {
         write_lines(&path, lines);
         let err = read_examples(&path).unwrap_err();

@@ -8,14 +8,26 @@ use std::time::{Duration, SystemTime};
 
 use lincal_eval::{EvalError, IndexLocation, IndexStatus, KnowledgeIndex, SourceSummary};
 
-const PEOPLE: &str = r#"{"id": "w1", "title": "Ada Lovelace", "text": "English mathematician who wrote about Charles Babbage's analytical engine; often called the first computer programmer."}
-{"id": "w2", "title": "Charles Babbage", "text": "English mathematician who designed the difference engine and the analytical engine."}
-{"id": "w3", "title": "Marie Curie", "text": "French chemist born in Warsaw who discovered radium and polonium."}
-{"id": "w4", "title": "Pierre Curie", "text": "French physicist who shared the Nobel Prize in physics with his wife for research on radioactivity.", "url": "ignored"}
-{"id": "w5", "title": "Grace Hopper", "text": "United States computer scientist and naval officer who wrote the first compiler."}
-
-{"id": "w6", "title": "Nobody", "text": "  "}
-"#;
+const PEOPLE: &str = concat!(
+    r#"{"id": "w1", "title": "Ada Lovelace", "text": "English mathematician who wrote about "#,
+    r#"Charles Babbage's analytical engine; often called the first computer programmer."}"#,
+    "\n",
+    r#"{"id": "w2", "title": "Charles Babbage", "text": "English mathematician who designed the "#,
+    r#"difference engine and the analytical engine."}"#,
+    "\n",
+    r#"{"id": "w3", "title": "Marie Curie", "text": "French chemist born in Warsaw who "#,
+    r#"discovered radium and polonium."}"#,
+    "\n",
+    r#"{"id": "w4", "title": "Pierre Curie", "text": "French physicist who shared the Nobel "#,
+    r#"Prize in physics with his wife for research on radioactivity.", "url": "ignored"}"#,
+    "\n",
+    r#"{"id": "w5", "title": "Grace Hopper", "text": "United States computer scientist and naval "#,
+    r#"officer who wrote the first compiler."}"#,
+    "\n",
+    "\n",
+    r#"{"id": "w6", "title": "Nobody", "text": "  "}"#,
+    "\n",
+);
 
 #[test]
 fn an_index_can_be_shared_between_threads() {
@@ -157,7 +169,10 @@ fn the_index_on_disk_is_reused_until_the_source_changes() {
     let mut file = OpenOptions::new().append(true).open(&source).unwrap();
     writeln!(
         file,
-        r#"{{"id": "w7", "title": "Alan Turing", "text": "English logician who broke the Enigma cipher."}}"#
+        concat!(
+            r#"{{"id": "w7", "title": "Alan Turing", "#,
+            r#""text": "English logician who broke the Enigma cipher."}}"#
+        )
     )
     .unwrap();
     drop(file);

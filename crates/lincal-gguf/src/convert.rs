@@ -192,7 +192,8 @@ impl LlamaParams {
             None if hidden % n_head == 0 => hidden / n_head,
             None => {
                 return Err(gguf.malformed(format!(
-                    "llama.attention.head_count = {n_head} does not divide llama.embedding_length = {hidden}"
+                    "llama.attention.head_count = {n_head} does not divide \
+                     llama.embedding_length = {hidden}"
                 )));
             }
         };
@@ -205,7 +206,8 @@ impl LlamaParams {
             .unwrap_or(n_head);
         if n_kv_head == 0 || n_head % n_kv_head != 0 {
             return Err(gguf.malformed(format!(
-                "llama.attention.head_count_kv = {n_kv_head} does not divide llama.attention.head_count = {n_head}"
+                "llama.attention.head_count_kv = {n_kv_head} does not divide \
+                 llama.attention.head_count = {n_head}"
             )));
         }
         let rope_linear_factor = match gguf.opt_str("llama.rope.scaling.type")? {

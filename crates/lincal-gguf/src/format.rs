@@ -270,7 +270,8 @@ impl GgufFile {
         let row = tensor.dims.first().copied().unwrap_or(1);
         if row % block_elems != 0 {
             return Err(self.malformed(format!(
-                "tensor '{}' has rows of {row} elements, not a multiple of the {} block size {block_elems}",
+                "tensor '{}' has rows of {row} elements, \
+                 not a multiple of the {} block size {block_elems}",
                 tensor.name, tensor.ggml_type
             )));
         }

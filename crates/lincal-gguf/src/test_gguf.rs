@@ -19,8 +19,7 @@ pub(crate) fn llama_cpp_permute(w: &[f32], rows: usize, cols: usize, n_head: usi
             for a in 0..2 {
                 let dst = (h * half + b) * 2 + a;
                 let src = (h * 2 + a) * half + b;
-                out[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&w[src * cols..(src + 1) * cols]);
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
             }
         }
     }
@@ -294,7 +293,8 @@ pub(crate) const TOKENS: [&str; 25] = [
 pub(crate) const MERGES: [&str; 10] = [
     "h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "Ġwor l", "Ġworl d", "1 2",
 ];
-pub(crate) const CHAT_TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}";
+pub(crate) const CHAT_TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n\
+                                        {{ m['content'] }}<|im_end|>\n{% endfor %}";
 
 /// Hugging Face-layout values of every weight, chosen to be exact in their GGUF types.
 pub(crate) fn expected(hf_name: &str) -> (Vec<usize>, Vec<f32>) {
@@ -317,12 +317,8 @@ pub(crate) fn expected(hf_name: &str) -> (Vec<usize>, Vec<f32>) {
             let (layer, part) = rest.split_once('.').unwrap();
             let l: usize = layer.parse().unwrap();
             match part {
-                "input_layernorm.weight" => {
-                    vector(HIDDEN, &|c| 1.0 + c as f32 * 0.125 + l as f32)
-                }
-                "post_attention_layernorm.weight" => {
-                    vector(HIDDEN, &|c| 2.0 - c as f32 * 0.0625)
-                }
+                "input_layernorm.weight" => vector(HIDDEN, &|c| 1.0 + c as f32 * 0.125 + l as f32),
+                "post_attention_layernorm.weight" => vector(HIDDEN, &|c| 2.0 - c as f32 * 0.0625),
                 "self_attn.q_proj.weight" => matrix(N_HEAD * HEAD_DIM, HIDDEN, &|r, c| {
                     ((r * 7 + c + l) % 16) as f32 - 8.0
                 }),

@@ -20,7 +20,10 @@ pub(crate) const SUPPORTED_PRE_TOKENIZERS: [&str; 8] = [
 ];
 
 /// Llama 3's split regex, as in Meta's tokenizer.json.
-const LLAMA3_SPLIT_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_SPLIT_REGEX: &str = concat!(
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}",
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+);
 
 /// The Hugging Face pre-tokenizer for a `tokenizer.ggml.pre` name, and whether the BPE model
 /// must ignore merges for whole words found in the vocabulary (llama.cpp does for Llama 3).
@@ -195,7 +198,10 @@ impl TokenizerFiles {
             "pre_tokenizer": pre_tokenizer,
             "post_processor": post_processor,
             "decoder": {
-                "type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true,
+                "type": "ByteLevel",
+                "add_prefix_space": true,
+                "trim_offsets": true,
+                "use_regex": true,
             },
             "model": {
                 "type": "BPE",

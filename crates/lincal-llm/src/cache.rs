@@ -157,7 +157,8 @@ impl ResponseCache {
             .unwrap_or_else(PoisonError::into_inner);
         connection
             .execute(
-                "INSERT OR REPLACE INTO responses (key, backend, model, request, response, created_unix)
+                "INSERT OR REPLACE INTO responses \
+                 (key, backend, model, request, response, created_unix)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![key, backend, model, request_json, response_json, created],
             )

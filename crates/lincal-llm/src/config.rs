@@ -84,7 +84,8 @@ pub struct BackendConfig {
     /// `anthropic` only: the `anthropic-version` header.
     #[serde(default = "default_anthropic_version")]
     pub anthropic_version: String,
-    /// `openai` only: `max_tokens` or `max_completion_tokens` (needed by OpenAI's reasoning models).
+    /// `openai` only: `max_tokens` or `max_completion_tokens` (needed by OpenAI's reasoning
+    /// models).
     #[serde(default)]
     pub max_tokens_field: MaxTokensField,
 }
@@ -288,14 +289,16 @@ mod tests {
 
     #[test]
     fn a_full_config_reads_every_field() {
-        let config: BackendConfig = serde_json::from_str(
-            r#"{"kind": "anthropic", "model": "claude-3-opus-20240229", "base_url": "http://127.0.0.1:9",
-                "api_key_env": "MY_KEY", "concurrency": 7, "rpm": 50, "tpm": 40000, "max_retries": 3,
+        let config: BackendConfig = serde_json::from_str(concat!(
+            r#"{"kind": "anthropic", "model": "claude-3-opus-20240229", "#,
+            r#""base_url": "http://127.0.0.1:9",
+                "api_key_env": "MY_KEY", "concurrency": 7, "rpm": 50, "tpm": 40000, "#,
+            r#""max_retries": 3,
                 "timeout_s": 30, "backoff_initial_s": 0.5, "backoff_max_s": 8,
                 "price": {"input_per_million": 15, "output_per_million": 75},
                 "cache": "runs/cache.sqlite", "send_seed": true, "anthropic_version": "2023-01-01",
-                "max_tokens_field": "max_completion_tokens"}"#,
-        )
+                "max_tokens_field": "max_completion_tokens"}"#
+        ))
         .unwrap();
         let options = config.client_options().unwrap();
         assert_eq!(options.retry.initial_backoff, Duration::from_millis(500));

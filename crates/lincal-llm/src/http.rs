@@ -268,7 +268,11 @@ mod tests {
 
     #[test]
     fn error_message_finds_the_servers_explanation() {
-        let openai = br#"{"error": {"message": "max_tokens is too large", "type": "invalid_request_error"}}"#;
+        let openai = concat!(
+            r#"{"error": {"message": "max_tokens is too large", "#,
+            r#""type": "invalid_request_error"}}"#
+        )
+        .as_bytes();
         assert_eq!(error_message(openai), "max_tokens is too large");
         let anthropic =
             br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;

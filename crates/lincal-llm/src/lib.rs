@@ -4,8 +4,9 @@
 //!   `n` samples, temperature, top-p, max tokens, stop strings, seed) and gets one
 //!   `Result<LlmResponse, LlmError>` per request, so one failure does not sink the batch. It is
 //!   synchronous and object-safe (`Arc<dyn Llm>`); the HTTP backends run their own tokio
-//!   runtime, so call them from plain threads, not from inside an async runtime. The local GPU engine implements it over a
-//!   whole batch per forward pass; the HTTP backends answer a batch concurrently.
+//!   runtime, so call them from plain threads, not from inside an async runtime. The local GPU
+//!   engine implements it over a whole batch per forward pass; the HTTP backends answer a batch
+//!   concurrently.
 //! - Backends: [`OpenAiBackend`] (`/chat/completions` and `/completions`; also vLLM,
 //!   llama.cpp's server, Ollama) and [`AnthropicBackend`] (`/v1/messages`).
 //! - [`LlmClient`] wraps any backend with bounded concurrency, retries with exponential

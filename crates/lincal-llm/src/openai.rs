@@ -11,7 +11,8 @@ use crate::{
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MaxTokensField {
-    /// Understood by every OpenAI-compatible server (vLLM, llama.cpp, Ollama) and most OpenAI models.
+    /// Understood by every OpenAI-compatible server (vLLM, llama.cpp, Ollama) and most OpenAI
+    /// models.
     #[default]
     MaxTokens,
     /// Required by OpenAI's reasoning models, which refuse `max_tokens`.

@@ -19,7 +19,8 @@ pub struct Parsed<T> {
 pub enum ParseFailure {
     /// Every answer failed to parse; this is the last one.
     #[error(
-        "no parseable answer in {attempts} attempts (last seed {seed}): {error}; last answer: {raw_text:?}"
+        "no parseable answer in {attempts} attempts (last seed {seed}): {error}; \
+         last answer: {raw_text:?}"
     )]
     Unparseable {
         raw_text: String,

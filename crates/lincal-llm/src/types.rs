@@ -184,7 +184,8 @@ pub enum FinishReason {
 }
 
 impl FinishReason {
-    /// Maps both APIs' names: OpenAI `stop`/`length`, Anthropic `end_turn`/`stop_sequence`/`max_tokens`.
+    /// Maps both APIs' names: OpenAI `stop`/`length`, Anthropic
+    /// `end_turn`/`stop_sequence`/`max_tokens`.
     pub fn from_api(reason: &str) -> Self {
         match reason {
             "stop" | "end_turn" | "stop_sequence" => FinishReason::Stop,

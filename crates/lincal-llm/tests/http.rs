@@ -146,7 +146,11 @@ async fn handle(
 /// An OpenAI chat answer with one choice.
 fn chat_answer(text: &str) -> Value {
     json!({
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": "stop",
+        }],
         "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}
     })
 }
@@ -196,8 +200,16 @@ fn openai_chat_body_carries_every_field_and_the_answer_is_read_in_index_order() 
     let server = TestServer::start(|_, _| {
         Reply::ok(json!({
             "choices": [
-                {"index": 1, "message": {"role": "assistant", "content": "second"}, "finish_reason": "length"},
-                {"index": 0, "message": {"role": "assistant", "content": "first"}, "finish_reason": "stop"}
+                {
+                    "index": 1,
+                    "message": {"role": "assistant", "content": "second"},
+                    "finish_reason": "length",
+                },
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "first"},
+                    "finish_reason": "stop",
+                }
             ],
             "usage": {"prompt_tokens": 21, "completion_tokens": 9, "total_tokens": 30}
         }))
@@ -292,7 +304,13 @@ fn openai_completion_goes_to_completions_and_leaves_out_unset_fields() {
     // The legacy completions API only knows `max_tokens`; no seed, stop or top_p was asked for.
     assert_eq!(
         received[0].body,
-        json!({"model": "test-model", "prompt": "The capital of France is", "max_tokens": 3, "temperature": 0.0, "n": 1})
+        json!({
+            "model": "test-model",
+            "prompt": "The capital of France is",
+            "max_tokens": 3,
+            "temperature": 0.0,
+            "n": 1,
+        })
     );
 }
 
@@ -402,14 +420,21 @@ fn anthropic_sends_no_seed_by_default_and_refuses_raw_prompts() {
     assert_eq!(
         results[1],
         Err(LlmError::InvalidRequest(
-            "the Anthropic messages API takes chat messages, not a raw completion prompt; build the request with LlmRequest::chat".into()
+            "the Anthropic messages API takes chat messages, not a raw completion prompt; \
+             build the request with LlmRequest::chat"
+                .into()
         ))
     );
     let received = server.received();
     assert_eq!(received.len(), 1);
     assert_eq!(
         received[0].body,
-        json!({"model": "claude-test", "max_tokens": 16, "messages": [{"role": "user", "content": "Hello"}], "temperature": 1.0})
+        json!({
+            "model": "claude-test",
+            "max_tokens": 16,
+            "messages": [{"role": "user", "content": "Hello"}],
+            "temperature": 1.0,
+        })
     );
 }
 

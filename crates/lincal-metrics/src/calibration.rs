@@ -187,7 +187,13 @@ mod tests {
 
     /// The five predictions the hand-computed cases below share.
     fn five_predictions() -> Vec<Prediction> {
-        preds(&[(0.8, true), (0.1, false), (0.9, true), (0.3, true), (0.4, false)])
+        preds(&[
+            (0.8, true),
+            (0.1, false),
+            (0.9, true),
+            (0.3, true),
+            (0.4, false),
+        ])
     }
 
     const EPS: f64 = 1e-12;

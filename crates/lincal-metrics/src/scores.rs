@@ -7,7 +7,8 @@ use crate::prediction::{Prediction, sorted_by_confidence, validate};
 
 /// Log loss clips the probability given to the actual outcome to [`LOG_LOSS_EPSILON`,
 /// 1 − `LOG_LOSS_EPSILON`] (the same bound as scikit-learn), so a confident mistake costs at
-/// most −ln(1e-12) ≈ 27.63 instead of infinity. A method without confidence (all 1.0) therefore scores ≈ 27.6 × error rate.
+/// most −ln(1e-12) ≈ 27.63 instead of infinity. A method without confidence (all 1.0) therefore
+/// scores ≈ 27.6 × error rate.
 pub const LOG_LOSS_EPSILON: f64 = 1e-12;
 
 /// Fraction of predictions judged correct.

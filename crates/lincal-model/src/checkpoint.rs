@@ -24,18 +24,42 @@ impl SafetensorsCheckpoint {
         let index = dir.join(INDEX_FILE);
         let names: Vec<PathBuf> = if index.exists() {
             let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
-            let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Checkpoint { path: index.clone(), message: format!("malformed JSON ({e})") })?;
-            let map = value.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| ModelError::Checkpoint { path: index.clone(), message: "no `weight_map` object".into() })?;
-            let mut shards: Vec<PathBuf> = map.values().filter_map(|v| v.as_str()).map(|s| dir.join(s)).collect();
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| ModelError::Checkpoint {
+                    path: index.clone(),
+                    message: format!("malformed JSON ({e})"),
+                })?;
+            let map = value
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| ModelError::Checkpoint {
+                    path: index.clone(),
+                    message: "no `weight_map` object".into(),
+                })?;
+            let mut shards: Vec<PathBuf> = map
+                .values()
+                .filter_map(|v| v.as_str())
+                .map(|s| dir.join(s))
+                .collect();
             shards.sort();
             shards.dedup();
             shards
         } else if dir.join(SINGLE_FILE).exists() {
             vec![dir.join(SINGLE_FILE)]
         } else if dir.join("pytorch_model.bin").exists() {
-            return Err(ModelError::Checkpoint { path: dir.join("pytorch_model.bin"), message: "pickle checkpoints are not read (unsafe and slow); convert once with `model.save_pretrained(dir, safe_serialization=True)` in transformers".into() });
+            return Err(ModelError::Checkpoint {
+                path: dir.join("pytorch_model.bin"),
+                message: "pickle checkpoints are not read (unsafe and slow); convert once with \
+                          `model.save_pretrained(dir, safe_serialization=True)` in transformers"
+                    .into(),
+            });
         } else {
-            return Err(ModelError::Checkpoint { path: dir.to_path_buf(), message: format!("no {SINGLE_FILE} or {INDEX_FILE} here; is this a Hugging Face model directory?") });
+            return Err(ModelError::Checkpoint {
+                path: dir.to_path_buf(),
+                message: format!(
+                    "no {SINGLE_FILE} or {INDEX_FILE} here; is this a Hugging Face model directory?"
+                ),
+            });
         };
         let mut files = Vec::new();
         let mut location = HashMap::new();
@@ -43,8 +67,15 @@ impl SafetensorsCheckpoint {
             let file = std::fs::File::open(&path).map_err(|e| ModelError::io(&path, e))?;
             // SAFETY: the file is opened read-only and not modified while mapped; a concurrent
             // writer would be a user error that safetensors' own bounds checks still contain.
-            let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(&path, e))?;
-            let tensors = SafeTensors::deserialize(&mmap).map_err(|e| ModelError::Checkpoint { path: path.clone(), message: format!("not a valid safetensors file ({e}); it may be truncated: download or save it again") })?;
+            let mmap =
+                unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(&path, e))?;
+            let tensors = SafeTensors::deserialize(&mmap).map_err(|e| ModelError::Checkpoint {
+                path: path.clone(),
+                message: format!(
+                    "not a valid safetensors file ({e}); it may be truncated: \
+                     download or save it again"
+                ),
+            })?;
             for name in tensors.names() {
                 location.insert(name.to_string(), files.len());
             }
@@ -68,11 +99,26 @@ impl SafetensorsCheckpoint {
 
     /// Reads one tensor (on the CPU, in its stored dtype).
     pub fn tensor(&self, name: &str) -> Result<Tensor> {
-        let &file = self.location.get(name).ok_or_else(|| ModelError::MissingTensor { name: name.into(), path: self.describe() })?;
+        let &file = self
+            .location
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: name.into(),
+                path: self.describe(),
+            })?;
         let (path, mmap) = &self.files[file];
         let tensors = SafeTensors::deserialize(mmap).expect("validated in open");
-        let view = tensors.tensor(name).map_err(|e| ModelError::Checkpoint { path: path.clone(), message: format!("tensor `{name}`: {e}") })?;
-        let kind = kind_of(view.dtype()).ok_or_else(|| ModelError::Checkpoint { path: path.clone(), message: format!("tensor `{name}` has dtype {:?}, which lincal does not load", view.dtype()) })?;
+        let view = tensors.tensor(name).map_err(|e| ModelError::Checkpoint {
+            path: path.clone(),
+            message: format!("tensor `{name}`: {e}"),
+        })?;
+        let kind = kind_of(view.dtype()).ok_or_else(|| ModelError::Checkpoint {
+            path: path.clone(),
+            message: format!(
+                "tensor `{name}` has dtype {:?}, which lincal does not load",
+                view.dtype()
+            ),
+        })?;
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         Ok(Tensor::f_from_data_size(view.data(), &shape, kind)?)
     }
@@ -85,7 +131,12 @@ impl SafetensorsCheckpoint {
             let mut var = vars[name].shallow_clone();
             let stored = self.tensor(name)?;
             if stored.size() != var.size() {
-                return Err(ModelError::ShapeMismatch { name: name.clone(), path: self.path_of(name).unwrap_or(Path::new("?")).to_path_buf(), expected: var.size(), actual: stored.size() });
+                return Err(ModelError::ShapeMismatch {
+                    name: name.clone(),
+                    path: self.path_of(name).unwrap_or(Path::new("?")).to_path_buf(),
+                    expected: var.size(),
+                    actual: stored.size(),
+                });
             }
             tch::no_grad(|| var.f_copy_(&stored))?;
         }
@@ -95,7 +146,11 @@ impl SafetensorsCheckpoint {
     fn describe(&self) -> PathBuf {
         match self.files.as_slice() {
             [(path, _)] => path.clone(),
-            files => files.first().and_then(|(p, _)| p.parent()).map(|d| d.join(INDEX_FILE)).unwrap_or_default(),
+            files => files
+                .first()
+                .and_then(|(p, _)| p.parent())
+                .map(|d| d.join(INDEX_FILE))
+                .unwrap_or_default(),
         }
     }
 }
@@ -105,17 +160,41 @@ pub fn write_safetensors_file(path: &Path, tensors: &[(&String, &Tensor)]) -> Re
     let mut buffers = Vec::with_capacity(tensors.len());
     for (name, tensor) in tensors {
         let tensor = tensor.to_device(tch::Device::Cpu).contiguous();
-        let dtype = dtype_of(tensor.kind()).ok_or_else(|| ModelError::Invalid(format!("tensor `{name}` has kind {:?}, which safetensors cannot store", tensor.kind())))?;
+        let dtype = dtype_of(tensor.kind()).ok_or_else(|| {
+            ModelError::Invalid(format!(
+                "tensor `{name}` has kind {:?}, which safetensors cannot store",
+                tensor.kind()
+            ))
+        })?;
         let mut bytes = vec![0u8; tensor.numel() * tensor.kind().elt_size_in_bytes()];
         tensor.f_copy_data_u8(&mut bytes, tensor.numel())?;
-        buffers.push((name.as_str(), dtype, tensor.size().iter().map(|&d| d as usize).collect::<Vec<_>>(), bytes));
+        buffers.push((
+            name.as_str(),
+            dtype,
+            tensor
+                .size()
+                .iter()
+                .map(|&d| d as usize)
+                .collect::<Vec<_>>(),
+            bytes,
+        ));
     }
     let views = buffers.iter().map(|(name, dtype, shape, bytes)| {
         safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).map(|view| (*name, view))
     });
-    let views = views.collect::<Result<Vec<_>, _>>().map_err(|e| ModelError::Checkpoint { path: path.to_path_buf(), message: e.to_string() })?;
+    let views = views
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ModelError::Checkpoint {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| ModelError::Checkpoint { path: path.to_path_buf(), message: e.to_string() })
+    safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| {
+        ModelError::Checkpoint {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
+    })
 }
 
 fn dtype_of(kind: Kind) -> Option<Dtype> {
@@ -150,7 +229,11 @@ fn kind_of(dtype: Dtype) -> Option<Kind> {
 
 /// Writes named tensors as `model.safetensors`, or as shards of at most `max_shard_bytes` with
 /// an index (transformers' naming), every file through a temporary name.
-pub fn save_safetensors(dir: &Path, tensors: &BTreeMap<String, Tensor>, max_shard_bytes: usize) -> Result<()> {
+pub fn save_safetensors(
+    dir: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    max_shard_bytes: usize,
+) -> Result<()> {
     let mut writer = ShardWriter::new(dir, max_shard_bytes);
     for (name, tensor) in tensors {
         writer.add(name, tensor)?;
@@ -172,7 +255,14 @@ pub struct ShardWriter {
 
 impl ShardWriter {
     pub fn new(dir: &Path, max_shard_bytes: usize) -> Self {
-        ShardWriter { dir: dir.to_path_buf(), max_shard_bytes, pending: Vec::new(), pending_bytes: 0, written: Vec::new(), total_bytes: 0 }
+        ShardWriter {
+            dir: dir.to_path_buf(),
+            max_shard_bytes,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            written: Vec::new(),
+            total_bytes: 0,
+        }
     }
 
     pub fn add(&mut self, name: &str, tensor: &Tensor) -> Result<()> {
@@ -180,17 +270,21 @@ impl ShardWriter {
         if self.pending_bytes > 0 && self.pending_bytes + bytes > self.max_shard_bytes {
             self.flush()?;
         }
-        self.pending.push((name.to_string(), tensor.to_device(tch::Device::Cpu)));
+        self.pending
+            .push((name.to_string(), tensor.to_device(tch::Device::Cpu)));
         self.pending_bytes += bytes;
         self.total_bytes += bytes;
         Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {
-        let tmp = self.dir.join(format!("shard-{}.safetensors.tmp", self.written.len()));
+        let tmp = self
+            .dir
+            .join(format!("shard-{}.safetensors.tmp", self.written.len()));
         let refs: Vec<(&String, &Tensor)> = self.pending.iter().map(|(n, t)| (n, t)).collect();
         write_safetensors_file(&tmp, &refs)?;
-        self.written.push((tmp, self.pending.drain(..).map(|(n, _)| n).collect()));
+        self.written
+            .push((tmp, self.pending.drain(..).map(|(n, _)| n).collect()));
         self.pending_bytes = 0;
         Ok(())
     }
@@ -203,7 +297,11 @@ impl ShardWriter {
         let count = self.written.len();
         let mut weight_map = BTreeMap::new();
         for (i, (tmp, names)) in self.written.iter().enumerate() {
-            let file_name = if count == 1 { SINGLE_FILE.to_string() } else { format!("model-{:05}-of-{count:05}.safetensors", i + 1) };
+            let file_name = if count == 1 {
+                SINGLE_FILE.to_string()
+            } else {
+                format!("model-{:05}-of-{count:05}.safetensors", i + 1)
+            };
             let path = self.dir.join(&file_name);
             std::fs::rename(tmp, &path).map_err(|e| ModelError::io(&path, e))?;
             for name in names {
@@ -211,8 +309,16 @@ impl ShardWriter {
             }
         }
         if count > 1 {
-            let index = serde_json::json!({ "metadata": { "total_size": self.total_bytes }, "weight_map": weight_map });
-            write_atomic(&self.dir.join(INDEX_FILE), serde_json::to_string_pretty(&index).expect("json").as_bytes())?;
+            let index = serde_json::json!({
+                "metadata": { "total_size": self.total_bytes },
+                "weight_map": weight_map,
+            });
+            write_atomic(
+                &self.dir.join(INDEX_FILE),
+                serde_json::to_string_pretty(&index)
+                    .expect("json")
+                    .as_bytes(),
+            )?;
         }
         Ok(())
     }

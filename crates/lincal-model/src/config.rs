@@ -94,13 +94,22 @@ fn default_max_positions() -> i64 {
 
 impl LlamaConfig {
     fn fold_rope_parameters(&mut self) -> Result<(), String> {
-        let Some(parameters) = self.rope_parameters.take() else { return Ok(()) };
+        let Some(parameters) = self.rope_parameters.take() else {
+            return Ok(());
+        };
         if let Some(theta) = parameters.get("rope_theta") {
-            self.rope_theta = theta.as_f64().ok_or("rope_parameters.rope_theta must be a number")?;
+            self.rope_theta = theta
+                .as_f64()
+                .ok_or("rope_parameters.rope_theta must be a number")?;
         }
-        let rope_type = parameters.get("rope_type").and_then(|t| t.as_str()).unwrap_or("default");
+        let rope_type = parameters
+            .get("rope_type")
+            .and_then(|t| t.as_str())
+            .unwrap_or("default");
         if rope_type != "default" {
-            self.rope_scaling = Some(serde_json::from_value(parameters).map_err(|e| format!("rope_parameters: {e}"))?);
+            self.rope_scaling = Some(
+                serde_json::from_value(parameters).map_err(|e| format!("rope_parameters: {e}"))?,
+            );
         }
         Ok(())
     }
@@ -109,7 +118,8 @@ impl LlamaConfig {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
     pub fn head_dim(&self) -> i64 {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
     }
 }
 
@@ -175,11 +185,15 @@ impl ModelConfig {
     /// Reads `config.json`, naming the file and the field when something is wrong.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        Self::from_json(&text).map_err(|message| ModelError::Config { path: path.to_path_buf(), message })
+        Self::from_json(&text).map_err(|message| ModelError::Config {
+            path: path.to_path_buf(),
+            message,
+        })
     }
 
     pub fn from_json(text: &str) -> Result<Self, String> {
-        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("malformed JSON ({e})"))?;
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| format!("malformed JSON ({e})"))?;
         let model_type = value
             .get("model_type")
             .and_then(|v| v.as_str())
@@ -188,7 +202,12 @@ impl ModelConfig {
         let parsed = match model_type.as_str() {
             "llama" | "mistral" => serde_json::from_value(value).map(ModelConfig::Llama),
             "gpt_neox" => serde_json::from_value(value).map(ModelConfig::GptNeoX),
-            other => return Err(format!("model_type \"{other}\" is not supported; lincal runs \"llama\" and \"gpt_neox\"")),
+            other => {
+                return Err(format!(
+                    "model_type \"{other}\" is not supported; \
+                     lincal runs \"llama\" and \"gpt_neox\""
+                ));
+            }
         };
         let mut config = parsed.map_err(|e| format!("{e}"))?;
         if let ModelConfig::Llama(c) = &mut config {
@@ -199,7 +218,13 @@ impl ModelConfig {
     }
 
     fn validate(&self) -> Result<(), String> {
-        let positive = |name: &str, v: i64| if v > 0 { Ok(()) } else { Err(format!("field `{name}` must be positive, got {v}")) };
+        let positive = |name: &str, v: i64| {
+            if v > 0 {
+                Ok(())
+            } else {
+                Err(format!("field `{name}` must be positive, got {v}"))
+            }
+        };
         match self {
             ModelConfig::Llama(c) => {
                 for (name, v) in [
@@ -213,15 +238,26 @@ impl ModelConfig {
                     positive(name, v)?;
                 }
                 if c.num_attention_heads % c.num_kv_heads() != 0 {
-                    return Err(format!("num_attention_heads ({}) must be a multiple of num_key_value_heads ({})", c.num_attention_heads, c.num_kv_heads()));
+                    return Err(format!(
+                        "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
+                        c.num_attention_heads,
+                        c.num_kv_heads()
+                    ));
                 }
                 if c.head_dim.is_none() && c.hidden_size % c.num_attention_heads != 0 {
-                    return Err(format!("hidden_size ({}) is not divisible by num_attention_heads ({}); set head_dim", c.hidden_size, c.num_attention_heads));
+                    return Err(format!(
+                        "hidden_size ({}) is not divisible \
+                         by num_attention_heads ({}); set head_dim",
+                        c.hidden_size, c.num_attention_heads
+                    ));
                 }
                 if let Some(s) = &c.rope_scaling
                     && !matches!(s.rope_type.as_str(), "linear" | "llama3" | "default")
                 {
-                    return Err(format!("rope_scaling type \"{}\" is not supported (use \"linear\" or \"llama3\")", s.rope_type));
+                    return Err(format!(
+                        "rope_scaling type \"{}\" is not supported (use \"linear\" or \"llama3\")",
+                        s.rope_type
+                    ));
                 }
                 Ok(())
             }
@@ -236,10 +272,19 @@ impl ModelConfig {
                     positive(name, v)?;
                 }
                 if c.hidden_size % c.num_attention_heads != 0 {
-                    return Err(format!("hidden_size ({}) is not divisible by num_attention_heads ({})", c.hidden_size, c.num_attention_heads));
+                    return Err(format!(
+                        "hidden_size ({}) is not divisible by num_attention_heads ({})",
+                        c.hidden_size, c.num_attention_heads
+                    ));
                 }
-                if !matches!(c.hidden_act.as_str(), "gelu" | "gelu_new" | "gelu_fast" | "gelu_pytorch_tanh") {
-                    return Err(format!("hidden_act \"{}\" is not supported (use a gelu variant)", c.hidden_act));
+                if !matches!(
+                    c.hidden_act.as_str(),
+                    "gelu" | "gelu_new" | "gelu_fast" | "gelu_pytorch_tanh"
+                ) {
+                    return Err(format!(
+                        "hidden_act \"{}\" is not supported (use a gelu variant)",
+                        c.hidden_act
+                    ));
                 }
                 Ok(())
             }
@@ -289,7 +334,11 @@ impl ModelConfig {
     }
 
     pub fn eos_token_ids(&self) -> Vec<i64> {
-        self.tokens().eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default()
+        self.tokens()
+            .eos_token_id
+            .as_ref()
+            .map(TokenIds::to_vec)
+            .unwrap_or_default()
     }
 
     pub fn pad_token_id(&self) -> Option<i64> {
@@ -311,12 +360,20 @@ mod tests {
 
     #[test]
     fn llama_config_defaults_and_round_trip() {
-        let text = r#"{"model_type":"llama","vocab_size":100,"hidden_size":64,"intermediate_size":128,
-            "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"eos_token_id":[2,3],
-            "rope_scaling":{"type":"linear","factor":2.0}}"#;
+        let text = concat!(
+            r#"{"model_type":"llama","vocab_size":100,"hidden_size":64,"intermediate_size":128,
+            "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"#,
+            r#""eos_token_id":[2,3],
+            "rope_scaling":{"type":"linear","factor":2.0}}"#
+        );
         let config = ModelConfig::from_json(text).unwrap();
-        let ModelConfig::Llama(c) = &config else { panic!("expected llama") };
-        assert_eq!((c.head_dim(), c.num_kv_heads(), c.rope_theta, c.rms_norm_eps), (16, 2, 10_000.0, 1e-6));
+        let ModelConfig::Llama(c) = &config else {
+            panic!("expected llama")
+        };
+        assert_eq!(
+            (c.head_dim(), c.num_kv_heads(), c.rope_theta, c.rms_norm_eps),
+            (16, 2, 10_000.0, 1e-6)
+        );
         assert_eq!(config.eos_token_ids(), vec![2, 3]);
         assert_eq!(c.rope_scaling.as_ref().unwrap().rope_type, "linear");
         let again = ModelConfig::from_json(&config.to_json()).unwrap();
@@ -327,14 +384,30 @@ mod tests {
     /// run SmolLM2 (theta 1e5) with the default 1e4.
     #[test]
     fn rope_parameters_of_transformers_5_are_read() {
-        let text = r#"{"model_type":"llama","vocab_size":100,"hidden_size":64,"intermediate_size":128,
-            "num_hidden_layers":2,"num_attention_heads":4,"rope_parameters":{"rope_type":"default","rope_theta":100000.0}}"#;
-        let ModelConfig::Llama(c) = ModelConfig::from_json(text).unwrap() else { panic!("expected llama") };
+        let text = concat!(
+            r#"{"model_type":"llama","vocab_size":100,"hidden_size":64,"intermediate_size":128,
+            "num_hidden_layers":2,"num_attention_heads":4,"#,
+            r#""rope_parameters":{"rope_type":"default","rope_theta":100000.0}}"#
+        );
+        let ModelConfig::Llama(c) = ModelConfig::from_json(text).unwrap() else {
+            panic!("expected llama")
+        };
         assert_eq!((c.rope_theta, c.rope_scaling.is_none()), (100_000.0, true));
-        let text = text.replace(r#""rope_type":"default""#, r#""rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192"#);
-        let ModelConfig::Llama(c) = ModelConfig::from_json(&text).unwrap() else { panic!("expected llama") };
+        let text = text.replace(
+            r#""rope_type":"default""#,
+            concat!(
+                r#""rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,"#,
+                r#""high_freq_factor":4.0,"original_max_position_embeddings":8192"#
+            ),
+        );
+        let ModelConfig::Llama(c) = ModelConfig::from_json(&text).unwrap() else {
+            panic!("expected llama")
+        };
         let scaling = c.rope_scaling.unwrap();
-        assert_eq!((scaling.rope_type.as_str(), scaling.factor, c.rope_theta), ("llama3", 8.0, 100_000.0));
+        assert_eq!(
+            (scaling.rope_type.as_str(), scaling.factor, c.rope_theta),
+            ("llama3", 8.0, 100_000.0)
+        );
     }
 
     #[test]
@@ -343,9 +416,28 @@ mod tests {
             ("{", "malformed JSON"),
             (r#"{"vocab_size": 3}"#, "`model_type` is missing"),
             (r#"{"model_type":"bert"}"#, "\"bert\" is not supported"),
-            (r#"{"model_type":"llama","vocab_size":10,"hidden_size":64,"num_hidden_layers":2,"num_attention_heads":4}"#, "intermediate_size"),
-            (r#"{"model_type":"llama","vocab_size":10,"hidden_size":64,"intermediate_size":8,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":3}"#, "multiple of num_key_value_heads"),
-            (r#"{"model_type":"llama","vocab_size":0,"hidden_size":64,"intermediate_size":8,"num_hidden_layers":2,"num_attention_heads":4}"#, "`vocab_size` must be positive"),
+            (
+                concat!(
+                    r#"{"model_type":"llama","vocab_size":10,"hidden_size":64,"#,
+                    r#""num_hidden_layers":2,"num_attention_heads":4}"#
+                ),
+                "intermediate_size",
+            ),
+            (
+                concat!(
+                    r#"{"model_type":"llama","vocab_size":10,"hidden_size":64,"#,
+                    r#""intermediate_size":8,"num_hidden_layers":2,"num_attention_heads":4,"#,
+                    r#""num_key_value_heads":3}"#
+                ),
+                "multiple of num_key_value_heads",
+            ),
+            (
+                concat!(
+                    r#"{"model_type":"llama","vocab_size":0,"hidden_size":64,"#,
+                    r#""intermediate_size":8,"num_hidden_layers":2,"num_attention_heads":4}"#
+                ),
+                "`vocab_size` must be positive",
+            ),
         ];
         for (text, expected) in cases {
             let err = ModelConfig::from_json(text).unwrap_err();

@@ -18,11 +18,27 @@ pub fn supported(device: Device) -> bool {
 mod ffi {
     use std::ffi::{c_char, c_int, c_void};
     unsafe extern "C" {
-        pub fn lincal_side_stream_enter(device: c_int, error: *mut c_char, capacity: usize) -> *mut c_void;
-        pub fn lincal_side_stream_exit(handle: *mut c_void, error: *mut c_char, capacity: usize) -> c_int;
+        pub fn lincal_side_stream_enter(
+            device: c_int,
+            error: *mut c_char,
+            capacity: usize,
+        ) -> *mut c_void;
+        pub fn lincal_side_stream_exit(
+            handle: *mut c_void,
+            error: *mut c_char,
+            capacity: usize,
+        ) -> c_int;
         pub fn lincal_graph_capture_begin(error: *mut c_char, capacity: usize) -> *mut c_void;
-        pub fn lincal_graph_capture_end(graph: *mut c_void, error: *mut c_char, capacity: usize) -> c_int;
-        pub fn lincal_graph_replay(graph: *mut c_void, error: *mut c_char, capacity: usize) -> c_int;
+        pub fn lincal_graph_capture_end(
+            graph: *mut c_void,
+            error: *mut c_char,
+            capacity: usize,
+        ) -> c_int;
+        pub fn lincal_graph_replay(
+            graph: *mut c_void,
+            error: *mut c_char,
+            capacity: usize,
+        ) -> c_int;
         pub fn lincal_graph_free(graph: *mut c_void);
         pub fn lincal_empty_cache(error: *mut c_char, capacity: usize) -> c_int;
     }
@@ -35,7 +51,9 @@ mod ffi {
 pub fn empty_cache() -> Result<()> {
     #[cfg(feature = "cuda")]
     // SAFETY: the shim only calls libtorch and reports failures through the buffer.
-    return shim_call(|error, capacity| (unsafe { ffi::lincal_empty_cache(error, capacity) } == 0).then_some(()));
+    return shim_call(|error, capacity| {
+        (unsafe { ffi::lincal_empty_cache(error, capacity) } == 0).then_some(())
+    });
     #[cfg(not(feature = "cuda"))]
     Ok(())
 }
@@ -54,7 +72,9 @@ fn shim_call<T>(call: impl FnOnce(*mut std::ffi::c_char, usize) -> Option<T>) ->
     let mut error = [0 as std::ffi::c_char; 1024];
     call(error.as_mut_ptr(), error.len()).ok_or_else(|| {
         // SAFETY: the shim writes a NUL-terminated message into the buffer on failure.
-        let message = unsafe { std::ffi::CStr::from_ptr(error.as_ptr()) }.to_string_lossy().into_owned();
+        let message = unsafe { std::ffi::CStr::from_ptr(error.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
         ModelError::Invalid(format!("CUDA graph: {message}"))
     })
 }
@@ -67,19 +87,27 @@ impl CudaGraph {
     #[cfg(feature = "cuda")]
     pub fn capture(device: Device, warm_up: bool, mut step: impl FnMut()) -> Result<CudaGraph> {
         let Device::Cuda(index) = device else {
-            return Err(ModelError::Invalid(format!("CUDA graphs need a CUDA device, not {device:?}")));
+            return Err(ModelError::Invalid(format!(
+                "CUDA graphs need a CUDA device, not {device:?}"
+            )));
         };
         // SAFETY: the handles passed back are the ones the shim returned, each used once.
         unsafe {
-            let side = shim_call(|e, n| Some(ffi::lincal_side_stream_enter(index as i32, e, n)).filter(|h| !h.is_null()))?;
+            let side = shim_call(|e, n| {
+                Some(ffi::lincal_side_stream_enter(index as i32, e, n)).filter(|h| !h.is_null())
+            })?;
             let recorded = (|| {
                 if warm_up {
                     step();
                 }
-                let handle = shim_call(|e, n| Some(ffi::lincal_graph_capture_begin(e, n)).filter(|h| !h.is_null()))?;
+                let handle = shim_call(|e, n| {
+                    Some(ffi::lincal_graph_capture_begin(e, n)).filter(|h| !h.is_null())
+                })?;
                 let graph = CudaGraph { handle };
                 step();
-                shim_call(|e, n| (ffi::lincal_graph_capture_end(graph.handle, e, n) == 0).then_some(()))?;
+                shim_call(|e, n| {
+                    (ffi::lincal_graph_capture_end(graph.handle, e, n) == 0).then_some(())
+                })?;
                 Ok(graph)
             })();
             shim_call(|e, n| (ffi::lincal_side_stream_exit(side, e, n) == 0).then_some(()))?;
@@ -89,14 +117,19 @@ impl CudaGraph {
 
     #[cfg(not(feature = "cuda"))]
     pub fn capture(device: Device, _warm_up: bool, _step: impl FnMut()) -> Result<CudaGraph> {
-        Err(ModelError::Invalid(format!("cannot capture a CUDA graph on {device:?}: this lincal was built without the `cuda` feature")))
+        Err(ModelError::Invalid(format!(
+            "cannot capture a CUDA graph on {device:?}: this lincal was built without the \
+             `cuda` feature"
+        )))
     }
 
     /// Runs the recorded work again on the current stream.
     pub fn replay(&self) -> Result<()> {
         #[cfg(feature = "cuda")]
         // SAFETY: `handle` is a live graph owned by `self`.
-        return shim_call(|e, n| (unsafe { ffi::lincal_graph_replay(self.handle, e, n) } == 0).then_some(()));
+        return shim_call(|e, n| {
+            (unsafe { ffi::lincal_graph_replay(self.handle, e, n) } == 0).then_some(())
+        });
         #[cfg(not(feature = "cuda"))]
         match self.never {}
     }

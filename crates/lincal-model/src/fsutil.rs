@@ -34,7 +34,10 @@ pub fn write_dir_atomic(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> R
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(suffix);
     path.with_file_name(name)
 }

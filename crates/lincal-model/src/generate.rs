@@ -1,8 +1,8 @@
 //! Batched sampling with a KV cache: prompts are left-padded, prefilled in one forward pass,
 //! then decoded one token per step for the whole batch.
 
-use crate::error::{ModelError, Result};
 use crate::cuda_graph::{self, CudaGraph};
+use crate::error::{ModelError, Result};
 use crate::layers::{KvCache, attention_mask, positions_from_mask};
 use crate::model::CausalLm;
 use crate::tokenizer::Tokenizer;
@@ -25,7 +25,13 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.7, top_p: 1.0, top_k: 0, max_new_tokens: 256, stop: Vec::new() }
+        SamplingParams {
+            temperature: 0.7,
+            top_p: 1.0,
+            top_k: 0,
+            max_new_tokens: 256,
+            stop: Vec::new(),
+        }
     }
 }
 
@@ -86,7 +92,10 @@ pub fn left_pad(prompts: &[Vec<i64>], pad_id: i64, device: tch::Device) -> (Tens
         mask.extend(std::iter::repeat_n(0i64, pad).chain(std::iter::repeat_n(1, prompt.len())));
     }
     let shape = [prompts.len() as i64, width as i64];
-    (Tensor::from_slice(&ids).view(shape).to_device(device), Tensor::from_slice(&mask).view(shape).to_device(device))
+    (
+        Tensor::from_slice(&ids).view(shape).to_device(device),
+        Tensor::from_slice(&mask).view(shape).to_device(device),
+    )
 }
 
 /// Samples `[B]` next tokens from `logits` `[B, V]` by inverting the CDF at `uniform` `[B]`
@@ -96,7 +105,10 @@ pub fn sample_next(logits: &Tensor, params: &SamplingParams, uniform: &Tensor) -
     let logits = logits.to_kind(Kind::Float);
     if params.temperature == 0.0 {
         let tokens = logits.argmax(-1, false);
-        let logprobs = logits.log_softmax(-1, Kind::Float).gather(-1, &tokens.unsqueeze(-1), false).squeeze_dim(-1);
+        let logprobs = logits
+            .log_softmax(-1, Kind::Float)
+            .gather(-1, &tokens.unsqueeze(-1), false)
+            .squeeze_dim(-1);
         return (tokens, logprobs);
     }
     let scaled = logits / params.temperature;
@@ -119,8 +131,13 @@ pub fn sample_next(logits: &Tensor, params: &SamplingParams, uniform: &Tensor) -
     }
     let cdf = filtered.softmax(-1, Kind::Float).cumsum(-1, Kind::Float);
     let target = (uniform.unsqueeze(-1) * cdf.narrow(-1, vocab - 1, 1)).to_kind(Kind::Float);
-    let tokens = target.searchsorted(&cdf, false, true, "right", None::<Tensor>).squeeze_dim(-1).clamp_max(vocab - 1);
-    let logprobs = logprobs_all.gather(-1, &tokens.unsqueeze(-1), false).squeeze_dim(-1);
+    let tokens = target
+        .searchsorted(&cdf, false, true, "right", None::<Tensor>)
+        .squeeze_dim(-1)
+        .clamp_max(vocab - 1);
+    let logprobs = logprobs_all
+        .gather(-1, &tokens.unsqueeze(-1), false)
+        .squeeze_dim(-1);
     (tokens, logprobs)
 }
 
@@ -152,8 +169,16 @@ impl DecodeState {
     fn step(&mut self, model: &CausalLm, visible: i64) -> Tensor {
         let batch = self.input_ids.size()[0];
         self.cache.set_window(&self.slot, visible);
-        let mask = self.key_mask.narrow(1, 0, visible).view([batch, 1, 1, visible]);
-        let hidden = model.forward(&self.input_ids, &self.positions, Some(&mask), Some(&mut self.cache));
+        let mask = self
+            .key_mask
+            .narrow(1, 0, visible)
+            .view([batch, 1, 1, visible]);
+        let hidden = model.forward(
+            &self.input_ids,
+            &self.positions,
+            Some(&mask),
+            Some(&mut self.cache),
+        );
         model.logits(&hidden.squeeze_dim(1))
     }
 
@@ -180,7 +205,9 @@ impl Decoder {
         if !self.use_graphs {
             return Ok(self.state.step(model, visible));
         }
-        if let Some((_, graph, logits)) = self.graphs.iter().find(|(window, _, _)| *window == visible) {
+        if let Some((_, graph, logits)) =
+            self.graphs.iter().find(|(window, _, _)| *window == visible)
+        {
             graph.replay()?;
             return Ok(logits.shallow_clone());
         }
@@ -188,7 +215,9 @@ impl Decoder {
         let state = &mut self.state;
         // The step only rewrites the same slot from the same inputs, so the warm-up run before
         // the first recording changes nothing.
-        let graph = CudaGraph::capture(model.device(), self.graphs.is_empty(), || logits = Some(state.step(model, visible)))?;
+        let graph = CudaGraph::capture(model.device(), self.graphs.is_empty(), || {
+            logits = Some(state.step(model, visible))
+        })?;
         let logits = logits.expect("the captured step ran");
         graph.replay()?;
         self.graphs.push((visible, graph, logits.shallow_clone()));
@@ -213,7 +242,14 @@ pub struct BatchRequest<'a> {
 impl<'a> BatchRequest<'a> {
     /// A request whose rows end only after `max_new_tokens`, padded with id 0.
     pub fn new(prompts: &'a [Vec<i64>], seeds: &'a [u64], params: &'a SamplingParams) -> Self {
-        BatchRequest { prompts, seeds, params, eos_ids: &[], pad_id: 0, stop_tokenizer: None }
+        BatchRequest {
+            prompts,
+            seeds,
+            params,
+            eos_ids: &[],
+            pad_id: 0,
+            stop_tokenizer: None,
+        }
     }
 }
 
@@ -222,24 +258,55 @@ impl<'a> BatchRequest<'a> {
 /// stream seeded by `seeds[i]`, so what a row draws does not depend on which other rows share
 /// its batch (a resumed or re-batched run samples the same). `on_token` sees each new token of
 /// each row as it is sampled.
-pub fn generate_batch(model: &CausalLm, request: &BatchRequest<'_>, mut on_token: Option<&mut dyn FnMut(usize, i64)>) -> Result<GeneratedBatch> {
-    let BatchRequest { prompts, seeds, params, eos_ids, pad_id, stop_tokenizer } = *request;
+pub fn generate_batch(
+    model: &CausalLm,
+    request: &BatchRequest<'_>,
+    mut on_token: Option<&mut dyn FnMut(usize, i64)>,
+) -> Result<GeneratedBatch> {
+    let BatchRequest {
+        prompts,
+        seeds,
+        params,
+        eos_ids,
+        pad_id,
+        stop_tokenizer,
+    } = *request;
     params.validate()?;
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
-        return Err(ModelError::Invalid("every prompt needs at least one token".into()));
+        return Err(ModelError::Invalid(
+            "every prompt needs at least one token".into(),
+        ));
     }
     if seeds.len() != prompts.len() {
-        return Err(ModelError::Invalid(format!("{} prompts need {} seeds, got {}", prompts.len(), prompts.len(), seeds.len())));
+        return Err(ModelError::Invalid(format!(
+            "{} prompts need {} seeds, got {}",
+            prompts.len(),
+            prompts.len(),
+            seeds.len()
+        )));
     }
     if !params.stop.is_empty() && stop_tokenizer.is_none() {
-        return Err(ModelError::Invalid("stop strings need the tokenizer".into()));
+        return Err(ModelError::Invalid(
+            "stop strings need the tokenizer".into(),
+        ));
     }
     let device = model.device();
     let batch = prompts.len() as i64;
     // Every draw of the run goes to the device in one copy: a copy per step from pageable
     // memory would synchronise the host with the GPU at every token.
-    let draws: Vec<f32> = seeds.iter().flat_map(|&seed| rand_chacha::ChaCha8Rng::seed_from_u64(seed).random_iter::<f32>().take(params.max_new_tokens as usize)).collect();
-    let draws = Tensor::from_slice(&draws).view([batch, params.max_new_tokens]).tr().contiguous().to_device(device);
+    let draws: Vec<f32> = seeds
+        .iter()
+        .flat_map(|&seed| {
+            rand_chacha::ChaCha8Rng::seed_from_u64(seed)
+                .random_iter::<f32>()
+                .take(params.max_new_tokens as usize)
+        })
+        .collect();
+    let draws = Tensor::from_slice(&draws)
+        .view([batch, params.max_new_tokens])
+        .tr()
+        .contiguous()
+        .to_device(device);
     let pad = Tensor::from(pad_id).to_device(device);
     let (input_ids, prompt_mask) = left_pad(prompts, pad_id, device);
     let prompt_len = input_ids.size()[1];
@@ -258,7 +325,10 @@ pub fn generate_batch(model: &CausalLm, request: &BatchRequest<'_>, mut on_token
         key_mask.narrow(1, 0, prompt_len).copy_(&prompt_mask);
         let positions = positions_from_mask(&prompt_mask);
         let mut cache = model.new_cache(batch, capacity);
-        cache.set_window(&Tensor::arange(prompt_len, (Kind::Int64, device)), prompt_len);
+        cache.set_window(
+            &Tensor::arange(prompt_len, (Kind::Int64, device)),
+            prompt_len,
+        );
         let mask = attention_mask(&prompt_mask, 0, prompt_len);
         let hidden = model.forward(&input_ids, &positions, Some(&mask), Some(&mut cache));
         let mut logits = model.logits(&hidden.select(1, -1));
@@ -269,7 +339,11 @@ pub fn generate_batch(model: &CausalLm, request: &BatchRequest<'_>, mut on_token
             key_mask,
             cache,
         };
-        let mut decoder = Decoder { graphs: Vec::new(), state, use_graphs: model.cuda_graphs() && cuda_graph::supported(device) };
+        let mut decoder = Decoder {
+            graphs: Vec::new(),
+            state,
+            use_graphs: model.cuda_graphs() && cuda_graph::supported(device),
+        };
         for step in 0..params.max_new_tokens {
             let (next, logp) = sample_next(&logits, params, &draws.get(step));
             let next = next.where_self(&finished.logical_not(), &pad);
@@ -287,8 +361,14 @@ pub fn generate_batch(model: &CausalLm, request: &BatchRequest<'_>, mut on_token
                     }
                     if eos_ids.contains(&id) {
                         row_done[row] = true;
-                    } else if let Some(tokenizer) = stop_tokenizer.filter(|_| !params.stop.is_empty()) {
-                        stopped[row] = stop_position(&tokenizer.decode(&host_tokens[row], true)?, &params.stop).is_some();
+                    } else if let Some(tokenizer) =
+                        stop_tokenizer.filter(|_| !params.stop.is_empty())
+                    {
+                        stopped[row] = stop_position(
+                            &tokenizer.decode(&host_tokens[row], true)?,
+                            &params.stop,
+                        )
+                        .is_some();
                         row_done[row] = stopped[row];
                     }
                 }
@@ -303,26 +383,46 @@ pub fn generate_batch(model: &CausalLm, request: &BatchRequest<'_>, mut on_token
             }
             decoder.state.feed(&next);
             let written = prompt_len + step + 1;
-            logits = decoder.logits(model, ((written + WINDOW - 1) / WINDOW * WINDOW).min(capacity))?;
+            logits = decoder.logits(
+                model,
+                ((written + WINDOW - 1) / WINDOW * WINDOW).min(capacity),
+            )?;
         }
         Ok(())
     })?;
     let tokens = Tensor::stack(&tokens, 1);
     let logprobs = Tensor::stack(&logprobs, 1);
     let (lengths, finish_reasons) = row_ends(&tokens, eos_ids, pad_id, &stopped);
-    Ok(GeneratedBatch { tokens, logprobs, lengths, finish_reasons })
+    Ok(GeneratedBatch {
+        tokens,
+        logprobs,
+        lengths,
+        finish_reasons,
+    })
 }
 
 /// Length and finish reason of each row from the token matrix (trailing pads are not output).
-fn row_ends(tokens: &Tensor, eos_ids: &[i64], pad_id: i64, stopped: &[bool]) -> (Vec<i64>, Vec<FinishReason>) {
+fn row_ends(
+    tokens: &Tensor,
+    eos_ids: &[i64],
+    pad_id: i64,
+    stopped: &[bool],
+) -> (Vec<i64>, Vec<FinishReason>) {
     let rows = Vec::<Vec<i64>>::try_from(tokens.to_device(tch::Device::Cpu)).expect("2-d ids");
     rows.iter()
         .zip(stopped)
-        .map(|(row, &stopped)| match row.iter().position(|id| eos_ids.contains(id)) {
-            Some(i) => (i as i64 + 1, FinishReason::Eos),
-            None if stopped => (row.iter().rposition(|&id| id != pad_id).map_or(0, |i| i as i64 + 1), FinishReason::Stop),
-            None => (row.len() as i64, FinishReason::Length),
-        })
+        .map(
+            |(row, &stopped)| match row.iter().position(|id| eos_ids.contains(id)) {
+                Some(i) => (i as i64 + 1, FinishReason::Eos),
+                None if stopped => (
+                    row.iter()
+                        .rposition(|&id| id != pad_id)
+                        .map_or(0, |i| i as i64 + 1),
+                    FinishReason::Stop,
+                ),
+                None => (row.len() as i64, FinishReason::Length),
+            },
+        )
         .unzip()
 }
 
@@ -332,18 +432,42 @@ fn stop_position(text: &str, stop: &[String]) -> Option<usize> {
 }
 
 /// Generates for text prompts and decodes the results.
-pub fn generate_text(model: &CausalLm, tokenizer: &Tokenizer, prompts: &[Vec<i64>], seeds: &[u64], params: &SamplingParams, on_token: Option<&mut dyn FnMut(usize, i64)>) -> Result<Vec<Generation>> {
+pub fn generate_text(
+    model: &CausalLm,
+    tokenizer: &Tokenizer,
+    prompts: &[Vec<i64>],
+    seeds: &[u64],
+    params: &SamplingParams,
+    on_token: Option<&mut dyn FnMut(usize, i64)>,
+) -> Result<Vec<Generation>> {
     let mut eos_ids = tokenizer.eos_token_ids();
     for id in model.config().eos_token_ids() {
         if !eos_ids.contains(&id) {
             eos_ids.push(id);
         }
     }
-    let pad_id = model.config().pad_token_id().or_else(|| tokenizer.pad_token().and_then(|t| tokenizer.token_id(&t))).or(eos_ids.first().copied()).unwrap_or(0);
-    let request = BatchRequest { eos_ids: &eos_ids, pad_id, stop_tokenizer: Some(tokenizer), ..BatchRequest::new(prompts, seeds, params) };
+    let pad_id = model
+        .config()
+        .pad_token_id()
+        .or_else(|| tokenizer.pad_token().and_then(|t| tokenizer.token_id(&t)))
+        .or(eos_ids.first().copied())
+        .unwrap_or(0);
+    let request = BatchRequest {
+        eos_ids: &eos_ids,
+        pad_id,
+        stop_tokenizer: Some(tokenizer),
+        ..BatchRequest::new(prompts, seeds, params)
+    };
     let batch = generate_batch(model, &request, on_token)?;
-    let tokens = Vec::<Vec<i64>>::try_from(batch.tokens.to_device(tch::Device::Cpu)).expect("2-d ids");
-    let logprobs = Vec::<Vec<f32>>::try_from(batch.logprobs.to_device(tch::Device::Cpu).to_kind(Kind::Float)).expect("2-d logprobs");
+    let tokens =
+        Vec::<Vec<i64>>::try_from(batch.tokens.to_device(tch::Device::Cpu)).expect("2-d ids");
+    let logprobs = Vec::<Vec<f32>>::try_from(
+        batch
+            .logprobs
+            .to_device(tch::Device::Cpu)
+            .to_kind(Kind::Float),
+    )
+    .expect("2-d logprobs");
     let mut out = Vec::with_capacity(tokens.len());
     for (row, (ids, lps)) in tokens.into_iter().zip(logprobs).enumerate() {
         let len = batch.lengths[row] as usize;
@@ -353,7 +477,12 @@ pub fn generate_text(model: &CausalLm, tokenizer: &Tokenizer, prompts: &[Vec<i64
             let cut = stop_position(&text, &params.stop).unwrap_or(text.len());
             text.truncate(cut);
         }
-        out.push(Generation { tokens: ids[..len].to_vec(), logprobs: lps[..len].to_vec(), text, finish_reason: reason });
+        out.push(Generation {
+            tokens: ids[..len].to_vec(),
+            logprobs: lps[..len].to_vec(),
+            text,
+            finish_reason: reason,
+        });
     }
     Ok(out)
 }

@@ -19,13 +19,27 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(num_layers: i64, batch: i64, kv_heads: i64, capacity: i64, head_dim: i64, options: (Kind, tch::Device)) -> Self {
+    pub fn new(
+        num_layers: i64,
+        batch: i64,
+        kv_heads: i64,
+        capacity: i64,
+        head_dim: i64,
+        options: (Kind, tch::Device),
+    ) -> Self {
         let layers = (0..num_layers)
             .map(|_| {
-                (Tensor::zeros([batch, kv_heads, capacity, head_dim], options), Tensor::zeros([batch, kv_heads, capacity, head_dim], options))
+                (
+                    Tensor::zeros([batch, kv_heads, capacity, head_dim], options),
+                    Tensor::zeros([batch, kv_heads, capacity, head_dim], options),
+                )
             })
             .collect();
-        KvCache { layers, slots: Tensor::zeros([0], (Kind::Int64, options.1)), visible: 0 }
+        KvCache {
+            layers,
+            slots: Tensor::zeros([0], (Kind::Int64, options.1)),
+            visible: 0,
+        }
     }
 
     pub fn capacity(&self) -> i64 {
@@ -35,15 +49,25 @@ impl KvCache {
     /// Makes the next forward pass write its `T` new keys and values at `slots` (`[T]`, on
     /// the cache's device) and attend over the first `visible` slots.
     pub fn set_window(&mut self, slots: &Tensor, visible: i64) {
-        assert!(visible <= self.capacity(), "KV cache holds {} tokens, asked to attend over {visible}", self.capacity());
+        assert!(
+            visible <= self.capacity(),
+            "KV cache holds {} tokens, asked to attend over {visible}",
+            self.capacity()
+        );
         self.slots = slots.shallow_clone();
         self.visible = visible;
     }
 }
 
 /// `inv_freq` for rotary embeddings over `dim` channels, with optional Llama-3 or linear scaling.
-pub fn rotary_inv_freq(dim: i64, theta: f64, scaling: Option<&crate::config::RopeScaling>) -> Vec<f64> {
-    let mut inv_freq: Vec<f64> = (0..dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f64 / dim as f64)).collect();
+pub fn rotary_inv_freq(
+    dim: i64,
+    theta: f64,
+    scaling: Option<&crate::config::RopeScaling>,
+) -> Vec<f64> {
+    let mut inv_freq: Vec<f64> = (0..dim / 2)
+        .map(|i| 1.0 / theta.powf((2 * i) as f64 / dim as f64))
+        .collect();
     if let Some(s) = scaling {
         match s.rope_type.as_str() {
             "linear" => inv_freq.iter_mut().for_each(|f| *f /= s.factor),
@@ -88,7 +112,11 @@ impl LayerContext {
     /// For `positions` `[B, T]` and a boolean `mask` (see [`attention_mask`]), in `kind`.
     pub fn new(inv_freq: &Tensor, positions: &Tensor, mask: Option<&Tensor>, kind: Kind) -> Self {
         let (cos, sin) = rotary_cos_sin(inv_freq, positions, kind);
-        LayerContext { cos, sin, bias: mask.map(|m| attention_bias(m, kind)) }
+        LayerContext {
+            cos,
+            sin,
+            bias: mask.map(|m| attention_bias(m, kind)),
+        }
     }
 }
 
@@ -97,7 +125,14 @@ impl LayerContext {
 pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     let rotary_dim = *cos.size().last().expect("cos has a last dim");
     let head_dim = *x.size().last().expect("x has a last dim");
-    let (rot, pass) = if rotary_dim == head_dim { (x.shallow_clone(), None) } else { (x.narrow(-1, 0, rotary_dim), Some(x.narrow(-1, rotary_dim, head_dim - rotary_dim))) };
+    let (rot, pass) = if rotary_dim == head_dim {
+        (x.shallow_clone(), None)
+    } else {
+        (
+            x.narrow(-1, 0, rotary_dim),
+            Some(x.narrow(-1, rotary_dim, head_dim - rotary_dim)),
+        )
+    };
     let half = rotary_dim / 2;
     let rotated_half = Tensor::cat(&[-rot.narrow(-1, half, half), rot.narrow(-1, 0, half)], -1);
     let out = &rot * cos + rotated_half * sin;
@@ -120,34 +155,64 @@ pub fn positions_from_mask(attention_mask: &Tensor) -> Tensor {
 pub fn attention_mask(key_mask: &Tensor, first_query_slot: i64, query_len: i64) -> Tensor {
     let key_len = key_mask.size()[1];
     let device = key_mask.device();
-    let query_pos = Tensor::arange_start(first_query_slot, first_query_slot + query_len, (Kind::Int64, device)).view([query_len, 1]);
+    let query_pos = Tensor::arange_start(
+        first_query_slot,
+        first_query_slot + query_len,
+        (Kind::Int64, device),
+    )
+    .view([query_len, 1]);
     let key_pos = Tensor::arange(key_len, (Kind::Int64, device)).view([1, key_len]);
     let causal = key_pos.le_tensor(&query_pos);
     let diagonal = key_pos.eq_tensor(&query_pos);
     let real = key_mask.to_kind(Kind::Bool).view([-1, 1, 1, key_len]);
-    causal.unsqueeze(0).unsqueeze(0).logical_and(&real).logical_or(&diagonal.unsqueeze(0).unsqueeze(0))
+    causal
+        .unsqueeze(0)
+        .unsqueeze(0)
+        .logical_and(&real)
+        .logical_or(&diagonal.unsqueeze(0).unsqueeze(0))
 }
 
 /// The boolean mask as an additive bias (0 where allowed, -inf where hidden) of the model's
 /// precision: converted once per forward pass instead of once per layer inside attention.
 pub fn attention_bias(mask: &Tensor, kind: Kind) -> Tensor {
-    Tensor::zeros(mask.size(), (kind, mask.device())).masked_fill(&mask.logical_not(), f64::NEG_INFINITY)
+    Tensor::zeros(mask.size(), (kind, mask.device()))
+        .masked_fill(&mask.logical_not(), f64::NEG_INFINITY)
 }
 
 /// Scaled dot-product attention of `q` `[B, H, T, D]` over `k`, `v` `[B, Hkv, T, D]`.
 /// `bias` `None` means plain causal (training, no padding before real tokens), which lets
 /// PyTorch pick its flash kernel. With a cache the new keys and values are stored at the
 /// cache's slots and the queries attend over its visible window; `bias` is then required.
-pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, cache: Option<(&mut KvCache, usize)>) -> Tensor {
+pub fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: Option<&Tensor>,
+    cache: Option<(&mut KvCache, usize)>,
+) -> Tensor {
     match cache {
-        None if bias.is_none() => Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, true, None, q.size()[1] != k.size()[1]),
+        None if bias.is_none() => Tensor::scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            None::<Tensor>,
+            0.0,
+            true,
+            None,
+            q.size()[1] != k.size()[1],
+        ),
         None => attend_grouped(q, k, v, bias),
         Some((cache, layer)) => {
             let visible = cache.visible;
             let (ck, cv) = &mut cache.layers[layer];
             let _ = ck.index_copy_(2, &cache.slots, k);
             let _ = cv.index_copy_(2, &cache.slots, v);
-            attend_grouped(q, &ck.narrow(2, 0, visible), &cv.narrow(2, 0, visible), Some(bias.expect("cached attention needs a mask")))
+            attend_grouped(
+                q,
+                &ck.narrow(2, 0, visible),
+                &cv.narrow(2, 0, visible),
+                Some(bias.expect("cached attention needs a mask")),
+            )
         }
     }
 }
@@ -164,9 +229,12 @@ fn attend_grouped(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> 
     let q = q.reshape([b, heads / group, group * t, d]);
     let bias = bias.map(|m| {
         let s = m.size();
-        m.unsqueeze(2).expand([s[0], s[1], group, s[2], s[3]], false).reshape([s[0], s[1], group * s[2], s[3]])
+        m.unsqueeze(2)
+            .expand([s[0], s[1], group, s[2], s[3]], false)
+            .reshape([s[0], s[1], group * s[2], s[3]])
     });
-    Tensor::scaled_dot_product_attention(&q, k, v, bias.as_ref(), 0.0, false, None, false).reshape([b, heads, t, d])
+    Tensor::scaled_dot_product_attention(&q, k, v, bias.as_ref(), 0.0, false, None, false)
+        .reshape([b, heads, t, d])
 }
 
 /// RMSNorm as transformers computes it: normalise in f32, cast back, then scale.
@@ -186,40 +254,85 @@ mod tests {
         // Row 0: one pad then two real tokens; row 1: three real tokens.
         let key_mask = Tensor::from_slice2(&[[0i64, 1, 1], [1, 1, 1]]);
         let mask = attention_mask(&key_mask, 0, 3);
-        let got: Vec<Vec<bool>> = (0..3).map(|i| Vec::<bool>::try_from(mask.get(0).get(0).get(i)).unwrap()).collect();
-        assert_eq!(got, vec![vec![true, false, false], vec![false, true, false], vec![false, true, true]]);
-        let got: Vec<Vec<bool>> = (0..3).map(|i| Vec::<bool>::try_from(mask.get(1).get(0).get(i)).unwrap()).collect();
-        assert_eq!(got, vec![vec![true, false, false], vec![true, true, false], vec![true, true, true]]);
+        let got: Vec<Vec<bool>> = (0..3)
+            .map(|i| Vec::<bool>::try_from(mask.get(0).get(0).get(i)).unwrap())
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                vec![true, false, false],
+                vec![false, true, false],
+                vec![false, true, true]
+            ]
+        );
+        let got: Vec<Vec<bool>> = (0..3)
+            .map(|i| Vec::<bool>::try_from(mask.get(1).get(0).get(i)).unwrap())
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                vec![true, false, false],
+                vec![true, true, false],
+                vec![true, true, true]
+            ]
+        );
         // A decode step (one query at slot 3 of four keys) sees every real key; at slot 2 of a
         // longer window it sees neither the later slot nor the pad.
         let step = attention_mask(&Tensor::from_slice2(&[[0i64, 1, 1, 1]]), 3, 1);
-        assert_eq!(Vec::<bool>::try_from(step.flatten(0, -1)).unwrap(), vec![false, true, true, true]);
+        assert_eq!(
+            Vec::<bool>::try_from(step.flatten(0, -1)).unwrap(),
+            vec![false, true, true, true]
+        );
         let step = attention_mask(&Tensor::from_slice2(&[[0i64, 1, 1, 1]]), 2, 1);
-        assert_eq!(Vec::<bool>::try_from(step.flatten(0, -1)).unwrap(), vec![false, true, true, false]);
+        assert_eq!(
+            Vec::<bool>::try_from(step.flatten(0, -1)).unwrap(),
+            vec![false, true, true, false]
+        );
     }
 
     /// Folding query-head groups into the query axis computes the same attention as PyTorch's
     /// own grouped-query path, for a prefill (causal, padded) and a single decode query.
     #[test]
     fn grouped_attention_matches_enable_gqa() {
-        let _rng = crate::testing::LIBTORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+        let _rng = crate::testing::LIBTORCH_RNG
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         tch::manual_seed(3);
         let key_mask = Tensor::from_slice2(&[[0i64, 1, 1, 1, 1], [1, 1, 1, 1, 1]]);
         for (first, t) in [(0, 5), (4, 1)] {
             let q = Tensor::randn([2, 6, t, 4], (Kind::Float, tch::Device::Cpu));
-            let (k, v) = (Tensor::randn([2, 2, 5, 4], (Kind::Float, tch::Device::Cpu)), Tensor::randn([2, 2, 5, 4], (Kind::Float, tch::Device::Cpu)));
+            let (k, v) = (
+                Tensor::randn([2, 2, 5, 4], (Kind::Float, tch::Device::Cpu)),
+                Tensor::randn([2, 2, 5, 4], (Kind::Float, tch::Device::Cpu)),
+            );
             let bias = attention_bias(&attention_mask(&key_mask, first, t), Kind::Float);
-            let expected = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&bias), 0.0, false, None, true);
+            let expected = Tensor::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                Some(&bias),
+                0.0,
+                false,
+                None,
+                true,
+            );
             let got = attend_grouped(&q, &k, &v, Some(&bias));
             let diff = (got - expected).abs().max().double_value(&[]);
-            assert!(diff < 1e-6, "query slots {first}..{}: max abs diff {diff}", first + t);
+            assert!(
+                diff < 1e-6,
+                "query slots {first}..{}: max abs diff {diff}",
+                first + t
+            );
         }
     }
 
     #[test]
     fn positions_skip_left_padding() {
         let positions = positions_from_mask(&Tensor::from_slice2(&[[0i64, 0, 1, 1], [1, 1, 1, 1]]));
-        assert_eq!(Vec::<i64>::try_from(positions.flatten(0, -1)).unwrap(), vec![0, 0, 0, 1, 0, 1, 2, 3]);
+        assert_eq!(
+            Vec::<i64>::try_from(positions.flatten(0, -1)).unwrap(),
+            vec![0, 0, 0, 1, 0, 1, 2, 3]
+        );
     }
 
     #[test]
@@ -227,12 +340,21 @@ mod tests {
         // dim 4, theta 10000: inv_freq = [1, 0.01]; wavelengths 2π ≈ 6.28 and 628.3.
         // old_len 64, factors low 1 / high 4: low_wavelen 64, high_wavelen 16.
         // 6.28 < 16 keeps 1.0; 628.3 > 64 is divided by factor 8.
-        let scaling = crate::config::RopeScaling { rope_type: "llama3".into(), factor: 8.0, low_freq_factor: Some(1.0), high_freq_factor: Some(4.0), original_max_position_embeddings: Some(64) };
+        let scaling = crate::config::RopeScaling {
+            rope_type: "llama3".into(),
+            factor: 8.0,
+            low_freq_factor: Some(1.0),
+            high_freq_factor: Some(4.0),
+            original_max_position_embeddings: Some(64),
+        };
         let f = rotary_inv_freq(4, 10_000.0, Some(&scaling));
         assert_eq!(f[0], 1.0);
         assert!((f[1] - 0.01 / 8.0).abs() < 1e-15);
         // A medium wavelength is smoothed: old_len 256 puts 628.3 between 64 and 256.
-        let scaling = crate::config::RopeScaling { original_max_position_embeddings: Some(1024), ..scaling };
+        let scaling = crate::config::RopeScaling {
+            original_max_position_embeddings: Some(1024),
+            ..scaling
+        };
         let f = rotary_inv_freq(4, 10_000.0, Some(&scaling));
         let wavelen = 2.0 * std::f64::consts::PI / 0.01;
         let smooth = (1024.0 / wavelen - 1.0) / 3.0;
@@ -246,6 +368,9 @@ mod tests {
         let (cos, sin) = rotary_cos_sin(&inv_freq, &Tensor::from_slice2(&[[2i64]]), Kind::Float);
         let x = Tensor::from_slice(&[1.0f32, 0.0]).view([1, 1, 1, 2]);
         let y = Vec::<f32>::try_from(apply_rotary(&x, &cos, &sin).flatten(0, -1)).unwrap();
-        assert!((y[0] - 2f32.cos()).abs() < 1e-6 && (y[1] - 2f32.sin()).abs() < 1e-6, "{y:?}");
+        assert!(
+            (y[0] - 2f32.cos()).abs() < 1e-6 && (y[1] - 2f32.sin()).abs() < 1e-6,
+            "{y:?}"
+        );
     }
 }

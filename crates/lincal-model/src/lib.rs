@@ -19,7 +19,9 @@ pub mod tokenizer;
 
 pub use config::{GptNeoXConfig, LlamaConfig, ModelConfig};
 pub use error::{ModelError, Result};
-pub use generate::{BatchRequest, FinishReason, Generation, SamplingParams, generate_batch, generate_text};
+pub use generate::{
+    BatchRequest, FinishReason, Generation, SamplingParams, generate_batch, generate_text,
+};
 pub use layers::KvCache;
 pub use model::CausalLm;
 pub use tokenizer::{ChatTurn, Tokenizer};

@@ -3,8 +3,8 @@
 //! transformers' `LlamaForCausalLM`, so HF checkpoints load as they are.
 
 use crate::config::LlamaConfig;
-use crate::lora;
 use crate::layers::{KvCache, LayerContext, apply_rotary, attend, rms_norm, rotary_inv_freq};
+use crate::lora;
 use crate::model::Decoder;
 use tch::{Kind, Tensor, nn, nn::Module};
 
@@ -48,7 +48,12 @@ fn linear(vs: nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> lora::Linear {
 
 impl Llama {
     pub fn new(vs: &nn::Path, config: &LlamaConfig) -> Self {
-        let (hidden, heads, kv_heads, head_dim) = (config.hidden_size, config.num_attention_heads, config.num_kv_heads(), config.head_dim());
+        let (hidden, heads, kv_heads, head_dim) = (
+            config.hidden_size,
+            config.num_attention_heads,
+            config.num_kv_heads(),
+            config.head_dim(),
+        );
         let model = vs / "model";
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
@@ -58,27 +63,92 @@ impl Llama {
                 DecoderLayer {
                     input_layernorm: (&layer / "input_layernorm").ones("weight", &[hidden]),
                     self_attn: Attention {
-                        q_proj: linear(&attn / "q_proj", hidden, heads * head_dim, config.attention_bias),
-                        k_proj: linear(&attn / "k_proj", hidden, kv_heads * head_dim, config.attention_bias),
-                        v_proj: linear(&attn / "v_proj", hidden, kv_heads * head_dim, config.attention_bias),
-                        o_proj: linear(&attn / "o_proj", heads * head_dim, hidden, config.attention_bias),
+                        q_proj: linear(
+                            &attn / "q_proj",
+                            hidden,
+                            heads * head_dim,
+                            config.attention_bias,
+                        ),
+                        k_proj: linear(
+                            &attn / "k_proj",
+                            hidden,
+                            kv_heads * head_dim,
+                            config.attention_bias,
+                        ),
+                        v_proj: linear(
+                            &attn / "v_proj",
+                            hidden,
+                            kv_heads * head_dim,
+                            config.attention_bias,
+                        ),
+                        o_proj: linear(
+                            &attn / "o_proj",
+                            heads * head_dim,
+                            hidden,
+                            config.attention_bias,
+                        ),
                         num_heads: heads,
                         num_kv_heads: kv_heads,
                         head_dim,
                     },
-                    post_attention_layernorm: (&layer / "post_attention_layernorm").ones("weight", &[hidden]),
+                    post_attention_layernorm: (&layer / "post_attention_layernorm")
+                        .ones("weight", &[hidden]),
                     mlp: Mlp {
-                        gate_proj: linear(&mlp / "gate_proj", hidden, config.intermediate_size, config.mlp_bias),
-                        up_proj: linear(&mlp / "up_proj", hidden, config.intermediate_size, config.mlp_bias),
-                        down_proj: linear(&mlp / "down_proj", config.intermediate_size, hidden, config.mlp_bias),
+                        gate_proj: linear(
+                            &mlp / "gate_proj",
+                            hidden,
+                            config.intermediate_size,
+                            config.mlp_bias,
+                        ),
+                        up_proj: linear(
+                            &mlp / "up_proj",
+                            hidden,
+                            config.intermediate_size,
+                            config.mlp_bias,
+                        ),
+                        down_proj: linear(
+                            &mlp / "down_proj",
+                            config.intermediate_size,
+                            hidden,
+                            config.mlp_bias,
+                        ),
                     },
                 }
             })
             .collect();
-        let embed_tokens = (&model / "embed_tokens").var("weight", &[config.vocab_size, hidden], nn::Init::Randn { mean: 0.0, stdev: 0.02 });
-        let lm_head = (!config.tie_word_embeddings).then(|| (vs / "lm_head").var("weight", &[config.vocab_size, hidden], nn::Init::Randn { mean: 0.0, stdev: 0.02 }));
-        let inv_freq = Tensor::from_slice(&rotary_inv_freq(head_dim, config.rope_theta, config.rope_scaling.as_ref())).to_kind(Kind::Float).to_device(vs.device());
-        Llama { config: config.clone(), embed_tokens, layers, norm: (&model / "norm").ones("weight", &[hidden]), lm_head, inv_freq }
+        let embed_tokens = (&model / "embed_tokens").var(
+            "weight",
+            &[config.vocab_size, hidden],
+            nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
+        );
+        let lm_head = (!config.tie_word_embeddings).then(|| {
+            (vs / "lm_head").var(
+                "weight",
+                &[config.vocab_size, hidden],
+                nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: 0.02,
+                },
+            )
+        });
+        let inv_freq = Tensor::from_slice(&rotary_inv_freq(
+            head_dim,
+            config.rope_theta,
+            config.rope_scaling.as_ref(),
+        ))
+        .to_kind(Kind::Float)
+        .to_device(vs.device());
+        Llama {
+            config: config.clone(),
+            embed_tokens,
+            layers,
+            norm: (&model / "norm").ones("weight", &[hidden]),
+            lm_head,
+            inv_freq,
+        }
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -99,12 +169,28 @@ impl Decoder for Llama {
         LayerContext::new(&self.inv_freq, positions, mask, kind)
     }
 
-    fn layer(&self, index: usize, x: &Tensor, context: &LayerContext, cache: Option<&mut KvCache>) -> Tensor {
+    fn layer(
+        &self,
+        index: usize,
+        x: &Tensor,
+        context: &LayerContext,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor {
         let layer = &self.layers[index];
         let h = rms_norm(x, &layer.input_layernorm, self.config.rms_norm_eps);
-        let h = layer.self_attn.forward(&h, &context.cos, &context.sin, context.bias.as_ref(), cache.map(|c| (c, index)));
+        let h = layer.self_attn.forward(
+            &h,
+            &context.cos,
+            &context.sin,
+            context.bias.as_ref(),
+            cache.map(|c| (c, index)),
+        );
         let x = x + h;
-        let h = rms_norm(&x, &layer.post_attention_layernorm, self.config.rms_norm_eps);
+        let h = rms_norm(
+            &x,
+            &layer.post_attention_layernorm,
+            self.config.rms_norm_eps,
+        );
         x + layer.mlp.forward(&h)
     }
 
@@ -118,24 +204,54 @@ impl Decoder for Llama {
 
     fn new_cache(&self, batch: i64, max_len: i64) -> KvCache {
         let c = &self.config;
-        KvCache::new(c.num_hidden_layers, batch, c.num_kv_heads(), max_len, c.head_dim(), (self.embed_tokens.kind(), self.embed_tokens.device()))
+        KvCache::new(
+            c.num_hidden_layers,
+            batch,
+            c.num_kv_heads(),
+            max_len,
+            c.head_dim(),
+            (self.embed_tokens.kind(), self.embed_tokens.device()),
+        )
     }
 }
 
 impl Attention {
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, bias: Option<&Tensor>, cache: Option<(&mut KvCache, usize)>) -> Tensor {
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        bias: Option<&Tensor>,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor {
         let (b, t) = (x.size()[0], x.size()[1]);
-        let q = self.q_proj.forward(x).view([b, t, self.num_heads, self.head_dim]).transpose(1, 2);
-        let k = self.k_proj.forward(x).view([b, t, self.num_kv_heads, self.head_dim]).transpose(1, 2);
-        let v = self.v_proj.forward(x).view([b, t, self.num_kv_heads, self.head_dim]).transpose(1, 2);
+        let q = self
+            .q_proj
+            .forward(x)
+            .view([b, t, self.num_heads, self.head_dim])
+            .transpose(1, 2);
+        let k = self
+            .k_proj
+            .forward(x)
+            .view([b, t, self.num_kv_heads, self.head_dim])
+            .transpose(1, 2);
+        let v = self
+            .v_proj
+            .forward(x)
+            .view([b, t, self.num_kv_heads, self.head_dim])
+            .transpose(1, 2);
         let (q, k) = (apply_rotary(&q, cos, sin), apply_rotary(&k, cos, sin));
         let out = attend(&q, &k, &v, bias, cache);
-        self.o_proj.forward(&out.transpose(1, 2).reshape([b, t, self.num_heads * self.head_dim]))
+        self.o_proj.forward(
+            &out.transpose(1, 2)
+                .reshape([b, t, self.num_heads * self.head_dim]),
+        )
     }
 }
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Tensor {
-        self.down_proj.forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
+        self.down_proj
+            .forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
     }
 }

@@ -8,12 +8,13 @@
 //! is built inside [`with_lora`], which returns the model and its [`LoraAdapters`]:
 //!
 //! ```ignore
-//! let (model, adapters) = lora::with_lora(&config, device, seed, || CausalLm::load(dir, device, None))?;
+//! let (model, adapters) =
+//!     lora::with_lora(&config, device, seed, || CausalLm::load(dir, device, None))?;
 //! ```
 //!
 //! Outside `with_lora` the layer is a plain linear layer. Adapters are saved in PEFT's layout
-//! (`adapter_config.json`, `adapter_model.safetensors` with `base_model.model.<module>.lora_A.weight`
-//! names) or merged into the base weights.
+//! (`adapter_config.json`, `adapter_model.safetensors` with
+//! `base_model.model.<module>.lora_A.weight` names) or merged into the base weights.
 
 use crate::checkpoint::write_safetensors_file;
 use crate::error::{ModelError, Result};
@@ -64,7 +65,8 @@ impl LoraConfig {
         } else if !(0.0..1.0).contains(&self.dropout) {
             format!("lora.dropout must be in [0, 1), got {}", self.dropout)
         } else if self.target_modules.is_empty() {
-            "lora.target_modules is empty; name the layers to adapt, e.g. [\"q_proj\", \"v_proj\"]".into()
+            "lora.target_modules is empty; name the layers to adapt, e.g. [\"q_proj\", \"v_proj\"]"
+                .into()
         } else {
             return Ok(());
         };
@@ -72,27 +74,51 @@ impl LoraConfig {
     }
 
     fn targets(&self, module: &str) -> bool {
-        self.target_modules.iter().any(|t| module == t || module.ends_with(&format!(".{t}")))
+        self.target_modules
+            .iter()
+            .any(|t| module == t || module.ends_with(&format!(".{t}")))
     }
 
     /// Reads PEFT's `adapter_config.json` in `dir`.
     pub fn from_peft_dir(dir: &Path) -> Result<Self> {
         let path = dir.join(ADAPTER_CONFIG_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
-        let bad = |message: String| ModelError::Config { path: path.clone(), message };
+        let bad = |message: String| ModelError::Config {
+            path: path.clone(),
+            message,
+        };
         let peft: PeftConfig = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         if peft.peft_type != "LORA" {
-            return Err(bad(format!("peft_type is \"{}\"; only LORA adapters are supported", peft.peft_type)));
+            return Err(bad(format!(
+                "peft_type is \"{}\"; only LORA adapters are supported",
+                peft.peft_type
+            )));
         }
         if peft.use_dora || peft.use_rslora || peft.fan_in_fan_out {
-            return Err(bad("use_dora, use_rslora and fan_in_fan_out variants are not supported; train a plain LoRA adapter".into()));
+            return Err(bad(
+                "use_dora, use_rslora and fan_in_fan_out variants are not supported; \
+                 train a plain LoRA adapter"
+                    .into(),
+            ));
         }
         let target_modules = match peft.target_modules {
-            serde_json::Value::Array(items) => items.iter().map(|v| v.as_str().map(str::to_string)).collect::<Option<Vec<_>>>(),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>(),
             _ => None,
         }
-        .ok_or_else(|| bad("target_modules must be a list of module names (regular expressions are not supported)".into()))?;
-        let config = LoraConfig { r: peft.r, alpha: peft.lora_alpha, dropout: peft.lora_dropout, target_modules };
+        .ok_or_else(|| {
+            bad("target_modules must be a list of module names \
+                 (regular expressions are not supported)"
+                .into())
+        })?;
+        let config = LoraConfig {
+            r: peft.r,
+            alpha: peft.lora_alpha,
+            dropout: peft.lora_dropout,
+            target_modules,
+        };
         config.validate().map_err(|e| bad(e.to_string()))?;
         Ok(config)
     }
@@ -154,8 +180,13 @@ impl nn::Module for Linear {
             Some(adapter) if adapter.switches.enabled.load(Ordering::Relaxed) => {
                 // PEFT computes the update in the adapter's dtype and casts the sum back.
                 let training = adapter.switches.training.load(Ordering::Relaxed);
-                let h = x.to_kind(adapter.a.kind()).dropout(adapter.dropout, training);
-                let update = h.linear::<Tensor>(&adapter.a, None).linear::<Tensor>(&adapter.b, None) * adapter.scaling;
+                let h = x
+                    .to_kind(adapter.a.kind())
+                    .dropout(adapter.dropout, training);
+                let update = h
+                    .linear::<Tensor>(&adapter.a, None)
+                    .linear::<Tensor>(&adapter.b, None)
+                    * adapter.scaling;
                 (&out + update).to_kind(out.kind())
             }
             _ => out,
@@ -182,7 +213,15 @@ thread_local! {
 /// [`with_lora`] build targets it. The base weight starts as tch's default (checkpoints are
 /// normally loaded right after).
 pub fn linear(path: nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> Linear {
-    let base = nn::linear(&path, in_dim, out_dim, nn::LinearConfig { bias, ..Default::default() });
+    let base = nn::linear(
+        &path,
+        in_dim,
+        out_dim,
+        nn::LinearConfig {
+            bias,
+            ..Default::default()
+        },
+    );
     let module = path.components().collect::<Vec<_>>().join(".");
     let adapter = PENDING.with(|pending| {
         let mut pending = pending.borrow_mut();
@@ -190,13 +229,29 @@ pub fn linear(path: nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> Linear {
         let root = pending.vs.root();
         let node = module.split('.').fold(root, |p, c| p / c);
         let bound = 1.0 / (in_dim as f32).sqrt();
-        let values: Vec<f32> = (0..pending.config.r * in_dim).map(|_| pending.rng.random_range(-bound..bound)).collect();
-        let a = (&node / "lora_A").var_copy("weight", &Tensor::from_slice(&values).view([pending.config.r, in_dim]));
-        let b = (&node / "lora_B").var("weight", &[out_dim, pending.config.r], nn::Init::Const(0.0));
+        let values: Vec<f32> = (0..pending.config.r * in_dim)
+            .map(|_| pending.rng.random_range(-bound..bound))
+            .collect();
+        let a = (&node / "lora_A").var_copy(
+            "weight",
+            &Tensor::from_slice(&values).view([pending.config.r, in_dim]),
+        );
+        let b =
+            (&node / "lora_B").var("weight", &[out_dim, pending.config.r], nn::Init::Const(0.0));
         pending.modules.push(module.clone());
-        Some(Adapter { a, b, scaling: pending.config.scaling(), dropout: pending.config.dropout, switches: pending.switches.clone() })
+        Some(Adapter {
+            a,
+            b,
+            scaling: pending.config.scaling(),
+            dropout: pending.config.dropout,
+            switches: pending.switches.clone(),
+        })
     });
-    Linear { weight: base.ws, bias: base.bs, adapter }
+    Linear {
+        weight: base.ws,
+        bias: base.bs,
+        adapter,
+    }
 }
 
 /// Clears the pending adapters when `with_lora` ends, even by a panic.
@@ -211,19 +266,35 @@ impl Drop for PendingGuard {
 /// Runs `build` (which constructs or loads a model) with adapters attached to every targeted
 /// linear layer; the adapters' `VarStore` is on `device`, in f32, trainable, and `seed` draws
 /// their `A` matrices. Fails when no layer matched `config.target_modules`.
-pub fn with_lora<T>(config: &LoraConfig, device: Device, seed: u64, build: impl FnOnce() -> Result<T>) -> Result<(T, LoraAdapters)> {
+pub fn with_lora<T>(
+    config: &LoraConfig,
+    device: Device,
+    seed: u64,
+    build: impl FnOnce() -> Result<T>,
+) -> Result<(T, LoraAdapters)> {
     config.validate()?;
-    let switches = Arc::new(Switches { enabled: AtomicBool::new(true), training: AtomicBool::new(false) });
+    let switches = Arc::new(Switches {
+        enabled: AtomicBool::new(true),
+        training: AtomicBool::new(false),
+    });
     let started = PENDING.with(|p| {
         let mut p = p.borrow_mut();
         if p.is_some() {
             return false;
         }
-        *p = Some(PendingAdapters { config: config.clone(), vs: nn::VarStore::new(device), modules: Vec::new(), switches: switches.clone(), rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed) });
+        *p = Some(PendingAdapters {
+            config: config.clone(),
+            vs: nn::VarStore::new(device),
+            modules: Vec::new(),
+            switches: switches.clone(),
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+        });
         true
     });
     if !started {
-        return Err(ModelError::Invalid("with_lora calls cannot be nested".into()));
+        return Err(ModelError::Invalid(
+            "with_lora calls cannot be nested".into(),
+        ));
     }
     let guard = PendingGuard;
     let built = build()?;
@@ -231,11 +302,22 @@ pub fn with_lora<T>(config: &LoraConfig, device: Device, seed: u64, build: impl 
     drop(guard);
     if pending.modules.is_empty() {
         return Err(ModelError::Invalid(format!(
-            "lora.target_modules {:?} matched no linear layer of this model; Llama layers are q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj and GPT-NeoX layers are query_key_value, dense, dense_h_to_4h, dense_4h_to_h",
+            "lora.target_modules {:?} matched no linear layer of this model; \
+             Llama layers are q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj and \
+             GPT-NeoX layers are query_key_value, dense, dense_h_to_4h, dense_4h_to_h",
             config.target_modules
         )));
     }
-    Ok((built, LoraAdapters { config: pending.config, vs: pending.vs, modules: pending.modules, switches, merged: false }))
+    Ok((
+        built,
+        LoraAdapters {
+            config: pending.config,
+            vs: pending.vs,
+            modules: pending.modules,
+            switches,
+            merged: false,
+        },
+    ))
 }
 
 /// The adapters of one model: trainable parameters, on/off switch, saving and merging.
@@ -264,7 +346,9 @@ impl LoraAdapters {
 
     /// With adapters off the model computes exactly its base weights (PPO's reference policy).
     pub fn set_enabled(&self, enabled: bool) {
-        self.switches.enabled.store(enabled && !self.merged, Ordering::Relaxed);
+        self.switches
+            .enabled
+            .store(enabled && !self.merged, Ordering::Relaxed);
     }
 
     pub fn enabled(&self) -> bool {
@@ -287,7 +371,10 @@ impl LoraAdapters {
 
     fn adapter_tensors(&self, module: &str) -> (Tensor, Tensor) {
         let vars = self.vs.variables();
-        (vars[&format!("{module}.lora_A.weight")].shallow_clone(), vars[&format!("{module}.lora_B.weight")].shallow_clone())
+        (
+            vars[&format!("{module}.lora_A.weight")].shallow_clone(),
+            vars[&format!("{module}.lora_B.weight")].shallow_clone(),
+        )
     }
 
     /// Adds `(alpha / r) · B A` to each adapted weight of `base` (the model's `VarStore`) and
@@ -295,12 +382,22 @@ impl LoraAdapters {
     /// the same function without adapters and saves as a plain Hugging Face checkpoint.
     pub fn merge_into(&mut self, base: &nn::VarStore) -> Result<()> {
         if self.merged {
-            return Err(ModelError::Invalid("the adapters are already merged into the base weights".into()));
+            return Err(ModelError::Invalid(
+                "the adapters are already merged into the base weights".into(),
+            ));
         }
         let weights = base.variables();
         for module in &self.modules {
             let name = format!("{module}.weight");
-            let mut weight = weights.get(&name).ok_or_else(|| ModelError::Invalid(format!("the base model has no `{name}` to merge the adapter into; merge into the model the adapters were built with")))?.shallow_clone();
+            let mut weight = weights
+                .get(&name)
+                .ok_or_else(|| {
+                    ModelError::Invalid(format!(
+                        "the base model has no `{name}` to merge the adapter into; \
+                         merge into the model the adapters were built with"
+                    ))
+                })?
+                .shallow_clone();
             let (a, b) = self.adapter_tensors(module);
             tch::no_grad(|| {
                 let delta = b.matmul(&a) * self.config.scaling();
@@ -329,36 +426,72 @@ impl LoraAdapters {
             use_dora: false,
             inference_mode: true,
         };
-        let named: Vec<(String, Tensor)> = self.vs.variables().into_iter().map(|(name, t)| (format!("{PEFT_PREFIX}{name}"), t)).collect();
+        let named: Vec<(String, Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .map(|(name, t)| (format!("{PEFT_PREFIX}{name}"), t))
+            .collect();
         let mut refs: Vec<(&String, &Tensor)> = named.iter().map(|(n, t)| (n, t)).collect();
         refs.sort_by(|x, y| x.0.cmp(y.0));
         let weights = dir.join(ADAPTER_WEIGHTS_FILE);
         let tmp = dir.join(format!("{ADAPTER_WEIGHTS_FILE}.tmp"));
         write_safetensors_file(&tmp, &refs)?;
         std::fs::rename(&tmp, &weights).map_err(|e| ModelError::io(&weights, e))?;
-        write_atomic(&dir.join(ADAPTER_CONFIG_FILE), serde_json::to_string_pretty(&config).expect("json").as_bytes())
+        write_atomic(
+            &dir.join(ADAPTER_CONFIG_FILE),
+            serde_json::to_string_pretty(&config)
+                .expect("json")
+                .as_bytes(),
+        )
     }
 
     /// Loads adapter weights saved by [`Self::save_peft`] (or PEFT) from `dir`; its config
     /// must equal this one's rank, alpha and target modules.
     pub fn load_peft(&self, dir: &Path) -> Result<()> {
         let stored = LoraConfig::from_peft_dir(dir)?;
-        if (stored.r, stored.alpha, &stored.target_modules) != (self.config.r, self.config.alpha, &self.config.target_modules) {
+        if (stored.r, stored.alpha, &stored.target_modules)
+            != (
+                self.config.r,
+                self.config.alpha,
+                &self.config.target_modules,
+            )
+        {
             return Err(ModelError::Config {
                 path: dir.join(ADAPTER_CONFIG_FILE),
-                message: format!("adapter has r {}, alpha {}, targets {:?}, but the model was built with r {}, alpha {}, targets {:?}", stored.r, stored.alpha, stored.target_modules, self.config.r, self.config.alpha, self.config.target_modules),
+                message: format!(
+                    "adapter has r {}, alpha {}, targets {:?}, but the model was built with r {}, \
+                     alpha {}, targets {:?}",
+                    stored.r,
+                    stored.alpha,
+                    stored.target_modules,
+                    self.config.r,
+                    self.config.alpha,
+                    self.config.target_modules
+                ),
             });
         }
         let path = dir.join(ADAPTER_WEIGHTS_FILE);
         let stored: HashMap<String, Tensor> = Tensor::read_safetensors(&path)
-            .map_err(|e| ModelError::Checkpoint { path: path.clone(), message: format!("not a readable safetensors file ({e})") })?
+            .map_err(|e| ModelError::Checkpoint {
+                path: path.clone(),
+                message: format!("not a readable safetensors file ({e})"),
+            })?
             .into_iter()
             .collect();
         for (name, var) in self.vs.variables() {
             let key = format!("{PEFT_PREFIX}{name}");
-            let tensor = stored.get(&key).ok_or_else(|| ModelError::MissingTensor { name: key.clone(), path: path.clone() })?;
+            let tensor = stored.get(&key).ok_or_else(|| ModelError::MissingTensor {
+                name: key.clone(),
+                path: path.clone(),
+            })?;
             if tensor.size() != var.size() {
-                return Err(ModelError::ShapeMismatch { name: key, path, expected: var.size(), actual: tensor.size() });
+                return Err(ModelError::ShapeMismatch {
+                    name: key,
+                    path,
+                    expected: var.size(),
+                    actual: tensor.size(),
+                });
             }
             tch::no_grad(|| var.shallow_clone().f_copy_(tensor))?;
         }

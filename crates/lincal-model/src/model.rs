@@ -23,7 +23,13 @@ pub(crate) trait Decoder: Send {
     fn layer_context(&self, positions: &Tensor, mask: Option<&Tensor>, kind: Kind) -> LayerContext;
     /// Decoder layer `index` on hidden states `x` `[B, T, hidden]`; with a cache, the new keys
     /// and values are stored in it.
-    fn layer(&self, index: usize, x: &Tensor, context: &LayerContext, cache: Option<&mut KvCache>) -> Tensor;
+    fn layer(
+        &self,
+        index: usize,
+        x: &Tensor,
+        context: &LayerContext,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor;
     fn final_norm(&self, x: &Tensor) -> Tensor;
     fn logits(&self, hidden: &Tensor) -> Tensor;
     fn new_cache(&self, batch: i64, max_len: i64) -> KvCache;
@@ -62,14 +68,24 @@ impl CausalLm {
             ModelConfig::Llama(c) => Box::new(Llama::new(&root, c)),
             ModelConfig::GptNeoX(c) => Box::new(GptNeoX::new(&root, c)),
         };
-        CausalLm { config, vs, decoder, cuda_graphs: true }
+        CausalLm {
+            config,
+            vs,
+            decoder,
+            cuda_graphs: true,
+        }
     }
 
     /// Loads `dir/config.json` and the safetensors weights. `kind` `None` keeps the stored
     /// `torch_dtype` (f32 when absent).
     pub fn load(dir: &Path, device: Device, kind: Option<Kind>) -> Result<Self> {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
-        let kind = kind.unwrap_or_else(|| config.torch_dtype().and_then(kind_from_name).unwrap_or(Kind::Float));
+        let kind = kind.unwrap_or_else(|| {
+            config
+                .torch_dtype()
+                .and_then(kind_from_name)
+                .unwrap_or(Kind::Float)
+        });
         let checkpoint = SafetensorsCheckpoint::open(dir)?;
         let model = tch::no_grad(|| CausalLm::new(config, device, kind));
         checkpoint.load_into(&model.vs.variables())?;
@@ -89,7 +105,12 @@ impl CausalLm {
         if let Some(pad) = self.config.pad_token_id() {
             generation["pad_token_id"] = pad.into();
         }
-        write_atomic(&dir.join("generation_config.json"), serde_json::to_string_pretty(&generation).expect("json").as_bytes())
+        write_atomic(
+            &dir.join("generation_config.json"),
+            serde_json::to_string_pretty(&generation)
+                .expect("json")
+                .as_bytes(),
+        )
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -127,19 +148,34 @@ impl CausalLm {
     /// `mask` is a boolean `[B, 1, T, S]` (see `layers::attention_mask`) or `None` for plain
     /// causal attention; with a cache (see `KvCache::set_window`), the new keys and values are
     /// stored in it and the mask covers its visible window.
-    pub fn forward(&self, input_ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, cache: Option<&mut KvCache>) -> Tensor {
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor {
         let (x, _) = self.run_layers(input_ids, positions, mask, cache, |_, _| {});
         self.decoder.final_norm(&x)
     }
 
     /// Embeds `input_ids` and runs every decoder layer, calling `before_layer(index, input)`
     /// first. Returns the last layer's output and the layers' shared context.
-    fn run_layers(&self, input_ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, mut cache: Option<&mut KvCache>, mut before_layer: impl FnMut(usize, &Tensor)) -> (Tensor, LayerContext) {
+    fn run_layers(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        mask: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+        mut before_layer: impl FnMut(usize, &Tensor),
+    ) -> (Tensor, LayerContext) {
         let mut x = self.decoder.embed(input_ids);
         let context = self.decoder.layer_context(positions, mask, x.kind());
         for index in 0..self.decoder.num_layers() {
             before_layer(index, &x);
-            x = self.decoder.layer(index, &x, &context, cache.as_deref_mut());
+            x = self
+                .decoder
+                .layer(index, &x, &context, cache.as_deref_mut());
         }
         (x, context)
     }
@@ -148,7 +184,12 @@ impl CausalLm {
     /// input of each decoder layer is kept, and the returned hidden states carry a graph
     /// through the final norm alone. Back-propagate a loss computed from them with
     /// [`Self::backward_checkpointed`], which recomputes one layer at a time.
-    pub fn forward_checkpointed(&self, input_ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>) -> (Tensor, Checkpoints) {
+    pub fn forward_checkpointed(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> (Tensor, Checkpoints) {
         let seed = Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]);
         let mut layer_inputs = Vec::with_capacity(self.decoder.num_layers());
         let (last, context) = tch::no_grad(|| {
@@ -159,14 +200,29 @@ impl CausalLm {
         });
         let last = last.set_requires_grad(true);
         let hidden = self.decoder.final_norm(&last);
-        (hidden, Checkpoints { input_ids: input_ids.shallow_clone(), context, layer_inputs, last, seed })
+        (
+            hidden,
+            Checkpoints {
+                input_ids: input_ids.shallow_clone(),
+                context,
+                layer_inputs,
+                last,
+                seed,
+            },
+        )
     }
 
     /// Back-propagates `loss`, computed from the hidden states of [`Self::forward_checkpointed`],
     /// into every weight that requires grad: each layer is run again from its saved input, last
     /// layer first, and its backward pass takes the gradient of the layer above.
     pub fn backward_checkpointed(&self, loss: &Tensor, checkpoints: Checkpoints) {
-        let Checkpoints { input_ids, context, mut layer_inputs, last, seed } = checkpoints;
+        let Checkpoints {
+            input_ids,
+            context,
+            mut layer_inputs,
+            last,
+            seed,
+        } = checkpoints;
         loss.backward();
         let mut grad = last.grad();
         while let Some(input) = layer_inputs.pop() {
@@ -198,7 +254,9 @@ impl CausalLm {
     pub fn resize_token_embeddings(&mut self, new_vocab: i64) -> Result<()> {
         let old_vocab = self.config.vocab_size();
         if new_vocab < old_vocab {
-            return Err(ModelError::Invalid(format!("cannot shrink the vocabulary from {old_vocab} to {new_vocab} rows")));
+            return Err(ModelError::Invalid(format!(
+                "cannot shrink the vocabulary from {old_vocab} to {new_vocab} rows"
+            )));
         }
         let names: &[&str] = match &self.config {
             ModelConfig::Llama(_) => &["model.embed_tokens.weight", "lm_head.weight"],
@@ -209,7 +267,13 @@ impl CausalLm {
             for name in names {
                 if let Some(var) = variables.get(*name) {
                     let mean = var.mean_dim(0, true, Kind::Float).to_kind(var.kind());
-                    let grown = Tensor::cat(&[var.shallow_clone(), mean.expand([new_vocab - old_vocab, var.size()[1]], false)], 0);
+                    let grown = Tensor::cat(
+                        &[
+                            var.shallow_clone(),
+                            mean.expand([new_vocab - old_vocab, var.size()[1]], false),
+                        ],
+                        0,
+                    );
                     // `set_data` swaps the storage behind every handle to this variable,
                     // the model's own included.
                     var.shallow_clone().set_data(&grown);
@@ -222,7 +286,11 @@ impl CausalLm {
 
     /// Sum of all parameters in f64 (the reference's checkpoint integrity check).
     pub fn parameter_sum(&self) -> f64 {
-        self.vs.variables().values().map(|t| t.to_kind(Kind::Double).sum(Kind::Double).double_value(&[])).sum()
+        self.vs
+            .variables()
+            .values()
+            .map(|t| t.to_kind(Kind::Double).sum(Kind::Double).double_value(&[]))
+            .sum()
     }
 }
 
@@ -259,13 +327,19 @@ mod tests {
     fn batch() -> (Tensor, Tensor, Tensor) {
         let ids = Tensor::from_slice2(&[[5i64, 9, 13, 4, 7, 21], [0, 0, 3, 8, 30, 11]]);
         let key_mask = Tensor::from_slice2(&[[1i64, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]]);
-        (ids, positions_from_mask(&key_mask), attention_mask(&key_mask, 0, 6))
+        (
+            ids,
+            positions_from_mask(&key_mask),
+            attention_mask(&key_mask, 0, 6),
+        )
     }
 
     /// A loss that weighs every logit differently, so that every gradient entry matters.
     fn loss_of(model: &CausalLm, hidden: &Tensor) -> Tensor {
         let logits = model.logits(hidden);
-        let weights = Tensor::arange(logits.numel() as i64, (Kind::Float, Device::Cpu)).view(logits.size().as_slice()).sin();
+        let weights = Tensor::arange(logits.numel() as i64, (Kind::Float, Device::Cpu))
+            .view(logits.size().as_slice())
+            .sin();
         (logits * weights).sum(Kind::Float)
     }
 
@@ -286,7 +360,10 @@ mod tests {
         for ((name, e), (_, g)) in expected.iter().zip(got) {
             let diff = (e - g).abs().max().double_value(&[]);
             let scale = e.abs().max().double_value(&[]).max(1e-6);
-            assert!(diff <= 1e-5 * scale, "{name}: max abs diff {diff} (largest entry {scale})");
+            assert!(
+                diff <= 1e-5 * scale,
+                "{name}: max abs diff {diff} (largest entry {scale})"
+            );
         }
     }
 
@@ -297,15 +374,27 @@ mod tests {
         // The checkpointed pass reseeds libtorch's generator, which the dropout test draws from.
         let _rng = LIBTORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
         let (ids, positions, mask) = batch();
-        for (label, config) in [("llama tied", tiny_llama(true)), ("llama untied", tiny_llama(false)), ("gpt-neox", tiny_neox())] {
+        for (label, config) in [
+            ("llama tied", tiny_llama(true)),
+            ("llama untied", tiny_llama(false)),
+            ("gpt-neox", tiny_neox()),
+        ] {
             let model = random_model(config, 4);
             let vars: Vec<(String, Tensor)> = model.var_store().variables().into_iter().collect();
-            let plain = gradients(&vars, || loss_of(&model, &model.forward(&ids, &positions, Some(&mask), None)).backward());
+            let plain = gradients(&vars, || {
+                loss_of(&model, &model.forward(&ids, &positions, Some(&mask), None)).backward()
+            });
             let checkpointed = gradients(&vars, || {
-                let (hidden, checkpoints) = model.forward_checkpointed(&ids, &positions, Some(&mask));
+                let (hidden, checkpoints) =
+                    model.forward_checkpointed(&ids, &positions, Some(&mask));
                 model.backward_checkpointed(&loss_of(&model, &hidden), checkpoints);
             });
-            assert!(plain.iter().all(|(_, g)| g.abs().sum(Kind::Float).double_value(&[]) > 0.0), "{label}: every weight gets a gradient");
+            assert!(
+                plain
+                    .iter()
+                    .all(|(_, g)| g.abs().sum(Kind::Float).double_value(&[]) > 0.0),
+                "{label}: every weight gets a gradient"
+            );
             assert_close(&plain, &checkpointed);
         }
     }
@@ -315,12 +404,24 @@ mod tests {
     #[test]
     fn checkpointed_backward_replays_dropout_masks() {
         let _rng = LIBTORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
-        let lora = LoraConfig { r: 4, alpha: 8.0, dropout: 0.5, target_modules: vec!["q_proj".into(), "down_proj".into()] };
-        let (model, adapters) = with_lora(&lora, Device::Cpu, 1, || Ok(random_model(tiny_llama(false), 5))).unwrap();
+        let lora = LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.5,
+            target_modules: vec!["q_proj".into(), "down_proj".into()],
+        };
+        let (model, adapters) = with_lora(&lora, Device::Cpu, 1, || {
+            Ok(random_model(tiny_llama(false), 5))
+        })
+        .unwrap();
         adapters.set_training(true);
         // Non-zero B matrices, so that the masks change the loss and every gradient.
         let vars: Vec<(String, Tensor)> = adapters.var_store().variables().into_iter().collect();
-        tch::no_grad(|| vars.iter().filter(|(n, _)| n.contains("lora_B")).for_each(|(_, v)| v.shallow_clone().copy_(&(Tensor::ones_like(v) * 0.1))));
+        tch::no_grad(|| {
+            vars.iter()
+                .filter(|(n, _)| n.contains("lora_B"))
+                .for_each(|(_, v)| v.shallow_clone().copy_(&(Tensor::ones_like(v) * 0.1)))
+        });
         let (ids, positions, mask) = batch();
         tch::manual_seed(11);
         let checkpointed = gradients(&vars, || {
@@ -331,7 +432,9 @@ mod tests {
         let seed = Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]);
         let reseeded = gradients(&vars, || {
             let mut x = model.decoder.embed(&ids);
-            let context = model.decoder.layer_context(&positions, Some(&mask), x.kind());
+            let context = model
+                .decoder
+                .layer_context(&positions, Some(&mask), x.kind());
             for index in 0..model.decoder.num_layers() {
                 tch::manual_seed(seed.wrapping_add(index as i64));
                 x = model.decoder.layer(index, &x, &context, None);

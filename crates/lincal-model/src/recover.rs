@@ -32,9 +32,21 @@ pub fn recover(base: &Path, diff: &Path, out: &Path, check_sum: bool) -> Result<
     let sum_path = diff.join(SUM_FILE);
     let expected_sum = if sum_path.exists() {
         let text = std::fs::read_to_string(&sum_path).map_err(|e| ModelError::io(&sum_path, e))?;
-        Some(text.trim().parse::<f64>().map_err(|_| ModelError::Checkpoint { path: sum_path.clone(), message: format!("expected one number, found {:?}", text.trim()) })?)
+        Some(
+            text.trim()
+                .parse::<f64>()
+                .map_err(|_| ModelError::Checkpoint {
+                    path: sum_path.clone(),
+                    message: format!("expected one number, found {:?}", text.trim()),
+                })?,
+        )
     } else if check_sum {
-        return Err(ModelError::Checkpoint { path: sum_path, message: "missing; it holds the expected parameter sum. Pass --skip-sum-check to recover without the integrity check".into() });
+        return Err(ModelError::Checkpoint {
+            path: sum_path,
+            message: "missing; it holds the expected parameter sum. \
+                      Pass --skip-sum-check to recover without the integrity check"
+                .into(),
+        });
     } else {
         None
     };
@@ -42,23 +54,41 @@ pub fn recover(base: &Path, diff: &Path, out: &Path, check_sum: bool) -> Result<
     let diff_ckpt = SafetensorsCheckpoint::open(diff)?;
     let mut names: Vec<String> = diff_ckpt.names().cloned().collect();
     names.sort();
-    let mut report = RecoverReport { tensors: names.len(), added: 0, kept: Vec::new(), parameter_sum: 0.0, expected_sum };
+    let mut report = RecoverReport {
+        tensors: names.len(),
+        added: 0,
+        kept: Vec::new(),
+        parameter_sum: 0.0,
+        expected_sum,
+    };
     write_dir_atomic(out, |tmp| {
         let mut writer = ShardWriter::new(tmp, DEFAULT_MAX_SHARD_BYTES);
         for name in &names {
             let stored = diff_ckpt.tensor(name)?;
-            let base_name = if base_ckpt.contains(name) { name.as_str() } else { name.strip_prefix(BACKBONE_PREFIX).unwrap_or(name) };
-            let tuned = match base_ckpt.contains(base_name).then(|| base_ckpt.tensor(base_name)).transpose()? {
+            let base_name = if base_ckpt.contains(name) {
+                name.as_str()
+            } else {
+                name.strip_prefix(BACKBONE_PREFIX).unwrap_or(name)
+            };
+            let tuned = match base_ckpt
+                .contains(base_name)
+                .then(|| base_ckpt.tensor(base_name))
+                .transpose()?
+            {
                 Some(base_tensor) if base_tensor.size() == stored.size() => {
                     report.added += 1;
-                    (stored.to_kind(Kind::Float) + base_tensor.to_kind(Kind::Float)).to_kind(stored.kind())
+                    (stored.to_kind(Kind::Float) + base_tensor.to_kind(Kind::Float))
+                        .to_kind(stored.kind())
                 }
                 _ => {
                     report.kept.push(name.clone());
                     stored
                 }
             };
-            report.parameter_sum += tuned.to_kind(Kind::Double).sum(Kind::Double).double_value(&[]);
+            report.parameter_sum += tuned
+                .to_kind(Kind::Double)
+                .sum(Kind::Double)
+                .double_value(&[]);
             writer.add(name, &tuned)?;
         }
         if let (true, Some(expected)) = (check_sum, expected_sum) {
@@ -66,7 +96,13 @@ pub fn recover(base: &Path, diff: &Path, out: &Path, check_sum: bool) -> Result<
             if (report.parameter_sum - expected).abs() > 1e-8 + 1e-5 * expected.abs() {
                 return Err(ModelError::Checkpoint {
                     path: diff.join(SUM_FILE),
-                    message: format!("recovered parameters sum to {}, expected {expected}; the base is not the model the diff was made against (it must be Llama-2-7b-hf in the original HF layout), or a download is corrupt. Nothing was written to {}", report.parameter_sum, out.display()),
+                    message: format!(
+                        "recovered parameters sum to {}, expected {expected}; the base is not the \
+                         model the diff was made against (it must be Llama-2-7b-hf in the original \
+                         HF layout), or a download is corrupt. Nothing was written to {}",
+                        report.parameter_sum,
+                        out.display()
+                    ),
                 });
             }
         }
@@ -80,8 +116,13 @@ pub fn recover(base: &Path, diff: &Path, out: &Path, check_sum: bool) -> Result<
 fn copy_side_files(from: &Path, to: &Path) -> Result<()> {
     for entry in std::fs::read_dir(from).map_err(|e| ModelError::io(from, e))? {
         let path = entry.map_err(|e| ModelError::io(from, e))?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        let is_weights = name.ends_with(".safetensors") || name == crate::checkpoint::INDEX_FILE || name == SUM_FILE;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let is_weights = name.ends_with(".safetensors")
+            || name == crate::checkpoint::INDEX_FILE
+            || name == SUM_FILE;
         if path.is_file() && !is_weights {
             std::fs::copy(&path, to.join(name)).map_err(|e| ModelError::io(&path, e))?;
         }

@@ -11,9 +11,13 @@ pub static LIBTORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// A 2-layer Llama with grouped-query attention (4 heads, 2 KV heads), vocabulary 64.
 pub fn tiny_llama(tie: bool) -> ModelConfig {
     let text = format!(
-        r#"{{"model_type":"llama","vocab_size":64,"hidden_size":32,"intermediate_size":48,"num_hidden_layers":2,
+        concat!(
+            r#"{{"model_type":"llama","vocab_size":64,"hidden_size":32,"intermediate_size":48,"#,
+            r#""num_hidden_layers":2,
         "num_attention_heads":4,"num_key_value_heads":2,"rms_norm_eps":1e-5,"rope_theta":10000.0,
         "tie_word_embeddings":{tie},"eos_token_id":2,"bos_token_id":1}}"#
+        ),
+        tie = tie
     );
     ModelConfig::from_json(&text).unwrap()
 }
@@ -33,7 +37,10 @@ pub fn tiny_neox() -> ModelConfig {
         max_position_embeddings: 128,
         tie_word_embeddings: false,
         hidden_act: "gelu".into(),
-        tokens: crate::config::SpecialTokens { eos_token_id: Some(crate::config::TokenIds::One(2)), ..Default::default() },
+        tokens: crate::config::SpecialTokens {
+            eos_token_id: Some(crate::config::TokenIds::One(2)),
+            ..Default::default()
+        },
     };
     ModelConfig::GptNeoX(config)
 }
@@ -45,16 +52,28 @@ pub fn random_model(config: ModelConfig, seed: u64) -> CausalLm {
     use rand::{Rng, SeedableRng};
     let model = CausalLm::new(config, Device::Cpu, Kind::Float);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let variables: std::collections::BTreeMap<String, Tensor> = model.var_store().variables().into_iter().collect();
+    let variables: std::collections::BTreeMap<String, Tensor> =
+        model.var_store().variables().into_iter().collect();
     tch::no_grad(|| {
         for var in variables.values() {
             let size = var.size();
             // Matrices like PyTorch's default linear init; vectors (norms, biases) around their
             // start value, so that a loader that skipped them would fail.
-            let scale = if size.len() == 2 { 1.0 / (size[1] as f32).sqrt() } else { 0.05 };
-            let noise: Vec<f32> = (0..var.numel()).map(|_| rng.random_range(-scale..scale)).collect();
-            let base = if size.len() == 2 { var.zeros_like() } else { var.shallow_clone() };
-            var.shallow_clone().copy_(&(base + Tensor::from_slice(&noise).view(size.as_slice())));
+            let scale = if size.len() == 2 {
+                1.0 / (size[1] as f32).sqrt()
+            } else {
+                0.05
+            };
+            let noise: Vec<f32> = (0..var.numel())
+                .map(|_| rng.random_range(-scale..scale))
+                .collect();
+            let base = if size.len() == 2 {
+                var.zeros_like()
+            } else {
+                var.shallow_clone()
+            };
+            var.shallow_clone()
+                .copy_(&(base + Tensor::from_slice(&noise).view(size.as_slice())));
         }
     });
     model
@@ -72,9 +91,33 @@ pub fn write_tokenizer(dir: &Path, n: usize) {
     let tokenizer = serde_json::json!({
         "version": "1.0",
         "added_tokens": [
-            {"id": 0, "content": "<unk>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
-            {"id": 1, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
-            {"id": 2, "content": "</s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}
+            {
+                "id": 0,
+                "content": "<unk>",
+                "single_word": false,
+                "lstrip": false,
+                "rstrip": false,
+                "normalized": false,
+                "special": true,
+            },
+            {
+                "id": 1,
+                "content": "<s>",
+                "single_word": false,
+                "lstrip": false,
+                "rstrip": false,
+                "normalized": false,
+                "special": true,
+            },
+            {
+                "id": 2,
+                "content": "</s>",
+                "single_word": false,
+                "lstrip": false,
+                "rstrip": false,
+                "normalized": false,
+                "special": true,
+            }
         ],
         "normalizer": null,
         "pre_tokenizer": {"type": "WhitespaceSplit"},
@@ -82,10 +125,21 @@ pub fn write_tokenizer(dir: &Path, n: usize) {
         "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": false},
         "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
     });
-    std::fs::write(dir.join("tokenizer.json"), serde_json::to_string(&tokenizer).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        serde_json::to_string(&tokenizer).unwrap(),
+    )
+    .unwrap();
     let config = serde_json::json!({
-        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-        "chat_template": "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "chat_template": "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} {% endfor %}\
+                          {% if add_generation_prompt %}assistant: {% endif %}"
     });
-    std::fs::write(dir.join("tokenizer_config.json"), serde_json::to_string(&config).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        serde_json::to_string(&config).unwrap(),
+    )
+    .unwrap();
 }

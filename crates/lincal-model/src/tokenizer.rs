@@ -21,7 +21,10 @@ pub struct ChatTurn {
 
 impl ChatTurn {
     pub fn new(role: &str, content: &str) -> Self {
-        ChatTurn { role: role.into(), content: content.into() }
+        ChatTurn {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -29,20 +32,39 @@ impl Tokenizer {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         if !path.exists() {
-            return Err(ModelError::Tokenizer { path, message: "missing; a model directory needs tokenizer.json (save the fast tokenizer from transformers, or convert with `lincal convert`)".into() });
+            return Err(ModelError::Tokenizer {
+                path,
+                message:
+                    "missing; a model directory needs tokenizer.json (save the fast tokenizer from \
+                     transformers, or convert with `lincal convert`)"
+                        .into(),
+            });
         }
-        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| ModelError::Tokenizer { path: path.clone(), message: format!("cannot be read: {e}") })?;
+        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| ModelError::Tokenizer {
+            path: path.clone(),
+            message: format!("cannot be read: {e}"),
+        })?;
         let config_path = dir.join("tokenizer_config.json");
         let config = if config_path.exists() {
-            let text = std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
+            let text = std::fs::read_to_string(&config_path)
+                .map_err(|e| ModelError::io(&config_path, e))?;
             match serde_json::from_str(&text) {
                 Ok(serde_json::Value::Object(map)) => map,
-                Ok(_) | Err(_) => return Err(ModelError::Tokenizer { path: config_path, message: "is not a JSON object".into() }),
+                Ok(_) | Err(_) => {
+                    return Err(ModelError::Tokenizer {
+                        path: config_path,
+                        message: "is not a JSON object".into(),
+                    });
+                }
             }
         } else {
             serde_json::Map::new()
         };
-        Ok(Tokenizer { inner, config, path })
+        Ok(Tokenizer {
+            inner,
+            config,
+            path,
+        })
     }
 
     /// Number of ids the tokenizer can produce (base vocabulary plus added tokens).
@@ -52,9 +74,22 @@ impl Tokenizer {
 
     /// Refuses a model whose embedding table cannot hold every token id.
     pub fn check_model_vocab(&self, model_vocab: i64) -> Result<()> {
-        let max_id = self.inner.get_vocab(true).values().copied().max().unwrap_or(0) as i64;
+        let max_id = self
+            .inner
+            .get_vocab(true)
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0) as i64;
         if max_id >= model_vocab {
-            return Err(ModelError::Tokenizer { path: self.path.clone(), message: format!("produces token id {max_id} but the model's embedding has {model_vocab} rows; this tokenizer belongs to another model (or the model needs `resize_token_embeddings`)") });
+            return Err(ModelError::Tokenizer {
+                path: self.path.clone(),
+                message: format!(
+                    "produces token id {max_id} but the model's embedding has {model_vocab} rows; \
+                     this tokenizer belongs to another model (or the model needs \
+                     `resize_token_embeddings`)"
+                ),
+            });
         }
         Ok(())
     }
@@ -62,7 +97,10 @@ impl Tokenizer {
     fn special_token(&self, key: &str) -> Option<String> {
         match self.config.get(key)? {
             serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+            serde_json::Value::Object(o) => o
+                .get("content")
+                .and_then(|c| c.as_str())
+                .map(str::to_string),
             _ => None,
         }
     }
@@ -83,7 +121,11 @@ impl Tokenizer {
 
     /// Ids that end generation: the EOS token and, for chat models, the end-of-turn token.
     pub fn eos_token_ids(&self) -> Vec<i64> {
-        let mut ids: Vec<i64> = self.eos_token().iter().filter_map(|t| self.token_id(t)).collect();
+        let mut ids: Vec<i64> = self
+            .eos_token()
+            .iter()
+            .filter_map(|t| self.token_id(t))
+            .collect();
         for end_of_turn in ["<|im_end|>", "<|eot_id|>", "<|end|>"] {
             if let Some(id) = self.token_id(end_of_turn).filter(|id| !ids.contains(id)) {
                 ids.push(id);
@@ -95,13 +137,24 @@ impl Tokenizer {
     /// Token ids of `text`. With `add_special_tokens`, the tokenizer's post-processor adds what
     /// the model expects (for Llama, BOS).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<i64>> {
-        let encoding = self.inner.encode(text, add_special_tokens).map_err(|e| ModelError::Tokenizer { path: self.path.clone(), message: format!("encoding failed: {e}") })?;
+        let encoding =
+            self.inner
+                .encode(text, add_special_tokens)
+                .map_err(|e| ModelError::Tokenizer {
+                    path: self.path.clone(),
+                    message: format!("encoding failed: {e}"),
+                })?;
         Ok(encoding.get_ids().iter().map(|&id| id as i64).collect())
     }
 
     pub fn decode(&self, ids: &[i64], skip_special_tokens: bool) -> Result<String> {
         let ids: Vec<u32> = ids.iter().map(|&id| id as u32).collect();
-        self.inner.decode(&ids, skip_special_tokens).map_err(|e| ModelError::Tokenizer { path: self.path.clone(), message: format!("decoding failed: {e}") })
+        self.inner
+            .decode(&ids, skip_special_tokens)
+            .map_err(|e| ModelError::Tokenizer {
+                path: self.path.clone(),
+                message: format!("decoding failed: {e}"),
+            })
     }
 
     pub fn chat_template(&self) -> Option<&str> {
@@ -109,36 +162,69 @@ impl Tokenizer {
     }
 
     /// Renders `messages` with the model's Jinja chat template.
-    pub fn apply_chat_template(&self, messages: &[ChatTurn], add_generation_prompt: bool) -> Result<String> {
-        let template = self.chat_template().ok_or_else(|| ModelError::ChatTemplate(format!("{} has no `chat_template`; this is not a chat model, so pass a plain prompt (drop --chat)", self.path.with_file_name("tokenizer_config.json").display())))?;
+    pub fn apply_chat_template(
+        &self,
+        messages: &[ChatTurn],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let template = self.chat_template().ok_or_else(|| {
+            ModelError::ChatTemplate(format!(
+                "{} has no `chat_template`; this is not a chat model, so pass a plain \
+                 prompt (drop --chat)",
+                self.path.with_file_name("tokenizer_config.json").display()
+            ))
+        })?;
         let mut env = minijinja::Environment::new();
-        env.add_function("raise_exception", |message: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
-        });
-        env.add_template("chat", template).map_err(|e| ModelError::ChatTemplate(format!("cannot be parsed: {e}")))?;
+        env.add_function(
+            "raise_exception",
+            |message: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    message,
+                ))
+            },
+        );
+        env.add_template("chat", template)
+            .map_err(|e| ModelError::ChatTemplate(format!("cannot be parsed: {e}")))?;
         let context = minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token().unwrap_or_default(),
             eos_token => self.eos_token().unwrap_or_default(),
         };
-        env.get_template("chat").and_then(|t| t.render(context)).map_err(|e| ModelError::ChatTemplate(format!("rendering failed: {e}")))
+        env.get_template("chat")
+            .and_then(|t| t.render(context))
+            .map_err(|e| ModelError::ChatTemplate(format!("rendering failed: {e}")))
     }
 
     /// Adds `token` as a special token (e.g. a "[PAD]" the reference adds to Llama 2) and returns
     /// its id; the model's embeddings must then be resized to `vocab_size()`.
     pub fn add_special_token(&mut self, key: &str, token: &str) -> i64 {
-        self.inner.add_special_tokens(&[tokenizers::AddedToken::from(token.to_string(), true)]);
+        self.inner
+            .add_special_tokens(&[tokenizers::AddedToken::from(token.to_string(), true)]);
         self.config.insert(key.into(), token.into());
         self.token_id(token).expect("token was just added")
     }
 
     /// Writes `tokenizer.json` and `tokenizer_config.json` into `dir`.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let json = self.inner.to_string(true).map_err(|e| ModelError::Tokenizer { path: dir.join("tokenizer.json"), message: format!("cannot be serialised: {e}") })?;
+        let json = self
+            .inner
+            .to_string(true)
+            .map_err(|e| ModelError::Tokenizer {
+                path: dir.join("tokenizer.json"),
+                message: format!("cannot be serialised: {e}"),
+            })?;
         write_atomic(&dir.join("tokenizer.json"), json.as_bytes())?;
         let mut config = self.config.clone();
-        config.entry("tokenizer_class").or_insert("PreTrainedTokenizerFast".into());
-        write_atomic(&dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&config).expect("json").as_bytes())
+        config
+            .entry("tokenizer_class")
+            .or_insert("PreTrainedTokenizerFast".into());
+        write_atomic(
+            &dir.join("tokenizer_config.json"),
+            serde_json::to_string_pretty(&config)
+                .expect("json")
+                .as_bytes(),
+        )
     }
 }

@@ -1,7 +1,9 @@
 //! Batched generation on tiny random models.
 
+use lincal_model::generate::{
+    BatchRequest, FinishReason, SamplingParams, generate_batch, generate_text,
+};
 use lincal_model::testing::*;
-use lincal_model::generate::{BatchRequest, FinishReason, SamplingParams, generate_batch, generate_text};
 use lincal_model::{CausalLm, Tokenizer};
 use tch::{Device, Kind, Tensor};
 
@@ -18,7 +20,11 @@ fn greedy_reference(model: &CausalLm, prompt: &[i64], steps: usize) -> Vec<i64> 
 }
 
 fn greedy(max_new_tokens: i64) -> SamplingParams {
-    SamplingParams { temperature: 0.0, max_new_tokens, ..Default::default() }
+    SamplingParams {
+        temperature: 0.0,
+        max_new_tokens,
+        ..Default::default()
+    }
 }
 
 /// One seed per prompt: `base`, `base + 1`, ...
@@ -32,10 +38,19 @@ fn batched_greedy_matches_one_at_a_time_full_forward() {
         let model = random_model(config, 7);
         let prompts = vec![vec![3i64, 4, 5], vec![10, 11, 12, 13, 14, 15, 16], vec![40]];
         // No EOS so every row runs the full length.
-        let out = generate_batch(&model, &BatchRequest::new(&prompts, &seeds(&prompts, 5), &greedy(8)), None).unwrap();
+        let out = generate_batch(
+            &model,
+            &BatchRequest::new(&prompts, &seeds(&prompts, 5), &greedy(8)),
+            None,
+        )
+        .unwrap();
         let rows = Vec::<Vec<i64>>::try_from(&out.tokens).unwrap();
         for (prompt, row) in prompts.iter().zip(&rows) {
-            assert_eq!(row, &greedy_reference(&model, prompt, 8), "prompt {prompt:?}");
+            assert_eq!(
+                row,
+                &greedy_reference(&model, prompt, 8),
+                "prompt {prompt:?}"
+            );
         }
         assert_eq!(out.lengths, vec![8, 8, 8]);
         assert_eq!(out.finish_reasons, vec![FinishReason::Length; 3]);
@@ -46,10 +61,28 @@ fn batched_greedy_matches_one_at_a_time_full_forward() {
 fn rows_end_at_eos_and_are_padded_after_it() {
     let model = random_model(tiny_llama(true), 8);
     let prompts = vec![vec![3i64, 4, 5], vec![20, 21]];
-    let free = Vec::<Vec<i64>>::try_from(&generate_batch(&model, &BatchRequest::new(&prompts, &seeds(&prompts, 5), &greedy(6)), None).unwrap().tokens).unwrap();
+    let free = Vec::<Vec<i64>>::try_from(
+        &generate_batch(
+            &model,
+            &BatchRequest::new(&prompts, &seeds(&prompts, 5), &greedy(6)),
+            None,
+        )
+        .unwrap()
+        .tokens,
+    )
+    .unwrap();
     // Declare row 0's third greedy token the EOS: row 0 stops there, with pads after.
     let eos = free[0][2];
-    let out = generate_batch(&model, &BatchRequest { eos_ids: &[eos], pad_id: 63, ..BatchRequest::new(&prompts, &seeds(&prompts, 5), &greedy(6)) }, None).unwrap();
+    let out = generate_batch(
+        &model,
+        &BatchRequest {
+            eos_ids: &[eos],
+            pad_id: 63,
+            ..BatchRequest::new(&prompts, &seeds(&prompts, 5), &greedy(6))
+        },
+        None,
+    )
+    .unwrap();
     let rows = Vec::<Vec<i64>>::try_from(&out.tokens).unwrap();
     let logprobs = Vec::<Vec<f32>>::try_from(&out.logprobs).unwrap();
     let first_eos = free[0].iter().position(|&t| t == eos).unwrap();
@@ -65,17 +98,71 @@ fn rows_end_at_eos_and_are_padded_after_it() {
 fn sampling_is_seeded_and_top_k_one_is_greedy() {
     let model = random_model(tiny_llama(false), 9);
     let prompts = vec![vec![3i64, 4, 5], vec![6, 7]];
-    let params = SamplingParams { temperature: 1.0, max_new_tokens: 12, ..Default::default() };
-    let a = generate_batch(&model, &BatchRequest::new(&prompts, &seeds(&prompts, 5), &params), None).unwrap();
-    let b = generate_batch(&model, &BatchRequest::new(&prompts, &seeds(&prompts, 5), &params), None).unwrap();
-    assert!(bool::try_from(a.tokens.eq_tensor(&b.tokens).all()).unwrap(), "same seed, same tokens");
-    let c = generate_batch(&model, &BatchRequest::new(&prompts, &seeds(&prompts, 6), &params), None).unwrap();
-    assert!(!bool::try_from(a.tokens.eq_tensor(&c.tokens).all()).unwrap(), "another seed, other tokens");
-    let top1 = generate_batch(&model, &BatchRequest::new(&prompts, &seeds(&prompts, 5), &SamplingParams { top_k: 1, ..params.clone() }), None).unwrap();
-    let greedy_out = generate_batch(&model, &BatchRequest::new(&prompts, &seeds(&prompts, 5), &greedy(12)), None).unwrap();
+    let params = SamplingParams {
+        temperature: 1.0,
+        max_new_tokens: 12,
+        ..Default::default()
+    };
+    let a = generate_batch(
+        &model,
+        &BatchRequest::new(&prompts, &seeds(&prompts, 5), &params),
+        None,
+    )
+    .unwrap();
+    let b = generate_batch(
+        &model,
+        &BatchRequest::new(&prompts, &seeds(&prompts, 5), &params),
+        None,
+    )
+    .unwrap();
+    assert!(
+        bool::try_from(a.tokens.eq_tensor(&b.tokens).all()).unwrap(),
+        "same seed, same tokens"
+    );
+    let c = generate_batch(
+        &model,
+        &BatchRequest::new(&prompts, &seeds(&prompts, 6), &params),
+        None,
+    )
+    .unwrap();
+    assert!(
+        !bool::try_from(a.tokens.eq_tensor(&c.tokens).all()).unwrap(),
+        "another seed, other tokens"
+    );
+    let top1 = generate_batch(
+        &model,
+        &BatchRequest::new(
+            &prompts,
+            &seeds(&prompts, 5),
+            &SamplingParams {
+                top_k: 1,
+                ..params.clone()
+            },
+        ),
+        None,
+    )
+    .unwrap();
+    let greedy_out = generate_batch(
+        &model,
+        &BatchRequest::new(&prompts, &seeds(&prompts, 5), &greedy(12)),
+        None,
+    )
+    .unwrap();
     assert!(bool::try_from(top1.tokens.eq_tensor(&greedy_out.tokens).all()).unwrap());
     // A tiny nucleus keeps only the most likely token too.
-    let nucleus = generate_batch(&model, &BatchRequest::new(&prompts, &seeds(&prompts, 5), &SamplingParams { top_p: 1e-6, ..params.clone() }), None).unwrap();
+    let nucleus = generate_batch(
+        &model,
+        &BatchRequest::new(
+            &prompts,
+            &seeds(&prompts, 5),
+            &SamplingParams {
+                top_p: 1e-6,
+                ..params.clone()
+            },
+        ),
+        None,
+    )
+    .unwrap();
     assert!(bool::try_from(nucleus.tokens.eq_tensor(&greedy_out.tokens).all()).unwrap());
 }
 
@@ -84,12 +171,41 @@ fn sampling_is_seeded_and_top_k_one_is_greedy() {
 #[test]
 fn a_rows_samples_do_not_depend_on_its_batch() {
     let model = random_model(tiny_llama(false), 13);
-    let params = SamplingParams { temperature: 1.0, max_new_tokens: 10, ..Default::default() };
-    let batch = generate_batch(&model, &BatchRequest::new(&[vec![3i64, 4, 5], vec![6, 7, 8], vec![9, 10, 11]], &[5, 9, 2], &params), None).unwrap();
-    let alone = generate_batch(&model, &BatchRequest::new(&[vec![6i64, 7, 8]], &[9], &params), None).unwrap();
-    assert_eq!(Vec::<i64>::try_from(batch.tokens.get(1)).unwrap(), Vec::<i64>::try_from(alone.tokens.get(0)).unwrap());
-    let other_seed = generate_batch(&model, &BatchRequest::new(&[vec![6i64, 7, 8]], &[10], &params), None).unwrap();
-    assert_ne!(Vec::<i64>::try_from(other_seed.tokens.get(0)).unwrap(), Vec::<i64>::try_from(alone.tokens.get(0)).unwrap());
+    let params = SamplingParams {
+        temperature: 1.0,
+        max_new_tokens: 10,
+        ..Default::default()
+    };
+    let batch = generate_batch(
+        &model,
+        &BatchRequest::new(
+            &[vec![3i64, 4, 5], vec![6, 7, 8], vec![9, 10, 11]],
+            &[5, 9, 2],
+            &params,
+        ),
+        None,
+    )
+    .unwrap();
+    let alone = generate_batch(
+        &model,
+        &BatchRequest::new(&[vec![6i64, 7, 8]], &[9], &params),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        Vec::<i64>::try_from(batch.tokens.get(1)).unwrap(),
+        Vec::<i64>::try_from(alone.tokens.get(0)).unwrap()
+    );
+    let other_seed = generate_batch(
+        &model,
+        &BatchRequest::new(&[vec![6i64, 7, 8]], &[10], &params),
+        None,
+    )
+    .unwrap();
+    assert_ne!(
+        Vec::<i64>::try_from(other_seed.tokens.get(0)).unwrap(),
+        Vec::<i64>::try_from(alone.tokens.get(0)).unwrap()
+    );
 }
 
 /// The returned log-probs are those of the temperature-scaled distribution (what PPO needs).
@@ -97,13 +213,26 @@ fn a_rows_samples_do_not_depend_on_its_batch() {
 fn logprobs_are_temperature_scaled() {
     let model = random_model(tiny_llama(true), 10);
     let prompt = vec![3i64, 4, 5];
-    let params = SamplingParams { temperature: 0.7, max_new_tokens: 1, ..Default::default() };
-    let out = generate_batch(&model, &BatchRequest::new(std::slice::from_ref(&prompt), &[1], &params), None).unwrap();
+    let params = SamplingParams {
+        temperature: 0.7,
+        max_new_tokens: 1,
+        ..Default::default()
+    };
+    let out = generate_batch(
+        &model,
+        &BatchRequest::new(std::slice::from_ref(&prompt), &[1], &params),
+        None,
+    )
+    .unwrap();
     let token = out.tokens.int64_value(&[0, 0]);
     let t = Tensor::from_slice(&prompt).view([1, 3]);
     let positions = Tensor::arange(3, (Kind::Int64, Device::Cpu)).unsqueeze(0);
-    let logits = tch::no_grad(|| model.logits(&model.forward(&t, &positions, None, None))).get(0).get(-1);
-    let expected = (logits / 0.7).log_softmax(-1, Kind::Float).double_value(&[token]);
+    let logits = tch::no_grad(|| model.logits(&model.forward(&t, &positions, None, None)))
+        .get(0)
+        .get(-1);
+    let expected = (logits / 0.7)
+        .log_softmax(-1, Kind::Float)
+        .double_value(&[token]);
     assert!((out.logprobs.double_value(&[0, 0]) - expected).abs() < 1e-5);
 }
 
@@ -115,20 +244,44 @@ fn text_generation_decodes_and_cuts_at_stop_strings() {
     let model = random_model(tiny_llama(true), 11);
     let prompt = tokenizer.encode("t3 t4 t5", false).unwrap();
     assert_eq!(prompt, vec![3, 4, 5]);
-    let free = generate_text(&model, &tokenizer, std::slice::from_ref(&prompt), &[0], &greedy(10), None).unwrap().remove(0);
+    let free = generate_text(
+        &model,
+        &tokenizer,
+        std::slice::from_ref(&prompt),
+        &[0],
+        &greedy(10),
+        None,
+    )
+    .unwrap()
+    .remove(0);
     let words: Vec<&str> = free.text.split(' ').collect();
     assert!(words.len() >= 4, "{:?}", free.text);
     // Stop at the third generated word: the text ends before it and generation stops early.
     let stop = words[2].to_string();
-    let params = SamplingParams { stop: vec![stop.clone()], ..greedy(10) };
+    let params = SamplingParams {
+        stop: vec![stop.clone()],
+        ..greedy(10)
+    };
     let mut streamed = Vec::new();
     let mut on_token = |row: usize, id: i64| streamed.push((row, id));
-    let cut = generate_text(&model, &tokenizer, &[prompt], &[0], &params, Some(&mut on_token)).unwrap().remove(0);
+    let cut = generate_text(
+        &model,
+        &tokenizer,
+        &[prompt],
+        &[0],
+        &params,
+        Some(&mut on_token),
+    )
+    .unwrap()
+    .remove(0);
     assert_eq!(cut.finish_reason, FinishReason::Stop);
     let at = free.text.find(&stop).unwrap();
     assert_eq!(cut.text, free.text[..at]);
     assert!(cut.tokens.len() < free.tokens.len());
-    assert_eq!(streamed.iter().map(|&(_, id)| id).collect::<Vec<_>>(), cut.tokens);
+    assert_eq!(
+        streamed.iter().map(|&(_, id)| id).collect::<Vec<_>>(),
+        cut.tokens
+    );
 }
 
 #[test]
@@ -136,7 +289,9 @@ fn chat_template_renders_messages() {
     let dir = tempfile::tempdir().unwrap();
     write_tokenizer(dir.path(), 16);
     let tokenizer = Tokenizer::from_dir(dir.path()).unwrap();
-    let text = tokenizer.apply_chat_template(&[lincal_model::ChatTurn::new("user", "t3 t4")], true).unwrap();
+    let text = tokenizer
+        .apply_chat_template(&[lincal_model::ChatTurn::new("user", "t3 t4")], true)
+        .unwrap();
     assert_eq!(text, "user: t3 t4 assistant: ");
 }
 
@@ -144,11 +299,30 @@ fn chat_template_renders_messages() {
 fn invalid_sampling_parameters_are_refused() {
     let model = random_model(tiny_llama(true), 12);
     for params in [
-        SamplingParams { temperature: -1.0, ..Default::default() },
-        SamplingParams { top_p: 0.0, ..Default::default() },
-        SamplingParams { max_new_tokens: 0, ..Default::default() },
+        SamplingParams {
+            temperature: -1.0,
+            ..Default::default()
+        },
+        SamplingParams {
+            top_p: 0.0,
+            ..Default::default()
+        },
+        SamplingParams {
+            max_new_tokens: 0,
+            ..Default::default()
+        },
     ] {
-        assert!(generate_batch(&model, &BatchRequest::new(&[vec![3]], &[0], &params), None).is_err(), "{params:?}");
+        assert!(
+            generate_batch(&model, &BatchRequest::new(&[vec![3]], &[0], &params), None).is_err(),
+            "{params:?}"
+        );
     }
-    assert!(generate_batch(&model, &BatchRequest::new(&[vec![]], &[0], &greedy(2)), None).is_err());
+    assert!(
+        generate_batch(
+            &model,
+            &BatchRequest::new(&[vec![]], &[0], &greedy(2)),
+            None
+        )
+        .is_err()
+    );
 }

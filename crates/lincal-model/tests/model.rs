@@ -1,12 +1,14 @@
 //! Behaviour of the decoders on tiny random models: caching, padding, checkpoints, errors.
 
-use lincal_model::testing::*;
 use lincal_model::layers::{attention_mask, positions_from_mask};
+use lincal_model::testing::*;
 use lincal_model::{CausalLm, ModelConfig, ModelError};
 use tch::{Device, Kind, Tensor};
 
 fn full_logits(model: &CausalLm, ids: &Tensor) -> Tensor {
-    let positions = Tensor::arange(ids.size()[1], (Kind::Int64, Device::Cpu)).unsqueeze(0).expand_as(ids);
+    let positions = Tensor::arange(ids.size()[1], (Kind::Int64, Device::Cpu))
+        .unsqueeze(0)
+        .expand_as(ids);
     tch::no_grad(|| model.logits(&model.forward(ids, &positions, None, None)))
 }
 
@@ -29,12 +31,24 @@ fn kv_cache_decoding_matches_full_forward() {
             let positions = Tensor::arange(5, (Kind::Int64, Device::Cpu)).unsqueeze(0);
             cache.set_window(&Tensor::arange(5, (Kind::Int64, Device::Cpu)), 5);
             let mask = attention_mask(&Tensor::ones([1, 5], (Kind::Int64, Device::Cpu)), 0, 5);
-            let logits = model.logits(&model.forward(&prefix, &positions, Some(&mask), Some(&mut cache)));
+            let logits =
+                model.logits(&model.forward(&prefix, &positions, Some(&mask), Some(&mut cache)));
             assert!(max_abs_diff(&logits, &expected.narrow(1, 0, 5)) < 1e-5);
             for t in 5..9 {
-                let key_mask = Tensor::cat(&[Tensor::ones([1, t + 1], (Kind::Int64, Device::Cpu)), Tensor::zeros([1, 11 - t], (Kind::Int64, Device::Cpu))], 1);
+                let key_mask = Tensor::cat(
+                    &[
+                        Tensor::ones([1, t + 1], (Kind::Int64, Device::Cpu)),
+                        Tensor::zeros([1, 11 - t], (Kind::Int64, Device::Cpu)),
+                    ],
+                    1,
+                );
                 cache.set_window(&Tensor::from_slice(&[t]), 12);
-                let step = model.logits(&model.forward(&ids.narrow(1, t, 1), &Tensor::from_slice(&[t]).view([1, 1]), Some(&attention_mask(&key_mask, t, 1)), Some(&mut cache)));
+                let step = model.logits(&model.forward(
+                    &ids.narrow(1, t, 1),
+                    &Tensor::from_slice(&[t]).view([1, 1]),
+                    Some(&attention_mask(&key_mask, t, 1)),
+                    Some(&mut cache),
+                ));
                 let diff = max_abs_diff(&step, &expected.narrow(1, t, 1));
                 assert!(diff < 1e-5, "step {t}: max abs diff {diff}");
             }
@@ -49,13 +63,24 @@ fn left_padding_leaves_real_token_logits_unchanged() {
         let model = random_model(config, 2);
         let short = [11i64, 12, 13];
         let long = [20i64, 21, 22, 23, 24, 25];
-        let (ids, key_mask) = lincal_model::generate::left_pad(&[short.to_vec(), long.to_vec()], 0, Device::Cpu);
-        let logits = tch::no_grad(|| model.logits(&model.forward(&ids, &positions_from_mask(&key_mask), Some(&attention_mask(&key_mask, 0, 6)), None)));
+        let (ids, key_mask) =
+            lincal_model::generate::left_pad(&[short.to_vec(), long.to_vec()], 0, Device::Cpu);
+        let logits = tch::no_grad(|| {
+            model.logits(&model.forward(
+                &ids,
+                &positions_from_mask(&key_mask),
+                Some(&attention_mask(&key_mask, 0, 6)),
+                None,
+            ))
+        });
         let alone_short = full_logits(&model, &Tensor::from_slice(&short).view([1, 3]));
         let alone_long = full_logits(&model, &Tensor::from_slice(&long).view([1, 6]));
         assert!(max_abs_diff(&logits.get(0).narrow(0, 3, 3), &alone_short.get(0)) < 1e-5);
         assert!(max_abs_diff(&logits.get(1), &alone_long.get(0)) < 1e-5);
-        assert!(!bool::try_from(logits.isnan().any()).unwrap(), "pad rows must not produce NaN");
+        assert!(
+            !bool::try_from(logits.isnan().any()).unwrap(),
+            "pad rows must not produce NaN"
+        );
     }
 }
 
@@ -65,7 +90,10 @@ fn assert_same_weights(a: &CausalLm, b: &CausalLm) {
     for (name, ta) in &va {
         let tb = &vb[name];
         assert_eq!(ta.kind(), tb.kind(), "{name}");
-        assert!(bool::try_from(ta.eq_tensor(tb).all()).unwrap(), "{name} differs after the round trip");
+        assert!(
+            bool::try_from(ta.eq_tensor(tb).all()).unwrap(),
+            "{name} differs after the round trip"
+        );
     }
 }
 
@@ -121,21 +149,32 @@ fn bad_checkpoints_give_clear_errors() {
     let load = |d: &std::path::Path| CausalLm::load(d, Device::Cpu, None);
 
     let message = error_text(load(dir.path()));
-    assert!(message.contains("config.json") && message.contains("No such file"), "{message}");
+    assert!(
+        message.contains("config.json") && message.contains("No such file"),
+        "{message}"
+    );
 
     model.save(dir.path(), usize::MAX).unwrap();
     let config_path = dir.path().join("config.json");
     let good_config = std::fs::read_to_string(&config_path).unwrap();
     std::fs::write(&config_path, "{ not json").unwrap();
     let message = error_text(load(dir.path()));
-    assert!(message.contains("config.json") && message.contains("malformed JSON"), "{message}");
+    assert!(
+        message.contains("config.json") && message.contains("malformed JSON"),
+        "{message}"
+    );
 
     // Config promises a bigger model than the weights hold.
     let mut bigger: serde_json::Value = serde_json::from_str(&good_config).unwrap();
     bigger["intermediate_size"] = 50.into();
     std::fs::write(&config_path, bigger.to_string()).unwrap();
     let message = error_text(load(dir.path()));
-    assert!(message.contains("mlp.") && message.contains("[50, 32]") || message.contains("[32, 50]") || message.contains("[50]"), "{message}");
+    assert!(
+        message.contains("mlp.") && message.contains("[50, 32]")
+            || message.contains("[32, 50]")
+            || message.contains("[50]"),
+        "{message}"
+    );
     assert!(message.contains("model.safetensors"), "{message}");
 
     // Three layers in the config, two in the weights.
@@ -143,14 +182,20 @@ fn bad_checkpoints_give_clear_errors() {
     deeper["num_hidden_layers"] = 3.into();
     std::fs::write(&config_path, deeper.to_string()).unwrap();
     let message = error_text(load(dir.path()));
-    assert!(message.contains("model.layers.2.") && message.contains("missing"), "{message}");
+    assert!(
+        message.contains("model.layers.2.") && message.contains("missing"),
+        "{message}"
+    );
 
     std::fs::write(&config_path, &good_config).unwrap();
     let weights = dir.path().join("model.safetensors");
     let bytes = std::fs::read(&weights).unwrap();
     std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
     let message = error_text(load(dir.path()));
-    assert!(message.contains("model.safetensors") && message.contains("truncated"), "{message}");
+    assert!(
+        message.contains("model.safetensors") && message.contains("truncated"),
+        "{message}"
+    );
 
     std::fs::remove_file(&weights).unwrap();
     let message = error_text(load(dir.path()));
@@ -163,12 +208,23 @@ fn tokenizer_must_fit_the_model_vocabulary() {
     write_tokenizer(dir.path(), 100);
     let tokenizer = lincal_model::Tokenizer::from_dir(dir.path()).unwrap();
     let message = tokenizer.check_model_vocab(64).unwrap_err().to_string();
-    assert!(message.contains("tokenizer.json") && message.contains("token id 99") && message.contains("64 rows"), "{message}");
+    assert!(
+        message.contains("tokenizer.json")
+            && message.contains("token id 99")
+            && message.contains("64 rows"),
+        "{message}"
+    );
     tokenizer.check_model_vocab(100).unwrap();
 
     std::fs::write(dir.path().join("tokenizer.json"), "{\"version\":").unwrap();
-    let message = lincal_model::Tokenizer::from_dir(dir.path()).err().unwrap().to_string();
-    assert!(message.contains("tokenizer.json") && message.contains("cannot be read"), "{message}");
+    let message = lincal_model::Tokenizer::from_dir(dir.path())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("tokenizer.json") && message.contains("cannot be read"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -176,6 +232,9 @@ fn config_without_model_type_names_the_field() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.json"), r#"{"hidden_size": 8}"#).unwrap();
     let message = error_text(CausalLm::load(dir.path(), Device::Cpu, None));
-    assert!(message.contains("config.json") && message.contains("model_type"), "{message}");
+    assert!(
+        message.contains("config.json") && message.contains("model_type"),
+        "{message}"
+    );
     let _ = ModelConfig::from_json("{}").unwrap_err();
 }

@@ -1,8 +1,8 @@
 //! Weight-diff recovery round trip on a tiny model.
 
-use lincal_model::testing::*;
-use lincal_model::recover::{SUM_FILE, recover};
 use lincal_model::CausalLm;
+use lincal_model::recover::{SUM_FILE, recover};
+use lincal_model::testing::*;
 use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor};
 
@@ -41,8 +41,20 @@ fn recovery_round_trips_and_keeps_resized_rows() {
     let (_, tuned, sum) = make_diff(dir.path());
     std::fs::write(dir.path().join("diff").join(SUM_FILE), format!("{sum}\n")).unwrap();
     let out = dir.path().join("recovered");
-    let report = recover(&dir.path().join("base"), &dir.path().join("diff"), &out, true).unwrap();
-    assert_eq!(report.kept, vec!["lm_head.weight".to_string(), "model.embed_tokens.weight".to_string()]);
+    let report = recover(
+        &dir.path().join("base"),
+        &dir.path().join("diff"),
+        &out,
+        true,
+    )
+    .unwrap();
+    assert_eq!(
+        report.kept,
+        vec![
+            "lm_head.weight".to_string(),
+            "model.embed_tokens.weight".to_string()
+        ]
+    );
     assert_eq!(report.added, report.tensors - 2);
     let recovered = CausalLm::load(&out, Device::Cpu, Some(Kind::Float)).unwrap();
     for (name, t) in tuned.var_store().variables() {
@@ -58,16 +70,46 @@ fn recovery_round_trips_and_keeps_resized_rows() {
 fn recovery_refuses_a_wrong_sum_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (_, _, sum) = make_diff(dir.path());
-    std::fs::write(dir.path().join("diff").join(SUM_FILE), format!("{}", sum + 1.0)).unwrap();
+    std::fs::write(
+        dir.path().join("diff").join(SUM_FILE),
+        format!("{}", sum + 1.0),
+    )
+    .unwrap();
     let out = dir.path().join("recovered");
-    let message = recover(&dir.path().join("base"), &dir.path().join("diff"), &out, true).unwrap_err().to_string();
-    assert!(message.contains(SUM_FILE) && message.contains("expected"), "{message}");
-    assert!(!out.exists(), "nothing may appear at the output after a failed check");
+    let message = recover(
+        &dir.path().join("base"),
+        &dir.path().join("diff"),
+        &out,
+        true,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        message.contains(SUM_FILE) && message.contains("expected"),
+        "{message}"
+    );
+    assert!(
+        !out.exists(),
+        "nothing may appear at the output after a failed check"
+    );
 
     std::fs::remove_file(dir.path().join("diff").join(SUM_FILE)).unwrap();
-    let message = recover(&dir.path().join("base"), &dir.path().join("diff"), &out, true).unwrap_err().to_string();
+    let message = recover(
+        &dir.path().join("base"),
+        &dir.path().join("diff"),
+        &out,
+        true,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(message.contains("--skip-sum-check"), "{message}");
-    let report = recover(&dir.path().join("base"), &dir.path().join("diff"), &out, false).unwrap();
+    let report = recover(
+        &dir.path().join("base"),
+        &dir.path().join("diff"),
+        &out,
+        false,
+    )
+    .unwrap();
     assert_eq!(report.expected_sum, None);
     assert!(out.join("model.safetensors").exists() && out.join("config.json").exists());
 }

@@ -2,11 +2,11 @@
 //! for a bf16 model) exactly as the trainer runs them, on random tokens.
 
 use crate::data::{TokenRow, collate_sft};
-use crate::train_loop::backward_loss;
-use crate::training_run::synchronize;
 use crate::error::{Result, TrainError};
 use crate::optim::{AdamWConfig, TrainableParams};
 use crate::sft::labelled_loss_sum;
+use crate::train_loop::backward_loss;
+use crate::training_run::synchronize;
 use lincal_model::CausalLm;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -40,36 +40,76 @@ pub struct SftBench {
 /// `model` (whose weights it trains: use a throwaway copy) and times the last `steps`, with
 /// the device synchronised before and after.
 pub fn bench_sft(model: &CausalLm, settings: &SftBenchSettings) -> Result<SftBench> {
-    let SftBenchSettings { batch_size, seq_len, steps, warmup_steps, gradient_checkpointing, master_weights } = *settings;
+    let SftBenchSettings {
+        batch_size,
+        seq_len,
+        steps,
+        warmup_steps,
+        gradient_checkpointing,
+        master_weights,
+    } = *settings;
     if batch_size == 0 || steps == 0 || seq_len < 2 {
-        return Err(TrainError::config("bench", format!("needs batch size >= 1, steps >= 1 and sequence length >= 2; got {batch_size}, {steps}, {seq_len}")));
+        return Err(TrainError::config(
+            "bench",
+            format!(
+                "needs batch size >= 1, steps >= 1 and sequence length >= 2; \
+                 got {batch_size}, {steps}, {seq_len}"
+            ),
+        ));
     }
     let vocab = model.config().vocab_size();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let rows: Vec<TokenRow> = (0..batch_size)
         .map(|_| {
             let ids: Vec<i64> = (0..seq_len).map(|_| rng.random_range(0..vocab)).collect();
-            TokenRow { labels: ids.clone(), input_ids: ids, starts: vec![0] }
+            TokenRow {
+                labels: ids.clone(),
+                input_ids: ids,
+                starts: vec![0],
+            }
         })
         .collect();
     let batch = collate_sft(&rows.iter().collect::<Vec<_>>(), 0, model.device());
     let labelled = (batch_size * (seq_len - 1)) as f64;
     let named: Vec<(String, tch::Tensor)> = model.var_store().variables().into_iter().collect();
-    let mut params = TrainableParams::new(named, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }, master_weights);
+    let mut params = TrainableParams::new(
+        named,
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+        master_weights,
+    );
     let mut started = Instant::now();
     for step in 0..warmup_steps + steps {
         if step == warmup_steps {
             synchronize(model.device());
             started = Instant::now();
         }
-        let _loss = backward_loss(model, gradient_checkpointing, &batch.input_ids, &batch.positions, batch.mask.as_ref(), labelled, |hidden| labelled_loss_sum(model, hidden, &batch));
+        let _loss = backward_loss(
+            model,
+            gradient_checkpointing,
+            &batch.input_ids,
+            &batch.positions,
+            batch.mask.as_ref(),
+            labelled,
+            |hidden| labelled_loss_sum(model, hidden, &batch),
+        );
         params.accumulate_grads();
         params.step(1e-5, 1.0);
     }
     synchronize(model.device());
     let seconds = started.elapsed().as_secs_f64();
     let tokens_per_step = batch_size * seq_len;
-    Ok(SftBench { tokens_per_second: (tokens_per_step * steps) as f64 / seconds, seconds_per_step: seconds / steps as f64, tokens_per_step, steps, parameters: params.num_parameters() })
+    Ok(SftBench {
+        tokens_per_second: (tokens_per_step * steps) as f64 / seconds,
+        seconds_per_step: seconds / steps as f64,
+        tokens_per_step,
+        steps,
+        parameters: params.num_parameters(),
+    })
 }
 
 #[cfg(test)]
@@ -78,15 +118,35 @@ mod tests {
 
     #[test]
     fn bench_runs_training_steps_and_counts_tokens() {
-        let model = lincal_model::testing::random_model(lincal_model::testing::tiny_llama(false), 1);
+        let model =
+            lincal_model::testing::random_model(lincal_model::testing::tiny_llama(false), 1);
         let before = model.var_store().variables()["lm_head.weight"].copy();
-        let settings = SftBenchSettings { batch_size: 2, seq_len: 8, steps: 2, warmup_steps: 1, gradient_checkpointing: true, master_weights: true };
+        let settings = SftBenchSettings {
+            batch_size: 2,
+            seq_len: 8,
+            steps: 2,
+            warmup_steps: 1,
+            gradient_checkpointing: true,
+            master_weights: true,
+        };
         let result = bench_sft(&model, &settings).unwrap();
         assert_eq!((result.tokens_per_step, result.steps), (16, 2));
         assert!(result.tokens_per_second > 0.0);
         // Three AdamW steps moved the weights.
         assert!(!model.var_store().variables()["lm_head.weight"].equal(&before));
-        let err = bench_sft(&model, &SftBenchSettings { seq_len: 1, ..settings }).unwrap_err().to_string();
-        assert_eq!(err, "config field `bench`: needs batch size >= 1, steps >= 1 and sequence length >= 2; got 2, 2, 1");
+        let err = bench_sft(
+            &model,
+            &SftBenchSettings {
+                seq_len: 1,
+                ..settings
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "config field `bench`: needs batch size >= 1, steps >= 1 and \
+             sequence length >= 2; got 2, 2, 1"
+        );
     }
 }

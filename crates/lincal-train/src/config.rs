@@ -94,7 +94,14 @@ pub struct TrainingConfig {
 
 impl TrainingConfig {
     /// The settings common to the reference's SFT and reward-model scripts.
-    fn reference(learning_rate: f64, epochs: f64, batch_size: usize, micro_batch_size: usize, eval_batch_size: usize, warmup_ratio: f64) -> Self {
+    fn reference(
+        learning_rate: f64,
+        epochs: f64,
+        batch_size: usize,
+        micro_batch_size: usize,
+        eval_batch_size: usize,
+        warmup_ratio: f64,
+    ) -> Self {
         TrainingConfig {
             learning_rate,
             epochs,
@@ -129,7 +136,10 @@ impl TrainingConfig {
     /// the same fractions of training.
     pub fn scaled(&self, scale: f64) -> Result<Self> {
         if !(scale > 0.0 && scale <= 1.0) {
-            return Err(TrainError::config("scale", format!("must be in (0, 1], got {scale}")));
+            return Err(TrainError::config(
+                "scale",
+                format!("must be in (0, 1], got {scale}"),
+            ));
         }
         let shrink = |n: f64| (n * scale).round().max(1.0);
         let batch = shrink(self.batch_size as f64) as usize;
@@ -145,34 +155,73 @@ impl TrainingConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        let positive = |field: &str, v: f64| if v.is_finite() && v > 0.0 { Ok(()) } else { Err(TrainError::config(field, format!("must be a positive number, got {v}"))) };
+        let positive = |field: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(TrainError::config(
+                    field,
+                    format!("must be a positive number, got {v}"),
+                ))
+            }
+        };
         positive("training.learning_rate", self.learning_rate)?;
         positive("training.epochs", self.epochs)?;
         positive("training.adam_epsilon", self.adam_epsilon)?;
-        for (field, v) in [("training.batch_size", self.batch_size), ("training.micro_batch_size", self.micro_batch_size), ("training.eval_batch_size", self.eval_batch_size), ("training.keep_checkpoints", self.keep_checkpoints)] {
+        for (field, v) in [
+            ("training.batch_size", self.batch_size),
+            ("training.micro_batch_size", self.micro_batch_size),
+            ("training.eval_batch_size", self.eval_batch_size),
+            ("training.keep_checkpoints", self.keep_checkpoints),
+        ] {
             if v == 0 {
                 return Err(TrainError::config(field, "must be at least 1"));
             }
         }
         if !self.batch_size.is_multiple_of(self.micro_batch_size) {
-            return Err(TrainError::config("training.batch_size", format!("must be a multiple of micro_batch_size ({}), got {}", self.micro_batch_size, self.batch_size)));
+            return Err(TrainError::config(
+                "training.batch_size",
+                format!(
+                    "must be a multiple of micro_batch_size ({}), got {}",
+                    self.micro_batch_size, self.batch_size
+                ),
+            ));
         }
-        for (field, v) in [("training.eval_every", self.eval_every), ("training.save_every", self.save_every)] {
+        for (field, v) in [
+            ("training.eval_every", self.eval_every),
+            ("training.save_every", self.save_every),
+        ] {
             if v == 0 {
                 return Err(TrainError::config(field, "must be at least 1 step"));
             }
         }
         if self.max_steps == Some(0) {
-            return Err(TrainError::config("training.max_steps", "must be at least 1 when set"));
+            return Err(TrainError::config(
+                "training.max_steps",
+                "must be at least 1 when set",
+            ));
         }
-        for (field, v) in [("training.warmup_ratio", self.warmup_ratio), ("training.adam_beta1", self.adam_beta1), ("training.adam_beta2", self.adam_beta2)] {
+        for (field, v) in [
+            ("training.warmup_ratio", self.warmup_ratio),
+            ("training.adam_beta1", self.adam_beta1),
+            ("training.adam_beta2", self.adam_beta2),
+        ] {
             if !(0.0..1.0).contains(&v) {
-                return Err(TrainError::config(field, format!("must be in [0, 1), got {v}")));
+                return Err(TrainError::config(
+                    field,
+                    format!("must be in [0, 1), got {v}"),
+                ));
             }
         }
-        for (field, v) in [("training.weight_decay", self.weight_decay), ("training.max_grad_norm", self.max_grad_norm)] {
+        for (field, v) in [
+            ("training.weight_decay", self.weight_decay),
+            ("training.max_grad_norm", self.max_grad_norm),
+        ] {
             if !(v.is_finite() && v >= 0.0) {
-                return Err(TrainError::config(field, format!("must be a number >= 0, got {v}")));
+                return Err(TrainError::config(
+                    field,
+                    format!("must be a number >= 0, got {v}"),
+                ));
             }
         }
         Ok(())
@@ -198,7 +247,12 @@ pub struct SftConfig {
 }
 
 /// SFT presets, one per reference script.
-pub const SFT_PRESETS: [&str; 4] = ["lc_sft", "factuality_sft", "claude_distill", "extract_answers"];
+pub const SFT_PRESETS: [&str; 4] = [
+    "lc_sft",
+    "factuality_sft",
+    "claude_distill",
+    "extract_answers",
+];
 
 impl SftConfig {
     /// The hyperparameters of `examples/scripts/<name>.sh` (global batch = 4 GPUs × per-device
@@ -210,14 +264,28 @@ impl SftConfig {
             "factuality_sft" => TrainingConfig::reference(8e-7, 3.0, 32, 4, 8, 0.03),
             "claude_distill" => TrainingConfig::reference(3e-6, 3.0, 32, 4, 8, 0.03),
             "extract_answers" => TrainingConfig::reference(5e-6, 5.0, 256, 4, 8, 0.03),
-            other => return Err(TrainError::config("preset", format!("unknown SFT preset \"{other}\"; choose one of {SFT_PRESETS:?}"))),
+            other => {
+                return Err(TrainError::config(
+                    "preset",
+                    format!("unknown SFT preset \"{other}\"; choose one of {SFT_PRESETS:?}"),
+                ));
+            }
         };
-        Ok(SftConfig { model_max_length: 1024, packing: false, pad_token: "[PAD]".into(), lora: None, training })
+        Ok(SftConfig {
+            model_max_length: 1024,
+            packing: false,
+            pad_token: "[PAD]".into(),
+            lora: None,
+            training,
+        })
     }
 
     pub fn validate(&self) -> Result<()> {
         if self.model_max_length < 2 {
-            return Err(TrainError::config("model_max_length", format!("must be at least 2 tokens, got {}", self.model_max_length)));
+            return Err(TrainError::config(
+                "model_max_length",
+                format!("must be at least 2 tokens, got {}", self.model_max_length),
+            ));
         }
         if self.pad_token.is_empty() {
             return Err(TrainError::config("pad_token", "must not be empty"));
@@ -251,14 +319,30 @@ impl RewardModelConfig {
             // Both scripts share their hyperparameters: per-device batch 2 (eval 4) × 32
             // accumulation × 4 GPUs.
             "forecast_probs" | "factuality" => TrainingConfig::reference(5e-6, 5.0, 256, 2, 4, 0.1),
-            other => return Err(TrainError::config("preset", format!("unknown reward-model preset \"{other}\"; choose one of {REWARD_MODEL_PRESETS:?}"))),
+            other => {
+                return Err(TrainError::config(
+                    "preset",
+                    format!(
+                        "unknown reward-model preset \"{other}\"; \
+                         choose one of {REWARD_MODEL_PRESETS:?}"
+                    ),
+                ));
+            }
         };
-        Ok(RewardModelConfig { model_max_length: 1024, pad_token: "[PAD]".into(), lora: None, training })
+        Ok(RewardModelConfig {
+            model_max_length: 1024,
+            pad_token: "[PAD]".into(),
+            lora: None,
+            training,
+        })
     }
 
     pub fn validate(&self) -> Result<()> {
         if self.model_max_length < 1 {
-            return Err(TrainError::config("model_max_length", "must be at least 1 token"));
+            return Err(TrainError::config(
+                "model_max_length",
+                "must be at least 1 token",
+            ));
         }
         if self.pad_token.is_empty() {
             return Err(TrainError::config("pad_token", "must not be empty"));
@@ -273,21 +357,38 @@ impl RewardModelConfig {
 /// Applies `key=value` overrides (dotted paths such as `training.learning_rate=1e-5`) to any
 /// config. Values are read as JSON (numbers, booleans, lists, quoted strings) or else taken as
 /// a plain string, so `training.schedule=linear` works.
-pub fn with_overrides<C: Serialize + DeserializeOwned>(config: &C, overrides: &[String]) -> Result<C> {
+pub fn with_overrides<C: Serialize + DeserializeOwned>(
+    config: &C,
+    overrides: &[String],
+) -> Result<C> {
     let mut value = serde_json::to_value(config).expect("configs serialise");
     for assignment in overrides {
-        let (key, raw) = assignment.split_once('=').ok_or_else(|| TrainError::config(assignment, "an override is written key=value, e.g. training.learning_rate=1e-5"))?;
+        let (key, raw) = assignment.split_once('=').ok_or_else(|| {
+            TrainError::config(
+                assignment,
+                "an override is written key=value, e.g. training.learning_rate=1e-5",
+            )
+        })?;
         let key = key.trim();
-        let parsed = serde_json::from_str(raw.trim()).unwrap_or_else(|_| serde_json::Value::String(raw.trim().to_string()));
+        let parsed = serde_json::from_str(raw.trim())
+            .unwrap_or_else(|_| serde_json::Value::String(raw.trim().to_string()));
         let mut node = &mut value;
         let parts: Vec<&str> = key.split('.').collect();
         for (depth, part) in parts.iter().enumerate() {
-            let object = node.as_object_mut().ok_or_else(|| TrainError::config(key, format!("`{}` is not a table", parts[..depth].join("."))))?;
+            let object = node.as_object_mut().ok_or_else(|| {
+                TrainError::config(
+                    key,
+                    format!("`{}` is not a table", parts[..depth].join(".")),
+                )
+            })?;
             let last = depth + 1 == parts.len();
             if !object.contains_key(*part) {
                 // Optional tables and fields are absent until set.
                 if !last {
-                    object.insert(part.to_string(), serde_json::Value::Object(Default::default()));
+                    object.insert(
+                        part.to_string(),
+                        serde_json::Value::Object(Default::default()),
+                    );
                 } else {
                     object.insert(part.to_string(), serde_json::Value::Null);
                 }
@@ -296,7 +397,8 @@ pub fn with_overrides<C: Serialize + DeserializeOwned>(config: &C, overrides: &[
         }
         *node = parsed;
     }
-    serde_path_to_error::deserialize(value).map_err(|e| TrainError::config(&e.path().to_string(), e.into_inner().to_string()))
+    serde_path_to_error::deserialize(value)
+        .map_err(|e| TrainError::config(&e.path().to_string(), e.into_inner().to_string()))
 }
 
 #[cfg(test)]
@@ -306,51 +408,154 @@ mod tests {
     #[test]
     fn presets_carry_the_reference_hyperparameters() {
         let lc = SftConfig::preset("lc_sft").unwrap();
-        assert_eq!((lc.training.learning_rate, lc.training.epochs, lc.training.batch_size, lc.training.accumulation_steps()), (5e-6, 3.0, 32, 8));
-        assert_eq!((lc.training.warmup_ratio, lc.training.schedule, lc.model_max_length, lc.training.weight_decay), (0.03, Schedule::Cosine, 1024, 0.0));
-        assert_eq!(SftConfig::preset("factuality_sft").unwrap().training.learning_rate, 8e-7);
-        assert_eq!(SftConfig::preset("claude_distill").unwrap().training.learning_rate, 3e-6);
+        assert_eq!(
+            (
+                lc.training.learning_rate,
+                lc.training.epochs,
+                lc.training.batch_size,
+                lc.training.accumulation_steps()
+            ),
+            (5e-6, 3.0, 32, 8)
+        );
+        assert_eq!(
+            (
+                lc.training.warmup_ratio,
+                lc.training.schedule,
+                lc.model_max_length,
+                lc.training.weight_decay
+            ),
+            (0.03, Schedule::Cosine, 1024, 0.0)
+        );
+        assert_eq!(
+            SftConfig::preset("factuality_sft")
+                .unwrap()
+                .training
+                .learning_rate,
+            8e-7
+        );
+        assert_eq!(
+            SftConfig::preset("claude_distill")
+                .unwrap()
+                .training
+                .learning_rate,
+            3e-6
+        );
         let extract = SftConfig::preset("extract_answers").unwrap();
-        assert_eq!((extract.training.epochs, extract.training.batch_size), (5.0, 256));
+        assert_eq!(
+            (extract.training.epochs, extract.training.batch_size),
+            (5.0, 256)
+        );
         let rm = RewardModelConfig::preset("forecast_probs").unwrap();
-        assert_eq!((rm.training.batch_size, rm.training.micro_batch_size, rm.training.warmup_ratio, rm.training.epochs), (256, 2, 0.1, 5.0));
+        assert_eq!(
+            (
+                rm.training.batch_size,
+                rm.training.micro_batch_size,
+                rm.training.warmup_ratio,
+                rm.training.epochs
+            ),
+            (256, 2, 0.1, 5.0)
+        );
         let err = SftConfig::preset("lc_rl").unwrap_err().to_string();
-        assert_eq!(err, "config field `preset`: unknown SFT preset \"lc_rl\"; choose one of [\"lc_sft\", \"factuality_sft\", \"claude_distill\", \"extract_answers\"]");
+        assert_eq!(
+            err,
+            "config field `preset`: unknown SFT preset \"lc_rl\"; choose one of [\"lc_sft\", \
+             \"factuality_sft\", \"claude_distill\", \"extract_answers\"]"
+        );
     }
 
     #[test]
     fn scale_shrinks_batch_epochs_and_intervals() {
-        let t = SftConfig::preset("lc_sft").unwrap().training.scaled(0.1).unwrap();
+        let t = SftConfig::preset("lc_sft")
+            .unwrap()
+            .training
+            .scaled(0.1)
+            .unwrap();
         // batch 32 → 3 (micro 4 → 3), epochs 3 → 0.3, intervals 25 → 3 (rounded).
-        assert_eq!((t.batch_size, t.micro_batch_size, t.eval_every, t.save_every), (3, 3, 3, 3));
+        assert_eq!(
+            (t.batch_size, t.micro_batch_size, t.eval_every, t.save_every),
+            (3, 3, 3, 3)
+        );
         assert!((t.epochs - 0.3).abs() < 1e-12);
-        let t = RewardModelConfig::preset("factuality").unwrap().training.scaled(0.1).unwrap();
+        let t = RewardModelConfig::preset("factuality")
+            .unwrap()
+            .training
+            .scaled(0.1)
+            .unwrap();
         assert_eq!((t.batch_size, t.micro_batch_size), (26, 2));
         assert!(t.validate().is_ok());
-        assert_eq!(t.scaled(0.0).unwrap_err().to_string(), "config field `scale`: must be in (0, 1], got 0");
+        assert_eq!(
+            t.scaled(0.0).unwrap_err().to_string(),
+            "config field `scale`: must be in (0, 1], got 0"
+        );
     }
 
     #[test]
     fn overrides_set_nested_fields_and_name_bad_ones() {
         let config = SftConfig::preset("lc_sft").unwrap();
-        let set = |items: &[&str]| with_overrides(&config, &items.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        let changed = set(&["training.learning_rate=1e-4", "training.schedule=linear", "packing=true", "lora.r=8", "lora.alpha=16", "lora.target_modules=[\"q_proj\"]"]).unwrap();
-        assert_eq!((changed.training.learning_rate, changed.training.schedule, changed.packing), (1e-4, Schedule::Linear, true));
-        assert_eq!(changed.lora.unwrap(), LoraConfig { r: 8, alpha: 16.0, dropout: 0.0, target_modules: vec!["q_proj".into()] });
+        let set = |items: &[&str]| {
+            with_overrides(
+                &config,
+                &items.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        let changed = set(&[
+            "training.learning_rate=1e-4",
+            "training.schedule=linear",
+            "packing=true",
+            "lora.r=8",
+            "lora.alpha=16",
+            "lora.target_modules=[\"q_proj\"]",
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                changed.training.learning_rate,
+                changed.training.schedule,
+                changed.packing
+            ),
+            (1e-4, Schedule::Linear, true)
+        );
+        assert_eq!(
+            changed.lora.unwrap(),
+            LoraConfig {
+                r: 8,
+                alpha: 16.0,
+                dropout: 0.0,
+                target_modules: vec!["q_proj".into()]
+            }
+        );
         let err = set(&["training.lr=1e-4"]).unwrap_err().to_string();
-        assert!(err.starts_with("config field `training.lr`: unknown field `lr`, expected one of `learning_rate`"), "{err}");
+        assert!(
+            err.starts_with(
+                "config field `training.lr`: unknown field `lr`, expected one of `learning_rate`"
+            ),
+            "{err}"
+        );
         let err = set(&["training.batch_size=-3"]).unwrap_err().to_string();
-        assert!(err.starts_with("config field `training.batch_size`: invalid value: integer `-3`"), "{err}");
-        assert_eq!(set(&["packing"]).unwrap_err().to_string(), "config field `packing`: an override is written key=value, e.g. training.learning_rate=1e-5");
+        assert!(
+            err.starts_with("config field `training.batch_size`: invalid value: integer `-3`"),
+            "{err}"
+        );
+        assert_eq!(
+            set(&["packing"]).unwrap_err().to_string(),
+            "config field `packing`: an override is written key=value, e.g. \
+             training.learning_rate=1e-5"
+        );
     }
 
     #[test]
     fn validation_names_the_field() {
         let mut config = SftConfig::preset("lc_sft").unwrap();
         config.training.batch_size = 30;
-        assert_eq!(config.validate().unwrap_err().to_string(), "config field `training.batch_size`: must be a multiple of micro_batch_size (4), got 30");
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "config field `training.batch_size`: must be a multiple of micro_batch_size (4), got 30"
+        );
         let mut config = RewardModelConfig::preset("forecast_probs").unwrap();
         config.training.warmup_ratio = 1.5;
-        assert_eq!(config.validate().unwrap_err().to_string(), "config field `training.warmup_ratio`: must be in [0, 1), got 1.5");
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "config field `training.warmup_ratio`: must be in [0, 1), got 1.5"
+        );
     }
 }

@@ -35,22 +35,46 @@ impl TokenRow {
 /// Tokenises prompt + target + EOS as the reference: the whole string is encoded with the
 /// tokenizer's special tokens (BOS for Llama), the first `len(encode(prompt))` positions are
 /// masked, and the sequence is truncated to `max_len` (which may cut the EOS).
-pub fn tokenize_sft(tokenizer: &Tokenizer, example: &SftExample, eos_id: i64, max_len: usize) -> Result<TokenRow> {
+pub fn tokenize_sft(
+    tokenizer: &Tokenizer,
+    example: &SftExample,
+    eos_id: i64,
+    max_len: usize,
+) -> Result<TokenRow> {
     let prompt_len = tokenizer.encode(&example.prompt, true)?.len();
     let mut input_ids = tokenizer.encode(&format!("{}{}", example.prompt, example.target), true)?;
     input_ids.push(eos_id);
     input_ids.truncate(max_len);
-    let labels = input_ids.iter().enumerate().map(|(i, &id)| if i < prompt_len { IGNORE_INDEX } else { id }).collect();
-    Ok(TokenRow { input_ids, labels, starts: vec![0] })
+    let labels = input_ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| if i < prompt_len { IGNORE_INDEX } else { id })
+        .collect();
+    Ok(TokenRow {
+        input_ids,
+        labels,
+        starts: vec![0],
+    })
 }
 
 /// Tokenises `examples`, dropping those left without a target token by truncation (they
 /// would carry no loss). Returns the rows and the indices of the dropped examples.
-pub fn tokenize_sft_set(tokenizer: &Tokenizer, examples: &[SftExample], eos_id: i64, max_len: usize, set: &'static str) -> Result<(Vec<TokenRow>, Vec<usize>)> {
+pub fn tokenize_sft_set(
+    tokenizer: &Tokenizer,
+    examples: &[SftExample],
+    eos_id: i64,
+    max_len: usize,
+    set: &'static str,
+) -> Result<(Vec<TokenRow>, Vec<usize>)> {
     let mut rows = Vec::with_capacity(examples.len());
     let mut dropped = Vec::new();
     for (index, example) in examples.iter().enumerate() {
-        let row = tokenize_sft(tokenizer, example, eos_id, max_len).map_err(|e| TrainError::Data { set, index, message: e.to_string() })?;
+        let row =
+            tokenize_sft(tokenizer, example, eos_id, max_len).map_err(|e| TrainError::Data {
+                set,
+                index,
+                message: e.to_string(),
+            })?;
         if row.target_tokens() == 0 {
             dropped.push(index);
         } else {
@@ -97,10 +121,24 @@ pub fn collate_sft(rows: &[&TokenRow], pad_id: i64, device: Device) -> SftBatch 
     let mut segments = Vec::with_capacity(rows.len() * width);
     for row in rows {
         let pad = width - row.input_ids.len();
-        ids.extend(row.input_ids.iter().copied().chain(std::iter::repeat_n(pad_id, pad)));
-        labels.extend(row.labels.iter().copied().chain(std::iter::repeat_n(IGNORE_INDEX, pad)));
+        ids.extend(
+            row.input_ids
+                .iter()
+                .copied()
+                .chain(std::iter::repeat_n(pad_id, pad)),
+        );
+        labels.extend(
+            row.labels
+                .iter()
+                .copied()
+                .chain(std::iter::repeat_n(IGNORE_INDEX, pad)),
+        );
         for (segment, &start) in row.starts.iter().enumerate() {
-            let end = row.starts.get(segment + 1).copied().unwrap_or(row.input_ids.len());
+            let end = row
+                .starts
+                .get(segment + 1)
+                .copied()
+                .unwrap_or(row.input_ids.len());
             positions.extend((0..(end - start) as i64).collect::<Vec<_>>());
             segments.extend(std::iter::repeat_n(segment as i64, end - start));
         }
@@ -140,9 +178,18 @@ pub struct LeftPaddedBatch {
 }
 
 pub fn collate_left_padded(rows: &[&[i64]], pad_id: i64, device: Device) -> LeftPaddedBatch {
-    let (ids, key_mask) = lincal_model::generate::left_pad(&rows.iter().map(|r| r.to_vec()).collect::<Vec<_>>(), pad_id, device);
+    let (ids, key_mask) = lincal_model::generate::left_pad(
+        &rows.iter().map(|r| r.to_vec()).collect::<Vec<_>>(),
+        pad_id,
+        device,
+    );
     let width = ids.size()[1];
-    LeftPaddedBatch { positions: positions_from_mask(&key_mask), mask: attention_mask(&key_mask, 0, width), input_ids: ids, tokens: rows.iter().map(|r| r.len()).sum() }
+    LeftPaddedBatch {
+        positions: positions_from_mask(&key_mask),
+        mask: attention_mask(&key_mask, 0, width),
+        input_ids: ids,
+        tokens: rows.iter().map(|r| r.len()).sum(),
+    }
 }
 
 /// The order of the training units in `epoch`: a permutation drawn from its own ChaCha
@@ -184,43 +231,126 @@ mod tests {
     fn labels_mask_exactly_the_prompt_and_the_padding() {
         let (_dir, tok) = tokenizer();
         // The word-level test tokenizer maps "tN" to id N; EOS "</s>" is id 2.
-        let short = tokenize_sft(&tok, &SftExample { question_id: None, prompt: "t5 t6 t7".into(), target: " t8 t9".into() }, 2, 64).unwrap();
+        let short = tokenize_sft(
+            &tok,
+            &SftExample {
+                question_id: None,
+                prompt: "t5 t6 t7".into(),
+                target: " t8 t9".into(),
+            },
+            2,
+            64,
+        )
+        .unwrap();
         assert_eq!(short.input_ids, vec![5, 6, 7, 8, 9, 2]);
         assert_eq!(short.labels, vec![-100, -100, -100, 8, 9, 2]);
-        let long = tokenize_sft(&tok, &SftExample { question_id: None, prompt: "t10".into(), target: " t11 t12 t13 t14 t15".into() }, 2, 64).unwrap();
+        let long = tokenize_sft(
+            &tok,
+            &SftExample {
+                question_id: None,
+                prompt: "t10".into(),
+                target: " t11 t12 t13 t14 t15".into(),
+            },
+            2,
+            64,
+        )
+        .unwrap();
         assert_eq!(long.labels, vec![-100, 11, 12, 13, 14, 15, 2]);
         let batch = collate_sft(&[&short, &long], 63, Device::Cpu);
-        assert_eq!(Vec::<i64>::try_from(batch.input_ids.get(0)).unwrap(), vec![5, 6, 7, 8, 9, 2, 63]);
-        assert_eq!(Vec::<i64>::try_from(batch.labels.get(0)).unwrap(), vec![-100, -100, -100, 8, 9, 2, -100]);
-        assert_eq!(Vec::<i64>::try_from(batch.labels.get(1)).unwrap(), vec![-100, 11, 12, 13, 14, 15, 2]);
+        assert_eq!(
+            Vec::<i64>::try_from(batch.input_ids.get(0)).unwrap(),
+            vec![5, 6, 7, 8, 9, 2, 63]
+        );
+        assert_eq!(
+            Vec::<i64>::try_from(batch.labels.get(0)).unwrap(),
+            vec![-100, -100, -100, 8, 9, 2, -100]
+        );
+        assert_eq!(
+            Vec::<i64>::try_from(batch.labels.get(1)).unwrap(),
+            vec![-100, 11, 12, 13, 14, 15, 2]
+        );
         assert_eq!(batch.tokens, 13);
         assert!(batch.mask.is_none());
         // Truncation at 4 tokens keeps one target token and cuts the EOS.
-        let cut = tokenize_sft(&tok, &SftExample { question_id: None, prompt: "t5 t6 t7".into(), target: " t8 t9".into() }, 2, 4).unwrap();
-        assert_eq!((cut.input_ids, cut.labels), (vec![5, 6, 7, 8], vec![-100, -100, -100, 8]));
+        let cut = tokenize_sft(
+            &tok,
+            &SftExample {
+                question_id: None,
+                prompt: "t5 t6 t7".into(),
+                target: " t8 t9".into(),
+            },
+            2,
+            4,
+        )
+        .unwrap();
+        assert_eq!(
+            (cut.input_ids, cut.labels),
+            (vec![5, 6, 7, 8], vec![-100, -100, -100, 8])
+        );
         // A prompt that fills the window leaves no target: the example is dropped.
-        let examples = [SftExample { question_id: None, prompt: "t5 t6 t7 t8".into(), target: " t9".into() }, SftExample { question_id: None, prompt: "t5".into(), target: " t9".into() }];
+        let examples = [
+            SftExample {
+                question_id: None,
+                prompt: "t5 t6 t7 t8".into(),
+                target: " t9".into(),
+            },
+            SftExample {
+                question_id: None,
+                prompt: "t5".into(),
+                target: " t9".into(),
+            },
+        ];
         let (rows, dropped) = tokenize_sft_set(&tok, &examples, 2, 4, "train").unwrap();
         assert_eq!((rows.len(), dropped), (1, vec![0]));
     }
 
     #[test]
     fn packed_rows_restart_positions_and_attend_within_each_example() {
-        let a = TokenRow { input_ids: vec![5, 6, 2], labels: vec![-100, 6, 2], starts: vec![0] };
-        let b = TokenRow { input_ids: vec![7, 2], labels: vec![-100, 2], starts: vec![0] };
-        let c = TokenRow { input_ids: vec![8, 9, 10, 2], labels: vec![-100, 9, 10, 2], starts: vec![0] };
+        let a = TokenRow {
+            input_ids: vec![5, 6, 2],
+            labels: vec![-100, 6, 2],
+            starts: vec![0],
+        };
+        let b = TokenRow {
+            input_ids: vec![7, 2],
+            labels: vec![-100, 2],
+            starts: vec![0],
+        };
+        let c = TokenRow {
+            input_ids: vec![8, 9, 10, 2],
+            labels: vec![-100, 9, 10, 2],
+            starts: vec![0],
+        };
         let packed = pack_rows(&[a, b, c], 6);
         assert_eq!(packed.len(), 2);
-        assert_eq!((packed[0].input_ids.clone(), packed[0].starts.clone()), (vec![5, 6, 2, 7, 2], vec![0, 3]));
+        assert_eq!(
+            (packed[0].input_ids.clone(), packed[0].starts.clone()),
+            (vec![5, 6, 2, 7, 2], vec![0, 3])
+        );
         let batch = collate_sft(&[&packed[0], &packed[1]], 63, Device::Cpu);
-        assert_eq!(Vec::<i64>::try_from(batch.positions.get(0)).unwrap(), vec![0, 1, 2, 0, 1]);
-        assert_eq!(Vec::<i64>::try_from(batch.positions.get(1)).unwrap(), vec![0, 1, 2, 3, 0]);
+        assert_eq!(
+            Vec::<i64>::try_from(batch.positions.get(0)).unwrap(),
+            vec![0, 1, 2, 0, 1]
+        );
+        assert_eq!(
+            Vec::<i64>::try_from(batch.positions.get(1)).unwrap(),
+            vec![0, 1, 2, 3, 0]
+        );
         let mask = batch.mask.unwrap();
         // Token 3 (start of the second example) sees only itself; token 4 sees tokens 3 and 4.
-        assert_eq!(Vec::<bool>::try_from(mask.get(0).get(0).get(3)).unwrap(), vec![false, false, false, true, false]);
-        assert_eq!(Vec::<bool>::try_from(mask.get(0).get(0).get(4)).unwrap(), vec![false, false, false, true, true]);
+        assert_eq!(
+            Vec::<bool>::try_from(mask.get(0).get(0).get(3)).unwrap(),
+            vec![false, false, false, true, false]
+        );
+        assert_eq!(
+            Vec::<bool>::try_from(mask.get(0).get(0).get(4)).unwrap(),
+            vec![false, false, false, true, true]
+        );
         // The pad of row 1 sees only itself, never real tokens.
-        assert_eq!(Vec::<bool>::try_from(mask.get(1).get(0).get(4)).unwrap(), vec![false, false, false, false, true]);
+        assert_eq!(
+            Vec::<bool>::try_from(mask.get(1).get(0).get(4)).unwrap(),
+            vec![false, false, false, false, true]
+        );
     }
 
     #[test]
@@ -237,8 +367,14 @@ mod tests {
     #[test]
     fn left_padding_puts_the_last_real_token_last() {
         let batch = collate_left_padded(&[&[5, 6, 7], &[8]], 63, Device::Cpu);
-        assert_eq!(Vec::<i64>::try_from(batch.input_ids.get(1)).unwrap(), vec![63, 63, 8]);
-        assert_eq!(Vec::<i64>::try_from(batch.positions.get(1)).unwrap(), vec![0, 0, 0]);
+        assert_eq!(
+            Vec::<i64>::try_from(batch.input_ids.get(1)).unwrap(),
+            vec![63, 63, 8]
+        );
+        assert_eq!(
+            Vec::<i64>::try_from(batch.positions.get(1)).unwrap(),
+            vec![0, 0, 0]
+        );
         assert_eq!(batch.tokens, 4);
     }
 }

@@ -15,39 +15,120 @@ use tch::{Device, Kind};
 fn bf16_sft_and_reward_model_train_on_the_gpu() {
     let device = Device::Cuda(0);
     let model_dir = tiny_model_dir();
-    let data: Vec<SftExample> = [("t5 t6", " t20 t21 t22"), ("t7 t8 t9", " t23 t24"), ("t10", " t25 t26 t27 t28"), ("t11 t12", " t29")].iter().map(|(p, t)| SftExample { question_id: None, prompt: p.to_string(), target: t.to_string() }).collect();
+    let data: Vec<SftExample> = [
+        ("t5 t6", " t20 t21 t22"),
+        ("t7 t8 t9", " t23 t24"),
+        ("t10", " t25 t26 t27 t28"),
+        ("t11 t12", " t29"),
+    ]
+    .iter()
+    .map(|(p, t)| SftExample {
+        question_id: None,
+        prompt: p.to_string(),
+        target: t.to_string(),
+    })
+    .collect();
     let run = tempfile::tempdir().unwrap();
     let mut training = quick_training(1e-2, 60.0, 4, 2);
     training.precision = Precision::Auto;
-    let config = SftConfig { model_max_length: 64, packing: false, pad_token: "[PAD]".into(), lora: None, training: training.clone() };
-    let mut trainer = SftTrainer::new(model_dir.path(), device, &config, &data, &data, &run_options(run.path())).unwrap();
+    let config = SftConfig {
+        model_max_length: 64,
+        packing: false,
+        pad_token: "[PAD]".into(),
+        lora: None,
+        training: training.clone(),
+    };
+    let mut trainer = SftTrainer::new(
+        model_dir.path(),
+        device,
+        &config,
+        &data,
+        &data,
+        &run_options(run.path()),
+    )
+    .unwrap();
     assert_eq!(trainer.model().kind(), Kind::BFloat16);
     let summary = trainer.train(None).unwrap();
     eprintln!("gpu sft: final eval loss {:?}", summary.eval);
     assert!(summary.eval[0].1 < 0.1);
-    assert_eq!(CausalLm::load(summary.final_dir.as_ref().unwrap(), Device::Cpu, None).unwrap().kind(), Kind::Float);
+    assert_eq!(
+        CausalLm::load(summary.final_dir.as_ref().unwrap(), Device::Cpu, None)
+            .unwrap()
+            .kind(),
+        Kind::Float
+    );
 
-    let examples: Vec<RewardExample> = [("t5 t6 t7", 0.1), ("t8 t9", 0.35), ("t10 t11 t12 t13", 0.6), ("t14", 0.9)].iter().map(|(t, l)| RewardExample { question_id: None, prompt: t.to_string(), label: *l }).collect();
+    let examples: Vec<RewardExample> = [
+        ("t5 t6 t7", 0.1),
+        ("t8 t9", 0.35),
+        ("t10 t11 t12 t13", 0.6),
+        ("t14", 0.9),
+    ]
+    .iter()
+    .map(|(t, l)| RewardExample {
+        question_id: None,
+        prompt: t.to_string(),
+        label: *l,
+    })
+    .collect();
     let run = tempfile::tempdir().unwrap();
-    let config = RewardModelConfig { model_max_length: 64, pad_token: "[PAD]".into(), lora: None, training: crate::config::TrainingConfig { epochs: 80.0, ..training } };
-    let summary = RewardModelTrainer::new(model_dir.path(), device, &config, &examples, &examples, &run_options(run.path())).unwrap().train(None).unwrap();
+    let config = RewardModelConfig {
+        model_max_length: 64,
+        pad_token: "[PAD]".into(),
+        lora: None,
+        training: crate::config::TrainingConfig {
+            epochs: 80.0,
+            ..training
+        },
+    };
+    let summary = RewardModelTrainer::new(
+        model_dir.path(),
+        device,
+        &config,
+        &examples,
+        &examples,
+        &run_options(run.path()),
+    )
+    .unwrap()
+    .train(None)
+    .unwrap();
     eprintln!("gpu reward model: final eval {:?}", summary.eval);
-    assert!(summary.eval.iter().find(|(n, _)| n == "eval_mse").unwrap().1 < 5e-3);
+    assert!(
+        summary
+            .eval
+            .iter()
+            .find(|(n, _)| n == "eval_mse")
+            .unwrap()
+            .1
+            < 5e-3
+    );
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn sft_throughput_of_a_smollm2_shaped_model() {
-    let config = ModelConfig::from_json(
-        r#"{"model_type":"llama","vocab_size":49152,"hidden_size":576,"intermediate_size":1536,"num_hidden_layers":30,
-        "num_attention_heads":9,"num_key_value_heads":3,"rms_norm_eps":1e-5,"rope_theta":100000.0,"tie_word_embeddings":true}"#,
-    )
+    let config = ModelConfig::from_json(concat!(
+        r#"{"model_type":"llama","vocab_size":49152,"hidden_size":576,"intermediate_size":1536,"#,
+        r#""num_hidden_layers":30,
+        "num_attention_heads":9,"num_key_value_heads":3,"rms_norm_eps":1e-5,"#,
+        r#""rope_theta":100000.0,"tie_word_embeddings":true}"#,
+    ))
     .unwrap();
     tch::manual_seed(0);
     let model = CausalLm::new(config, Device::Cuda(0), Kind::BFloat16);
     for (batch, len) in [(8, 1024), (16, 1024)] {
-        let settings = crate::bench::SftBenchSettings { batch_size: batch, seq_len: len, steps: 10, warmup_steps: 3, gradient_checkpointing: false, master_weights: true };
+        let settings = crate::bench::SftBenchSettings {
+            batch_size: batch,
+            seq_len: len,
+            steps: 10,
+            warmup_steps: 3,
+            gradient_checkpointing: false,
+            master_weights: true,
+        };
         let result = crate::bench::bench_sft(&model, &settings).unwrap();
-        eprintln!("bench sft smollm2-135m bf16 batch {batch} x {len}: {}", serde_json::to_string(&result).unwrap());
+        eprintln!(
+            "bench sft smollm2-135m bf16 batch {batch} x {len}: {}",
+            serde_json::to_string(&result).unwrap()
+        );
     }
 }

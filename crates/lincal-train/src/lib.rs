@@ -30,11 +30,14 @@ mod lora_tests;
 mod testutil;
 
 pub use bench::{SftBench, SftBenchSettings, bench_sft};
-pub use config::{Precision, REWARD_MODEL_PRESETS, RewardModelConfig, SFT_PRESETS, Schedule, SftConfig, TrainingConfig, with_overrides};
+pub use config::{
+    Precision, REWARD_MODEL_PRESETS, RewardModelConfig, SFT_PRESETS, Schedule, SftConfig,
+    TrainingConfig, with_overrides,
+};
 pub use data::{RewardExample, SftExample};
-pub use training_run::TrainSummary;
 pub use error::{Result, TrainError};
 pub use reward_model::{HeadInit, RewardModel, RewardModelTrainer};
 pub use run::RunOptions;
 pub use scorer::{Scorer, sigmoid};
 pub use sft::SftTrainer;
+pub use training_run::TrainSummary;

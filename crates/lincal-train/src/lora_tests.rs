@@ -11,7 +11,12 @@ use lincal_model::{CausalLm, ModelConfig};
 use tch::{Device, Kind, Tensor};
 
 fn lora(r: i64, alpha: f64, targets: &[&str]) -> LoraConfig {
-    LoraConfig { r, alpha, dropout: 0.0, target_modules: targets.iter().map(|t| t.to_string()).collect() }
+    LoraConfig {
+        r,
+        alpha,
+        dropout: 0.0,
+        target_modules: targets.iter().map(|t| t.to_string()).collect(),
+    }
 }
 
 fn adapted(config: ModelConfig, lora: &LoraConfig, seed: u64) -> (CausalLm, LoraAdapters) {
@@ -62,14 +67,21 @@ fn merging_adds_the_scaled_low_rank_product() {
     let mut b_values = vec![0f32; 32];
     b_values[..2].copy_from_slice(&[3.0, 4.0]);
     tch::no_grad(|| {
-        vars["model.layers.0.self_attn.q_proj.lora_A.weight"].shallow_clone().copy_(&Tensor::from_slice(&a_values).view([1, 32]));
-        vars["model.layers.0.self_attn.q_proj.lora_B.weight"].shallow_clone().copy_(&Tensor::from_slice(&b_values).view([32, 1]));
+        vars["model.layers.0.self_attn.q_proj.lora_A.weight"]
+            .shallow_clone()
+            .copy_(&Tensor::from_slice(&a_values).view([1, 32]));
+        vars["model.layers.0.self_attn.q_proj.lora_B.weight"]
+            .shallow_clone()
+            .copy_(&Tensor::from_slice(&b_values).view([32, 1]));
     });
-    let before_weight = model.var_store().variables()["model.layers.0.self_attn.q_proj.weight"].copy();
+    let before_weight =
+        model.var_store().variables()["model.layers.0.self_attn.q_proj.weight"].copy();
     let adapted_logits = logits(&model);
     adapters.merge_into(model.var_store()).unwrap();
-    let delta = model.var_store().variables()["model.layers.0.self_attn.q_proj.weight"].copy() - &before_weight;
-    let corner: Vec<f32> = Vec::try_from(delta.narrow(0, 0, 2).narrow(1, 0, 2).flatten(0, -1)).unwrap();
+    let delta = model.var_store().variables()["model.layers.0.self_attn.q_proj.weight"].copy()
+        - &before_weight;
+    let corner: Vec<f32> =
+        Vec::try_from(delta.narrow(0, 0, 2).narrow(1, 0, 2).flatten(0, -1)).unwrap();
     for (got, want) in corner.iter().zip([6.0f32, 12.0, 8.0, 16.0]) {
         assert!((got - want).abs() < 1e-5, "{corner:?}");
     }
@@ -77,8 +89,20 @@ fn merging_adds_the_scaled_low_rank_product() {
     assert_eq!(delta.narrow(1, 2, 30).abs().max().double_value(&[]), 0.0);
     // The merged model without adapters computes what the adapted model did.
     assert!(!adapters.enabled());
-    assert!((logits(&model) - adapted_logits).abs().max().double_value(&[]) < 1e-4);
-    assert_eq!(adapters.merge_into(model.var_store()).unwrap_err().to_string(), "the adapters are already merged into the base weights");
+    assert!(
+        (logits(&model) - adapted_logits)
+            .abs()
+            .max()
+            .double_value(&[])
+            < 1e-4
+    );
+    assert_eq!(
+        adapters
+            .merge_into(model.var_store())
+            .unwrap_err()
+            .to_string(),
+        "the adapters are already merged into the base weights"
+    );
 }
 
 #[test]
@@ -88,30 +112,85 @@ fn peft_adapter_files_round_trip() {
     perturb_b(&adapters);
     let dir = tempfile::tempdir().unwrap();
     adapters.save_peft(dir.path(), Some("base/model")).unwrap();
-    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap()).unwrap();
-    assert_eq!((written["peft_type"].as_str(), written["r"].as_i64(), written["lora_alpha"].as_f64()), (Some("LORA"), Some(2), Some(4.0)));
-    assert_eq!((written["task_type"].as_str(), written["base_model_name_or_path"].as_str()), (Some("CAUSAL_LM"), Some("base/model")));
-    let names: Vec<String> = Tensor::read_safetensors(dir.path().join("adapter_model.safetensors")).unwrap().into_iter().map(|(n, _)| n).collect();
+    let written: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            written["peft_type"].as_str(),
+            written["r"].as_i64(),
+            written["lora_alpha"].as_f64()
+        ),
+        (Some("LORA"), Some(2), Some(4.0))
+    );
+    assert_eq!(
+        (
+            written["task_type"].as_str(),
+            written["base_model_name_or_path"].as_str()
+        ),
+        (Some("CAUSAL_LM"), Some("base/model"))
+    );
+    let names: Vec<String> = Tensor::read_safetensors(dir.path().join("adapter_model.safetensors"))
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     assert_eq!(names.len(), 12);
-    assert!(names.contains(&"base_model.model.model.layers.1.mlp.up_proj.lora_B.weight".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"base_model.model.model.layers.1.mlp.up_proj.lora_B.weight".to_string()),
+        "{names:?}"
+    );
     // Another model with differently drawn A matrices becomes the saved one once loaded.
     assert_eq!(LoraConfig::from_peft_dir(dir.path()).unwrap(), config);
     let (other, other_adapters) = adapted(tiny_llama(true), &config, 2);
     other_adapters.load_peft(dir.path()).unwrap();
     assert!(logits(&other).equal(&logits(&model)));
-    let (_, wrong) = adapted(tiny_llama(true), &lora(4, 4.0, &["q_proj", "o_proj", "up_proj"]), 2);
+    let (_, wrong) = adapted(
+        tiny_llama(true),
+        &lora(4, 4.0, &["q_proj", "o_proj", "up_proj"]),
+        2,
+    );
     let err = wrong.load_peft(dir.path()).unwrap_err().to_string();
-    assert!(err.ends_with("adapter has r 2, alpha 4, targets [\"q_proj\", \"o_proj\", \"up_proj\"], but the model was built with r 4, alpha 4, targets [\"q_proj\", \"o_proj\", \"up_proj\"]"), "{err}");
+    assert!(
+        err.ends_with(
+            "adapter has r 2, alpha 4, targets [\"q_proj\", \"o_proj\", \"up_proj\"], but the \
+             model was built with r 4, alpha 4, targets [\"q_proj\", \"o_proj\", \"up_proj\"]"
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn targets_are_matched_by_hugging_face_module_name() {
     // In GPT-NeoX "dense" is the attention output projection, not dense_h_to_4h.
     let (_, adapters) = adapted(tiny_neox(), &lora(2, 2.0, &["dense"]), 1);
-    assert_eq!(adapters.modules(), ["gpt_neox.layers.0.attention.dense", "gpt_neox.layers.1.attention.dense"]);
-    let err = with_lora(&lora(2, 2.0, &["c_attn"]), Device::Cpu, 1, || Ok(random_model(tiny_llama(false), 5))).err().unwrap().to_string();
-    assert!(err.starts_with("lora.target_modules [\"c_attn\"] matched no linear layer of this model; Llama layers are q_proj"), "{err}");
-    let err = with_lora(&lora(0, 2.0, &["q_proj"]), Device::Cpu, 1, || Ok(random_model(tiny_llama(false), 5))).err().unwrap().to_string();
+    assert_eq!(
+        adapters.modules(),
+        [
+            "gpt_neox.layers.0.attention.dense",
+            "gpt_neox.layers.1.attention.dense"
+        ]
+    );
+    let err = with_lora(&lora(2, 2.0, &["c_attn"]), Device::Cpu, 1, || {
+        Ok(random_model(tiny_llama(false), 5))
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.starts_with(
+            "lora.target_modules [\"c_attn\"] matched no linear layer of this model; \
+             Llama layers are q_proj"
+        ),
+        "{err}"
+    );
+    let err = with_lora(&lora(0, 2.0, &["q_proj"]), Device::Cpu, 1, || {
+        Ok(random_model(tiny_llama(false), 5))
+    })
+    .err()
+    .unwrap()
+    .to_string();
     assert_eq!(err, "lora.r must be at least 1, got 0");
 }
 
@@ -121,21 +200,64 @@ fn targets_are_matched_by_hugging_face_module_name() {
 fn lora_sft_trains_adapters_and_saves_merged_weights_and_the_adapter() {
     let model_dir = tiny_model_dir();
     let run = tempfile::tempdir().unwrap();
-    let data: Vec<SftExample> = [("t5 t6", " t20 t21"), ("t7", " t22 t23 t24")].iter().map(|(p, t)| SftExample { question_id: None, prompt: p.to_string(), target: t.to_string() }).collect();
-    let config = SftConfig { model_max_length: 32, packing: false, pad_token: "[PAD]".into(), lora: Some(LoraConfig { dropout: 0.1, ..lora(4, 8.0, &["q_proj", "v_proj"]) }), training: quick_training(1e-2, 10.0, 2, 1) };
-    let mut trainer = SftTrainer::new(model_dir.path(), Device::Cpu, &config, &data, &data, &run_options(run.path())).unwrap();
+    let data: Vec<SftExample> = [("t5 t6", " t20 t21"), ("t7", " t22 t23 t24")]
+        .iter()
+        .map(|(p, t)| SftExample {
+            question_id: None,
+            prompt: p.to_string(),
+            target: t.to_string(),
+        })
+        .collect();
+    let config = SftConfig {
+        model_max_length: 32,
+        packing: false,
+        pad_token: "[PAD]".into(),
+        lora: Some(LoraConfig {
+            dropout: 0.1,
+            ..lora(4, 8.0, &["q_proj", "v_proj"])
+        }),
+        training: quick_training(1e-2, 10.0, 2, 1),
+    };
+    let mut trainer = SftTrainer::new(
+        model_dir.path(),
+        Device::Cpu,
+        &config,
+        &data,
+        &data,
+        &run_options(run.path()),
+    )
+    .unwrap();
     let summary = trainer.train(None).unwrap();
     let final_dir = summary.final_dir.unwrap();
     let merged = saved_tensors(&final_dir);
     let base = saved_tensors(model_dir.path());
-    let adapter: std::collections::BTreeMap<String, Tensor> = Tensor::read_safetensors(final_dir.join("adapter").join("adapter_model.safetensors")).unwrap().into_iter().collect();
+    let adapter: std::collections::BTreeMap<String, Tensor> =
+        Tensor::read_safetensors(final_dir.join("adapter").join("adapter_model.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
     let module = "model.layers.1.self_attn.v_proj";
-    let (a, b) = (&adapter[&format!("base_model.model.{module}.lora_A.weight")], &adapter[&format!("base_model.model.{module}.lora_B.weight")]);
+    let (a, b) = (
+        &adapter[&format!("base_model.model.{module}.lora_A.weight")],
+        &adapter[&format!("base_model.model.{module}.lora_B.weight")],
+    );
     assert!(b.abs().max().double_value(&[]) > 0.0, "B was trained");
     let expected = &base[&format!("{module}.weight")] + b.matmul(a) * 2.0;
-    assert!((&merged[&format!("{module}.weight")] - expected).abs().max().double_value(&[]) < 1e-6);
+    assert!(
+        (&merged[&format!("{module}.weight")] - expected)
+            .abs()
+            .max()
+            .double_value(&[])
+            < 1e-6
+    );
     // Untargeted weights are the base's, bit for bit.
-    assert!(merged["model.layers.1.self_attn.k_proj.weight"].equal(&base["model.layers.1.self_attn.k_proj.weight"]));
-    assert!(merged["model.layers.0.mlp.up_proj.weight"].equal(&base["model.layers.0.mlp.up_proj.weight"]));
+    assert!(
+        merged["model.layers.1.self_attn.k_proj.weight"]
+            .equal(&base["model.layers.1.self_attn.k_proj.weight"])
+    );
+    assert!(
+        merged["model.layers.0.mlp.up_proj.weight"]
+            .equal(&base["model.layers.0.mlp.up_proj.weight"])
+    );
     assert!(final_dir.join("adapter").join("tokenizer.json").exists());
 }

@@ -28,7 +28,11 @@ pub struct LrSchedule {
 impl LrSchedule {
     /// Warmup of ceil(total × ratio) steps, as HF's `TrainingArguments.get_warmup_steps`.
     pub fn new(schedule: Schedule, warmup_ratio: f64, total_steps: u64) -> Self {
-        LrSchedule { schedule, warmup_steps: (total_steps as f64 * warmup_ratio).ceil() as u64, total_steps }
+        LrSchedule {
+            schedule,
+            warmup_steps: (total_steps as f64 * warmup_ratio).ceil() as u64,
+            total_steps,
+        }
     }
 
     pub fn factor(&self, step: u64) -> f64 {
@@ -54,7 +58,12 @@ pub struct AdamWConfig {
 
 impl AdamWConfig {
     pub fn from_training(config: &TrainingConfig) -> Self {
-        AdamWConfig { beta1: config.adam_beta1, beta2: config.adam_beta2, eps: config.adam_epsilon, weight_decay: config.weight_decay }
+        AdamWConfig {
+            beta1: config.adam_beta1,
+            beta2: config.adam_beta2,
+            eps: config.adam_epsilon,
+            weight_decay: config.weight_decay,
+        }
     }
 }
 
@@ -70,7 +79,11 @@ impl AdamState {
     /// Zero moments shaped like `param`, in its precision.
     pub fn new(param: &Tensor) -> Self {
         let exp_avg = param.zeros_like();
-        AdamState { exp_avg_sq: exp_avg.zeros_like(), exp_avg, step: 0 }
+        AdamState {
+            exp_avg_sq: exp_avg.zeros_like(),
+            exp_avg,
+            step: 0,
+        }
     }
 }
 
@@ -80,11 +93,26 @@ const ADAMW_CHUNK: i64 = 1 << 26;
 
 /// One AdamW update in place of 1-D tensors (the flat buffers), in the operation order of
 /// `torch.optim.AdamW`'s single-tensor path, chunk by chunk.
-pub fn adamw_update(param: &mut Tensor, grad: &Tensor, state: &mut AdamState, lr: f64, config: &AdamWConfig, decay: bool) {
+pub fn adamw_update(
+    param: &mut Tensor,
+    grad: &Tensor,
+    state: &mut AdamState,
+    lr: f64,
+    config: &AdamWConfig,
+    decay: bool,
+) {
     adamw_update_in_chunks(param, grad, state, lr, config, decay, ADAMW_CHUNK);
 }
 
-fn adamw_update_in_chunks(param: &mut Tensor, grad: &Tensor, state: &mut AdamState, lr: f64, config: &AdamWConfig, decay: bool, chunk: i64) {
+fn adamw_update_in_chunks(
+    param: &mut Tensor,
+    grad: &Tensor,
+    state: &mut AdamState,
+    lr: f64,
+    config: &AdamWConfig,
+    decay: bool,
+    chunk: i64,
+) {
     state.step += 1;
     let bias_correction1 = 1.0 - config.beta1.powi(state.step as i32);
     let bias_correction2 = 1.0 - config.beta2.powi(state.step as i32);
@@ -93,12 +121,19 @@ fn adamw_update_in_chunks(param: &mut Tensor, grad: &Tensor, state: &mut AdamSta
     tch::no_grad(|| {
         for start in (0..len).step_by(chunk as usize) {
             let part = |t: &Tensor| t.narrow(0, start, chunk.min(len - start));
-            let (mut param, grad, mut exp_avg, mut exp_avg_sq) = (part(param), part(grad), part(&state.exp_avg), part(&state.exp_avg_sq));
+            let (mut param, grad, mut exp_avg, mut exp_avg_sq) = (
+                part(param),
+                part(grad),
+                part(&state.exp_avg),
+                part(&state.exp_avg_sq),
+            );
             if decay && config.weight_decay != 0.0 {
                 let _ = param.g_mul_scalar_(1.0 - lr * config.weight_decay);
             }
             let _ = exp_avg.lerp_(&grad, 1.0 - config.beta1);
-            let _ = exp_avg_sq.g_mul_scalar_(config.beta2).addcmul_(&(&grad * (1.0 - config.beta2)), &grad);
+            let _ = exp_avg_sq
+                .g_mul_scalar_(config.beta2)
+                .addcmul_(&(&grad * (1.0 - config.beta2)), &grad);
             let denom = exp_avg_sq.sqrt() / bias_correction2.sqrt() + config.eps;
             let _ = param.addcdiv_(&(&exp_avg * -step_size), &denom);
         }
@@ -142,7 +177,8 @@ struct Member {
 
 impl Member {
     fn view(&self, flat: &Tensor) -> Tensor {
-        flat.narrow(0, self.offset, self.shape.iter().product()).view(self.shape.as_slice())
+        flat.narrow(0, self.offset, self.shape.iter().product())
+            .view(self.shape.as_slice())
     }
 }
 
@@ -183,7 +219,12 @@ impl TrainableParams {
         let mut grouped: Vec<((Kind, bool), Vec<Member>)> = Vec::new();
         for (name, var) in named {
             let key = (var.kind(), decays(&name));
-            let member = Member { name, shape: var.size(), var, offset: 0 };
+            let member = Member {
+                name,
+                shape: var.size(),
+                var,
+                offset: 0,
+            };
             match grouped.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, members)) => members.push(member),
                 None => grouped.push((key, vec![member])),
@@ -224,7 +265,14 @@ impl TrainableParams {
                 lincal_model::cuda_graph::empty_cache().expect("emptying libtorch's CUDA cache");
             }
             let adam = AdamState::new(&weights);
-            groups.push(Group { members: group_members, decay, grad, weights, compute, adam });
+            groups.push(Group {
+                members: group_members,
+                decay,
+                grad,
+                weights,
+                compute,
+                adam,
+            });
         }
         TrainableParams { groups, config }
     }
@@ -256,7 +304,14 @@ impl TrainableParams {
         let grads: Vec<Tensor> = self.groups.iter().map(|g| g.grad.shallow_clone()).collect();
         let norm = clip_grad_norm(&grads, max_grad_norm);
         for group in &mut self.groups {
-            adamw_update(&mut group.weights, &group.grad, &mut group.adam, lr, &self.config, group.decay);
+            adamw_update(
+                &mut group.weights,
+                &group.grad,
+                &mut group.adam,
+                lr,
+                &self.config,
+                group.decay,
+            );
             tch::no_grad(|| {
                 if let Some(compute) = &mut group.compute {
                     compute.copy_(&group.weights);
@@ -269,7 +324,14 @@ impl TrainableParams {
 
     /// The weights AdamW updates (f32 masters where there are any), by name.
     pub fn weights(&self) -> BTreeMap<String, Tensor> {
-        self.groups.iter().flat_map(|g| g.members.iter().map(|m| (m.name.clone(), m.view(&g.weights)))).collect()
+        self.groups
+            .iter()
+            .flat_map(|g| {
+                g.members
+                    .iter()
+                    .map(|m| (m.name.clone(), m.view(&g.weights)))
+            })
+            .collect()
     }
 
     /// Points each model variable at its f32 master (no copy), so that the model holds the
@@ -290,11 +352,20 @@ impl TrainableParams {
         let mut state = BTreeMap::new();
         for group in &self.groups {
             for member in &group.members {
-                state.insert(format!("exp_avg.{}", member.name), member.view(&group.adam.exp_avg));
-                state.insert(format!("exp_avg_sq.{}", member.name), member.view(&group.adam.exp_avg_sq));
+                state.insert(
+                    format!("exp_avg.{}", member.name),
+                    member.view(&group.adam.exp_avg),
+                );
+                state.insert(
+                    format!("exp_avg_sq.{}", member.name),
+                    member.view(&group.adam.exp_avg_sq),
+                );
             }
         }
-        state.insert("step".into(), Tensor::from(self.groups.first().map_or(0, |g| g.adam.step)));
+        state.insert(
+            "step".into(),
+            Tensor::from(self.groups.first().map_or(0, |g| g.adam.step)),
+        );
         save_safetensors_named(dir, OPTIMIZER_FILE, &state)
     }
 
@@ -302,19 +373,47 @@ impl TrainableParams {
     pub fn load(&mut self, dir: &Path) -> Result<()> {
         let weights = read_safetensors(&dir.join(PARAMS_FILE))?;
         let state = read_safetensors(&dir.join(OPTIMIZER_FILE))?;
-        let missing = |file: &str, name: &str| TrainError::run_dir(dir.join(file), format!("has no tensor `{name}`; the checkpoint was written by a different model or LoRA setup"));
-        let step = state.get("step").ok_or_else(|| missing(OPTIMIZER_FILE, "step"))?.int64_value(&[]);
+        let missing = |file: &str, name: &str| {
+            TrainError::run_dir(
+                dir.join(file),
+                format!(
+                    "has no tensor `{name}`; the checkpoint was written by a different \
+                     model or LoRA setup"
+                ),
+            )
+        };
+        let step = state
+            .get("step")
+            .ok_or_else(|| missing(OPTIMIZER_FILE, "step"))?
+            .int64_value(&[]);
         tch::no_grad(|| -> Result<()> {
             for group in &mut self.groups {
                 for member in &group.members {
-                    let stored = weights.get(&member.name).ok_or_else(|| missing(PARAMS_FILE, &member.name))?;
+                    let stored = weights
+                        .get(&member.name)
+                        .ok_or_else(|| missing(PARAMS_FILE, &member.name))?;
                     if stored.size() != member.shape {
-                        return Err(TrainError::run_dir(dir.join(PARAMS_FILE), format!("tensor `{}` has shape {:?}, the model's is {:?}", member.name, stored.size(), member.shape)));
+                        return Err(TrainError::run_dir(
+                            dir.join(PARAMS_FILE),
+                            format!(
+                                "tensor `{}` has shape {:?}, the model's is {:?}",
+                                member.name,
+                                stored.size(),
+                                member.shape
+                            ),
+                        ));
                     }
                     member.view(&group.weights).f_copy_(stored)?;
-                    for (prefix, flat) in [("exp_avg", &group.adam.exp_avg), ("exp_avg_sq", &group.adam.exp_avg_sq)] {
+                    for (prefix, flat) in [
+                        ("exp_avg", &group.adam.exp_avg),
+                        ("exp_avg_sq", &group.adam.exp_avg_sq),
+                    ] {
                         let name = format!("{prefix}.{}", member.name);
-                        member.view(flat).f_copy_(state.get(&name).ok_or_else(|| missing(OPTIMIZER_FILE, &name))?)?;
+                        member.view(flat).f_copy_(
+                            state
+                                .get(&name)
+                                .ok_or_else(|| missing(OPTIMIZER_FILE, &name))?,
+                        )?;
                     }
                 }
                 if let Some(compute) = &mut group.compute {
@@ -328,7 +427,11 @@ impl TrainableParams {
 }
 
 /// Writes one safetensors file named `file` in `dir`, through a temporary name.
-fn save_safetensors_named(dir: &Path, file: &str, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+fn save_safetensors_named(
+    dir: &Path,
+    file: &str,
+    tensors: &BTreeMap<String, Tensor>,
+) -> Result<()> {
     let tmp = dir.join(format!("{file}.tmp"));
     write_safetensors_file(&tmp, &tensors.iter().collect::<Vec<_>>())?;
     let target = dir.join(file);
@@ -336,7 +439,15 @@ fn save_safetensors_named(dir: &Path, file: &str, tensors: &BTreeMap<String, Ten
 }
 
 fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
-    let tensors = Tensor::read_safetensors(path).map_err(|e| TrainError::run_dir(path, format!("cannot be read ({e}); the checkpoint is incomplete or corrupt: delete its directory to resume from the one before")))?;
+    let tensors = Tensor::read_safetensors(path).map_err(|e| {
+        TrainError::run_dir(
+            path,
+            format!(
+                "cannot be read ({e}); the checkpoint is incomplete or corrupt: \
+                 delete its directory to resume from the one before"
+            ),
+        )
+    })?;
     Ok(tensors.into_iter().collect())
 }
 
@@ -350,14 +461,38 @@ mod tests {
         let cosine = LrSchedule::new(Schedule::Cosine, 0.2, 10);
         let linear = LrSchedule::new(Schedule::Linear, 0.2, 10);
         assert_eq!(cosine.warmup_steps, 2);
-        let expected_cosine = [0.0, 0.5, 1.0, 0.961_939_766_255_643_4, 0.853_553_390_593_273_8, 0.691_341_716_182_544_9, 0.5, 0.308_658_283_817_455_1, 0.146_446_609_406_726_2, 0.038_060_233_744_356_6, 0.0];
-        let expected_linear = [0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0];
+        let expected_cosine = [
+            0.0,
+            0.5,
+            1.0,
+            0.961_939_766_255_643_4,
+            0.853_553_390_593_273_8,
+            0.691_341_716_182_544_9,
+            0.5,
+            0.308_658_283_817_455_1,
+            0.146_446_609_406_726_2,
+            0.038_060_233_744_356_6,
+            0.0,
+        ];
+        let expected_linear = [
+            0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0,
+        ];
         for step in 0..=10u64 {
-            assert!((cosine.factor(step) - expected_cosine[step as usize]).abs() < 1e-12, "cosine step {step}: {}", cosine.factor(step));
-            assert!((linear.factor(step) - expected_linear[step as usize]).abs() < 1e-12, "linear step {step}");
+            assert!(
+                (cosine.factor(step) - expected_cosine[step as usize]).abs() < 1e-12,
+                "cosine step {step}: {}",
+                cosine.factor(step)
+            );
+            assert!(
+                (linear.factor(step) - expected_linear[step as usize]).abs() < 1e-12,
+                "linear step {step}"
+            );
         }
         // A ratio of 0.03 over 890 steps warms up for ceil(26.7) = 27 steps.
-        assert_eq!(LrSchedule::new(Schedule::Cosine, 0.03, 890).warmup_steps, 27);
+        assert_eq!(
+            LrSchedule::new(Schedule::Cosine, 0.03, 890).warmup_steps,
+            27
+        );
     }
 
     #[test]
@@ -368,37 +503,89 @@ mod tests {
         // Step 2: p = 0.899000002·0.999 = 0.898101002; m = 0.02, v = 3.1225e-4; bias corrections
         //   0.19 and 0.001999 → p -= (0.1/0.19)·0.02 / (√3.1225e-4/√0.001999 + 1e-8) = 0.0266337.
         // Step 3: m = 0.118, v = 1.31193775e-3; bias corrections 0.271 and 0.002997001.
-        let config = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
+        let config = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        };
         let mut p = Tensor::from_slice(&[1.0f64]);
-        let mut state = AdamState { exp_avg: p.zeros_like(), exp_avg_sq: p.zeros_like(), step: 0 };
-        let expected = [0.899_000_002, 0.871_467_298_705_846_3, 0.804_784_672_376_384];
+        let mut state = AdamState {
+            exp_avg: p.zeros_like(),
+            exp_avg_sq: p.zeros_like(),
+            step: 0,
+        };
+        let expected = [
+            0.899_000_002,
+            0.871_467_298_705_846_3,
+            0.804_784_672_376_384,
+        ];
         for (step, (g, want)) in [0.5, -0.25, 1.0].iter().zip(expected).enumerate() {
-            adamw_update(&mut p, &Tensor::from_slice(&[*g]), &mut state, 0.1, &config, true);
+            adamw_update(
+                &mut p,
+                &Tensor::from_slice(&[*g]),
+                &mut state,
+                0.1,
+                &config,
+                true,
+            );
             let got = p.double_value(&[0]);
-            assert!((got - want).abs() < 1e-12, "step {}: {got} vs {want}", step + 1);
+            assert!(
+                (got - want).abs() < 1e-12,
+                "step {}: {got} vs {want}",
+                step + 1
+            );
         }
         // Without decay (a bias) the first step is exactly -lr·sign(g) up to eps.
         let mut b = Tensor::from_slice(&[1.0f64]);
-        let mut state = AdamState { exp_avg: b.zeros_like(), exp_avg_sq: b.zeros_like(), step: 0 };
-        adamw_update(&mut b, &Tensor::from_slice(&[0.5f64]), &mut state, 0.1, &config, false);
+        let mut state = AdamState {
+            exp_avg: b.zeros_like(),
+            exp_avg_sq: b.zeros_like(),
+            step: 0,
+        };
+        adamw_update(
+            &mut b,
+            &Tensor::from_slice(&[0.5f64]),
+            &mut state,
+            0.1,
+            &config,
+            false,
+        );
         assert!((b.double_value(&[0]) - (1.0 - 0.1 * 0.5 / (0.5 + 1e-8))).abs() < 1e-15);
     }
 
     /// Chunks of 3 over 10 elements (the last one short) update exactly as one pass.
     #[test]
     fn chunked_adamw_equals_one_pass() {
-        let config = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
+        let config = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        };
         let start = Tensor::linspace(-1.0, 1.0, 10, (Kind::Float, tch::Device::Cpu));
         let run = |chunk: i64| {
             let mut p = start.copy();
             let mut state = AdamState::new(&p);
             for g in [0.5, -0.25] {
-                adamw_update_in_chunks(&mut p, &(&start * g + 0.1), &mut state, 0.1, &config, true, chunk);
+                adamw_update_in_chunks(
+                    &mut p,
+                    &(&start * g + 0.1),
+                    &mut state,
+                    0.1,
+                    &config,
+                    true,
+                    chunk,
+                );
             }
             (p, state)
         };
         let ((chunked, a), (whole, b)) = (run(3), run(10));
-        assert!(chunked.equal(&whole) && a.exp_avg.equal(&b.exp_avg) && a.exp_avg_sq.equal(&b.exp_avg_sq));
+        assert!(
+            chunked.equal(&whole)
+                && a.exp_avg.equal(&b.exp_avg)
+                && a.exp_avg_sq.equal(&b.exp_avg_sq)
+        );
         assert_eq!((a.step, b.step), (2, 2));
         assert!(!chunked.equal(&start));
     }
@@ -406,7 +593,10 @@ mod tests {
     #[test]
     fn clipping_scales_to_the_global_norm() {
         // Norm of (3, 4, 12) is 13; clipped to 1 every entry is divided by 13 + 1e-6.
-        let grads = [Tensor::from_slice(&[3.0f64, 4.0]), Tensor::from_slice(&[12.0f64])];
+        let grads = [
+            Tensor::from_slice(&[3.0f64, 4.0]),
+            Tensor::from_slice(&[12.0f64]),
+        ];
         let norm = clip_grad_norm(&grads, 1.0);
         assert_eq!(norm, 13.0);
         let scale = 1.0 / (13.0 + 1e-6);
@@ -421,9 +611,17 @@ mod tests {
     #[test]
     fn mixed_precision_keeps_an_f32_master_and_round_trips_its_state() {
         let dir = tempfile::tempdir().unwrap();
-        let var = Tensor::from_slice(&[1.0f32, -2.0]).to_kind(Kind::BFloat16).set_requires_grad(true);
-        let config = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-        let mut params = TrainableParams::new(vec![("w".into(), var.shallow_clone())], config, true);
+        let var = Tensor::from_slice(&[1.0f32, -2.0])
+            .to_kind(Kind::BFloat16)
+            .set_requires_grad(true);
+        let config = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let mut params =
+            TrainableParams::new(vec![("w".into(), var.shallow_clone())], config, true);
         for _ in 0..2 {
             (&var * 3.0).sum(Kind::Float).backward();
             params.accumulate_grads();
@@ -435,18 +633,35 @@ mod tests {
         assert_eq!(master.kind(), Kind::Float);
         // The first Adam step moves each weight by lr (bf16 cannot show 0.999, the master can).
         assert!((master.double_value(&[0]) - (1.0 - 1e-3)).abs() < 1e-6);
-        assert_eq!(var.double_value(&[0]), master.to_kind(Kind::BFloat16).double_value(&[0]));
+        assert_eq!(
+            var.double_value(&[0]),
+            master.to_kind(Kind::BFloat16).double_value(&[0])
+        );
         params.save(dir.path()).unwrap();
-        let fresh = Tensor::from_slice(&[0.0f32, 0.0]).to_kind(Kind::BFloat16).set_requires_grad(true);
-        let mut restored = TrainableParams::new(vec![("w".into(), fresh.shallow_clone())], config, true);
+        let fresh = Tensor::from_slice(&[0.0f32, 0.0])
+            .to_kind(Kind::BFloat16)
+            .set_requires_grad(true);
+        let mut restored =
+            TrainableParams::new(vec![("w".into(), fresh.shallow_clone())], config, true);
         restored.load(dir.path()).unwrap();
         assert!(restored.weights()["w"].equal(&master));
         assert_eq!(restored.groups[0].adam.step, 1);
-        assert!(restored.groups[0].adam.exp_avg.equal(&params.groups[0].adam.exp_avg));
+        assert!(
+            restored.groups[0]
+                .adam
+                .exp_avg
+                .equal(&params.groups[0].adam.exp_avg)
+        );
         assert_eq!(fresh.double_value(&[1]), var.double_value(&[1]));
         let mut other = TrainableParams::new(vec![("v".into(), fresh)], config, true);
         let err = other.load(dir.path()).unwrap_err().to_string();
-        assert!(err.ends_with("params.safetensors: has no tensor `v`; the checkpoint was written by a different model or LoRA setup"), "{err}");
+        assert!(
+            err.ends_with(
+                "params.safetensors: has no tensor `v`; the checkpoint was written by a different \
+                 model or LoRA setup"
+            ),
+            "{err}"
+        );
     }
 
     /// An f32 variable's gradient is a view of the accumulator from the start, and backward
@@ -454,9 +669,16 @@ mod tests {
     #[test]
     fn own_weight_gradients_accumulate_in_place() {
         let var = Tensor::from_slice(&[1.0f32, -2.0, 0.5]).set_requires_grad(true);
-        let config = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-        let mut params = TrainableParams::new(vec![("w".into(), var.shallow_clone())], config, true);
-        let accumulated = |params: &TrainableParams| Vec::<f32>::try_from(&params.groups[0].grad).unwrap();
+        let config = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let mut params =
+            TrainableParams::new(vec![("w".into(), var.shallow_clone())], config, true);
+        let accumulated =
+            |params: &TrainableParams| Vec::<f32>::try_from(&params.groups[0].grad).unwrap();
         assert_eq!(var.grad().data_ptr(), params.groups[0].grad.data_ptr());
         (&var * 2.0).sum(Kind::Float).backward();
         params.accumulate_grads();
@@ -475,12 +697,33 @@ mod tests {
     /// step smaller than the weight's bf16 spacing is lost, a representable one is exact.
     #[test]
     fn pure_bf16_keeps_no_f32_copies() {
-        let var = Tensor::from_slice(&[1.0f32, -2.0]).to_kind(Kind::BFloat16).set_requires_grad(true);
-        let config = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-        let mut params = TrainableParams::new(vec![("w".into(), var.shallow_clone())], config, false);
+        let var = Tensor::from_slice(&[1.0f32, -2.0])
+            .to_kind(Kind::BFloat16)
+            .set_requires_grad(true);
+        let config = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let mut params =
+            TrainableParams::new(vec![("w".into(), var.shallow_clone())], config, false);
         let group = &params.groups[0];
         assert!(group.compute.is_none());
-        assert_eq!((group.weights.kind(), group.grad.kind(), group.adam.exp_avg.kind(), group.adam.exp_avg_sq.kind()), (Kind::BFloat16, Kind::BFloat16, Kind::BFloat16, Kind::BFloat16));
+        assert_eq!(
+            (
+                group.weights.kind(),
+                group.grad.kind(),
+                group.adam.exp_avg.kind(),
+                group.adam.exp_avg_sq.kind()
+            ),
+            (
+                Kind::BFloat16,
+                Kind::BFloat16,
+                Kind::BFloat16,
+                Kind::BFloat16
+            )
+        );
         let step = |params: &mut TrainableParams, lr: f64| {
             (&var * 3.0).sum(Kind::Float).backward();
             params.accumulate_grads();
@@ -488,11 +731,17 @@ mod tests {
         };
         // 1 - 1e-3 rounds back to 1 in bf16 (spacing 2^-7 there); -2 - 1e-3 to -2.
         step(&mut params, 1e-3);
-        assert_eq!(Vec::<f32>::try_from(var.to_kind(Kind::Float)).unwrap(), vec![1.0, -2.0]);
+        assert_eq!(
+            Vec::<f32>::try_from(var.to_kind(Kind::Float)).unwrap(),
+            vec![1.0, -2.0]
+        );
         // The first-moment estimate is 0.1 · 3 = 0.3 stored in bf16 (0.30078125).
         assert_eq!(params.groups[0].adam.exp_avg.double_value(&[0]), 0.30078125);
         // A step of 0.25 (Adam's step is lr · m̂/√v̂ = lr for a constant gradient) is exact.
         step(&mut params, 0.25);
-        assert_eq!(Vec::<f32>::try_from(var.to_kind(Kind::Float)).unwrap(), vec![0.75, -2.25]);
+        assert_eq!(
+            Vec::<f32>::try_from(var.to_kind(Kind::Float)).unwrap(),
+            vec![0.75, -2.25]
+        );
     }
 }

@@ -8,7 +8,8 @@
 //! The reference head has a bias, which `LlamaForSequenceClassification` (`score.weight`
 //! only) cannot hold, so models are saved as the reference saves them:
 //! - `model.safetensors`: the backbone under `backbone_model.` (`backbone_model.model.layers.0...`,
-//!   `backbone_model.lm_head.weight`) and `reward_head.weight` `[1, hidden]`, `reward_head.bias` `[1]`;
+//!   `backbone_model.lm_head.weight`) and `reward_head.weight` `[1, hidden]`, `reward_head.bias`
+//!   `[1]`;
 //! - `config.json`: `{"model_type": "reward_model", "backbone_model_name_or_path": <the SFT
 //!   model it started from>, "backbone_config": {<that model's config.json>}}`.
 //!
@@ -23,14 +24,16 @@
 //! `backbone_config` (it then reads the backbone's config from `backbone_model_name_or_path`).
 
 use crate::config::RewardModelConfig;
-use crate::data::{LeftPaddedBatch, RewardExample, collate_left_padded, rows_digest, tokenize_reward};
-use crate::train_loop::{Objective, TrainLoop, backward_loss};
-use crate::training_run::TrainSummary;
-use lincal_data::artifact::Manifest;
+use crate::data::{
+    LeftPaddedBatch, RewardExample, collate_left_padded, rows_digest, tokenize_reward,
+};
 use crate::error::{Result, TrainError};
 use crate::optim::{AdamWConfig, TrainableParams};
 use crate::run::RunOptions;
 use crate::setup::{LoadedModel, OUTPUT_EMBEDDINGS, to_full_precision};
+use crate::train_loop::{Objective, TrainLoop, backward_loss};
+use crate::training_run::TrainSummary;
+use lincal_data::artifact::Manifest;
 use lincal_model::checkpoint::{SafetensorsCheckpoint, save_safetensors};
 use lincal_model::fsutil::write_atomic;
 use lincal_model::lora::LoraAdapters;
@@ -75,7 +78,9 @@ impl ScalarHead {
             HeadInit::Default { seed } => {
                 let bound = 1.0 / (hidden as f32).sqrt();
                 let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-                (0..hidden).map(|_| rng.random_range(-bound..bound)).collect()
+                (0..hidden)
+                    .map(|_| rng.random_range(-bound..bound))
+                    .collect()
             }
             HeadInit::Zero => vec![0.0; hidden as usize],
         };
@@ -97,7 +102,10 @@ impl ScalarHead {
     /// f32 scores `[...]` of hidden states `[..., hidden]`.
     pub fn forward(&self, hidden: &Tensor) -> Tensor {
         let vars = self.vs.variables();
-        hidden.linear(&vars[HEAD_WEIGHT], Some(&vars[HEAD_BIAS])).squeeze_dim(-1).to_kind(Kind::Float)
+        hidden
+            .linear(&vars[HEAD_WEIGHT], Some(&vars[HEAD_BIAS]))
+            .squeeze_dim(-1)
+            .to_kind(Kind::Float)
     }
 }
 
@@ -112,35 +120,79 @@ impl RewardModel {
     /// A new head on `backbone`, in the backbone's precision and device.
     pub fn new(backbone: CausalLm, init: HeadInit, backbone_source: &str) -> Self {
         let head = ScalarHead::for_backbone(&backbone, init);
-        RewardModel { backbone, head, backbone_source: backbone_source.into() }
+        RewardModel {
+            backbone,
+            head,
+            backbone_source: backbone_source.into(),
+        }
     }
 
     /// Reads the layout described in the module docs; `kind` `None` keeps the stored dtype.
     pub fn load(dir: &Path, device: Device, kind: Option<Kind>) -> Result<Self> {
         let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|e| TrainError::io(&config_path, e))?;
-        let bad = |message: String| TrainError::Model(ModelError::Config { path: config_path.clone(), message });
-        let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("malformed JSON ({e})")))?;
-        if config.get("model_type").and_then(|t| t.as_str()) != Some("reward_model") {
-            return Err(bad("model_type is not \"reward_model\"; this is not a reward model directory (a plain causal LM loads with CausalLm::load)".into()));
-        }
-        let source = config.get("backbone_model_name_or_path").and_then(|s| s.as_str()).unwrap_or_default().to_string();
-        let backbone_config = match config.get("backbone_config") {
-            Some(value) => ModelConfig::from_json(&value.to_string()).map_err(|m| bad(format!("backbone_config: {m}")))?,
-            None if !source.is_empty() => ModelConfig::from_file(&Path::new(&source).join("config.json"))?,
-            None => return Err(bad("has neither backbone_config nor backbone_model_name_or_path; cannot tell the backbone's architecture".into())),
+        let text =
+            std::fs::read_to_string(&config_path).map_err(|e| TrainError::io(&config_path, e))?;
+        let bad = |message: String| {
+            TrainError::Model(ModelError::Config {
+                path: config_path.clone(),
+                message,
+            })
         };
-        let kind = kind.unwrap_or_else(|| backbone_config.torch_dtype().and_then(kind_from_name).unwrap_or(Kind::Float));
+        let config: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("malformed JSON ({e})")))?;
+        if config.get("model_type").and_then(|t| t.as_str()) != Some("reward_model") {
+            return Err(bad(
+                "model_type is not \"reward_model\"; this is not a reward model directory \
+                 (a plain causal LM loads with CausalLm::load)"
+                    .into(),
+            ));
+        }
+        let source = config
+            .get("backbone_model_name_or_path")
+            .and_then(|s| s.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let backbone_config = match config.get("backbone_config") {
+            Some(value) => ModelConfig::from_json(&value.to_string())
+                .map_err(|m| bad(format!("backbone_config: {m}")))?,
+            None if !source.is_empty() => {
+                ModelConfig::from_file(&Path::new(&source).join("config.json"))?
+            }
+            None => {
+                return Err(bad(
+                    "has neither backbone_config nor backbone_model_name_or_path; \
+                     cannot tell the backbone's architecture"
+                        .into(),
+                ));
+            }
+        };
+        let kind = kind.unwrap_or_else(|| {
+            backbone_config
+                .torch_dtype()
+                .and_then(kind_from_name)
+                .unwrap_or(Kind::Float)
+        });
         let backbone = tch::no_grad(|| CausalLm::new(backbone_config, device, kind));
         let model = RewardModel::new(backbone, HeadInit::Zero, &source);
         let checkpoint = SafetensorsCheckpoint::open(dir)?;
-        checkpoint.load_into(&model.named_variables().into_iter().collect::<HashMap<_, _>>())?;
+        checkpoint.load_into(
+            &model
+                .named_variables()
+                .into_iter()
+                .collect::<HashMap<_, _>>(),
+        )?;
         Ok(model)
     }
 
     /// Every weight under its saved name.
     fn named_variables(&self) -> BTreeMap<String, Tensor> {
-        let mut named: BTreeMap<String, Tensor> = self.backbone.var_store().variables().into_iter().map(|(n, t)| (format!("{BACKBONE_PREFIX}{n}"), t)).collect();
+        let mut named: BTreeMap<String, Tensor> = self
+            .backbone
+            .var_store()
+            .variables()
+            .into_iter()
+            .map(|(n, t)| (format!("{BACKBONE_PREFIX}{n}"), t))
+            .collect();
         named.extend(self.head.vs.variables());
         named
     }
@@ -148,7 +200,8 @@ impl RewardModel {
     /// Writes `config.json` and the weights into `dir` (which must exist).
     pub fn save(&self, dir: &Path) -> Result<()> {
         save_safetensors(dir, &self.named_variables(), DEFAULT_MAX_SHARD_BYTES)?;
-        let backbone_config: serde_json::Value = serde_json::from_str(&self.backbone.config().to_json()).expect("configs are JSON");
+        let backbone_config: serde_json::Value =
+            serde_json::from_str(&self.backbone.config().to_json()).expect("configs are JSON");
         let config = serde_json::json!({
             "model_type": "reward_model",
             "architectures": ["RewardModel"],
@@ -156,7 +209,12 @@ impl RewardModel {
             "backbone_config": backbone_config,
             "torch_dtype": kind_name(self.backbone.kind()),
         });
-        Ok(write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&config).expect("json").as_bytes())?)
+        Ok(write_atomic(
+            &dir.join("config.json"),
+            serde_json::to_string_pretty(&config)
+                .expect("json")
+                .as_bytes(),
+        )?)
     }
 
     pub fn backbone(&self) -> &CausalLm {
@@ -187,7 +245,11 @@ impl RewardModel {
     /// Logits `[B]` (f32) of a left-padded batch: `input_ids`, `positions` `[B, T]` and the
     /// boolean attention mask `[B, 1, T, T]` of `lincal_model::layers::attention_mask`.
     pub fn score(&self, input_ids: &Tensor, positions: &Tensor, mask: &Tensor) -> Tensor {
-        self.score_hidden(&self.backbone.forward(input_ids, positions, Some(mask), None))
+        self.score_hidden(
+            &self
+                .backbone
+                .forward(input_ids, positions, Some(mask), None),
+        )
     }
 
     /// Logits `[B]` from the backbone's final hidden states of a left-padded batch: the head
@@ -198,14 +260,28 @@ impl RewardModel {
 
     /// Logits of `texts`, tokenised with special tokens, truncated on the right to `max_len`
     /// tokens and left-padded with `pad_id`, in batches of `batch_size`.
-    pub fn score_texts(&self, tokenizer: &Tokenizer, texts: &[String], max_len: usize, pad_id: i64, batch_size: usize) -> Result<Vec<f32>> {
-        let rows = texts.iter().map(|t| tokenize_reward(tokenizer, t, max_len)).collect::<Result<Vec<_>>>()?;
+    pub fn score_texts(
+        &self,
+        tokenizer: &Tokenizer,
+        texts: &[String],
+        max_len: usize,
+        pad_id: i64,
+        batch_size: usize,
+    ) -> Result<Vec<f32>> {
+        let rows = texts
+            .iter()
+            .map(|t| tokenize_reward(tokenizer, t, max_len))
+            .collect::<Result<Vec<_>>>()?;
         let mut logits = Vec::with_capacity(rows.len());
         tch::no_grad(|| -> Result<()> {
             for chunk in rows.chunks(batch_size.max(1)) {
                 let refs: Vec<&[i64]> = chunk.iter().map(Vec::as_slice).collect();
                 let batch = collate_left_padded(&refs, pad_id, self.backbone.device());
-                logits.extend(Vec::<f32>::try_from(self.score(&batch.input_ids, &batch.positions, &batch.mask))?);
+                logits.extend(Vec::<f32>::try_from(self.score(
+                    &batch.input_ids,
+                    &batch.positions,
+                    &batch.mask,
+                ))?);
             }
             Ok(())
         })?;
@@ -230,7 +306,10 @@ impl RewardObjective {
         let ids: Vec<&[i64]> = units.iter().map(|&u| rows[u].0.as_slice()).collect();
         let labels: Vec<f32> = units.iter().map(|&u| rows[u].1 as f32).collect();
         let device = self.model.backbone.device();
-        (collate_left_padded(&ids, self.pad_id, device), Tensor::from_slice(&labels).to_device(device))
+        (
+            collate_left_padded(&ids, self.pad_id, device),
+            Tensor::from_slice(&labels).to_device(device),
+        )
     }
 }
 
@@ -241,9 +320,19 @@ impl Objective for RewardObjective {
 
     fn backward(&self, units: &[usize], divisor: f64) -> Result<(Tensor, usize)> {
         let (batch, labels) = self.batch(&self.train, units);
-        let loss = backward_loss(&self.model.backbone, self.gradient_checkpointing, &batch.input_ids, &batch.positions, Some(&batch.mask), divisor, |hidden| {
-            self.model.score_hidden(hidden).binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Sum)
-        });
+        let loss = backward_loss(
+            &self.model.backbone,
+            self.gradient_checkpointing,
+            &batch.input_ids,
+            &batch.positions,
+            Some(&batch.mask),
+            divisor,
+            |hidden| {
+                self.model
+                    .score_hidden(hidden)
+                    .binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Sum)
+            },
+        );
         Ok((loss, batch.tokens))
     }
 
@@ -256,13 +345,23 @@ impl Objective for RewardObjective {
             let all: Vec<usize> = (0..self.eval.len()).collect();
             for units in all.chunks(self.eval_batch_size) {
                 let (batch, labels) = self.batch(&self.eval, units);
-                let logits = self.model.score(&batch.input_ids, &batch.positions, &batch.mask);
-                loss += logits.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Sum).double_value(&[]);
-                squared_error += (logits.sigmoid() - &labels).square().sum(Kind::Double).double_value(&[]);
+                let logits = self
+                    .model
+                    .score(&batch.input_ids, &batch.positions, &batch.mask);
+                loss += logits
+                    .binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Sum)
+                    .double_value(&[]);
+                squared_error += (logits.sigmoid() - &labels)
+                    .square()
+                    .sum(Kind::Double)
+                    .double_value(&[]);
             }
         });
         let n = self.eval.len() as f64;
-        Ok(vec![("eval_loss", loss / n), ("eval_mse", squared_error / n)])
+        Ok(vec![
+            ("eval_loss", loss / n),
+            ("eval_mse", squared_error / n),
+        ])
     }
 
     fn set_training(&self, training: bool) {
@@ -280,16 +379,29 @@ impl Objective for RewardObjective {
 }
 
 /// Tokenises reward examples, checking every label.
-fn tokenize_rewards(tokenizer: &Tokenizer, examples: &[RewardExample], max_len: usize, set: &'static str) -> Result<Vec<(Vec<i64>, f64)>> {
+fn tokenize_rewards(
+    tokenizer: &Tokenizer,
+    examples: &[RewardExample],
+    max_len: usize,
+    set: &'static str,
+) -> Result<Vec<(Vec<i64>, f64)>> {
     examples
         .iter()
         .enumerate()
         .map(|(index, example)| {
-            let data_error = |message: String| TrainError::Data { set, index, message };
+            let data_error = |message: String| TrainError::Data {
+                set,
+                index,
+                message,
+            };
             if !(0.0..=1.0).contains(&example.label) {
-                return Err(data_error(format!("label {} is outside [0, 1]; labels are probabilities or 0/1 correctness", example.label)));
+                return Err(data_error(format!(
+                    "label {} is outside [0, 1]; labels are probabilities or 0/1 correctness",
+                    example.label
+                )));
             }
-            let ids = tokenize_reward(tokenizer, &example.prompt, max_len).map_err(|e| data_error(e.to_string()))?;
+            let ids = tokenize_reward(tokenizer, &example.prompt, max_len)
+                .map_err(|e| data_error(e.to_string()))?;
             if ids.is_empty() {
                 return Err(data_error("the text has no tokens".into()));
             }
@@ -307,25 +419,91 @@ pub struct RewardModelTrainer {
 impl RewardModelTrainer {
     /// The backbone comes from `model_dir` (a causal LM with its tokenizer, e.g. the SFT
     /// model); the head starts as PyTorch's default linear init seeded by `training.seed`.
-    pub fn new(model_dir: &Path, device: Device, config: &RewardModelConfig, train: &[RewardExample], eval: &[RewardExample], run: &RunOptions) -> Result<Self> {
+    pub fn new(
+        model_dir: &Path,
+        device: Device,
+        config: &RewardModelConfig,
+        train: &[RewardExample],
+        eval: &[RewardExample],
+        run: &RunOptions,
+    ) -> Result<Self> {
         config.validate()?;
         let kind = config.training.precision.kind(device);
-        let loaded = LoadedModel::load(model_dir, device, kind, config.lora.as_ref(), config.training.seed, &config.pad_token)?;
-        let train_rows = tokenize_rewards(&loaded.tokenizer, train, config.model_max_length, "train")?;
+        let loaded = LoadedModel::load(
+            model_dir,
+            device,
+            kind,
+            config.lora.as_ref(),
+            config.training.seed,
+            &config.pad_token,
+        )?;
+        let train_rows =
+            tokenize_rewards(&loaded.tokenizer, train, config.model_max_length, "train")?;
         let eval_rows = tokenize_rewards(&loaded.tokenizer, eval, config.model_max_length, "eval")?;
         let mut trainable = loaded.trainable(&OUTPUT_EMBEDDINGS);
-        let LoadedModel { model, tokenizer, lora, pad_id, .. } = loaded;
-        let model = RewardModel::new(model, HeadInit::Default { seed: config.training.seed }, &model_dir.display().to_string());
+        let LoadedModel {
+            model,
+            tokenizer,
+            lora,
+            pad_id,
+            ..
+        } = loaded;
+        let model = RewardModel::new(
+            model,
+            HeadInit::Default {
+                seed: config.training.seed,
+            },
+            &model_dir.display().to_string(),
+        );
         let mut head: Vec<(String, Tensor)> = model.head.vs.variables().into_iter().collect();
         head.sort_by(|a, b| a.0.cmp(&b.0));
         trainable.extend(head);
-        let params = TrainableParams::new(trainable, AdamWConfig::from_training(&config.training), config.training.precision.master_weights());
-        let manifest = Manifest { base_model: Some(model_dir.to_path_buf()), ..Manifest::new("reward_model", serde_json::to_value(config).expect("configs serialise"), Vec::new()) };
-        let labels: Vec<Vec<i64>> = train_rows.iter().map(|(_, label)| vec![label.to_bits() as i64]).collect();
-        let digest = rows_digest(train_rows.iter().zip(&labels).map(|((ids, _), label)| (ids.as_slice(), label.as_slice())));
-        let train_loop = TrainLoop::open(run, manifest, &config.training, params, train_rows.len(), digest, device)?;
-        let objective = RewardObjective { model, tokenizer, lora, pad_id, train: train_rows, eval: eval_rows, eval_batch_size: config.training.eval_batch_size, gradient_checkpointing: config.training.gradient_checkpointing };
-        Ok(RewardModelTrainer { objective, train_loop })
+        let params = TrainableParams::new(
+            trainable,
+            AdamWConfig::from_training(&config.training),
+            config.training.precision.master_weights(),
+        );
+        let manifest = Manifest {
+            base_model: Some(model_dir.to_path_buf()),
+            ..Manifest::new(
+                "reward_model",
+                serde_json::to_value(config).expect("configs serialise"),
+                Vec::new(),
+            )
+        };
+        let labels: Vec<Vec<i64>> = train_rows
+            .iter()
+            .map(|(_, label)| vec![label.to_bits() as i64])
+            .collect();
+        let digest = rows_digest(
+            train_rows
+                .iter()
+                .zip(&labels)
+                .map(|((ids, _), label)| (ids.as_slice(), label.as_slice())),
+        );
+        let train_loop = TrainLoop::open(
+            run,
+            manifest,
+            &config.training,
+            params,
+            train_rows.len(),
+            digest,
+            device,
+        )?;
+        let objective = RewardObjective {
+            model,
+            tokenizer,
+            lora,
+            pad_id,
+            train: train_rows,
+            eval: eval_rows,
+            eval_batch_size: config.training.eval_batch_size,
+            gradient_checkpointing: config.training.gradient_checkpointing,
+        };
+        Ok(RewardModelTrainer {
+            objective,
+            train_loop,
+        })
     }
 
     pub fn train(&mut self, stop_at_step: Option<u64>) -> Result<TrainSummary> {
@@ -347,11 +525,28 @@ mod tests {
     use crate::testutil::{quick_training, run_options, saved_tensors, tiny_model_dir};
 
     fn examples() -> Vec<RewardExample> {
-        [("t5 t6 t7", 0.1), ("t8 t9", 0.35), ("t10 t11 t12 t13", 0.6), ("t14", 0.9)].iter().map(|(t, l)| RewardExample { question_id: None, prompt: t.to_string(), label: *l }).collect()
+        [
+            ("t5 t6 t7", 0.1),
+            ("t8 t9", 0.35),
+            ("t10 t11 t12 t13", 0.6),
+            ("t14", 0.9),
+        ]
+        .iter()
+        .map(|(t, l)| RewardExample {
+            question_id: None,
+            prompt: t.to_string(),
+            label: *l,
+        })
+        .collect()
     }
 
     fn config(epochs: f64) -> RewardModelConfig {
-        RewardModelConfig { model_max_length: 64, pad_token: "[PAD]".into(), lora: None, training: quick_training(1e-2, epochs, 4, 2) }
+        RewardModelConfig {
+            model_max_length: 64,
+            pad_token: "[PAD]".into(),
+            lora: None,
+            training: quick_training(1e-2, epochs, 4, 2),
+        }
     }
 
     /// Two steps with gradient checkpointing train the weights that two plain steps do (the
@@ -364,7 +559,17 @@ mod tests {
             let run = tempfile::tempdir().unwrap();
             let mut config = config(2.0);
             config.training.gradient_checkpointing = gradient_checkpointing;
-            RewardModelTrainer::new(model_dir.path(), Device::Cpu, &config, &data, &[], &run_options(run.path())).unwrap().train(None).unwrap();
+            RewardModelTrainer::new(
+                model_dir.path(),
+                Device::Cpu,
+                &config,
+                &data,
+                &[],
+                &run_options(run.path()),
+            )
+            .unwrap()
+            .train(None)
+            .unwrap();
             saved_tensors(&run.path().join("final"))
         };
         let (plain, checkpointed) = (trained(false), trained(true));
@@ -374,7 +579,11 @@ mod tests {
         }
         // The steps reached the first layer.
         let base = saved_tensors(model_dir.path());
-        let moved = (&plain["backbone_model.model.layers.0.mlp.down_proj.weight"] - &base["model.layers.0.mlp.down_proj.weight"]).abs().max().double_value(&[]);
+        let moved = (&plain["backbone_model.model.layers.0.mlp.down_proj.weight"]
+            - &base["model.layers.0.mlp.down_proj.weight"])
+            .abs()
+            .max()
+            .double_value(&[]);
         assert!(moved > 1e-4, "{moved}");
     }
 
@@ -385,27 +594,66 @@ mod tests {
         let model_dir = tiny_model_dir();
         let run = tempfile::tempdir().unwrap();
         let data = examples();
-        let mut trainer = RewardModelTrainer::new(model_dir.path(), Device::Cpu, &config(80.0), &data, &data, &run_options(run.path())).unwrap();
+        let mut trainer = RewardModelTrainer::new(
+            model_dir.path(),
+            Device::Cpu,
+            &config(80.0),
+            &data,
+            &data,
+            &run_options(run.path()),
+        )
+        .unwrap();
         let summary = trainer.train(None).unwrap();
-        let mse = summary.eval.iter().find(|(n, _)| n == "eval_mse").unwrap().1;
+        let mse = summary
+            .eval
+            .iter()
+            .find(|(n, _)| n == "eval_mse")
+            .unwrap()
+            .1;
         assert!(mse < 1e-3, "eval MSE {mse}");
         let final_dir = summary.final_dir.unwrap();
         let tensors = saved_tensors(&final_dir);
-        for name in ["backbone_model.model.embed_tokens.weight", "backbone_model.lm_head.weight", HEAD_WEIGHT, HEAD_BIAS] {
+        for name in [
+            "backbone_model.model.embed_tokens.weight",
+            "backbone_model.lm_head.weight",
+            HEAD_WEIGHT,
+            HEAD_BIAS,
+        ] {
             assert!(tensors.contains_key(name), "{name} missing");
         }
-        assert_eq!((tensors[HEAD_WEIGHT].size(), tensors[HEAD_BIAS].size()), (vec![1, 32], vec![1]));
+        assert_eq!(
+            (tensors[HEAD_WEIGHT].size(), tensors[HEAD_BIAS].size()),
+            (vec![1, 32], vec![1])
+        );
         // The output embedding is not used by a reward model and stays as loaded.
         let base = saved_tensors(model_dir.path());
-        assert!(tensors["backbone_model.lm_head.weight"].narrow(0, 0, 64).equal(&base["lm_head.weight"]));
-        let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(final_dir.join("config.json")).unwrap()).unwrap();
-        assert_eq!((config["model_type"].as_str(), config["backbone_config"]["vocab_size"].as_i64()), (Some("reward_model"), Some(65)));
+        assert!(
+            tensors["backbone_model.lm_head.weight"]
+                .narrow(0, 0, 64)
+                .equal(&base["lm_head.weight"])
+        );
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(final_dir.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            (
+                config["model_type"].as_str(),
+                config["backbone_config"]["vocab_size"].as_i64()
+            ),
+            (Some("reward_model"), Some(65))
+        );
         // Reloaded, it scores exactly as the trained model.
         let tokenizer = Tokenizer::from_dir(&final_dir).unwrap();
         let texts: Vec<String> = data.iter().map(|e| e.prompt.clone()).collect();
-        let trained = trainer.model().score_texts(&tokenizer, &texts, 64, 64, 3).unwrap();
+        let trained = trainer
+            .model()
+            .score_texts(&tokenizer, &texts, 64, 64, 3)
+            .unwrap();
         let reloaded = RewardModel::load(&final_dir, Device::Cpu, None).unwrap();
-        assert_eq!(reloaded.score_texts(&tokenizer, &texts, 64, 64, 3).unwrap(), trained);
+        assert_eq!(
+            reloaded.score_texts(&tokenizer, &texts, 64, 64, 3).unwrap(),
+            trained
+        );
         for (logit, example) in trained.iter().zip(&data) {
             let p = crate::sigmoid(f64::from(*logit));
             assert!((p - example.label).abs() < 0.05, "{p} vs {}", example.label);
@@ -413,17 +661,27 @@ mod tests {
         // A reference checkpoint has no backbone_config and names the backbone's directory.
         let backbone_dir = tempfile::tempdir().unwrap();
         let mut config = config;
-        std::fs::write(backbone_dir.path().join("config.json"), config["backbone_config"].to_string()).unwrap();
+        std::fs::write(
+            backbone_dir.path().join("config.json"),
+            config["backbone_config"].to_string(),
+        )
+        .unwrap();
         config.as_object_mut().unwrap().remove("backbone_config");
         config["backbone_model_name_or_path"] = backbone_dir.path().display().to_string().into();
         std::fs::write(final_dir.join("config.json"), config.to_string()).unwrap();
         let reference = RewardModel::load(&final_dir, Device::Cpu, None).unwrap();
-        assert_eq!(reference.score_texts(&tokenizer, &texts, 64, 64, 3).unwrap(), trained);
+        assert_eq!(
+            reference
+                .score_texts(&tokenizer, &texts, 64, 64, 3)
+                .unwrap(),
+            trained
+        );
     }
 
     #[test]
     fn scores_read_the_last_real_token_of_left_padded_rows() {
-        let backbone = lincal_model::testing::random_model(lincal_model::testing::tiny_llama(false), 9);
+        let backbone =
+            lincal_model::testing::random_model(lincal_model::testing::tiny_llama(false), 9);
         let model = RewardModel::new(backbone, HeadInit::Default { seed: 1 }, "tiny");
         let bound = 1.0 / 32f64.sqrt();
         let head = model.head_var_store().variables();
@@ -432,12 +690,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         lincal_model::testing::write_tokenizer(dir.path(), 64);
         let tokenizer = Tokenizer::from_dir(dir.path()).unwrap();
-        let alone = model.score_texts(&tokenizer, &["t5 t6".to_string()], 64, 0, 1).unwrap();
-        let batched = model.score_texts(&tokenizer, &["t7 t8 t9 t10 t11".to_string(), "t5 t6".to_string()], 64, 0, 2).unwrap();
-        assert!((alone[0] - batched[1]).abs() < 1e-5, "{alone:?} vs {batched:?}");
+        let alone = model
+            .score_texts(&tokenizer, &["t5 t6".to_string()], 64, 0, 1)
+            .unwrap();
+        let batched = model
+            .score_texts(
+                &tokenizer,
+                &["t7 t8 t9 t10 t11".to_string(), "t5 t6".to_string()],
+                64,
+                0,
+                2,
+            )
+            .unwrap();
+        assert!(
+            (alone[0] - batched[1]).abs() < 1e-5,
+            "{alone:?} vs {batched:?}"
+        );
         // PPO's value model: the same backbone with a zero head scores every text 0.
         let value = model.with_head(HeadInit::Zero);
-        assert_eq!(value.score_texts(&tokenizer, &["t5 t6".to_string(), "t9".to_string()], 64, 0, 2).unwrap(), vec![0.0, 0.0]);
+        assert_eq!(
+            value
+                .score_texts(
+                    &tokenizer,
+                    &["t5 t6".to_string(), "t9".to_string()],
+                    64,
+                    0,
+                    2
+                )
+                .unwrap(),
+            vec![0.0, 0.0]
+        );
     }
 
     #[test]
@@ -446,7 +728,21 @@ mod tests {
         let run = tempfile::tempdir().unwrap();
         let mut data = examples();
         data[1].label = 1.5;
-        let err = RewardModelTrainer::new(model_dir.path(), Device::Cpu, &config(1.0), &data, &[], &run_options(run.path())).err().unwrap().to_string();
-        assert_eq!(err, "train example 1: label 1.5 is outside [0, 1]; labels are probabilities or 0/1 correctness");
+        let err = RewardModelTrainer::new(
+            model_dir.path(),
+            Device::Cpu,
+            &config(1.0),
+            &data,
+            &[],
+            &run_options(run.path()),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert_eq!(
+            err,
+            "train example 1: label 1.5 is outside [0, 1]; \
+             labels are probabilities or 0/1 correctness"
+        );
     }
 }

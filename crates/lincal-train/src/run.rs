@@ -54,8 +54,23 @@ pub struct TrainState {
 
 impl TrainState {
     /// The state of a run that has not started.
-    pub fn new(total_steps: u64, steps_per_epoch: u64, train_units: usize, data_sha256: String, seed: u64) -> Self {
-        TrainState { step: 0, total_steps, steps_per_epoch, epoch: 0, epoch_offset: 0, train_units, data_sha256, seed }
+    pub fn new(
+        total_steps: u64,
+        steps_per_epoch: u64,
+        train_units: usize,
+        data_sha256: String,
+        seed: u64,
+    ) -> Self {
+        TrainState {
+            step: 0,
+            total_steps,
+            steps_per_epoch,
+            epoch: 0,
+            epoch_offset: 0,
+            train_units,
+            data_sha256,
+            seed,
+        }
     }
 }
 
@@ -66,7 +81,12 @@ pub struct RunDir {
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| TrainError::run_dir(path, format!("is not valid ({e}); the run directory is damaged")))
+    serde_json::from_str(&text).map_err(|e| {
+        TrainError::run_dir(
+            path,
+            format!("is not valid ({e}); the run directory is damaged"),
+        )
+    })
 }
 
 /// What `RunDir::open` found.
@@ -84,12 +104,23 @@ impl RunDir {
     /// resume. A run is finished once `final/` exists.
     pub fn open(options: &RunOptions, mut manifest: Manifest) -> Result<Opened> {
         let dir = &options.dir;
-        manifest.inputs = options.input_files.iter().map(|path| InputFile::hash(path)).collect::<Result<_, _>>()?;
+        manifest.inputs = options
+            .input_files
+            .iter()
+            .map(|path| InputFile::hash(path))
+            .collect::<Result<_, _>>()?;
         let manifest_path = dir.join(MANIFEST_FILE);
         if manifest_path.exists() {
             let stored = Manifest::read(dir)?;
             if !stored.same_run(&manifest) {
-                return Err(TrainError::run_dir(&manifest_path, format!("holds a run that does not match this one: {}; resume with the same settings, or train into a new directory", stored.difference(&manifest))));
+                return Err(TrainError::run_dir(
+                    &manifest_path,
+                    format!(
+                        "holds a run that does not match this one: {}; \
+                         resume with the same settings, or train into a new directory",
+                        stored.difference(&manifest)
+                    ),
+                ));
             }
             if dir.join(FINAL_DIR).exists() {
                 return Ok(Opened::Finished(dir.join(FINAL_DIR)));
@@ -98,16 +129,30 @@ impl RunDir {
             manifest.resumed = stored.resumed;
             manifest.resumed.push(timestamp());
         } else {
-            let occupied = std::fs::read_dir(dir).map(|mut entries| entries.next().is_some()).unwrap_or(false);
+            let occupied = std::fs::read_dir(dir)
+                .map(|mut entries| entries.next().is_some())
+                .unwrap_or(false);
             if occupied {
-                return Err(TrainError::run_dir(dir, "is not empty and holds no manifest.json, so it is not a lincal run; train into a new or empty directory"));
+                return Err(TrainError::run_dir(
+                    dir,
+                    "is not empty and holds no manifest.json, so it is not a lincal run; \
+                     train into a new or empty directory",
+                ));
             }
             std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
         }
         manifest.write(dir)?;
-        let latest = latest_checkpoint(dir)?.map(|path| Ok::<_, TrainError>((path.clone(), read_json(&path.join(STATE_FILE))?))).transpose()?;
+        let latest = latest_checkpoint(dir)?
+            .map(|path| Ok::<_, TrainError>((path.clone(), read_json(&path.join(STATE_FILE))?)))
+            .transpose()?;
         let events = EventWriter::create(dir)?;
-        Ok(Opened::Active(RunDir { dir: dir.clone(), events }, latest))
+        Ok(Opened::Active(
+            RunDir {
+                dir: dir.clone(),
+                events,
+            },
+            latest,
+        ))
     }
 
     pub fn path(&self) -> &Path {
@@ -121,7 +166,16 @@ impl RunDir {
         if path.exists() {
             let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
             // A record cut by a crash mid-write is dropped with the rest.
-            let kept: String = text.lines().filter(|line| serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v.get("step").and_then(|s| s.as_u64())).is_some_and(|s| s <= step)).map(|line| format!("{line}\n")).collect();
+            let kept: String = text
+                .lines()
+                .filter(|line| {
+                    serde_json::from_str::<serde_json::Value>(line)
+                        .ok()
+                        .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                        .is_some_and(|s| s <= step)
+                })
+                .map(|line| format!("{line}\n"))
+                .collect();
             write_atomic(&path, kept.as_bytes())?;
         }
         self.events.session_start(step + 1)
@@ -131,21 +185,44 @@ impl RunDir {
     /// under `<group>/<name>`.
     pub fn log(&mut self, group: &str, record: &serde_json::Value) -> Result<()> {
         let path = self.dir.join(METRICS_FILE);
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| TrainError::io(&path, e))?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| TrainError::io(&path, e))?;
         writeln!(file, "{record}").map_err(|e| TrainError::io(&path, e))?;
         let step = record.get("step").and_then(|s| s.as_u64()).unwrap_or(0);
-        let tags: Vec<(String, f64)> = record.as_object().into_iter().flatten().filter(|(k, _)| k.as_str() != "step").filter_map(|(k, v)| v.as_f64().map(|v| (format!("{group}/{k}"), v))).collect();
+        let tags: Vec<(String, f64)> = record
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| k.as_str() != "step")
+            .filter_map(|(k, v)| v.as_f64().map(|v| (format!("{group}/{k}"), v)))
+            .collect();
         let tags: Vec<(&str, f64)> = tags.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         self.events.scalars(step, &tags)
     }
 
     /// Writes a checkpoint directory atomically (`fill` writes the tensors) and keeps only
     /// the newest `keep`.
-    pub fn save_checkpoint(&self, state: &TrainState, keep: usize, fill: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
-        let path = self.dir.join(CHECKPOINTS_DIR).join(format!("step-{:08}", state.step));
+    pub fn save_checkpoint(
+        &self,
+        state: &TrainState,
+        keep: usize,
+        fill: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<PathBuf> {
+        let path = self
+            .dir
+            .join(CHECKPOINTS_DIR)
+            .join(format!("step-{:08}", state.step));
         write_dir(&path, |tmp| {
             fill(tmp)?;
-            Ok(write_atomic(&tmp.join(STATE_FILE), serde_json::to_string_pretty(state).expect("json").as_bytes())?)
+            Ok(write_atomic(
+                &tmp.join(STATE_FILE),
+                serde_json::to_string_pretty(state)
+                    .expect("json")
+                    .as_bytes(),
+            )?)
         })?;
         let all = checkpoints(&self.dir)?;
         for old in all.iter().take(all.len().saturating_sub(keep)) {
@@ -191,7 +268,11 @@ fn checkpoints(dir: &Path) -> Result<Vec<PathBuf>> {
     for entry in std::fs::read_dir(&root).map_err(|e| TrainError::io(&root, e))? {
         let path = entry.map_err(|e| TrainError::io(&root, e))?.path();
         // `step-N.partial` directories are checkpoints cut short by a crash.
-        let step = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("step-")).and_then(|n| n.parse::<u64>().ok());
+        let step = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("step-"))
+            .and_then(|n| n.parse::<u64>().ok());
         if let Some(step) = step.filter(|_| path.join(STATE_FILE).exists()) {
             found.push((step, path));
         }

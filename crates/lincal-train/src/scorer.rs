@@ -22,9 +22,17 @@ pub fn sigmoid(logit: f64) -> f64 {
 /// The id a tokenizer pads with: its pad token, else its EOS. Rows are left-padded and the
 /// padding is masked, so only the row length matters, not which id fills it.
 pub fn padding_id(tokenizer: &Tokenizer, what: &str) -> Result<i64> {
-    tokenizer.pad_token().or_else(|| tokenizer.eos_token()).and_then(|t| tokenizer.token_id(&t)).ok_or_else(|| {
-        TrainError::config(what, "the tokenizer has neither a pad nor an eos token to pad batches with; set one in tokenizer_config.json")
-    })
+    tokenizer
+        .pad_token()
+        .or_else(|| tokenizer.eos_token())
+        .and_then(|t| tokenizer.token_id(&t))
+        .ok_or_else(|| {
+            TrainError::config(
+                what,
+                "the tokenizer has neither a pad nor an eos token to pad batches with; \
+                 set one in tokenizer_config.json",
+            )
+        })
 }
 
 /// A reward model with its tokenizer and input limit.
@@ -38,16 +46,40 @@ pub struct Scorer {
 
 impl Scorer {
     /// `what` names the model in errors (a config key such as `reward_model`).
-    pub fn new(model: Rc<RewardModel>, tokenizer: Tokenizer, max_tokens: usize, batch_size: usize, what: &str) -> Result<Self> {
+    pub fn new(
+        model: Rc<RewardModel>,
+        tokenizer: Tokenizer,
+        max_tokens: usize,
+        batch_size: usize,
+        what: &str,
+    ) -> Result<Self> {
         let pad_id = padding_id(&tokenizer, what)?;
-        Ok(Scorer { model, tokenizer, pad_id, max_tokens, batch_size: batch_size.max(1) })
+        Ok(Scorer {
+            model,
+            tokenizer,
+            pad_id,
+            max_tokens,
+            batch_size: batch_size.max(1),
+        })
     }
 
     /// Loads the reward model of `dir` (a `lincal reward-model` output) with its tokenizer.
-    pub fn load(dir: &Path, device: Device, kind: Option<Kind>, max_tokens: usize, batch_size: usize) -> Result<Self> {
+    pub fn load(
+        dir: &Path,
+        device: Device,
+        kind: Option<Kind>,
+        max_tokens: usize,
+        batch_size: usize,
+    ) -> Result<Self> {
         let model = RewardModel::load(dir, device, kind)?;
         let tokenizer = Tokenizer::from_dir(dir)?;
-        Scorer::new(Rc::new(model), tokenizer, max_tokens, batch_size, &dir.display().to_string())
+        Scorer::new(
+            Rc::new(model),
+            tokenizer,
+            max_tokens,
+            batch_size,
+            &dir.display().to_string(),
+        )
     }
 
     pub fn model(&self) -> &RewardModel {
@@ -56,11 +88,21 @@ impl Scorer {
 
     /// The logit of each text.
     pub fn logits(&self, texts: &[String]) -> Result<Vec<f32>> {
-        self.model.score_texts(&self.tokenizer, texts, self.max_tokens, self.pad_id, self.batch_size)
+        self.model.score_texts(
+            &self.tokenizer,
+            texts,
+            self.max_tokens,
+            self.pad_id,
+            self.batch_size,
+        )
     }
 
     /// sigmoid(logit) of each text.
     pub fn probabilities(&self, texts: &[String]) -> Result<Vec<f64>> {
-        Ok(self.logits(texts)?.into_iter().map(|logit| sigmoid(f64::from(logit))).collect())
+        Ok(self
+            .logits(texts)?
+            .into_iter()
+            .map(|logit| sigmoid(f64::from(logit)))
+            .collect())
     }
 }

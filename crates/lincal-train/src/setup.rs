@@ -22,7 +22,14 @@ impl LoadedModel {
     /// Loads `dir` in `kind`, with adapters when `lora` is set (their `A` drawn from `seed`).
     /// When the tokenizer has no pad token, `pad_token` is added and the embeddings grow with
     /// rows equal to the mean of the old ones, as the reference.
-    pub fn load(dir: &Path, device: Device, kind: Kind, lora: Option<&LoraConfig>, seed: u64, pad_token: &str) -> Result<Self> {
+    pub fn load(
+        dir: &Path,
+        device: Device,
+        kind: Kind,
+        lora: Option<&LoraConfig>,
+        seed: u64,
+        pad_token: &str,
+    ) -> Result<Self> {
         let mut tokenizer = Tokenizer::from_dir(dir)?;
         let load = || CausalLm::load(dir, device, Some(kind));
         let (mut model, lora) = match lora {
@@ -32,8 +39,25 @@ impl LoadedModel {
             }
             None => (load()?, None),
         };
-        let eos = tokenizer.eos_token().ok_or_else(|| TrainError::config("tokenizer", format!("{} sets no eos_token; SFT appends EOS to every target, so set it in tokenizer_config.json", dir.join("tokenizer_config.json").display())))?;
-        let eos_id = tokenizer.token_id(&eos).ok_or_else(|| TrainError::config("tokenizer", format!("eos_token {eos:?} is not in {}", dir.join("tokenizer.json").display())))?;
+        let eos = tokenizer.eos_token().ok_or_else(|| {
+            TrainError::config(
+                "tokenizer",
+                format!(
+                    "{} sets no eos_token; SFT appends EOS to every target, \
+                     so set it in tokenizer_config.json",
+                    dir.join("tokenizer_config.json").display()
+                ),
+            )
+        })?;
+        let eos_id = tokenizer.token_id(&eos).ok_or_else(|| {
+            TrainError::config(
+                "tokenizer",
+                format!(
+                    "eos_token {eos:?} is not in {}",
+                    dir.join("tokenizer.json").display()
+                ),
+            )
+        })?;
         let pad_id = match tokenizer.pad_token().and_then(|t| tokenizer.token_id(&t)) {
             Some(id) => id,
             None => tokenizer.add_special_token("pad_token", pad_token),
@@ -43,13 +67,20 @@ impl LoadedModel {
             model.resize_token_embeddings(vocab)?;
         }
         tokenizer.check_model_vocab(model.config().vocab_size())?;
-        Ok(LoadedModel { model, tokenizer, lora, pad_id, eos_id })
+        Ok(LoadedModel {
+            model,
+            tokenizer,
+            lora,
+            pad_id,
+            eos_id,
+        })
     }
 
     /// The weights to train, by name: the adapters with a frozen base, or every weight but
     /// those in `exclude`.
     pub fn trainable(&self, exclude: &[&str]) -> Vec<(String, Tensor)> {
-        let mut base: Vec<(String, Tensor)> = self.model.var_store().variables().into_iter().collect();
+        let mut base: Vec<(String, Tensor)> =
+            self.model.var_store().variables().into_iter().collect();
         base.sort_by(|a, b| a.0.cmp(&b.0));
         let frozen = |var: &Tensor| {
             let _ = var.set_requires_grad(false);
@@ -57,13 +88,18 @@ impl LoadedModel {
         match &self.lora {
             Some(adapters) => {
                 base.iter().for_each(|(_, var)| frozen(var));
-                let mut named: Vec<(String, Tensor)> = adapters.var_store().variables().into_iter().collect();
+                let mut named: Vec<(String, Tensor)> =
+                    adapters.var_store().variables().into_iter().collect();
                 named.sort_by(|a, b| a.0.cmp(&b.0));
                 named
             }
             None => {
-                base.iter().filter(|(name, _)| exclude.contains(&name.as_str())).for_each(|(_, var)| frozen(var));
-                base.into_iter().filter(|(name, _)| !exclude.contains(&name.as_str())).collect()
+                base.iter()
+                    .filter(|(name, _)| exclude.contains(&name.as_str()))
+                    .for_each(|(_, var)| frozen(var));
+                base.into_iter()
+                    .filter(|(name, _)| !exclude.contains(&name.as_str()))
+                    .collect()
             }
         }
     }
@@ -87,7 +123,8 @@ impl LoadedModel {
             self.tokenizer.save(&adapter_dir)?;
         }
         to_full_precision(&mut self.model, self.lora.as_mut())?;
-        self.model.save(dir, lincal_model::model::DEFAULT_MAX_SHARD_BYTES)?;
+        self.model
+            .save(dir, lincal_model::model::DEFAULT_MAX_SHARD_BYTES)?;
         Ok(self.tokenizer.save(dir)?)
     }
 }
@@ -95,7 +132,10 @@ impl LoadedModel {
 /// Final models are saved in f32, as the reference's (FSDP full state dicts of f32 shards).
 /// The trainer has already pointed trained weights at their f32 masters; the rest is cast,
 /// then LoRA adapters are merged (in f32, so the bf16 base loses nothing more).
-pub(crate) fn to_full_precision(model: &mut CausalLm, lora: Option<&mut LoraAdapters>) -> Result<()> {
+pub(crate) fn to_full_precision(
+    model: &mut CausalLm,
+    lora: Option<&mut LoraAdapters>,
+) -> Result<()> {
     model.set_kind(Kind::Float);
     if let Some(adapters) = lora {
         adapters.merge_into(model.var_store())?;

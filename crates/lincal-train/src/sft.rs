@@ -2,21 +2,32 @@
 //! target and EOS tokens of prompt + target, prompts masked, rows right-padded.
 
 use crate::config::SftConfig;
-use crate::data::{SftBatch, SftExample, TokenRow, collate_sft, pack_rows, rows_digest, tokenize_sft_set};
-use crate::train_loop::{Objective, TrainLoop, backward_loss};
-use crate::training_run::TrainSummary;
-use lincal_data::artifact::Manifest;
+use crate::data::{
+    SftBatch, SftExample, TokenRow, collate_sft, pack_rows, rows_digest, tokenize_sft_set,
+};
 use crate::error::Result;
 use crate::optim::{AdamWConfig, TrainableParams};
 use crate::run::RunOptions;
 use crate::setup::LoadedModel;
+use crate::train_loop::{Objective, TrainLoop, backward_loss};
+use crate::training_run::TrainSummary;
+use lincal_data::artifact::Manifest;
 use lincal_model::CausalLm;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Reduction, Tensor};
 
 /// Sum of the cross-entropy of every labelled next-token prediction in `batch`.
 pub fn causal_lm_loss_sum(model: &CausalLm, batch: &SftBatch) -> Tensor {
-    labelled_loss_sum(model, &model.forward(&batch.input_ids, &batch.positions, batch.mask.as_ref(), None), batch)
+    labelled_loss_sum(
+        model,
+        &model.forward(
+            &batch.input_ids,
+            &batch.positions,
+            batch.mask.as_ref(),
+            None,
+        ),
+        batch,
+    )
 }
 
 /// [`causal_lm_loss_sum`] from the model's final hidden states over `batch`. Logits are
@@ -26,10 +37,21 @@ pub(crate) fn labelled_loss_sum(model: &CausalLm, hidden: &Tensor, batch: &SftBa
     let width = batch.input_ids.size()[1];
     let hidden = hidden.narrow(1, 0, width - 1);
     let targets = batch.labels.narrow(1, 1, width - 1).reshape([-1]);
-    let labelled = targets.ne(crate::data::IGNORE_INDEX).nonzero().squeeze_dim(1);
-    let hidden = hidden.reshape([-1, hidden.size()[2]]).index_select(0, &labelled);
+    let labelled = targets
+        .ne(crate::data::IGNORE_INDEX)
+        .nonzero()
+        .squeeze_dim(1);
+    let hidden = hidden
+        .reshape([-1, hidden.size()[2]])
+        .index_select(0, &labelled);
     let logits = model.logits(&hidden).to_kind(Kind::Float);
-    logits.cross_entropy_loss::<Tensor>(&targets.index_select(0, &labelled), None, Reduction::Sum, crate::data::IGNORE_INDEX, 0.0)
+    logits.cross_entropy_loss::<Tensor>(
+        &targets.index_select(0, &labelled),
+        None,
+        Reduction::Sum,
+        crate::data::IGNORE_INDEX,
+        0.0,
+    )
 }
 
 /// What the data looked like after tokenisation.
@@ -63,7 +85,15 @@ impl Objective for SftObjective {
         let rows: Vec<&TokenRow> = units.iter().map(|&u| &self.train[u]).collect();
         let model = &self.loaded.model;
         let batch = collate_sft(&rows, self.loaded.pad_id, model.device());
-        let loss = backward_loss(model, self.gradient_checkpointing, &batch.input_ids, &batch.positions, batch.mask.as_ref(), divisor, |hidden| labelled_loss_sum(model, hidden, &batch));
+        let loss = backward_loss(
+            model,
+            self.gradient_checkpointing,
+            &batch.input_ids,
+            &batch.positions,
+            batch.mask.as_ref(),
+            divisor,
+            |hidden| labelled_loss_sum(model, hidden, &batch),
+        );
         Ok((loss, batch.tokens))
     }
 
@@ -103,13 +133,29 @@ impl SftTrainer {
     /// Loads the model in `model_dir` (config, safetensors, tokenizer) on `device`, tokenises
     /// the examples and opens the run in `run.dir`, resuming from its newest checkpoint when
     /// there is one.
-    pub fn new(model_dir: &Path, device: Device, config: &SftConfig, train: &[SftExample], eval: &[SftExample], run: &RunOptions) -> Result<Self> {
+    pub fn new(
+        model_dir: &Path,
+        device: Device,
+        config: &SftConfig,
+        train: &[SftExample],
+        eval: &[SftExample],
+        run: &RunOptions,
+    ) -> Result<Self> {
         config.validate()?;
         let kind = config.training.precision.kind(device);
-        let loaded = LoadedModel::load(model_dir, device, kind, config.lora.as_ref(), config.training.seed, &config.pad_token)?;
+        let loaded = LoadedModel::load(
+            model_dir,
+            device,
+            kind,
+            config.lora.as_ref(),
+            config.training.seed,
+            &config.pad_token,
+        )?;
         let max_len = config.model_max_length;
-        let (rows, dropped_train) = tokenize_sft_set(&loaded.tokenizer, train, loaded.eos_id, max_len, "train")?;
-        let (eval_rows, dropped_eval) = tokenize_sft_set(&loaded.tokenizer, eval, loaded.eos_id, max_len, "eval")?;
+        let (rows, dropped_train) =
+            tokenize_sft_set(&loaded.tokenizer, train, loaded.eos_id, max_len, "train")?;
+        let (eval_rows, dropped_eval) =
+            tokenize_sft_set(&loaded.tokenizer, eval, loaded.eos_id, max_len, "eval")?;
         let report = SftDataReport {
             train_examples: rows.len(),
             train_rows: rows.len(),
@@ -122,17 +168,56 @@ impl SftTrainer {
         // related) are not always packed together; rows are shuffled again every epoch.
         let rows = if config.packing {
             let order = crate::data::epoch_order(rows.len(), config.training.seed, u64::MAX);
-            pack_rows(&order.iter().map(|&i| rows[i].clone()).collect::<Vec<_>>(), max_len)
+            pack_rows(
+                &order.iter().map(|&i| rows[i].clone()).collect::<Vec<_>>(),
+                max_len,
+            )
         } else {
             rows
         };
-        let report = SftDataReport { train_rows: rows.len(), ..report };
-        let params = TrainableParams::new(loaded.trainable(&[]), AdamWConfig::from_training(&config.training), config.training.precision.master_weights());
-        let manifest = Manifest { base_model: Some(model_dir.to_path_buf()), ..Manifest::new("sft", serde_json::to_value(config).expect("configs serialise"), Vec::new()) };
-        let digest = rows_digest(rows.iter().map(|r| (r.input_ids.as_slice(), r.labels.as_slice())));
-        let train_loop = TrainLoop::open(run, manifest, &config.training, params, rows.len(), digest, device)?;
-        let objective = SftObjective { loaded, train: rows, eval: eval_rows, eval_batch_size: config.training.eval_batch_size, gradient_checkpointing: config.training.gradient_checkpointing, base_model: model_dir.to_path_buf() };
-        Ok(SftTrainer { objective, train_loop, report })
+        let report = SftDataReport {
+            train_rows: rows.len(),
+            ..report
+        };
+        let params = TrainableParams::new(
+            loaded.trainable(&[]),
+            AdamWConfig::from_training(&config.training),
+            config.training.precision.master_weights(),
+        );
+        let manifest = Manifest {
+            base_model: Some(model_dir.to_path_buf()),
+            ..Manifest::new(
+                "sft",
+                serde_json::to_value(config).expect("configs serialise"),
+                Vec::new(),
+            )
+        };
+        let digest = rows_digest(
+            rows.iter()
+                .map(|r| (r.input_ids.as_slice(), r.labels.as_slice())),
+        );
+        let train_loop = TrainLoop::open(
+            run,
+            manifest,
+            &config.training,
+            params,
+            rows.len(),
+            digest,
+            device,
+        )?;
+        let objective = SftObjective {
+            loaded,
+            train: rows,
+            eval: eval_rows,
+            eval_batch_size: config.training.eval_batch_size,
+            gradient_checkpointing: config.training.gradient_checkpointing,
+            base_model: model_dir.to_path_buf(),
+        };
+        Ok(SftTrainer {
+            objective,
+            train_loop,
+            report,
+        })
     }
 
     /// Trains to the end (writing `final/`), or until `stop_at_step` steps are complete.
@@ -159,18 +244,46 @@ mod tests {
     use crate::testutil::{quick_training, run_options, saved_tensors, tiny_model_dir};
 
     fn examples() -> Vec<SftExample> {
-        [("t5 t6", " t20 t21 t22"), ("t7 t8 t9", " t23 t24"), ("t10", " t25 t26 t27 t28"), ("t11 t12", " t29"), ("t13 t14 t15 t16", " t30 t31"), ("t17", " t32"), ("t18 t19", " t33 t34 t35"), ("t36", " t37 t38")]
-            .iter()
-            .map(|(p, t)| SftExample { question_id: None, prompt: p.to_string(), target: t.to_string() })
-            .collect()
+        [
+            ("t5 t6", " t20 t21 t22"),
+            ("t7 t8 t9", " t23 t24"),
+            ("t10", " t25 t26 t27 t28"),
+            ("t11 t12", " t29"),
+            ("t13 t14 t15 t16", " t30 t31"),
+            ("t17", " t32"),
+            ("t18 t19", " t33 t34 t35"),
+            ("t36", " t37 t38"),
+        ]
+        .iter()
+        .map(|(p, t)| SftExample {
+            question_id: None,
+            prompt: p.to_string(),
+            target: t.to_string(),
+        })
+        .collect()
     }
 
-    fn sft_config(learning_rate: f64, epochs: f64, batch_size: usize, micro_batch_size: usize) -> SftConfig {
-        SftConfig { model_max_length: 64, packing: false, pad_token: "[PAD]".into(), lora: None, training: quick_training(learning_rate, epochs, batch_size, micro_batch_size) }
+    fn sft_config(
+        learning_rate: f64,
+        epochs: f64,
+        batch_size: usize,
+        micro_batch_size: usize,
+    ) -> SftConfig {
+        SftConfig {
+            model_max_length: 64,
+            packing: false,
+            pad_token: "[PAD]".into(),
+            lora: None,
+            training: quick_training(learning_rate, epochs, batch_size, micro_batch_size),
+        }
     }
 
     fn read_metrics(run: &Path) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 
     /// 4 examples, 60 steps of batch 4 at lr 1e-2: the eval loss (on the same examples) falls
@@ -182,7 +295,15 @@ mod tests {
         let data = &examples()[..4];
         let mut config = sft_config(1e-2, 60.0, 4, 2);
         config.training.eval_every = 30;
-        let mut trainer = SftTrainer::new(model_dir.path(), Device::Cpu, &config, data, data, &run_options(run.path())).unwrap();
+        let mut trainer = SftTrainer::new(
+            model_dir.path(),
+            Device::Cpu,
+            &config,
+            data,
+            data,
+            &run_options(run.path()),
+        )
+        .unwrap();
         assert_eq!(trainer.total_steps(), 60);
         assert_eq!(trainer.data_report().target_tokens, 14);
         let summary = trainer.train(None).unwrap();
@@ -191,25 +312,61 @@ mod tests {
         let final_dir = summary.final_dir.unwrap();
         // Metrics: 60 step records, 2 evaluations (step 30 and 60), and TensorBoard has them.
         let metrics = read_metrics(run.path());
-        assert_eq!(metrics.iter().filter(|m| m.get("loss").is_some()).count(), 60);
+        assert_eq!(
+            metrics.iter().filter(|m| m.get("loss").is_some()).count(),
+            60
+        );
         assert_eq!(metrics.iter().filter_map(|m| m.get("eval_loss")).count(), 2);
         assert!(metrics[0]["loss"].as_f64().unwrap() > 3.0);
-        let events = std::fs::read_dir(run.path()).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_str().unwrap().contains("tfevents")).unwrap();
+        let events = std::fs::read_dir(run.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_str().unwrap().contains("tfevents"))
+            .unwrap();
         let events = crate::tensorboard::tests::read_events(&events).unwrap();
-        assert!(events.iter().any(|e| e.step == 60 && e.scalars.iter().any(|(tag, _)| tag == "eval/eval_loss")));
-        let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.path().join("manifest.json")).unwrap()).unwrap();
-        assert_eq!((manifest["stage"].as_str(), manifest["config"]["training"]["learning_rate"].as_f64()), (Some("sft"), Some(1e-2)));
+        assert!(
+            events
+                .iter()
+                .any(|e| e.step == 60 && e.scalars.iter().any(|(tag, _)| tag == "eval/eval_loss"))
+        );
+        let manifest: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(run.path().join("manifest.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                manifest["stage"].as_str(),
+                manifest["config"]["training"]["learning_rate"].as_f64()
+            ),
+            (Some("sft"), Some(1e-2))
+        );
         assert_eq!(manifest["base_model"].as_str(), model_dir.path().to_str());
-        assert!(manifest["finished"].is_string(), "writing final/ marks the manifest finished: {manifest}");
+        assert!(
+            manifest["finished"].is_string(),
+            "writing final/ marks the manifest finished: {manifest}"
+        );
         // The saved model has the pad row, the pad token, and scores the data as the trainer did.
         let saved = CausalLm::load(&final_dir, Device::Cpu, None).unwrap();
-        assert_eq!((saved.config().vocab_size(), saved.kind()), (65, Kind::Float));
+        assert_eq!(
+            (saved.config().vocab_size(), saved.kind()),
+            (65, Kind::Float)
+        );
         let tokenizer = lincal_model::Tokenizer::from_dir(&final_dir).unwrap();
-        assert_eq!((tokenizer.pad_token().as_deref(), tokenizer.token_id("[PAD]")), (Some("[PAD]"), Some(64)));
+        assert_eq!(
+            (
+                tokenizer.pad_token().as_deref(),
+                tokenizer.token_id("[PAD]")
+            ),
+            (Some("[PAD]"), Some(64))
+        );
         let (rows, _) = tokenize_sft_set(&tokenizer, data, 2, 64, "eval").unwrap();
         let batch = collate_sft(&rows.iter().collect::<Vec<_>>(), 64, Device::Cpu);
-        let reloaded_loss = tch::no_grad(|| causal_lm_loss_sum(&saved, &batch)).double_value(&[]) / 14.0;
-        assert!((reloaded_loss - eval_loss).abs() < 1e-6, "{reloaded_loss} vs {eval_loss}");
+        let reloaded_loss =
+            tch::no_grad(|| causal_lm_loss_sum(&saved, &batch)).double_value(&[]) / 14.0;
+        assert!(
+            (reloaded_loss - eval_loss).abs() < 1e-6,
+            "{reloaded_loss} vs {eval_loss}"
+        );
     }
 
     /// One step over 8 examples of different lengths: 4 micro-batches of 2 against one batch of
@@ -226,7 +383,15 @@ mod tests {
             let mut config = sft_config(1e-2, 1.0, 8, micro);
             config.training.adam_epsilon = 1.0;
             config.training.gradient_checkpointing = gradient_checkpointing;
-            let mut trainer = SftTrainer::new(model_dir.path(), Device::Cpu, &config, &data, &[], &run_options(run.path())).unwrap();
+            let mut trainer = SftTrainer::new(
+                model_dir.path(),
+                Device::Cpu,
+                &config,
+                &data,
+                &[],
+                &run_options(run.path()),
+            )
+            .unwrap();
             assert_eq!(trainer.total_steps(), 1);
             trainer.train(None).unwrap();
             saved_tensors(&run.path().join("final"))
@@ -242,7 +407,10 @@ mod tests {
             }
         }
         // And the step did move the weights.
-        let moved = (&accumulated["lm_head.weight"].narrow(0, 0, 64) - &initial["lm_head.weight"]).abs().max().double_value(&[]);
+        let moved = (&accumulated["lm_head.weight"].narrow(0, 0, 64) - &initial["lm_head.weight"])
+            .abs()
+            .max()
+            .double_value(&[]);
         assert!(moved > 1e-4);
     }
 
@@ -257,31 +425,62 @@ mod tests {
         config.training.save_every = 2;
         config.training.warmup_ratio = 0.3;
         let whole = tempfile::tempdir().unwrap();
-        SftTrainer::new(model_dir.path(), Device::Cpu, &config, data, &[], &run_options(whole.path())).unwrap().train(None).unwrap();
+        SftTrainer::new(
+            model_dir.path(),
+            Device::Cpu,
+            &config,
+            data,
+            &[],
+            &run_options(whole.path()),
+        )
+        .unwrap()
+        .train(None)
+        .unwrap();
 
         let broken = tempfile::tempdir().unwrap();
         let options = run_options(broken.path());
-        let mut trainer = SftTrainer::new(model_dir.path(), Device::Cpu, &config, data, &[], &options).unwrap();
+        let mut trainer =
+            SftTrainer::new(model_dir.path(), Device::Cpu, &config, data, &[], &options).unwrap();
         let summary = trainer.train(Some(3)).unwrap();
         assert_eq!((summary.steps, summary.final_dir.clone()), (3, None));
         drop(trainer);
         let checkpoints = broken.path().join("checkpoints");
         std::fs::remove_dir_all(checkpoints.join("step-00000003")).unwrap();
-        assert!(checkpoints.join("step-00000002").join("optimizer.safetensors").exists());
-        let mut resumed = SftTrainer::new(model_dir.path(), Device::Cpu, &config, data, &[], &options).unwrap();
+        assert!(
+            checkpoints
+                .join("step-00000002")
+                .join("optimizer.safetensors")
+                .exists()
+        );
+        let mut resumed =
+            SftTrainer::new(model_dir.path(), Device::Cpu, &config, data, &[], &options).unwrap();
         let summary = resumed.train(None).unwrap();
         assert_eq!((summary.resumed_from, summary.steps), (Some(2), 6));
 
-        let (a, b) = (saved_tensors(&whole.path().join("final")), saved_tensors(&broken.path().join("final")));
+        let (a, b) = (
+            saved_tensors(&whole.path().join("final")),
+            saved_tensors(&broken.path().join("final")),
+        );
         assert_eq!(a.len(), b.len());
         for (name, tensor) in &a {
             assert!(tensor.equal(&b[name]), "{name} differs after resume");
         }
-        let losses = |run: &Path| read_metrics(run).iter().filter_map(|m| m.get("loss").map(|l| (m["step"].as_u64().unwrap(), l.as_f64().unwrap()))).collect::<Vec<_>>();
+        let losses = |run: &Path| {
+            read_metrics(run)
+                .iter()
+                .filter_map(|m| {
+                    m.get("loss")
+                        .map(|l| (m["step"].as_u64().unwrap(), l.as_f64().unwrap()))
+                })
+                .collect::<Vec<_>>()
+        };
         assert_eq!(losses(whole.path()), losses(broken.path()));
         assert_eq!(losses(broken.path()).len(), 6);
         // A finished run is not trained again.
-        let again = SftTrainer::new(model_dir.path(), Device::Cpu, &config, data, &[], &options).unwrap().train(None).unwrap();
+        let again = SftTrainer::new(model_dir.path(), Device::Cpu, &config, data, &[], &options)
+            .unwrap()
+            .train(None)
+            .unwrap();
         assert_eq!((again.steps, again.last("loss")), (6, None));
     }
 
@@ -293,38 +492,140 @@ mod tests {
         let data = &examples()[..4];
         let mut config = sft_config(1e-3, 2.0, 2, 1);
         config.training.save_every = 1;
-        SftTrainer::new(model_dir.path(), Device::Cpu, &config, data, &[], &options).unwrap().train(Some(1)).unwrap();
+        SftTrainer::new(model_dir.path(), Device::Cpu, &config, data, &[], &options)
+            .unwrap()
+            .train(Some(1))
+            .unwrap();
         config.training.learning_rate = 2e-3;
-        let err = SftTrainer::new(model_dir.path(), Device::Cpu, &config, data, &[], &options).err().unwrap().to_string();
-        assert!(err.ends_with("manifest.json: holds a run that does not match this one: its config differs: `training.learning_rate` was 0.001, now 0.002; resume with the same settings, or train into a new directory"), "{err}");
+        let err = SftTrainer::new(model_dir.path(), Device::Cpu, &config, data, &[], &options)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.ends_with(
+                "manifest.json: holds a run that does not match this one: \
+                 its config differs: `training.learning_rate` was 0.001, now 0.002; \
+                 resume with the same settings, or train into a new directory"
+            ),
+            "{err}"
+        );
         config.training.learning_rate = 1e-3;
-        let err = SftTrainer::new(model_dir.path(), Device::Cpu, &config, &examples()[4..], &[], &options).err().unwrap().to_string();
-        assert!(err.contains("step-00000001: was written with training data of 4 units"), "{err}");
+        let err = SftTrainer::new(
+            model_dir.path(),
+            Device::Cpu,
+            &config,
+            &examples()[4..],
+            &[],
+            &options,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("step-00000001: was written with training data of 4 units"),
+            "{err}"
+        );
         // Input files are hashed into the manifest: an edited file stops the resume.
         let inputs = tempfile::tempdir().unwrap();
         let file = inputs.path().join("train.jsonl");
         std::fs::write(&file, "v1").unwrap();
         let hashed = tempfile::tempdir().unwrap();
-        let with_input = RunOptions { input_files: vec![file.clone()], ..run_options(hashed.path()) };
-        SftTrainer::new(model_dir.path(), Device::Cpu, &config, data, &[], &with_input).unwrap();
-        let v1 = lincal_data::artifact::InputFile::hash(&file).unwrap().sha256;
+        let with_input = RunOptions {
+            input_files: vec![file.clone()],
+            ..run_options(hashed.path())
+        };
+        SftTrainer::new(
+            model_dir.path(),
+            Device::Cpu,
+            &config,
+            data,
+            &[],
+            &with_input,
+        )
+        .unwrap();
+        let v1 = lincal_data::artifact::InputFile::hash(&file)
+            .unwrap()
+            .sha256;
         std::fs::write(&file, "v2").unwrap();
-        let v2 = lincal_data::artifact::InputFile::hash(&file).unwrap().sha256;
-        let err = SftTrainer::new(model_dir.path(), Device::Cpu, &config, data, &[], &with_input).err().unwrap().to_string();
-        let changed = format!("holds a run that does not match this one: input {} has changed (sha256 {} then, {} now); resume with the same settings, or train into a new directory", file.display(), &v1[..12], &v2[..12]);
+        let v2 = lincal_data::artifact::InputFile::hash(&file)
+            .unwrap()
+            .sha256;
+        let err = SftTrainer::new(
+            model_dir.path(),
+            Device::Cpu,
+            &config,
+            data,
+            &[],
+            &with_input,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        let changed = format!(
+            "holds a run that does not match this one: input {} has changed (sha256 {} then, \
+             {} now); resume with the same settings, or train into a new directory",
+            file.display(),
+            &v1[..12],
+            &v2[..12]
+        );
         assert!(err.ends_with(&changed), "{err}");
         // So is a run from another base model.
         let other_model = tiny_model_dir();
-        let err = SftTrainer::new(other_model.path(), Device::Cpu, &config, data, &[], &options).err().unwrap().to_string();
-        let moved = format!("holds a run that does not match this one: its base model was {}, now {}; resume with the same settings", model_dir.path().display(), other_model.path().display());
+        let err = SftTrainer::new(
+            other_model.path(),
+            Device::Cpu,
+            &config,
+            data,
+            &[],
+            &options,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        let moved = format!(
+            "holds a run that does not match this one: its base model was {}, now {}; \
+             resume with the same settings",
+            model_dir.path().display(),
+            other_model.path().display()
+        );
         assert!(err.contains(&moved), "{err}");
         let empty = tempfile::tempdir().unwrap();
-        let err = SftTrainer::new(model_dir.path(), Device::Cpu, &config, &[], &[], &run_options(empty.path())).err().unwrap().to_string();
-        assert_eq!(err, "the training set is empty (examples whose prompt fills model_max_length are dropped); give at least one example with a target");
+        let err = SftTrainer::new(
+            model_dir.path(),
+            Device::Cpu,
+            &config,
+            &[],
+            &[],
+            &run_options(empty.path()),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert_eq!(
+            err,
+            "the training set is empty (examples whose prompt fills model_max_length are dropped); \
+             give at least one example with a target"
+        );
         let stray = tempfile::tempdir().unwrap();
         std::fs::write(stray.path().join("notes.txt"), "x").unwrap();
-        let err = SftTrainer::new(model_dir.path(), Device::Cpu, &config, data, &[], &run_options(stray.path())).err().unwrap().to_string();
-        assert!(err.ends_with("is not empty and holds no manifest.json, so it is not a lincal run; train into a new or empty directory"), "{err}");
+        let err = SftTrainer::new(
+            model_dir.path(),
+            Device::Cpu,
+            &config,
+            data,
+            &[],
+            &run_options(stray.path()),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.ends_with(
+                "is not empty and holds no manifest.json, so it is not a lincal run; \
+                 train into a new or empty directory"
+            ),
+            "{err}"
+        );
     }
 
     /// bf16 compute with f32 masters: the loss falls, and the final model is saved in f32 from
@@ -336,16 +637,33 @@ mod tests {
         let data = &examples()[..4];
         let mut config = sft_config(1e-2, 10.0, 4, 2);
         config.training.precision = crate::config::Precision::Bf16;
-        let mut trainer = SftTrainer::new(model_dir.path(), Device::Cpu, &config, data, &[], &run_options(run.path())).unwrap();
+        let mut trainer = SftTrainer::new(
+            model_dir.path(),
+            Device::Cpu,
+            &config,
+            data,
+            &[],
+            &run_options(run.path()),
+        )
+        .unwrap();
         assert_eq!(trainer.model().kind(), Kind::BFloat16);
         let summary = trainer.train(None).unwrap();
-        let losses: Vec<f64> = read_metrics(run.path()).iter().filter_map(|m| m["loss"].as_f64()).collect();
+        let losses: Vec<f64> = read_metrics(run.path())
+            .iter()
+            .filter_map(|m| m["loss"].as_f64())
+            .collect();
         assert!(losses[9] < losses[0] / 2.0, "{losses:?}");
         let saved = CausalLm::load(summary.final_dir.as_ref().unwrap(), Device::Cpu, None).unwrap();
         assert_eq!(saved.kind(), Kind::Float);
         let weight = &saved.var_store().variables()["model.layers.0.mlp.up_proj.weight"];
-        let bf16_error = (weight - weight.to_kind(Kind::BFloat16).to_kind(Kind::Float)).abs().max().double_value(&[]);
-        assert!(bf16_error > 0.0, "the saved weights are bf16 values: the masters were not saved");
+        let bf16_error = (weight - weight.to_kind(Kind::BFloat16).to_kind(Kind::Float))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(
+            bf16_error > 0.0,
+            "the saved weights are bf16 values: the masters were not saved"
+        );
     }
 
     /// Packing changes the batch layout, not the loss: a packed row scores its examples exactly
@@ -359,8 +677,16 @@ mod tests {
         let (rows, _) = tokenize_sft_set(&tokenizer, &examples()[..3], 2, 64, "train").unwrap();
         let packed = pack_rows(&rows, 64);
         assert_eq!(packed.len(), 1);
-        let separate = causal_lm_loss_sum(&model, &collate_sft(&rows.iter().collect::<Vec<_>>(), 0, Device::Cpu)).double_value(&[]);
-        let together = causal_lm_loss_sum(&model, &collate_sft(&[&packed[0]], 0, Device::Cpu)).double_value(&[]);
-        assert!((separate - together).abs() < 1e-4, "{separate} vs {together}");
+        let separate = causal_lm_loss_sum(
+            &model,
+            &collate_sft(&rows.iter().collect::<Vec<_>>(), 0, Device::Cpu),
+        )
+        .double_value(&[]);
+        let together = causal_lm_loss_sum(&model, &collate_sft(&[&packed[0]], 0, Device::Cpu))
+            .double_value(&[]);
+        assert!(
+            (separate - together).abs() < 1e-4,
+            "{separate} vs {together}"
+        );
     }
 }

@@ -92,19 +92,32 @@ pub struct EventWriter {
 }
 
 fn now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 impl EventWriter {
     /// Creates `dir/events.out.tfevents.<seconds>.<host>.<pid>.<n>` and writes the version record.
     pub fn create(dir: &Path) -> Result<Self> {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into());
-        let stem = format!("events.out.tfevents.{}.{host}.{}", now() as u64, std::process::id());
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
+        let stem = format!(
+            "events.out.tfevents.{}.{host}.{}",
+            now() as u64,
+            std::process::id()
+        );
         // A numbered suffix keeps two writers started in the same second apart.
         let mut index = 0;
         let (file, path) = loop {
             let path = dir.join(format!("{stem}.{index}"));
-            match std::fs::OpenOptions::new().create_new(true).write(true).open(&path) {
+            match std::fs::OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .open(&path)
+            {
                 Ok(file) => break (file, path),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => index += 1,
                 Err(e) => return Err(TrainError::io(&path, e)),
@@ -130,7 +143,10 @@ impl EventWriter {
     }
 
     fn write(&mut self, event: &[u8]) -> Result<()> {
-        self.file.write_all(&frame(event)).and_then(|()| self.file.flush()).map_err(|e| TrainError::io(&self.path, e))
+        self.file
+            .write_all(&frame(event))
+            .and_then(|()| self.file.flush())
+            .map_err(|e| TrainError::io(&self.path, e))
     }
 }
 
@@ -196,15 +212,27 @@ pub(crate) mod tests {
         while pos < data.len() {
             let length_bytes = &data[pos..pos + 8];
             let length = u64::from_le_bytes(length_bytes.try_into().unwrap()) as usize;
-            if u32::from_le_bytes(data[pos + 8..pos + 12].try_into().unwrap()) != masked_crc32c(length_bytes) {
+            if u32::from_le_bytes(data[pos + 8..pos + 12].try_into().unwrap())
+                != masked_crc32c(length_bytes)
+            {
                 return Err(format!("bad length CRC at byte {pos}"));
             }
             let payload = &data[pos + 12..pos + 12 + length];
-            if u32::from_le_bytes(data[pos + 12 + length..pos + 16 + length].try_into().unwrap()) != masked_crc32c(payload) {
+            if u32::from_le_bytes(
+                data[pos + 12 + length..pos + 16 + length]
+                    .try_into()
+                    .unwrap(),
+            ) != masked_crc32c(payload)
+            {
                 return Err(format!("bad payload CRC at byte {pos}"));
             }
             pos += 16 + length;
-            let mut event = ReadEvent { step: 0, file_version: None, scalars: Vec::new(), session_start: false };
+            let mut event = ReadEvent {
+                step: 0,
+                file_version: None,
+                scalars: Vec::new(),
+                session_start: false,
+            };
             for (field, _, bytes, value) in fields(payload) {
                 match field {
                     2 => event.step = value,
@@ -212,8 +240,20 @@ pub(crate) mod tests {
                     5 => {
                         for (_, _, entry, _) in fields(&bytes) {
                             let parts = fields(&entry);
-                            let tag = String::from_utf8(parts.iter().find(|p| p.0 == 1).unwrap().2.clone()).unwrap();
-                            let value = f32::from_le_bytes(parts.iter().find(|p| p.0 == 2).unwrap().2.clone().try_into().unwrap());
+                            let tag = String::from_utf8(
+                                parts.iter().find(|p| p.0 == 1).unwrap().2.clone(),
+                            )
+                            .unwrap();
+                            let value = f32::from_le_bytes(
+                                parts
+                                    .iter()
+                                    .find(|p| p.0 == 2)
+                                    .unwrap()
+                                    .2
+                                    .clone()
+                                    .try_into()
+                                    .unwrap(),
+                            );
                             event.scalars.push((tag, value));
                         }
                     }
@@ -230,7 +270,10 @@ pub(crate) mod tests {
     fn masked_crc_matches_known_values() {
         // CRC-32C("123456789") = 0xE3069283, the check value of the Castagnoli polynomial.
         assert_eq!(CASTAGNOLI.checksum(b"123456789"), 0xE306_9283);
-        assert_eq!(masked_crc32c(b"123456789"), 0xE306_9283u32.rotate_right(15).wrapping_add(0xa282_ead8));
+        assert_eq!(
+            masked_crc32c(b"123456789"),
+            0xE306_9283u32.rotate_right(15).wrapping_add(0xa282_ead8)
+        );
         // The empty string has CRC 0, so its mask is the constant alone.
         assert_eq!(masked_crc32c(b""), 0xa282_ead8);
     }
@@ -239,23 +282,44 @@ pub(crate) mod tests {
     fn event_file_parses_back_with_valid_crcs() {
         let dir = tempfile::tempdir().unwrap();
         let mut writer = EventWriter::create(dir.path()).unwrap();
-        writer.scalars(1, &[("train/loss", 2.5), ("train/learning_rate", 1e-5)]).unwrap();
+        writer
+            .scalars(1, &[("train/loss", 2.5), ("train/learning_rate", 1e-5)])
+            .unwrap();
         writer.session_start(2).unwrap();
         writer.scalars(300, &[("eval/loss", 0.125)]).unwrap();
         let path = writer.path().to_path_buf();
-        assert!(path.file_name().unwrap().to_str().unwrap().starts_with("events.out.tfevents."));
+        assert!(
+            path.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("events.out.tfevents.")
+        );
         let events = read_events(&path).unwrap();
         assert_eq!(events.len(), 4);
         assert_eq!(events[0].file_version.as_deref(), Some("brain.Event:2"));
         assert_eq!(events[1].step, 1);
-        assert_eq!(events[1].scalars, vec![("train/loss".to_string(), 2.5), ("train/learning_rate".to_string(), 1e-5f32)]);
+        assert_eq!(
+            events[1].scalars,
+            vec![
+                ("train/loss".to_string(), 2.5),
+                ("train/learning_rate".to_string(), 1e-5f32)
+            ]
+        );
         assert!(events[2].session_start && events[2].step == 2);
-        assert_eq!((events[3].step, events[3].scalars.clone()), (300, vec![("eval/loss".to_string(), 0.125)]));
+        assert_eq!(
+            (events[3].step, events[3].scalars.clone()),
+            (300, vec![("eval/loss".to_string(), 0.125)])
+        );
         // A flipped payload byte fails the payload CRC.
         let mut bytes = std::fs::read(&path).unwrap();
         let last = bytes.len() - 6;
         bytes[last] ^= 1;
         std::fs::write(&path, bytes).unwrap();
-        assert!(read_events(&path).unwrap_err().starts_with("bad payload CRC"));
+        assert!(
+            read_events(&path)
+                .unwrap_err()
+                .starts_with("bad payload CRC")
+        );
     }
 }

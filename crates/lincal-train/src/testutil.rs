@@ -10,13 +10,20 @@ use std::path::Path;
 pub(crate) fn tiny_model_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let model = random_model(tiny_llama(false), 7);
-    model.save(dir.path(), lincal_model::model::DEFAULT_MAX_SHARD_BYTES).unwrap();
+    model
+        .save(dir.path(), lincal_model::model::DEFAULT_MAX_SHARD_BYTES)
+        .unwrap();
     write_tokenizer(dir.path(), 64);
     dir
 }
 
 /// Small f32 CPU settings; tests change what they exercise.
-pub(crate) fn quick_training(learning_rate: f64, epochs: f64, batch_size: usize, micro_batch_size: usize) -> TrainingConfig {
+pub(crate) fn quick_training(
+    learning_rate: f64,
+    epochs: f64,
+    batch_size: usize,
+    micro_batch_size: usize,
+) -> TrainingConfig {
     TrainingConfig {
         learning_rate,
         epochs,
@@ -41,10 +48,17 @@ pub(crate) fn quick_training(learning_rate: f64, epochs: f64, batch_size: usize,
 }
 
 pub(crate) fn run_options(dir: &Path) -> RunOptions {
-    RunOptions { dir: dir.to_path_buf(), input_files: Vec::new(), progress: false }
+    RunOptions {
+        dir: dir.to_path_buf(),
+        input_files: Vec::new(),
+        progress: false,
+    }
 }
 
 /// The tensors of a saved `model.safetensors`, by name.
 pub(crate) fn saved_tensors(dir: &Path) -> std::collections::BTreeMap<String, tch::Tensor> {
-    tch::Tensor::read_safetensors(dir.join("model.safetensors")).unwrap().into_iter().collect()
+    tch::Tensor::read_safetensors(dir.join("model.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect()
 }

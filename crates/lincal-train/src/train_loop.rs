@@ -49,17 +49,45 @@ struct Optimizer {
 impl TrainLoop {
     /// Opens (or resumes) the run in `options.dir`. `train_units` and `data_sha256` describe
     /// the training data, which a resume must find unchanged.
-    pub fn open(options: &RunOptions, manifest: Manifest, config: &TrainingConfig, mut params: TrainableParams, train_units: usize, data_sha256: String, device: Device) -> Result<Self> {
+    pub fn open(
+        options: &RunOptions,
+        manifest: Manifest,
+        config: &TrainingConfig,
+        mut params: TrainableParams,
+        train_units: usize,
+        data_sha256: String,
+        device: Device,
+    ) -> Result<Self> {
         if train_units == 0 {
             return Err(TrainError::NoData("training"));
         }
         let steps_per_epoch = train_units.div_ceil(config.batch_size) as u64;
-        let total_steps = config.max_steps.unwrap_or_else(|| (config.epochs * steps_per_epoch as f64).ceil().max(1.0) as u64);
-        let state = TrainState::new(total_steps, steps_per_epoch, train_units, data_sha256, config.seed);
-        let plan = StepPlan { units_per_step: config.batch_size, save_every: config.save_every, keep_checkpoints: config.keep_checkpoints };
+        let total_steps = config
+            .max_steps
+            .unwrap_or_else(|| (config.epochs * steps_per_epoch as f64).ceil().max(1.0) as u64);
+        let state = TrainState::new(
+            total_steps,
+            steps_per_epoch,
+            train_units,
+            data_sha256,
+            config.seed,
+        );
+        let plan = StepPlan {
+            units_per_step: config.batch_size,
+            save_every: config.save_every,
+            keep_checkpoints: config.keep_checkpoints,
+        };
         let run = TrainingRun::open(options, manifest, state, plan, &mut params)?;
         let schedule = LrSchedule::new(config.schedule, config.warmup_ratio, total_steps);
-        Ok(TrainLoop { run, optimizer: Optimizer { config: config.clone(), params, schedule, device } })
+        Ok(TrainLoop {
+            run,
+            optimizer: Optimizer {
+                config: config.clone(),
+                params,
+                schedule,
+                device,
+            },
+        })
     }
 
     pub fn total_steps(&self) -> u64 {
@@ -68,8 +96,19 @@ impl TrainLoop {
 
     /// Trains until the last step, or until `stop_at_step` steps are complete (a checkpoint is
     /// written there, so a later call resumes without loss). Finishing writes `final/`.
-    pub fn train(&mut self, objective: &mut dyn Objective, stop_at_step: Option<u64>) -> Result<TrainSummary> {
-        self.run.train(&mut ObjectiveSteps { optimizer: &mut self.optimizer, objective, order: None }, stop_at_step)
+    pub fn train(
+        &mut self,
+        objective: &mut dyn Objective,
+        stop_at_step: Option<u64>,
+    ) -> Result<TrainSummary> {
+        self.run.train(
+            &mut ObjectiveSteps {
+                optimizer: &mut self.optimizer,
+                objective,
+                order: None,
+            },
+            stop_at_step,
+        )
     }
 }
 
@@ -115,7 +154,12 @@ impl RunSteps for ObjectiveSteps<'_> {
 
     fn evaluate(&mut self, _done: u64, _run: &Path) -> Result<Vec<(String, f64)>> {
         self.objective.set_training(false);
-        Ok(self.objective.evaluate()?.into_iter().map(|(name, value)| (name.to_string(), value)).collect())
+        Ok(self
+            .objective
+            .evaluate()?
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), value))
+            .collect())
     }
 
     fn save_checkpoint(&self, dir: &Path) -> Result<()> {
@@ -131,7 +175,12 @@ impl RunSteps for ObjectiveSteps<'_> {
 impl Optimizer {
     /// Forward and backward over the micro-batches of `units`, then one clipped AdamW update.
     /// Returns the step's mean loss, real tokens, learning rate and gradient norm.
-    fn step(&mut self, objective: &mut dyn Objective, units: &[usize], step: u64) -> Result<(f64, usize, f64, f64)> {
+    fn step(
+        &mut self,
+        objective: &mut dyn Objective,
+        units: &[usize],
+        step: u64,
+    ) -> Result<(f64, usize, f64, f64)> {
         // Dropout draws from libtorch's global generator; seeding it per step makes a resumed
         // run draw the same masks as an uninterrupted one.
         tch::manual_seed(self.config.seed.wrapping_add(step) as i64);
@@ -150,7 +199,10 @@ impl Optimizer {
         }
         let loss = loss_total.map_or(0.0, |t| t.double_value(&[])) / total_weight;
         if !loss.is_finite() {
-            return Err(TrainError::Diverged { step: step + 1, loss });
+            return Err(TrainError::Diverged {
+                step: step + 1,
+                loss,
+            });
         }
         let lr = self.config.learning_rate * self.schedule.factor(step);
         let grad_norm = self.params.step(lr, self.config.max_grad_norm);
@@ -161,7 +213,15 @@ impl Optimizer {
 /// Runs `model` over a batch, turns its final hidden states into a loss sum with `loss_of`
 /// and back-propagates that sum divided by `divisor`, with gradient checkpointing when
 /// `checkpointing`. Returns the loss sum, detached.
-pub(crate) fn backward_loss(model: &CausalLm, checkpointing: bool, input_ids: &Tensor, positions: &Tensor, mask: Option<&Tensor>, divisor: f64, loss_of: impl FnOnce(&Tensor) -> Tensor) -> Tensor {
+pub(crate) fn backward_loss(
+    model: &CausalLm,
+    checkpointing: bool,
+    input_ids: &Tensor,
+    positions: &Tensor,
+    mask: Option<&Tensor>,
+    divisor: f64,
+    loss_of: impl FnOnce(&Tensor) -> Tensor,
+) -> Tensor {
     if checkpointing {
         let (hidden, checkpoints) = model.forward_checkpointed(input_ids, positions, mask);
         let loss = loss_of(&hidden);

@@ -69,7 +69,10 @@ pub struct TrainSummary {
 impl TrainSummary {
     /// A metric of the last step run by this call (`loss`, `reward`...).
     pub fn last(&self, name: &str) -> Option<f64> {
-        self.last_step.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+        self.last_step
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
     }
 }
 
@@ -90,7 +93,13 @@ impl TrainingRun {
     /// `options.input_files`). `state` describes the run from its start: a resume checks that
     /// the newest checkpoint belongs to it, loads the checkpoint's weights and optimizer state
     /// into `params` and its progress into the run, and drops the metrics of steps it redoes.
-    pub fn open(options: &RunOptions, manifest: Manifest, mut state: TrainState, plan: StepPlan, params: &mut TrainableParams) -> Result<Self> {
+    pub fn open(
+        options: &RunOptions,
+        manifest: Manifest,
+        mut state: TrainState,
+        plan: StepPlan,
+        params: &mut TrainableParams,
+    ) -> Result<Self> {
         let (dir, finished, resumed) = match RunDir::open(options, manifest)? {
             Opened::Finished(dir) => {
                 state.step = state.total_steps;
@@ -109,7 +118,14 @@ impl TrainingRun {
                 (Some(run), None, Some((checkpoint, state.step)))
             }
         };
-        Ok(TrainingRun { state, plan, dir, finished, resumed, progress: options.progress })
+        Ok(TrainingRun {
+            state,
+            plan,
+            dir,
+            finished,
+            resumed,
+            progress: options.progress,
+        })
     }
 
     pub fn total_steps(&self) -> u64 {
@@ -124,7 +140,11 @@ impl TrainingRun {
     /// Runs `steps` until the last step, or until `stop_at_step` steps are complete (a
     /// checkpoint is written there, so a later call resumes without loss). Finishing writes
     /// `final/`.
-    pub fn train(&mut self, steps: &mut dyn RunSteps, stop_at_step: Option<u64>) -> Result<TrainSummary> {
+    pub fn train(
+        &mut self,
+        steps: &mut dyn RunSteps,
+        stop_at_step: Option<u64>,
+    ) -> Result<TrainSummary> {
         let mut summary = TrainSummary {
             steps: self.state.step,
             total_steps: self.state.total_steps,
@@ -133,7 +153,9 @@ impl TrainingRun {
             last_step: Vec::new(),
             eval: Vec::new(),
         };
-        let Some(mut run) = self.dir.take() else { return Ok(summary) };
+        let Some(mut run) = self.dir.take() else {
+            return Ok(summary);
+        };
         let outcome = self.run_steps(steps, &mut run, stop_at_step, &mut summary);
         if outcome.is_ok() && self.state.step == self.state.total_steps {
             let dir = run.save_final(|dir| steps.save_final(dir))?;
@@ -145,17 +167,34 @@ impl TrainingRun {
         outcome.map(|()| summary)
     }
 
-    fn run_steps(&mut self, steps: &mut dyn RunSteps, run: &mut RunDir, stop_at_step: Option<u64>, summary: &mut TrainSummary) -> Result<()> {
+    fn run_steps(
+        &mut self,
+        steps: &mut dyn RunSteps,
+        run: &mut RunDir,
+        stop_at_step: Option<u64>,
+        summary: &mut TrainSummary,
+    ) -> Result<()> {
         let bar = progress_bar(self.progress, self.state.step, self.state.total_steps);
         let started = Instant::now();
-        while self.state.step < self.state.total_steps && stop_at_step.is_none_or(|stop| self.state.step < stop) {
-            let StepRecord { mut metrics, message } = steps.step(&self.state, run.path())?;
+        while self.state.step < self.state.total_steps
+            && stop_at_step.is_none_or(|stop| self.state.step < stop)
+        {
+            let StepRecord {
+                mut metrics,
+                message,
+            } = steps.step(&self.state, run.path())?;
             let done = self.advance();
             metrics["step"] = done.into();
             metrics["elapsed_seconds"] = started.elapsed().as_secs_f64().into();
             run.log("train", &metrics)?;
             summary.steps = done;
-            summary.last_step = metrics.as_object().into_iter().flatten().filter(|(name, _)| name.as_str() != "step").filter_map(|(name, value)| Some((name.clone(), value.as_f64()?))).collect();
+            summary.last_step = metrics
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(name, _)| name.as_str() != "step")
+                .filter_map(|(name, value)| Some((name.clone(), value.as_f64()?)))
+                .collect();
             bar.set_position(done);
             bar.set_message(message);
             if steps.evaluates_after(done) || done == self.state.total_steps {
@@ -170,7 +209,9 @@ impl TrainingRun {
                 summary.eval = metrics;
             }
             if self.is_checkpoint_step(stop_at_step) {
-                run.save_checkpoint(&self.state, self.plan.keep_checkpoints, |dir| steps.save_checkpoint(dir))?;
+                run.save_checkpoint(&self.state, self.plan.keep_checkpoints, |dir| {
+                    steps.save_checkpoint(dir)
+                })?;
             }
         }
         bar.finish_and_clear();
@@ -182,7 +223,8 @@ impl TrainingRun {
         let state = &mut self.state;
         state.step += 1;
         state.epoch = state.step / state.steps_per_epoch;
-        state.epoch_offset = (state.step % state.steps_per_epoch) as usize * self.plan.units_per_step;
+        state.epoch_offset =
+            (state.step % state.steps_per_epoch) as usize * self.plan.units_per_step;
         state.step
     }
 
@@ -190,21 +232,52 @@ impl TrainingRun {
     /// this call stops early, but not the last step, which writes `final/` instead.
     fn is_checkpoint_step(&self, stop_at_step: Option<u64>) -> bool {
         let done = self.state.step;
-        done < self.state.total_steps && (done.is_multiple_of(self.plan.save_every) || stop_at_step == Some(done))
+        done < self.state.total_steps
+            && (done.is_multiple_of(self.plan.save_every) || stop_at_step == Some(done))
     }
 }
 
 /// Refuses a resume whose data or step arithmetic differ from the checkpoint's.
 fn check_same_run(checkpoint: &Path, saved: &TrainState, now: &TrainState) -> Result<()> {
-    let differs = |what: &str, was: String, is: String| TrainError::run_dir(checkpoint, format!("was written with {what} {was}, but this run has {is}; resume with the same data and config, or train into a new directory"));
+    let differs = |what: &str, was: String, is: String| {
+        TrainError::run_dir(
+            checkpoint,
+            format!(
+                "was written with {what} {was}, but this run has {is}; \
+                 resume with the same data and config, or train into a new directory"
+            ),
+        )
+    };
     if saved.data_sha256 != now.data_sha256 || saved.train_units != now.train_units {
-        return Err(differs("training data", format!("of {} units (sha256 {})", saved.train_units, saved.data_sha256), format!("{} units (sha256 {})", now.train_units, now.data_sha256)));
+        return Err(differs(
+            "training data",
+            format!(
+                "of {} units (sha256 {})",
+                saved.train_units, saved.data_sha256
+            ),
+            format!("{} units (sha256 {})", now.train_units, now.data_sha256),
+        ));
     }
-    if (saved.total_steps, saved.steps_per_epoch, saved.seed) != (now.total_steps, now.steps_per_epoch, now.seed) {
-        return Err(differs("total_steps/steps_per_epoch/seed", format!("{}/{}/{}", saved.total_steps, saved.steps_per_epoch, saved.seed), format!("{}/{}/{}", now.total_steps, now.steps_per_epoch, now.seed)));
+    if (saved.total_steps, saved.steps_per_epoch, saved.seed)
+        != (now.total_steps, now.steps_per_epoch, now.seed)
+    {
+        return Err(differs(
+            "total_steps/steps_per_epoch/seed",
+            format!(
+                "{}/{}/{}",
+                saved.total_steps, saved.steps_per_epoch, saved.seed
+            ),
+            format!("{}/{}/{}", now.total_steps, now.steps_per_epoch, now.seed),
+        ));
     }
     if saved.step > saved.total_steps {
-        return Err(TrainError::run_dir(checkpoint, format!("claims step {} of {}; the checkpoint is damaged: delete it", saved.step, saved.total_steps)));
+        return Err(TrainError::run_dir(
+            checkpoint,
+            format!(
+                "claims step {} of {}; the checkpoint is damaged: delete it",
+                saved.step, saved.total_steps
+            ),
+        ));
     }
     Ok(())
 }
@@ -215,7 +288,13 @@ fn progress_bar(enabled: bool, step: u64, total_steps: u64) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(total_steps).with_position(step);
-    bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] step {pos}/{len} (eta {eta}) {msg}").expect("valid template").progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] step {pos}/{len} (eta {eta}) {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
     bar
 }
 

@@ -4,10 +4,10 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use lincal_model::generate::GeneratedBatch;
 use lincal_model::{BatchRequest, CausalLm, SamplingParams, generate_batch};
-use tch::Tensor;
 use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
 use std::time::Instant;
+use tch::Tensor;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -42,7 +42,8 @@ pub enum BenchCommand {
         device: crate::DeviceArgs,
         #[command(flatten)]
         record: RecordArgs,
-        /// Recompute each layer's activations in the backward pass (`training.gradient_checkpointing`).
+        /// Recompute each layer's activations in the backward pass
+        /// (`training.gradient_checkpointing`).
         #[arg(long)]
         gradient_checkpointing: bool,
         /// Keep weights, gradients and AdamW moments in the model's precision, with no f32
@@ -101,31 +102,91 @@ pub enum BenchCommand {
 
 pub fn run(command: BenchCommand) -> Result<()> {
     match command {
-        BenchCommand::Logits { model, ids, out, device } => {
+        BenchCommand::Logits {
+            model,
+            ids,
+            out,
+            device,
+        } => {
             let (device, kind) = device.resolve()?;
             let model = CausalLm::load(&model, device, Some(kind))?;
-            let text = std::fs::read_to_string(&ids).with_context(|| format!("reading {}", ids.display()))?;
-            let rows: Vec<Vec<i64>> = serde_json::from_str(&text).with_context(|| format!("{}: expected a JSON list of equal-length lists of token ids", ids.display()))?;
+            let text = std::fs::read_to_string(&ids)
+                .with_context(|| format!("reading {}", ids.display()))?;
+            let rows: Vec<Vec<i64>> = serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{}: expected a JSON list of equal-length lists of token ids",
+                    ids.display()
+                )
+            })?;
             let (input, mask) = lincal_model::generate::left_pad(&rows, 0, device);
             let positions = lincal_model::layers::positions_from_mask(&mask);
             let attention = lincal_model::layers::attention_mask(&mask, 0, input.size()[1]);
-            let logits = tch::no_grad(|| model.logits(&model.forward(&input, &positions, Some(&attention), None))).to_kind(tch::Kind::Float);
-            Ok(lincal_model::checkpoint::write_safetensors_file(&out, &[(&"logits".to_string(), &logits)])?)
+            let logits = tch::no_grad(|| {
+                model.logits(&model.forward(&input, &positions, Some(&attention), None))
+            })
+            .to_kind(tch::Kind::Float);
+            Ok(lincal_model::checkpoint::write_safetensors_file(
+                &out,
+                &[(&"logits".to_string(), &logits)],
+            )?)
         }
-        BenchCommand::Sft { model, batch, seq_len, steps, warmup, device, record, gradient_checkpointing, no_master_weights } => {
+        BenchCommand::Sft {
+            model,
+            batch,
+            seq_len,
+            steps,
+            warmup,
+            device,
+            record,
+            gradient_checkpointing,
+            no_master_weights,
+        } => {
             let (device, kind) = device.resolve()?;
             let model = CausalLm::load(&model, device, Some(kind))?;
-            let settings = lincal_train::SftBenchSettings { batch_size: batch, seq_len, steps, warmup_steps: warmup, gradient_checkpointing, master_weights: !no_master_weights };
+            let settings = lincal_train::SftBenchSettings {
+                batch_size: batch,
+                seq_len,
+                steps,
+                warmup_steps: warmup,
+                gradient_checkpointing,
+                master_weights: !no_master_weights,
+            };
             let result = lincal_train::bench_sft(&model, &settings)?;
-            println!("{batch} x {seq_len} tokens, {} parameters: {:.0} tokens/s ({:.3} s/step over {steps} steps)", result.parameters, result.tokens_per_second, result.seconds_per_step);
-            record.append(serde_json::json!({ "bench": "sft", "engine": "lincal", "batch": batch, "seq_len": seq_len, "tokens_per_s": result.tokens_per_second, "seconds_per_step": result.seconds_per_step, "steps": steps, "kind": format!("{kind:?}"), "master_weights": !no_master_weights, "gradient_checkpointing": gradient_checkpointing, "device": format!("{device:?}") }))
+            println!(
+                "{batch} x {seq_len} tokens, {} parameters: \
+                 {:.0} tokens/s ({:.3} s/step over {steps} steps)",
+                result.parameters, result.tokens_per_second, result.seconds_per_step
+            );
+            record.append(serde_json::json!({
+                "bench": "sft",
+                "engine": "lincal",
+                "batch": batch,
+                "seq_len": seq_len,
+                "tokens_per_s": result.tokens_per_second,
+                "seconds_per_step": result.seconds_per_step,
+                "steps": steps,
+                "kind": format!("{kind:?}"),
+                "master_weights": !no_master_weights,
+                "gradient_checkpointing": gradient_checkpointing,
+                "device": format!("{device:?}"),
+            }))
         }
-        BenchCommand::Ppo { model, config, warmup, device, record } => {
-            let config = config.resolve(lincal_train::ppo::PpoConfig::preset, |c, scale| c.scaled(scale))?;
+        BenchCommand::Ppo {
+            model,
+            config,
+            warmup,
+            device,
+            record,
+        } => {
+            let config = config.resolve(lincal_train::ppo::PpoConfig::preset, |c, scale| {
+                c.scaled(scale)
+            })?;
             let device = crate::parse_device(&device)?;
             let result = lincal_train::ppo::bench_ppo(&model, device, &config, warmup)?;
             println!(
-                "{} rollouts of {} + {} tokens{}: {:.1} s per PPO step = generation {:.1} s ({:.0} tokens/s) + scoring {:.1} s (reward {:.1} s) + update {:.1} s; {} trained parameters; first step KL {}, approx KL {}",
+                "{} rollouts of {} + {} tokens{}: {:.1} s per PPO step = generation {:.1} s \
+                 ({:.0} tokens/s) + scoring {:.1} s (reward {:.1} s) + update {:.1} s; \
+                 {} trained parameters; first step KL {}, approx KL {}",
                 result.rollouts,
                 result.query_len,
                 result.response_len,
@@ -140,26 +201,90 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 result.first_step_kl,
                 result.first_step_approx_kl
             );
-            let mut measured = serde_json::json!({ "bench": "ppo", "engine": "lincal", "rl_type": format!("{:?}", config.rl_type), "lora": config.lora.is_some(), "generation_batch_size": config.generation_batch_size, "forward_batch_size": config.forward_batch_size, "micro_batch_size": config.micro_batch_size, "device": format!("{device:?}") });
-            measured.as_object_mut().expect("an object").extend(serde_json::to_value(&result)?.as_object().expect("a struct").clone());
+            let mut measured = serde_json::json!({
+                "bench": "ppo",
+                "engine": "lincal",
+                "rl_type": format!("{:?}", config.rl_type),
+                "lora": config.lora.is_some(),
+                "generation_batch_size": config.generation_batch_size,
+                "forward_batch_size": config.forward_batch_size,
+                "micro_batch_size": config.micro_batch_size,
+                "device": format!("{device:?}"),
+            });
+            measured.as_object_mut().expect("an object").extend(
+                serde_json::to_value(&result)?
+                    .as_object()
+                    .expect("a struct")
+                    .clone(),
+            );
             record.append(measured)
         }
-        BenchCommand::Generate { model, batch, prompt_len, new_tokens, temperature, device, record, no_cuda_graph, verify } => {
+        BenchCommand::Generate {
+            model,
+            batch,
+            prompt_len,
+            new_tokens,
+            temperature,
+            device,
+            record,
+            no_cuda_graph,
+            verify,
+        } => {
             let (device, kind) = device.resolve()?;
             let mut model = CausalLm::load(&model, device, Some(kind))?;
             model.set_cuda_graphs(!no_cuda_graph);
             let vocab = model.config().vocab_size();
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-            let mut prompts = |n: usize| -> Vec<Vec<i64>> { (0..n).map(|_| (0..prompt_len).map(|_| rng.random_range(0..vocab)).collect()).collect() };
-            let params = SamplingParams { temperature, max_new_tokens: new_tokens, ..Default::default() };
+            let mut prompts = |n: usize| -> Vec<Vec<i64>> {
+                (0..n)
+                    .map(|_| {
+                        (0..prompt_len)
+                            .map(|_| rng.random_range(0..vocab))
+                            .collect()
+                    })
+                    .collect()
+            };
+            let params = SamplingParams {
+                temperature,
+                max_new_tokens: new_tokens,
+                ..Default::default()
+            };
             // Warm-up: kernel selection and allocator growth stay out of the numbers.
-            generate_batch(&model, &BatchRequest::new(&prompts(2), &[0, 1], &SamplingParams { max_new_tokens: 8, ..params.clone() }), None)?;
-            println!("{:>6} {:>7} {:>8} {:>10} {:>12}  {:<16}  {}", "batch", "prompt", "new", "seconds", "tokens/s", "tokens digest", if verify { "log-prob gap max / mean" } else { "" });
+            generate_batch(
+                &model,
+                &BatchRequest::new(
+                    &prompts(2),
+                    &[0, 1],
+                    &SamplingParams {
+                        max_new_tokens: 8,
+                        ..params.clone()
+                    },
+                ),
+                None,
+            )?;
+            println!(
+                "{:>6} {:>7} {:>8} {:>10} {:>12}  {:<16}  {}",
+                "batch",
+                "prompt",
+                "new",
+                "seconds",
+                "tokens/s",
+                "tokens digest",
+                if verify {
+                    "log-prob gap max / mean"
+                } else {
+                    ""
+                }
+            );
             for &size in &batch {
                 let batch_prompts = prompts(size);
                 let seeds: Vec<u64> = (0..size as u64).collect();
                 let started = Instant::now();
-                let out = generate_batch(&model, &BatchRequest::new(&batch_prompts, &seeds, &params), None)?;
+                let out = generate_batch(
+                    &model,
+                    &BatchRequest::new(&batch_prompts, &seeds, &params),
+                    None,
+                )?;
                 let seconds = started.elapsed().as_secs_f64();
                 let generated: i64 = out.lengths.iter().sum();
                 let rate = generated as f64 / seconds;
@@ -167,11 +292,31 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 // an error by themselves (cuBLAS may pick other kernels inside a graph, and one
                 // rounding difference changes a sample), which is what --verify checks.
                 let tokens = Vec::<Vec<i64>>::try_from(out.tokens.to_device(tch::Device::Cpu))?;
-                let digest = tokens.iter().flatten().fold(0u64, |h, &t| h.wrapping_mul(1_000_003).wrapping_add(t as u64));
+                let digest = tokens.iter().flatten().fold(0u64, |h, &t| {
+                    h.wrapping_mul(1_000_003).wrapping_add(t as u64)
+                });
                 let gap = verify.then(|| logprob_gap(&model, &batch_prompts, &out, temperature));
-                let gap_text = gap.map_or(String::new(), |(max, mean)| format!("{max:.4} / {mean:.5}"));
-                println!("{size:>6} {prompt_len:>7} {new_tokens:>8} {seconds:>10.2} {rate:>12.0}  {digest:016x}  {gap_text}");
-                record.append(serde_json::json!({ "bench": "generate", "engine": "lincal", "batch": size, "prompt_len": prompt_len, "new_tokens": new_tokens, "seconds": seconds, "tokens_per_s": rate, "cuda_graph": model.cuda_graphs(), "tokens_digest": format!("{digest:016x}"), "logprob_gap_max": gap.map(|g| g.0), "logprob_gap_mean": gap.map(|g| g.1), "kind": format!("{kind:?}"), "device": format!("{device:?}") }))?;
+                let gap_text =
+                    gap.map_or(String::new(), |(max, mean)| format!("{max:.4} / {mean:.5}"));
+                println!(
+                    "{size:>6} {prompt_len:>7} {new_tokens:>8} {seconds:>10.2} \
+                     {rate:>12.0}  {digest:016x}  {gap_text}"
+                );
+                record.append(serde_json::json!({
+                    "bench": "generate",
+                    "engine": "lincal",
+                    "batch": size,
+                    "prompt_len": prompt_len,
+                    "new_tokens": new_tokens,
+                    "seconds": seconds,
+                    "tokens_per_s": rate,
+                    "cuda_graph": model.cuda_graphs(),
+                    "tokens_digest": format!("{digest:016x}"),
+                    "logprob_gap_max": gap.map(|g| g.0),
+                    "logprob_gap_mean": gap.map(|g| g.1),
+                    "kind": format!("{kind:?}"),
+                    "device": format!("{device:?}"),
+                }))?;
             }
             Ok(())
         }
@@ -181,18 +326,37 @@ pub fn run(command: BenchCommand) -> Result<()> {
 /// Largest and mean absolute difference, over the first 8 rows, between the log-probs that
 /// generation reported for its tokens and those of one full causal forward pass over prompt and
 /// output (every row runs to full length here, and prompts are unpadded).
-fn logprob_gap(model: &CausalLm, prompts: &[Vec<i64>], out: &GeneratedBatch, temperature: f64) -> (f64, f64) {
+fn logprob_gap(
+    model: &CausalLm,
+    prompts: &[Vec<i64>],
+    out: &GeneratedBatch,
+    temperature: f64,
+) -> (f64, f64) {
     let rows = prompts.len().min(8) as i64;
     let device = model.device();
     let prompt = Tensor::from_slice2(&prompts[..rows as usize]).to_device(device);
     let (prompt_len, new) = (prompt.size()[1], out.tokens.size()[1]);
     let ids = Tensor::cat(&[prompt, out.tokens.narrow(0, 0, rows)], 1);
-    let positions = Tensor::arange(ids.size()[1], (tch::Kind::Int64, device)).unsqueeze(0).expand_as(&ids);
-    let logits = tch::no_grad(|| model.logits(&model.forward(&ids, &positions, None, None))).to_kind(tch::Kind::Float);
-    let scaled = if temperature > 0.0 { logits / temperature } else { logits };
-    let expected = scaled.narrow(1, prompt_len - 1, new).log_softmax(-1, tch::Kind::Float).gather(-1, &out.tokens.narrow(0, 0, rows).unsqueeze(-1), false).squeeze_dim(-1);
+    let positions = Tensor::arange(ids.size()[1], (tch::Kind::Int64, device))
+        .unsqueeze(0)
+        .expand_as(&ids);
+    let logits = tch::no_grad(|| model.logits(&model.forward(&ids, &positions, None, None)))
+        .to_kind(tch::Kind::Float);
+    let scaled = if temperature > 0.0 {
+        logits / temperature
+    } else {
+        logits
+    };
+    let expected = scaled
+        .narrow(1, prompt_len - 1, new)
+        .log_softmax(-1, tch::Kind::Float)
+        .gather(-1, &out.tokens.narrow(0, 0, rows).unsqueeze(-1), false)
+        .squeeze_dim(-1);
     let gap = (expected - out.logprobs.narrow(0, 0, rows).to_kind(tch::Kind::Float)).abs();
-    (gap.max().double_value(&[]), gap.mean(tch::Kind::Float).double_value(&[]))
+    (
+        gap.max().double_value(&[]),
+        gap.mean(tch::Kind::Float).double_value(&[]),
+    )
 }
 
 /// Where a benchmark's measurements go besides the terminal.
@@ -210,9 +374,15 @@ impl RecordArgs {
     /// Appends `measurement`, with the label as `model`, as one line of the --json file.
     fn append(&self, mut measurement: serde_json::Value) -> Result<()> {
         use std::io::Write;
-        let Some(path) = &self.json else { return Ok(()) };
+        let Some(path) = &self.json else {
+            return Ok(());
+        };
         measurement["model"] = self.label.clone().into();
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
         writeln!(file, "{measurement}").with_context(|| format!("writing {}", path.display()))
     }
 }

@@ -12,17 +12,22 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lincal_data::artifact::CACHE_FILE;
 use lincal_data::parse::LexicalReader;
 use lincal_data::prompts::Templates;
-use lincal_eval::bio::{BioEvaluation, ClaimConfidence, Decomposer, FactChecker, LexicalDecomposer, LlmDecomposer};
+use lincal_eval::bio::{
+    BioEvaluation, ClaimConfidence, Decomposer, FactChecker, LexicalDecomposer, LlmDecomposer,
+};
 use lincal_eval::datasets::{self, QaDataset, ReferenceDataset};
 use lincal_eval::judges::{ExactMatchJudge, Judge, LlmJudge};
 use lincal_eval::qa::QaEvaluation;
 use lincal_eval::readers::{LexicalQaReader, LlmReader, Reader};
 use lincal_eval::{
-    GenerationSettings, IndexLocation, KnowledgeIndex, Method, Policy, ProgressEvent, PromptStyle, ReportOptions, EvalOptions, RunOutcome, RunStatus,
-    TeacherSettings,
+    EvalOptions, GenerationSettings, IndexLocation, KnowledgeIndex, Method, Policy, ProgressEvent,
+    PromptStyle, ReportOptions, RunOutcome, RunStatus, TeacherSettings,
 };
 use lincal_llm::{Accounting, BackendConfig, ClientOptions, Llm, LlmClient, ResponseCache};
-use lincal_metrics::{BootstrapConfig, Binning, ReportConfig, compute_report, read_predictions_jsonl, write_reliability_diagram};
+use lincal_metrics::{
+    Binning, BootstrapConfig, ReportConfig, compute_report, read_predictions_jsonl,
+    write_reliability_diagram,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -244,43 +249,86 @@ pub struct CheckerArgs {
 
 pub fn run(command: EvalCommand) -> Result<()> {
     match command {
-        EvalCommand::Metrics { predictions, bins, binning, resamples, seed, out } => metrics(predictions, bins, &binning, resamples, seed, out),
+        EvalCommand::Metrics {
+            predictions,
+            bins,
+            binning,
+            resamples,
+            seed,
+            out,
+        } => metrics(predictions, bins, &binning, resamples, seed, out),
         EvalCommand::Qa(args) => qa(*args),
         EvalCommand::Bio(args) => bio(*args),
         EvalCommand::Compare { runs, out } => {
             let comparison = lincal_eval::compare(&runs, &out)?;
             for run in &comparison.runs {
                 let m = &run.results.metrics;
-                println!("{}: accuracy {:.3}, ECE {:.3} ({} items)", run.label, m.accuracy.value, m.ece.value, m.n);
+                println!(
+                    "{}: accuracy {:.3}, ECE {:.3} ({} items)",
+                    run.label, m.accuracy.value, m.ece.value, m.n
+                );
             }
             for note in &comparison.notes {
                 println!("note: {note}");
             }
-            println!("wrote {}", out.join(lincal_eval::compare::COMPARISON_HTML_FILE).display());
+            println!(
+                "wrote {}",
+                out.join(lincal_eval::compare::COMPARISON_HTML_FILE)
+                    .display()
+            );
             Ok(())
         }
     }
 }
 
-fn metrics(predictions: PathBuf, bins: usize, binning: &str, resamples: usize, seed: u64, out: Option<PathBuf>) -> Result<()> {
+fn metrics(
+    predictions: PathBuf,
+    bins: usize,
+    binning: &str,
+    resamples: usize,
+    seed: u64,
+    out: Option<PathBuf>,
+) -> Result<()> {
     let binning = match binning {
         "mass-all" => Binning::EqualMassKeepAll,
         "width" => Binning::EqualWidth,
         _ => Binning::EqualMass,
     };
     let records = read_predictions_jsonl(&predictions)?;
-    let config = ReportConfig { bins, binning, bootstrap: BootstrapConfig { resamples, seed, ..Default::default() } };
+    let config = ReportConfig {
+        bins,
+        binning,
+        bootstrap: BootstrapConfig {
+            resamples,
+            seed,
+            ..Default::default()
+        },
+    };
     let report = compute_report(&records, &config)?;
     println!("{}", report.to_table());
     let out = out.unwrap_or_else(|| predictions.parent().map(PathBuf::from).unwrap_or_default());
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let json_path = out.join("metrics.json");
     let tmp = out.join("metrics.json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &json_path).with_context(|| format!("writing {}", json_path.display()))?;
-    let title = format!("Reliability: {}", predictions.file_name().and_then(|n| n.to_str()).unwrap_or("predictions"));
-    let plots = write_reliability_diagram(&report.reliability_bins, &title, out.join("reliability"))?;
-    println!("wrote {}, {} and {}", json_path.display(), plots.png.display(), plots.svg.display());
+    std::fs::write(&tmp, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &json_path)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    let title = format!(
+        "Reliability: {}",
+        predictions
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("predictions")
+    );
+    let plots =
+        write_reliability_diagram(&report.reliability_bins, &title, out.join("reliability"))?;
+    println!(
+        "wrote {}, {} and {}",
+        json_path.display(),
+        plots.png.display(),
+        plots.svg.display()
+    );
     Ok(())
 }
 
@@ -293,15 +341,27 @@ enum ModelSource {
 
 /// The model of an optional role given as `--ROLE CONFIG` or `--ROLE-model DIR`.
 fn config_or_dir(config: Option<&PathBuf>, dir: Option<&PathBuf>) -> Option<ModelSource> {
-    config.map(|c| ModelSource::Api(c.clone())).or_else(|| dir.map(|d| ModelSource::Local(d.clone())))
+    config
+        .map(|c| ModelSource::Api(c.clone()))
+        .or_else(|| dir.map(|d| ModelSource::Local(d.clone())))
 }
 
 /// A role given as a keyword (`keywords`), a backend config file, or implied by `--ROLE-model`:
 /// returns the keyword, or "llm" with its model.
-fn role_choice(flag: &str, choice: Option<&str>, keywords: &[&str], default: &str, model: Option<&PathBuf>) -> Result<(String, Option<ModelSource>)> {
+fn role_choice(
+    flag: &str,
+    choice: Option<&str>,
+    keywords: &[&str],
+    default: &str,
+    model: Option<&PathBuf>,
+) -> Result<(String, Option<ModelSource>)> {
     match (choice, model) {
-        (None, Some(dir)) | (Some("llm"), Some(dir)) => Ok(("llm".into(), Some(ModelSource::Local(dir.clone())))),
-        (Some("llm"), None) => bail!("--{flag} llm needs --{flag}-model DIR (or give a backend config file as --{flag})"),
+        (None, Some(dir)) | (Some("llm"), Some(dir)) => {
+            Ok(("llm".into(), Some(ModelSource::Local(dir.clone()))))
+        }
+        (Some("llm"), None) => bail!(
+            "--{flag} llm needs --{flag}-model DIR (or give a backend config file as --{flag})"
+        ),
         (None, None) => Ok((default.into(), None)),
         (Some(keyword), model) if keywords.contains(&keyword) => {
             if model.is_some() {
@@ -309,8 +369,14 @@ fn role_choice(flag: &str, choice: Option<&str>, keywords: &[&str], default: &st
             }
             Ok((keyword.into(), None))
         }
-        (Some(path), None) if Path::new(path).is_file() => Ok(("llm".into(), Some(ModelSource::Api(PathBuf::from(path))))),
-        (Some(other), _) => bail!("--{flag} {other:?}: use one of {}, llm with --{flag}-model DIR, or a backend config file that exists", keywords.join(", ")),
+        (Some(path), None) if Path::new(path).is_file() => {
+            Ok(("llm".into(), Some(ModelSource::Api(PathBuf::from(path)))))
+        }
+        (Some(other), _) => bail!(
+            "--{flag} {other:?}: use one of {}, llm with --{flag}-model DIR, \
+             or a backend config file that exists",
+            keywords.join(", ")
+        ),
     }
 }
 
@@ -328,33 +394,60 @@ struct Models {
 impl Models {
     fn new(run: &RunArgs) -> Result<Self> {
         let (device, kind) = run.device.resolve()?;
-        let cache_path = run.cache.clone().unwrap_or_else(|| run.out.join(CACHE_FILE));
-        let cache = ResponseCache::open(&cache_path).with_context(|| format!("opening the response cache {}", cache_path.display()))?;
-        Ok(Models { cache: Arc::new(cache), accounting: Arc::new(Accounting::new()), device, kind, batch_size: run.batch_size.max(1), local: HashMap::new() })
+        let cache_path = run
+            .cache
+            .clone()
+            .unwrap_or_else(|| run.out.join(CACHE_FILE));
+        let cache = ResponseCache::open(&cache_path)
+            .with_context(|| format!("opening the response cache {}", cache_path.display()))?;
+        Ok(Models {
+            cache: Arc::new(cache),
+            accounting: Arc::new(Accounting::new()),
+            device,
+            kind,
+            batch_size: run.batch_size.max(1),
+            local: HashMap::new(),
+        })
     }
 
     fn client(&mut self, source: &ModelSource) -> Result<LlmClient> {
         let client = match source {
             ModelSource::Local(dir) => {
-                let key = dir.canonicalize().with_context(|| format!("model directory {}", dir.display()))?;
+                let key = dir
+                    .canonicalize()
+                    .with_context(|| format!("model directory {}", dir.display()))?;
                 let llm = match self.local.get(&key) {
                     Some(llm) => llm.clone(),
                     None => {
-                        let llm = Arc::new(LocalLlm::load(dir, self.device, self.kind, self.batch_size).with_context(|| format!("loading the model in {}", dir.display()))?);
+                        let llm = Arc::new(
+                            LocalLlm::load(dir, self.device, self.kind, self.batch_size)
+                                .with_context(|| {
+                                    format!("loading the model in {}", dir.display())
+                                })?,
+                        );
                         self.local.insert(key, llm.clone());
                         llm
                     }
                 };
                 // One worker hands the engine whole batches.
-                let options = ClientOptions { concurrency: self.batch_size, ..ClientOptions::default() };
+                let options = ClientOptions {
+                    concurrency: self.batch_size,
+                    ..ClientOptions::default()
+                };
                 LlmClient::new(llm, options).with_cache(self.cache.clone())
             }
             ModelSource::Api(path) => {
                 let config = read_backend_config(path)?;
                 let own_cache = config.cache.is_some();
-                let client = config.build().with_context(|| format!("setting up the backend of {}", path.display()))?;
+                let client = config
+                    .build()
+                    .with_context(|| format!("setting up the backend of {}", path.display()))?;
                 // The config's own cache, if it names one; else the run's.
-                if own_cache { client } else { client.with_cache(self.cache.clone()) }
+                if own_cache {
+                    client
+                } else {
+                    client.with_cache(self.cache.clone())
+                }
             }
         };
         Ok(client.with_accounting(self.accounting.clone()))
@@ -363,25 +456,48 @@ impl Models {
     /// Prints each model's requests, cache hits, calls and tokens.
     fn print_usage(&self) {
         for (model, usage) in self.accounting.by_model() {
-            let cost = if usage.cost_usd > 0.0 { format!(", ${:.4}", usage.cost_usd) } else { String::new() };
+            let cost = if usage.cost_usd > 0.0 {
+                format!(", ${:.4}", usage.cost_usd)
+            } else {
+                String::new()
+            };
             eprintln!(
-                "  {model}: {} requests, {} from cache, {} calls ({} retries, {} failed), {} prompt + {} completion tokens{cost}",
-                usage.requests, usage.cache_hits, usage.attempts, usage.retries, usage.failed, usage.prompt_tokens, usage.completion_tokens
+                "  {model}: {} requests, {} from cache, {} calls ({} retries, {} failed), \
+                 {} prompt + {} completion tokens{cost}",
+                usage.requests,
+                usage.cache_hits,
+                usage.attempts,
+                usage.retries,
+                usage.failed,
+                usage.prompt_tokens,
+                usage.completion_tokens
             );
         }
     }
 }
 
 fn read_backend_config(path: &Path) -> Result<BackendConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("{}: not a valid backend config", path.display()))
 }
 
 /// The evaluated model's source, its name in reports and its sampling settings.
-fn policy_source(args: &PolicyArgs, run: &RunArgs) -> Result<(ModelSource, String, GenerationSettings)> {
+fn policy_source(
+    args: &PolicyArgs,
+    run: &RunArgs,
+) -> Result<(ModelSource, String, GenerationSettings)> {
     let (source, label, defaults) = match (&args.model, &args.api) {
-        (Some(dir), _) => (ModelSource::Local(dir.clone()), dir.display().to_string(), GenerationSettings::local()),
-        (None, Some(config)) => (ModelSource::Api(config.clone()), read_backend_config(config)?.model, GenerationSettings::api()),
+        (Some(dir), _) => (
+            ModelSource::Local(dir.clone()),
+            dir.display().to_string(),
+            GenerationSettings::local(),
+        ),
+        (None, Some(config)) => (
+            ModelSource::Api(config.clone()),
+            read_backend_config(config)?.model,
+            GenerationSettings::api(),
+        ),
         (None, None) => bail!("give --model DIR or --api CONFIG.toml"),
     };
     let settings = GenerationSettings {
@@ -397,16 +513,25 @@ fn policy_source(args: &PolicyArgs, run: &RunArgs) -> Result<(ModelSource, Strin
 /// The method: a paper preset by name, adjusted by --prompt and --states-confidence; any other
 /// name needs both.
 fn method(run: &RunArgs) -> Result<Method> {
-    let prompt = run.prompt.as_deref().map(str::parse::<PromptStyle>).transpose()?;
+    let prompt = run
+        .prompt
+        .as_deref()
+        .map(str::parse::<PromptStyle>)
+        .transpose()?;
     match (Method::preset(&run.method), prompt, run.states_confidence) {
         (Some(preset), prompt, confidence) => Ok(Method {
             name: run.method.clone(),
             prompt: prompt.unwrap_or(preset.prompt),
             states_confidence: confidence.unwrap_or(preset.states_confidence),
         }),
-        (None, Some(prompt), Some(states_confidence)) => Ok(Method { name: run.method.clone(), prompt, states_confidence }),
+        (None, Some(prompt), Some(states_confidence)) => Ok(Method {
+            name: run.method.clone(),
+            prompt,
+            states_confidence,
+        }),
         (None, ..) => bail!(
-            "--method {:?} is not one of the paper's methods ({}); give --prompt and --states-confidence for it",
+            "--method {:?} is not one of the paper's methods ({}); \
+             give --prompt and --states-confidence for it",
             run.method,
             Method::preset_names().join(", ")
         ),
@@ -421,21 +546,37 @@ fn templates(run: &RunArgs) -> Result<Templates> {
 }
 
 fn run_options(run: &RunArgs, config: ReportConfig) -> EvalOptions {
-    let bootstrap = BootstrapConfig { resamples: run.resamples, ..config.bootstrap };
+    let bootstrap = BootstrapConfig {
+        resamples: run.resamples,
+        ..config.bootstrap
+    };
     EvalOptions {
         chunk_size: run.chunk_size,
         force: run.force,
-        report: ReportOptions { metrics: Some(ReportConfig { bootstrap, ..config }), ..ReportOptions::default() },
+        report: ReportOptions {
+            metrics: Some(ReportConfig {
+                bootstrap,
+                ..config
+            }),
+            ..ReportOptions::default()
+        },
     }
 }
 
 fn teacher(run: &RunArgs) -> TeacherSettings {
-    TeacherSettings { max_attempts: run.max_attempts, seed: run.seed, ..TeacherSettings::default() }
+    TeacherSettings {
+        max_attempts: run.max_attempts,
+        seed: run.seed,
+        ..TeacherSettings::default()
+    }
 }
 
 /// What the run records besides its settings.
 fn extra(run: &RunArgs, policy: &ModelSource) -> BTreeMap<String, serde_json::Value> {
-    let mut extra = BTreeMap::from([("max_attempts".to_string(), serde_json::json!(run.max_attempts))]);
+    let mut extra = BTreeMap::from([(
+        "max_attempts".to_string(),
+        serde_json::json!(run.max_attempts),
+    )]);
     if matches!(policy, ModelSource::Local(_)) {
         extra.insert("device".into(), serde_json::json!(run.device.device));
         extra.insert("dtype".into(), serde_json::json!(run.device.dtype));
@@ -454,11 +595,17 @@ struct StageBars {
 
 impl StageBars {
     fn report(&self, event: ProgressEvent) {
-        let mut bar = self.bar.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut bar = self
+            .bar
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         match event {
             ProgressEvent::Started { stage, total, done } => {
                 let new = ProgressBar::new(total as u64).with_style(
-                    ProgressStyle::with_template("{msg:>28} {bar:40} {pos}/{len} [{elapsed_precise} < {eta_precise}]").expect("valid template"),
+                    ProgressStyle::with_template(
+                        "{msg:>28} {bar:40} {pos}/{len} [{elapsed_precise} < {eta_precise}]",
+                    )
+                    .expect("valid template"),
                 );
                 new.set_message(stage.to_string());
                 new.set_position(done as u64);
@@ -483,43 +630,78 @@ fn print_outcome(out: &Path, outcome: &RunOutcome, models: &Models) {
     let results = &outcome.results;
     let settings = &results.settings;
     match outcome.status {
-        RunStatus::AlreadyFinished => eprintln!("{}: this run had finished with the same settings and inputs; nothing to do (use --force to run it again)", out.display()),
+        RunStatus::AlreadyFinished => eprintln!(
+            "{}: this run had finished with the same settings and inputs; \
+             nothing to do (use --force to run it again)",
+            out.display()
+        ),
         RunStatus::Resumed => eprintln!("{}: resumed the interrupted run", out.display()),
         RunStatus::Ran => {}
     }
-    println!("{} ({}) on {}", settings.method, settings.model, settings.dataset);
+    println!(
+        "{} ({}) on {}",
+        settings.method, settings.model, settings.dataset
+    );
     println!("{}", results.metrics.to_table());
     let counts = &results.counts;
     if !counts.failures.is_empty() {
-        let failures: Vec<String> = counts.failures.iter().map(|(stage, n)| format!("{stage}: {n}")).collect();
-        println!("items with failures: {} (see {})", failures.join(", "), out.join(lincal_data::artifact::FAILURES_FILE).display());
+        let failures: Vec<String> = counts
+            .failures
+            .iter()
+            .map(|(stage, n)| format!("{stage}: {n}"))
+            .collect();
+        println!(
+            "items with failures: {} (see {})",
+            failures.join(", "),
+            out.join(lincal_data::artifact::FAILURES_FILE).display()
+        );
     }
     if outcome.status != RunStatus::AlreadyFinished {
         models.print_usage();
     }
-    println!("wrote {}", out.join(lincal_eval::report::REPORT_HTML_FILE).display());
+    println!(
+        "wrote {}",
+        out.join(lincal_eval::report::REPORT_HTML_FILE).display()
+    );
 }
 
 /// The QA dataset of --dataset.
 fn qa_dataset(args: &QaArgs) -> Result<QaDataset> {
     let path = Path::new(&args.dataset);
     let mut dataset = if path.is_file() {
-        let extension = path.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
+        let extension = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
         match extension.as_str() {
             "jsonl" | "json" => datasets::load_qa_jsonl(path)?,
             "csv" | "parquet" => datasets::load_reference(path, None, &args.answers)?,
-            _ => bail!("--dataset {}: a QA JSONL (.jsonl) or a reference split (.csv, .parquet)", path.display()),
+            _ => bail!(
+                "--dataset {}: a QA JSONL (.jsonl) or a reference split (.csv, .parquet)",
+                path.display()
+            ),
         }
     } else if let Ok(reference) = args.dataset.parse::<ReferenceDataset>() {
         let Some(root) = &args.data_dir else {
-            bail!("--dataset {reference} needs --data-dir, the folder that holds {reference}_paragraph_generation/ (or give the split file's path)");
+            bail!(
+                "--dataset {reference} needs --data-dir, the folder that holds \
+                 {reference}_paragraph_generation/ (or give the split file's path)"
+            );
         };
         let split = datasets::find_split_file(root, reference, &args.split)?;
         datasets::load_reference(&split, Some(reference), &args.answers)?
     } else if args.dataset.parse::<lincal_data::sources::Source>().is_ok() {
-        bail!("--dataset {0}: build the questions first with `lincal data build {0} --out {0}.jsonl` and give that file", args.dataset);
+        bail!(
+            "--dataset {0}: build the questions first with `lincal data build {0} --out {0}.jsonl` \
+             and give that file",
+            args.dataset
+        );
     } else {
-        bail!("--dataset {}: no such file, and not a dataset name (trivia_qa, jeopardy, sciq, bioasq)", args.dataset);
+        bail!(
+            "--dataset {}: no such file, and not a dataset name \
+             (trivia_qa, jeopardy, sciq, bioasq)",
+            args.dataset
+        );
     };
     if dataset.tally.skipped_total() > 0 {
         eprintln!("{}: {}", dataset.name, dataset.tally);
@@ -536,40 +718,98 @@ fn qa(args: QaArgs) -> Result<()> {
     let templates = templates(run)?;
     let dataset = qa_dataset(&args)?;
     let (policy_source, model_label, generation) = policy_source(&args.policy, run)?;
-    let (reader_kind, reader_source) = match (&args.extractor, &args.forecaster, args.reader.as_deref()) {
+    let (reader_kind, reader_source) = match (
+        &args.extractor,
+        &args.forecaster,
+        args.reader.as_deref(),
+    ) {
         (Some(_), Some(_), None | Some("surrogate")) => ("surrogate".to_string(), None),
-        (Some(_), _, _) | (_, Some(_), _) => bail!("the surrogate reader needs both --extractor and --forecaster (and no other --reader)"),
-        (None, None, Some("surrogate")) => bail!("--reader surrogate needs --extractor DIR (ExtractAnswers) and --forecaster DIR (ForecastProbs)"),
-        (None, None, choice) => role_choice("reader", choice, &["lexical"], "lexical", args.reader_model.as_ref())?,
+        (Some(_), _, _) | (_, Some(_), _) => bail!(
+            "the surrogate reader needs both --extractor and --forecaster (and no other --reader)"
+        ),
+        (None, None, Some("surrogate")) => bail!(
+            "--reader surrogate needs --extractor DIR (ExtractAnswers) and --forecaster DIR \
+             (ForecastProbs)"
+        ),
+        (None, None, choice) => role_choice(
+            "reader",
+            choice,
+            &["lexical"],
+            "lexical",
+            args.reader_model.as_ref(),
+        )?,
     };
-    let (judge_kind, judge_source) = role_choice("judge", args.judge.as_deref(), &["exact"], "exact", args.judge_model.as_ref())?;
+    let (judge_kind, judge_source) = role_choice(
+        "judge",
+        args.judge.as_deref(),
+        &["exact"],
+        "exact",
+        args.judge_model.as_ref(),
+    )?;
 
     let mut models = Models::new(run)?;
     let policy = models.client(&policy_source)?;
-    let reader_client = reader_source.as_ref().map(|source| models.client(source)).transpose()?;
-    let extractor = args.extractor.as_ref().map(|dir| models.client(&ModelSource::Local(dir.clone()))).transpose()?;
-    let judge_client = judge_source.as_ref().map(|source| models.client(source)).transpose()?;
+    let reader_client = reader_source
+        .as_ref()
+        .map(|source| models.client(source))
+        .transpose()?;
+    let extractor = args
+        .extractor
+        .as_ref()
+        .map(|dir| models.client(&ModelSource::Local(dir.clone())))
+        .transpose()?;
+    let judge_client = judge_source
+        .as_ref()
+        .map(|source| models.client(source))
+        .transpose()?;
 
     let reader: Box<dyn Reader + '_> = match (reader_kind.as_str(), &reader_client, &extractor) {
         ("lexical", ..) => Box::new(LexicalQaReader::default()),
         ("surrogate", _, Some(extractor)) => {
-            let forecaster = args.forecaster.as_deref().context("--forecaster is required with --extractor")?;
-            Box::new(SurrogateReader::load(extractor, forecaster, models.device, models.kind, models.batch_size, &templates, &teacher(run))?)
+            let forecaster = args
+                .forecaster
+                .as_deref()
+                .context("--forecaster is required with --extractor")?;
+            Box::new(SurrogateReader::load(
+                extractor,
+                forecaster,
+                models.device,
+                models.kind,
+                models.batch_size,
+                &templates,
+                &teacher(run),
+            )?)
         }
-        (_, Some(client), _) => Box::new(LlmReader { llm: client, templates: &templates, settings: teacher(run) }),
+        (_, Some(client), _) => Box::new(LlmReader {
+            llm: client,
+            templates: &templates,
+            settings: teacher(run),
+        }),
         _ => unreachable!("every reader kind has its model"),
     };
     let judge: Box<dyn Judge + '_> = match (judge_kind.as_str(), &judge_client) {
         ("exact", _) => Box::new(ExactMatchJudge),
-        (_, Some(client)) => Box::new(LlmJudge { llm: client, templates: &templates, settings: teacher(run) }),
+        (_, Some(client)) => Box::new(LlmJudge {
+            llm: client,
+            templates: &templates,
+            settings: teacher(run),
+        }),
         _ => unreachable!("an LLM judge has its model"),
     };
     let bars = StageBars::default();
     let progress = |event| bars.report(event);
     let mut extra = extra(run, &policy_source);
-    extra.insert("questions".into(), serde_json::json!(dataset.questions.len()));
+    extra.insert(
+        "questions".into(),
+        serde_json::json!(dataset.questions.len()),
+    );
     let evaluation = QaEvaluation {
-        policy: Policy { llm: &policy, method: &method, settings: &generation, templates: &templates },
+        policy: Policy {
+            llm: &policy,
+            method: &method,
+            settings: &generation,
+            templates: &templates,
+        },
         reader: reader.as_ref(),
         judge: judge.as_ref(),
         model_label,
@@ -577,7 +817,9 @@ fn qa(args: QaArgs) -> Result<()> {
         options: run_options(run, ReportConfig::qa()),
         progress: &progress,
     };
-    let outcome = evaluation.run(&run.out, &dataset).with_context(|| format!("evaluating in {}", run.out.display()))?;
+    let outcome = evaluation
+        .run(&run.out, &dataset)
+        .with_context(|| format!("evaluating in {}", run.out.display()))?;
     print_outcome(&run.out, &outcome, &models);
     Ok(())
 }
@@ -589,9 +831,15 @@ fn bio(args: BioArgs) -> Result<()> {
     let (entities, dataset_name) = match (&args.entities, args.wordnet) {
         (Some(file), _) => (
             datasets::read_entities(file)?,
-            file.file_stem().map_or_else(|| "people".to_string(), |s| s.to_string_lossy().into_owned()),
+            file.file_stem().map_or_else(
+                || "people".to_string(),
+                |s| s.to_string_lossy().into_owned(),
+            ),
         ),
-        (None, Some(count)) => (datasets::entities_from_knowledge(&args.knowledge, count)?, "WordNet people".to_string()),
+        (None, Some(count)) => (
+            datasets::entities_from_knowledge(&args.knowledge, count)?,
+            "WordNet people".to_string(),
+        ),
         (None, None) => bail!("give --entities FILE or --wordnet N"),
     };
     let mut entities = entities;
@@ -602,29 +850,59 @@ fn bio(args: BioArgs) -> Result<()> {
         Some(dir) => IndexLocation::Dir(dir.clone()),
         None => IndexLocation::BesideSource,
     };
-    let index = KnowledgeIndex::open(&args.knowledge, location).with_context(|| format!("opening the search index of {}", args.knowledge.display()))?;
+    let index = KnowledgeIndex::open(&args.knowledge, location)
+        .with_context(|| format!("opening the search index of {}", args.knowledge.display()))?;
     let (policy_source, model_label, generation) = policy_source(&args.policy, run)?;
-    let (decomposer_kind, decomposer_source) = role_choice("decomposer", args.decomposer.as_deref(), &["lexical"], "lexical", args.decomposer_model.as_ref())?;
+    let (decomposer_kind, decomposer_source) = role_choice(
+        "decomposer",
+        args.decomposer.as_deref(),
+        &["lexical"],
+        "lexical",
+        args.decomposer_model.as_ref(),
+    )?;
     let confidence_source = config_or_dir(args.confidence.as_ref(), args.confidence_model.as_ref());
-    let checker_source = config_or_dir(args.checker.checker.as_ref(), args.checker.checker_model.as_ref()).context("give --checker CONFIG or --checker-model DIR")?;
+    let checker_source = config_or_dir(
+        args.checker.checker.as_ref(),
+        args.checker.checker_model.as_ref(),
+    )
+    .context("give --checker CONFIG or --checker-model DIR")?;
 
     let mut models = Models::new(run)?;
     let policy = models.client(&policy_source)?;
-    let decomposer_client = decomposer_source.as_ref().map(|source| models.client(source)).transpose()?;
-    let confidence_client = confidence_source.as_ref().map(|source| models.client(source)).transpose()?;
+    let decomposer_client = decomposer_source
+        .as_ref()
+        .map(|source| models.client(source))
+        .transpose()?;
+    let confidence_client = confidence_source
+        .as_ref()
+        .map(|source| models.client(source))
+        .transpose()?;
     let checker_client = models.client(&checker_source)?;
 
-    let decomposer: Box<dyn Decomposer + '_> = match (decomposer_kind.as_str(), &decomposer_client) {
+    let decomposer: Box<dyn Decomposer + '_> = match (decomposer_kind.as_str(), &decomposer_client)
+    {
         ("lexical", _) => Box::new(LexicalDecomposer::default()),
-        (_, Some(client)) => Box::new(LlmDecomposer { llm: client, templates: &templates, settings: teacher(run) }),
+        (_, Some(client)) => Box::new(LlmDecomposer {
+            llm: client,
+            templates: &templates,
+            settings: teacher(run),
+        }),
         _ => unreachable!("an LLM decomposer has its model"),
     };
     let bars = StageBars::default();
     let progress = |event| bars.report(event);
     let mut extra = extra(run, &policy_source);
-    extra.insert("knowledge".into(), serde_json::json!(args.knowledge.display().to_string()));
+    extra.insert(
+        "knowledge".into(),
+        serde_json::json!(args.knowledge.display().to_string()),
+    );
     let evaluation = BioEvaluation {
-        policy: Policy { llm: &policy, method: &method, settings: &generation, templates: &templates },
+        policy: Policy {
+            llm: &policy,
+            method: &method,
+            settings: &generation,
+            templates: &templates,
+        },
         decomposer: decomposer.as_ref(),
         confidence: ClaimConfidence {
             lexical: LexicalReader::default(),
@@ -648,7 +926,9 @@ fn bio(args: BioArgs) -> Result<()> {
     };
     let mut inputs: Vec<&Path> = vec![args.knowledge.as_path()];
     inputs.extend(args.entities.as_deref());
-    let outcome = evaluation.run(&run.out, &entities, &inputs).with_context(|| format!("evaluating in {}", run.out.display()))?;
+    let outcome = evaluation
+        .run(&run.out, &entities, &inputs)
+        .with_context(|| format!("evaluating in {}", run.out.display()))?;
     print_outcome(&run.out, &outcome, &models);
     Ok(())
 }

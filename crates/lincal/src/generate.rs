@@ -54,13 +54,42 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let model = CausalLm::load(&args.model, device, Some(kind))?;
     let tokenizer = Tokenizer::from_dir(&args.model)?;
     tokenizer.check_model_vocab(model.config().vocab_size())?;
-    let params = SamplingParams { temperature: args.temperature, top_p: args.top_p, top_k: args.top_k, max_new_tokens: args.max_new_tokens, stop: args.stop.clone() };
+    let params = SamplingParams {
+        temperature: args.temperature,
+        top_p: args.top_p,
+        top_k: args.top_k,
+        max_new_tokens: args.max_new_tokens,
+        stop: args.stop.clone(),
+    };
     params.validate()?;
     match (&args.prompt, &args.input) {
-        (Some(prompt), _) => stream_one(&model, &tokenizer, &render(&tokenizer, &[ChatTurn::new("user", prompt)], prompt, args.chat)?, args.chat, args.seed, &params),
+        (Some(prompt), _) => stream_one(
+            &model,
+            &tokenizer,
+            &render(
+                &tokenizer,
+                &[ChatTurn::new("user", prompt)],
+                prompt,
+                args.chat,
+            )?,
+            args.chat,
+            args.seed,
+            &params,
+        ),
         (None, Some(input)) => {
-            let output = args.output.clone().unwrap_or_else(|| input.with_extension("generations.jsonl"));
-            let job = FileJob { model_dir: &args.model, input, output: &output, params: &params, chat: args.chat, seed: args.seed, batch_size: args.batch_size };
+            let output = args
+                .output
+                .clone()
+                .unwrap_or_else(|| input.with_extension("generations.jsonl"));
+            let job = FileJob {
+                model_dir: &args.model,
+                input,
+                output: &output,
+                params: &params,
+                chat: args.chat,
+                seed: args.seed,
+                batch_size: args.batch_size,
+            };
             generate_file(&model, &tokenizer, &job)
         }
         (None, None) => bail!("give --prompt TEXT or --input FILE.jsonl"),
@@ -68,7 +97,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
 }
 
 fn render(tokenizer: &Tokenizer, messages: &[ChatTurn], plain: &str, chat: bool) -> Result<String> {
-    Ok(if chat { tokenizer.apply_chat_template(messages, true)? } else { plain.to_string() })
+    Ok(if chat {
+        tokenizer.apply_chat_template(messages, true)?
+    } else {
+        plain.to_string()
+    })
 }
 
 /// Encodes a rendered prompt. Chat templates already contain any BOS text, so special tokens
@@ -77,7 +110,14 @@ fn encode(tokenizer: &Tokenizer, text: &str, chat: bool) -> Result<Vec<i64>> {
     Ok(tokenizer.encode(text, !chat)?)
 }
 
-fn stream_one(model: &CausalLm, tokenizer: &Tokenizer, prompt: &str, chat: bool, seed: u64, params: &SamplingParams) -> Result<()> {
+fn stream_one(
+    model: &CausalLm,
+    tokenizer: &Tokenizer,
+    prompt: &str,
+    chat: bool,
+    seed: u64,
+    params: &SamplingParams,
+) -> Result<()> {
     let ids = encode(tokenizer, prompt, chat)?;
     let mut tokens = Vec::new();
     let mut printed = 0usize;
@@ -100,7 +140,15 @@ fn stream_one(model: &CausalLm, tokenizer: &Tokenizer, prompt: &str, chat: bool,
             printed = text.len();
         }
     };
-    let generation = generate_text(model, tokenizer, &[ids], &[seed], params, Some(&mut on_token))?.remove(0);
+    let generation = generate_text(
+        model,
+        tokenizer,
+        &[ids],
+        &[seed],
+        params,
+        Some(&mut on_token),
+    )?
+    .remove(0);
     // The stream may have shown text past a stop string; finish the line with the final cut.
     if generation.text.len() > printed && generation.text.is_char_boundary(printed) {
         print!("{}", &generation.text[printed..]);
@@ -117,7 +165,12 @@ struct InputRow {
 
 /// Reads the prompts of `path`; row `i` gets seed `first_seed + i` unless its line has a
 /// `seed` of its own.
-fn read_inputs(path: &Path, tokenizer: &Tokenizer, chat: bool, first_seed: u64) -> Result<Vec<InputRow>> {
+fn read_inputs(
+    path: &Path,
+    tokenizer: &Tokenizer,
+    chat: bool,
+    first_seed: u64,
+) -> Result<Vec<InputRow>> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut rows = Vec::new();
     for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
@@ -126,24 +179,56 @@ fn read_inputs(path: &Path, tokenizer: &Tokenizer, chat: bool, first_seed: u64) 
             continue;
         }
         let at = || format!("{}:{}", path.display(), index + 1);
-        let value: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("{}: not valid JSON", at()))?;
-        let serde_json::Value::Object(fields) = value else { bail!("{}: each line must be a JSON object", at()) };
+        let value: serde_json::Value =
+            serde_json::from_str(&line).with_context(|| format!("{}: not valid JSON", at()))?;
+        let serde_json::Value::Object(fields) = value else {
+            bail!("{}: each line must be a JSON object", at())
+        };
         let prompt = match (fields.get("prompt"), fields.get("messages")) {
-            (Some(serde_json::Value::String(p)), _) => render(tokenizer, &[ChatTurn::new("user", p)], p, chat).with_context(at)?,
+            (Some(serde_json::Value::String(p)), _) => {
+                render(tokenizer, &[ChatTurn::new("user", p)], p, chat).with_context(at)?
+            }
             (_, Some(messages)) => {
-                let messages: Vec<ChatTurn> = serde_json::from_value::<Vec<serde_json::Map<String, serde_json::Value>>>(messages.clone())
-                    .ok()
-                    .and_then(|list| list.iter().map(|m| Some(ChatTurn::new(m.get("role")?.as_str()?, m.get("content")?.as_str()?))).collect())
-                    .with_context(|| format!("{}: `messages` must be a list of {{\"role\", \"content\"}} strings", at()))?;
-                tokenizer.apply_chat_template(&messages, true).with_context(at)?
+                let messages: Vec<ChatTurn> = serde_json::from_value::<
+                    Vec<serde_json::Map<String, serde_json::Value>>,
+                >(messages.clone())
+                .ok()
+                .and_then(|list| {
+                    list.iter()
+                        .map(|m| {
+                            Some(ChatTurn::new(
+                                m.get("role")?.as_str()?,
+                                m.get("content")?.as_str()?,
+                            ))
+                        })
+                        .collect()
+                })
+                .with_context(|| {
+                    format!(
+                        "{}: `messages` must be a list of {{\"role\", \"content\"}} strings",
+                        at()
+                    )
+                })?;
+                tokenizer
+                    .apply_chat_template(&messages, true)
+                    .with_context(at)?
             }
             _ => bail!("{}: needs a `prompt` string or a `messages` list", at()),
         };
         let seed = match fields.get("seed") {
             None => first_seed.wrapping_add(rows.len() as u64),
-            Some(value) => value.as_u64().with_context(|| format!("{}: `seed` must be a non-negative integer, got {value}", at()))?,
+            Some(value) => value.as_u64().with_context(|| {
+                format!(
+                    "{}: `seed` must be a non-negative integer, got {value}",
+                    at()
+                )
+            })?,
         };
-        rows.push(InputRow { fields, prompt, seed });
+        rows.push(InputRow {
+            fields,
+            prompt,
+            seed,
+        });
     }
     Ok(rows)
 }
@@ -178,7 +263,10 @@ impl FileJob<'_> {
             "stop": p.stop,
         });
         let input = InputFile::hash(self.input)?;
-        Ok(Manifest { base_model: Some(self.model_dir.to_path_buf()), ..Manifest::new("generate", config, vec![input]) })
+        Ok(Manifest {
+            base_model: Some(self.model_dir.to_path_buf()),
+            ..Manifest::new("generate", config, vec![input])
+        })
     }
 }
 
@@ -194,39 +282,65 @@ fn generate_file(model: &CausalLm, tokenizer: &Tokenizer, job: &FileJob) -> Resu
     let partial = beside(job.output, ".partial");
     let manifest_path = beside(job.output, ".manifest.json");
     let mut manifest = job.manifest()?;
-    let done = if partial.exists() { take_up(&partial, &manifest_path, &mut manifest, rows.len())? } else { 0 };
+    let done = if partial.exists() {
+        take_up(&partial, &manifest_path, &mut manifest, rows.len())?
+    } else {
+        0
+    };
     manifest.write_file(&manifest_path)?;
     // Each row samples from its own seed, so a resume may start mid-batch.
     let batch_size = job.batch_size.max(1);
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(&partial).with_context(|| format!("opening {}", partial.display()))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&partial)
+        .with_context(|| format!("opening {}", partial.display()))?;
     let mut writer = std::io::BufWriter::new(file);
     let progress = indicatif::ProgressBar::new(rows.len() as u64).with_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} prompts [{elapsed_precise} < {eta_precise}] {msg}").expect("valid template"),
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} prompts [{elapsed_precise} < {eta_precise}] {msg}",
+        )
+        .expect("valid template"),
     );
     progress.set_position(done as u64);
     let started = std::time::Instant::now();
     let mut new_tokens = 0usize;
     for batch in rows[done..].chunks(batch_size) {
-        let prompts: Vec<Vec<i64>> = batch.iter().map(|row| encode(tokenizer, &row.prompt, job.chat)).collect::<Result<_>>()?;
+        let prompts: Vec<Vec<i64>> = batch
+            .iter()
+            .map(|row| encode(tokenizer, &row.prompt, job.chat))
+            .collect::<Result<_>>()?;
         let seeds: Vec<u64> = batch.iter().map(|row| row.seed).collect();
         let generations = generate_text(model, tokenizer, &prompts, &seeds, job.params, None)?;
         for (row, generation) in batch.iter().zip(generations) {
             new_tokens += generation.tokens.len();
             let mut record = row.fields.clone();
             record.insert("completion".into(), generation.text.into());
-            record.insert("finish_reason".into(), serde_json::to_value(generation.finish_reason)?);
+            record.insert(
+                "finish_reason".into(),
+                serde_json::to_value(generation.finish_reason)?,
+            );
             record.insert("num_tokens".into(), generation.tokens.len().into());
             writeln!(writer, "{}", serde_json::Value::Object(record))?;
         }
         writer.flush()?;
         progress.inc(batch.len() as u64);
-        progress.set_message(format!("{:.0} tokens/s", new_tokens as f64 / started.elapsed().as_secs_f64()));
+        progress.set_message(format!(
+            "{:.0} tokens/s",
+            new_tokens as f64 / started.elapsed().as_secs_f64()
+        ));
     }
     drop(writer);
-    std::fs::rename(&partial, job.output).with_context(|| format!("renaming {} to {}", partial.display(), job.output.display()))?;
+    std::fs::rename(&partial, job.output)
+        .with_context(|| format!("renaming {} to {}", partial.display(), job.output.display()))?;
     manifest.finished = Some(timestamp());
     manifest.counts.insert("rows".into(), rows.len() as u64);
-    manifest.outputs = job.output.file_name().map(|name| name.to_string_lossy().into_owned()).into_iter().collect();
+    manifest.outputs = job
+        .output
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .into_iter()
+        .collect();
     manifest.write_file(&manifest_path)?;
     progress.finish_with_message(format!("wrote {}", job.output.display()));
     Ok(())
@@ -236,28 +350,63 @@ fn generate_file(model: &CausalLm, tokenizer: &Tokenizer, job: &FileJob) -> Resu
 /// `manifest_path`) has the same input and settings as `manifest`, which then records the
 /// resume; cuts a last line torn by the kill (finished lines stay as written) and returns
 /// how many rows are done.
-fn take_up(partial: &Path, manifest_path: &Path, manifest: &mut Manifest, rows: usize) -> Result<usize> {
-    let start_over = format!("delete {} (or give another --output) to start over", partial.display());
+fn take_up(
+    partial: &Path,
+    manifest_path: &Path,
+    manifest: &mut Manifest,
+    rows: usize,
+) -> Result<usize> {
+    let start_over = format!(
+        "delete {} (or give another --output) to start over",
+        partial.display()
+    );
     if !manifest_path.exists() {
-        bail!("{} holds rows of an interrupted run, but {} that records its input and settings is missing; {start_over}", partial.display(), manifest_path.display());
+        bail!(
+            "{} holds rows of an interrupted run, but {} that records its input and settings is \
+             missing; {start_over}",
+            partial.display(),
+            manifest_path.display()
+        );
     }
     let stored = Manifest::read_file(manifest_path)?;
     if !stored.same_run(manifest) {
-        bail!("{} holds rows of an interrupted run that does not match this one: {}; run with the same input and settings to finish it, or {start_over}", partial.display(), stored.difference(manifest));
+        bail!(
+            "{} holds rows of an interrupted run that does not match this one: {}; \
+             run with the same input and settings to finish it, or {start_over}",
+            partial.display(),
+            stored.difference(manifest)
+        );
     }
     manifest.started = stored.started;
     manifest.resumed = stored.resumed;
     manifest.resumed.push(timestamp());
     let bytes = std::fs::read(partial).with_context(|| format!("reading {}", partial.display()))?;
     let intact = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let lines: Vec<&[u8]> = bytes[..intact].split(|&b| b == b'\n').filter(|line| !line.is_empty()).collect();
+    let lines: Vec<&[u8]> = bytes[..intact]
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .collect();
     for (index, line) in lines.iter().enumerate() {
-        serde_json::from_slice::<serde_json::Value>(line).with_context(|| format!("{}:{}: not a finished row; the file is damaged: {start_over}", partial.display(), index + 1))?;
+        serde_json::from_slice::<serde_json::Value>(line).with_context(|| {
+            format!(
+                "{}:{}: not a finished row; the file is damaged: {start_over}",
+                partial.display(),
+                index + 1
+            )
+        })?;
     }
     if lines.len() > rows {
-        bail!("{} holds {} rows, but the input has only {rows}; the file is damaged: {start_over}", partial.display(), lines.len());
+        bail!(
+            "{} holds {} rows, but the input has only {rows}; the file is damaged: {start_over}",
+            partial.display(),
+            lines.len()
+        );
     }
-    let file = std::fs::OpenOptions::new().write(true).open(partial).with_context(|| format!("opening {}", partial.display()))?;
-    file.set_len(intact as u64).with_context(|| format!("cutting the torn last line of {}", partial.display()))?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(partial)
+        .with_context(|| format!("opening {}", partial.display()))?;
+    file.set_len(intact as u64)
+        .with_context(|| format!("cutting the torn last line of {}", partial.display()))?;
     Ok(lines.len())
 }

@@ -2,9 +2,13 @@
 //! reader or judge role, or be the model under evaluation, exactly where an API model could.
 
 use anyhow::Result;
-use lincal_llm::{Choice, FinishReason, Llm, LlmError, LlmRequest, LlmResponse, Prompt, TokenUsage};
+use lincal_llm::{
+    Choice, FinishReason, Llm, LlmError, LlmRequest, LlmResponse, Prompt, TokenUsage,
+};
 use lincal_model::checkpoint::SafetensorsCheckpoint;
-use lincal_model::{CausalLm, ChatTurn, Generation, ModelConfig, SamplingParams, Tokenizer, generate_text};
+use lincal_model::{
+    CausalLm, ChatTurn, Generation, ModelConfig, SamplingParams, Tokenizer, generate_text,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -39,14 +43,33 @@ impl Engine {
 impl LocalLlm {
     /// Reads the config and tokenizer of the model in `dir` and checks that they fit; the
     /// weights are loaded at the first request.
-    pub fn load(dir: &Path, device: tch::Device, kind: tch::Kind, batch_size: usize) -> Result<Self> {
+    pub fn load(
+        dir: &Path,
+        device: tch::Device,
+        kind: tch::Kind,
+        batch_size: usize,
+    ) -> Result<Self> {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         SafetensorsCheckpoint::open(dir)?;
         let tokenizer = Tokenizer::from_dir(dir)?;
         tokenizer.check_model_vocab(config.vocab_size())?;
-        let name = format!("{}#{}", dir.canonicalize()?.display(), weights_fingerprint(dir)?);
-        let engine = Engine { model: None, tokenizer, dir: dir.to_path_buf(), device, kind };
-        Ok(LocalLlm { engine: Mutex::new(engine), name, batch_size: batch_size.max(1) })
+        let name = format!(
+            "{}#{}",
+            dir.canonicalize()?.display(),
+            weights_fingerprint(dir)?
+        );
+        let engine = Engine {
+            model: None,
+            tokenizer,
+            dir: dir.to_path_buf(),
+            device,
+            kind,
+        };
+        Ok(LocalLlm {
+            engine: Mutex::new(engine),
+            name,
+            batch_size: batch_size.max(1),
+        })
     }
 }
 
@@ -54,12 +77,18 @@ impl LocalLlm {
 /// a checkpoint is rewritten.
 fn weights_fingerprint(dir: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
-    let mut files: Vec<_> = std::fs::read_dir(dir)?.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "safetensors")).collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir)?
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+        .collect();
     files.sort_by_key(|e| e.file_name());
     let mut hash = Sha256::new();
     for file in files {
         let meta = file.metadata()?;
-        let mtime = meta.modified()?.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let mtime = meta
+            .modified()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         hash.update(format!("{:?} {} {mtime};", file.file_name(), meta.len()));
     }
     Ok(format!("{:x}", hash.finalize())[..16].to_string())
@@ -86,20 +115,41 @@ impl Llm for LocalLlm {
     }
 
     fn generate(&self, requests: &[LlmRequest]) -> Vec<Result<LlmResponse, LlmError>> {
-        let mut engine = self.engine.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut engine = self
+            .engine
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let (model, tokenizer) = match engine.loaded() {
             Ok(loaded) => loaded,
             Err(error) => {
                 let message = format!("loading the weights in {}: {error:#}", self.name);
-                return requests.iter().map(|_| Err(LlmError::Backend { message: message.clone(), retryable: false })).collect();
+                return requests
+                    .iter()
+                    .map(|_| {
+                        Err(LlmError::Backend {
+                            message: message.clone(),
+                            retryable: false,
+                        })
+                    })
+                    .collect();
             }
         };
-        let mut results: Vec<Result<LlmResponse, LlmError>> = requests.iter().map(|_| Ok(LlmResponse { choices: Vec::new(), usage: Some(TokenUsage::default()) })).collect();
+        let mut results: Vec<Result<LlmResponse, LlmError>> = requests
+            .iter()
+            .map(|_| {
+                Ok(LlmResponse {
+                    choices: Vec::new(),
+                    usage: Some(TokenUsage::default()),
+                })
+            })
+            .collect();
         // Requests sharing sampling settings are decoded together, `batch_size` samples at a
         // time; sample j of a request uses seed + j, as the Anthropic backend does.
         let mut groups: Vec<(SamplingParams, Vec<Row>)> = Vec::new();
         for (index, request) in requests.iter().enumerate() {
-            let rendered = request.validate().and_then(|()| encode_prompt(tokenizer, &request.prompt));
+            let rendered = request
+                .validate()
+                .and_then(|()| encode_prompt(tokenizer, &request.prompt));
             let ids = match rendered {
                 Ok(ids) => ids,
                 Err(error) => {
@@ -108,7 +158,11 @@ impl Llm for LocalLlm {
                 }
             };
             let params = sampling_params(request);
-            let rows = (0..request.params.n).map(|j| Row { request: index, ids: ids.clone(), seed: request.params.seed.wrapping_add(u64::from(j)) });
+            let rows = (0..request.params.n).map(|j| Row {
+                request: index,
+                ids: ids.clone(),
+                seed: request.params.seed.wrapping_add(u64::from(j)),
+            });
             match groups.iter_mut().find(|(p, _)| *p == params) {
                 Some((_, group)) => group.extend(rows),
                 None => groups.push((params, rows.collect())),
@@ -128,7 +182,10 @@ impl Llm for LocalLlm {
                     }
                     Err(error) => {
                         for row in chunk {
-                            results[row.request] = Err(LlmError::Backend { message: error.to_string(), retryable: false });
+                            results[row.request] = Err(LlmError::Backend {
+                                message: error.to_string(),
+                                retryable: false,
+                            });
                         }
                     }
                 }
@@ -143,8 +200,18 @@ fn encode_prompt(tokenizer: &Tokenizer, prompt: &Prompt) -> Result<Vec<i64>, Llm
     match prompt {
         // Chat templates already hold any BOS text, so only raw completions get special tokens.
         Prompt::Chat(messages) => {
-            let messages: Vec<ChatTurn> = messages.iter().map(|m| ChatTurn::new(m.role.as_str(), &m.content)).collect();
-            tokenizer.encode(&tokenizer.apply_chat_template(&messages, true).map_err(invalid)?, false).map_err(invalid)
+            let messages: Vec<ChatTurn> = messages
+                .iter()
+                .map(|m| ChatTurn::new(m.role.as_str(), &m.content))
+                .collect();
+            tokenizer
+                .encode(
+                    &tokenizer
+                        .apply_chat_template(&messages, true)
+                        .map_err(invalid)?,
+                    false,
+                )
+                .map_err(invalid)
         }
         Prompt::Completion(text) => tokenizer.encode(text, true).map_err(invalid),
     }
@@ -152,7 +219,13 @@ fn encode_prompt(tokenizer: &Tokenizer, prompt: &Prompt) -> Result<Vec<i64>, Llm
 
 fn sampling_params(request: &LlmRequest) -> SamplingParams {
     let p = &request.params;
-    SamplingParams { temperature: p.temperature, top_p: p.top_p.unwrap_or(1.0), top_k: 0, max_new_tokens: i64::from(p.max_tokens), stop: p.stop.clone() }
+    SamplingParams {
+        temperature: p.temperature,
+        top_p: p.top_p.unwrap_or(1.0),
+        top_k: 0,
+        max_new_tokens: i64::from(p.max_tokens),
+        stop: p.stop.clone(),
+    }
 }
 
 fn add_sample(response: &mut LlmResponse, prompt_tokens: usize, generation: Generation) {
@@ -163,7 +236,10 @@ fn add_sample(response: &mut LlmResponse, prompt_tokens: usize, generation: Gene
     let usage = response.usage.get_or_insert_with(TokenUsage::default);
     usage.prompt_tokens += prompt_tokens as u64;
     usage.completion_tokens += generation.tokens.len() as u64;
-    response.choices.push(Choice { text: generation.text, finish_reason: Some(finish_reason) });
+    response.choices.push(Choice {
+        text: generation.text,
+        finish_reason: Some(finish_reason),
+    });
 }
 
 #[cfg(test)]
@@ -172,13 +248,24 @@ mod tests {
     use lincal_model::testing::{random_model, tiny_llama, write_tokenizer};
 
     fn local(dir: &Path, batch_size: usize) -> LocalLlm {
-        random_model(tiny_llama(true), 3).save(dir, usize::MAX).unwrap();
+        random_model(tiny_llama(true), 3)
+            .save(dir, usize::MAX)
+            .unwrap();
         write_tokenizer(dir, 64);
         LocalLlm::load(dir, tch::Device::Cpu, tch::Kind::Float, batch_size).unwrap()
     }
 
     fn request(prompt: &str, n: u32, seed: u64) -> LlmRequest {
-        LlmRequest::completion(prompt, lincal_llm::SamplingParams { n, temperature: 1.0, max_tokens: 6, seed, ..Default::default() })
+        LlmRequest::completion(
+            prompt,
+            lincal_llm::SamplingParams {
+                n,
+                temperature: 1.0,
+                max_tokens: 6,
+                seed,
+                ..Default::default()
+            },
+        )
     }
 
     /// Sample j of a request is what the engine draws with seed + j, whatever the batching,
@@ -192,13 +279,35 @@ mod tests {
         let (model, tokenizer) = engine.loaded().unwrap();
         let params = sampling_params(&request("", 1, 0));
         let ids = tokenizer.encode("t3 t4", true).unwrap();
-        let expected = generate_text(model, tokenizer, &[ids.clone(), ids.clone()], &[7, 8], &params, None).unwrap();
+        let expected = generate_text(
+            model,
+            tokenizer,
+            &[ids.clone(), ids.clone()],
+            &[7, 8],
+            &params,
+            None,
+        )
+        .unwrap();
         let first = results[0].as_ref().unwrap();
-        assert_eq!(first.texts().collect::<Vec<_>>(), expected.iter().map(|g| g.text.as_str()).collect::<Vec<_>>());
+        assert_eq!(
+            first.texts().collect::<Vec<_>>(),
+            expected.iter().map(|g| g.text.as_str()).collect::<Vec<_>>()
+        );
         let usage = first.usage.unwrap();
         assert_eq!(usage.prompt_tokens, 2 * ids.len() as u64);
-        assert_eq!(usage.completion_tokens, expected.iter().map(|g| g.tokens.len() as u64).sum::<u64>());
-        let alone = generate_text(model, tokenizer, &[tokenizer.encode("t5", true).unwrap()], &[9], &params, None).unwrap();
+        assert_eq!(
+            usage.completion_tokens,
+            expected.iter().map(|g| g.tokens.len() as u64).sum::<u64>()
+        );
+        let alone = generate_text(
+            model,
+            tokenizer,
+            &[tokenizer.encode("t5", true).unwrap()],
+            &[9],
+            &params,
+            None,
+        )
+        .unwrap();
         assert_eq!(results[1].as_ref().unwrap().text(), alone[0].text);
     }
 
@@ -213,14 +322,27 @@ mod tests {
         let results = llm.generate(&[request("t3", 1, 1), request("t4", 1, 2)]);
         for result in results {
             match result {
-                Err(LlmError::Backend { message, retryable: false }) => assert!(message.starts_with("loading the weights in ") && message.contains("model.safetensors"), "{message}"),
+                Err(LlmError::Backend {
+                    message,
+                    retryable: false,
+                }) => assert!(
+                    message.starts_with("loading the weights in ")
+                        && message.contains("model.safetensors"),
+                    "{message}"
+                ),
                 other => panic!("{other:?}"),
             }
         }
         // A directory without weights is refused at once.
         std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
-        let err = LocalLlm::load(dir.path(), tch::Device::Cpu, tch::Kind::Float, 4).err().unwrap().to_string();
-        assert!(err.contains("no model.safetensors or model.safetensors.index.json here"), "{err}");
+        let err = LocalLlm::load(dir.path(), tch::Device::Cpu, tch::Kind::Float, 4)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("no model.safetensors or model.safetensors.index.json here"),
+            "{err}"
+        );
     }
 
     /// A bad request fails alone; the rest of the batch is answered.
@@ -231,7 +353,11 @@ mod tests {
         let mut bad = request("t3", 1, 1);
         bad.params.max_tokens = 0;
         let results = llm.generate(&[bad, request("t3", 1, 1)]);
-        assert!(matches!(results[0], Err(LlmError::InvalidRequest(_))), "{:?}", results[0]);
+        assert!(
+            matches!(results[0], Err(LlmError::InvalidRequest(_))),
+            "{:?}",
+            results[0]
+        );
         assert_eq!(results[1].as_ref().unwrap().choices.len(), 1);
     }
 
@@ -240,15 +366,36 @@ mod tests {
     fn chat_requests_use_the_chat_template() {
         let dir = tempfile::tempdir().unwrap();
         let llm = local(dir.path(), 4);
-        let params = lincal_llm::SamplingParams { temperature: 0.0, max_tokens: 5, ..Default::default() };
+        let params = lincal_llm::SamplingParams {
+            temperature: 0.0,
+            max_tokens: 5,
+            ..Default::default()
+        };
         let chat = LlmRequest::chat(vec![lincal_llm::ChatMessage::user("t3 t4")], params.clone());
         let got = llm.generate(&[chat]).remove(0).unwrap();
         let mut engine = llm.engine.lock().unwrap();
         let (model, tokenizer) = engine.loaded().unwrap();
-        let text = tokenizer.apply_chat_template(&[ChatTurn::new("user", "t3 t4")], true).unwrap();
-        let greedy = SamplingParams { temperature: 0.0, max_new_tokens: 5, ..Default::default() };
-        let expected = generate_text(model, tokenizer, &[tokenizer.encode(&text, false).unwrap()], &[0], &greedy, None).unwrap();
+        let text = tokenizer
+            .apply_chat_template(&[ChatTurn::new("user", "t3 t4")], true)
+            .unwrap();
+        let greedy = SamplingParams {
+            temperature: 0.0,
+            max_new_tokens: 5,
+            ..Default::default()
+        };
+        let expected = generate_text(
+            model,
+            tokenizer,
+            &[tokenizer.encode(&text, false).unwrap()],
+            &[0],
+            &greedy,
+            None,
+        )
+        .unwrap();
         assert_eq!(got.text(), expected[0].text);
-        assert_eq!(got.usage.unwrap().prompt_tokens, tokenizer.encode(&text, false).unwrap().len() as u64);
+        assert_eq!(
+            got.usage.unwrap().prompt_tokens,
+            tokenizer.encode(&text, false).unwrap().len() as u64
+        );
     }
 }

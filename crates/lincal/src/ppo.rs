@@ -2,11 +2,11 @@
 //! PPO, from a preset or TOML config, on prompts from JSONL or the reference dataset, into a
 //! run directory that resumes where it stopped.
 
+use crate::train::{ConfigArgs, RunArgs, print_config};
 use anyhow::{Result, bail};
 use clap::Args;
 use lincal_data::schema::{self, TriviaQa};
 use lincal_train::ppo::{PpoConfig, PpoModelPaths, PpoPrompt, PpoTrainer};
-use crate::train::{ConfigArgs, RunArgs, print_config};
 use lincal_train::{RunOptions, TrainSummary};
 use std::path::{Path, PathBuf};
 
@@ -54,20 +54,33 @@ pub fn run(args: PpoArgs) -> Result<()> {
         }
     };
     let device = crate::parse_device(&args.run.device)?;
-    let paths = PpoModelPaths { policy: args.policy.clone(), reward_model: args.reward_model.clone(), answer_extractor: args.answer_extractor.clone() };
+    let paths = PpoModelPaths {
+        policy: args.policy.clone(),
+        reward_model: args.reward_model.clone(),
+        answer_extractor: args.answer_extractor.clone(),
+    };
     let mut input_files = vec![args.train.clone()];
     input_files.extend(args.eval.iter().cloned());
     input_files.extend(args.run.trivia_qa.iter().cloned());
-    let options = RunOptions { dir: args.out.clone(), input_files, progress: true };
+    let options = RunOptions {
+        dir: args.out.clone(),
+        input_files,
+        progress: true,
+    };
     let mut trainer = PpoTrainer::new(&paths, device, &config, &train, &eval, &options)?;
     let data = trainer.data_report();
-    eprintln!("{} training prompts ({} longer than query_len {} left out), {} evaluation prompts", data.train_prompts, data.dropped_long_prompts, config.query_len, data.eval_prompts);
+    eprintln!(
+        "{} training prompts ({} longer than query_len {} left out), {} evaluation prompts",
+        data.train_prompts, data.dropped_long_prompts, config.query_len, data.eval_prompts
+    );
     report(&trainer.train(args.run.stop_at_step)?);
     Ok(())
 }
 
 fn resolve_config(args: &PpoArgs) -> Result<PpoConfig> {
-    let mut config = args.config.resolve(PpoConfig::preset, |c, scale| c.scaled(scale))?;
+    let mut config = args
+        .config
+        .resolve(PpoConfig::preset, |c, scale| c.scaled(scale))?;
     if let Some(dir) = &args.run.prompts {
         config.templates = Some(dir.clone());
     }
@@ -76,11 +89,18 @@ fn resolve_config(args: &PpoArgs) -> Result<PpoConfig> {
 
 /// JSONL prompts, or a reference `*_paragraph_generation` split joined with TriviaQA.
 fn read_prompts(path: &Path, trivia_qa: &[PathBuf]) -> Result<Vec<PpoPrompt>> {
-    if path.extension().is_some_and(|e| e == "jsonl" || e == "json") {
+    if path
+        .extension()
+        .is_some_and(|e| e == "jsonl" || e == "json")
+    {
         return Ok(PpoPrompt::read_jsonl(path)?);
     }
     if trivia_qa.is_empty() {
-        bail!("{}: reference prompts need their questions and answers: give --trivia-qa with TriviaQA's unfiltered.nocontext files", path.display());
+        bail!(
+            "{}: reference prompts need their questions and answers: \
+             give --trivia-qa with TriviaQA's unfiltered.nocontext files",
+            path.display()
+        );
     }
     let joined = TriviaQa::load(trivia_qa)?.join(schema::read_paragraph_generation(path)?);
     if !joined.unmatched.is_empty() {
@@ -90,11 +110,34 @@ fn read_prompts(path: &Path, trivia_qa: &[PathBuf]) -> Result<Vec<PpoPrompt>> {
 }
 
 fn report(summary: &TrainSummary) {
-    let pick = |metrics: &[(String, f64)]| metrics.iter().filter(|(name, _)| ["reward", "kl", "eval_reward", "eval_kl"].contains(&name.as_str())).map(|(name, value)| format!("{name} {value:.4}")).collect::<Vec<_>>().join(", ");
-    let last = if summary.last_step.is_empty() { String::new() } else { format!(", last step: {}", pick(&summary.last_step)) };
-    let eval = if summary.eval.is_empty() { String::new() } else { format!(", evaluation: {}", pick(&summary.eval)) };
+    let pick = |metrics: &[(String, f64)]| {
+        metrics
+            .iter()
+            .filter(|(name, _)| ["reward", "kl", "eval_reward", "eval_kl"].contains(&name.as_str()))
+            .map(|(name, value)| format!("{name} {value:.4}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let last = if summary.last_step.is_empty() {
+        String::new()
+    } else {
+        format!(", last step: {}", pick(&summary.last_step))
+    };
+    let eval = if summary.eval.is_empty() {
+        String::new()
+    } else {
+        format!(", evaluation: {}", pick(&summary.eval))
+    };
     match &summary.final_dir {
-        Some(dir) => eprintln!("finished {} of {} steps{last}{eval}; wrote the policy to {}", summary.steps, summary.total_steps, dir.display()),
-        None => eprintln!("stopped after {} of {} steps{last}{eval}; run the same command again to resume", summary.steps, summary.total_steps),
+        Some(dir) => eprintln!(
+            "finished {} of {} steps{last}{eval}; wrote the policy to {}",
+            summary.steps,
+            summary.total_steps,
+            dir.display()
+        ),
+        None => eprintln!(
+            "stopped after {} of {} steps{last}{eval}; run the same command again to resume",
+            summary.steps, summary.total_steps
+        ),
     }
 }

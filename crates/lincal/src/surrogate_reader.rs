@@ -38,20 +38,41 @@ impl<'a> SurrogateReader<'a> {
         templates: &'a Templates,
         teacher: &TeacherSettings,
     ) -> Result<Self> {
-        let forecaster = Scorer::load(forecaster_dir, device, Some(kind), DEFAULT_MAX_TOKENS, batch_size)
-            .with_context(|| format!("loading the ForecastProbs model in {}", forecaster_dir.display()))?;
+        let forecaster = Scorer::load(
+            forecaster_dir,
+            device,
+            Some(kind),
+            DEFAULT_MAX_TOKENS,
+            batch_size,
+        )
+        .with_context(|| {
+            format!(
+                "loading the ForecastProbs model in {}",
+                forecaster_dir.display()
+            )
+        })?;
         let forecaster_name = forecaster_dir
             .canonicalize()
             .with_context(|| format!("resolving {}", forecaster_dir.display()))?
             .display()
             .to_string();
-        Ok(SurrogateReader { extractor, forecaster, forecaster_name, templates, settings: teacher.clone() })
+        Ok(SurrogateReader {
+            extractor,
+            forecaster,
+            forecaster_name,
+            templates,
+            settings: teacher.clone(),
+        })
     }
 }
 
 impl Reader for SurrogateReader<'_> {
     fn describe(&self) -> String {
-        format!("surrogate: ExtractAnswers {} + ForecastProbs {}", self.extractor.model(), self.forecaster_name)
+        format!(
+            "surrogate: ExtractAnswers {} + ForecastProbs {}",
+            self.extractor.model(),
+            self.forecaster_name
+        )
     }
 
     fn extract(&self, inputs: &[ReadInput<'_>]) -> ItemResults<Vec<String>> {
@@ -61,13 +82,22 @@ impl Reader for SurrogateReader<'_> {
     fn forecast(&self, inputs: &[ForecastInput<'_>]) -> ItemResults<f64> {
         let texts = inputs
             .iter()
-            .map(|input| self.templates.forecast_probs_model(input.question, input.paragraph, input.candidate))
+            .map(|input| {
+                self.templates.forecast_probs_model(
+                    input.question,
+                    input.paragraph,
+                    input.candidate,
+                )
+            })
             .collect::<Result<Vec<String>, _>>()
             .map_err(PipelineError::from)?;
-        let probabilities = self
-            .forecaster
-            .probabilities(&texts)
-            .map_err(|error| PipelineError::Model { role: "ForecastProbs forecaster".into(), message: error.to_string() })?;
+        let probabilities =
+            self.forecaster
+                .probabilities(&texts)
+                .map_err(|error| PipelineError::Model {
+                    role: "ForecastProbs forecaster".into(),
+                    message: error.to_string(),
+                })?;
         Ok(probabilities.into_iter().map(Ok).collect())
     }
 }

@@ -4,8 +4,13 @@
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use lincal_data::prompts::Templates;
-use lincal_data::schema::{self, HasQuestionId, RewardExample, SftExample, SftTarget, Tally, TriviaQa};
-use lincal_train::{RewardModelConfig, RewardModelTrainer, RunOptions, SftConfig, SftTrainer, TrainSummary, with_overrides};
+use lincal_data::schema::{
+    self, HasQuestionId, RewardExample, SftExample, SftTarget, Tally, TriviaQa,
+};
+use lincal_train::{
+    RewardModelConfig, RewardModelTrainer, RunOptions, SftConfig, SftTrainer, TrainSummary,
+    with_overrides,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
@@ -82,12 +87,18 @@ pub struct ConfigArgs {
 
 impl ConfigArgs {
     /// The preset or the TOML file, then `--scale`, then the `--set` overrides.
-    pub fn resolve<C: Serialize + DeserializeOwned>(&self, preset: impl Fn(&str) -> lincal_train::Result<C>, scaled: impl Fn(C, f64) -> lincal_train::Result<C>) -> Result<C> {
+    pub fn resolve<C: Serialize + DeserializeOwned>(
+        &self,
+        preset: impl Fn(&str) -> lincal_train::Result<C>,
+        scaled: impl Fn(C, f64) -> lincal_train::Result<C>,
+    ) -> Result<C> {
         let config = match (&self.preset, &self.config) {
             (Some(name), _) => preset(name)?,
             (None, Some(path)) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("{}: not a valid config", path.display()))?
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("{}: not a valid config", path.display()))?
             }
             (None, None) => bail!("give --preset NAME or --config FILE.toml"),
         };
@@ -100,7 +111,12 @@ impl ConfigArgs {
 }
 
 pub fn sft(args: TrainArgs) -> Result<()> {
-    let config = args.config.resolve(SftConfig::preset, |c, scale| Ok(SftConfig { training: c.training.scaled(scale)?, ..c }))?;
+    let config = args.config.resolve(SftConfig::preset, |c, scale| {
+        Ok(SftConfig {
+            training: c.training.scaled(scale)?,
+            ..c
+        })
+    })?;
     if args.run.print_config {
         return print_config(&config);
     }
@@ -108,17 +124,35 @@ pub fn sft(args: TrainArgs) -> Result<()> {
     let read = |path: &Path| read_sft(path, task.as_deref(), &args);
     let (train, eval) = train_eval(&args, read, schema::SFT_EVAL_QUESTIONS)?;
     let device = crate::parse_device(&args.run.device)?;
-    let mut trainer = SftTrainer::new(&args.model, device, &config, &train, &eval, &run_options(&args))?;
+    let mut trainer = SftTrainer::new(
+        &args.model,
+        device,
+        &config,
+        &train,
+        &eval,
+        &run_options(&args),
+    )?;
     let data = trainer.data_report();
     eprintln!(
-        "{} training examples in {} rows, {} evaluation examples, {} target tokens; left out because truncation kept no target token: {} training, {} evaluation",
-        data.train_examples, data.train_rows, data.eval_examples, data.target_tokens, data.dropped_train.len(), data.dropped_eval.len()
+        "{} training examples in {} rows, {} evaluation examples, {} target tokens; \
+         left out because truncation kept no target token: {} training, {} evaluation",
+        data.train_examples,
+        data.train_rows,
+        data.eval_examples,
+        data.target_tokens,
+        data.dropped_train.len(),
+        data.dropped_eval.len()
     );
     report(trainer.train(args.run.stop_at_step)?)
 }
 
 pub fn reward_model(args: TrainArgs) -> Result<()> {
-    let config = args.config.resolve(RewardModelConfig::preset, |c, scale| Ok(RewardModelConfig { training: c.training.scaled(scale)?, ..c }))?;
+    let config = args.config.resolve(RewardModelConfig::preset, |c, scale| {
+        Ok(RewardModelConfig {
+            training: c.training.scaled(scale)?,
+            ..c
+        })
+    })?;
     if args.run.print_config {
         return print_config(&config);
     }
@@ -126,7 +160,14 @@ pub fn reward_model(args: TrainArgs) -> Result<()> {
     let read = |path: &Path| read_reward(path, task.as_deref(), &args);
     let (train, eval) = train_eval(&args, read, schema::REWARD_MODEL_EVAL_QUESTIONS)?;
     let device = crate::parse_device(&args.run.device)?;
-    let mut trainer = RewardModelTrainer::new(&args.model, device, &config, &train, &eval, &run_options(&args))?;
+    let mut trainer = RewardModelTrainer::new(
+        &args.model,
+        device,
+        &config,
+        &train,
+        &eval,
+        &run_options(&args),
+    )?;
     report(trainer.train(args.run.stop_at_step)?)
 }
 
@@ -139,17 +180,34 @@ fn run_options(args: &TrainArgs) -> RunOptions {
     let mut input_files = vec![args.train.clone()];
     input_files.extend(args.eval.iter().cloned());
     input_files.extend(args.run.trivia_qa.iter().cloned());
-    RunOptions { dir: args.out.clone(), input_files, progress: true }
+    RunOptions {
+        dir: args.out.clone(),
+        input_files,
+        progress: true,
+    }
 }
 
 /// Reads --train and --eval, or splits --train by question id when there is no --eval.
-fn train_eval<T: HasQuestionId>(args: &TrainArgs, read: impl Fn(&Path) -> Result<Vec<T>>, default_eval_questions: usize) -> Result<(Vec<T>, Vec<T>)> {
+fn train_eval<T: HasQuestionId>(
+    args: &TrainArgs,
+    read: impl Fn(&Path) -> Result<Vec<T>>,
+    default_eval_questions: usize,
+) -> Result<(Vec<T>, Vec<T>)> {
     let train = read(&args.train)?;
     match &args.eval {
         Some(eval) => Ok((train, read(eval)?)),
         None => {
-            let split = schema::split_by_question_id(train, args.eval_questions.unwrap_or(default_eval_questions), schema::SPLIT_SEED)
-                .with_context(|| format!("holding out evaluation questions from {} (or give --eval FILE)", args.train.display()))?;
+            let split = schema::split_by_question_id(
+                train,
+                args.eval_questions.unwrap_or(default_eval_questions),
+                schema::SPLIT_SEED,
+            )
+            .with_context(|| {
+                format!(
+                    "holding out evaluation questions from {} (or give --eval FILE)",
+                    args.train.display()
+                )
+            })?;
             Ok((split.train, split.eval))
         }
     }
@@ -163,7 +221,8 @@ fn templates(args: &TrainArgs) -> Result<Templates> {
 }
 
 fn is_jsonl(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "jsonl" || e == "json")
+    path.extension()
+        .is_some_and(|e| e == "jsonl" || e == "json")
 }
 
 fn read_sft(path: &Path, task: Option<&str>, args: &TrainArgs) -> Result<Vec<SftExample>> {
@@ -174,18 +233,29 @@ fn read_sft(path: &Path, task: Option<&str>, args: &TrainArgs) -> Result<Vec<Sft
     let (examples, tally) = match task {
         Some("extract_answers") => {
             let rows = joined_reward_rows(path, args)?;
-            schema::extract_answers_examples(&rows, &|input| templates.extract_answers_model(input.question, input.paragraph))?
+            schema::extract_answers_examples(&rows, &|input| {
+                templates.extract_answers_model(input.question, input.paragraph)
+            })?
         }
         Some(task) => {
             let target = match task {
                 "lc_sft" => SftTarget::LcSft,
                 "factuality_sft" => SftTarget::FactualitySft,
                 "claude_distill" => SftTarget::ClaudeDistill,
-                other => bail!("--task {other}: an SFT task is lc_sft, factuality_sft, claude_distill or extract_answers"),
+                other => bail!(
+                    "--task {other}: an SFT task is lc_sft, factuality_sft, \
+                     claude_distill or extract_answers"
+                ),
             };
-            schema::sft_examples(&schema::read_sft_training(path)?, target, &|query| templates.policy(query))?
+            schema::sft_examples(&schema::read_sft_training(path)?, target, &|query| {
+                templates.policy(query)
+            })?
         }
-        None => bail!("{}: a reference dataset file needs --task (or a preset) to say which examples to build", path.display()),
+        None => bail!(
+            "{}: a reference dataset file needs --task (or a preset) to say which \
+             examples to build",
+            path.display()
+        ),
     };
     log_tally(path, &tally);
     Ok(examples)
@@ -198,24 +268,44 @@ fn read_reward(path: &Path, task: Option<&str>, args: &TrainArgs) -> Result<Vec<
     let templates = templates(args)?;
     let rows = joined_reward_rows(path, args)?;
     let (examples, tally) = match task {
-        Some("forecast_probs") => schema::forecast_probs_examples(&rows, &|input| templates.forecast_probs_model(input.question, input.paragraph, input.answer))?,
-        Some("factuality") => schema::binary_correctness_examples(&rows, &|input| templates.binary_correctness_model(input.question, input.paragraph, input.answer))?,
+        Some("forecast_probs") => schema::forecast_probs_examples(&rows, &|input| {
+            templates.forecast_probs_model(input.question, input.paragraph, input.answer)
+        })?,
+        Some("factuality") => schema::binary_correctness_examples(&rows, &|input| {
+            templates.binary_correctness_model(input.question, input.paragraph, input.answer)
+        })?,
         Some(other) => bail!("--task {other}: a reward-model task is forecast_probs or factuality"),
-        None => bail!("{}: a reference dataset file needs --task (or a preset) to say which examples to build", path.display()),
+        None => bail!(
+            "{}: a reference dataset file needs --task (or a preset) to say which \
+             examples to build",
+            path.display()
+        ),
     };
     log_tally(path, &tally);
     Ok(examples)
 }
 
 /// `reward_model_training` rows joined with their TriviaQA questions.
-fn joined_reward_rows(path: &Path, args: &TrainArgs) -> Result<Vec<schema::WithQuestion<schema::RewardModelTrainingRow>>> {
+fn joined_reward_rows(
+    path: &Path,
+    args: &TrainArgs,
+) -> Result<Vec<schema::WithQuestion<schema::RewardModelTrainingRow>>> {
     if args.run.trivia_qa.is_empty() {
-        bail!("{}: the reader tasks need the questions and answers: give --trivia-qa with TriviaQA's unfiltered.nocontext files", path.display());
+        bail!(
+            "{}: the reader tasks need the questions and answers: \
+             give --trivia-qa with TriviaQA's unfiltered.nocontext files",
+            path.display()
+        );
     }
     let trivia = TriviaQa::load(&args.run.trivia_qa)?;
     let joined = trivia.join(schema::read_reward_model_training(path)?);
     if !joined.unmatched.is_empty() {
-        eprintln!("{}: {} rows have no TriviaQA question and are left out (first ids: {:?})", path.display(), joined.unmatched.len(), joined.unmatched_ids().iter().take(5).collect::<Vec<_>>());
+        eprintln!(
+            "{}: {} rows have no TriviaQA question and are left out (first ids: {:?})",
+            path.display(),
+            joined.unmatched.len(),
+            joined.unmatched_ids().iter().take(5).collect::<Vec<_>>()
+        );
     }
     Ok(joined.rows)
 }
@@ -225,12 +315,30 @@ fn log_tally(path: &Path, tally: &Tally) {
 }
 
 fn report(summary: TrainSummary) -> Result<()> {
-    let loss = summary.last("loss").map_or(String::new(), |loss| format!(", last training loss {loss:.4}"));
-    let eval: Vec<String> = summary.eval.iter().map(|(name, value)| format!("{name} {value:.4}")).collect();
-    let eval = if eval.is_empty() { String::new() } else { format!(", evaluation: {}", eval.join(", ")) };
+    let loss = summary.last("loss").map_or(String::new(), |loss| {
+        format!(", last training loss {loss:.4}")
+    });
+    let eval: Vec<String> = summary
+        .eval
+        .iter()
+        .map(|(name, value)| format!("{name} {value:.4}"))
+        .collect();
+    let eval = if eval.is_empty() {
+        String::new()
+    } else {
+        format!(", evaluation: {}", eval.join(", "))
+    };
     match &summary.final_dir {
-        Some(dir) => eprintln!("finished {} of {} steps{loss}{eval}; wrote {}", summary.steps, summary.total_steps, dir.display()),
-        None => eprintln!("stopped after {} of {} steps{loss}{eval}; run the same command again to resume", summary.steps, summary.total_steps),
+        Some(dir) => eprintln!(
+            "finished {} of {} steps{loss}{eval}; wrote {}",
+            summary.steps,
+            summary.total_steps,
+            dir.display()
+        ),
+        None => eprintln!(
+            "stopped after {} of {} steps{loss}{eval}; run the same command again to resume",
+            summary.steps, summary.total_steps
+        ),
     }
     Ok(())
 }
@@ -259,25 +367,48 @@ pub struct ScoreArgs {
 
 pub fn score(args: ScoreArgs) -> Result<()> {
     let (device, kind) = args.device.resolve()?;
-    let scorer = lincal_train::Scorer::load(&args.model, device, Some(kind), args.max_len, args.batch_size)?;
-    let text = std::fs::read_to_string(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    let scorer = lincal_train::Scorer::load(
+        &args.model,
+        device,
+        Some(kind),
+        args.max_len,
+        args.batch_size,
+    )?;
+    let text = std::fs::read_to_string(&args.input)
+        .with_context(|| format!("reading {}", args.input.display()))?;
     let mut records = Vec::new();
-    for (index, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (index, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let at = || format!("{}:{}", args.input.display(), index + 1);
-        let record: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line).with_context(|| format!("{}: not a JSON object", at()))?;
-        record.get("prompt").and_then(|p| p.as_str()).with_context(|| format!("{}: needs a `prompt` string", at()))?;
+        let record: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(line).with_context(|| format!("{}: not a JSON object", at()))?;
+        record
+            .get("prompt")
+            .and_then(|p| p.as_str())
+            .with_context(|| format!("{}: needs a `prompt` string", at()))?;
         records.push(record);
     }
-    let texts: Vec<String> = records.iter().map(|r| r["prompt"].as_str().expect("checked above").to_string()).collect();
+    let texts: Vec<String> = records
+        .iter()
+        .map(|r| r["prompt"].as_str().expect("checked above").to_string())
+        .collect();
     let scores = scorer.logits(&texts)?;
     let mut out = String::new();
     for (mut record, score) in records.into_iter().zip(scores) {
         record.insert("score".into(), score.into());
-        record.insert("probability".into(), lincal_train::sigmoid(f64::from(score)).into());
+        record.insert(
+            "probability".into(),
+            lincal_train::sigmoid(f64::from(score)).into(),
+        );
         out.push_str(&serde_json::Value::Object(record).to_string());
         out.push('\n');
     }
-    let output = args.output.unwrap_or_else(|| args.input.with_extension("scores.jsonl"));
+    let output = args
+        .output
+        .unwrap_or_else(|| args.input.with_extension("scores.jsonl"));
     lincal_model::fsutil::write_atomic(&output, out.as_bytes())?;
     eprintln!("wrote {} scores to {}", texts.len(), output.display());
     Ok(())

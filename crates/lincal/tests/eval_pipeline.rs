@@ -9,7 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 fn ok(output: Output) -> Output {
-    assert!(output.status.success(), "stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     output
 }
 
@@ -29,7 +34,13 @@ fn write_questions(path: &Path, count: usize) {
         .map(|i| {
             let mut aliases = tiny_words();
             aliases.rotate_left(i);
-            serde_json::json!({"id": format!("q{i}"), "question": format!("t{} t{}?", 3 + i, 10 + i), "answer": aliases[0], "aliases": aliases}).to_string()
+            serde_json::json!({
+                "id": format!("q{i}"),
+                "question": format!("t{} t{}?", 3 + i, 10 + i),
+                "answer": aliases[0],
+                "aliases": aliases,
+            })
+            .to_string()
         })
         .collect();
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
@@ -47,12 +58,32 @@ fn qa_examples(run: &Path) -> Vec<QaExample> {
 }
 
 fn assert_report_files(run: &Path) {
-    for name in ["results.json", "examples.jsonl", "report.html", "report.md", "reliability.png", "reliability.svg", "frontier.png", "manifest.json", "failures.jsonl", "cache.sqlite"] {
+    for name in [
+        "results.json",
+        "examples.jsonl",
+        "report.html",
+        "report.md",
+        "reliability.png",
+        "reliability.svg",
+        "frontier.png",
+        "manifest.json",
+        "failures.jsonl",
+        "cache.sqlite",
+    ] {
         assert!(run.join(name).is_file(), "{} has no {name}", run.display());
     }
 }
 
-const FAST: [&str; 8] = ["--device", "cpu", "--max-tokens", "8", "--resamples", "50", "--batch-size", "4"];
+const FAST: [&str; 8] = [
+    "--device",
+    "cpu",
+    "--max-tokens",
+    "8",
+    "--resamples",
+    "50",
+    "--batch-size",
+    "4",
+];
 
 #[test]
 fn qa_on_a_tiny_model_writes_its_report_and_a_rerun_makes_no_call() {
@@ -61,10 +92,23 @@ fn qa_on_a_tiny_model_writes_its_report_and_a_rerun_makes_no_call() {
     let questions = dir.path().join("questions.jsonl");
     write_questions(&questions, 6);
     let run = dir.path().join("run");
-    let mut args = vec!["eval", "qa", "--model", &model, "--dataset", questions.to_str().unwrap(), "--out", run.to_str().unwrap()];
+    let mut args = vec![
+        "eval",
+        "qa",
+        "--model",
+        &model,
+        "--dataset",
+        questions.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ];
     args.extend(FAST);
     let first = ok(lincal(&args));
-    assert!(String::from_utf8_lossy(&first.stdout).contains("accuracy"), "{}", String::from_utf8_lossy(&first.stdout));
+    assert!(
+        String::from_utf8_lossy(&first.stdout).contains("accuracy"),
+        "{}",
+        String::from_utf8_lossy(&first.stdout)
+    );
     assert_report_files(&run);
 
     // The lexical reader takes the first accepted answer the paragraph mentions, and exact
@@ -78,17 +122,34 @@ fn qa_on_a_tiny_model_writes_its_report_and_a_rerun_makes_no_call() {
             words
         };
         let words: Vec<&str> = example.generated_text.split_whitespace().collect();
-        let expected = aliases.iter().find(|alias| words.contains(&alias.as_str())).cloned();
+        let expected = aliases
+            .iter()
+            .find(|alias| words.contains(&alias.as_str()))
+            .cloned();
         assert_eq!(example.answer, expected, "{example:?}");
         assert_eq!(example.correct, expected.is_some());
-        assert_eq!(example.extracted_answers, expected.into_iter().collect::<Vec<_>>());
+        assert_eq!(
+            example.extracted_answers,
+            expected.into_iter().collect::<Vec<_>>()
+        );
     }
     let results = read_results(&run).unwrap();
-    assert_eq!((results.counts.examples, results.settings.method.as_str(), results.settings.dataset.as_str()), (6, "LC SFT", "questions"));
+    assert_eq!(
+        (
+            results.counts.examples,
+            results.settings.method.as_str(),
+            results.settings.dataset.as_str()
+        ),
+        (6, "LC SFT", "questions")
+    );
 
     // The same command again: the finished run is read back.
     let again = ok(lincal(&args));
-    assert!(stderr(&again).contains("nothing to do"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("nothing to do"),
+        "{}",
+        stderr(&again)
+    );
     assert_eq!(qa_examples(&run), examples);
 }
 
@@ -99,7 +160,20 @@ fn an_unparseable_llm_judge_is_recorded_for_every_answer_it_judged() {
     let questions = dir.path().join("questions.jsonl");
     write_questions(&questions, 4);
     let run = dir.path().join("run");
-    let mut args = vec!["eval", "qa", "--model", &model, "--dataset", questions.to_str().unwrap(), "--out", run.to_str().unwrap(), "--judge-model", &model, "--max-attempts", "2"];
+    let mut args = vec![
+        "eval",
+        "qa",
+        "--model",
+        &model,
+        "--dataset",
+        questions.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--judge-model",
+        &model,
+        "--max-attempts",
+        "2",
+    ];
     args.extend(FAST);
     let output = ok(lincal(&args));
     let examples = qa_examples(&run);
@@ -109,13 +183,24 @@ fn an_unparseable_llm_judge_is_recorded_for_every_answer_it_judged() {
     for example in &examples {
         assert!(!example.correct);
         let stages: Vec<Stage> = example.failures.iter().map(|f| f.stage).collect();
-        assert_eq!(stages, if example.answer.is_some() { vec![Stage::Judge] } else { vec![] });
+        assert_eq!(
+            stages,
+            if example.answer.is_some() {
+                vec![Stage::Judge]
+            } else {
+                vec![]
+            }
+        );
     }
     let results = read_results(&run).unwrap();
     assert_eq!(results.counts.failures.get(&Stage::Judge), Some(&answered));
     let failures = std::fs::read_to_string(run.join("failures.jsonl")).unwrap();
     assert_eq!(failures.lines().count(), answered);
-    assert!(String::from_utf8_lossy(&output.stdout).contains("semantic-equivalence judge: "), "{}", String::from_utf8_lossy(&output.stdout));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("semantic-equivalence judge: "),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
 }
 
 /// A ForecastProbs model on the tiny backbone, with a random head and a pad token.
@@ -123,10 +208,17 @@ fn tiny_forecaster(dir: &Path) -> PathBuf {
     let out = dir.join("forecaster");
     std::fs::create_dir_all(&out).unwrap();
     let backbone = lincal_model::testing::random_model(lincal_model::testing::tiny_llama(true), 2);
-    lincal_train::RewardModel::new(backbone, lincal_train::HeadInit::Default { seed: 3 }, "tiny").save(&out).unwrap();
+    lincal_train::RewardModel::new(
+        backbone,
+        lincal_train::HeadInit::Default { seed: 3 },
+        "tiny",
+    )
+    .save(&out)
+    .unwrap();
     lincal_model::testing::write_tokenizer(&out, 64);
     let config_path = out.join("tokenizer_config.json");
-    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
     config["pad_token"] = "<unk>".into();
     std::fs::write(&config_path, config.to_string()).unwrap();
     out
@@ -141,16 +233,38 @@ fn the_surrogate_reader_forecasts_with_the_reward_model() {
     write_questions(&questions, 3);
     let run = dir.path().join("run");
     let mut args = vec![
-        "eval", "qa", "--model", &model, "--dataset", questions.to_str().unwrap(), "--out", run.to_str().unwrap(),
-        "--extractor", &model, "--forecaster", forecaster.to_str().unwrap(), "--dtype", "f32",
+        "eval",
+        "qa",
+        "--model",
+        &model,
+        "--dataset",
+        questions.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--extractor",
+        &model,
+        "--forecaster",
+        forecaster.to_str().unwrap(),
+        "--dtype",
+        "f32",
     ];
     args.extend(FAST);
     ok(lincal(&args));
     let results = read_results(&run).unwrap();
-    assert!(results.settings.reader.as_deref().unwrap().starts_with("surrogate: ExtractAnswers "), "{:?}", results.settings.reader);
+    assert!(
+        results
+            .settings
+            .reader
+            .as_deref()
+            .unwrap()
+            .starts_with("surrogate: ExtractAnswers "),
+        "{:?}",
+        results.settings.reader
+    );
 
     // Each answer's confidence is sigmoid of the reward model's score of its prompt.
-    let rm = lincal_train::RewardModel::load(&forecaster, tch::Device::Cpu, Some(tch::Kind::Float)).unwrap();
+    let rm = lincal_train::RewardModel::load(&forecaster, tch::Device::Cpu, Some(tch::Kind::Float))
+        .unwrap();
     let tokenizer = lincal_model::Tokenizer::from_dir(&forecaster).unwrap();
     let templates = lincal_data::prompts::Templates::builtin().unwrap();
     let examples = qa_examples(&run);
@@ -163,16 +277,37 @@ fn the_surrogate_reader_forecasts_with_the_reward_model() {
         let texts: Vec<String> = example
             .extracted_answers
             .iter()
-            .map(|c| templates.forecast_probs_model(&example.question, &example.generated_text, c).unwrap())
+            .map(|c| {
+                templates
+                    .forecast_probs_model(&example.question, &example.generated_text, c)
+                    .unwrap()
+            })
             .collect();
-        let probabilities: Vec<f64> = rm.score_texts(&tokenizer, &texts, 1024, 0, 16).unwrap().into_iter().map(|l| lincal_train::sigmoid(f64::from(l))).collect();
-        let best = probabilities.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let probabilities: Vec<f64> = rm
+            .score_texts(&tokenizer, &texts, 1024, 0, 16)
+            .unwrap()
+            .into_iter()
+            .map(|l| lincal_train::sigmoid(f64::from(l)))
+            .collect();
+        let best = probabilities
+            .iter()
+            .cloned()
+            .fold(f64::NEG_INFINITY, f64::max);
         let first_best = probabilities.iter().position(|p| *p == best).unwrap();
-        assert_eq!(example.answer.as_deref(), Some(example.extracted_answers[first_best].as_str()));
-        assert!((example.confidence.unwrap() - best).abs() < 1e-6, "{example:?} vs {probabilities:?}");
+        assert_eq!(
+            example.answer.as_deref(),
+            Some(example.extracted_answers[first_best].as_str())
+        );
+        assert!(
+            (example.confidence.unwrap() - best).abs() < 1e-6,
+            "{example:?} vs {probabilities:?}"
+        );
         forecast += 1;
     }
-    assert!(forecast > 0, "the tiny extractor found no answer at all: {examples:?}");
+    assert!(
+        forecast > 0,
+        "the tiny extractor found no answer at all: {examples:?}"
+    );
 }
 
 #[test]
@@ -180,13 +315,41 @@ fn bio_on_a_tiny_model_checks_claims_and_records_unparseable_verdicts() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model_dir(dir.path());
     let knowledge = dir.path().join("people.jsonl");
-    let people = [("Ada Lovelace", "English mathematician t5 t6 t7"), ("Alan Turing", "English computer scientist t8 t9"), ("Marie Curie", "Polish physicist t10 t11")];
-    let lines: Vec<String> = people.iter().enumerate().map(|(i, (title, text))| serde_json::json!({"id": format!("p{i}"), "title": title, "text": text}).to_string()).collect();
+    let people = [
+        ("Ada Lovelace", "English mathematician t5 t6 t7"),
+        ("Alan Turing", "English computer scientist t8 t9"),
+        ("Marie Curie", "Polish physicist t10 t11"),
+    ];
+    let lines: Vec<String> = people
+        .iter()
+        .enumerate()
+        .map(|(i, (title, text))| {
+            serde_json::json!({"id": format!("p{i}"), "title": title, "text": text}).to_string()
+        })
+        .collect();
     std::fs::write(&knowledge, lines.join("\n") + "\n").unwrap();
     let run = dir.path().join("run");
     let args = [
-        "eval", "bio", "--model", &model, "--wordnet", "3", "--knowledge", knowledge.to_str().unwrap(), "--out", run.to_str().unwrap(),
-        "--checker-model", &model, "--max-attempts", "1", "--device", "cpu", "--max-tokens", "12", "--resamples", "50",
+        "eval",
+        "bio",
+        "--model",
+        &model,
+        "--wordnet",
+        "3",
+        "--knowledge",
+        knowledge.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--checker-model",
+        &model,
+        "--max-attempts",
+        "1",
+        "--device",
+        "cpu",
+        "--max-tokens",
+        "12",
+        "--resamples",
+        "50",
     ];
     ok(lincal(&args));
     assert_report_files(&run);
@@ -205,14 +368,24 @@ fn bio_on_a_tiny_model_checks_claims_and_records_unparseable_verdicts() {
     // The tiny checker never says True or False: every claim is unsupported, and says why.
     for claim in &examples {
         assert!(!claim.supported);
-        assert!(claim.failures.iter().any(|f| f.stage == Stage::FactCheck), "{claim:?}");
+        assert!(
+            claim.failures.iter().any(|f| f.stage == Stage::FactCheck),
+            "{claim:?}"
+        );
         assert!(people.iter().any(|(name, _)| *name == claim.entity));
     }
-    assert_eq!(results.counts.failures.get(&Stage::FactCheck), Some(&examples.len()));
+    assert_eq!(
+        results.counts.failures.get(&Stage::FactCheck),
+        Some(&examples.len())
+    );
     let checks = std::fs::read_to_string(run.join("checks.jsonl")).unwrap();
     for line in checks.lines() {
         let check: serde_json::Value = serde_json::from_str(line).unwrap();
-        assert_eq!(check["passages"].as_array().unwrap().len(), 1, "one page per person: {check}");
+        assert_eq!(
+            check["passages"].as_array().unwrap().len(),
+            1,
+            "one page per person: {check}"
+        );
     }
 }
 
@@ -225,16 +398,42 @@ fn compare_puts_two_runs_side_by_side() {
     let mut runs = Vec::new();
     for (method, name) in [("LC SFT", "lc"), ("Factuality SFT", "factuality")] {
         let run = dir.path().join(name);
-        let mut args = vec!["eval", "qa", "--model", &model, "--dataset", questions.to_str().unwrap(), "--out", run.to_str().unwrap(), "--method", method];
+        let mut args = vec![
+            "eval",
+            "qa",
+            "--model",
+            &model,
+            "--dataset",
+            questions.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+            "--method",
+            method,
+        ];
         args.extend(FAST);
         ok(lincal(&args));
         runs.push(run);
     }
     let out = dir.path().join("comparison");
-    let output = ok(lincal(&["eval", "compare", runs[0].to_str().unwrap(), runs[1].to_str().unwrap(), "--out", out.to_str().unwrap()]));
+    let output = ok(lincal(&[
+        "eval",
+        "compare",
+        runs[0].to_str().unwrap(),
+        runs[1].to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]));
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("LC SFT: accuracy") && stdout.contains("Factuality SFT: accuracy"), "{stdout}");
-    for name in ["comparison.json", "comparison.md", "comparison.html", "frontier.png"] {
+    assert!(
+        stdout.contains("LC SFT: accuracy") && stdout.contains("Factuality SFT: accuracy"),
+        "{stdout}"
+    );
+    for name in [
+        "comparison.json",
+        "comparison.md",
+        "comparison.html",
+        "frontier.png",
+    ] {
         assert!(out.join(name).is_file(), "{name}");
     }
 }
@@ -248,21 +447,50 @@ fn bad_options_fail_with_what_to_do() {
     let out = dir.path().join("run");
     let (q, o) = (questions.to_str().unwrap(), out.to_str().unwrap());
     for (extra, expected) in [
-        (vec!["--dataset", "nowhere.jsonl"], "--dataset nowhere.jsonl: no such file, and not a dataset name"),
-        (vec!["--dataset", "trivia_qa"], "--dataset trivia_qa needs --data-dir"),
-        (vec!["--dataset", "fanoutqa"], "build the questions first with `lincal data build fanoutqa"),
-        (vec!["--dataset", q, "--reader", "surrogate"], "--reader surrogate needs --extractor DIR"),
-        (vec!["--dataset", q, "--extractor", &model], "needs both --extractor and --forecaster"),
-        (vec!["--dataset", q, "--judge", "llm"], "--judge llm needs --judge-model DIR"),
-        (vec!["--dataset", q, "--method", "My Method"], "is not one of the paper's methods"),
-        (vec!["--dataset", q, "--prompt", "fancy"], "unknown prompt style \"fancy\""),
+        (
+            vec!["--dataset", "nowhere.jsonl"],
+            "--dataset nowhere.jsonl: no such file, and not a dataset name",
+        ),
+        (
+            vec!["--dataset", "trivia_qa"],
+            "--dataset trivia_qa needs --data-dir",
+        ),
+        (
+            vec!["--dataset", "fanoutqa"],
+            "build the questions first with `lincal data build fanoutqa",
+        ),
+        (
+            vec!["--dataset", q, "--reader", "surrogate"],
+            "--reader surrogate needs --extractor DIR",
+        ),
+        (
+            vec!["--dataset", q, "--extractor", &model],
+            "needs both --extractor and --forecaster",
+        ),
+        (
+            vec!["--dataset", q, "--judge", "llm"],
+            "--judge llm needs --judge-model DIR",
+        ),
+        (
+            vec!["--dataset", q, "--method", "My Method"],
+            "is not one of the paper's methods",
+        ),
+        (
+            vec!["--dataset", q, "--prompt", "fancy"],
+            "unknown prompt style \"fancy\"",
+        ),
     ] {
-        let mut args = vec!["eval", "qa", "--model", &model, "--out", o, "--device", "cpu"];
+        let mut args = vec![
+            "eval", "qa", "--model", &model, "--out", o, "--device", "cpu",
+        ];
         args.extend(extra);
         let output = lincal(&args);
         assert!(!output.status.success(), "{args:?}");
         let message = stderr(&output);
-        assert!(message.contains(expected) && !message.contains("panicked"), "{args:?}: {message}");
+        assert!(
+            message.contains(expected) && !message.contains("panicked"),
+            "{args:?}: {message}"
+        );
     }
 }
 
@@ -270,7 +498,8 @@ fn bad_options_fail_with_what_to_do() {
 
 /// SmolLM2 converted from the pinned GGUF into `dir` (f32).
 fn smollm2(dir: &Path) -> String {
-    let gguf = std::env::var("LINCAL_SMOLLM2_GGUF").expect("set LINCAL_SMOLLM2_GGUF to the SmolLM2-135M-Instruct GGUF");
+    let gguf = std::env::var("LINCAL_SMOLLM2_GGUF")
+        .expect("set LINCAL_SMOLLM2_GGUF to the SmolLM2-135M-Instruct GGUF");
     let model = dir.join("smollm2");
     lincal_gguf::convert_to_hf(Path::new(&gguf), &model, lincal_gguf::OutputDtype::F32).unwrap();
     model.to_str().unwrap().to_string()
@@ -278,7 +507,8 @@ fn smollm2(dir: &Path) -> String {
 
 /// An offline source's JSONL, fetched into `$LINCAL_ASSETS` (once) and built into `dir`.
 fn offline_source(source: lincal_data::sources::Source, dir: &Path) -> PathBuf {
-    let assets = std::env::var_os("LINCAL_ASSETS").expect("set LINCAL_ASSETS to a folder for the offline sources (cargo xtask test sets it)");
+    let assets = std::env::var_os("LINCAL_ASSETS")
+        .expect("set LINCAL_ASSETS to a folder for the offline sources (cargo xtask test sets it)");
     let raw = lincal_data::sources::fetch(source, Path::new(&assets), &mut |_| {}).unwrap();
     let out = dir.join(format!("{source}.jsonl"));
     lincal_data::sources::build(source, &raw, &out).unwrap();
@@ -288,7 +518,12 @@ fn offline_source(source: lincal_data::sources::Source, dir: &Path) -> PathBuf {
 /// The PNG's signature and its size from the IHDR chunk.
 fn png_size(path: &Path) -> (u32, u32) {
     let bytes = std::fs::read(path).unwrap();
-    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{} is not a PNG", path.display());
+    assert_eq!(
+        &bytes[..8],
+        b"\x89PNG\r\n\x1a\n",
+        "{} is not a PNG",
+        path.display()
+    );
     let number = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
     (number(16), number(20))
 }
@@ -298,7 +533,16 @@ fn print_results(run: &Path) {
     let m = &results.metrics;
     println!(
         "{} on {}: accuracy {:.3} [{:?}, {:?}], ECE {:.3} [{:?}, {:?}], n = {}, failures {:?}",
-        results.settings.method, results.settings.dataset, m.accuracy.value, m.accuracy.ci_low, m.accuracy.ci_high, m.ece.value, m.ece.ci_low, m.ece.ci_high, m.n, results.counts.failures
+        results.settings.method,
+        results.settings.dataset,
+        m.accuracy.value,
+        m.accuracy.ci_low,
+        m.accuracy.ci_high,
+        m.ece.value,
+        m.ece.ci_low,
+        m.ece.ci_high,
+        m.n,
+        results.counts.failures
     );
 }
 
@@ -311,15 +555,42 @@ fn smollm2_qa_on_fifty_offline_questions() {
     let dir = tempfile::tempdir().unwrap();
     let model = smollm2(dir.path());
     let all = offline_source(lincal_data::sources::Source::RedTrivia, dir.path());
-    let lines: Vec<String> = std::fs::read_to_string(&all).unwrap().lines().map(String::from).collect();
+    let lines: Vec<String> = std::fs::read_to_string(&all)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
     let picked: Vec<&String> = lines.iter().step_by(lines.len() / 50).take(50).collect();
     let questions = dir.path().join("red-trivia-50.jsonl");
-    std::fs::write(&questions, picked.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    std::fs::write(
+        &questions,
+        picked.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
     let run = dir.path().join("run");
     ok(lincal(&[
-        "eval", "qa", "--model", &model, "--dataset", questions.to_str().unwrap(), "--out", run.to_str().unwrap(),
-        "--method", "SmolLM2 0-shot", "--prompt", "zero-shot", "--states-confidence", "true",
-        "--max-tokens", "96", "--device", "cpu", "--batch-size", "25", "--chunk-size", "50",
+        "eval",
+        "qa",
+        "--model",
+        &model,
+        "--dataset",
+        questions.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--method",
+        "SmolLM2 0-shot",
+        "--prompt",
+        "zero-shot",
+        "--states-confidence",
+        "true",
+        "--max-tokens",
+        "96",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "25",
+        "--chunk-size",
+        "50",
     ]));
     print_results(&run);
     assert_report_files(&run);
@@ -341,9 +612,32 @@ fn smollm2_bio_on_ten_wordnet_people() {
     let knowledge = offline_source(lincal_data::sources::Source::WordNetPeople, dir.path());
     let run = dir.path().join("run");
     ok(lincal(&[
-        "eval", "bio", "--model", &model, "--wordnet", "10", "--knowledge", knowledge.to_str().unwrap(), "--out", run.to_str().unwrap(),
-        "--checker-model", &model, "--method", "SmolLM2 0-shot", "--prompt", "zero-shot", "--states-confidence", "true",
-        "--max-tokens", "128", "--max-attempts", "2", "--device", "cpu", "--batch-size", "10",
+        "eval",
+        "bio",
+        "--model",
+        &model,
+        "--wordnet",
+        "10",
+        "--knowledge",
+        knowledge.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--checker-model",
+        &model,
+        "--method",
+        "SmolLM2 0-shot",
+        "--prompt",
+        "zero-shot",
+        "--states-confidence",
+        "true",
+        "--max-tokens",
+        "128",
+        "--max-attempts",
+        "2",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "10",
     ]));
     print_results(&run);
     assert_report_files(&run);

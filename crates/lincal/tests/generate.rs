@@ -6,7 +6,11 @@ use common::{lincal, tiny_model_dir};
 use std::path::{Path, PathBuf};
 
 fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// A tiny model, 5 prompts and the arguments of a job on them, run to the end once.
@@ -25,13 +29,43 @@ impl Job {
         let dir = tempfile::tempdir().unwrap();
         let model = tiny_model_dir(dir.path());
         let input = dir.path().join("prompts.jsonl");
-        let lines: Vec<String> = (0..5).map(|i| format!("{{\"id\": {i}, \"prompt\": \"t{} t{}\"}}", 3 + i, 10 + i)).collect();
+        let lines: Vec<String> = (0..5)
+            .map(|i| format!("{{\"id\": {i}, \"prompt\": \"t{} t{}\"}}", 3 + i, 10 + i))
+            .collect();
         std::fs::write(&input, lines.join("\n") + "\n").unwrap();
         let output = dir.path().join("out.jsonl");
-        let args: Vec<String> = ["generate", "--model", &model, "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--max-new-tokens", "6", "--device", "cpu", "--seed", "3"].iter().map(|a| a.to_string()).collect();
-        let mut job = Job { partial: dir.path().join("out.jsonl.partial"), _dir: dir, input, output, args, full: Vec::new() };
+        let args: Vec<String> = [
+            "generate",
+            "--model",
+            &model,
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--max-new-tokens",
+            "6",
+            "--device",
+            "cpu",
+            "--seed",
+            "3",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        let mut job = Job {
+            partial: dir.path().join("out.jsonl.partial"),
+            _dir: dir,
+            input,
+            output,
+            args,
+            full: Vec::new(),
+        };
         let run = job.run(&[]);
-        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
         job.full = read_jsonl(&job.output);
         job
     }
@@ -55,7 +89,10 @@ impl Job {
     }
 
     fn manifest(&self) -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(self.output.with_extension("jsonl.manifest.json")).unwrap()).unwrap()
+        serde_json::from_str(
+            &std::fs::read_to_string(self.output.with_extension("jsonl.manifest.json")).unwrap(),
+        )
+        .unwrap()
     }
 }
 
@@ -67,10 +104,22 @@ fn a_resume_keeps_finished_rows_as_written() {
     let job = Job::new();
     let manifest = job.manifest();
     assert_eq!(manifest["stage"], "generate");
-    assert_eq!((manifest["config"]["temperature"].as_f64(), manifest["config"]["seed"].as_u64()), (Some(0.7), Some(3)));
-    assert_eq!(manifest["inputs"][0]["bytes"].as_u64(), Some(std::fs::metadata(&job.input).unwrap().len()));
+    assert_eq!(
+        (
+            manifest["config"]["temperature"].as_f64(),
+            manifest["config"]["seed"].as_u64()
+        ),
+        (Some(0.7), Some(3))
+    );
+    assert_eq!(
+        manifest["inputs"][0]["bytes"].as_u64(),
+        Some(std::fs::metadata(&job.input).unwrap().len())
+    );
     assert_eq!(manifest["counts"]["rows"], 5);
-    assert!(manifest["finished"].is_string() && manifest["resumed"].as_array().unwrap().is_empty(), "{manifest}");
+    assert!(
+        manifest["finished"].is_string() && manifest["resumed"].as_array().unwrap().is_empty(),
+        "{manifest}"
+    );
 
     let mut marked = job.full[..4].to_vec();
     for row in &mut marked {
@@ -78,13 +127,21 @@ fn a_resume_keeps_finished_rows_as_written() {
     }
     job.kill_after(&marked);
     let run = job.run(&[]);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let resumed = read_jsonl(&job.output);
     assert_eq!(resumed[..4], marked[..]);
     assert_eq!(resumed[4], job.full[4]);
     assert!(!job.partial.exists());
     let manifest = job.manifest();
-    assert_eq!(manifest["resumed"].as_array().unwrap().len(), 1, "{manifest}");
+    assert_eq!(
+        manifest["resumed"].as_array().unwrap().len(),
+        1,
+        "{manifest}"
+    );
     assert!(manifest["finished"].is_string());
 }
 
@@ -100,9 +157,21 @@ fn a_resume_from_a_changed_input_is_refused() {
     let run = job.run(&[]);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success());
-    let expected = format!("{} holds rows of an interrupted run that does not match this one: input {} has changed (sha256 ", job.partial.display(), job.input.display());
+    let expected = format!(
+        "{} holds rows of an interrupted run that does not match this one: \
+         input {} has changed (sha256 ",
+        job.partial.display(),
+        job.input.display()
+    );
     assert!(stderr.contains(&expected), "{stderr}");
-    assert!(stderr.contains(&format!("run with the same input and settings to finish it, or delete {} (or give another --output) to start over", job.partial.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "run with the same input and settings to finish it, or delete {} (or give another \
+             --output) to start over",
+            job.partial.display()
+        )),
+        "{stderr}"
+    );
     assert_eq!(std::fs::read(&job.partial).unwrap(), before);
     assert!(!job.output.exists());
 }
@@ -116,13 +185,27 @@ fn a_resume_with_other_settings_is_refused() {
     let run = job.run(&["--temperature", "0.5"]);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success());
-    assert!(stderr.contains(&format!("{} holds rows of an interrupted run that does not match this one: its config differs: `temperature` was 0.7, now 0.5;", job.partial.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{} holds rows of an interrupted run that does not match this one: its config differs: \
+             `temperature` was 0.7, now 0.5;",
+            job.partial.display()
+        )),
+        "{stderr}"
+    );
     let run = job.run(&["--stop", "t9"]);
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(!run.status.success() && stderr.contains("its config differs: `stop` was [], now [\"t9\"]"), "{stderr}");
+    assert!(
+        !run.status.success() && stderr.contains("its config differs: `stop` was [], now [\"t9\"]"),
+        "{stderr}"
+    );
     // The batch size does not decide the output: a resume may change it.
     let run = job.run(&["--batch-size", "3"]);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     assert_eq!(read_jsonl(&job.output), job.full);
 
     std::fs::remove_file(&job.output).unwrap();
@@ -130,5 +213,10 @@ fn a_resume_with_other_settings_is_refused() {
     std::fs::write(&job.partial, format!("{}\n", job.full[0])).unwrap();
     let run = job.run(&[]);
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(!run.status.success() && stderr.contains("out.jsonl.manifest.json that records its input and settings is missing"), "{stderr}");
+    assert!(
+        !run.status.success()
+            && stderr
+                .contains("out.jsonl.manifest.json that records its input and settings is missing"),
+        "{stderr}"
+    );
 }

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn lincal(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lincal")).args(args).output().expect("lincal runs")
+    Command::new(env!("CARGO_BIN_EXE_lincal"))
+        .args(args)
+        .output()
+        .expect("lincal runs")
 }
 
 /// Policy (with "[PAD]"), reward model and ExtractAnswers model directories under `root`.
@@ -27,41 +30,102 @@ fn models(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
     model.save(&policy, usize::MAX).unwrap();
     let mut backbone = random_model(tiny_llama(true), 2);
     backbone.resize_token_embeddings(65).unwrap();
-    RewardModel::new(backbone, HeadInit::Default { seed: 1 }, "policy").save(&reward).unwrap();
+    RewardModel::new(backbone, HeadInit::Default { seed: 1 }, "policy")
+        .save(&reward)
+        .unwrap();
     tokenizer.save(&reward).unwrap();
-    random_model(tiny_neox(), 3).save(&extractor, usize::MAX).unwrap();
+    random_model(tiny_neox(), 3)
+        .save(&extractor, usize::MAX)
+        .unwrap();
     write_tokenizer(&extractor, 64);
     (policy, reward, extractor)
 }
 
 fn write_prompts(path: &Path, n: usize) {
-    let lines: Vec<String> = (0..n).map(|i| serde_json::json!({ "query": format!("t{} t{}", 3 + i, 30 + i), "question": format!("t{}", 10 + i), "answer": format!("t{}", 50 + i) }).to_string()).collect();
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "query": format!("t{} t{}", 3 + i, 30 + i),
+                "question": format!("t{}", 10 + i),
+                "answer": format!("t{}", 50 + i),
+            })
+            .to_string()
+        })
+        .collect();
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
 fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
 fn ppo_trains_two_steps_of_decision_based_rl_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let (policy, reward, extractor) = models(dir.path());
-    let (train, eval) = (dir.path().join("train.jsonl"), dir.path().join("eval.jsonl"));
+    let (train, eval) = (
+        dir.path().join("train.jsonl"),
+        dir.path().join("eval.jsonl"),
+    );
     write_prompts(&train, 8);
     write_prompts(&eval, 2);
     let out = dir.path().join("run");
     let s = |p: &Path| p.to_str().unwrap().to_string();
-    let (policy, reward, extractor, train, eval, out_arg) = (s(&policy), s(&reward), s(&extractor), s(&train), s(&eval), s(&out));
-    let mut args: Vec<&str> = vec!["ppo", "--preset", "lc_ppo", "--policy", &policy, "--reward-model", &reward, "--answer-extractor", &extractor, "--train", &train, "--eval", &eval, "--out", &out_arg, "--device", "cpu"];
-    for setting in ["total_steps=2", "rollout_batch_size=4", "step_batch_size=4", "generation_batch_size=4", "forward_batch_size=2", "query_len=40", "response_len=4", "eval_every=1", "precision=f32", "reward.extractor_max_new_tokens=3"] {
+    let (policy, reward, extractor, train, eval, out_arg) = (
+        s(&policy),
+        s(&reward),
+        s(&extractor),
+        s(&train),
+        s(&eval),
+        s(&out),
+    );
+    let mut args: Vec<&str> = vec![
+        "ppo",
+        "--preset",
+        "lc_ppo",
+        "--policy",
+        &policy,
+        "--reward-model",
+        &reward,
+        "--answer-extractor",
+        &extractor,
+        "--train",
+        &train,
+        "--eval",
+        &eval,
+        "--out",
+        &out_arg,
+        "--device",
+        "cpu",
+    ];
+    for setting in [
+        "total_steps=2",
+        "rollout_batch_size=4",
+        "step_batch_size=4",
+        "generation_batch_size=4",
+        "forward_batch_size=2",
+        "query_len=40",
+        "response_len=4",
+        "eval_every=1",
+        "precision=f32",
+        "reward.extractor_max_new_tokens=3",
+    ] {
         args.extend(["--set", setting]);
     }
     // Stopped after one step, then resumed to the end.
     let first = lincal(&[args.as_slice(), &["--stop-at-step", "1"]].concat());
     let stderr = String::from_utf8_lossy(&first.stderr);
     assert!(first.status.success(), "{stderr}");
-    assert!(stderr.contains("8 training prompts (0 longer than query_len 40 left out), 2 evaluation prompts"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "8 training prompts (0 longer than query_len 40 left out), 2 evaluation prompts"
+        ),
+        "{stderr}"
+    );
     assert!(stderr.contains("stopped after 1 of 2 steps"), "{stderr}");
     let second = lincal(&args);
     let stderr = String::from_utf8_lossy(&second.stderr);
@@ -69,17 +133,41 @@ fn ppo_trains_two_steps_of_decision_based_rl_and_resumes() {
     assert!(stderr.contains("finished 2 of 2 steps"), "{stderr}");
 
     let metrics = read_jsonl(&out.join("metrics.jsonl"));
-    let steps: Vec<u64> = metrics.iter().filter(|m| m.get("policy_loss").is_some()).map(|m| m["step"].as_u64().unwrap()).collect();
+    let steps: Vec<u64> = metrics
+        .iter()
+        .filter(|m| m.get("policy_loss").is_some())
+        .map(|m| m["step"].as_u64().unwrap())
+        .collect();
     assert_eq!(steps, vec![1, 2]);
-    assert_eq!(metrics.iter().filter(|m| m.get("eval_reward").is_some()).count(), 2);
+    assert_eq!(
+        metrics
+            .iter()
+            .filter(|m| m.get("eval_reward").is_some())
+            .count(),
+        2
+    );
     for record in metrics.iter().filter(|m| m.get("policy_loss").is_some()) {
-        for name in ["reward", "log_loss", "normalization", "kl", "entropy", "response_length", "policy_clipfrac", "value_clipfrac"] {
-            assert!(record[name].as_f64().is_some_and(f64::is_finite), "{name} in {record}");
+        for name in [
+            "reward",
+            "log_loss",
+            "normalization",
+            "kl",
+            "entropy",
+            "response_length",
+            "policy_clipfrac",
+            "value_clipfrac",
+        ] {
+            assert!(
+                record[name].as_f64().is_some_and(f64::is_finite),
+                "{name} in {record}"
+            );
         }
     }
     let rollouts = read_jsonl(&out.join("rollouts/step-00000002.jsonl"));
     assert_eq!(rollouts.len(), 4);
-    assert!(rollouts.iter().all(|r| r["query"].is_string() && r["response"].is_string() && r["details"]["answers"].is_array()));
+    assert!(rollouts.iter().all(|r| r["query"].is_string()
+        && r["response"].is_string()
+        && r["details"]["answers"].is_array()));
     assert_eq!(read_jsonl(&out.join("eval/step-00000002.jsonl")).len(), 2);
     // The policy is saved for transformers, with its tokenizer.
     let saved = lincal_model::CausalLm::load(&out.join("final"), tch::Device::Cpu, None).unwrap();
@@ -89,28 +177,114 @@ fn ppo_trains_two_steps_of_decision_based_rl_and_resumes() {
 
 #[test]
 fn ppo_prints_its_config_and_names_bad_input() {
-    let run = lincal(&["ppo", "--preset", "factuality_ppo", "--scale", "0.1", "--set", "reference_padding=true", "--policy", "p", "--reward-model", "r", "--train", "t.jsonl", "--out", "o", "--print-config"]);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let run = lincal(&[
+        "ppo",
+        "--preset",
+        "factuality_ppo",
+        "--scale",
+        "0.1",
+        "--set",
+        "reference_padding=true",
+        "--policy",
+        "p",
+        "--reward-model",
+        "r",
+        "--train",
+        "t.jsonl",
+        "--out",
+        "o",
+        "--print-config",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let printed: toml::Value = toml::from_str(&String::from_utf8_lossy(&run.stdout)).unwrap();
     assert_eq!(printed["rl_type"].as_str(), Some("factuality"));
-    assert_eq!((printed["rollout_batch_size"].as_integer(), printed["total_steps"].as_integer()), (Some(50), Some(150)));
-    assert_eq!((printed["reference_padding"].as_bool(), printed["reward"]["reward_offset"].as_float()), (Some(true), Some(0.0)));
+    assert_eq!(
+        (
+            printed["rollout_batch_size"].as_integer(),
+            printed["total_steps"].as_integer()
+        ),
+        (Some(50), Some(150))
+    );
+    assert_eq!(
+        (
+            printed["reference_padding"].as_bool(),
+            printed["reward"]["reward_offset"].as_float()
+        ),
+        (Some(true), Some(0.0))
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("ppo.toml");
-    std::fs::write(&config, String::from_utf8_lossy(&run.stdout).replace("cliprange = 0.2", "cliprange = \"wide\"")).unwrap();
-    let bad = lincal(&["ppo", "--config", config.to_str().unwrap(), "--policy", "p", "--reward-model", "r", "--train", "t.jsonl", "--out", "o", "--print-config"]);
+    std::fs::write(
+        &config,
+        String::from_utf8_lossy(&run.stdout).replace("cliprange = 0.2", "cliprange = \"wide\""),
+    )
+    .unwrap();
+    let bad = lincal(&[
+        "ppo",
+        "--config",
+        config.to_str().unwrap(),
+        "--policy",
+        "p",
+        "--reward-model",
+        "r",
+        "--train",
+        "t.jsonl",
+        "--out",
+        "o",
+        "--print-config",
+    ]);
     let stderr = String::from_utf8_lossy(&bad.stderr);
-    assert!(!bad.status.success() && stderr.contains("ppo.toml: not a valid config") && stderr.contains("cliprange"), "{stderr}");
-    let none = lincal(&["ppo", "--policy", "p", "--reward-model", "r", "--train", "t.jsonl", "--out", "o"]);
-    assert!(String::from_utf8_lossy(&none.stderr).contains("give --preset NAME or --config FILE.toml"));
+    assert!(
+        !bad.status.success()
+            && stderr.contains("ppo.toml: not a valid config")
+            && stderr.contains("cliprange"),
+        "{stderr}"
+    );
+    let none = lincal(&[
+        "ppo",
+        "--policy",
+        "p",
+        "--reward-model",
+        "r",
+        "--train",
+        "t.jsonl",
+        "--out",
+        "o",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("give --preset NAME or --config FILE.toml")
+    );
 
     let (policy, reward, _) = models(dir.path());
     let train = dir.path().join("train.jsonl");
     std::fs::write(&train, "{\"query\": \"t3\", \"question\": \"t4\"}\n").unwrap();
-    let run = lincal(&["ppo", "--preset", "lc_ppo", "--policy", policy.to_str().unwrap(), "--reward-model", reward.to_str().unwrap(), "--train", train.to_str().unwrap(), "--out", dir.path().join("run").to_str().unwrap(), "--device", "cpu"]);
+    let run = lincal(&[
+        "ppo",
+        "--preset",
+        "lc_ppo",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--reward-model",
+        reward.to_str().unwrap(),
+        "--train",
+        train.to_str().unwrap(),
+        "--out",
+        dir.path().join("run").to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(!run.status.success() && stderr.contains("train.jsonl:1: missing field `answer`") && !stderr.contains("panicked"), "{stderr}");
+    assert!(
+        !run.status.success()
+            && stderr.contains("train.jsonl:1: missing field `answer`")
+            && !stderr.contains("panicked"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -118,20 +292,60 @@ fn bench_ppo_times_one_step_and_appends_a_json_line() {
     let dir = tempfile::tempdir().unwrap();
     let (policy, _, _) = models(dir.path());
     let json = dir.path().join("bench.jsonl");
-    let (policy, json_arg) = (policy.to_str().unwrap().to_string(), json.to_str().unwrap().to_string());
-    let mut args: Vec<&str> = vec!["bench", "ppo", "--model", &policy, "--preset", "lc_ppo", "--device", "cpu", "--warmup", "0", "--json", &json_arg, "--label", "tiny"];
-    for setting in ["rollout_batch_size=4", "step_batch_size=4", "generation_batch_size=4", "forward_batch_size=2", "query_len=6", "response_len=3", "precision=f32", "reward.extractor_max_new_tokens=3"] {
+    let (policy, json_arg) = (
+        policy.to_str().unwrap().to_string(),
+        json.to_str().unwrap().to_string(),
+    );
+    let mut args: Vec<&str> = vec![
+        "bench", "ppo", "--model", &policy, "--preset", "lc_ppo", "--device", "cpu", "--warmup",
+        "0", "--json", &json_arg, "--label", "tiny",
+    ];
+    for setting in [
+        "rollout_batch_size=4",
+        "step_batch_size=4",
+        "generation_batch_size=4",
+        "forward_batch_size=2",
+        "query_len=6",
+        "response_len=3",
+        "precision=f32",
+        "reward.extractor_max_new_tokens=3",
+    ] {
         args.extend(["--set", setting]);
     }
     let output = lincal(&args);
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.starts_with("4 rollouts of 6 + 3 tokens: ") && stdout.contains(" s per PPO step = generation "), "{stdout}");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.starts_with("4 rollouts of 6 + 3 tokens: ")
+            && stdout.contains(" s per PPO step = generation "),
+        "{stdout}"
+    );
     let records = read_jsonl(&json);
     assert_eq!(records.len(), 1);
     let record = &records[0];
-    assert_eq!((record["bench"].as_str(), record["model"].as_str(), record["rl_type"].as_str(), record["rollouts"].as_u64()), (Some("ppo"), Some("tiny"), Some("DecisionBased"), Some(4)));
-    for part in ["generation_seconds", "scoring_seconds", "reward_seconds", "update_seconds", "total_seconds"] {
-        assert!(record[part].as_f64().is_some_and(|s| s > 0.0), "{part} in {record}");
+    assert_eq!(
+        (
+            record["bench"].as_str(),
+            record["model"].as_str(),
+            record["rl_type"].as_str(),
+            record["rollouts"].as_u64()
+        ),
+        (Some("ppo"), Some("tiny"), Some("DecisionBased"), Some(4))
+    );
+    for part in [
+        "generation_seconds",
+        "scoring_seconds",
+        "reward_seconds",
+        "update_seconds",
+        "total_seconds",
+    ] {
+        assert!(
+            record[part].as_f64().is_some_and(|s| s > 0.0),
+            "{part} in {record}"
+        );
     }
 }

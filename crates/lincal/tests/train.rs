@@ -18,32 +18,73 @@ fn write(path: &Path, lines: &[String]) -> String {
 }
 
 /// Small batches and frequent checkpoints so a 4-step run exercises save and resume.
-const SMALL: [&str; 10] = ["--set", "training.batch_size=2", "--set", "training.micro_batch_size=1", "--set", "training.eval_batch_size=2", "--set", "training.save_every=1", "--set", "training.epochs=2"];
+const SMALL: [&str; 10] = [
+    "--set",
+    "training.batch_size=2",
+    "--set",
+    "training.micro_batch_size=1",
+    "--set",
+    "training.eval_batch_size=2",
+    "--set",
+    "training.save_every=1",
+    "--set",
+    "training.epochs=2",
+];
 
 #[test]
 fn sft_runs_from_a_preset_stops_and_resumes_to_a_loadable_model() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model_dir(dir.path());
-    let train = write(&dir.path().join("train.jsonl"), &(0..4).map(|i| format!("{{\"prompt\": \"t{} t{}\", \"target\": \" t{}\"}}", 3 + i, 10 + i, 20 + i)).collect::<Vec<_>>());
-    let eval = write(&dir.path().join("eval.jsonl"), &["{\"prompt\": \"t7 t8\", \"target\": \" t30\"}".to_string()]);
+    let train = write(
+        &dir.path().join("train.jsonl"),
+        &(0..4)
+            .map(|i| {
+                format!(
+                    "{{\"prompt\": \"t{} t{}\", \"target\": \" t{}\"}}",
+                    3 + i,
+                    10 + i,
+                    20 + i
+                )
+            })
+            .collect::<Vec<_>>(),
+    );
+    let eval = write(
+        &dir.path().join("eval.jsonl"),
+        &["{\"prompt\": \"t7 t8\", \"target\": \" t30\"}".to_string()],
+    );
     let out = dir.path().join("run");
     let out_str = out.to_str().unwrap();
-    let mut args = vec!["sft", "--model", &model, "--out", out_str, "--preset", "lc_sft", "--train", &train, "--eval", &eval, "--device", "cpu"];
+    let mut args = vec![
+        "sft", "--model", &model, "--out", out_str, "--preset", "lc_sft", "--train", &train,
+        "--eval", &eval, "--device", "cpu",
+    ];
     args.extend(SMALL);
-    let stopped = ok(lincal(&[args.as_slice(), &["--stop-at-step", "2"]].concat()));
+    let stopped = ok(lincal(
+        &[args.as_slice(), &["--stop-at-step", "2"]].concat(),
+    ));
     assert!(stopped.contains("stopped after 2 of 4 steps"), "{stopped}");
     assert!(!out.join("final").exists());
     let finished = ok(lincal(&args));
     assert!(finished.contains("finished 4 of 4 steps"), "{finished}");
     let trained = lincal_model::CausalLm::load(&out.join("final"), tch::Device::Cpu, None).unwrap();
-    lincal_model::Tokenizer::from_dir(&out.join("final")).unwrap().check_model_vocab(trained.config().vocab_size()).unwrap();
+    lincal_model::Tokenizer::from_dir(&out.join("final"))
+        .unwrap()
+        .check_model_vocab(trained.config().vocab_size())
+        .unwrap();
     // Running again finds the finished run and leaves it as it is.
     let again = ok(lincal(&args));
     assert!(again.contains("finished 4 of 4 steps"), "{again}");
     // The run's manifest is a stage manifest like every stage's: both data files hashed, one
     // resume, finished once final/ was written.
     let manifest = lincal_data::artifact::Manifest::read(&out).unwrap();
-    assert_eq!((manifest.stage.as_str(), manifest.inputs.len(), manifest.resumed.len()), ("sft", 2, 1));
+    assert_eq!(
+        (
+            manifest.stage.as_str(),
+            manifest.inputs.len(),
+            manifest.resumed.len()
+        ),
+        ("sft", 2, 1)
+    );
     assert_eq!(manifest.base_model.as_deref(), Some(Path::new(&model)));
     assert!(manifest.finished.is_some());
 }
@@ -52,37 +93,140 @@ fn sft_runs_from_a_preset_stops_and_resumes_to_a_loadable_model() {
 fn a_printed_config_reads_back_and_bad_options_say_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model_dir(dir.path());
-    let printed = ok(lincal(&["sft", "--model", &model, "--out", "unused", "--preset", "factuality_sft", "--train", "unused.jsonl", "--set", "training.learning_rate=0.25", "--print-config"]));
+    let printed = ok(lincal(&[
+        "sft",
+        "--model",
+        &model,
+        "--out",
+        "unused",
+        "--preset",
+        "factuality_sft",
+        "--train",
+        "unused.jsonl",
+        "--set",
+        "training.learning_rate=0.25",
+        "--print-config",
+    ]));
     let config = dir.path().join("config.toml");
     std::fs::write(&config, &printed).unwrap();
-    let reprinted = ok(lincal(&["sft", "--model", &model, "--out", "unused", "--config", config.to_str().unwrap(), "--train", "unused.jsonl", "--print-config"]));
+    let reprinted = ok(lincal(&[
+        "sft",
+        "--model",
+        &model,
+        "--out",
+        "unused",
+        "--config",
+        config.to_str().unwrap(),
+        "--train",
+        "unused.jsonl",
+        "--print-config",
+    ]));
     assert_eq!(reprinted, printed);
     assert!(printed.contains("learning_rate = 0.25"), "{printed}");
-    let bad = lincal(&["sft", "--model", &model, "--out", "x", "--preset", "lc_sft", "--set", "training.learnin_rate=1", "--train", "t.jsonl", "--print-config"]);
+    let bad = lincal(&[
+        "sft",
+        "--model",
+        &model,
+        "--out",
+        "x",
+        "--preset",
+        "lc_sft",
+        "--set",
+        "training.learnin_rate=1",
+        "--train",
+        "t.jsonl",
+        "--print-config",
+    ]);
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("learnin_rate"), "{}", String::from_utf8_lossy(&bad.stderr));
-    let no_task = lincal(&["sft", "--model", &model, "--out", dir.path().join("r").to_str().unwrap(), "--config", config.to_str().unwrap(), "--train", "reference.csv", "--eval", "reference.csv"]);
-    assert!(String::from_utf8_lossy(&no_task.stderr).contains("needs --task"), "{}", String::from_utf8_lossy(&no_task.stderr));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("learnin_rate"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let no_task = lincal(&[
+        "sft",
+        "--model",
+        &model,
+        "--out",
+        dir.path().join("r").to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--train",
+        "reference.csv",
+        "--eval",
+        "reference.csv",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&no_task.stderr).contains("needs --task"),
+        "{}",
+        String::from_utf8_lossy(&no_task.stderr)
+    );
 }
 
 #[test]
 fn a_trained_reward_model_scores_texts_like_the_library() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model_dir(dir.path());
-    let rows: Vec<String> = [("t5 t6 t7", 0.1), ("t8 t9", 0.35), ("t10 t11 t12", 0.6), ("t14", 0.9)].iter().map(|(t, l)| format!("{{\"prompt\": \"{t}\", \"label\": {l}}}")).collect();
+    let rows: Vec<String> = [
+        ("t5 t6 t7", 0.1),
+        ("t8 t9", 0.35),
+        ("t10 t11 t12", 0.6),
+        ("t14", 0.9),
+    ]
+    .iter()
+    .map(|(t, l)| format!("{{\"prompt\": \"{t}\", \"label\": {l}}}"))
+    .collect();
     let train = write(&dir.path().join("labels.jsonl"), &rows);
     let out = dir.path().join("rm");
-    let mut args = vec!["reward-model", "--model", &model, "--out", out.to_str().unwrap(), "--preset", "forecast_probs", "--train", &train, "--eval", &train, "--device", "cpu"];
+    let mut args = vec![
+        "reward-model",
+        "--model",
+        &model,
+        "--out",
+        out.to_str().unwrap(),
+        "--preset",
+        "forecast_probs",
+        "--train",
+        &train,
+        "--eval",
+        &train,
+        "--device",
+        "cpu",
+    ];
     args.extend(SMALL);
     ok(lincal(&args));
     let scored = dir.path().join("scored.jsonl");
-    ok(lincal(&["score", "--model", out.join("final").to_str().unwrap(), "--input", &train, "--output", scored.to_str().unwrap(), "--device", "cpu", "--dtype", "f32"]));
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&scored).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    ok(lincal(&[
+        "score",
+        "--model",
+        out.join("final").to_str().unwrap(),
+        "--input",
+        &train,
+        "--output",
+        scored.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--dtype",
+        "f32",
+    ]));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&scored)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 4);
-    let rm = lincal_train::RewardModel::load(&out.join("final"), tch::Device::Cpu, Some(tch::Kind::Float)).unwrap();
+    let rm = lincal_train::RewardModel::load(
+        &out.join("final"),
+        tch::Device::Cpu,
+        Some(tch::Kind::Float),
+    )
+    .unwrap();
     let tokenizer = lincal_model::Tokenizer::from_dir(&out.join("final")).unwrap();
     let pad = tokenizer.token_id(&tokenizer.pad_token().unwrap()).unwrap();
-    let texts: Vec<String> = lines.iter().map(|l| l["prompt"].as_str().unwrap().to_string()).collect();
+    let texts: Vec<String> = lines
+        .iter()
+        .map(|l| l["prompt"].as_str().unwrap().to_string())
+        .collect();
     let expected = rm.score_texts(&tokenizer, &texts, 1024, pad, 16).unwrap();
     for (line, expected) in lines.iter().zip(expected) {
         assert_eq!(line["score"].as_f64().unwrap() as f32, expected);

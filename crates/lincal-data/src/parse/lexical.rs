@@ -390,26 +390,33 @@ const CUE_WORDS_BEFORE: usize = 5;
 const CUE_WORDS_AFTER: usize = 3;
 
 static PERCENT: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(
-        r"(?i)(?:\b(\d{1,3}(?:\.\d+)?)\s*(?:%|percent\b|per\s+cent\b)?\s*(?:-|–|to)\s*)?\b(\d{1,3}(?:\.\d+)?)\s*(?:%|percent\b|per\s+cent\b)",
-    )
+    Regex::new(concat!(
+        r"(?i)(?:\b(\d{1,3}(?:\.\d+)?)\s*(?:%|percent\b|per\s+cent\b)?\s*(?:-|–|to)\s*)?",
+        r"\b(\d{1,3}(?:\.\d+)?)\s*(?:%|percent\b|per\s+cent\b)",
+    ))
     .expect("valid regex")
 });
 static RATIO: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(
-        r"(?i)\b(\d{1,3}|one|two|three|four|five|six|seven|eight|nine|ten)(?:\s+|\s*-\s*)(?:in|out\s+of)(?:\s+|\s*-\s*)(\d{1,4}|two|three|four|five|six|seven|eight|nine|ten|a\s+hundred|hundred)\b",
-    )
+    Regex::new(concat!(
+        r"(?i)\b(\d{1,3}|one|two|three|four|five|six|seven|eight|nine|ten)",
+        r"(?:\s+|\s*-\s*)(?:in|out\s+of)(?:\s+|\s*-\s*)",
+        r"(\d{1,4}|two|three|four|five|six|seven|eight|nine|ten|a\s+hundred|hundred)\b",
+    ))
     .expect("valid regex")
 });
 static DECIMAL: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(
-        r"(?i)\b(?:probability|likelihood|chance)(?:\s+of|\s+is|\s+at)?\s*[:=]?\s*(0?\.\d+|1\.0+)\b|\b(0\.\d+)\s+(?:probability|likelihood|chance)\b",
-    )
+    Regex::new(concat!(
+        r"(?i)\b(?:probability|likelihood|chance)(?:\s+of|\s+is|\s+at)?",
+        r"\s*[:=]?\s*(0?\.\d+|1\.0+)\b|\b(0\.\d+)\s+(?:probability|likelihood|chance)\b",
+    ))
     .expect("valid regex")
 });
 static CLAUSE_BREAK: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i);|:|\s[-–—]\s|—|,\s*(?:and|but|while|whereas|although|though|or|yet|so)\b|\b(?:but|whereas|although|though|or)\b")
-        .expect("valid regex")
+    Regex::new(concat!(
+        r"(?i);|:|\s[-–—]\s|—|,\s*(?:and|but|while|whereas|although|though|or|yet|so)\b",
+        r"|\b(?:but|whereas|although|though|or)\b",
+    ))
+    .expect("valid regex")
 });
 
 fn numeric_expressions(text: &str, require_cue: bool) -> Vec<Expression> {

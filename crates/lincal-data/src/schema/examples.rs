@@ -16,7 +16,8 @@ use crate::Result;
 /// before they go into a reward-model prompt (SPEC 1.6).
 pub const PARAGRAPH_CHAR_LIMIT: usize = 2000;
 
-/// A supervised example: the loss is on `target` only. Also the JSONL format `{"prompt", "target"}`.
+/// A supervised example: the loss is on `target` only. Also the JSONL format
+/// `{"prompt", "target"}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SftExample {
     /// Groups examples for the train/eval split; optional in JSONL files.
@@ -53,14 +54,23 @@ impl PpoPrompt {
     /// TriviaQA's, the answer TriviaQA's `answer.value`.
     pub fn from_joined(rows: Vec<WithQuestion<ParagraphGenerationRow>>) -> Vec<PpoPrompt> {
         rows.into_iter()
-            .map(|WithQuestion { row, question }| PpoPrompt { question_id: Some(row.question_id), query: row.paragraph_generation_prompt, question: row.question.unwrap_or(question.question), answer: question.answer })
+            .map(|WithQuestion { row, question }| PpoPrompt {
+                question_id: Some(row.question_id),
+                query: row.paragraph_generation_prompt,
+                question: row.question.unwrap_or(question.question),
+                answer: question.answer,
+            })
             .collect()
     }
 
     /// Reads `{"query", "question", "answer"}` lines; errors name the file and line.
     pub fn read_jsonl(path: &Path) -> Result<Vec<PpoPrompt>> {
         super::jsonl::read_jsonl(path, |prompt: &PpoPrompt| {
-            for (field, value) in [("query", &prompt.query), ("question", &prompt.question), ("answer", &prompt.answer)] {
+            for (field, value) in [
+                ("query", &prompt.query),
+                ("question", &prompt.question),
+                ("answer", &prompt.answer),
+            ] {
                 if value.trim().is_empty() {
                     return Err(format!("`{field}` is empty"));
                 }
@@ -209,17 +219,7 @@ pub fn extract_answers_examples(
             Ok(usable) => usable,
             Err(reason) => return Ok(Err(reason)),
         };
-        let mut extracted: Vec<&str> = Vec::new();
-        for answer in &answers[1..] {
-            if !extracted.contains(answer) {
-                extracted.push(answer);
-            }
-        }
-        let target = if extracted.is_empty() {
-            "No Answer".to_string()
-        } else {
-            extracted.join("; ")
-        };
+        let target = extract_answers_target(&answers[1..]);
         let input = ReaderPromptInput {
             question: &question.question,
             paragraph,
@@ -231,6 +231,22 @@ pub fn extract_answers_examples(
             target,
         }]))
     })
+}
+
+/// The ExtractAnswers target for the answers extracted from a paragraph (SPEC 1.5): `No
+/// Answer` when there are none, otherwise the answers, de-duplicated in order, joined with "; ".
+pub fn extract_answers_target<S: AsRef<str>>(extracted: &[S]) -> String {
+    let mut unique: Vec<&str> = Vec::new();
+    for answer in extracted {
+        if !unique.contains(&answer.as_ref()) {
+            unique.push(answer.as_ref());
+        }
+    }
+    if unique.is_empty() {
+        "No Answer".to_string()
+    } else {
+        unique.join("; ")
+    }
 }
 
 /// ForecastProbs reward-model examples (SPEC 1.6): one per (paragraph, answer candidate), the

@@ -331,7 +331,8 @@ impl Parser {
             _ => Err(PyLiteralError {
                 position: start + 1,
                 message: format!(
-                    "unknown name {name:?} (expected a quoted string, a number, None, True, False, nan or inf)"
+                    "unknown name {name:?} (expected a quoted string, a number, None, True, False, \
+                     nan or inf)"
                 ),
             }),
         }

@@ -193,7 +193,8 @@ fn locate_columns(
         Err(DataError::File {
             path: path.to_path_buf(),
             message: format!(
-                "missing column(s) {}; the file has {}. Is this the right split of the reference dataset?",
+                "missing column(s) {}; the file has {}. \
+                 Is this the right split of the reference dataset?",
                 missing.join(", "),
                 header.join(", ")
             ),

@@ -80,7 +80,8 @@ impl<R: HasQuestionId> fmt::Display for Joined<R> {
             write!(
                 f,
                 "; {} rows have an id that is not in the TriviaQA files given ({}{more}): \
-                 load the TriviaQA split they come from (test rows join with validation, the others with train)",
+                 load the TriviaQA split they come from (test rows join with validation, \
+                 the others with train)",
                 ids.len(),
                 ids[..ids.len().min(SHOWN)].join(", ")
             )?;
@@ -184,7 +185,8 @@ impl JsonQuestion {
                 path: path.to_path_buf(),
                 line,
                 message: format!(
-                    "question {} has no answer (the TriviaQA test split is unlabelled: join test rows with validation)",
+                    "question {} has no answer (the TriviaQA test split is unlabelled: \
+                     join test rows with validation)",
                     self.question_id
                 ),
             });

@@ -25,19 +25,31 @@ pub struct Artifact<'a> {
 
 pub(super) const FANOUTQA_WHEEL: Artifact<'static> = Artifact {
     file_name: "fanoutqa-1.1.1-py3-none-any.whl",
-    url: "https://files.pythonhosted.org/packages/59/e0/8ce713b806c525171c6754d1aa472c059489dfbf81b0e5d83a9a54f5bf4c/fanoutqa-1.1.1-py3-none-any.whl",
+    url: concat!(
+        "https://files.pythonhosted.org/packages/",
+        "59/e0/8ce713b806c525171c6754d1aa472c059489dfbf81b0e5d83a9a54f5bf4c/",
+        "fanoutqa-1.1.1-py3-none-any.whl",
+    ),
     sha256: "1d97c901e62e90507ac0c039a357895308bed1c6a5b49207ae81d81eac6fd795",
 };
 
 pub(super) const RED_TRIVIA_SDIST: Artifact<'static> = Artifact {
     file_name: "Red-Trivia-1.1.1.tar.gz",
-    url: "https://files.pythonhosted.org/packages/36/46/6442a0c6d0a18a0e12a4aec3e829f458e3c26ca89f86ac6734aea71431ff/Red-Trivia-1.1.1.tar.gz",
+    url: concat!(
+        "https://files.pythonhosted.org/packages/",
+        "36/46/6442a0c6d0a18a0e12a4aec3e829f458e3c26ca89f86ac6734aea71431ff/",
+        "Red-Trivia-1.1.1.tar.gz",
+    ),
     sha256: "39413b9fb3f9b9362d6de1dcf69a4bf635b0f3518243f7178299b96d26cbb6a7",
 };
 
 pub(super) const BIGBENCH_SDIST: Artifact<'static> = Artifact {
     file_name: "bigbench-1.0.0.tar.gz",
-    url: "https://files.pythonhosted.org/packages/95/f8/c019b3579df548a04cac12342cfcb878e50ddf6cfcd7fddba8cfc721c157/bigbench-1.0.0.tar.gz",
+    url: concat!(
+        "https://files.pythonhosted.org/packages/",
+        "95/f8/c019b3579df548a04cac12342cfcb878e50ddf6cfcd7fddba8cfc721c157/",
+        "bigbench-1.0.0.tar.gz",
+    ),
     sha256: "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2",
 };
 
@@ -79,8 +91,9 @@ pub fn fetch_artifact(
         // A corrupt partial file must not be resumed next time.
         let _ = std::fs::remove_file(&partial);
         return Err(DataError::Invalid(format!(
-            "sha256 mismatch for {}: expected {}, got {}; the download was discarded. If the registry \
-             really changed the file, the pinned hash in lincal-data must be updated after checking it",
+            "sha256 mismatch for {}: expected {}, got {}; the download was discarded. \
+             If the registry really changed the file, the pinned hash in lincal-data must be \
+             updated after checking it",
             artifact.url, artifact.sha256, actual
         )));
     }
@@ -117,7 +130,8 @@ fn download(
 ) -> Result<String> {
     let network_error = |e: &dyn std::fmt::Display| {
         DataError::Invalid(format!(
-            "cannot download {}: {e}. Without network access, download it elsewhere and place it at {}",
+            "cannot download {}: {e}. Without network access, \
+             download it elsewhere and place it at {}",
             artifact.url,
             partial.with_file_name(artifact.file_name).display()
         ))

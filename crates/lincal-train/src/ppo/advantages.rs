@@ -22,8 +22,13 @@ pub fn kl_penalty(logprobs: &Tensor, ref_logprobs: &Tensor) -> Tensor {
 /// response token `lengths[b] − 1` (SPEC 2.5).
 pub fn shape_rewards(scores: &[f64], kl: &Tensor, lengths: &[i64], kl_coef: f64) -> Tensor {
     let device = kl.device();
-    let last = Tensor::from_slice(&lengths.iter().map(|&n| n - 1).collect::<Vec<_>>()).to_device(device).unsqueeze(1);
-    let scores = Tensor::from_slice(scores).to_kind(Kind::Float).to_device(device).unsqueeze(1);
+    let last = Tensor::from_slice(&lengths.iter().map(|&n| n - 1).collect::<Vec<_>>())
+        .to_device(device)
+        .unsqueeze(1);
+    let scores = Tensor::from_slice(scores)
+        .to_kind(Kind::Float)
+        .to_device(device)
+        .unsqueeze(1);
     (kl * -kl_coef).scatter_add(1, &last, &scores)
 }
 
@@ -35,7 +40,11 @@ pub fn whiten(values: &Tensor, weights: &Tensor, shift_mean: bool) -> Tensor {
     let centred = values - &mean;
     let std = ((&centred * &centred * weights).sum(Kind::Float) / &count).sqrt();
     let whitened = centred / (std + WHITEN_EPSILON);
-    let whitened = if shift_mean { whitened } else { whitened + mean };
+    let whitened = if shift_mean {
+        whitened
+    } else {
+        whitened + mean
+    };
     whitened * weights
 }
 
@@ -96,12 +105,29 @@ pub struct AdvantageSettings {
 }
 
 /// Shaping, optional scale-only reward whitening, GAE and advantage whitening (SPEC 2.5-2.6).
-pub fn estimate_advantages(inputs: &AdvantageInputs<'_>, settings: &AdvantageSettings) -> Advantages {
+pub fn estimate_advantages(
+    inputs: &AdvantageInputs<'_>,
+    settings: &AdvantageSettings,
+) -> Advantages {
     let weights = inputs.weights;
-    let shaped_rewards = shape_rewards(inputs.scores, inputs.kl, inputs.lengths, settings.kl_coef) * weights;
-    let rewards = if settings.whiten_rewards { whiten(&shaped_rewards, weights, false) } else { shaped_rewards.shallow_clone() };
-    let (advantages, returns) = gae(&rewards, &(inputs.values * weights), settings.gamma, settings.lam);
-    Advantages { advantages: whiten(&advantages, weights, true), returns: returns * weights, shaped_rewards }
+    let shaped_rewards =
+        shape_rewards(inputs.scores, inputs.kl, inputs.lengths, settings.kl_coef) * weights;
+    let rewards = if settings.whiten_rewards {
+        whiten(&shaped_rewards, weights, false)
+    } else {
+        shaped_rewards.shallow_clone()
+    };
+    let (advantages, returns) = gae(
+        &rewards,
+        &(inputs.values * weights),
+        settings.gamma,
+        settings.lam,
+    );
+    Advantages {
+        advantages: whiten(&advantages, weights, true),
+        returns: returns * weights,
+        shaped_rewards,
+    }
 }
 
 /// The KL coefficient β: fixed, or adapted towards a target summed KL per sequence
@@ -158,23 +184,37 @@ mod tests {
 
     #[test]
     fn whitening_scales_and_optionally_keeps_the_mean() {
-        // Real entries 1, 2, 3 (mean 2, population std √(2/3) = 0.816497); the padded 9 is left out.
+        // Real entries 1, 2, 3 (mean 2, population std √(2/3) = 0.816497); the padded 9 is left
+        // out.
         let x = t2(&[&[1.0, 2.0], &[3.0, 9.0]]);
         let mask = t2(&[&[1.0, 1.0], &[1.0, 0.0]]);
         let std = (2.0f64 / 3.0).sqrt() + 1e-8;
-        close(&values(&whiten(&x, &mask, true)), &[&[-1.0 / std, 0.0], &[1.0 / std, 0.0]]);
-        close(&values(&whiten(&x, &mask, false)), &[&[2.0 - 1.0 / std, 2.0], &[2.0 + 1.0 / std, 0.0]]);
+        close(
+            &values(&whiten(&x, &mask, true)),
+            &[&[-1.0 / std, 0.0], &[1.0 / std, 0.0]],
+        );
+        close(
+            &values(&whiten(&x, &mask, false)),
+            &[&[2.0 - 1.0 / std, 2.0], &[2.0 + 1.0 / std, 0.0]],
+        );
         // The reference's padding counts every entry: mean 3.75, std √9.6875 = 3.112475.
         let all = x.ones_like();
         let std = 9.6875f64.sqrt() + 1e-8;
-        close(&values(&whiten(&x, &all, false)), &[&[3.75 - 2.75 / std, 3.75 - 1.75 / std], &[3.75 - 0.75 / std, 3.75 + 5.25 / std]]);
+        close(
+            &values(&whiten(&x, &all, false)),
+            &[
+                &[3.75 - 2.75 / std, 3.75 - 1.75 / std],
+                &[3.75 - 0.75 / std, 3.75 + 5.25 / std],
+            ],
+        );
     }
 
     #[test]
     fn gae_with_unit_gamma_and_lambda_is_reward_to_go_minus_value() {
         // γ = λ = 1: A_t = Σ_{k≥t} r_k − V_t. Rewards 1, 0, 2 and values 0.5, 1, 1.5:
         // A = 3 − 0.5, 2 − 1, 2 − 1.5; returns = reward-to-go 3, 2, 2.
-        let (advantages, returns) = gae(&t2(&[&[1.0, 0.0, 2.0]]), &t2(&[&[0.5, 1.0, 1.5]]), 1.0, 1.0);
+        let (advantages, returns) =
+            gae(&t2(&[&[1.0, 0.0, 2.0]]), &t2(&[&[0.5, 1.0, 1.5]]), 1.0, 1.0);
         close(&values(&advantages), &[&[2.5, 1.0, 0.5]]);
         close(&values(&returns), &[&[3.0, 2.0, 2.0]]);
         // γ 0.5, λ 1: δ = (1 + 0.5 − 0.5, 0 + 0.75 − 1, 2 − 1.5) = (1, −0.25, 0.5);
@@ -190,18 +230,54 @@ mod tests {
         let values_in = t2(&[&[0.5, 0.25, 7.0], &[1.0, 0.0, 0.0]]);
         let mask = t2(&[&[1.0, 1.0, 0.0], &[1.0, 1.0, 1.0]]);
         // No whitening, to follow GAE by hand: scores 2 and 1 land on positions 1 and 2.
-        let settings = AdvantageSettings { kl_coef: 0.1, whiten_rewards: false, gamma: 1.0, lam: 1.0 };
-        let masked = estimate_advantages(&AdvantageInputs { scores: &[2.0, 1.0], kl: &kl, lengths: &[2, 3], values: &values_in, weights: &mask }, &settings);
-        // Row 0 stops at its last real token: A = (2 − 0.5, 2 − 0.25, 0); the pad's value 7 is ignored.
-        close(&values(&masked.returns), &[&[2.0, 2.0, 0.0], &[1.0, 1.0, 1.0]]);
+        let settings = AdvantageSettings {
+            kl_coef: 0.1,
+            whiten_rewards: false,
+            gamma: 1.0,
+            lam: 1.0,
+        };
+        let masked = estimate_advantages(
+            &AdvantageInputs {
+                scores: &[2.0, 1.0],
+                kl: &kl,
+                lengths: &[2, 3],
+                values: &values_in,
+                weights: &mask,
+            },
+            &settings,
+        );
+        // Row 0 stops at its last real token: A = (2 − 0.5, 2 − 0.25, 0); the pad's value 7 is
+        // ignored.
+        close(
+            &values(&masked.returns),
+            &[&[2.0, 2.0, 0.0], &[1.0, 1.0, 1.0]],
+        );
         // Raw advantages 1.5, 1.75 | 0, 1, 1 over 5 real entries: mean 1.05, σ = √0.36 = 0.6.
         let std = 0.6 + 1e-8;
-        close(&values(&masked.advantages), &[&[0.45 / std, 0.7 / std, 0.0], &[-1.05 / std, -0.05 / std, -0.05 / std]]);
+        close(
+            &values(&masked.advantages),
+            &[
+                &[0.45 / std, 0.7 / std, 0.0],
+                &[-1.05 / std, -0.05 / std, -0.05 / std],
+            ],
+        );
         let all = mask.ones_like();
-        let reference = estimate_advantages(&AdvantageInputs { scores: &[2.0, 1.0], kl: &kl, lengths: &[2, 3], values: &values_in, weights: &all }, &settings);
+        let reference = estimate_advantages(
+            &AdvantageInputs {
+                scores: &[2.0, 1.0],
+                kl: &kl,
+                lengths: &[2, 3],
+                values: &values_in,
+                weights: &all,
+            },
+            &settings,
+        );
         // The reference bootstraps through the pad: δ_1 = 2 + 7 − 0.25 and A_2 = −7, so A_1 and
         // the returns are unchanged, but the pad's advantage −7 enters the whitening.
-        close(&values(&reference.returns), &[&[2.0, 2.0, 0.0], &[1.0, 1.0, 1.0]]);
+        close(
+            &values(&reference.returns),
+            &[&[2.0, 2.0, 0.0], &[1.0, 1.0, 1.0]],
+        );
         let raw = [1.5f64, 1.75, -7.0, 0.0, 1.0, 1.0];
         let mean = raw.iter().sum::<f64>() / 6.0;
         let std = (raw.iter().map(|a| (a - mean) * (a - mean)).sum::<f64>() / 6.0).sqrt() + 1e-8;
@@ -215,18 +291,38 @@ mod tests {
         // (0 − 2)/2 + 2 = 1 and (4 − 2)/2 + 2 = 3; values 0 → returns 4, 3.
         let zeros = t2(&[&[0.0, 0.0]]);
         let ones = t2(&[&[1.0, 1.0]]);
-        let settings = AdvantageSettings { kl_coef: 0.1, whiten_rewards: true, gamma: 1.0, lam: 1.0 };
-        let a = estimate_advantages(&AdvantageInputs { scores: &[4.0], kl: &zeros, lengths: &[2], values: &zeros, weights: &ones }, &settings);
+        let settings = AdvantageSettings {
+            kl_coef: 0.1,
+            whiten_rewards: true,
+            gamma: 1.0,
+            lam: 1.0,
+        };
+        let a = estimate_advantages(
+            &AdvantageInputs {
+                scores: &[4.0],
+                kl: &zeros,
+                lengths: &[2],
+                values: &zeros,
+                weights: &ones,
+            },
+            &settings,
+        );
         close(&values(&a.shaped_rewards), &[&[0.0, 4.0]]);
         close(&values(&a.returns), &[&[4.0, 3.0]]);
     }
 
     #[test]
     fn the_adaptive_controller_moves_beta_by_at_most_twenty_percent_of_k() {
-        let mut fixed = KlController { value: 0.1, adaptive: None };
+        let mut fixed = KlController {
+            value: 0.1,
+            adaptive: None,
+        };
         fixed.step(100.0);
         assert_eq!(fixed.value, 0.1);
-        let mut adaptive = KlController { value: 0.1, adaptive: Some((6.0, 0.1)) };
+        let mut adaptive = KlController {
+            value: 0.1,
+            adaptive: Some((6.0, 0.1)),
+        };
         // KL 7.2: error 0.2 → β·1.02. KL 60: clipped at 0.2 → ·1.02. KL 5.4: −0.1 → ·0.99.
         adaptive.step(7.2);
         assert!((adaptive.value - 0.102).abs() < 1e-15);

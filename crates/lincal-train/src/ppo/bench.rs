@@ -2,21 +2,21 @@
 //! the run made from one causal LM ([`bench_ppo`], what `lincal bench ppo` runs), or on
 //! models and a reward the caller built ([`bench_ppo_step`]).
 
+use super::Learner;
 use super::config::{PpoConfig, RlType};
 use super::models::PpoModels;
+use super::models::{PpoModelPaths, load_models};
 use super::reward::Reward;
 use super::rollout::RolloutPrompt;
-use super::models::{PpoModelPaths, load_models};
-use super::Learner;
-use crate::training_run::synchronize;
 use crate::error::{Result, TrainError};
 use crate::reward_model::{HeadInit, RewardModel};
+use crate::training_run::synchronize;
 use lincal_model::{CausalLm, Tokenizer};
-use std::path::Path;
-use tch::Device;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
+use std::path::Path;
 use std::time::Instant;
+use tch::Device;
 
 /// The time of one PPO step, by part (the device is synchronised between parts).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -48,14 +48,42 @@ pub struct PpoStepBench {
 /// a freshly initialised head, and for decision-based RL the answer extractor. The tokenizer
 /// in `model_dir` must have a pad token, so that policy and reward model share one
 /// vocabulary.
-pub fn bench_ppo(model_dir: &Path, device: Device, config: &PpoConfig, warmup_steps: usize) -> Result<PpoStepBench> {
+pub fn bench_ppo(
+    model_dir: &Path,
+    device: Device,
+    config: &PpoConfig,
+    warmup_steps: usize,
+) -> Result<PpoStepBench> {
     let tokenizer = Tokenizer::from_dir(model_dir)?;
-    if tokenizer.pad_token().and_then(|t| tokenizer.token_id(&t)).is_none() {
-        return Err(TrainError::config("tokenizer", format!("{} sets no pad_token; the benchmark uses this model as policy and reward model, which must share one vocabulary: use an SFT model (`lincal sft` adds \"[PAD]\") or set pad_token in tokenizer_config.json", model_dir.join("tokenizer_config.json").display())));
+    if tokenizer
+        .pad_token()
+        .and_then(|t| tokenizer.token_id(&t))
+        .is_none()
+    {
+        return Err(TrainError::config(
+            "tokenizer",
+            format!(
+                "{} sets no pad_token; the benchmark uses this model as policy and reward model, \
+                 which must share one vocabulary: use an SFT model (`lincal sft` adds \"[PAD]\") \
+                 or set pad_token in tokenizer_config.json",
+                model_dir.join("tokenizer_config.json").display()
+            ),
+        ));
     }
-    let paths = PpoModelPaths { policy: model_dir.to_path_buf(), reward_model: model_dir.to_path_buf(), answer_extractor: (config.rl_type == RlType::DecisionBased).then(|| model_dir.to_path_buf()) };
+    let paths = PpoModelPaths {
+        policy: model_dir.to_path_buf(),
+        reward_model: model_dir.to_path_buf(),
+        answer_extractor: (config.rl_type == RlType::DecisionBased)
+            .then(|| model_dir.to_path_buf()),
+    };
     let source = model_dir.display().to_string();
-    let with_new_head = |dir: &Path, device: Device, kind: tch::Kind| Ok(RewardModel::new(CausalLm::load(dir, device, Some(kind))?, HeadInit::Default { seed: config.seed }, &source));
+    let with_new_head = |dir: &Path, device: Device, kind: tch::Kind| {
+        Ok(RewardModel::new(
+            CausalLm::load(dir, device, Some(kind))?,
+            HeadInit::Default { seed: config.seed },
+            &source,
+        ))
+    };
     let (models, mut reward) = load_models(&paths, device, config, None, &with_new_head)?;
     bench_ppo_step(models, reward.as_mut(), config, warmup_steps)
 }
@@ -65,14 +93,33 @@ pub fn bench_ppo(model_dir: &Path, device: Device, config: &PpoConfig, warmup_st
 /// (EOS does not end it), on `models` (whose weights it trains: use throwaway ones) with
 /// `reward`, and times the last step. Memory is bounded by `generation_batch_size`,
 /// `forward_batch_size`, `micro_batch_size` and the reward's batch sizes.
-pub fn bench_ppo_step(mut models: PpoModels, reward: &mut dyn Reward, config: &PpoConfig, warmup_steps: usize) -> Result<PpoStepBench> {
+pub fn bench_ppo_step(
+    mut models: PpoModels,
+    reward: &mut dyn Reward,
+    config: &PpoConfig,
+    warmup_steps: usize,
+) -> Result<PpoStepBench> {
     config.validate()?;
     models.eos_ids.clear();
     let vocab = models.policy.model.config().vocab_size();
     let pad_id = models.policy.pad_id;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
-    let prompts: Vec<Vec<i64>> = (0..config.rollout_batch_size).map(|_| (0..config.query_len).map(|_| rng.random_range(0..vocab)).map(|id| if id == pad_id { 0 } else { id }).collect()).collect();
-    let inputs: Vec<RolloutPrompt> = prompts.iter().map(|ids| RolloutPrompt { ids, question: "Which question does this benchmark ask?", answer: "none" }).collect();
+    let prompts: Vec<Vec<i64>> = (0..config.rollout_batch_size)
+        .map(|_| {
+            (0..config.query_len)
+                .map(|_| rng.random_range(0..vocab))
+                .map(|id| if id == pad_id { 0 } else { id })
+                .collect()
+        })
+        .collect();
+    let inputs: Vec<RolloutPrompt> = prompts
+        .iter()
+        .map(|ids| RolloutPrompt {
+            ids,
+            question: "Which question does this benchmark ask?",
+            answer: "none",
+        })
+        .collect();
     let mut learner = Learner::new(config, models);
     let device = learner.models.policy.model.device();
     let mut timed = None;
@@ -82,7 +129,13 @@ pub fn bench_ppo_step(mut models: PpoModels, reward: &mut dyn Reward, config: &P
         let started = Instant::now();
         let outcome = learner.step(reward, &inputs, step)?;
         if step == 0 {
-            let metric = |name: &str| outcome.metrics.iter().find(|(n, _)| n == name).map_or(f64::NAN, |(_, v)| *v);
+            let metric = |name: &str| {
+                outcome
+                    .metrics
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map_or(f64::NAN, |(_, v)| *v)
+            };
             first_step = (metric("kl"), metric("approx_kl"));
         }
         timed = Some((outcome, started.elapsed().as_secs_f64()));

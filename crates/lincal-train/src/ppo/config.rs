@@ -94,7 +94,8 @@ pub struct PpoConfig {
     pub temperature: f64,
     /// β of the per-token KL penalty −β·max(log π − log π_ref, 0).
     pub kl_coef: f64,
-    /// Adapt β towards `kl_target` (summed KL per sequence): β ← β·(1 + k_beta·clip(KL/target − 1, ±0.2)).
+    /// Adapt β towards `kl_target` (summed KL per sequence):
+    /// β ← β·(1 + k_beta·clip(KL/target − 1, ±0.2)).
     pub adaptive_kl: bool,
     pub kl_target: f64,
     pub kl_k_beta: f64,
@@ -154,7 +155,12 @@ impl PpoConfig {
         let (rl_type, reward_offset) = match name {
             "lc_ppo" => (RlType::DecisionBased, 5.0),
             "factuality_ppo" => (RlType::Factuality, 0.0),
-            other => return Err(TrainError::config("preset", format!("unknown PPO preset \"{other}\"; choose one of {PPO_PRESETS:?}"))),
+            other => {
+                return Err(TrainError::config(
+                    "preset",
+                    format!("unknown PPO preset \"{other}\"; choose one of {PPO_PRESETS:?}"),
+                ));
+            }
         };
         Ok(PpoConfig {
             rl_type,
@@ -205,7 +211,10 @@ impl PpoConfig {
     /// the batches require, and the batches are rounded down to whole micro-batches and steps.
     pub fn scaled(&self, scale: f64) -> Result<Self> {
         if !(scale > 0.0 && scale <= 1.0) {
-            return Err(TrainError::config("scale", format!("must be in (0, 1], got {scale}")));
+            return Err(TrainError::config(
+                "scale",
+                format!("must be in (0, 1], got {scale}"),
+            ));
         }
         let shrink = |n: f64| (n * scale).round().max(1.0);
         let rollout = shrink(self.rollout_batch_size as f64) as usize;
@@ -217,7 +226,11 @@ impl PpoConfig {
             step_batch_size: step,
             micro_batch_size: micro,
             total_steps: shrink(self.total_steps as f64) as u64,
-            warmup_steps: if self.warmup_steps == 0 { 0 } else { shrink(self.warmup_steps as f64) as u64 },
+            warmup_steps: if self.warmup_steps == 0 {
+                0
+            } else {
+                shrink(self.warmup_steps as f64) as u64
+            },
             eval_every: shrink(self.eval_every as f64) as u64,
             save_every: shrink(self.save_every as f64) as u64,
             ..self.clone()
@@ -225,7 +238,13 @@ impl PpoConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        let at_least_one = |field: &str, v: u64| if v >= 1 { Ok(()) } else { Err(TrainError::config(field, "must be at least 1")) };
+        let at_least_one = |field: &str, v: u64| {
+            if v >= 1 {
+                Ok(())
+            } else {
+                Err(TrainError::config(field, "must be at least 1"))
+            }
+        };
         for (field, v) in [
             ("total_steps", self.total_steps),
             ("rollout_batch_size", self.rollout_batch_size as u64),
@@ -239,30 +258,81 @@ impl PpoConfig {
             ("eval_every", self.eval_every),
             ("save_every", self.save_every),
             ("keep_checkpoints", self.keep_checkpoints as u64),
-            ("reward.model_max_length", self.reward.model_max_length as u64),
-            ("reward.score_batch_size", self.reward.score_batch_size as u64),
-            ("reward.extractor_batch_size", self.reward.extractor_batch_size as u64),
-            ("reward.extractor_max_new_tokens", self.reward.extractor_max_new_tokens.max(0) as u64),
+            (
+                "reward.model_max_length",
+                self.reward.model_max_length as u64,
+            ),
+            (
+                "reward.score_batch_size",
+                self.reward.score_batch_size as u64,
+            ),
+            (
+                "reward.extractor_batch_size",
+                self.reward.extractor_batch_size as u64,
+            ),
+            (
+                "reward.extractor_max_new_tokens",
+                self.reward.extractor_max_new_tokens.max(0) as u64,
+            ),
         ] {
             at_least_one(field, v)?;
         }
         if !self.rollout_batch_size.is_multiple_of(self.step_batch_size) {
-            return Err(TrainError::config("rollout_batch_size", format!("must be a multiple of step_batch_size ({}), got {}", self.step_batch_size, self.rollout_batch_size)));
+            return Err(TrainError::config(
+                "rollout_batch_size",
+                format!(
+                    "must be a multiple of step_batch_size ({}), got {}",
+                    self.step_batch_size, self.rollout_batch_size
+                ),
+            ));
         }
         if !self.step_batch_size.is_multiple_of(self.micro_batch_size) {
-            return Err(TrainError::config("step_batch_size", format!("must be a multiple of micro_batch_size ({}), got {}", self.micro_batch_size, self.step_batch_size)));
+            return Err(TrainError::config(
+                "step_batch_size",
+                format!(
+                    "must be a multiple of micro_batch_size ({}), got {}",
+                    self.micro_batch_size, self.step_batch_size
+                ),
+            ));
         }
         if self.max_eval_prompts == Some(0) {
-            return Err(TrainError::config("max_eval_prompts", "must be at least 1 when set"));
+            return Err(TrainError::config(
+                "max_eval_prompts",
+                "must be at least 1 when set",
+            ));
         }
-        let positive = |field: &str, v: f64| if v.is_finite() && v > 0.0 { Ok(()) } else { Err(TrainError::config(field, format!("must be a positive number, got {v}"))) };
+        let positive = |field: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(TrainError::config(
+                    field,
+                    format!("must be a positive number, got {v}"),
+                ))
+            }
+        };
         positive("temperature", self.temperature)?;
         positive("learning_rate", self.learning_rate)?;
         positive("adam_epsilon", self.adam_epsilon)?;
         positive("kl_target", self.kl_target)?;
-        positive("reward.cross_entropy_epsilon", self.reward.cross_entropy_epsilon)?;
-        positive("reward.extractor_temperature", self.reward.extractor_temperature)?;
-        let non_negative = |field: &str, v: f64| if v.is_finite() && v >= 0.0 { Ok(()) } else { Err(TrainError::config(field, format!("must be a number >= 0, got {v}"))) };
+        positive(
+            "reward.cross_entropy_epsilon",
+            self.reward.cross_entropy_epsilon,
+        )?;
+        positive(
+            "reward.extractor_temperature",
+            self.reward.extractor_temperature,
+        )?;
+        let non_negative = |field: &str, v: f64| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(TrainError::config(
+                    field,
+                    format!("must be a number >= 0, got {v}"),
+                ))
+            }
+        };
         for (field, v) in [
             ("kl_coef", self.kl_coef),
             ("kl_k_beta", self.kl_k_beta),
@@ -271,25 +341,51 @@ impl PpoConfig {
             ("vf_coef", self.vf_coef),
             ("weight_decay", self.weight_decay),
             ("max_grad_norm", self.max_grad_norm),
-            ("reward.normalization_lambda", self.reward.normalization_lambda),
+            (
+                "reward.normalization_lambda",
+                self.reward.normalization_lambda,
+            ),
         ] {
             non_negative(field, v)?;
         }
         if !self.reward.reward_offset.is_finite() {
-            return Err(TrainError::config("reward.reward_offset", format!("must be a finite number, got {}", self.reward.reward_offset)));
+            return Err(TrainError::config(
+                "reward.reward_offset",
+                format!("must be a finite number, got {}", self.reward.reward_offset),
+            ));
         }
-        for (field, v) in [("gamma", self.gamma), ("lam", self.lam), ("reward.extractor_top_p", self.reward.extractor_top_p), ("reward.extractor_eval_top_p", self.reward.extractor_eval_top_p)] {
+        for (field, v) in [
+            ("gamma", self.gamma),
+            ("lam", self.lam),
+            ("reward.extractor_top_p", self.reward.extractor_top_p),
+            (
+                "reward.extractor_eval_top_p",
+                self.reward.extractor_eval_top_p,
+            ),
+        ] {
             if !(v > 0.0 && v <= 1.0) {
-                return Err(TrainError::config(field, format!("must be in (0, 1], got {v}")));
+                return Err(TrainError::config(
+                    field,
+                    format!("must be in (0, 1], got {v}"),
+                ));
             }
         }
-        for (field, v) in [("adam_beta1", self.adam_beta1), ("adam_beta2", self.adam_beta2)] {
+        for (field, v) in [
+            ("adam_beta1", self.adam_beta1),
+            ("adam_beta2", self.adam_beta2),
+        ] {
             if !(0.0..1.0).contains(&v) {
-                return Err(TrainError::config(field, format!("must be in [0, 1), got {v}")));
+                return Err(TrainError::config(
+                    field,
+                    format!("must be in [0, 1), got {v}"),
+                ));
             }
         }
         if self.reward.extractor_top_k < 0 || self.reward.extractor_eval_top_k < 0 {
-            return Err(TrainError::config("reward.extractor_top_k", "must be >= 0 (0 disables top-k)"));
+            return Err(TrainError::config(
+                "reward.extractor_top_k",
+                "must be >= 0 (0 disables top-k)",
+            ));
         }
         if self.pad_token.is_empty() {
             return Err(TrainError::config("pad_token", "must not be empty"));
@@ -314,15 +410,76 @@ mod tests {
     #[test]
     fn presets_carry_the_reference_hyperparameters() {
         let lc = PpoConfig::preset("lc_ppo").unwrap();
-        assert_eq!((lc.rl_type, lc.total_steps, lc.rollout_batch_size, lc.step_batch_size, lc.micro_batch_size, lc.epochs_per_rollout), (RlType::DecisionBased, 1500, 512, 512, 2, 1));
-        assert_eq!((lc.query_len, lc.response_len, lc.temperature, lc.kl_coef, lc.adaptive_kl), (128, 300, 0.7, 0.1, false));
-        assert_eq!((lc.cliprange, lc.cliprange_value, lc.vf_coef, lc.gamma, lc.lam, lc.whiten_rewards), (0.2, 0.2, 0.1, 1.0, 1.0, true));
-        assert_eq!((lc.learning_rate, lc.warmup_steps, lc.adam_epsilon, lc.weight_decay, lc.max_grad_norm), (1e-5, 5, 1e-5, 0.01, 1.0));
-        assert_eq!((lc.reward.reward_offset, lc.reward.normalization_lambda, lc.reward.cross_entropy_epsilon, lc.reward.extractor_temperature, lc.reward.extractor_max_new_tokens), (5.0, 5.0, 1e-4, 0.3, 300));
-        assert_eq!((lc.eval_every, lc.save_every, lc.optimizer_steps_per_rollout()), (20, 20, 1));
+        assert_eq!(
+            (
+                lc.rl_type,
+                lc.total_steps,
+                lc.rollout_batch_size,
+                lc.step_batch_size,
+                lc.micro_batch_size,
+                lc.epochs_per_rollout
+            ),
+            (RlType::DecisionBased, 1500, 512, 512, 2, 1)
+        );
+        assert_eq!(
+            (
+                lc.query_len,
+                lc.response_len,
+                lc.temperature,
+                lc.kl_coef,
+                lc.adaptive_kl
+            ),
+            (128, 300, 0.7, 0.1, false)
+        );
+        assert_eq!(
+            (
+                lc.cliprange,
+                lc.cliprange_value,
+                lc.vf_coef,
+                lc.gamma,
+                lc.lam,
+                lc.whiten_rewards
+            ),
+            (0.2, 0.2, 0.1, 1.0, 1.0, true)
+        );
+        assert_eq!(
+            (
+                lc.learning_rate,
+                lc.warmup_steps,
+                lc.adam_epsilon,
+                lc.weight_decay,
+                lc.max_grad_norm
+            ),
+            (1e-5, 5, 1e-5, 0.01, 1.0)
+        );
+        assert_eq!(
+            (
+                lc.reward.reward_offset,
+                lc.reward.normalization_lambda,
+                lc.reward.cross_entropy_epsilon,
+                lc.reward.extractor_temperature,
+                lc.reward.extractor_max_new_tokens
+            ),
+            (5.0, 5.0, 1e-4, 0.3, 300)
+        );
+        assert_eq!(
+            (
+                lc.eval_every,
+                lc.save_every,
+                lc.optimizer_steps_per_rollout()
+            ),
+            (20, 20, 1)
+        );
         let factuality = PpoConfig::preset("factuality_ppo").unwrap();
-        assert_eq!((factuality.rl_type, factuality.reward.reward_offset), (RlType::Factuality, 0.0));
-        assert_eq!(PpoConfig::preset("ppo").unwrap_err().to_string(), "config field `preset`: unknown PPO preset \"ppo\"; choose one of [\"lc_ppo\", \"factuality_ppo\"]");
+        assert_eq!(
+            (factuality.rl_type, factuality.reward.reward_offset),
+            (RlType::Factuality, 0.0)
+        );
+        assert_eq!(
+            PpoConfig::preset("ppo").unwrap_err().to_string(),
+            "config field `preset`: unknown PPO preset \"ppo\"; choose one of [\"lc_ppo\", \
+             \"factuality_ppo\"]"
+        );
         assert!(lc.validate().is_ok());
     }
 
@@ -331,27 +488,100 @@ mod tests {
         // 512 × 0.01 = 5.12 → 5 rollouts; step batch 5 rounded to micro-batches of 2 → 4; the
         // rollout batch to whole step batches → 4. 1500 steps → 15, warmup 5 → 1, eval 20 → 1.
         let scaled = PpoConfig::preset("lc_ppo").unwrap().scaled(0.01).unwrap();
-        assert_eq!((scaled.rollout_batch_size, scaled.step_batch_size, scaled.micro_batch_size), (4, 4, 2));
-        assert_eq!((scaled.total_steps, scaled.warmup_steps, scaled.eval_every, scaled.save_every), (15, 1, 1, 1));
+        assert_eq!(
+            (
+                scaled.rollout_batch_size,
+                scaled.step_batch_size,
+                scaled.micro_batch_size
+            ),
+            (4, 4, 2)
+        );
+        assert_eq!(
+            (
+                scaled.total_steps,
+                scaled.warmup_steps,
+                scaled.eval_every,
+                scaled.save_every
+            ),
+            (15, 1, 1, 1)
+        );
         assert!(scaled.validate().is_ok());
         let tenth = PpoConfig::preset("lc_ppo").unwrap().scaled(0.1).unwrap();
-        assert_eq!((tenth.rollout_batch_size, tenth.step_batch_size, tenth.total_steps, tenth.eval_every), (50, 50, 150, 2));
-        assert_eq!(scaled.scaled(1.5).unwrap_err().to_string(), "config field `scale`: must be in (0, 1], got 1.5");
+        assert_eq!(
+            (
+                tenth.rollout_batch_size,
+                tenth.step_batch_size,
+                tenth.total_steps,
+                tenth.eval_every
+            ),
+            (50, 50, 150, 2)
+        );
+        assert_eq!(
+            scaled.scaled(1.5).unwrap_err().to_string(),
+            "config field `scale`: must be in (0, 1], got 1.5"
+        );
     }
 
     #[test]
     fn validation_and_overrides_name_the_field() {
         let config = PpoConfig::preset("lc_ppo").unwrap();
-        let set = |items: &[&str]| with_overrides(&config, &items.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        let changed = set(&["reference_padding=true", "reward.reward_offset=2.5", "rl_type=factuality", "lora.r=4", "lora.alpha=8", "lora.target_modules=[\"q_proj\"]"]).unwrap();
-        assert_eq!((changed.reference_padding, changed.reward.reward_offset, changed.rl_type, changed.lora.as_ref().map(|l| l.r)), (true, 2.5, RlType::Factuality, Some(4)));
+        let set = |items: &[&str]| {
+            with_overrides(
+                &config,
+                &items.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        let changed = set(&[
+            "reference_padding=true",
+            "reward.reward_offset=2.5",
+            "rl_type=factuality",
+            "lora.r=4",
+            "lora.alpha=8",
+            "lora.target_modules=[\"q_proj\"]",
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                changed.reference_padding,
+                changed.reward.reward_offset,
+                changed.rl_type,
+                changed.lora.as_ref().map(|l| l.r)
+            ),
+            (true, 2.5, RlType::Factuality, Some(4))
+        );
         let err = set(&["reward.offset=1"]).unwrap_err().to_string();
-        assert!(err.starts_with("config field `reward.offset`: unknown field `offset`, expected one of `reward_offset`"), "{err}");
+        assert!(
+            err.starts_with(
+                "config field `reward.offset`: unknown field `offset`, expected one of \
+                 `reward_offset`"
+            ),
+            "{err}"
+        );
         let bad = set(&["step_batch_size=3"]).unwrap();
-        assert_eq!(bad.validate().unwrap_err().to_string(), "config field `rollout_batch_size`: must be a multiple of step_batch_size (3), got 512");
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "config field `rollout_batch_size`: must be a multiple of step_batch_size (3), got 512"
+        );
         let bad = set(&["step_batch_size=256", "micro_batch_size=3"]).unwrap();
-        assert_eq!(bad.validate().unwrap_err().to_string(), "config field `step_batch_size`: must be a multiple of micro_batch_size (3), got 256");
-        assert_eq!(set(&["gamma=1.5"]).unwrap().validate().unwrap_err().to_string(), "config field `gamma`: must be in (0, 1], got 1.5");
-        assert_eq!(set(&["temperature=0"]).unwrap().validate().unwrap_err().to_string(), "config field `temperature`: must be a positive number, got 0");
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "config field `step_batch_size`: must be a multiple of micro_batch_size (3), got 256"
+        );
+        assert_eq!(
+            set(&["gamma=1.5"])
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string(),
+            "config field `gamma`: must be in (0, 1], got 1.5"
+        );
+        assert_eq!(
+            set(&["temperature=0"])
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string(),
+            "config field `temperature`: must be a positive number, got 0"
+        );
     }
 }

@@ -7,7 +7,12 @@ use tch::{Kind, Tensor};
 
 /// `max(−A·ρ, −A·clip(ρ, 1 − c, 1 + c))` per position with `ρ = exp(log π − log π_old)`, and
 /// where the clipped term was the larger (the clip fraction counts those).
-pub fn policy_loss(logprobs: &Tensor, old_logprobs: &Tensor, advantages: &Tensor, cliprange: f64) -> (Tensor, Tensor) {
+pub fn policy_loss(
+    logprobs: &Tensor,
+    old_logprobs: &Tensor,
+    advantages: &Tensor,
+    cliprange: f64,
+) -> (Tensor, Tensor) {
     let ratio = (logprobs - old_logprobs).exp();
     let unclipped = -advantages * &ratio;
     let clipped = -advantages * ratio.clamp(1.0 - cliprange, 1.0 + cliprange);
@@ -17,8 +22,14 @@ pub fn policy_loss(logprobs: &Tensor, old_logprobs: &Tensor, advantages: &Tensor
 
 /// `0.5·max((V − R)², (V_old + clip(V − V_old, ±c) − R)²)` per position, and where the
 /// clipped term was the larger.
-pub fn value_loss(values: &Tensor, old_values: &Tensor, returns: &Tensor, cliprange_value: f64) -> (Tensor, Tensor) {
-    let clipped_values = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value);
+pub fn value_loss(
+    values: &Tensor,
+    old_values: &Tensor,
+    returns: &Tensor,
+    cliprange_value: f64,
+) -> (Tensor, Tensor) {
+    let clipped_values =
+        old_values + (values - old_values).clamp(-cliprange_value, cliprange_value);
     let unclipped = (values - returns).square();
     let clipped = (clipped_values - returns).square();
     let was_clipped = clipped.gt_tensor(&unclipped).to_kind(Kind::Float);
@@ -51,7 +62,13 @@ impl LossStats {
     /// The means, named as logged.
     pub fn means(&self) -> Vec<(&'static str, f64)> {
         let n = self.weight.max(f64::MIN_POSITIVE);
-        vec![("policy_loss", self.policy_loss / n), ("value_loss", self.value_loss / n), ("policy_clipfrac", self.policy_clipfrac / n), ("value_clipfrac", self.value_clipfrac / n), ("approx_kl", self.approx_kl / n)]
+        vec![
+            ("policy_loss", self.policy_loss / n),
+            ("value_loss", self.value_loss / n),
+            ("policy_clipfrac", self.policy_clipfrac / n),
+            ("value_clipfrac", self.value_clipfrac / n),
+            ("approx_kl", self.approx_kl / n),
+        ]
     }
 }
 
@@ -68,10 +85,25 @@ pub struct LossInputs<'a> {
 }
 
 /// The summed loss `Σ w·(policy + vf_coef·value)` (with its graph) and its statistics.
-pub fn ppo_loss(inputs: &LossInputs, cliprange: f64, cliprange_value: f64, vf_coef: f64) -> (Tensor, LossStats) {
+pub fn ppo_loss(
+    inputs: &LossInputs,
+    cliprange: f64,
+    cliprange_value: f64,
+    vf_coef: f64,
+) -> (Tensor, LossStats) {
     let w = inputs.weights;
-    let (policy, policy_clipped) = policy_loss(inputs.logprobs, inputs.old_logprobs, inputs.advantages, cliprange);
-    let (value, value_clipped) = value_loss(inputs.values, inputs.old_values, inputs.returns, cliprange_value);
+    let (policy, policy_clipped) = policy_loss(
+        inputs.logprobs,
+        inputs.old_logprobs,
+        inputs.advantages,
+        cliprange,
+    );
+    let (value, value_clipped) = value_loss(
+        inputs.values,
+        inputs.old_values,
+        inputs.returns,
+        cliprange_value,
+    );
     let policy_sum = (&policy * w).sum(Kind::Float);
     let value_sum = (&value * w).sum(Kind::Float);
     let total = &policy_sum + &value_sum * vf_coef;
@@ -121,7 +153,12 @@ mod tests {
         // Old 0; new 1 (clipped to 0.2), 0.1, −1 (clipped to −0.2); returns 2, 0, −3.
         // (1 − 2)² = 1 vs (0.2 − 2)² = 3.24 → 3.24 (clipped); (0.1)² vs (0.1)² → 0.01;
         // (−1 + 3)² = 4 vs (−0.2 + 3)² = 7.84 → 7.84 (clipped). Halved.
-        let (loss, clipped) = value_loss(&row(&[1.0, 0.1, -1.0]), &row(&[0.0, 0.0, 0.0]), &row(&[2.0, 0.0, -3.0]), 0.2);
+        let (loss, clipped) = value_loss(
+            &row(&[1.0, 0.1, -1.0]),
+            &row(&[0.0, 0.0, 0.0]),
+            &row(&[2.0, 0.0, -3.0]),
+            0.2,
+        );
         for (got, want) in vec(&loss).iter().zip([1.62, 0.005, 3.92]) {
             assert!((*got as f64 - want).abs() < 1e-6, "{:?}", vec(&loss));
         }
@@ -140,7 +177,15 @@ mod tests {
         let ones = row(&[1.0, 1.0, 1.0]);
         let weights = row(&[1.0, 1.0, 0.0]);
         let values = row(&[1.0, 0.0, 5.0]);
-        let inputs = LossInputs { logprobs: &logprobs, old_logprobs: &zeros, advantages: &ones, values: &values, old_values: &zeros, returns: &ones, weights: &weights };
+        let inputs = LossInputs {
+            logprobs: &logprobs,
+            old_logprobs: &zeros,
+            advantages: &ones,
+            values: &values,
+            old_values: &zeros,
+            returns: &ones,
+            weights: &weights,
+        };
         let (total, stats) = ppo_loss(&inputs, 0.2, 0.2, 0.1);
         // Policy: −1.2 (clipped) and −e^-0.5 over the two weighted positions; value: position 0
         // max(0, 0.64)/2 = 0.32 (clipped), position 1 max(1, 0.64)/2 = 0.5; the third is padding.
@@ -148,7 +193,10 @@ mod tests {
         assert!((stats.policy_loss - policy).abs() < 1e-6);
         assert!((stats.value_loss - 0.82).abs() < 1e-6);
         assert!((total.double_value(&[]) - (policy + 0.1 * 0.82)).abs() < 1e-6);
-        assert_eq!((stats.policy_clipfrac, stats.value_clipfrac, stats.weight), (1.0, 1.0, 2.0));
+        assert_eq!(
+            (stats.policy_clipfrac, stats.value_clipfrac, stats.weight),
+            (1.0, 1.0, 2.0)
+        );
         assert!((stats.approx_kl - 0.25).abs() < 1e-6);
         let means: std::collections::HashMap<_, _> = stats.means().into_iter().collect();
         assert_eq!((means["policy_clipfrac"], means["approx_kl"]), (0.5, 0.125));

@@ -54,7 +54,9 @@ mod tests;
 pub use bench::{PpoStepBench, bench_ppo, bench_ppo_step};
 pub use config::{PPO_PRESETS, PpoConfig, RewardConfig, RlType};
 pub use models::{PpoModelPaths, PpoModels, ValueModel};
-pub use reward::{BinaryCorrectnessReward, DecisionReward, Reward, RewardInput, RewardOutput, ScoreContext};
+pub use reward::{
+    BinaryCorrectnessReward, DecisionReward, Reward, RewardInput, RewardOutput, ScoreContext,
+};
 pub use rollout::{PpoPrompt, RolloutTiming};
 
 use crate::config::Schedule;
@@ -64,7 +66,9 @@ use crate::optim::{AdamWConfig, LrSchedule, TrainableParams};
 use crate::reward_model::RewardModel;
 use crate::run::{RunOptions, TrainState};
 use crate::training_run::{RunSteps, StepPlan, StepRecord, TrainSummary, TrainingRun, synchronize};
-use advantages::{AdvantageInputs, AdvantageSettings, KlController, estimate_advantages, kl_penalty};
+use advantages::{
+    AdvantageInputs, AdvantageSettings, KlController, estimate_advantages, kl_penalty,
+};
 use lincal_data::artifact::Manifest;
 use lincal_model::CausalLm;
 use loss::{LossInputs, LossStats, ppo_loss};
@@ -117,41 +121,106 @@ pub(crate) struct StepOutcome {
 
 impl Learner {
     fn new(config: &PpoConfig, models: PpoModels) -> Self {
-        let adam = AdamWConfig { beta1: config.adam_beta1, beta2: config.adam_beta2, eps: config.adam_epsilon, weight_decay: config.weight_decay };
-        let params = TrainableParams::new(models.trainable(), adam, config.precision.master_weights());
-        let schedule = LrSchedule { schedule: Schedule::Linear, warmup_steps: config.warmup_steps, total_steps: config.total_steps };
-        let kl = KlController { value: config.kl_coef, adaptive: config.adaptive_kl.then_some((config.kl_target, config.kl_k_beta)) };
-        Learner { config: config.clone(), models, params, schedule, kl }
+        let adam = AdamWConfig {
+            beta1: config.adam_beta1,
+            beta2: config.adam_beta2,
+            eps: config.adam_epsilon,
+            weight_decay: config.weight_decay,
+        };
+        let params =
+            TrainableParams::new(models.trainable(), adam, config.precision.master_weights());
+        let schedule = LrSchedule {
+            schedule: Schedule::Linear,
+            warmup_steps: config.warmup_steps,
+            total_steps: config.total_steps,
+        };
+        let kl = KlController {
+            value: config.kl_coef,
+            adaptive: config
+                .adaptive_kl
+                .then_some((config.kl_target, config.kl_k_beta)),
+        };
+        Learner {
+            config: config.clone(),
+            models,
+            params,
+            schedule,
+            kl,
+        }
     }
 
     fn settings(&self, with_values: bool) -> RolloutSettings {
         let c = &self.config;
-        RolloutSettings { temperature: c.temperature, response_len: c.response_len, generation_batch_size: c.generation_batch_size, forward_batch_size: c.forward_batch_size, full_width: c.reference_padding, with_values }
+        RolloutSettings {
+            temperature: c.temperature,
+            response_len: c.response_len,
+            generation_batch_size: c.generation_batch_size,
+            forward_batch_size: c.forward_batch_size,
+            full_width: c.reference_padding,
+            with_values,
+        }
     }
 
     /// 1 on the positions that statistics and losses cover.
     fn weights(&self, rollouts: &Rollouts) -> Tensor {
         let mask = &rollouts.seqs.response_mask;
-        if self.config.reference_padding { mask.ones_like() } else { mask.shallow_clone() }
+        if self.config.reference_padding {
+            mask.ones_like()
+        } else {
+            mask.shallow_clone()
+        }
     }
 
     /// One PPO step on `prompts`, after `step` completed steps (SPEC 2.9).
-    fn step(&mut self, reward: &mut dyn Reward, prompts: &[RolloutPrompt<'_>], step: u64) -> Result<StepOutcome> {
+    fn step(
+        &mut self,
+        reward: &mut dyn Reward,
+        prompts: &[RolloutPrompt<'_>],
+        step: u64,
+    ) -> Result<StepOutcome> {
         // Rollout: sample, score, forward passes.
         let seed = self.config.seed;
-        let context = ScoreContext { seed: stream_seed(seed, Stream::Extraction, step), evaluation: false };
+        let context = ScoreContext {
+            seed: stream_seed(seed, Stream::Extraction, step),
+            evaluation: false,
+        };
         let sampling = reward::row_seeds(stream_seed(seed, Stream::Sampling, step), prompts.len());
-        let rollouts = collect_rollouts(&self.models, reward, prompts, &sampling, context, &self.settings(true))?;
+        let rollouts = collect_rollouts(
+            &self.models,
+            reward,
+            prompts,
+            &sampling,
+            context,
+            &self.settings(true),
+        )?;
         // Advantages.
         let weights = self.weights(&rollouts);
         let kl = kl_penalty(&rollouts.logprobs, &rollouts.ref_logprobs);
-        let values = rollouts.values.as_ref().expect("training rollouts have values");
+        let values = rollouts
+            .values
+            .as_ref()
+            .expect("training rollouts have values");
         let c = &self.config;
-        let inputs = AdvantageInputs { scores: &rollouts.scores(), kl: &kl, lengths: &rollouts.seqs.lengths, values, weights: &weights };
-        let advantages = estimate_advantages(&inputs, &AdvantageSettings { kl_coef: self.kl.value, whiten_rewards: c.whiten_rewards, gamma: c.gamma, lam: c.lam });
+        let inputs = AdvantageInputs {
+            scores: &rollouts.scores(),
+            kl: &kl,
+            lengths: &rollouts.seqs.lengths,
+            values,
+            weights: &weights,
+        };
+        let advantages = estimate_advantages(
+            &inputs,
+            &AdvantageSettings {
+                kl_coef: self.kl.value,
+                whiten_rewards: c.whiten_rewards,
+                gamma: c.gamma,
+                lam: c.lam,
+            },
+        );
         // Update.
         let started = Instant::now();
-        let (stats, learning_rate, grad_norm) = self.update(&rollouts, &advantages, &weights, step)?;
+        let (stats, learning_rate, grad_norm) =
+            self.update(&rollouts, &advantages, &weights, step)?;
         synchronize(self.models.policy.model.device());
         let update_seconds = started.elapsed().as_secs_f64();
 
@@ -159,10 +228,14 @@ impl Learner {
         let kl_sums = row_sums(&(&rollouts.logprobs - &rollouts.ref_logprobs));
         let mut metrics = rollout_metrics(&rollouts, &kl_sums, "");
         let weight_total = weights.sum(Kind::Double).double_value(&[]);
-        let weighted_mean = |t: &Tensor| (t * &weights).sum(Kind::Double).double_value(&[]) / weight_total;
+        let weighted_mean =
+            |t: &Tensor| (t * &weights).sum(Kind::Double).double_value(&[]) / weight_total;
         let penalty = row_sums(&(&kl * -self.kl.value));
         metrics.extend([
-            ("kl_penalty".to_string(), penalty.iter().sum::<f64>() / penalty.len() as f64),
+            (
+                "kl_penalty".to_string(),
+                penalty.iter().sum::<f64>() / penalty.len() as f64,
+            ),
             ("kl_coef".to_string(), self.kl.value),
             ("values".to_string(), weighted_mean(values)),
             ("returns".to_string(), weighted_mean(&advantages.returns)),
@@ -171,46 +244,83 @@ impl Learner {
         ]);
         metrics.extend(stats.means().into_iter().map(|(k, v)| (k.to_string(), v)));
         metrics.extend([
-            ("generation_seconds".to_string(), rollouts.timing.generation_seconds),
+            (
+                "generation_seconds".to_string(),
+                rollouts.timing.generation_seconds,
+            ),
             ("reward_seconds".to_string(), rollouts.timing.reward_seconds),
-            ("forward_seconds".to_string(), rollouts.timing.forward_seconds),
+            (
+                "forward_seconds".to_string(),
+                rollouts.timing.forward_seconds,
+            ),
             ("update_seconds".to_string(), update_seconds),
         ]);
         let kl_mean = kl_sums.iter().sum::<f64>() / kl_sums.len() as f64;
         self.kl.step(kl_mean);
-        Ok(StepOutcome { rollouts, kl_sums, metrics, update_seconds })
+        Ok(StepOutcome {
+            rollouts,
+            kl_sums,
+            metrics,
+            update_seconds,
+        })
     }
 
     /// `epochs_per_rollout` passes over the rollouts in shuffled minibatches of
     /// `step_batch_size`, one clipped AdamW step each (SPEC 2.7). Returns the loss statistics,
     /// the learning rate and the last gradient norm.
-    fn update(&mut self, rollouts: &Rollouts, advantages: &advantages::Advantages, weights: &Tensor, step: u64) -> Result<(LossStats, f64, f64)> {
+    fn update(
+        &mut self,
+        rollouts: &Rollouts,
+        advantages: &advantages::Advantages,
+        weights: &Tensor,
+        step: u64,
+    ) -> Result<(LossStats, f64, f64)> {
         let c = &self.config;
         // Dropout draws from libtorch's global generator; seeding it per step makes a resumed
         // run draw the same masks as an uninterrupted one.
         tch::manual_seed(c.seed.wrapping_add(step) as i64);
         self.models.set_training(true);
         let device = self.models.policy.model.device();
-        let old_values = rollouts.values.as_ref().expect("training rollouts have values");
+        let old_values = rollouts
+            .values
+            .as_ref()
+            .expect("training rollouts have values");
         let learning_rate = c.learning_rate * self.schedule.factor(step);
         let minibatch_seed = stream_seed(c.seed, Stream::Minibatches, step);
         let (mut stats, mut grad_norm) = (LossStats::default(), 0.0);
         for epoch in 0..c.epochs_per_rollout {
             let order = epoch_order(rollouts.seqs.rows(), minibatch_seed, epoch as u64);
             for minibatch in order.chunks(c.step_batch_size) {
-                let total_weight = weights.index_select(0, &row_index(minibatch, device)).sum(Kind::Double).double_value(&[]).max(1.0);
+                let total_weight = weights
+                    .index_select(0, &row_index(minibatch, device))
+                    .sum(Kind::Double)
+                    .double_value(&[])
+                    .max(1.0);
                 for micro in minibatch.chunks(c.micro_batch_size) {
                     let batch = rollouts.seqs.batch(micro);
                     let index = row_index(micro, device);
                     let pick = |t: &Tensor| t.index_select(0, &index);
-                    let (logprobs, _) = response_logprobs(&self.models.policy.model, &batch, c.temperature, false);
+                    let (logprobs, _) =
+                        response_logprobs(&self.models.policy.model, &batch, c.temperature, false);
                     let values = self.models.value.forward(&batch);
-                    let inputs = LossInputs { logprobs: &logprobs, old_logprobs: &pick(&rollouts.logprobs), advantages: &pick(&advantages.advantages), values: &values, old_values: &pick(old_values), returns: &pick(&advantages.returns), weights: &pick(weights) };
-                    let (loss, micro_stats) = ppo_loss(&inputs, c.cliprange, c.cliprange_value, c.vf_coef);
+                    let inputs = LossInputs {
+                        logprobs: &logprobs,
+                        old_logprobs: &pick(&rollouts.logprobs),
+                        advantages: &pick(&advantages.advantages),
+                        values: &values,
+                        old_values: &pick(old_values),
+                        returns: &pick(&advantages.returns),
+                        weights: &pick(weights),
+                    };
+                    let (loss, micro_stats) =
+                        ppo_loss(&inputs, c.cliprange, c.cliprange_value, c.vf_coef);
                     let total = micro_stats.policy_loss + c.vf_coef * micro_stats.value_loss;
                     if !total.is_finite() {
                         self.models.set_training(false);
-                        return Err(TrainError::Diverged { step: step + 1, loss: total / micro_stats.weight.max(1.0) });
+                        return Err(TrainError::Diverged {
+                            step: step + 1,
+                            loss: total / micro_stats.weight.max(1.0),
+                        });
                     }
                     (loss / total_weight).backward();
                     self.params.accumulate_grads();
@@ -226,7 +336,11 @@ impl Learner {
 
 /// Row sums `[B]` of `[B, W]` (padding holds 0), on the host.
 fn row_sums(t: &Tensor) -> Vec<f64> {
-    Vec::<f64>::try_from(t.sum_dim_intlist(1, false, Kind::Double).to_device(Device::Cpu)).expect("1-d sums")
+    Vec::<f64>::try_from(
+        t.sum_dim_intlist(1, false, Kind::Double)
+            .to_device(Device::Cpu),
+    )
+    .expect("1-d sums")
 }
 
 /// Reward, its terms, KL, entropy and length statistics of rollouts, names prefixed.
@@ -243,15 +357,24 @@ fn rollout_metrics(rollouts: &Rollouts, kl_sums: &[f64], prefix: &str) -> Vec<(S
     }
     let tokens: i64 = rollouts.seqs.lengths.iter().sum();
     let entropy = rollouts.entropy.sum(Kind::Double).double_value(&[]) / tokens.max(1) as f64;
-    let mut metrics = vec![("reward".to_string(), mean), ("reward_std".to_string(), std)];
+    let mut metrics = vec![
+        ("reward".to_string(), mean),
+        ("reward_std".to_string(), std),
+    ];
     metrics.extend(terms.into_iter().map(|(k, v)| (k.to_string(), v)));
     metrics.extend([
         ("kl".to_string(), kl_sums.iter().sum::<f64>() / n),
         ("entropy".to_string(), entropy),
         ("response_length".to_string(), tokens as f64 / n),
-        ("eos_fraction".to_string(), rollouts.ended_with_eos.iter().filter(|&&e| e).count() as f64 / n),
+        (
+            "eos_fraction".to_string(),
+            rollouts.ended_with_eos.iter().filter(|&&e| e).count() as f64 / n,
+        ),
     ]);
-    metrics.into_iter().map(|(k, v)| (format!("{prefix}{k}"), v)).collect()
+    metrics
+        .into_iter()
+        .map(|(k, v)| (format!("{prefix}{k}"), v))
+        .collect()
 }
 
 /// One JSON line per rollout: the prompt, the response, its reward, terms and reader details.
@@ -315,45 +438,119 @@ struct PpoSteps {
 impl PpoTrainer {
     /// Loads the models in `paths` and the built-in reward of `config.rl_type`, tokenises the
     /// prompts and opens the run in `run.dir`, resuming from its newest checkpoint.
-    pub fn new(paths: &PpoModelPaths, device: Device, config: &PpoConfig, train: &[PpoPrompt], eval: &[PpoPrompt], run: &RunOptions) -> Result<Self> {
+    pub fn new(
+        paths: &PpoModelPaths,
+        device: Device,
+        config: &PpoConfig,
+        train: &[PpoPrompt],
+        eval: &[PpoPrompt],
+        run: &RunOptions,
+    ) -> Result<Self> {
         Self::build(paths, device, config, None, train, eval, run)
     }
 
     /// As [`Self::new`] with another reward (the value model still starts from the backbone
     /// of `paths.reward_model`).
-    pub fn with_reward(paths: &PpoModelPaths, device: Device, config: &PpoConfig, reward: Box<dyn Reward>, train: &[PpoPrompt], eval: &[PpoPrompt], run: &RunOptions) -> Result<Self> {
+    pub fn with_reward(
+        paths: &PpoModelPaths,
+        device: Device,
+        config: &PpoConfig,
+        reward: Box<dyn Reward>,
+        train: &[PpoPrompt],
+        eval: &[PpoPrompt],
+        run: &RunOptions,
+    ) -> Result<Self> {
         Self::build(paths, device, config, Some(reward), train, eval, run)
     }
 
-    fn build(paths: &PpoModelPaths, device: Device, config: &PpoConfig, custom_reward: Option<Box<dyn Reward>>, train: &[PpoPrompt], eval: &[PpoPrompt], run: &RunOptions) -> Result<Self> {
+    fn build(
+        paths: &PpoModelPaths,
+        device: Device,
+        config: &PpoConfig,
+        custom_reward: Option<Box<dyn Reward>>,
+        train: &[PpoPrompt],
+        eval: &[PpoPrompt],
+        run: &RunOptions,
+    ) -> Result<Self> {
         config.validate()?;
         let custom = custom_reward.is_some();
-        let (models, reward) = load_models(paths, device, config, custom_reward, &|dir, device, kind| RewardModel::load(dir, device, Some(kind)))?;
+        let (models, reward) = load_models(
+            paths,
+            device,
+            config,
+            custom_reward,
+            &|dir, device, kind| RewardModel::load(dir, device, Some(kind)),
+        )?;
 
         let templates = templates(config)?;
         let tokenizer = &models.policy.tokenizer;
-        let train_tokens = TokenizedPrompts::new(&templates, tokenizer, train, Some(config.query_len))?;
-        let eval = &eval[..config.max_eval_prompts.unwrap_or(eval.len()).min(eval.len())];
+        let train_tokens =
+            TokenizedPrompts::new(&templates, tokenizer, train, Some(config.query_len))?;
+        let eval = &eval[..config
+            .max_eval_prompts
+            .unwrap_or(eval.len())
+            .min(eval.len())];
         let eval_tokens = TokenizedPrompts::new(&templates, tokenizer, eval, None)?;
         let kept = train_tokens.ids.len();
         if kept < config.rollout_batch_size {
-            return Err(TrainError::config("rollout_batch_size", format!("is {}, but only {kept} training prompts fit in query_len {} ({} longer ones dropped); give more prompts or lower rollout_batch_size", config.rollout_batch_size, config.query_len, train_tokens.dropped)));
+            return Err(TrainError::config(
+                "rollout_batch_size",
+                format!(
+                    "is {}, but only {kept} training prompts fit in query_len {} ({} longer ones \
+                     dropped); give more prompts or lower rollout_batch_size",
+                    config.rollout_batch_size, config.query_len, train_tokens.dropped
+                ),
+            ));
         }
-        let report = PpoDataReport { train_prompts: kept, dropped_long_prompts: train_tokens.dropped, eval_prompts: eval_tokens.ids.len() };
+        let report = PpoDataReport {
+            train_prompts: kept,
+            dropped_long_prompts: train_tokens.dropped,
+            eval_prompts: eval_tokens.ids.len(),
+        };
 
         let mut learner = Learner::new(config, models);
         let mut manifest_config = serde_json::to_value(config).expect("configs serialise");
-        manifest_config["models"] = serde_json::json!({ "policy": paths.policy, "reward_model": paths.reward_model, "answer_extractor": paths.answer_extractor, "custom_reward": custom });
-        let manifest = Manifest { base_model: Some(paths.policy.clone()), ..Manifest::new("ppo", manifest_config, Vec::new()) };
+        manifest_config["models"] = serde_json::json!({
+            "policy": paths.policy,
+            "reward_model": paths.reward_model,
+            "answer_extractor": paths.answer_extractor,
+            "custom_reward": custom,
+        });
+        let manifest = Manifest {
+            base_model: Some(paths.policy.clone()),
+            ..Manifest::new("ppo", manifest_config, Vec::new())
+        };
         let steps_per_epoch = (kept / config.rollout_batch_size) as u64;
-        let state = TrainState::new(config.total_steps, steps_per_epoch, kept, train_tokens.digest(train), config.seed);
-        let plan = StepPlan { units_per_step: config.rollout_batch_size, save_every: config.save_every, keep_checkpoints: config.keep_checkpoints };
+        let state = TrainState::new(
+            config.total_steps,
+            steps_per_epoch,
+            kept,
+            train_tokens.digest(train),
+            config.seed,
+        );
+        let plan = StepPlan {
+            units_per_step: config.rollout_batch_size,
+            save_every: config.save_every,
+            keep_checkpoints: config.keep_checkpoints,
+        };
         let training_run = TrainingRun::open(run, manifest, state, plan, &mut learner.params)?;
         if let Some(checkpoint) = training_run.checkpoint() {
             learner.kl.value = read_ppo_state(checkpoint)?;
         }
-        let steps = PpoSteps { learner, reward, prompts: train.to_vec(), train: train_tokens, eval_prompts: eval.to_vec(), eval: eval_tokens, policy_dir: paths.policy.clone() };
-        Ok(PpoTrainer { run: training_run, steps, report })
+        let steps = PpoSteps {
+            learner,
+            reward,
+            prompts: train.to_vec(),
+            train: train_tokens,
+            eval_prompts: eval.to_vec(),
+            eval: eval_tokens,
+            policy_dir: paths.policy.clone(),
+        };
+        Ok(PpoTrainer {
+            run: training_run,
+            steps,
+            report,
+        })
     }
 
     pub fn data_report(&self) -> &PpoDataReport {
@@ -380,7 +577,11 @@ impl PpoSteps {
     /// cut into rollout batches (a last partial batch is dropped), cycled forever.
     fn prompt_rows(&self, step: u64, steps_per_epoch: u64) -> Vec<usize> {
         let batch = self.learner.config.rollout_batch_size;
-        let order = epoch_order(self.train.ids.len(), self.learner.config.seed, step / steps_per_epoch);
+        let order = epoch_order(
+            self.train.ids.len(),
+            self.learner.config.seed,
+            step / steps_per_epoch,
+        );
         let offset = (step % steps_per_epoch) as usize * batch;
         order[offset..offset + batch].to_vec()
     }
@@ -391,18 +592,45 @@ impl RunSteps for PpoSteps {
     fn step(&mut self, state: &TrainState, run: &Path) -> Result<StepRecord> {
         let step = state.step;
         let rows = self.prompt_rows(step, state.steps_per_epoch);
-        let prompts: Vec<&PpoPrompt> = rows.iter().map(|&r| &self.prompts[self.train.index[r]]).collect();
-        let inputs: Vec<RolloutPrompt> = rows.iter().zip(&prompts).map(|(&r, p)| RolloutPrompt { ids: &self.train.ids[r], question: &p.question, answer: &p.answer }).collect();
+        let prompts: Vec<&PpoPrompt> = rows
+            .iter()
+            .map(|&r| &self.prompts[self.train.index[r]])
+            .collect();
+        let inputs: Vec<RolloutPrompt> = rows
+            .iter()
+            .zip(&prompts)
+            .map(|(&r, p)| RolloutPrompt {
+                ids: &self.train.ids[r],
+                question: &p.question,
+                answer: &p.answer,
+            })
+            .collect();
         let outcome = self.learner.step(self.reward.as_mut(), &inputs, step)?;
         if self.learner.config.dump_rollouts {
-            write_lines(run, "rollouts", step + 1, &rollout_lines(&outcome.rollouts, &prompts, &outcome.kl_sums))?;
+            write_lines(
+                run,
+                "rollouts",
+                step + 1,
+                &rollout_lines(&outcome.rollouts, &prompts, &outcome.kl_sums),
+            )?;
         }
         let mut metrics = serde_json::json!({});
         for (name, value) in &outcome.metrics {
             metrics[name] = (*value).into();
         }
-        let metric = |name: &str| outcome.metrics.iter().find(|(n, _)| n == name).map_or(f64::NAN, |(_, v)| *v);
-        let message = format!("reward {:.3}  kl {:.3}  update {:.1}s", metric("reward"), metric("kl"), outcome.update_seconds);
+        let metric = |name: &str| {
+            outcome
+                .metrics
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(f64::NAN, |(_, v)| *v)
+        };
+        let message = format!(
+            "reward {:.3}  kl {:.3}  update {:.1}s",
+            metric("reward"),
+            metric("kl"),
+            outcome.update_seconds
+        );
         Ok(StepRecord { metrics, message })
     }
 
@@ -418,13 +646,44 @@ impl RunSteps for PpoSteps {
             return Ok(Vec::new());
         }
         let seed = self.learner.config.seed;
-        let prompts: Vec<&PpoPrompt> = self.eval.index.iter().map(|&i| &self.eval_prompts[i]).collect();
-        let inputs: Vec<RolloutPrompt> = self.eval.ids.iter().zip(&prompts).map(|(ids, p)| RolloutPrompt { ids, question: &p.question, answer: &p.answer }).collect();
-        let sampling = reward::row_seeds(stream_seed(seed, Stream::EvalSampling, step), inputs.len());
-        let context = ScoreContext { seed: stream_seed(seed, Stream::EvalExtraction, step), evaluation: true };
-        let rollouts = collect_rollouts(&self.learner.models, self.reward.as_mut(), &inputs, &sampling, context, &self.learner.settings(false))?;
+        let prompts: Vec<&PpoPrompt> = self
+            .eval
+            .index
+            .iter()
+            .map(|&i| &self.eval_prompts[i])
+            .collect();
+        let inputs: Vec<RolloutPrompt> = self
+            .eval
+            .ids
+            .iter()
+            .zip(&prompts)
+            .map(|(ids, p)| RolloutPrompt {
+                ids,
+                question: &p.question,
+                answer: &p.answer,
+            })
+            .collect();
+        let sampling =
+            reward::row_seeds(stream_seed(seed, Stream::EvalSampling, step), inputs.len());
+        let context = ScoreContext {
+            seed: stream_seed(seed, Stream::EvalExtraction, step),
+            evaluation: true,
+        };
+        let rollouts = collect_rollouts(
+            &self.learner.models,
+            self.reward.as_mut(),
+            &inputs,
+            &sampling,
+            context,
+            &self.learner.settings(false),
+        )?;
         let kl_sums = row_sums(&(&rollouts.logprobs - &rollouts.ref_logprobs));
-        write_lines(run, "eval", step, &rollout_lines(&rollouts, &prompts, &kl_sums))?;
+        write_lines(
+            run,
+            "eval",
+            step,
+            &rollout_lines(&rollouts, &prompts, &kl_sums),
+        )?;
         Ok(rollout_metrics(&rollouts, &kl_sums, "eval_"))
     }
 
@@ -432,14 +691,25 @@ impl RunSteps for PpoSteps {
     fn save_checkpoint(&self, dir: &Path) -> Result<()> {
         self.learner.params.save(dir)?;
         let kl = self.learner.kl.value;
-        let state = PpoState { kl_coef: kl, kl_coef_bits: kl.to_bits() };
-        Ok(lincal_model::fsutil::write_atomic(&dir.join(PPO_STATE_FILE), serde_json::to_string_pretty(&state).expect("json").as_bytes())?)
+        let state = PpoState {
+            kl_coef: kl,
+            kl_coef_bits: kl.to_bits(),
+        };
+        Ok(lincal_model::fsutil::write_atomic(
+            &dir.join(PPO_STATE_FILE),
+            serde_json::to_string_pretty(&state)
+                .expect("json")
+                .as_bytes(),
+        )?)
     }
 
     /// Only the policy, as the reference saves.
     fn save_final(&mut self, dir: &Path) -> Result<()> {
         self.learner.params.promote_to_masters();
-        self.learner.models.policy.save_causal_lm(dir, &self.policy_dir)
+        self.learner
+            .models
+            .policy
+            .save_causal_lm(dir, &self.policy_dir)
     }
 }
 
@@ -447,12 +717,23 @@ impl RunSteps for PpoSteps {
 fn write_lines(run: &Path, folder: &str, step: u64, lines: &str) -> Result<()> {
     let dir = run.join(folder);
     std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
-    Ok(lincal_model::fsutil::write_atomic(&dir.join(format!("step-{step:08}.jsonl")), lines.as_bytes())?)
+    Ok(lincal_model::fsutil::write_atomic(
+        &dir.join(format!("step-{step:08}.jsonl")),
+        lines.as_bytes(),
+    )?)
 }
 
 fn read_ppo_state(checkpoint: &Path) -> Result<f64> {
     let path = checkpoint.join(PPO_STATE_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
-    let state: PpoState = serde_json::from_str(&text).map_err(|e| TrainError::run_dir(&path, format!("is not valid ({e}); the checkpoint is damaged: delete it to resume from the one before")))?;
+    let state: PpoState = serde_json::from_str(&text).map_err(|e| {
+        TrainError::run_dir(
+            &path,
+            format!(
+                "is not valid ({e}); the checkpoint is damaged: \
+                 delete it to resume from the one before"
+            ),
+        )
+    })?;
     Ok(f64::from_bits(state.kl_coef_bits))
 }

@@ -46,13 +46,22 @@ impl ValueModel {
     /// only trained backbone weights.
     pub fn new(backbone: Rc<RewardModel>, lora: Option<LoraAdapters>) -> Self {
         let head = ScalarHead::for_backbone(backbone.backbone(), HeadInit::Zero);
-        ValueModel { backbone, head, lora }
+        ValueModel {
+            backbone,
+            head,
+            lora,
+        }
     }
 
     /// Values `[b, W]` (f32) at the response positions of `batch`: V[t] estimates the return
     /// before response token t is emitted.
     pub(crate) fn forward(&self, batch: &ForwardBatch) -> Tensor {
-        let hidden = self.backbone.backbone().forward(&batch.input_ids, &batch.positions, Some(&batch.mask), None);
+        let hidden = self.backbone.backbone().forward(
+            &batch.input_ids,
+            &batch.positions,
+            Some(&batch.mask),
+            None,
+        );
         self.head.forward(&batch.response_states(&hidden))
     }
 
@@ -80,27 +89,86 @@ impl PpoModels {
     /// reference must be `None`; without, it must be a frozen copy of the policy. The
     /// tokenizer must have a pad and an EOS token and fit the policy's and the value
     /// backbone's vocabularies, because the value model reads the policy's tokens.
-    pub fn new(policy: CausalLm, policy_lora: Option<LoraAdapters>, reference: Option<CausalLm>, value: ValueModel, tokenizer: Tokenizer) -> Result<Self> {
-        let pad_id = tokenizer.pad_token().and_then(|t| tokenizer.token_id(&t)).ok_or_else(|| TrainError::config("tokenizer", "the policy tokenizer has no pad token; PPO pads responses with it (load the SFT model, which adds \"[PAD]\")"))?;
-        let eos_id = tokenizer.eos_token().and_then(|t| tokenizer.token_id(&t)).ok_or_else(|| TrainError::config("tokenizer", "the policy tokenizer has no eos_token; responses end at it, so set it in tokenizer_config.json"))?;
-        let policy = LoadedModel { model: policy, tokenizer, lora: policy_lora, pad_id, eos_id };
+    pub fn new(
+        policy: CausalLm,
+        policy_lora: Option<LoraAdapters>,
+        reference: Option<CausalLm>,
+        value: ValueModel,
+        tokenizer: Tokenizer,
+    ) -> Result<Self> {
+        let pad_id = tokenizer
+            .pad_token()
+            .and_then(|t| tokenizer.token_id(&t))
+            .ok_or_else(|| {
+                TrainError::config(
+                    "tokenizer",
+                    "the policy tokenizer has no pad token; PPO pads responses with it (load the \
+                     SFT model, which adds \"[PAD]\")",
+                )
+            })?;
+        let eos_id = tokenizer
+            .eos_token()
+            .and_then(|t| tokenizer.token_id(&t))
+            .ok_or_else(|| {
+                TrainError::config(
+                    "tokenizer",
+                    "the policy tokenizer has no eos_token; responses end at it, \
+                     so set it in tokenizer_config.json",
+                )
+            })?;
+        let policy = LoadedModel {
+            model: policy,
+            tokenizer,
+            lora: policy_lora,
+            pad_id,
+            eos_id,
+        };
         PpoModels::assemble(policy, reference, value)
     }
 
-    pub(crate) fn assemble(policy: LoadedModel, reference: Option<CausalLm>, value: ValueModel) -> Result<Self> {
+    pub(crate) fn assemble(
+        policy: LoadedModel,
+        reference: Option<CausalLm>,
+        value: ValueModel,
+    ) -> Result<Self> {
         match (&policy.lora, &reference) {
-            (Some(_), Some(_)) => return Err(TrainError::config("lora", "with LoRA the reference policy is the policy with its adapters off; pass no reference model")),
-            (None, None) => return Err(TrainError::config("reference", "full fine-tuning needs a frozen copy of the policy as the reference model")),
+            (Some(_), Some(_)) => {
+                return Err(TrainError::config(
+                    "lora",
+                    "with LoRA the reference policy is the policy with its adapters off; \
+                     pass no reference model",
+                ));
+            }
+            (None, None) => {
+                return Err(TrainError::config(
+                    "reference",
+                    "full fine-tuning needs a frozen copy of the policy as the reference model",
+                ));
+            }
             _ => {}
         }
         let tokens = policy.tokenizer.vocab_size() as i64;
         let value_vocab = value.backbone.backbone().config().vocab_size();
         if value_vocab < tokens {
-            return Err(TrainError::config("reward_model", format!("the value model reads the policy's tokens, but its backbone has {value_vocab} embedding rows and the policy tokenizer {tokens} tokens; train the reward model from the policy's SFT model")));
+            return Err(TrainError::config(
+                "reward_model",
+                format!(
+                    "the value model reads the policy's tokens, but its backbone has \
+                     {value_vocab} embedding rows and the policy tokenizer {tokens} tokens; \
+                     train the reward model from the policy's SFT model"
+                ),
+            ));
         }
-        policy.tokenizer.check_model_vocab(policy.model.config().vocab_size())?;
+        policy
+            .tokenizer
+            .check_model_vocab(policy.model.config().vocab_size())?;
         let eos_ids = eos_ids(&policy.model, &policy.tokenizer);
-        Ok(PpoModels { policy, reference, value, eos_ids })
+        Ok(PpoModels {
+            policy,
+            reference,
+            value,
+            eos_ids,
+        })
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -115,7 +183,12 @@ impl PpoModels {
     /// head) in LoRA mode, else every policy weight and every value-backbone weight but its
     /// unused output embedding. Everything else is frozen.
     pub(crate) fn trainable(&self) -> Vec<(String, Tensor)> {
-        let mut named: Vec<(String, Tensor)> = self.policy.trainable(&[]).into_iter().map(|(n, t)| (format!("policy.{n}"), t)).collect();
+        let mut named: Vec<(String, Tensor)> = self
+            .policy
+            .trainable(&[])
+            .into_iter()
+            .map(|(n, t)| (format!("policy.{n}"), t))
+            .collect();
         if let Some(reference) = &self.reference {
             freeze(reference.var_store().variables().into_values());
         }
@@ -128,14 +201,20 @@ impl PpoModels {
                 adapters.var_store().variables().into_iter().collect()
             }
             None => {
-                let (unused, trained): (Vec<_>, Vec<_>) = backbone.into_iter().partition(|(name, _)| OUTPUT_EMBEDDINGS.contains(&name.as_str()));
+                let (unused, trained): (Vec<_>, Vec<_>) = backbone
+                    .into_iter()
+                    .partition(|(name, _)| OUTPUT_EMBEDDINGS.contains(&name.as_str()));
                 freeze(unused.into_iter().map(|(_, t)| t));
                 trained
             }
         };
         value_named.extend(value.head.var_store().variables());
         value_named.sort_by(|a, b| a.0.cmp(&b.0));
-        named.extend(value_named.into_iter().map(|(n, t)| (format!("value.{n}"), t)));
+        named.extend(
+            value_named
+                .into_iter()
+                .map(|(n, t)| (format!("value.{n}"), t)),
+        );
         named
     }
 
@@ -151,7 +230,9 @@ impl PpoModels {
     pub(crate) fn reference_logprobs(&self, batch: &ForwardBatch, temperature: f64) -> Tensor {
         match (&self.reference, &self.policy.lora) {
             (Some(reference), _) => response_logprobs(reference, batch, temperature, false).0,
-            (None, Some(adapters)) => adapters.without_adapters(|| response_logprobs(&self.policy.model, batch, temperature, false).0),
+            (None, Some(adapters)) => adapters.without_adapters(|| {
+                response_logprobs(&self.policy.model, batch, temperature, false).0
+            }),
             (None, None) => unreachable!("checked in PpoModels::assemble"),
         }
     }
@@ -193,14 +274,28 @@ pub(crate) struct Sequences {
 impl Sequences {
     /// Lays out `queries` and `responses` (each row's tokens, EOS included) on `device`,
     /// responses padded to `width` tokens.
-    pub fn new(queries: &[&[i64]], responses: &[Vec<i64>], width: usize, pad_id: i64, device: tch::Device) -> Self {
+    pub fn new(
+        queries: &[&[i64]],
+        responses: &[Vec<i64>],
+        width: usize,
+        pad_id: i64,
+        device: tch::Device,
+    ) -> Self {
         let query_rows: Vec<Vec<i64>> = queries.iter().map(|q| q.to_vec()).collect();
         let (queries, query_mask) = lincal_model::generate::left_pad(&query_rows, pad_id, device);
         let mut ids = Vec::with_capacity(responses.len() * width);
         let mut mask = Vec::with_capacity(responses.len() * width);
         for response in responses {
-            ids.extend(response.iter().copied().chain(std::iter::repeat_n(pad_id, width - response.len())));
-            mask.extend(std::iter::repeat_n(1f32, response.len()).chain(std::iter::repeat_n(0.0, width - response.len())));
+            ids.extend(
+                response
+                    .iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(pad_id, width - response.len())),
+            );
+            mask.extend(
+                std::iter::repeat_n(1f32, response.len())
+                    .chain(std::iter::repeat_n(0.0, width - response.len())),
+            );
         }
         let shape = [responses.len() as i64, width as i64];
         Sequences {
@@ -221,7 +316,15 @@ impl Sequences {
         let index = row_index(rows, self.queries.device());
         let queries = self.queries.index_select(0, &index);
         let responses = self.responses.index_select(0, &index);
-        let key_mask = Tensor::cat(&[self.query_mask.index_select(0, &index), self.response_mask.index_select(0, &index).to_kind(Kind::Int64)], 1);
+        let key_mask = Tensor::cat(
+            &[
+                self.query_mask.index_select(0, &index),
+                self.response_mask
+                    .index_select(0, &index)
+                    .to_kind(Kind::Int64),
+            ],
+            1,
+        );
         let width = key_mask.size()[1];
         ForwardBatch {
             input_ids: Tensor::cat(&[&queries, &responses], 1),
@@ -261,12 +364,26 @@ impl ForwardBatch {
 /// Log-probs `[b, W]` (f32) of the response tokens under `model` at `temperature` (logits
 /// divided by it, SPEC 2.4), 0 on padding; with `with_entropy` also the entropies `[b, W]`
 /// of those distributions.
-pub(crate) fn response_logprobs(model: &CausalLm, batch: &ForwardBatch, temperature: f64, with_entropy: bool) -> (Tensor, Option<Tensor>) {
+pub(crate) fn response_logprobs(
+    model: &CausalLm,
+    batch: &ForwardBatch,
+    temperature: f64,
+    with_entropy: bool,
+) -> (Tensor, Option<Tensor>) {
     let hidden = model.forward(&batch.input_ids, &batch.positions, Some(&batch.mask), None);
-    let logits = model.logits(&batch.response_states(&hidden)).to_kind(Kind::Float) / temperature;
+    let logits = model
+        .logits(&batch.response_states(&hidden))
+        .to_kind(Kind::Float)
+        / temperature;
     let log_softmax = logits.log_softmax(-1, Kind::Float);
-    let chosen = log_softmax.gather(-1, &batch.responses.unsqueeze(-1), false).squeeze_dim(-1) * &batch.response_mask;
-    let entropy = with_entropy.then(|| -(log_softmax.exp() * &log_softmax).sum_dim_intlist(-1, false, Kind::Float) * &batch.response_mask);
+    let chosen = log_softmax
+        .gather(-1, &batch.responses.unsqueeze(-1), false)
+        .squeeze_dim(-1)
+        * &batch.response_mask;
+    let entropy = with_entropy.then(|| {
+        -(log_softmax.exp() * &log_softmax).sum_dim_intlist(-1, false, Kind::Float)
+            * &batch.response_mask
+    });
     (chosen, entropy)
 }
 
@@ -293,7 +410,13 @@ pub(crate) fn templates(config: &PpoConfig) -> Result<Templates> {
 pub(crate) type RewardModelLoader<'a> = &'a dyn Fn(&Path, Device, Kind) -> Result<RewardModel>;
 
 /// Runs a reward-model load inside `with_lora`, whose builder reports model errors only.
-fn load_reward_model_with_lora(config: &PpoConfig, dir: &Path, device: Device, kind: Kind, load: RewardModelLoader) -> Result<(RewardModel, LoraAdapters)> {
+fn load_reward_model_with_lora(
+    config: &PpoConfig,
+    dir: &Path,
+    device: Device,
+    kind: Kind,
+    load: RewardModelLoader,
+) -> Result<(RewardModel, LoraAdapters)> {
     let lora = config.lora.as_ref().expect("LoRA mode");
     let mut failure = None;
     let built = with_lora(lora, device, config.seed.wrapping_add(1), || {
@@ -312,16 +435,35 @@ fn load_reward_model_with_lora(config: &PpoConfig, dir: &Path, device: Device, k
 /// The models of a run in the arrangement `config` asks for (see the table above), and its reward:
 /// `custom_reward`, or the built-in one of `config.rl_type`. `load_reward_model` reads
 /// `paths.reward_model` (`RewardModel::load` when training).
-pub(crate) fn load_models(paths: &PpoModelPaths, device: Device, config: &PpoConfig, custom_reward: Option<Box<dyn Reward>>, load_reward_model: RewardModelLoader) -> Result<(PpoModels, Box<dyn Reward>)> {
+pub(crate) fn load_models(
+    paths: &PpoModelPaths,
+    device: Device,
+    config: &PpoConfig,
+    custom_reward: Option<Box<dyn Reward>>,
+    load_reward_model: RewardModelLoader,
+) -> Result<(PpoModels, Box<dyn Reward>)> {
     // The ExtractAnswers model of the built-in decision-based reward, checked before any
     // model is loaded.
     let extractor_dir = match (&custom_reward, config.rl_type, &paths.answer_extractor) {
-        (None, RlType::DecisionBased, None) => return Err(TrainError::config("answer_extractor", "decision-based RL needs the ExtractAnswers model; give its directory (or use rl_type = \"factuality\")")),
+        (None, RlType::DecisionBased, None) => {
+            return Err(TrainError::config(
+                "answer_extractor",
+                "decision-based RL needs the ExtractAnswers model; \
+                 give its directory (or use rl_type = \"factuality\")",
+            ));
+        }
         (None, RlType::DecisionBased, Some(dir)) => Some(dir),
         _ => None,
     };
     let kind = config.precision.kind(device);
-    let policy = LoadedModel::load(&paths.policy, device, kind, config.lora.as_ref(), config.seed, &config.pad_token)?;
+    let policy = LoadedModel::load(
+        &paths.policy,
+        device,
+        kind,
+        config.lora.as_ref(),
+        config.seed,
+        &config.pad_token,
+    )?;
     let reference = match config.lora {
         Some(_) => None,
         None => Some(load_reference(&policy, &paths.policy)?),
@@ -330,11 +472,23 @@ pub(crate) fn load_models(paths: &PpoModelPaths, device: Device, config: &PpoCon
     // rewards then share; otherwise the value model is a trained copy of it.
     let (value, shared_reward_model) = match config.lora {
         Some(_) => {
-            let (model, adapters) = load_reward_model_with_lora(config, &paths.reward_model, device, kind, load_reward_model)?;
+            let (model, adapters) = load_reward_model_with_lora(
+                config,
+                &paths.reward_model,
+                device,
+                kind,
+                load_reward_model,
+            )?;
             let model = Rc::new(model);
             (ValueModel::new(model.clone(), Some(adapters)), Some(model))
         }
-        None => (ValueModel::new(Rc::new(load_reward_model(&paths.reward_model, device, kind)?), None), None),
+        None => (
+            ValueModel::new(
+                Rc::new(load_reward_model(&paths.reward_model, device, kind)?),
+                None,
+            ),
+            None,
+        ),
     };
     let models = PpoModels::assemble(policy, reference, value)?;
     let reward: Box<dyn Reward> = match custom_reward {
@@ -346,8 +500,20 @@ pub(crate) fn load_models(paths: &PpoModelPaths, device: Device, config: &PpoCon
             };
             let reward_tokenizer = Tokenizer::from_dir(&paths.reward_model)?;
             match extractor_dir {
-                Some(dir) => Box::new(DecisionReward::new(CausalLm::load(dir, device, Some(kind))?, Tokenizer::from_dir(dir)?, reward_model, reward_tokenizer, templates(config)?, config.reward.clone())?),
-                None => Box::new(BinaryCorrectnessReward::new(reward_model, reward_tokenizer, templates(config)?, config.reward.clone())?),
+                Some(dir) => Box::new(DecisionReward::new(
+                    CausalLm::load(dir, device, Some(kind))?,
+                    Tokenizer::from_dir(dir)?,
+                    reward_model,
+                    reward_tokenizer,
+                    templates(config)?,
+                    config.reward.clone(),
+                )?),
+                None => Box::new(BinaryCorrectnessReward::new(
+                    reward_model,
+                    reward_tokenizer,
+                    templates(config)?,
+                    config.reward.clone(),
+                )?),
             }
         }
     };

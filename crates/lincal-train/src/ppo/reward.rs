@@ -52,12 +52,19 @@ pub struct ScoreContext {
 /// failures as [`TrainError::Reward`].
 pub trait Reward {
     /// One output per input, in order.
-    fn score(&mut self, inputs: &[RewardInput<'_>], context: ScoreContext) -> Result<Vec<RewardOutput>>;
+    fn score(
+        &mut self,
+        inputs: &[RewardInput<'_>],
+        context: ScoreContext,
+    ) -> Result<Vec<RewardOutput>>;
 }
 
 /// `n` sampling seeds drawn from `seed`.
 pub fn row_seeds(seed: u64, n: usize) -> Vec<u64> {
-    rand_chacha::ChaCha8Rng::seed_from_u64(seed).random_iter().take(n).collect()
+    rand_chacha::ChaCha8Rng::seed_from_u64(seed)
+        .random_iter()
+        .take(n)
+        .collect()
 }
 
 /// `R = ln(max(p_gt, ε)) − λ·|Σ_j p_j − 1| + offset` (SPEC 1.7) with its log-loss and
@@ -65,8 +72,13 @@ pub fn row_seeds(seed: u64, n: usize) -> Vec<u64> {
 /// ground-truth row is not in the sum); with no answer the penalty is −λ.
 pub fn decision_reward(p_gt: f64, p_extracted: &[f64], config: &RewardConfig) -> (f64, f64, f64) {
     let log_loss = p_gt.max(config.cross_entropy_epsilon).ln();
-    let normalization = -config.normalization_lambda * (p_extracted.iter().sum::<f64>() - 1.0).abs();
-    (log_loss + normalization + config.reward_offset, log_loss, normalization)
+    let normalization =
+        -config.normalization_lambda * (p_extracted.iter().sum::<f64>() - 1.0).abs();
+    (
+        log_loss + normalization + config.reward_offset,
+        log_loss,
+        normalization,
+    )
 }
 
 /// `R = 1[sigmoid(ℓ) > 0.5] + offset` (SPEC 1.8) with sigmoid(ℓ). The indicator is taken as
@@ -102,33 +114,87 @@ pub struct DecisionReward {
 impl DecisionReward {
     /// `extractor` is the ExtractAnswers causal LM (GPT-NeoX in the reference) with its
     /// tokenizer; `forecaster` the ForecastProbs reward model with its tokenizer.
-    pub fn new(extractor: CausalLm, extractor_tokenizer: Tokenizer, forecaster: Rc<RewardModel>, forecaster_tokenizer: Tokenizer, templates: Templates, config: RewardConfig) -> Result<Self> {
+    pub fn new(
+        extractor: CausalLm,
+        extractor_tokenizer: Tokenizer,
+        forecaster: Rc<RewardModel>,
+        forecaster_tokenizer: Tokenizer,
+        templates: Templates,
+        config: RewardConfig,
+    ) -> Result<Self> {
         let extractor_eos = eos_ids(&extractor, &extractor_tokenizer);
         if extractor_eos.is_empty() {
-            return Err(TrainError::config("answer_extractor", "the ExtractAnswers model names no EOS token (tokenizer_config.json or config.json); its outputs would never end"));
+            return Err(TrainError::config(
+                "answer_extractor",
+                "the ExtractAnswers model names no EOS token (tokenizer_config.json or \
+                 config.json); its outputs would never end",
+            ));
         }
         let extractor_pad = padding_id(&extractor_tokenizer, "answer_extractor")?;
-        let forecaster = Scorer::new(forecaster, forecaster_tokenizer, config.model_max_length, config.score_batch_size, "reward_model")?;
-        Ok(DecisionReward { extractor, extractor_tokenizer, extractor_eos, extractor_pad, forecaster, templates, config })
+        let forecaster = Scorer::new(
+            forecaster,
+            forecaster_tokenizer,
+            config.model_max_length,
+            config.score_batch_size,
+            "reward_model",
+        )?;
+        Ok(DecisionReward {
+            extractor,
+            extractor_tokenizer,
+            extractor_eos,
+            extractor_pad,
+            forecaster,
+            templates,
+            config,
+        })
     }
 
     /// ExtractAnswers' raw outputs for `inputs` (SPEC 1.5: sampled at temperature 0.3).
     fn extract(&self, inputs: &[RewardInput<'_>], context: ScoreContext) -> Result<Vec<String>> {
         let c = &self.config;
-        let (top_k, top_p) = if context.evaluation { (c.extractor_eval_top_k, c.extractor_eval_top_p) } else { (c.extractor_top_k, c.extractor_top_p) };
-        let params = SamplingParams { temperature: c.extractor_temperature, top_p, top_k, max_new_tokens: c.extractor_max_new_tokens, stop: Vec::new() };
+        let (top_k, top_p) = if context.evaluation {
+            (c.extractor_eval_top_k, c.extractor_eval_top_p)
+        } else {
+            (c.extractor_top_k, c.extractor_top_p)
+        };
+        let params = SamplingParams {
+            temperature: c.extractor_temperature,
+            top_p,
+            top_k,
+            max_new_tokens: c.extractor_max_new_tokens,
+            stop: Vec::new(),
+        };
         let prompts = inputs
             .iter()
-            .map(|input| Ok(self.extractor_tokenizer.encode(&self.templates.extract_answers_model(input.question, input.paragraph)?, true)?))
+            .map(|input| {
+                Ok(self.extractor_tokenizer.encode(
+                    &self
+                        .templates
+                        .extract_answers_model(input.question, input.paragraph)?,
+                    true,
+                )?)
+            })
             .collect::<Result<Vec<Vec<i64>>>>()?;
         let seeds = row_seeds(context.seed, inputs.len());
         let mut texts = Vec::with_capacity(inputs.len());
-        for (chunk, chunk_seeds) in prompts.chunks(c.extractor_batch_size).zip(seeds.chunks(c.extractor_batch_size)) {
-            let request = BatchRequest { eos_ids: &self.extractor_eos, pad_id: self.extractor_pad, ..BatchRequest::new(chunk, chunk_seeds, &params) };
+        for (chunk, chunk_seeds) in prompts
+            .chunks(c.extractor_batch_size)
+            .zip(seeds.chunks(c.extractor_batch_size))
+        {
+            let request = BatchRequest {
+                eos_ids: &self.extractor_eos,
+                pad_id: self.extractor_pad,
+                ..BatchRequest::new(chunk, chunk_seeds, &params)
+            };
             let out = generate_batch(&self.extractor, &request, None)?;
             let tokens = Vec::<Vec<i64>>::try_from(out.tokens.to_device(tch::Device::Cpu))?;
             for (row, &len) in tokens.iter().zip(&out.lengths) {
-                texts.push(self.extractor_tokenizer.decode(&row[..len as usize], true)?.trim().to_string());
+                texts.push(
+                    self.extractor_tokenizer
+                        .decode(&row[..len as usize], true)?
+                        .trim()
+                        .to_string(),
+                );
             }
         }
         Ok(texts)
@@ -136,14 +202,26 @@ impl DecisionReward {
 }
 
 impl Reward for DecisionReward {
-    fn score(&mut self, inputs: &[RewardInput<'_>], context: ScoreContext) -> Result<Vec<RewardOutput>> {
+    fn score(
+        &mut self,
+        inputs: &[RewardInput<'_>],
+        context: ScoreContext,
+    ) -> Result<Vec<RewardOutput>> {
         let extractions = self.extract(inputs, context)?;
-        let parsed: Vec<(Vec<String>, bool)> = extractions.iter().map(|text| parse_extraction(text)).collect();
+        let parsed: Vec<(Vec<String>, bool)> = extractions
+            .iter()
+            .map(|text| parse_extraction(text))
+            .collect();
         // Ground truth first, then each extracted answer, even one equal to the ground truth.
         let mut texts = Vec::new();
         for (input, (answers, _)) in inputs.iter().zip(&parsed) {
-            for candidate in std::iter::once(input.answer).chain(answers.iter().map(String::as_str)) {
-                texts.push(self.templates.forecast_probs_model(input.question, input.paragraph, candidate)?);
+            for candidate in std::iter::once(input.answer).chain(answers.iter().map(String::as_str))
+            {
+                texts.push(self.templates.forecast_probs_model(
+                    input.question,
+                    input.paragraph,
+                    candidate,
+                )?);
             }
         }
         let mut probabilities = self.forecaster.probabilities(&texts)?.into_iter();
@@ -158,10 +236,22 @@ impl Reward for DecisionReward {
                 ("p_ground_truth".to_string(), p_gt),
                 ("p_answers_sum".to_string(), p_answers.iter().sum()),
                 ("answers".to_string(), answers.len() as f64),
-                ("extraction_unparsed".to_string(), if parsed_ok { 0.0 } else { 1.0 }),
+                (
+                    "extraction_unparsed".to_string(),
+                    if parsed_ok { 0.0 } else { 1.0 },
+                ),
             ]);
-            let details = serde_json::json!({ "extraction": extraction, "answers": answers, "p_answers": p_answers, "p_ground_truth": p_gt });
-            outputs.push(RewardOutput { reward, terms, details });
+            let details = serde_json::json!({
+                "extraction": extraction,
+                "answers": answers,
+                "p_answers": p_answers,
+                "p_ground_truth": p_gt,
+            });
+            outputs.push(RewardOutput {
+                reward,
+                terms,
+                details,
+            });
         }
         Ok(outputs)
     }
@@ -176,26 +266,58 @@ pub struct BinaryCorrectnessReward {
 }
 
 impl BinaryCorrectnessReward {
-    pub fn new(model: Rc<RewardModel>, tokenizer: Tokenizer, templates: Templates, config: RewardConfig) -> Result<Self> {
-        let model = Scorer::new(model, tokenizer, config.model_max_length, config.score_batch_size, "reward_model")?;
-        Ok(BinaryCorrectnessReward { model, templates, config })
+    pub fn new(
+        model: Rc<RewardModel>,
+        tokenizer: Tokenizer,
+        templates: Templates,
+        config: RewardConfig,
+    ) -> Result<Self> {
+        let model = Scorer::new(
+            model,
+            tokenizer,
+            config.model_max_length,
+            config.score_batch_size,
+            "reward_model",
+        )?;
+        Ok(BinaryCorrectnessReward {
+            model,
+            templates,
+            config,
+        })
     }
 }
 
 impl Reward for BinaryCorrectnessReward {
-    fn score(&mut self, inputs: &[RewardInput<'_>], _context: ScoreContext) -> Result<Vec<RewardOutput>> {
+    fn score(
+        &mut self,
+        inputs: &[RewardInput<'_>],
+        _context: ScoreContext,
+    ) -> Result<Vec<RewardOutput>> {
         // The reward model was trained on paragraphs cut to their first 2000 characters.
         let texts = inputs
             .iter()
-            .map(|input| Ok(self.templates.binary_correctness_model(input.question, cut_paragraph(input.paragraph), input.answer)?))
+            .map(|input| {
+                Ok(self.templates.binary_correctness_model(
+                    input.question,
+                    cut_paragraph(input.paragraph),
+                    input.answer,
+                )?)
+            })
             .collect::<Result<Vec<String>>>()?;
         let logits = self.model.logits(&texts)?;
         Ok(logits
             .iter()
             .map(|&logit| {
                 let (reward, probability) = binary_reward(logit as f64, self.config.reward_offset);
-                let terms = BTreeMap::from([("probability".to_string(), probability), ("correct".to_string(), reward - self.config.reward_offset)]);
-                RewardOutput { reward, terms, details: serde_json::json!({ "probability": probability }) }
+                let terms = BTreeMap::from([
+                    ("probability".to_string(), probability),
+                    ("correct".to_string(), reward - self.config.reward_offset),
+                ]);
+                RewardOutput {
+                    reward,
+                    terms,
+                    details: serde_json::json!({ "probability": probability }),
+                }
             })
             .collect())
     }
@@ -247,7 +369,10 @@ mod tests {
     #[test]
     fn extractions_parse_to_answer_sets() {
         assert_eq!(parse_extraction("No Answer"), (vec![], true));
-        assert_eq!(parse_extraction("Paris; Lyon ; Paris"), (vec!["Paris".to_string(), "Lyon".to_string()], true));
+        assert_eq!(
+            parse_extraction("Paris; Lyon ; Paris"),
+            (vec!["Paris".to_string(), "Lyon".to_string()], true)
+        );
         // Nothing usable: no answers, reported as unparsed.
         assert_eq!(parse_extraction(""), (vec![], false));
         assert_eq!(row_seeds(7, 3), row_seeds(7, 3));

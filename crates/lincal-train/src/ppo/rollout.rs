@@ -4,8 +4,8 @@
 
 use super::models::{PpoModels, Sequences, response_logprobs};
 use super::reward::{Reward, RewardInput, RewardOutput, ScoreContext};
-use crate::training_run::synchronize;
 use crate::error::{Result, TrainError};
+use crate::training_run::synchronize;
 use lincal_data::prompts::Templates;
 pub use lincal_data::schema::PpoPrompt;
 use lincal_model::{BatchRequest, FinishReason, SamplingParams, Tokenizer, generate_batch};
@@ -27,12 +27,25 @@ impl TokenizedPrompts {
     /// Renders each prompt's query with the policy template and tokenises it (special tokens
     /// added, as in SFT); with `max_len`, longer prompts are dropped, as the reference drops
     /// them from training.
-    pub fn new(templates: &Templates, tokenizer: &Tokenizer, prompts: &[PpoPrompt], max_len: Option<usize>) -> Result<Self> {
-        let mut tokenized = TokenizedPrompts { ids: Vec::new(), index: Vec::new(), dropped: 0 };
+    pub fn new(
+        templates: &Templates,
+        tokenizer: &Tokenizer,
+        prompts: &[PpoPrompt],
+        max_len: Option<usize>,
+    ) -> Result<Self> {
+        let mut tokenized = TokenizedPrompts {
+            ids: Vec::new(),
+            index: Vec::new(),
+            dropped: 0,
+        };
         for (index, prompt) in prompts.iter().enumerate() {
             let ids = tokenizer.encode(&templates.policy(&prompt.query)?, true)?;
             if ids.is_empty() {
-                return Err(TrainError::Data { set: "ppo", index, message: "the rendered query has no tokens".into() });
+                return Err(TrainError::Data {
+                    set: "ppo",
+                    index,
+                    message: "the rendered query has no tokens".into(),
+                });
             }
             if max_len.is_some_and(|max| ids.len() > max) {
                 tokenized.dropped += 1;
@@ -113,7 +126,14 @@ impl Rollouts {
 
 /// Samples a response to each prompt (row `i` seeded by `sampling_seeds[i]`), scores it,
 /// and computes the log-probs (and values) by forward passes over query + response.
-pub(crate) fn collect_rollouts(models: &PpoModels, reward: &mut dyn Reward, prompts: &[RolloutPrompt<'_>], sampling_seeds: &[u64], context: ScoreContext, settings: &RolloutSettings) -> Result<Rollouts> {
+pub(crate) fn collect_rollouts(
+    models: &PpoModels,
+    reward: &mut dyn Reward,
+    prompts: &[RolloutPrompt<'_>],
+    sampling_seeds: &[u64],
+    context: ScoreContext,
+    settings: &RolloutSettings,
+) -> Result<Rollouts> {
     let device = models.policy.model.device();
     models.set_training(false);
     let timed = |started: Instant| {
@@ -125,12 +145,19 @@ pub(crate) fn collect_rollouts(models: &PpoModels, reward: &mut dyn Reward, prom
     let generation_seconds = timed(started);
 
     let started = Instant::now();
-    let texts = responses.iter().map(|r| Ok(models.policy.tokenizer.decode(r, true)?)).collect::<Result<Vec<String>>>()?;
+    let texts = responses
+        .iter()
+        .map(|r| Ok(models.policy.tokenizer.decode(r, true)?))
+        .collect::<Result<Vec<String>>>()?;
     let rewards = score_responses(models, reward, prompts, &texts, context)?;
     let reward_seconds = timed(started);
 
     let started = Instant::now();
-    let width = if settings.full_width { settings.response_len } else { responses.iter().map(Vec::len).max().unwrap_or(1) };
+    let width = if settings.full_width {
+        settings.response_len
+    } else {
+        responses.iter().map(Vec::len).max().unwrap_or(1)
+    };
     let queries: Vec<&[i64]> = prompts.iter().map(|p| p.ids).collect();
     let seqs = Sequences::new(&queries, &responses, width, models.policy.pad_id, device);
     let passes = forward_passes(models, &seqs, settings);
@@ -144,22 +171,48 @@ pub(crate) fn collect_rollouts(models: &PpoModels, reward: &mut dyn Reward, prom
         entropy: passes.entropy,
         values: passes.values,
         rewards,
-        timing: RolloutTiming { generation_seconds, reward_seconds, forward_seconds },
+        timing: RolloutTiming {
+            generation_seconds,
+            reward_seconds,
+            forward_seconds,
+        },
     })
 }
 
 /// Samples each response at the rollout temperature (no top-k or top-p, SPEC 2.3) up to
 /// `response_len` tokens; returns each row's tokens (EOS included) and whether EOS ended it.
-fn sample_responses(models: &PpoModels, prompts: &[RolloutPrompt<'_>], seeds: &[u64], settings: &RolloutSettings) -> Result<(Vec<Vec<i64>>, Vec<bool>)> {
-    let params = SamplingParams { temperature: settings.temperature, top_p: 1.0, top_k: 0, max_new_tokens: settings.response_len as i64, stop: Vec::new() };
+fn sample_responses(
+    models: &PpoModels,
+    prompts: &[RolloutPrompt<'_>],
+    seeds: &[u64],
+    settings: &RolloutSettings,
+) -> Result<(Vec<Vec<i64>>, Vec<bool>)> {
+    let params = SamplingParams {
+        temperature: settings.temperature,
+        top_p: 1.0,
+        top_k: 0,
+        max_new_tokens: settings.response_len as i64,
+        stop: Vec::new(),
+    };
     let mut responses = Vec::with_capacity(prompts.len());
     let mut ended_with_eos = Vec::with_capacity(prompts.len());
-    for (chunk, chunk_seeds) in prompts.chunks(settings.generation_batch_size).zip(seeds.chunks(settings.generation_batch_size)) {
+    for (chunk, chunk_seeds) in prompts
+        .chunks(settings.generation_batch_size)
+        .zip(seeds.chunks(settings.generation_batch_size))
+    {
         let ids: Vec<Vec<i64>> = chunk.iter().map(|p| p.ids.to_vec()).collect();
-        let request = BatchRequest { eos_ids: &models.eos_ids, pad_id: models.policy.pad_id, ..BatchRequest::new(&ids, chunk_seeds, &params) };
+        let request = BatchRequest {
+            eos_ids: &models.eos_ids,
+            pad_id: models.policy.pad_id,
+            ..BatchRequest::new(&ids, chunk_seeds, &params)
+        };
         let out = generate_batch(&models.policy.model, &request, None)?;
         let tokens = Vec::<Vec<i64>>::try_from(out.tokens.to_device(tch::Device::Cpu))?;
-        for ((row, &len), reason) in tokens.into_iter().zip(&out.lengths).zip(&out.finish_reasons) {
+        for ((row, &len), reason) in tokens
+            .into_iter()
+            .zip(&out.lengths)
+            .zip(&out.finish_reasons)
+        {
             responses.push(row[..len as usize].to_vec());
             ended_with_eos.push(*reason == FinishReason::Eos);
         }
@@ -169,14 +222,48 @@ fn sample_responses(models: &PpoModels, prompts: &[RolloutPrompt<'_>], seeds: &[
 
 /// The sequence reward of each decoded response. In LoRA mode the reward model shares its
 /// base with the value model, so the value adapters are off meanwhile.
-fn score_responses(models: &PpoModels, reward: &mut dyn Reward, prompts: &[RolloutPrompt<'_>], texts: &[String], context: ScoreContext) -> Result<Vec<RewardOutput>> {
-    let inputs: Vec<RewardInput> = prompts.iter().zip(texts).map(|(p, text)| RewardInput { question: p.question, answer: p.answer, paragraph: text }).collect();
-    let rewards = models.value.without_adapters(|| reward.score(&inputs, context))?;
+fn score_responses(
+    models: &PpoModels,
+    reward: &mut dyn Reward,
+    prompts: &[RolloutPrompt<'_>],
+    texts: &[String],
+    context: ScoreContext,
+) -> Result<Vec<RewardOutput>> {
+    let inputs: Vec<RewardInput> = prompts
+        .iter()
+        .zip(texts)
+        .map(|(p, text)| RewardInput {
+            question: p.question,
+            answer: p.answer,
+            paragraph: text,
+        })
+        .collect();
+    let rewards = models
+        .value
+        .without_adapters(|| reward.score(&inputs, context))?;
     if rewards.len() != prompts.len() {
-        return Err(TrainError::config("reward", format!("the reward returned {} scores for {} responses", rewards.len(), prompts.len())));
+        return Err(TrainError::config(
+            "reward",
+            format!(
+                "the reward returned {} scores for {} responses",
+                rewards.len(),
+                prompts.len()
+            ),
+        ));
     }
-    if let Some((index, bad)) = rewards.iter().enumerate().find(|(_, r)| !r.reward.is_finite()) {
-        return Err(TrainError::Data { set: "rollout", index, message: format!("the reward is {}; rewards must be finite numbers", bad.reward) });
+    if let Some((index, bad)) = rewards
+        .iter()
+        .enumerate()
+        .find(|(_, r)| !r.reward.is_finite())
+    {
+        return Err(TrainError::Data {
+            set: "rollout",
+            index,
+            message: format!(
+                "the reward is {}; rewards must be finite numbers",
+                bad.reward
+            ),
+        });
     }
     Ok(rewards)
 }
@@ -195,13 +282,19 @@ struct ForwardPasses {
 /// as the update's and the reference's, so the ratio and the KL compare like with like, while
 /// sampling's incremental decoding differs from a full pass by rounding, which the KL clamp
 /// at 0 would turn into a positive penalty.
-fn forward_passes(models: &PpoModels, seqs: &Sequences, settings: &RolloutSettings) -> ForwardPasses {
-    let (mut logprobs, mut ref_logprobs, mut entropy, mut values) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+fn forward_passes(
+    models: &PpoModels,
+    seqs: &Sequences,
+    settings: &RolloutSettings,
+) -> ForwardPasses {
+    let (mut logprobs, mut ref_logprobs, mut entropy, mut values) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     tch::no_grad(|| {
         let rows: Vec<usize> = (0..seqs.rows()).collect();
         for chunk in rows.chunks(settings.forward_batch_size) {
             let batch = seqs.batch(chunk);
-            let (lp, ent) = response_logprobs(&models.policy.model, &batch, settings.temperature, true);
+            let (lp, ent) =
+                response_logprobs(&models.policy.model, &batch, settings.temperature, true);
             logprobs.push(lp);
             entropy.push(ent.expect("asked for entropy"));
             ref_logprobs.push(models.reference_logprobs(&batch, settings.temperature));

@@ -25,7 +25,8 @@ fn fixture() -> Fixture {
         std::fs::create_dir_all(&path).unwrap();
         path
     };
-    let (policy_dir, reward_dir, extractor_dir) = (dir("policy"), dir("reward_model"), dir("extractor"));
+    let (policy_dir, reward_dir, extractor_dir) =
+        (dir("policy"), dir("reward_model"), dir("extractor"));
     write_tokenizer(&policy_dir, 64);
     let mut tokenizer = Tokenizer::from_dir(&policy_dir).unwrap();
     assert_eq!(tokenizer.add_special_token("pad_token", "[PAD]"), 64);
@@ -35,23 +36,44 @@ fn fixture() -> Fixture {
     policy.save(&policy_dir, usize::MAX).unwrap();
     let mut backbone = random_model(tiny_llama(false), 8);
     backbone.resize_token_embeddings(65).unwrap();
-    RewardModel::new(backbone, HeadInit::Default { seed: 3 }, "policy").save(&reward_dir).unwrap();
+    RewardModel::new(backbone, HeadInit::Default { seed: 3 }, "policy")
+        .save(&reward_dir)
+        .unwrap();
     tokenizer.save(&reward_dir).unwrap();
-    random_model(tiny_neox(), 9).save(&extractor_dir, usize::MAX).unwrap();
+    random_model(tiny_neox(), 9)
+        .save(&extractor_dir, usize::MAX)
+        .unwrap();
     write_tokenizer(&extractor_dir, 64);
-    Fixture { paths: PpoModelPaths { policy: policy_dir, reward_model: reward_dir, answer_extractor: Some(extractor_dir) }, _root: root }
+    Fixture {
+        paths: PpoModelPaths {
+            policy: policy_dir,
+            reward_model: reward_dir,
+            answer_extractor: Some(extractor_dir),
+        },
+        _root: root,
+    }
 }
 
 /// 12 prompts of words the test tokenizer knows; the policy template adds 18 unknown words.
 fn prompts() -> Vec<PpoPrompt> {
     (0..12)
-        .map(|i| PpoPrompt { question_id: Some(format!("q{i}")), query: format!("t{} t{}", 3 + i, 20 + i), question: format!("t{} t{}", 40 + i, 41 + i), answer: format!("t{}", 50 + i) })
+        .map(|i| PpoPrompt {
+            question_id: Some(format!("q{i}")),
+            query: format!("t{} t{}", 3 + i, 20 + i),
+            question: format!("t{} t{}", 40 + i, 41 + i),
+            answer: format!("t{}", 50 + i),
+        })
         .collect()
 }
 
 /// Small CPU settings: 8 rollouts of at most 6 tokens, one optimizer step per PPO step.
 fn config(rl_type: RlType) -> PpoConfig {
-    let mut config = PpoConfig::preset(if rl_type == RlType::DecisionBased { "lc_ppo" } else { "factuality_ppo" }).unwrap();
+    let mut config = PpoConfig::preset(if rl_type == RlType::DecisionBased {
+        "lc_ppo"
+    } else {
+        "factuality_ppo"
+    })
+    .unwrap();
     config.total_steps = 4;
     config.rollout_batch_size = 8;
     config.step_batch_size = 8;
@@ -70,25 +92,40 @@ fn config(rl_type: RlType) -> PpoConfig {
 }
 
 fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn train_records(run: &Path) -> Vec<serde_json::Value> {
-    read_jsonl(&run.join("metrics.jsonl")).into_iter().filter(|m| m.get("policy_loss").is_some()).collect()
+    read_jsonl(&run.join("metrics.jsonl"))
+        .into_iter()
+        .filter(|m| m.get("policy_loss").is_some())
+        .collect()
 }
 
 /// The toy task: the reward is the fraction of the response's words that are "t20".
 struct TargetWordReward;
 
 impl Reward for TargetWordReward {
-    fn score(&mut self, inputs: &[RewardInput<'_>], _context: ScoreContext) -> Result<Vec<RewardOutput>> {
+    fn score(
+        &mut self,
+        inputs: &[RewardInput<'_>],
+        _context: ScoreContext,
+    ) -> Result<Vec<RewardOutput>> {
         Ok(inputs
             .iter()
             .map(|input| {
                 let words: Vec<&str> = input.paragraph.split_whitespace().collect();
                 let hits = words.iter().filter(|w| **w == "t20").count() as f64;
                 let reward = hits / words.len().max(1) as f64;
-                RewardOutput { reward, terms: BTreeMap::from([("hits".to_string(), hits)]), details: serde_json::Value::Null }
+                RewardOutput {
+                    reward,
+                    terms: BTreeMap::from([("hits".to_string(), hits)]),
+                    details: serde_json::Value::Null,
+                }
             })
             .collect())
     }
@@ -100,30 +137,65 @@ impl Reward for TargetWordReward {
 #[test]
 fn the_first_update_has_zero_kl_and_unit_ratio() {
     let fixture = fixture();
-    for lora in [None, Some(LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, target_modules: vec!["q_proj".into(), "v_proj".into()] })] {
+    for lora in [
+        None,
+        Some(LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            target_modules: vec!["q_proj".into(), "v_proj".into()],
+        }),
+    ] {
         let run = tempfile::tempdir().unwrap();
-        let config = PpoConfig { lora: lora.clone(), ..config(RlType::DecisionBased) };
-        let mut trainer = PpoTrainer::new(&fixture.paths, Device::Cpu, &config, &prompts(), &prompts()[..3], &run_options(run.path())).unwrap();
+        let config = PpoConfig {
+            lora: lora.clone(),
+            ..config(RlType::DecisionBased)
+        };
+        let mut trainer = PpoTrainer::new(
+            &fixture.paths,
+            Device::Cpu,
+            &config,
+            &prompts(),
+            &prompts()[..3],
+            &run_options(run.path()),
+        )
+        .unwrap();
         let summary = trainer.train(Some(1)).unwrap();
         assert_eq!((summary.steps, summary.final_dir.clone()), (1, None));
         let record = &train_records(run.path())[0];
         for name in ["kl", "kl_penalty", "approx_kl", "policy_clipfrac"] {
-            assert_eq!(record[name].as_f64(), Some(0.0), "{name} with lora {:?}: {record}", lora.is_some());
+            assert_eq!(
+                record[name].as_f64(),
+                Some(0.0),
+                "{name} with lora {:?}: {record}",
+                lora.is_some()
+            );
         }
         // The value head starts at zero: every value is 0, so no value is clipped either.
-        assert_eq!((record["values"].as_f64(), record["value_clipfrac"].as_f64()), (Some(0.0), Some(0.0)));
+        assert_eq!(
+            (record["values"].as_f64(), record["value_clipfrac"].as_f64()),
+            (Some(0.0), Some(0.0))
+        );
         // Warmup: the first step runs at learning rate 0.
         assert_eq!(record["learning_rate"].as_f64(), Some(0.0));
         let rollouts = read_jsonl(&run.path().join("rollouts/step-00000001.jsonl"));
         assert_eq!(rollouts.len(), 8);
         for rollout in &rollouts {
             let terms = &rollout["terms"];
-            let reward = terms["log_loss"].as_f64().unwrap() + terms["normalization"].as_f64().unwrap() + 5.0;
-            assert!((rollout["reward"].as_f64().unwrap() - reward).abs() < 1e-9, "{rollout}");
+            let reward = terms["log_loss"].as_f64().unwrap()
+                + terms["normalization"].as_f64().unwrap()
+                + 5.0;
+            assert!(
+                (rollout["reward"].as_f64().unwrap() - reward).abs() < 1e-9,
+                "{rollout}"
+            );
             assert!(rollout["response_tokens"].as_i64().unwrap() <= 6);
         }
         // Evaluation runs after step 1 on the 3 validation prompts.
-        assert_eq!(read_jsonl(&run.path().join("eval/step-00000001.jsonl")).len(), 3);
+        assert_eq!(
+            read_jsonl(&run.path().join("eval/step-00000001.jsonl")).len(),
+            3
+        );
         assert!(summary.eval.iter().any(|(name, _)| name == "eval_reward"));
     }
 }
@@ -146,14 +218,37 @@ fn ppo_raises_a_toy_reward() {
     config.kl_coef = 0.01;
     config.warmup_steps = 0;
     config.dump_rollouts = false;
-    let prompts: Vec<PpoPrompt> = (0..32).map(|i| PpoPrompt { question_id: None, query: format!("t{}", 3 + i), question: "t5".into(), answer: "t6".into() }).collect();
-    let mut trainer = PpoTrainer::with_reward(&fixture.paths, Device::Cpu, &config, Box::new(TargetWordReward), &prompts, &[], &run_options(run.path())).unwrap();
+    let prompts: Vec<PpoPrompt> = (0..32)
+        .map(|i| PpoPrompt {
+            question_id: None,
+            query: format!("t{}", 3 + i),
+            question: "t5".into(),
+            answer: "t6".into(),
+        })
+        .collect();
+    let mut trainer = PpoTrainer::with_reward(
+        &fixture.paths,
+        Device::Cpu,
+        &config,
+        Box::new(TargetWordReward),
+        &prompts,
+        &[],
+        &run_options(run.path()),
+    )
+    .unwrap();
     let summary = trainer.train(None).unwrap();
     assert!(summary.final_dir.is_some());
-    let rewards: Vec<f64> = train_records(run.path()).iter().map(|r| r["reward"].as_f64().unwrap()).collect();
+    let rewards: Vec<f64> = train_records(run.path())
+        .iter()
+        .map(|r| r["reward"].as_f64().unwrap())
+        .collect();
     assert_eq!(rewards.len(), 20);
     let last = rewards[15..].iter().sum::<f64>() / 5.0;
-    assert!(rewards[0] < 0.1 && last > 0.7, "mean reward {:.3} at step 1, {last:.3} over steps 16-20: {rewards:?}", rewards[0]);
+    assert!(
+        rewards[0] < 0.1 && last > 0.7,
+        "mean reward {:.3} at step 1, {last:.3} over steps 16-20: {rewards:?}",
+        rewards[0]
+    );
 }
 
 /// A run stopped after 3 of 4 steps whose step-3 checkpoint is then lost (as if killed before
@@ -169,7 +264,19 @@ fn killed_run_resumes_bit_identical() {
     config.learning_rate = 1e-3;
     config.adaptive_kl = true;
     config.kl_target = 0.01;
-    let train = |dir: &Path, stop: Option<u64>| PpoTrainer::new(&fixture.paths, Device::Cpu, &config, &prompts(), &prompts()[..2], &run_options(dir)).unwrap().train(stop).unwrap();
+    let train = |dir: &Path, stop: Option<u64>| {
+        PpoTrainer::new(
+            &fixture.paths,
+            Device::Cpu,
+            &config,
+            &prompts(),
+            &prompts()[..2],
+            &run_options(dir),
+        )
+        .unwrap()
+        .train(stop)
+        .unwrap()
+    };
     let whole = tempfile::tempdir().unwrap();
     train(whole.path(), None);
 
@@ -177,11 +284,19 @@ fn killed_run_resumes_bit_identical() {
     assert_eq!(train(broken.path(), Some(3)).steps, 3);
     let checkpoints = broken.path().join("checkpoints");
     std::fs::remove_dir_all(checkpoints.join("step-00000003")).unwrap();
-    assert!(checkpoints.join("step-00000002").join(PPO_STATE_FILE).exists());
+    assert!(
+        checkpoints
+            .join("step-00000002")
+            .join(PPO_STATE_FILE)
+            .exists()
+    );
     let summary = train(broken.path(), None);
     assert_eq!((summary.resumed_from, summary.steps), (Some(2), 4));
 
-    let (a, b) = (saved_tensors(&whole.path().join("final")), saved_tensors(&broken.path().join("final")));
+    let (a, b) = (
+        saved_tensors(&whole.path().join("final")),
+        saved_tensors(&broken.path().join("final")),
+    );
     assert_eq!(a.len(), b.len());
     for (name, tensor) in &a {
         assert!(tensor.equal(&b[name]), "{name} differs after resume");
@@ -191,7 +306,9 @@ fn killed_run_resumes_bit_identical() {
             .into_iter()
             .map(|mut m| {
                 // Times differ between runs; everything else must not.
-                m.as_object_mut().unwrap().retain(|k, _| !k.ends_with("seconds"));
+                m.as_object_mut()
+                    .unwrap()
+                    .retain(|k, _| !k.ends_with("seconds"));
                 m
             })
             .collect::<Vec<_>>()
@@ -199,11 +316,22 @@ fn killed_run_resumes_bit_identical() {
     let whole_metrics = metrics(whole.path());
     assert_eq!(whole_metrics, metrics(broken.path()));
     // The controller moved β away from 0.1 (the KL is above its tiny target).
-    let betas: Vec<f64> = whole_metrics.iter().filter_map(|m| m["kl_coef"].as_f64()).collect();
+    let betas: Vec<f64> = whole_metrics
+        .iter()
+        .filter_map(|m| m["kl_coef"].as_f64())
+        .collect();
     assert_eq!(betas.len(), 4);
     assert!(betas[3] != 0.1, "{betas:?}");
-    for file in ["rollouts/step-00000004.jsonl", "eval/step-00000004.jsonl", "eval/step-00000002.jsonl"] {
-        assert_eq!(read_jsonl(&whole.path().join(file)), read_jsonl(&broken.path().join(file)), "{file}");
+    for file in [
+        "rollouts/step-00000004.jsonl",
+        "eval/step-00000004.jsonl",
+        "eval/step-00000002.jsonl",
+    ] {
+        assert_eq!(
+            read_jsonl(&whole.path().join(file)),
+            read_jsonl(&broken.path().join(file)),
+            "{file}"
+        );
     }
     // A finished run is not trained again.
     assert_eq!(train(broken.path(), None).last_step, Vec::new());
@@ -216,11 +344,24 @@ fn lora_mode_trains_adapters_on_shared_frozen_bases() {
     let fixture = fixture();
     let run = tempfile::tempdir().unwrap();
     let mut config = config(RlType::Factuality);
-    config.lora = Some(LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, target_modules: vec!["q_proj".into(), "v_proj".into()] });
+    config.lora = Some(LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        target_modules: vec!["q_proj".into(), "v_proj".into()],
+    });
     config.total_steps = 3;
     config.warmup_steps = 0;
     config.learning_rate = 1e-2;
-    let mut trainer = PpoTrainer::new(&fixture.paths, Device::Cpu, &config, &prompts(), &[], &run_options(run.path())).unwrap();
+    let mut trainer = PpoTrainer::new(
+        &fixture.paths,
+        Device::Cpu,
+        &config,
+        &prompts(),
+        &[],
+        &run_options(run.path()),
+    )
+    .unwrap();
     let trainable = trainer.steps.learner.params.num_parameters();
     // q_proj and v_proj adapters of 2 layers (r 4: 4·32 + 32·4 and 4·32 + 16·4) for policy and
     // value, plus the value head's 32 + 1.
@@ -229,19 +370,45 @@ fn lora_mode_trains_adapters_on_shared_frozen_bases() {
     let models = &trainer.steps.learner.models;
     let loaded = lincal_model::CausalLm::load(&fixture.paths.policy, Device::Cpu, None).unwrap();
     let name = "model.layers.0.self_attn.q_proj.weight";
-    assert!(models.policy.model.var_store().variables()[name].equal(&loaded.var_store().variables()[name]));
+    assert!(
+        models.policy.model.var_store().variables()[name]
+            .equal(&loaded.var_store().variables()[name])
+    );
     let adapters = models.value.lora.as_ref().unwrap();
-    let moved = adapters.var_store().variables().iter().filter(|(n, _)| n.contains("lora_B")).map(|(_, t)| t.abs().max().double_value(&[])).fold(0.0, f64::max);
+    let moved = adapters
+        .var_store()
+        .variables()
+        .iter()
+        .filter(|(n, _)| n.contains("lora_B"))
+        .map(|(_, t)| t.abs().max().double_value(&[]))
+        .fold(0.0, f64::max);
     assert!(moved > 0.0, "the value adapters were trained");
     let tokenizer = Tokenizer::from_dir(&fixture.paths.reward_model).unwrap();
     let texts = vec!["t5 t6 t7".to_string(), "t9".to_string()];
-    let fresh = RewardModel::load(&fixture.paths.reward_model, Device::Cpu, None).unwrap().score_texts(&tokenizer, &texts, 64, 64, 2).unwrap();
+    let fresh = RewardModel::load(&fixture.paths.reward_model, Device::Cpu, None)
+        .unwrap()
+        .score_texts(&tokenizer, &texts, 64, 64, 2)
+        .unwrap();
     let shared = &models.value.backbone;
-    assert_eq!(models.value.without_adapters(|| shared.score_texts(&tokenizer, &texts, 64, 64, 2)).unwrap(), fresh);
-    assert_ne!(shared.score_texts(&tokenizer, &texts, 64, 64, 2).unwrap(), fresh);
+    assert_eq!(
+        models
+            .value
+            .without_adapters(|| shared.score_texts(&tokenizer, &texts, 64, 64, 2))
+            .unwrap(),
+        fresh
+    );
+    assert_ne!(
+        shared.score_texts(&tokenizer, &texts, 64, 64, 2).unwrap(),
+        fresh
+    );
     let summary = trainer.train(None).unwrap();
     let final_dir = summary.final_dir.unwrap();
-    assert!(final_dir.join("adapter").join("adapter_model.safetensors").exists());
+    assert!(
+        final_dir
+            .join("adapter")
+            .join("adapter_model.safetensors")
+            .exists()
+    );
 }
 
 /// The LC reward on real (tiny) reader models equals the formula applied to what the
@@ -251,32 +418,93 @@ fn the_decision_reward_combines_extraction_and_forecasts() {
     let fixture = fixture();
     let config = config(RlType::DecisionBased).reward;
     let dir = fixture.paths.answer_extractor.as_ref().unwrap();
-    let forecaster = Rc::new(RewardModel::load(&fixture.paths.reward_model, Device::Cpu, None).unwrap());
+    let forecaster =
+        Rc::new(RewardModel::load(&fixture.paths.reward_model, Device::Cpu, None).unwrap());
     let tokenizer = Tokenizer::from_dir(&fixture.paths.reward_model).unwrap();
-    let mut reward = DecisionReward::new(lincal_model::CausalLm::load(dir, Device::Cpu, None).unwrap(), Tokenizer::from_dir(dir).unwrap(), forecaster.clone(), Tokenizer::from_dir(&fixture.paths.reward_model).unwrap(), Templates::builtin().unwrap(), config.clone()).unwrap();
-    let inputs = [RewardInput { question: "t40 t41", answer: "t50", paragraph: "t7 t8 t9" }, RewardInput { question: "t42", answer: "t51", paragraph: "t10" }];
-    let context = ScoreContext { seed: 11, evaluation: false };
+    let mut reward = DecisionReward::new(
+        lincal_model::CausalLm::load(dir, Device::Cpu, None).unwrap(),
+        Tokenizer::from_dir(dir).unwrap(),
+        forecaster.clone(),
+        Tokenizer::from_dir(&fixture.paths.reward_model).unwrap(),
+        Templates::builtin().unwrap(),
+        config.clone(),
+    )
+    .unwrap();
+    let inputs = [
+        RewardInput {
+            question: "t40 t41",
+            answer: "t50",
+            paragraph: "t7 t8 t9",
+        },
+        RewardInput {
+            question: "t42",
+            answer: "t51",
+            paragraph: "t10",
+        },
+    ];
+    let context = ScoreContext {
+        seed: 11,
+        evaluation: false,
+    };
     let outputs = reward.score(&inputs, context).unwrap();
     assert_eq!(outputs, reward.score(&inputs, context).unwrap());
     let templates = Templates::builtin().unwrap();
     for (input, output) in inputs.iter().zip(&outputs) {
-        let answers: Vec<String> = serde_json::from_value(output.details["answers"].clone()).unwrap();
-        assert_eq!(answers, reward::parse_extraction(output.details["extraction"].as_str().unwrap()).0);
-        let candidates: Vec<String> = std::iter::once(input.answer.to_string()).chain(answers.iter().cloned()).collect();
-        let texts: Vec<String> = candidates.iter().map(|c| templates.forecast_probs_model(input.question, input.paragraph, c).unwrap()).collect();
-        let probabilities: Vec<f64> = forecaster.score_texts(&tokenizer, &texts, 1024, 64, 7).unwrap().iter().map(|&l| crate::sigmoid(f64::from(l))).collect();
-        let (expected, log_loss, normalization) = reward::decision_reward(probabilities[0], &probabilities[1..], &config);
-        assert!((output.reward - expected).abs() < 1e-6, "{output:?} vs {expected}");
-        assert!((output.terms["log_loss"] - log_loss).abs() < 1e-6 && (output.terms["normalization"] - normalization).abs() < 1e-6);
+        let answers: Vec<String> =
+            serde_json::from_value(output.details["answers"].clone()).unwrap();
+        assert_eq!(
+            answers,
+            reward::parse_extraction(output.details["extraction"].as_str().unwrap()).0
+        );
+        let candidates: Vec<String> = std::iter::once(input.answer.to_string())
+            .chain(answers.iter().cloned())
+            .collect();
+        let texts: Vec<String> = candidates
+            .iter()
+            .map(|c| {
+                templates
+                    .forecast_probs_model(input.question, input.paragraph, c)
+                    .unwrap()
+            })
+            .collect();
+        let probabilities: Vec<f64> = forecaster
+            .score_texts(&tokenizer, &texts, 1024, 64, 7)
+            .unwrap()
+            .iter()
+            .map(|&l| crate::sigmoid(f64::from(l)))
+            .collect();
+        let (expected, log_loss, normalization) =
+            reward::decision_reward(probabilities[0], &probabilities[1..], &config);
+        assert!(
+            (output.reward - expected).abs() < 1e-6,
+            "{output:?} vs {expected}"
+        );
+        assert!(
+            (output.terms["log_loss"] - log_loss).abs() < 1e-6
+                && (output.terms["normalization"] - normalization).abs() < 1e-6
+        );
         assert_eq!(output.terms["answers"], answers.len() as f64);
     }
     // The Factuality reward thresholds the binary model's probability at 0.5.
-    let mut binary = BinaryCorrectnessReward::new(forecaster.clone(), Tokenizer::from_dir(&fixture.paths.reward_model).unwrap(), Templates::builtin().unwrap(), config.clone()).unwrap();
+    let mut binary = BinaryCorrectnessReward::new(
+        forecaster.clone(),
+        Tokenizer::from_dir(&fixture.paths.reward_model).unwrap(),
+        Templates::builtin().unwrap(),
+        config.clone(),
+    )
+    .unwrap();
     let outputs = binary.score(&inputs, context).unwrap();
     for (input, output) in inputs.iter().zip(&outputs) {
-        let text = templates.binary_correctness_model(input.question, input.paragraph, input.answer).unwrap();
-        let logit = forecaster.score_texts(&tokenizer, &[text], 1024, 64, 1).unwrap()[0] as f64;
-        assert_eq!(output.reward, if logit > 0.0 { 1.0 } else { 0.0 } + config.reward_offset);
+        let text = templates
+            .binary_correctness_model(input.question, input.paragraph, input.answer)
+            .unwrap();
+        let logit = forecaster
+            .score_texts(&tokenizer, &[text], 1024, 64, 1)
+            .unwrap()[0] as f64;
+        assert_eq!(
+            output.reward,
+            if logit > 0.0 { 1.0 } else { 0.0 } + config.reward_offset
+        );
     }
 }
 
@@ -290,30 +518,96 @@ fn reference_padding_and_dropped_prompts() {
     config.reference_padding = true;
     config.total_steps = 1;
     let mut data = prompts();
-    data.push(PpoPrompt { question_id: None, query: (3..40).map(|i| format!("t{i}")).collect::<Vec<_>>().join(" "), question: "t4".into(), answer: "t5".into() });
-    let mut trainer = PpoTrainer::new(&fixture.paths, Device::Cpu, &config, &data, &[], &run_options(run.path())).unwrap();
-    assert_eq!(trainer.data_report(), &PpoDataReport { train_prompts: 12, dropped_long_prompts: 1, eval_prompts: 0 });
+    data.push(PpoPrompt {
+        question_id: None,
+        query: (3..40)
+            .map(|i| format!("t{i}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        question: "t4".into(),
+        answer: "t5".into(),
+    });
+    let mut trainer = PpoTrainer::new(
+        &fixture.paths,
+        Device::Cpu,
+        &config,
+        &data,
+        &[],
+        &run_options(run.path()),
+    )
+    .unwrap();
+    assert_eq!(
+        trainer.data_report(),
+        &PpoDataReport {
+            train_prompts: 12,
+            dropped_long_prompts: 1,
+            eval_prompts: 0
+        }
+    );
     trainer.train(None).unwrap();
     let record = &train_records(run.path())[0];
-    assert!(record["policy_loss"].as_f64().unwrap().is_finite() && record["value_loss"].as_f64().unwrap().is_finite(), "{record}");
+    assert!(
+        record["policy_loss"].as_f64().unwrap().is_finite()
+            && record["value_loss"].as_f64().unwrap().is_finite(),
+        "{record}"
+    );
 }
 
 #[test]
 fn bad_settings_and_prompts_are_named() {
     let fixture = fixture();
     let run = tempfile::tempdir().unwrap();
-    let err = PpoTrainer::new(&fixture.paths, Device::Cpu, &config(RlType::Factuality), &prompts()[..5], &[], &run_options(run.path())).err().unwrap().to_string();
-    assert_eq!(err, "config field `rollout_batch_size`: is 8, but only 5 training prompts fit in query_len 40 (0 longer ones dropped); give more prompts or lower rollout_batch_size");
-    let paths = PpoModelPaths { answer_extractor: None, ..fixture.paths.clone() };
-    let err = PpoTrainer::new(&paths, Device::Cpu, &config(RlType::DecisionBased), &prompts(), &[], &run_options(run.path())).err().unwrap().to_string();
-    assert_eq!(err, "config field `answer_extractor`: decision-based RL needs the ExtractAnswers model; give its directory (or use rl_type = \"factuality\")");
+    let err = PpoTrainer::new(
+        &fixture.paths,
+        Device::Cpu,
+        &config(RlType::Factuality),
+        &prompts()[..5],
+        &[],
+        &run_options(run.path()),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert_eq!(
+        err,
+        "config field `rollout_batch_size`: is 8, but only 5 training prompts fit in query_len 40 \
+         (0 longer ones dropped); give more prompts or lower rollout_batch_size"
+    );
+    let paths = PpoModelPaths {
+        answer_extractor: None,
+        ..fixture.paths.clone()
+    };
+    let err = PpoTrainer::new(
+        &paths,
+        Device::Cpu,
+        &config(RlType::DecisionBased),
+        &prompts(),
+        &[],
+        &run_options(run.path()),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert_eq!(
+        err,
+        "config field `answer_extractor`: decision-based RL needs the ExtractAnswers model; \
+         give its directory (or use rl_type = \"factuality\")"
+    );
     let file = run.path().join("prompts.jsonl");
-    std::fs::write(&file, "{\"query\": \"a\", \"question\": \"b\", \"answer\": \"c\"}\n{\"query\": \"a\", \"question\": \"b\", \"answer\": \" \"}\n").unwrap();
+    std::fs::write(
+        &file,
+        "{\"query\": \"a\", \"question\": \"b\", \"answer\": \"c\"}\n\
+         {\"query\": \"a\", \"question\": \"b\", \"answer\": \" \"}\n",
+    )
+    .unwrap();
     let err = PpoPrompt::read_jsonl(&file).unwrap_err().to_string();
     assert!(err.ends_with("prompts.jsonl:2: `answer` is empty"), "{err}");
     std::fs::write(&file, "{\"query\": \"a\", \"question\": \"b\"}\n").unwrap();
     let err = PpoPrompt::read_jsonl(&file).unwrap_err().to_string();
-    assert!(err.contains("prompts.jsonl:1: missing field `answer`"), "{err}");
+    assert!(
+        err.contains("prompts.jsonl:1: missing field `answer`"),
+        "{err}"
+    );
 }
 
 /// The PPO step benchmark makes every model of a decision-based run from one causal LM (here
@@ -326,19 +620,52 @@ fn bench_times_one_step_at_the_given_geometry() {
     config.step_batch_size = 4;
     config.query_len = 5;
     config.response_len = 3;
-    config.lora = Some(LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, target_modules: vec!["q_proj".into(), "v_proj".into()] });
+    config.lora = Some(LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        target_modules: vec!["q_proj".into(), "v_proj".into()],
+    });
     let result = bench_ppo(&fixture.paths.policy, Device::Cpu, &config, 1).unwrap();
-    assert_eq!((result.rollouts, result.query_len, result.response_len), (4, 5, 3));
-    assert!(result.generation_seconds > 0.0 && result.reward_seconds > 0.0 && result.update_seconds > 0.0);
-    assert!(result.scoring_seconds >= result.reward_seconds && result.total_seconds >= result.generation_seconds + result.scoring_seconds + result.update_seconds);
+    assert_eq!(
+        (result.rollouts, result.query_len, result.response_len),
+        (4, 5, 3)
+    );
+    assert!(
+        result.generation_seconds > 0.0
+            && result.reward_seconds > 0.0
+            && result.update_seconds > 0.0
+    );
+    assert!(
+        result.scoring_seconds >= result.reward_seconds
+            && result.total_seconds
+                >= result.generation_seconds + result.scoring_seconds + result.update_seconds
+    );
     assert!(result.generated_tokens_per_second > 0.0);
     // Trained: rank-4 adapters on q (32 → 32) and v (32 → 16) in 2 layers, for the policy and
     // the value backbone, 2 · 4 · (64 + 48) each, and the value head (32 weights, 1 bias).
     assert_eq!(result.trainable_parameters, 2 * 2 * 4 * (64 + 48) + 33);
-    assert_eq!((result.first_step_kl, result.first_step_approx_kl), (0.0, 0.0));
+    assert_eq!(
+        (result.first_step_kl, result.first_step_approx_kl),
+        (0.0, 0.0)
+    );
     // The extractor's tokenizer has no pad token: it cannot stand in for every model.
-    let err = bench_ppo(fixture.paths.answer_extractor.as_ref().unwrap(), Device::Cpu, &config, 0).err().unwrap().to_string();
-    assert!(err.contains("tokenizer_config.json sets no pad_token; the benchmark uses this model as policy and reward model"), "{err}");
+    let err = bench_ppo(
+        fixture.paths.answer_extractor.as_ref().unwrap(),
+        Device::Cpu,
+        &config,
+        0,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains(
+            "tokenizer_config.json sets no pad_token; the benchmark uses this model as policy \
+             and reward model"
+        ),
+        "{err}"
+    );
 }
 
 #[cfg(feature = "cuda")]
@@ -351,7 +678,15 @@ fn ppo_trains_in_bf16_on_the_gpu() {
     config.precision = Precision::Auto;
     config.total_steps = 3;
     config.eval_every = 2;
-    let mut trainer = PpoTrainer::new(&fixture.paths, Device::Cuda(0), &config, &prompts(), &prompts()[..4], &run_options(run.path())).unwrap();
+    let mut trainer = PpoTrainer::new(
+        &fixture.paths,
+        Device::Cuda(0),
+        &config,
+        &prompts(),
+        &prompts()[..4],
+        &run_options(run.path()),
+    )
+    .unwrap();
     assert_eq!(trainer.policy().kind(), tch::Kind::BFloat16);
     let summary = trainer.train(None).unwrap();
     eprintln!("gpu ppo: last step {:?}", summary.last_step);
@@ -368,8 +703,12 @@ fn ppo_trains_in_bf16_on_the_gpu() {
 #[ignore = "needs a CUDA GPU"]
 fn ppo_step_time_of_a_smollm2_shaped_model() {
     let device = Device::Cuda(0);
-    let shape = r#"{"model_type":"llama","vocab_size":49152,"hidden_size":576,"intermediate_size":1536,"num_hidden_layers":30,
-        "num_attention_heads":9,"num_key_value_heads":3,"rms_norm_eps":1e-5,"rope_theta":100000.0,"tie_word_embeddings":true,"eos_token_id":2}"#;
+    let shape = concat!(
+        r#"{"model_type":"llama","vocab_size":49152,"hidden_size":576,"intermediate_size":1536,"#,
+        r#""num_hidden_layers":30,
+        "num_attention_heads":9,"num_key_value_heads":3,"rms_norm_eps":1e-5,"#,
+        r#""rope_theta":100000.0,"tie_word_embeddings":true,"eos_token_id":2}"#
+    );
     let config = lincal_model::ModelConfig::from_json(shape).unwrap();
     let dir = tempfile::tempdir().unwrap();
     write_tokenizer(dir.path(), 49151);
@@ -378,11 +717,34 @@ fn ppo_step_time_of_a_smollm2_shaped_model() {
     tokenizer.save(dir.path()).unwrap();
     tch::manual_seed(0);
     let model = || lincal_model::CausalLm::new(config.clone(), device, tch::Kind::BFloat16);
-    let reward_model = Rc::new(RewardModel::new(model(), HeadInit::Default { seed: 0 }, "bench"));
-    let value = ValueModel::new(Rc::new(RewardModel::new(model(), HeadInit::Zero, "bench")), None);
-    let models = PpoModels::new(model(), None, Some(model()), value, Tokenizer::from_dir(dir.path()).unwrap()).unwrap();
+    let reward_model = Rc::new(RewardModel::new(
+        model(),
+        HeadInit::Default { seed: 0 },
+        "bench",
+    ));
+    let value = ValueModel::new(
+        Rc::new(RewardModel::new(model(), HeadInit::Zero, "bench")),
+        None,
+    );
+    let models = PpoModels::new(
+        model(),
+        None,
+        Some(model()),
+        value,
+        Tokenizer::from_dir(dir.path()).unwrap(),
+    )
+    .unwrap();
     let ppo = PpoConfig::preset("factuality_ppo").unwrap();
-    let mut reward = BinaryCorrectnessReward::new(reward_model, Tokenizer::from_dir(dir.path()).unwrap(), Templates::builtin().unwrap(), ppo.reward.clone()).unwrap();
+    let mut reward = BinaryCorrectnessReward::new(
+        reward_model,
+        Tokenizer::from_dir(dir.path()).unwrap(),
+        Templates::builtin().unwrap(),
+        ppo.reward.clone(),
+    )
+    .unwrap();
     let result = bench_ppo_step(models, &mut reward, &ppo, 1).unwrap();
-    eprintln!("bench ppo smollm2-135m bf16: {}", serde_json::to_string(&result).unwrap());
+    eprintln!(
+        "bench ppo smollm2-135m bf16: {}",
+        serde_json::to_string(&result).unwrap()
+    );
 }
