@@ -519,7 +519,7 @@ impl Templates {
     }
 
     /// Asks a teacher for the answers a paragraph gives; parse the reply with
-    /// [`crate::parse::parse_extracted_answers`].
+    /// [`crate::parse::parse_teacher_extraction`].
     pub fn extract_answers(
         &self,
         question: &str,

@@ -11,6 +11,7 @@
 
 use lincal_data::parse::{
     LexicalReader, contains_match, parse_extracted_answers, parse_probability,
+    parse_teacher_extraction,
 };
 use lincal_data::prompts::{
     EXTRACT_ANSWERS_MAX_TOKENS, EXTRACT_ANSWERS_TEMPERATURE, ExtractionUse, Templates,
@@ -89,7 +90,7 @@ impl Reader for LlmReader<'_> {
                 )?;
                 Ok((chat_prompt(messages), format!("extract/{}", input.id)))
             },
-            parse_extracted_answers,
+            parse_teacher_extraction,
         )
     }
 
