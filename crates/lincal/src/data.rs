@@ -45,6 +45,10 @@ pub enum DataCommand {
         roles: String,
         #[arg(long, default_value_t = lincal_data::schema::SPLIT_SEED)]
         seed: u64,
+        /// Keep only questions whose text contains this word (case-insensitive), e.g.
+        /// `capital`: a subset chosen by a property of the questions.
+        #[arg(long)]
+        question_contains: Option<String>,
     },
 }
 
@@ -71,14 +75,22 @@ pub fn parse_roles(text: &str) -> Result<Vec<RoleSize>> {
         .collect()
 }
 
-/// Splits `questions` into `out/ROLE.jsonl` files; returns each role's path and count.
+/// Splits `questions` (those whose text contains `question_contains`, case-insensitive, when
+/// given) into `out/ROLE.jsonl` files; returns each role's path and count.
 pub fn split_questions(
     questions: &Path,
     out: &Path,
     roles: &[RoleSize],
     seed: u64,
+    question_contains: Option<&str>,
 ) -> Result<Vec<(PathBuf, usize)>> {
-    let records = sources::read_qa_jsonl(questions)?;
+    let mut records = sources::read_qa_jsonl(questions)?;
+    if let Some(word) = question_contains {
+        // A property of the questions alone (never of a model's answers): e.g. "capital" keeps
+        // questions about well-known places.
+        let word = word.to_lowercase();
+        records.retain(|r| r.question.to_lowercase().contains(&word));
+    }
     let split = split_roles(records, roles, seed)
         .with_context(|| format!("splitting {}", questions.display()))?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -157,8 +169,15 @@ pub fn run_data(command: DataCommand) -> Result<()> {
             out,
             roles,
             seed,
+            question_contains,
         } => {
-            for (path, count) in split_questions(&questions, &out, &parse_roles(&roles)?, seed)? {
+            for (path, count) in split_questions(
+                &questions,
+                &out,
+                &parse_roles(&roles)?,
+                seed,
+                question_contains.as_deref(),
+            )? {
                 println!("{count} questions: {}", path.display());
             }
         }

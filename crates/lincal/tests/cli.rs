@@ -288,3 +288,48 @@ fn data_split_writes_disjoint_roles_the_same_way_twice() {
         String::from_utf8_lossy(&run.stderr)
     );
 }
+
+#[test]
+fn data_split_can_keep_only_questions_that_name_a_word() {
+    let dir = tempfile::tempdir().unwrap();
+    let questions = dir.path().join("qa.jsonl");
+    let lines: Vec<String> = (0..12)
+        .map(|i| {
+            let question = if i % 3 == 0 {
+                format!("What is the Capital of land {i}?")
+            } else {
+                format!("Who wrote book {i}?")
+            };
+            format!("{{\"id\": \"q{i}\", \"question\": \"{question}\", \"answer\": \"A{i}\"}}")
+        })
+        .collect();
+    std::fs::write(&questions, lines.join("\n") + "\n").unwrap();
+    let out = dir.path().join("split");
+    let run = lincal(&[
+        "data",
+        "split",
+        questions.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--roles",
+        "sft=1,test=rest",
+        "--question-contains",
+        "capital",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let kept: Vec<serde_json::Value> = ["sft", "test"]
+        .iter()
+        .flat_map(|role| read_jsonl(&out.join(format!("{role}.jsonl"))))
+        .collect();
+    let mut ids: Vec<&str> = kept.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["q0", "q3", "q6", "q9"],
+        "case-insensitive, and nothing else"
+    );
+}
