@@ -120,12 +120,7 @@ fn source_names() -> PossibleValuesParser {
 }
 
 fn default_cache() -> PathBuf {
-    let root = match std::env::var_os("LINCAL_CACHE") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
-            .join(".cache/lincal"),
-    };
-    root.join("sources")
+    crate::lincal_cache().join("sources")
 }
 
 /// Fetches `source` into `cache` with a download bar.

@@ -57,3 +57,12 @@ pub fn parse_kind(name: &str, device: tch::Device) -> Result<tch::Kind> {
             .with_context(|| format!("--dtype {other:?}: use auto, f32, bf16 or f16"))?,
     })
 }
+
+/// `$LINCAL_CACHE`, else `~/.cache/lincal`: where downloads and converted models are kept.
+pub fn lincal_cache() -> std::path::PathBuf {
+    match std::env::var_os("LINCAL_CACHE") {
+        Some(dir) => dir.into(),
+        None => std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
+            .join(".cache/lincal"),
+    }
+}

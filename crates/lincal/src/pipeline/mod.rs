@@ -126,9 +126,6 @@ pub struct Teachers {
     pub eval_judge: String,
 }
 
-/// The roles `questions/` holds, in dealing order.
-pub const ROLES: [&str; 5] = ["sft", "reader", "ppo", "validation", "test"];
-
 impl PipelineConfig {
     pub fn preset(preset: Preset, base_model: PathBuf) -> Self {
         let offline = || "offline".to_string();
@@ -804,19 +801,20 @@ pub fn run(command: PipelineCommand) -> Result<()> {
             out,
             base_model,
         } => {
-            let base_model =
-                base_model.unwrap_or_else(|| lincal_cache().join("models/SmolLM2-135M-Instruct"));
+            let base_model = base_model
+                .unwrap_or_else(|| crate::lincal_cache().join("models/SmolLM2-135M-Instruct"));
             let config = PipelineConfig::preset(preset, base_model);
             if out.exists() {
                 bail!("{} exists; give another --out or remove it", out.display());
             }
             let text = format!(
-                "# lincal pipeline config, preset {preset:?}; \
+                "# lincal pipeline config, preset {}; \
                  run it with `lincal pipeline run {} --out DIR`.\n{}",
+                format!("{preset:?}").to_lowercase(),
                 out.display(),
                 toml::to_string_pretty(&config)?
             );
-            std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
+            lincal_model::fsutil::write_atomic(&out, text.as_bytes())?;
             println!("wrote {}", out.display());
             Ok(())
         }
@@ -881,14 +879,6 @@ fn counts(dir: &Path, status: StageStatus) -> String {
             .map(|(k, v)| format!("  {k}={v}"))
             .collect(),
         Err(_) => String::new(),
-    }
-}
-
-fn lincal_cache() -> PathBuf {
-    match std::env::var_os("LINCAL_CACHE") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
-            .join(".cache/lincal"),
     }
 }
 

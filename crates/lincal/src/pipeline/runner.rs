@@ -20,7 +20,7 @@ use lincal_model::fsutil::write_atomic;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 /// The record of a pipeline directory.
@@ -280,7 +280,7 @@ fn duration(seconds: f64) -> String {
     }
 }
 
-fn remove_dir(dir: &PathBuf) -> Result<()> {
+fn remove_dir(dir: &Path) -> Result<()> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
