@@ -333,3 +333,48 @@ fn data_split_can_keep_only_questions_that_name_a_word() {
         "case-insensitive, and nothing else"
     );
 }
+
+#[test]
+fn a_pipeline_directory_in_use_is_refused_naming_its_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("p.toml");
+    let init = lincal(&[
+        "pipeline",
+        "init",
+        "--preset",
+        "tiny",
+        "--out",
+        config.to_str().unwrap(),
+    ]);
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    // This test process is alive, so its lock is live.
+    let out = dir.path().join("run");
+    std::fs::create_dir_all(&out).unwrap();
+    let lock = out.join("lincal.lock");
+    let holder = format!(
+        "{{\"pid\": {}, \"started\": \"2026-12-06T10:00:00Z\"}}\n",
+        std::process::id()
+    );
+    std::fs::write(&lock, &holder).unwrap();
+    let run = lincal(&[
+        "pipeline",
+        "run",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains(&format!("is held by process {}", std::process::id()))
+            && stderr.contains(&lock.display().to_string()),
+        "{stderr}"
+    );
+    // Nothing was written under the live lock.
+    assert!(!out.join("pipeline.toml").exists() && !out.join("pipeline.json").exists());
+    assert_eq!(std::fs::read_to_string(&lock).unwrap(), holder);
+}

@@ -827,6 +827,16 @@ pub fn run(command: PipelineCommand) -> Result<()> {
             let out = std::path::absolute(&out)
                 .with_context(|| format!("resolving {}", out.display()))?;
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            // One run at a time per directory: a second one would rewrite the config copy and
+            // pipeline.json under the first (each stage directory also locks itself).
+            let lock = lincal_data::lock::OutputLock::dir(&out)?;
+            if let Some(holder) = lock.took_over() {
+                eprintln!(
+                    "warning: took over {} left by process {}, which no longer runs",
+                    lock.path().display(),
+                    holder.pid
+                );
+            }
             let copy = out.join(CONFIG_COPY);
             lincal_model::fsutil::write_atomic(&copy, toml::to_string_pretty(&config)?.as_bytes())?;
             let (stages, _) = stages(&config, &out)?;
