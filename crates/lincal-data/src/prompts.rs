@@ -189,6 +189,14 @@ pub const CATALOGUE: &[TemplateSpec] = &[
         builtin: builtin!("extract_answers"),
     },
     TemplateSpec {
+        name: "extract_answers_few_shot",
+        kind: TemplateKind::Completion,
+        required: &["question", "paragraph"],
+        optional: &[],
+        purpose: "answer extraction as a few-shot completion, for a small local extractor",
+        builtin: builtin!("extract_answers_few_shot"),
+    },
+    TemplateSpec {
         name: "forecast_probability",
         kind: TemplateKind::Chat,
         required: &["question", "paragraph", "candidate"],
@@ -251,6 +259,47 @@ impl ExtractionUse {
         }
     }
 }
+
+/// Which prompt asks an extractor for the answers a text gives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExtractionPrompt {
+    /// The reference's teacher prompt (`extract_answers`): a chat with instructions and worked
+    /// examples, answered on an `Answers:` line; for API and instruction-following models.
+    #[default]
+    Teacher,
+    /// A completion of worked examples (`extract_answers_few_shot`) whose reply is one line,
+    /// `a; b` or `No Answer`: what a small local model (SmolLM2-135M) can follow, where it
+    /// answers the teacher prompt in its own words.
+    FewShot,
+}
+
+impl ExtractionPrompt {
+    /// The template it renders.
+    pub fn template(self) -> &'static str {
+        match self {
+            ExtractionPrompt::Teacher => "extract_answers",
+            ExtractionPrompt::FewShot => "extract_answers_few_shot",
+        }
+    }
+}
+
+impl std::str::FromStr for ExtractionPrompt {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        match text {
+            "teacher" => Ok(ExtractionPrompt::Teacher),
+            "few-shot" => Ok(ExtractionPrompt::FewShot),
+            _ => Err(format!(
+                "`{text}` is no extraction prompt: use teacher or few-shot"
+            )),
+        }
+    }
+}
+
+/// Most new tokens of a few-shot extraction reply: one line of short answers.
+pub const FEW_SHOT_EXTRACTION_MAX_TOKENS: u32 = 32;
 
 /// One (question, gold answer, proposed answer) item of a judge batch.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -528,6 +577,14 @@ impl Templates {
     ) -> Result<Vec<PromptMessage>> {
         let shots = used_for.shots();
         self.render_turns("extract_answers", context! { question, paragraph, shots })
+    }
+
+    /// The few-shot extraction completion for `paragraph` ([`ExtractionPrompt::FewShot`]), its
+    /// line breaks folded into spaces, since the examples give each text on one line; parse
+    /// the reply's first line with [`crate::parse::parse_extracted_answers`].
+    pub fn extract_answers_few_shot(&self, question: &str, paragraph: &str) -> Result<String> {
+        let paragraph = paragraph.split_whitespace().collect::<Vec<_>>().join(" ");
+        self.render_completion("extract_answers_few_shot", context! { question, paragraph })
     }
 
     /// Asks a teacher for the probability that `candidate` is correct given only the paragraph;

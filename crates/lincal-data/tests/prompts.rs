@@ -76,6 +76,11 @@ fn every_template_renders_through_its_typed_function_with_values_filled_in() {
             |[q, p]| t.extract_answers_model(q, p),
         ),
         filled(
+            "extract_answers_few_shot",
+            ["QUESTION-8", "PARAGRAPH-9"],
+            |[q, p]| t.extract_answers_few_shot(q, p),
+        ),
+        filled(
             "forecast_probs_model",
             ["QUESTION-2", "PARAGRAPH-2", "CANDIDATE-2"],
             |[q, p, c]| t.forecast_probs_model(q, p, c),
@@ -716,4 +721,19 @@ fn exported_builtins_load_back_unchanged_and_are_never_overwritten() {
         fs::read_to_string(dir.path().join("policy.j2")).unwrap(),
         "edited {{ query }}"
     );
+}
+
+#[test]
+fn the_few_shot_extraction_reads_the_text_on_one_line_and_ends_where_the_answers_go() {
+    let prompt = templates()
+        .extract_answers_few_shot(
+            "What is the capital of Peru?",
+            "I am 60% sure that it is Lima.\n\nIt may  instead be Cusco (40%).",
+        )
+        .unwrap();
+    assert!(prompt.ends_with(
+        "Question: What is the capital of Peru?\n\
+         Text: I am 60% sure that it is Lima. It may instead be Cusco (40%).\n\
+         Answers:"
+    ));
 }

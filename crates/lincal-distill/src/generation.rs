@@ -6,22 +6,22 @@ use std::path::Path;
 use lincal_data::artifact::{Failure, StageRun};
 use lincal_data::parse::{
     first_paragraph, parse_open_ended_query, parse_rephrased_question, parse_summary,
-    parse_teacher_extraction,
 };
 use lincal_data::prompts::{ExtractionUse, Templates};
 use lincal_data::schema::jsonl::write_jsonl;
 use lincal_data::schema::write::write_sft_training;
 use lincal_data::schema::{SftTarget, SftTrainingRow, sft_examples};
 use lincal_data::{DataError, Result};
-use lincal_llm::{LlmRequest, request_seed};
+use lincal_llm::{LlmRequest, Prompt, request_seed};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::offline::{OFFLINE_QUERY_TEMPLATE, agreement_summary, answer_shares, offline_query};
 use crate::{
     Counts, JeopardyClue, Outcome, QueryRecord, QuestionInput, SampleAnswer, SampleRecord,
-    Settings, Stage, StageContext, StageJob, StageReport, SummaryRecord, Teacher, chat_request,
-    hiding_answer, read_questions, read_stage_records, sampling,
+    Settings, Stage, StageContext, StageJob, StageReport, SummaryRecord, Teacher, chat_prompt,
+    extraction_request, hiding_answer, parse_extraction, read_questions, read_stage_records,
+    sampling,
 };
 
 /// Turns each question of a QA JSONL file into an open-ended query ("Write a paragraph about
@@ -175,13 +175,18 @@ fn offline_query_record(input: &QuestionInput) -> Outcome<QueryRecord> {
 
 /// The prompt the sampled model gets, and how its answer is cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum SampleTemplate {
     /// The base model's 8-shot prompt; the answer is cut at its first blank line (SPEC 1.2).
     Icl,
     /// The prompt of a fine-tuned policy (LC SFT, Factuality SFT...), for the paragraphs of
     /// reader training data (SPEC 1.4); the answer is kept whole.
     Policy,
+    /// The zero-shot paragraph prompt (`paragraph_zero_shot`) through the model's chat
+    /// template, for an instruction-tuned base model: a tenth of the 8-shot prompt's length,
+    /// which matters on a CPU without a prefix cache. The answer is cut at its first blank
+    /// line, and a last sentence left unfinished by the token limit is dropped.
+    ZeroShot,
 }
 
 impl SampleTemplate {
@@ -189,14 +194,16 @@ impl SampleTemplate {
         match self {
             SampleTemplate::Icl => "icl_paragraphs",
             SampleTemplate::Policy => "policy",
+            SampleTemplate::ZeroShot => "paragraph_zero_shot",
         }
     }
 
-    fn render(self, templates: &Templates, query: &str) -> Result<String> {
-        match self {
-            SampleTemplate::Icl => templates.icl_paragraphs(query),
-            SampleTemplate::Policy => templates.policy(query),
-        }
+    fn render(self, templates: &Templates, query: &str) -> Result<Prompt> {
+        Ok(match self {
+            SampleTemplate::Icl => Prompt::Completion(templates.icl_paragraphs(query)?),
+            SampleTemplate::Policy => Prompt::Completion(templates.policy(query)?),
+            SampleTemplate::ZeroShot => chat_prompt(templates.paragraph_zero_shot(query)?),
+        })
     }
 
     /// A base model goes on to write the next few-shot example after a blank line; stopping
@@ -204,7 +211,7 @@ impl SampleTemplate {
     fn stop(self) -> Vec<String> {
         match self {
             SampleTemplate::Icl => vec!["\n\n".to_string()],
-            SampleTemplate::Policy => Vec::new(),
+            SampleTemplate::Policy | SampleTemplate::ZeroShot => Vec::new(),
         }
     }
 
@@ -212,12 +219,22 @@ impl SampleTemplate {
         let paragraph = match self {
             SampleTemplate::Icl => first_paragraph(text),
             SampleTemplate::Policy => text.trim().to_string(),
+            SampleTemplate::ZeroShot => whole_sentences(&first_paragraph(text)).to_string(),
         };
         if paragraph.is_empty() {
             Err(DataError::Invalid("the sample is empty".into()))
         } else {
             Ok(paragraph)
         }
+    }
+}
+
+/// `text` without an unfinished last sentence: up to its last sentence end (".", "!" or "?"),
+/// or all of it when it has none.
+fn whole_sentences(text: &str) -> &str {
+    match text.rfind(['.', '!', '?']) {
+        Some(end) => &text[..=end],
+        None => text,
     }
 }
 
@@ -267,7 +284,10 @@ pub fn sample_paragraphs(
                             );
                             (
                                 format!("sample {} of {per_query}: ", j + 1),
-                                LlmRequest::completion(prompt.clone(), params),
+                                LlmRequest {
+                                    prompt: prompt.clone(),
+                                    params,
+                                },
                             )
                         })
                         .collect())
@@ -322,7 +342,7 @@ pub fn summarize_samples(
             cx,
             settings,
             Stage::Summarize,
-            &["extract_answers", "policy"],
+            &[cx.extraction.template(), "policy"],
             json!({"distill_paragraphs": false}),
         )?;
         return job.run(
@@ -340,21 +360,21 @@ pub fn summarize_samples(
                             .iter()
                             .enumerate()
                             .map(|(j, sample)| {
-                                let messages = templates.extract_answers(
+                                let key = format!("{}/extract/{j}", record.item.id);
+                                let seed = request_seed(settings.seed, &key);
+                                let request = extraction_request(
+                                    templates,
+                                    cx.extraction,
                                     &record.item.question,
                                     sample,
                                     ExtractionUse::TrainingLabels,
+                                    sampling(settings, seed, Vec::new()),
                                 )?;
-                                let key = format!("{}/extract/{j}", record.item.id);
-                                let seed = request_seed(settings.seed, &key);
-                                Ok((
-                                    format!("sample {} of {count}: ", j + 1),
-                                    chat_request(messages, settings, seed),
-                                ))
+                                Ok((format!("sample {} of {count}: ", j + 1), request))
                             })
                             .collect()
                     },
-                    |_, text| parse_teacher_extraction(text),
+                    |_, text| parse_extraction(cx.extraction, text),
                 )?;
                 Ok(chunk
                     .iter()
@@ -486,4 +506,30 @@ fn write_summary_outputs(
         run.write_output(name, |path| write_jsonl(path, &examples))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_shot_samples_keep_their_first_paragraph_in_whole_sentences() {
+        let cut = |text| SampleTemplate::ZeroShot.cut(text).unwrap();
+        assert_eq!(
+            cut(" Lima is the capital of Peru. It lies on the"),
+            "Lima is the capital of Peru."
+        );
+        assert_eq!(cut("Is it Lima? Yes!\n\nNext query"), "Is it Lima? Yes!");
+        // No sentence end at all: the text as it is.
+        assert_eq!(cut("Lima, on the coast"), "Lima, on the coast");
+        assert!(SampleTemplate::ZeroShot.cut("  \n").is_err());
+        let prompt = SampleTemplate::ZeroShot
+            .render(&Templates::builtin().unwrap(), "Write about Lima.")
+            .unwrap();
+        assert!(matches!(prompt, Prompt::Chat(_)));
+        assert_eq!(
+            serde_json::to_value(SampleTemplate::ZeroShot).unwrap(),
+            "zero_shot"
+        );
+    }
 }

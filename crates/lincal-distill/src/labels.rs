@@ -6,10 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use lincal_data::artifact::{Manifest, StageRun};
-use lincal_data::parse::{
-    LexicalReader, normalize_answer, parse_correctness, parse_probability, parse_teacher_extraction,
-};
-use lincal_data::prompts::ExtractionUse;
+use lincal_data::parse::{LexicalReader, normalize_answer, parse_correctness, parse_probability};
 use lincal_data::schema::jsonl::write_jsonl;
 use lincal_data::schema::write::{write_reward_model_training, write_trivia_qa_jsonl};
 use lincal_data::schema::{
@@ -95,7 +92,7 @@ pub fn extract_answers(
         cx,
         settings,
         Stage::Extract,
-        &["extract_answers", "extract_answers_model"],
+        &[cx.extraction.template(), "extract_answers_model"],
         json!({}),
     )?;
     job.run(
@@ -103,22 +100,13 @@ pub fn extract_answers(
         &input,
         records,
         |chunk| {
-            job.ask_each(
-                "extract",
+            job.extract_each(
                 chunk,
-                |record| {
-                    templates.extract_answers(
-                        &record.item.question,
-                        &record.paragraph,
-                        ExtractionUse::TrainingLabels,
-                    )
-                },
-                |record, text| {
-                    Ok(ExtractionRecord {
-                        item: record.item.clone(),
-                        paragraph: record.paragraph.clone(),
-                        extracted_answers: parse_teacher_extraction(text)?,
-                    })
+                |record| (&record.item.question, &record.paragraph),
+                |record, extracted_answers| ExtractionRecord {
+                    item: record.item.clone(),
+                    paragraph: record.paragraph.clone(),
+                    extracted_answers,
                 },
             )
         },
@@ -343,7 +331,7 @@ pub fn judge_correctness(
             cx,
             settings,
             Stage::Binary,
-            &["extract_answers", "binary_correctness_model"],
+            &[cx.extraction.template(), "binary_correctness_model"],
             json!({}),
         )?;
         return job.run(
@@ -351,24 +339,14 @@ pub fn judge_correctness(
             &input,
             records,
             |chunk| {
-                job.ask_each(
-                    "extract",
+                job.extract_each(
                     chunk,
-                    |record| {
-                        templates.extract_answers(
-                            &record.item.question,
-                            &record.paragraph,
-                            ExtractionUse::TrainingLabels,
-                        )
-                    },
-                    |record, text| {
-                        let answers = parse_teacher_extraction(text)?;
-                        Ok(CorrectnessRecord {
-                            item: record.item.clone(),
-                            paragraph: record.paragraph.clone(),
-                            correct: exact_match_label(&answers, &record.item.aliases),
-                            extracted_answers: Some(answers),
-                        })
+                    |record| (&record.item.question, &record.paragraph),
+                    |record, answers| CorrectnessRecord {
+                        item: record.item.clone(),
+                        paragraph: record.paragraph.clone(),
+                        correct: exact_match_label(&answers, &record.item.aliases),
+                        extracted_answers: Some(answers),
                     },
                 )
             },

@@ -50,8 +50,11 @@ use lincal_data::artifact::{
     FAILURES_FILE, Failure, Keyed, Manifest, Opened, StageRun, open_stage,
 };
 use lincal_data::lock::LockHolder;
-use lincal_data::parse::contains_match;
-use lincal_data::prompts::{self, CATALOGUE, PromptMessage, Templates};
+use lincal_data::parse::{contains_match, parse_extracted_answers, parse_teacher_extraction};
+use lincal_data::prompts::{
+    self, CATALOGUE, ExtractionPrompt, ExtractionUse, FEW_SHOT_EXTRACTION_MAX_TOKENS,
+    PromptMessage, Templates,
+};
 use lincal_data::schema::jsonl::{check_unique_ids, read_jsonl};
 use lincal_data::sources::{QaRecord, read_qa_records};
 use lincal_data::{DataError, Result};
@@ -244,8 +247,8 @@ pub enum Teacher<'a> {
     /// The stage's offline stand-in for its API teacher ([`Stage::offline_teacher`], described
     /// in [`offline`]). The stand-ins that need the answers a text gives (the summariser by
     /// agreement, the binary labeller: [`Stage::offline_needs_extractor`]) ask `extractor`
-    /// with the teacher extraction prompt, which never shows it the gold answer; the others
-    /// take no extractor.
+    /// with the context's extraction prompt ([`StageContext::extraction`]), which never shows
+    /// it the gold answer; the others take no extractor.
     Offline { extractor: Option<&'a dyn Llm> },
 }
 
@@ -254,6 +257,9 @@ pub enum Teacher<'a> {
 pub struct StageContext<'a> {
     pub teacher: Teacher<'a>,
     pub templates: &'a Templates,
+    /// How the stages that need the answers a text gives ask for them (the teacher of
+    /// [`extract_answers`], the extractor of the offline summariser and binary labeller).
+    pub extraction: ExtractionPrompt,
     pub options: StageOptions,
 }
 
@@ -497,6 +503,41 @@ fn chat_request(messages: Vec<PromptMessage>, settings: &Settings, seed: u64) ->
     }
 }
 
+/// The request asking an extractor for the answers `paragraph` gives to `question` with the
+/// prompt `extraction`, sampled with `params`; a few-shot reply ends with its line (and its
+/// few tokens). `used_for` sets the teacher prompt's examples.
+pub fn extraction_request(
+    templates: &Templates,
+    extraction: ExtractionPrompt,
+    question: &str,
+    paragraph: &str,
+    used_for: ExtractionUse,
+    mut params: SamplingParams,
+) -> Result<LlmRequest> {
+    let prompt = match extraction {
+        ExtractionPrompt::Teacher => {
+            chat_prompt(templates.extract_answers(question, paragraph, used_for)?)
+        }
+        ExtractionPrompt::FewShot => {
+            params.stop.push("\n".to_string());
+            params.max_tokens = params.max_tokens.min(FEW_SHOT_EXTRACTION_MAX_TOKENS);
+            Prompt::Completion(templates.extract_answers_few_shot(question, paragraph)?)
+        }
+    };
+    Ok(LlmRequest { prompt, params })
+}
+
+/// The answers of a reply to [`extraction_request`]: the teacher's `Answers:` line, or the
+/// first line of a few-shot reply (a model that goes on writes the next example).
+pub fn parse_extraction(extraction: ExtractionPrompt, reply: &str) -> Result<Vec<String>> {
+    match extraction {
+        ExtractionPrompt::Teacher => parse_teacher_extraction(reply),
+        ExtractionPrompt::FewShot => {
+            parse_extracted_answers(reply.lines().next().unwrap_or_default())
+        }
+    }
+}
+
 /// The record of an item that never got a usable answer.
 fn failure(id: &str, step: &str, what: &str, failure: ParseFailure) -> Failure {
     let (reason, raw_text, attempts) = match failure {
@@ -579,6 +620,8 @@ struct StageJob<'a> {
     llm: Option<&'a dyn Llm>,
     options: &'a StageOptions,
     settings: &'a Settings,
+    templates: &'a Templates,
+    extraction: ExtractionPrompt,
 }
 
 impl<'a> StageJob<'a> {
@@ -645,6 +688,8 @@ impl<'a> StageJob<'a> {
             llm,
             options: &cx.options,
             settings,
+            templates: cx.templates,
+            extraction: cx.extraction,
         })
     }
 
@@ -750,6 +795,38 @@ impl<'a> StageJob<'a> {
             parse,
             // One request: one value.
             |_, mut values| values.remove(0),
+        )
+    }
+
+    /// Asks the extractor which answers each item's text gives to its question (`text` gives
+    /// both; the stage's extraction prompt with the training-label examples, seeded by the
+    /// stage seed and `<id>/extract`), and makes the item's outcome from them with `record`.
+    fn extract_each<I: Keyed, R>(
+        &self,
+        items: &[&I],
+        text: impl Fn(&I) -> (&str, &str),
+        record: impl Fn(&I, Vec<String>) -> R,
+    ) -> Result<Vec<Outcome<R>>> {
+        let settings = self.settings;
+        self.ask_all(
+            "extract",
+            items,
+            |item| {
+                let (question, paragraph) = text(item);
+                let seed = request_seed(settings.seed, &format!("{}/extract", item.key()));
+                let request = extraction_request(
+                    self.templates,
+                    self.extraction,
+                    question,
+                    paragraph,
+                    ExtractionUse::TrainingLabels,
+                    sampling(settings, seed, Vec::new()),
+                )?;
+                Ok(vec![(String::new(), request)])
+            },
+            |_, reply| parse_extraction(self.extraction, reply),
+            // One request: one value.
+            |item, mut values| record(item, values.remove(0)),
         )
     }
 

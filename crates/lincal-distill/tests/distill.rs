@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use lincal_data::artifact::Manifest;
 use lincal_data::lock::{LOCK_FILE, LockHolder, OutputLock};
-use lincal_data::prompts::Templates;
+use lincal_data::prompts::{ExtractionPrompt, Templates};
 use lincal_data::schema::{
     self, RewardModelTrainingRow, SftExample, SftTrainingRow, TriviaQa, jsonl,
 };
@@ -257,6 +257,7 @@ fn context<'a>(teacher: &'a Teacher, templates: &'a Templates) -> StageContext<'
     StageContext {
         teacher: Answerer::Model(teacher.fake.as_ref()),
         templates,
+        extraction: ExtractionPrompt::Teacher,
         options: StageOptions::default(),
     }
 }

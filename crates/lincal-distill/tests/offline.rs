@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use lincal_data::artifact::Manifest;
 use lincal_data::parse::LexicalReader;
-use lincal_data::prompts::{ExtractionUse, Templates};
+use lincal_data::prompts::{ExtractionPrompt, ExtractionUse, Templates};
 use lincal_data::schema::jsonl;
 use lincal_distill::offline::{
     AnswerShare, agreement_summary, answer_shares, exact_match_label, offline_query,
@@ -40,6 +40,7 @@ fn context<'a>(teacher: Teacher<'a>, templates: &'a Templates) -> StageContext<'
     StageContext {
         teacher,
         templates,
+        extraction: ExtractionPrompt::Teacher,
         options: StageOptions::default(),
     }
 }
@@ -709,4 +710,97 @@ fn stages_without_an_offline_teacher_or_with_the_wrong_extractor_say_so() {
          extractor; leave it out"
     );
     assert!(model.requests().is_empty());
+}
+
+/// An extractor that continues few-shot extraction completions with the reply given for the
+/// text (the last `Text:` line), after checking that each request stops at its line's end.
+fn few_shot_extractor(replies: &[(&str, &str)]) -> FakeLlm {
+    let replies: HashMap<String, String> = replies
+        .iter()
+        .map(|(paragraph, reply)| (paragraph.to_string(), reply.to_string()))
+        .collect();
+    FakeLlm::new(move |request| {
+        let Prompt::Completion(prompt) = &request.prompt else {
+            panic!("the few-shot extractor is asked with a completion")
+        };
+        assert!(prompt.ends_with("\nAnswers:"), "{prompt}");
+        assert_eq!(request.params.stop, ["\n"]);
+        assert!(request.params.max_tokens <= 32);
+        let paragraph = prompt
+            .lines()
+            .rev()
+            .find_map(|line| line.strip_prefix("Text: "))
+            .unwrap();
+        Ok(LlmResponse::from_texts([replies[paragraph].clone()]))
+    })
+}
+
+#[test]
+fn the_few_shot_extraction_serves_the_summariser_and_the_binary_labeller() {
+    let dir = tempfile::tempdir().unwrap();
+    let templates = Templates::builtin().unwrap();
+    let samples = sample_dir(dir.path(), &templates);
+    // A small model's replies: the answers line, sometimes followed by the next example (which
+    // is not read), and one reply that is no answers line at all.
+    let extractor = few_shot_extractor(&[
+        ("Paris is the capital of France.", " Paris\nQuestion: x"),
+        ("Lyon is the capital of France.", " Lyon; Paris"),
+        ("The capital is Paris.", " paris."),
+        ("France has many cities.", " No Answer"),
+        ("Mars is the red planet.", " Mars"),
+        ("The red planet is Mars.", " Mars\n\nQuestion: Venus?"),
+        ("Mars looks red.", " Mars"),
+        ("Venus glows red.", "\n"),
+    ]);
+    let offline = Teacher::Offline {
+        extractor: Some(&extractor),
+    };
+    let few_shot = StageContext {
+        extraction: ExtractionPrompt::FewShot,
+        ..context(offline, &templates)
+    };
+    let out = dir.path().join("summaries");
+    distill::summarize_samples(
+        &few_shot,
+        &samples,
+        &out,
+        &settings(Stage::Summarize),
+        false,
+    )
+    .unwrap();
+    let records = read_lines(&out.join("summaries.jsonl"));
+    assert_eq!(
+        records[0]["summary"],
+        "I am 50% sure that the answer is Paris. It may instead be Lyon (25%)."
+    );
+    assert_eq!(
+        records[1]["summary"],
+        "I am 100% sure that the answer is Mars."
+    );
+    assert!(
+        records[1]["sample_answers"][3]["failed"]
+            .as_str()
+            .unwrap()
+            .starts_with("sample 4 of 4: no usable answer in 3 attempts")
+    );
+    // The prompt is part of the stage's identity: its template is fingerprinted.
+    let templates_seen = &Manifest::read(&out).unwrap().config["templates"];
+    assert!(templates_seen.get("extract_answers_few_shot").is_some());
+    assert!(templates_seen.get("extract_answers").is_none());
+
+    let paragraphs = write_lines(
+        &dir.path().join("paragraphs.jsonl"),
+        &[
+            json!({"id": "q1", "question": "What is the capital of France?", "answer": "Paris",
+                   "paragraph": "Paris is the capital of France."}),
+            json!({"id": "q2", "question": "What is the capital of France?", "answer": "Paris",
+                   "paragraph": "Lyon is the capital of France."}),
+        ],
+    );
+    let out = dir.path().join("binary");
+    distill::judge_correctness(&few_shot, &paragraphs, &out, &settings(Stage::Binary)).unwrap();
+    let labels = read_lines(&out.join("correctness.jsonl"));
+    assert_eq!(labels[0]["correct"], true);
+    assert_eq!(labels[1]["correct"], false);
+    assert_eq!(labels[1]["extracted_answers"], json!(["Lyon", "Paris"]));
 }

@@ -339,14 +339,19 @@ impl TeacherSettings {
     pub fn request(&self, prompt: Prompt, max_tokens: u32, key: &str) -> LlmRequest {
         LlmRequest {
             prompt,
-            params: SamplingParams {
-                n: 1,
-                temperature: self.temperature,
-                top_p: None,
-                max_tokens,
-                stop: Vec::new(),
-                seed: request_seed(self.seed, key),
-            },
+            params: self.params(max_tokens, key),
+        }
+    }
+
+    /// The sampling of a request for the item or call named `key`, which fixes its seed.
+    pub fn params(&self, max_tokens: u32, key: &str) -> SamplingParams {
+        SamplingParams {
+            n: 1,
+            temperature: self.temperature,
+            top_p: None,
+            max_tokens,
+            stop: Vec::new(),
+            seed: request_seed(self.seed, key),
         }
     }
 
@@ -362,12 +367,30 @@ impl TeacherSettings {
         prompt: impl Fn(&I) -> Result<(Prompt, String), PipelineError>,
         parse: impl Fn(&str) -> lincal_data::Result<T>,
     ) -> Result<Vec<Result<T, ItemFailure>>, PipelineError> {
-        let requests = inputs
-            .iter()
-            .map(|input| {
+        self.ask_requests(
+            llm,
+            inputs,
+            stage,
+            |input| {
                 let (prompt, key) = prompt(input)?;
                 Ok(self.request(prompt, max_tokens, &key))
-            })
+            },
+            parse,
+        )
+    }
+
+    /// [`TeacherSettings::ask`] for requests made whole by `request`.
+    pub(crate) fn ask_requests<I, T>(
+        &self,
+        llm: &dyn Llm,
+        inputs: &[I],
+        stage: Stage,
+        request: impl Fn(&I) -> Result<LlmRequest, PipelineError>,
+        parse: impl Fn(&str) -> lincal_data::Result<T>,
+    ) -> Result<Vec<Result<T, ItemFailure>>, PipelineError> {
+        let requests = inputs
+            .iter()
+            .map(request)
             .collect::<Result<Vec<LlmRequest>, PipelineError>>()?;
         Ok(ask_parsed(llm, &requests, self.max_attempts, stage, parse))
     }

@@ -7,15 +7,18 @@
 //! - the trained surrogate reader (ExtractAnswers + ForecastProbs, SPEC 1.5-1.6), which lives
 //!   in the `lincal` crate because it runs on libtorch; its extraction is
 //!   [`extract_with_model`];
+//! - [`StatedConfidenceReader`]: the offline reader, a model's extraction (a small local one
+//!   will do) and the confidence the paragraph states;
 //! - [`LexicalQaReader`]: fast and deterministic, no model at all (see its caveat).
 
 use lincal_data::parse::{
     LexicalReader, contains_match, parse_extracted_answers, parse_probability,
-    parse_teacher_extraction,
 };
 use lincal_data::prompts::{
-    EXTRACT_ANSWERS_MAX_TOKENS, EXTRACT_ANSWERS_TEMPERATURE, ExtractionUse, Templates,
+    EXTRACT_ANSWERS_MAX_TOKENS, EXTRACT_ANSWERS_TEMPERATURE, ExtractionPrompt, ExtractionUse,
+    Templates,
 };
+use lincal_distill::{extraction_request, parse_extraction};
 use lincal_llm::{Llm, Prompt};
 
 use crate::Stage;
@@ -63,34 +66,46 @@ pub trait Reader {
     fn forecast(&self, inputs: &[ForecastInput<'_>]) -> ItemResults<f64>;
 }
 
-/// A teacher model as reader: the `extract_answers` prompt (10 examples, as in evaluation) and
-/// the `forecast_probability` prompt, each answer parsed and asked again if it does not parse.
+/// A teacher model as reader: the extraction prompt `extraction` (the teacher prompt with 10
+/// examples, as in evaluation, or the few-shot completion) and the `forecast_probability`
+/// prompt, each answer parsed and asked again if it does not parse.
 pub struct LlmReader<'a> {
     pub llm: &'a dyn Llm,
     pub templates: &'a Templates,
     pub settings: TeacherSettings,
+    pub extraction: ExtractionPrompt,
 }
 
 impl Reader for LlmReader<'_> {
     fn describe(&self) -> String {
-        describe_llm(self.llm)
+        match self.extraction {
+            ExtractionPrompt::Teacher => describe_llm(self.llm),
+            ExtractionPrompt::FewShot => {
+                format!("{} (few-shot extraction)", describe_llm(self.llm))
+            }
+        }
     }
 
     fn extract(&self, inputs: &[ReadInput<'_>]) -> ItemResults<Vec<String>> {
-        self.settings.ask(
+        self.settings.ask_requests(
             self.llm,
             inputs,
-            EXTRACTION_REPLY_MAX_TOKENS,
             Stage::Extraction,
             |input| {
-                let messages = self.templates.extract_answers(
+                let params = self.settings.params(
+                    EXTRACTION_REPLY_MAX_TOKENS,
+                    &format!("extract/{}", input.id),
+                );
+                Ok(extraction_request(
+                    self.templates,
+                    self.extraction,
                     input.question,
                     input.paragraph,
                     ExtractionUse::Evaluation,
-                )?;
-                Ok((chat_prompt(messages), format!("extract/{}", input.id)))
+                    params,
+                )?)
             },
-            parse_teacher_extraction,
+            |reply| parse_extraction(self.extraction, reply),
         )
     }
 
@@ -111,6 +126,36 @@ impl Reader for LlmReader<'_> {
             },
             parse_probability,
         )
+    }
+}
+
+/// The offline reader: a model finds the answers a paragraph gives, as [`LlmReader`] does (a
+/// small local model with the few-shot prompt), and each answer's probability is the
+/// confidence the paragraph states for it ([`LexicalReader::forecast`]: stated percentages and
+/// the hedge table; 1 for a plain statement), as the offline forecaster of the reader's
+/// training labels reads it. Unlike [`LexicalQaReader`] it sees wrong answers, so a paragraph
+/// that hedges a wrong answer is read at its stated confidence.
+pub struct StatedConfidenceReader<'a> {
+    pub extractor: LlmReader<'a>,
+    pub stated: LexicalQaReader,
+}
+
+impl Reader for StatedConfidenceReader<'_> {
+    fn describe(&self) -> String {
+        format!(
+            "stated confidence (answers found by {}; confidence as the paragraph states it, \
+             hedge table of {} phrases)",
+            self.extractor.describe(),
+            self.stated.reader.hedges().entries().len()
+        )
+    }
+
+    fn extract(&self, inputs: &[ReadInput<'_>]) -> ItemResults<Vec<String>> {
+        self.extractor.extract(inputs)
+    }
+
+    fn forecast(&self, inputs: &[ForecastInput<'_>]) -> ItemResults<f64> {
+        self.stated.forecast(inputs)
     }
 }
 
@@ -184,5 +229,87 @@ impl Reader for LexicalQaReader {
             .iter()
             .map(|input| Ok(self.reader.forecast(input.paragraph, &[input.candidate])[0]))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lincal_llm::testing::FakeLlm;
+    use lincal_llm::{LlmResponse, Prompt};
+
+    #[test]
+    fn the_stated_confidence_reader_reads_a_models_answers_at_the_paragraphs_confidence() {
+        // A few-shot extractor that lists the capitalised words of the text's last line.
+        let extractor = FakeLlm::new(|request| {
+            let Prompt::Completion(prompt) = &request.prompt else {
+                panic!("few-shot extraction is a completion")
+            };
+            let text = prompt
+                .lines()
+                .rev()
+                .find_map(|line| line.strip_prefix("Text: "))
+                .unwrap();
+            let answers: Vec<&str> = text
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|word| ["Lyon", "Paris", "Nice"].contains(word))
+                .collect();
+            let reply = match answers.is_empty() {
+                true => " No Answer\nQuestion:".to_string(),
+                false => format!(" {}\nQuestion:", answers.join("; ")),
+            };
+            Ok(LlmResponse::from_texts([reply]))
+        });
+        let templates = Templates::builtin().unwrap();
+        let reader = StatedConfidenceReader {
+            extractor: LlmReader {
+                llm: &extractor,
+                templates: &templates,
+                settings: TeacherSettings::default(),
+                extraction: ExtractionPrompt::FewShot,
+            },
+            stated: LexicalQaReader::default(),
+        };
+        let question = "What is the capital of France?";
+        let gold = vec!["Paris".to_string()];
+        let paragraphs = [
+            "I am 70% sure that the answer is Lyon. It may instead be Paris (30%).",
+            "The capital of France is Nice.",
+            "I do not know the answer to this question.",
+        ];
+        let inputs: Vec<ReadInput> = paragraphs
+            .iter()
+            .enumerate()
+            .map(|(i, paragraph)| ReadInput {
+                id: ["a", "b", "c"][i],
+                question,
+                paragraph,
+                gold_aliases: &gold,
+            })
+            .collect();
+        let answers: Vec<Vec<String>> = reader
+            .extract(&inputs)
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        // The wrong answers are seen, which the lexical reader (gold only) cannot do.
+        assert_eq!(answers, [vec!["Lyon", "Paris"], vec!["Nice"], vec![]]);
+        let forecast = |paragraph: &str, candidate: &str| {
+            reader
+                .forecast(&[ForecastInput {
+                    id: "a",
+                    question,
+                    paragraph,
+                    candidate,
+                }])
+                .unwrap()
+                .remove(0)
+                .unwrap()
+        };
+        assert_eq!(forecast(paragraphs[0], "Lyon"), 0.7);
+        assert_eq!(forecast(paragraphs[0], "Paris"), 0.3);
+        assert_eq!(forecast(paragraphs[1], "Nice"), 1.0);
+        assert!(reader.describe().contains("(few-shot extraction)"));
     }
 }

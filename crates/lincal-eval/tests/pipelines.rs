@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use lincal_data::artifact::{CACHE_FILE, Manifest};
-use lincal_data::prompts::Templates;
+use lincal_data::prompts::{ExtractionPrompt, Templates};
 use lincal_data::schema::Tally;
 use lincal_eval::bio::{BioEvaluation, ClaimConfidence, FactChecker, LlmDecomposer};
 use lincal_eval::datasets::{QaDataset, QaQuestion, load_qa_jsonl};
@@ -256,6 +256,7 @@ fn run_qa(
                 llm: reader,
                 templates: &templates,
                 settings: teacher(),
+                extraction: ExtractionPrompt::Teacher,
             }),
             Box::new(LlmJudge {
                 llm: judge,

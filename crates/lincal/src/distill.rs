@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use lincal_data::artifact::CACHE_FILE;
-use lincal_data::prompts::Templates;
+use lincal_data::prompts::{ExtractionPrompt, Templates};
 use lincal_distill::{
     self as distill, SampleTemplate, Settings, Stage, StageContext, StageOptions, StageReport,
     Teacher,
@@ -73,6 +73,8 @@ pub enum DistillCommand {
         #[command(flatten)]
         extractor: ExtractorArgs,
         #[command(flatten)]
+        extraction: ExtractionArgs,
+        #[command(flatten)]
         stage: StageArgs,
     },
 }
@@ -89,6 +91,8 @@ pub enum LabelCommand {
         paragraphs: PathBuf,
         #[command(flatten)]
         teacher: TeacherArgs,
+        #[command(flatten)]
+        extraction: ExtractionArgs,
         #[command(flatten)]
         stage: StageArgs,
     },
@@ -124,6 +128,8 @@ pub enum LabelCommand {
         #[command(flatten)]
         extractor: ExtractorArgs,
         #[command(flatten)]
+        extraction: ExtractionArgs,
+        #[command(flatten)]
         stage: StageArgs,
     },
 }
@@ -156,6 +162,17 @@ pub struct ExtractorArgs {
     extractor_model: Option<PathBuf>,
 }
 
+/// How a stage that reads the answers of free text asks for them: of the teacher (`label
+/// extract`) or of the offline teacher's extractor.
+#[derive(Args)]
+pub struct ExtractionArgs {
+    /// teacher (the reference's chat prompt with worked examples, for API and instruction
+    /// models) or few-shot (a completion of examples answered on one line, which a small local
+    /// model such as SmolLM2-135M follows).
+    #[arg(long, default_value = "teacher")]
+    extraction_prompt: ExtractionPrompt,
+}
+
 /// The sampled model: a backend config or a local model.
 #[derive(Args)]
 #[group(required = true, multiple = false)]
@@ -174,6 +191,9 @@ pub enum TemplateArg {
     Icl,
     /// The prompt of a fine-tuned policy.
     Policy,
+    /// The zero-shot paragraph prompt through the model's chat template (an instruction-tuned
+    /// base model; far shorter than the 8-shot prompt, so much cheaper on a CPU).
+    ZeroShot,
 }
 
 /// What every stage command shares. Sampling options default to the reference's values for
@@ -400,7 +420,12 @@ impl Asked {
         }
     }
 
-    fn context<'a>(&'a self, templates: &'a Templates, args: &StageArgs) -> StageContext<'a> {
+    fn context<'a>(
+        &'a self,
+        templates: &'a Templates,
+        extraction: ExtractionPrompt,
+        args: &StageArgs,
+    ) -> StageContext<'a> {
         let teacher = match self {
             Asked::Model(model) => Teacher::Model(&model.client),
             Asked::Offline(extractor) => Teacher::Offline {
@@ -415,6 +440,7 @@ impl Asked {
         StageContext {
             teacher,
             templates,
+            extraction,
             options,
         }
     }
@@ -507,7 +533,7 @@ pub fn run_distill(command: DistillCommand) -> Result<()> {
             let asked = Asked::build(&teacher, offline, None, Stage::Queries, &stage)?;
             let settings = stage.settings(Stage::Queries, offline);
             let report = distill::make_queries(
-                &asked.context(&templates, &stage),
+                &asked.context(&templates, ExtractionPrompt::default(), &stage),
                 &questions,
                 &stage.out,
                 &settings,
@@ -526,10 +552,11 @@ pub fn run_distill(command: DistillCommand) -> Result<()> {
             let template = match template {
                 TemplateArg::Icl => SampleTemplate::Icl,
                 TemplateArg::Policy => SampleTemplate::Policy,
+                TemplateArg::ZeroShot => SampleTemplate::ZeroShot,
             };
             let settings = stage.settings(Stage::Sample, false);
             let report = distill::sample_paragraphs(
-                &asked.context(&templates, &stage),
+                &asked.context(&templates, ExtractionPrompt::default(), &stage),
                 &queries,
                 &stage.out,
                 &settings,
@@ -544,6 +571,7 @@ pub fn run_distill(command: DistillCommand) -> Result<()> {
             teacher,
             offline,
             extractor,
+            extraction,
             stage,
         } => {
             let templates = stage.templates()?;
@@ -556,7 +584,7 @@ pub fn run_distill(command: DistillCommand) -> Result<()> {
             )?;
             let settings = stage.settings(Stage::Summarize, offline);
             let report = distill::summarize_samples(
-                &asked.context(&templates, &stage),
+                &asked.context(&templates, extraction.extraction_prompt, &stage),
                 &samples,
                 &stage.out,
                 &settings,
@@ -570,55 +598,68 @@ pub fn run_distill(command: DistillCommand) -> Result<()> {
 
 pub fn run_label(command: LabelCommand) -> Result<()> {
     type Labeller = fn(&StageContext, &Path, &Path, &Settings) -> lincal_data::Result<StageReport>;
-    let (kind, label, input, teacher, offline, extractor, stage): (Stage, Labeller, _, _, _, _, _) =
-        match &command {
-            LabelCommand::Extract {
-                paragraphs,
-                teacher,
-                stage,
-            } => (
-                Stage::Extract,
-                distill::extract_answers,
-                paragraphs,
-                teacher,
-                false,
-                None,
-                stage,
-            ),
-            LabelCommand::Forecast {
-                extractions,
-                teacher,
-                offline,
-                stage,
-            } => (
-                Stage::Forecast,
-                distill::forecast_candidates,
-                extractions,
-                teacher,
-                *offline,
-                None,
-                stage,
-            ),
-            LabelCommand::Binary {
-                paragraphs,
-                teacher,
-                offline,
-                extractor,
-                stage,
-            } => (
-                Stage::Binary,
-                distill::judge_correctness,
-                paragraphs,
-                teacher,
-                *offline,
-                Some(extractor),
-                stage,
-            ),
-        };
+    let (kind, label, input, teacher, offline, extractor, extraction, stage): (
+        Stage,
+        Labeller,
+        _,
+        _,
+        _,
+        _,
+        _,
+        _,
+    ) = match &command {
+        LabelCommand::Extract {
+            paragraphs,
+            teacher,
+            extraction,
+            stage,
+        } => (
+            Stage::Extract,
+            distill::extract_answers,
+            paragraphs,
+            teacher,
+            false,
+            None,
+            extraction.extraction_prompt,
+            stage,
+        ),
+        LabelCommand::Forecast {
+            extractions,
+            teacher,
+            offline,
+            stage,
+        } => (
+            Stage::Forecast,
+            distill::forecast_candidates,
+            extractions,
+            teacher,
+            *offline,
+            None,
+            ExtractionPrompt::default(),
+            stage,
+        ),
+        LabelCommand::Binary {
+            paragraphs,
+            teacher,
+            offline,
+            extractor,
+            extraction,
+            stage,
+        } => (
+            Stage::Binary,
+            distill::judge_correctness,
+            paragraphs,
+            teacher,
+            *offline,
+            Some(extractor),
+            extraction.extraction_prompt,
+            stage,
+        ),
+    };
     let templates = stage.templates()?;
     let asked = Asked::build(teacher, offline, extractor, kind, stage)?;
     let report = label(
-        &asked.context(&templates, stage),
+        &asked.context(&templates, extraction, stage),
         input,
         &stage.out,
         &stage.settings(kind, offline),

@@ -11,14 +11,14 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use lincal_data::artifact::CACHE_FILE;
 use lincal_data::parse::LexicalReader;
-use lincal_data::prompts::Templates;
+use lincal_data::prompts::{ExtractionPrompt, Templates};
 use lincal_eval::bio::{
     BioEvaluation, ClaimConfidence, Decomposer, FactChecker, LexicalDecomposer, LlmDecomposer,
 };
 use lincal_eval::datasets::{self, QaDataset, ReferenceDataset};
 use lincal_eval::judges::{ExactMatchJudge, Judge, LlmJudge};
 use lincal_eval::qa::QaEvaluation;
-use lincal_eval::readers::{LexicalQaReader, LlmReader, Reader};
+use lincal_eval::readers::{LexicalQaReader, LlmReader, Reader, StatedConfidenceReader};
 use lincal_eval::{
     EvalOptions, GenerationSettings, IndexLocation, KnowledgeIndex, Method, Policy, ProgressEvent,
     PromptStyle, ReportOptions, RunOutcome, RunStatus, TeacherSettings,
@@ -168,13 +168,19 @@ pub struct QaArgs {
     #[arg(long, num_args = 1..)]
     answers: Vec<PathBuf>,
     /// lexical (no model; finds the gold answer, see the docs), llm (--reader-model),
-    /// surrogate (--extractor and --forecaster) or a backend config file. Default: what the
-    /// other reader options imply, else lexical.
+    /// stated (--reader-model finds the answers, whose confidence is what the paragraph
+    /// states: the offline reader), surrogate (--extractor and --forecaster) or a backend
+    /// config file. Default: what the other reader options imply, else lexical.
     #[arg(long)]
     reader: Option<String>,
-    /// A local model as LLM reader.
+    /// A local model as LLM reader, or as the stated reader's extractor.
     #[arg(long)]
     reader_model: Option<PathBuf>,
+    /// How the llm and stated readers ask for a paragraph's answers: teacher (the reference's
+    /// prompt with 10 worked examples) or few-shot (a completion answered on one line, which a
+    /// small local model follows).
+    #[arg(long)]
+    extraction_prompt: Option<ExtractionPrompt>,
     /// The surrogate reader's ExtractAnswers model directory.
     #[arg(long)]
     extractor: Option<PathBuf>,
@@ -731,6 +737,13 @@ fn qa(args: QaArgs) -> Result<()> {
             "--reader surrogate needs --extractor DIR (ExtractAnswers) and --forecaster DIR \
              (ForecastProbs)"
         ),
+        (None, None, Some("stated")) => match &args.reader_model {
+            Some(dir) => ("stated".to_string(), Some(ModelSource::Local(dir.clone()))),
+            None => bail!(
+                "--reader stated needs --reader-model DIR, the model that finds each \
+                 paragraph's answers"
+            ),
+        },
         (None, None, choice) => role_choice(
             "reader",
             choice,
@@ -739,6 +752,10 @@ fn qa(args: QaArgs) -> Result<()> {
             args.reader_model.as_ref(),
         )?,
     };
+    if args.extraction_prompt.is_some() && !matches!(reader_kind.as_str(), "llm" | "stated") {
+        bail!("--extraction-prompt is for the llm and stated readers, not --reader {reader_kind}");
+    }
+    let extraction = args.extraction_prompt.unwrap_or_default();
     let (judge_kind, judge_source) = role_choice(
         "judge",
         args.judge.as_deref(),
@@ -780,10 +797,20 @@ fn qa(args: QaArgs) -> Result<()> {
                 &teacher(run),
             )?)
         }
+        ("stated", Some(client), _) => Box::new(StatedConfidenceReader {
+            extractor: LlmReader {
+                llm: client,
+                templates: &templates,
+                settings: teacher(run),
+                extraction,
+            },
+            stated: LexicalQaReader::default(),
+        }),
         (_, Some(client), _) => Box::new(LlmReader {
             llm: client,
             templates: &templates,
             settings: teacher(run),
+            extraction,
         }),
         _ => unreachable!("every reader kind has its model"),
     };

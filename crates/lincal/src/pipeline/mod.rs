@@ -111,7 +111,10 @@ pub struct QuestionsConfig {
 }
 
 /// Who plays each teacher role: `offline`, `model:DIR` (a local model) or `api:FILE.toml` (an
-/// OpenAI-compatible or Anthropic backend config).
+/// OpenAI-compatible or Anthropic backend config). The extractor, which reads the answers of
+/// free text for the offline summariser, the reader labels and the binary labeller, needs a
+/// model: `model:DIR`, `api:FILE.toml`, or `few-shot:DIR`, a small local model asked with the
+/// few-shot extraction prompt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Teachers {
@@ -120,7 +123,9 @@ pub struct Teachers {
     pub extractor: String,
     pub forecaster: String,
     pub binary_labeler: String,
-    /// The evaluation's reader: lexical, llm:DIR, or api:FILE.toml.
+    /// The evaluation's reader: stated (the extractor finds the answers, their confidence is
+    /// what the paragraph states), lexical (no model; sees only the gold answer), model:DIR,
+    /// or api:FILE.toml.
     pub eval_reader: String,
     /// The evaluation's judge: exact, model:DIR or api:FILE.toml.
     pub eval_judge: String,
@@ -129,14 +134,15 @@ pub struct Teachers {
 impl PipelineConfig {
     pub fn preset(preset: Preset, base_model: PathBuf) -> Self {
         let offline = || "offline".to_string();
-        // No model-free reader of free text exists: the base model extracts answers.
+        // No model-free reader of free text exists: the base model extracts answers, with the
+        // few-shot prompt that a 135M model follows.
         let offline_teachers = Teachers {
             query_writer: offline(),
             summarizer: offline(),
-            extractor: format!("model:{}", base_model.display()),
+            extractor: format!("few-shot:{}", base_model.display()),
             forecaster: offline(),
             binary_labeler: offline(),
-            eval_reader: "lexical".into(),
+            eval_reader: "stated".into(),
             eval_judge: "exact".into(),
         };
         let (source, roles, teachers) = match preset {
@@ -215,7 +221,16 @@ fn tiny_stage_args() -> BTreeMap<String, Vec<String>> {
     BTreeMap::from([
         (
             "samples".to_string(),
-            args(&["--samples", "4", "--max-tokens", "48", "--batch-size", "32"]),
+            args(&[
+                "--template",
+                "zero-shot",
+                "--samples",
+                "4",
+                "--max-tokens",
+                "64",
+                "--batch-size",
+                "32",
+            ]),
         ),
         (
             "lc_sft".to_string(),
@@ -322,21 +337,18 @@ fn tiny_stage_args() -> BTreeMap<String, Vec<String>> {
 /// The flags that give a stage its teacher. An offline teacher that reads answers from free
 /// text (the agreement summariser, the binary labeller) gets the extractor role as its model.
 fn teacher_flags(role: &str, spec: &str, extractor: Option<&str>) -> Result<Vec<String>> {
+    if role == "extractor" {
+        return extractor_flags(spec, "--teacher-model", "--teacher");
+    }
     Ok(match spec.split_once(':') {
         None if spec == "offline" => {
             let mut flags = vec!["--offline".to_string()];
-            match extractor.map(|e| e.split_once(':')) {
-                None => {}
-                Some(Some(("model", dir))) => {
-                    flags.extend(["--extractor-model".to_string(), dir.to_string()])
-                }
-                Some(Some(("api", file))) => {
-                    flags.extend(["--extractor".to_string(), file.to_string()])
-                }
-                Some(_) => bail!(
-                    "teachers.{role} = \"offline\" reads answers with teachers.extractor, \
-                     which must be \"model:DIR\" or \"api:FILE.toml\""
-                ),
+            if let Some(extractor) = extractor {
+                flags.extend(extractor_flags(
+                    extractor,
+                    "--extractor-model",
+                    "--extractor",
+                )?);
             }
             flags
         }
@@ -345,6 +357,25 @@ fn teacher_flags(role: &str, spec: &str, extractor: Option<&str>) -> Result<Vec<
         _ => {
             bail!("teachers.{role} = {spec:?}: use \"offline\", \"model:DIR\" or \"api:FILE.toml\"")
         }
+    })
+}
+
+/// The flags that name the extractor role's model: `model_flag DIR` for a local model (with
+/// the few-shot extraction prompt for `few-shot:DIR`), `api_flag FILE` for a backend.
+fn extractor_flags(spec: &str, model_flag: &str, api_flag: &str) -> Result<Vec<String>> {
+    Ok(match spec.split_once(':') {
+        Some(("model", dir)) => vec![model_flag.into(), dir.into()],
+        Some(("few-shot", dir)) => vec![
+            model_flag.into(),
+            dir.into(),
+            "--extraction-prompt".into(),
+            "few-shot".into(),
+        ],
+        Some(("api", file)) => vec![api_flag.into(), file.into()],
+        _ => bail!(
+            "teachers.extractor = {spec:?}: finding the answers of free text needs a model; use \
+             \"model:DIR\", \"few-shot:DIR\" (a small local model) or \"api:FILE.toml\""
+        ),
     })
 }
 
@@ -398,8 +429,6 @@ fn command_stages(config: &PipelineConfig, dir: &Path) -> Result<Vec<CommandStag
         &path(&["queries_sft"]),
         "--base-model",
         &base,
-        "--template",
-        "icl",
         "--out",
         &path(&["samples"]),
     ]);
@@ -613,7 +642,7 @@ fn command_stages(config: &PipelineConfig, dir: &Path) -> Result<Vec<CommandStag
             "--out",
             &path(&[name]),
         ]);
-        args.extend(reader_flags(&t.eval_reader)?);
+        args.extend(reader_flags(&t.eval_reader, &t.extractor)?);
         args.extend(judge_flags(&t.eval_judge)?);
         args.extend(device.clone());
         let mut inputs = vec!["queries_test"];
@@ -643,9 +672,21 @@ fn command_stages(config: &PipelineConfig, dir: &Path) -> Result<Vec<CommandStag
     Ok(stages)
 }
 
-fn reader_flags(spec: &str) -> Result<Vec<String>> {
+/// The evaluation reader's flags; the stated reader finds answers with the extractor role.
+fn reader_flags(spec: &str, extractor: &str) -> Result<Vec<String>> {
     Ok(match spec.split_once(':') {
         None if spec == "lexical" => vec!["--reader".into(), "lexical".into()],
+        None if spec == "stated" => {
+            if extractor.starts_with("api:") {
+                bail!(
+                    "teachers.eval_reader = \"stated\" finds answers with teachers.extractor, \
+                     which must then be a local model (\"model:DIR\" or \"few-shot:DIR\")"
+                );
+            }
+            let mut flags = vec!["--reader".into(), "stated".into()];
+            flags.extend(extractor_flags(extractor, "--reader-model", "--reader")?);
+            flags
+        }
         Some(("model", dir)) => vec![
             "--reader".into(),
             "llm".into(),
@@ -654,7 +695,8 @@ fn reader_flags(spec: &str) -> Result<Vec<String>> {
         ],
         Some(("api", file)) => vec!["--reader".into(), file.into()],
         _ => bail!(
-            "teachers.eval_reader = {spec:?}: use \"lexical\", \"model:DIR\" or \"api:FILE.toml\""
+            "teachers.eval_reader = {spec:?}: use \"lexical\", \"stated\", \"model:DIR\" or \
+             \"api:FILE.toml\""
         ),
     })
 }
