@@ -16,7 +16,9 @@ use lincal_llm::{LlmRequest, Prompt, request_seed};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::offline::{OFFLINE_QUERY_TEMPLATE, agreement_summary, answer_shares, offline_query};
+use crate::offline::{
+    OFFLINE_QUERY_TEMPLATE, agreement_summary, answer_shares, answers_to, offline_query,
+};
 use crate::{
     Counts, JeopardyClue, Outcome, QueryRecord, QuestionInput, SampleAnswer, SampleRecord,
     Settings, Stage, StageContext, StageJob, StageReport, SummaryRecord, Teacher, chat_prompt,
@@ -313,7 +315,8 @@ pub fn sample_paragraphs(
 /// and `claude_distill.jsonl` (the teacher's paragraphs).
 ///
 /// Offline, the summariser by agreement: the extractor finds the answer of each sample (the
-/// first it lists), and [`agreement_summary`] states each answer's share of the samples
+/// first it lists that the question does not name itself; none if there is no such answer),
+/// and [`agreement_summary`] states each answer's share of the samples
 /// ([`answer_shares`]); the record keeps each sample's answer. A sample whose extraction
 /// fails is left out of the shares; an item all of whose extractions fail fails. It writes no
 /// paragraph of its own, so `distill_paragraphs` is refused.
@@ -360,7 +363,9 @@ pub fn summarize_samples(
                             .iter()
                             .enumerate()
                             .map(|(j, sample)| {
-                                let key = format!("{}/extract/{j}", record.item.id);
+                                // Seeded by the text, so that equal samples make one
+                                // request (the client asks it once) and get one answer.
+                                let key = format!("{}/extract/{sample}", record.item.id);
                                 let seed = request_seed(settings.seed, &key);
                                 let request = extraction_request(
                                     templates,
@@ -459,8 +464,8 @@ fn agreement_record(
     let sample_answers: Vec<SampleAnswer> = extractions
         .into_iter()
         .map(|extraction| match extraction {
-            Ok(answers) => match answers.into_iter().next() {
-                Some(answer) => SampleAnswer::Answer(answer),
+            Ok(answers) => match answers_to(&record.item.question, &answers).first() {
+                Some(answer) => SampleAnswer::Answer(answer.to_string()),
                 None => SampleAnswer::NoAnswer,
             },
             Err(failure) => SampleAnswer::Failed(failure.reason),

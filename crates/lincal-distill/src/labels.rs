@@ -18,7 +18,7 @@ use lincal_data::{DataError, Result};
 use lincal_llm::request_seed;
 use serde_json::json;
 
-use crate::offline::exact_match_label;
+use crate::offline::{answers_to, exact_match_label};
 use crate::{
     CorrectnessRecord, Counts, ExtractionRecord, ForecastRecord, ParagraphRecord, SampleRecord,
     Settings, Stage, StageContext, StageJob, StageReport, SummaryRecord, Teacher, chat_request,
@@ -345,7 +345,10 @@ pub fn judge_correctness(
                     |record, answers| CorrectnessRecord {
                         item: record.item.clone(),
                         paragraph: record.paragraph.clone(),
-                        correct: exact_match_label(&answers, &record.item.aliases),
+                        correct: exact_match_label(
+                            &answers_to(&record.item.question, &answers),
+                            &record.item.aliases,
+                        ),
                         extracted_answers: Some(answers),
                     },
                 )

@@ -6,13 +6,13 @@
 //! | role | stage | offline teacher | rule |
 //! | --- | --- | --- | --- |
 //! | query writer | [`crate::make_queries`] | `query-template` | [`offline_query`]: the question inside a fixed request, which adds no words of its own, so nothing that could give the answer away (a question that contains its own answer fails, as a model's query would; a Jeopardy clue fails too, since rephrasing it needs a model) |
-//! | summariser | [`crate::summarize_samples`] | `agreement` | the extractor (any model, with the teacher extraction prompt, or a small local model with the few-shot one: `ExtractionPrompt`) finds each sample's answer; [`answer_shares`] groups equal answers; [`agreement_summary`] writes the first-person paragraph whose confidences are the groups' shares of the samples (SPEC 1.2: "percentages equal to the fraction of thoughts supporting each"). It never sees the gold answer |
+//! | summariser | [`crate::summarize_samples`] | `agreement` | the extractor (any model, with the teacher extraction prompt, or a small local model with the few-shot one: `ExtractionPrompt`) finds each sample's answer (the first that the question does not name itself: [`answers_to`]); [`answer_shares`] groups equal answers; [`agreement_summary`] writes the first-person paragraph whose confidences are the groups' shares of the samples (SPEC 1.2: "percentages equal to the fraction of thoughts supporting each"). It never sees the gold answer |
 //! | forecaster | [`crate::forecast_candidates`] | `stated-confidence` | the confidence the paragraph states for each candidate, as the reference's API forecaster reads it from the paragraph alone: [`LexicalReader::forecast`] (stated percentages and the hedge table); the candidates include the gold answer, as in the reference, read under any of its aliases |
-//! | binary labeller | [`crate::judge_correctness`] | `exact-match` | the extractor finds the answers the paragraph gives; [`exact_match_label`]: correct when it gives one answer and that answer equals an alias of the gold answer after normalisation ([`exact_match`], the rule of the exact-match judge of evaluation) |
+//! | binary labeller | [`crate::judge_correctness`] | `exact-match` | the extractor finds the answers the paragraph gives ([`answers_to`] its question); [`exact_match_label`]: correct when it gives one answer and that answer equals an alias of the gold answer after normalisation ([`exact_match`], the rule of the exact-match judge of evaluation) |
 //!
 //! [`LexicalReader::forecast`]: lincal_data::parse::LexicalReader::forecast
 
-use lincal_data::parse::{exact_match, normalize_answer};
+use lincal_data::parse::{contains_match, exact_match, normalize_answer};
 
 use crate::SampleAnswer;
 
@@ -112,10 +112,23 @@ fn sentence(mut text: String) -> String {
     text
 }
 
-/// The offline binary label of a paragraph whose extracted answers are `answers`: correct when
-/// it gives at least one answer and every one of them equals an alias of the gold answer
-/// after normalisation (so two spellings of the gold answer are one answer), as the reference's
-/// labeller is asked: one answer, and it matches.
-pub fn exact_match_label(answers: &[String], aliases: &[String]) -> bool {
-    !answers.is_empty() && answers.iter().all(|answer| exact_match(answer, aliases))
+/// The answers of `answers` that answer `question` rather than restate it: an answer the
+/// question names itself ("Iowa" for "What is the state capital of Iowa?", which a small
+/// extractor lists for a paragraph that only repeats the question) is left out.
+pub fn answers_to<'a>(question: &str, answers: &'a [String]) -> Vec<&'a String> {
+    answers
+        .iter()
+        .filter(|answer| !contains_match(question, std::slice::from_ref(*answer)))
+        .collect()
+}
+
+/// The offline binary label of a paragraph whose extracted answers to its question are
+/// `answers` ([`answers_to`]): correct when it gives at least one answer and every one of them
+/// equals an alias of the gold answer after normalisation (so two spellings of the gold answer
+/// are one answer), as the reference's labeller is asked: one answer, and it matches.
+pub fn exact_match_label<S: AsRef<str>>(answers: &[S], aliases: &[String]) -> bool {
+    !answers.is_empty()
+        && answers
+            .iter()
+            .all(|answer| exact_match(answer.as_ref(), aliases))
 }

@@ -551,19 +551,13 @@ fn the_offline_forecaster_reads_the_stated_percentages_and_hedges() {
 
 #[test]
 fn the_offline_binary_labeller_matches_the_extracted_answers_with_the_gold_answer() {
+    assert!(exact_match_label(&["the Beatles"], &["Beatles".into()]));
     assert!(exact_match_label(
-        &["the Beatles".into()],
-        &["Beatles".into()]
-    ));
-    assert!(exact_match_label(
-        &["Paris".into(), "paris, france".into()],
+        &["Paris", "paris, france"],
         &["Paris".into(), "Paris, France".into()]
     ));
-    assert!(!exact_match_label(
-        &["Paris".into(), "Lyon".into()],
-        &["Paris".into()]
-    ));
-    assert!(!exact_match_label(&[], &["Paris".into()]));
+    assert!(!exact_match_label(&["Paris", "Lyon"], &["Paris".into()]));
+    assert!(!exact_match_label::<&str>(&[], &["Paris".into()]));
 
     let dir = tempfile::tempdir().unwrap();
     let templates = Templates::builtin().unwrap();
@@ -741,12 +735,14 @@ fn the_few_shot_extraction_serves_the_summariser_and_the_binary_labeller() {
     let templates = Templates::builtin().unwrap();
     let samples = sample_dir(dir.path(), &templates);
     // A small model's replies: the answers line, sometimes followed by the next example (which
-    // is not read), and one reply that is no answers line at all.
+    // is not read), and one reply that is no answers line at all. An answer the question names
+    // ("France") restates it: the sample's answer is the next one, or none.
     let extractor = few_shot_extractor(&[
         ("Paris is the capital of France.", " Paris\nQuestion: x"),
-        ("Lyon is the capital of France.", " Lyon; Paris"),
+        ("Lyon is the capital of France.", " France; Lyon; Paris"),
+        ("Paris, France.", " Paris; France"),
         ("The capital is Paris.", " paris."),
-        ("France has many cities.", " No Answer"),
+        ("France has many cities.", " France"),
         ("Mars is the red planet.", " Mars"),
         ("The red planet is Mars.", " Mars\n\nQuestion: Venus?"),
         ("Mars looks red.", " Mars"),
@@ -774,6 +770,10 @@ fn the_few_shot_extraction_serves_the_summariser_and_the_binary_labeller() {
         "I am 50% sure that the answer is Paris. It may instead be Lyon (25%)."
     );
     assert_eq!(
+        records[0]["sample_answers"],
+        json!([{"answer": "Paris"}, {"answer": "Lyon"}, {"answer": "paris"}, "no_answer"])
+    );
+    assert_eq!(
         records[1]["summary"],
         "I am 100% sure that the answer is Mars."
     );
@@ -795,6 +795,8 @@ fn the_few_shot_extraction_serves_the_summariser_and_the_binary_labeller() {
                    "paragraph": "Paris is the capital of France."}),
             json!({"id": "q2", "question": "What is the capital of France?", "answer": "Paris",
                    "paragraph": "Lyon is the capital of France."}),
+            json!({"id": "q3", "question": "What is the capital of France?", "answer": "Paris",
+                   "paragraph": "Paris, France."}),
         ],
     );
     let out = dir.path().join("binary");
@@ -802,5 +804,10 @@ fn the_few_shot_extraction_serves_the_summariser_and_the_binary_labeller() {
     let labels = read_lines(&out.join("correctness.jsonl"));
     assert_eq!(labels[0]["correct"], true);
     assert_eq!(labels[1]["correct"], false);
-    assert_eq!(labels[1]["extracted_answers"], json!(["Lyon", "Paris"]));
+    assert_eq!(labels[2]["correct"], true);
+    // The extracted answers are kept as extracted; the label leaves out "France".
+    assert_eq!(
+        labels[1]["extracted_answers"],
+        json!(["France", "Lyon", "Paris"])
+    );
 }

@@ -18,6 +18,7 @@ use lincal_data::prompts::{
     EXTRACT_ANSWERS_MAX_TOKENS, EXTRACT_ANSWERS_TEMPERATURE, ExtractionPrompt, ExtractionUse,
     Templates,
 };
+use lincal_distill::offline::answers_to;
 use lincal_distill::{extraction_request, parse_extraction};
 use lincal_llm::{Llm, Prompt};
 
@@ -143,15 +144,28 @@ pub struct StatedConfidenceReader<'a> {
 impl Reader for StatedConfidenceReader<'_> {
     fn describe(&self) -> String {
         format!(
-            "stated confidence (answers found by {}; confidence as the paragraph states it, \
-             hedge table of {} phrases)",
+            "stated confidence (answers found by {}, but those the question names; confidence \
+             as the paragraph states it, hedge table of {} phrases)",
             self.extractor.describe(),
             self.stated.reader.hedges().entries().len()
         )
     }
 
+    /// The extractor's answers but those the question names itself ([`answers_to`]), which a
+    /// small extractor lists for a paragraph that only repeats the question.
     fn extract(&self, inputs: &[ReadInput<'_>]) -> ItemResults<Vec<String>> {
-        self.extractor.extract(inputs)
+        let extracted = self.extractor.extract(inputs)?;
+        Ok(inputs
+            .iter()
+            .zip(extracted)
+            .map(|(input, answers)| {
+                let answers = answers?;
+                Ok(answers_to(input.question, &answers)
+                    .into_iter()
+                    .cloned()
+                    .collect())
+            })
+            .collect())
     }
 
     fn forecast(&self, inputs: &[ForecastInput<'_>]) -> ItemResults<f64> {
@@ -252,7 +266,7 @@ mod tests {
                 .unwrap();
             let answers: Vec<&str> = text
                 .split(|c: char| !c.is_alphanumeric())
-                .filter(|word| ["Lyon", "Paris", "Nice"].contains(word))
+                .filter(|word| ["Lyon", "Paris", "Nice", "France"].contains(word))
                 .collect();
             let reply = match answers.is_empty() {
                 true => " No Answer\nQuestion:".to_string(),
@@ -276,12 +290,14 @@ mod tests {
             "I am 70% sure that the answer is Lyon. It may instead be Paris (30%).",
             "The capital of France is Nice.",
             "I do not know the answer to this question.",
+            // The extractor lists "France", which the question names: no answer.
+            "The capital of France is a lovely city.",
         ];
         let inputs: Vec<ReadInput> = paragraphs
             .iter()
             .enumerate()
             .map(|(i, paragraph)| ReadInput {
-                id: ["a", "b", "c"][i],
+                id: ["a", "b", "c", "d"][i],
                 question,
                 paragraph,
                 gold_aliases: &gold,
@@ -294,7 +310,10 @@ mod tests {
             .map(Result::unwrap)
             .collect();
         // The wrong answers are seen, which the lexical reader (gold only) cannot do.
-        assert_eq!(answers, [vec!["Lyon", "Paris"], vec!["Nice"], vec![]]);
+        assert_eq!(
+            answers,
+            [vec!["Lyon", "Paris"], vec!["Nice"], vec![], vec![]]
+        );
         let forecast = |paragraph: &str, candidate: &str| {
             reader
                 .forecast(&[ForecastInput {
