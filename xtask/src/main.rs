@@ -5,7 +5,8 @@
 //!   `--gpu`: the full wheel), the pinned offline assets checked by sha256, and the
 //!   `.libtorch` link that `.cargo/config.toml` points torch-sys at.
 //! * `test`: setup, then every test of the workspace, the slow real-model ones included.
-//! * `demo`: setup, release build, SmolLM2 converted once, a few questions answered.
+//! * `demo`: setup, release build, SmolLM2 converted once, then the tiny pipeline run into
+//!   `demo/` (resumed or skipped where it already ran) and its report printed.
 //! * `gpu-build`: a stripped `cuda` binary in `.gpu/lincal`, ready to carry to a GPU machine,
 //!   built in `$LINCAL_CACHE/target-gpu`.
 //!
@@ -254,25 +255,29 @@ fn demo(root: &Path) -> Result<()> {
             .arg(&prepared.smollm2_gguf)
             .arg(&model))?;
     }
-    for question in [
-        "What is the capital of France?",
-        "Who wrote the novel Pride and Prejudice?",
-        "In which year did the first person walk on the Moon?",
-    ] {
-        println!("\n> {question}");
+    // The tiny pipeline (`lincal pipeline init --preset tiny`): every stage of the reference,
+    // offline, on CPU. A second run skips the finished stages; a killed one resumes.
+    let demo = root.join("demo");
+    std::fs::create_dir_all(&demo)?;
+    let config = demo.join("pipeline.toml");
+    if !config.exists() {
         run(Command::new(&lincal)
-            .args([
-                "generate",
-                "--chat",
-                "--temperature",
-                "0",
-                "--max-new-tokens",
-                "96",
-                "--model",
-            ])
+            .args(["pipeline", "init", "--preset", "tiny", "--base-model"])
             .arg(&model)
-            .args(["--prompt", question]))?;
+            .arg("--out")
+            .arg(&config))?;
     }
+    let started = std::time::Instant::now();
+    run(Command::new(&lincal)
+        .args(["pipeline", "run"])
+        .arg(&config)
+        .arg("--out")
+        .arg(demo.join("run")))?;
+    println!(
+        "pipeline time {:.1} min; the report: {}",
+        started.elapsed().as_secs_f64() / 60.0,
+        demo.join("run/report/report.md").display()
+    );
     Ok(())
 }
 

@@ -4,7 +4,8 @@
 //! whether it was judged correct. [`compute_report`] gives accuracy, ECE (equal-mass, as the
 //! reference computes it, and equal-width), MCE, Brier score, log loss and AUROC, each with a
 //! paired percentile bootstrap interval, plus reliability bins and the selective-prediction
-//! curve. [`write_reliability_diagram`] and [`write_frontier_plot`] draw PNG and SVG plots.
+//! curve. [`write_reliability_diagram`], [`write_frontier_plot`] and [`write_line_plot`] draw
+//! PNG and SVG plots.
 //!
 //! Rules taken from the reference (SPEC 5.2, 5.3):
 //! - QA uses 20 equal-mass bins ([`ReportConfig::qa`]); per-claim evaluation 40
@@ -47,7 +48,10 @@ pub use calibration::{
     Binning, ReliabilityBin, ece, mce, merge_equal_confidence, reliability_bins,
 };
 pub use error::MetricsError;
-pub use plot::{FrontierPoint, PlotFiles, write_frontier_plot, write_reliability_diagram};
+pub use plot::{
+    Curve, FrontierPoint, PlotFiles, write_frontier_plot, write_line_plot,
+    write_reliability_diagram,
+};
 pub use prediction::{Prediction, read_predictions_jsonl};
 pub use report::{Estimate, MetricsReport, ReportConfig, compute_report};
 pub use scores::{

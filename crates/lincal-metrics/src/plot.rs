@@ -1,4 +1,5 @@
-//! Reliability diagrams and the accuracy-vs-ECE frontier, each written as PNG and SVG.
+//! Reliability diagrams, the accuracy-vs-ECE frontier and line charts (training curves), each
+//! written as PNG and SVG.
 //!
 //! Text is drawn with DejaVu Sans embedded in the crate (plotters' `ab_glyph` font path), so
 //! plots render the same on a fresh machine with no fontconfig or system fonts.
@@ -81,6 +82,53 @@ pub fn write_frontier_plot(
         });
     }
     write_figure(&Frontier { points, title }, (1100, 800), stem.as_ref())
+}
+
+/// One named line of a line chart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Curve {
+    pub label: String,
+    /// (x, y) in drawing order.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Writes `<stem>.png` and `<stem>.svg`: one line per curve, with a marker at every point (so a
+/// one-point curve still shows), labelled in a legend above the lines (room for about four
+/// curves); the axes fit every point. Used for training curves (loss, reward or KL against the
+/// step).
+pub fn write_line_plot(
+    curves: &[Curve],
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    stem: impl AsRef<Path>,
+) -> Result<PlotFiles, MetricsError> {
+    if curves.iter().all(|c| c.points.is_empty()) {
+        return Err(MetricsError::InvalidConfig {
+            field: "curves",
+            reason: "a line plot needs at least one point".into(),
+        });
+    }
+    if let Some(curve) = curves.iter().find(|c| {
+        c.points
+            .iter()
+            .any(|(x, y)| !x.is_finite() || !y.is_finite())
+    }) {
+        return Err(MetricsError::InvalidConfig {
+            field: "curves",
+            reason: format!(
+                "curve `{}` has a point that is not a finite number; leave such points out",
+                curve.label
+            ),
+        });
+    }
+    let figure = LineChart {
+        curves,
+        title,
+        x_label,
+        y_label,
+    };
+    write_figure(&figure, (1000, 650), stem.as_ref())
 }
 
 type DrawResult<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
@@ -437,4 +485,74 @@ fn place_label(
         .find(|c| c.within(inside) && !taken.iter().any(|t| t.overlaps(c)))
         .copied()
         .unwrap_or(candidates[0])
+}
+
+struct LineChart<'a> {
+    curves: &'a [Curve],
+    title: &'a str,
+    x_label: &'a str,
+    y_label: &'a str,
+}
+
+/// `lo..hi` widened by 5% on each side, or by 1 (or a tenth of the value) when `lo == hi`,
+/// so that no point sits on the frame.
+fn padded(lo: f64, hi: f64) -> std::ops::Range<f64> {
+    let pad = if hi > lo {
+        (hi - lo) * 0.05
+    } else {
+        (lo.abs() * 0.1).max(1.0)
+    };
+    lo - pad..hi + pad
+}
+
+impl Figure for LineChart<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
+        root.fill(&WHITE)?;
+        let root = root.margin(12, 0, 0, 0).titled(self.title, (FONT, 30))?;
+        let color = |i: usize| COLORS[i % COLORS.len()];
+        let points = || self.curves.iter().flat_map(|c| c.points.iter().copied());
+        let span = |get: fn((f64, f64)) -> f64| {
+            let (lo, hi) = points()
+                .map(get)
+                .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+            padded(lo, hi)
+        };
+        // The top quarter of the plot is left free for the legend, so it hides no point.
+        let y = span(|(_, y)| y);
+        let y = y.start..y.end + (y.end - y.start) / 3.0;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(25)
+            .x_label_area_size(55)
+            .y_label_area_size(90)
+            .build_cartesian_2d(span(|(x, _)| x), y)?;
+        chart
+            .configure_mesh()
+            .x_desc(self.x_label)
+            .y_desc(self.y_label)
+            .label_style((FONT, 18))
+            .axis_desc_style((FONT, 20))
+            .light_line_style(WHITE.mix(0.0))
+            .draw()?;
+        for (i, curve) in self.curves.iter().enumerate() {
+            let style = color(i).stroke_width(2);
+            chart.draw_series(LineSeries::new(curve.points.iter().copied(), style))?;
+            chart
+                .draw_series(
+                    curve
+                        .points
+                        .iter()
+                        .map(|&p| Circle::new(p, 4, color(i).filled())),
+                )?
+                .label(curve.label.as_str())
+                .legend(move |(x, y)| PathElement::new([(x - 4, y), (x + 16, y)], style));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .label_font((FONT, 18))
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .draw()?;
+        Ok(())
+    }
 }

@@ -4,8 +4,8 @@ use std::fs::File;
 use std::path::Path;
 
 use lincal_metrics::{
-    Binning, Estimate, FrontierPoint, Prediction, ReportConfig, compute_report,
-    write_frontier_plot, write_reliability_diagram,
+    Binning, Curve, Estimate, FrontierPoint, Prediction, ReportConfig, compute_report,
+    write_frontier_plot, write_line_plot, write_reliability_diagram,
 };
 
 /// Decodes an RGB PNG: (width, height, pixels).
@@ -119,12 +119,72 @@ fn frontier_plot_is_written_with_labels() {
 }
 
 #[test]
+fn line_plot_is_written_with_a_legend() {
+    let curves = [
+        Curve {
+            label: "LC SFT".into(),
+            points: (1..=40)
+                .map(|s| (s as f64, 2.5 / (s as f64).sqrt()))
+                .collect(),
+        },
+        // One point: drawn as a marker.
+        Curve {
+            label: "Factuality SFT".into(),
+            points: vec![(10.0, 1.2)],
+        },
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_line_plot(
+        &curves,
+        "SFT training loss",
+        "Optimizer step",
+        "Loss",
+        dir.path().join("training-sft-loss"),
+    )
+    .unwrap();
+    assert_eq!(files.png, dir.path().join("training-sft-loss.png"));
+    let bytes = std::fs::read(&files.png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    let (w, h, pixels) = decode_png(&files.png);
+    assert_eq!((w, h), (1000, 650));
+    assert!(dark_pixels(w, &pixels, 0..45) > 200, "title text missing");
+    let svg = std::fs::read_to_string(&files.svg).unwrap();
+    assert!(svg.contains("Optimizer step") && svg.contains("SFT training loss"));
+    for curve in &curves {
+        // Each label appears once, in the legend.
+        assert_eq!(
+            svg.lines()
+                .filter(|line| line.trim() == curve.label)
+                .count(),
+            1,
+            "{}",
+            curve.label
+        );
+    }
+}
+
+#[test]
 fn bad_plot_inputs_are_errors_naming_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let err = write_reliability_diagram(&[], "t", dir.path().join("x")).unwrap_err();
     assert!(err.to_string().contains("at least one bin"), "{err}");
     let err = write_frontier_plot(&[], "t", dir.path().join("x")).unwrap_err();
     assert!(err.to_string().contains("at least one method"), "{err}");
+    let empty = Curve {
+        label: "a".into(),
+        points: Vec::new(),
+    };
+    let err = write_line_plot(&[empty], "t", "x", "y", dir.path().join("x")).unwrap_err();
+    assert!(err.to_string().contains("at least one point"), "{err}");
+    let nan = Curve {
+        label: "LC RL".into(),
+        points: vec![(1.0, 0.5), (2.0, f64::NAN)],
+    };
+    let err = write_line_plot(&[nan], "t", "x", "y", dir.path().join("x")).unwrap_err();
+    assert!(
+        err.to_string().contains("`LC RL`") && err.to_string().contains("finite"),
+        "{err}"
+    );
     let point = FrontierPoint {
         label: "a".into(),
         accuracy: estimate(0.5, 0.1),

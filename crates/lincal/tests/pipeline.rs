@@ -1,0 +1,411 @@
+//! `lincal pipeline run` as a user runs it: killed in the middle, then run again to the end
+//! without redoing the stages that had finished. A tiny random model plays the base model and
+//! the extractor, so every stage runs its real code in seconds (its text is garbage, which
+//! every stage still turns into its outputs: the few-shot extraction takes any first line).
+
+mod common;
+
+use common::{lincal, tiny_model_dir};
+use lincal::pipeline::runner::PipelineState;
+use lincal_data::artifact::Manifest;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Forty general-knowledge questions, none of which contains its own answer (the offline
+/// query writer fails such a question: its query would give the answer away).
+const QUESTIONS: [(&str, &str); 40] = [
+    ("What is the capital of France?", "Paris"),
+    ("Which planet is known as the Red Planet?", "Mars"),
+    ("Who wrote the play Hamlet?", "William Shakespeare"),
+    ("What is the chemical symbol for gold?", "Au"),
+    ("Which ocean is the largest?", "Pacific Ocean"),
+    ("In which country is the city of Kyoto?", "Japan"),
+    ("What is the largest mammal?", "Blue whale"),
+    ("Who painted the Mona Lisa?", "Leonardo da Vinci"),
+    (
+        "What is the boiling point of water in degrees Celsius?",
+        "100",
+    ),
+    (
+        "Which language has the most native speakers?",
+        "Mandarin Chinese",
+    ),
+    (
+        "Who was the first President of the United States?",
+        "George Washington",
+    ),
+    ("What is the tallest mountain on Earth?", "Mount Everest"),
+    ("Which gas do plants absorb from the air?", "Carbon dioxide"),
+    ("In which year did the Titanic sink?", "1912"),
+    ("What is the longest river in Africa?", "Nile"),
+    ("Who developed the theory of relativity?", "Albert Einstein"),
+    ("What is the smallest prime number?", "2"),
+    ("Which metal is liquid at room temperature?", "Mercury"),
+    (
+        "What is the currency of the United Kingdom?",
+        "Pound sterling",
+    ),
+    ("Which organ pumps blood through the body?", "Heart"),
+    ("What is the capital of Japan?", "Tokyo"),
+    ("What is the capital of Italy?", "Rome"),
+    ("How many continents are there?", "7"),
+    ("Which element has the chemical symbol O?", "Oxygen"),
+    ("Who discovered penicillin?", "Alexander Fleming"),
+    ("What is the largest planet in the Solar System?", "Jupiter"),
+    ("What is the hardest natural substance?", "Diamond"),
+    (
+        "Which country gave the Statue of Liberty to the United States?",
+        "France",
+    ),
+    (
+        "What is the freezing point of water in degrees Fahrenheit?",
+        "32",
+    ),
+    ("Who wrote Pride and Prejudice?", "Jane Austen"),
+    ("What is the capital of Australia?", "Canberra"),
+    ("Which bird is a symbol of peace?", "Dove"),
+    ("How many legs does a spider have?", "8"),
+    ("What is the square root of 81?", "9"),
+    ("Which instrument has 88 keys?", "Piano"),
+    ("What is the main language spoken in Brazil?", "Portuguese"),
+    ("Who composed the Moonlight Sonata?", "Ludwig van Beethoven"),
+    ("What is the largest hot desert in the world?", "Sahara"),
+    ("Which country has the largest population?", "India"),
+    ("What is the capital of Canada?", "Ottawa"),
+];
+
+fn write_questions(path: &Path) {
+    let lines: String = QUESTIONS
+        .iter()
+        .enumerate()
+        .map(|(i, (question, answer))| {
+            assert!(!question.to_lowercase().contains(&answer.to_lowercase()));
+            let record = serde_json::json!({
+                "id": format!("q{i}"),
+                "question": question,
+                "answer": answer,
+                "aliases": [answer],
+                "source": "test",
+            });
+            format!("{record}\n")
+        })
+        .collect();
+    std::fs::write(path, lines).unwrap();
+}
+
+/// A TOML value.
+fn toml_value(value: impl Into<toml::Value>) -> String {
+    value.into().to_string()
+}
+
+/// The questions, a tiny model and a pipeline config using them in `dir`, every stage shrunk
+/// to a few items, tokens and steps; returns the config's path.
+fn write_pipeline(dir: &Path) -> PathBuf {
+    let model = tiny_model_dir(dir);
+    let questions = dir.join("questions.jsonl");
+    write_questions(&questions);
+    let set = |settings: &[&str]| -> Vec<String> {
+        settings
+            .iter()
+            .flat_map(|s| ["--set".to_string(), s.to_string()])
+            .collect()
+    };
+    let args = |list: &[&str]| -> Vec<String> { list.iter().map(|s| s.to_string()).collect() };
+    let mut trainer = args(&["--eval-questions", "2"]);
+    trainer.extend(set(&[
+        "training.epochs=1",
+        "training.batch_size=2",
+        "training.micro_batch_size=2",
+        "model_max_length=256",
+    ]));
+    // A checkpoint every step, and enough steps that the test can kill PPO between them.
+    let ppo = set(&[
+        "total_steps=6",
+        "rollout_batch_size=2",
+        "step_batch_size=2",
+        "micro_batch_size=2",
+        "generation_batch_size=2",
+        "forward_batch_size=2",
+        "query_len=128",
+        "response_len=8",
+        "save_every=1",
+        "eval_every=100",
+        "reward.model_max_length=256",
+        "reward.extractor_max_new_tokens=8",
+    ]);
+    let teacher = args(&["--max-tokens", "8", "--max-attempts", "2"]);
+    let eval = args(&[
+        "--max-tokens",
+        "8",
+        "--max-attempts",
+        "2",
+        "--resamples",
+        "100",
+    ]);
+    let stage_args = [
+        ("samples", args(&["--samples", "2", "--max-tokens", "8"])),
+        ("summaries", teacher.clone()),
+        ("lc_sft", trainer.clone()),
+        ("factuality_sft", trainer.clone()),
+        ("lc_paragraphs", args(&["--max-tokens", "8"])),
+        ("factuality_paragraphs", args(&["--max-tokens", "8"])),
+        ("reader_extract", teacher.clone()),
+        ("binary_labels", teacher),
+        ("extract_answers", trainer.clone()),
+        ("forecast_probs", trainer.clone()),
+        ("factuality_rm", trainer),
+        ("lc_ppo", ppo.clone()),
+        ("factuality_ppo", ppo),
+        ("eval_base", eval.clone()),
+        ("eval_lc_sft", eval.clone()),
+        ("eval_lc_rl", eval.clone()),
+        ("eval_factuality_sft", eval.clone()),
+        ("eval_factuality_rl", eval),
+    ];
+    let stage_args: String = stage_args
+        .into_iter()
+        .map(|(stage, args)| format!("{stage} = {}\n", toml_value(args)))
+        .collect();
+    let config = format!(
+        r#"preset = "tiny"
+base_model = {model}
+base_prompt = "zero-shot"
+device = "cpu"
+
+[questions]
+source = {questions}
+roles = "sft=8,reader=6,ppo=4,validation=2,test=rest"
+seed = 1
+
+[teachers]
+query_writer = "offline"
+summarizer = "offline"
+extractor = {extractor}
+forecaster = "offline"
+binary_labeler = "offline"
+eval_reader = "stated"
+eval_judge = "exact"
+
+[stage_args]
+{stage_args}"#,
+        model = toml_value(model.as_str()),
+        questions = toml_value(questions.to_str().unwrap()),
+        extractor = toml_value(format!("few-shot:{model}")),
+    );
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// A file's content and modification time: a file written again differs in its time.
+fn file_state(path: &Path) -> (Vec<u8>, SystemTime) {
+    let modified = std::fs::metadata(path).unwrap().modified().unwrap();
+    (std::fs::read(path).unwrap(), modified)
+}
+
+/// [`file_state`] of every file under `dir`: a stage that ran again rewrites at least its
+/// manifest.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (Vec<u8>, SystemTime)> {
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(snapshot(&path));
+        } else {
+            files.insert(path.clone(), file_state(&path));
+        }
+    }
+    files
+}
+
+/// Whether the PPO run in `dir` saved a checkpoint; one is written as `step-N.partial` and
+/// renamed `step-N` when complete.
+fn has_checkpoint(dir: &Path) -> bool {
+    std::fs::read_dir(dir.join("checkpoints")).is_ok_and(|mut entries| {
+        entries.any(|e| !e.unwrap().file_name().to_str().unwrap().contains('.'))
+    })
+}
+
+fn succeeds(output: Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "lincal failed:\n{stderr}");
+    stderr
+}
+
+#[test]
+fn a_pipeline_killed_during_ppo_resumes_without_redoing_finished_stages() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_pipeline(dir.path());
+    let out = dir.path().join("run");
+    let args = [
+        "pipeline",
+        "run",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+
+    // 1. Killed (SIGKILL: no cleanup of any kind) once LC PPO has saved a checkpoint.
+    let started = Instant::now();
+    let killed_log = dir.path().join("killed.stderr");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lincal"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&killed_log).unwrap())
+        .spawn()
+        .unwrap();
+    let ppo = out.join("lc_ppo");
+    let log = || std::fs::read_to_string(&killed_log).unwrap();
+    while !has_checkpoint(&ppo) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the pipeline ended ({status}) before LC PPO saved a checkpoint:\n{}",
+                log()
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no LC PPO checkpoint after 5 minutes:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = child.id();
+    child.kill().unwrap();
+    // Reaped, so that its process id no longer runs.
+    child.wait().unwrap();
+    let killed_after = started.elapsed();
+    let state = PipelineState::read(&out).unwrap();
+    let (finished, unfinished): (Vec<&String>, Vec<&String>) = state
+        .stages
+        .keys()
+        .partition(|name| state.stages[*name].finished);
+    assert_eq!(unfinished, ["lc_ppo"], "killed in LC PPO:\n{}", log());
+    assert!(finished.len() >= 10, "{finished:?}");
+    let before: BTreeMap<&String, _> = finished
+        .iter()
+        .map(|name| (*name, snapshot(&out.join(name))))
+        .collect();
+    let killed_ppo = Manifest::read(&ppo).unwrap();
+    assert!(killed_ppo.finished.is_none());
+    let first_rollout = ppo.join("rollouts/step-00000001.jsonl");
+    let first_rollout_state = file_state(&first_rollout);
+    let lock = out.join(lincal_data::lock::LOCK_FILE);
+    assert!(
+        std::fs::read_to_string(&lock)
+            .unwrap()
+            .contains(&format!("\"pid\":{pid}")),
+        "the killed run left its lock behind"
+    );
+
+    // 2. Run again: the stale lock is taken over, finished stages are skipped untouched, LC PPO
+    // resumes in its directory and everything after it runs.
+    let resumed_at = Instant::now();
+    let stderr = succeeds(lincal(&args));
+    let resumed_for = resumed_at.elapsed();
+    assert!(
+        stderr.contains(&format!(
+            "warning: took over {} left by process {pid}, which no longer runs",
+            lock.display()
+        )),
+        "{stderr}"
+    );
+    let state = PipelineState::read(&out).unwrap();
+    let total = state.stages.len();
+    assert!(
+        stderr.contains(&format!(
+            "{} stages ran, {} were already done",
+            total - finished.len(),
+            finished.len()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("pipeline: {total} of {total} stages done")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("] lc_ppo  elapsed"), "{stderr}");
+    for (name, files) in &before {
+        assert!(
+            !stderr.contains(&format!("] {name}  elapsed")),
+            "{name} ran again:\n{stderr}"
+        );
+        assert!(
+            snapshot(&out.join(name)) == *files,
+            "{name}'s directory changed"
+        );
+    }
+    // LC PPO took its run up again from its checkpoint: the same start, one resume, and its
+    // first step not done again.
+    let ppo_manifest = Manifest::read(&ppo).unwrap();
+    assert_eq!(
+        (&ppo_manifest.started, ppo_manifest.resumed.len()),
+        (&killed_ppo.started, 1)
+    );
+    assert!(file_state(&first_rollout) == first_rollout_state);
+    assert!(state.stages.values().all(|record| record.finished));
+    for name in state.stages.keys() {
+        if out.join(name).join("manifest.json").exists() {
+            let manifest = Manifest::read(&out.join(name)).unwrap();
+            assert!(manifest.finished.is_some(), "{name}");
+        }
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report/report.json")).unwrap()).unwrap();
+    let mut methods: Vec<&str> = report["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    methods.sort_unstable();
+    assert_eq!(
+        methods,
+        [
+            "Constant",
+            "Factuality RL",
+            "Factuality SFT",
+            "LC RL",
+            "LC SFT",
+            "Zero-Shot"
+        ]
+    );
+
+    // 3. A third run has nothing to do, and changes nothing.
+    let all: BTreeMap<&String, _> = state
+        .stages
+        .keys()
+        .map(|name| (name, snapshot(&out.join(name))))
+        .collect();
+    let again_at = Instant::now();
+    let stderr = succeeds(lincal(&args));
+    let again_for = again_at.elapsed();
+    assert!(
+        stderr.contains(&format!("0 stages ran, {total} were already done")),
+        "{stderr}"
+    );
+    for (name, files) in all {
+        assert!(
+            snapshot(&out.join(name)) == files,
+            "{name}'s directory changed"
+        );
+    }
+    let status =
+        String::from_utf8(lincal(&["pipeline", "status", out.to_str().unwrap()]).stdout).unwrap();
+    assert_eq!(
+        status
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some("done"))
+            .count(),
+        total,
+        "{status}"
+    );
+    eprintln!(
+        "killed after {:.1}s, resumed in {:.1}s, third run {:.1}s",
+        killed_after.as_secs_f64(),
+        resumed_for.as_secs_f64(),
+        again_for.as_secs_f64()
+    );
+}
