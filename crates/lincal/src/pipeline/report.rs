@@ -49,6 +49,8 @@ pub struct MethodMetrics {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PipelineReport {
     pub methods: Vec<MethodMetrics>,
+    /// What the numbers show and what they cannot, in sentences ([`findings`]).
+    pub findings: Vec<String>,
     pub examples: Vec<SideBySide>,
     pub training: TrainingSummary,
 }
@@ -435,10 +437,17 @@ pub fn write_pipeline_report(
         .with_context(|| format!("{}: not a comparison", path.display()))?;
     let training = read_training(dir)?;
     let training_plots = training.plot(out)?;
+    let methods = method_metrics(&runs, config)?;
+    let training = training.summary();
+    let readings: Vec<Reading> = runs
+        .iter()
+        .map(|(method, examples)| Reading::of(method, examples))
+        .collect();
     let report = PipelineReport {
-        methods: method_metrics(&runs, config)?,
+        findings: findings(&methods, &readings, &training),
+        methods,
         examples: side_by_side(&runs, SIDE_BY_SIDE_QUESTIONS),
-        training: training.summary(),
+        training,
     };
     write_atomic(
         &out.join(REPORT_JSON_FILE),
@@ -449,6 +458,182 @@ pub fn write_pipeline_report(
         markdown(&report, &comparison, &training_plots).as_bytes(),
     )?;
     Ok(report)
+}
+
+/// How the reader read one method's paragraphs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    pub method: String,
+    pub paragraphs: usize,
+    /// Paragraphs with no extracted answer: wrong at confidence 1 in the metrics (SPEC 5.2).
+    pub no_answer: usize,
+    /// The distinct confidences of the answered paragraphs, in percent, ascending.
+    pub confidences: Vec<u32>,
+}
+
+impl Reading {
+    fn of(method: &str, examples: &[ScoredExample]) -> Self {
+        let qa: Vec<&QaExample> = examples
+            .iter()
+            .filter_map(|e| match e {
+                ScoredExample::Qa(qa) => Some(qa),
+                ScoredExample::Claim(_) => None,
+            })
+            .collect();
+        let mut confidences: Vec<u32> = qa
+            .iter()
+            .filter(|e| e.answer.is_some())
+            .filter_map(|e| e.confidence)
+            .map(|c| (100.0 * c).round() as u32)
+            .collect();
+        confidences.sort_unstable();
+        confidences.dedup();
+        Reading {
+            method: method.to_string(),
+            paragraphs: qa.len(),
+            no_answer: qa.iter().filter(|e| e.answer.is_none()).count(),
+            confidences,
+        }
+    }
+}
+
+/// Whether two metrics' 95% intervals are apart: `Some(true)` when they do not overlap,
+/// `None` when either has no interval.
+fn intervals_apart(a: &MetricWithCi, b: &MetricWithCi) -> Option<bool> {
+    let ([a_low, a_high], [b_low, b_high]) = (a.ci?, b.ci?);
+    Some(a_high < b_low || b_high < a_low)
+}
+
+fn with_interval(metric: &MetricWithCi) -> String {
+    match (metric.value, metric.ci) {
+        (Some(value), Some([low, high])) => format!("{value:.3} [{low:.3}, {high:.3}]"),
+        (Some(value), None) => format!("{value:.3}"),
+        _ => "undefined".to_string(),
+    }
+}
+
+/// What the report's own numbers show, and what they cannot at this size, for the claims of
+/// the paper: the LC methods' ECE against the others', whether their stated confidence tells
+/// right answers from wrong ones (AUROC above 0.5, or Brier below the constant baseline's), and
+/// whether the PPO runs moved their SFT models.
+pub fn findings(
+    methods: &[MethodMetrics],
+    readings: &[Reading],
+    training: &TrainingSummary,
+) -> Vec<String> {
+    let find = |name: &str| methods.iter().find(|m| m.name == name);
+    let constant = find(CONSTANT);
+    let mut findings = Vec::new();
+    for lc in ["LC SFT", "LC RL"].into_iter().filter_map(find) {
+        for other in methods
+            .iter()
+            .filter(|m| !m.name.starts_with("LC ") && m.name != CONSTANT)
+        {
+            let relation = match (lc.ece.value, other.ece.value) {
+                (Some(a), Some(b)) if a < b => "below",
+                (Some(_), Some(_)) => "not below",
+                _ => continue,
+            };
+            let verdict = match intervals_apart(&lc.ece, &other.ece) {
+                Some(true) => "the 95% intervals are apart",
+                Some(false) => "the 95% intervals overlap, so this size cannot tell them apart",
+                None => "without intervals to compare",
+            };
+            findings.push(format!(
+                "{}'s ECE {} is {relation} {}'s {}: {verdict}.",
+                lc.name,
+                with_interval(&lc.ece),
+                other.name,
+                with_interval(&other.ece)
+            ));
+        }
+        let discrimination = match lc.auroc.ci {
+            Some([low, _]) if low > 0.5 => "its interval is above 0.5: its stated confidence \
+                                            tells its right answers from its wrong ones"
+                .to_string(),
+            Some([_, high]) if high < 0.5 => "its interval is below 0.5: its stated confidence \
+                                              is higher on its wrong answers than on its right \
+                                              ones"
+                .to_string(),
+            Some(_) => {
+                "its interval reaches 0.5: discrimination is not shown at this size".to_string()
+            }
+            None => "undefined (all its answers right, or all wrong)".to_string(),
+        };
+        let mut sentence = format!(
+            "{}'s AUROC {}: {discrimination}.",
+            lc.name,
+            with_interval(&lc.auroc)
+        );
+        if let Some(constant) = constant
+            && let (Some(brier), Some(constant_brier)) = (lc.brier.value, constant.brier.value)
+        {
+            let relation = if brier < constant_brier {
+                "below"
+            } else {
+                "not below"
+            };
+            sentence += &format!(
+                " Its Brier score {} is {relation} the constant baseline's {}.",
+                with_interval(&lc.brier),
+                with_interval(&constant.brier)
+            );
+        }
+        if let Some(reading) = readings.iter().find(|r| r.method == lc.name) {
+            let stated = match reading.confidences.as_slice() {
+                [] => String::new(),
+                [only] => format!(" Every answer it gives is stated at {only}%."),
+                [low, .., high] => format!(
+                    " Its answers are stated at {} levels from {low}% to {high}%.",
+                    reading.confidences.len()
+                ),
+            };
+            sentence += &format!(
+                " {} of its {} paragraphs give no answer (\"I do not know\"), which the \
+                 reference's metrics count as wrong at confidence 1, the most confident \
+                 wrong answers there are.{stated}",
+                reading.no_answer, reading.paragraphs
+            );
+        }
+        findings.push(sentence);
+    }
+    for (rl, sft) in [("LC RL", "LC SFT"), ("Factuality RL", "Factuality SFT")] {
+        let (Some(rl_metrics), Some(sft_metrics)) = (find(rl), find(sft)) else {
+            continue;
+        };
+        let curve = |metric: &str| {
+            training
+                .curves
+                .iter()
+                .find(|c| c.run == rl && c.metric == metric)
+        };
+        let Some(reward) = curve("reward") else {
+            continue;
+        };
+        let kl = curve("kl").map_or(String::new(), |kl| {
+            format!(", KL to the SFT model {:.4} at the end", kl.last.value)
+        });
+        let apart = [
+            intervals_apart(&rl_metrics.accuracy, &sft_metrics.accuracy),
+            intervals_apart(&rl_metrics.ece, &sft_metrics.ece),
+        ];
+        let verdict = if apart.contains(&Some(true)) {
+            "its accuracy or ECE interval is apart from"
+        } else {
+            "its accuracy and ECE intervals overlap those of"
+        };
+        findings.push(format!(
+            "{rl} ran {} PPO steps (mean reward {:.3} at step {}, {:.3} at step {}{kl}); \
+             {verdict} {sft}. A few steps are enough to run every part of PPO, not to show its \
+             effect, which the paper measures after 1,500.",
+            reward.last.step,
+            reward.first.value,
+            reward.first.step,
+            reward.last.value,
+            reward.last.step
+        ));
+    }
+    findings
 }
 
 /// `report.md`: the metrics table, the comparison's plots, the training curves and numbers,
@@ -475,6 +660,12 @@ fn markdown(
         .unwrap();
     }
     md += &metrics_table(&report.methods);
+    if !report.findings.is_empty() {
+        md += "\n## What this run shows\n\n";
+        for finding in &report.findings {
+            writeln!(md, "- {finding}").unwrap();
+        }
+    }
     if !comparison.notes.is_empty() {
         md += "\n";
     }
@@ -879,5 +1070,98 @@ mod tests {
         assert_eq!(json["accuracy"]["value"], 0.5);
         assert!(json["accuracy"]["ci"].as_array().unwrap().len() == 2);
         assert_eq!(json["auroc"]["value"], 0.5);
+    }
+
+    #[test]
+    fn findings_compare_intervals_and_say_what_ppo_could_not_show() {
+        let metric = |value: f64, low: f64, high: f64| MetricWithCi {
+            value: Some(value),
+            ci: Some([low, high]),
+        };
+        let method =
+            |name: &str, ece: MetricWithCi, auroc: MetricWithCi, brier: f64| MethodMetrics {
+                name: name.to_string(),
+                n: 100,
+                accuracy: metric(0.3, 0.2, 0.4),
+                ece,
+                brier: metric(brier, brier - 0.05, brier + 0.05),
+                auroc,
+            };
+        let methods = vec![
+            method(
+                "Zero-Shot",
+                metric(0.7, 0.6, 0.8),
+                metric(0.5, 0.5, 0.5),
+                0.7,
+            ),
+            method("LC SFT", metric(0.2, 0.1, 0.3), metric(0.7, 0.6, 0.8), 0.18),
+            method(
+                "Factuality SFT",
+                metric(0.25, 0.15, 0.35),
+                metric(0.5, 0.4, 0.6),
+                0.3,
+            ),
+            method(
+                "Factuality RL",
+                metric(0.3, 0.2, 0.4),
+                metric(0.5, 0.4, 0.6),
+                0.3,
+            ),
+            method(
+                CONSTANT,
+                metric(0.0, 0.0, 0.05),
+                metric(0.5, 0.5, 0.5),
+                0.21,
+            ),
+        ];
+        let step = |step: u64, value: f64| StepValue { step, value };
+        let training = TrainingSummary {
+            curves: vec![
+                CurveSummary {
+                    run: "Factuality RL".into(),
+                    stage: "factuality_ppo".into(),
+                    metric: "reward".into(),
+                    points: 3,
+                    first: step(1, 0.25),
+                    last: step(3, 0.5),
+                },
+                CurveSummary {
+                    run: "Factuality RL".into(),
+                    stage: "factuality_ppo".into(),
+                    metric: "kl".into(),
+                    points: 3,
+                    first: step(1, 0.0),
+                    last: step(3, 0.0125),
+                },
+            ],
+            skipped: Vec::new(),
+        };
+        let readings = [Reading {
+            method: "LC SFT".into(),
+            paragraphs: 100,
+            no_answer: 12,
+            confidences: vec![25, 50, 100],
+        }];
+        assert_eq!(
+            findings(&methods, &readings, &training),
+            [
+                "LC SFT's ECE 0.200 [0.100, 0.300] is below Zero-Shot's 0.700 [0.600, 0.800]: \
+                 the 95% intervals are apart.",
+                "LC SFT's ECE 0.200 [0.100, 0.300] is below Factuality SFT's 0.250 [0.150, \
+                 0.350]: the 95% intervals overlap, so this size cannot tell them apart.",
+                "LC SFT's ECE 0.200 [0.100, 0.300] is below Factuality RL's 0.300 [0.200, \
+                 0.400]: the 95% intervals overlap, so this size cannot tell them apart.",
+                "LC SFT's AUROC 0.700 [0.600, 0.800]: its interval is above 0.5: its stated \
+                 confidence tells its right answers from its wrong ones. Its Brier score 0.180 \
+                 [0.130, 0.230] is below the constant baseline's 0.210 [0.160, 0.260]. 12 of \
+                 its 100 paragraphs give no answer (\"I do not know\"), which the reference's \
+                 metrics count as wrong at confidence 1, the most confident wrong answers there \
+                 are. Its answers are stated at 3 levels from 25% to 100%.",
+                "Factuality RL ran 3 PPO steps (mean reward 0.250 at step 1, 0.500 at step 3, \
+                 KL to the SFT model 0.0125 at the end); its accuracy and ECE intervals overlap \
+                 those of Factuality SFT. A few steps are enough to run every part of PPO, not \
+                 to show its effect, which the paper measures after 1,500.",
+            ]
+        );
     }
 }

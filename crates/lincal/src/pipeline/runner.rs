@@ -5,7 +5,8 @@
 //! decides its outputs) and the fingerprints of the stages it reads, so a change anywhere
 //! upstream changes every stage below it. `DIR/pipeline.json` records, per stage, the
 //! fingerprint it was started with and whether it finished:
-//! - finished with the same fingerprint: skipped, without loading a model;
+//! - finished with the same fingerprint: skipped, without loading a model (unless its
+//!   directory was removed: then it runs again);
 //! - started with the same fingerprint but not finished (killed, or failed): run again, and the
 //!   stage resumes from what its own directory holds (every stage resumes on its own);
 //! - started or finished with another fingerprint: refused, naming the stage, unless the run is
@@ -139,7 +140,9 @@ pub fn statuses(dir: &Path, stages: &[Stage<'_>]) -> Result<Vec<StageStatus>> {
         .map(|(fingerprint, stage)| match state.stages.get(stage.name) {
             None => StageStatus::Pending,
             Some(record) if record.fingerprint != fingerprint => StageStatus::Changed,
-            Some(record) if record.finished => StageStatus::Done,
+            Some(record) if record.finished && dir.join(stage.name).is_dir() => StageStatus::Done,
+            // A finished stage whose directory was removed runs again.
+            Some(record) if record.finished => StageStatus::Pending,
             Some(_) => StageStatus::Partial,
         })
         .collect())
@@ -197,7 +200,9 @@ pub fn run(
     for (index, (stage, fingerprint)) in stages.iter().zip(&fingerprints).enumerate() {
         let stage_dir = dir.join(stage.name);
         let record = state.stages.get(stage.name);
-        if record.is_some_and(|r| &r.fingerprint == fingerprint && r.finished) {
+        // A finished stage whose directory was removed runs again.
+        if record.is_some_and(|r| &r.fingerprint == fingerprint && r.finished) && stage_dir.is_dir()
+        {
             report.skipped.push(stage.name);
             continue;
         }
@@ -397,6 +402,21 @@ mod tests {
         )
         .unwrap();
         assert!(runs.borrow().is_empty() && report.skipped == ["a", "b", "c"]);
+        // A finished stage whose directory was removed is pending and runs again.
+        std::fs::remove_dir_all(dir.path().join("c")).unwrap();
+        assert_eq!(
+            statuses(dir.path(), &graph(["1", "2", "3"], &runs, &fail)).unwrap()[2],
+            StageStatus::Pending
+        );
+        let report = run(
+            dir.path(),
+            &graph(["1", "2", "3"], &runs, &fail),
+            &[],
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!((report.ran, report.skipped), (vec!["c"], vec!["a", "b"]));
+        runs.borrow_mut().clear();
         // Changing b's settings changes b and c: refused before anything runs...
         let err = run(
             dir.path(),
