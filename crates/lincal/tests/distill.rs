@@ -5,17 +5,13 @@
 
 use lincal_data::artifact::Manifest;
 use lincal_data::schema;
-use lincal_model::testing::{random_model, tiny_llama, write_tokenizer};
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
-fn lincal(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lincal"))
-        .args(args)
-        .output()
-        .expect("lincal runs")
-}
+mod common;
+
+use common::{lincal, tiny_model_dir, write_questions};
 
 fn succeeds(args: &[&str]) -> String {
     let run = lincal(args);
@@ -30,79 +26,12 @@ fn fails(args: &[&str]) -> String {
     String::from_utf8_lossy(&run.stderr).into_owned()
 }
 
-fn tiny_model_dir(dir: &Path) -> String {
-    let model_dir = dir.join("tiny");
-    std::fs::create_dir_all(&model_dir).unwrap();
-    random_model(tiny_llama(true), 1)
-        .save(&model_dir, usize::MAX)
-        .unwrap();
-    write_tokenizer(&model_dir, 64);
-    model_dir.to_str().unwrap().to_string()
-}
-
 fn read_jsonl(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
-}
-
-fn write_questions(dir: &Path, count: usize) -> PathBuf {
-    let questions = [
-        ("What is the capital of France?", "Paris"),
-        ("Which planet is known as the Red Planet?", "Mars"),
-        ("Who wrote the play Hamlet?", "William Shakespeare"),
-        ("What is the chemical symbol for gold?", "Au"),
-        ("Which ocean is the largest?", "Pacific Ocean"),
-        ("In which country is the city of Kyoto?", "Japan"),
-        ("What is the largest mammal?", "Blue whale"),
-        ("Who painted the Mona Lisa?", "Leonardo da Vinci"),
-        (
-            "What is the boiling point of water in degrees Celsius?",
-            "100",
-        ),
-        (
-            "Which language has the most native speakers?",
-            "Mandarin Chinese",
-        ),
-        (
-            "Who was the first President of the United States?",
-            "George Washington",
-        ),
-        ("What is the tallest mountain on Earth?", "Mount Everest"),
-        ("Which gas do plants absorb from the air?", "Carbon dioxide"),
-        ("In which year did the Titanic sink?", "1912"),
-        ("What is the longest river in Africa?", "Nile"),
-        ("Who developed the theory of relativity?", "Albert Einstein"),
-        ("What is the smallest prime number?", "2"),
-        ("Which metal is liquid at room temperature?", "Mercury"),
-        (
-            "What is the currency of the United Kingdom?",
-            "Pound sterling",
-        ),
-        ("Which organ pumps blood through the body?", "Heart"),
-    ];
-    let path = dir.join("questions.jsonl");
-    let lines: String = questions
-        .iter()
-        .take(count)
-        .enumerate()
-        .map(|(i, (question, answer))| {
-            format!(
-                "{}\n",
-                json!({
-                    "id": format!("q{i}"),
-                    "question": question,
-                    "answer": answer,
-                    "aliases": [answer],
-                    "source": "test",
-                })
-            )
-        })
-        .collect();
-    std::fs::write(&path, lines).unwrap();
-    path
 }
 
 /// A finished stage's manifest, checked for consistent counts and well-formed failures.

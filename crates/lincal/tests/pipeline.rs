@@ -5,95 +5,13 @@
 
 mod common;
 
-use common::{lincal, tiny_model_dir};
+use common::{QUESTIONS, lincal, tiny_model_dir, write_questions};
 use lincal::pipeline::runner::PipelineState;
 use lincal_data::artifact::Manifest;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
-
-/// Forty general-knowledge questions, none of which contains its own answer (the offline
-/// query writer fails such a question: its query would give the answer away).
-const QUESTIONS: [(&str, &str); 40] = [
-    ("What is the capital of France?", "Paris"),
-    ("Which planet is known as the Red Planet?", "Mars"),
-    ("Who wrote the play Hamlet?", "William Shakespeare"),
-    ("What is the chemical symbol for gold?", "Au"),
-    ("Which ocean is the largest?", "Pacific Ocean"),
-    ("In which country is the city of Kyoto?", "Japan"),
-    ("What is the largest mammal?", "Blue whale"),
-    ("Who painted the Mona Lisa?", "Leonardo da Vinci"),
-    (
-        "What is the boiling point of water in degrees Celsius?",
-        "100",
-    ),
-    (
-        "Which language has the most native speakers?",
-        "Mandarin Chinese",
-    ),
-    (
-        "Who was the first President of the United States?",
-        "George Washington",
-    ),
-    ("What is the tallest mountain on Earth?", "Mount Everest"),
-    ("Which gas do plants absorb from the air?", "Carbon dioxide"),
-    ("In which year did the Titanic sink?", "1912"),
-    ("What is the longest river in Africa?", "Nile"),
-    ("Who developed the theory of relativity?", "Albert Einstein"),
-    ("What is the smallest prime number?", "2"),
-    ("Which metal is liquid at room temperature?", "Mercury"),
-    (
-        "What is the currency of the United Kingdom?",
-        "Pound sterling",
-    ),
-    ("Which organ pumps blood through the body?", "Heart"),
-    ("What is the capital of Japan?", "Tokyo"),
-    ("What is the capital of Italy?", "Rome"),
-    ("How many continents are there?", "7"),
-    ("Which element has the chemical symbol O?", "Oxygen"),
-    ("Who discovered penicillin?", "Alexander Fleming"),
-    ("What is the largest planet in the Solar System?", "Jupiter"),
-    ("What is the hardest natural substance?", "Diamond"),
-    (
-        "Which country gave the Statue of Liberty to the United States?",
-        "France",
-    ),
-    (
-        "What is the freezing point of water in degrees Fahrenheit?",
-        "32",
-    ),
-    ("Who wrote Pride and Prejudice?", "Jane Austen"),
-    ("What is the capital of Australia?", "Canberra"),
-    ("Which bird is a symbol of peace?", "Dove"),
-    ("How many legs does a spider have?", "8"),
-    ("What is the square root of 81?", "9"),
-    ("Which instrument has 88 keys?", "Piano"),
-    ("What is the main language spoken in Brazil?", "Portuguese"),
-    ("Who composed the Moonlight Sonata?", "Ludwig van Beethoven"),
-    ("What is the largest hot desert in the world?", "Sahara"),
-    ("Which country has the largest population?", "India"),
-    ("What is the capital of Canada?", "Ottawa"),
-];
-
-fn write_questions(path: &Path) {
-    let lines: String = QUESTIONS
-        .iter()
-        .enumerate()
-        .map(|(i, (question, answer))| {
-            assert!(!question.to_lowercase().contains(&answer.to_lowercase()));
-            let record = serde_json::json!({
-                "id": format!("q{i}"),
-                "question": question,
-                "answer": answer,
-                "aliases": [answer],
-                "source": "test",
-            });
-            format!("{record}\n")
-        })
-        .collect();
-    std::fs::write(path, lines).unwrap();
-}
 
 /// A TOML value.
 fn toml_value(value: impl Into<toml::Value>) -> String {
@@ -104,8 +22,13 @@ fn toml_value(value: impl Into<toml::Value>) -> String {
 /// to a few items, tokens and steps; returns the config's path.
 fn write_pipeline(dir: &Path) -> PathBuf {
     let model = tiny_model_dir(dir);
-    let questions = dir.join("questions.jsonl");
-    write_questions(&questions);
+    // The offline query writer fails a question that contains its own answer.
+    assert!(
+        QUESTIONS.iter().all(|(question, answer)| {
+            !question.to_lowercase().contains(&answer.to_lowercase())
+        })
+    );
+    let questions = write_questions(dir, QUESTIONS.len());
     let set = |settings: &[&str]| -> Vec<String> {
         settings
             .iter()

@@ -1,7 +1,8 @@
-//! What the CLI tests share: running the real binary, and a tiny model directory.
+//! What the CLI tests share: running the real binary, a tiny model directory and a question
+//! file. Each test binary compiles this module and uses part of it.
 
 use lincal_model::testing::{random_model, tiny_llama, write_tokenizer};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn lincal(args: &[&str]) -> Output {
@@ -20,4 +21,91 @@ pub fn tiny_model_dir(dir: &Path) -> String {
         .unwrap();
     write_tokenizer(&model_dir, 64);
     model_dir.to_str().unwrap().to_string()
+}
+
+/// Forty general-knowledge questions, none of which contains its own answer (the offline
+/// query writer fails such a question: its query would give the answer away).
+#[allow(dead_code)]
+pub const QUESTIONS: [(&str, &str); 40] = [
+    ("What is the capital of France?", "Paris"),
+    ("Which planet is known as the Red Planet?", "Mars"),
+    ("Who wrote the play Hamlet?", "William Shakespeare"),
+    ("What is the chemical symbol for gold?", "Au"),
+    ("Which ocean is the largest?", "Pacific Ocean"),
+    ("In which country is the city of Kyoto?", "Japan"),
+    ("What is the largest mammal?", "Blue whale"),
+    ("Who painted the Mona Lisa?", "Leonardo da Vinci"),
+    (
+        "What is the boiling point of water in degrees Celsius?",
+        "100",
+    ),
+    (
+        "Which language has the most native speakers?",
+        "Mandarin Chinese",
+    ),
+    (
+        "Who was the first President of the United States?",
+        "George Washington",
+    ),
+    ("What is the tallest mountain on Earth?", "Mount Everest"),
+    ("Which gas do plants absorb from the air?", "Carbon dioxide"),
+    ("In which year did the Titanic sink?", "1912"),
+    ("What is the longest river in Africa?", "Nile"),
+    ("Who developed the theory of relativity?", "Albert Einstein"),
+    ("What is the smallest prime number?", "2"),
+    ("Which metal is liquid at room temperature?", "Mercury"),
+    (
+        "What is the currency of the United Kingdom?",
+        "Pound sterling",
+    ),
+    ("Which organ pumps blood through the body?", "Heart"),
+    ("What is the capital of Japan?", "Tokyo"),
+    ("What is the capital of Italy?", "Rome"),
+    ("How many continents are there?", "7"),
+    ("Which element has the chemical symbol O?", "Oxygen"),
+    ("Who discovered penicillin?", "Alexander Fleming"),
+    ("What is the largest planet in the Solar System?", "Jupiter"),
+    ("What is the hardest natural substance?", "Diamond"),
+    (
+        "Which country gave the Statue of Liberty to the United States?",
+        "France",
+    ),
+    (
+        "What is the freezing point of water in degrees Fahrenheit?",
+        "32",
+    ),
+    ("Who wrote Pride and Prejudice?", "Jane Austen"),
+    ("What is the capital of Australia?", "Canberra"),
+    ("Which bird is a symbol of peace?", "Dove"),
+    ("How many legs does a spider have?", "8"),
+    ("What is the square root of 81?", "9"),
+    ("Which instrument has 88 keys?", "Piano"),
+    ("What is the main language spoken in Brazil?", "Portuguese"),
+    ("Who composed the Moonlight Sonata?", "Ludwig van Beethoven"),
+    ("What is the largest hot desert in the world?", "Sahara"),
+    ("Which country has the largest population?", "India"),
+    ("What is the capital of Canada?", "Ottawa"),
+];
+
+/// The first `count` of [`QUESTIONS`] as a QA JSONL file (`q0`, `q1`, ...) in `dir`.
+#[allow(dead_code)]
+pub fn write_questions(dir: &Path, count: usize) -> PathBuf {
+    let lines: String = QUESTIONS
+        .iter()
+        .take(count)
+        .enumerate()
+        .map(|(i, (question, answer))| {
+            let record = serde_json::json!({
+                "id": format!("q{i}"),
+                "question": question,
+                "answer": answer,
+                "aliases": [answer],
+                "source": "test",
+            });
+            format!("{record}\n")
+        })
+        .collect();
+    let path = dir.join("questions.jsonl");
+    std::fs::write(&path, lines).unwrap();
+    path
 }
