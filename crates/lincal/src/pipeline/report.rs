@@ -35,6 +35,18 @@ pub struct MetricWithCi {
     pub ci: Option<[f64; 2]>,
 }
 
+impl MetricWithCi {
+    /// The value and its interval as the report writes them ("0.500 [0.442, 0.615]"); `None`
+    /// when the metric is undefined.
+    fn with_interval(&self) -> Option<String> {
+        let value = self.value?;
+        Some(match self.ci {
+            Some([low, high]) => format!("{value:.3} [{low:.3}, {high:.3}]"),
+            None => format!("{value:.3}"),
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MethodMetrics {
     pub name: String,
@@ -175,11 +187,7 @@ fn method_metrics(
 
 /// The Markdown table of `methods`: each metric with its 95% interval.
 pub fn metrics_table(methods: &[MethodMetrics]) -> String {
-    let cell = |m: &MetricWithCi| match (m.value, m.ci) {
-        (Some(v), Some([lo, hi])) => format!("{v:.3} [{lo:.3}, {hi:.3}]"),
-        (Some(v), None) => format!("{v:.3}"),
-        _ => "-".into(),
-    };
+    let cell = |m: &MetricWithCi| m.with_interval().unwrap_or_else(|| "-".into());
     let mut table = String::from(
         "| method | n | accuracy | ECE | Brier | AUROC |\n| --- | --- | --- | --- | --- | --- |\n",
     );
@@ -505,11 +513,7 @@ fn intervals_apart(a: &MetricWithCi, b: &MetricWithCi) -> Option<bool> {
 }
 
 fn with_interval(metric: &MetricWithCi) -> String {
-    match (metric.value, metric.ci) {
-        (Some(value), Some([low, high])) => format!("{value:.3} [{low:.3}, {high:.3}]"),
-        (Some(value), None) => format!("{value:.3}"),
-        _ => "undefined".to_string(),
-    }
+    metric.with_interval().unwrap_or_else(|| "undefined".into())
 }
 
 /// What the report's own numbers show, and what they cannot at this size, for the claims of
