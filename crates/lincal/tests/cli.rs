@@ -2,16 +2,8 @@
 
 mod common;
 
-use common::{lincal, tiny_model_dir};
+use common::{lincal, read_jsonl, tiny_model_dir};
 use std::path::Path;
-
-fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 #[test]
 fn generate_writes_jsonl_and_resumes_after_a_kill() {

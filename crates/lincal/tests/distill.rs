@@ -5,13 +5,13 @@
 
 use lincal_data::artifact::Manifest;
 use lincal_data::schema;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::path::Path;
 use std::process::Command;
 
 mod common;
 
-use common::{lincal, tiny_model_dir, write_questions};
+use common::{lincal, read_jsonl, tiny_model_dir, write_questions};
 
 fn succeeds(args: &[&str]) -> String {
     let run = lincal(args);
@@ -24,14 +24,6 @@ fn fails(args: &[&str]) -> String {
     let run = lincal(args);
     assert!(!run.status.success(), "lincal {args:?} should fail");
     String::from_utf8_lossy(&run.stderr).into_owned()
-}
-
-fn read_jsonl(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 /// A finished stage's manifest, checked for consistent counts and well-formed failures.

@@ -2,16 +2,8 @@
 
 mod common;
 
-use common::{lincal, tiny_model_dir};
-use std::path::{Path, PathBuf};
-
-fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
+use common::{lincal, read_jsonl, tiny_model_dir};
+use std::path::PathBuf;
 
 /// A tiny model, 5 prompts and the arguments of a job on them, run to the end once.
 struct Job {

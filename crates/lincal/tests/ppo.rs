@@ -4,14 +4,10 @@ use lincal_model::Tokenizer;
 use lincal_model::testing::{random_model, tiny_llama, tiny_neox, write_tokenizer};
 use lincal_train::{HeadInit, RewardModel};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn lincal(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lincal"))
-        .args(args)
-        .output()
-        .expect("lincal runs")
-}
+mod common;
+
+use common::{lincal, read_jsonl};
 
 /// Policy (with "[PAD]"), reward model and ExtractAnswers model directories under `root`.
 fn models(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
@@ -53,14 +49,6 @@ fn write_prompts(path: &Path, n: usize) {
         })
         .collect();
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
-}
-
-fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[test]

@@ -12,7 +12,18 @@ pub fn lincal(args: &[&str]) -> Output {
         .expect("lincal runs")
 }
 
+/// Every line of a JSONL file.
+#[allow(dead_code)]
+pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// A tiny random Llama with a 64-word tokenizer ("t3".."t63") in `dir/tiny`.
+#[allow(dead_code)]
 pub fn tiny_model_dir(dir: &Path) -> String {
     let model_dir = dir.join("tiny");
     std::fs::create_dir_all(&model_dir).unwrap();
