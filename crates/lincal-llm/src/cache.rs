@@ -1,8 +1,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -10,6 +10,9 @@ use crate::{CacheError, LlmRequest, LlmResponse};
 
 /// Bumped whenever the key material or the stored response format changes.
 const SCHEMA_VERSION: i64 = 1;
+
+/// How long opening or writing waits for another process holding the file.
+const BUSY_WAIT: Duration = Duration::from_secs(30);
 
 /// The cache key of a request: a SHA-256 (hex) over the backend family, the model, the full
 /// prompt or messages and every sampling parameter including the seed.
@@ -66,7 +69,7 @@ impl ResponseCache {
         let connection = Connection::open(&path).map_err(|e| fail(format!("cannot open: {e}")))?;
         let setup = || -> rusqlite::Result<i64> {
             // Other processes may hold the write lock for a moment.
-            connection.busy_timeout(Duration::from_secs(30))?;
+            connection.busy_timeout(BUSY_WAIT)?;
             connection.pragma_update(None, "journal_mode", "WAL")?;
             connection.pragma_update(None, "synchronous", "NORMAL")?;
             connection.execute_batch(
@@ -89,7 +92,22 @@ impl ResponseCache {
             }
             Ok(version)
         };
-        let version = setup().map_err(|e| fail(format!("cannot set up the cache tables: {e}")))?;
+        // Turning a new file to WAL mode reports "busy" at once, without waiting, while another
+        // process turns it too: such a setup is tried again.
+        let deadline = Instant::now() + BUSY_WAIT;
+        let version = loop {
+            match setup() {
+                Err(rusqlite::Error::SqliteFailure(error, _))
+                    if error.code == ErrorCode::DatabaseBusy && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                done => {
+                    break done
+                        .map_err(|e| fail(format!("cannot set up the cache tables: {e}")))?;
+                }
+            }
+        };
         if version != SCHEMA_VERSION {
             return Err(fail(format!(
                 "was written in cache format {version}, this build reads format {SCHEMA_VERSION}; \
@@ -259,5 +277,25 @@ mod tests {
                 path.display()
             )
         );
+    }
+
+    #[test]
+    fn caches_opened_at_once_on_a_new_file_all_open() {
+        // Turning a new file to WAL takes an exclusive lock SQLite does not wait for: a parent
+        // polling a cache its child was creating met "database is locked" in CI.
+        for round in 0..100 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("cache.sqlite");
+            let openers: Vec<_> = (0..4)
+                .map(|_| {
+                    let path = path.clone();
+                    std::thread::spawn(move || ResponseCache::open(&path).map(|cache| cache.len()))
+                })
+                .collect();
+            for opener in openers {
+                let opened = opener.join().unwrap();
+                assert!(matches!(opened, Ok(Ok(0))), "round {round}: {opened:?}");
+            }
+        }
     }
 }
