@@ -18,9 +18,20 @@ fn toml_value(value: impl Into<toml::Value>) -> String {
     value.into().to_string()
 }
 
+/// The teachers of [`write_pipeline`]'s config: offline, the tiny model extracting answers.
+const OFFLINE_TEACHERS: &str = r#"query_writer = "offline"
+summarizer = "offline"
+extractor = "few-shot:MODEL"
+forecaster = "offline"
+binary_labeler = "offline"
+eval_reader = "stated"
+eval_judge = "exact"
+"#;
+
 /// The questions, a tiny model and a pipeline config using them in `dir`, every stage shrunk
-/// to a few items, tokens and steps; returns the config's path.
-fn write_pipeline(dir: &Path) -> PathBuf {
+/// to a few items, tokens and steps, with `teachers` (MODEL stands for the tiny model) and
+/// `extra` TOML after them; returns the config's path.
+fn write_pipeline(dir: &Path, teachers: &str, extra: &str) -> PathBuf {
     let model = tiny_model_dir(dir);
     // The offline query writer fails a question that contains its own answer.
     assert!(
@@ -72,6 +83,7 @@ fn write_pipeline(dir: &Path) -> PathBuf {
         ("summaries", teacher.clone()),
         ("lc_sft", trainer.clone()),
         ("factuality_sft", trainer.clone()),
+        ("claude_distill", trainer.clone()),
         ("lc_paragraphs", args(&["--max-tokens", "8"])),
         ("factuality_paragraphs", args(&["--max-tokens", "8"])),
         ("reader_extract", teacher.clone()),
@@ -85,7 +97,8 @@ fn write_pipeline(dir: &Path) -> PathBuf {
         ("eval_lc_sft", eval.clone()),
         ("eval_lc_rl", eval.clone()),
         ("eval_factuality_sft", eval.clone()),
-        ("eval_factuality_rl", eval),
+        ("eval_factuality_rl", eval.clone()),
+        ("eval_claude_distill", eval),
     ];
     let stage_args: String = stage_args
         .into_iter()
@@ -103,19 +116,14 @@ roles = "sft=8,reader=6,ppo=4,validation=2,test=rest"
 seed = 1
 
 [teachers]
-query_writer = "offline"
-summarizer = "offline"
-extractor = {extractor}
-forecaster = "offline"
-binary_labeler = "offline"
-eval_reader = "stated"
-eval_judge = "exact"
+{teachers}
+{extra}
 
 [stage_args]
 {stage_args}"#,
         model = toml_value(model.as_str()),
         questions = toml_value(questions.to_str().unwrap()),
-        extractor = toml_value(format!("few-shot:{model}")),
+        teachers = teachers.replace("MODEL", &model),
     );
     let path = dir.join("pipeline.toml");
     std::fs::write(&path, config).unwrap();
@@ -160,7 +168,7 @@ fn succeeds(output: Output) -> String {
 #[test]
 fn a_pipeline_killed_during_ppo_resumes_without_redoing_finished_stages() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_pipeline(dir.path());
+    let config = write_pipeline(dir.path(), OFFLINE_TEACHERS, "");
     let out = dir.path().join("run");
     let args = [
         "pipeline",
@@ -331,4 +339,154 @@ fn a_pipeline_killed_during_ppo_resumes_without_redoing_finished_stages() {
         resumed_for.as_secs_f64(),
         again_for.as_secs_f64()
     );
+}
+
+/// The reference's dataset files for the TriviaQA-style questions q0..q5 of [`QUESTIONS`]
+/// (as `tq{i}`), and those questions as TriviaQA JSONL; returns the `[reference_data]` table.
+fn write_reference_data(dir: &Path) -> String {
+    let csv = |rows: Vec<Vec<String>>| -> String {
+        rows.iter()
+            .map(|row| {
+                let cells: Vec<String> = row
+                    .iter()
+                    .map(|cell| format!("\"{}\"", cell.replace('"', "\"\"")))
+                    .collect();
+                cells.join(",") + "\n"
+            })
+            .collect()
+    };
+    let header = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    let mut sft = vec![header(&[
+        "question_id",
+        "paragraph_generation_prompt",
+        "claude_summary",
+        "icl_generated_paragraphs",
+        "claude_generated_paragraph",
+    ])];
+    let mut reward = vec![header(&[
+        "question_id",
+        "lc_sft_generated_paragraph",
+        "lc_sft_ground_truth_and_extracted_answers",
+        "lc_sft_forecasted_probs",
+        "factuality_sft_generated_paragraph",
+        "factuality_sft_binary_correctness",
+    ])];
+    let mut trivia = String::new();
+    for (i, (question, answer)) in QUESTIONS.iter().take(6).enumerate() {
+        let id = format!("tq{i}");
+        sft.push(vec![
+            id.clone(),
+            format!("Write a paragraph about this: {question}"),
+            format!("I am 70% sure that it is {answer}."),
+            format!("['It is {answer}.', 'It is not known.']"),
+            format!("It is {answer}."),
+        ]);
+        reward.push(vec![
+            id.clone(),
+            format!("I am 70% sure that it is {answer}."),
+            format!("['{answer}', '{answer}']"),
+            "[0.7, 0.7]".into(),
+            format!("It is {answer}."),
+            (i % 2).to_string(),
+        ]);
+        let record = serde_json::json!({
+            "question": question,
+            "question_id": id,
+            "answer": {"aliases": [answer], "value": answer},
+        });
+        trivia.push_str(&format!("{record}\n"));
+    }
+    let files = [
+        ("sft_training.csv", csv(sft)),
+        ("reward_model_training.csv", csv(reward)),
+        ("trivia_qa.jsonl", trivia),
+    ];
+    for (name, text) in &files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    let path = |name: &str| toml_value(dir.join(name).to_str().unwrap());
+    format!(
+        "[reference_data]\nsft_training = {}\nreward_model_training = {}\ntrivia_qa = [{}]\n",
+        path("sft_training.csv"),
+        path("reward_model_training.csv"),
+        path("trivia_qa.jsonl"),
+    )
+}
+
+#[test]
+fn teachers_set_to_reference_train_every_model_on_the_reference_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let teachers = OFFLINE_TEACHERS
+        .replace("summarizer = \"offline\"", "summarizer = \"reference\"")
+        .replace("forecaster = \"offline\"", "forecaster = \"reference\"")
+        .replace(
+            "binary_labeler = \"offline\"",
+            "binary_labeler = \"reference\"",
+        );
+    let reference_data = write_reference_data(dir.path());
+    let config = write_pipeline(dir.path(), &teachers, &reference_data);
+    // `claude_distill` is a top-level key: it goes before the tables.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("claude_distill = true\n{text}")).unwrap();
+    let out = dir.path().join("run");
+    succeeds(lincal(&[
+        "pipeline",
+        "run",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+
+    // The stages that make what the files hold never ran.
+    for stage in [
+        "queries_sft",
+        "samples",
+        "summaries",
+        "queries_reader",
+        "lc_paragraphs",
+        "reader_extract",
+        "reader_forecast",
+        "factuality_paragraphs",
+        "binary_labels",
+    ] {
+        assert!(!out.join(stage).exists(), "{stage} ran");
+    }
+    // Each model trained on its file, joined with TriviaQA: six questions, two held out for
+    // evaluation, four trained on in batches of two; ForecastProbs has two examples per
+    // question (the gold answer and the one extracted answer).
+    let reference = dir.path().canonicalize().unwrap();
+    for (stage, file, expected_steps) in [
+        ("lc_sft", "sft_training.csv", 2),
+        ("factuality_sft", "sft_training.csv", 2),
+        ("claude_distill", "sft_training.csv", 2),
+        ("extract_answers", "reward_model_training.csv", 2),
+        ("forecast_probs", "reward_model_training.csv", 4),
+        ("factuality_rm", "reward_model_training.csv", 2),
+    ] {
+        let manifest = Manifest::read(&out.join(stage)).unwrap();
+        let inputs: Vec<PathBuf> = manifest
+            .inputs
+            .iter()
+            .map(|input| PathBuf::from(&input.path).canonicalize().unwrap())
+            .collect();
+        assert_eq!(
+            inputs,
+            [reference.join(file), reference.join("trivia_qa.jsonl")],
+            "{stage}"
+        );
+        let steps = common::read_jsonl(&out.join(stage).join("metrics.jsonl"))
+            .iter()
+            .filter(|record| record.get("loss").is_some())
+            .count();
+        assert_eq!(steps, expected_steps, "{stage}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report/report.json")).unwrap()).unwrap();
+    let methods: Vec<&str> = report["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert!(methods.contains(&"Claude Distill"), "{methods:?}");
 }

@@ -16,9 +16,13 @@
 //! extract_answers/, forecast_probs/            the surrogate reader
 //! factuality_paragraphs/, binary_labels/, factuality_rm/
 //! lc_ppo/, factuality_ppo/                     PPO runs
+//! claude_distill/   Claude Distill SFT, with `claude_distill = true`
 //! eval_*/           QA evaluation of every method on the test questions
 //! report/           the comparison of the methods
 //! ```
+//!
+//! A teacher role set to `reference` reads its outputs from the reference's dataset files; the
+//! stages that would have made them, and those only they read, are not run.
 
 pub mod report;
 pub mod runner;
@@ -135,8 +139,16 @@ pub struct PipelineConfig {
     pub base_prompt: BasePrompt,
     /// auto, cpu, cuda or cuda:N, for every local model.
     pub device: String,
+    /// Also train and evaluate Claude Distill (SPEC 3): SFT on a paragraph the summariser
+    /// writes itself for each query, so the summariser must be able to write one (a model, an
+    /// API or `reference`).
+    #[serde(default)]
+    pub claude_distill: bool,
     pub questions: QuestionsConfig,
     pub teachers: Teachers,
+    /// The reference's published dataset files, for teacher roles set to `"reference"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_data: Option<ReferenceData>,
     /// Extra command-line flags per stage name (after the ones the pipeline sets), e.g.
     /// `lc_sft = ["--set", "training.epochs=2"]`.
     #[serde(default)]
@@ -162,6 +174,14 @@ pub struct QuestionsConfig {
 /// free text for the offline summariser, the reader labels and the binary labeller, needs a
 /// model: `model:DIR`, `api:FILE.toml`, or `few-shot:DIR`, a small local model asked with the
 /// few-shot extraction prompt.
+///
+/// As the reference's scripts do by default, the summariser, the forecaster and the binary
+/// labeller can instead be `reference`: their outputs are read from the reference's dataset
+/// files ([`ReferenceData`]) and the stages that would make them do not run. `summarizer =
+/// "reference"` trains LC SFT, Factuality SFT and Claude Distill on `sft_training`;
+/// `forecaster = "reference"` trains ExtractAnswers and ForecastProbs on the reader labels of
+/// `reward_model_training`; `binary_labeler = "reference"` trains the Factuality reward model
+/// on its binary labels.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Teachers {
@@ -176,6 +196,25 @@ pub struct Teachers {
     pub eval_reader: String,
     /// The evaluation's judge: exact, model:DIR or api:FILE.toml.
     pub eval_judge: String,
+}
+
+/// The reference's published dataset (Hugging Face `tatsu-lab/linguistic_calibration`, SPEC 4),
+/// downloaded by hand; each file is a .csv or .parquet as published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceData {
+    /// The `sft_training` file: Claude's summaries (LC SFT), the base model's ICL paragraphs
+    /// (Factuality SFT) and Claude's own paragraphs (Claude Distill).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sft_training: Option<PathBuf>,
+    /// The `reward_model_training` file: the reader labels (extracted answers and their
+    /// forecasts) and the binary correctness labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward_model_training: Option<PathBuf>,
+    /// TriviaQA `unfiltered.nocontext` files (JSONL as exported from Hugging Face, or the
+    /// original JSON): the dataset files hold question ids only, joined here to the questions
+    /// and their gold answers.
+    pub trivia_qa: Vec<PathBuf>,
 }
 
 impl PipelineConfig {
@@ -244,6 +283,7 @@ impl PipelineConfig {
             } else {
                 "auto".into()
             },
+            claude_distill: false,
             questions: QuestionsConfig {
                 source: source.into(),
                 question_contains: (preset == Preset::Tiny).then(|| "capital".to_string()),
@@ -251,8 +291,39 @@ impl PipelineConfig {
                 seed: lincal_data::schema::SPLIT_SEED,
             },
             teachers,
+            reference_data: None,
             stage_args,
         }
+    }
+
+    /// The flags that give a stage the reference file `field` (`reference_data.<field>`) as
+    /// training data, with the TriviaQA join; `role` is the teacher role set to `reference`.
+    fn reference_flags(&self, role: &str, field: &str) -> Result<Vec<String>> {
+        let data = self.reference_data.as_ref();
+        let file = data.and_then(|data| match field {
+            "sft_training" => data.sft_training.as_ref(),
+            _ => data.reward_model_training.as_ref(),
+        });
+        let Some(file) = file else {
+            bail!(
+                "teachers.{role} = \"reference\" reads reference_data.{field}: add it, the \
+                 path of the reference dataset's `{field}` file (.csv or .parquet), under a \
+                 [reference_data] table"
+            );
+        };
+        let trivia_qa = data.map_or(&[][..], |data| &data.trivia_qa[..]);
+        if trivia_qa.is_empty() {
+            bail!(
+                "teachers.{role} = \"reference\": reference_data.trivia_qa is empty; give \
+                 TriviaQA's unfiltered.nocontext files, which hold the questions and gold \
+                 answers of the dataset's question ids"
+            );
+        }
+        let mut flags = vec!["--train".to_string(), file.display().to_string()];
+        for path in trivia_qa {
+            flags.extend(["--trivia-qa".to_string(), path.display().to_string()]);
+        }
+        Ok(flags)
     }
 
     pub fn read(path: &Path) -> Result<Self> {
@@ -316,6 +387,7 @@ fn tiny_stage_args() -> BTreeMap<String, Vec<String>> {
         ),
         ("lc_sft".to_string(), training("3", "1e-4")),
         ("factuality_sft".to_string(), training("3", "1e-4")),
+        ("claude_distill".to_string(), training("3", "1e-4")),
         ("extract_answers".to_string(), training("2", "1e-4")),
         ("forecast_probs".to_string(), training("2", "5e-5")),
         ("factuality_rm".to_string(), training("2", "5e-5")),
@@ -324,7 +396,7 @@ fn tiny_stage_args() -> BTreeMap<String, Vec<String>> {
         ("lc_ppo".to_string(), ppo.clone()),
         ("factuality_ppo".to_string(), ppo),
     ]);
-    stage_args.extend(EVALUATIONS.map(|(stage, _)| (stage.to_string(), paragraphs.clone())));
+    stage_args.extend(EVALUATIONS.map(|e| (e.stage.to_string(), paragraphs.clone())));
     stage_args
 }
 
@@ -348,6 +420,10 @@ fn teacher_flags(role: &str, spec: &str, extractor: Option<&str>) -> Result<Vec<
         }
         Some(("model", dir)) => vec!["--teacher-model".into(), dir.into()],
         Some(("api", file)) => vec!["--teacher".into(), file.into()],
+        None if spec == REFERENCE => bail!(
+            "teachers.{role} = \"reference\": only the summarizer, the forecaster and the \
+             binary_labeler can take their outputs from the reference's dataset files"
+        ),
         _ => {
             bail!("teachers.{role} = {spec:?}: use \"offline\", \"model:DIR\" or \"api:FILE.toml\"")
         }
@@ -372,6 +448,9 @@ fn extractor_flags(spec: &str, model_flag: &str, api_flag: &str) -> Result<Vec<S
         ),
     })
 }
+
+/// The teacher choice that reads the role's outputs from the reference's dataset files.
+const REFERENCE: &str = "reference";
 
 /// A stage that runs a `lincal` command line.
 struct CommandStage {
@@ -416,38 +495,62 @@ fn command_stages(config: &PipelineConfig, dir: &Path) -> Result<Vec<CommandStag
         args.extend(teacher_flags("query_writer", &t.query_writer, None)?);
         add(name, vec!["questions"], args);
     }
-    let mut args = s(&[
-        "distill",
-        "sample",
-        "--queries",
-        &path(&["queries_sft"]),
-        "--base-model",
-        &base,
-        "--template",
-        config.base_prompt.sample_template(),
-        "--out",
-        &path(&["samples"]),
-    ]);
-    args.extend(device.clone());
-    add("samples", vec!["queries_sft"], args);
-    let mut args = s(&[
-        "distill",
-        "summarize",
-        "--samples",
-        &path(&["samples"]),
-        "--out",
-        &path(&["summaries"]),
-    ]);
-    args.extend(teacher_flags(
-        "summarizer",
-        &t.summarizer,
-        Some(&t.extractor),
-    )?);
-    add("summaries", vec!["samples"], args);
-    for (name, preset, data) in [
-        ("lc_sft", "lc_sft", "lc_sft.jsonl"),
-        ("factuality_sft", "factuality_sft", "factuality_sft.jsonl"),
-    ] {
+    // A teacher role set to `reference` reads its outputs from the reference's files: the
+    // stages that would make them are not run, and the training stages read the files.
+    let mut not_run = Vec::new();
+    let summaries_from_reference = t.summarizer == REFERENCE;
+    if config.claude_distill && t.summarizer == "offline" {
+        bail!(
+            "claude_distill = true trains on a paragraph the summariser writes itself, which \
+             the offline summariser does not: set teachers.summarizer to \"model:DIR\", \
+             \"api:FILE.toml\" or \"reference\", or claude_distill = false"
+        );
+    }
+    if summaries_from_reference {
+        not_run.extend(["samples", "summaries"]);
+    } else {
+        let mut args = s(&[
+            "distill",
+            "sample",
+            "--queries",
+            &path(&["queries_sft"]),
+            "--base-model",
+            &base,
+            "--template",
+            config.base_prompt.sample_template(),
+            "--out",
+            &path(&["samples"]),
+        ]);
+        args.extend(device.clone());
+        add("samples", vec!["queries_sft"], args);
+        let mut args = s(&[
+            "distill",
+            "summarize",
+            "--samples",
+            &path(&["samples"]),
+            "--out",
+            &path(&["summaries"]),
+        ]);
+        if config.claude_distill {
+            args.push("--distill-paragraphs".into());
+        }
+        args.extend(teacher_flags(
+            "summarizer",
+            &t.summarizer,
+            Some(&t.extractor),
+        )?);
+        add("summaries", vec!["samples"], args);
+    }
+    let mut sft_runs = vec![
+        ("lc_sft", "lc_sft.jsonl"),
+        ("factuality_sft", "factuality_sft.jsonl"),
+    ];
+    if config.claude_distill {
+        sft_runs.push(("claude_distill", "claude_distill.jsonl"));
+    } else {
+        not_run.extend(["claude_distill", "eval_claude_distill"]);
+    }
+    for (name, data) in sft_runs {
         let mut args = s(&[
             "sft",
             "--model",
@@ -455,12 +558,17 @@ fn command_stages(config: &PipelineConfig, dir: &Path) -> Result<Vec<CommandStag
             "--out",
             &path(&[name]),
             "--preset",
-            preset,
-            "--train",
-            &path(&["summaries", data]),
+            name,
         ]);
+        let inputs = if summaries_from_reference {
+            args.extend(config.reference_flags("summarizer", "sft_training")?);
+            vec![]
+        } else {
+            args.extend(s(&["--train", &path(&["summaries", data])]));
+            vec!["summaries"]
+        };
         args.extend(device.clone());
-        add(name, vec!["summaries"], args);
+        add(name, inputs, args);
     }
     for (name, policy) in [
         ("lc_paragraphs", "lc_sft"),
@@ -483,26 +591,49 @@ fn command_stages(config: &PipelineConfig, dir: &Path) -> Result<Vec<CommandStag
         args.extend(device.clone());
         add(name, vec!["queries_reader", policy], args);
     }
-    let mut args = s(&[
-        "label",
-        "extract",
-        "--paragraphs",
-        &path(&["lc_paragraphs"]),
-        "--out",
-        &path(&["reader_extract"]),
-    ]);
-    args.extend(teacher_flags("extractor", &t.extractor, None)?);
-    add("reader_extract", vec!["lc_paragraphs"], args);
-    let mut args = s(&[
-        "label",
-        "forecast",
-        "--extractions",
-        &path(&["reader_extract"]),
-        "--out",
-        &path(&["reader_forecast"]),
-    ]);
-    args.extend(teacher_flags("forecaster", &t.forecaster, None)?);
-    add("reader_forecast", vec!["reader_extract"], args);
+    let reader_labels_from_reference = t.forecaster == REFERENCE;
+    let (extract_data, forecast_data) = if reader_labels_from_reference {
+        not_run.extend(["reader_extract", "reader_forecast"]);
+        let flags = config.reference_flags("forecaster", "reward_model_training")?;
+        ((flags.clone(), vec![]), (flags, vec!["lc_sft"]))
+    } else {
+        let mut args = s(&[
+            "label",
+            "extract",
+            "--paragraphs",
+            &path(&["lc_paragraphs"]),
+            "--out",
+            &path(&["reader_extract"]),
+        ]);
+        args.extend(teacher_flags("extractor", &t.extractor, None)?);
+        add("reader_extract", vec!["lc_paragraphs"], args);
+        let mut args = s(&[
+            "label",
+            "forecast",
+            "--extractions",
+            &path(&["reader_extract"]),
+            "--out",
+            &path(&["reader_forecast"]),
+        ]);
+        args.extend(teacher_flags("forecaster", &t.forecaster, None)?);
+        add("reader_forecast", vec!["reader_extract"], args);
+        (
+            (
+                s(&[
+                    "--train",
+                    &path(&["reader_extract", "extract_answers.jsonl"]),
+                ]),
+                vec!["reader_extract"],
+            ),
+            (
+                s(&[
+                    "--train",
+                    &path(&["reader_forecast", "forecast_probs.jsonl"]),
+                ]),
+                vec!["lc_sft", "reader_forecast"],
+            ),
+        )
+    };
     let mut args = s(&[
         "sft",
         "--model",
@@ -511,11 +642,10 @@ fn command_stages(config: &PipelineConfig, dir: &Path) -> Result<Vec<CommandStag
         &path(&["extract_answers"]),
         "--preset",
         "extract_answers",
-        "--train",
-        &path(&["reader_extract", "extract_answers.jsonl"]),
     ]);
+    args.extend(extract_data.0);
     args.extend(device.clone());
-    add("extract_answers", vec!["reader_extract"], args);
+    add("extract_answers", extract_data.1, args);
     let mut args = s(&[
         "reward-model",
         "--model",
@@ -524,25 +654,10 @@ fn command_stages(config: &PipelineConfig, dir: &Path) -> Result<Vec<CommandStag
         &path(&["forecast_probs"]),
         "--preset",
         "forecast_probs",
-        "--train",
-        &path(&["reader_forecast", "forecast_probs.jsonl"]),
     ]);
+    args.extend(forecast_data.0);
     args.extend(device.clone());
-    add("forecast_probs", vec!["lc_sft", "reader_forecast"], args);
-    let mut args = s(&[
-        "label",
-        "binary",
-        "--paragraphs",
-        &path(&["factuality_paragraphs"]),
-        "--out",
-        &path(&["binary_labels"]),
-    ]);
-    args.extend(teacher_flags(
-        "binary_labeler",
-        &t.binary_labeler,
-        Some(&t.extractor),
-    )?);
-    add("binary_labels", vec!["factuality_paragraphs"], args);
+    add("forecast_probs", forecast_data.1, args);
     let mut args = s(&[
         "reward-model",
         "--model",
@@ -551,15 +666,34 @@ fn command_stages(config: &PipelineConfig, dir: &Path) -> Result<Vec<CommandStag
         &path(&["factuality_rm"]),
         "--preset",
         "factuality",
-        "--train",
-        &path(&["binary_labels", "binary_correctness.jsonl"]),
     ]);
+    let mut inputs = vec!["factuality_sft"];
+    if t.binary_labeler == REFERENCE {
+        not_run.push("binary_labels");
+        args.extend(config.reference_flags("binary_labeler", "reward_model_training")?);
+    } else {
+        let mut label_args = s(&[
+            "label",
+            "binary",
+            "--paragraphs",
+            &path(&["factuality_paragraphs"]),
+            "--out",
+            &path(&["binary_labels"]),
+        ]);
+        label_args.extend(teacher_flags(
+            "binary_labeler",
+            &t.binary_labeler,
+            Some(&t.extractor),
+        )?);
+        add("binary_labels", vec!["factuality_paragraphs"], label_args);
+        args.extend(s(&[
+            "--train",
+            &path(&["binary_labels", "binary_correctness.jsonl"]),
+        ]));
+        inputs.push("binary_labels");
+    }
     args.extend(device.clone());
-    add(
-        "factuality_rm",
-        vec!["factuality_sft", "binary_labels"],
-        args,
-    );
+    add("factuality_rm", inputs, args);
     let ppo_prompts = path(&["queries_ppo", "queries.jsonl"]);
     let validation_prompts = path(&["queries_validation", "queries.jsonl"]);
     let mut args = s(&[
@@ -618,14 +752,12 @@ fn command_stages(config: &PipelineConfig, dir: &Path) -> Result<Vec<CommandStag
         args,
     );
     let test_queries = path(&["queries_test", "queries.jsonl"]);
-    let evaluated = [
-        (base.clone(), None),
-        (path(&["lc_sft", "final"]), Some("lc_sft")),
-        (path(&["lc_ppo", "final"]), Some("lc_ppo")),
-        (path(&["factuality_sft", "final"]), Some("factuality_sft")),
-        (path(&["factuality_ppo", "final"]), Some("factuality_ppo")),
-    ];
-    for ((name, method), (model, input)) in EVALUATIONS.into_iter().zip(evaluated) {
+    let evaluations = evaluations(config);
+    for evaluation in &evaluations {
+        let model = match evaluation.trained_by {
+            None => base.clone(),
+            Some(stage) => path(&[stage, "final"]),
+        };
         let mut args = s(&[
             "eval",
             "qa",
@@ -634,24 +766,37 @@ fn command_stages(config: &PipelineConfig, dir: &Path) -> Result<Vec<CommandStag
             "--dataset",
             &test_queries,
             "--out",
-            &path(&[name]),
+            &path(&[evaluation.stage]),
         ]);
-        match input {
+        match evaluation.trained_by {
             None => args.extend(s(config.base_prompt.method().1)),
-            Some(_) => args.extend(s(&["--method", method])),
+            Some(_) => args.extend(s(&["--method", evaluation.method])),
         }
         args.extend(reader_flags(&t.eval_reader, &t.extractor)?);
         args.extend(judge_flags(&t.eval_judge)?);
         args.extend(device.clone());
         let mut inputs = vec!["queries_test"];
-        inputs.extend(input);
-        add(name, inputs, args);
+        inputs.extend(evaluation.trained_by);
+        add(evaluation.stage, inputs, args);
     }
-    let evals = EVALUATIONS.map(|(stage, _)| stage);
     let mut args = s(&["eval", "compare"]);
-    args.extend(evals.iter().map(|e| path(&[e])));
+    args.extend(evaluations.iter().map(|e| path(&[e.stage])));
     args.extend(s(&["--out", &path(&["report"])]));
-    add("report", evals.to_vec(), args);
+    add(
+        "report",
+        evaluations.iter().map(|e| e.stage).collect(),
+        args,
+    );
+    // Stages whose output no other stage reads: those that fed a teacher stage that the
+    // reference's files replace (the SFT queries and samples, the reader paragraphs).
+    while let Some(unread) = stages.iter().position(|stage| {
+        stage.name != "report"
+            && !stages
+                .iter()
+                .any(|other| other.inputs.contains(&stage.name))
+    }) {
+        not_run.push(stages.remove(unread).name);
+    }
     for stage in &mut stages {
         if let Some(extra) = config.stage_args.get(stage.name) {
             stage.args.extend(extra.iter().cloned());
@@ -660,7 +805,7 @@ fn command_stages(config: &PipelineConfig, dir: &Path) -> Result<Vec<CommandStag
     if let Some(unknown) = config
         .stage_args
         .keys()
-        .find(|k| !stages.iter().any(|s| s.name == k.as_str()))
+        .find(|k| !stages.iter().any(|s| s.name == k.as_str()) && !not_run.contains(&k.as_str()))
     {
         bail!(
             "stage_args.{unknown}: no such stage; the stages are {}",
@@ -774,7 +919,7 @@ fn stages<'a>(
         let run: runner::StageFn = if command.name == "report" {
             Box::new(move |out| {
                 run_command(&args)?;
-                write_report(&pipeline_dir, out, config.base_prompt)
+                write_report(&pipeline_dir, out, config)
             })
         } else {
             Box::new(move |_| run_command(&args))
@@ -789,32 +934,76 @@ fn stages<'a>(
     Ok((stages, commands))
 }
 
-/// The evaluation stages and the paper's names of their methods, the base model first (the
-/// constant baseline takes its answers; its name depends on the prompt: [`evaluations`]).
-pub const EVALUATIONS: [(&str, &str); 5] = [
-    ("eval_base", "ICL"),
-    ("eval_lc_sft", "LC SFT"),
-    ("eval_lc_rl", "LC RL"),
-    ("eval_factuality_sft", "Factuality SFT"),
-    ("eval_factuality_rl", "Factuality RL"),
+/// One evaluated model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Evaluation {
+    /// The evaluation stage.
+    pub stage: &'static str,
+    /// The paper's name of the method.
+    pub method: &'static str,
+    /// The stage whose `final/` model is evaluated; none for the base model.
+    pub trained_by: Option<&'static str>,
+}
+
+/// Every evaluation a pipeline can run, the base model first (the constant baseline takes its
+/// answers; its name depends on the prompt: [`evaluations`]).
+pub const EVALUATIONS: [Evaluation; 6] = [
+    Evaluation {
+        stage: "eval_base",
+        method: "ICL",
+        trained_by: None,
+    },
+    Evaluation {
+        stage: "eval_lc_sft",
+        method: "LC SFT",
+        trained_by: Some("lc_sft"),
+    },
+    Evaluation {
+        stage: "eval_lc_rl",
+        method: "LC RL",
+        trained_by: Some("lc_ppo"),
+    },
+    Evaluation {
+        stage: "eval_factuality_sft",
+        method: "Factuality SFT",
+        trained_by: Some("factuality_sft"),
+    },
+    Evaluation {
+        stage: "eval_factuality_rl",
+        method: "Factuality RL",
+        trained_by: Some("factuality_ppo"),
+    },
+    Evaluation {
+        stage: "eval_claude_distill",
+        method: "Claude Distill",
+        trained_by: Some("claude_distill"),
+    },
 ];
 
-/// [`EVALUATIONS`] with the base model's method named as `base_prompt` prompts it.
-pub fn evaluations(base_prompt: BasePrompt) -> [(&'static str, &'static str); 5] {
-    let mut evaluations = EVALUATIONS;
-    evaluations[0].1 = base_prompt.method().0;
-    evaluations
+/// The evaluations `config` runs ([`EVALUATIONS`], Claude Distill only when asked for), with
+/// the base model's method named as `base_prompt` prompts it.
+pub fn evaluations(config: &PipelineConfig) -> Vec<Evaluation> {
+    EVALUATIONS
+        .into_iter()
+        .filter(|e| config.claude_distill || e.trained_by != Some("claude_distill"))
+        .map(|e| Evaluation {
+            method: match e.trained_by {
+                None => config.base_prompt.method().0,
+                Some(_) => e.method,
+            },
+            ..e
+        })
+        .collect()
 }
 
 /// The report's own files in `report/` (beside `lincal eval compare`'s): `report.json`,
 /// `report.md` and the training curves (`pipeline run` prints the table at its end).
-fn write_report(dir: &Path, out: &Path, base_prompt: BasePrompt) -> Result<()> {
-    report::write_pipeline_report(
-        dir,
-        out,
-        &evaluations(base_prompt),
-        &lincal_metrics::ReportConfig::qa(),
-    )?;
+fn write_report(dir: &Path, out: &Path, config: &PipelineConfig) -> Result<()> {
+    let evaluations: Vec<(&str, &str)> = evaluations(config)
+        .iter()
+        .map(|e| (e.stage, e.method))
+        .collect();
+    report::write_pipeline_report(dir, out, &evaluations, &lincal_metrics::ReportConfig::qa())?;
     Ok(())
 }
 
@@ -977,6 +1166,188 @@ mod tests {
                 .unwrap()
                 .to_string()
                 .starts_with("stage_args.lc_stf: no such stage")
+        );
+    }
+
+    fn names(stages: &[CommandStage]) -> Vec<&str> {
+        stages.iter().map(|s| s.name).collect()
+    }
+
+    fn stage<'a>(stages: &'a [CommandStage], name: &str) -> &'a CommandStage {
+        stages.iter().find(|s| s.name == name).unwrap()
+    }
+
+    /// The value after `flag` in a command line.
+    fn flag<'a>(stage: &'a CommandStage, flag: &str) -> &'a str {
+        let at = stage.args.iter().position(|a| a == flag).unwrap();
+        &stage.args[at + 1]
+    }
+
+    #[test]
+    fn teachers_set_to_reference_train_on_its_files_and_their_stages_do_not_run() {
+        let mut config = PipelineConfig::preset(Preset::Tiny, PathBuf::from("/models/base"));
+        config.teachers.summarizer = "reference".into();
+        config.teachers.forecaster = "reference".into();
+        config.teachers.binary_labeler = "reference".into();
+        config.claude_distill = true;
+        config.reference_data = Some(ReferenceData {
+            sft_training: Some("/ref/sft_training.csv".into()),
+            reward_model_training: Some("/ref/reward_model_training.parquet".into()),
+            trivia_qa: vec!["/tqa/train.jsonl".into(), "/tqa/validation.jsonl".into()],
+        });
+        let text = toml::to_string_pretty(&config).unwrap();
+        assert_eq!(toml::from_str::<PipelineConfig>(&text).unwrap(), config);
+        let stages = command_stages(&config, Path::new("/runs/p")).unwrap();
+        // No samples, summaries or labels, and none of the queries and paragraphs they read.
+        assert_eq!(
+            names(&stages),
+            [
+                "queries_ppo",
+                "queries_validation",
+                "queries_test",
+                "lc_sft",
+                "factuality_sft",
+                "claude_distill",
+                "extract_answers",
+                "forecast_probs",
+                "factuality_rm",
+                "lc_ppo",
+                "factuality_ppo",
+                "eval_base",
+                "eval_lc_sft",
+                "eval_lc_rl",
+                "eval_factuality_sft",
+                "eval_factuality_rl",
+                "eval_claude_distill",
+                "report",
+            ]
+        );
+        let join = [
+            "--trivia-qa",
+            "/tqa/train.jsonl",
+            "--trivia-qa",
+            "/tqa/validation.jsonl",
+        ];
+        for (name, file, inputs) in [
+            ("lc_sft", "/ref/sft_training.csv", vec![]),
+            ("factuality_sft", "/ref/sft_training.csv", vec![]),
+            ("claude_distill", "/ref/sft_training.csv", vec![]),
+            (
+                "extract_answers",
+                "/ref/reward_model_training.parquet",
+                vec![],
+            ),
+            (
+                "forecast_probs",
+                "/ref/reward_model_training.parquet",
+                vec!["lc_sft"],
+            ),
+            (
+                "factuality_rm",
+                "/ref/reward_model_training.parquet",
+                vec!["factuality_sft"],
+            ),
+        ] {
+            let stage = stage(&stages, name);
+            assert_eq!(flag(stage, "--train"), file, "{name}");
+            assert_eq!(flag(stage, "--preset"), name.replace("_rm", ""), "{name}");
+            assert!(stage.args.windows(4).any(|w| w == join), "{name}");
+            assert_eq!(stage.inputs, inputs, "{name}");
+        }
+        let eval = stage(&stages, "eval_claude_distill");
+        assert_eq!(flag(eval, "--method"), "Claude Distill");
+        assert_eq!(flag(eval, "--model"), "/runs/p/claude_distill/final");
+        assert_eq!(stage(&stages, "report").inputs.len(), 6);
+        for command in &stages {
+            Cli::try_parse_from(
+                std::iter::once("lincal".to_string()).chain(command.args.iter().cloned()),
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", command.name));
+        }
+        // The tiny preset's flags for the stages that no longer run are not typos.
+        assert!(config.stage_args.contains_key("samples"));
+    }
+
+    #[test]
+    fn claude_distill_asks_the_summariser_for_paragraphs_and_evaluates_them() {
+        let mut config = PipelineConfig::preset(Preset::Tiny, PathBuf::from("/models/base"));
+        config.claude_distill = true;
+        let err = command_stages(&config, Path::new("/runs/p"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.starts_with("claude_distill = true trains on a paragraph the summariser writes"),
+            "{err}"
+        );
+        config.teachers.summarizer = "api:anthropic.toml".into();
+        let stages = command_stages(&config, Path::new("/runs/p")).unwrap();
+        assert_eq!(stages.len(), 27);
+        assert!(
+            stage(&stages, "summaries")
+                .args
+                .contains(&"--distill-paragraphs".to_string())
+        );
+        let distill = stage(&stages, "claude_distill");
+        assert_eq!(
+            flag(distill, "--train"),
+            "/runs/p/summaries/claude_distill.jsonl"
+        );
+        assert_eq!(distill.inputs, ["summaries"]);
+        assert_eq!(
+            evaluations(&config).last().unwrap().method,
+            "Claude Distill"
+        );
+        config.claude_distill = false;
+        assert_eq!(
+            evaluations(&config)
+                .iter()
+                .map(|e| e.method)
+                .collect::<Vec<_>>(),
+            [
+                "Zero-Shot",
+                "LC SFT",
+                "LC RL",
+                "Factuality SFT",
+                "Factuality RL"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_reference_teacher_without_its_file_or_role_is_named() {
+        let config = PipelineConfig::preset(Preset::Tiny, PathBuf::from("/models/base"));
+        let error = |edit: &dyn Fn(&mut PipelineConfig)| {
+            let mut config = config.clone();
+            edit(&mut config);
+            command_stages(&config, Path::new("/runs/p"))
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            error(&|c| c.teachers.forecaster = "reference".into()),
+            "teachers.forecaster = \"reference\" reads reference_data.reward_model_training: \
+             add it, the path of the reference dataset's `reward_model_training` file (.csv or \
+             .parquet), under a [reference_data] table"
+        );
+        assert_eq!(
+            error(&|c| {
+                c.teachers.summarizer = "reference".into();
+                c.reference_data = Some(ReferenceData {
+                    sft_training: Some("/ref/sft.csv".into()),
+                    reward_model_training: None,
+                    trivia_qa: vec![],
+                });
+            }),
+            "teachers.summarizer = \"reference\": reference_data.trivia_qa is empty; give \
+             TriviaQA's unfiltered.nocontext files, which hold the questions and gold answers \
+             of the dataset's question ids"
+        );
+        assert_eq!(
+            error(&|c| c.teachers.query_writer = "reference".into()),
+            "teachers.query_writer = \"reference\": only the summarizer, the forecaster and \
+             the binary_labeler can take their outputs from the reference's dataset files"
         );
     }
 }
