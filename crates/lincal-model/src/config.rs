@@ -135,6 +135,11 @@ pub struct GptNeoXConfig {
     pub rotary_pct: f64,
     #[serde(default = "default_rotary_base")]
     pub rotary_emb_base: f64,
+    /// transformers 5 writes the rotary fraction and base here (`partial_rotary_factor`,
+    /// `rope_theta`) instead of `rotary_pct` and `rotary_emb_base`; `ModelConfig::from_json`
+    /// folds it into those two.
+    #[serde(default, skip_serializing)]
+    pub rope_parameters: Option<serde_json::Value>,
     #[serde(default = "default_layer_norm_eps")]
     pub layer_norm_eps: f64,
     #[serde(default = "default_true")]
@@ -166,6 +171,35 @@ fn default_gelu() -> String {
 }
 
 impl GptNeoXConfig {
+    fn fold_rope_parameters(&mut self) -> Result<(), String> {
+        let Some(parameters) = self.rope_parameters.take() else {
+            return Ok(());
+        };
+        let number = |key: &str| -> Result<Option<f64>, String> {
+            parameters
+                .get(key)
+                .map(|value| {
+                    value
+                        .as_f64()
+                        .ok_or(format!("rope_parameters.{key} must be a number"))
+                })
+                .transpose()
+        };
+        if let Some(fraction) = number("partial_rotary_factor")? {
+            self.rotary_pct = fraction;
+        }
+        if let Some(theta) = number("rope_theta")? {
+            self.rotary_emb_base = theta;
+        }
+        match parameters.get("rope_type").and_then(|t| t.as_str()) {
+            None | Some("default") => Ok(()),
+            Some(other) => Err(format!(
+                "rope_parameters.rope_type \"{other}\" is not supported for gpt_neox (only \
+                 \"default\")"
+            )),
+        }
+    }
+
     pub fn head_dim(&self) -> i64 {
         self.hidden_size / self.num_attention_heads
     }
@@ -210,8 +244,9 @@ impl ModelConfig {
             }
         };
         let mut config = parsed.map_err(|e| format!("{e}"))?;
-        if let ModelConfig::Llama(c) = &mut config {
-            c.fold_rope_parameters()?;
+        match &mut config {
+            ModelConfig::Llama(c) => c.fold_rope_parameters()?,
+            ModelConfig::GptNeoX(c) => c.fold_rope_parameters()?,
         }
         config.validate()?;
         Ok(config)

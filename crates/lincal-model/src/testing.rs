@@ -32,6 +32,7 @@ pub fn tiny_neox() -> ModelConfig {
         num_attention_heads: 4,
         rotary_pct: 0.5,
         rotary_emb_base: 10_000.0,
+        rope_parameters: None,
         layer_norm_eps: 1e-5,
         use_parallel_residual: true,
         max_position_embeddings: 128,

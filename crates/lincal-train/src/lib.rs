@@ -22,6 +22,8 @@ pub mod tensorboard;
 mod train_loop;
 mod training_run;
 // GPU tests exist only in `cuda` builds: `cargo test -p lincal-train --features cuda -- --ignored`.
+#[cfg(test)]
+mod golden_tests;
 #[cfg(all(test, feature = "cuda"))]
 mod gpu_tests;
 #[cfg(test)]
