@@ -587,6 +587,74 @@ mod tests {
         assert!(moved > 1e-4, "{moved}");
     }
 
+    /// The logged training loss (one step over the four texts, in two micro-batches, from the
+    /// weights before the step) and the evaluation loss (after it) are the mean binary
+    /// cross-entropy of each text's score against its own label, computed here from the scores.
+    #[test]
+    fn the_logged_loss_is_the_mean_cross_entropy_of_each_score_against_its_label() {
+        let model_dir = tiny_model_dir();
+        let run = tempfile::tempdir().unwrap();
+        let data = examples();
+        let mut trainer = RewardModelTrainer::new(
+            model_dir.path(),
+            Device::Cpu,
+            &config(1.0),
+            &data,
+            &data,
+            &run_options(run.path()),
+        )
+        .unwrap();
+        let texts: Vec<String> = data.iter().map(|e| e.prompt.clone()).collect();
+        let scores = |trainer: &RewardModelTrainer| {
+            let objective = &trainer.objective;
+            trainer
+                .model()
+                .score_texts(&objective.tokenizer, &texts, 64, objective.pad_id, 4)
+                .unwrap()
+        };
+        let mean_cross_entropy = |scores: &[f32], labels: &mut dyn Iterator<Item = f64>| {
+            let sum: f64 = scores
+                .iter()
+                .zip(labels)
+                .map(|(&score, label)| {
+                    let p = crate::sigmoid(f64::from(score));
+                    -(label * p.ln() + (1.0 - label) * (1.0 - p).ln())
+                })
+                .sum();
+            sum / scores.len() as f64
+        };
+        let before = scores(&trainer);
+        let expected_loss = mean_cross_entropy(&before, &mut data.iter().map(|e| e.label));
+        // Labels paired with the wrong texts give another value.
+        let mismatched = mean_cross_entropy(&before, &mut data.iter().rev().map(|e| e.label));
+        assert!(
+            (mismatched - expected_loss).abs() > 1e-3,
+            "{mismatched} vs {expected_loss}"
+        );
+
+        let summary = trainer.train(None).unwrap();
+        assert_eq!(summary.steps, 1);
+        let after = scores(&trainer);
+        assert_ne!(before, after);
+        let expected_eval_loss = mean_cross_entropy(&after, &mut data.iter().map(|e| e.label));
+        let logged = |list: &[(String, f64)], key: &str| {
+            list.iter().find(|(name, _)| name == key).unwrap().1
+        };
+        for (name, value, expected) in [
+            ("loss", logged(&summary.last_step, "loss"), expected_loss),
+            (
+                "eval_loss",
+                logged(&summary.eval, "eval_loss"),
+                expected_eval_loss,
+            ),
+        ] {
+            assert!(
+                (value - expected).abs() < 1e-5,
+                "{name} {value}, by hand {expected}"
+            );
+        }
+    }
+
     /// Four texts with soft labels, 80 steps of batch 4 at lr 1e-2: the MSE of sigmoid(score)
     /// against the labels falls below 1e-3 (it starts near 0.07).
     #[test]
