@@ -373,4 +373,27 @@ mod tests {
             "{y:?}"
         );
     }
+
+    #[test]
+    fn partial_rotary_pairs_each_channel_with_the_one_half_the_rotary_width_away() {
+        // Head dim 6, rotary over the first 4 at position 1 with inv_freq [1, 0.5]: the
+        // "rotate half" layout pairs channels (0, 2) at 1 radian and (1, 3) at 0.5 (interleaved
+        // rotation would pair (0, 1) and (2, 3)); channels 4 and 5 pass through.
+        let inv_freq = Tensor::from_slice(&[1.0f32, 0.5]);
+        let (cos, sin) = rotary_cos_sin(&inv_freq, &Tensor::from_slice2(&[[1i64]]), Kind::Float);
+        let x = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).view([1, 1, 1, 6]);
+        let y = Vec::<f32>::try_from(apply_rotary(&x, &cos, &sin).flatten(0, -1)).unwrap();
+        let (c1, s1, c5, s5) = (1f32.cos(), 1f32.sin(), 0.5f32.cos(), 0.5f32.sin());
+        let expected = [
+            c1 - 3.0 * s1,
+            2.0 * c5 - 4.0 * s5,
+            3.0 * c1 + s1,
+            4.0 * c5 + 2.0 * s5,
+            5.0,
+            6.0,
+        ];
+        for (i, (a, b)) in y.iter().zip(expected).enumerate() {
+            assert!((a - b).abs() < 1e-6, "channel {i}: {a} vs {b} ({y:?})");
+        }
+    }
 }
