@@ -782,12 +782,10 @@ fn fetch_resumes_a_partial_download_and_replaces_a_corrupt_file() {
 
 #[test]
 fn fetch_reports_an_unreachable_server() {
-    // Bind then drop a listener so that the port is very likely closed.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A socket bound but not listening holds the port, and connections to it are refused.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
     let url = format!("http://127.0.0.1:{port}/thing.tar.gz");
     let dir = tempfile::tempdir().unwrap();
     let error = fetch_artifact(&artifact(&url, &"0".repeat(64)), dir.path(), &mut |_| {})

@@ -443,11 +443,13 @@ fn rate_limits_server_errors_and_timeouts_are_retried_until_success() {
     let server = TestServer::start(|_, count| match count {
         0 => Reply::error(429, "Rate limit reached"),
         1 => Reply::error(500, "internal error"),
-        2 => Reply::ok(chat_answer("too late")).after(Duration::from_secs(3)),
+        2 => Reply::ok(chat_answer("too late")).after(Duration::from_secs(4)),
         _ => Reply::ok(chat_answer("finally")),
     });
     let mut config = openai_config(&server);
-    config.timeout_s = 0.2;
+    // Long enough that a prompt reply is never timed out on a busy machine, so the attempts
+    // are exactly the four replies.
+    config.timeout_s = 1.5;
     let client = config.build().unwrap();
     let response = client.generate(&[ask("q")]).remove(0).unwrap();
     assert_eq!(response.text(), "finally");
@@ -518,12 +520,10 @@ fn persistent_server_errors_stop_after_max_retries() {
 
 #[test]
 fn refused_connections_are_retried_then_reported() {
-    // A port that was just free: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A socket bound but not listening holds the port, and connections to it are refused.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
     let mut config = BackendConfig::new(BackendKind::Openai, "test-model");
     config.base_url = Some(format!("http://127.0.0.1:{port}/v1"));
     config.api_key_env = Some("LINCAL_LLM_TEST_KEY_NEVER_SET".into());
@@ -646,26 +646,20 @@ fn crash_config(url: &str, cache: &Path) -> BackendConfig {
     config
 }
 
-/// Not a test on its own: the child process that
-/// `a_killed_run_resumes_without_repeating_finished_calls` starts and kills.
-#[test]
-#[ignore = "run by a_killed_run_resumes_without_repeating_finished_calls"]
-fn crash_child_process() {
-    let (Ok(url), Ok(cache)) = (
-        std::env::var("LINCAL_LLM_CRASH_URL"),
-        std::env::var("LINCAL_LLM_CRASH_CACHE"),
-    ) else {
-        // Run on its own (`cargo test -- --include-ignored`), there is no parent to serve.
-        return;
-    };
-    crash_config(&url, Path::new(&cache))
-        .build()
-        .unwrap()
-        .generate(&crash_batch());
-}
-
 #[test]
 fn a_killed_run_resumes_without_repeating_finished_calls() {
+    // The child this test starts is this same test, given the server and cache by its parent:
+    // it sends the batch, which hangs until the parent kills it.
+    if let (Ok(url), Ok(cache)) = (
+        std::env::var("LINCAL_LLM_CRASH_URL"),
+        std::env::var("LINCAL_LLM_CRASH_CACHE"),
+    ) {
+        crash_config(&url, Path::new(&cache))
+            .build()
+            .unwrap()
+            .generate(&crash_batch());
+        return;
+    }
     const ANSWERED_BEFORE_KILL: usize = 3;
     let stalling = Arc::new(AtomicBool::new(true));
     let server = TestServer::start({
@@ -682,7 +676,11 @@ fn a_killed_run_resumes_without_repeating_finished_calls() {
     let dir = tempfile::tempdir().unwrap();
     let cache_path = dir.path().join("cache.sqlite");
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["crash_child_process", "--exact", "--ignored", "--nocapture"])
+        .args([
+            "a_killed_run_resumes_without_repeating_finished_calls",
+            "--exact",
+            "--nocapture",
+        ])
         .env("LINCAL_LLM_CRASH_URL", &server.url)
         .env("LINCAL_LLM_CRASH_CACHE", &cache_path)
         .stdout(Stdio::null())

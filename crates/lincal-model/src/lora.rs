@@ -7,9 +7,19 @@
 //! The decoders build their projections with [`linear`]. Adapters are attached while a model
 //! is built inside [`with_lora`], which returns the model and its [`LoraAdapters`]:
 //!
-//! ```ignore
-//! let (model, adapters) =
-//!     lora::with_lora(&config, device, seed, || CausalLm::load(dir, device, None))?;
+//! ```no_run
+//! # use lincal_model::{CausalLm, lora};
+//! # fn load(dir: &std::path::Path) -> lincal_model::Result<()> {
+//! let config = lora::LoraConfig {
+//!     r: 8,
+//!     alpha: 16.0,
+//!     dropout: 0.05,
+//!     target_modules: vec!["q_proj".into(), "v_proj".into()],
+//! };
+//! let device = tch::Device::Cpu;
+//! let (model, adapters) = lora::with_lora(&config, device, 0, || CausalLm::load(dir, device, None))?;
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! Outside `with_lora` the layer is a plain linear layer. Adapters are saved in PEFT's layout

@@ -645,9 +645,13 @@ fn bench_times_one_step_at_the_given_geometry() {
     // Trained: rank-4 adapters on q (32 → 32) and v (32 → 16) in 2 layers, for the policy and
     // the value backbone, 2 · 4 · (64 + 48) each, and the value head (32 weights, 1 bias).
     assert_eq!(result.trainable_parameters, 2 * 2 * 4 * (64 + 48) + 33);
-    assert_eq!(
-        (result.first_step_kl, result.first_step_approx_kl),
-        (0.0, 0.0)
+    // The first step's policy is the reference and the rollouts' policy: both KLs are zero up
+    // to the rounding of forward passes over differently shaped batches.
+    assert!(
+        result.first_step_kl.abs() < 1e-6 && result.first_step_approx_kl.abs() < 1e-6,
+        "{} {}",
+        result.first_step_kl,
+        result.first_step_approx_kl
     );
     // The extractor's tokenizer has no pad token: it cannot stand in for every model.
     let err = bench_ppo(
@@ -691,8 +695,8 @@ fn ppo_trains_in_bf16_on_the_gpu() {
     let summary = trainer.train(None).unwrap();
     eprintln!("gpu ppo: last step {:?}", summary.last_step);
     let record = &train_records(run.path())[0];
-    // bf16 forward passes are deterministic for equal shapes: the first update is still exact.
-    assert_eq!(record["kl"].as_f64(), Some(0.0), "{record}");
+    // The first step's policy is the reference: KL zero up to bf16 rounding.
+    assert!(record["kl"].as_f64().unwrap().abs() < 1e-3, "{record}");
     assert!(summary.final_dir.is_some());
 }
 
