@@ -161,6 +161,12 @@ mod tests {
     }
 
     fn close(got: &[Vec<f32>], want: &[&[f64]]) {
+        let shape = |rows: &mut dyn Iterator<Item = usize>| rows.collect::<Vec<_>>();
+        assert_eq!(
+            shape(&mut got.iter().map(Vec::len)),
+            shape(&mut want.iter().map(|w| w.len())),
+            "{got:?} vs {want:?}"
+        );
         for (g, w) in got.iter().zip(want) {
             for (a, b) in g.iter().zip(w.iter()) {
                 assert!((*a as f64 - b).abs() < 1e-5, "{got:?} vs {want:?}");
