@@ -8,7 +8,8 @@
 //! * `demo`: setup, release build, SmolLM2 converted once, then the tiny pipeline run into
 //!   `demo/` (resumed or skipped where it already ran) and its report printed.
 //! * `gpu-build`: a stripped `cuda` binary in `.gpu/lincal`, ready to carry to a GPU machine,
-//!   built in `$LINCAL_CACHE/target-gpu`.
+//!   built in `$LINCAL_CACHE/target-gpu`, and the stripped GPU test binaries in `.gpu/tests/`
+//!   (`bench/gpu/test.sh` runs them there).
 //!
 //! The venv and assets live in `$LINCAL_CACHE` (default `~/.cache/lincal`) so that fresh
 //! clones on the same machine (CI) reuse them.
@@ -285,6 +286,8 @@ fn gpu_build(root: &Path) -> Result<()> {
     // The CPU venv's torch wheel already holds libtorch_cuda.so; the shared build script adds
     // --allow-shlib-undefined for the CUDA libraries that only the GPU machine has.
     setup(root, false)?;
+    let out = root.join(".gpu");
+    build_gpu_tests(&out.join("tests"))?;
     // Beside the CPU target dir, not in it: the `cuda` feature would otherwise rebuild
     // lincal-model back and forth; under the cache, so a fresh clone reuses the build.
     let target = cache_dir().join("target-gpu");
@@ -299,8 +302,6 @@ fn gpu_build(root: &Path) -> Result<()> {
             "--target-dir",
         ])
         .arg(&target))?;
-    let out = root.join(".gpu");
-    std::fs::create_dir_all(&out)?;
     let binary = out.join("lincal");
     std::fs::copy(target.join("release/lincal"), &binary)?;
     run(Command::new("strip").arg(&binary))?;
@@ -325,6 +326,44 @@ fn gpu_build(root: &Path) -> Result<()> {
                 converted.join(name).display()
             ),
         }
+    }
+    Ok(())
+}
+
+/// The test binaries that hold GPU tests, built with the `cuda` feature in the CPU target dir
+/// (only the lincal crates differ from the CPU build, by their feature), stripped into `out`.
+fn build_gpu_tests(out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out)?;
+    for (package, target, name) in [
+        ("lincal-model", ["--test", "gpu"], "lincal-model-gpu"),
+        ("lincal-train", ["--lib", ""], "lincal-train"),
+    ] {
+        let mut command = Command::new("cargo");
+        command
+            .args(["test", "--no-run", "--message-format=json", "-p", package])
+            .args(target.iter().filter(|a| !a.is_empty()))
+            .args(["--features", "cuda"])
+            .env("CARGO_TARGET_DIR", target_dir())
+            .stderr(std::process::Stdio::inherit());
+        let output = command
+            .output()
+            .with_context(|| format!("starting {command:?}"))?;
+        ensure!(output.status.success(), "{command:?} failed");
+        // Cargo prints one JSON message per line; the test binary's names its "executable".
+        let executable = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter_map(|message| message["executable"].as_str().map(PathBuf::from))
+            .next_back()
+            .with_context(|| format!("{command:?} named no test executable"))?;
+        let binary = out.join(name);
+        std::fs::copy(&executable, &binary)?;
+        run(Command::new("strip").arg(&binary))?;
+        println!(
+            "{} ({} bytes)",
+            binary.display(),
+            std::fs::metadata(&binary)?.len()
+        );
     }
     Ok(())
 }

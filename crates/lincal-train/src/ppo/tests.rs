@@ -751,4 +751,20 @@ fn ppo_step_time_of_a_smollm2_shaped_model() {
         "bench ppo smollm2-135m bf16: {}",
         serde_json::to_string(&result).unwrap()
     );
+    // The reference geometry ran, every part took time, and the first update started from the
+    // rollouts' policy (the reference here is another random model: its KL is not zero).
+    assert_eq!(
+        (result.rollouts, result.query_len, result.response_len),
+        (512, 128, 300)
+    );
+    assert!(
+        result.generation_seconds > 0.0
+            && result.scoring_seconds > 0.0
+            && result.update_seconds > 0.0
+    );
+    assert!(
+        result.first_step_approx_kl.abs() < 1e-2,
+        "{}",
+        result.first_step_approx_kl
+    );
 }
