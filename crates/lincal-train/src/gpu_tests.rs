@@ -131,10 +131,7 @@ fn sft_throughput_of_a_smollm2_shaped_model() {
             serde_json::to_string(&result).unwrap()
         );
         // The timed steps trained every token of the batch, in a positive time.
-        assert_eq!(
-            (result.steps, result.tokens_per_step),
-            (10, (batch * len) as usize)
-        );
+        assert_eq!((result.steps, result.tokens_per_step), (10, batch * len));
         assert!(result.seconds_per_step > 0.0 && result.tokens_per_second.is_finite());
         assert_eq!(result.parameters, 134_515_008);
     }
