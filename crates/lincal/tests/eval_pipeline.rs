@@ -496,12 +496,24 @@ fn bad_options_fail_with_what_to_do() {
 
 // ---- the real SmolLM2-135M-Instruct --------------------------------------------------------
 
-/// SmolLM2 converted from the pinned GGUF into `dir` (f32).
+/// SmolLM2 converted from the pinned GGUF into `dir` (f32) by `lincal convert gguf`, as a
+/// user converts it.
 fn smollm2(dir: &Path) -> String {
     let gguf = std::env::var("LINCAL_SMOLLM2_GGUF")
         .expect("set LINCAL_SMOLLM2_GGUF to the SmolLM2-135M-Instruct GGUF");
     let model = dir.join("smollm2");
-    lincal_gguf::convert_to_hf(Path::new(&gguf), &model, lincal_gguf::OutputDtype::F32).unwrap();
+    let output = lincal(&["convert", "gguf", &gguf, model.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The Q4_1 GGUF's 272 tensors (the embedding shared with the output), 134.5M parameters.
+    assert!(
+        stdout.contains(": 272 tensors (") && stdout.contains(", 134515008 parameters -> "),
+        "{stdout}"
+    );
     model.to_str().unwrap().to_string()
 }
 

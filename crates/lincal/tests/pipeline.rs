@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{QUESTIONS, lincal, tiny_model_dir, write_questions};
+use common::{QUESTIONS, lincal, tiny_model_dir, write_questions, write_reference_files};
 use lincal::pipeline::runner::PipelineState;
 use lincal_data::artifact::Manifest;
 use std::collections::BTreeMap;
@@ -341,78 +341,6 @@ fn a_pipeline_killed_during_ppo_resumes_without_redoing_finished_stages() {
     );
 }
 
-/// The reference's dataset files for the TriviaQA-style questions q0..q5 of [`QUESTIONS`]
-/// (as `tq{i}`), and those questions as TriviaQA JSONL; returns the `[reference_data]` table.
-fn write_reference_data(dir: &Path) -> String {
-    let csv = |rows: Vec<Vec<String>>| -> String {
-        rows.iter()
-            .map(|row| {
-                let cells: Vec<String> = row
-                    .iter()
-                    .map(|cell| format!("\"{}\"", cell.replace('"', "\"\"")))
-                    .collect();
-                cells.join(",") + "\n"
-            })
-            .collect()
-    };
-    let header = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-    let mut sft = vec![header(&[
-        "question_id",
-        "paragraph_generation_prompt",
-        "claude_summary",
-        "icl_generated_paragraphs",
-        "claude_generated_paragraph",
-    ])];
-    let mut reward = vec![header(&[
-        "question_id",
-        "lc_sft_generated_paragraph",
-        "lc_sft_ground_truth_and_extracted_answers",
-        "lc_sft_forecasted_probs",
-        "factuality_sft_generated_paragraph",
-        "factuality_sft_binary_correctness",
-    ])];
-    let mut trivia = String::new();
-    for (i, (question, answer)) in QUESTIONS.iter().take(6).enumerate() {
-        let id = format!("tq{i}");
-        sft.push(vec![
-            id.clone(),
-            format!("Write a paragraph about this: {question}"),
-            format!("I am 70% sure that it is {answer}."),
-            format!("['It is {answer}.', 'It is not known.']"),
-            format!("It is {answer}."),
-        ]);
-        reward.push(vec![
-            id.clone(),
-            format!("I am 70% sure that it is {answer}."),
-            format!("['{answer}', '{answer}']"),
-            "[0.7, 0.7]".into(),
-            format!("It is {answer}."),
-            (i % 2).to_string(),
-        ]);
-        let record = serde_json::json!({
-            "question": question,
-            "question_id": id,
-            "answer": {"aliases": [answer], "value": answer},
-        });
-        trivia.push_str(&format!("{record}\n"));
-    }
-    let files = [
-        ("sft_training.csv", csv(sft)),
-        ("reward_model_training.csv", csv(reward)),
-        ("trivia_qa.jsonl", trivia),
-    ];
-    for (name, text) in &files {
-        std::fs::write(dir.join(name), text).unwrap();
-    }
-    let path = |name: &str| toml_value(dir.join(name).to_str().unwrap());
-    format!(
-        "[reference_data]\nsft_training = {}\nreward_model_training = {}\ntrivia_qa = [{}]\n",
-        path("sft_training.csv"),
-        path("reward_model_training.csv"),
-        path("trivia_qa.jsonl"),
-    )
-}
-
 #[test]
 fn teachers_set_to_reference_train_every_model_on_the_reference_files() {
     let dir = tempfile::tempdir().unwrap();
@@ -423,7 +351,13 @@ fn teachers_set_to_reference_train_every_model_on_the_reference_files() {
             "binary_labeler = \"offline\"",
             "binary_labeler = \"reference\"",
         );
-    let reference_data = write_reference_data(dir.path());
+    let files = write_reference_files(dir.path());
+    let reference_data = format!(
+        "[reference_data]\nsft_training = {}\nreward_model_training = {}\ntrivia_qa = [{}]\n",
+        toml_value(files.sft_training.to_str().unwrap()),
+        toml_value(files.reward_model_training.to_str().unwrap()),
+        toml_value(files.trivia_qa.to_str().unwrap()),
+    );
     let config = write_pipeline(dir.path(), &teachers, &reference_data);
     // `claude_distill` is a top-level key: it goes before the tables.
     let text = std::fs::read_to_string(&config).unwrap();

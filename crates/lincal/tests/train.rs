@@ -235,3 +235,91 @@ fn a_trained_reward_model_scores_texts_like_the_library() {
         assert!(line["label"].is_number(), "input fields are kept");
     }
 }
+
+/// `sft` and `reward-model` on the reference's dataset files: `--task` picks the examples
+/// (whatever the preset's hyperparameters),
+/// `--trivia-qa` joins the questions' text and gold answers; a reader-label file without the
+/// join (it holds question ids only) is refused, naming the flag.
+#[test]
+fn sft_and_reward_model_train_on_reference_files_with_task_and_trivia_qa() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(dir.path());
+    let files = common::write_reference_files(dir.path());
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let one_epoch = [
+        "--set",
+        "training.epochs=1",
+        "--set",
+        "training.batch_size=2",
+        "--set",
+        "training.micro_batch_size=2",
+        "--eval-questions",
+        "2",
+        "--device",
+        "cpu",
+    ];
+    // Six questions, two held out: two steps of two, four for ForecastProbs (the gold answer
+    // and the extracted one per question).
+    for (command, task, file, steps) in [
+        ("sft", "claude_distill", &files.sft_training, 2),
+        ("sft", "extract_answers", &files.reward_model_training, 2),
+        (
+            "reward-model",
+            "forecast_probs",
+            &files.reward_model_training,
+            4,
+        ),
+        (
+            "reward-model",
+            "factuality",
+            &files.reward_model_training,
+            2,
+        ),
+    ] {
+        let out = dir.path().join(format!("{command}-{task}"));
+        let mut args = vec![
+            command.to_string(),
+            "--model".into(),
+            model.clone(),
+            "--out".into(),
+            path(&out),
+            "--preset".into(),
+            if command == "sft" {
+                "lc_sft"
+            } else {
+                "forecast_probs"
+            }
+            .into(),
+            "--train".into(),
+            path(file),
+            "--task".into(),
+            task.into(),
+            "--trivia-qa".into(),
+            path(&files.trivia_qa),
+        ];
+        args.extend(one_epoch.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ok(lincal(&args));
+        let logged = common::read_jsonl(&out.join("metrics.jsonl"))
+            .iter()
+            .filter(|record| record.get("loss").is_some())
+            .count();
+        assert_eq!(logged, steps, "{command} --task {task}");
+    }
+    let no_join = lincal(&[
+        "reward-model",
+        "--model",
+        &model,
+        "--out",
+        &path(&dir.path().join("no-join")),
+        "--preset",
+        "forecast_probs",
+        "--train",
+        &path(&files.reward_model_training),
+    ]);
+    let stderr = String::from_utf8_lossy(&no_join.stderr);
+    assert!(
+        !no_join.status.success() && stderr.contains("--trivia-qa"),
+        "{stderr}"
+    );
+}

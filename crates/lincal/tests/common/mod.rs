@@ -120,3 +120,83 @@ pub fn write_questions(dir: &Path, count: usize) -> PathBuf {
     std::fs::write(&path, lines).unwrap();
     path
 }
+
+/// Files in the reference dataset's layout, and TriviaQA's answers for their question ids.
+#[allow(dead_code)]
+pub struct ReferenceFiles {
+    pub sft_training: PathBuf,
+    pub reward_model_training: PathBuf,
+    pub trivia_qa: PathBuf,
+}
+
+/// The reference's `sft_training.csv` and `reward_model_training.csv` for the first six
+/// [`QUESTIONS`] (ids `tq0`..`tq5`; one extracted answer per paragraph, so two ForecastProbs
+/// examples per question) and those questions as TriviaQA JSONL, in `dir`.
+#[allow(dead_code)]
+pub fn write_reference_files(dir: &Path) -> ReferenceFiles {
+    let csv = |rows: Vec<Vec<String>>| -> String {
+        rows.iter()
+            .map(|row| {
+                let cells: Vec<String> = row
+                    .iter()
+                    .map(|cell| format!("\"{}\"", cell.replace('"', "\"\"")))
+                    .collect();
+                cells.join(",") + "\n"
+            })
+            .collect()
+    };
+    let header = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    let mut sft = vec![header(&[
+        "question_id",
+        "paragraph_generation_prompt",
+        "claude_summary",
+        "icl_generated_paragraphs",
+        "claude_generated_paragraph",
+    ])];
+    let mut reward = vec![header(&[
+        "question_id",
+        "lc_sft_generated_paragraph",
+        "lc_sft_ground_truth_and_extracted_answers",
+        "lc_sft_forecasted_probs",
+        "factuality_sft_generated_paragraph",
+        "factuality_sft_binary_correctness",
+    ])];
+    let mut trivia = String::new();
+    for (i, (question, answer)) in QUESTIONS.iter().take(6).enumerate() {
+        let id = format!("tq{i}");
+        sft.push(vec![
+            id.clone(),
+            format!("Write a paragraph about this: {question}"),
+            format!("I am 70% sure that it is {answer}."),
+            format!("['It is {answer}.', 'It is not known.']"),
+            format!("It is {answer}."),
+        ]);
+        reward.push(vec![
+            id.clone(),
+            format!("I am 70% sure that it is {answer}."),
+            format!("['{answer}', '{answer}']"),
+            "[0.7, 0.7]".into(),
+            format!("It is {answer}."),
+            (i % 2).to_string(),
+        ]);
+        let record = serde_json::json!({
+            "question": question,
+            "question_id": id,
+            "answer": {"aliases": [answer], "value": answer},
+        });
+        trivia.push_str(&format!("{record}\n"));
+    }
+    let files = [
+        ("sft_training.csv", csv(sft)),
+        ("reward_model_training.csv", csv(reward)),
+        ("trivia_qa.jsonl", trivia),
+    ];
+    for (name, text) in &files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    ReferenceFiles {
+        sft_training: dir.join("sft_training.csv"),
+        reward_model_training: dir.join("reward_model_training.csv"),
+        trivia_qa: dir.join("trivia_qa.jsonl"),
+    }
+}
