@@ -294,9 +294,7 @@ mod tests {
     /// own grouped-query path, for a prefill (causal, padded) and a single decode query.
     #[test]
     fn grouped_attention_matches_enable_gqa() {
-        let _rng = crate::testing::LIBTORCH_RNG
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let _rng = crate::lock_libtorch_rng();
         tch::manual_seed(3);
         let key_mask = Tensor::from_slice2(&[[0i64, 1, 1, 1, 1], [1, 1, 1, 1, 1]]);
         for (first, t) in [(0, 5), (4, 1)] {

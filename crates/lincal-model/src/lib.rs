@@ -26,6 +26,20 @@ pub use layers::KvCache;
 pub use model::CausalLm;
 pub use tokenizer::{ChatTurn, Tokenizer};
 
+/// libtorch's global random generator is one per process, shared by every thread. Code that
+/// seeds it and then draws from it (a training step's dropout masks) holds this lock
+/// throughout, so that no other thread reseeds it or draws from it in between; so do model
+/// construction (the initial weights) and tests that draw from it (`randn`). In a run, with
+/// one trainer per process, it is never contended.
+static LIBTORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes [`LIBTORCH_RNG`] (not reentrant: a holder must not call code that takes it).
+pub fn lock_libtorch_rng() -> std::sync::MutexGuard<'static, ()> {
+    LIBTORCH_RNG
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The best device here: the first CUDA GPU when there is one.
 pub fn default_device() -> tch::Device {
     tch::Device::cuda_if_available()

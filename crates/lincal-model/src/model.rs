@@ -58,15 +58,19 @@ pub struct Checkpoints {
 }
 
 impl CausalLm {
-    /// A model with freshly initialised weights, of the given precision, on `device`.
+    /// A model with freshly initialised weights (drawn from libtorch's global generator), of
+    /// the given precision, on `device`.
     pub fn new(mut config: ModelConfig, device: Device, kind: Kind) -> Self {
         config.set_torch_dtype(kind_name(kind));
         let mut vs = nn::VarStore::new(device);
         vs.set_kind(kind);
         let root = vs.root();
-        let decoder: Box<dyn Decoder> = match &config {
-            ModelConfig::Llama(c) => Box::new(Llama::new(&root, c)),
-            ModelConfig::GptNeoX(c) => Box::new(GptNeoX::new(&root, c)),
+        let decoder: Box<dyn Decoder> = {
+            let _rng = crate::lock_libtorch_rng();
+            match &config {
+                ModelConfig::Llama(c) => Box::new(Llama::new(&root, c)),
+                ModelConfig::GptNeoX(c) => Box::new(GptNeoX::new(&root, c)),
+            }
         };
         CausalLm {
             config,
@@ -320,8 +324,9 @@ pub fn kind_name(kind: Kind) -> &'static str {
 mod tests {
     use super::*;
     use crate::layers::{attention_mask, positions_from_mask};
+    use crate::lock_libtorch_rng;
     use crate::lora::{LoraConfig, with_lora};
-    use crate::testing::{LIBTORCH_RNG, random_model, tiny_llama, tiny_neox};
+    use crate::testing::{random_model, tiny_llama, tiny_neox};
 
     /// Left-padded rows (the second starts with two pads), their positions and mask.
     fn batch() -> (Tensor, Tensor, Tensor) {
@@ -371,8 +376,6 @@ mod tests {
     /// architectures, tied and untied embeddings, with padding.
     #[test]
     fn checkpointed_backward_gives_the_plain_gradients() {
-        // The checkpointed pass reseeds libtorch's generator, which the dropout test draws from.
-        let _rng = LIBTORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
         let (ids, positions, mask) = batch();
         for (label, config) in [
             ("llama tied", tiny_llama(true)),
@@ -380,6 +383,9 @@ mod tests {
             ("gpt-neox", tiny_neox()),
         ] {
             let model = random_model(config, 4);
+            // The checkpointed pass reseeds libtorch's generator and draws from it (after the
+            // model is made: making one takes the lock too).
+            let _rng = lock_libtorch_rng();
             let vars: Vec<(String, Tensor)> = model.var_store().variables().into_iter().collect();
             let plain = gradients(&vars, || {
                 loss_of(&model, &model.forward(&ids, &positions, Some(&mask), None)).backward()
@@ -403,7 +409,6 @@ mod tests {
     /// are those of a plain pass that reseeds before each layer as the checkpointed one does.
     #[test]
     fn checkpointed_backward_replays_dropout_masks() {
-        let _rng = LIBTORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
         let lora = LoraConfig {
             r: 4,
             alpha: 8.0,
@@ -414,6 +419,9 @@ mod tests {
             Ok(random_model(tiny_llama(false), 5))
         })
         .unwrap();
+        // Dropout draws from libtorch's generator, reseeded below (after the model is made:
+        // making one takes the lock too).
+        let _rng = lock_libtorch_rng();
         adapters.set_training(true);
         // Non-zero B matrices, so that the masks change the loss and every gradient.
         let vars: Vec<(String, Tensor)> = adapters.var_store().variables().into_iter().collect();

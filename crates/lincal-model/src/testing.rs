@@ -4,11 +4,6 @@ use crate::{CausalLm, GptNeoXConfig, ModelConfig};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
-/// Held by tests that draw from libtorch's global generator (dropout, `randn`), which every
-/// test thread of a process shares: one test's draws would otherwise shift another's. The
-/// trainers reseed it every step, so a test that trains with dropout holds it too.
-pub static LIBTORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// A 2-layer Llama with grouped-query attention (4 heads, 2 KV heads), vocabulary 64.
 pub fn tiny_llama(tie: bool) -> ModelConfig {
     let text = format!(

@@ -139,7 +139,7 @@ fn gpu_forward_equals_cpu_forward_in_f32() {
 fn attention_kernels_equal_written_out_attention() {
     let mut errors = Vec::new();
     for head_dim in [8i64, 16, 64, 128] {
-        let _rng = LIBTORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+        let _rng = lincal_model::lock_libtorch_rng();
         tch::manual_seed(head_dim);
         let shape = [2, 4, 40, head_dim];
         let (q, k, v) = (

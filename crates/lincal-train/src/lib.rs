@@ -29,6 +29,8 @@ mod gpu_tests;
 #[cfg(test)]
 mod lora_tests;
 #[cfg(test)]
+mod resume_tests;
+#[cfg(test)]
 mod testutil;
 
 pub use bench::{SftBench, SftBenchSettings, bench_sft};

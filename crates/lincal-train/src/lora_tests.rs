@@ -31,6 +31,8 @@ fn logits(model: &CausalLm) -> Tensor {
 
 /// Gives every `lora_B` random values, as training would.
 fn perturb_b(adapters: &LoraAdapters) {
+    // randn draws from the generator that trainer steps in other test threads seed and use.
+    let _rng = lincal_model::lock_libtorch_rng();
     tch::no_grad(|| {
         for (name, var) in adapters.var_store().variables() {
             if name.contains("lora_B") {
@@ -198,10 +200,6 @@ fn targets_are_matched_by_hugging_face_module_name() {
 /// (alpha/r)·B·A from the saved adapter, and the PEFT adapter is saved beside it.
 #[test]
 fn lora_sft_trains_adapters_and_saves_merged_weights_and_the_adapter() {
-    // Dropout: the trainer reseeds libtorch's generator every step and draws masks from it.
-    let _rng = lincal_model::testing::LIBTORCH_RNG
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
     let model_dir = tiny_model_dir();
     let run = tempfile::tempdir().unwrap();
     let data: Vec<SftExample> = [("t5 t6", " t20 t21"), ("t7", " t22 t23 t24")]

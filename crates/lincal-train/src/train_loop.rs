@@ -182,7 +182,9 @@ impl Optimizer {
         step: u64,
     ) -> Result<(f64, usize, f64, f64)> {
         // Dropout draws from libtorch's global generator; seeding it per step makes a resumed
-        // run draw the same masks as an uninterrupted one.
+        // run draw the same masks as an uninterrupted one, and holding its lock for the step
+        // keeps other threads (tests run in parallel) from reseeding it in between.
+        let _rng = lincal_model::lock_libtorch_rng();
         tch::manual_seed(self.config.seed.wrapping_add(step) as i64);
         objective.set_training(true);
         let total_weight: f64 = units.iter().map(|&u| objective.weight(u)).sum();

@@ -277,7 +277,9 @@ impl Learner {
     ) -> Result<(LossStats, f64, f64)> {
         let c = &self.config;
         // Dropout draws from libtorch's global generator; seeding it per step makes a resumed
-        // run draw the same masks as an uninterrupted one.
+        // run draw the same masks as an uninterrupted one, and holding its lock for the update
+        // keeps other threads (tests run in parallel) from reseeding it in between.
+        let _rng = lincal_model::lock_libtorch_rng();
         tch::manual_seed(c.seed.wrapping_add(step) as i64);
         self.models.set_training(true);
         let device = self.models.policy.model.device();
