@@ -43,8 +43,8 @@ pub fn tiny_neox() -> ModelConfig {
 }
 
 /// Random weights on the CPU in f32, every parameter (norms included) perturbed. The values
-/// come from a ChaCha stream seeded by `seed`, not libtorch's global generator, which tests
-/// running in parallel threads would share.
+/// come from a ChaCha stream seeded by `seed` alone, not libtorch's global generator, which
+/// tests running in parallel threads would share: the same config and seed give the same model.
 pub fn random_model(config: ModelConfig, seed: u64) -> CausalLm {
     use rand::{Rng, SeedableRng};
     let model = CausalLm::new(config, Device::Cpu, Kind::Float);
@@ -52,10 +52,10 @@ pub fn random_model(config: ModelConfig, seed: u64) -> CausalLm {
     let variables: std::collections::BTreeMap<String, Tensor> =
         model.var_store().variables().into_iter().collect();
     tch::no_grad(|| {
-        for var in variables.values() {
+        for (name, var) in &variables {
             let size = var.size();
-            // Matrices like PyTorch's default linear init; vectors (norms, biases) around their
-            // start value, so that a loader that skipped them would fail.
+            // Matrices like PyTorch's default linear init; norm weights around 1 and biases
+            // around 0, so that a loader that skipped them would fail.
             let scale = if size.len() == 2 {
                 1.0 / (size[1] as f32).sqrt()
             } else {
@@ -64,7 +64,9 @@ pub fn random_model(config: ModelConfig, seed: u64) -> CausalLm {
             let noise: Vec<f32> = (0..var.numel())
                 .map(|_| rng.random_range(-scale..scale))
                 .collect();
-            let base = if size.len() == 2 {
+            // Norm weights start at 1; biases start drawn from the global generator, so they
+            // start from 0 here.
+            let base = if size.len() == 2 || name.ends_with("bias") {
                 var.zeros_like()
             } else {
                 var.shallow_clone()

@@ -236,3 +236,17 @@ fn config_without_model_type_names_the_field() {
     );
     let _ = ModelConfig::from_json("{}").unwrap_err();
 }
+
+/// A random model is its config and seed alone (biases included, which libtorch's generator
+/// initialises): two draws are the same weights, another seed is not.
+#[test]
+fn random_models_are_their_seed() {
+    for config in [tiny_llama(false), tiny_neox()] {
+        let weights = |seed| random_model(config.clone(), seed).var_store().variables();
+        let (a, b, c) = (weights(5), weights(5), weights(6));
+        for (name, tensor) in &a {
+            assert!(tensor.equal(&b[name]), "{name}");
+            assert!(!tensor.equal(&c[name]), "{name}");
+        }
+    }
+}
