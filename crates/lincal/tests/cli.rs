@@ -370,3 +370,59 @@ fn a_pipeline_directory_in_use_is_refused_naming_its_lock() {
     assert!(!out.join("pipeline.toml").exists() && !out.join("pipeline.json").exists());
     assert_eq!(std::fs::read_to_string(&lock).unwrap(), holder);
 }
+
+/// `lincal data fetch` and `build` of each offline source that can be downloaded here, into
+/// `$LINCAL_ASSETS` (once; later runs find the file and check its sha256): the counts the
+/// pinned packages give. bigbench-nq and bigbench-qa-wikidata are left out: their pinned
+/// sdist answers HTTP 403 from this network, and their reader is tested on hand-made files.
+#[test]
+#[ignore = "downloads the offline sources (cargo xtask test sets LINCAL_ASSETS)"]
+fn data_fetch_and_build_every_downloadable_source() {
+    let assets = std::env::var("LINCAL_ASSETS")
+        .expect("set LINCAL_ASSETS to a folder for the offline sources (cargo xtask test sets it)");
+    let dir = tempfile::tempdir().unwrap();
+    for (source, rows, kept) in [
+        ("fanoutqa", 2142, 2125),
+        ("red-trivia", 3276, 3271),
+        ("wordnet-people", 3318, 3318),
+    ] {
+        let fetched = lincal(&["data", "fetch", source, "--cache", &assets]);
+        assert!(
+            fetched.status.success(),
+            "{}",
+            String::from_utf8_lossy(&fetched.stderr)
+        );
+        let out = dir.path().join(format!("{source}.jsonl"));
+        let built = lincal(&[
+            "data",
+            "build",
+            source,
+            "--out",
+            out.to_str().unwrap(),
+            "--cache",
+            &assets,
+        ]);
+        let said = String::from_utf8_lossy(&built.stdout).into_owned()
+            + &String::from_utf8_lossy(&built.stderr);
+        assert!(built.status.success(), "{said}");
+        assert!(
+            said.contains(&format!("{source}: kept {kept} of {rows} rows")),
+            "{said}"
+        );
+        let records = read_jsonl(&out);
+        assert_eq!(records.len(), kept, "{source}");
+        let fields: &[&str] = if source == "wordnet-people" {
+            &["id", "title", "text"]
+        } else {
+            &["id", "question", "answer", "aliases", "source"]
+        };
+        for record in &records {
+            for field in fields {
+                assert!(
+                    record.get(field).is_some(),
+                    "{source}: {record} has no {field}"
+                );
+            }
+        }
+    }
+}
