@@ -108,6 +108,68 @@ pub fn parse_extracted_answers(text: &str) -> Result<Vec<String>> {
     extracted_answers(text, true)
 }
 
+/// How an ExtractAnswers model's output becomes its candidate answers, in the PPO reward and
+/// the evaluation's surrogate reader.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExtractionParsing {
+    /// The reference's (`postprocess_answer_extractions`, SPEC 1.5): an output that is exactly
+    /// "No Answer" names none; any other is split on ";", each item stripped of surrounding
+    /// whitespace, exact duplicates dropped. Nothing fails to parse: a run-on item ("Lyon\n###
+    /// Question: ...") or an empty output is a candidate the forecaster scores like any other,
+    /// and "The Beatles; Beatles" is two candidates.
+    #[default]
+    Reference,
+    /// lincal's reading ([`parse_extracted_answers`]): the answers line or one bare line, items
+    /// cleaned and de-duplicated by their normal form; an output that does not parse names no
+    /// answer and is counted as unparsed.
+    Normalized,
+}
+
+impl ExtractionParsing {
+    /// The name in configs and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExtractionParsing::Reference => "reference",
+            ExtractionParsing::Normalized => "normalized",
+        }
+    }
+
+    /// The candidates `output` names, and whether it parsed (always, for the reference's).
+    pub fn candidates(self, output: &str) -> (Vec<String>, bool) {
+        match self {
+            ExtractionParsing::Reference if output == "No Answer" => (Vec::new(), true),
+            ExtractionParsing::Reference => {
+                let mut candidates: Vec<String> = Vec::new();
+                for item in output.split(';').map(str::trim) {
+                    if !candidates.iter().any(|seen| seen == item) {
+                        candidates.push(item.to_string());
+                    }
+                }
+                (candidates, true)
+            }
+            ExtractionParsing::Normalized => match parse_extracted_answers(output) {
+                Ok(answers) => (answers, true),
+                Err(_) => (Vec::new(), false),
+            },
+        }
+    }
+}
+
+impl std::str::FromStr for ExtractionParsing {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        match text {
+            "reference" => Ok(ExtractionParsing::Reference),
+            "normalized" => Ok(ExtractionParsing::Normalized),
+            other => Err(format!(
+                "{other:?} is not an extraction parsing; use \"reference\" or \"normalized\""
+            )),
+        }
+    }
+}
+
 /// The candidate answers of an `extract_answers` teacher reply, as [`parse_extracted_answers`]
 /// reads them, except that the answers line ("Answers: a; b", "Answers: none") is required: a
 /// teacher that answers with one bare line (or bullets) did not follow the format, and its line

@@ -12,7 +12,7 @@
 //! - [`LexicalQaReader`]: fast and deterministic, no model at all (see its caveat).
 
 use lincal_data::parse::{
-    LexicalReader, contains_match, parse_extracted_answers, parse_probability,
+    ExtractionParsing, LexicalReader, contains_match, parse_extracted_answers, parse_probability,
 };
 use lincal_data::prompts::{
     EXTRACT_ANSWERS_MAX_TOKENS, EXTRACT_ANSWERS_TEMPERATURE, ExtractionPrompt, ExtractionUse,
@@ -175,12 +175,14 @@ impl Reader for StatedConfidenceReader<'_> {
 
 /// Extraction by a trained ExtractAnswers model (SPEC 1.5): the `extract_answers_model`
 /// prompt as a completion, sampled as PPO samples it ([`EXTRACT_ANSWERS_TEMPERATURE`], up to
-/// [`EXTRACT_ANSWERS_MAX_TOKENS`] new tokens), the reply `"a; b"` or `"No Answer"`. `settings`
+/// [`EXTRACT_ANSWERS_MAX_TOKENS`] new tokens), the reply `"a; b"` or `"No Answer"`, read as
+/// `parsing` says (a reply the normalised reading cannot parse is asked again). `settings`
 /// gives the attempts and the seed.
 pub fn extract_with_model(
     llm: &dyn Llm,
     templates: &Templates,
     settings: &TeacherSettings,
+    parsing: ExtractionParsing,
     inputs: &[ReadInput<'_>],
 ) -> ItemResults<Vec<String>> {
     let settings = TeacherSettings {
@@ -196,7 +198,10 @@ pub fn extract_with_model(
             let prompt = templates.extract_answers_model(input.question, input.paragraph)?;
             Ok((Prompt::Completion(prompt), format!("extract/{}", input.id)))
         },
-        parse_extracted_answers,
+        |reply| match parsing {
+            ExtractionParsing::Reference => Ok(parsing.candidates(reply).0),
+            ExtractionParsing::Normalized => parse_extracted_answers(reply),
+        },
     )
 }
 

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use lincal_data::artifact::CACHE_FILE;
-use lincal_data::parse::LexicalReader;
+use lincal_data::parse::{ExtractionParsing, LexicalReader};
 use lincal_data::prompts::{ExtractionPrompt, Templates};
 use lincal_eval::bio::{
     BioEvaluation, ClaimConfidence, Decomposer, FactChecker, LexicalDecomposer, LlmDecomposer,
@@ -184,6 +184,12 @@ pub struct QaArgs {
     /// The surrogate reader's ExtractAnswers model directory.
     #[arg(long)]
     extractor: Option<PathBuf>,
+    /// How the surrogate reader reads the ExtractAnswers replies, as the PPO reward's
+    /// `reward.extraction_parsing`: reference (exactly "No Answer" is none, else every
+    /// ";"-separated item, exact duplicates dropped) or normalized (lincal's reading; an
+    /// unparsable reply is asked again).
+    #[arg(long)]
+    extraction_parsing: Option<ExtractionParsing>,
     /// The surrogate reader's ForecastProbs reward-model directory.
     #[arg(long)]
     forecaster: Option<PathBuf>,
@@ -756,6 +762,9 @@ fn qa(args: QaArgs) -> Result<()> {
         bail!("--extraction-prompt is for the llm and stated readers, not --reader {reader_kind}");
     }
     let extraction = args.extraction_prompt.unwrap_or_default();
+    if args.extraction_parsing.is_some() && reader_kind != "surrogate" {
+        bail!("--extraction-parsing is for the surrogate reader, not --reader {reader_kind}");
+    }
     let (judge_kind, judge_source) = role_choice(
         "judge",
         args.judge.as_deref(),
@@ -795,6 +804,7 @@ fn qa(args: QaArgs) -> Result<()> {
                 models.batch_size,
                 &templates,
                 &teacher(run),
+                args.extraction_parsing.unwrap_or_default(),
             )?)
         }
         ("stated", Some(client), _) => Box::new(StatedConfidenceReader {

@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use lincal_data::parse::ExtractionParsing;
 use lincal_data::prompts::Templates;
 use lincal_eval::readers::{ForecastInput, ItemResults, ReadInput, Reader, extract_with_model};
 use lincal_eval::{PipelineError, TeacherSettings};
@@ -23,12 +24,15 @@ pub struct SurrogateReader<'a> {
     templates: &'a Templates,
     /// Attempts and seed of the extractor's requests.
     settings: TeacherSettings,
+    /// How the extractor's replies become candidates, as in the PPO reward.
+    parsing: ExtractionParsing,
 }
 
 impl<'a> SurrogateReader<'a> {
     /// Loads the ForecastProbs model of `forecaster_dir` (a `lincal reward-model` output) with
     /// its tokenizer; `extractor` is the ExtractAnswers model as an `Llm`, asked with the
-    /// attempts and seed of `teacher`.
+    /// attempts and seed of `teacher`, its replies read as `parsing` says.
+    #[allow(clippy::too_many_arguments)]
     pub fn load(
         extractor: &'a dyn Llm,
         forecaster_dir: &Path,
@@ -37,6 +41,7 @@ impl<'a> SurrogateReader<'a> {
         batch_size: usize,
         templates: &'a Templates,
         teacher: &TeacherSettings,
+        parsing: ExtractionParsing,
     ) -> Result<Self> {
         let forecaster = Scorer::load(
             forecaster_dir,
@@ -62,6 +67,7 @@ impl<'a> SurrogateReader<'a> {
             forecaster_name,
             templates,
             settings: teacher.clone(),
+            parsing,
         })
     }
 }
@@ -69,14 +75,21 @@ impl<'a> SurrogateReader<'a> {
 impl Reader for SurrogateReader<'_> {
     fn describe(&self) -> String {
         format!(
-            "surrogate: ExtractAnswers {} + ForecastProbs {}",
+            "surrogate: ExtractAnswers {} + ForecastProbs {} ({} extraction parsing)",
             self.extractor.model(),
-            self.forecaster_name
+            self.forecaster_name,
+            self.parsing.name()
         )
     }
 
     fn extract(&self, inputs: &[ReadInput<'_>]) -> ItemResults<Vec<String>> {
-        extract_with_model(self.extractor, self.templates, &self.settings, inputs)
+        extract_with_model(
+            self.extractor,
+            self.templates,
+            &self.settings,
+            self.parsing,
+            inputs,
+        )
     }
 
     fn forecast(&self, inputs: &[ForecastInput<'_>]) -> ItemResults<f64> {

@@ -251,15 +251,33 @@ fn the_surrogate_reader_forecasts_with_the_reward_model() {
     args.extend(FAST);
     ok(lincal(&args));
     let results = read_results(&run).unwrap();
+    let reader = results.settings.reader.as_deref().unwrap();
     assert!(
-        results
-            .settings
-            .reader
-            .as_deref()
-            .unwrap()
-            .starts_with("surrogate: ExtractAnswers "),
-        "{:?}",
-        results.settings.reader
+        reader.starts_with("surrogate: ExtractAnswers ")
+            && reader.ends_with(" (reference extraction parsing)"),
+        "{reader}"
+    );
+    // The parsing is the surrogate reader's: another reader is refused it.
+    let refused = lincal(&[
+        "eval",
+        "qa",
+        "--model",
+        &model,
+        "--dataset",
+        questions.to_str().unwrap(),
+        "--out",
+        dir.path().join("refused").to_str().unwrap(),
+        "--reader",
+        "lexical",
+        "--extraction-parsing",
+        "normalized",
+    ]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && stderr
+                .contains("--extraction-parsing is for the surrogate reader, not --reader lexical"),
+        "{stderr}"
     );
 
     // Each answer's confidence is sigmoid of the reward model's score of its prompt.

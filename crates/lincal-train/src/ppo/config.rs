@@ -4,6 +4,7 @@
 use crate::config::Precision;
 use crate::error::{Result, TrainError};
 use crate::scorer::DEFAULT_MAX_TOKENS;
+use lincal_data::parse::ExtractionParsing;
 use lincal_data::prompts::{EXTRACT_ANSWERS_MAX_TOKENS, EXTRACT_ANSWERS_TEMPERATURE};
 use lincal_model::lora::LoraConfig;
 use serde::{Deserialize, Serialize};
@@ -45,6 +46,11 @@ pub struct RewardConfig {
     pub extractor_eval_top_k: i64,
     pub extractor_eval_top_p: f64,
     pub extractor_max_new_tokens: i64,
+    /// How ExtractAnswers outputs become candidates: `reference` (exact "No Answer", split on
+    /// ";", exact de-duplication: the reference's rewards) or `normalized` (lincal's stricter
+    /// reading; an unparsed output counts as no answer). SPEC 1.5.
+    #[serde(default)]
+    pub extraction_parsing: ExtractionParsing,
 }
 
 impl RewardConfig {
@@ -62,6 +68,7 @@ impl RewardConfig {
             extractor_eval_top_k: 0,
             extractor_eval_top_p: 0.9,
             extractor_max_new_tokens: i64::from(EXTRACT_ANSWERS_MAX_TOKENS),
+            extraction_parsing: ExtractionParsing::Reference,
         }
     }
 }

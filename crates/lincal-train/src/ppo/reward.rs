@@ -8,7 +8,7 @@ use super::models::eos_ids;
 use crate::error::{Result, TrainError};
 use crate::reward_model::RewardModel;
 use crate::scorer::{Scorer, padding_id, sigmoid};
-use lincal_data::parse::parse_extracted_answers;
+use lincal_data::parse::ExtractionParsing;
 use lincal_data::prompts::Templates;
 use lincal_data::schema::cut_paragraph;
 use lincal_model::{BatchRequest, CausalLm, SamplingParams, Tokenizer, generate_batch};
@@ -86,16 +86,6 @@ pub fn decision_reward(p_gt: f64, p_extracted: &[f64], config: &RewardConfig) ->
 pub fn binary_reward(logit: f64, reward_offset: f64) -> (f64, f64) {
     let correct = if logit > 0.0 { 1.0 } else { 0.0 };
     (correct + reward_offset, sigmoid(logit))
-}
-
-/// The answers an ExtractAnswers output names: "No Answer" is none; otherwise the
-/// semicolon-separated items, de-duplicated. An output that does not parse counts as no
-/// answer (and is reported), as the reader found nothing usable.
-pub fn parse_extraction(text: &str) -> (Vec<String>, bool) {
-    match parse_extracted_answers(text) {
-        Ok(answers) => (answers, true),
-        Err(_) => (Vec::new(), false),
-    }
 }
 
 /// Decision-based RL (SPEC 1.7): ExtractAnswers names the answers a paragraph gives,
@@ -210,7 +200,7 @@ impl Reward for DecisionReward {
         let extractions = self.extract(inputs, context)?;
         let parsed: Vec<(Vec<String>, bool)> = extractions
             .iter()
-            .map(|text| parse_extraction(text))
+            .map(|text| self.config.extraction_parsing.candidates(text))
             .collect();
         // Ground truth first, then each extracted answer, even one equal to the ground truth.
         let mut texts = Vec::new();
@@ -366,15 +356,54 @@ mod tests {
         assert!((p - 0.880_797_077_977_882_3).abs() < 1e-15);
     }
 
+    /// The rewards of two extractor outputs under each parsing, from the hand values:
+    /// ground truth forecast at 0.8 and each candidate at the probability given.
     #[test]
-    fn extractions_parse_to_answer_sets() {
-        assert_eq!(parse_extraction("No Answer"), (vec![], true));
+    fn the_reference_parsing_keeps_what_the_reference_keeps() {
+        let reward = |parsing: ExtractionParsing, output: &str, p: &dyn Fn(&str) -> f64| {
+            let (candidates, parsed) = parsing.candidates(output);
+            let probabilities: Vec<f64> = candidates.iter().map(|c| p(c)).collect();
+            (
+                decision_reward(0.8, &probabilities, &lc()).0,
+                candidates.len(),
+                parsed,
+            )
+        };
+        let close = |(got, _, _): (f64, usize, bool), want: f64| (got - want).abs() < 1e-12;
+        let ln = 0.8f64.ln();
+        // "The Beatles; Beatles", 0.8 each: two candidates, Σ = 1.6 → 5 + ln 0.8 − 5·0.6 = 1.78
+        // in the reference; one by normal form (lincal's), 5 + ln 0.8 − 5·0.2 = 3.78.
+        let beatles = "The Beatles; Beatles";
+        let at = |_: &str| 0.8;
+        let reference = reward(ExtractionParsing::Reference, beatles, &at);
+        assert_eq!(reference.1, 2);
+        assert!(close(reference, 5.0 + ln - 3.0));
+        assert!(close(
+            reward(ExtractionParsing::Normalized, beatles, &at),
+            5.0 + ln - 1.0
+        ));
+        // A run-on output, Paris at 0.8 and the run-on item at 0.05: Σ = 0.85 → 4.03 in the
+        // reference; unparsed, hence no answer (−λ), −0.22 in lincal's.
+        let run_on = "Paris; Lyon\n### Question: What is the capital of Peru?";
+        let at = |c: &str| if c == "Paris" { 0.8 } else { 0.05 };
+        let reference = reward(ExtractionParsing::Reference, run_on, &at);
+        assert!(close(reference, 5.0 + ln - 5.0 * 0.15));
+        let normalized = reward(ExtractionParsing::Normalized, run_on, &at);
+        assert!(close(normalized, 5.0 + ln - 5.0) && !normalized.2);
+        // Exactly "No Answer" names none; anything else, even empty, is a candidate.
+        let parse = |text| ExtractionParsing::Reference.candidates(text).0;
+        assert_eq!(parse("No Answer"), Vec::<String>::new());
+        assert_eq!(parse("No Answer."), ["No Answer."]);
+        assert_eq!(parse(""), [""]);
+        assert_eq!(parse(" Paris ;Lyon; Paris"), ["Paris", "Lyon"]);
         assert_eq!(
-            parse_extraction("Paris; Lyon ; Paris"),
+            ExtractionParsing::Normalized.candidates("Paris; Lyon ; Paris"),
             (vec!["Paris".to_string(), "Lyon".to_string()], true)
         );
-        // Nothing usable: no answers, reported as unparsed.
-        assert_eq!(parse_extraction(""), (vec![], false));
+        assert_eq!(
+            ExtractionParsing::Normalized.candidates(""),
+            (vec![], false)
+        );
         assert_eq!(row_seeds(7, 3), row_seeds(7, 3));
         assert_ne!(row_seeds(7, 3), row_seeds(8, 3));
     }

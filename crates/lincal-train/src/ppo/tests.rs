@@ -5,6 +5,7 @@ use super::*;
 use crate::config::Precision;
 use crate::reward_model::HeadInit;
 use crate::testutil::{run_options, saved_tensors};
+use lincal_data::parse::ExtractionParsing;
 use lincal_data::prompts::Templates;
 use lincal_model::Tokenizer;
 use lincal_model::lora::LoraConfig;
@@ -454,7 +455,9 @@ fn the_decision_reward_combines_extraction_and_forecasts() {
             serde_json::from_value(output.details["answers"].clone()).unwrap();
         assert_eq!(
             answers,
-            reward::parse_extraction(output.details["extraction"].as_str().unwrap()).0
+            ExtractionParsing::Reference
+                .candidates(output.details["extraction"].as_str().unwrap())
+                .0
         );
         let candidates: Vec<String> = std::iter::once(input.answer.to_string())
             .chain(answers.iter().cloned())
