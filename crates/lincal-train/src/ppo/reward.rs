@@ -8,7 +8,6 @@ use super::models::eos_ids;
 use crate::error::{Result, TrainError};
 use crate::reward_model::RewardModel;
 use crate::scorer::{Scorer, padding_id, sigmoid};
-use lincal_data::parse::ExtractionParsing;
 use lincal_data::prompts::Templates;
 use lincal_data::schema::cut_paragraph;
 use lincal_model::{BatchRequest, CausalLm, SamplingParams, Tokenizer, generate_batch};
@@ -317,6 +316,7 @@ impl Reward for BinaryCorrectnessReward {
 mod tests {
     use super::*;
     use crate::ppo::config::PpoConfig;
+    use lincal_data::parse::ExtractionParsing;
 
     fn lc() -> RewardConfig {
         PpoConfig::preset("lc_ppo").unwrap().reward
