@@ -158,6 +158,7 @@ fn expected_sft_rows() -> Vec<SftTrainingRow> {
                 some("Tennis scoring, which counts \"15, 30, 40\", is old."),
                 some("It's played at Wimbledon."),
             ]),
+            icl_generated_paragraphs_error: None,
             claude_generated_paragraph: some("Tennis counts its points as 15 and 30."),
         },
         SftTrainingRow {
@@ -167,6 +168,7 @@ fn expected_sft_rows() -> Vec<SftTrainingRow> {
             ),
             claude_summary: None,
             icl_generated_paragraphs: Some(vec![]),
+            icl_generated_paragraphs_error: None,
             claude_generated_paragraph: some("Taipei is the capital of Taiwan."),
         },
         SftTrainingRow {
@@ -176,6 +178,7 @@ fn expected_sft_rows() -> Vec<SftTrainingRow> {
             ),
             claude_summary: some("I believe the painting is the Mona Lisa."),
             icl_generated_paragraphs: None,
+            icl_generated_paragraphs_error: None,
             claude_generated_paragraph: None,
         },
         SftTrainingRow {
@@ -190,6 +193,7 @@ fn expected_sft_rows() -> Vec<SftTrainingRow> {
                 some("A backslash \\ stays."),
                 None,
             ]),
+            icl_generated_paragraphs_error: None,
             claude_generated_paragraph: some("Mark Twain wrote it."),
         },
     ]
@@ -201,18 +205,43 @@ fn sft_training_csv_reads_quoted_multiline_cells_and_literal_lists() {
     assert_eq!(rows, expected_sft_rows());
 }
 
+/// A row whose `icl_generated_paragraphs` is not a list is read, with the reason (file, line,
+/// column); Factuality SFT, the one task that needs the column, drops and counts it (SPEC
+/// 1.3), and the other tasks keep it.
 #[test]
-fn bad_literal_cell_is_reported_with_file_line_and_column() {
+fn bad_literal_cell_drops_the_row_only_where_the_column_is_needed() {
     let path = fixture("sft_training_bad_literal.csv");
-    let error = schema::read_sft_training(&path).unwrap_err().to_string();
+    let rows = schema::read_sft_training(&path).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].icl_generated_paragraphs_error, None);
     assert_eq!(
-        error,
-        format!(
-            "{}:4: column icl_generated_paragraphs: not a valid Python list literal at \
-             character 8: string opened with ' is never closed",
-            path.display()
+        rows[1].icl_generated_paragraphs_error.as_deref(),
+        Some(
+            format!(
+                "{}:4: column icl_generated_paragraphs: not a valid Python list literal at \
+                 character 8: string opened with ' is never closed",
+                path.display()
+            )
+            .as_str()
         )
     );
+    let render = |query: &str| Ok(query.to_string());
+    let (factuality, tally) =
+        schema::sft_examples(&rows, schema::SftTarget::FactualitySft, &render).unwrap();
+    assert_eq!(factuality.len(), 1);
+    assert_eq!(
+        tally.to_string(),
+        "kept 1 of 2 rows; skipped icl_generated_paragraphs is not a list literal: 1"
+    );
+    for target in [schema::SftTarget::LcSft, schema::SftTarget::ClaudeDistill] {
+        assert_eq!(
+            schema::sft_examples(&rows, target, &render)
+                .unwrap()
+                .0
+                .len(),
+            2
+        );
+    }
 }
 
 #[test]
@@ -473,12 +502,16 @@ fn parquet_bad_cell_is_reported_with_row_number() {
     let good = vec![some("tc_1"), some("P"), some("S"), some("['a']"), None];
     let bad = vec![some("tc_2"), some("P"), some("S"), some("{'a': 1}"), None];
     write_flat_parquet(&path, &columns, &[], &[good, bad], Compression::SNAPPY);
+    let rows = schema::read_sft_training(&path).unwrap();
     assert_eq!(
-        schema::read_sft_training(&path).unwrap_err().to_string(),
-        format!(
-            "{}:2: column icl_generated_paragraphs: not a valid Python list literal at \
-             character 1: expected a value, found '{{'",
-            path.display()
+        rows[1].icl_generated_paragraphs_error.as_deref(),
+        Some(
+            format!(
+                "{}:2: column icl_generated_paragraphs: not a valid Python list literal at \
+                 character 1: expected a value, found '{{'",
+                path.display()
+            )
+            .as_str()
         )
     );
 }

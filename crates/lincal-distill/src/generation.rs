@@ -495,6 +495,7 @@ fn write_summary_outputs(
             paragraph_generation_prompt: Some(record.query.clone()),
             claude_summary: Some(record.summary.clone()),
             icl_generated_paragraphs: Some(record.samples.iter().cloned().map(Some).collect()),
+            icl_generated_paragraphs_error: None,
             claude_generated_paragraph: record.distilled_paragraph.clone(),
         })
         .collect();

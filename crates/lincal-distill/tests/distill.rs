@@ -514,6 +514,7 @@ fn summaries_see_the_samples_and_make_sft_training_rows() {
                 ),
                 claude_summary: Some(summary.into()),
                 icl_generated_paragraphs: Some(paris),
+                icl_generated_paragraphs_error: None,
                 claude_generated_paragraph: Some("Paris is well known.".into()),
             },
             SftTrainingRow {
@@ -523,6 +524,7 @@ fn summaries_see_the_samples_and_make_sft_training_rows() {
                 ),
                 claude_summary: Some(summary.into()),
                 icl_generated_paragraphs: Some(mars),
+                icl_generated_paragraphs_error: None,
                 claude_generated_paragraph: Some("Mars is well known.".into()),
             },
         ]

@@ -118,6 +118,7 @@ pub struct ReaderPromptInput<'a> {
 
 const MISSING_QUESTION_PROMPT: &str = "missing paragraph_generation_prompt";
 const MISSING_TARGET: &str = "missing target";
+const UNPARSABLE_ICL_PARAGRAPHS: &str = "icl_generated_paragraphs is not a list literal";
 const MISSING_PARAGRAPH: &str = "missing paragraph";
 const MISSING_LIST: &str = "missing answers or probabilities list";
 const EMPTY_LIST: &str = "empty answers or probabilities list";
@@ -160,6 +161,9 @@ pub fn sft_examples(
         let Some(query) = &row.paragraph_generation_prompt else {
             return Ok(Err(MISSING_QUESTION_PROMPT));
         };
+        if target == SftTarget::FactualitySft && row.icl_generated_paragraphs_error.is_some() {
+            return Ok(Err(UNPARSABLE_ICL_PARAGRAPHS));
+        }
         let text = match target {
             SftTarget::LcSft => row.claude_summary.as_ref(),
             SftTarget::FactualitySft => row

@@ -45,6 +45,9 @@ pub struct SftTrainingRow {
     /// Llama 2 7B 8-shot ICL paragraphs; the first one is the Factuality SFT target.
     /// `None` items were `None`/`nan` in the stored list.
     pub icl_generated_paragraphs: Option<Vec<Option<String>>>,
+    /// Why the stored `icl_generated_paragraphs` is not a list (file, line and what is wrong),
+    /// when it is not: only Factuality SFT needs the column, and drops such rows (SPEC 1.3).
+    pub icl_generated_paragraphs_error: Option<String>,
     /// Target of Claude Distill.
     pub claude_generated_paragraph: Option<String>,
 }
@@ -118,11 +121,17 @@ pub fn read_sft_training(path: &Path) -> Result<Vec<SftTrainingRow>> {
         &SFT_TRAINING_COLUMNS,
         SFT_TRAINING_COLUMNS.len(),
         |row| {
+            let (icl_generated_paragraphs, icl_generated_paragraphs_error) =
+                match row.cell(3).text_list() {
+                    Ok(list) => (list, None),
+                    Err(error) => (None, Some(error.to_string())),
+                };
             rows.push(SftTrainingRow {
                 question_id: row.cell(0).required_text()?,
                 paragraph_generation_prompt: row.cell(1).text(),
                 claude_summary: row.cell(2).text(),
-                icl_generated_paragraphs: row.cell(3).text_list()?,
+                icl_generated_paragraphs,
+                icl_generated_paragraphs_error,
                 claude_generated_paragraph: row.cell(4).text(),
             });
             Ok(())
