@@ -204,7 +204,8 @@ fn train_eval<T: HasQuestionId>(
             )
             .with_context(|| {
                 format!(
-                    "holding out evaluation questions from {} (or give --eval FILE)",
+                    "holding out evaluation questions from {} (set how many with \
+                     --eval-questions N, or give --eval FILE)",
                     args.train.display()
                 )
             })?;

@@ -322,4 +322,23 @@ fn sft_and_reward_model_train_on_reference_files_with_task_and_trivia_qa() {
         !no_join.status.success() && stderr.contains("--trivia-qa"),
         "{stderr}"
     );
+    // The preset holds out 500 questions, more than the file has: the error names the flag.
+    let too_few = lincal(&[
+        "sft",
+        "--model",
+        &model,
+        "--out",
+        &path(&dir.path().join("too-few")),
+        "--preset",
+        "lc_sft",
+        "--train",
+        &path(&files.sft_training),
+    ]);
+    let stderr = String::from_utf8_lossy(&too_few.stderr);
+    assert!(
+        !too_few.status.success()
+            && stderr.contains("cannot hold out 500 question ids for evaluation")
+            && stderr.contains("set how many with --eval-questions N, or give --eval FILE"),
+        "{stderr}"
+    );
 }
