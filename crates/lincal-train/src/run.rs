@@ -14,6 +14,7 @@
 use crate::error::{Result, TrainError};
 use crate::tensorboard::EventWriter;
 use lincal_data::artifact::{InputFile, MANIFEST_FILE, Manifest, timestamp};
+use lincal_data::lock::{LOCK_FILE, OutputLock};
 use lincal_model::fsutil::{write_atomic, write_dir_atomic};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -77,6 +78,8 @@ impl TrainState {
 pub struct RunDir {
     dir: PathBuf,
     events: EventWriter,
+    /// Held while the run writes: a second run on the directory is refused, naming this one.
+    _lock: OutputLock,
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
@@ -101,9 +104,18 @@ impl RunDir {
     /// Opens `options.dir` for `manifest`'s work (its inputs, `options.input_files`, are
     /// hashed here): creates it (writing the manifest), or checks that an existing run was
     /// started with the same stage, config, base model and input contents, and records the
-    /// resume. A run is finished once `final/` exists.
+    /// resume. A run is finished once `final/` exists. The directory is locked (`lincal.lock`)
+    /// while the run is open; a lock left by a process that no longer runs is taken over.
     pub fn open(options: &RunOptions, mut manifest: Manifest) -> Result<Opened> {
         let dir = &options.dir;
+        let lock = OutputLock::dir(dir)?;
+        if let Some(holder) = lock.took_over() {
+            eprintln!(
+                "warning: took over {} left by process {}, which no longer runs",
+                lock.path().display(),
+                holder.pid
+            );
+        }
         manifest.inputs = options
             .input_files
             .iter()
@@ -130,7 +142,9 @@ impl RunDir {
             manifest.resumed.push(timestamp());
         } else {
             let occupied = std::fs::read_dir(dir)
-                .map(|mut entries| entries.next().is_some())
+                .map(|mut entries| {
+                    entries.any(|entry| entry.is_ok_and(|e| e.file_name() != LOCK_FILE))
+                })
                 .unwrap_or(false);
             if occupied {
                 return Err(TrainError::run_dir(
@@ -150,6 +164,7 @@ impl RunDir {
             RunDir {
                 dir: dir.clone(),
                 events,
+                _lock: lock,
             },
             latest,
         ))

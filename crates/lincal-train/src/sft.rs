@@ -484,6 +484,28 @@ mod tests {
         assert_eq!((again.steps, again.last("loss")), (6, None));
     }
 
+    /// Two runs on one directory would interleave their checkpoints and metrics: the second is
+    /// refused, naming the first's process, and the directory opens again once it is gone.
+    #[test]
+    fn a_second_run_on_a_directory_in_use_is_refused() {
+        let model_dir = tiny_model_dir();
+        let run = tempfile::tempdir().unwrap();
+        let options = run_options(run.path());
+        let data = &examples()[..4];
+        let config = sft_config(1e-3, 1.0, 2, 1);
+        let open = || SftTrainer::new(model_dir.path(), Device::Cpu, &config, data, &[], &options);
+        let first = open().unwrap();
+        let error = open().err().unwrap().to_string();
+        assert!(
+            error.contains(&format!("{}: ", run.path().join("lincal.lock").display()))
+                && error.contains(&format!("is held by process {}", std::process::id())),
+            "{error}"
+        );
+        drop(first);
+        open().unwrap().train(None).unwrap();
+        assert!(!run.path().join("lincal.lock").exists());
+    }
+
     #[test]
     fn a_run_directory_refuses_other_settings_and_other_data() {
         let model_dir = tiny_model_dir();

@@ -6,6 +6,7 @@
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use lincal_data::artifact::{InputFile, Manifest, timestamp};
+use lincal_data::lock::OutputLock;
 use lincal_model::{CausalLm, ChatTurn, SamplingParams, Tokenizer, generate_text};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -278,6 +279,15 @@ fn beside(output: &Path, suffix: &str) -> PathBuf {
 }
 
 fn generate_file(model: &CausalLm, tokenizer: &Tokenizer, job: &FileJob) -> Result<()> {
+    // Two runs on one output would append to the same partial file.
+    let lock = OutputLock::file(job.output)?;
+    if let Some(holder) = lock.took_over() {
+        eprintln!(
+            "warning: took over {} left by process {}, which no longer runs",
+            lock.path().display(),
+            holder.pid
+        );
+    }
     let rows = read_inputs(job.input, tokenizer, job.chat, job.seed)?;
     let partial = beside(job.output, ".partial");
     let manifest_path = beside(job.output, ".manifest.json");

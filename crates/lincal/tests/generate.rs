@@ -212,3 +212,23 @@ fn a_resume_with_other_settings_is_refused() {
         "{stderr}"
     );
 }
+
+/// A second run on an output in use is refused, naming the holder (here this test process,
+/// which holds the lock as a running `generate` would), and leaves the output as it was.
+#[test]
+fn a_second_run_on_an_output_in_use_is_refused() {
+    let job = Job::new();
+    let before = std::fs::read(&job.output).unwrap();
+    let lock = lincal_data::lock::OutputLock::file(&job.output).unwrap();
+    let run = job.run(&[]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !run.status.success()
+            && stderr.contains(&format!("{}: ", lock.path().display()))
+            && stderr.contains(&format!("is held by process {}", std::process::id())),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&job.output).unwrap(), before);
+    drop(lock);
+    assert!(job.run(&[]).status.success());
+}
