@@ -183,6 +183,8 @@ impl LlmClient {
             let results = generate_checked(self.backend.as_ref(), &asked);
             let mut still_open = Vec::new();
             let mut wait = Duration::ZERO;
+            // The failure behind the longest wait, for the notice below.
+            let mut waiting_for: Option<String> = None;
             for (((group, attempts), request), (result, estimate)) in open
                 .into_iter()
                 .zip(&asked)
@@ -202,7 +204,11 @@ impl LlmClient {
                         self.deliver(slots, group, result, false);
                     }
                     Err(error) if error.is_retryable() && attempts <= retry.max_retries => {
-                        wait = wait.max(retry.delay(attempts, error.retry_after()));
+                        let delay = retry.delay(attempts, error.retry_after());
+                        if delay >= wait {
+                            wait = delay;
+                            waiting_for = Some(error.to_string());
+                        }
                         still_open.push((group, attempts));
                     }
                     Err(error) => {
@@ -220,6 +226,12 @@ impl LlmClient {
                 }
             }
             if !still_open.is_empty() {
+                if wait >= NOTICE_WAIT {
+                    eprintln!(
+                        "{}",
+                        wait_notice(wait, still_open.len(), waiting_for.as_deref())
+                    );
+                }
                 std::thread::sleep(wait);
             }
             open = still_open;
@@ -322,6 +334,23 @@ impl Llm for LlmClient {
     }
 }
 
+/// Waits at least this long are announced on stderr, so that a run held back by a server is
+/// not mistaken for a hung one.
+const NOTICE_WAIT: Duration = Duration::from_secs(5);
+
+/// What a client waiting `wait` before retrying `requests` says, with the failure behind it.
+fn wait_notice(wait: Duration, requests: usize, failure: Option<&str>) -> String {
+    let plural = if requests == 1 { "" } else { "s" };
+    let mut notice = format!(
+        "waiting {:.0} s before retrying {requests} request{plural}",
+        wait.as_secs_f64()
+    );
+    if let Some(failure) = failure {
+        notice.push_str(&format!(" (after: {failure})"));
+    }
+    notice
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,6 +367,7 @@ mod tests {
                 max_retries,
                 initial_backoff: Duration::from_millis(1),
                 max_backoff: Duration::from_millis(2),
+                max_retry_after: Duration::from_millis(2),
             },
             ..ClientOptions::default()
         }
@@ -576,6 +606,22 @@ mod tests {
         assert_eq!(
             (usage.prompt_tokens, usage.completion_tokens, usage.cost_usd),
             (800_000, 200_000, 8.0)
+        );
+    }
+
+    #[test]
+    fn a_long_wait_says_how_long_and_why() {
+        assert_eq!(
+            wait_notice(
+                Duration::from_secs(300),
+                1,
+                Some("HTTP 429 from http://x/v1: slow down")
+            ),
+            "waiting 300 s before retrying 1 request (after: HTTP 429 from http://x/v1: slow down)"
+        );
+        assert_eq!(
+            wait_notice(Duration::from_secs_f64(7.4), 3, None),
+            "waiting 7 s before retrying 3 requests"
         );
     }
 }

@@ -71,6 +71,10 @@ pub struct BackendConfig {
     /// The backoff cap never grows past this many seconds (a `Retry-After` may be longer).
     #[serde(default = "default_backoff_max_s")]
     pub backoff_max_s: f64,
+    /// The longest `Retry-After` honoured, in seconds; a server asking for longer is retried
+    /// after this long.
+    #[serde(default = "default_retry_after_max_s")]
+    pub retry_after_max_s: f64,
     /// Dollars per million input and output tokens, for the run's cost; absent counts tokens only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price: Option<Price>,
@@ -105,6 +109,9 @@ fn default_backoff_initial_s() -> f64 {
 fn default_backoff_max_s() -> f64 {
     RetryPolicy::default().max_backoff.as_secs_f64()
 }
+fn default_retry_after_max_s() -> f64 {
+    RetryPolicy::default().max_retry_after.as_secs_f64()
+}
 fn default_anthropic_version() -> String {
     ANTHROPIC_DEFAULT_VERSION.to_string()
 }
@@ -124,6 +131,7 @@ impl BackendConfig {
             timeout_s: default_timeout_s(),
             backoff_initial_s: default_backoff_initial_s(),
             backoff_max_s: default_backoff_max_s(),
+            retry_after_max_s: default_retry_after_max_s(),
             price: None,
             cache: None,
             send_seed: None,
@@ -154,6 +162,7 @@ impl BackendConfig {
         seconds("timeout_s", self.timeout_s, false)?;
         seconds("backoff_initial_s", self.backoff_initial_s, true)?;
         seconds("backoff_max_s", self.backoff_max_s, true)?;
+        seconds("retry_after_max_s", self.retry_after_max_s, true)?;
         if self.backoff_initial_s > self.backoff_max_s {
             return Err(ConfigError::field(
                 "backoff_initial_s",
@@ -185,6 +194,7 @@ impl BackendConfig {
                 max_retries: self.max_retries,
                 initial_backoff: Duration::from_secs_f64(self.backoff_initial_s),
                 max_backoff: Duration::from_secs_f64(self.backoff_max_s),
+                max_retry_after: Duration::from_secs_f64(self.retry_after_max_s),
             },
             rpm: self.rpm,
             tpm: self.tpm,

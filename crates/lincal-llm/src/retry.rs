@@ -5,7 +5,8 @@ use std::time::Duration;
 /// Only retryable failures are retried ([`crate::LlmError::is_retryable`]). The wait before
 /// retry `k` is uniformly random in `[0, min(max_backoff, initial_backoff * 2^(k-1))]` ("full
 /// jitter": clients that failed together do not come back together), and never shorter than
-/// the server's `Retry-After`.
+/// the server's `Retry-After`, itself capped at `max_retry_after` (a server asking for a day
+/// would otherwise hang the run without a word).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
     /// Retries after the first attempt: a request is tried at most `max_retries + 1` times.
@@ -14,6 +15,8 @@ pub struct RetryPolicy {
     pub initial_backoff: Duration,
     /// The backoff cap never grows past this (a server's `Retry-After` may be longer).
     pub max_backoff: Duration,
+    /// The longest `Retry-After` honoured; a longer one is waited for this long.
+    pub max_retry_after: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -22,6 +25,7 @@ impl Default for RetryPolicy {
             max_retries: 8,
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
+            max_retry_after: Duration::from_secs(300),
         }
     }
 }
@@ -38,7 +42,9 @@ impl RetryPolicy {
     /// The wait before retry number `retry`, given the server's `Retry-After` if it sent one.
     pub fn delay(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
         let jittered = self.backoff_cap(retry).mul_f64(rand::random::<f64>());
-        retry_after.map_or(jittered, |wait| wait.max(jittered))
+        retry_after.map_or(jittered, |wait| {
+            wait.min(self.max_retry_after).max(jittered)
+        })
     }
 }
 
@@ -51,6 +57,7 @@ mod tests {
             max_retries: 5,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_millis(500),
+            max_retry_after: Duration::from_secs(10),
         }
     }
 
@@ -70,6 +77,9 @@ mod tests {
             assert!(policy().delay(2, None) <= Duration::from_millis(200));
             let wait = Duration::from_secs(3);
             assert!(policy().delay(2, Some(wait)) >= wait);
+            // A day's Retry-After is waited for max_retry_after.
+            let day = Duration::from_secs(86_400);
+            assert_eq!(policy().delay(2, Some(day)), Duration::from_secs(10));
         }
     }
 }

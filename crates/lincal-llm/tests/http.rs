@@ -780,3 +780,21 @@ fn one_client_serves_a_batch_mixing_successes_and_failures() {
     ));
     assert_eq!(results[2].as_ref().unwrap().text(), "three");
 }
+
+#[test]
+fn a_huge_retry_after_is_waited_for_retry_after_max_s_at_most() {
+    let server = TestServer::start(|_, count| match count {
+        0 => Reply::error(429, "come back tomorrow").header("retry-after", "100000"),
+        _ => Reply::ok(chat_answer("ok")),
+    });
+    let mut config = openai_config(&server);
+    config.retry_after_max_s = 0.5;
+    let client = config.build().unwrap();
+    assert_eq!(client.generate(&[ask("q")]).remove(0).unwrap().text(), "ok");
+    let received = server.received();
+    let waited = received[1].at - received[0].at;
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(30),
+        "retried after {waited:?}"
+    );
+}
