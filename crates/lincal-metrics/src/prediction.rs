@@ -67,10 +67,12 @@ pub(crate) fn validate(preds: &[Prediction]) -> Result<(), MetricsError> {
 
 const LINE_EXAMPLE: &str = r#"{"confidence": 0.7, "correct": true}"#;
 
-/// Reads one prediction per line: an object with `confidence` (a number in [0, 1]; null or
-/// absent means a method without confidence, scored as 1.0) and `correct` (true/false or 1/0).
-/// Other fields are ignored and blank lines skipped. Errors name the file, the 1-based line and
-/// the field.
+/// Reads one prediction per line: an object with `confidence` (a number in [0, 1], or null for
+/// a method without confidence, scored as 1.0) and `correct` (true/false or 1/0). Both are
+/// required: a missing `confidence` is more often a misspelled one than a method without
+/// confidence, and would score every row as certain. Other fields are ignored, except those a
+/// letter or two from `confidence` or `correct` (typos); blank lines are skipped. Errors name
+/// the file, the 1-based line and the field.
 pub fn read_predictions_jsonl(path: impl AsRef<Path>) -> Result<Vec<Prediction>, MetricsError> {
     let path = path.as_ref();
     let read_error = |source| MetricsError::Read {
@@ -94,6 +96,21 @@ pub fn read_predictions_jsonl(path: impl AsRef<Path>) -> Result<Vec<Prediction>,
     Ok(preds)
 }
 
+/// The Levenshtein distance between `a` and `b` (characters inserted, deleted or replaced).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, &cb) in b.iter().enumerate() {
+            let replace = previous[j] + usize::from(ca != cb);
+            current.push(replace.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
 fn parse_line(line: &str) -> Result<Prediction, String> {
     let value: Value = serde_json::from_str(line).map_err(|e| {
         format!("not valid JSON ({e}); each line must be one object such as {LINE_EXAMPLE}")
@@ -103,8 +120,25 @@ fn parse_line(line: &str) -> Result<Prediction, String> {
             "expected a JSON object such as {LINE_EXAMPLE}, found {value}"
         ));
     };
+    for name in fields.keys() {
+        for field in ["confidence", "correct"] {
+            if name != field && edit_distance(name, field) <= 2 {
+                return Err(format!(
+                    "field `{name}` is not known; did you mean `{field}`? (fields other than \
+                     `confidence` and `correct` are ignored)"
+                ));
+            }
+        }
+    }
     let confidence = match fields.get("confidence") {
-        None | Some(Value::Null) => 1.0,
+        None => {
+            return Err(
+                "field `confidence` is missing; add \"confidence\": a probability in [0, 1], or \
+                 null for a method that states no confidence (scored as 1)"
+                    .into(),
+            );
+        }
+        Some(Value::Null) => 1.0,
         Some(v) => match v.as_f64() {
             Some(c) if (0.0..=1.0).contains(&c) => c,
             _ => {
@@ -150,12 +184,12 @@ mod tests {
     }
 
     #[test]
-    fn reads_good_file_with_null_absent_numeric_and_extra_fields() {
+    fn reads_good_file_with_null_numeric_and_extra_fields() {
         let f = file_with(
             "{\"confidence\": 0.25, \"correct\": true, \"question\": \"q1\"}\n\
              \n\
              {\"confidence\": null, \"correct\": 0}\n\
-             {\"correct\": 1, \"answer\": [1, 2]}\n\
+             {\"confidence\": null, \"correct\": 1, \"answer\": [1, 2]}\n\
              {\"confidence\": 0, \"correct\": false}\n",
         );
         let preds = read_predictions_jsonl(f.path()).unwrap();
@@ -179,6 +213,37 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("`correct` is missing"), "{err}");
+    }
+
+    /// A missing or misspelled `confidence` is an error: read as "no confidence" it would score
+    /// every row as certain.
+    #[test]
+    fn a_missing_or_misspelled_field_is_an_error() {
+        let (f, err) = error_of("{\"confidence\": 0.5, \"correct\": true}\n{\"correct\": 1}\n");
+        assert!(
+            err.starts_with(&format!(
+                "{}:2: field `confidence` is missing",
+                f.path().display()
+            )),
+            "{err}"
+        );
+        for (typo, field) in [
+            ("confidnce", "confidence"),
+            ("Confidence", "confidence"),
+            ("corect", "correct"),
+        ] {
+            let (_, err) = error_of(&format!(
+                "{{\"{typo}\": 0.5, \"confidence\": null, \"correct\": true}}\n"
+            ));
+            assert!(
+                err.contains(&format!(
+                    "field `{typo}` is not known; did you mean `{field}`?"
+                )),
+                "{err}"
+            );
+        }
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
     }
 
     #[test]
