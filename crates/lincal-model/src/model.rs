@@ -92,7 +92,23 @@ impl CausalLm {
         });
         let checkpoint = SafetensorsCheckpoint::open(dir)?;
         let model = tch::no_grad(|| CausalLm::new(config, device, kind));
-        checkpoint.load_into(&model.vs.variables())?;
+        let variables = model.vs.variables();
+        checkpoint.load_into(&variables)?;
+        // NaN or infinite weights generate garbage without a word: refuse them, once, here.
+        let mut names: Vec<&String> = variables.keys().collect();
+        names.sort();
+        for name in names {
+            let finite = tch::no_grad(|| variables[name].isfinite().all().int64_value(&[]) == 1);
+            if !finite {
+                return Err(ModelError::Checkpoint {
+                    path: dir.to_path_buf(),
+                    message: format!(
+                        "tensor `{name}` holds NaN or infinite values; the checkpoint is damaged \
+                         (or was saved from a diverged run)"
+                    ),
+                });
+            }
+        }
         Ok(model)
     }
 

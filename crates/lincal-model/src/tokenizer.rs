@@ -28,6 +28,19 @@ impl ChatTurn {
     }
 }
 
+/// A warning when a tokenizer of `tokens` tokens covers less than 90% of a model's `rows`
+/// embedding rows: padding the table to a multiple of 64 or 128 leaves a few unused rows, a
+/// tokenizer of another model many.
+pub fn vocab_coverage_warning(tokens: usize, rows: i64) -> Option<String> {
+    (rows > 0 && (tokens as f64) < 0.9 * rows as f64).then(|| {
+        format!(
+            "has {tokens} tokens for the model's {rows} embedding rows ({:.0}%); it may \
+             belong to another model",
+            100.0 * tokens as f64 / rows as f64
+        )
+    })
+}
+
 impl Tokenizer {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
@@ -74,13 +87,8 @@ impl Tokenizer {
 
     /// Refuses a model whose embedding table cannot hold every token id.
     pub fn check_model_vocab(&self, model_vocab: i64) -> Result<()> {
-        let max_id = self
-            .inner
-            .get_vocab(true)
-            .values()
-            .copied()
-            .max()
-            .unwrap_or(0) as i64;
+        let vocab = self.inner.get_vocab(true);
+        let max_id = vocab.values().copied().max().unwrap_or(0) as i64;
         if max_id >= model_vocab {
             return Err(ModelError::Tokenizer {
                 path: self.path.clone(),
@@ -90,6 +98,9 @@ impl Tokenizer {
                      `resize_token_embeddings`)"
                 ),
             });
+        }
+        if let Some(warning) = vocab_coverage_warning(vocab.len(), model_vocab) {
+            eprintln!("warning: {}: {warning}", self.path.display());
         }
         Ok(())
     }

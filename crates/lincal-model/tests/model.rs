@@ -250,3 +250,36 @@ fn random_models_are_their_seed() {
         }
     }
 }
+
+/// Weights with a NaN load to an error naming the tensor; a tokenizer far smaller than the
+/// embedding table is warned about (it fits, so it is not an error).
+#[test]
+fn nan_weights_are_refused_and_a_small_tokenizer_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = random_model(tiny_llama(false), 3);
+    let vars = model.var_store().variables();
+    tch::no_grad(|| {
+        let _ = vars["model.layers.1.mlp.up_proj.weight"]
+            .shallow_clone()
+            .get(0)
+            .get(0)
+            .fill_(f64::NAN);
+    });
+    model.save(dir.path(), usize::MAX).unwrap();
+    let message = error_text(CausalLm::load(dir.path(), Device::Cpu, None));
+    assert!(
+        message.contains("tensor `model.layers.1.mlp.up_proj.weight` holds NaN or infinite values"),
+        "{message}"
+    );
+    assert_eq!(
+        lincal_model::tokenizer::vocab_coverage_warning(64, 1000).as_deref(),
+        Some(
+            "has 64 tokens for the model's 1000 embedding rows (6%); it may belong to another model"
+        )
+    );
+    // SmolLM2-like padding: 49,152 tokens for 49,152 rows, or 32,000 for 32,064.
+    assert_eq!(
+        lincal_model::tokenizer::vocab_coverage_warning(32_000, 32_064),
+        None
+    );
+}
