@@ -113,7 +113,7 @@ pub(crate) struct Learner {
 /// What one PPO step did: its rollouts and its metrics, named as logged.
 pub(crate) struct StepOutcome {
     rollouts: Rollouts,
-    /// Summed log-ratio to the reference per rollout (unclamped).
+    /// Per rollout, the summed clamped KL to the reference (SPEC 2.4).
     kl_sums: Vec<f64>,
     metrics: Vec<(String, f64)>,
     update_seconds: f64,
@@ -224,9 +224,10 @@ impl Learner {
         synchronize(self.models.policy.model.device());
         let update_seconds = started.elapsed().as_secs_f64();
 
-        // Statistics, then the KL controller's step on the mean summed KL.
-        let kl_sums = row_sums(&(&rollouts.logprobs - &rollouts.ref_logprobs));
-        let mut metrics = rollout_metrics(&rollouts, &kl_sums, "");
+        // Statistics, then the KL controller's step on the mean summed clamped KL, which the
+        // reference also logs as `kl`.
+        let (kl_sums, log_ratio_sums) = summed_kl(&rollouts);
+        let mut metrics = rollout_metrics(&rollouts, &kl_sums, &log_ratio_sums, "");
         let weight_total = weights.sum(Kind::Double).double_value(&[]);
         let weighted_mean =
             |t: &Tensor| (t * &weights).sum(Kind::Double).double_value(&[]) / weight_total;
@@ -345,8 +346,23 @@ fn row_sums(t: &Tensor) -> Vec<f64> {
     .expect("1-d sums")
 }
 
-/// Reward, its terms, KL, entropy and length statistics of rollouts, names prefixed.
-fn rollout_metrics(rollouts: &Rollouts, kl_sums: &[f64], prefix: &str) -> Vec<(String, f64)> {
+/// Per rollout, the summed clamped KL to the reference ([`kl_penalty`]: what the reference logs
+/// and steers the KL coefficient by) and the summed log-ratio (unclamped).
+fn summed_kl(rollouts: &Rollouts) -> (Vec<f64>, Vec<f64>) {
+    (
+        row_sums(&kl_penalty(&rollouts.logprobs, &rollouts.ref_logprobs)),
+        row_sums(&(&rollouts.logprobs - &rollouts.ref_logprobs)),
+    )
+}
+
+/// Reward, its terms, KL (`kl` clamped, `kl_unclamped`), entropy and length statistics of
+/// rollouts, names prefixed.
+fn rollout_metrics(
+    rollouts: &Rollouts,
+    kl_sums: &[f64],
+    log_ratio_sums: &[f64],
+    prefix: &str,
+) -> Vec<(String, f64)> {
     let n = rollouts.rewards.len() as f64;
     let scores = rollouts.scores();
     let mean = scores.iter().sum::<f64>() / n;
@@ -366,6 +382,10 @@ fn rollout_metrics(rollouts: &Rollouts, kl_sums: &[f64], prefix: &str) -> Vec<(S
     metrics.extend(terms.into_iter().map(|(k, v)| (k.to_string(), v)));
     metrics.extend([
         ("kl".to_string(), kl_sums.iter().sum::<f64>() / n),
+        (
+            "kl_unclamped".to_string(),
+            log_ratio_sums.iter().sum::<f64>() / n,
+        ),
         ("entropy".to_string(), entropy),
         ("response_length".to_string(), tokens as f64 / n),
         (
@@ -679,14 +699,19 @@ impl RunSteps for PpoSteps {
             context,
             &self.learner.settings(false),
         )?;
-        let kl_sums = row_sums(&(&rollouts.logprobs - &rollouts.ref_logprobs));
+        let (kl_sums, log_ratio_sums) = summed_kl(&rollouts);
         write_lines(
             run,
             "eval",
             step,
             &rollout_lines(&rollouts, &prompts, &kl_sums),
         )?;
-        Ok(rollout_metrics(&rollouts, &kl_sums, "eval_"))
+        Ok(rollout_metrics(
+            &rollouts,
+            &kl_sums,
+            &log_ratio_sums,
+            "eval_",
+        ))
     }
 
     /// The policy and value weights, the optimizer and the KL controller.

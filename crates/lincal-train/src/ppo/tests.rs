@@ -250,6 +250,27 @@ fn ppo_raises_a_toy_reward() {
         "mean reward {:.3} at step 1, {last:.3} over steps 16-20: {rewards:?}",
         rewards[0]
     );
+    // The logged KL is the clamped one (SPEC 2.4), as the reference logs it and steers the
+    // coefficient by: never below the summed log-ratio, above it once the policy has moved
+    // both ways.
+    let kls: Vec<(f64, f64)> = train_records(run.path())
+        .iter()
+        .map(|r| {
+            (
+                r["kl"].as_f64().unwrap(),
+                r["kl_unclamped"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        kls.iter()
+            .all(|&(kl, unclamped)| kl >= 0.0 && kl >= unclamped - 1e-12),
+        "{kls:?}"
+    );
+    assert!(
+        kls.iter().any(|&(kl, unclamped)| kl > unclamped + 1e-6),
+        "{kls:?}"
+    );
 }
 
 /// A run stopped after 3 of 4 steps whose step-3 checkpoint is then lost (as if killed before
