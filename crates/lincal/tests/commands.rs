@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{lincal, tiny_model_dir};
+use common::{fails, lincal, tiny_model_dir};
 use lincal_model::testing::{random_model, tiny_llama};
 use lincal_model::{CausalLm, ChatTurn, SamplingParams, Tokenizer};
 use std::collections::BTreeMap;
@@ -111,19 +111,17 @@ fn recover_rebuilds_a_model_and_a_reward_model_from_weight_diffs() {
     let diff = dir.path().join("causal-diff");
     std::fs::write(diff.join("model_sum.txt"), "12345.0\n").unwrap();
     let out = dir.path().join("refused");
-    let output = lincal(&[
-        "recover",
-        "--base",
-        base_dir.to_str().unwrap(),
-        "--diff",
-        diff.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success() && stderr.contains("12345"),
-        "{stderr}"
+    fails(
+        &[
+            "recover",
+            "--base",
+            base_dir.to_str().unwrap(),
+            "--diff",
+            diff.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "12345",
     );
     assert!(!out.exists());
 }
@@ -159,20 +157,18 @@ fn bench_logits_writes_the_forward_pass_logits() {
     let error = (logits - expected).abs().max().double_value(&[]);
     assert!(error < 1e-5, "{error}");
     std::fs::write(&ids, "[[3, 4], \"five\"]").unwrap();
-    let output = lincal(&[
-        "bench",
-        "logits",
-        "--model",
-        &model_dir,
-        "--ids",
-        ids.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success() && stderr.contains("ids.json: expected a JSON list"),
-        "{stderr}"
+    fails(
+        &[
+            "bench",
+            "logits",
+            "--model",
+            &model_dir,
+            "--ids",
+            ids.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "ids.json: expected a JSON list",
     );
 }
 

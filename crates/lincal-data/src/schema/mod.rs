@@ -94,7 +94,7 @@ impl HasQuestionId for ParagraphGenerationRow {
 }
 
 /// The columns of `sft_training`, in the order of the fields of [`SftTrainingRow`].
-const SFT_TRAINING_COLUMNS: [&str; 5] = [
+pub const SFT_TRAINING_COLUMNS: [&str; 5] = [
     "question_id",
     "paragraph_generation_prompt",
     "claude_summary",
@@ -104,7 +104,7 @@ const SFT_TRAINING_COLUMNS: [&str; 5] = [
 
 /// The columns of `reward_model_training`, in the order of the fields of
 /// [`RewardModelTrainingRow`].
-const REWARD_MODEL_TRAINING_COLUMNS: [&str; 6] = [
+pub const REWARD_MODEL_TRAINING_COLUMNS: [&str; 6] = [
     "question_id",
     "lc_sft_generated_paragraph",
     "lc_sft_ground_truth_and_extracted_answers",

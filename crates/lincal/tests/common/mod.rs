@@ -12,6 +12,18 @@ pub fn lincal(args: &[&str]) -> Output {
         .expect("lincal runs")
 }
 
+/// The stderr of a `lincal` run that must fail, checked to hold `expected`.
+#[allow(dead_code)]
+pub fn fails(args: &[&str], expected: &str) -> String {
+    let output = lincal(args);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !output.status.success() && stderr.contains(expected),
+        "lincal {args:?} should fail saying {expected:?}:\n{stderr}"
+    );
+    stderr
+}
+
 /// Every line of a JSONL file.
 #[allow(dead_code)]
 pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
@@ -146,21 +158,8 @@ pub fn write_reference_files(dir: &Path) -> ReferenceFiles {
             .collect()
     };
     let header = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-    let mut sft = vec![header(&[
-        "question_id",
-        "paragraph_generation_prompt",
-        "claude_summary",
-        "icl_generated_paragraphs",
-        "claude_generated_paragraph",
-    ])];
-    let mut reward = vec![header(&[
-        "question_id",
-        "lc_sft_generated_paragraph",
-        "lc_sft_ground_truth_and_extracted_answers",
-        "lc_sft_forecasted_probs",
-        "factuality_sft_generated_paragraph",
-        "factuality_sft_binary_correctness",
-    ])];
+    let mut sft = vec![header(&lincal_data::schema::SFT_TRAINING_COLUMNS)];
+    let mut reward = vec![header(&lincal_data::schema::REWARD_MODEL_TRAINING_COLUMNS)];
     let mut trivia = String::new();
     for (i, (question, answer)) in QUESTIONS.iter().take(6).enumerate() {
         let id = format!("tq{i}");
