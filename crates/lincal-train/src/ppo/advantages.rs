@@ -48,6 +48,32 @@ pub fn whiten(values: &Tensor, weights: &Tensor, shift_mean: bool) -> Tensor {
     whitened * weights
 }
 
+/// [`whiten`] over consecutive groups of `group` rows each, or over all rows (`None`).
+pub fn whiten_groups(
+    values: &Tensor,
+    weights: &Tensor,
+    shift_mean: bool,
+    group: Option<usize>,
+) -> Tensor {
+    let rows = values.size()[0];
+    let group = group.map_or(rows, |g| g.max(1) as i64);
+    if group >= rows {
+        return whiten(values, weights, shift_mean);
+    }
+    let parts: Vec<Tensor> = (0..rows)
+        .step_by(group as usize)
+        .map(|start| {
+            let len = group.min(rows - start);
+            whiten(
+                &values.narrow(0, start, len),
+                &weights.narrow(0, start, len),
+                shift_mean,
+            )
+        })
+        .collect();
+    Tensor::cat(&parts, 0)
+}
+
 /// Generalised advantage estimation over the positions of each row (`V` past the last
 /// position is 0): `δ_t = r_t + γ·V_{t+1} − V_t`, `A_t = δ_t + γλ·A_{t+1}`. Returns the
 /// advantages and the returns `A + V`.
@@ -100,6 +126,9 @@ pub struct AdvantageSettings {
     pub kl_coef: f64,
     /// Scale-only whitening of the shaped rewards.
     pub whiten_rewards: bool,
+    /// Rows whitened together, in consecutive groups (the last may be smaller); `None`: all
+    /// rows at once. The reference whitens per GPU, 64 rollouts each (SPEC 2.6).
+    pub whiten_group_size: Option<usize>,
     pub gamma: f64,
     pub lam: f64,
 }
@@ -112,8 +141,9 @@ pub fn estimate_advantages(
     let weights = inputs.weights;
     let shaped_rewards =
         shape_rewards(inputs.scores, inputs.kl, inputs.lengths, settings.kl_coef) * weights;
+    let group = settings.whiten_group_size;
     let rewards = if settings.whiten_rewards {
-        whiten(&shaped_rewards, weights, false)
+        whiten_groups(&shaped_rewards, weights, false, group)
     } else {
         shaped_rewards.shallow_clone()
     };
@@ -124,7 +154,7 @@ pub fn estimate_advantages(
         settings.lam,
     );
     Advantages {
-        advantages: whiten(&advantages, weights, true),
+        advantages: whiten_groups(&advantages, weights, true, group),
         returns: returns * weights,
         shaped_rewards,
     }
@@ -239,6 +269,7 @@ mod tests {
         let settings = AdvantageSettings {
             kl_coef: 0.1,
             whiten_rewards: false,
+            whiten_group_size: None,
             gamma: 1.0,
             lam: 1.0,
         };
@@ -300,6 +331,7 @@ mod tests {
         let settings = AdvantageSettings {
             kl_coef: 0.1,
             whiten_rewards: true,
+            whiten_group_size: None,
             gamma: 1.0,
             lam: 1.0,
         };
@@ -336,5 +368,30 @@ mod tests {
         assert!((adaptive.value - 0.10404).abs() < 1e-15);
         adaptive.step(5.4);
         assert!((adaptive.value - 0.1029996).abs() < 1e-12);
+    }
+
+    #[test]
+    fn whitening_by_groups_whitens_each_group_alone() {
+        // Rows 1, 3 | 10, 30 in groups of 2: each pair has mean 0 and unit std on its own,
+        // -1 and 1; whitened together (mean 11, std 11.29) they are not.
+        let x = t2(&[&[1.0], &[3.0], &[10.0], &[30.0]]);
+        let ones = x.ones_like();
+        let eps = 1e-8;
+        close(
+            &values(&whiten_groups(&x, &ones, true, Some(2))),
+            &[
+                &[-1.0 / (1.0 + eps)],
+                &[1.0 / (1.0 + eps)],
+                &[-10.0 / (10.0 + eps)],
+                &[10.0 / (10.0 + eps)],
+            ],
+        );
+        // A group of 3 leaves a last group of one row, whitened alone (to 0).
+        let uneven = values(&whiten_groups(&x, &ones, true, Some(3)));
+        assert_eq!(uneven[3], vec![0.0]);
+        // Groups as large as the batch, or none, are one whitening.
+        for group in [None, Some(4), Some(100)] {
+            assert!(whiten_groups(&x, &ones, true, group).equal(&whiten(&x, &ones, true)));
+        }
     }
 }

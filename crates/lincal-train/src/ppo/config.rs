@@ -110,6 +110,11 @@ pub struct PpoConfig {
     pub lam: f64,
     /// Scale-only whitening of the shaped rewards before GAE.
     pub whiten_rewards: bool,
+    /// Rollouts whitened together (rewards and advantages), in consecutive groups; unset: all
+    /// rollouts of the step. The reference whitens per GPU over its 64 rollouts: 64
+    /// reproduces it on one GPU (SPEC 2.6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub whiten_group_size: Option<usize>,
     pub cliprange: f64,
     pub cliprange_value: f64,
     pub vf_coef: f64,
@@ -188,6 +193,7 @@ impl PpoConfig {
             gamma: 1.0,
             lam: 1.0,
             whiten_rewards: true,
+            whiten_group_size: None,
             cliprange: 0.2,
             cliprange_value: 0.2,
             vf_coef: 0.1,
@@ -265,6 +271,10 @@ impl PpoConfig {
             ("eval_every", self.eval_every),
             ("save_every", self.save_every),
             ("keep_checkpoints", self.keep_checkpoints as u64),
+            (
+                "whiten_group_size",
+                self.whiten_group_size.map_or(1, |g| g as u64),
+            ),
             (
                 "reward.model_max_length",
                 self.reward.model_max_length as u64,

@@ -213,6 +213,7 @@ impl Learner {
             &AdvantageSettings {
                 kl_coef: self.kl.value,
                 whiten_rewards: c.whiten_rewards,
+                whiten_group_size: c.whiten_group_size,
                 gamma: c.gamma,
                 lam: c.lam,
             },
