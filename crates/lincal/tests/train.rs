@@ -66,6 +66,18 @@ fn sft_runs_from_a_preset_stops_and_resumes_to_a_loadable_model() {
     assert!(!out.join("final").exists());
     let finished = ok(lincal(&args));
     assert!(finished.contains("finished 4 of 4 steps"), "{finished}");
+    // It says where it took up, and (stderr being no terminal here) how it went, as lines.
+    assert!(
+        finished.contains(&format!(
+            "resuming {out_str} from step 2 of 4 (checkpoint {})",
+            out.join("checkpoints").join("step-00000002").display()
+        )),
+        "{finished}"
+    );
+    assert!(
+        finished.contains("step 3/4 ") && finished.contains("step 4/4 "),
+        "{finished}"
+    );
     let trained = lincal_model::CausalLm::load(&out.join("final"), tch::Device::Cpu, None).unwrap();
     lincal_model::Tokenizer::from_dir(&out.join("final"))
         .unwrap()
