@@ -132,7 +132,10 @@ pub struct PpoConfig {
     pub adam_epsilon: f64,
     /// Global gradient-norm clipping over policy and value; 0 disables it.
     pub max_grad_norm: f64,
-    /// Evaluate on the validation prompts before training and every this many steps.
+    /// Evaluate on the validation prompts after the first step and every this many steps. The
+    /// reference evaluates before the first step instead; lincal's first evaluation comes one
+    /// update later, inside the step loop, so that it is logged, checkpointed and resumed like
+    /// every other step (one update moves the policy little at the reference's learning rate).
     pub eval_every: u64,
     /// Evaluate on at most this many validation prompts (all when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -657,7 +657,8 @@ impl RunSteps for PpoSteps {
         Ok(StepRecord { metrics, message })
     }
 
-    /// After the first step (a baseline) and every `eval_every` steps.
+    /// After the first step (a near-baseline: the reference evaluates before it) and every
+    /// `eval_every` steps.
     fn evaluates_after(&self, done: u64) -> bool {
         done == 1 || done.is_multiple_of(self.learner.config.eval_every)
     }
