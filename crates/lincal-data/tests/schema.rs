@@ -1070,3 +1070,35 @@ fn split_refuses_to_hold_out_every_question() {
         (2, 0)
     );
 }
+
+/// A byte-order mark is skipped; a JSON array, or text that is not UTF-8, is named with what
+/// to do instead of a parser's message.
+#[test]
+fn jsonl_with_a_bom_reads_and_arrays_or_other_encodings_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("train.jsonl");
+    let line = b"{\"prompt\": \"a\", \"target\": \" b\"}\n";
+    std::fs::write(&path, [b"\xef\xbb\xbf".as_slice(), line, line].concat()).unwrap();
+    assert_eq!(jsonl::read_sft_jsonl(&path).unwrap().len(), 2);
+    std::fs::write(&path, "[{\"prompt\": \"a\", \"target\": \" b\"}]\n").unwrap();
+    assert_eq!(
+        jsonl::read_sft_jsonl(&path).unwrap_err().to_string(),
+        format!(
+            "{}:1: the file is a JSON array; JSON Lines hold one JSON object per line (convert \
+             it with `jq -c '.[]' FILE`)",
+            path.display()
+        )
+    );
+    std::fs::write(
+        &path,
+        [line.as_slice(), b"{\"prompt\": \"\xff\"}\n"].concat(),
+    )
+    .unwrap();
+    assert_eq!(
+        jsonl::read_sft_jsonl(&path).unwrap_err().to_string(),
+        format!(
+            "{}:2: is not UTF-8 text (byte 13 of the line); save the file as UTF-8",
+            path.display()
+        )
+    );
+}

@@ -66,3 +66,41 @@ pub fn lincal_cache() -> std::path::PathBuf {
             .join(".cache/lincal"),
     }
 }
+
+/// An error and its causes on one line, as `error: {error:#}` prints them, but without a cause
+/// whose text the message already holds (an error that names its OS error, with the OS error
+/// as its source, would otherwise say it twice).
+pub fn error_message(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_message_says_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, "not valid UTF-8");
+        let data = lincal_data::DataError::Read {
+            path: "/data/x.jsonl".into(),
+            source: io,
+        };
+        let error = anyhow::Error::new(data).context("reading the SFT examples");
+        assert_eq!(
+            error_message(&error),
+            "reading the SFT examples: cannot read /data/x.jsonl: not valid UTF-8"
+        );
+        assert_eq!(error_message(&anyhow::anyhow!("plain")), "plain");
+    }
+}

@@ -5,7 +5,7 @@ use clap::Parser;
 fn main() {
     keep_large_allocations_in_the_heap();
     if let Err(error) = lincal::cli::run(lincal::cli::Cli::parse()) {
-        eprintln!("error: {error:#}");
+        eprintln!("error: {}", lincal::error_message(&error));
         std::process::exit(1);
     }
 }

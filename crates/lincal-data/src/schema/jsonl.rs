@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -13,31 +13,42 @@ use serde::de::DeserializeOwned;
 use super::{RewardExample, SftExample};
 use crate::{DataError, Result};
 
-/// Reads one JSON object per line (blank lines are allowed); `check` rejects values that parse
-/// but make no sense. Errors name the file and line.
+/// Reads one JSON object per line (blank lines are allowed; a UTF-8 byte-order mark is
+/// skipped); `check` rejects values that parse but make no sense. Errors name the file and
+/// line, and say what to do for text that is not UTF-8 or a file that is one JSON array.
 pub fn read_jsonl<T: DeserializeOwned>(
     path: &Path,
     check: impl Fn(&T) -> std::result::Result<(), String>,
 ) -> Result<Vec<T>> {
-    let file = File::open(path).map_err(|source| DataError::Read {
+    let bytes = std::fs::read(path).map_err(|source| DataError::Read {
         path: path.to_path_buf(),
         source,
     })?;
+    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&bytes);
     let mut items = Vec::new();
-    for (index, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|source| DataError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        if line.trim().is_empty() {
-            continue;
-        }
+    for (index, line) in bytes.split(|&b| b == b'\n').enumerate() {
         let row_error = |message: String| DataError::Row {
             path: path.to_path_buf(),
             line: index + 1,
             message,
         };
-        let item: T = serde_json::from_str(&line).map_err(|e| row_error(e.to_string()))?;
+        let line = std::str::from_utf8(line).map_err(|e| {
+            row_error(format!(
+                "is not UTF-8 text (byte {} of the line); save the file as UTF-8",
+                e.valid_up_to() + 1
+            ))
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        if index == 0 && line.trim_start().starts_with('[') {
+            return Err(row_error(
+                "the file is a JSON array; JSON Lines hold one JSON object per line (convert \
+                 it with `jq -c '.[]' FILE`)"
+                    .into(),
+            ));
+        }
+        let item: T = serde_json::from_str(line).map_err(|e| row_error(e.to_string()))?;
         check(&item).map_err(row_error)?;
         items.push(item);
     }
