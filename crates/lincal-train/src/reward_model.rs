@@ -428,6 +428,11 @@ impl RewardModelTrainer {
         run: &RunOptions,
     ) -> Result<Self> {
         config.validate()?;
+        // Checked before the model loads, which takes minutes for a large one.
+        if train.is_empty() {
+            return Err(TrainError::NoData("train"));
+        }
+        run.check_writable()?;
         let kind = config.training.precision.kind(device);
         let loaded = LoadedModel::load(
             model_dir,

@@ -36,6 +36,18 @@ pub struct RunOptions {
     pub progress: bool,
 }
 
+impl RunOptions {
+    /// Checks, before any model is loaded, that the run directory can be written (creating
+    /// it): a run that fails there only after minutes of loading has lost them.
+    pub fn check_writable(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| TrainError::io(&self.dir, e))?;
+        let probe = self.dir.join(".lincal-write-check");
+        std::fs::write(&probe, b"")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(|e| TrainError::io(&probe, e))
+    }
+}
+
 /// Progress saved with each checkpoint. Data position and shuffling follow from `step`
 /// (epoch = step / steps_per_epoch; each epoch's order is a seeded permutation), so these
 /// fields are stored for checking that a resume continues the same run.

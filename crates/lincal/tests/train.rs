@@ -352,3 +352,44 @@ fn sft_and_reward_model_train_on_reference_files_with_task_and_trivia_qa() {
         "{stderr}"
     );
 }
+
+/// An empty training file and an output that cannot be written are reported before the
+/// model loads: here the model directory does not even exist, and the error is the other one.
+#[test]
+fn bad_data_and_an_unwritable_output_fail_before_the_model_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing_model = dir.path().join("no-model");
+    let empty = write(&dir.path().join("empty.jsonl"), &[]);
+    let train = write(
+        &dir.path().join("train.jsonl"),
+        &["{\"prompt\": \"t3\", \"target\": \" t4\"}".to_string()],
+    );
+    let sft = |train: &str, out: &Path, expected: &str| {
+        common::fails(
+            &[
+                "sft",
+                "--model",
+                missing_model.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--preset",
+                "lc_sft",
+                "--train",
+                train,
+                "--eval",
+                train,
+                "--device",
+                "cpu",
+            ],
+            expected,
+        )
+    };
+    let stderr = sft(&empty, &dir.path().join("run"), "the train set is empty");
+    assert!(!stderr.contains("no-model"), "{stderr}");
+    // A file where the output directory should be.
+    let blocked = dir.path().join("blocked");
+    std::fs::write(&blocked, "").unwrap();
+    let out = blocked.join("run");
+    let stderr = sft(&train, &out, out.to_str().unwrap());
+    assert!(!stderr.contains("no-model"), "{stderr}");
+}

@@ -496,6 +496,11 @@ impl PpoTrainer {
         run: &RunOptions,
     ) -> Result<Self> {
         config.validate()?;
+        // Checked before the models load, which takes minutes for large ones.
+        if train.is_empty() {
+            return Err(TrainError::NoData("train"));
+        }
+        run.check_writable()?;
         let custom = custom_reward.is_some();
         let (models, reward) = load_models(
             paths,
