@@ -430,7 +430,7 @@ impl RewardModelTrainer {
         config.validate()?;
         // Checked before the model loads, which takes minutes for a large one.
         if train.is_empty() {
-            return Err(TrainError::NoData("train"));
+            return Err(TrainError::NoData("training"));
         }
         run.check_writable()?;
         let kind = config.training.precision.kind(device);

@@ -384,7 +384,7 @@ fn bad_data_and_an_unwritable_output_fail_before_the_model_loads() {
             expected,
         )
     };
-    let stderr = sft(&empty, &dir.path().join("run"), "the train set is empty");
+    let stderr = sft(&empty, &dir.path().join("run"), "the training set is empty");
     assert!(!stderr.contains("no-model"), "{stderr}");
     // A file where the output directory should be.
     let blocked = dir.path().join("blocked");

@@ -498,7 +498,7 @@ impl PpoTrainer {
         config.validate()?;
         // Checked before the models load, which takes minutes for large ones.
         if train.is_empty() {
-            return Err(TrainError::NoData("train"));
+            return Err(TrainError::NoData("training"));
         }
         run.check_writable()?;
         let custom = custom_reward.is_some();
