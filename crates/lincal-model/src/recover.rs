@@ -6,12 +6,29 @@
 
 use crate::checkpoint::{SafetensorsCheckpoint, ShardWriter};
 use crate::error::{ModelError, Result};
-use crate::fsutil::write_dir_atomic;
+use crate::fsutil::{write_atomic, write_dir_atomic};
 use crate::model::DEFAULT_MAX_SHARD_BYTES;
 use std::path::Path;
 use tch::Kind;
 
 pub const SUM_FILE: &str = "model_sum.txt";
+/// Written into a recovered model's directory: it was trained on the reference's prompt
+/// formats, which lincal's built-in templates word differently.
+pub const RECOVERED_NOTE: &str = "lincal-recovered.json";
+
+/// When `dir` holds a model `lincal recover` rebuilt, what to say to a command about to feed it
+/// lincal's built-in prompt templates.
+pub fn built_in_templates_warning(dir: &Path) -> Option<String> {
+    dir.join(RECOVERED_NOTE).exists().then(|| {
+        format!(
+            "{} was rebuilt from the reference's weight diff (`lincal recover`) and trained on \
+             the reference's prompt formats, which lincal's built-in templates word \
+             differently; give your copies of those formats with --prompts DIR (README: \
+             \"Where lincal differs from the reference\")",
+            dir.display()
+        )
+    })
+}
 /// Reward models store the Llama backbone under this prefix.
 const BACKBONE_PREFIX: &str = "backbone_model.";
 
@@ -107,7 +124,20 @@ pub fn recover(base: &Path, diff: &Path, out: &Path, check_sum: bool) -> Result<
             }
         }
         writer.finish()?;
-        copy_side_files(diff, tmp)
+        copy_side_files(diff, tmp)?;
+        let note = serde_json::json!({
+            "recovered_by": "lincal recover",
+            "diff": diff,
+            "base": base,
+            "prompt_formats": "the reference's (SPEC 6): lincal's built-in templates differ; \
+                               give the reference's formats with --prompts",
+        });
+        write_atomic(
+            &tmp.join(RECOVERED_NOTE),
+            serde_json::to_string_pretty(&note)
+                .expect("json")
+                .as_bytes(),
+        )
     })?;
     Ok(report)
 }

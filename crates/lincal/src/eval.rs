@@ -726,6 +726,7 @@ fn qa_dataset(args: &QaArgs) -> Result<QaDataset> {
 
 fn qa(args: QaArgs) -> Result<()> {
     let run = &args.run;
+    crate::warn_if_recovered(args.policy.model.as_deref(), run.prompts.as_deref());
     let method = method(run)?;
     let templates = templates(run)?;
     let dataset = qa_dataset(&args)?;
@@ -863,6 +864,7 @@ fn qa(args: QaArgs) -> Result<()> {
 
 fn bio(args: BioArgs) -> Result<()> {
     let run = &args.run;
+    crate::warn_if_recovered(args.policy.model.as_deref(), run.prompts.as_deref());
     let method = method(run)?;
     let templates = templates(run)?;
     let (entities, dataset_name) = match (&args.entities, args.wordnet) {

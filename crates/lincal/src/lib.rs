@@ -16,6 +16,7 @@ pub mod surrogate_reader;
 pub mod train;
 
 use anyhow::{Context, Result};
+use std::path::Path;
 
 /// Where and in which precision a command runs its models.
 #[derive(clap::Args, Clone, Debug)]
@@ -64,6 +65,19 @@ pub fn lincal_cache() -> std::path::PathBuf {
         Some(dir) => dir.into(),
         None => std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
             .join(".cache/lincal"),
+    }
+}
+
+/// Warns when a model directory among `models` was rebuilt by `lincal recover` and is about
+/// to be fed lincal's built-in templates (`prompts` unset).
+pub fn warn_if_recovered<'a>(models: impl IntoIterator<Item = &'a Path>, prompts: Option<&Path>) {
+    if prompts.is_some() {
+        return;
+    }
+    for model in models {
+        if let Some(warning) = lincal_model::recover::built_in_templates_warning(model) {
+            eprintln!("warning: {warning}");
+        }
     }
 }
 

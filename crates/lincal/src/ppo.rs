@@ -41,6 +41,12 @@ pub struct PpoArgs {
 }
 
 pub fn run(args: PpoArgs) -> Result<()> {
+    crate::warn_if_recovered(
+        [args.policy.as_path(), args.reward_model.as_path()]
+            .into_iter()
+            .chain(args.answer_extractor.as_deref()),
+        args.run.prompts.as_deref(),
+    );
     let config = resolve_config(&args)?;
     if args.run.print_config {
         return print_config(&config);

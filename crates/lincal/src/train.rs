@@ -111,6 +111,7 @@ impl ConfigArgs {
 }
 
 pub fn sft(args: TrainArgs) -> Result<()> {
+    crate::warn_if_recovered([args.model.as_path()], args.run.prompts.as_deref());
     let config = args.config.resolve(SftConfig::preset, |c, scale| {
         Ok(SftConfig {
             training: c.training.scaled(scale)?,

@@ -107,6 +107,37 @@ fn recover_rebuilds_a_model_and_a_reward_model_from_weight_diffs() {
             assert!(recovered[*tensor].equal(expected), "{name} {tensor}");
         }
     }
+    // The recovered model knows it came from the reference, and commands that would feed it
+    // lincal's own prompt wording say so, unless given templates.
+    let recovered = dir.path().join("causal-recovered");
+    assert!(recovered.join("lincal-recovered.json").exists());
+    let sft = |extra: &[&str]| {
+        let mut args = vec![
+            "sft",
+            "--model",
+            recovered.to_str().unwrap(),
+            "--out",
+            "unused",
+            "--preset",
+            "lc_sft",
+            "--train",
+            "unused.jsonl",
+            "--print-config",
+        ];
+        args.extend(extra);
+        let output = lincal(&args);
+        assert!(output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let warned = sft(&[]);
+    assert!(
+        warned.contains(&format!(
+            "warning: {} was rebuilt from the reference's weight diff",
+            recovered.display()
+        )) && warned.contains("--prompts DIR"),
+        "{warned}"
+    );
+    assert_eq!(sft(&["--prompts", dir.path().to_str().unwrap()]), "");
     // A diff against another base: the sum check fails and no output appears.
     let diff = dir.path().join("causal-diff");
     std::fs::write(diff.join("model_sum.txt"), "12345.0\n").unwrap();
