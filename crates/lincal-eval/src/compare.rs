@@ -108,7 +108,7 @@ pub fn compare(run_dirs: &[PathBuf], out_dir: impl AsRef<Path>) -> Result<Compar
     }
     write_atomically(
         &out_dir.join(COMPARISON_MD_FILE),
-        comparison_markdown(&comparison).as_bytes(),
+        comparison_markdown(&comparison, out_dir).as_bytes(),
     )?;
     let page = comparison_html(&comparison, &frontier.svg, &reliability)?;
     write_atomically(&out_dir.join(COMPARISON_HTML_FILE), page.as_bytes())?;
@@ -380,13 +380,34 @@ fn comparison_title(comparison: &Comparison) -> String {
     format!("{} runs on {}", comparison.runs.len(), comparison.dataset)
 }
 
-fn comparison_markdown(comparison: &Comparison) -> String {
+/// `target` as a path from the directory `base` (both made absolute from the current
+/// directory), so that a link in a file in `base` resolves wherever it is opened from.
+fn relative_to(target: &Path, base: &Path) -> PathBuf {
+    let (Ok(target), Ok(base)) = (std::path::absolute(target), std::path::absolute(base)) else {
+        return target.to_path_buf();
+    };
+    let target: Vec<_> = target.components().collect();
+    let base: Vec<_> = base.components().collect();
+    let common = target.iter().zip(&base).take_while(|(a, b)| a == b).count();
+    let mut path = PathBuf::new();
+    for _ in common..base.len() {
+        path.push("..");
+    }
+    for component in &target[common..] {
+        path.push(component);
+    }
+    path
+}
+
+fn comparison_markdown(comparison: &Comparison, out_dir: &Path) -> String {
     let mut out = format!("# {}\n\n", markdown(&comparison_title(comparison)));
     out += &comparison_table(comparison).to_markdown();
     out += "\nBold: the best value of each column. Runs:\n\n";
     for run in &comparison.runs {
         // A link destination in angle brackets may hold spaces and parentheses.
-        let report = run.run_dir.join(REPORT_MD_FILE).display().to_string();
+        let report = relative_to(&run.run_dir.join(REPORT_MD_FILE), out_dir)
+            .display()
+            .to_string();
         writeln!(
             out,
             "- {}: {} ([report](<{}>))",
@@ -450,5 +471,27 @@ mod tests {
         assert_eq!(file_slug("LC RL (run/../x)"), "lc-rl-run-x");
         assert_eq!(file_slug("<script>"), "script");
         assert_eq!(file_slug("ééé"), "");
+    }
+
+    /// The comparison links each run's report from its own folder: `../eval_x/report.md` from
+    /// `pipeline/report/`, not the path the command was given from the current directory.
+    #[test]
+    fn report_links_resolve_from_the_comparison_folder() {
+        assert_eq!(
+            relative_to(
+                Path::new("/runs/p/eval_lc_sft/report.md"),
+                Path::new("/runs/p/report")
+            ),
+            PathBuf::from("../eval_lc_sft/report.md")
+        );
+        assert_eq!(
+            relative_to(Path::new("/a/b/r.md"), Path::new("/a/b")),
+            PathBuf::from("r.md")
+        );
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            relative_to(Path::new("runs/x/report.md"), &cwd.join("out/cmp")),
+            PathBuf::from("../../runs/x/report.md")
+        );
     }
 }
