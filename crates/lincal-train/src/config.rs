@@ -370,6 +370,9 @@ pub fn with_overrides<C: Serialize + DeserializeOwned>(
             )
         })?;
         let key = key.trim();
+        if NON_FINITE.contains(&raw.trim().to_lowercase().as_str()) {
+            return Err(TrainError::config(key, NON_FINITE_MESSAGE));
+        }
         let parsed = serde_json::from_str(raw.trim())
             .unwrap_or_else(|_| serde_json::Value::String(raw.trim().to_string()));
         let mut node = &mut value;
@@ -397,9 +400,21 @@ pub fn with_overrides<C: Serialize + DeserializeOwned>(
         }
         *node = parsed;
     }
-    serde_path_to_error::deserialize(value)
-        .map_err(|e| TrainError::config(&e.path().to_string(), e.into_inner().to_string()))
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner().to_string();
+        // A NaN or infinity (TOML allows them) becomes null on its way through JSON.
+        if message.starts_with("invalid type: null, expected f") {
+            TrainError::config(&path, NON_FINITE_MESSAGE)
+        } else {
+            TrainError::config(&path, message)
+        }
+    })
 }
+
+/// Overrides that are not numbers a config can hold.
+const NON_FINITE: [&str; 6] = ["nan", "inf", "+inf", "-inf", "infinity", "-infinity"];
+const NON_FINITE_MESSAGE: &str = "is NaN or infinite; give a finite number (e.g. 1e-5)";
 
 #[cfg(test)]
 mod tests {
@@ -556,6 +571,31 @@ mod tests {
         assert_eq!(
             config.validate().unwrap_err().to_string(),
             "config field `training.warmup_ratio`: must be in [0, 1), got 1.5"
+        );
+    }
+
+    /// NaN and infinity, from a TOML file or an override, are named as such (they read as
+    /// "invalid type: null" on their way through JSON).
+    #[test]
+    fn non_finite_numbers_are_named() {
+        let config = SftConfig::preset("lc_sft").unwrap();
+        for value in ["nan", "inf", "-Infinity"] {
+            let error = with_overrides(&config, &[format!("training.learning_rate={value}")])
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                error,
+                "config field `training.learning_rate`: is NaN or infinite; give a finite \
+                 number (e.g. 1e-5)"
+            );
+        }
+        // What a TOML file with `learning_rate = nan` reads to.
+        let mut from_toml = config.clone();
+        from_toml.training.learning_rate = f64::NAN;
+        assert_eq!(
+            with_overrides(&from_toml, &[]).unwrap_err().to_string(),
+            "config field `training.learning_rate`: is NaN or infinite; give a finite number \
+             (e.g. 1e-5)"
         );
     }
 }
