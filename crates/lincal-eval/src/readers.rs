@@ -175,7 +175,8 @@ impl Reader for StatedConfidenceReader<'_> {
 
 /// Extraction by a trained ExtractAnswers model (SPEC 1.5): the `extract_answers_model`
 /// prompt as a completion, sampled as PPO samples it ([`EXTRACT_ANSWERS_TEMPERATURE`], up to
-/// [`EXTRACT_ANSWERS_MAX_TOKENS`] new tokens), the reply `"a; b"` or `"No Answer"`, read as
+/// `max_tokens` new tokens: the reference's [`EXTRACT_ANSWERS_MAX_TOKENS`] unless a run caps
+/// a poorly trained extractor that runs on), the reply `"a; b"` or `"No Answer"`, read as
 /// `parsing` says (a reply the normalised reading cannot parse is asked again). `settings`
 /// gives the attempts and the seed.
 pub fn extract_with_model(
@@ -183,6 +184,7 @@ pub fn extract_with_model(
     templates: &Templates,
     settings: &TeacherSettings,
     parsing: ExtractionParsing,
+    max_tokens: u32,
     inputs: &[ReadInput<'_>],
 ) -> ItemResults<Vec<String>> {
     let settings = TeacherSettings {
@@ -192,7 +194,7 @@ pub fn extract_with_model(
     settings.ask(
         llm,
         inputs,
-        EXTRACT_ANSWERS_MAX_TOKENS,
+        max_tokens,
         Stage::Extraction,
         |input| {
             let prompt = templates.extract_answers_model(input.question, input.paragraph)?;

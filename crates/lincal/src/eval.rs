@@ -190,6 +190,10 @@ pub struct QaArgs {
     /// unparsable reply is asked again).
     #[arg(long)]
     extraction_parsing: Option<ExtractionParsing>,
+    /// New tokens the surrogate reader's ExtractAnswers replies may take (the reference's 300
+    /// by default); a lower cap stops an extractor that runs on repeating its prompt.
+    #[arg(long)]
+    extractor_max_tokens: Option<u32>,
     /// The surrogate reader's ForecastProbs reward-model directory.
     #[arg(long)]
     forecaster: Option<PathBuf>,
@@ -766,6 +770,9 @@ fn qa(args: QaArgs) -> Result<()> {
     if args.extraction_parsing.is_some() && reader_kind != "surrogate" {
         bail!("--extraction-parsing is for the surrogate reader, not --reader {reader_kind}");
     }
+    if args.extractor_max_tokens.is_some() && reader_kind != "surrogate" {
+        bail!("--extractor-max-tokens is for the surrogate reader, not --reader {reader_kind}");
+    }
     let (judge_kind, judge_source) = role_choice(
         "judge",
         args.judge.as_deref(),
@@ -806,6 +813,8 @@ fn qa(args: QaArgs) -> Result<()> {
                 &templates,
                 &teacher(run),
                 args.extraction_parsing.unwrap_or_default(),
+                args.extractor_max_tokens
+                    .unwrap_or(lincal_data::prompts::EXTRACT_ANSWERS_MAX_TOKENS),
             )?)
         }
         ("stated", Some(client), _) => Box::new(StatedConfidenceReader {

@@ -26,6 +26,8 @@ pub struct SurrogateReader<'a> {
     settings: TeacherSettings,
     /// How the extractor's replies become candidates, as in the PPO reward.
     parsing: ExtractionParsing,
+    /// New tokens an extractor reply may take.
+    max_tokens: u32,
 }
 
 impl<'a> SurrogateReader<'a> {
@@ -42,6 +44,7 @@ impl<'a> SurrogateReader<'a> {
         templates: &'a Templates,
         teacher: &TeacherSettings,
         parsing: ExtractionParsing,
+        max_tokens: u32,
     ) -> Result<Self> {
         let forecaster = Scorer::load(
             forecaster_dir,
@@ -68,6 +71,7 @@ impl<'a> SurrogateReader<'a> {
             templates,
             settings: teacher.clone(),
             parsing,
+            max_tokens,
         })
     }
 }
@@ -88,6 +92,7 @@ impl Reader for SurrogateReader<'_> {
             self.templates,
             &self.settings,
             self.parsing,
+            self.max_tokens,
             inputs,
         )
     }

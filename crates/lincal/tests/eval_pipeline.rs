@@ -257,6 +257,29 @@ fn the_surrogate_reader_forecasts_with_the_reward_model() {
             && reader.ends_with(" (reference extraction parsing)"),
         "{reader}"
     );
+    // The extractor's replies run to many words (a random model); capped at one new token,
+    // each candidate is one word of the tiny tokenizer.
+    let words = |run: &Path| -> Vec<usize> {
+        qa_examples(run)
+            .iter()
+            .flat_map(|e| {
+                e.extracted_answers
+                    .iter()
+                    .map(|a| a.split_whitespace().count())
+            })
+            .collect()
+    };
+    assert!(words(&run).iter().any(|&n| n > 1), "{:?}", words(&run));
+    let capped = dir.path().join("capped");
+    let mut capped_args = args.clone();
+    capped_args[7] = capped.to_str().unwrap();
+    capped_args.extend(["--extractor-max-tokens", "1"]);
+    ok(lincal(&capped_args));
+    assert!(
+        words(&capped).iter().all(|&n| n <= 1),
+        "{:?}",
+        words(&capped)
+    );
     // The parsing is the surrogate reader's: another reader is refused it.
     let refused = lincal(&[
         "eval",
