@@ -15,8 +15,7 @@ use lincal_data::parse::{
     ExtractionParsing, LexicalReader, contains_match, parse_extracted_answers, parse_probability,
 };
 use lincal_data::prompts::{
-    EXTRACT_ANSWERS_MAX_TOKENS, EXTRACT_ANSWERS_TEMPERATURE, ExtractionPrompt, ExtractionUse,
-    Templates,
+    EXTRACT_ANSWERS_TEMPERATURE, ExtractionPrompt, ExtractionUse, Templates,
 };
 use lincal_distill::offline::answers_to;
 use lincal_distill::{extraction_request, parse_extraction};
@@ -175,7 +174,8 @@ impl Reader for StatedConfidenceReader<'_> {
 
 /// Extraction by a trained ExtractAnswers model (SPEC 1.5): the `extract_answers_model`
 /// prompt as a completion, sampled as PPO samples it ([`EXTRACT_ANSWERS_TEMPERATURE`], up to
-/// `max_tokens` new tokens: the reference's [`EXTRACT_ANSWERS_MAX_TOKENS`] unless a run caps
+/// `max_tokens` new tokens: the reference's
+/// [`EXTRACT_ANSWERS_MAX_TOKENS`](lincal_data::prompts::EXTRACT_ANSWERS_MAX_TOKENS) unless a run caps
 /// a poorly trained extractor that runs on), the reply `"a; b"` or `"No Answer"`, read as
 /// `parsing` says (a reply the normalised reading cannot parse is asked again). `settings`
 /// gives the attempts and the seed.
