@@ -328,6 +328,18 @@ struct Frontier<'a> {
     title: &'a str,
 }
 
+/// Decimals that tell apart the ~10 tick labels of an axis spanning `span`: 2 for a wide axis,
+/// more for a narrow one (equal accuracies give an axis 0.04 wide, whose ticks 0.005 apart all
+/// read "0.19" or "0.20" with two).
+fn label_decimals(span: f64) -> usize {
+    let step = span / 10.0;
+    if step > 0.0 && step.is_finite() {
+        (-step.log10()).ceil().clamp(2.0, 6.0) as usize
+    } else {
+        2
+    }
+}
+
 impl Figure for Frontier<'_> {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
         root.fill(&WHITE)?;
@@ -367,11 +379,16 @@ impl Figure for Frontier<'_> {
             let pad = ((hi - lo) * 0.12).max(0.02);
             (lo - pad).max(0.0)..(hi + pad).min(1.0)
         };
+        let (x_range, y_range) = (span(|p| &p.ece), span(|p| &p.accuracy));
+        let (x_decimals, y_decimals) = (
+            label_decimals(x_range.end - x_range.start),
+            label_decimals(y_range.end - y_range.start),
+        );
         let mut chart = ChartBuilder::on(&plot_area)
             .margin(25)
             .x_label_area_size(55)
             .y_label_area_size(90)
-            .build_cartesian_2d(span(|p| &p.ece), span(|p| &p.accuracy))?;
+            .build_cartesian_2d(x_range, y_range)?;
         chart
             .configure_mesh()
             .x_desc("ECE (lower is better)")
@@ -379,8 +396,8 @@ impl Figure for Frontier<'_> {
             .label_style((FONT, 18))
             .axis_desc_style((FONT, 20))
             .light_line_style(WHITE.mix(0.0))
-            .x_label_formatter(&|x| format!("{x:.2}"))
-            .y_label_formatter(&|y| format!("{y:.2}"))
+            .x_label_formatter(&|x| format!("{x:.x_decimals$}"))
+            .y_label_formatter(&|y| format!("{y:.y_decimals$}"))
             .draw()?;
 
         let pixels: Vec<_> = self
@@ -554,5 +571,20 @@ impl Figure for LineChart<'_> {
             .border_style(BLACK)
             .draw()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn narrow_axes_get_enough_decimals_for_distinct_labels() {
+        assert_eq!(label_decimals(1.0), 2);
+        assert_eq!(label_decimals(0.2), 2);
+        // Equal accuracies: 0.04 wide, ticks 0.004 apart.
+        assert_eq!(label_decimals(0.04), 3);
+        assert_eq!(label_decimals(0.0004), 5);
+        assert_eq!(label_decimals(0.0), 2);
     }
 }
