@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{lincal, tiny_model_dir};
+use common::{fails, lincal, tiny_model_dir};
 use lincal_eval::{ClaimExample, QaExample, ScoredExample, Stage, read_examples, read_results};
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -281,26 +281,22 @@ fn the_surrogate_reader_forecasts_with_the_reward_model() {
         words(&capped)
     );
     // The parsing is the surrogate reader's: another reader is refused it.
-    let refused = lincal(&[
-        "eval",
-        "qa",
-        "--model",
-        &model,
-        "--dataset",
-        questions.to_str().unwrap(),
-        "--out",
-        dir.path().join("refused").to_str().unwrap(),
-        "--reader",
-        "lexical",
-        "--extraction-parsing",
-        "normalized",
-    ]);
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        !refused.status.success()
-            && stderr
-                .contains("--extraction-parsing is for the surrogate reader, not --reader lexical"),
-        "{stderr}"
+    fails(
+        &[
+            "eval",
+            "qa",
+            "--model",
+            &model,
+            "--dataset",
+            questions.to_str().unwrap(),
+            "--out",
+            dir.path().join("refused").to_str().unwrap(),
+            "--reader",
+            "lexical",
+            "--extraction-parsing",
+            "normalized",
+        ],
+        "--extraction-parsing is for the surrogate reader, not --reader lexical",
     );
 
     // Each answer's confidence is sigmoid of the reward model's score of its prompt.
