@@ -79,6 +79,10 @@ pub struct TrainingConfig {
     /// Checkpoints kept (the newest ones). Each holds the f32 weights and both AdamW moments,
     /// so fewer are kept than the reference's 50 weight-only snapshots.
     pub keep_checkpoints: usize,
+    /// Keep the resume checkpoints once `final/` is written; by default they are removed (a
+    /// finished run needs none, and each holds the weights and both AdamW moments).
+    #[serde(default)]
+    pub keep_checkpoints_after_finish: bool,
     /// Seeds the data order of every epoch, new weights (reward head, LoRA) and dropout.
     pub seed: u64,
     pub precision: Precision,
@@ -118,6 +122,7 @@ impl TrainingConfig {
             eval_every: 25,
             save_every: 25,
             keep_checkpoints: 2,
+            keep_checkpoints_after_finish: false,
             seed: 42,
             precision: Precision::Auto,
             gradient_checkpointing: false,

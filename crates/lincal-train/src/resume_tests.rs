@@ -48,8 +48,12 @@ fn checkpoint_names(run: &Path) -> Vec<String> {
 }
 
 /// `train(options, stop)` runs (or resumes) a 6-step run that saves every step and keeps 2
-/// checkpoints.
-fn assert_resumes_exactly(label: &str, train: &dyn Fn(&RunOptions, Option<u64>) -> TrainSummary) {
+/// checkpoints; `kept_after_finish` are those left once it has finished.
+fn assert_resumes_exactly(
+    label: &str,
+    kept_after_finish: &[&str],
+    train: &dyn Fn(&RunOptions, Option<u64>) -> TrainSummary,
+) {
     let whole = tempfile::tempdir().unwrap();
     assert_eq!(train(&run_options(whole.path()), None).steps, 6, "{label}");
 
@@ -93,18 +97,17 @@ fn assert_resumes_exactly(label: &str, train: &dyn Fn(&RunOptions, Option<u64>) 
     let logged = losses(killed.path());
     assert_eq!(logged, losses(whole.path()), "{label}");
     assert_eq!(logged.len(), 6, "{label}");
-    // The half-written checkpoint was replaced, and the kept ones are the whole run's: the
-    // last two before the final step, which writes `final/` instead.
-    assert_eq!(
-        checkpoint_names(killed.path()),
-        checkpoint_names(whole.path()),
-        "{label}"
-    );
-    assert_eq!(
-        checkpoint_names(whole.path()),
-        ["step-00000004", "step-00000005"],
-        "{label}"
-    );
+    // Once finished, the resume checkpoints are removed unless the config keeps them (then
+    // they are the whole run's: the last two before the final step, which writes `final/`);
+    // the half-written one is gone either way.
+    for run in [whole.path(), killed.path()] {
+        let kept = if run.join("checkpoints").exists() {
+            checkpoint_names(run)
+        } else {
+            Vec::new()
+        };
+        assert_eq!(kept, kept_after_finish, "{label}");
+    }
 }
 
 fn sft_examples() -> Vec<SftExample> {
@@ -161,6 +164,7 @@ fn bf16_and_pure_bf16_runs_resume_exactly() {
         config.training.precision = precision;
         assert_resumes_exactly(
             &format!("{precision:?}"),
+            &[],
             &sft_run(&config, &sft_examples()),
         );
     }
@@ -175,7 +179,7 @@ fn a_packed_run_resumes_exactly() {
     let mut examples = sft_examples();
     examples.extend(sft_examples());
     // Packed, the 8 examples make 4 rows: still 6 steps of 2 over 3 epochs.
-    assert_resumes_exactly("packed", &sft_run(&config, &examples));
+    assert_resumes_exactly("packed", &[], &sft_run(&config, &examples));
 }
 
 /// LoRA with dropout: the resumed steps draw the masks the uninterrupted ones drew.
@@ -188,7 +192,7 @@ fn a_lora_run_with_dropout_resumes_exactly() {
         dropout: 0.1,
         target_modules: vec!["q_proj".into(), "v_proj".into()],
     });
-    assert_resumes_exactly("lora", &sft_run(&config, &sft_examples()));
+    assert_resumes_exactly("lora", &[], &sft_run(&config, &sft_examples()));
 }
 
 #[test]
@@ -209,23 +213,28 @@ fn a_reward_model_run_resumes_exactly() {
     .collect();
     let mut training = quick_training(1e-2, 3.0, 2, 1);
     training.save_every = 1;
+    training.keep_checkpoints_after_finish = true;
     let config = RewardModelConfig {
         model_max_length: 64,
         pad_token: "[PAD]".into(),
         lora: None,
         training,
     };
-    assert_resumes_exactly("reward model", &|options, stop| {
-        RewardModelTrainer::new(
-            model_dir.path(),
-            Device::Cpu,
-            &config,
-            &examples,
-            &[],
-            options,
-        )
-        .unwrap()
-        .train(stop)
-        .unwrap()
-    });
+    assert_resumes_exactly(
+        "reward model",
+        &["step-00000004", "step-00000005"],
+        &|options, stop| {
+            RewardModelTrainer::new(
+                model_dir.path(),
+                Device::Cpu,
+                &config,
+                &examples,
+                &[],
+                options,
+            )
+            .unwrap()
+            .train(stop)
+            .unwrap()
+        },
+    );
 }

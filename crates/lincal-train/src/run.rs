@@ -258,6 +258,17 @@ impl RunDir {
         Ok(path)
     }
 
+    /// Removes the resume checkpoints of a finished run; returns the bytes freed.
+    pub fn remove_checkpoints(&self) -> Result<u64> {
+        let dir = self.dir.join(CHECKPOINTS_DIR);
+        if !dir.exists() {
+            return Ok(0);
+        }
+        let bytes = disk_usage(&dir);
+        std::fs::remove_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
+        Ok(bytes)
+    }
+
     /// Writes `final/` atomically; its presence marks the run finished. The manifest then
     /// records the time.
     pub fn save_final(&self, fill: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
@@ -310,4 +321,20 @@ fn checkpoints(dir: &Path) -> Result<Vec<PathBuf>> {
 
 fn latest_checkpoint(dir: &Path) -> Result<Option<PathBuf>> {
     Ok(checkpoints(dir)?.pop())
+}
+
+/// The bytes of the files under `path` (0 for what cannot be read).
+pub fn disk_usage(path: &Path) -> u64 {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::read_dir(path)
+            .map(|entries| {
+                entries
+                    .filter_map(|entry| entry.ok())
+                    .map(|entry| disk_usage(&entry.path()))
+                    .sum()
+            })
+            .unwrap_or(0),
+        Ok(meta) => meta.len(),
+        Err(_) => 0,
+    }
 }

@@ -40,6 +40,7 @@ pub(crate) fn quick_training(
         eval_every: 1000,
         save_every: 1000,
         keep_checkpoints: 2,
+        keep_checkpoints_after_finish: false,
         seed: 42,
         precision: Precision::F32,
         gradient_checkpointing: false,

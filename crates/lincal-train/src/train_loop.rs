@@ -76,6 +76,7 @@ impl TrainLoop {
             units_per_step: config.batch_size,
             save_every: config.save_every,
             keep_checkpoints: config.keep_checkpoints,
+            keep_checkpoints_after_finish: config.keep_checkpoints_after_finish,
         };
         let run = TrainingRun::open(options, manifest, state, plan, &mut params)?;
         let schedule = LrSchedule::new(config.schedule, config.warmup_ratio, total_steps);

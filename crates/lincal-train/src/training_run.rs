@@ -48,6 +48,8 @@ pub(crate) struct StepPlan {
     pub save_every: u64,
     /// How many checkpoints are kept.
     pub keep_checkpoints: usize,
+    /// Whether they stay once the run has finished.
+    pub keep_checkpoints_after_finish: bool,
 }
 
 /// Where a `train` call left the run.
@@ -169,6 +171,18 @@ impl TrainingRun {
         let outcome = self.run_steps(steps, &mut run, stop_at_step, &mut summary);
         if outcome.is_ok() && self.state.step == self.state.total_steps {
             let dir = run.save_final(|dir| steps.save_final(dir))?;
+            if !self.plan.keep_checkpoints_after_finish {
+                let freed = run.remove_checkpoints()?;
+                if self.progress && freed > 0 {
+                    eprintln!(
+                        "removed the resume checkpoints ({:.1} GB; keep them with \
+                         keep_checkpoints_after_finish = true); {} holds {:.1} GB",
+                        freed as f64 / 1e9,
+                        run.path().display(),
+                        crate::run::disk_usage(run.path()) as f64 / 1e9
+                    );
+                }
+            }
             self.finished = Some(dir.clone());
             summary.final_dir = Some(dir);
         } else {

@@ -78,6 +78,12 @@ fn sft_runs_from_a_preset_stops_and_resumes_to_a_loadable_model() {
         finished.contains("step 3/4 ") && finished.contains("step 4/4 "),
         "{finished}"
     );
+    // A finished run needs no resume checkpoints: they are removed, and it says so.
+    assert!(!out.join("checkpoints").exists());
+    assert!(
+        finished.contains("removed the resume checkpoints ("),
+        "{finished}"
+    );
     let trained = lincal_model::CausalLm::load(&out.join("final"), tch::Device::Cpu, None).unwrap();
     lincal_model::Tokenizer::from_dir(&out.join("final"))
         .unwrap()

@@ -143,6 +143,10 @@ pub struct PpoConfig {
     /// Write a resumable checkpoint every this many steps.
     pub save_every: u64,
     pub keep_checkpoints: usize,
+    /// Keep the resume checkpoints (policy, value model and optimizer state) once `final/` is
+    /// written; by default they are removed.
+    #[serde(default)]
+    pub keep_checkpoints_after_finish: bool,
     /// Write every step's rollouts to `rollouts/step-N.jsonl`.
     pub dump_rollouts: bool,
     /// Seeds prompt order, sampling, minibatch order and new weights.
@@ -212,6 +216,7 @@ impl PpoConfig {
             max_eval_prompts: None,
             save_every: 20,
             keep_checkpoints: 2,
+            keep_checkpoints_after_finish: false,
             dump_rollouts: true,
             seed: 42,
             precision: Precision::Auto,

@@ -560,6 +560,7 @@ impl PpoTrainer {
             units_per_step: config.rollout_batch_size,
             save_every: config.save_every,
             keep_checkpoints: config.keep_checkpoints,
+            keep_checkpoints_after_finish: config.keep_checkpoints_after_finish,
         };
         let training_run = TrainingRun::open(run, manifest, state, plan, &mut learner.params)?;
         if let Some(checkpoint) = training_run.checkpoint() {
