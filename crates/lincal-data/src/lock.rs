@@ -64,6 +64,17 @@ impl OutputLock {
         self.took_over.as_ref()
     }
 
+    /// What to tell the user when this lock replaced a stale one.
+    pub fn takeover_warning(&self) -> Option<String> {
+        self.took_over.as_ref().map(|holder| {
+            format!(
+                "warning: took over {} left by process {}, which no longer runs",
+                self.path.display(),
+                holder.pid
+            )
+        })
+    }
+
     fn acquire(path: PathBuf) -> Result<Self> {
         let me = LockHolder {
             pid: std::process::id(),

@@ -428,11 +428,7 @@ impl RewardModelTrainer {
         run: &RunOptions,
     ) -> Result<Self> {
         config.validate()?;
-        // Checked before the model loads, which takes minutes for a large one.
-        if train.is_empty() {
-            return Err(TrainError::NoData("training"));
-        }
-        run.check_writable()?;
+        run.check_before_loading(train.len())?;
         let kind = config.training.precision.kind(device);
         let loaded = LoadedModel::load(
             model_dir,

@@ -37,9 +37,12 @@ pub struct RunOptions {
 }
 
 impl RunOptions {
-    /// Checks, before any model is loaded, that the run directory can be written (creating
-    /// it): a run that fails there only after minutes of loading has lost them.
-    pub fn check_writable(&self) -> Result<()> {
+    /// What a trainer checks before loading any model (minutes, for a large one): that it has
+    /// `examples` to train on and that the run directory can be written (creating it).
+    pub fn check_before_loading(&self, examples: usize) -> Result<()> {
+        if examples == 0 {
+            return Err(TrainError::NoData("training"));
+        }
         std::fs::create_dir_all(&self.dir).map_err(|e| TrainError::io(&self.dir, e))?;
         let probe = self.dir.join(".lincal-write-check");
         std::fs::write(&probe, b"")
@@ -121,12 +124,8 @@ impl RunDir {
     pub fn open(options: &RunOptions, mut manifest: Manifest) -> Result<Opened> {
         let dir = &options.dir;
         let lock = OutputLock::dir(dir)?;
-        if let Some(holder) = lock.took_over() {
-            eprintln!(
-                "warning: took over {} left by process {}, which no longer runs",
-                lock.path().display(),
-                holder.pid
-            );
+        if let Some(warning) = lock.takeover_warning() {
+            eprintln!("{warning}");
         }
         manifest.inputs = options
             .input_files

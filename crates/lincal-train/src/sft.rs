@@ -5,7 +5,7 @@ use crate::config::SftConfig;
 use crate::data::{
     SftBatch, SftExample, TokenRow, collate_sft, pack_rows, rows_digest, tokenize_sft_set,
 };
-use crate::error::{Result, TrainError};
+use crate::error::Result;
 use crate::optim::{AdamWConfig, TrainableParams};
 use crate::run::RunOptions;
 use crate::setup::LoadedModel;
@@ -142,11 +142,7 @@ impl SftTrainer {
         run: &RunOptions,
     ) -> Result<Self> {
         config.validate()?;
-        // Checked before the model loads, which takes minutes for a large one.
-        if train.is_empty() {
-            return Err(TrainError::NoData("training"));
-        }
-        run.check_writable()?;
+        run.check_before_loading(train.len())?;
         let kind = config.training.precision.kind(device);
         let loaded = LoadedModel::load(
             model_dir,

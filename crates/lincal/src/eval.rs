@@ -767,11 +767,16 @@ fn qa(args: QaArgs) -> Result<()> {
         bail!("--extraction-prompt is for the llm and stated readers, not --reader {reader_kind}");
     }
     let extraction = args.extraction_prompt.unwrap_or_default();
-    if args.extraction_parsing.is_some() && reader_kind != "surrogate" {
-        bail!("--extraction-parsing is for the surrogate reader, not --reader {reader_kind}");
-    }
-    if args.extractor_max_tokens.is_some() && reader_kind != "surrogate" {
-        bail!("--extractor-max-tokens is for the surrogate reader, not --reader {reader_kind}");
+    for (flag, given) in [
+        ("--extraction-parsing", args.extraction_parsing.is_some()),
+        (
+            "--extractor-max-tokens",
+            args.extractor_max_tokens.is_some(),
+        ),
+    ] {
+        if given && reader_kind != "surrogate" {
+            bail!("{flag} is for the surrogate reader, not --reader {reader_kind}");
+        }
     }
     let (judge_kind, judge_source) = role_choice(
         "judge",

@@ -281,12 +281,8 @@ fn beside(output: &Path, suffix: &str) -> PathBuf {
 fn generate_file(model: &CausalLm, tokenizer: &Tokenizer, job: &FileJob) -> Result<()> {
     // Two runs on one output would append to the same partial file.
     let lock = OutputLock::file(job.output)?;
-    if let Some(holder) = lock.took_over() {
-        eprintln!(
-            "warning: took over {} left by process {}, which no longer runs",
-            lock.path().display(),
-            holder.pid
-        );
+    if let Some(warning) = lock.takeover_warning() {
+        eprintln!("{warning}");
     }
     let rows = read_inputs(job.input, tokenizer, job.chat, job.seed)?;
     let partial = beside(job.output, ".partial");

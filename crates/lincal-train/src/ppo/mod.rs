@@ -496,11 +496,7 @@ impl PpoTrainer {
         run: &RunOptions,
     ) -> Result<Self> {
         config.validate()?;
-        // Checked before the models load, which takes minutes for large ones.
-        if train.is_empty() {
-            return Err(TrainError::NoData("training"));
-        }
-        run.check_writable()?;
+        run.check_before_loading(train.len())?;
         let custom = custom_reward.is_some();
         let (models, reward) = load_models(
             paths,

@@ -1046,12 +1046,8 @@ pub fn run(command: PipelineCommand) -> Result<()> {
             // One run at a time per directory: a second one would rewrite the config copy and
             // pipeline.json under the first (each stage directory also locks itself).
             let lock = lincal_data::lock::OutputLock::dir(&out)?;
-            if let Some(holder) = lock.took_over() {
-                eprintln!(
-                    "warning: took over {} left by process {}, which no longer runs",
-                    lock.path().display(),
-                    holder.pid
-                );
+            if let Some(warning) = lock.takeover_warning() {
+                eprintln!("{warning}");
             }
             let copy = out.join(CONFIG_COPY);
             lincal_model::fsutil::write_atomic(&copy, toml::to_string_pretty(&config)?.as_bytes())?;
