@@ -97,10 +97,8 @@ impl LlamaConfig {
         let Some(parameters) = self.rope_parameters.take() else {
             return Ok(());
         };
-        if let Some(theta) = parameters.get("rope_theta") {
-            self.rope_theta = theta
-                .as_f64()
-                .ok_or("rope_parameters.rope_theta must be a number")?;
+        if let Some(theta) = rope_number(&parameters, "rope_theta")? {
+            self.rope_theta = theta;
         }
         let rope_type = parameters
             .get("rope_type")
@@ -121,6 +119,18 @@ impl LlamaConfig {
         self.head_dim
             .unwrap_or(self.hidden_size / self.num_attention_heads)
     }
+}
+
+/// `rope_parameters.<key>` of a transformers 5 config, when present.
+fn rope_number(parameters: &serde_json::Value, key: &str) -> Result<Option<f64>, String> {
+    parameters
+        .get(key)
+        .map(|value| {
+            value
+                .as_f64()
+                .ok_or(format!("rope_parameters.{key} must be a number"))
+        })
+        .transpose()
 }
 
 /// GPT-NeoX (the reference's RedPajama-INCITE 3B answer extractor).
@@ -175,20 +185,10 @@ impl GptNeoXConfig {
         let Some(parameters) = self.rope_parameters.take() else {
             return Ok(());
         };
-        let number = |key: &str| -> Result<Option<f64>, String> {
-            parameters
-                .get(key)
-                .map(|value| {
-                    value
-                        .as_f64()
-                        .ok_or(format!("rope_parameters.{key} must be a number"))
-                })
-                .transpose()
-        };
-        if let Some(fraction) = number("partial_rotary_factor")? {
+        if let Some(fraction) = rope_number(&parameters, "partial_rotary_factor")? {
             self.rotary_pct = fraction;
         }
-        if let Some(theta) = number("rope_theta")? {
+        if let Some(theta) = rope_number(&parameters, "rope_theta")? {
             self.rotary_emb_base = theta;
         }
         match parameters.get("rope_type").and_then(|t| t.as_str()) {
