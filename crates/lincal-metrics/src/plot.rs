@@ -4,6 +4,7 @@
 //! Text is drawn with DejaVu Sans embedded in the crate (plotters' `ab_glyph` font path), so
 //! plots render the same on a fresh machine with no fontconfig or system fonts.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -201,18 +202,23 @@ fn encode_png(rgb: &[u8], (w, h): (u32, u32)) -> Result<Vec<u8>, png::EncodingEr
     Ok(bytes)
 }
 
-/// Writes to a temporary name beside `path` and renames it, so a crash never leaves half a file.
+/// Writes to a temporary name beside `path` and renames it, so a crash never leaves half a file;
+/// a failed write (a full disk) removes the temporary file.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), MetricsError> {
     let write_error = |e: std::io::Error| MetricsError::Write {
         path: path.to_path_buf(),
-        message: format!("{e}; check that the folder exists and is writable"),
+        message: format!("{e}; check that the folder exists, is writable and has space"),
     };
-    let temporary = with_suffix(path, &format!("{}.tmp", std::process::id()));
-    std::fs::write(&temporary, bytes).map_err(write_error)?;
-    std::fs::rename(&temporary, path).map_err(|e| {
-        let _ = std::fs::remove_file(&temporary);
-        write_error(e)
-    })
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut temporary = tempfile::NamedTempFile::new_in(dir).map_err(write_error)?;
+    temporary.write_all(bytes).map_err(write_error)?;
+    temporary
+        .persist(path)
+        .map(|_| ())
+        .map_err(|e| write_error(e.error))
 }
 
 /// Tableau's 10 colours: distinct, and readable on white (unlike a generated palette's yellows).

@@ -3,7 +3,7 @@
 //! into the model's variables, so loading never holds a second full copy in memory.
 
 use crate::error::{ModelError, Result};
-use crate::fsutil::write_atomic;
+use crate::fsutil::{write_atomic, write_file_atomic};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -155,7 +155,8 @@ impl SafetensorsCheckpoint {
     }
 }
 
-/// One safetensors file with the `{"format": "pt"}` metadata transformers checks for.
+/// One safetensors file with the `{"format": "pt"}` metadata transformers checks for, written
+/// through a temporary name (removed if the write fails).
 pub fn write_safetensors_file(path: &Path, tensors: &[(&String, &Tensor)]) -> Result<()> {
     let mut buffers = Vec::with_capacity(tensors.len());
     for (name, tensor) in tensors {
@@ -189,11 +190,15 @@ pub fn write_safetensors_file(path: &Path, tensors: &[(&String, &Tensor)]) -> Re
             message: e.to_string(),
         })?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| {
-        ModelError::Checkpoint {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        }
+    write_file_atomic(path, |tmp| {
+        safetensors::serialize_to_file(views, Some(metadata), tmp).map_err(|e| match e {
+            // The OS error (a full disk, a file size limit) stays a cause the CLI can explain.
+            safetensors::SafeTensorError::IoError(e) => ModelError::io(path, e),
+            e => ModelError::Checkpoint {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            },
+        })
     })
 }
 
@@ -321,5 +326,15 @@ impl ShardWriter {
             )?;
         }
         Ok(())
+    }
+}
+
+impl Drop for ShardWriter {
+    /// A writer dropped before `finish` completed (a failed write, a full disk) removes the
+    /// shards it wrote; renamed shards are gone from their temporary names already.
+    fn drop(&mut self) {
+        for (tmp, _) in &self.written {
+            let _ = std::fs::remove_file(tmp);
+        }
     }
 }

@@ -444,10 +444,7 @@ impl LoraAdapters {
             .collect();
         let mut refs: Vec<(&String, &Tensor)> = named.iter().map(|(n, t)| (n, t)).collect();
         refs.sort_by(|x, y| x.0.cmp(y.0));
-        let weights = dir.join(ADAPTER_WEIGHTS_FILE);
-        let tmp = dir.join(format!("{ADAPTER_WEIGHTS_FILE}.tmp"));
-        write_safetensors_file(&tmp, &refs)?;
-        std::fs::rename(&tmp, &weights).map_err(|e| ModelError::io(&weights, e))?;
+        write_safetensors_file(&dir.join(ADAPTER_WEIGHTS_FILE), &refs)?;
         write_atomic(
             &dir.join(ADAPTER_CONFIG_FILE),
             serde_json::to_string_pretty(&config)

@@ -426,16 +426,16 @@ impl TrainableParams {
     }
 }
 
-/// Writes one safetensors file named `file` in `dir`, through a temporary name.
+/// Writes one safetensors file named `file` in `dir`.
 fn save_safetensors_named(
     dir: &Path,
     file: &str,
     tensors: &BTreeMap<String, Tensor>,
 ) -> Result<()> {
-    let tmp = dir.join(format!("{file}.tmp"));
-    write_safetensors_file(&tmp, &tensors.iter().collect::<Vec<_>>())?;
-    let target = dir.join(file);
-    std::fs::rename(&tmp, &target).map_err(|e| TrainError::io(&target, e))
+    Ok(write_safetensors_file(
+        &dir.join(file),
+        &tensors.iter().collect::<Vec<_>>(),
+    )?)
 }
 
 fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {

@@ -325,11 +325,7 @@ fn metrics(
     let out = out.unwrap_or_else(|| predictions.parent().map(PathBuf::from).unwrap_or_default());
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let json_path = out.join("metrics.json");
-    let tmp = out.join("metrics.json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&report)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &json_path)
-        .with_context(|| format!("writing {}", json_path.display()))?;
+    lincal_model::fsutil::write_atomic(&json_path, serde_json::to_string_pretty(&report)?.as_bytes())?;
     let title = format!(
         "Reliability: {}",
         predictions

@@ -327,9 +327,12 @@ fn generate_file(model: &CausalLm, tokenizer: &Tokenizer, job: &FileJob) -> Resu
                 serde_json::to_value(generation.finish_reason)?,
             );
             record.insert("num_tokens".into(), generation.tokens.len().into());
-            writeln!(writer, "{}", serde_json::Value::Object(record))?;
+            writeln!(writer, "{}", serde_json::Value::Object(record))
+                .with_context(|| format!("writing {}", partial.display()))?;
         }
-        writer.flush()?;
+        writer
+            .flush()
+            .with_context(|| format!("writing {}", partial.display()))?;
         progress.inc(batch.len() as u64);
         progress.set_message(format!(
             "{:.0} tokens/s",

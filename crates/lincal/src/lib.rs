@@ -96,6 +96,23 @@ pub fn error_message(error: &anyhow::Error) -> String {
         }
         message.push_str(&text);
     }
+    let out_of_space = error.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|e| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::StorageFull
+                    | std::io::ErrorKind::FileTooLarge
+                    | std::io::ErrorKind::QuotaExceeded
+            )
+        })
+    });
+    if out_of_space {
+        message.push_str(
+            "\nThe disk is full or a file size limit was reached; nothing half-written was \
+             left. Free space (or raise the limit) and run the same command again: it takes \
+             up from the work already saved.",
+        );
+    }
     message
 }
 
@@ -116,5 +133,12 @@ mod tests {
             "reading the SFT examples: cannot read /data/x.jsonl: not valid UTF-8"
         );
         assert_eq!(error_message(&anyhow::anyhow!("plain")), "plain");
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        let error = anyhow::Error::new(full).context("writing /runs/a/out.jsonl");
+        assert!(
+            error_message(&error).contains("\nThe disk is full"),
+            "{}",
+            error_message(&error)
+        );
     }
 }

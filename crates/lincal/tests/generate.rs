@@ -2,7 +2,9 @@
 
 mod common;
 
-use common::{lincal, read_jsonl, tiny_model_dir};
+use common::{
+    leftover_temporaries, lincal, lincal_with_file_size_limit, read_jsonl, tiny_model_dir,
+};
 use std::path::PathBuf;
 
 /// A tiny model, 5 prompts and the arguments of a job on them, run to the end once.
@@ -231,4 +233,61 @@ fn a_second_run_on_an_output_in_use_is_refused() {
     assert_eq!(std::fs::read(&job.output).unwrap(), before);
     drop(lock);
     assert!(job.run(&[]).status.success());
+}
+
+/// A write that fails (here a 2 KiB file size limit, as a full disk would) stops the run with
+/// an error naming the file and what to do; the rows written stay, and the same command run
+/// again finishes the job with exactly the rows of an uninterrupted run.
+#[test]
+fn a_full_disk_stops_generate_and_the_same_command_finishes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(dir.path());
+    let input = dir.path().join("prompts.jsonl");
+    let lines: Vec<String> = (0..40)
+        .map(|i| format!("{{\"id\": {i}, \"prompt\": \"t{} t{}\"}}", 3 + i % 50, 10 + i % 40))
+        .collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let args = |output: &std::path::Path| -> Vec<String> {
+        [
+            "generate",
+            "--model",
+            &model,
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--max-new-tokens",
+            "8",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let reference = dir.path().join("reference.jsonl");
+    let reference_args = args(&reference);
+    let run = lincal(&reference_args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(std::fs::metadata(&reference).unwrap().len() > 4096);
+
+    let output = dir.path().join("out.jsonl");
+    let output_args = args(&output);
+    let output_args: Vec<&str> = output_args.iter().map(String::as_str).collect();
+    let run = lincal_with_file_size_limit(&output_args, 2);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let partial = dir.path().join("out.jsonl.partial");
+    assert!(!run.status.success());
+    assert!(
+        stderr.contains(&format!("writing {}", partial.display()))
+            && stderr.contains("The disk is full or a file size limit was reached"),
+        "{stderr}"
+    );
+    assert!(std::fs::metadata(&partial).unwrap().len() > 1000);
+    let run = lincal(&output_args);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(read_jsonl(&output), read_jsonl(&reference));
+    assert_eq!(leftover_temporaries(dir.path()), Vec::<std::path::PathBuf>::new());
 }

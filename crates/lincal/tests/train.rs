@@ -2,7 +2,9 @@
 
 mod common;
 
-use common::{fails, lincal, tiny_model_dir};
+use common::{
+    fails, leftover_temporaries, lincal, lincal_with_file_size_limit, tiny_model_dir,
+};
 use std::path::Path;
 use std::process::Output;
 
@@ -398,4 +400,37 @@ fn bad_data_and_an_unwritable_output_fail_before_the_model_loads() {
     let out = blocked.join("run");
     let stderr = sft(&train, &out, out.to_str().unwrap());
     assert!(!stderr.contains("no-model"), "{stderr}");
+}
+
+/// A checkpoint write that fails (a 32 KiB file size limit: the tiny model's weights are about
+/// 70 KB, as a full disk would fail them) stops the run naming the file, leaves no temporary
+/// file or directory behind, and the same command then trains to the end.
+#[test]
+fn a_full_disk_during_a_checkpoint_leaves_nothing_half_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(dir.path());
+    let train = write(
+        &dir.path().join("train.jsonl"),
+        &(0..4)
+            .map(|i| format!("{{\"prompt\": \"t{}\", \"target\": \" t{}\"}}", 3 + i, 20 + i))
+            .collect::<Vec<_>>(),
+    );
+    let out = dir.path().join("run");
+    let mut args = vec![
+        "sft", "--model", &model, "--out", out.to_str().unwrap(), "--preset", "lc_sft", "--train",
+        &train, "--eval", &train, "--device", "cpu",
+    ];
+    args.extend(SMALL);
+    let run = lincal_with_file_size_limit(&args, 32);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(
+        stderr.contains(&out.join("checkpoints").display().to_string())
+            && stderr.contains("The disk is full or a file size limit was reached"),
+        "{stderr}"
+    );
+    assert_eq!(leftover_temporaries(&out), Vec::<std::path::PathBuf>::new());
+    let finished = ok(lincal(&args));
+    assert!(finished.contains("finished 4 of 4 steps"), "{finished}");
+    assert_eq!(leftover_temporaries(&out), Vec::<std::path::PathBuf>::new());
 }

@@ -12,6 +12,37 @@ pub fn lincal(args: &[&str]) -> Output {
         .expect("lincal runs")
 }
 
+/// Runs `lincal` with every file it writes limited to `kib` KiB (RLIMIT_FSIZE, set by the
+/// shell's `ulimit -f`), which fails writes as a full disk does. SIGXFSZ is ignored, so a write
+/// past the limit returns an error (EFBIG) instead of killing the process.
+#[allow(dead_code)]
+pub fn lincal_with_file_size_limit(args: &[&str], kib: u64) -> Output {
+    Command::new("bash")
+        .arg("-c")
+        .arg(format!("trap '' XFSZ; ulimit -f {kib}; exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_lincal"))
+        .args(args)
+        .output()
+        .expect("bash runs")
+}
+
+/// Every path under `dir` whose name marks a temporary file or directory.
+#[allow(dead_code)]
+pub fn leftover_temporaries(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".tmp") || name.ends_with(".partial") || name.ends_with(".old") {
+            found.push(path.clone());
+        }
+        if path.is_dir() {
+            found.extend(leftover_temporaries(&path));
+        }
+    }
+    found
+}
+
 /// The stderr of a `lincal` run that must fail, checked to hold `expected`.
 #[allow(dead_code)]
 pub fn fails(args: &[&str], expected: &str) -> String {
