@@ -622,6 +622,8 @@ struct StageJob<'a> {
     settings: &'a Settings,
     templates: &'a Templates,
     extraction: ExtractionPrompt,
+    /// Requests asked again after an answer that did not parse (or a failed call), so far.
+    reasked: std::cell::Cell<u64>,
 }
 
 impl<'a> StageJob<'a> {
@@ -690,6 +692,7 @@ impl<'a> StageJob<'a> {
             settings,
             templates: cx.templates,
             extraction: cx.extraction,
+            reasked: std::cell::Cell::new(0),
         })
     }
 
@@ -726,6 +729,14 @@ impl<'a> StageJob<'a> {
             });
         let mut outcomes: Vec<Vec<Outcome<T>>> = items.iter().map(|_| Vec::new()).collect();
         for ((owner, name), answer) in owners.into_iter().zip(names).zip(answers) {
+            let attempts = match &answer {
+                Ok(parsed) => parsed.attempts,
+                Err(ParseFailure::Unparseable { attempts, .. } | ParseFailure::Call { attempts, .. }) => {
+                    *attempts
+                }
+            };
+            self.reasked
+                .set(self.reasked.get() + u64::from(attempts.saturating_sub(1)));
             let id = items[owner].key();
             let outcome = match answer {
                 // Every request of a stage asks for one sample.
@@ -930,6 +941,7 @@ impl<'a> StageJob<'a> {
             ("produced".to_string(), produced),
             ("failed".to_string(), failed),
             ("records".to_string(), records.len() as u64),
+            ("reasked".to_string(), self.reasked.get()),
         ]);
         let mut summary = serde_json::Map::new();
         if let Some(accounting) = &options.accounting {

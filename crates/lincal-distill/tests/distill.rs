@@ -274,11 +274,20 @@ fn counts(report: &StageReport) -> Vec<(String, u64)> {
     report.manifest.counts.clone().into_iter().collect()
 }
 
-fn count_list(items: u64, reused: u64, produced: u64, failed: u64) -> Vec<(String, u64)> {
+/// The manifest counts of a stage; `reasked` counts the requests asked again after an answer
+/// that did not parse.
+fn count_list(
+    items: u64,
+    reused: u64,
+    produced: u64,
+    failed: u64,
+    reasked: u64,
+) -> Vec<(String, u64)> {
     vec![
         ("failed".into(), failed),
         ("items".into(), items),
         ("produced".into(), produced),
+        ("reasked".into(), reasked),
         ("records".into(), reused + produced),
         ("reused".into(), reused),
     ]
@@ -374,7 +383,7 @@ fn queries_hide_the_answer_rephrase_jeopardy_clues_and_record_failures() {
             "attempts": 3,
         })]
     );
-    assert_eq!(counts(&report), count_list(4, 0, 3, 1));
+    assert_eq!(counts(&report), count_list(4, 0, 3, 1, 3));
     // The retry of q1 used the next seed of the same request.
     let q1: Vec<u64> = teacher
         .fake
@@ -417,7 +426,7 @@ fn three_queries_get_eight_samples_each_cut_at_the_blank_line() {
         SampleTemplate::Icl,
     )
     .unwrap();
-    assert_eq!(counts(&report), count_list(3, 0, 3, 0));
+    assert_eq!(counts(&report), count_list(3, 0, 3, 0, 1));
     let records = read_lines(&out.join("samples.jsonl"));
     let samples = |i: usize| -> Vec<String> {
         serde_json::from_value(records[i]["samples"].clone()).unwrap()
@@ -471,7 +480,7 @@ fn summaries_see_the_samples_and_make_sft_training_rows() {
         true,
     )
     .unwrap();
-    assert_eq!(counts(&report), count_list(3, 0, 2, 1));
+    assert_eq!(counts(&report), count_list(3, 0, 2, 1, 2));
     // The summary prompt holds the query's eight samples as numbered Thoughts, in order.
     let summary_prompt = teacher
         .fake
@@ -602,7 +611,7 @@ fn reader_labels_include_the_ground_truth_and_feed_the_reader_sets() {
         &settings(Stage::Extract),
     )
     .unwrap();
-    assert_eq!(counts(&report), count_list(3, 0, 2, 1));
+    assert_eq!(counts(&report), count_list(3, 0, 2, 1, 2));
     let records = read_lines(&extractions.join("extractions.jsonl"));
     assert_eq!(records[0]["extracted_answers"], json!(["Paris", "Lyon"]));
     assert_eq!(records[0]["aliases"], json!(["Paris", "Paris, France"]));
@@ -647,7 +656,7 @@ fn reader_labels_include_the_ground_truth_and_feed_the_reader_sets() {
         &settings(Stage::Forecast),
     )
     .unwrap();
-    let mut expected = count_list(2, 0, 2, 0);
+    let mut expected = count_list(2, 0, 2, 0, 0);
     expected.insert(0, ("dropped_candidates".into(), 0));
     assert_eq!(counts(&report), expected);
     let records = read_lines(&forecasts.join("forecasts.jsonl"));
@@ -722,7 +731,7 @@ fn reader_labels_include_the_ground_truth_and_feed_the_reader_sets() {
         &settings(Stage::Binary),
     )
     .unwrap();
-    assert_eq!(counts(&report), count_list(3, 0, 2, 1));
+    assert_eq!(counts(&report), count_list(3, 0, 2, 1, 0));
     assert_eq!(
         read_lines(&binary.join("failures.jsonl")),
         [json!({
@@ -836,7 +845,7 @@ fn a_killed_stage_resumes_without_asking_again_and_ends_as_an_uninterrupted_one(
         2,
         "only the two unfinished items are asked"
     );
-    assert_eq!(counts(&report), count_list(6, 4, 2, 0));
+    assert_eq!(counts(&report), count_list(6, 4, 2, 0, 0));
     assert_eq!(
         read_lines(&out.join("queries.jsonl")),
         read_lines(&whole.join("queries.jsonl"))
@@ -883,7 +892,7 @@ fn a_killed_stage_resumes_without_asking_again_and_ends_as_an_uninterrupted_one(
         ..settings(Stage::Queries)
     };
     let report = distill::make_queries(&cx, &questions, &out, &limited).unwrap();
-    assert_eq!(counts(&report), count_list(2, 0, 2, 0));
+    assert_eq!(counts(&report), count_list(2, 0, 2, 0, 0));
     assert_eq!(read_lines(&out.join("queries.jsonl")).len(), 2);
 }
 
@@ -1015,7 +1024,7 @@ fn a_stage_with_most_items_failed_stays_unfinished_and_a_rerun_retries_them() {
     )
     .unwrap();
     assert!(report.resumed && !report.skipped);
-    assert_eq!(counts(&report), count_list(4, 1, 2, 1));
+    assert_eq!(counts(&report), count_list(4, 1, 2, 1, 2));
     // q2 and q3 once each, q4 three times; France is not asked again.
     assert_eq!(teacher.calls(Task::Query), 1 + 1 + 3);
     assert_eq!(read_lines(&out.join("queries.jsonl")).len(), 3);
@@ -1046,7 +1055,7 @@ fn the_retry_budget_and_the_failure_share_are_not_part_of_a_stages_identity() {
     let teacher = Teacher::new();
     let report = run(&teacher, &generous).unwrap();
     assert!(report.resumed);
-    assert_eq!(counts(&report), count_list(4, 0, 3, 1));
+    assert_eq!(counts(&report), count_list(4, 0, 3, 1, 5));
     assert_eq!(teacher.calls(Task::Query), 2 + 1 + 1 + 5);
     let recorded = &report.manifest.config["settings"];
     assert_eq!(
@@ -1113,7 +1122,7 @@ fn a_failed_forecast_drops_only_its_candidate() {
         &settings(Stage::Forecast),
     )
     .unwrap();
-    let mut expected = count_list(2, 0, 1, 1);
+    let mut expected = count_list(2, 0, 1, 1, 2);
     expected.insert(0, ("dropped_candidates".into(), 1));
     assert_eq!(counts(&report), expected);
     let records = read_lines(&forecasts.join("forecasts.jsonl"));
@@ -1192,6 +1201,6 @@ fn a_second_run_on_a_locked_stage_is_refused_and_a_dead_runs_lock_is_taken_over(
     std::fs::write(&lock, serde_json::to_string(&stale).unwrap()).unwrap();
     let report = run(&Teacher::new()).unwrap();
     assert_eq!(report.took_over_lock, Some(stale));
-    assert_eq!(counts(&report), count_list(3, 0, 3, 0));
+    assert_eq!(counts(&report), count_list(3, 0, 3, 0, 1));
     assert!(!lock.exists(), "released when the stage ends");
 }

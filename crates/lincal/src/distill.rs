@@ -485,8 +485,14 @@ fn print_report(report: &StageReport, accounting: Option<&Accounting>) {
             Stage::Forecast.output()
         ),
     };
+    // Re-asks go to the model as new requests (the next seed), so the usage lines below count
+    // them among the requests; this says how many there were.
+    let reasked = match count("reasked") {
+        0 => String::new(),
+        n => format!("; {n} requests asked again after an answer that did not parse"),
+    };
     eprintln!(
-        "{}: {} of {} items done{reused}; {} failed (see {dir}/failures.jsonl){dropped}",
+        "{}: {} of {} items done{reused}; {} failed (see {dir}/failures.jsonl){reasked}{dropped}",
         manifest.stage,
         count("records"),
         count("items"),
