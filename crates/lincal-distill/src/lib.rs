@@ -731,9 +731,10 @@ impl<'a> StageJob<'a> {
         for ((owner, name), answer) in owners.into_iter().zip(names).zip(answers) {
             let attempts = match &answer {
                 Ok(parsed) => parsed.attempts,
-                Err(ParseFailure::Unparseable { attempts, .. } | ParseFailure::Call { attempts, .. }) => {
-                    *attempts
-                }
+                Err(
+                    ParseFailure::Unparseable { attempts, .. }
+                    | ParseFailure::Call { attempts, .. },
+                ) => *attempts,
             };
             self.reasked
                 .set(self.reasked.get() + u64::from(attempts.saturating_sub(1)));

@@ -30,7 +30,8 @@ pub fn write_file_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -
         .tempfile_in(dir)
         .map_err(|e| ModelError::io(path, e))?;
     write(tmp.path())?;
-    tmp.persist(path).map_err(|e| ModelError::io(path, e.error))?;
+    tmp.persist(path)
+        .map_err(|e| ModelError::io(path, e.error))?;
     Ok(())
 }
 

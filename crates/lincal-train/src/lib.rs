@@ -13,6 +13,7 @@ pub mod data;
 pub mod error;
 pub mod optim;
 pub mod ppo;
+pub mod progress;
 pub mod reward_model;
 pub mod run;
 pub mod scorer;

@@ -6,10 +6,10 @@
 
 use crate::error::{Result, TrainError};
 use crate::optim::TrainableParams;
+use crate::progress::ProgressLines;
 use crate::run::{Opened, RunDir, RunOptions, TrainState};
 use indicatif::{ProgressBar, ProgressStyle};
 use lincal_data::artifact::Manifest;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::Device;
@@ -200,10 +200,7 @@ impl TrainingRun {
     ) -> Result<()> {
         let bar = progress_bar(self.progress, self.state.step, self.state.total_steps);
         // Without a terminal the bar draws nothing: a line now and then says how it goes.
-        let mut log_lines = ProgressLines::new(
-            self.progress && !std::io::stderr().is_terminal(),
-            self.state.step,
-        );
+        let mut log_lines = ProgressLines::for_stderr(self.progress, self.state.step);
         let started = Instant::now();
         while self.state.step < self.state.total_steps
             && stop_at_step.is_none_or(|stop| self.state.step < stop)
@@ -229,7 +226,7 @@ impl TrainingRun {
                 eprintln!(
                     "step {done}/{} {}, {}",
                     self.state.total_steps,
-                    log_lines.rate(done, self.state.total_steps),
+                    log_lines.rate(done, self.state.total_steps, "step"),
                     message
                 );
             }
@@ -317,49 +314,6 @@ fn check_same_run(checkpoint: &Path, saved: &TrainState, now: &TrainState) -> Re
         ));
     }
     Ok(())
-}
-
-/// Progress as lines on stderr, for logs: after the first step, then at most every
-/// [`PROGRESS_LINE_INTERVAL`], and after the last.
-struct ProgressLines {
-    enabled: bool,
-    started: Instant,
-    first_step: u64,
-    last_line: Option<Instant>,
-}
-
-const PROGRESS_LINE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
-
-impl ProgressLines {
-    fn new(enabled: bool, first_step: u64) -> Self {
-        ProgressLines {
-            enabled,
-            started: Instant::now(),
-            first_step,
-            last_line: None,
-        }
-    }
-
-    /// Whether a line is due after step `done` of `total`; if so, it counts as written.
-    fn due(&mut self, done: u64, total: u64) -> bool {
-        let due = self.enabled
-            && (done == total
-                || self
-                    .last_line
-                    .is_none_or(|at| at.elapsed() >= PROGRESS_LINE_INTERVAL));
-        if due {
-            self.last_line = Some(Instant::now());
-        }
-        due
-    }
-
-    /// Seconds per step so far and the estimate of the rest, e.g. "2.1 s/step, 190 s left".
-    fn rate(&self, done: u64, total: u64) -> String {
-        let steps = done.saturating_sub(self.first_step).max(1);
-        let per_step = self.started.elapsed().as_secs_f64() / steps as f64;
-        let left = per_step * total.saturating_sub(done) as f64;
-        format!("{per_step:.1} s/step, {left:.0} s left")
-    }
 }
 
 /// A step counter on stderr (hidden unless `enabled`).

@@ -4,9 +4,9 @@
 //! extractor model where it needs one), a response cache in the stage directory, a progress
 //! bar over the model's requests and a run summary with token and cost accounting.
 
+use crate::progress::ProgressDisplay;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
 use lincal_data::artifact::CACHE_FILE;
 use lincal_data::prompts::{ExtractionPrompt, Templates};
 use lincal_distill::{
@@ -312,7 +312,7 @@ impl BaseArgs {
 struct Model {
     client: LlmClient,
     accounting: Arc<Accounting>,
-    bar: ProgressBar,
+    bar: ProgressDisplay,
 }
 
 impl Model {
@@ -343,11 +343,12 @@ impl Model {
             }
         };
         let accounting = Arc::new(Accounting::new());
-        let bar = ProgressBar::new(0).with_style(
-            ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} requests [{elapsed_precise} < {eta_precise}] {msg}",
-            )
-            .expect("valid template"),
+        let bar = ProgressDisplay::new(
+            args.out.display().to_string(),
+            "request",
+            0,
+            0,
+            "{bar:40} {pos}/{len} requests [{elapsed_precise} < {eta_precise}] {msg}",
         );
         let (cached, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let hook_bar = bar.clone();

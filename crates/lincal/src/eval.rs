@@ -8,7 +8,6 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use lincal_data::artifact::CACHE_FILE;
 use lincal_data::parse::{ExtractionParsing, LexicalReader};
 use lincal_data::prompts::{ExtractionPrompt, Templates};
@@ -33,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::local_llm::LocalLlm;
+use crate::progress::ProgressDisplay;
 use crate::surrogate_reader::SurrogateReader;
 
 #[derive(Subcommand)]
@@ -325,7 +325,10 @@ fn metrics(
     let out = out.unwrap_or_else(|| predictions.parent().map(PathBuf::from).unwrap_or_default());
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let json_path = out.join("metrics.json");
-    lincal_model::fsutil::write_atomic(&json_path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    lincal_model::fsutil::write_atomic(
+        &json_path,
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
     let title = format!(
         "Reliability: {}",
         predictions
@@ -602,7 +605,7 @@ fn extra(run: &RunArgs, policy: &ModelSource) -> BTreeMap<String, serde_json::Va
 /// A progress bar per pipeline stage.
 #[derive(Default)]
 struct StageBars {
-    bar: Mutex<Option<ProgressBar>>,
+    bar: Mutex<Option<ProgressDisplay>>,
 }
 
 impl StageBars {
@@ -613,15 +616,13 @@ impl StageBars {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         match event {
             ProgressEvent::Started { stage, total, done } => {
-                let new = ProgressBar::new(total as u64).with_style(
-                    ProgressStyle::with_template(
-                        "{msg:>28} {bar:40} {pos}/{len} [{elapsed_precise} < {eta_precise}]",
-                    )
-                    .expect("valid template"),
-                );
-                new.set_message(stage.to_string());
-                new.set_position(done as u64);
-                *bar = Some(new);
+                *bar = Some(ProgressDisplay::new(
+                    stage.to_string(),
+                    "item",
+                    total as u64,
+                    done as u64,
+                    "{prefix:>28} {bar:40} {pos}/{len} [{elapsed_precise} < {eta_precise}]",
+                ));
             }
             ProgressEvent::Advanced { by, .. } => {
                 if let Some(bar) = bar.as_ref() {

@@ -3,6 +3,7 @@
 //! and kept, and the stage manifest `OUT.manifest.json` records the input's sha256 and the
 //! settings, so that only the same job takes up an interrupted one.
 
+use crate::progress::ProgressDisplay;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use lincal_data::artifact::{InputFile, Manifest, timestamp};
@@ -302,13 +303,13 @@ fn generate_file(model: &CausalLm, tokenizer: &Tokenizer, job: &FileJob) -> Resu
         .open(&partial)
         .with_context(|| format!("opening {}", partial.display()))?;
     let mut writer = std::io::BufWriter::new(file);
-    let progress = indicatif::ProgressBar::new(rows.len() as u64).with_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} prompts [{elapsed_precise} < {eta_precise}] {msg}",
-        )
-        .expect("valid template"),
+    let progress = ProgressDisplay::new(
+        job.output.display().to_string(),
+        "prompt",
+        rows.len() as u64,
+        done as u64,
+        "{bar:40} {pos}/{len} prompts [{elapsed_precise} < {eta_precise}] {msg}",
     );
-    progress.set_position(done as u64);
     let started = std::time::Instant::now();
     let mut new_tokens = 0usize;
     for batch in rows[done..].chunks(batch_size) {
@@ -333,11 +334,11 @@ fn generate_file(model: &CausalLm, tokenizer: &Tokenizer, job: &FileJob) -> Resu
         writer
             .flush()
             .with_context(|| format!("writing {}", partial.display()))?;
-        progress.inc(batch.len() as u64);
         progress.set_message(format!(
             "{:.0} tokens/s",
             new_tokens as f64 / started.elapsed().as_secs_f64()
         ));
+        progress.inc(batch.len() as u64);
     }
     drop(writer);
     std::fs::rename(&partial, job.output)

@@ -12,6 +12,7 @@ pub mod generate;
 pub mod local_llm;
 pub mod pipeline;
 pub mod ppo;
+mod progress;
 pub mod surrogate_reader;
 pub mod train;
 

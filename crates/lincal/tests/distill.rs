@@ -98,6 +98,11 @@ fn the_teacher_chain_runs_on_a_random_model_and_keeps_its_failures() {
         &model,
     ]));
     assert!(stderr.contains("distill-queries: "), "{stderr}");
+    // stderr is no terminal here: progress comes as lines, the last after the last request.
+    assert!(
+        stderr.contains(&format!("{}: 3/3 requests, ", queries.display())),
+        "{stderr}"
+    );
     let manifest = finished(&queries, "distill-queries");
     assert_eq!(manifest.counts["items"], 3);
     assert!(queries.join("cache.sqlite").exists());

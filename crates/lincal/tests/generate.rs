@@ -244,7 +244,13 @@ fn a_full_disk_stops_generate_and_the_same_command_finishes_it() {
     let model = tiny_model_dir(dir.path());
     let input = dir.path().join("prompts.jsonl");
     let lines: Vec<String> = (0..40)
-        .map(|i| format!("{{\"id\": {i}, \"prompt\": \"t{} t{}\"}}", 3 + i % 50, 10 + i % 40))
+        .map(|i| {
+            format!(
+                "{{\"id\": {i}, \"prompt\": \"t{} t{}\"}}",
+                3 + i % 50,
+                10 + i % 40
+            )
+        })
         .collect();
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
     let args = |output: &std::path::Path| -> Vec<String> {
@@ -269,8 +275,17 @@ fn a_full_disk_stops_generate_and_the_same_command_finishes_it() {
     };
     let reference = dir.path().join("reference.jsonl");
     let reference_args = args(&reference);
-    let run = lincal(&reference_args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let run = lincal(
+        &reference_args
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     assert!(std::fs::metadata(&reference).unwrap().len() > 4096);
 
     let output = dir.path().join("out.jsonl");
@@ -287,7 +302,16 @@ fn a_full_disk_stops_generate_and_the_same_command_finishes_it() {
     );
     assert!(std::fs::metadata(&partial).unwrap().len() > 1000);
     let run = lincal(&output_args);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
     assert_eq!(read_jsonl(&output), read_jsonl(&reference));
-    assert_eq!(leftover_temporaries(dir.path()), Vec::<std::path::PathBuf>::new());
+    // stderr is no terminal here: progress comes as lines, the last after the last prompt.
+    assert!(
+        stderr.contains(&format!("{}: 40/40 prompts, ", output.display())),
+        "{stderr}"
+    );
+    assert_eq!(
+        leftover_temporaries(dir.path()),
+        Vec::<std::path::PathBuf>::new()
+    );
 }

@@ -2,9 +2,7 @@
 
 mod common;
 
-use common::{
-    fails, leftover_temporaries, lincal, lincal_with_file_size_limit, tiny_model_dir,
-};
+use common::{fails, leftover_temporaries, lincal, lincal_with_file_size_limit, tiny_model_dir};
 use std::path::Path;
 use std::process::Output;
 
@@ -412,13 +410,30 @@ fn a_full_disk_during_a_checkpoint_leaves_nothing_half_written() {
     let train = write(
         &dir.path().join("train.jsonl"),
         &(0..4)
-            .map(|i| format!("{{\"prompt\": \"t{}\", \"target\": \" t{}\"}}", 3 + i, 20 + i))
+            .map(|i| {
+                format!(
+                    "{{\"prompt\": \"t{}\", \"target\": \" t{}\"}}",
+                    3 + i,
+                    20 + i
+                )
+            })
             .collect::<Vec<_>>(),
     );
     let out = dir.path().join("run");
     let mut args = vec![
-        "sft", "--model", &model, "--out", out.to_str().unwrap(), "--preset", "lc_sft", "--train",
-        &train, "--eval", &train, "--device", "cpu",
+        "sft",
+        "--model",
+        &model,
+        "--out",
+        out.to_str().unwrap(),
+        "--preset",
+        "lc_sft",
+        "--train",
+        &train,
+        "--eval",
+        &train,
+        "--device",
+        "cpu",
     ];
     args.extend(SMALL);
     let run = lincal_with_file_size_limit(&args, 32);
