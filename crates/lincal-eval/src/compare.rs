@@ -6,11 +6,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
-use lincal_metrics::{FrontierPoint, write_frontier_plot, write_reliability_diagram};
+use lincal_metrics::{
+    BootstrapConfig, Estimate, FrontierPoint, PairedComparison, Prediction, ReportConfig,
+    paired_comparison, write_frontier_plot, write_reliability_diagram,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::EvalError;
-use crate::examples::{ExampleKind, ScoredExample, read_examples};
+use crate::examples::{ExampleKind, ScoredExample, predictions, read_examples};
 use crate::files::{write_atomically, write_json};
 use crate::render::{
     Cell, Table, format_interval, format_value, html, html_page, interval_label, markdown,
@@ -40,6 +43,17 @@ pub struct Comparison {
     pub runs: Vec<ComparedRun>,
     /// Caveats a reader of the table should know (different judges, different questions).
     pub notes: Vec<String>,
+    /// Every pair of runs whose examples are at hand, compared on the subjects both scored.
+    #[serde(default)]
+    pub pairs: Vec<ComparedPair>,
+}
+
+/// Run `a` against run `b` (indices into `runs`): their differences with paired intervals.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComparedPair {
+    pub a: usize,
+    pub b: usize,
+    pub differences: PairedComparison,
 }
 
 /// Compares the runs in `run_dirs` (each holding a `results.json` from
@@ -59,8 +73,16 @@ pub fn compare(run_dirs: &[PathBuf], out_dir: impl AsRef<Path>) -> Result<Compar
         .map(read_results)
         .collect::<Result<Vec<_>, _>>()?;
     check_comparable(run_dirs, &results)?;
+    let examples = run_dirs
+        .iter()
+        .map(|dir| {
+            let path = dir.join(EXAMPLES_FILE);
+            path.exists().then(|| read_examples(&path)).transpose()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut notes = setting_notes(run_dirs, &results);
-    notes.extend(overlap_note(run_dirs, results[0].kind)?);
+    notes.extend(overlap_note(run_dirs, &examples, results[0].kind));
+    let pairs = paired_differences(&examples, &results)?;
 
     let labels = labels(run_dirs, &results);
     let runs: Vec<ComparedRun> = run_dirs
@@ -80,6 +102,7 @@ pub fn compare(run_dirs: &[PathBuf], out_dir: impl AsRef<Path>) -> Result<Compar
         kind: runs[0].results.kind,
         runs,
         notes,
+        pairs,
     };
 
     std::fs::create_dir_all(out_dir).map_err(|source| EvalError::Write {
@@ -243,53 +266,111 @@ fn setting_notes(run_dirs: &[PathBuf], results: &[RunResults]) -> Vec<String> {
 }
 
 /// A note when the runs did not score the same questions (QA) or entities (biographies), or
-/// when a run's examples are missing so this cannot be checked.
-fn overlap_note(run_dirs: &[PathBuf], kind: ExampleKind) -> Result<Option<String>, EvalError> {
+/// when a run's examples are missing (`None`) so this cannot be checked.
+fn overlap_note(
+    run_dirs: &[PathBuf],
+    examples: &[Option<Vec<ScoredExample>>],
+    kind: ExampleKind,
+) -> Option<String> {
     let subject = match kind {
         ExampleKind::Qa => "questions",
         ExampleKind::Claim => "entities",
     };
-    let mut sets: Vec<BTreeSet<String>> = Vec::new();
-    let mut missing = Vec::new();
-    for (i, dir) in run_dirs.iter().enumerate() {
-        let path = dir.join(EXAMPLES_FILE);
-        if !path.exists() {
-            missing.push(i);
-            continue;
-        }
-        let examples = read_examples(&path)?;
-        sets.push(
-            examples
-                .iter()
-                .map(ScoredExample::subject)
-                .map(String::from)
-                .collect(),
-        );
-    }
+    let missing: Vec<usize> = (0..run_dirs.len())
+        .filter(|&i| examples[i].is_none())
+        .collect();
     if !missing.is_empty() {
-        return Ok(Some(format!(
+        return Some(format!(
             "{EXAMPLES_FILE} is missing in {}, so whether all runs scored the same {subject} \
-             was not checked.",
+             was not checked, and those runs have no paired differences.",
             dir_list(run_dirs, &missing)
-        )));
+        ));
     }
+    let sets: Vec<BTreeSet<&str>> = examples
+        .iter()
+        .flatten()
+        .map(|examples| examples.iter().map(ScoredExample::subject).collect())
+        .collect();
     let common = sets.iter().skip(1).fold(sets[0].clone(), |acc, s| {
-        acc.intersection(s).cloned().collect()
+        acc.intersection(s).copied().collect()
     });
     if sets.iter().all(|s| s.len() == common.len()) {
-        return Ok(None);
+        return None;
     }
     let sizes: Vec<String> = run_dirs
         .iter()
         .zip(&sets)
         .map(|(dir, s)| format!("{} has {}", dir.display(), s.len()))
         .collect();
-    Ok(Some(format!(
+    Some(format!(
         "The runs scored different {subject}: {}; {} are in every run. Differences in the \
-         metrics partly reflect the {subject}.",
+         metrics partly reflect the {subject}; the paired differences use the {subject} both \
+         runs of a pair scored.",
         sizes.join(", "),
         common.len()
-    )))
+    ))
+}
+
+/// The predictions of each subject (question or entity) of a run, by subject.
+fn predictions_by_subject(examples: &[ScoredExample]) -> BTreeMap<&str, Vec<Prediction>> {
+    let mut by_subject: BTreeMap<&str, Vec<ScoredExample>> = BTreeMap::new();
+    for example in examples {
+        by_subject
+            .entry(example.subject())
+            .or_default()
+            .push(example.clone());
+    }
+    by_subject
+        .into_iter()
+        .map(|(subject, examples)| (subject, predictions(&examples)))
+        .collect()
+}
+
+/// Each pair of runs with examples, compared on the subjects both scored, resampled with the
+/// bootstrap settings and ECE bins of the runs' metrics (the first run's; the bins were
+/// checked equal).
+fn paired_differences(
+    examples: &[Option<Vec<ScoredExample>>],
+    results: &[RunResults],
+) -> Result<Vec<ComparedPair>, EvalError> {
+    let metrics = &results[0].metrics;
+    let config = ReportConfig {
+        bins: metrics.bins,
+        binning: metrics.binning,
+        bootstrap: BootstrapConfig {
+            resamples: metrics.bootstrap_resamples,
+            seed: metrics.seed,
+            level: metrics.ci_level,
+        },
+    };
+    let by_subject: Vec<Option<BTreeMap<&str, Vec<Prediction>>>> = examples
+        .iter()
+        .map(|e| e.as_deref().map(predictions_by_subject))
+        .collect();
+    let mut pairs = Vec::new();
+    for a in 0..by_subject.len() {
+        for b in a + 1..by_subject.len() {
+            let (Some(run_a), Some(run_b)) = (&by_subject[a], &by_subject[b]) else {
+                continue;
+            };
+            let (mut preds_a, mut preds_b) = (Vec::new(), Vec::new());
+            for (subject, preds) in run_a {
+                if let Some(other) = run_b.get(subject) {
+                    preds_a.push(preds.clone());
+                    preds_b.push(other.clone());
+                }
+            }
+            if preds_a.is_empty() {
+                continue;
+            }
+            pairs.push(ComparedPair {
+                a,
+                b,
+                differences: paired_comparison(&preds_a, &preds_b, &config)?,
+            });
+        }
+    }
+    Ok(pairs)
 }
 
 /// Method names, made unique with the run directory's name where two runs share one.
@@ -376,6 +457,50 @@ fn comparison_table(comparison: &Comparison) -> Table {
     table
 }
 
+/// One row per pair of runs: each difference a − b with its paired interval, in bold where the
+/// interval excludes zero.
+fn paired_table(comparison: &Comparison) -> Table {
+    let level = interval_label(comparison.runs[0].results.metrics.ci_level);
+    let header = [
+        ("a − b".to_string(), false),
+        ("subjects".to_string(), true),
+        (format!("accuracy [{level}]"), true),
+        (format!("ECE [{level}]"), true),
+        (format!("Brier score [{level}]"), true),
+    ];
+    let header: Vec<(&str, bool)> = header.iter().map(|(h, n)| (h.as_str(), *n)).collect();
+    let mut table = Table::new(&header);
+    for pair in &comparison.pairs {
+        let d = &pair.differences;
+        let mut cells = vec![
+            Cell::new(format!(
+                "{} − {}",
+                comparison.runs[pair.a].label, comparison.runs[pair.b].label
+            )),
+            Cell::new(d.subjects.to_string()),
+        ];
+        for metric in [&d.accuracy, &d.ece, &d.brier] {
+            let estimate = Estimate {
+                value: Some(metric.difference.value),
+                ci_low: metric.difference.ci_low,
+                ci_high: metric.difference.ci_high,
+            };
+            let text = format!(
+                "{:+.4} {}",
+                metric.difference.value,
+                format_interval(&estimate)
+            );
+            cells.push(Cell::new(text).strong(metric.distinguishable));
+        }
+        table.push(cells);
+    }
+    table
+}
+
+const PAIRED_NOTE: &str = "Each difference is run a minus run b on the subjects both scored, \
+     with a paired bootstrap interval (the same resampled subjects for both runs). Bold: the \
+     interval excludes zero; the others are not distinguishable from no difference.";
+
 fn comparison_title(comparison: &Comparison) -> String {
     format!("{} runs on {}", comparison.runs.len(), comparison.dataset)
 }
@@ -417,6 +542,11 @@ fn comparison_markdown(comparison: &Comparison, out_dir: &Path) -> String {
         )
         .unwrap();
     }
+    if !comparison.pairs.is_empty() {
+        out += "\n## Paired differences\n\n";
+        out += &paired_table(comparison).to_markdown();
+        writeln!(out, "\n{PAIRED_NOTE}").unwrap();
+    }
     if !comparison.notes.is_empty() {
         out += "\n## Notes\n\n";
         for note in &comparison.notes {
@@ -445,6 +575,11 @@ fn comparison_html(
     let mut body = format!("<h1>{}</h1>\n", html(&comparison_title(comparison)));
     body += &comparison_table(comparison).to_html();
     body += "<p class=\"note\">Bold: the best value of each column.</p>\n";
+    if !comparison.pairs.is_empty() {
+        body += "<h2>Paired differences</h2>\n";
+        body += &paired_table(comparison).to_html();
+        writeln!(body, "<p class=\"note\">{}</p>", html(PAIRED_NOTE)).unwrap();
+    }
     if !comparison.notes.is_empty() {
         body += "<h2>Notes</h2>\n<ul>\n";
         for note in &comparison.notes {

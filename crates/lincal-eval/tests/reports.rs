@@ -504,7 +504,8 @@ fn comparison_puts_runs_side_by_side() {
         comparison.notes[1],
         format!(
             "The runs scored different questions: {} has 40, {} has 40, {} has 38; 38 are in \
-             every run. Differences in the metrics partly reflect the questions.",
+             every run. Differences in the metrics partly reflect the questions; the paired \
+             differences use the questions both runs of a pair scored.",
             a.display(),
             b.display(),
             c.display()
@@ -558,9 +559,44 @@ fn comparison_puts_runs_side_by_side() {
         );
         assert!(md.contains(&row), "no {row:?} in\n{md}");
     }
+    // Every pair gets paired differences on the questions both scored. a and c are the same
+    // method on the same questions (c has 38 of a's 40): a difference of exactly zero.
+    let pairs: Vec<(usize, usize, usize)> = comparison
+        .pairs
+        .iter()
+        .map(|p| (p.a, p.b, p.differences.subjects))
+        .collect();
+    assert_eq!(pairs, [(0, 1, 40), (0, 2, 38), (1, 2, 38)]);
+    let a_b = &comparison.pairs[0].differences;
+    assert_eq!(
+        (a_b.accuracy.a, a_b.accuracy.b),
+        (
+            results[0].metrics.accuracy.value,
+            results[1].metrics.accuracy.value
+        )
+    );
+    assert_eq!(
+        a_b.accuracy.difference.value,
+        results[0].metrics.accuracy.value - results[1].metrics.accuracy.value
+    );
+    let a_c = &comparison.pairs[1].differences.accuracy;
+    assert_eq!(
+        (
+            a_c.difference.ci_low,
+            a_c.difference.ci_high,
+            a_c.distinguishable
+        ),
+        (Some(0.0), Some(0.0), false)
+    );
+    assert!(
+        md.contains("## Paired differences")
+            && md.contains("| LC RL (a) − LC RL (c) | 38 | +0.0000 [0.0000, 0.0000] |"),
+        "{md}"
+    );
     let page = std::fs::read_to_string(out.join("comparison.html")).unwrap();
     assert_self_contained(&page);
     assert!(page.contains("<td>Factuality &lt;SFT&gt;</td>"));
+    assert!(page.contains("<h2>Paired differences</h2>"));
     assert_eq!(page.matches("<img ").count(), 4);
 }
 

@@ -82,13 +82,7 @@ pub(crate) fn resample_statistics<T: Send>(
         .map_init(
             || (vec![0u32; n], Vec::with_capacity(n)),
             |(counts, resample), i| {
-                let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-                rng.set_stream(i as u64);
-                counts.fill(0);
-                for _ in 0..n {
-                    // u64, not usize, so 32- and 64-bit targets draw the same numbers.
-                    counts[rng.random_range(0..n as u64) as usize] += 1;
-                }
+                draw_counts(config, i, counts);
                 // Counting how often each item was drawn and writing them out in the sorted
                 // order gives a sorted resample in O(N), with no sort per resample.
                 resample.clear();
@@ -99,6 +93,19 @@ pub(crate) fn resample_statistics<T: Send>(
             },
         )
         .collect()
+}
+
+/// Draws resample `i`: `counts[k]` becomes how often item k of `counts.len()` was drawn, N draws
+/// with replacement from ChaCha8 seeded with `config.seed` on stream `i`.
+pub(crate) fn draw_counts(config: &BootstrapConfig, i: usize, counts: &mut [u32]) {
+    let n = counts.len();
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    rng.set_stream(i as u64);
+    counts.fill(0);
+    for _ in 0..n {
+        // u64, not usize, so 32- and 64-bit targets draw the same numbers.
+        counts[rng.random_range(0..n as u64) as usize] += 1;
+    }
 }
 
 /// The (1 − level)/2 and (1 + level)/2 quantiles, interpolated linearly between order

@@ -38,6 +38,7 @@
 mod bootstrap;
 mod calibration;
 mod error;
+mod paired;
 mod plot;
 mod prediction;
 mod report;
@@ -48,6 +49,7 @@ pub use calibration::{
     Binning, ReliabilityBin, ece, mce, merge_equal_confidence, reliability_bins,
 };
 pub use error::MetricsError;
+pub use paired::{PairedComparison, PairedDifference, paired_comparison};
 pub use plot::{
     Curve, FrontierPoint, PlotFiles, write_frontier_plot, write_line_plot,
     write_reliability_diagram,
