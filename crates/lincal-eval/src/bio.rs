@@ -515,12 +515,10 @@ impl BioEvaluation<'_> {
                 .count()
         };
         let with_claims: HashSet<&str> = items.iter().map(|i| i.entity.as_str()).collect();
+        let without_claims = entities.len() - with_claims.len();
         let tallies = [
             ("people", entities.len()),
-            (
-                "people without a checkable claim",
-                entities.len() - with_claims.len(),
-            ),
+            ("people without a checkable claim", without_claims),
             (
                 "failed decompositions",
                 claims.iter().filter(|c| c.failure.is_some()).count(),
@@ -564,7 +562,7 @@ impl BioEvaluation<'_> {
             ),
             ("failures".to_string(), failures.len() as u64),
         ]);
-        stages.finish(&settings, examples, &failures, counts)
+        stages.finish(&settings, examples, &failures, counts, without_claims)
     }
 
     fn decompose(&self, chunk: &[&GenerationRecord]) -> Result<Vec<ClaimsRecord>, PipelineError> {

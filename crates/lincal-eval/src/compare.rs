@@ -13,7 +13,7 @@ use lincal_metrics::{
 use serde::{Deserialize, Serialize};
 
 use crate::EvalError;
-use crate::examples::{ExampleKind, ScoredExample, predictions, read_examples};
+use crate::examples::{ExampleKind, ScoredExample, predictions_by_subject, read_examples};
 use crate::files::{write_atomically, write_json};
 use crate::render::{
     Cell, Table, format_interval, format_value, html, html_page, interval_label, markdown,
@@ -309,21 +309,6 @@ fn overlap_note(
         sizes.join(", "),
         common.len()
     ))
-}
-
-/// The predictions of each subject (question or entity) of a run, by subject.
-fn predictions_by_subject(examples: &[ScoredExample]) -> BTreeMap<&str, Vec<Prediction>> {
-    let mut by_subject: BTreeMap<&str, Vec<ScoredExample>> = BTreeMap::new();
-    for example in examples {
-        by_subject
-            .entry(example.subject())
-            .or_default()
-            .push(example.clone());
-    }
-    by_subject
-        .into_iter()
-        .map(|(subject, examples)| (subject, predictions(&examples)))
-        .collect()
 }
 
 /// Each pair of runs with examples, compared on the subjects both scored, resampled with the

@@ -245,6 +245,23 @@ pub fn predictions(examples: &[ScoredExample]) -> Vec<Prediction> {
     preds
 }
 
+/// The predictions of each subject (question or entity) of a run, by subject.
+pub(crate) fn predictions_by_subject(
+    examples: &[ScoredExample],
+) -> BTreeMap<&str, Vec<Prediction>> {
+    let mut by_subject: BTreeMap<&str, Vec<ScoredExample>> = BTreeMap::new();
+    for example in examples {
+        by_subject
+            .entry(example.subject())
+            .or_default()
+            .push(example.clone());
+    }
+    by_subject
+        .into_iter()
+        .map(|(subject, examples)| (subject, predictions(&examples)))
+        .collect()
+}
+
 /// Counts for a report: how many items, how many scored, and where the pipeline had trouble.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Counts {

@@ -29,7 +29,7 @@ mod render;
 pub mod report;
 pub mod retrieval;
 
-pub use compare::{ComparedRun, Comparison, compare};
+pub use compare::{ComparedPair, ComparedRun, Comparison, compare};
 pub use error::EvalError;
 pub use examples::{
     ClaimExample, Counts, ExampleKind, QaExample, ScoredExample, Stage, StageFailure,
@@ -39,5 +39,7 @@ pub use pipeline::{
     EvalOptions, GenerationSettings, ItemFailure, Method, PipelineError, Policy, Progress,
     ProgressEvent, PromptStyle, RunOutcome, RunStatus, TeacherSettings,
 };
-pub use report::{ReportOptions, RunResults, RunSettings, read_results, write_run_report};
+pub use report::{
+    PerResponse, ReportOptions, RunResults, RunSettings, read_results, write_run_report,
+};
 pub use retrieval::{IndexLocation, IndexStatus, KnowledgeIndex, Passage, SourceSummary};

@@ -709,13 +709,16 @@ impl Stages<'_> {
         )
     }
 
-    /// Writes the report, the failures of every item and the finished manifest.
+    /// Writes the report, the failures of every item and the finished manifest;
+    /// `subjects_without_items` counts the subjects that gave no scored item (biographies
+    /// without a checkable claim).
     pub(crate) fn finish(
         self,
         settings: &RunSettings,
         examples: Vec<ScoredExample>,
         failures: &[(String, ItemFailure)],
         counts: BTreeMap<String, u64>,
+        subjects_without_items: usize,
     ) -> Result<RunOutcome, PipelineError> {
         let Stages {
             mut run, options, ..
@@ -725,7 +728,11 @@ impl Stages<'_> {
         } else {
             RunStatus::Ran
         };
-        let results = write_run_report(run.dir(), settings, &examples, &options.report)?;
+        let report = ReportOptions {
+            subjects_without_items,
+            ..options.report
+        };
+        let results = write_run_report(run.dir(), settings, &examples, &report)?;
         let mut written = vec![
             EXAMPLES_FILE.to_string(),
             REPORT_MD_FILE.to_string(),

@@ -288,7 +288,7 @@ impl QaEvaluation<'_> {
             "correct".into(),
             judgments.iter().filter(|j| j.correct).count() as u64,
         );
-        stages.finish(&settings, examples, &failures, counts)
+        stages.finish(&settings, examples, &failures, counts, 0)
     }
 
     fn extract(

@@ -9,14 +9,15 @@ use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
 use lincal_metrics::{
-    Estimate, FrontierPoint, MetricsReport, ReportConfig, compute_report, write_frontier_plot,
-    write_reliability_diagram,
+    Estimate, FrontierPoint, MetricsReport, ReportConfig, SubjectAverages, compute_report,
+    subject_averages, write_frontier_plot, write_reliability_diagram,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::EvalError;
 use crate::examples::{
-    Counts, ExampleKind, ScoredExample, check_examples, predictions, write_examples,
+    Counts, ExampleKind, ScoredExample, check_examples, predictions, predictions_by_subject,
+    write_examples,
 };
 use crate::files::{read_json, write_atomically, write_json};
 use crate::paper::paper_results;
@@ -102,8 +103,23 @@ pub struct RunResults {
     pub kind: ExampleKind,
     pub counts: Counts,
     pub metrics: MetricsReport,
+    /// Biography runs: each biography's accuracy and ECE, averaged over biographies (as
+    /// FActScore, SAFE and VeriScore aggregate), beside `metrics`, which pools every claim as
+    /// the reference does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_response: Option<PerResponse>,
     /// The lincal-eval version that wrote the file.
     pub lincal_version: String,
+}
+
+/// Metrics per response, averaged over responses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PerResponse {
+    #[serde(flatten)]
+    pub averages: SubjectAverages,
+    /// Responses left out of the average because they gave no scored item (a biography
+    /// without a checkable claim).
+    pub without_items: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -113,6 +129,9 @@ pub struct ReportOptions {
     pub metrics: Option<ReportConfig>,
     /// How many examples `report.html` lists (the first ones of the run).
     pub html_examples: usize,
+    /// Subjects asked about that gave no scored item (biographies without a checkable claim):
+    /// counted beside the per-response averages, which leave them out.
+    pub subjects_without_items: usize,
 }
 
 impl Default for ReportOptions {
@@ -120,6 +139,7 @@ impl Default for ReportOptions {
         Self {
             metrics: None,
             html_examples: 200,
+            subjects_without_items: 0,
         }
     }
 }
@@ -153,6 +173,16 @@ pub fn write_run_report(
         kind,
         counts: Counts::of(examples),
         metrics: compute_report(&predictions(examples), &config)?,
+        per_response: match kind {
+            ExampleKind::Qa => None,
+            ExampleKind::Claim => {
+                let groups: Vec<_> = predictions_by_subject(examples).into_values().collect();
+                Some(PerResponse {
+                    averages: subject_averages(&groups, &config)?,
+                    without_items: options.subjects_without_items,
+                })
+            }
+        },
         lincal_version: env!("CARGO_PKG_VERSION").to_string(),
     };
 
@@ -245,6 +275,40 @@ fn metrics_table(metrics: &MetricsReport) -> Table {
     table
 }
 
+/// The per-biography averages with their intervals.
+fn per_response_table(per_response: &PerResponse, level: f64) -> Table {
+    let level = interval_label(level);
+    let mut table = Table::new(&[
+        ("metric", false),
+        ("mean over biographies", true),
+        (&level, true),
+    ]);
+    let averages = &per_response.averages;
+    for (name, estimate) in [("accuracy", &averages.accuracy), ("ECE", &averages.ece)] {
+        let estimate = Estimate {
+            value: Some(estimate.value),
+            ci_low: estimate.ci_low,
+            ci_high: estimate.ci_high,
+        };
+        table.push(vec![
+            Cell::new(name),
+            Cell::new(format_value(estimate.value)),
+            Cell::new(format_interval(&estimate)),
+        ]);
+    }
+    table
+}
+
+fn per_response_note(per_response: &PerResponse) -> String {
+    format!(
+        "Each biography scored on its own, then averaged, so every person counts once (the \
+         metrics above pool all claims, as the reference does): {} biographies, {} more left \
+         out for having no checkable claim. A biography with fewer claims than bins gets one \
+         bin per claim.",
+        per_response.averages.subjects, per_response.without_items
+    )
+}
+
 fn counts_table(counts: &Counts, kind: ExampleKind) -> Table {
     let mut table = Table::new(&[("count", false), ("value", true)]);
     let mut row = |name: String, value: usize| {
@@ -292,6 +356,11 @@ fn run_markdown(results: &RunResults) -> String {
     out += "\n## Metrics\n\n";
     out += &metrics_table(m).to_markdown();
     writeln!(out, "\n{}", metrics_note(m)).unwrap();
+    if let Some(per_response) = &results.per_response {
+        out += "\n## Per biography\n\n";
+        out += &per_response_table(per_response, m.ci_level).to_markdown();
+        writeln!(out, "\n{}", per_response_note(per_response)).unwrap();
+    }
     out += "\n## Counts\n\n";
     out += &counts_table(&results.counts, results.kind).to_markdown();
     if results.counts.failures.is_empty() {
@@ -337,6 +406,16 @@ fn run_html(
     body += "<h2>Metrics</h2>\n";
     body += &metrics_table(m).to_html();
     writeln!(body, "<p class=\"note\">{}</p>", html(&metrics_note(m))).unwrap();
+    if let Some(per_response) = &results.per_response {
+        body += "<h2>Per biography</h2>\n";
+        body += &per_response_table(per_response, m.ci_level).to_html();
+        writeln!(
+            body,
+            "<p class=\"note\">{}</p>",
+            html(&per_response_note(per_response))
+        )
+        .unwrap();
+    }
     body += "<h2>Counts</h2>\n";
     body += &counts_table(&results.counts, results.kind).to_html();
     body += "<h2>Plots</h2>\n";

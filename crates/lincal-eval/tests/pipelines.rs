@@ -1043,6 +1043,16 @@ fn bio_pipeline_checks_claims_against_retrieved_passages_and_scores_groups_once(
     let extra = &results.settings.extra;
     assert_eq!(extra["failed decompositions"], 1);
     assert_eq!(extra["people without a checkable claim"], 1);
+    // Per biography: Ada's one biography averaged, Turing's counted as left out.
+    let per_response = results.per_response.as_ref().unwrap();
+    assert_eq!(
+        (
+            per_response.averages.subjects,
+            per_response.without_items,
+            per_response.averages.accuracy.value
+        ),
+        (1, 1, 1.0)
+    );
     assert_eq!(extra["subjective claims (not checked)"], 1);
     let failures = std::fs::read_to_string(run_dir.join("failures.jsonl")).unwrap();
     let failure: serde_json::Value =

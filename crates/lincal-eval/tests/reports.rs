@@ -72,6 +72,7 @@ fn two_bins() -> ReportOptions {
             },
         }),
         html_examples: 5,
+        ..ReportOptions::default()
     }
 }
 
@@ -292,6 +293,7 @@ fn biography_claims_score_one_alternative_per_group_with_40_bins() {
     let dir = tempfile::tempdir().unwrap();
     let options = ReportOptions {
         metrics: None,
+        subjects_without_items: 1,
         ..ReportOptions::default()
     };
     let results = write_run_report(
@@ -319,7 +321,24 @@ fn biography_claims_score_one_alternative_per_group_with_40_bins() {
         ),
         (6, 4, 2, 2, 2)
     );
+    // Per biography: Ada (0.75✓, 1.0✓) accuracy 1, ECE (0.25 + 0)/2 = 0.125; Ben (0.5✗,
+    // 0.9✗) accuracy 0, ECE 0.7. Means 0.5 and 0.4125; one more person gave no claim.
+    let per_response = results.per_response.as_ref().unwrap();
+    assert_eq!(
+        (per_response.averages.subjects, per_response.without_items),
+        (2, 1)
+    );
+    assert!((per_response.averages.accuracy.value - 0.5).abs() < 1e-12);
+    assert!((per_response.averages.ece.value - 0.4125).abs() < 1e-12);
+    assert!(per_response.averages.accuracy.ci_low.is_some());
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(
+        md.contains("## Per biography") && md.contains("| accuracy | 0.5000 | ["),
+        "{md}"
+    );
+    assert!(md.contains("2 biographies, 1 more left out for having no checkable claim"));
+    let json = std::fs::read_to_string(dir.path().join("results.json")).unwrap();
+    assert_eq!(serde_json::from_str::<RunResults>(&json).unwrap(), results);
     assert!(md.contains("| claims in examples.jsonl | 6 |"));
     assert!(md.contains("| entities | 2 |"));
     assert!(md.contains("| exclusive alternatives left out (a more confident one scored) | 2 |"));

@@ -39,6 +39,7 @@ mod bootstrap;
 mod calibration;
 mod error;
 mod paired;
+mod per_subject;
 mod plot;
 mod prediction;
 mod report;
@@ -50,6 +51,7 @@ pub use calibration::{
 };
 pub use error::MetricsError;
 pub use paired::{PairedComparison, PairedDifference, paired_comparison};
+pub use per_subject::{SubjectAverages, subject_averages};
 pub use plot::{
     Curve, FrontierPoint, PlotFiles, write_frontier_plot, write_line_plot,
     write_reliability_diagram,
