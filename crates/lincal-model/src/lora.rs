@@ -32,7 +32,7 @@ use crate::fsutil::write_atomic;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -416,6 +416,35 @@ impl LoraAdapters {
         }
         self.merged = true;
         self.set_enabled(false);
+        Ok(())
+    }
+
+    /// Adds `(alpha / r) · B A` to each adapted weight in `weights` (copies of the model's,
+    /// as [`crate::CausalLm::f32_weights`] makes): what [`Self::merge_into`] does to the model,
+    /// done to copies, so the model and its adapters stay as they are (a snapshot in the
+    /// middle of training).
+    pub fn merge_into_copies(&self, weights: &mut BTreeMap<String, Tensor>) -> Result<()> {
+        if self.merged {
+            return Ok(());
+        }
+        for module in &self.modules {
+            let name = format!("{module}.weight");
+            let weight = weights.get_mut(&name).ok_or_else(|| {
+                ModelError::Invalid(format!(
+                    "the weights have no `{name}` to merge the adapter into; merge into copies \
+                     of the model the adapters were built with"
+                ))
+            })?;
+            let (a, b) = self.adapter_tensors(module);
+            tch::no_grad(|| {
+                let delta = b
+                    .matmul(&a)
+                    .to_device(weight.device())
+                    .to_kind(weight.kind())
+                    * self.config.scaling();
+                let _ = weight.g_add_(&delta);
+            });
+        }
         Ok(())
     }
 

@@ -116,7 +116,38 @@ impl CausalLm {
     /// exist), the HF layout transformers loads.
     pub fn save(&self, dir: &Path, max_shard_bytes: usize) -> Result<()> {
         let tensors: BTreeMap<String, Tensor> = self.vs.variables().into_iter().collect();
-        save_safetensors(dir, &tensors, max_shard_bytes)?;
+        self.save_weights(dir, &tensors, max_shard_bytes)
+    }
+
+    /// Every weight, copied to the CPU in f32: changing a copy leaves the model as it is.
+    pub fn f32_weights(&self) -> BTreeMap<String, Tensor> {
+        tch::no_grad(|| {
+            self.vs
+                .variables()
+                .into_iter()
+                .map(|(name, t)| {
+                    let cast = t.to_device(tch::Device::Cpu).to_kind(Kind::Float);
+                    // Already on the CPU in f32, the cast is the variable itself: copy it.
+                    let copy = if cast.data_ptr() == t.data_ptr() {
+                        cast.copy()
+                    } else {
+                        cast
+                    };
+                    (name, copy)
+                })
+                .collect()
+        })
+    }
+
+    /// [`Self::save`] with other weights of this model's shapes and names in place of its own
+    /// (a merged copy, say), leaving the model as it is.
+    pub fn save_weights(
+        &self,
+        dir: &Path,
+        tensors: &BTreeMap<String, Tensor>,
+        max_shard_bytes: usize,
+    ) -> Result<()> {
+        save_safetensors(dir, tensors, max_shard_bytes)?;
         write_atomic(&dir.join("config.json"), self.config.to_json().as_bytes())?;
         let mut generation = serde_json::json!({ "do_sample": true });
         if let Some(eos) = self.config.eos_token_ids().first() {

@@ -7,6 +7,8 @@
 //!   metrics.jsonl              one JSON object per step (and per evaluation)
 //!   events.out.tfevents.*      the same scalars for TensorBoard (one file per session)
 //!   checkpoints/step-00000025/ params.safetensors, optimizer.safetensors, state.json
+//!   snapshots/step-00000800/   PPO: weights-only policy snapshots in the Hugging Face layout,
+//!                              kept after the run for checkpoint selection (`lincal select`)
 //!   final/                     the trained model in the Hugging Face layout, with its tokenizer
 //! ```
 //! Every file and directory appears under its final name complete or not at all.
@@ -23,6 +25,7 @@ use std::path::{Path, PathBuf};
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
 pub const FINAL_DIR: &str = "final";
+pub const SNAPSHOTS_DIR: &str = "snapshots";
 pub const STATE_FILE: &str = "state.json";
 
 /// Where a run writes and what it reads, as given by the caller.
@@ -257,6 +260,12 @@ impl RunDir {
         Ok(path)
     }
 
+    /// Writes the weights-only snapshot of step `step` (`fill` writes the model) into
+    /// `snapshots/step-N/`, atomically; a snapshot a killed run already wrote is replaced.
+    pub fn save_snapshot(&self, step: u64, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+        write_dir(&snapshot_dir(&self.dir, step), fill)
+    }
+
     /// Removes the resume checkpoints of a finished run; returns the bytes freed.
     pub fn remove_checkpoints(&self) -> Result<u64> {
         let dir = self.dir.join(CHECKPOINTS_DIR);
@@ -293,6 +302,11 @@ fn write_dir(path: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> 
         Some(e) => Err(e),
         None => Ok(written?),
     }
+}
+
+/// Where the run in `run_dir` keeps its snapshot of step `step`.
+pub fn snapshot_dir(run_dir: &Path, step: u64) -> PathBuf {
+    run_dir.join(SNAPSHOTS_DIR).join(format!("step-{step:08}"))
 }
 
 /// Complete checkpoint directories, oldest first.

@@ -111,6 +111,20 @@ impl LoadedModel {
         }
     }
 
+    /// Saves the policy as it samples now into `dir` for transformers, in f32 with LoRA
+    /// adapters merged into copies, with its tokenizer, and leaves the model unchanged: the
+    /// weights-only snapshots that checkpoint selection reads. Under mixed precision these are
+    /// the bf16 compute weights (`final/` gets the f32 masters).
+    pub fn save_snapshot(&self, dir: &Path) -> Result<()> {
+        let mut weights = self.model.f32_weights();
+        if let Some(adapters) = &self.lora {
+            adapters.merge_into_copies(&mut weights)?;
+        }
+        self.model
+            .save_weights(dir, &weights, lincal_model::model::DEFAULT_MAX_SHARD_BYTES)?;
+        Ok(self.tokenizer.save(dir)?)
+    }
+
     /// Saves the model for transformers into `dir` in f32 (see [`to_full_precision`]), with
     /// its tokenizer; with LoRA also the PEFT adapter, in `dir/adapter`.
     pub fn save_causal_lm(&mut self, dir: &Path, base_model: &Path) -> Result<()> {

@@ -77,6 +77,8 @@ impl TrainLoop {
             save_every: config.save_every,
             keep_checkpoints: config.keep_checkpoints,
             keep_checkpoints_after_finish: config.keep_checkpoints_after_finish,
+            snapshot_every: 0,
+            save_after: 0,
         };
         let run = TrainingRun::open(options, manifest, state, plan, &mut params)?;
         let schedule = LrSchedule::new(config.schedule, config.warmup_ratio, total_steps);

@@ -29,6 +29,14 @@ pub(crate) trait RunSteps {
     fn save_checkpoint(&self, dir: &Path) -> Result<()>;
     /// Writes the trained model into `dir` (`final/`).
     fn save_final(&mut self, dir: &Path) -> Result<()>;
+    /// Writes a weights-only snapshot of the model as it is now into `dir`, leaving training
+    /// as it was. Only methods whose plan asks for snapshots are called.
+    fn save_snapshot(&self, _dir: &Path) -> Result<()> {
+        Err(TrainError::config(
+            "snapshot_every",
+            "this trainer keeps no snapshots; leave it unset",
+        ))
+    }
 }
 
 /// What one step did.
@@ -50,6 +58,10 @@ pub(crate) struct StepPlan {
     pub keep_checkpoints: usize,
     /// Whether they stay once the run has finished.
     pub keep_checkpoints_after_finish: bool,
+    /// A weights-only snapshot after every this many steps (0: none), from step `save_after`
+    /// on; snapshots stay after the run.
+    pub snapshot_every: u64,
+    pub save_after: u64,
 }
 
 /// Where a `train` call left the run.
@@ -241,6 +253,13 @@ impl TrainingRun {
                     run.log("eval", &record)?;
                 }
                 summary.eval = metrics;
+            }
+            let snapshot_every = self.plan.snapshot_every;
+            if snapshot_every > 0
+                && done >= self.plan.save_after
+                && done.is_multiple_of(snapshot_every)
+            {
+                run.save_snapshot(done, |dir| steps.save_snapshot(dir))?;
             }
             if self.is_checkpoint_step(stop_at_step) {
                 run.save_checkpoint(&self.state, self.plan.keep_checkpoints, |dir| {

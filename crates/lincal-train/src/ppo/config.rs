@@ -147,6 +147,15 @@ pub struct PpoConfig {
     /// written; by default they are removed.
     #[serde(default)]
     pub keep_checkpoints_after_finish: bool,
+    /// A weights-only policy snapshot (Hugging Face layout, f32) in `snapshots/step-N/` after
+    /// every this many steps from step `save_after` on, kept after the run for checkpoint
+    /// selection (`lincal select`); 0: none. The reference's `save_steps` 20 from
+    /// `save_after` 800 (SPEC 2.9). Make it a multiple of `eval_every`: selection ranks the
+    /// snapshots by the validation reward of their step.
+    #[serde(default)]
+    pub snapshot_every: u64,
+    #[serde(default)]
+    pub save_after: u64,
     /// Write every step's rollouts to `rollouts/step-N.jsonl`.
     pub dump_rollouts: bool,
     /// Seeds prompt order, sampling, minibatch order and new weights.
@@ -217,6 +226,8 @@ impl PpoConfig {
             save_every: 20,
             keep_checkpoints: 2,
             keep_checkpoints_after_finish: false,
+            snapshot_every: 20,
+            save_after: 800,
             dump_rollouts: true,
             seed: 42,
             precision: Precision::Auto,
@@ -254,6 +265,12 @@ impl PpoConfig {
             },
             eval_every: shrink(self.eval_every as f64) as u64,
             save_every: shrink(self.save_every as f64) as u64,
+            snapshot_every: if self.snapshot_every == 0 {
+                0
+            } else {
+                shrink(self.snapshot_every as f64) as u64
+            },
+            save_after: (self.save_after as f64 * scale).round() as u64,
             ..self.clone()
         })
     }
@@ -317,6 +334,16 @@ impl PpoConfig {
                 format!(
                     "must be a multiple of micro_batch_size ({}), got {}",
                     self.micro_batch_size, self.step_batch_size
+                ),
+            ));
+        }
+        if self.snapshot_every > 0 && !self.snapshot_every.is_multiple_of(self.eval_every) {
+            return Err(TrainError::config(
+                "snapshot_every",
+                format!(
+                    "must be a multiple of eval_every ({}), got {}: checkpoint selection ranks \
+                     snapshots by the validation reward of their step (0 keeps none)",
+                    self.eval_every, self.snapshot_every
                 ),
             ));
         }
@@ -530,6 +557,8 @@ mod tests {
             ),
             (15, 1, 1, 1)
         );
+        // Snapshots every 20 steps from 800 → every step from 8.
+        assert_eq!((scaled.snapshot_every, scaled.save_after), (1, 8));
         assert!(scaled.validate().is_ok());
         let tenth = PpoConfig::preset("lc_ppo").unwrap().scaled(0.1).unwrap();
         assert_eq!(

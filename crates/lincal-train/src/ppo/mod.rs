@@ -557,6 +557,8 @@ impl PpoTrainer {
             save_every: config.save_every,
             keep_checkpoints: config.keep_checkpoints,
             keep_checkpoints_after_finish: config.keep_checkpoints_after_finish,
+            snapshot_every: config.snapshot_every,
+            save_after: config.save_after,
         };
         let training_run = TrainingRun::open(run, manifest, state, plan, &mut learner.params)?;
         if let Some(checkpoint) = training_run.checkpoint() {
@@ -732,6 +734,11 @@ impl RunSteps for PpoSteps {
                 .expect("json")
                 .as_bytes(),
         )?)
+    }
+
+    /// The policy as it samples now, as the reference's snapshots every `save_steps`.
+    fn save_snapshot(&self, dir: &Path) -> Result<()> {
+        self.learner.models.policy.save_snapshot(dir)
     }
 
     /// Only the policy, as the reference saves.

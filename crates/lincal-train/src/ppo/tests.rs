@@ -433,6 +433,85 @@ fn lora_mode_trains_adapters_on_shared_frozen_bases() {
     );
 }
 
+/// Snapshots every step from step 2: weights-only policies in the Hugging Face layout (LoRA
+/// adapters merged), kept when the finished run removes its checkpoints; the last equals
+/// `final/`, and writing them leaves training as it was (the same final model as a run
+/// without snapshots).
+#[test]
+fn snapshots_are_weights_only_policies_that_outlive_the_checkpoints() {
+    let fixture = fixture();
+    for lora in [
+        None,
+        Some(LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            target_modules: vec!["q_proj".into(), "v_proj".into()],
+        }),
+    ] {
+        let train = |snapshot_every: u64| {
+            let run = tempfile::tempdir().unwrap();
+            let config = PpoConfig {
+                lora: lora.clone(),
+                total_steps: 3,
+                warmup_steps: 0,
+                learning_rate: 1e-2,
+                eval_every: 1,
+                save_every: 1,
+                snapshot_every,
+                save_after: 2,
+                ..config(RlType::DecisionBased)
+            };
+            PpoTrainer::new(
+                &fixture.paths,
+                Device::Cpu,
+                &config,
+                &prompts(),
+                &prompts()[..2],
+                &run_options(run.path()),
+            )
+            .unwrap()
+            .train(None)
+            .unwrap();
+            run
+        };
+        let run = train(1);
+        let snapshots = run.path().join(crate::run::SNAPSHOTS_DIR);
+        let mut names: Vec<String> = std::fs::read_dir(&snapshots)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["step-00000002", "step-00000003"]);
+        assert!(!run.path().join("checkpoints").exists());
+        let weights = |dir: &Path| {
+            lincal_model::CausalLm::load(dir, Device::Cpu, None)
+                .unwrap()
+                .var_store()
+                .variables()
+        };
+        let last = weights(&snapshots.join("step-00000003"));
+        let final_weights = weights(&run.path().join("final"));
+        assert_eq!(last.len(), final_weights.len());
+        for (name, tensor) in &last {
+            let gap = (tensor - &final_weights[name])
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(gap < 1e-6, "{name}: {gap} (lora {})", lora.is_some());
+        }
+        Tokenizer::from_dir(&snapshots.join("step-00000002")).unwrap();
+        let without = weights(&train(0).path().join("final"));
+        for (name, tensor) in &final_weights {
+            assert!(
+                tensor.equal(&without[name]),
+                "{name} (lora {})",
+                lora.is_some()
+            );
+        }
+    }
+}
+
 /// The LC reward on real (tiny) reader models equals the formula applied to what the
 /// extractor said and the forecaster scored; the same seed extracts the same answers.
 #[test]
