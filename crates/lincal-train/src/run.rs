@@ -309,6 +309,72 @@ pub fn snapshot_dir(run_dir: &Path, step: u64) -> PathBuf {
     run_dir.join(SNAPSHOTS_DIR).join(format!("step-{step:08}"))
 }
 
+/// A weights-only snapshot of a run and the validation reward logged at its step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub step: u64,
+    pub dir: PathBuf,
+    /// `eval_reward` of the step's evaluation record in `metrics.jsonl` (the last one: a
+    /// resumed run logs a step again); none when the step was not evaluated.
+    pub eval_reward: Option<f64>,
+}
+
+/// The complete snapshots in `run_dir`, ascending by step.
+pub fn snapshots(run_dir: &Path) -> Result<Vec<Snapshot>> {
+    let root = run_dir.join(SNAPSHOTS_DIR);
+    if !root.is_dir() {
+        return Err(TrainError::run_dir(
+            run_dir,
+            format!(
+                "has no {SNAPSHOTS_DIR}/ folder: give a PPO run directory trained with \
+                 snapshot_every set (snapshots start at save_after)"
+            ),
+        ));
+    }
+    let metrics = run_dir.join(METRICS_FILE);
+    let mut eval_rewards = std::collections::BTreeMap::new();
+    if metrics.exists() {
+        let text = std::fs::read_to_string(&metrics).map_err(|e| TrainError::io(&metrics, e))?;
+        for (index, line) in text.lines().enumerate() {
+            // A line torn by a kill is skipped; every complete record is one JSON object.
+            let Ok(record) = serde_json::from_str::<serde_json::Value>(line) else {
+                if index + 1 < text.lines().count() {
+                    return Err(TrainError::run_dir(
+                        &metrics,
+                        format!("line {} is not a JSON object", index + 1),
+                    ));
+                }
+                continue;
+            };
+            if let (Some(step), Some(reward)) = (
+                record.get("step").and_then(|s| s.as_u64()),
+                record.get("eval_reward").and_then(|r| r.as_f64()),
+            ) {
+                eval_rewards.insert(step, reward);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(&root).map_err(|e| TrainError::io(&root, e))? {
+        let dir = entry.map_err(|e| TrainError::io(&root, e))?.path();
+        // `step-N.partial` directories are snapshots cut short by a crash.
+        let step = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("step-"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(step) = step {
+            found.push(Snapshot {
+                step,
+                eval_reward: eval_rewards.get(&step).copied(),
+                dir,
+            });
+        }
+    }
+    found.sort_by_key(|s| s.step);
+    Ok(found)
+}
+
 /// Complete checkpoint directories, oldest first.
 fn checkpoints(dir: &Path) -> Result<Vec<PathBuf>> {
     let root = dir.join(CHECKPOINTS_DIR);

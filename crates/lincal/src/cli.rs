@@ -1,7 +1,7 @@
 //! The command tree of `lincal`: `main.rs` parses it, and the pipeline runner dispatches its
 //! stages through the same [`run`], so a stage does exactly what its command line does.
 
-use crate::{bench, convert, data, distill, eval, generate, pipeline, ppo, train};
+use crate::{bench, convert, data, distill, eval, generate, pipeline, ppo, select, train};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
@@ -35,6 +35,9 @@ pub enum Command {
     Score(train::ScoreArgs),
     /// PPO: decision-based RL (preset lc_ppo) or Factuality RL (factuality_ppo).
     Ppo(ppo::PpoArgs),
+    /// Checkpoint selection: evaluate the PPO snapshots with the best validation reward with a
+    /// chosen reader and export the best.
+    Select(Box<select::SelectArgs>),
     /// Teacher pipelines of the SFT data: open-ended queries, base-model samples, summaries.
     Distill {
         #[command(subcommand)]
@@ -81,6 +84,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::RewardModel(args) => train::reward_model(args),
         Command::Score(args) => train::score(args),
         Command::Ppo(args) => ppo::run(args),
+        Command::Select(args) => select::run(*args),
         Command::Distill { what } => distill::run_distill(what),
         Command::Label { what } => distill::run_label(what),
         Command::Data { what } => data::run_data(what),

@@ -87,6 +87,16 @@ pub struct PolicyArgs {
     api: Option<PathBuf>,
 }
 
+impl PolicyArgs {
+    /// A local model directory, as `--model DIR` gives it.
+    pub(crate) fn local(dir: PathBuf) -> Self {
+        PolicyArgs {
+            model: Some(dir),
+            api: None,
+        }
+    }
+}
+
 /// What both pipelines share.
 #[derive(Args)]
 pub struct RunArgs {
@@ -151,6 +161,14 @@ pub struct RunArgs {
 pub struct QaArgs {
     #[command(flatten)]
     policy: PolicyArgs,
+    #[command(flatten)]
+    setup: QaSetup,
+}
+
+/// What a QA evaluation needs besides the evaluated model: the questions, reader, judge and
+/// run settings (`lincal select` evaluates several models with one).
+#[derive(Args)]
+pub struct QaSetup {
     /// A QA JSONL file (`lincal data build` output), a reference split file (.csv/.parquet in
     /// its `<name>_paragraph_generation` folder), or a reference dataset name (trivia_qa,
     /// jeopardy, sciq, bioasq) found under --data-dir.
@@ -679,7 +697,14 @@ fn print_outcome(out: &Path, outcome: &RunOutcome, models: &Models) {
 }
 
 /// The QA dataset of --dataset.
-fn qa_dataset(args: &QaArgs) -> Result<QaDataset> {
+impl QaSetup {
+    /// The run directory given with --out.
+    pub(crate) fn run_out(&self) -> &Path {
+        &self.run.out
+    }
+}
+
+fn qa_dataset(args: &QaSetup) -> Result<QaDataset> {
     let path = Path::new(&args.dataset);
     let mut dataset = if path.is_file() {
         let extension = path
@@ -726,16 +751,22 @@ fn qa_dataset(args: &QaArgs) -> Result<QaDataset> {
 }
 
 fn qa(args: QaArgs) -> Result<()> {
-    let run = &args.run;
-    crate::warn_if_recovered(args.policy.model.as_deref(), run.prompts.as_deref());
+    run_qa(&args.policy, &args.setup, &args.setup.run.out).map(|_| ())
+}
+
+/// Evaluates `policy` on the questions of `setup` in the run directory `out` and prints the
+/// outcome.
+pub(crate) fn run_qa(policy_args: &PolicyArgs, setup: &QaSetup, out: &Path) -> Result<RunOutcome> {
+    let run = &setup.run;
+    crate::warn_if_recovered(policy_args.model.as_deref(), run.prompts.as_deref());
     let method = method(run)?;
     let templates = templates(run)?;
-    let dataset = qa_dataset(&args)?;
-    let (policy_source, model_label, generation) = policy_source(&args.policy, run)?;
+    let dataset = qa_dataset(setup)?;
+    let (policy_source, model_label, generation) = policy_source(policy_args, run)?;
     let (reader_kind, reader_source) = match (
-        &args.extractor,
-        &args.forecaster,
-        args.reader.as_deref(),
+        &setup.extractor,
+        &setup.forecaster,
+        setup.reader.as_deref(),
     ) {
         (Some(_), Some(_), None | Some("surrogate")) => ("surrogate".to_string(), None),
         (Some(_), _, _) | (_, Some(_), _) => bail!(
@@ -745,7 +776,7 @@ fn qa(args: QaArgs) -> Result<()> {
             "--reader surrogate needs --extractor DIR (ExtractAnswers) and --forecaster DIR \
              (ForecastProbs)"
         ),
-        (None, None, Some("stated")) => match &args.reader_model {
+        (None, None, Some("stated")) => match &setup.reader_model {
             Some(dir) => ("stated".to_string(), Some(ModelSource::Local(dir.clone()))),
             None => bail!(
                 "--reader stated needs --reader-model DIR, the model that finds each \
@@ -757,18 +788,18 @@ fn qa(args: QaArgs) -> Result<()> {
             choice,
             &["lexical"],
             "lexical",
-            args.reader_model.as_ref(),
+            setup.reader_model.as_ref(),
         )?,
     };
-    if args.extraction_prompt.is_some() && !matches!(reader_kind.as_str(), "llm" | "stated") {
+    if setup.extraction_prompt.is_some() && !matches!(reader_kind.as_str(), "llm" | "stated") {
         bail!("--extraction-prompt is for the llm and stated readers, not --reader {reader_kind}");
     }
-    let extraction = args.extraction_prompt.unwrap_or_default();
+    let extraction = setup.extraction_prompt.unwrap_or_default();
     for (flag, given) in [
-        ("--extraction-parsing", args.extraction_parsing.is_some()),
+        ("--extraction-parsing", setup.extraction_parsing.is_some()),
         (
             "--extractor-max-tokens",
-            args.extractor_max_tokens.is_some(),
+            setup.extractor_max_tokens.is_some(),
         ),
     ] {
         if given && reader_kind != "surrogate" {
@@ -777,10 +808,10 @@ fn qa(args: QaArgs) -> Result<()> {
     }
     let (judge_kind, judge_source) = role_choice(
         "judge",
-        args.judge.as_deref(),
+        setup.judge.as_deref(),
         &["exact"],
         "exact",
-        args.judge_model.as_ref(),
+        setup.judge_model.as_ref(),
     )?;
 
     let mut models = Models::new(run)?;
@@ -789,7 +820,7 @@ fn qa(args: QaArgs) -> Result<()> {
         .as_ref()
         .map(|source| models.client(source))
         .transpose()?;
-    let extractor = args
+    let extractor = setup
         .extractor
         .as_ref()
         .map(|dir| models.client(&ModelSource::Local(dir.clone())))
@@ -802,7 +833,7 @@ fn qa(args: QaArgs) -> Result<()> {
     let reader: Box<dyn Reader + '_> = match (reader_kind.as_str(), &reader_client, &extractor) {
         ("lexical", ..) => Box::new(LexicalQaReader::default()),
         ("surrogate", _, Some(extractor)) => {
-            let forecaster = args
+            let forecaster = setup
                 .forecaster
                 .as_deref()
                 .context("--forecaster is required with --extractor")?;
@@ -814,8 +845,9 @@ fn qa(args: QaArgs) -> Result<()> {
                 models.batch_size,
                 &templates,
                 &teacher(run),
-                args.extraction_parsing.unwrap_or_default(),
-                args.extractor_max_tokens
+                setup.extraction_parsing.unwrap_or_default(),
+                setup
+                    .extractor_max_tokens
                     .unwrap_or(lincal_data::prompts::EXTRACT_ANSWERS_MAX_TOKENS),
             )?)
         }
@@ -867,10 +899,10 @@ fn qa(args: QaArgs) -> Result<()> {
         progress: &progress,
     };
     let outcome = evaluation
-        .run(&run.out, &dataset)
-        .with_context(|| format!("evaluating in {}", run.out.display()))?;
-    print_outcome(&run.out, &outcome, &models);
-    Ok(())
+        .run(out, &dataset)
+        .with_context(|| format!("evaluating in {}", out.display()))?;
+    print_outcome(out, &outcome, &models);
+    Ok(outcome)
 }
 
 fn bio(args: BioArgs) -> Result<()> {

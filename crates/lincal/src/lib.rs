@@ -13,6 +13,7 @@ pub mod local_llm;
 pub mod pipeline;
 pub mod ppo;
 mod progress;
+pub mod select;
 pub mod surrogate_reader;
 pub mod train;
 

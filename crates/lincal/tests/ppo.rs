@@ -337,3 +337,150 @@ fn bench_ppo_times_one_step_and_appends_a_json_line() {
         );
     }
 }
+
+/// `lincal select` on a 3-step run with a snapshot every step: the two snapshots with the
+/// best validation reward are evaluated (lexical reader, exact judge), the one with the lowest
+/// Brier score on that evaluation wins (the first of equals: the better validation reward),
+/// and it is exported unchanged.
+#[test]
+fn select_evaluates_the_best_snapshots_and_exports_the_winner() {
+    let dir = tempfile::tempdir().unwrap();
+    let (policy, reward, extractor) = models(dir.path());
+    let (train, eval) = (
+        dir.path().join("train.jsonl"),
+        dir.path().join("eval.jsonl"),
+    );
+    write_prompts(&train, 8);
+    write_prompts(&eval, 2);
+    let run = dir.path().join("run");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let mut args: Vec<String> = [
+        "ppo",
+        "--preset",
+        "lc_ppo",
+        "--policy",
+        &s(&policy),
+        "--reward-model",
+        &s(&reward),
+        "--answer-extractor",
+        &s(&extractor),
+        "--train",
+        &s(&train),
+        "--eval",
+        &s(&eval),
+        "--out",
+        &s(&run),
+        "--device",
+        "cpu",
+    ]
+    .map(String::from)
+    .to_vec();
+    for setting in [
+        "total_steps=3",
+        "rollout_batch_size=4",
+        "step_batch_size=4",
+        "generation_batch_size=4",
+        "forward_batch_size=2",
+        "query_len=40",
+        "response_len=4",
+        "eval_every=1",
+        "snapshot_every=1",
+        "save_after=1",
+        "warmup_steps=0",
+        "learning_rate=0.01",
+        "precision=f32",
+        "reward.extractor_max_new_tokens=3",
+    ] {
+        args.extend(["--set".to_string(), setting.to_string()]);
+    }
+    let trained = lincal(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        trained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trained.stderr)
+    );
+    // The validation reward of each step, as training logged it: the top two, best first.
+    let mut rewards: Vec<(u64, f64)> = read_jsonl(&run.join("metrics.jsonl"))
+        .iter()
+        .filter_map(|m| Some((m["step"].as_u64()?, m.get("eval_reward")?.as_f64()?)))
+        .collect();
+    rewards.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.0.cmp(&a.0)));
+    let top: Vec<u64> = rewards.iter().take(2).map(|(step, _)| *step).collect();
+
+    // Questions whose answers are any word of the tiny vocabulary.
+    let questions = dir.path().join("questions.jsonl");
+    let words: Vec<String> = (3..64).map(|i| format!("t{i}")).collect();
+    let lines: Vec<String> = (0..4)
+        .map(|i| {
+            serde_json::json!({"id": format!("q{i}"), "question": format!("t{}", 10 + i),
+                "answer": words[i], "aliases": words, "source": "test"})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&questions, lines.join("\n") + "\n").unwrap();
+    let (selection, export) = (dir.path().join("selection"), dir.path().join("best"));
+    let output = lincal(&[
+        "select",
+        run.to_str().unwrap(),
+        "--top",
+        "2",
+        "--export",
+        export.to_str().unwrap(),
+        "--dataset",
+        questions.to_str().unwrap(),
+        "--out",
+        selection.to_str().unwrap(),
+        "--method",
+        "LC RL",
+        "--device",
+        "cpu",
+        "--max-tokens",
+        "8",
+        "--resamples",
+        "20",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let chosen: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(selection.join("selection.json")).unwrap())
+            .unwrap();
+    let candidates = chosen["candidates"].as_array().unwrap();
+    let steps: Vec<u64> = candidates
+        .iter()
+        .map(|c| c["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, top);
+    assert_eq!(
+        (chosen["snapshots"].as_u64(), chosen["ranked"].as_u64()),
+        (Some(3), Some(3))
+    );
+    // Each candidate's Brier score is its evaluation's; the lowest wins, the first of equals.
+    let mut best: Option<(u64, f64)> = None;
+    for candidate in candidates {
+        let step = candidate["step"].as_u64().unwrap();
+        let results: lincal_eval::RunResults = serde_json::from_str(
+            &std::fs::read_to_string(selection.join(format!("step-{step:08}/results.json")))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            candidate["brier"].as_f64(),
+            Some(results.metrics.brier.value)
+        );
+        if best.is_none_or(|(_, brier)| results.metrics.brier.value < brier) {
+            best = Some((step, results.metrics.brier.value));
+        }
+    }
+    let winner = best.unwrap().0;
+    assert_eq!(chosen["winner"].as_u64(), Some(winner));
+    let snapshot = run.join(format!("snapshots/step-{winner:08}"));
+    for file in ["model.safetensors", "tokenizer.json", "config.json"] {
+        assert_eq!(
+            std::fs::read(export.join(file)).unwrap(),
+            std::fs::read(snapshot.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    let md = std::fs::read_to_string(selection.join("selection.md")).unwrap();
+    assert!(md.contains(&format!("| **{winner}** (winner) |")), "{md}");
+}
