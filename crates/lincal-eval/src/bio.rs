@@ -412,6 +412,7 @@ impl BioEvaluation<'_> {
         entities: &[String],
         inputs: &[&Path],
     ) -> Result<RunOutcome, PipelineError> {
+        self.policy.check()?;
         if entities.is_empty() {
             return Err(PipelineError::Invalid(
                 "no people to write biographies of".into(),

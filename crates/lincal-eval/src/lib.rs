@@ -37,7 +37,7 @@ pub use examples::{
 };
 pub use pipeline::{
     EvalOptions, GenerationSettings, ItemFailure, Method, PipelineError, Policy, Progress,
-    ProgressEvent, PromptStyle, RunOutcome, RunStatus, TeacherSettings,
+    ProgressEvent, PromptStyle, RunOutcome, RunStatus, Summarizer, TeacherSettings,
 };
 pub use report::{
     PerResponse, ReportOptions, RunResults, RunSettings, read_results, write_run_report,

@@ -18,7 +18,9 @@ use lincal_data::parse::first_paragraph;
 use lincal_data::prompts::{self, JUDGE_BATCH_SIZE, Templates};
 pub use lincal_distill::chat_prompt;
 pub use lincal_llm::request_seed;
-use lincal_llm::{Llm, LlmRequest, ParseFailure, Prompt, SamplingParams, generate_parsed};
+use lincal_llm::{
+    Llm, LlmError, LlmRequest, LlmResponse, ParseFailure, Prompt, SamplingParams, generate_parsed,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -155,15 +157,28 @@ pub enum PromptStyle {
     ZeroShot,
     /// A chat model asked for a paragraph with probabilities on uncertain claims (GPT-4 JAFU).
     Jafu,
+    /// Direct Summary Eval (the paper's appendix A.2; the reference has no script for it):
+    /// [`DIRECT_SUMMARY_SAMPLES`] 8-shot paragraphs at temperature
+    /// [`DIRECT_SUMMARY_SAMPLE_TEMPERATURE`], summarised by a teacher ([`Policy::summarizer`],
+    /// with the distillation's `summarize_samples` prompt) at
+    /// [`DIRECT_SUMMARY_TEMPERATURE`]; the summary is the paragraph evaluated.
+    DirectSummary,
 }
 
+/// Direct Summary Eval's samples per question, their temperature, and the summary's, as the
+/// paper's text describes them (the SFT data's summaries, made at evaluation time).
+pub const DIRECT_SUMMARY_SAMPLES: usize = 8;
+pub const DIRECT_SUMMARY_SAMPLE_TEMPERATURE: f64 = 0.7;
+pub const DIRECT_SUMMARY_TEMPERATURE: f64 = 0.3;
+
 impl PromptStyle {
-    pub const ALL: [PromptStyle; 5] = [
+    pub const ALL: [PromptStyle; 6] = [
         PromptStyle::Finetuned,
         PromptStyle::Icl,
         PromptStyle::SummaryIcl,
         PromptStyle::ZeroShot,
         PromptStyle::Jafu,
+        PromptStyle::DirectSummary,
     ];
 
     pub fn name(self) -> &'static str {
@@ -173,12 +188,16 @@ impl PromptStyle {
             PromptStyle::SummaryIcl => "summary-icl",
             PromptStyle::ZeroShot => "zero-shot",
             PromptStyle::Jafu => "jafu",
+            PromptStyle::DirectSummary => "direct-summary",
         }
     }
 
     /// The few-shot styles, whose samples run on into the next example.
     fn cut_at_blank_line(self) -> bool {
-        matches!(self, PromptStyle::Icl | PromptStyle::SummaryIcl)
+        matches!(
+            self,
+            PromptStyle::Icl | PromptStyle::SummaryIcl | PromptStyle::DirectSummary
+        )
     }
 
     /// The request for `query` in this style: a completion for the first three, a chat for the
@@ -192,7 +211,7 @@ impl PromptStyle {
     ) -> Result<LlmRequest, DataError> {
         let completion = match self {
             PromptStyle::Finetuned => templates.policy(query)?,
-            PromptStyle::Icl => templates.icl_paragraphs(query)?,
+            PromptStyle::Icl | PromptStyle::DirectSummary => templates.icl_paragraphs(query)?,
             PromptStyle::SummaryIcl => templates.summary_icl_paragraphs(query)?,
             PromptStyle::ZeroShot => {
                 return Ok(chat_request(templates.paragraph_zero_shot(query)?, params));
@@ -236,7 +255,7 @@ pub struct Method {
 }
 
 /// The paper's methods (SPEC 5.5) with their prompts and whether they state confidence.
-const PRESETS: [(&str, PromptStyle, bool); 12] = [
+const PRESETS: [(&str, PromptStyle, bool); 13] = [
     ("LC RL", PromptStyle::Finetuned, true),
     ("LC SFT", PromptStyle::Finetuned, true),
     ("Factuality RL", PromptStyle::Finetuned, false),
@@ -249,6 +268,7 @@ const PRESETS: [(&str, PromptStyle, bool); 12] = [
     ("GPT-4 ICL 8-Shot", PromptStyle::Icl, false),
     ("GPT-4 JAFU 0-Shot", PromptStyle::Jafu, true),
     ("GPT-4 Summary ICL 8-Shot", PromptStyle::SummaryIcl, true),
+    ("Direct Summary Eval", PromptStyle::DirectSummary, true),
 ];
 
 impl Method {
@@ -456,45 +476,54 @@ pub struct Policy<'a> {
     pub method: &'a Method,
     pub settings: &'a GenerationSettings,
     pub templates: &'a Templates,
+    /// The teacher that summarises the samples of [`PromptStyle::DirectSummary`] (asked at its
+    /// settings' temperature, [`DIRECT_SUMMARY_TEMPERATURE`] for the paper's method); no other
+    /// style has one.
+    pub summarizer: Option<Summarizer<'a>>,
+}
+
+/// A teacher that writes one paragraph from a question's samples.
+#[derive(Clone, Copy)]
+pub struct Summarizer<'a> {
+    pub llm: &'a dyn Llm,
+    pub settings: &'a TeacherSettings,
 }
 
 impl Policy<'_> {
+    /// Checks that the method has the models it needs: a summarizer for Direct Summary Eval,
+    /// and none for the others.
+    pub fn check(&self) -> Result<(), PipelineError> {
+        match (self.method.prompt, &self.summarizer) {
+            (PromptStyle::DirectSummary, None) => Err(PipelineError::Invalid(format!(
+                "the method `{}` summarises the policy's samples: give it a summarizer model",
+                self.method.name
+            ))),
+            (PromptStyle::DirectSummary, Some(_)) | (_, None) => Ok(()),
+            (style, Some(_)) => Err(PipelineError::Invalid(format!(
+                "only Direct Summary Eval (prompt direct-summary) uses a summarizer; the method \
+                 `{}` is prompted {}: leave the summarizer out",
+                self.method.name,
+                style.name()
+            ))),
+        }
+    }
+
     /// One paragraph per `(id, query)`, in order: the text of the first sample, cut at the
-    /// first blank line for few-shot prompts. A failed call leaves an empty paragraph and the
-    /// failure.
+    /// first blank line for few-shot prompts; for Direct Summary Eval, the summary of the
+    /// query's samples. A failed call leaves an empty paragraph and the failure.
     pub(crate) fn generate(
         &self,
         items: &[(&str, &str)],
     ) -> Result<Vec<GenerationRecord>, PipelineError> {
+        if self.method.prompt == PromptStyle::DirectSummary {
+            return self.generate_summaries(items);
+        }
         let settings = self.settings;
         let requests = items
             .iter()
-            .map(|(id, query)| {
-                let params = SamplingParams {
-                    n: 1,
-                    temperature: settings.temperature,
-                    top_p: settings.top_p,
-                    max_tokens: settings.max_tokens,
-                    stop: Vec::new(),
-                    seed: request_seed(settings.seed, id),
-                };
-                self.method.prompt.request(
-                    self.templates,
-                    query,
-                    settings.completion_as_chat,
-                    params,
-                )
-            })
+            .map(|(id, query)| self.request(query, settings.temperature, id))
             .collect::<Result<Vec<_>, _>>()?;
-        let responses = self.llm.generate(&requests);
-        if responses.len() != requests.len() {
-            return Err(PipelineError::Invalid(format!(
-                "the policy model `{}` returned {} answers for {} requests",
-                self.llm.model(),
-                responses.len(),
-                requests.len()
-            )));
-        }
+        let responses = self.ask(&requests)?;
         Ok(items
             .iter()
             .zip(responses)
@@ -525,6 +554,137 @@ impl Policy<'_> {
             .collect())
     }
 
+    /// The request for `query` in the method's style at `temperature`, seeded by `key`.
+    fn request(
+        &self,
+        query: &str,
+        temperature: f64,
+        key: &str,
+    ) -> Result<LlmRequest, PipelineError> {
+        let settings = self.settings;
+        let params = SamplingParams {
+            n: 1,
+            temperature,
+            top_p: settings.top_p,
+            max_tokens: settings.max_tokens,
+            stop: Vec::new(),
+            seed: request_seed(settings.seed, key),
+        };
+        Ok(self.method.prompt.request(
+            self.templates,
+            query,
+            settings.completion_as_chat,
+            params,
+        )?)
+    }
+
+    /// The policy's answers to `requests`, one each.
+    fn ask(
+        &self,
+        requests: &[LlmRequest],
+    ) -> Result<Vec<Result<LlmResponse, LlmError>>, PipelineError> {
+        let responses = self.llm.generate(requests);
+        if responses.len() != requests.len() {
+            return Err(PipelineError::Invalid(format!(
+                "the policy model `{}` returned {} answers for {} requests",
+                self.llm.model(),
+                responses.len(),
+                requests.len()
+            )));
+        }
+        Ok(responses)
+    }
+
+    /// Direct Summary Eval: [`DIRECT_SUMMARY_SAMPLES`] few-shot samples per query (each seeded
+    /// by `<id>/sample-<k>` and cut at its first blank line), summarised by the summarizer.
+    /// Failed or empty samples are left out; an item with none, or whose summary never
+    /// parsed, fails.
+    fn generate_summaries(
+        &self,
+        items: &[(&str, &str)],
+    ) -> Result<Vec<GenerationRecord>, PipelineError> {
+        let summarizer = self.summarizer.ok_or_else(|| {
+            PipelineError::Invalid("Direct Summary Eval needs a summarizer model".into())
+        })?;
+        let mut requests = Vec::new();
+        for (id, query) in items {
+            for k in 0..DIRECT_SUMMARY_SAMPLES {
+                requests.push(self.request(
+                    query,
+                    DIRECT_SUMMARY_SAMPLE_TEMPERATURE,
+                    &format!("{id}/sample-{k}"),
+                )?);
+            }
+        }
+        let responses = self.ask(&requests)?;
+        let samples: Vec<Vec<String>> = responses
+            .chunks(DIRECT_SUMMARY_SAMPLES)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .filter_map(|response| response.as_ref().ok())
+                    .map(|response| first_paragraph(response.text()))
+                    .filter(|sample| !sample.is_empty())
+                    .collect()
+            })
+            .collect();
+        let summarized: Vec<(&str, &Vec<String>)> = items
+            .iter()
+            .zip(&samples)
+            .filter(|(_, samples)| !samples.is_empty())
+            .map(|((id, _), samples)| (*id, samples))
+            .collect();
+        let mut summaries = summarizer
+            .settings
+            .ask_requests(
+                summarizer.llm,
+                &summarized,
+                Stage::Generation,
+                |&(id, samples): &(&str, &Vec<String>)| {
+                    let messages = self.templates.summarize_samples(samples)?;
+                    Ok(chat_request(
+                        messages,
+                        summarizer
+                            .settings
+                            .params(self.settings.max_tokens, &format!("{id}/summary")),
+                    ))
+                },
+                lincal_data::parse::parse_summary,
+            )?
+            .into_iter();
+        Ok(items
+            .iter()
+            .zip(&samples)
+            .map(|((id, _), samples)| {
+                let outcome = if samples.is_empty() {
+                    Err(ItemFailure {
+                        stage: Stage::Generation,
+                        message: format!(
+                            "none of the {DIRECT_SUMMARY_SAMPLES} samples to summarise was \
+                             usable (every call failed or wrote nothing)"
+                        ),
+                        raw_text: None,
+                        attempts: 1,
+                    })
+                } else {
+                    summaries.next().expect("one summary per summarised item")
+                };
+                match outcome {
+                    Ok(summary) => GenerationRecord {
+                        id: id.to_string(),
+                        text: summary.trim().to_string(),
+                        failure: None,
+                    },
+                    Err(failure) => GenerationRecord {
+                        id: id.to_string(),
+                        text: String::new(),
+                        failure: Some(failure),
+                    },
+                }
+            })
+            .collect())
+    }
+
     /// The settings a run records beside `extra`: the policy's prompt style, whether it states
     /// confidence, its temperature and seed.
     pub(crate) fn settings_with(&self, extra: &BTreeMap<String, Value>) -> BTreeMap<String, Value> {
@@ -539,14 +699,21 @@ impl Policy<'_> {
         settings
     }
 
-    /// The model, method and sampling, for the run's manifest.
+    /// The model, method and sampling (and the summarizer), for the run's manifest.
     pub(crate) fn config(&self) -> Value {
-        json!({
+        let mut config = json!({
             "backend": self.llm.backend(),
             "model": self.llm.model(),
             "method": self.method,
             "sampling": self.settings,
-        })
+        });
+        if let Some(summarizer) = &self.summarizer {
+            config["summarizer"] = json!({
+                "model": describe_llm(summarizer.llm),
+                "settings": summarizer.settings,
+            });
+        }
+        config
     }
 }
 

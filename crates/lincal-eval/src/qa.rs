@@ -156,6 +156,7 @@ impl QaEvaluation<'_> {
     /// Evaluates on `dataset` in `run_dir`; see the module documentation. A directory holding
     /// this run finished is read back without a call; an interrupted one is resumed.
     pub fn run(&self, run_dir: &Path, dataset: &QaDataset) -> Result<RunOutcome, PipelineError> {
+        self.policy.check()?;
         let questions = &dataset.questions;
         if questions.is_empty() {
             return Err(PipelineError::Invalid(format!(

@@ -275,6 +275,7 @@ fn run_qa(
             method,
             settings: &GenerationSettings::local(),
             templates: &templates,
+            summarizer: None,
         },
         reader: reader.as_ref(),
         judge: judge.as_ref(),
@@ -929,6 +930,7 @@ fn run_bio(run_dir: &Path, models: BioModels, entities: &[&str], knowledge: &Pat
             method: &Method::preset("LC SFT").unwrap(),
             settings: &GenerationSettings::local(),
             templates: &templates,
+            summarizer: None,
         },
         decomposer: &decomposer,
         confidence: ClaimConfidence {
@@ -1104,4 +1106,126 @@ fn unknown_hedges_fall_back_to_a_model_or_to_even_odds_with_a_note() {
         note.message
     );
     assert_eq!(without.results.counts.failures[&Stage::Filter], 1);
+}
+
+/// Direct Summary Eval: 8 few-shot samples per question at temperature 0.7, each from its own
+/// seed and cut at its blank line, summarised by the summarizer at its settings' temperature;
+/// the summary is the paragraph read and judged. A question whose samples all failed fails
+/// without a summary; the method without a summarizer (or another method with one) is
+/// refused before anything is asked.
+#[test]
+fn direct_summary_eval_summarises_eight_samples_per_question() {
+    let dir = tempfile::tempdir().unwrap();
+    let templates = Templates::builtin().unwrap();
+    // Sample k of the France question names Paris for k < 6 and Lyon after; the ICL sample
+    // runs on into a next example, which the blank line cuts. The other question's calls fail.
+    let policy = FakeLlm::new(|request| {
+        let text = prompt_text(request);
+        if !text.contains("capital of France") {
+            return Err(lincal_llm::LlmError::Backend {
+                message: "down".into(),
+                retryable: false,
+            });
+        }
+        let city = if request.params.seed % 8 < 6 {
+            "Paris"
+        } else {
+            "Lyon"
+        };
+        Ok(LlmResponse::from_texts([format!(
+            "The capital is {city}.\n\nQuestion: next"
+        )]))
+    });
+    let summarizer = scripted(|text| {
+        assert!(text.contains("The capital is Paris.") && !text.contains("Question: next"));
+        "Statement: I am 75% sure the capital is Paris, and 25% sure it is Lyon."
+    });
+    let summary_settings = TeacherSettings {
+        temperature: 0.3,
+        ..teacher()
+    };
+    let method = Method::preset("direct summary eval").unwrap();
+    assert_eq!(
+        (method.name.as_str(), method.states_confidence),
+        ("Direct Summary Eval", true)
+    );
+    let evaluation = |summarizer: Option<&dyn Llm>, method: &Method, dir: &Path| {
+        QaEvaluation {
+            policy: Policy {
+                llm: &policy,
+                method,
+                settings: &GenerationSettings::local(),
+                templates: &templates,
+                summarizer: summarizer.map(|llm| lincal_eval::Summarizer {
+                    llm,
+                    settings: &summary_settings,
+                }),
+            },
+            reader: &LexicalQaReader::default(),
+            judge: &ExactMatchJudge,
+            model_label: "fake policy".into(),
+            extra: BTreeMap::new(),
+            options: EvalOptions::default(),
+            progress: &no_progress,
+        }
+        .run(
+            dir,
+            &dataset(vec![
+                question("q1", "capital of France", "Paris", &[]),
+                question("q2", "largest Swiss city", "Zurich", &[]),
+            ]),
+        )
+    };
+    let err = evaluation(None, &method, &dir.path().join("none")).unwrap_err();
+    assert!(
+        err.to_string().contains("give it a summarizer model"),
+        "{err}"
+    );
+    let other = Method::preset("LC SFT").unwrap();
+    let err = evaluation(Some(&summarizer), &other, &dir.path().join("other")).unwrap_err();
+    assert!(
+        err.to_string().contains("leave the summarizer out"),
+        "{err}"
+    );
+    assert!(policy.requests().is_empty());
+
+    let outcome = evaluation(Some(&summarizer), &method, &dir.path().join("run")).unwrap();
+    let samples = policy.requests();
+    assert_eq!(samples.len(), 16);
+    assert!(samples.iter().all(|r| r.params.temperature == 0.7));
+    let seeds: std::collections::BTreeSet<u64> = samples.iter().map(|r| r.params.seed).collect();
+    assert_eq!(seeds.len(), 16);
+    let summaries = summarizer.requests();
+    assert_eq!(summaries.len(), 1);
+    assert_eq!(summaries[0].params.temperature, 0.3);
+    let text = prompt_text(&summaries[0]);
+    assert_eq!(
+        text.matches("The capital is").count(),
+        8,
+        "every sample of q1 is summarised: {text}"
+    );
+    match &outcome.examples[0] {
+        ScoredExample::Qa(q) => {
+            assert_eq!(
+                q.generated_text,
+                "I am 75% sure the capital is Paris, and 25% sure it is Lyon."
+            );
+            assert_eq!(q.answer.as_deref(), Some("Paris"));
+            assert!(q.correct);
+        }
+        other => panic!("{other:?}"),
+    }
+    match &outcome.examples[1] {
+        ScoredExample::Qa(q) => {
+            assert_eq!((q.answer.as_deref(), q.correct), (None, false));
+            assert!(
+                q.failures[0]
+                    .message
+                    .contains("none of the 8 samples to summarise was usable"),
+                "{:?}",
+                q.failures
+            );
+        }
+        other => panic!("{other:?}"),
+    }
 }

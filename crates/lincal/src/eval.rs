@@ -20,7 +20,7 @@ use lincal_eval::qa::QaEvaluation;
 use lincal_eval::readers::{LexicalQaReader, LlmReader, Reader, StatedConfidenceReader};
 use lincal_eval::{
     EvalOptions, GenerationSettings, IndexLocation, KnowledgeIndex, Method, Policy, ProgressEvent,
-    PromptStyle, ReportOptions, RunOutcome, RunStatus, TeacherSettings,
+    PromptStyle, ReportOptions, RunOutcome, RunStatus, Summarizer, TeacherSettings,
 };
 use lincal_llm::{Accounting, BackendConfig, ClientOptions, Llm, LlmClient, ResponseCache};
 use lincal_metrics::{
@@ -108,13 +108,21 @@ pub struct RunArgs {
     /// JAFU 0-Shot", ...) also set --prompt and --states-confidence.
     #[arg(long, default_value = "LC SFT")]
     method: String,
-    /// How the model is prompted: finetuned, icl, summary-icl, zero-shot or jafu.
+    /// How the model is prompted: finetuned, icl, summary-icl, zero-shot, jafu or
+    /// direct-summary (needs --summarizer or --summarizer-model).
     #[arg(long)]
     prompt: Option<String>,
     /// Whether the method states confidence (its answers are forecast) or not (every answer
     /// counts as certain).
     #[arg(long)]
     states_confidence: Option<bool>,
+    /// The teacher that summarises the policy's samples for --method "Direct Summary Eval":
+    /// a backend config.
+    #[arg(long, conflicts_with = "summarizer_model")]
+    summarizer: Option<PathBuf>,
+    /// A local model as the Direct Summary Eval summarizer.
+    #[arg(long)]
+    summarizer_model: Option<PathBuf>,
     /// Evaluate only the first N items.
     #[arg(long)]
     limit: Option<usize>,
@@ -604,6 +612,22 @@ fn teacher(run: &RunArgs) -> TeacherSettings {
     }
 }
 
+/// The client of `--summarizer` or `--summarizer-model`, if given.
+fn summarizer_client(run: &RunArgs, models: &mut Models) -> Result<Option<LlmClient>> {
+    config_or_dir(run.summarizer.as_ref(), run.summarizer_model.as_ref())
+        .map(|source| models.client(&source))
+        .transpose()
+}
+
+/// How the summarizer samples: the teacher settings at the temperature the paper gives Direct
+/// Summary Eval's summaries.
+fn summarizer_settings(run: &RunArgs) -> TeacherSettings {
+    TeacherSettings {
+        temperature: lincal_eval::pipeline::DIRECT_SUMMARY_TEMPERATURE,
+        ..teacher(run)
+    }
+}
+
 /// What the run records besides its settings.
 fn extra(run: &RunArgs, policy: &ModelSource) -> BTreeMap<String, serde_json::Value> {
     let mut extra = BTreeMap::from([(
@@ -816,6 +840,8 @@ pub(crate) fn run_qa(policy_args: &PolicyArgs, setup: &QaSetup, out: &Path) -> R
 
     let mut models = Models::new(run)?;
     let policy = models.client(&policy_source)?;
+    let summarizer_client = summarizer_client(run, &mut models)?;
+    let summarizer_settings = summarizer_settings(run);
     let reader_client = reader_source
         .as_ref()
         .map(|source| models.client(source))
@@ -890,6 +916,10 @@ pub(crate) fn run_qa(policy_args: &PolicyArgs, setup: &QaSetup, out: &Path) -> R
             method: &method,
             settings: &generation,
             templates: &templates,
+            summarizer: summarizer_client.as_ref().map(|llm| Summarizer {
+                llm,
+                settings: &summarizer_settings,
+            }),
         },
         reader: reader.as_ref(),
         judge: judge.as_ref(),
@@ -951,6 +981,8 @@ fn bio(args: BioArgs) -> Result<()> {
 
     let mut models = Models::new(run)?;
     let policy = models.client(&policy_source)?;
+    let summarizer_client = summarizer_client(run, &mut models)?;
+    let summarizer_settings = summarizer_settings(run);
     let decomposer_client = decomposer_source
         .as_ref()
         .map(|source| models.client(source))
@@ -984,6 +1016,10 @@ fn bio(args: BioArgs) -> Result<()> {
             method: &method,
             settings: &generation,
             templates: &templates,
+            summarizer: summarizer_client.as_ref().map(|llm| Summarizer {
+                llm,
+                settings: &summarizer_settings,
+            }),
         },
         decomposer: decomposer.as_ref(),
         confidence: ClaimConfidence {
