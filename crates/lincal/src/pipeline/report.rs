@@ -12,7 +12,8 @@ use lincal_eval::compare::{COMPARISON_HTML_FILE, COMPARISON_JSON_FILE, COMPARISO
 use lincal_eval::report::{EXAMPLES_FILE, FRONTIER_PLOT};
 use lincal_eval::{Comparison, QaExample, ScoredExample, predictions, read_examples};
 use lincal_metrics::{
-    Curve, Estimate, MetricsReport, Prediction, ReportConfig, compute_report, write_line_plot,
+    Curve, Estimate, MetricsReport, PairedComparison, PairedDifference, Prediction, ReportConfig,
+    compute_report, write_line_plot,
 };
 use lincal_model::fsutil::write_atomic;
 use lincal_train::run::METRICS_FILE;
@@ -457,7 +458,7 @@ pub fn write_pipeline_report(
         .map(|(method, examples)| Reading::of(method, examples))
         .collect();
     let report = PipelineReport {
-        findings: findings(&methods, &readings, &training),
+        findings: findings(&methods, &readings, &training, &named_pairs(&comparison)),
         methods,
         examples: side_by_side(&runs, SIDE_BY_SIDE_QUESTIONS),
         training,
@@ -521,14 +522,78 @@ fn with_interval(metric: &MetricWithCi) -> String {
     metric.with_interval().unwrap_or_else(|| "undefined".into())
 }
 
+/// Two methods' paired differences (from the comparison's `pairs`), by method name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedPair {
+    pub a: String,
+    pub b: String,
+    pub differences: PairedComparison,
+}
+
+/// The pairs of `comparison` named by their runs' labels (the method names).
+fn named_pairs(comparison: &Comparison) -> Vec<NamedPair> {
+    comparison
+        .pairs
+        .iter()
+        .map(|pair| NamedPair {
+            a: comparison.runs[pair.a].label.clone(),
+            b: comparison.runs[pair.b].label.clone(),
+            differences: pair.differences.clone(),
+        })
+        .collect()
+}
+
+/// `x − y` of the metric `pick` chooses, with its paired interval, from the pair of `x` and
+/// `y` in either order, and the number of items both scored.
+fn paired_difference(
+    pairs: &[NamedPair],
+    x: &str,
+    y: &str,
+    pick: fn(&PairedComparison) -> &PairedDifference,
+) -> Option<(PairedDifference, usize)> {
+    pairs.iter().find_map(|pair| {
+        let d = pick(&pair.differences);
+        let flip = |e: Estimate| Estimate {
+            value: -e.value,
+            ci_low: e.ci_high.map(|v| -v),
+            ci_high: e.ci_low.map(|v| -v),
+        };
+        if (pair.a.as_str(), pair.b.as_str()) == (x, y) {
+            Some((*d, pair.differences.subjects))
+        } else if (pair.a.as_str(), pair.b.as_str()) == (y, x) {
+            Some((
+                PairedDifference {
+                    a: d.b,
+                    b: d.a,
+                    difference: flip(d.difference),
+                    distinguishable: d.distinguishable,
+                },
+                pair.differences.subjects,
+            ))
+        } else {
+            None
+        }
+    })
+}
+
+/// "−0.050 [−0.090, −0.010]".
+fn signed_with_interval(e: &Estimate) -> String {
+    match (e.ci_low, e.ci_high) {
+        (Some(low), Some(high)) => format!("{:+.3} [{low:+.3}, {high:+.3}]", e.value),
+        _ => format!("{:+.3}", e.value),
+    }
+}
+
 /// What the report's own numbers show, and what they cannot at this size, for the claims of
-/// the paper: the LC methods' ECE against the others', whether their stated confidence tells
-/// right answers from wrong ones (AUROC above 0.5, or Brier below the constant baseline's), and
+/// the paper: the LC methods' ECE against the others' (by their paired difference where the
+/// comparison has one, else by their intervals), whether their stated confidence tells right
+/// answers from wrong ones (AUROC above 0.5, or Brier below the constant baseline's), and
 /// whether the PPO runs moved their SFT models.
 pub fn findings(
     methods: &[MethodMetrics],
     readings: &[Reading],
     training: &TrainingSummary,
+    pairs: &[NamedPair],
 ) -> Vec<String> {
     let find = |name: &str| methods.iter().find(|m| m.name == name);
     let constant = find(CONSTANT);
@@ -543,10 +608,23 @@ pub fn findings(
                 (Some(_), Some(_)) => "not below",
                 _ => continue,
             };
-            let verdict = match intervals_apart(&lc.ece, &other.ece) {
-                Some(true) => "the 95% intervals are apart",
-                Some(false) => "the 95% intervals overlap, so this size cannot tell them apart",
-                None => "without intervals to compare",
+            let verdict = match paired_difference(pairs, &lc.name, &other.name, |p| &p.ece) {
+                Some((d, items)) => format!(
+                    "the paired difference {} over the {items} items both scored {}",
+                    signed_with_interval(&d.difference),
+                    if d.distinguishable {
+                        "excludes zero"
+                    } else {
+                        "includes zero, so this size cannot tell them apart"
+                    }
+                ),
+                None => match intervals_apart(&lc.ece, &other.ece) {
+                    Some(true) => "the 95% intervals are apart".to_string(),
+                    Some(false) => {
+                        "the 95% intervals overlap, so this size cannot tell them apart".to_string()
+                    }
+                    None => "without intervals to compare".to_string(),
+                },
             };
             findings.push(format!(
                 "{}'s ECE {} is {relation} {}'s {}: {verdict}.",
@@ -622,14 +700,30 @@ pub fn findings(
         let kl = curve("kl").map_or(String::new(), |kl| {
             format!(", KL to the SFT model {:.4} at the end", kl.last.value)
         });
-        let apart = [
+        let paired = (
+            paired_difference(pairs, rl, sft, |p| &p.accuracy),
+            paired_difference(pairs, rl, sft, |p| &p.ece),
+        );
+        let verdict = if let (Some((accuracy, _)), Some((ece, _))) = paired {
+            let shown = if accuracy.distinguishable || ece.distinguishable {
+                "one of them excludes zero against"
+            } else {
+                "both include zero against"
+            };
+            format!(
+                "its paired differences in accuracy {} and ECE {}: {shown}",
+                signed_with_interval(&accuracy.difference),
+                signed_with_interval(&ece.difference)
+            )
+        } else if [
             intervals_apart(&rl_metrics.accuracy, &sft_metrics.accuracy),
             intervals_apart(&rl_metrics.ece, &sft_metrics.ece),
-        ];
-        let verdict = if apart.contains(&Some(true)) {
-            "its accuracy or ECE interval is apart from"
+        ]
+        .contains(&Some(true))
+        {
+            "its accuracy or ECE interval is apart from".to_string()
         } else {
-            "its accuracy and ECE intervals overlap those of"
+            "its accuracy and ECE intervals overlap those of".to_string()
         };
         findings.push(format!(
             "{rl} ran {} PPO steps (mean reward {:.3} at step {}, {:.3} at step {}{kl}); \
@@ -1155,13 +1249,39 @@ mod tests {
             no_answer: 12,
             confidences: vec![25, 50, 100],
         }];
+        // Factuality SFT against LC SFT, paired: ECE 0.05 higher, [0.01, 0.09] (apart from 0
+        // although the two intervals overlap); accuracy the same.
+        let difference = |a: f64, b: f64, low: f64, high: f64| PairedDifference {
+            a,
+            b,
+            difference: Estimate {
+                value: a - b,
+                ci_low: Some(low),
+                ci_high: Some(high),
+            },
+            distinguishable: low > 0.0 || high < 0.0,
+        };
+        let pairs = [NamedPair {
+            a: "Factuality SFT".into(),
+            b: "LC SFT".into(),
+            differences: PairedComparison {
+                subjects: 100,
+                accuracy: difference(0.3, 0.3, -0.02, 0.02),
+                ece: difference(0.25, 0.2, 0.01, 0.09),
+                brier: difference(0.3, 0.18, 0.05, 0.2),
+                bootstrap_resamples: 1000,
+                seed: 1,
+                ci_level: 0.95,
+            },
+        }];
         assert_eq!(
-            findings(&methods, &readings, &training),
+            findings(&methods, &readings, &training, &pairs),
             [
                 "LC SFT's ECE 0.200 [0.100, 0.300] is below Zero-Shot's 0.700 [0.600, 0.800]: \
                  the 95% intervals are apart.",
                 "LC SFT's ECE 0.200 [0.100, 0.300] is below Factuality SFT's 0.250 [0.150, \
-                 0.350]: the 95% intervals overlap, so this size cannot tell them apart.",
+                 0.350]: the paired difference -0.050 [-0.090, -0.010] over the 100 items both \
+                 scored excludes zero.",
                 "LC SFT's ECE 0.200 [0.100, 0.300] is below Factuality RL's 0.300 [0.200, \
                  0.400]: the 95% intervals overlap, so this size cannot tell them apart.",
                 "LC SFT's AUROC 0.700 [0.600, 0.800]: its interval is above 0.5: its stated \
