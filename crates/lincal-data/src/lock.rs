@@ -29,6 +29,18 @@ pub struct LockHolder {
     pub started: String,
 }
 
+impl LockHolder {
+    /// What to tell the user when a run replaced this stale holder's lock file `lock`.
+    pub fn takeover_warning(&self, lock: &Path) -> String {
+        format!(
+            "warning: took over {} left by process {} (since {}), which no longer runs",
+            lock.display(),
+            self.pid,
+            self.started
+        )
+    }
+}
+
 /// An exclusive lock on an output, held until dropped.
 #[derive(Debug)]
 pub struct OutputLock {
@@ -66,13 +78,9 @@ impl OutputLock {
 
     /// What to tell the user when this lock replaced a stale one.
     pub fn takeover_warning(&self) -> Option<String> {
-        self.took_over.as_ref().map(|holder| {
-            format!(
-                "warning: took over {} left by process {}, which no longer runs",
-                self.path.display(),
-                holder.pid
-            )
-        })
+        self.took_over
+            .as_ref()
+            .map(|holder| holder.takeover_warning(&self.path))
     }
 
     fn acquire(path: PathBuf) -> Result<Self> {

@@ -460,9 +460,8 @@ fn print_report(report: &StageReport, accounting: Option<&Accounting>) {
     let dir = report.dir.display();
     if let Some(holder) = &report.took_over_lock {
         eprintln!(
-            "warning: {dir} was locked by process {} (since {}), which no longer runs; \
-             this run took the lock over",
-            holder.pid, holder.started
+            "{}",
+            holder.takeover_warning(&report.dir.join(lincal_data::lock::LOCK_FILE))
         );
     }
     if report.skipped {

@@ -553,9 +553,9 @@ fn a_locked_stage_directory_is_refused_naming_its_holder() {
     .unwrap();
     let stderr = succeeds(&args);
     let taken_over = format!(
-        "warning: {} was locked by process {dead} (since 2026-01-01T00:00:00Z), \
-         which no longer runs; this run took the lock over",
-        out.display()
+        "warning: took over {} left by process {dead} (since 2026-01-01T00:00:00Z), which no \
+         longer runs",
+        lock.display()
     );
     assert!(stderr.contains(&taken_over), "{stderr}");
     assert!(!lock.exists());
