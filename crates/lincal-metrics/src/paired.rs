@@ -125,11 +125,7 @@ pub fn paired_comparison(
         PairedDifference {
             a: metric(&point_a),
             b: metric(&point_b),
-            difference: Estimate {
-                value: metric(&point_a) - metric(&point_b),
-                ci_low: interval.map(|i| i.low),
-                ci_high: interval.map(|i| i.high),
-            },
+            difference: Estimate::new(metric(&point_a) - metric(&point_b), interval),
             distinguishable: interval.is_some_and(|i| i.low > 0.0 || i.high < 0.0),
         }
     };

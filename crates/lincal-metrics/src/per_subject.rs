@@ -71,15 +71,13 @@ pub fn subject_averages(
         )
         .collect();
     let estimate = |value: f64, metric: fn(&(f64, f64)) -> f64| {
-        let interval = percentile_interval(
-            resampled.iter().map(metric).collect(),
-            config.bootstrap.level,
-        );
-        Estimate {
+        Estimate::new(
             value,
-            ci_low: interval.map(|i| i.low),
-            ci_high: interval.map(|i| i.high),
-        }
+            percentile_interval(
+                resampled.iter().map(metric).collect(),
+                config.bootstrap.level,
+            ),
+        )
     };
     Ok(SubjectAverages {
         subjects: n,

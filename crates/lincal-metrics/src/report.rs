@@ -58,7 +58,7 @@ pub struct Estimate<V = f64> {
 }
 
 impl<V> Estimate<V> {
-    fn new(value: V, ci: Option<Interval>) -> Self {
+    pub(crate) fn new(value: V, ci: Option<Interval>) -> Self {
         Self {
             value,
             ci_low: ci.map(|i| i.low),

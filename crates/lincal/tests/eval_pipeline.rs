@@ -595,6 +595,24 @@ fn print_results(run: &Path) {
     );
 }
 
+/// `count` Red-Trivia questions spread evenly over the set, as a QA JSONL in `dir`.
+fn red_trivia_questions(dir: &Path, count: usize) -> PathBuf {
+    let all = offline_source(lincal_data::sources::Source::RedTrivia, dir);
+    let lines: Vec<String> = std::fs::read_to_string(&all)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let picked: Vec<&String> = lines.iter().step_by(lines.len() / count).take(count).collect();
+    let questions = dir.join(format!("red-trivia-{count}.jsonl"));
+    std::fs::write(
+        &questions,
+        picked.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+    questions
+}
+
 /// 50 Red-Trivia questions spread over the set; SmolLM2 writes a paragraph (up to 96 tokens)
 /// for each through its chat template, and the lexical reader and exact match score them, so
 /// that the run fits in a few minutes on two CPU cores.
@@ -603,19 +621,7 @@ fn print_results(run: &Path) {
 fn smollm2_qa_on_fifty_offline_questions() {
     let dir = tempfile::tempdir().unwrap();
     let model = smollm2(dir.path());
-    let all = offline_source(lincal_data::sources::Source::RedTrivia, dir.path());
-    let lines: Vec<String> = std::fs::read_to_string(&all)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
-    let picked: Vec<&String> = lines.iter().step_by(lines.len() / 50).take(50).collect();
-    let questions = dir.path().join("red-trivia-50.jsonl");
-    std::fs::write(
-        &questions,
-        picked.iter().map(|l| format!("{l}\n")).collect::<String>(),
-    )
-    .unwrap();
+    let questions = red_trivia_questions(dir.path(), 50);
     let run = dir.path().join("run");
     ok(lincal(&[
         "eval",
@@ -808,19 +814,7 @@ fn smollm2_bio_on_ten_wordnet_people() {
 fn smollm2_direct_summary_eval_on_four_questions() {
     let dir = tempfile::tempdir().unwrap();
     let model = smollm2(dir.path());
-    let all = offline_source(lincal_data::sources::Source::RedTrivia, dir.path());
-    let lines: Vec<String> = std::fs::read_to_string(&all)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
-    let picked: Vec<&String> = lines.iter().step_by(lines.len() / 4).take(4).collect();
-    let questions = dir.path().join("red-trivia-4.jsonl");
-    std::fs::write(
-        &questions,
-        picked.iter().map(|l| format!("{l}\n")).collect::<String>(),
-    )
-    .unwrap();
+    let questions = red_trivia_questions(dir.path(), 4);
     let run = dir.path().join("run");
     ok(lincal(&[
         "eval",

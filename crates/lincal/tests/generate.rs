@@ -7,7 +7,7 @@ use common::{
 };
 use std::path::PathBuf;
 
-/// A tiny model, 5 prompts and the arguments of a job on them, run to the end once.
+/// A tiny model, prompts and the arguments of a job on them, run to the end once.
 struct Job {
     _dir: tempfile::TempDir,
     input: PathBuf,
@@ -20,11 +20,21 @@ struct Job {
 
 impl Job {
     fn new() -> Self {
+        Self::with_prompts(5)
+    }
+
+    fn with_prompts(count: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let model = tiny_model_dir(dir.path());
         let input = dir.path().join("prompts.jsonl");
-        let lines: Vec<String> = (0..5)
-            .map(|i| format!("{{\"id\": {i}, \"prompt\": \"t{} t{}\"}}", 3 + i, 10 + i))
+        let lines: Vec<String> = (0..count)
+            .map(|i| {
+                format!(
+                    "{{\"id\": {i}, \"prompt\": \"t{} t{}\"}}",
+                    3 + i % 50,
+                    10 + i % 40
+                )
+            })
             .collect();
         std::fs::write(&input, lines.join("\n") + "\n").unwrap();
         let output = dir.path().join("out.jsonl");
@@ -66,12 +76,17 @@ impl Job {
 
     /// Runs the job with `extra` arguments, in batches of 2 unless they say otherwise.
     fn run(&self, extra: &[&str]) -> std::process::Output {
+        lincal(&self.args_with(extra))
+    }
+
+    /// The job's arguments with `extra`, in batches of 2 unless they say otherwise.
+    fn args_with<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
         let mut args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         args.extend(extra);
         if !extra.contains(&"--batch-size") {
             args.extend(["--batch-size", "2"]);
         }
-        lincal(&args)
+        args
     }
 
     /// Leaves what a run killed during its third batch leaves: `rows` finished lines and a
@@ -240,78 +255,26 @@ fn a_second_run_on_an_output_in_use_is_refused() {
 /// again finishes the job with exactly the rows of an uninterrupted run.
 #[test]
 fn a_full_disk_stops_generate_and_the_same_command_finishes_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model_dir(dir.path());
-    let input = dir.path().join("prompts.jsonl");
-    let lines: Vec<String> = (0..40)
-        .map(|i| {
-            format!(
-                "{{\"id\": {i}, \"prompt\": \"t{} t{}\"}}",
-                3 + i % 50,
-                10 + i % 40
-            )
-        })
-        .collect();
-    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
-    let args = |output: &std::path::Path| -> Vec<String> {
-        [
-            "generate",
-            "--model",
-            &model,
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-            "--max-new-tokens",
-            "8",
-            "--batch-size",
-            "4",
-            "--device",
-            "cpu",
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .collect()
-    };
-    let reference = dir.path().join("reference.jsonl");
-    let reference_args = args(&reference);
-    let run = lincal(
-        &reference_args
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    assert!(std::fs::metadata(&reference).unwrap().len() > 4096);
-
-    let output = dir.path().join("out.jsonl");
-    let output_args = args(&output);
-    let output_args: Vec<&str> = output_args.iter().map(String::as_str).collect();
-    let run = lincal_with_file_size_limit(&output_args, 2);
+    let job = Job::with_prompts(40);
+    assert!(std::fs::metadata(&job.output).unwrap().len() > 4096);
+    std::fs::remove_file(&job.output).unwrap();
+    let run = lincal_with_file_size_limit(&job.args_with(&[]), 2);
     let stderr = String::from_utf8_lossy(&run.stderr);
-    let partial = dir.path().join("out.jsonl.partial");
     assert!(!run.status.success());
     assert!(
-        stderr.contains(&format!("writing {}", partial.display()))
+        stderr.contains(&format!("writing {}", job.partial.display()))
             && stderr.contains("The disk is full or a file size limit was reached"),
         "{stderr}"
     );
-    assert!(std::fs::metadata(&partial).unwrap().len() > 1000);
-    let run = lincal(&output_args);
+    assert!(std::fs::metadata(&job.partial).unwrap().len() > 1000);
+    let run = job.run(&[]);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stderr}");
-    assert_eq!(read_jsonl(&output), read_jsonl(&reference));
+    assert_eq!(read_jsonl(&job.output), job.full);
     // stderr is no terminal here: progress comes as lines, the last after the last prompt.
     assert!(
-        stderr.contains(&format!("{}: 40/40 prompts, ", output.display())),
+        stderr.contains(&format!("{}: 40/40 prompts, ", job.output.display())),
         "{stderr}"
     );
-    assert_eq!(
-        leftover_temporaries(dir.path()),
-        Vec::<std::path::PathBuf>::new()
-    );
+    assert_eq!(leftover_temporaries(job._dir.path()), Vec::<PathBuf>::new());
 }

@@ -51,47 +51,37 @@ fn write_prompts(path: &Path, n: usize) {
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
-#[test]
-fn ppo_trains_two_steps_of_decision_based_rl_and_resumes() {
-    let dir = tempfile::tempdir().unwrap();
-    let (policy, reward, extractor) = models(dir.path());
-    let (train, eval) = (
-        dir.path().join("train.jsonl"),
-        dir.path().join("eval.jsonl"),
-    );
+/// `lincal ppo` of the `lc_ppo` preset on tiny models and prompt files made in `root` (8
+/// training, 2 evaluation prompts), on the CPU in f32, 4 rollouts of at most 4 tokens a step,
+/// evaluated every step, into `out`, with `settings` added.
+fn ppo_command(root: &Path, out: &Path, settings: &[&str]) -> Vec<String> {
+    let (policy, reward, extractor) = models(root);
+    let (train, eval) = (root.join("train.jsonl"), root.join("eval.jsonl"));
     write_prompts(&train, 8);
     write_prompts(&eval, 2);
-    let out = dir.path().join("run");
     let s = |p: &Path| p.to_str().unwrap().to_string();
-    let (policy, reward, extractor, train, eval, out_arg) = (
-        s(&policy),
-        s(&reward),
-        s(&extractor),
-        s(&train),
-        s(&eval),
-        s(&out),
-    );
-    let mut args: Vec<&str> = vec![
+    let mut args: Vec<String> = [
         "ppo",
         "--preset",
         "lc_ppo",
         "--policy",
-        &policy,
+        &s(&policy),
         "--reward-model",
-        &reward,
+        &s(&reward),
         "--answer-extractor",
-        &extractor,
+        &s(&extractor),
         "--train",
-        &train,
+        &s(&train),
         "--eval",
-        &eval,
+        &s(&eval),
         "--out",
-        &out_arg,
+        &s(out),
         "--device",
         "cpu",
-    ];
-    for setting in [
-        "total_steps=2",
+    ]
+    .map(String::from)
+    .to_vec();
+    let small = [
         "rollout_batch_size=4",
         "step_batch_size=4",
         "generation_batch_size=4",
@@ -101,9 +91,19 @@ fn ppo_trains_two_steps_of_decision_based_rl_and_resumes() {
         "eval_every=1",
         "precision=f32",
         "reward.extractor_max_new_tokens=3",
-    ] {
-        args.extend(["--set", setting]);
+    ];
+    for setting in small.iter().chain(settings) {
+        args.extend(["--set".to_string(), setting.to_string()]);
     }
+    args
+}
+
+#[test]
+fn ppo_trains_two_steps_of_decision_based_rl_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let args = ppo_command(dir.path(), &out, &["total_steps=2"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // Stopped after one step, then resumed to the end.
     let first = lincal(&[args.as_slice(), &["--stop-at-step", "1"]].concat());
     let stderr = String::from_utf8_lossy(&first.stderr);
@@ -345,54 +345,18 @@ fn bench_ppo_times_one_step_and_appends_a_json_line() {
 #[test]
 fn select_evaluates_the_best_snapshots_and_exports_the_winner() {
     let dir = tempfile::tempdir().unwrap();
-    let (policy, reward, extractor) = models(dir.path());
-    let (train, eval) = (
-        dir.path().join("train.jsonl"),
-        dir.path().join("eval.jsonl"),
-    );
-    write_prompts(&train, 8);
-    write_prompts(&eval, 2);
     let run = dir.path().join("run");
-    let s = |p: &Path| p.to_str().unwrap().to_string();
-    let mut args: Vec<String> = [
-        "ppo",
-        "--preset",
-        "lc_ppo",
-        "--policy",
-        &s(&policy),
-        "--reward-model",
-        &s(&reward),
-        "--answer-extractor",
-        &s(&extractor),
-        "--train",
-        &s(&train),
-        "--eval",
-        &s(&eval),
-        "--out",
-        &s(&run),
-        "--device",
-        "cpu",
-    ]
-    .map(String::from)
-    .to_vec();
-    for setting in [
-        "total_steps=3",
-        "rollout_batch_size=4",
-        "step_batch_size=4",
-        "generation_batch_size=4",
-        "forward_batch_size=2",
-        "query_len=40",
-        "response_len=4",
-        "eval_every=1",
-        "snapshot_every=1",
-        "save_after=1",
-        "warmup_steps=0",
-        "learning_rate=0.01",
-        "precision=f32",
-        "reward.extractor_max_new_tokens=3",
-    ] {
-        args.extend(["--set".to_string(), setting.to_string()]);
-    }
+    let args = ppo_command(
+        dir.path(),
+        &run,
+        &[
+            "total_steps=3",
+            "snapshot_every=1",
+            "save_after=1",
+            "warmup_steps=0",
+            "learning_rate=0.01",
+        ],
+    );
     let trained = lincal(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(
         trained.status.success(),

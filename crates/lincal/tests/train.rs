@@ -31,12 +31,12 @@ const SMALL: [&str; 10] = [
     "training.epochs=2",
 ];
 
-#[test]
-fn sft_runs_from_a_preset_stops_and_resumes_to_a_loadable_model() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model_dir(dir.path());
+/// `lincal sft` of the `lc_sft` preset on a tiny model and 4 training examples made in `dir`,
+/// one evaluation example, with the [`SMALL`] settings, into `dir/run`.
+fn sft_command(dir: &Path) -> (Vec<String>, std::path::PathBuf) {
+    let model = tiny_model_dir(dir);
     let train = write(
-        &dir.path().join("train.jsonl"),
+        &dir.join("train.jsonl"),
         &(0..4)
             .map(|i| {
                 format!(
@@ -49,16 +49,38 @@ fn sft_runs_from_a_preset_stops_and_resumes_to_a_loadable_model() {
             .collect::<Vec<_>>(),
     );
     let eval = write(
-        &dir.path().join("eval.jsonl"),
+        &dir.join("eval.jsonl"),
         &["{\"prompt\": \"t7 t8\", \"target\": \" t30\"}".to_string()],
     );
-    let out = dir.path().join("run");
+    let out = dir.join("run");
+    let mut args: Vec<String> = [
+        "sft",
+        "--model",
+        &model,
+        "--out",
+        out.to_str().unwrap(),
+        "--preset",
+        "lc_sft",
+        "--train",
+        &train,
+        "--eval",
+        &eval,
+        "--device",
+        "cpu",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(SMALL.map(String::from));
+    (args, out)
+}
+
+#[test]
+fn sft_runs_from_a_preset_stops_and_resumes_to_a_loadable_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let (args, out) = sft_command(dir.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out_str = out.to_str().unwrap();
-    let mut args = vec![
-        "sft", "--model", &model, "--out", out_str, "--preset", "lc_sft", "--train", &train,
-        "--eval", &eval, "--device", "cpu",
-    ];
-    args.extend(SMALL);
+    let model = dir.path().join("tiny").to_str().unwrap().to_string();
     let stopped = ok(lincal(
         &[args.as_slice(), &["--stop-at-step", "2"]].concat(),
     ));
@@ -406,36 +428,8 @@ fn bad_data_and_an_unwritable_output_fail_before_the_model_loads() {
 #[test]
 fn a_full_disk_during_a_checkpoint_leaves_nothing_half_written() {
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model_dir(dir.path());
-    let train = write(
-        &dir.path().join("train.jsonl"),
-        &(0..4)
-            .map(|i| {
-                format!(
-                    "{{\"prompt\": \"t{}\", \"target\": \" t{}\"}}",
-                    3 + i,
-                    20 + i
-                )
-            })
-            .collect::<Vec<_>>(),
-    );
-    let out = dir.path().join("run");
-    let mut args = vec![
-        "sft",
-        "--model",
-        &model,
-        "--out",
-        out.to_str().unwrap(),
-        "--preset",
-        "lc_sft",
-        "--train",
-        &train,
-        "--eval",
-        &train,
-        "--device",
-        "cpu",
-    ];
-    args.extend(SMALL);
+    let (args, out) = sft_command(dir.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let run = lincal_with_file_size_limit(&args, 32);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success());

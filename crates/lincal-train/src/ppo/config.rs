@@ -337,7 +337,9 @@ impl PpoConfig {
                 ),
             ));
         }
-        if self.snapshot_every > 0 && !self.snapshot_every.is_multiple_of(self.eval_every) {
+        // Only a run long enough to reach `save_after` takes snapshots.
+        let takes_snapshots = self.snapshot_every > 0 && self.save_after <= self.total_steps;
+        if takes_snapshots && !self.snapshot_every.is_multiple_of(self.eval_every) {
             return Err(TrainError::config(
                 "snapshot_every",
                 format!(
@@ -610,6 +612,20 @@ mod tests {
                  `reward_offset`"
             ),
             "{err}"
+        );
+        // Snapshots are ranked by their step's evaluation: they must fall on evaluated steps,
+        // once the run reaches save_after (800 of 1,500 steps here).
+        let bad = set(&["eval_every=15"]).unwrap();
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(
+            err.starts_with("config field `snapshot_every`: must be a multiple of eval_every (15)"),
+            "{err}"
+        );
+        assert!(
+            set(&["eval_every=15", "total_steps=799"])
+                .unwrap()
+                .validate()
+                .is_ok()
         );
         let bad = set(&["step_batch_size=3"]).unwrap();
         assert_eq!(

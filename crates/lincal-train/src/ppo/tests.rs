@@ -92,6 +92,16 @@ fn config(rl_type: RlType) -> PpoConfig {
     config
 }
 
+/// Rank-4 adapters on the attention's q and v projections, without dropout.
+fn tiny_lora() -> LoraConfig {
+    LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        target_modules: vec!["q_proj".into(), "v_proj".into()],
+    }
+}
+
 fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap()
@@ -138,15 +148,7 @@ impl Reward for TargetWordReward {
 #[test]
 fn the_first_update_has_zero_kl_and_unit_ratio() {
     let fixture = fixture();
-    for lora in [
-        None,
-        Some(LoraConfig {
-            r: 4,
-            alpha: 8.0,
-            dropout: 0.0,
-            target_modules: vec!["q_proj".into(), "v_proj".into()],
-        }),
-    ] {
+    for lora in [None, Some(tiny_lora())] {
         let run = tempfile::tempdir().unwrap();
         let config = PpoConfig {
             lora: lora.clone(),
@@ -366,12 +368,7 @@ fn lora_mode_trains_adapters_on_shared_frozen_bases() {
     let fixture = fixture();
     let run = tempfile::tempdir().unwrap();
     let mut config = config(RlType::Factuality);
-    config.lora = Some(LoraConfig {
-        r: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        target_modules: vec!["q_proj".into(), "v_proj".into()],
-    });
+    config.lora = Some(tiny_lora());
     config.total_steps = 3;
     config.warmup_steps = 0;
     config.learning_rate = 1e-2;
@@ -440,15 +437,7 @@ fn lora_mode_trains_adapters_on_shared_frozen_bases() {
 #[test]
 fn snapshots_are_weights_only_policies_that_outlive_the_checkpoints() {
     let fixture = fixture();
-    for lora in [
-        None,
-        Some(LoraConfig {
-            r: 4,
-            alpha: 8.0,
-            dropout: 0.0,
-            target_modules: vec!["q_proj".into(), "v_proj".into()],
-        }),
-    ] {
+    for lora in [None, Some(tiny_lora())] {
         let train = |snapshot_every: u64| {
             let run = tempfile::tempdir().unwrap();
             let config = PpoConfig {
@@ -723,12 +712,7 @@ fn bench_times_one_step_at_the_given_geometry() {
     config.step_batch_size = 4;
     config.query_len = 5;
     config.response_len = 3;
-    config.lora = Some(LoraConfig {
-        r: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        target_modules: vec!["q_proj".into(), "v_proj".into()],
-    });
+    config.lora = Some(tiny_lora());
     let result = bench_ppo(&fixture.paths.policy, Device::Cpu, &config, 1).unwrap();
     assert_eq!(
         (result.rollouts, result.query_len, result.response_len),
