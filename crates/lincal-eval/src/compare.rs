@@ -7,8 +7,9 @@ use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
 use lincal_metrics::{
-    BootstrapConfig, Estimate, FrontierPoint, PairedComparison, Prediction, ReportConfig,
-    paired_comparison, write_frontier_plot, write_reliability_diagram,
+    BootstrapConfig, CoverageCurve, Estimate, FrontierPoint, PairedComparison, Prediction,
+    ReportConfig, paired_comparison, write_frontier_plot, write_reliability_diagram,
+    write_risk_coverage_plot,
 };
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +20,7 @@ use crate::render::{
     Cell, Table, format_interval, format_value, html, html_page, interval_label, markdown,
     metric_rows, paper_section_html, paper_section_markdown, svg_figure,
 };
-use crate::report::{EXAMPLES_FILE, REPORT_MD_FILE, RunResults, read_results};
+use crate::report::{EXAMPLES_FILE, REPORT_MD_FILE, RISK_COVERAGE_PLOT, RunResults, read_results};
 
 pub const COMPARISON_JSON_FILE: &str = "comparison.json";
 pub const COMPARISON_MD_FILE: &str = "comparison.md";
@@ -119,11 +120,22 @@ pub fn compare(run_dirs: &[PathBuf], out_dir: impl AsRef<Path>) -> Result<Compar
         &format!("Accuracy vs ECE on {}", comparison.dataset),
         out_dir.join("frontier"),
     )?;
+    let coverage: Vec<(&str, &CoverageCurve)> = comparison
+        .runs
+        .iter()
+        .map(|r| (r.label.as_str(), &r.results.metrics.coverage))
+        .collect();
+    let risk_coverage = write_risk_coverage_plot(
+        &coverage,
+        &format!("Risk vs coverage on {}", comparison.dataset),
+        out_dir.join(RISK_COVERAGE_PLOT),
+    )?;
     let mut reliability = Vec::new();
     for run in &comparison.runs {
         let title = format!("{}: ECE {:.3}", run.label, run.results.metrics.ece.value);
         let files = write_reliability_diagram(
             &run.results.metrics.reliability_bins,
+            Some(&run.results.metrics.smooth_curve),
             &title,
             out_dir.join(&run.reliability_plot),
         )?;
@@ -133,7 +145,7 @@ pub fn compare(run_dirs: &[PathBuf], out_dir: impl AsRef<Path>) -> Result<Compar
         &out_dir.join(COMPARISON_MD_FILE),
         comparison_markdown(&comparison, out_dir).as_bytes(),
     )?;
-    let page = comparison_html(&comparison, &frontier.svg, &reliability)?;
+    let page = comparison_html(&comparison, &frontier.svg, &risk_coverage.svg, &reliability)?;
     write_atomically(&out_dir.join(COMPARISON_HTML_FILE), page.as_bytes())?;
     write_json(&out_dir.join(COMPARISON_JSON_FILE), &comparison)?;
     Ok(comparison)
@@ -539,6 +551,12 @@ fn comparison_markdown(comparison: &Comparison, out_dir: &Path) -> String {
         }
     }
     out += "\n## Plots\n\n- Accuracy vs ECE: [frontier.png](frontier.png) ([SVG](frontier.svg))\n";
+    writeln!(
+        out,
+        "- Risk vs coverage: [{RISK_COVERAGE_PLOT}.png]({RISK_COVERAGE_PLOT}.png) \
+         ([SVG]({RISK_COVERAGE_PLOT}.svg))"
+    )
+    .unwrap();
     for run in &comparison.runs {
         writeln!(
             out,
@@ -555,6 +573,7 @@ fn comparison_markdown(comparison: &Comparison, out_dir: &Path) -> String {
 fn comparison_html(
     comparison: &Comparison,
     frontier: &Path,
+    risk_coverage: &Path,
     reliability: &[PathBuf],
 ) -> Result<String, EvalError> {
     let mut body = format!("<h1>{}</h1>\n", html(&comparison_title(comparison)));
@@ -574,6 +593,11 @@ fn comparison_html(
     }
     body += "<h2>Accuracy vs ECE</h2>\n";
     body += &svg_figure(frontier, "Accuracy against ECE, with bootstrap intervals")?;
+    body += "<h2>Risk vs coverage</h2>\n";
+    body += &svg_figure(
+        risk_coverage,
+        "Error rate against coverage, answering the most confident first",
+    )?;
     body += "<h2>Reliability diagrams</h2>\n";
     for (run, svg) in comparison.runs.iter().zip(reliability) {
         body += &svg_figure(svg, &run.label)?;

@@ -26,6 +26,7 @@ use serde_json::{Value, json};
 
 use crate::report::{
     EXAMPLES_FILE, FRONTIER_PLOT, RELIABILITY_PLOT, REPORT_HTML_FILE, REPORT_MD_FILE, RESULTS_FILE,
+    RISK_COVERAGE_PLOT,
 };
 use crate::{
     EvalError, ReportOptions, RunResults, RunSettings, ScoredExample, Stage, StageFailure,
@@ -906,7 +907,7 @@ impl Stages<'_> {
             REPORT_HTML_FILE.to_string(),
             RESULTS_FILE.to_string(),
         ];
-        for plot in [RELIABILITY_PLOT, FRONTIER_PLOT] {
+        for plot in [RELIABILITY_PLOT, FRONTIER_PLOT, RISK_COVERAGE_PLOT] {
             written.extend(["png", "svg"].map(|ext| format!("{plot}.{ext}")));
         }
         for name in written {

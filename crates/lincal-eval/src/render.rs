@@ -161,6 +161,8 @@ pub(crate) fn metric_rows(report: &MetricsReport) -> Vec<MetricRow> {
         ci_low: e.ci_low,
         ci_high: e.ci_high,
     };
+    // Metrics a report written before lincal computed them lacks: n/a.
+    let newer = |e: Option<Estimate>| e.as_ref().map_or_else(Estimate::default, some);
     let row = |name: String, estimate, higher_is_better| MetricRow {
         name,
         estimate,
@@ -178,10 +180,17 @@ pub(crate) fn metric_rows(report: &MetricsReport) -> Vec<MetricRow> {
             some(&report.ece_width),
             false,
         ),
+        row(
+            format!("ACE ({} equal-width bins)", report.bins),
+            newer(report.ace),
+            false,
+        ),
+        row("smooth ECE".into(), newer(report.smece), false),
         row(format!("MCE ({binning})"), some(&report.mce), false),
         row("Brier score".into(), some(&report.brier), false),
         row("log loss".into(), some(&report.log_loss), false),
         row("AUROC".into(), report.auroc, true),
+        row("AURC".into(), newer(report.aurc), false),
     ]
 }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use lincal_metrics::{
     Estimate, FrontierPoint, MetricsReport, ReportConfig, SubjectAverages, compute_report,
-    subject_averages, write_frontier_plot, write_reliability_diagram,
+    subject_averages, write_frontier_plot, write_reliability_diagram, write_risk_coverage_plot,
 };
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +33,7 @@ pub const REPORT_HTML_FILE: &str = "report.html";
 /// Plot stems; each plot is written as `<stem>.png` and `<stem>.svg`.
 pub const RELIABILITY_PLOT: &str = "reliability";
 pub const FRONTIER_PLOT: &str = "frontier";
+pub const RISK_COVERAGE_PLOT: &str = "risk_coverage";
 
 /// What was evaluated and how: the identity of a run in reports and comparisons.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -211,6 +212,7 @@ pub fn read_results(run_dir: impl AsRef<Path>) -> Result<RunResults, EvalError> 
 struct Plots {
     reliability: PathBuf,
     frontier: PathBuf,
+    risk_coverage: PathBuf,
 }
 
 fn write_plots(run_dir: &Path, results: &RunResults) -> Result<Plots, EvalError> {
@@ -221,6 +223,7 @@ fn write_plots(run_dir: &Path, results: &RunResults) -> Result<Plots, EvalError>
     );
     let reliability = write_reliability_diagram(
         &results.metrics.reliability_bins,
+        Some(&results.metrics.smooth_curve),
         &title,
         run_dir.join(RELIABILITY_PLOT),
     )?;
@@ -247,9 +250,15 @@ fn write_plots(run_dir: &Path, results: &RunResults) -> Result<Plots, EvalError>
         &format!("Accuracy vs ECE on {}", s.dataset),
         run_dir.join(FRONTIER_PLOT),
     )?;
+    let risk_coverage = write_risk_coverage_plot(
+        &[(&s.method, &results.metrics.coverage)],
+        &format!("Risk vs coverage on {}", s.dataset),
+        run_dir.join(RISK_COVERAGE_PLOT),
+    )?;
     Ok(Plots {
         reliability: reliability.svg,
         frontier: frontier.svg,
+        risk_coverage: risk_coverage.svg,
     })
 }
 
@@ -375,6 +384,10 @@ fn run_markdown(results: &RunResults) -> String {
     for (name, stem) in [
         ("Reliability diagram", RELIABILITY_PLOT),
         (frontier, FRONTIER_PLOT),
+        (
+            "Risk vs coverage (answering only the most confident)",
+            RISK_COVERAGE_PLOT,
+        ),
     ] {
         writeln!(
             out,
@@ -424,6 +437,10 @@ fn run_html(
         "Reliability diagram: accuracy against mean confidence per bin",
     )?;
     body += &svg_figure(&plots.frontier, "Accuracy against ECE")?;
+    body += &svg_figure(
+        &plots.risk_coverage,
+        "Risk (error rate) against coverage, answering the most confident first",
+    )?;
     body += &paper_section_html(&s.dataset);
     let shown = shown.min(examples.len());
     writeln!(

@@ -161,7 +161,9 @@ fn qa_report_holds_the_exact_metrics_counts_and_plots() {
             "reliability.svg",
             "report.html",
             "report.md",
-            "results.json"
+            "results.json",
+            "risk_coverage.png",
+            "risk_coverage.svg",
         ]
     );
     assert_eq!(png_size(&run.join("reliability.png")), (900, 1000));
@@ -178,6 +180,24 @@ fn qa_report_holds_the_exact_metrics_counts_and_plots() {
         format!("| accuracy | 0.5000 | {} |", ci(&m.accuracy)),
         format!("| ECE (2 equal-mass bins) | 0.1875 | {} |", ci(&m.ece)),
         format!("| Brier score | {:.4} | {} |", m.brier.value, ci(&m.brier)),
+        format!(
+            "| smooth ECE | {:.4} | {} |",
+            m.smece.unwrap().value,
+            ci(&m.smece.unwrap())
+        ),
+        format!(
+            "| AURC | {:.4} | {} |",
+            m.aurc.unwrap().value,
+            ci(&m.aurc.unwrap())
+        ),
+        format!(
+            "| ACE (2 equal-width bins) | {:.4} | {} |",
+            m.ace.unwrap().value,
+            ci(&m.ace.unwrap())
+        ),
+        "- Risk vs coverage (answering only the most confident): \
+         [risk_coverage.png](risk_coverage.png) ([SVG](risk_coverage.svg))"
+            .into(),
         "| answers in examples.jsonl | 8 |".into(),
         "| no extracted answer (scored wrong, confidence 1) | 1 |".into(),
         "| no stated confidence (scored at 1.0) | 1 |".into(),
@@ -204,7 +224,7 @@ fn qa_report_holds_the_exact_metrics_counts_and_plots() {
     // The first 5 examples are listed, q6 without an answer and q7 without a confidence.
     assert!(page.contains("The first 5 of 8 items"));
     assert!(page.contains("<td>q5</td>") && !page.contains("<td>q6</td>"));
-    assert_eq!(page.matches("<img ").count(), 2);
+    assert_eq!(page.matches("<img ").count(), 3);
 }
 
 #[test]
@@ -544,6 +564,8 @@ fn comparison_puts_runs_side_by_side() {
             "reliability-2-factuality-sft.svg",
             "reliability-3-lc-rl-c.png",
             "reliability-3-lc-rl-c.svg",
+            "risk_coverage.png",
+            "risk_coverage.svg",
         ]
     );
     assert_eq!(png_size(&out.join("frontier.png")), (1100, 800));
@@ -616,7 +638,7 @@ fn comparison_puts_runs_side_by_side() {
     assert_self_contained(&page);
     assert!(page.contains("<td>Factuality &lt;SFT&gt;</td>"));
     assert!(page.contains("<h2>Paired differences</h2>"));
-    assert_eq!(page.matches("<img ").count(), 4);
+    assert_eq!(page.matches("<img ").count(), 5);
 }
 
 /// The Markdown escaping of the labels used here.

@@ -1,6 +1,6 @@
-//! Binned calibration: reliability bins, ECE and MCE.
+//! Binned calibration: reliability bins, ECE, ACE and MCE.
 //!
-//! All three come from one binning routine, so a reliability diagram always shows exactly the
+//! All of them come from one binning routine, so a reliability diagram always shows exactly the
 //! bins its ECE was computed from.
 
 use serde::{Deserialize, Serialize};
@@ -63,6 +63,19 @@ pub fn mce(preds: &[Prediction], bins: usize, binning: Binning) -> Result<f64, M
     )?))
 }
 
+/// Average calibration error as netcal defines it: `bins` equal-width bins, each non-empty bin
+/// weighted equally, so ACE = mean over non-empty bins of |accuracy_b − confidence_b| (sparse
+/// bins count as much as crowded ones, unlike ECE). The bins are [`Binning::EqualWidth`]'s,
+/// with edges b/bins: a confidence exactly on an edge such as 0.3 goes to the upper bin, while
+/// numpy's histogram (netcal) uses edges b·(1/bins), and 3·(1/10) is 0.30000000000000004.
+pub fn ace(preds: &[Prediction], bins: usize) -> Result<f64, MetricsError> {
+    Ok(average_calibration_error(&reliability_bins(
+        preds,
+        bins,
+        Binning::EqualWidth,
+    )?))
+}
+
 /// Merges neighbouring bins with the same mean confidence (count-weighted), as the reference's
 /// reliability plot does: many tied confidences (say, every "Direct" claim at 1.0) fill several
 /// equal-mass bins that would otherwise be drawn on top of each other. Bins are in ascending
@@ -100,6 +113,14 @@ pub(crate) fn expected_calibration_error(bins: &[ReliabilityBin]) -> f64 {
     bins.iter()
         .map(|b| b.count as f64 / used as f64 * (b.accuracy - b.mean_confidence).abs())
         .sum()
+}
+
+/// Mean gap over the bins given (all non-empty).
+pub(crate) fn average_calibration_error(bins: &[ReliabilityBin]) -> f64 {
+    bins.iter()
+        .map(|b| (b.accuracy - b.mean_confidence).abs())
+        .sum::<f64>()
+        / bins.len() as f64
 }
 
 pub(crate) fn max_calibration_error(bins: &[ReliabilityBin]) -> f64 {
@@ -240,6 +261,27 @@ mod tests {
         assert_eq!(edges, vec![(0.0, 0.25, 1), (0.25, 0.5, 2), (0.75, 1.0, 2)]);
         assert!((ece(&p, 4, Binning::EqualWidth).unwrap() - 0.14).abs() < EPS);
         assert!((mce(&p, 4, Binning::EqualWidth).unwrap() - 0.15).abs() < EPS);
+    }
+
+    /// The same 5 predictions and 4 equal-width bins as above: the non-empty bins have gaps
+    /// 0.1, 0.15 and 0.15 (bin [.5, .75) is empty and left out, not counted as a zero gap),
+    /// so ACE = (0.1 + 0.15 + 0.15)/3 = 0.4/3 ≈ 0.1333, where ECE weights them 1, 2, 2 of 5.
+    /// With 2 bins: [0, .5) gap |1/3 − 0.8/3| = 0.2/3, [.5, 1] gap 0.15:
+    /// ACE = (0.2/3 + 0.15)/2 = 0.325/3 ≈ 0.1083.
+    #[test]
+    fn ace_by_hand_weights_non_empty_bins_equally() {
+        let p = five_predictions();
+        assert!((ace(&p, 4).unwrap() - 0.4 / 3.0).abs() < EPS);
+        assert!((ace(&p, 2).unwrap() - 0.325 / 3.0).abs() < EPS);
+        // One bin: |3/5 − 2.5/5| = 0.1, equal to ECE.
+        assert!((ace(&p, 1).unwrap() - 0.1).abs() < EPS);
+        // A confidence on an edge goes to the upper bin: 0.3 with 10 bins lands in [0.3, 0.4).
+        // ACE = (|0 − 0.3| + |1 − 0.9|)/2 = 0.2.
+        let edge = preds(&[(0.3, false), (0.9, true)]);
+        let bins = reliability_bins(&edge, 10, Binning::EqualWidth).unwrap();
+        assert_eq!((bins[0].lower, bins[0].upper), (0.3, 0.4));
+        assert!((ace(&edge, 10).unwrap() - 0.2).abs() < EPS);
+        assert!(ace(&p, 0).is_err());
     }
 
     #[test]

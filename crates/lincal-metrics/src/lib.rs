@@ -2,10 +2,13 @@
 //!
 //! Input is one [`Prediction`] per answer (or per claim): a stated confidence in [0, 1] and
 //! whether it was judged correct. [`compute_report`] gives accuracy, ECE (equal-mass, as the
-//! reference computes it, and equal-width), MCE, Brier score, log loss and AUROC, each with a
-//! paired percentile bootstrap interval, plus reliability bins and the selective-prediction
-//! curve. [`write_reliability_diagram`], [`write_frontier_plot`] and [`write_line_plot`] draw
-//! PNG and SVG plots.
+//! reference computes it, and equal-width), ACE (netcal's, equal-width bins weighted equally),
+//! MCE, smooth ECE (relplot's smECE, no bins), Brier score, log loss, AUROC and AURC (area under
+//! the risk–coverage curve), each with a paired percentile bootstrap interval, plus reliability
+//! bins, the smoothed reliability curve with its bootstrap band and the selective-prediction
+//! curve. [`write_reliability_diagram`],
+//! [`write_risk_coverage_plot`], [`write_frontier_plot`] and [`write_line_plot`] draw PNG and
+//! SVG plots.
 //!
 //! Rules taken from the reference (SPEC 5.2, 5.3):
 //! - QA uses 20 equal-mass bins ([`ReportConfig::qa`]); per-claim evaluation 40
@@ -44,21 +47,23 @@ mod plot;
 mod prediction;
 mod report;
 mod scores;
+mod smooth;
 
 pub use bootstrap::{BootstrapConfig, Interval, bootstrap_ci};
 pub use calibration::{
-    Binning, ReliabilityBin, ece, mce, merge_equal_confidence, reliability_bins,
+    Binning, ReliabilityBin, ace, ece, mce, merge_equal_confidence, reliability_bins,
 };
 pub use error::MetricsError;
 pub use paired::{PairedComparison, PairedDifference, paired_comparison};
 pub use per_subject::{SubjectAverages, subject_averages};
 pub use plot::{
     Curve, FrontierPoint, PlotFiles, write_frontier_plot, write_line_plot,
-    write_reliability_diagram,
+    write_reliability_diagram, write_risk_coverage_plot,
 };
 pub use prediction::{Prediction, read_predictions_jsonl};
 pub use report::{Estimate, MetricsReport, ReportConfig, compute_report};
 pub use scores::{
-    CoverageCurve, CoveragePoint, LOG_LOSS_EPSILON, accuracy, auroc, brier, coverage_curve,
+    CoverageCurve, CoveragePoint, LOG_LOSS_EPSILON, accuracy, aurc, auroc, brier, coverage_curve,
     log_loss,
 };
+pub use smooth::{SmoothCurve, SmoothEce, smooth_ece, smooth_ece_at, smooth_reliability_curve};

@@ -1,5 +1,5 @@
-//! Reliability diagrams, the accuracy-vs-ECE frontier and line charts (training curves), each
-//! written as PNG and SVG.
+//! Reliability diagrams (with the smoothed reliability curve), risk–coverage curves, the
+//! accuracy-vs-ECE frontier and line charts (training curves), each written as PNG and SVG.
 //!
 //! Text is drawn with DejaVu Sans embedded in the crate (plotters' `ab_glyph` font path), so
 //! plots render the same on a fresh machine with no fontconfig or system fonts.
@@ -15,6 +15,8 @@ use plotters::style::{FontStyle, register_font};
 use crate::MetricsError;
 use crate::calibration::{ReliabilityBin, merge_equal_confidence};
 use crate::report::{Estimate, MetricsReport};
+use crate::scores::CoverageCurve;
+use crate::smooth::SmoothCurve;
 
 const FONT: &str = "sans-serif";
 static DEJAVU_SANS: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
@@ -30,11 +32,24 @@ pub struct PlotFiles {
 
 /// Writes `<stem>.png` and `<stem>.svg`: bin accuracy against bin mean confidence, with the
 /// diagonal of perfect calibration, and below it the number of predictions per bin. Bins with
-/// equal mean confidence are merged first, as in the reference's plot.
+/// equal mean confidence are merged first, as in the reference's plot. A report's smoothed
+/// reliability curve μ(t), when given, is drawn over the bins with its bootstrap band shaded;
+/// an empty one (a report from before lincal computed it) draws the bins alone.
 pub fn write_reliability_diagram(
     bins: &[ReliabilityBin],
+    curve: Option<&SmoothCurve>,
     title: &str,
     stem: impl AsRef<Path>,
+) -> Result<PlotFiles, MetricsError> {
+    let curve = curve.filter(|c| !c.mu.is_empty() && c.mu.len() == c.confidence.len());
+    write_reliability(bins, curve, title, stem.as_ref())
+}
+
+fn write_reliability(
+    bins: &[ReliabilityBin],
+    curve: Option<&SmoothCurve>,
+    title: &str,
+    stem: &Path,
 ) -> Result<PlotFiles, MetricsError> {
     if bins.is_empty() {
         return Err(MetricsError::InvalidConfig {
@@ -46,9 +61,35 @@ pub fn write_reliability_diagram(
     }
     let figure = Reliability {
         bins: merge_equal_confidence(bins),
+        curve,
         title,
     };
-    write_figure(&figure, (900, 1000), stem.as_ref())
+    write_figure(&figure, (900, 1000), stem)
+}
+
+/// Writes `<stem>.png` and `<stem>.svg`: risk (1 − accuracy among the answered) against
+/// coverage for one or more methods answering their most confident predictions first, each
+/// labelled with its AURC (the mean risk over coverage; lower is better).
+pub fn write_risk_coverage_plot(
+    curves: &[(&str, &CoverageCurve)],
+    title: &str,
+    stem: impl AsRef<Path>,
+) -> Result<PlotFiles, MetricsError> {
+    if curves.is_empty() {
+        return Err(MetricsError::InvalidConfig {
+            field: "curves",
+            reason: "a risk–coverage plot needs at least one method".into(),
+        });
+    }
+    if let Some((label, _)) = curves.iter().find(|(_, c)| c.points.is_empty()) {
+        return Err(MetricsError::InvalidConfig {
+            field: "curves",
+            reason: format!(
+                "the coverage curve of `{label}` has no points; pass a report's `coverage`"
+            ),
+        });
+    }
+    write_figure(&RiskCoverage { curves, title }, (1000, 700), stem.as_ref())
 }
 
 /// One method on the accuracy-vs-ECE frontier.
@@ -237,6 +278,7 @@ const COLORS: [RGBColor; 10] = [
 
 struct Reliability<'a> {
     bins: Vec<ReliabilityBin>,
+    curve: Option<&'a SmoothCurve>,
     title: &'a str,
 }
 
@@ -266,6 +308,45 @@ impl Figure for Reliability<'_> {
             .draw_series(DashedLineSeries::new([(0.0, 0.0), (1.0, 1.0)], 10, 6, grey))?
             .label("Perfect calibration")
             .legend(move |(x, y)| PathElement::new([(x - 4, y), (x + 16, y)], grey));
+        if let Some(curve) = self.curve {
+            // Drawn under the bins, and only where there are predictions to smooth (far from
+            // any, μ is a ratio of two vanishing kernel tails and means nothing) and μ is in
+            // [0, 1] (plotters does not clip to the frame; the band is clamped to it).
+            let orange = COLORS[1];
+            let band = orange.mix(0.25).filled();
+            let line = orange.stroke_width(3);
+            let inside = |v: f64| v.clamp(0.0, 1.0);
+            let has_band = curve.band_low.len() == curve.confidence.len()
+                && curve.band_high.len() == curve.confidence.len();
+            for (i, run) in drawable_runs(curve).into_iter().enumerate() {
+                let t = &curve.confidence[run.clone()];
+                if has_band {
+                    let lower = t.iter().zip(&curve.band_low[run.clone()]);
+                    let upper = t.iter().zip(&curve.band_high[run.clone()]).rev();
+                    let outline: Vec<_> =
+                        lower.chain(upper).map(|(&t, &v)| (t, inside(v))).collect();
+                    let drawn = chart.draw_series([Polygon::new(outline, band)])?;
+                    if i == 0 {
+                        drawn.label("Bootstrap band of the smoothed curve").legend(
+                            move |(x, y)| Rectangle::new([(x - 4, y - 6), (x + 16, y + 6)], band),
+                        );
+                    }
+                }
+                let points = t
+                    .iter()
+                    .zip(&curve.mu[run])
+                    .map(|(&t, &mu)| (t, inside(mu)));
+                let drawn = chart.draw_series(LineSeries::new(points, line))?;
+                if i == 0 {
+                    drawn
+                        .label(format!(
+                            "Smoothed (smECE kernel σ = {:.3})",
+                            curve.bandwidth
+                        ))
+                        .legend(move |(x, y)| PathElement::new([(x - 4, y), (x + 16, y)], line));
+                }
+            }
+        }
         let points: Vec<_> = self
             .bins
             .iter()
@@ -325,6 +406,87 @@ impl Figure for Reliability<'_> {
                 .iter()
                 .map(|b| Circle::new((b.mean_confidence, b.count as f64), 4, blue.filled())),
         )?;
+        Ok(())
+    }
+}
+
+/// Stretches of the mesh where μ is in [0, 1] and the confidences' density is at least a tenth
+/// of its mean.
+fn drawable_runs(curve: &SmoothCurve) -> Vec<std::ops::Range<usize>> {
+    let drawable = |i: usize| {
+        curve.density.get(i).is_some_and(|&d| d >= 0.1) && (0.0..=1.0).contains(&curve.mu[i])
+    };
+    let mut runs = Vec::new();
+    let mut start = None;
+    for i in 0..=curve.mu.len() {
+        match (start, i < curve.mu.len() && drawable(i)) {
+            (None, true) => start = Some(i),
+            (Some(s), false) => {
+                runs.push(s..i);
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    runs
+}
+
+struct RiskCoverage<'a> {
+    curves: &'a [(&'a str, &'a CoverageCurve)],
+    title: &'a str,
+}
+
+impl Figure for RiskCoverage<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
+        root.fill(&WHITE)?;
+        let root = root.margin(12, 0, 0, 0).titled(self.title, (FONT, 30))?;
+        let color = |i: usize| COLORS[i % COLORS.len()];
+        let highest_risk = self
+            .curves
+            .iter()
+            .flat_map(|(_, c)| c.points.iter().map(|p| 1.0 - p.accuracy))
+            .fold(0.0, f64::max);
+        // The top third is left free for the legend; a risk axis to 1 at most.
+        let top = (highest_risk * 1.4).clamp(0.05, 1.0);
+        let mut chart = ChartBuilder::on(&root)
+            .margin(25)
+            .x_label_area_size(55)
+            .y_label_area_size(90)
+            .build_cartesian_2d(0f64..1f64, 0f64..top)?;
+        chart
+            .configure_mesh()
+            .x_desc("Coverage (fraction answered, most confident first)")
+            .y_desc("Risk (1 − accuracy among answered)")
+            .label_style((FONT, 18))
+            .axis_desc_style((FONT, 20))
+            .light_line_style(WHITE.mix(0.0))
+            .draw()?;
+        for (i, (label, curve)) in self.curves.iter().enumerate() {
+            let style = color(i).stroke_width(2);
+            let points: Vec<_> = curve
+                .points
+                .iter()
+                .map(|p| (p.coverage, 1.0 - p.accuracy))
+                .collect();
+            // Markers only where they stay apart (a few confidence levels, not a continuum).
+            let markers = if points.len() <= 50 { &points[..] } else { &[] };
+            chart.draw_series(
+                markers
+                    .iter()
+                    .map(|&p| Circle::new(p, 4, color(i).filled())),
+            )?;
+            chart
+                .draw_series(LineSeries::new(points.iter().copied(), style))?
+                .label(format!("{label} (AURC {:.3})", 1.0 - curve.area))
+                .legend(move |(x, y)| PathElement::new([(x - 4, y), (x + 16, y)], style));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .label_font((FONT, 18))
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .draw()?;
         Ok(())
     }
 }

@@ -1,4 +1,5 @@
-//! Unbinned scores: accuracy, Brier, log loss, AUROC, and the selective-prediction curve.
+//! Unbinned scores: accuracy, Brier, log loss, AUROC, and the selective-prediction curve with
+//! its area (AURC).
 
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +63,14 @@ pub struct CoveragePoint {
 
 pub fn coverage_curve(preds: &[Prediction]) -> Result<CoverageCurve, MetricsError> {
     Ok(coverage_curve_of_sorted(&sorted_by_confidence(preds)?))
+}
+
+/// Area under the risk–coverage curve (risk = 1 − accuracy among the answered): the mean risk
+/// over the coverages 1/N, …, 1, i.e. 1 − [`CoverageCurve::area`], ties taken in expectation
+/// as there. Lower is better; a perfect ranking of correct above wrong gets the least possible
+/// for its accuracy.
+pub fn aurc(preds: &[Prediction]) -> Result<f64, MetricsError> {
+    Ok(1.0 - coverage_curve(preds)?.area)
 }
 
 pub(crate) fn accuracy_of(preds: &[Prediction]) -> f64 {
@@ -254,6 +263,21 @@ mod tests {
             assert!((curve.points[1].accuracy - 1.0 / 3.0).abs() < EPS);
             assert!((curve.area - 7.0 / 36.0).abs() < EPS);
         }
+    }
+
+    #[test]
+    fn aurc_by_hand() {
+        // No ties: the risks at k = 1..5 of the curve above are 0, 0, 1/3, 1/4, 2/5;
+        // AURC = (0 + 0 + 1/3 + 1/4 + 2/5)/5 = (59/60)/5 = 59/300.
+        assert!((aurc(&five()).unwrap() - 59.0 / 300.0).abs() < EPS);
+        // Ties: 0.9✗ then 0.5 {✓, ✗}: expected risks 1, 1 − ¼, 1 − ⅓, so
+        // AURC = (1 + ¾ + ⅔)/3 = 29/36 (= 1 − 7/36).
+        let tied = preds(&[(0.9, false), (0.5, true), (0.5, false)]);
+        assert!((aurc(&tied).unwrap() - 29.0 / 36.0).abs() < EPS);
+        // Ranked the other way round (correct first) the risk only rises with coverage:
+        // 0.9✓ 0.5✗ 0.1✗: risks 0, ½, ⅔ → AURC = (0 + ½ + ⅔)/3 = 7/18.
+        let ranked = preds(&[(0.9, true), (0.5, false), (0.1, false)]);
+        assert!((aurc(&ranked).unwrap() - 7.0 / 18.0).abs() < EPS);
     }
 
     #[test]

@@ -4,8 +4,9 @@ use std::fs::File;
 use std::path::Path;
 
 use lincal_metrics::{
-    Binning, Curve, Estimate, FrontierPoint, Prediction, ReportConfig, compute_report,
-    write_frontier_plot, write_line_plot, write_reliability_diagram,
+    Binning, CoverageCurve, Curve, Estimate, FrontierPoint, Prediction, ReportConfig, SmoothCurve,
+    compute_report, write_frontier_plot, write_line_plot, write_reliability_diagram,
+    write_risk_coverage_plot,
 };
 
 /// Decodes an RGB PNG: (width, height, pixels).
@@ -54,8 +55,9 @@ fn reliability_diagrams_are_written_for_both_binnings() {
         ("width", &report.reliability_bins_width, Binning::EqualWidth),
     ] {
         let title = format!("LC RL, TriviaQA ({binning:?}, ECE {:.3})", report.ece.value);
-        let files = write_reliability_diagram(bins, &title, dir.path().join(format!("rel.{name}")))
-            .unwrap();
+        let files =
+            write_reliability_diagram(bins, None, &title, dir.path().join(format!("rel.{name}")))
+                .unwrap();
         // The suffix is appended, so a dot in the stem survives.
         assert_eq!(files.png, dir.path().join(format!("rel.{name}.png")));
         let (w, h, pixels) = decode_png(&files.png);
@@ -75,6 +77,90 @@ fn reliability_diagrams_are_written_for_both_binnings() {
     }
     // No temporary files are left next to the plots.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 4);
+
+    // With the smoothed curve and its band: drawn in the plot's orange, and named in the
+    // legend; an empty curve (an old report) draws the bins alone.
+    let with_curve = write_reliability_diagram(
+        &report.reliability_bins,
+        Some(&report.smooth_curve),
+        "with curve",
+        dir.path().join("smooth"),
+    )
+    .unwrap();
+    let svg = std::fs::read_to_string(&with_curve.svg).unwrap();
+    assert!(svg.contains("Smoothed (smECE kernel σ =") && svg.contains("Bootstrap band"));
+    let (w, _, pixels) = decode_png(&with_curve.png);
+    let orange = pixels
+        .chunks(3)
+        .filter(|px| px[0] > 240 && (110..150).contains(&px[1]) && px[2] < 40)
+        .count();
+    assert!(orange > 500, "{orange} orange pixels in a {w}-wide plot");
+    let without = write_reliability_diagram(
+        &report.reliability_bins,
+        Some(&SmoothCurve::default()),
+        "old report",
+        dir.path().join("old"),
+    )
+    .unwrap();
+    assert!(
+        !std::fs::read_to_string(&without.svg)
+            .unwrap()
+            .contains("Smoothed")
+    );
+}
+
+#[test]
+fn risk_coverage_plot_writes_both_files() {
+    let report = |good: bool| {
+        let preds: Vec<_> = (0..300)
+            .map(|i| {
+                let c = (i % 10) as f64 / 10.0 + 0.05;
+                // A good ranking: high confidence more often right.
+                let correct = if good {
+                    (i * 7919) % 100 < (c * 100.0) as usize
+                } else {
+                    i % 2 == 0
+                };
+                Prediction::new(c, correct)
+            })
+            .collect();
+        let mut config = ReportConfig::qa();
+        config.bootstrap.resamples = 0;
+        compute_report(&preds, &config).unwrap()
+    };
+    let (good, flat) = (report(true), report(false));
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_risk_coverage_plot(
+        &[
+            ("LC RL", &good.coverage),
+            ("Factuality SFT", &flat.coverage),
+        ],
+        "TriviaQA: selective prediction",
+        dir.path().join("risk-coverage"),
+    )
+    .unwrap();
+    assert_eq!(files.png, dir.path().join("risk-coverage.png"));
+    let (w, h, pixels) = decode_png(&files.png);
+    assert_eq!((w, h), (1000, 700));
+    assert!(dark_pixels(w, &pixels, 0..45) > 200, "title text missing");
+    let svg = std::fs::read_to_string(&files.svg).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("Coverage") && svg.contains("Risk"));
+    assert!(
+        svg.contains(&format!("LC RL (AURC {:.3})", good.aurc.unwrap().value)),
+        "{svg}"
+    );
+    assert!(svg.contains("Factuality SFT (AURC"));
+    assert!(good.aurc.unwrap().value < flat.aurc.unwrap().value);
+
+    let err = write_risk_coverage_plot(&[], "t", dir.path().join("x")).unwrap_err();
+    assert!(err.to_string().contains("at least one method"), "{err}");
+    let empty = CoverageCurve {
+        points: Vec::new(),
+        area: 0.0,
+    };
+    let err =
+        write_risk_coverage_plot(&[("LC RL", &empty)], "t", dir.path().join("x")).unwrap_err();
+    assert!(err.to_string().contains("`LC RL`"), "{err}");
 }
 
 #[test]
@@ -166,7 +252,7 @@ fn line_plot_is_written_with_a_legend() {
 #[test]
 fn bad_plot_inputs_are_errors_naming_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
-    let err = write_reliability_diagram(&[], "t", dir.path().join("x")).unwrap_err();
+    let err = write_reliability_diagram(&[], None, "t", dir.path().join("x")).unwrap_err();
     assert!(err.to_string().contains("at least one bin"), "{err}");
     let err = write_frontier_plot(&[], "t", dir.path().join("x")).unwrap_err();
     assert!(err.to_string().contains("at least one method"), "{err}");

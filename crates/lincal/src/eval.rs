@@ -355,20 +355,26 @@ fn metrics(
         &json_path,
         serde_json::to_string_pretty(&report)?.as_bytes(),
     )?;
-    let title = format!(
-        "Reliability: {}",
-        predictions
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("predictions")
-    );
-    let plots =
-        write_reliability_diagram(&report.reliability_bins, &title, out.join("reliability"))?;
+    let name = predictions
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("predictions");
+    let plots = write_reliability_diagram(
+        &report.reliability_bins,
+        Some(&report.smooth_curve),
+        &format!("Reliability: {name}"),
+        out.join(lincal_eval::report::RELIABILITY_PLOT),
+    )?;
+    let risk = lincal_metrics::write_risk_coverage_plot(
+        &[(name, &report.coverage)],
+        &format!("Risk vs coverage: {name}"),
+        out.join(lincal_eval::report::RISK_COVERAGE_PLOT),
+    )?;
     println!(
-        "wrote {}, {} and {}",
+        "wrote {}, {} and {} (and their SVGs)",
         json_path.display(),
         plots.png.display(),
-        plots.svg.display()
+        risk.png.display()
     );
     Ok(())
 }

@@ -66,6 +66,8 @@ fn assert_report_files(run: &Path) {
         "reliability.png",
         "reliability.svg",
         "frontier.png",
+        "risk_coverage.png",
+        "risk_coverage.svg",
         "manifest.json",
         "failures.jsonl",
         "cache.sqlite",
@@ -603,7 +605,11 @@ fn red_trivia_questions(dir: &Path, count: usize) -> PathBuf {
         .lines()
         .map(String::from)
         .collect();
-    let picked: Vec<&String> = lines.iter().step_by(lines.len() / count).take(count).collect();
+    let picked: Vec<&String> = lines
+        .iter()
+        .step_by(lines.len() / count)
+        .take(count)
+        .collect();
     let questions = dir.join(format!("red-trivia-{count}.jsonl"));
     std::fs::write(
         &questions,
@@ -782,15 +788,21 @@ fn smollm2_bio_on_ten_wordnet_people() {
         by_person.entry(entity).or_default().push(prediction);
     }
     let people = by_person.len() as f64;
-    let mean =
-        |f: &dyn Fn(&[(f64, bool)]) -> f64| by_person.values().map(|c| f(c)).sum::<f64>() / people;
-    let accuracy_by_hand = mean(&|c| c.iter().filter(|p| p.1).count() as f64 / c.len() as f64);
-    let ece_by_hand = mean(&|c| {
-        c.iter()
-            .map(|&(confidence, ok)| (confidence - f64::from(u8::from(ok))).abs())
-            .sum::<f64>()
-            / c.len() as f64
-    });
+    let accuracy_by_hand = by_person
+        .values()
+        .map(|c| c.iter().filter(|p| p.1).count() as f64 / c.len() as f64)
+        .sum::<f64>()
+        / people;
+    let ece_by_hand = by_person
+        .values()
+        .map(|c| {
+            c.iter()
+                .map(|&(confidence, ok)| (confidence - f64::from(u8::from(ok))).abs())
+                .sum::<f64>()
+                / c.len() as f64
+        })
+        .sum::<f64>()
+        / people;
     let per_response = results.per_response.as_ref().unwrap();
     assert_eq!(per_response.averages.subjects, by_person.len());
     assert_eq!(
