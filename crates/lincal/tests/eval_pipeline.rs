@@ -812,6 +812,20 @@ fn smollm2_bio_on_ten_wordnet_people() {
     );
     assert!((per_response.averages.accuracy.value - accuracy_by_hand).abs() < 1e-12);
     assert!((per_response.averages.ece.value - ece_by_hand).abs() < 1e-12);
+    // Recorded on this machine: all 10 people gave claims; per biography accuracy 0.413 and
+    // ECE 0.587 (pooled: 0.378 and 0.622), with 0.1 either way as for the pooled numbers.
+    let (accuracy, ece) = (
+        per_response.averages.accuracy.value,
+        per_response.averages.ece.value,
+    );
+    assert!(
+        (accuracy - 0.413).abs() <= 0.1,
+        "per-biography accuracy {accuracy}, recorded 0.413"
+    );
+    assert!(
+        (ece - 0.587).abs() <= 0.1,
+        "per-biography ECE {ece}, recorded 0.587"
+    );
     let (width, height) = png_size(&run.join("reliability.png"));
     assert!(width >= 400 && height >= 300, "{width}x{height}");
     if let Ok(keep) = std::env::var("LINCAL_KEEP_EVAL") {
