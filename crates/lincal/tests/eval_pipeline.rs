@@ -833,14 +833,15 @@ fn smollm2_bio_on_ten_wordnet_people() {
     }
 }
 
-/// Direct Summary Eval on 4 Red-Trivia questions with SmolLM2 as both the sampled base model
-/// (8 few-shot samples of up to 48 tokens each) and the summarizer (its chat template).
+/// Direct Summary Eval on 2 Red-Trivia questions with SmolLM2 as both the sampled base model
+/// (8 few-shot samples of up to 32 tokens each) and the summarizer (its chat template). Small:
+/// every sample reads the 8-shot prompt, about 1,500 tokens, on the CPU.
 #[test]
 #[ignore = "needs the SmolLM2 GGUF (cargo xtask test sets LINCAL_SMOLLM2_GGUF)"]
-fn smollm2_direct_summary_eval_on_four_questions() {
+fn smollm2_direct_summary_eval_on_two_questions() {
     let dir = tempfile::tempdir().unwrap();
     let model = smollm2(dir.path());
-    let questions = red_trivia_questions(dir.path(), 4);
+    let questions = red_trivia_questions(dir.path(), 2);
     let run = dir.path().join("run");
     ok(lincal(&[
         "eval",
@@ -856,7 +857,7 @@ fn smollm2_direct_summary_eval_on_four_questions() {
         "--method",
         "Direct Summary Eval",
         "--max-tokens",
-        "48",
+        "32",
         "--max-attempts",
         "2",
         "--device",
@@ -876,18 +877,18 @@ fn smollm2_direct_summary_eval_on_four_questions() {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-    assert_eq!(generations.len(), 4);
+    assert_eq!(generations.len(), 2);
     let summarized = generations
         .iter()
         .filter(|g| !g["text"].as_str().unwrap().is_empty())
         .count();
     let accuracy = results.metrics.accuracy.value;
-    println!("{summarized} of 4 summarised; accuracy {accuracy}");
-    // Recorded on this machine: all 4 summarised, none answered right (the lexical reader
+    println!("{summarized} of 2 summarised; accuracy {accuracy}");
+    // Recorded on this machine: both summarised, neither answered right (the lexical reader
     // finds no gold answer in SmolLM2's summaries); seeded and f32 on the CPU, with one
     // summary and one answer either way for a change of arithmetic order.
-    assert!(summarized >= 3, "{summarized} of 4 summarised, recorded 4");
-    assert!(accuracy <= 0.25 + 1e-9, "accuracy {accuracy}, recorded 0");
+    assert!(summarized >= 1, "{summarized} of 2 summarised, recorded 2");
+    assert!(accuracy <= 0.5 + 1e-9, "accuracy {accuracy}, recorded 0");
     for generation in &generations {
         let text = generation["text"].as_str().unwrap();
         assert!(!text.to_lowercase().contains("thought 1"), "{text}");
