@@ -51,6 +51,41 @@ pub struct RewardConfig {
     /// reading; an unparsed output counts as no answer). SPEC 1.5.
     #[serde(default)]
     pub extraction_parsing: ExtractionParsing,
+    /// The proper scoring rule of the decision reward's ground-truth term: `log` (the
+    /// reference's ln max(p_gt, ε)) or `brier` (1 − (1 − p_gt)², bounded; see
+    /// [`super::reward::decision_reward`]).
+    #[serde(default)]
+    pub scoring_rule: ScoringRule,
+}
+
+/// How the decision reward scores the forecast of the ground truth, p_gt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoringRule {
+    /// ln max(p_gt, ε): the reference's, strictly proper and unbounded below, hence its clip.
+    #[default]
+    Log,
+    /// 1 − (1 − p_gt)²: the Brier score as a reward, strictly proper and bounded in [0, 1]
+    /// (RLCR's argument for bounded proper rules in RL), so no clip is needed.
+    Brier,
+}
+
+impl ScoringRule {
+    /// The term's name in rollouts and metrics.
+    pub fn term_name(self) -> &'static str {
+        match self {
+            ScoringRule::Log => "log_loss",
+            ScoringRule::Brier => "brier_score",
+        }
+    }
+
+    /// The term for a ground-truth forecast `p_gt` (`epsilon` clips the log rule).
+    pub fn score(self, p_gt: f64, epsilon: f64) -> f64 {
+        match self {
+            ScoringRule::Log => p_gt.max(epsilon).ln(),
+            ScoringRule::Brier => 1.0 - (1.0 - p_gt).powi(2),
+        }
+    }
 }
 
 impl RewardConfig {
@@ -69,6 +104,7 @@ impl RewardConfig {
             extractor_eval_top_p: 0.9,
             extractor_max_new_tokens: i64::from(EXTRACT_ANSWERS_MAX_TOKENS),
             extraction_parsing: ExtractionParsing::Reference,
+            scoring_rule: ScoringRule::Log,
         }
     }
 }

@@ -52,7 +52,7 @@ pub mod rollout;
 mod tests;
 
 pub use bench::{PpoStepBench, bench_ppo, bench_ppo_step};
-pub use config::{PPO_PRESETS, PpoConfig, RewardConfig, RlType};
+pub use config::{PPO_PRESETS, PpoConfig, RewardConfig, RlType, ScoringRule};
 pub use models::{PpoModelPaths, PpoModels, ValueModel};
 pub use reward::{
     BinaryCorrectnessReward, DecisionReward, Reward, RewardInput, RewardOutput, ScoreContext,

@@ -66,16 +66,20 @@ pub fn row_seeds(seed: u64, n: usize) -> Vec<u64> {
         .collect()
 }
 
-/// `R = ln(max(p_gt, ε)) − λ·|Σ_j p_j − 1| + offset` (SPEC 1.7) with its log-loss and
-/// normalisation terms. `p_extracted` are the forecasts of the extracted answers only (the
-/// ground-truth row is not in the sum); with no answer the penalty is −λ.
+/// `R = S(p_gt) − λ·|Σ_j p_j − 1| + offset` with its scoring and normalisation terms, where S
+/// is the config's scoring rule: the reference's `ln(max(p_gt, ε))` (SPEC 1.7) or the Brier
+/// variant `1 − (1 − p_gt)²` (`reward.scoring_rule = "brier"`). `p_extracted` are the
+/// forecasts of the extracted answers only (the ground truth is forecast on its own row, in
+/// the set or not, and is not in the sum); with no answer the penalty is −λ.
 pub fn decision_reward(p_gt: f64, p_extracted: &[f64], config: &RewardConfig) -> (f64, f64, f64) {
-    let log_loss = p_gt.max(config.cross_entropy_epsilon).ln();
+    let scoring = config
+        .scoring_rule
+        .score(p_gt, config.cross_entropy_epsilon);
     let normalization =
         -config.normalization_lambda * (p_extracted.iter().sum::<f64>() - 1.0).abs();
     (
-        log_loss + normalization + config.reward_offset,
-        log_loss,
+        scoring + normalization + config.reward_offset,
+        scoring,
         normalization,
     )
 }
@@ -218,9 +222,9 @@ impl Reward for DecisionReward {
         for (extraction, (answers, parsed_ok)) in extractions.into_iter().zip(parsed) {
             let p_gt = probabilities.next().expect("one logit per candidate");
             let p_answers: Vec<f64> = probabilities.by_ref().take(answers.len()).collect();
-            let (reward, log_loss, normalization) = decision_reward(p_gt, &p_answers, &self.config);
+            let (reward, scoring, normalization) = decision_reward(p_gt, &p_answers, &self.config);
             let terms = BTreeMap::from([
-                ("log_loss".to_string(), log_loss),
+                (self.config.scoring_rule.term_name().to_string(), scoring),
                 ("normalization".to_string(), normalization),
                 ("p_ground_truth".to_string(), p_gt),
                 ("p_answers_sum".to_string(), p_answers.iter().sum()),
@@ -315,7 +319,7 @@ impl Reward for BinaryCorrectnessReward {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ppo::config::PpoConfig;
+    use crate::ppo::config::{PpoConfig, ScoringRule};
     use lincal_data::parse::ExtractionParsing;
 
     fn lc() -> RewardConfig {
@@ -341,6 +345,30 @@ mod tests {
         assert!((reward - (5.0 - 9.210_340_371_976_182)).abs() < 1e-12);
         // A perfect, normalised reader: R = 0 + 0 + 5.
         assert_eq!(decision_reward(1.0, &[1.0], &lc()).0, 5.0);
+    }
+
+    #[test]
+    fn the_brier_rule_replaces_only_the_ground_truth_term() {
+        let brier = RewardConfig {
+            scoring_rule: ScoringRule::Brier,
+            ..lc()
+        };
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        // p_gt 0.8, the ground truth the one answer extracted at 0.8:
+        // 1 − 0.2² − 5·|0.8 − 1| + 5 = 0.96 − 1 + 5 = 4.96.
+        let (reward, scoring, normalization) = decision_reward(0.8, &[0.8], &brier);
+        assert!(close(scoring, 0.96) && close(normalization, -1.0) && close(reward, 4.96));
+        // Nothing extracted: 1 − 0.1² − 5 + 5 = 0.99.
+        assert!(close(decision_reward(0.9, &[], &brier).0, 0.99));
+        // The ground truth outside the extracted set (p_gt 0.1, "Lyon" at 0.9): the ground
+        // truth's own row still scores: 1 − 0.9² − 5·|0.9 − 1| + 5 = 0.19 − 0.5 + 5 = 4.69.
+        assert!(close(decision_reward(0.1, &[0.9], &brier).0, 4.69));
+        // Bounded: p_gt 0 scores 0, not ln ε; no clip is involved.
+        assert_eq!(decision_reward(0.0, &[1.0], &brier).1, 0.0);
+        assert_eq!(
+            (ScoringRule::Log.term_name(), ScoringRule::Brier.term_name()),
+            ("log_loss", "brier_score")
+        );
     }
 
     #[test]
