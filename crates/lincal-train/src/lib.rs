@@ -11,6 +11,7 @@ pub mod bench;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod grpo;
 pub mod optim;
 pub mod ppo;
 pub mod progress;
