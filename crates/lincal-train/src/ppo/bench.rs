@@ -84,7 +84,14 @@ pub fn bench_ppo(
             &source,
         ))
     };
-    let (models, mut reward) = load_models(&paths, device, config, None, &with_new_head)?;
+    let kind_of = |device| config.precision.kind(device);
+    let (models, mut reward) = load_models(
+        &paths,
+        device,
+        &config.model_settings(&kind_of),
+        None,
+        &with_new_head,
+    )?;
     bench_ppo_step(models, reward.as_mut(), config, warmup_steps)
 }
 

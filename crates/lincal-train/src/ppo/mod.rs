@@ -86,7 +86,7 @@ pub const PPO_STATE_FILE: &str = "ppo_state.json";
 
 /// The independent random streams of a run; each draw is a function of (seed, stream, step).
 #[derive(Debug, Clone, Copy)]
-enum Stream {
+pub(crate) enum Stream {
     Sampling = 1,
     Extraction = 2,
     Minibatches = 3,
@@ -94,7 +94,7 @@ enum Stream {
     EvalExtraction = 5,
 }
 
-fn stream_seed(seed: u64, stream: Stream, step: u64) -> u64 {
+pub(crate) fn stream_seed(seed: u64, stream: Stream, step: u64) -> u64 {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(stream as u64);
     rng.set_word_pos(u128::from(step) * 2);
@@ -306,7 +306,12 @@ impl Learner {
                     let pick = |t: &Tensor| t.index_select(0, &index);
                     let (logprobs, _) =
                         response_logprobs(&self.models.policy.model, &batch, c.temperature, false);
-                    let values = self.models.value.forward(&batch);
+                    let values = self
+                        .models
+                        .value
+                        .as_ref()
+                        .expect("PPO's models have a value model")
+                        .forward(&batch);
                     let inputs = LossInputs {
                         logprobs: &logprobs,
                         old_logprobs: &pick(&rollouts.logprobs),
@@ -339,7 +344,7 @@ impl Learner {
 }
 
 /// Row sums `[B]` of `[B, W]` (padding holds 0), on the host.
-fn row_sums(t: &Tensor) -> Vec<f64> {
+pub(crate) fn row_sums(t: &Tensor) -> Vec<f64> {
     Vec::<f64>::try_from(
         t.sum_dim_intlist(1, false, Kind::Double)
             .to_device(Device::Cpu),
@@ -349,7 +354,7 @@ fn row_sums(t: &Tensor) -> Vec<f64> {
 
 /// Per rollout, the summed clamped KL to the reference ([`kl_penalty`]: what the reference logs
 /// and steers the KL coefficient by) and the summed log-ratio (unclamped).
-fn summed_kl(rollouts: &Rollouts) -> (Vec<f64>, Vec<f64>) {
+pub(crate) fn summed_kl(rollouts: &Rollouts) -> (Vec<f64>, Vec<f64>) {
     (
         row_sums(&kl_penalty(&rollouts.logprobs, &rollouts.ref_logprobs)),
         row_sums(&(&rollouts.logprobs - &rollouts.ref_logprobs)),
@@ -358,7 +363,7 @@ fn summed_kl(rollouts: &Rollouts) -> (Vec<f64>, Vec<f64>) {
 
 /// Reward, its terms, KL (`kl` clamped, `kl_unclamped`), entropy and length statistics of
 /// rollouts, names prefixed.
-fn rollout_metrics(
+pub(crate) fn rollout_metrics(
     rollouts: &Rollouts,
     kl_sums: &[f64],
     log_ratio_sums: &[f64],
@@ -401,7 +406,11 @@ fn rollout_metrics(
 }
 
 /// One JSON line per rollout: the prompt, the response, its reward, terms and reader details.
-fn rollout_lines(rollouts: &Rollouts, prompts: &[&PpoPrompt], kl_sums: &[f64]) -> String {
+pub(crate) fn rollout_lines(
+    rollouts: &Rollouts,
+    prompts: &[&PpoPrompt],
+    kl_sums: &[f64],
+) -> String {
     let mut out = String::new();
     for (i, prompt) in prompts.iter().enumerate() {
         let reward = &rollouts.rewards[i];
@@ -451,11 +460,146 @@ pub struct PpoTrainer {
 struct PpoSteps {
     learner: Learner,
     reward: Box<dyn Reward>,
-    prompts: Vec<PpoPrompt>,
-    train: TokenizedPrompts,
-    eval_prompts: Vec<PpoPrompt>,
-    eval: TokenizedPrompts,
+    prompts: RunPrompts,
     policy_dir: PathBuf,
+}
+
+/// The training and validation prompts of an RL run (PPO, GRPO), as given and tokenised.
+pub(crate) struct RunPrompts {
+    pub train_prompts: Vec<PpoPrompt>,
+    pub train: TokenizedPrompts,
+    pub eval_prompts: Vec<PpoPrompt>,
+    pub eval: TokenizedPrompts,
+}
+
+impl RunPrompts {
+    /// Tokenises `train` (dropping those longer than `query_len`) and the first
+    /// `max_eval_prompts` of `eval`, and checks that a step's `per_step` prompts are there.
+    pub(crate) fn new(
+        templates: &lincal_data::prompts::Templates,
+        tokenizer: &lincal_model::Tokenizer,
+        train: &[PpoPrompt],
+        eval: &[PpoPrompt],
+        query_len: usize,
+        max_eval_prompts: Option<usize>,
+        per_step: (&str, usize),
+    ) -> Result<Self> {
+        let train_tokens = TokenizedPrompts::new(templates, tokenizer, train, Some(query_len))?;
+        let eval = &eval[..max_eval_prompts.unwrap_or(eval.len()).min(eval.len())];
+        let eval_tokens = TokenizedPrompts::new(templates, tokenizer, eval, None)?;
+        let kept = train_tokens.ids.len();
+        let (field, needed) = per_step;
+        if kept < needed {
+            return Err(TrainError::config(
+                field,
+                format!(
+                    "is {needed}, but only {kept} training prompts fit in query_len {query_len} \
+                     ({} longer ones dropped); give more prompts or lower {field}",
+                    train_tokens.dropped
+                ),
+            ));
+        }
+        Ok(RunPrompts {
+            train_prompts: train.to_vec(),
+            train: train_tokens,
+            eval_prompts: eval.to_vec(),
+            eval: eval_tokens,
+        })
+    }
+
+    pub(crate) fn report(&self) -> PpoDataReport {
+        PpoDataReport {
+            train_prompts: self.train.ids.len(),
+            dropped_long_prompts: self.train.dropped,
+            eval_prompts: self.eval.ids.len(),
+        }
+    }
+
+    /// The kept training prompts of step `step`, `per_step` of them: epochs are seeded
+    /// shuffles of the prompts, cut into batches (a last partial batch is dropped), cycled
+    /// forever.
+    pub(crate) fn step_rows(
+        &self,
+        per_step: usize,
+        seed: u64,
+        step: u64,
+        steps_per_epoch: u64,
+    ) -> Vec<usize> {
+        let order = epoch_order(self.train.ids.len(), seed, step / steps_per_epoch);
+        let offset = (step % steps_per_epoch) as usize * per_step;
+        order[offset..offset + per_step].to_vec()
+    }
+
+    /// The rollout inputs of training rows `rows` and their prompts.
+    pub(crate) fn train_inputs(&self, rows: &[usize]) -> (Vec<RolloutPrompt<'_>>, Vec<&PpoPrompt>) {
+        let prompts: Vec<&PpoPrompt> = rows
+            .iter()
+            .map(|&r| &self.train_prompts[self.train.index[r]])
+            .collect();
+        let inputs = rows
+            .iter()
+            .zip(&prompts)
+            .map(|(&r, p)| RolloutPrompt {
+                ids: &self.train.ids[r],
+                question: &p.question,
+                answer: &p.answer,
+            })
+            .collect();
+        (inputs, prompts)
+    }
+
+    /// Samples and scores a response to every validation prompt with the current policy,
+    /// writes the rollouts to `eval/step-N.jsonl` and returns the means as `eval_*`.
+    pub(crate) fn evaluate(
+        &self,
+        models: &PpoModels,
+        reward: &mut dyn Reward,
+        settings: &RolloutSettings,
+        seed: u64,
+        step: u64,
+        run: &Path,
+    ) -> Result<Vec<(String, f64)>> {
+        if self.eval.ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let prompts: Vec<&PpoPrompt> = self
+            .eval
+            .index
+            .iter()
+            .map(|&i| &self.eval_prompts[i])
+            .collect();
+        let inputs: Vec<RolloutPrompt> = self
+            .eval
+            .ids
+            .iter()
+            .zip(&prompts)
+            .map(|(ids, p)| RolloutPrompt {
+                ids,
+                question: &p.question,
+                answer: &p.answer,
+            })
+            .collect();
+        let sampling =
+            reward::row_seeds(stream_seed(seed, Stream::EvalSampling, step), inputs.len());
+        let context = ScoreContext {
+            seed: stream_seed(seed, Stream::EvalExtraction, step),
+            evaluation: true,
+        };
+        let rollouts = collect_rollouts(models, reward, &inputs, &sampling, context, settings)?;
+        let (kl_sums, log_ratio_sums) = summed_kl(&rollouts);
+        write_lines(
+            run,
+            "eval",
+            step,
+            &rollout_lines(&rollouts, &prompts, &kl_sums),
+        )?;
+        Ok(rollout_metrics(
+            &rollouts,
+            &kl_sums,
+            &log_ratio_sums,
+            "eval_",
+        ))
+    }
 }
 
 impl PpoTrainer {
@@ -498,39 +642,27 @@ impl PpoTrainer {
         config.validate()?;
         run.check_before_loading(train.len())?;
         let custom = custom_reward.is_some();
+        let kind_of = |device| config.precision.kind(device);
         let (models, reward) = load_models(
             paths,
             device,
-            config,
+            &config.model_settings(&kind_of),
             custom_reward,
             &|dir, device, kind| RewardModel::load(dir, device, Some(kind)),
         )?;
 
-        let templates = templates(config)?;
-        let tokenizer = &models.policy.tokenizer;
-        let train_tokens =
-            TokenizedPrompts::new(&templates, tokenizer, train, Some(config.query_len))?;
-        let eval = &eval[..config
-            .max_eval_prompts
-            .unwrap_or(eval.len())
-            .min(eval.len())];
-        let eval_tokens = TokenizedPrompts::new(&templates, tokenizer, eval, None)?;
-        let kept = train_tokens.ids.len();
-        if kept < config.rollout_batch_size {
-            return Err(TrainError::config(
-                "rollout_batch_size",
-                format!(
-                    "is {}, but only {kept} training prompts fit in query_len {} ({} longer ones \
-                     dropped); give more prompts or lower rollout_batch_size",
-                    config.rollout_batch_size, config.query_len, train_tokens.dropped
-                ),
-            ));
-        }
-        let report = PpoDataReport {
-            train_prompts: kept,
-            dropped_long_prompts: train_tokens.dropped,
-            eval_prompts: eval_tokens.ids.len(),
-        };
+        let templates = templates(config.templates.as_deref())?;
+        let prompts = RunPrompts::new(
+            &templates,
+            &models.policy.tokenizer,
+            train,
+            eval,
+            config.query_len,
+            config.max_eval_prompts,
+            ("rollout_batch_size", config.rollout_batch_size),
+        )?;
+        let report = prompts.report();
+        let kept = report.train_prompts;
 
         let mut learner = Learner::new(config, models);
         let mut manifest_config = serde_json::to_value(config).expect("configs serialise");
@@ -549,7 +681,7 @@ impl PpoTrainer {
             config.total_steps,
             steps_per_epoch,
             kept,
-            train_tokens.digest(train),
+            prompts.train.digest(train),
             config.seed,
         );
         let plan = StepPlan {
@@ -567,10 +699,7 @@ impl PpoTrainer {
         let steps = PpoSteps {
             learner,
             reward,
-            prompts: train.to_vec(),
-            train: train_tokens,
-            eval_prompts: eval.to_vec(),
-            eval: eval_tokens,
+            prompts,
             policy_dir: paths.policy.clone(),
         };
         Ok(PpoTrainer {
@@ -599,39 +728,18 @@ impl PpoTrainer {
     }
 }
 
-impl PpoSteps {
-    /// The kept training prompts of step `step`: epochs are seeded shuffles of the prompts,
-    /// cut into rollout batches (a last partial batch is dropped), cycled forever.
-    fn prompt_rows(&self, step: u64, steps_per_epoch: u64) -> Vec<usize> {
-        let batch = self.learner.config.rollout_batch_size;
-        let order = epoch_order(
-            self.train.ids.len(),
-            self.learner.config.seed,
-            step / steps_per_epoch,
-        );
-        let offset = (step % steps_per_epoch) as usize * batch;
-        order[offset..offset + batch].to_vec()
-    }
-}
-
 impl RunSteps for PpoSteps {
     /// One PPO step; with `dump_rollouts` its rollouts go to `rollouts/step-N.jsonl`.
     fn step(&mut self, state: &TrainState, run: &Path) -> Result<StepRecord> {
         let step = state.step;
-        let rows = self.prompt_rows(step, state.steps_per_epoch);
-        let prompts: Vec<&PpoPrompt> = rows
-            .iter()
-            .map(|&r| &self.prompts[self.train.index[r]])
-            .collect();
-        let inputs: Vec<RolloutPrompt> = rows
-            .iter()
-            .zip(&prompts)
-            .map(|(&r, p)| RolloutPrompt {
-                ids: &self.train.ids[r],
-                question: &p.question,
-                answer: &p.answer,
-            })
-            .collect();
+        let config = &self.learner.config;
+        let rows = self.prompts.step_rows(
+            config.rollout_batch_size,
+            config.seed,
+            step,
+            state.steps_per_epoch,
+        );
+        let (inputs, prompts) = self.prompts.train_inputs(&rows);
         let outcome = self.learner.step(self.reward.as_mut(), &inputs, step)?;
         if self.learner.config.dump_rollouts {
             write_lines(
@@ -667,57 +775,16 @@ impl RunSteps for PpoSteps {
         done == 1 || done.is_multiple_of(self.learner.config.eval_every)
     }
 
-    /// Samples and scores a response to every validation prompt with the current policy,
-    /// returns the means as `eval_*` and writes the rollouts to `eval/step-N.jsonl`.
+    /// One response to every validation prompt, scored (see [`RunPrompts::evaluate`]).
     fn evaluate(&mut self, step: u64, run: &Path) -> Result<Vec<(String, f64)>> {
-        if self.eval.ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let seed = self.learner.config.seed;
-        let prompts: Vec<&PpoPrompt> = self
-            .eval
-            .index
-            .iter()
-            .map(|&i| &self.eval_prompts[i])
-            .collect();
-        let inputs: Vec<RolloutPrompt> = self
-            .eval
-            .ids
-            .iter()
-            .zip(&prompts)
-            .map(|(ids, p)| RolloutPrompt {
-                ids,
-                question: &p.question,
-                answer: &p.answer,
-            })
-            .collect();
-        let sampling =
-            reward::row_seeds(stream_seed(seed, Stream::EvalSampling, step), inputs.len());
-        let context = ScoreContext {
-            seed: stream_seed(seed, Stream::EvalExtraction, step),
-            evaluation: true,
-        };
-        let rollouts = collect_rollouts(
+        self.prompts.evaluate(
             &self.learner.models,
             self.reward.as_mut(),
-            &inputs,
-            &sampling,
-            context,
             &self.learner.settings(false),
-        )?;
-        let (kl_sums, log_ratio_sums) = summed_kl(&rollouts);
-        write_lines(
-            run,
-            "eval",
+            self.learner.config.seed,
             step,
-            &rollout_lines(&rollouts, &prompts, &kl_sums),
-        )?;
-        Ok(rollout_metrics(
-            &rollouts,
-            &kl_sums,
-            &log_ratio_sums,
-            "eval_",
-        ))
+            run,
+        )
     }
 
     /// The policy and value weights, the optimizer and the KL controller.
@@ -752,7 +819,7 @@ impl RunSteps for PpoSteps {
 }
 
 /// Writes `run/<folder>/step-N.jsonl` atomically.
-fn write_lines(run: &Path, folder: &str, step: u64, lines: &str) -> Result<()> {
+pub(crate) fn write_lines(run: &Path, folder: &str, step: u64, lines: &str) -> Result<()> {
     let dir = run.join(folder);
     std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
     Ok(lincal_model::fsutil::write_atomic(

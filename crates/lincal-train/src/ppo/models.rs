@@ -8,14 +8,14 @@
 //! | value | the reward model's backbone, trained, with a zero head | adapters on the frozen reward-model backbone, with a zero head |
 //! | reward model | a frozen copy of the reward model | the value backbone with its adapters off |
 
-use super::config::{PpoConfig, RlType};
+use super::config::{PpoConfig, RewardConfig, RlType};
 use super::reward::{BinaryCorrectnessReward, DecisionReward, Reward};
 use crate::error::{Result, TrainError};
 use crate::reward_model::{HeadInit, RewardModel, ScalarHead};
 use crate::setup::{LoadedModel, OUTPUT_EMBEDDINGS};
 use lincal_data::prompts::Templates;
 use lincal_model::layers::{attention_mask, positions_from_mask};
-use lincal_model::lora::{LoraAdapters, with_lora};
+use lincal_model::lora::{LoraAdapters, LoraConfig, with_lora};
 use lincal_model::{CausalLm, ModelError, Tokenizer};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -79,7 +79,8 @@ pub struct PpoModels {
     pub(crate) policy: LoadedModel,
     /// `None` in LoRA mode: the reference is the policy with its adapters off.
     pub(crate) reference: Option<CausalLm>,
-    pub(crate) value: ValueModel,
+    /// PPO's critic; none for the critic-free methods (GRPO, RLOO).
+    pub(crate) value: Option<ValueModel>,
     /// Tokens that end a response.
     pub(crate) eos_ids: Vec<i64>,
 }
@@ -123,13 +124,13 @@ impl PpoModels {
             pad_id,
             eos_id,
         };
-        PpoModels::assemble(policy, reference, value)
+        PpoModels::assemble(policy, reference, Some(value))
     }
 
     pub(crate) fn assemble(
         policy: LoadedModel,
         reference: Option<CausalLm>,
-        value: ValueModel,
+        value: Option<ValueModel>,
     ) -> Result<Self> {
         match (&policy.lora, &reference) {
             (Some(_), Some(_)) => {
@@ -148,7 +149,9 @@ impl PpoModels {
             _ => {}
         }
         let tokens = policy.tokenizer.vocab_size() as i64;
-        let value_vocab = value.backbone.backbone().config().vocab_size();
+        let value_vocab = value
+            .as_ref()
+            .map_or(tokens, |v| v.backbone.backbone().config().vocab_size());
         if value_vocab < tokens {
             return Err(TrainError::config(
                 "reward_model",
@@ -192,7 +195,9 @@ impl PpoModels {
         if let Some(reference) = &self.reference {
             freeze(reference.var_store().variables().into_values());
         }
-        let value = &self.value;
+        let Some(value) = &self.value else {
+            return named;
+        };
         let backbone = value.backbone.backbone().var_store().variables();
         freeze(value.backbone.head_var_store().variables().into_values());
         let mut value_named: Vec<(String, Tensor)> = match &value.lora {
@@ -221,7 +226,7 @@ impl PpoModels {
     /// LoRA dropout on (update) or off (sampling and scoring).
     pub(crate) fn set_training(&self, training: bool) {
         self.policy.set_training(training);
-        if let Some(adapters) = &self.value.lora {
+        if let Some(adapters) = self.value.as_ref().and_then(|v| v.lora.as_ref()) {
             adapters.set_training(training);
         }
     }
@@ -398,12 +403,43 @@ fn load_reference(policy: &LoadedModel, dir: &Path) -> Result<CausalLm> {
     Ok(reference)
 }
 
-/// Loads the prompt templates of a run.
-pub(crate) fn templates(config: &PpoConfig) -> Result<Templates> {
-    Ok(match &config.templates {
+/// Loads the prompt templates of a run: the built-in ones, or `dir`'s overrides.
+pub(crate) fn templates(dir: Option<&Path>) -> Result<Templates> {
+    Ok(match dir {
         Some(dir) => Templates::with_overrides(dir)?,
         None => Templates::builtin()?,
     })
+}
+
+/// What loading a run's models takes from its config (PPO's or GRPO's).
+pub(crate) struct ModelSettings<'a> {
+    pub rl_type: RlType,
+    pub kind_of: &'a dyn Fn(Device) -> Kind,
+    pub lora: Option<&'a LoraConfig>,
+    pub seed: u64,
+    pub pad_token: &'a str,
+    pub reward: &'a RewardConfig,
+    pub templates: Option<&'a Path>,
+    /// Load PPO's value model; the critic-free methods train none.
+    pub value: bool,
+}
+
+impl PpoConfig {
+    pub(crate) fn model_settings<'a>(
+        &'a self,
+        kind_of: &'a dyn Fn(Device) -> Kind,
+    ) -> ModelSettings<'a> {
+        ModelSettings {
+            rl_type: self.rl_type,
+            kind_of,
+            lora: self.lora.as_ref(),
+            seed: self.seed,
+            pad_token: &self.pad_token,
+            reward: &self.reward,
+            templates: self.templates.as_deref(),
+            value: true,
+        }
+    }
 }
 
 /// Reads a reward model from a directory; see [`load_models`].
@@ -411,15 +447,15 @@ pub(crate) type RewardModelLoader<'a> = &'a dyn Fn(&Path, Device, Kind) -> Resul
 
 /// Runs a reward-model load inside `with_lora`, whose builder reports model errors only.
 fn load_reward_model_with_lora(
-    config: &PpoConfig,
+    lora: &LoraConfig,
+    seed: u64,
     dir: &Path,
     device: Device,
     kind: Kind,
     load: RewardModelLoader,
 ) -> Result<(RewardModel, LoraAdapters)> {
-    let lora = config.lora.as_ref().expect("LoRA mode");
     let mut failure = None;
-    let built = with_lora(lora, device, config.seed.wrapping_add(1), || {
+    let built = with_lora(lora, device, seed.wrapping_add(1), || {
         load(dir, device, kind).map_err(|e| {
             let message = e.to_string();
             failure = Some(e);
@@ -438,13 +474,13 @@ fn load_reward_model_with_lora(
 pub(crate) fn load_models(
     paths: &PpoModelPaths,
     device: Device,
-    config: &PpoConfig,
+    settings: &ModelSettings<'_>,
     custom_reward: Option<Box<dyn Reward>>,
     load_reward_model: RewardModelLoader,
 ) -> Result<(PpoModels, Box<dyn Reward>)> {
     // The ExtractAnswers model of the built-in decision-based reward, checked before any
     // model is loaded.
-    let extractor_dir = match (&custom_reward, config.rl_type, &paths.answer_extractor) {
+    let extractor_dir = match (&custom_reward, settings.rl_type, &paths.answer_extractor) {
         (None, RlType::DecisionBased, None) => {
             return Err(TrainError::config(
                 "answer_extractor",
@@ -455,38 +491,43 @@ pub(crate) fn load_models(
         (None, RlType::DecisionBased, Some(dir)) => Some(dir),
         _ => None,
     };
-    let kind = config.precision.kind(device);
+    let kind = (settings.kind_of)(device);
     let policy = LoadedModel::load(
         &paths.policy,
         device,
         kind,
-        config.lora.as_ref(),
-        config.seed,
-        &config.pad_token,
+        settings.lora,
+        settings.seed,
+        settings.pad_token,
     )?;
-    let reference = match config.lora {
+    let reference = match settings.lora {
         Some(_) => None,
         None => Some(load_reference(&policy, &paths.policy)?),
     };
     // In LoRA mode the value adapters sit on the reward model itself, which the built-in
     // rewards then share; otherwise the value model is a trained copy of it.
-    let (value, shared_reward_model) = match config.lora {
-        Some(_) => {
+    let (value, shared_reward_model) = match (settings.value, settings.lora) {
+        (false, _) => (None, None),
+        (true, Some(lora)) => {
             let (model, adapters) = load_reward_model_with_lora(
-                config,
+                lora,
+                settings.seed,
                 &paths.reward_model,
                 device,
                 kind,
                 load_reward_model,
             )?;
             let model = Rc::new(model);
-            (ValueModel::new(model.clone(), Some(adapters)), Some(model))
+            (
+                Some(ValueModel::new(model.clone(), Some(adapters))),
+                Some(model),
+            )
         }
-        None => (
-            ValueModel::new(
+        (true, None) => (
+            Some(ValueModel::new(
                 Rc::new(load_reward_model(&paths.reward_model, device, kind)?),
                 None,
-            ),
+            )),
             None,
         ),
     };
@@ -499,20 +540,21 @@ pub(crate) fn load_models(
                 None => Rc::new(load_reward_model(&paths.reward_model, device, kind)?),
             };
             let reward_tokenizer = Tokenizer::from_dir(&paths.reward_model)?;
+            let templates = templates(settings.templates)?;
             match extractor_dir {
                 Some(dir) => Box::new(DecisionReward::new(
                     CausalLm::load(dir, device, Some(kind))?,
                     Tokenizer::from_dir(dir)?,
                     reward_model,
                     reward_tokenizer,
-                    templates(config)?,
-                    config.reward.clone(),
+                    templates,
+                    settings.reward.clone(),
                 )?),
                 None => Box::new(BinaryCorrectnessReward::new(
                     reward_model,
                     reward_tokenizer,
-                    templates(config)?,
-                    config.reward.clone(),
+                    templates,
+                    settings.reward.clone(),
                 )?),
             }
         }

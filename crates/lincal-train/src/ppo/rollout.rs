@@ -221,7 +221,7 @@ fn sample_responses(
 }
 
 /// The sequence reward of each decoded response. In LoRA mode the reward model shares its
-/// base with the value model, so the value adapters are off meanwhile.
+/// base with PPO's value model, so the value adapters are off meanwhile.
 fn score_responses(
     models: &PpoModels,
     reward: &mut dyn Reward,
@@ -238,9 +238,10 @@ fn score_responses(
             paragraph: text,
         })
         .collect();
-    let rewards = models
-        .value
-        .without_adapters(|| reward.score(&inputs, context))?;
+    let rewards = match &models.value {
+        Some(value) => value.without_adapters(|| reward.score(&inputs, context))?,
+        None => reward.score(&inputs, context)?,
+    };
     if rewards.len() != prompts.len() {
         return Err(TrainError::config(
             "reward",
@@ -298,8 +299,8 @@ fn forward_passes(
             logprobs.push(lp);
             entropy.push(ent.expect("asked for entropy"));
             ref_logprobs.push(models.reference_logprobs(&batch, settings.temperature));
-            if settings.with_values {
-                values.push(models.value.forward(&batch));
+            if let Some(value) = models.value.as_ref().filter(|_| settings.with_values) {
+                values.push(value.forward(&batch));
             }
         }
     });

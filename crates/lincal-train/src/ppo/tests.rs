@@ -393,7 +393,8 @@ fn lora_mode_trains_adapters_on_shared_frozen_bases() {
         models.policy.model.var_store().variables()[name]
             .equal(&loaded.var_store().variables()[name])
     );
-    let adapters = models.value.lora.as_ref().unwrap();
+    let value = models.value.as_ref().unwrap();
+    let adapters = value.lora.as_ref().unwrap();
     let moved = adapters
         .var_store()
         .variables()
@@ -408,10 +409,9 @@ fn lora_mode_trains_adapters_on_shared_frozen_bases() {
         .unwrap()
         .score_texts(&tokenizer, &texts, 64, 64, 2)
         .unwrap();
-    let shared = &models.value.backbone;
+    let shared = &value.backbone;
     assert_eq!(
-        models
-            .value
+        value
             .without_adapters(|| shared.score_texts(&tokenizer, &texts, 64, 64, 2))
             .unwrap(),
         fresh
