@@ -1,8 +1,14 @@
 //! Fixtures for the trainer tests: a tiny random Llama saved with a word-level tokenizer.
 
 use crate::config::{Precision, Schedule, TrainingConfig};
+use crate::error::Result;
+use crate::ppo::{PpoModelPaths, Reward, RewardInput, RewardOutput, ScoreContext};
+use crate::reward_model::{HeadInit, RewardModel};
 use crate::run::RunOptions;
-use lincal_model::testing::{random_model, tiny_llama, write_tokenizer};
+use lincal_model::Tokenizer;
+use lincal_model::lora::LoraConfig;
+use lincal_model::testing::{random_model, tiny_llama, tiny_neox, write_tokenizer};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// A 2-layer Llama (vocabulary 64, no pad token: the trainers add "[PAD]") and its tokenizer
@@ -62,4 +68,97 @@ pub(crate) fn saved_tensors(dir: &Path) -> std::collections::BTreeMap<String, tc
         .unwrap()
         .into_iter()
         .collect()
+}
+
+/// A policy (tiny Llama, vocabulary 64 plus "[PAD]" = 64), a reward model on a backbone of the
+/// same shape, and a tiny GPT-NeoX ExtractAnswers model, in temporary directories.
+pub(crate) struct Fixture {
+    _root: tempfile::TempDir,
+    pub paths: PpoModelPaths,
+}
+
+pub(crate) fn fixture() -> Fixture {
+    let root = tempfile::tempdir().unwrap();
+    let dir = |name: &str| {
+        let path = root.path().join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        path
+    };
+    let (policy_dir, reward_dir, extractor_dir) =
+        (dir("policy"), dir("reward_model"), dir("extractor"));
+    write_tokenizer(&policy_dir, 64);
+    let mut tokenizer = Tokenizer::from_dir(&policy_dir).unwrap();
+    assert_eq!(tokenizer.add_special_token("pad_token", "[PAD]"), 64);
+    tokenizer.save(&policy_dir).unwrap();
+    let mut policy = random_model(tiny_llama(false), 7);
+    policy.resize_token_embeddings(65).unwrap();
+    policy.save(&policy_dir, usize::MAX).unwrap();
+    let mut backbone = random_model(tiny_llama(false), 8);
+    backbone.resize_token_embeddings(65).unwrap();
+    RewardModel::new(backbone, HeadInit::Default { seed: 3 }, "policy")
+        .save(&reward_dir)
+        .unwrap();
+    tokenizer.save(&reward_dir).unwrap();
+    random_model(tiny_neox(), 9)
+        .save(&extractor_dir, usize::MAX)
+        .unwrap();
+    write_tokenizer(&extractor_dir, 64);
+    Fixture {
+        paths: PpoModelPaths {
+            policy: policy_dir,
+            reward_model: reward_dir,
+            answer_extractor: Some(extractor_dir),
+        },
+        _root: root,
+    }
+}
+
+/// Rank-4 adapters on the attention's q and v projections, without dropout.
+pub(crate) fn tiny_lora() -> LoraConfig {
+    LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        target_modules: vec!["q_proj".into(), "v_proj".into()],
+    }
+}
+
+pub(crate) fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+pub(crate) fn train_records(run: &Path) -> Vec<serde_json::Value> {
+    read_jsonl(&run.join("metrics.jsonl"))
+        .into_iter()
+        .filter(|m| m.get("policy_loss").is_some())
+        .collect()
+}
+
+/// The toy task: the reward is the fraction of the response's words that are "t20".
+pub(crate) struct TargetWordReward;
+
+impl Reward for TargetWordReward {
+    fn score(
+        &mut self,
+        inputs: &[RewardInput<'_>],
+        _context: ScoreContext,
+    ) -> Result<Vec<RewardOutput>> {
+        Ok(inputs
+            .iter()
+            .map(|input| {
+                let words: Vec<&str> = input.paragraph.split_whitespace().collect();
+                let hits = words.iter().filter(|w| **w == "t20").count() as f64;
+                let reward = hits / words.len().max(1) as f64;
+                RewardOutput {
+                    reward,
+                    terms: BTreeMap::from([("hits".to_string(), hits)]),
+                    details: serde_json::Value::Null,
+                }
+            })
+            .collect())
+    }
 }

@@ -76,7 +76,19 @@ pub struct GrpoLossStats {
     pub policy_loss: f64,
     pub kl: f64,
     pub clipfrac: f64,
+    /// `0.5·(log π − log π_old)²`: 0 while the ratio is 1.
+    pub approx_kl: f64,
     pub tokens: f64,
+}
+
+impl GrpoLossStats {
+    pub fn accumulate(&mut self, other: &GrpoLossStats) {
+        self.policy_loss += other.policy_loss;
+        self.kl += other.kl;
+        self.clipfrac += other.clipfrac;
+        self.approx_kl += other.approx_kl;
+        self.tokens += other.tokens;
+    }
 }
 
 /// `Σ w_t·(max(−A·ρ_t, −A·clip(ρ_t, 1 ± c)) + β·k3_t)` over the micro-batch, the weights w
@@ -105,6 +117,7 @@ pub fn grpo_loss(
         policy_loss: total(&policy),
         kl: kl.as_ref().map_or(0.0, total),
         clipfrac: total(&clipped),
+        approx_kl: total(&((inputs.logprobs - inputs.old_logprobs).square() * 0.5)),
         tokens: total(&inputs.mask.ones_like()),
     };
     (loss, stats)

@@ -1,10 +1,415 @@
-//! Critic-free RL on the PPO rewards: GRPO and RLOO. Each prompt gets G responses; a
-//! response's advantage comes from its group ([`advantages`]), so no value model is trained,
-//! and the policy is updated with PPO's clipped ratio, a KL term to the reference and a choice
-//! of loss aggregation ([`loss`]).
+//! Critic-free RL on the PPO rewards: GRPO and RLOO. Each step, as the algorithm reads:
+//! 1. rollout: G responses to each of `prompts_per_step` prompts (every response from its own
+//!    seed), scored by the [`Reward`] (the LC or Factuality reward, `scoring_rule` included),
+//!    with the policy's and the reference's log-probs from forward passes;
+//! 2. advantages: with the KL in the reward, each reward less β·Σ_t (log π − log π_ref); then
+//!    the group comparison ([`advantages::group_advantages`]), one advantage per response for
+//!    all its tokens;
+//! 3. update: `epochs_per_rollout` passes over the responses in shuffled minibatches of
+//!    `step_batch_size`, the clipped ratio loss (with β·k3 when the KL is in the loss) averaged
+//!    as `loss_aggregation` says ([`loss::grpo_loss`]), one clipped AdamW step per minibatch.
+//!
+//! No value model is trained. The models, rollouts, rewards, LoRA mode (the reference is the
+//! policy with its adapters off), evaluation and run lifecycle (exact resume, checkpoints,
+//! snapshots, `final/`) are PPO's.
 
 pub mod advantages;
+pub mod config;
 pub mod loss;
 
 pub use advantages::{GROUP_STD_EPSILON, GroupBaseline, group_advantages};
+pub use config::{GRPO_PRESETS, GrpoConfig, KlPlacement};
 pub use loss::{GrpoLossInputs, GrpoLossStats, LossAggregation, grpo_loss, k3_kl};
+
+use crate::config::Schedule;
+use crate::data::epoch_order;
+use crate::error::{Result, TrainError};
+use crate::optim::{AdamWConfig, LrSchedule, TrainableParams};
+use crate::ppo::models::{ModelSettings, load_models, response_logprobs, row_index, templates};
+use crate::ppo::reward::{self, Reward, ScoreContext};
+use crate::ppo::rollout::{RolloutPrompt, RolloutSettings, collect_rollouts};
+use crate::ppo::{
+    PpoDataReport, PpoModelPaths, PpoModels, PpoPrompt, RunPrompts, Stream, rollout_lines,
+    rollout_metrics, row_sums, stream_seed, summed_kl, write_lines,
+};
+use crate::reward_model::RewardModel;
+use crate::run::{RunOptions, TrainState};
+use crate::training_run::{RunSteps, StepPlan, StepRecord, TrainSummary, TrainingRun, synchronize};
+use lincal_data::artifact::Manifest;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// Trains a policy with GRPO or RLOO into a run directory.
+pub struct GrpoTrainer {
+    run: TrainingRun,
+    steps: GrpoSteps,
+    report: PpoDataReport,
+}
+
+/// GRPO's side of a run.
+struct GrpoSteps {
+    config: GrpoConfig,
+    models: PpoModels,
+    params: TrainableParams,
+    schedule: LrSchedule,
+    reward: Box<dyn Reward>,
+    prompts: RunPrompts,
+    policy_dir: PathBuf,
+}
+
+impl GrpoTrainer {
+    /// Loads the policy (and its reference) and the built-in reward of `config.rl_type`,
+    /// tokenises the prompts and opens the run in `run.dir`, resuming from its newest
+    /// checkpoint.
+    pub fn new(
+        paths: &PpoModelPaths,
+        device: Device,
+        config: &GrpoConfig,
+        train: &[PpoPrompt],
+        eval: &[PpoPrompt],
+        run: &RunOptions,
+    ) -> Result<Self> {
+        Self::build(paths, device, config, None, train, eval, run)
+    }
+
+    /// As [`Self::new`] with another reward.
+    pub fn with_reward(
+        paths: &PpoModelPaths,
+        device: Device,
+        config: &GrpoConfig,
+        reward: Box<dyn Reward>,
+        train: &[PpoPrompt],
+        eval: &[PpoPrompt],
+        run: &RunOptions,
+    ) -> Result<Self> {
+        Self::build(paths, device, config, Some(reward), train, eval, run)
+    }
+
+    fn build(
+        paths: &PpoModelPaths,
+        device: Device,
+        config: &GrpoConfig,
+        custom_reward: Option<Box<dyn Reward>>,
+        train: &[PpoPrompt],
+        eval: &[PpoPrompt],
+        run: &RunOptions,
+    ) -> Result<Self> {
+        config.validate()?;
+        run.check_before_loading(train.len())?;
+        let custom = custom_reward.is_some();
+        let kind_of = |device| config.precision.kind(device);
+        let settings = ModelSettings {
+            rl_type: config.rl_type,
+            kind_of: &kind_of,
+            lora: config.lora.as_ref(),
+            seed: config.seed,
+            pad_token: &config.pad_token,
+            reward: &config.reward,
+            templates: config.templates.as_deref(),
+            value: false,
+        };
+        let (models, reward) = load_models(
+            paths,
+            device,
+            &settings,
+            custom_reward,
+            &|dir, device, kind| RewardModel::load(dir, device, Some(kind)),
+        )?;
+        let prompts = RunPrompts::new(
+            &templates(config.templates.as_deref())?,
+            &models.policy.tokenizer,
+            train,
+            eval,
+            config.query_len,
+            config.max_eval_prompts,
+            ("prompts_per_step", config.prompts_per_step),
+        )?;
+        let report = prompts.report();
+        let adam = AdamWConfig {
+            beta1: config.adam_beta1,
+            beta2: config.adam_beta2,
+            eps: config.adam_epsilon,
+            weight_decay: config.weight_decay,
+        };
+        let mut params =
+            TrainableParams::new(models.trainable(), adam, config.precision.master_weights());
+        let mut manifest_config = serde_json::to_value(config).expect("configs serialise");
+        manifest_config["models"] = serde_json::json!({
+            "policy": paths.policy,
+            "reward_model": paths.reward_model,
+            "answer_extractor": paths.answer_extractor,
+            "custom_reward": custom,
+        });
+        let manifest = Manifest {
+            base_model: Some(paths.policy.clone()),
+            ..Manifest::new("grpo", manifest_config, Vec::new())
+        };
+        let kept = report.train_prompts;
+        let state = TrainState::new(
+            config.total_steps,
+            (kept / config.prompts_per_step) as u64,
+            kept,
+            prompts.train.digest(train),
+            config.seed,
+        );
+        let plan = StepPlan {
+            units_per_step: config.prompts_per_step,
+            save_every: config.save_every,
+            keep_checkpoints: config.keep_checkpoints,
+            keep_checkpoints_after_finish: config.keep_checkpoints_after_finish,
+            snapshot_every: config.snapshot_every,
+            save_after: config.save_after,
+        };
+        let training_run = TrainingRun::open(run, manifest, state, plan, &mut params)?;
+        let schedule = LrSchedule {
+            schedule: Schedule::Linear,
+            warmup_steps: config.warmup_steps,
+            total_steps: config.total_steps,
+        };
+        Ok(GrpoTrainer {
+            run: training_run,
+            steps: GrpoSteps {
+                config: config.clone(),
+                models,
+                params,
+                schedule,
+                reward,
+                prompts,
+                policy_dir: paths.policy.clone(),
+            },
+            report,
+        })
+    }
+
+    pub fn data_report(&self) -> &PpoDataReport {
+        &self.report
+    }
+
+    pub fn total_steps(&self) -> u64 {
+        self.run.total_steps()
+    }
+
+    /// Trains to the end (writing `final/`), or until `stop_at_step` steps are complete.
+    pub fn train(&mut self, stop_at_step: Option<u64>) -> Result<TrainSummary> {
+        self.run.train(&mut self.steps, stop_at_step)
+    }
+}
+
+impl GrpoSteps {
+    fn settings(&self) -> RolloutSettings {
+        let c = &self.config;
+        RolloutSettings {
+            temperature: c.temperature,
+            response_len: c.response_len,
+            generation_batch_size: c.generation_batch_size,
+            forward_batch_size: c.forward_batch_size,
+            full_width: false,
+            with_values: false,
+        }
+    }
+
+    /// `epochs_per_rollout` passes over the responses in shuffled minibatches, one clipped
+    /// AdamW step each. Returns the loss statistics, the learning rate and the last gradient
+    /// norm.
+    fn update(
+        &mut self,
+        rollouts: &crate::ppo::rollout::Rollouts,
+        advantages: &Tensor,
+        step: u64,
+    ) -> Result<(GrpoLossStats, f64, f64)> {
+        let c = &self.config;
+        // As PPO's update: dropout draws from libtorch's generator, seeded per step.
+        let _rng = lincal_model::lock_libtorch_rng();
+        tch::manual_seed(c.seed.wrapping_add(step) as i64);
+        self.models.set_training(true);
+        let device = self.models.policy.model.device();
+        let mask = &rollouts.seqs.response_mask;
+        let learning_rate = c.learning_rate * self.schedule.factor(step);
+        let minibatch_seed = stream_seed(c.seed, Stream::Minibatches, step);
+        let kl_in_loss = c.kl_placement == KlPlacement::Loss && c.kl_coef > 0.0;
+        let (mut stats, mut grad_norm) = (GrpoLossStats::default(), 0.0);
+        for epoch in 0..c.epochs_per_rollout {
+            let order = epoch_order(rollouts.seqs.rows(), minibatch_seed, epoch as u64);
+            for minibatch in order.chunks(c.step_batch_size) {
+                let units = c.loss_aggregation.units(
+                    &mask.index_select(0, &row_index(minibatch, device)),
+                    c.response_len,
+                );
+                for micro in minibatch.chunks(c.micro_batch_size) {
+                    let batch = rollouts.seqs.batch(micro);
+                    let index = row_index(micro, device);
+                    let pick = |t: &Tensor| t.index_select(0, &index);
+                    let (logprobs, _) =
+                        response_logprobs(&self.models.policy.model, &batch, c.temperature, false);
+                    let ref_logprobs = pick(&rollouts.ref_logprobs);
+                    let inputs = GrpoLossInputs {
+                        logprobs: &logprobs,
+                        old_logprobs: &pick(&rollouts.logprobs),
+                        ref_logprobs: kl_in_loss.then_some(&ref_logprobs),
+                        advantages: &pick(advantages),
+                        mask: &pick(mask),
+                    };
+                    let (loss, micro_stats) =
+                        grpo_loss(&inputs, c.cliprange, c.kl_coef, c.loss_aggregation);
+                    let total = micro_stats.policy_loss + c.kl_coef * micro_stats.kl;
+                    if !total.is_finite() {
+                        self.models.set_training(false);
+                        return Err(TrainError::Diverged {
+                            step: step + 1,
+                            loss: total / micro_stats.tokens.max(1.0),
+                        });
+                    }
+                    (loss / units).backward();
+                    self.params.accumulate_grads();
+                    stats.accumulate(&micro_stats);
+                }
+                grad_norm = self.params.step(learning_rate, c.max_grad_norm);
+            }
+        }
+        self.models.set_training(false);
+        Ok((stats, learning_rate, grad_norm))
+    }
+}
+
+impl RunSteps for GrpoSteps {
+    /// One step: G responses to each prompt, group advantages, the update; with
+    /// `dump_rollouts` the responses go to `rollouts/step-N.jsonl`.
+    fn step(&mut self, state: &TrainState, run: &Path) -> Result<StepRecord> {
+        let step = state.step;
+        let c = self.config.clone();
+        let rows = self
+            .prompts
+            .step_rows(c.prompts_per_step, c.seed, step, state.steps_per_epoch);
+        // Each prompt G times, consecutively: a group.
+        let group_rows: Vec<usize> = rows
+            .iter()
+            .flat_map(|&r| std::iter::repeat_n(r, c.group_size))
+            .collect();
+        let (inputs, prompts): (Vec<RolloutPrompt>, _) = self.prompts.train_inputs(&group_rows);
+        let sampling = reward::row_seeds(stream_seed(c.seed, Stream::Sampling, step), inputs.len());
+        let context = ScoreContext {
+            seed: stream_seed(c.seed, Stream::Extraction, step),
+            evaluation: false,
+        };
+        let settings = self.settings();
+        let rollouts = collect_rollouts(
+            &self.models,
+            self.reward.as_mut(),
+            &inputs,
+            &sampling,
+            context,
+            &settings,
+        )?;
+        let (kl_sums, log_ratio_sums) = summed_kl(&rollouts);
+        let lines = c
+            .dump_rollouts
+            .then(|| rollout_lines(&rollouts, &prompts, &kl_sums));
+        drop((inputs, prompts));
+        let mut rewards = rollouts.scores();
+        if c.kl_placement == KlPlacement::Reward {
+            for (reward, log_ratio) in rewards.iter_mut().zip(&log_ratio_sums) {
+                *reward -= c.kl_coef * log_ratio;
+            }
+        }
+        let advantages = group_advantages(&rewards, c.group_size, c.baseline)?;
+        let device = self.models.policy.model.device();
+        let advantages_tensor = Tensor::from_slice(&advantages)
+            .to_kind(Kind::Float)
+            .to_device(device);
+        let started = Instant::now();
+        let (stats, learning_rate, grad_norm) = self.update(&rollouts, &advantages_tensor, step)?;
+        synchronize(device);
+        let update_seconds = started.elapsed().as_secs_f64();
+        if let Some(lines) = lines {
+            write_lines(run, "rollouts", step + 1, &lines)?;
+        }
+        let k3 = k3_kl(&rollouts.logprobs, &rollouts.ref_logprobs) * &rollouts.seqs.response_mask;
+        let k3_sums = row_sums(&k3);
+        let n = rollouts.rewards.len() as f64;
+        let tokens = stats.tokens.max(1.0);
+        // Groups whose rewards were all equal give no gradient: their share is worth watching.
+        let flat_groups = rewards
+            .chunks(c.group_size)
+            .filter(|g| g.iter().all(|r| *r == g[0]))
+            .count() as f64
+            / c.prompts_per_step as f64;
+        let mut metrics = rollout_metrics(&rollouts, &kl_sums, &log_ratio_sums, "");
+        metrics.extend([
+            ("kl_k3".to_string(), k3_sums.iter().sum::<f64>() / n),
+            (
+                "advantage_abs".to_string(),
+                advantages.iter().map(|a| a.abs()).sum::<f64>() / n,
+            ),
+            ("flat_groups".to_string(), flat_groups),
+            ("policy_loss".to_string(), stats.policy_loss / tokens),
+            ("policy_clipfrac".to_string(), stats.clipfrac / tokens),
+            ("approx_kl".to_string(), stats.approx_kl / tokens),
+            ("learning_rate".to_string(), learning_rate),
+            ("grad_norm".to_string(), grad_norm),
+            (
+                "generation_seconds".to_string(),
+                rollouts.timing.generation_seconds,
+            ),
+            ("reward_seconds".to_string(), rollouts.timing.reward_seconds),
+            (
+                "forward_seconds".to_string(),
+                rollouts.timing.forward_seconds,
+            ),
+            ("update_seconds".to_string(), update_seconds),
+        ]);
+        let mut record = serde_json::json!({});
+        for (name, value) in &metrics {
+            record[name] = (*value).into();
+        }
+        let metric = |name: &str| {
+            metrics
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(f64::NAN, |(_, v)| *v)
+        };
+        let message = format!(
+            "reward {:.3}  kl {:.3}  update {:.1}s",
+            metric("reward"),
+            metric("kl_k3"),
+            update_seconds
+        );
+        Ok(StepRecord {
+            metrics: record,
+            message,
+        })
+    }
+
+    fn evaluates_after(&self, done: u64) -> bool {
+        done == 1 || done.is_multiple_of(self.config.eval_every)
+    }
+
+    fn evaluate(&mut self, step: u64, run: &Path) -> Result<Vec<(String, f64)>> {
+        let settings = self.settings();
+        self.prompts.evaluate(
+            &self.models,
+            self.reward.as_mut(),
+            &settings,
+            self.config.seed,
+            step,
+            run,
+        )
+    }
+
+    /// The policy weights and the optimizer state: all a resume needs.
+    fn save_checkpoint(&self, dir: &Path) -> Result<()> {
+        self.params.save(dir)
+    }
+
+    fn save_final(&mut self, dir: &Path) -> Result<()> {
+        self.params.promote_to_masters();
+        self.models.policy.save_causal_lm(dir, &self.policy_dir)
+    }
+
+    fn save_snapshot(&self, dir: &Path) -> Result<()> {
+        self.models.policy.save_snapshot(dir)
+    }
+}
+
+#[cfg(test)]
+mod tests;
