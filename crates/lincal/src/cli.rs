@@ -35,6 +35,9 @@ pub enum Command {
     Score(train::ScoreArgs),
     /// PPO: decision-based RL (preset lc_ppo) or Factuality RL (factuality_ppo).
     Ppo(ppo::PpoArgs),
+    /// GRPO or RLOO, critic-free, on the same rewards (presets lc_grpo, factuality_grpo;
+    /// `baseline = "grpo" | "dr_grpo" | "rloo"`).
+    Grpo(ppo::PpoArgs),
     /// Checkpoint selection: evaluate the PPO snapshots with the best validation reward with a
     /// chosen reader and export the best.
     Select(Box<select::SelectArgs>),
@@ -84,6 +87,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::RewardModel(args) => train::reward_model(args),
         Command::Score(args) => train::score(args),
         Command::Ppo(args) => ppo::run(args),
+        Command::Grpo(args) => ppo::grpo(args),
         Command::Select(args) => select::run(*args),
         Command::Distill { what } => distill::run_distill(what),
         Command::Label { what } => distill::run_label(what),

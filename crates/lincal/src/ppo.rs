@@ -1,12 +1,14 @@
-//! `lincal ppo`: decision-based RL (preset `lc_ppo`) or Factuality RL (`factuality_ppo`) with
-//! PPO, from a preset or TOML config, on prompts from JSONL or the reference dataset, into a
-//! run directory that resumes where it stopped.
+//! `lincal ppo` and `lincal grpo`: decision-based RL (presets `lc_ppo`, `lc_grpo`) or
+//! Factuality RL (`factuality_ppo`, `factuality_grpo`) with PPO or with the critic-free GRPO
+//! and RLOO, from a preset or TOML config, on prompts from JSONL or the reference dataset,
+//! into a run directory that resumes where it stopped.
 
 use crate::train::{ConfigArgs, RunArgs, print_config};
 use anyhow::{Result, bail};
 use clap::Args;
 use lincal_data::schema::{self, TriviaQa};
-use lincal_train::ppo::{PpoConfig, PpoModelPaths, PpoPrompt, PpoTrainer};
+use lincal_train::grpo::{GrpoConfig, GrpoTrainer};
+use lincal_train::ppo::{PpoConfig, PpoDataReport, PpoModelPaths, PpoPrompt, PpoTrainer};
 use lincal_train::{RunOptions, TrainSummary};
 use std::path::{Path, PathBuf};
 
@@ -16,7 +18,7 @@ pub struct PpoArgs {
     #[arg(long)]
     policy: PathBuf,
     /// The reward model: ForecastProbs for decision-based RL, the binary-correctness model for
-    /// Factuality RL. The value model starts from its backbone.
+    /// Factuality RL. PPO's value model starts from its backbone.
     #[arg(long)]
     reward_model: PathBuf,
     /// The ExtractAnswers model (decision-based RL).
@@ -41,56 +43,109 @@ pub struct PpoArgs {
 }
 
 pub fn run(args: PpoArgs) -> Result<()> {
-    crate::warn_if_recovered(
-        [args.policy.as_path(), args.reward_model.as_path()]
-            .into_iter()
-            .chain(args.answer_extractor.as_deref()),
-        args.run.prompts.as_deref(),
-    );
-    let config = resolve_config(&args)?;
-    if args.run.print_config {
-        return print_config(&config);
-    }
-    let train = read_prompts(&args.train, &args.run.trivia_qa)?;
-    let eval = match &args.eval {
-        Some(path) => read_prompts(path, &args.run.trivia_qa)?,
-        None => {
-            eprintln!("no --eval prompts: the run will not evaluate");
-            Vec::new()
-        }
-    };
-    let device = crate::parse_device(&args.run.device)?;
-    let paths = PpoModelPaths {
-        policy: args.policy.clone(),
-        reward_model: args.reward_model.clone(),
-        answer_extractor: args.answer_extractor.clone(),
-    };
-    let mut input_files = vec![args.train.clone()];
-    input_files.extend(args.eval.iter().cloned());
-    input_files.extend(args.run.trivia_qa.iter().cloned());
-    let options = RunOptions {
-        dir: args.out.clone(),
-        input_files,
-        progress: true,
-    };
-    let mut trainer = PpoTrainer::new(&paths, device, &config, &train, &eval, &options)?;
-    let data = trainer.data_report();
-    eprintln!(
-        "{} training prompts ({} longer than query_len {} left out), {} evaluation prompts",
-        data.train_prompts, data.dropped_long_prompts, config.query_len, data.eval_prompts
-    );
-    report(&trainer.train(args.run.stop_at_step)?);
-    Ok(())
-}
-
-fn resolve_config(args: &PpoArgs) -> Result<PpoConfig> {
     let mut config = args
         .config
         .resolve(PpoConfig::preset, |c, scale| c.scaled(scale))?;
     if let Some(dir) = &args.run.prompts {
         config.templates = Some(dir.clone());
     }
-    Ok(config)
+    let Some(job) = Job::prepare(&args, &config)? else {
+        return Ok(());
+    };
+    let mut trainer = PpoTrainer::new(
+        &job.paths,
+        job.device,
+        &config,
+        &job.train,
+        &job.eval,
+        &job.options,
+    )?;
+    describe(trainer.data_report(), config.query_len);
+    report(&trainer.train(args.run.stop_at_step)?);
+    Ok(())
+}
+
+/// `lincal grpo`: the same command line as `lincal ppo`, with GRPO's presets and config.
+pub fn grpo(args: PpoArgs) -> Result<()> {
+    let mut config = args
+        .config
+        .resolve(GrpoConfig::preset, |c, scale| c.scaled(scale))?;
+    if let Some(dir) = &args.run.prompts {
+        config.templates = Some(dir.clone());
+    }
+    let Some(job) = Job::prepare(&args, &config)? else {
+        return Ok(());
+    };
+    let mut trainer = GrpoTrainer::new(
+        &job.paths,
+        job.device,
+        &config,
+        &job.train,
+        &job.eval,
+        &job.options,
+    )?;
+    describe(trainer.data_report(), config.query_len);
+    report(&trainer.train(args.run.stop_at_step)?);
+    Ok(())
+}
+
+/// What an RL command needs besides its config: models, device, prompts and run options.
+struct Job {
+    paths: PpoModelPaths,
+    device: tch::Device,
+    train: Vec<PpoPrompt>,
+    eval: Vec<PpoPrompt>,
+    options: RunOptions,
+}
+
+impl Job {
+    /// None when the command only prints its config.
+    fn prepare<C: serde::Serialize>(args: &PpoArgs, config: &C) -> Result<Option<Job>> {
+        crate::warn_if_recovered(
+            [args.policy.as_path(), args.reward_model.as_path()]
+                .into_iter()
+                .chain(args.answer_extractor.as_deref()),
+            args.run.prompts.as_deref(),
+        );
+        if args.run.print_config {
+            print_config(config)?;
+            return Ok(None);
+        }
+        let train = read_prompts(&args.train, &args.run.trivia_qa)?;
+        let eval = match &args.eval {
+            Some(path) => read_prompts(path, &args.run.trivia_qa)?,
+            None => {
+                eprintln!("no --eval prompts: the run will not evaluate");
+                Vec::new()
+            }
+        };
+        let mut input_files = vec![args.train.clone()];
+        input_files.extend(args.eval.iter().cloned());
+        input_files.extend(args.run.trivia_qa.iter().cloned());
+        Ok(Some(Job {
+            paths: PpoModelPaths {
+                policy: args.policy.clone(),
+                reward_model: args.reward_model.clone(),
+                answer_extractor: args.answer_extractor.clone(),
+            },
+            device: crate::parse_device(&args.run.device)?,
+            train,
+            eval,
+            options: RunOptions {
+                dir: args.out.clone(),
+                input_files,
+                progress: true,
+            },
+        }))
+    }
+}
+
+fn describe(data: &PpoDataReport, query_len: usize) {
+    eprintln!(
+        "{} training prompts ({} longer than query_len {query_len} left out), {} evaluation \
+         prompts",
+        data.train_prompts, data.dropped_long_prompts, data.eval_prompts
+    );
 }
 
 /// JSONL prompts, or a reference `*_paragraph_generation` split joined with TriviaQA.

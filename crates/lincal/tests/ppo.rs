@@ -55,15 +55,34 @@ fn write_prompts(path: &Path, n: usize) {
 /// training, 2 evaluation prompts), on the CPU in f32, 4 rollouts of at most 4 tokens a step,
 /// evaluated every step, into `out`, with `settings` added.
 fn ppo_command(root: &Path, out: &Path, settings: &[&str]) -> Vec<String> {
+    let small = [
+        "rollout_batch_size=4",
+        "step_batch_size=4",
+        "generation_batch_size=4",
+        "forward_batch_size=2",
+    ];
+    rl_command("ppo", "lc_ppo", root, out, &[&small[..], settings].concat())
+}
+
+/// `lincal COMMAND --preset PRESET` on tiny models and prompt files made in `root` (8
+/// training, 2 evaluation prompts), on the CPU in f32, responses of at most 4 tokens,
+/// evaluated every step, into `out`, with `settings` added.
+fn rl_command(
+    command: &str,
+    preset: &str,
+    root: &Path,
+    out: &Path,
+    settings: &[&str],
+) -> Vec<String> {
     let (policy, reward, extractor) = models(root);
     let (train, eval) = (root.join("train.jsonl"), root.join("eval.jsonl"));
     write_prompts(&train, 8);
     write_prompts(&eval, 2);
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let mut args: Vec<String> = [
-        "ppo",
+        command,
         "--preset",
-        "lc_ppo",
+        preset,
         "--policy",
         &s(&policy),
         "--reward-model",
@@ -82,10 +101,6 @@ fn ppo_command(root: &Path, out: &Path, settings: &[&str]) -> Vec<String> {
     .map(String::from)
     .to_vec();
     let small = [
-        "rollout_batch_size=4",
-        "step_batch_size=4",
-        "generation_batch_size=4",
-        "forward_batch_size=2",
         "query_len=40",
         "response_len=4",
         "eval_every=1",
@@ -447,4 +462,56 @@ fn select_evaluates_the_best_snapshots_and_exports_the_winner() {
     }
     let md = std::fs::read_to_string(selection.join("selection.md")).unwrap();
     assert!(md.contains(&format!("| **{winner}** (winner) |")), "{md}");
+}
+
+/// `lincal grpo` runs the critic-free trainer on the LC reward with the same command line:
+/// 2 prompts × 4 responses a step, stopped after one step and resumed to the end, with the
+/// Brier scoring rule; the rollouts come in groups and score the Brier term.
+#[test]
+fn grpo_trains_two_steps_of_decision_based_rl_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let args = rl_command(
+        "grpo",
+        "lc_grpo",
+        dir.path(),
+        &out,
+        &[
+            "total_steps=2",
+            "prompts_per_step=2",
+            "group_size=4",
+            "step_batch_size=8",
+            "generation_batch_size=8",
+            "forward_batch_size=4",
+            "baseline=rloo",
+            "reward.scoring_rule=brier",
+        ],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let first = lincal(&[args.as_slice(), &["--stop-at-step", "1"]].concat());
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{stderr}");
+    assert!(stderr.contains("stopped after 1 of 2 steps"), "{stderr}");
+    let second = lincal(&args);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "{stderr}");
+    assert!(stderr.contains("finished 2 of 2 steps"), "{stderr}");
+    let rollouts = read_jsonl(&out.join("rollouts/step-00000002.jsonl"));
+    assert_eq!(rollouts.len(), 8);
+    assert!(
+        rollouts[..4]
+            .iter()
+            .all(|r| r["query"] == rollouts[0]["query"])
+    );
+    assert!(rollouts.iter().all(|r| r["terms"]["brier_score"].is_f64()));
+    let metrics = read_jsonl(&out.join("metrics.jsonl"));
+    assert!(metrics.iter().any(|m| m.get("eval_reward").is_some()));
+    let manifest = lincal_data::artifact::Manifest::read(&out).unwrap();
+    assert_eq!(manifest.stage, "grpo");
+    assert_eq!(manifest.config["baseline"], "rloo");
+    lincal_model::CausalLm::load(&out.join("final"), tch::Device::Cpu, None).unwrap();
+    // The printed config reads back as a GRPO config.
+    let printed = lincal(&[args.as_slice(), &["--print-config"]].concat());
+    let config: toml::Value = toml::from_str(&String::from_utf8_lossy(&printed.stdout)).unwrap();
+    assert_eq!(config["group_size"].as_integer(), Some(4));
 }

@@ -153,6 +153,41 @@ impl GrpoConfig {
         })
     }
 
+    /// For a quick run: prompts per step, steps, warmup and the eval, save and snapshot
+    /// intervals shrink by `scale` (rounded, at least 1); G stays, and the step batch becomes
+    /// the largest whole number of micro-batches at most its scaled size that divides the
+    /// responses of a step.
+    pub fn scaled(&self, scale: f64) -> Result<Self> {
+        if !(0.0..=1.0).contains(&scale) || scale == 0.0 {
+            return Err(TrainError::config(
+                "scale",
+                format!("must be in (0, 1], got {scale}"),
+            ));
+        }
+        let shrink = |n: u64| ((n as f64 * scale).round() as u64).max(1);
+        let prompts = shrink(self.prompts_per_step as u64) as usize;
+        let rollouts = prompts * self.group_size;
+        let micro = self.micro_batch_size.min(rollouts);
+        let wanted = (shrink(self.step_batch_size as u64) as usize).clamp(micro, rollouts);
+        let step_batch = (micro..=wanted)
+            .rev()
+            .find(|&b| b.is_multiple_of(micro) && rollouts.is_multiple_of(b))
+            .unwrap_or(rollouts);
+        let optional = |n: u64| if n == 0 { 0 } else { shrink(n) };
+        Ok(GrpoConfig {
+            prompts_per_step: prompts,
+            step_batch_size: step_batch,
+            micro_batch_size: micro.min(step_batch),
+            total_steps: shrink(self.total_steps),
+            warmup_steps: optional(self.warmup_steps),
+            eval_every: shrink(self.eval_every),
+            save_every: shrink(self.save_every),
+            snapshot_every: optional(self.snapshot_every),
+            save_after: (self.save_after as f64 * scale).round() as u64,
+            ..self.clone()
+        })
+    }
+
     /// Responses per step.
     pub fn rollout_batch_size(&self) -> usize {
         self.prompts_per_step * self.group_size

@@ -216,3 +216,22 @@ fn bad_settings_are_named() {
     );
     assert!(lc.validate().is_ok());
 }
+
+#[test]
+fn scale_keeps_the_groups_and_whole_micro_batches() {
+    // 64 prompts × 8 → 0.1: 6 prompts (48 responses); step batch 512 → 51, the largest
+    // multiple of the micro-batch (2) at most 51 dividing 48 is 48. 1,500 steps → 150.
+    let scaled = GrpoConfig::preset("lc_grpo").unwrap().scaled(0.1).unwrap();
+    assert_eq!(
+        (
+            scaled.prompts_per_step,
+            scaled.group_size,
+            scaled.step_batch_size,
+            scaled.micro_batch_size,
+            scaled.total_steps
+        ),
+        (6, 8, 48, 2, 150)
+    );
+    assert!(scaled.validate().is_ok());
+    assert!(GrpoConfig::preset("lc_grpo").unwrap().scaled(0.0).is_err());
+}
