@@ -73,6 +73,25 @@ pub enum BenchCommand {
         #[command(flatten)]
         record: RecordArgs,
     },
+    /// One GRPO step at the LC geometry (64 prompts × 8 responses = 512 rollouts, 128 + 300
+    /// tokens by default), timed by part like `bench ppo`, on the same models but without a
+    /// value model.
+    Grpo {
+        /// As for `bench ppo`: the policy, reference (or adapters), reward model (with a new
+        /// head) and, for decision-based RL, the answer extractor.
+        #[arg(long)]
+        model: PathBuf,
+        /// The run's config: a preset (`lc_grpo`, `factuality_grpo`) or TOML file.
+        #[command(flatten)]
+        config: crate::train::ConfigArgs,
+        /// Untimed steps before the timed one.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        #[arg(long, default_value = "auto")]
+        device: String,
+        #[command(flatten)]
+        record: RecordArgs,
+    },
     /// Batched sampling throughput: random prompts, every row runs to --new-tokens (no EOS).
     Generate {
         #[arg(long)]
@@ -183,41 +202,45 @@ pub fn run(command: BenchCommand) -> Result<()> {
             })?;
             let device = crate::parse_device(&device)?;
             let result = lincal_train::ppo::bench_ppo(&model, device, &config, warmup)?;
-            println!(
-                "{} rollouts of {} + {} tokens{}: {:.1} s per PPO step = generation {:.1} s \
-                 ({:.0} tokens/s) + scoring {:.1} s (reward {:.1} s) + update {:.1} s; \
-                 {} trained parameters; first step KL {}, approx KL {}",
-                result.rollouts,
-                result.query_len,
-                result.response_len,
-                if config.lora.is_some() { " (LoRA)" } else { "" },
-                result.total_seconds,
-                result.generation_seconds,
-                result.generated_tokens_per_second,
-                result.scoring_seconds,
-                result.reward_seconds,
-                result.update_seconds,
-                result.trainable_parameters,
-                result.first_step_kl,
-                result.first_step_approx_kl
-            );
-            let mut measured = serde_json::json!({
-                "bench": "ppo",
-                "engine": "lincal",
-                "rl_type": format!("{:?}", config.rl_type),
-                "lora": config.lora.is_some(),
+            let batches = serde_json::json!({
                 "generation_batch_size": config.generation_batch_size,
                 "forward_batch_size": config.forward_batch_size,
                 "micro_batch_size": config.micro_batch_size,
-                "device": format!("{device:?}"),
             });
-            measured.as_object_mut().expect("an object").extend(
-                serde_json::to_value(&result)?
-                    .as_object()
-                    .expect("a struct")
-                    .clone(),
-            );
-            record.append(measured)
+            let setting = RlBenchSetting {
+                bench: "ppo",
+                rl_type: config.rl_type,
+                lora: config.lora.is_some(),
+                device,
+            };
+            record.append(rl_bench_record(&setting, &result, batches)?)
+        }
+        BenchCommand::Grpo {
+            model,
+            config,
+            warmup,
+            device,
+            record,
+        } => {
+            let config = config.resolve(lincal_train::grpo::GrpoConfig::preset, |c, scale| {
+                c.scaled(scale)
+            })?;
+            let device = crate::parse_device(&device)?;
+            let result = lincal_train::grpo::bench_grpo(&model, device, &config, warmup)?;
+            let batches = serde_json::json!({
+                "prompts_per_step": config.prompts_per_step,
+                "group_size": config.group_size,
+                "generation_batch_size": config.generation_batch_size,
+                "forward_batch_size": config.forward_batch_size,
+                "micro_batch_size": config.micro_batch_size,
+            });
+            let setting = RlBenchSetting {
+                bench: "grpo",
+                rl_type: config.rl_type,
+                lora: config.lora.is_some(),
+                device,
+            };
+            record.append(rl_bench_record(&setting, &result, batches)?)
         }
         BenchCommand::Generate {
             model,
@@ -385,4 +408,55 @@ impl RecordArgs {
             .with_context(|| format!("opening {}", path.display()))?;
         writeln!(file, "{measurement}").with_context(|| format!("writing {}", path.display()))
     }
+}
+
+/// What an RL step benchmark ran: the method, the reward, LoRA or full fine-tuning, the device.
+struct RlBenchSetting {
+    bench: &'static str,
+    rl_type: lincal_train::ppo::RlType,
+    lora: bool,
+    device: tch::Device,
+}
+
+/// Prints an RL step's times and returns its JSON record (the setting, `batches`, the times).
+fn rl_bench_record(
+    setting: &RlBenchSetting,
+    result: &lincal_train::ppo::RlStepBench,
+    batches: serde_json::Value,
+) -> Result<serde_json::Value> {
+    println!(
+        "{} rollouts of {} + {} tokens{}: {:.1} s per {} step = generation {:.1} s \
+         ({:.0} tokens/s) + scoring {:.1} s (reward {:.1} s) + update {:.1} s; \
+         {} trained parameters; first step KL {}, approx KL {}",
+        result.rollouts,
+        result.query_len,
+        result.response_len,
+        if setting.lora { " (LoRA)" } else { "" },
+        result.total_seconds,
+        setting.bench.to_uppercase(),
+        result.generation_seconds,
+        result.generated_tokens_per_second,
+        result.scoring_seconds,
+        result.reward_seconds,
+        result.update_seconds,
+        result.trainable_parameters,
+        result.first_step_kl,
+        result.first_step_approx_kl
+    );
+    let mut measured = serde_json::json!({
+        "bench": setting.bench,
+        "engine": "lincal",
+        "rl_type": format!("{:?}", setting.rl_type),
+        "lora": setting.lora,
+        "device": format!("{:?}", setting.device),
+    });
+    let object = measured.as_object_mut().expect("an object");
+    object.extend(batches.as_object().expect("an object").clone());
+    object.extend(
+        serde_json::to_value(result)?
+            .as_object()
+            .expect("a struct")
+            .clone(),
+    );
+    Ok(measured)
 }

@@ -291,7 +291,7 @@ fn ppo_prints_its_config_and_names_bad_input() {
 }
 
 #[test]
-fn bench_ppo_times_one_step_and_appends_a_json_line() {
+fn bench_ppo_and_grpo_time_one_step_and_append_json_lines() {
     let dir = tempfile::tempdir().unwrap();
     let (policy, _, _) = models(dir.path());
     let json = dir.path().join("bench.jsonl");
@@ -299,58 +299,91 @@ fn bench_ppo_times_one_step_and_appends_a_json_line() {
         policy.to_str().unwrap().to_string(),
         json.to_str().unwrap().to_string(),
     );
-    let mut args: Vec<&str> = vec![
-        "bench", "ppo", "--model", &policy, "--preset", "lc_ppo", "--device", "cpu", "--warmup",
-        "0", "--json", &json_arg, "--label", "tiny",
-    ];
-    for setting in [
-        "rollout_batch_size=4",
-        "step_batch_size=4",
+    let shared = [
         "generation_batch_size=4",
         "forward_batch_size=2",
         "query_len=6",
         "response_len=3",
         "precision=f32",
         "reward.extractor_max_new_tokens=3",
-    ] {
-        args.extend(["--set", setting]);
-    }
-    let output = lincal(&args);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        stdout.starts_with("4 rollouts of 6 + 3 tokens: ")
-            && stdout.contains(" s per PPO step = generation "),
-        "{stdout}"
-    );
-    let records = read_jsonl(&json);
-    assert_eq!(records.len(), 1);
-    let record = &records[0];
-    assert_eq!(
+    ];
+    for (bench, preset, batch) in [
         (
-            record["bench"].as_str(),
-            record["model"].as_str(),
-            record["rl_type"].as_str(),
-            record["rollouts"].as_u64()
+            "ppo",
+            "lc_ppo",
+            ["rollout_batch_size=4", "step_batch_size=4"],
         ),
-        (Some("ppo"), Some("tiny"), Some("DecisionBased"), Some(4))
-    );
-    for part in [
-        "generation_seconds",
-        "scoring_seconds",
-        "reward_seconds",
-        "update_seconds",
-        "total_seconds",
+        ("grpo", "lc_grpo", ["prompts_per_step=2", "group_size=2"]),
     ] {
+        let mut args: Vec<&str> = vec![
+            "bench",
+            bench,
+            "--model",
+            &policy,
+            "--preset",
+            preset,
+            "--device",
+            "cpu",
+            "--warmup",
+            "0",
+            "--json",
+            &json_arg,
+            "--label",
+            "tiny",
+            "--set",
+            "step_batch_size=4",
+        ];
+        for setting in shared.iter().chain(&batch) {
+            args.extend(["--set", setting]);
+        }
+        let output = lincal(&args);
+        let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(
-            record[part].as_f64().is_some_and(|s| s > 0.0),
-            "{part} in {record}"
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            stdout.starts_with("4 rollouts of 6 + 3 tokens: ")
+                && stdout.contains(&format!(
+                    " s per {} step = generation ",
+                    bench.to_uppercase()
+                )),
+            "{stdout}"
         );
     }
+    let records = read_jsonl(&json);
+    assert_eq!(records.len(), 2);
+    for (record, bench) in records.iter().zip(["ppo", "grpo"]) {
+        assert_eq!(
+            (
+                record["bench"].as_str(),
+                record["model"].as_str(),
+                record["rl_type"].as_str(),
+                record["rollouts"].as_u64()
+            ),
+            (Some(bench), Some("tiny"), Some("DecisionBased"), Some(4))
+        );
+        for part in [
+            "generation_seconds",
+            "scoring_seconds",
+            "reward_seconds",
+            "update_seconds",
+            "total_seconds",
+        ] {
+            assert!(
+                record[part].as_f64().is_some_and(|s| s > 0.0),
+                "{part} in {record}"
+            );
+        }
+        // Policy and reference are the same weights at the first step: their KL is 0 up to
+        // the rounding of separate CPU matrix products (6e-8 seen).
+        let kl = record["first_step_kl"].as_f64().unwrap();
+        assert!(kl.abs() < 1e-6, "{record}");
+    }
+    // GRPO trains the policy alone; PPO the value model besides.
+    let parameters = |i: usize| records[i]["trainable_parameters"].as_i64().unwrap();
+    assert!(parameters(1) < parameters(0), "{records:?}");
 }
 
 /// `lincal select` on a 3-step run with a snapshot every step: the two snapshots with the

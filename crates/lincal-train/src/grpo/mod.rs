@@ -14,10 +14,12 @@
 //! snapshots, `final/`) are PPO's.
 
 pub mod advantages;
+pub mod bench;
 pub mod config;
 pub mod loss;
 
 pub use advantages::{GROUP_STD_EPSILON, GroupBaseline, group_advantages};
+pub use bench::bench_grpo;
 pub use config::{GRPO_PRESETS, GrpoConfig, KlPlacement};
 pub use loss::{GrpoLossInputs, GrpoLossStats, LossAggregation, grpo_loss, k3_kl};
 
@@ -47,15 +49,28 @@ pub struct GrpoTrainer {
     report: PpoDataReport,
 }
 
-/// GRPO's side of a run.
+/// GRPO's side of a run: the learner, the reward and the prompts.
 struct GrpoSteps {
+    learner: GrpoLearner,
+    reward: Box<dyn Reward>,
+    prompts: RunPrompts,
+    policy_dir: PathBuf,
+}
+
+/// The policy (with its reference) and its optimizer, and one GRPO step over them.
+pub(crate) struct GrpoLearner {
     config: GrpoConfig,
     models: PpoModels,
     params: TrainableParams,
     schedule: LrSchedule,
-    reward: Box<dyn Reward>,
-    prompts: RunPrompts,
-    policy_dir: PathBuf,
+}
+
+/// What one step did: its rollouts and its metrics, named as logged.
+pub(crate) struct GrpoStepOutcome {
+    pub rollouts: crate::ppo::rollout::Rollouts,
+    pub kl_sums: Vec<f64>,
+    pub metrics: Vec<(String, f64)>,
+    pub update_seconds: f64,
 }
 
 impl GrpoTrainer {
@@ -126,14 +141,7 @@ impl GrpoTrainer {
             ("prompts_per_step", config.prompts_per_step),
         )?;
         let report = prompts.report();
-        let adam = AdamWConfig {
-            beta1: config.adam_beta1,
-            beta2: config.adam_beta2,
-            eps: config.adam_epsilon,
-            weight_decay: config.weight_decay,
-        };
-        let mut params =
-            TrainableParams::new(models.trainable(), adam, config.precision.master_weights());
+        let mut learner = GrpoLearner::new(config, models);
         let mut manifest_config = serde_json::to_value(config).expect("configs serialise");
         manifest_config["models"] = serde_json::json!({
             "policy": paths.policy,
@@ -161,19 +169,11 @@ impl GrpoTrainer {
             snapshot_every: config.snapshot_every,
             save_after: config.save_after,
         };
-        let training_run = TrainingRun::open(run, manifest, state, plan, &mut params)?;
-        let schedule = LrSchedule {
-            schedule: Schedule::Linear,
-            warmup_steps: config.warmup_steps,
-            total_steps: config.total_steps,
-        };
+        let training_run = TrainingRun::open(run, manifest, state, plan, &mut learner.params)?;
         Ok(GrpoTrainer {
             run: training_run,
             steps: GrpoSteps {
-                config: config.clone(),
-                models,
-                params,
-                schedule,
+                learner,
                 reward,
                 prompts,
                 policy_dir: paths.policy.clone(),
@@ -196,7 +196,33 @@ impl GrpoTrainer {
     }
 }
 
-impl GrpoSteps {
+impl GrpoLearner {
+    pub(crate) fn new(config: &GrpoConfig, models: PpoModels) -> Self {
+        let adam = AdamWConfig {
+            beta1: config.adam_beta1,
+            beta2: config.adam_beta2,
+            eps: config.adam_epsilon,
+            weight_decay: config.weight_decay,
+        };
+        let params =
+            TrainableParams::new(models.trainable(), adam, config.precision.master_weights());
+        let schedule = LrSchedule {
+            schedule: Schedule::Linear,
+            warmup_steps: config.warmup_steps,
+            total_steps: config.total_steps,
+        };
+        GrpoLearner {
+            config: config.clone(),
+            models,
+            params,
+            schedule,
+        }
+    }
+
+    pub(crate) fn num_parameters(&self) -> i64 {
+        self.params.num_parameters()
+    }
+
     fn settings(&self) -> RolloutSettings {
         let c = &self.config;
         RolloutSettings {
@@ -272,40 +298,30 @@ impl GrpoSteps {
     }
 }
 
-impl RunSteps for GrpoSteps {
-    /// One step: G responses to each prompt, group advantages, the update; with
-    /// `dump_rollouts` the responses go to `rollouts/step-N.jsonl`.
-    fn step(&mut self, state: &TrainState, run: &Path) -> Result<StepRecord> {
-        let step = state.step;
+impl GrpoLearner {
+    /// One step on `inputs`, each prompt `group_size` times in a row, after `step` completed
+    /// steps: rollouts, group advantages, the update.
+    pub(crate) fn step(
+        &mut self,
+        reward: &mut dyn Reward,
+        inputs: &[RolloutPrompt<'_>],
+        step: u64,
+    ) -> Result<GrpoStepOutcome> {
         let c = self.config.clone();
-        let rows = self
-            .prompts
-            .step_rows(c.prompts_per_step, c.seed, step, state.steps_per_epoch);
-        // Each prompt G times, consecutively: a group.
-        let group_rows: Vec<usize> = rows
-            .iter()
-            .flat_map(|&r| std::iter::repeat_n(r, c.group_size))
-            .collect();
-        let (inputs, prompts): (Vec<RolloutPrompt>, _) = self.prompts.train_inputs(&group_rows);
         let sampling = reward::row_seeds(stream_seed(c.seed, Stream::Sampling, step), inputs.len());
         let context = ScoreContext {
             seed: stream_seed(c.seed, Stream::Extraction, step),
             evaluation: false,
         };
-        let settings = self.settings();
         let rollouts = collect_rollouts(
             &self.models,
-            self.reward.as_mut(),
-            &inputs,
+            reward,
+            inputs,
             &sampling,
             context,
-            &settings,
+            &self.settings(),
         )?;
         let (kl_sums, log_ratio_sums) = summed_kl(&rollouts);
-        let lines = c
-            .dump_rollouts
-            .then(|| rollout_lines(&rollouts, &prompts, &kl_sums));
-        drop((inputs, prompts));
         let mut rewards = rollouts.scores();
         if c.kl_placement == KlPlacement::Reward {
             for (reward, log_ratio) in rewards.iter_mut().zip(&log_ratio_sums) {
@@ -321,9 +337,6 @@ impl RunSteps for GrpoSteps {
         let (stats, learning_rate, grad_norm) = self.update(&rollouts, &advantages_tensor, step)?;
         synchronize(device);
         let update_seconds = started.elapsed().as_secs_f64();
-        if let Some(lines) = lines {
-            write_lines(run, "rollouts", step + 1, &lines)?;
-        }
         let k3 = k3_kl(&rollouts.logprobs, &rollouts.ref_logprobs) * &rollouts.seqs.response_mask;
         let k3_sums = row_sums(&k3);
         let n = rollouts.rewards.len() as f64;
@@ -333,7 +346,7 @@ impl RunSteps for GrpoSteps {
             .chunks(c.group_size)
             .filter(|g| g.iter().all(|r| *r == g[0]))
             .count() as f64
-            / c.prompts_per_step as f64;
+            / (rewards.len() / c.group_size) as f64;
         let mut metrics = rollout_metrics(&rollouts, &kl_sums, &log_ratio_sums, "");
         metrics.extend([
             ("kl_k3".to_string(), k3_sums.iter().sum::<f64>() / n),
@@ -358,12 +371,46 @@ impl RunSteps for GrpoSteps {
             ),
             ("update_seconds".to_string(), update_seconds),
         ]);
+        Ok(GrpoStepOutcome {
+            rollouts,
+            kl_sums,
+            metrics,
+            update_seconds,
+        })
+    }
+}
+
+impl RunSteps for GrpoSteps {
+    /// One step on the step's prompts, each `group_size` times; with `dump_rollouts` the
+    /// responses go to `rollouts/step-N.jsonl`.
+    fn step(&mut self, state: &TrainState, run: &Path) -> Result<StepRecord> {
+        let step = state.step;
+        let c = &self.learner.config;
+        let rows = self
+            .prompts
+            .step_rows(c.prompts_per_step, c.seed, step, state.steps_per_epoch);
+        // Each prompt G times, consecutively: a group.
+        let group_rows: Vec<usize> = rows
+            .iter()
+            .flat_map(|&r| std::iter::repeat_n(r, c.group_size))
+            .collect();
+        let (inputs, prompts) = self.prompts.train_inputs(&group_rows);
+        let outcome = self.learner.step(self.reward.as_mut(), &inputs, step)?;
+        if self.learner.config.dump_rollouts {
+            write_lines(
+                run,
+                "rollouts",
+                step + 1,
+                &rollout_lines(&outcome.rollouts, &prompts, &outcome.kl_sums),
+            )?;
+        }
         let mut record = serde_json::json!({});
-        for (name, value) in &metrics {
+        for (name, value) in &outcome.metrics {
             record[name] = (*value).into();
         }
         let metric = |name: &str| {
-            metrics
+            outcome
+                .metrics
                 .iter()
                 .find(|(n, _)| n == name)
                 .map_or(f64::NAN, |(_, v)| *v)
@@ -372,7 +419,7 @@ impl RunSteps for GrpoSteps {
             "reward {:.3}  kl {:.3}  update {:.1}s",
             metric("reward"),
             metric("kl_k3"),
-            update_seconds
+            outcome.update_seconds
         );
         Ok(StepRecord {
             metrics: record,
@@ -381,16 +428,15 @@ impl RunSteps for GrpoSteps {
     }
 
     fn evaluates_after(&self, done: u64) -> bool {
-        done == 1 || done.is_multiple_of(self.config.eval_every)
+        done == 1 || done.is_multiple_of(self.learner.config.eval_every)
     }
 
     fn evaluate(&mut self, step: u64, run: &Path) -> Result<Vec<(String, f64)>> {
-        let settings = self.settings();
         self.prompts.evaluate(
-            &self.models,
+            &self.learner.models,
             self.reward.as_mut(),
-            &settings,
-            self.config.seed,
+            &self.learner.settings(),
+            self.learner.config.seed,
             step,
             run,
         )
@@ -398,16 +444,19 @@ impl RunSteps for GrpoSteps {
 
     /// The policy weights and the optimizer state: all a resume needs.
     fn save_checkpoint(&self, dir: &Path) -> Result<()> {
-        self.params.save(dir)
+        self.learner.params.save(dir)
     }
 
     fn save_final(&mut self, dir: &Path) -> Result<()> {
-        self.params.promote_to_masters();
-        self.models.policy.save_causal_lm(dir, &self.policy_dir)
+        self.learner.params.promote_to_masters();
+        self.learner
+            .models
+            .policy
+            .save_causal_lm(dir, &self.policy_dir)
     }
 
     fn save_snapshot(&self, dir: &Path) -> Result<()> {
-        self.models.policy.save_snapshot(dir)
+        self.learner.models.policy.save_snapshot(dir)
     }
 }
 

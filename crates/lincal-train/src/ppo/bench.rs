@@ -5,7 +5,7 @@
 use super::Learner;
 use super::config::{PpoConfig, RlType};
 use super::models::PpoModels;
-use super::models::{PpoModelPaths, load_models};
+use super::models::{ModelSettings, PpoModelPaths, load_models};
 use super::reward::Reward;
 use super::rollout::RolloutPrompt;
 use crate::error::{Result, TrainError};
@@ -18,15 +18,16 @@ use std::path::Path;
 use std::time::Instant;
 use tch::Device;
 
-/// The time of one PPO step, by part (the device is synchronised between parts).
+/// The time of one RL step (PPO's or GRPO's), by part (the device is synchronised between
+/// parts).
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PpoStepBench {
+pub struct RlStepBench {
     pub rollouts: usize,
     pub query_len: usize,
     pub response_len: usize,
     /// Sampling the responses.
     pub generation_seconds: f64,
-    /// The reward plus the policy, reference and value forward passes.
+    /// The reward plus the policy, reference and (PPO) value forward passes.
     pub scoring_seconds: f64,
     /// The reward's share of scoring.
     pub reward_seconds: f64,
@@ -53,7 +54,21 @@ pub fn bench_ppo(
     device: Device,
     config: &PpoConfig,
     warmup_steps: usize,
-) -> Result<PpoStepBench> {
+) -> Result<RlStepBench> {
+    let kind_of = |device| config.precision.kind(device);
+    let (models, mut reward) = bench_models(model_dir, device, &config.model_settings(&kind_of))?;
+    bench_ppo_step(models, reward.as_mut(), config, warmup_steps)
+}
+
+/// Every model of an RL run made from the causal LM in `model_dir`, with the built-in reward:
+/// the policy, the reference or adapters, the reward model with a freshly initialised head
+/// (and PPO's value backbone), and for decision-based RL the answer extractor. Its tokenizer
+/// must have a pad token, so that policy and reward model share one vocabulary.
+pub(crate) fn bench_models(
+    model_dir: &Path,
+    device: Device,
+    settings: &ModelSettings<'_>,
+) -> Result<(PpoModels, Box<dyn Reward>)> {
     let tokenizer = Tokenizer::from_dir(model_dir)?;
     if tokenizer
         .pad_token()
@@ -73,26 +88,52 @@ pub fn bench_ppo(
     let paths = PpoModelPaths {
         policy: model_dir.to_path_buf(),
         reward_model: model_dir.to_path_buf(),
-        answer_extractor: (config.rl_type == RlType::DecisionBased)
+        answer_extractor: (settings.rl_type == RlType::DecisionBased)
             .then(|| model_dir.to_path_buf()),
     };
     let source = model_dir.display().to_string();
+    let seed = settings.seed;
     let with_new_head = |dir: &Path, device: Device, kind: tch::Kind| {
         Ok(RewardModel::new(
             CausalLm::load(dir, device, Some(kind))?,
-            HeadInit::Default { seed: config.seed },
+            HeadInit::Default { seed },
             &source,
         ))
     };
-    let kind_of = |device| config.precision.kind(device);
-    let (models, mut reward) = load_models(
-        &paths,
-        device,
-        &config.model_settings(&kind_of),
-        None,
-        &with_new_head,
-    )?;
-    bench_ppo_step(models, reward.as_mut(), config, warmup_steps)
+    load_models(&paths, device, settings, None, &with_new_head)
+}
+
+/// `count` random prompts of exactly `query_len` tokens of the policy's vocabulary, never its
+/// pad token.
+pub(crate) fn random_prompts(
+    models: &PpoModels,
+    count: usize,
+    query_len: usize,
+    seed: u64,
+) -> Vec<Vec<i64>> {
+    let vocab = models.policy.model.config().vocab_size();
+    let pad_id = models.policy.pad_id;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..count)
+        .map(|_| {
+            (0..query_len)
+                .map(|_| rng.random_range(0..vocab))
+                .map(|id| if id == pad_id { 0 } else { id })
+                .collect()
+        })
+        .collect()
+}
+
+/// The rollout inputs of benchmark prompts.
+pub(crate) fn bench_inputs(prompts: &[Vec<i64>]) -> Vec<RolloutPrompt<'_>> {
+    prompts
+        .iter()
+        .map(|ids| RolloutPrompt {
+            ids,
+            question: "Which question does this benchmark ask?",
+            answer: "none",
+        })
+        .collect()
 }
 
 /// Runs `warmup_steps + 1` PPO steps of `config.rollout_batch_size` random prompts of exactly
@@ -105,28 +146,16 @@ pub fn bench_ppo_step(
     reward: &mut dyn Reward,
     config: &PpoConfig,
     warmup_steps: usize,
-) -> Result<PpoStepBench> {
+) -> Result<RlStepBench> {
     config.validate()?;
     models.eos_ids.clear();
-    let vocab = models.policy.model.config().vocab_size();
-    let pad_id = models.policy.pad_id;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
-    let prompts: Vec<Vec<i64>> = (0..config.rollout_batch_size)
-        .map(|_| {
-            (0..config.query_len)
-                .map(|_| rng.random_range(0..vocab))
-                .map(|id| if id == pad_id { 0 } else { id })
-                .collect()
-        })
-        .collect();
-    let inputs: Vec<RolloutPrompt> = prompts
-        .iter()
-        .map(|ids| RolloutPrompt {
-            ids,
-            question: "Which question does this benchmark ask?",
-            answer: "none",
-        })
-        .collect();
+    let prompts = random_prompts(
+        &models,
+        config.rollout_batch_size,
+        config.query_len,
+        config.seed,
+    );
+    let inputs = bench_inputs(&prompts);
     let mut learner = Learner::new(config, models);
     let device = learner.models.policy.model.device();
     let mut timed = None;
@@ -150,7 +179,7 @@ pub fn bench_ppo_step(
     let (outcome, total_seconds) = timed.expect("at least one step ran");
     let timing = outcome.rollouts.timing;
     let generated: i64 = outcome.rollouts.seqs.lengths.iter().sum();
-    Ok(PpoStepBench {
+    Ok(RlStepBench {
         rollouts: config.rollout_batch_size,
         query_len: config.query_len,
         response_len: config.response_len,

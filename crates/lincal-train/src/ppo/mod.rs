@@ -51,7 +51,7 @@ pub mod rollout;
 #[cfg(test)]
 mod tests;
 
-pub use bench::{PpoStepBench, bench_ppo, bench_ppo_step};
+pub use bench::{RlStepBench, bench_ppo, bench_ppo_step};
 pub use config::{PPO_PRESETS, PpoConfig, RewardConfig, RlType, ScoringRule};
 pub use models::{PpoModelPaths, PpoModels, ValueModel};
 pub use reward::{
