@@ -699,6 +699,8 @@ fn ppo_trains_in_bf16_on_the_gpu() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn ppo_step_time_of_a_smollm2_shaped_model() {
+    use crate::reward_model::HeadInit;
+    use lincal_model::testing::write_tokenizer;
     let device = Device::Cuda(0);
     let shape = concat!(
         r#"{"model_type":"llama","vocab_size":49152,"hidden_size":576,"intermediate_size":1536,"#,
