@@ -7,6 +7,7 @@ use super::advantages::GroupBaseline;
 use super::loss::LossAggregation;
 use crate::config::Precision;
 use crate::error::{Result, TrainError};
+use crate::ppo::models::ModelSettings;
 use crate::ppo::{PpoConfig, RewardConfig, RlType};
 use lincal_model::lora::LoraConfig;
 
@@ -186,6 +187,23 @@ impl GrpoConfig {
             save_after: (self.save_after as f64 * scale).round() as u64,
             ..self.clone()
         })
+    }
+
+    /// What loading the run's models takes from this config: no value model.
+    pub(crate) fn model_settings<'a>(
+        &'a self,
+        kind_of: &'a dyn Fn(tch::Device) -> tch::Kind,
+    ) -> ModelSettings<'a> {
+        ModelSettings {
+            rl_type: self.rl_type,
+            kind_of,
+            lora: self.lora.as_ref(),
+            seed: self.seed,
+            pad_token: &self.pad_token,
+            reward: &self.reward,
+            templates: self.templates.as_deref(),
+            value: false,
+        }
     }
 
     /// Responses per step.

@@ -27,7 +27,7 @@ use crate::config::Schedule;
 use crate::data::epoch_order;
 use crate::error::{Result, TrainError};
 use crate::optim::{AdamWConfig, LrSchedule, TrainableParams};
-use crate::ppo::models::{ModelSettings, load_models, response_logprobs, row_index, templates};
+use crate::ppo::models::{load_models, response_logprobs, row_index, templates};
 use crate::ppo::reward::{self, Reward, ScoreContext};
 use crate::ppo::rollout::{RolloutPrompt, RolloutSettings, collect_rollouts};
 use crate::ppo::{
@@ -37,7 +37,6 @@ use crate::ppo::{
 use crate::reward_model::RewardModel;
 use crate::run::{RunOptions, TrainState};
 use crate::training_run::{RunSteps, StepPlan, StepRecord, TrainSummary, TrainingRun, synchronize};
-use lincal_data::artifact::Manifest;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -114,20 +113,10 @@ impl GrpoTrainer {
         run.check_before_loading(train.len())?;
         let custom = custom_reward.is_some();
         let kind_of = |device| config.precision.kind(device);
-        let settings = ModelSettings {
-            rl_type: config.rl_type,
-            kind_of: &kind_of,
-            lora: config.lora.as_ref(),
-            seed: config.seed,
-            pad_token: &config.pad_token,
-            reward: &config.reward,
-            templates: config.templates.as_deref(),
-            value: false,
-        };
         let (models, reward) = load_models(
             paths,
             device,
-            &settings,
+            &config.model_settings(&kind_of),
             custom_reward,
             &|dir, device, kind| RewardModel::load(dir, device, Some(kind)),
         )?;
@@ -142,17 +131,7 @@ impl GrpoTrainer {
         )?;
         let report = prompts.report();
         let mut learner = GrpoLearner::new(config, models);
-        let mut manifest_config = serde_json::to_value(config).expect("configs serialise");
-        manifest_config["models"] = serde_json::json!({
-            "policy": paths.policy,
-            "reward_model": paths.reward_model,
-            "answer_extractor": paths.answer_extractor,
-            "custom_reward": custom,
-        });
-        let manifest = Manifest {
-            base_model: Some(paths.policy.clone()),
-            ..Manifest::new("grpo", manifest_config, Vec::new())
-        };
+        let manifest = paths.manifest("grpo", config, custom);
         let kept = report.train_prompts;
         let state = TrainState::new(
             config.total_steps,

@@ -7,7 +7,7 @@ use super::config::{PpoConfig, RlType};
 use super::models::PpoModels;
 use super::models::{ModelSettings, PpoModelPaths, load_models};
 use super::reward::Reward;
-use super::rollout::RolloutPrompt;
+use super::rollout::{RolloutPrompt, Rollouts};
 use crate::error::{Result, TrainError};
 use crate::reward_model::{HeadInit, RewardModel};
 use crate::training_run::synchronize;
@@ -158,16 +158,47 @@ pub fn bench_ppo_step(
     let inputs = bench_inputs(&prompts);
     let mut learner = Learner::new(config, models);
     let device = learner.models.policy.model.device();
+    let parameters = learner.params.num_parameters();
+    time_rl_steps(
+        warmup_steps,
+        device,
+        (config.query_len, parameters),
+        |step| learner.step(reward, &inputs, step),
+        |outcome| TimedStep {
+            rollouts: &outcome.rollouts,
+            metrics: &outcome.metrics,
+            update_seconds: outcome.update_seconds,
+        },
+    )
+}
+
+/// What a benchmark reads of an RL step's outcome.
+pub(crate) struct TimedStep<'a> {
+    pub rollouts: &'a Rollouts,
+    pub metrics: &'a [(String, f64)],
+    pub update_seconds: f64,
+}
+
+/// Runs `warmup_steps + 1` steps with `step` (given the completed steps) and times the last,
+/// by part; the first step's `kl` and `approx_kl` are reported too. `(query_len, parameters)`:
+/// the prompts' length and the trained parameters, for the record.
+pub(crate) fn time_rl_steps<O>(
+    warmup_steps: usize,
+    device: Device,
+    (query_len, parameters): (usize, i64),
+    mut step: impl FnMut(u64) -> Result<O>,
+    view: impl Fn(&O) -> TimedStep<'_>,
+) -> Result<RlStepBench> {
     let mut timed = None;
     let mut first_step = (f64::NAN, f64::NAN);
-    for step in 0..=warmup_steps as u64 {
+    for done in 0..=warmup_steps as u64 {
         synchronize(device);
         let started = Instant::now();
-        let outcome = learner.step(reward, &inputs, step)?;
-        if step == 0 {
+        let outcome = step(done)?;
+        if done == 0 {
+            let metrics = view(&outcome).metrics;
             let metric = |name: &str| {
-                outcome
-                    .metrics
+                metrics
                     .iter()
                     .find(|(n, _)| n == name)
                     .map_or(f64::NAN, |(_, v)| *v)
@@ -177,19 +208,21 @@ pub fn bench_ppo_step(
         timed = Some((outcome, started.elapsed().as_secs_f64()));
     }
     let (outcome, total_seconds) = timed.expect("at least one step ran");
+    let outcome = view(&outcome);
     let timing = outcome.rollouts.timing;
-    let generated: i64 = outcome.rollouts.seqs.lengths.iter().sum();
+    let lengths = &outcome.rollouts.seqs.lengths;
+    let generated: i64 = lengths.iter().sum();
     Ok(RlStepBench {
-        rollouts: config.rollout_batch_size,
-        query_len: config.query_len,
-        response_len: config.response_len,
+        rollouts: lengths.len(),
+        query_len,
+        response_len: lengths.iter().copied().max().unwrap_or(0) as usize,
         generation_seconds: timing.generation_seconds,
         scoring_seconds: timing.reward_seconds + timing.forward_seconds,
         reward_seconds: timing.reward_seconds,
         update_seconds: outcome.update_seconds,
         total_seconds,
         generated_tokens_per_second: generated as f64 / timing.generation_seconds.max(1e-9),
-        trainable_parameters: learner.params.num_parameters(),
+        trainable_parameters: parameters,
         first_step_kl: first_step.0,
         first_step_approx_kl: first_step.1,
     })

@@ -69,7 +69,6 @@ use crate::training_run::{RunSteps, StepPlan, StepRecord, TrainSummary, Training
 use advantages::{
     AdvantageInputs, AdvantageSettings, KlController, estimate_advantages, kl_penalty,
 };
-use lincal_data::artifact::Manifest;
 use lincal_model::CausalLm;
 use loss::{LossInputs, LossStats, ppo_loss};
 use models::{load_models, response_logprobs, row_index, templates};
@@ -665,17 +664,7 @@ impl PpoTrainer {
         let kept = report.train_prompts;
 
         let mut learner = Learner::new(config, models);
-        let mut manifest_config = serde_json::to_value(config).expect("configs serialise");
-        manifest_config["models"] = serde_json::json!({
-            "policy": paths.policy,
-            "reward_model": paths.reward_model,
-            "answer_extractor": paths.answer_extractor,
-            "custom_reward": custom,
-        });
-        let manifest = Manifest {
-            base_model: Some(paths.policy.clone()),
-            ..Manifest::new("ppo", manifest_config, Vec::new())
-        };
+        let manifest = paths.manifest("ppo", config, custom);
         let steps_per_epoch = (kept / config.rollout_batch_size) as u64;
         let state = TrainState::new(
             config.total_steps,

@@ -33,6 +33,29 @@ pub struct PpoModelPaths {
     pub answer_extractor: Option<PathBuf>,
 }
 
+impl PpoModelPaths {
+    /// The manifest of an RL run's directory (`stage` "ppo" or "grpo"): its config with these
+    /// model paths, and whether a custom reward replaced the built-in one.
+    pub(crate) fn manifest(
+        &self,
+        stage: &str,
+        config: &impl serde::Serialize,
+        custom_reward: bool,
+    ) -> lincal_data::artifact::Manifest {
+        let mut config = serde_json::to_value(config).expect("configs serialise");
+        config["models"] = serde_json::json!({
+            "policy": self.policy,
+            "reward_model": self.reward_model,
+            "answer_extractor": self.answer_extractor,
+            "custom_reward": custom_reward,
+        });
+        lincal_data::artifact::Manifest {
+            base_model: Some(self.policy.clone()),
+            ..lincal_data::artifact::Manifest::new(stage, config, Vec::new())
+        }
+    }
+}
+
 /// The critic: a reward-model backbone (shared with the frozen reward model in LoRA mode)
 /// and a head of its own that starts at zero, so every first value is 0 (SPEC 2.1).
 pub struct ValueModel {
