@@ -27,14 +27,13 @@ use crate::config::Schedule;
 use crate::data::epoch_order;
 use crate::error::{Result, TrainError};
 use crate::optim::{AdamWConfig, LrSchedule, TrainableParams};
-use crate::ppo::models::{load_models, response_logprobs, row_index, templates};
+use crate::ppo::models::{response_logprobs, row_index};
 use crate::ppo::reward::{self, Reward, ScoreContext};
 use crate::ppo::rollout::{RolloutPrompt, RolloutSettings, collect_rollouts};
 use crate::ppo::{
-    PpoDataReport, PpoModelPaths, PpoModels, PpoPrompt, RunPrompts, Stream, rollout_lines,
-    rollout_metrics, row_sums, stream_seed, summed_kl, write_lines,
+    PpoDataReport, PpoModelPaths, PpoModels, PpoPrompt, RunPrompts, Stream, load_rl_run,
+    rl_step_record, rollout_lines, rollout_metrics, row_sums, stream_seed, summed_kl, write_lines,
 };
-use crate::reward_model::RewardModel;
 use crate::run::{RunOptions, TrainState};
 use crate::training_run::{RunSteps, StepPlan, StepRecord, TrainSummary, TrainingRun, synchronize};
 use std::path::{Path, PathBuf};
@@ -113,20 +112,14 @@ impl GrpoTrainer {
         run.check_before_loading(train.len())?;
         let custom = custom_reward.is_some();
         let kind_of = |device| config.precision.kind(device);
-        let (models, reward) = load_models(
+        let (models, reward, prompts) = load_rl_run(
             paths,
             device,
             &config.model_settings(&kind_of),
             custom_reward,
-            &|dir, device, kind| RewardModel::load(dir, device, Some(kind)),
-        )?;
-        let prompts = RunPrompts::new(
-            &templates(config.templates.as_deref())?,
-            &models.policy.tokenizer,
             train,
             eval,
-            config.query_len,
-            config.max_eval_prompts,
+            (config.query_len, config.max_eval_prompts),
             ("prompts_per_step", config.prompts_per_step),
         )?;
         let report = prompts.report();
@@ -383,27 +376,11 @@ impl RunSteps for GrpoSteps {
                 &rollout_lines(&outcome.rollouts, &prompts, &outcome.kl_sums),
             )?;
         }
-        let mut record = serde_json::json!({});
-        for (name, value) in &outcome.metrics {
-            record[name] = (*value).into();
-        }
-        let metric = |name: &str| {
-            outcome
-                .metrics
-                .iter()
-                .find(|(n, _)| n == name)
-                .map_or(f64::NAN, |(_, v)| *v)
-        };
-        let message = format!(
-            "reward {:.3}  kl {:.3}  update {:.1}s",
-            metric("reward"),
-            metric("kl_k3"),
-            outcome.update_seconds
-        );
-        Ok(StepRecord {
-            metrics: record,
-            message,
-        })
+        Ok(rl_step_record(
+            &outcome.metrics,
+            "kl_k3",
+            outcome.update_seconds,
+        ))
     }
 
     fn evaluates_after(&self, done: u64) -> bool {

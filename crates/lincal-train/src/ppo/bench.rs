@@ -2,12 +2,12 @@
 //! the run made from one causal LM ([`bench_ppo`], what `lincal bench ppo` runs), or on
 //! models and a reward the caller built ([`bench_ppo_step`]).
 
-use super::Learner;
 use super::config::{PpoConfig, RlType};
 use super::models::PpoModels;
 use super::models::{ModelSettings, PpoModelPaths, load_models};
 use super::reward::Reward;
 use super::rollout::{RolloutPrompt, Rollouts};
+use super::{Learner, metric};
 use crate::error::{Result, TrainError};
 use crate::reward_model::{HeadInit, RewardModel};
 use crate::training_run::synchronize;
@@ -197,13 +197,7 @@ pub(crate) fn time_rl_steps<O>(
         let outcome = step(done)?;
         if done == 0 {
             let metrics = view(&outcome).metrics;
-            let metric = |name: &str| {
-                metrics
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map_or(f64::NAN, |(_, v)| *v)
-            };
-            first_step = (metric("kl"), metric("approx_kl"));
+            first_step = (metric(metrics, "kl"), metric(metrics, "approx_kl"));
         }
         timed = Some((outcome, started.elapsed().as_secs_f64()));
     }

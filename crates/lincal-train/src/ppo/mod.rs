@@ -432,6 +432,69 @@ pub(crate) fn rollout_lines(
     out
 }
 
+/// The metric `name` of a step's `metrics`, NaN when it was not logged.
+pub(crate) fn metric(metrics: &[(String, f64)], name: &str) -> f64 {
+    metrics
+        .iter()
+        .find(|(n, _)| n == name)
+        .map_or(f64::NAN, |(_, v)| *v)
+}
+
+/// The `metrics.jsonl` record of an RL step and its progress line, which shows the reward,
+/// the KL named `kl` and the update's time.
+pub(crate) fn rl_step_record(
+    metrics: &[(String, f64)],
+    kl: &str,
+    update_seconds: f64,
+) -> StepRecord {
+    let mut record = serde_json::json!({});
+    for (name, value) in metrics {
+        record[name] = (*value).into();
+    }
+    let message = format!(
+        "reward {:.3}  kl {:.3}  update {:.1}s",
+        metric(metrics, "reward"),
+        metric(metrics, kl),
+        update_seconds
+    );
+    StepRecord {
+        metrics: record,
+        message,
+    }
+}
+
+/// The models and reward of an RL run (see [`load_models`]; the reward model is read with
+/// `RewardModel::load`) and its tokenised prompts, a step taking `per_step` of them.
+#[allow(clippy::too_many_arguments, reason = "the parts of a run, each named")]
+pub(crate) fn load_rl_run(
+    paths: &PpoModelPaths,
+    device: Device,
+    settings: &models::ModelSettings<'_>,
+    custom_reward: Option<Box<dyn Reward>>,
+    train: &[PpoPrompt],
+    eval: &[PpoPrompt],
+    (query_len, max_eval_prompts): (usize, Option<usize>),
+    per_step: (&str, usize),
+) -> Result<(PpoModels, Box<dyn Reward>, RunPrompts)> {
+    let (models, reward) = load_models(
+        paths,
+        device,
+        settings,
+        custom_reward,
+        &|dir, device, kind| RewardModel::load(dir, device, Some(kind)),
+    )?;
+    let prompts = RunPrompts::new(
+        &templates(settings.templates)?,
+        &models.policy.tokenizer,
+        train,
+        eval,
+        query_len,
+        max_eval_prompts,
+        per_step,
+    )?;
+    Ok((models, reward, prompts))
+}
+
 /// What the prompts looked like after tokenisation.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PpoDataReport {
@@ -642,22 +705,14 @@ impl PpoTrainer {
         run.check_before_loading(train.len())?;
         let custom = custom_reward.is_some();
         let kind_of = |device| config.precision.kind(device);
-        let (models, reward) = load_models(
+        let (models, reward, prompts) = load_rl_run(
             paths,
             device,
             &config.model_settings(&kind_of),
             custom_reward,
-            &|dir, device, kind| RewardModel::load(dir, device, Some(kind)),
-        )?;
-
-        let templates = templates(config.templates.as_deref())?;
-        let prompts = RunPrompts::new(
-            &templates,
-            &models.policy.tokenizer,
             train,
             eval,
-            config.query_len,
-            config.max_eval_prompts,
+            (config.query_len, config.max_eval_prompts),
             ("rollout_batch_size", config.rollout_batch_size),
         )?;
         let report = prompts.report();
@@ -738,24 +793,11 @@ impl RunSteps for PpoSteps {
                 &rollout_lines(&outcome.rollouts, &prompts, &outcome.kl_sums),
             )?;
         }
-        let mut metrics = serde_json::json!({});
-        for (name, value) in &outcome.metrics {
-            metrics[name] = (*value).into();
-        }
-        let metric = |name: &str| {
-            outcome
-                .metrics
-                .iter()
-                .find(|(n, _)| n == name)
-                .map_or(f64::NAN, |(_, v)| *v)
-        };
-        let message = format!(
-            "reward {:.3}  kl {:.3}  update {:.1}s",
-            metric("reward"),
-            metric("kl"),
-            outcome.update_seconds
-        );
-        Ok(StepRecord { metrics, message })
+        Ok(rl_step_record(
+            &outcome.metrics,
+            "kl",
+            outcome.update_seconds,
+        ))
     }
 
     /// After the first step (a near-baseline: the reference evaluates before it) and every
