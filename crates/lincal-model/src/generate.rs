@@ -152,23 +152,23 @@ const WINDOW: i64 = 128;
 
 /// The decode step's inputs and the cache it writes, held in tensors whose addresses never
 /// change, so the step can run eagerly or as a CUDA graph replayed every token.
-struct DecodeState {
+pub(crate) struct DecodeState {
     /// `[B, 1]` the tokens just sampled.
-    input_ids: Tensor,
+    pub(crate) input_ids: Tensor,
     /// `[B, 1]` their positions (real tokens so far; left padding does not count).
-    positions: Tensor,
-    /// `[1]` the cache slot they are written to.
-    slot: Tensor,
+    pub(crate) positions: Tensor,
+    /// `[B]` the cache slot each row's token is written to.
+    pub(crate) slots: Tensor,
     /// `[B, capacity]` which cache slots hold real tokens.
-    key_mask: Tensor,
-    cache: KvCache,
+    pub(crate) key_mask: Tensor,
+    pub(crate) cache: KvCache,
 }
 
 impl DecodeState {
     /// Logits `[B, V]` of the next token, attending over the first `visible` cache slots.
     fn step(&mut self, model: &CausalLm, visible: i64) -> Tensor {
         let batch = self.input_ids.size()[0];
-        self.cache.set_window(&self.slot, visible);
+        self.cache.set_row_window(&self.slots, visible);
         let mask = self
             .key_mask
             .narrow(1, 0, visible)
@@ -182,26 +182,39 @@ impl DecodeState {
         model.logits(&hidden.squeeze_dim(1))
     }
 
-    /// Stores `next` `[B]` as the input of the step that writes cache slot `slot`.
+    /// Stores `next` `[B]` as the input of the step that writes every row's next slot.
     fn feed(&mut self, next: &Tensor) {
         self.input_ids.copy_(&next.unsqueeze(1));
         let _ = self.positions.g_add_scalar_(1);
-        let _ = self.slot.g_add_scalar_(1);
-        let _ = self.key_mask.index_fill_(1, &self.slot, 1);
+        let _ = self.slots.g_add_scalar_(1);
+        self.mark_written();
+    }
+
+    /// Marks the slots the next step writes as real tokens.
+    pub(crate) fn mark_written(&mut self) {
+        let _ = self.key_mask.scatter_value_(1, &self.slots.unsqueeze(1), 1);
     }
 }
 
 /// Runs decode steps: eagerly, or through one CUDA graph per attention window, recorded the
 /// first time the window is needed and replayed for every later token.
-struct Decoder {
+pub(crate) struct Decoder {
     /// Declared first so the graphs are dropped before the tensors they read.
     graphs: Vec<(i64, CudaGraph, Tensor)>,
-    state: DecodeState,
+    pub(crate) state: DecodeState,
     use_graphs: bool,
 }
 
 impl Decoder {
-    fn logits(&mut self, model: &CausalLm, visible: i64) -> Result<Tensor> {
+    pub(crate) fn new(model: &CausalLm, state: DecodeState) -> Self {
+        Decoder {
+            graphs: Vec::new(),
+            state,
+            use_graphs: model.cuda_graphs() && cuda_graph::supported(model.device()),
+        }
+    }
+
+    pub(crate) fn logits(&mut self, model: &CausalLm, visible: i64) -> Result<Tensor> {
         if !self.use_graphs {
             return Ok(self.state.step(model, visible));
         }
@@ -335,15 +348,11 @@ pub fn generate_batch(
         let state = DecodeState {
             input_ids: Tensor::zeros([batch, 1], (Kind::Int64, device)),
             positions: positions.narrow(1, prompt_len - 1, 1).contiguous(),
-            slot: Tensor::from_slice(&[prompt_len - 1]).to_device(device),
+            slots: Tensor::full([batch], prompt_len - 1, (Kind::Int64, device)),
             key_mask,
             cache,
         };
-        let mut decoder = Decoder {
-            graphs: Vec::new(),
-            state,
-            use_graphs: model.cuda_graphs() && cuda_graph::supported(device),
-        };
+        let mut decoder = Decoder::new(model, state);
         for step in 0..params.max_new_tokens {
             let (next, logp) = sample_next(&logits, params, &draws.get(step));
             let next = next.where_self(&finished.logical_not(), &pad);
@@ -383,10 +392,7 @@ pub fn generate_batch(
             }
             decoder.state.feed(&next);
             let written = prompt_len + step + 1;
-            logits = decoder.logits(
-                model,
-                ((written + WINDOW - 1) / WINDOW * WINDOW).min(capacity),
-            )?;
+            logits = decoder.logits(model, window(written, capacity))?;
         }
         Ok(())
     })?;
@@ -399,6 +405,11 @@ pub fn generate_batch(
         lengths,
         finish_reasons,
     })
+}
+
+/// The attention window of a step after `written` cache slots: rounded up to [`WINDOW`].
+pub(crate) fn window(written: i64, capacity: i64) -> i64 {
+    ((written + WINDOW - 1) / WINDOW * WINDOW).min(capacity)
 }
 
 /// Length and finish reason of each row from the token matrix (trailing pads are not output).
@@ -427,7 +438,7 @@ fn row_ends(
 }
 
 /// Byte offset of the first stop string in `text`, if any.
-fn stop_position(text: &str, stop: &[String]) -> Option<usize> {
+pub fn stop_position(text: &str, stop: &[String]) -> Option<usize> {
     stop.iter().filter_map(|s| text.find(s.as_str())).min()
 }
 

@@ -11,11 +11,21 @@ use tch::{Kind, Tensor};
 /// step be captured in a CUDA graph and replayed for every token (see `generate`).
 pub struct KvCache {
     layers: Vec<(Tensor, Tensor)>,
-    /// Slots `[T]` the next forward pass writes, one per new token.
-    slots: Tensor,
+    /// Where the next forward pass writes its new keys and values.
+    slots: Slots,
     /// Leading slots the next forward pass attends over (a key mask `[B, visible]` hides
     /// the unwritten and padded ones).
     visible: i64,
+}
+
+/// Cache slots of the next forward pass's tokens.
+enum Slots {
+    /// `[T]`: token `t` of every row goes to slot `slots[t]` (a prefill, or a batch whose rows
+    /// advance together).
+    Shared(Tensor),
+    /// `[B]`: one new token per row, row `b`'s to slot `slots[b]` (rows at different lengths,
+    /// as in continuous batching).
+    PerRow(Tensor),
 }
 
 impl KvCache {
@@ -37,7 +47,7 @@ impl KvCache {
             .collect();
         KvCache {
             layers,
-            slots: Tensor::zeros([0], (Kind::Int64, options.1)),
+            slots: Slots::Shared(Tensor::zeros([0], (Kind::Int64, options.1))),
             visible: 0,
         }
     }
@@ -49,13 +59,44 @@ impl KvCache {
     /// Makes the next forward pass write its `T` new keys and values at `slots` (`[T]`, on
     /// the cache's device) and attend over the first `visible` slots.
     pub fn set_window(&mut self, slots: &Tensor, visible: i64) {
+        self.set_visible(visible);
+        self.slots = Slots::Shared(slots.shallow_clone());
+    }
+
+    /// Makes the next forward pass, of one token per row, write row `b`'s key and value at
+    /// slot `slots[b]` (`[B]`, on the cache's device) and attend over the first `visible`
+    /// slots.
+    pub fn set_row_window(&mut self, slots: &Tensor, visible: i64) {
+        self.set_visible(visible);
+        self.slots = Slots::PerRow(slots.shallow_clone());
+    }
+
+    fn set_visible(&mut self, visible: i64) {
         assert!(
             visible <= self.capacity(),
             "KV cache holds {} tokens, asked to attend over {visible}",
             self.capacity()
         );
-        self.slots = slots.shallow_clone();
         self.visible = visible;
+    }
+
+    /// Copies `len` slots of row `src_row` of `src`, from slot `src_start` on, into slots
+    /// `0..len` of row `dst_row`, every layer: a sequence prefilled on its own joins a batch.
+    pub fn copy_row(
+        &mut self,
+        dst_row: i64,
+        src: &KvCache,
+        src_row: i64,
+        src_start: i64,
+        len: i64,
+    ) {
+        for ((dk, dv), (sk, sv)) in self.layers.iter_mut().zip(&src.layers) {
+            for (dst, src) in [(dk, sk), (dv, sv)] {
+                dst.narrow(0, dst_row, 1)
+                    .narrow(2, 0, len)
+                    .copy_(&src.narrow(0, src_row, 1).narrow(2, src_start, len));
+            }
+        }
     }
 }
 
@@ -205,8 +246,17 @@ pub fn attend(
         Some((cache, layer)) => {
             let visible = cache.visible;
             let (ck, cv) = &mut cache.layers[layer];
-            let _ = ck.index_copy_(2, &cache.slots, k);
-            let _ = cv.index_copy_(2, &cache.slots, v);
+            match &cache.slots {
+                Slots::Shared(slots) => {
+                    let _ = ck.index_copy_(2, slots, k);
+                    let _ = cv.index_copy_(2, slots, v);
+                }
+                Slots::PerRow(slots) => {
+                    let index = slots.view([-1, 1, 1, 1]).expand(k.size(), false);
+                    let _ = ck.scatter_(2, &index, k);
+                    let _ = cv.scatter_(2, &index, v);
+                }
+            }
             attend_grouped(
                 q,
                 &ck.narrow(2, 0, visible),

@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod continuous;
 pub mod cuda_graph;
 pub mod error;
 pub mod fsutil;
@@ -18,6 +19,7 @@ pub mod testing;
 pub mod tokenizer;
 
 pub use config::{GptNeoXConfig, LlamaConfig, ModelConfig};
+pub use continuous::{DecodeSlots, Prefill};
 pub use error::{ModelError, Result};
 pub use generate::{
     BatchRequest, FinishReason, Generation, SamplingParams, generate_batch, generate_text,
