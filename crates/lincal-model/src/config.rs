@@ -340,6 +340,14 @@ impl ModelConfig {
         serde_json::to_string_pretty(value).expect("configs serialise")
     }
 
+    /// Positions the model was trained for.
+    pub fn max_position_embeddings(&self) -> i64 {
+        match self {
+            ModelConfig::Llama(c) => c.max_position_embeddings,
+            ModelConfig::GptNeoX(c) => c.max_position_embeddings,
+        }
+    }
+
     pub fn vocab_size(&self) -> i64 {
         match self {
             ModelConfig::Llama(c) => c.vocab_size,

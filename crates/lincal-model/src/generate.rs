@@ -438,8 +438,121 @@ fn row_ends(
 }
 
 /// Byte offset of the first stop string in `text`, if any.
-pub fn stop_position(text: &str, stop: &[String]) -> Option<usize> {
-    stop.iter().filter_map(|s| text.find(s.as_str())).min()
+fn stop_position(text: &str, stop: &[String]) -> Option<usize> {
+    first_stop(text, stop).map(|(at, _)| at)
+}
+
+/// Byte offset and index of the stop string that occurs first in `text`.
+fn first_stop(text: &str, stop: &[String]) -> Option<(usize, usize)> {
+    stop.iter()
+        .enumerate()
+        .filter_map(|(i, s)| text.find(s.as_str()).map(|at| (at, i)))
+        .min()
+}
+
+/// The text of a growing generation, handed out in pieces as each becomes final: a token can
+/// complete a multi-byte character begun by the one before (the text then ends in U+FFFD
+/// until it does), and text that could be the start of a stop string is held back until it
+/// is known not to be. The pieces joined equal the generation's final text, cut before the
+/// first stop string as [`generate_text`] cuts it.
+pub struct TextStream {
+    stop: Vec<String>,
+    text: String,
+    /// Bytes of `text` handed out.
+    sent: usize,
+    /// The stop string found, by index.
+    stopped_by: Option<usize>,
+}
+
+impl TextStream {
+    pub fn new(stop: &[String]) -> Self {
+        TextStream {
+            stop: stop.to_vec(),
+            text: String::new(),
+            sent: 0,
+            stopped_by: None,
+        }
+    }
+
+    /// Takes the decoded text of every token so far and returns the piece that is now final
+    /// (often empty). After a stop string, [`Self::stopped`] is true and the text ends before it.
+    pub fn update(&mut self, mut text: String) -> String {
+        if self.stopped() {
+            return String::new();
+        }
+        if let Some((cut, index)) = first_stop(&text, &self.stop) {
+            text.truncate(cut);
+            self.stopped_by = Some(index);
+        }
+        self.text = text;
+        let end = if self.stopped() {
+            self.text.len()
+        } else {
+            self.settled_end()
+        };
+        self.take(end)
+    }
+
+    /// The rest of the text, once the generation has ended.
+    pub fn finish(&mut self) -> String {
+        self.take(self.text.len())
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stopped_by.is_some()
+    }
+
+    /// The stop string that ended the text.
+    pub fn stopped_by(&self) -> Option<&str> {
+        self.stopped_by.map(|i| self.stop[i].as_str())
+    }
+
+    /// The end of the text that no later token can change: before a trailing incomplete
+    /// character and before the longest ending that begins a stop string.
+    fn settled_end(&self) -> usize {
+        let text = self.text.trim_end_matches('\u{FFFD}');
+        let held = self
+            .stop
+            .iter()
+            .flat_map(|stop| {
+                (1..stop.len())
+                    .filter(|&k| stop.is_char_boundary(k) && text.ends_with(&stop[..k]))
+                    .max()
+            })
+            .max()
+            .unwrap_or(0);
+        text.len() - held
+    }
+
+    fn take(&mut self, end: usize) -> String {
+        if end <= self.sent || !self.text.is_char_boundary(self.sent) {
+            return String::new();
+        }
+        let piece = self.text[self.sent..end].to_string();
+        self.sent = end;
+        piece
+    }
+}
+
+/// The tokens that end a generation: the tokenizer's and the model config's.
+pub fn eos_ids(model: &CausalLm, tokenizer: &Tokenizer) -> Vec<i64> {
+    let mut eos_ids = tokenizer.eos_token_ids();
+    for id in model.config().eos_token_ids() {
+        if !eos_ids.contains(&id) {
+            eos_ids.push(id);
+        }
+    }
+    eos_ids
+}
+
+/// The padding token: the config's, else the tokenizer's, else the first of `eos_ids`.
+pub fn pad_id(model: &CausalLm, tokenizer: &Tokenizer, eos_ids: &[i64]) -> i64 {
+    model
+        .config()
+        .pad_token_id()
+        .or_else(|| tokenizer.pad_token().and_then(|t| tokenizer.token_id(&t)))
+        .or(eos_ids.first().copied())
+        .unwrap_or(0)
 }
 
 /// Generates for text prompts and decodes the results.
@@ -451,18 +564,8 @@ pub fn generate_text(
     params: &SamplingParams,
     on_token: Option<&mut dyn FnMut(usize, i64)>,
 ) -> Result<Vec<Generation>> {
-    let mut eos_ids = tokenizer.eos_token_ids();
-    for id in model.config().eos_token_ids() {
-        if !eos_ids.contains(&id) {
-            eos_ids.push(id);
-        }
-    }
-    let pad_id = model
-        .config()
-        .pad_token_id()
-        .or_else(|| tokenizer.pad_token().and_then(|t| tokenizer.token_id(&t)))
-        .or(eos_ids.first().copied())
-        .unwrap_or(0);
+    let eos_ids = eos_ids(model, tokenizer);
+    let pad_id = pad_id(model, tokenizer, &eos_ids);
     let request = BatchRequest {
         eos_ids: &eos_ids,
         pad_id,
@@ -496,4 +599,40 @@ pub fn generate_text(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TextStream;
+
+    fn pieces(stop: &[&str], texts: &[&str]) -> (Vec<String>, String, bool) {
+        let stop: Vec<String> = stop.iter().map(|s| s.to_string()).collect();
+        let mut stream = TextStream::new(&stop);
+        let pieces: Vec<String> = texts.iter().map(|t| stream.update(t.to_string())).collect();
+        let rest = stream.finish();
+        (pieces, rest, stream.stopped())
+    }
+
+    #[test]
+    fn text_that_may_begin_a_stop_string_is_held_back_until_it_cannot() {
+        // "\n\n" is the stop string: one "\n" waits, and goes out once "x" follows it.
+        let (got, rest, stopped) = pieces(&["\n\n"], &["Hi", "Hi\n", "Hi\nx", "Hi\nx\n\nmore"]);
+        assert_eq!(got, ["Hi", "", "\nx", ""]);
+        assert_eq!((rest.as_str(), stopped), ("", true));
+        // Without the stop string arriving, the held text is handed out at the end.
+        let (got, rest, stopped) = pieces(&["END"], &["a E", "a EN"]);
+        assert_eq!(got, ["a ", ""]);
+        assert_eq!((rest.as_str(), stopped), ("EN", false));
+    }
+
+    #[test]
+    fn an_incomplete_character_waits_for_the_token_that_completes_it() {
+        let (got, rest, _) = pieces(&[], &["caf", "caf\u{FFFD}", "café!"]);
+        assert_eq!(got, ["caf", "", "é!"]);
+        assert_eq!(rest, "");
+        // A stop string found later cuts what was not yet handed out.
+        let (got, rest, stopped) = pieces(&["é"], &["caf", "caf\u{FFFD}", "café!"]);
+        assert_eq!(got, ["caf", "", ""]);
+        assert_eq!((rest.as_str(), stopped), ("", true));
+    }
 }

@@ -22,7 +22,8 @@ pub use config::{GptNeoXConfig, LlamaConfig, ModelConfig};
 pub use continuous::{DecodeSlots, Prefill};
 pub use error::{ModelError, Result};
 pub use generate::{
-    BatchRequest, FinishReason, Generation, SamplingParams, generate_batch, generate_text,
+    BatchRequest, FinishReason, Generation, SamplingParams, TextStream, generate_batch,
+    generate_text,
 };
 pub use layers::KvCache;
 pub use model::CausalLm;

@@ -6,6 +6,7 @@ use crate::fsutil::write_atomic;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// `tokenizer_config.json` as read (or `{}`), kept so that saving preserves unknown keys.
@@ -206,6 +207,12 @@ impl Tokenizer {
         env.get_template("chat")
             .and_then(|t| t.render(context))
             .map_err(|e| ModelError::ChatTemplate(format!("rendering failed: {e}")))
+    }
+
+    /// Token ids of a chat for the model to answer: rendered with the template (which holds
+    /// any BOS text itself, so no special tokens are added) and the assistant's turn opened.
+    pub fn encode_chat(&self, messages: &[ChatTurn]) -> Result<Vec<i64>> {
+        self.encode(&self.apply_chat_template(messages, true)?, false)
     }
 
     /// Adds `token` as a special token (e.g. a "[PAD]" the reference adds to Llama 2) and returns

@@ -1,7 +1,7 @@
 //! The command tree of `lincal`: `main.rs` parses it, and the pipeline runner dispatches its
 //! stages through the same [`run`], so a stage does exactly what its command line does.
 
-use crate::{bench, convert, data, distill, eval, generate, pipeline, ppo, select, train};
+use crate::{bench, convert, data, distill, eval, generate, pipeline, ppo, select, serve, train};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
@@ -71,6 +71,8 @@ pub enum Command {
         #[command(subcommand)]
         what: pipeline::PipelineCommand,
     },
+    /// Serve a model over OpenAI's and Anthropic's HTTP APIs, with continuous batching.
+    Serve(serve::ServeArgs),
     /// Measure speed.
     Bench {
         #[command(subcommand)]
@@ -95,6 +97,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Prompts { what } => data::run_prompts(what),
         Command::Eval { what } => eval::run(what),
         Command::Pipeline { what } => pipeline::run(what),
+        Command::Serve(args) => serve::run(args),
         Command::Bench { what } => bench::run(what),
     }
 }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use lincal_data::artifact::{InputFile, Manifest, timestamp};
 use lincal_data::lock::OutputLock;
-use lincal_model::{CausalLm, ChatTurn, SamplingParams, Tokenizer, generate_text};
+use lincal_model::{CausalLm, ChatTurn, SamplingParams, TextStream, Tokenizer, generate_text};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
@@ -122,7 +122,7 @@ fn stream_one(
 ) -> Result<()> {
     let ids = encode(tokenizer, prompt, chat)?;
     let mut tokens = Vec::new();
-    let mut printed = 0usize;
+    let mut text = TextStream::new(&params.stop);
     let mut stdout = std::io::stdout();
     let eos = tokenizer.eos_token_ids();
     let mut on_token = |_row: usize, id: i64| {
@@ -130,31 +130,20 @@ fn stream_one(
             return;
         }
         tokens.push(id);
-        // Decode the whole answer and print what is new: a token can complete a multi-byte
-        // character started by the previous one.
-        if let Ok(text) = tokenizer.decode(&tokens, true)
-            && text.len() > printed
-            && text.is_char_boundary(printed)
-            && !text.ends_with('\u{FFFD}')
-        {
-            let _ = write!(stdout, "{}", &text[printed..]);
+        if let Ok(decoded) = tokenizer.decode(&tokens, true) {
+            let _ = write!(stdout, "{}", text.update(decoded));
             let _ = stdout.flush();
-            printed = text.len();
         }
     };
-    let generation = generate_text(
+    generate_text(
         model,
         tokenizer,
         &[ids],
         &[seed],
         params,
         Some(&mut on_token),
-    )?
-    .remove(0);
-    // The stream may have shown text past a stop string; finish the line with the final cut.
-    if generation.text.len() > printed && generation.text.is_char_boundary(printed) {
-        print!("{}", &generation.text[printed..]);
-    }
+    )?;
+    print!("{}", text.finish());
     println!();
     Ok(())
 }

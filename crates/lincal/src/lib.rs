@@ -14,6 +14,7 @@ pub mod pipeline;
 pub mod ppo;
 mod progress;
 pub mod select;
+pub mod serve;
 pub mod surrogate_reader;
 pub mod train;
 

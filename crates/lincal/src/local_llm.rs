@@ -204,14 +204,7 @@ fn encode_prompt(tokenizer: &Tokenizer, prompt: &Prompt) -> Result<Vec<i64>, Llm
                 .iter()
                 .map(|m| ChatTurn::new(m.role.as_str(), &m.content))
                 .collect();
-            tokenizer
-                .encode(
-                    &tokenizer
-                        .apply_chat_template(&messages, true)
-                        .map_err(invalid)?,
-                    false,
-                )
-                .map_err(invalid)
+            tokenizer.encode_chat(&messages).map_err(invalid)
         }
         Prompt::Completion(text) => tokenizer.encode(text, true).map_err(invalid),
     }
