@@ -2,14 +2,16 @@
 # Runs GPU checks and benchmarks on the device machine, results under $OUT.
 # usage: bench/gpu/run.sh STEP...   STEP: parity:NAME | lincal:NAME | eager:NAME | hf:NAME
 #   | train-parity:NAME | sft:NAME | sft-ckpt:NAME | hf-sft:NAME | hf-sft-ckpt:NAME | ppo:NAME
-#   | ppo-large-batches:NAME | grpo:NAME
+#   | ppo-large-batches:NAME | grpo:NAME | serve:NAME
 #   (NAME: smollm2-135m | llama2-7b; eager = lincal without CUDA graphs; -ckpt = with gradient
 #    checkpointing. The SFT benchmarks run 16 x 1024 tokens for SmolLM2 and 4 x 1024 for the 7B,
 #    which fits one 80 GB GPU only with gradient checkpointing and pure bf16 weights and AdamW
 #    state. ppo: one LC PPO step at 512 rollouts of 128 + 300 tokens, full fine-tuning for
 #    SmolLM2, LoRA for the 7B; ppo-large-batches generates, scores and updates in larger
 #    batches than the reference's (for SmolLM2, whose memory allows); grpo: one LC GRPO step at
-#    64 prompts x 8 responses, the same models and settings as ppo. train-parity, ppo and grpo need the SmolLM2 tokenizer carried in
+#    64 prompts x 8 responses, the same models and settings as ppo; serve: `lincal serve` in
+#    process under 1, 16, 64 and 256 streaming clients (128 + 300 tokens, 2 requests each),
+#    then `bench generate` at the same batch sizes. train-parity, ppo, grpo and serve need the SmolLM2 tokenizer carried in
 #    .gpu/tokenizer, which `cargo xtask gpu-build` copies there.)
 # Every step's peak device memory (nvidia-smi, sampled every 250 ms) goes to $OUT/memory.jsonl.
 # Needs .gpu/lincal from `cargo xtask gpu-build`, carried with the call.
@@ -21,7 +23,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 for step in "$@"; do
   what=${step%%:*}; name=${step#*:}; model=/tmp/models/$name
   # PPO runs on a copy with the tokenizer, made below.
-  [[ $what == ppo* || $what == grpo || -f "$model/config.json" ]] || python3 bench/gpu/make_models.py "$name" "$model"
+  [[ $what == ppo* || $what == grpo || $what == serve || -f "$model/config.json" ]] || python3 bench/gpu/make_models.py "$name" "$model"
   case $name in
     llama2-7b) sft_batch=4; sft_flags=(--gradient-checkpointing --no-master-weights); hf_precisions=bf16; hf_ckpt=checkpointing;
       ppo_flags=(--warmup 0 --set lora.r=16 --set lora.alpha=32 --set lora.dropout=0.05
@@ -50,6 +52,10 @@ for step in "$@"; do
     grpo)
       [ -f "$model-ppo/config.json" ] || python3 bench/gpu/make_models.py "$name" "$model-ppo" "$PWD/.gpu/tokenizer"
       "$lincal" bench grpo --model "$model-ppo" --label "$name" --preset lc_grpo --device cuda "${ppo_flags[@]}" --json "$OUT/grpo.jsonl" ;;
+    serve)
+      [ -f "$model-ppo/config.json" ] || python3 bench/gpu/make_models.py "$name" "$model-ppo" "$PWD/.gpu/tokenizer"
+      "$lincal" bench serve --model "$model-ppo" --label "$name" --clients 1,16,64,256 --max-batch 256 --device cuda --dtype bf16 --json "$OUT/serve.jsonl" &&
+      "$lincal" bench generate --model "$model-ppo" --label "$name" --batch 1,16,64,256 --device cuda --dtype bf16 --json "$OUT/generate.jsonl" ;;
     hf) python3 bench/gpu/hf_generate.py "$model" "$name" 64,256 "$OUT/generate.jsonl" ;;
     *) echo "unknown step $step" ;;
   esac || echo "step $step failed"

@@ -4,7 +4,9 @@
 //!   without its CUDA dependencies plus the two small CUDA wheels libtorch_cpu.so loads;
 //!   `--gpu`: the full wheel), the pinned offline assets checked by sha256, and the
 //!   `.libtorch` link that `.cargo/config.toml` points torch-sys at.
-//! * `test`: setup, then every test of the workspace, the slow real-model ones included.
+//! * `test`: setup, the OpenAI and Anthropic SDKs pinned in `crates/lincal/tests/sdk/` in a
+//!   venv of their own, then every test of the workspace, the slow real-model and SDK ones
+//!   included.
 //! * `demo`: setup, release build, SmolLM2 converted once, then the tiny pipeline run into
 //!   `demo/` (resumed or skipped where it already ran) and its report printed.
 //! * `gpu-build`: a stripped `cuda` binary in `.gpu/lincal`, ready to carry to a GPU machine,
@@ -227,13 +229,47 @@ fn sha256_file(path: &Path) -> Result<String> {
 
 fn test(root: &Path) -> Result<()> {
     let prepared = setup(root, false)?;
-    // The slow tests (real SmolLM2) are #[ignore]d for plain `cargo test`; run them too.
+    let sdk_python = install_sdks(root)?;
+    // The slow tests (real SmolLM2) and the SDK tests are #[ignore]d for plain `cargo test`;
+    // run them too.
     run(Command::new("cargo")
         .args(["test", "--workspace", "--", "--include-ignored"])
         .env("CARGO_TARGET_DIR", target_dir())
         .env("LINCAL_SMOLLM2_GGUF", &prepared.smollm2_gguf)
+        .env("LINCAL_SDK_PYTHON", &sdk_python)
         // The real-model evaluations fetch their offline question sources here, once.
         .env("LINCAL_ASSETS", cache_dir().join("sources")))
+}
+
+/// The official OpenAI and Anthropic SDKs at the versions `lincal serve`'s tests pin, in a venv
+/// apart from libtorch's (their dependencies are none of torch's business). Returns its Python.
+fn install_sdks(root: &Path) -> Result<PathBuf> {
+    let requirements = root.join("crates/lincal/tests/sdk/requirements.txt");
+    let pinned = std::fs::read_to_string(&requirements)
+        .with_context(|| format!("reading {}", requirements.display()))?;
+    let venv = cache_dir().join("sdk-venv");
+    let python = venv.join("bin/python");
+    // The requirements installed last, so an unchanged pin costs no pip run.
+    let marker = venv.join(".lincal-requirements");
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(pinned.as_str()) {
+        return Ok(python);
+    }
+    if !python.exists() {
+        eprintln!("xtask: creating {}", venv.display());
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    run(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
+        .arg(&requirements))?;
+    std::fs::write(&marker, pinned)?;
+    Ok(python)
 }
 
 /// Builds go to `$CARGO_TARGET_DIR`, else to `$LINCAL_CACHE/target`: a fresh clone on the same

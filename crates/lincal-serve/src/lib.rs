@@ -9,6 +9,7 @@
 mod anthropic;
 pub mod engine;
 mod http;
+pub mod load;
 pub mod metrics;
 mod openai;
 

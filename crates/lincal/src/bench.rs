@@ -92,6 +92,32 @@ pub enum BenchCommand {
         #[command(flatten)]
         record: RecordArgs,
     },
+    /// `lincal serve` under load: an in-process server and, for each client count, that many
+    /// concurrent streaming clients sending random prompts; prints aggregate tokens/s and the
+    /// time to first token and latency (p50, p99).
+    Serve {
+        #[arg(long)]
+        model: PathBuf,
+        /// Concurrent clients to measure, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+        clients: Vec<usize>,
+        /// Requests each client sends in turn.
+        #[arg(long, default_value_t = 2)]
+        requests: usize,
+        #[arg(long, default_value_t = 128)]
+        prompt_len: usize,
+        #[arg(long, default_value_t = 300)]
+        max_tokens: i64,
+        #[arg(long, default_value_t = 0.7)]
+        temperature: f64,
+        /// The server's decode rows.
+        #[arg(long, default_value_t = 256)]
+        max_batch: usize,
+        #[command(flatten)]
+        device: crate::DeviceArgs,
+        #[command(flatten)]
+        record: RecordArgs,
+    },
     /// Batched sampling throughput: random prompts, every row runs to --new-tokens (no EOS).
     Generate {
         #[arg(long)]
@@ -121,6 +147,94 @@ pub enum BenchCommand {
 
 pub fn run(command: BenchCommand) -> Result<()> {
     match command {
+        BenchCommand::Serve {
+            model,
+            clients,
+            requests,
+            prompt_len,
+            max_tokens,
+            temperature,
+            max_batch,
+            device,
+            record,
+        } => {
+            let (device, kind) = device.resolve()?;
+            let lm = CausalLm::load(&model, device, Some(kind))?;
+            let tokenizer = lincal_model::Tokenizer::from_dir(&model)?;
+            let vocab = lm.config().vocab_size().min(tokenizer.vocab_size() as i64);
+            let config = lincal_serve::ServeConfig {
+                address: "127.0.0.1:0".into(),
+                model_name: "bench".into(),
+                api_key: None,
+                max_body_bytes: 16 << 20,
+                shutdown_timeout: std::time::Duration::from_secs(1),
+                engine: lincal_serve::EngineConfig {
+                    max_batch,
+                    max_context: prompt_len as i64 + max_tokens,
+                    max_queue: clients.iter().max().copied().unwrap_or(1) * 2,
+                    prefill_tokens: 8192,
+                },
+            };
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let (address_tx, address_rx) = std::sync::mpsc::channel();
+            let server = std::thread::spawn(move || {
+                lincal_serve::serve(
+                    lm,
+                    tokenizer,
+                    config,
+                    move |address| {
+                        let _ = address_tx.send(address);
+                    },
+                    async move {
+                        let _ = stopped.await;
+                    },
+                )
+            });
+            let base = match address_rx.recv() {
+                Ok(address) => format!("http://{address}"),
+                Err(_) => {
+                    server.join().expect("the server thread")?;
+                    anyhow::bail!("the server ended before it listened");
+                }
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            for &count in &clients {
+                let settings = lincal_serve::load::LoadSettings {
+                    model: "bench".into(),
+                    clients: count,
+                    requests_per_client: requests,
+                    prompt_len,
+                    max_tokens,
+                    temperature,
+                    vocab,
+                    seed: 1,
+                };
+                let report = runtime
+                    .block_on(lincal_serve::load::drive(&base, &settings))
+                    .map_err(|e| anyhow::anyhow!("a client failed: {e}"))?;
+                println!(
+                    "{count} clients x {requests} requests of {prompt_len} + {max_tokens} tokens: \
+                     {:.0} tokens/s, time to first token p50 {:.3} s p99 {:.3} s, \
+                     latency p50 {:.2} s p99 {:.2} s",
+                    report.tokens_per_second,
+                    report.ttft_p50,
+                    report.ttft_p99,
+                    report.latency_p50,
+                    report.latency_p99
+                );
+                let mut line = serde_json::to_value(&report)?;
+                line["bench"] = "serve".into();
+                line["engine"] = "lincal".into();
+                line["max_batch"] = max_batch.into();
+                line["prompt_len"] = prompt_len.into();
+                line["max_tokens"] = max_tokens.into();
+                line["device"] = format!("{device:?}").into();
+                record.append(line)?;
+            }
+            let _ = stop.send(());
+            server.join().expect("the server thread")?;
+            Ok(())
+        }
         BenchCommand::Logits {
             model,
             ids,
