@@ -264,7 +264,7 @@ mod tests {
         assert!(slots.prefill(&model, &[(2, &[1])], false).is_err());
         assert!(slots.step(&model, &[(1, 5)]).is_err());
         slots.prefill(&model, &[(0, &[1, 2, 3])], false).unwrap();
-        slots.step(&model, &[(0, 5)]).unwrap();
+        let _ = slots.step(&model, &[(0, 5)]).unwrap();
         let full = slots.step(&model, &[(0, 5)]).unwrap_err().to_string();
         assert!(full.contains("full"), "{full}");
     }

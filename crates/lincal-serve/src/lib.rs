@@ -60,10 +60,20 @@ pub fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let max_context = config.engine.max_context;
-    let (engine, handle) = Engine::new(model, tokenizer.clone(), config.engine.clone());
+    // The engine is made on its own thread: its CUDA graphs must not move between threads.
+    let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+    let engine_tokenizer = tokenizer.clone();
+    let engine_config = config.engine.clone();
     let engine_thread = std::thread::Builder::new()
         .name("lincal-engine".into())
-        .spawn(move || engine.run())?;
+        .spawn(move || {
+            let (engine, handle) = Engine::new(model, engine_tokenizer, engine_config);
+            let _ = handle_tx.send(handle);
+            engine.run();
+        })?;
+    let handle = handle_rx
+        .recv()
+        .map_err(|_| std::io::Error::other("the engine thread ended at start"))?;
     let state = Arc::new(http::AppState::new(
         handle.clone(),
         tokenizer,
