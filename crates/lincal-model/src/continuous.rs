@@ -114,8 +114,9 @@ impl DecodeSlots {
     }
 
     /// One decode step: feeds `inputs` (row, token) to their rows, each at its next slot, and
-    /// returns the logits `[rows, V]` of every row's next token (meaningless for rows not
-    /// fed). A row that is full is refused before anything runs.
+    /// returns the logits `[R, V]` of the next token of the first `R` rows, `R` covering every
+    /// row fed (meaningless for rows not fed). A row that is full is refused before anything
+    /// runs.
     pub fn step(&mut self, model: &CausalLm, inputs: &[(usize, i64)]) -> Result<Tensor> {
         let rows = self.rows();
         let mut ids = vec![self.pad_id; rows];
@@ -140,6 +141,11 @@ impl DecodeSlots {
             .map(|&(row, _)| self.lengths[row] + 1)
             .max()
             .unwrap_or(1);
+        // Only the rows up to the last one fed run, rounded up to a power of two so that few
+        // shapes (and CUDA graphs) are needed: a step of one sequence costs a step of one
+        // row, not of the whole table. Sequences should take the lowest free rows.
+        let last = inputs.iter().map(|&(row, _)| row + 1).max().unwrap_or(1);
+        let step_rows = last.next_power_of_two().min(rows) as i64;
         let device = model.device();
         let state = &mut self.decoder.state;
         // Rows without a sequence write slot 0 and see it, so no row is fully masked (NaN);
@@ -151,7 +157,8 @@ impl DecodeSlots {
             .input_ids
             .copy_(&Tensor::from_slice(&ids).to_device(device).unsqueeze(1));
         state.mark_written();
-        let logits = tch::no_grad(|| self.decoder.logits(model, window(written, self.capacity())))?;
+        let visible = window(written, self.capacity());
+        let logits = tch::no_grad(|| self.decoder.logits(model, step_rows, visible))?;
         for &(row, _) in inputs {
             self.lengths[row] += 1;
         }
@@ -264,7 +271,8 @@ mod tests {
         assert!(slots.prefill(&model, &[(2, &[1])], false).is_err());
         assert!(slots.step(&model, &[(1, 5)]).is_err());
         slots.prefill(&model, &[(0, &[1, 2, 3])], false).unwrap();
-        let _ = slots.step(&model, &[(0, 5)]).unwrap();
+        // A step of row 0 alone runs one row, not both.
+        assert_eq!(slots.step(&model, &[(0, 5)]).unwrap().size(), [1, 64]);
         let full = slots.step(&model, &[(0, 5)]).unwrap_err().to_string();
         assert!(full.contains("full"), "{full}");
     }

@@ -165,19 +165,21 @@ pub(crate) struct DecodeState {
 }
 
 impl DecodeState {
-    /// Logits `[B, V]` of the next token, attending over the first `visible` cache slots.
-    fn step(&mut self, model: &CausalLm, visible: i64) -> Tensor {
-        let batch = self.input_ids.size()[0];
-        self.cache.set_row_window(&self.slots, visible);
+    /// Logits `[rows, V]` of the next token of the first `rows` rows (the others are left
+    /// alone), attending over the first `visible` cache slots.
+    fn step(&mut self, model: &CausalLm, rows: i64, visible: i64) -> Tensor {
+        let mut cache = self.cache.first_rows(rows);
+        cache.set_row_window(&self.slots.narrow(0, 0, rows), visible);
         let mask = self
             .key_mask
+            .narrow(0, 0, rows)
             .narrow(1, 0, visible)
-            .view([batch, 1, 1, visible]);
+            .view([rows, 1, 1, visible]);
         let hidden = model.forward(
-            &self.input_ids,
-            &self.positions,
+            &self.input_ids.narrow(0, 0, rows),
+            &self.positions.narrow(0, 0, rows),
             Some(&mask),
-            Some(&mut self.cache),
+            Some(&mut cache),
         );
         model.logits(&hidden.squeeze_dim(1))
     }
@@ -196,11 +198,11 @@ impl DecodeState {
     }
 }
 
-/// Runs decode steps: eagerly, or through one CUDA graph per attention window, recorded the
-/// first time the window is needed and replayed for every later token.
+/// Runs decode steps: eagerly, or through one CUDA graph per (rows, attention window),
+/// recorded the first time the pair is needed and replayed for every later token.
 pub(crate) struct Decoder {
     /// Declared first so the graphs are dropped before the tensors they read.
-    graphs: Vec<(i64, CudaGraph, Tensor)>,
+    graphs: Vec<((i64, i64), CudaGraph, Tensor)>,
     pub(crate) state: DecodeState,
     use_graphs: bool,
 }
@@ -214,13 +216,13 @@ impl Decoder {
         }
     }
 
-    pub(crate) fn logits(&mut self, model: &CausalLm, visible: i64) -> Result<Tensor> {
+    /// Logits `[rows, V]` of a decode step of the first `rows` rows over `visible` slots.
+    pub(crate) fn logits(&mut self, model: &CausalLm, rows: i64, visible: i64) -> Result<Tensor> {
         if !self.use_graphs {
-            return Ok(self.state.step(model, visible));
+            return Ok(self.state.step(model, rows, visible));
         }
-        if let Some((_, graph, logits)) =
-            self.graphs.iter().find(|(window, _, _)| *window == visible)
-        {
+        let key = (rows, visible);
+        if let Some((_, graph, logits)) = self.graphs.iter().find(|(k, _, _)| *k == key) {
             graph.replay()?;
             return Ok(logits.shallow_clone());
         }
@@ -229,11 +231,11 @@ impl Decoder {
         // The step only rewrites the same slot from the same inputs, so the warm-up run before
         // the first recording changes nothing.
         let graph = CudaGraph::capture(model.device(), self.graphs.is_empty(), || {
-            logits = Some(state.step(model, visible))
+            logits = Some(state.step(model, rows, visible))
         })?;
         let logits = logits.expect("the captured step ran");
         graph.replay()?;
-        self.graphs.push((visible, graph, logits.shallow_clone()));
+        self.graphs.push((key, graph, logits.shallow_clone()));
         Ok(logits)
     }
 }
@@ -392,7 +394,7 @@ pub fn generate_batch(
             }
             decoder.state.feed(&next);
             let written = prompt_len + step + 1;
-            logits = decoder.logits(model, window(written, capacity))?;
+            logits = decoder.logits(model, batch, window(written, capacity))?;
         }
         Ok(())
     })?;

@@ -80,6 +80,20 @@ impl KvCache {
         self.visible = visible;
     }
 
+    /// The cache of the first `rows` rows: views sharing this cache's memory, so what a
+    /// forward pass writes through them lands here.
+    pub fn first_rows(&self, rows: i64) -> KvCache {
+        KvCache {
+            layers: self
+                .layers
+                .iter()
+                .map(|(k, v)| (k.narrow(0, 0, rows), v.narrow(0, 0, rows)))
+                .collect(),
+            slots: Slots::Shared(Tensor::zeros([0], (Kind::Int64, tch::Device::Cpu))),
+            visible: 0,
+        }
+    }
+
     /// Copies `len` slots of row `src_row` of `src`, from slot `src_start` on, into slots
     /// `0..len` of row `dst_row`, every layer: a sequence prefilled on its own joins a batch.
     pub fn copy_row(

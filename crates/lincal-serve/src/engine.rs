@@ -276,6 +276,7 @@ impl Engine {
     /// (those that want prompt log-probs alone, as their logits cover every position), and
     /// samples each one's first token.
     fn admit(&mut self) {
+        // Lowest rows first: a decode step runs the rows up to the last one in use.
         let mut free: Vec<usize> = (0..self.slots.rows())
             .filter(|&row| self.running.iter().all(|r| r.row != row))
             .rev()
