@@ -110,6 +110,79 @@ pub fn serve(
     result
 }
 
+/// A server on a thread of this process (benchmarks, tests), stopped when dropped.
+pub struct BackgroundServer {
+    pub address: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), ServeError>>>,
+}
+
+impl BackgroundServer {
+    /// Starts serving and returns once the server listens.
+    pub fn start(
+        model: CausalLm,
+        tokenizer: Tokenizer,
+        config: ServeConfig,
+    ) -> Result<BackgroundServer, ServeError> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (address_tx, address_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            serve(
+                model,
+                tokenizer,
+                config,
+                move |address| {
+                    let _ = address_tx.send(address);
+                },
+                async move {
+                    let _ = stopped.await;
+                },
+            )
+        });
+        match address_rx.recv() {
+            Ok(address) => Ok(BackgroundServer {
+                address,
+                stop: Some(stop),
+                thread: Some(thread),
+            }),
+            // The server ended before it listened: its error says why.
+            Err(_) => Err(thread
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the server panicked").into()))
+                .err()
+                .unwrap_or_else(|| std::io::Error::other("the server ended at start").into())),
+        }
+    }
+
+    /// `http://HOST:PORT`
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// Starts the shutdown: no new connections, answers in flight go on.
+    pub fn signal_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Shuts down and waits for the server to end.
+    pub fn stop(&mut self) -> Result<(), ServeError> {
+        self.signal_shutdown();
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            None => Ok(()),
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(std::io::Error::other("the server panicked").into()),
+        }
+    }
+}
+
+impl Drop for BackgroundServer {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
 /// Resolves at SIGINT (Ctrl-C) or SIGTERM.
 pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();

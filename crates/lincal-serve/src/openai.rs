@@ -194,15 +194,14 @@ async fn chat(state: Arc<AppState>, body: Body) -> Result<Response, ApiError> {
     let events = generate.submit(&state)?;
     let id = state.id("chatcmpl-");
     if request.stream.unwrap_or(false) {
-        let include_usage = request.stream_options.unwrap_or_default().include_usage;
-        let stream = ChatStream {
-            state: state.clone(),
+        let stream = OpenAiStream::new(
+            &state,
+            Shape::Chat,
             id,
-            created: unix_now(),
             n,
             prompt_tokens,
-            include_usage,
-        };
+            request.stream_options,
+        );
         return Ok(sse(events, move |events, out| stream.run(events, out)));
     }
     let choices = collect(events, n).await?;
@@ -269,96 +268,6 @@ where
 
 fn data(value: &Value) -> SseEvent {
     SseEvent::default().data(value.to_string())
-}
-
-struct ChatStream {
-    state: Arc<AppState>,
-    id: String,
-    created: u64,
-    n: usize,
-    prompt_tokens: usize,
-    include_usage: bool,
-}
-
-impl ChatStream {
-    fn chunk(&self, choices: Value) -> Value {
-        let mut chunk = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.state.model_name,
-            "choices": choices,
-        });
-        if self.include_usage {
-            chunk["usage"] = Value::Null;
-        }
-        chunk
-    }
-
-    async fn run(
-        self,
-        mut events: UnboundedReceiver<(usize, Event)>,
-        out: UnboundedSender<SseEvent>,
-    ) {
-        let send = |value: Value| out.send(data(&value)).is_ok();
-        for index in 0..self.n {
-            let delta = json!([{"index": index, "delta": {"role": "assistant", "content": ""},
-                "logprobs": null, "finish_reason": null}]);
-            if !send(self.chunk(delta)) {
-                return;
-            }
-        }
-        let (mut open, mut completion_tokens) = (self.n, 0);
-        while open > 0 {
-            let Some((index, event)) = events.recv().await else {
-                return;
-            };
-            let sent = match event {
-                Event::Prompt(_) => true,
-                Event::Token { text, logprob } => {
-                    if text.is_empty() && logprob.is_none() {
-                        continue;
-                    }
-                    let logprobs = logprob.map(|t| {
-                        json!({"content": chat_logprobs(&self.state, std::slice::from_ref(&t))})
-                    });
-                    send(
-                        self.chunk(json!([{"index": index, "delta": {"content": text},
-                        "logprobs": logprobs, "finish_reason": null}])),
-                    )
-                }
-                Event::Finished {
-                    text,
-                    reason,
-                    completion_tokens: tokens,
-                    ..
-                } => {
-                    open -= 1;
-                    completion_tokens += tokens;
-                    let delta = if text.is_empty() {
-                        json!({})
-                    } else {
-                        json!({"content": text})
-                    };
-                    send(self.chunk(json!([{"index": index, "delta": delta,
-                        "logprobs": null, "finish_reason": finish_reason(reason)}])))
-                }
-                Event::Failed(message) => {
-                    let _ = out.send(data(&failure(message).body(Api::OpenAi)));
-                    return;
-                }
-            };
-            if !sent {
-                return;
-            }
-        }
-        if self.include_usage {
-            let mut last = self.chunk(json!([]));
-            last["usage"] = usage(self.prompt_tokens, completion_tokens);
-            let _ = send(last);
-        }
-        let _ = out.send(SseEvent::default().data("[DONE]"));
-    }
 }
 
 pub async fn completions(State(state): State<Arc<AppState>>, body: Body) -> Response {
@@ -433,17 +342,19 @@ async fn completion(state: Arc<AppState>, body: Body) -> Result<Response, ApiErr
     let events = generate.submit(&state)?;
     let id = state.id("cmpl-");
     if request.stream.unwrap_or(false) {
-        let stream = CompletionStream {
-            state: state.clone(),
-            id,
-            created: unix_now(),
-            choices: choices_total,
+        let shape = Shape::Completion {
             prompts: prompts.into_iter().map(|(text, _)| text).collect(),
             n,
             echo,
-            prompt_tokens,
-            include_usage: request.stream_options.unwrap_or_default().include_usage,
         };
+        let stream = OpenAiStream::new(
+            &state,
+            shape,
+            id,
+            choices_total,
+            prompt_tokens,
+            request.stream_options,
+        );
         return Ok(sse(events, move |events, out| stream.run(events, out)));
     }
     let collected = collect(events, choices_total).await?;
@@ -525,31 +436,103 @@ fn completion_logprobs(
     })
 }
 
-struct CompletionStream {
+/// What the chunks of an OpenAI stream carry.
+enum Shape {
+    /// `chat.completion.chunk`: a role delta per choice first, then content deltas.
+    Chat,
+    /// `text_completion`: with echo, each choice's prompt text first (`prompts[choice / n]`).
+    Completion {
+        prompts: Vec<String>,
+        n: usize,
+        echo: bool,
+    },
+}
+
+/// One request's stream of chunks in OpenAI's shape, ending in `[DONE]`.
+struct OpenAiStream {
     state: Arc<AppState>,
+    shape: Shape,
     id: String,
     created: u64,
     choices: usize,
-    prompts: Vec<String>,
-    n: usize,
-    echo: bool,
     prompt_tokens: usize,
     include_usage: bool,
 }
 
-impl CompletionStream {
-    fn chunk(&self, index: usize, text: &str, finish: Option<&str>) -> Value {
+impl OpenAiStream {
+    fn new(
+        state: &Arc<AppState>,
+        shape: Shape,
+        id: String,
+        choices: usize,
+        prompt_tokens: usize,
+        stream_options: Option<StreamOptions>,
+    ) -> Self {
+        OpenAiStream {
+            state: state.clone(),
+            shape,
+            id,
+            created: unix_now(),
+            choices,
+            prompt_tokens,
+            include_usage: stream_options.unwrap_or_default().include_usage,
+        }
+    }
+
+    /// A chunk of `choices`; with usage asked for, every chunk but the last has `usage: null`.
+    fn chunk(&self, choices: Value) -> Value {
+        let object = match self.shape {
+            Shape::Chat => "chat.completion.chunk",
+            Shape::Completion { .. } => "text_completion",
+        };
         let mut chunk = json!({
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.state.model_name,
-            "choices": [{"index": index, "text": text, "logprobs": null, "finish_reason": finish}],
+            "id": self.id, "object": object, "created": self.created,
+            "model": self.state.model_name, "choices": choices,
         });
         if self.include_usage {
             chunk["usage"] = Value::Null;
         }
         chunk
+    }
+
+    /// A chunk of one choice's new text (`None`: only the finish reason).
+    fn piece(
+        &self,
+        index: usize,
+        text: Option<&str>,
+        logprobs: Value,
+        finish: Option<&str>,
+    ) -> Value {
+        let choice = match self.shape {
+            Shape::Chat => json!({"index": index,
+                "delta": text.map_or_else(|| json!({}), |t| json!({"content": t})),
+                "logprobs": logprobs, "finish_reason": finish}),
+            Shape::Completion { .. } => json!({"index": index, "text": text.unwrap_or(""),
+                "logprobs": null, "finish_reason": finish}),
+        };
+        self.chunk(json!([choice]))
+    }
+
+    /// What goes out before any token: chat's role deltas, completion's echoed prompts.
+    fn opening(&self) -> Vec<Value> {
+        match &self.shape {
+            Shape::Chat => (0..self.choices)
+                .map(|index| {
+                    self.chunk(
+                        json!([{"index": index, "delta": {"role": "assistant", "content": ""},
+                        "logprobs": null, "finish_reason": null}]),
+                    )
+                })
+                .collect(),
+            Shape::Completion {
+                prompts,
+                n,
+                echo: true,
+            } => (0..self.choices)
+                .map(|index| self.piece(index, Some(&prompts[index / n]), Value::Null, None))
+                .collect(),
+            Shape::Completion { .. } => Vec::new(),
+        }
     }
 
     async fn run(
@@ -558,11 +541,9 @@ impl CompletionStream {
         out: UnboundedSender<SseEvent>,
     ) {
         let send = |value: Value| out.send(data(&value)).is_ok();
-        if self.echo {
-            for index in 0..self.choices {
-                if !send(self.chunk(index, &self.prompts[index / self.n], None)) {
-                    return;
-                }
+        for chunk in self.opening() {
+            if !send(chunk) {
+                return;
             }
         }
         let (mut open, mut completion_tokens) = (self.choices, 0);
@@ -572,8 +553,18 @@ impl CompletionStream {
             };
             let sent = match event {
                 Event::Prompt(_) => true,
-                Event::Token { text, .. } if text.is_empty() => true,
-                Event::Token { text, .. } => send(self.chunk(index, &text, None)),
+                Event::Token { text, logprob } => {
+                    let logprobs = match (&self.shape, logprob) {
+                        (Shape::Chat, Some(t)) => {
+                            json!({"content": chat_logprobs(&self.state, &[t])})
+                        }
+                        _ => Value::Null,
+                    };
+                    if text.is_empty() && logprobs.is_null() {
+                        continue;
+                    }
+                    send(self.piece(index, Some(&text), logprobs, None))
+                }
                 Event::Finished {
                     text,
                     reason,
@@ -582,7 +573,8 @@ impl CompletionStream {
                 } => {
                     open -= 1;
                     completion_tokens += tokens;
-                    send(self.chunk(index, &text, Some(finish_reason(reason))))
+                    let text = (!text.is_empty()).then_some(text.as_str());
+                    send(self.piece(index, text, Value::Null, Some(finish_reason(reason))))
                 }
                 Event::Failed(message) => {
                     let _ = out.send(data(&failure(message).body(Api::OpenAi)));
@@ -594,10 +586,7 @@ impl CompletionStream {
             }
         }
         if self.include_usage {
-            let mut last = json!({
-                "id": self.id, "object": "text_completion", "created": self.created,
-                "model": self.state.model_name, "choices": [],
-            });
+            let mut last = self.chunk(json!([]));
             last["usage"] = usage(self.prompt_tokens, completion_tokens);
             let _ = send(last);
         }

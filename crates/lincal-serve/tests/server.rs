@@ -5,7 +5,7 @@
 
 use lincal_model::testing::{random_model, tiny_llama, write_tokenizer};
 use lincal_model::{CausalLm, ChatTurn, Generation, SamplingParams, Tokenizer, generate_text};
-use lincal_serve::{EngineConfig, ServeConfig, ServeError};
+use lincal_serve::{BackgroundServer, EngineConfig, ServeConfig};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 const MODEL: &str = "tiny";
 
 struct Server {
+    background: BackgroundServer,
     base: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<(), ServeError>>>,
     dir: tempfile::TempDir,
 }
 
@@ -41,40 +40,16 @@ impl Server {
         };
         adjust(&mut config);
         let (model, tokenizer) = load(dir.path());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (address_tx, address_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            lincal_serve::serve(
-                model,
-                tokenizer,
-                config,
-                move |address| address_tx.send(address).unwrap(),
-                async move {
-                    let _ = stopped.await;
-                },
-            )
-        });
-        let address = address_rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the server listens");
+        let background = BackgroundServer::start(model, tokenizer, config).unwrap();
         Server {
-            base: format!("http://{address}"),
-            stop: Some(stop),
-            thread: Some(thread),
+            base: background.base_url(),
+            background,
             dir,
         }
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
-    }
-
-    /// Sends the shutdown signal and waits for the server to end.
-    fn shut_down(&mut self) -> Result<(), ServeError> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.thread.take().map_or(Ok(()), |t| t.join().unwrap())
     }
 
     /// What the engine's plain batch generation gives for a chat, alone.
@@ -86,12 +61,6 @@ impl Server {
         generate_text(&model, &tokenizer, &[ids], &[seed], params, None)
             .unwrap()
             .remove(0)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.shut_down();
     }
 }
 
@@ -110,14 +79,18 @@ fn greedy(max_new_tokens: i64) -> SamplingParams {
     }
 }
 
-async fn post(url: &str, body: &Value) -> (u16, Value) {
-    let response = reqwest::Client::new()
+async fn send(url: &str, body: &Value) -> reqwest::Response {
+    reqwest::Client::new()
         .post(url)
         .header("content-type", "application/json")
         .body(body.to_string())
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn post(url: &str, body: &Value) -> (u16, Value) {
+    let response = send(url, body).await;
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
     (
@@ -128,17 +101,7 @@ async fn post(url: &str, body: &Value) -> (u16, Value) {
 
 /// The `data:` payloads of a whole event stream, with their `event:` names.
 async fn post_stream(url: &str, body: &Value) -> Vec<(Option<String>, String)> {
-    let text = reqwest::Client::new()
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    parse_events(&text)
+    parse_events(&send(url, body).await.text().await.unwrap())
 }
 
 fn parse_events(text: &str) -> Vec<(Option<String>, String)> {
@@ -495,17 +458,9 @@ async fn read_until(
 async fn start_stream(server: &Server, max_tokens: u32) -> reqwest::Response {
     // Greedy decoding of a random model may end at EOS early; `ignore_eos` does not exist,
     // so a stop-free prompt whose greedy answer runs long was chosen (checked below).
-    let response = reqwest::Client::new()
-        .post(server.url("/v1/completions"))
-        .header("content-type", "application/json")
-        .body(
-            json!({"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": max_tokens,
-                "temperature": 0, "stream": true})
-            .to_string(),
-        )
-        .send()
-        .await
-        .unwrap();
+    let body = json!({"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": max_tokens,
+        "temperature": 0, "stream": true});
+    let response = send(&server.url("/v1/completions"), &body).await;
     assert_eq!(response.status(), 200);
     response
 }
@@ -604,11 +559,10 @@ async fn shutdown_finishes_the_answers_in_flight() {
     let mut server = Server::start(|c| c.engine.max_context = 512);
     let mut stream = start_stream(&server, 200).await;
     read_until(&mut stream, |seen| seen.contains("data: ")).await;
-    let stop = server.stop.take().unwrap();
-    let _ = stop.send(());
+    server.background.signal_shutdown();
     let rest = read_until(&mut stream, |seen| seen.contains("[DONE]")).await;
     assert!(rest.contains("\"finish_reason\":\"length\""), "{rest}");
-    assert!(server.thread.take().unwrap().join().unwrap().is_ok());
+    assert!(server.background.stop().is_ok());
     assert!(
         reqwest::get(server.url("/health")).await.is_err(),
         "still listening"
@@ -624,11 +578,11 @@ async fn shutdown_past_its_timeout_ends_answers_with_an_error() {
     });
     let mut stream = start_stream(&server, 400).await;
     read_until(&mut stream, |seen| seen.contains("data: ")).await;
-    let _ = server.stop.take().unwrap().send(());
+    server.background.signal_shutdown();
     let rest = read_until(&mut stream, |_| false).await;
     assert!(rest.contains("shutting down"), "{rest}");
     assert!(!rest.contains("[DONE]"));
-    assert!(server.thread.take().unwrap().join().unwrap().is_ok());
+    assert!(server.background.stop().is_ok());
 }
 
 /// lincal's own OpenAI backend (a `--teacher` config) talks to the server.

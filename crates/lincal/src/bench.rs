@@ -175,28 +175,8 @@ pub fn run(command: BenchCommand) -> Result<()> {
                     prefill_tokens: 8192,
                 },
             };
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let (address_tx, address_rx) = std::sync::mpsc::channel();
-            let server = std::thread::spawn(move || {
-                lincal_serve::serve(
-                    lm,
-                    tokenizer,
-                    config,
-                    move |address| {
-                        let _ = address_tx.send(address);
-                    },
-                    async move {
-                        let _ = stopped.await;
-                    },
-                )
-            });
-            let base = match address_rx.recv() {
-                Ok(address) => format!("http://{address}"),
-                Err(_) => {
-                    server.join().expect("the server thread")?;
-                    anyhow::bail!("the server ended before it listened");
-                }
-            };
+            let mut server = lincal_serve::BackgroundServer::start(lm, tokenizer, config)?;
+            let base = server.base_url();
             let runtime = tokio::runtime::Runtime::new()?;
             for &count in &clients {
                 let settings = lincal_serve::load::LoadSettings {
@@ -231,9 +211,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 line["device"] = format!("{device:?}").into();
                 record.append(line)?;
             }
-            let _ = stop.send(());
-            server.join().expect("the server thread")?;
-            Ok(())
+            Ok(server.stop()?)
         }
         BenchCommand::Logits {
             model,
