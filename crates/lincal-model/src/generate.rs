@@ -5,7 +5,7 @@ use crate::cuda_graph::{self, CudaGraph};
 use crate::error::{ModelError, Result};
 use crate::layers::{KvCache, attention_mask, positions_from_mask};
 use crate::model::CausalLm;
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{IncrementalDecoder, Tokenizer};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tch::{Kind, Tensor};
@@ -453,11 +453,13 @@ fn first_stop(text: &str, stop: &[String]) -> Option<(usize, usize)> {
 }
 
 /// The text of a growing generation, handed out in pieces as each becomes final: a token can
-/// complete a multi-byte character begun by the one before (the text then ends in U+FFFD
-/// until it does), and text that could be the start of a stop string is held back until it
-/// is known not to be. The pieces joined equal the generation's final text, cut before the
-/// first stop string as [`generate_text`] cuts it.
+/// complete a multi-byte character begun by the one before, and text that could be the start
+/// of a stop string is held back until it is known not to be. Tokens are decoded as they come
+/// (only the last few are decoded again, see [`IncrementalDecoder`]), so a long answer costs
+/// time in proportion to its length. The pieces joined equal the generation's final text, cut
+/// before the first stop string as [`generate_text`] cuts it.
 pub struct TextStream {
+    decoder: IncrementalDecoder,
     stop: Vec<String>,
     text: String,
     /// Bytes of `text` handed out.
@@ -469,6 +471,7 @@ pub struct TextStream {
 impl TextStream {
     pub fn new(stop: &[String]) -> Self {
         TextStream {
+            decoder: IncrementalDecoder::default(),
             stop: stop.to_vec(),
             text: String::new(),
             sent: 0,
@@ -476,28 +479,21 @@ impl TextStream {
         }
     }
 
-    /// Takes the decoded text of every token so far and returns the piece that is now final
-    /// (often empty). After a stop string, [`Self::stopped`] is true and the text ends before it.
-    pub fn update(&mut self, mut text: String) -> String {
-        if self.stopped() {
-            return String::new();
-        }
-        if let Some((cut, index)) = first_stop(&text, &self.stop) {
-            text.truncate(cut);
-            self.stopped_by = Some(index);
-        }
-        self.text = text;
-        let end = if self.stopped() {
-            self.text.len()
-        } else {
-            self.settled_end()
-        };
-        self.take(end)
+    /// Takes the next generated token (special tokens add no text) and returns the piece of
+    /// text that is now final, often empty. After a stop string, [`Self::stopped`] is true and
+    /// the text ends before it.
+    pub fn push(&mut self, tokenizer: &Tokenizer, token: i64) -> Result<String> {
+        let piece = tokenizer.decode_next(&mut self.decoder, token)?;
+        Ok(self.push_text(piece.as_deref().unwrap_or("")))
     }
 
-    /// The rest of the text, once the generation has ended.
-    pub fn finish(&mut self) -> String {
-        self.take(self.text.len())
+    /// The rest of the text, once the generation has ended: what was held back, and a
+    /// character the last tokens left incomplete (as U+FFFD, as a whole decode shows it).
+    pub fn finish(&mut self, tokenizer: &Tokenizer) -> Result<String> {
+        let tail = tokenizer.decode_rest(&self.decoder)?;
+        let mut rest = self.push_text(&tail);
+        rest.push_str(&self.take(self.text.len()));
+        Ok(rest)
     }
 
     pub fn stopped(&self) -> bool {
@@ -509,25 +505,39 @@ impl TextStream {
         self.stopped_by.map(|i| self.stop[i].as_str())
     }
 
-    /// The end of the text that no later token can change: before a trailing incomplete
-    /// character and before the longest ending that begins a stop string.
+    fn push_text(&mut self, piece: &str) -> String {
+        if self.stopped() || piece.is_empty() {
+            return String::new();
+        }
+        self.text.push_str(piece);
+        // A stop string cannot begin in the text handed out: that text never ends with the
+        // start of one (see `settled_end`), so the search starts where it ends.
+        if let Some((at, index)) = first_stop(&self.text[self.sent..], &self.stop) {
+            self.text.truncate(self.sent + at);
+            self.stopped_by = Some(index);
+            return self.take(self.text.len());
+        }
+        self.take(self.settled_end())
+    }
+
+    /// The end of the text that no later token can change: before the longest ending that
+    /// begins a stop string.
     fn settled_end(&self) -> usize {
-        let text = self.text.trim_end_matches('\u{FFFD}');
         let held = self
             .stop
             .iter()
             .flat_map(|stop| {
                 (1..stop.len())
-                    .filter(|&k| stop.is_char_boundary(k) && text.ends_with(&stop[..k]))
+                    .filter(|&k| stop.is_char_boundary(k) && self.text.ends_with(&stop[..k]))
                     .max()
             })
             .max()
             .unwrap_or(0);
-        text.len() - held
+        self.text.len() - held
     }
 
     fn take(&mut self, end: usize) -> String {
-        if end <= self.sent || !self.text.is_char_boundary(self.sent) {
+        if end <= self.sent {
             return String::new();
         }
         let piece = self.text[self.sent..end].to_string();
@@ -607,34 +617,62 @@ pub fn generate_text(
 mod tests {
     use super::TextStream;
 
-    fn pieces(stop: &[&str], texts: &[&str]) -> (Vec<String>, String, bool) {
+    /// Pieces handed out for text arriving in `chunks`, the rest at the end, and whether a
+    /// stop string ended it.
+    fn pieces(stop: &[&str], chunks: &[&str]) -> (Vec<String>, String, bool) {
         let stop: Vec<String> = stop.iter().map(|s| s.to_string()).collect();
         let mut stream = TextStream::new(&stop);
-        let pieces: Vec<String> = texts.iter().map(|t| stream.update(t.to_string())).collect();
-        let rest = stream.finish();
+        let pieces: Vec<String> = chunks.iter().map(|c| stream.push_text(c)).collect();
+        let rest = stream.take(stream.text.len());
         (pieces, rest, stream.stopped())
     }
 
     #[test]
     fn text_that_may_begin_a_stop_string_is_held_back_until_it_cannot() {
         // "\n\n" is the stop string: one "\n" waits, and goes out once "x" follows it.
-        let (got, rest, stopped) = pieces(&["\n\n"], &["Hi", "Hi\n", "Hi\nx", "Hi\nx\n\nmore"]);
+        let (got, rest, stopped) = pieces(&["\n\n"], &["Hi", "\n", "x", "\n\nmore"]);
         assert_eq!(got, ["Hi", "", "\nx", ""]);
         assert_eq!((rest.as_str(), stopped), ("", true));
         // Without the stop string arriving, the held text is handed out at the end.
-        let (got, rest, stopped) = pieces(&["END"], &["a E", "a EN"]);
+        let (got, rest, stopped) = pieces(&["END"], &["a E", "N"]);
         assert_eq!(got, ["a ", ""]);
         assert_eq!((rest.as_str(), stopped), ("EN", false));
+        // A stop string split over pieces, after held text.
+        let (got, rest, stopped) = pieces(&["<|end|>"], &["ok <|", "en", "d|> tail"]);
+        assert_eq!(got, ["ok ", "", ""]);
+        assert_eq!((rest.as_str(), stopped), ("", true));
     }
 
+    /// Streamed pieces join to the whole decode of the tokens, with a byte-level tokenizer
+    /// whose tokens are single bytes, so multi-byte characters arrive split over tokens; no
+    /// piece holds half a character.
     #[test]
-    fn an_incomplete_character_waits_for_the_token_that_completes_it() {
-        let (got, rest, _) = pieces(&[], &["caf", "caf\u{FFFD}", "café!"]);
-        assert_eq!(got, ["caf", "", "é!"]);
-        assert_eq!(rest, "");
-        // A stop string found later cuts what was not yet handed out.
-        let (got, rest, stopped) = pieces(&["é"], &["caf", "caf\u{FFFD}", "café!"]);
-        assert_eq!(got, ["caf", "", ""]);
-        assert_eq!((rest.as_str(), stopped), ("", true));
+    fn streamed_pieces_join_to_the_whole_decode() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::testing::write_byte_tokenizer(dir.path());
+        let tokenizer = crate::Tokenizer::from_dir(dir.path()).unwrap();
+        let text = "café — naïve 日本, done.";
+        let ids = tokenizer.encode(text, false).unwrap();
+        assert_eq!(ids.len(), text.len(), "one token per byte");
+        let mut stream = TextStream::new(&[]);
+        let mut joined = String::new();
+        for &id in &ids {
+            let piece = stream.push(&tokenizer, id).unwrap();
+            assert!(!piece.contains('\u{FFFD}'), "{piece:?}");
+            joined.push_str(&piece);
+        }
+        joined.push_str(&stream.finish(&tokenizer).unwrap());
+        assert_eq!(joined, text);
+        assert_eq!(tokenizer.decode(&ids, true).unwrap(), text);
+        // Tokens that end mid-character leave it as U+FFFD, as a whole decode does.
+        let cut = &ids[..4];
+        let mut stream = TextStream::new(&[]);
+        let mut joined: String = cut
+            .iter()
+            .map(|&id| stream.push(&tokenizer, id).unwrap())
+            .collect();
+        joined.push_str(&stream.finish(&tokenizer).unwrap());
+        assert_eq!(joined, tokenizer.decode(cut, true).unwrap());
+        assert_eq!(joined, "caf\u{FFFD}");
     }
 }

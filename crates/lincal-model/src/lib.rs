@@ -27,7 +27,7 @@ pub use generate::{
 };
 pub use layers::KvCache;
 pub use model::CausalLm;
-pub use tokenizer::{ChatTurn, Tokenizer};
+pub use tokenizer::{ChatTurn, IncrementalDecoder, Tokenizer};
 
 /// libtorch's global random generator is one per process, shared by every thread. Code that
 /// seeds it and then draws from it (a training step's dropout masks) holds this lock

@@ -142,3 +142,41 @@ pub fn write_tokenizer(dir: &Path, n: usize) {
     )
     .unwrap();
 }
+
+/// A byte-level tokenizer (GPT-2's byte-to-character map, ByteLevel pre-tokenizer and
+/// decoder) whose 256 tokens are single bytes, with no merges: a multi-byte character always
+/// spans several tokens.
+pub fn write_byte_tokenizer(dir: &Path) {
+    // GPT-2's map: printable bytes stand for themselves, the rest for 256 + n in order.
+    let mut vocab = serde_json::Map::new();
+    let mut shifted = 0;
+    for byte in 0u32..256 {
+        let printable = (33..=126).contains(&byte)
+            || (161..=172).contains(&byte)
+            || (174..=255).contains(&byte);
+        let ch = if printable {
+            char::from_u32(byte).unwrap()
+        } else {
+            shifted += 1;
+            char::from_u32(255 + shifted).unwrap()
+        };
+        vocab.insert(ch.to_string(), byte.into());
+    }
+    let tokenizer = serde_json::json!({
+        "version": "1.0",
+        "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "vocab": vocab, "merges": [], "dropout": null,
+            "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
+            "fuse_unk": false, "byte_fallback": false, "ignore_merges": false}
+    });
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        serde_json::to_string(&tokenizer).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("tokenizer_config.json"), "{}").unwrap();
+}

@@ -6,6 +6,19 @@ use crate::fsutil::write_atomic;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
+/// Where [`Tokenizer::decode_next`] is in a sequence: the window of recent tokens it decodes
+/// again and the text of its leading part.
+#[derive(Debug, Clone, Default)]
+pub struct IncrementalDecoder {
+    ids: Vec<u32>,
+    prefix: String,
+    prefix_index: usize,
+    /// Every token so far, for the rare decoder that needs them all.
+    all: Vec<i64>,
+    /// Bytes of text handed out.
+    emitted: usize,
+}
+
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -167,6 +180,52 @@ impl Tokenizer {
                 path: self.path.clone(),
                 message: format!("decoding failed: {e}"),
             })
+    }
+
+    /// The text `token` adds to the tokens `state` has seen, once it is whole (`None` while
+    /// the text ends in an incomplete character). Only the last few tokens are decoded again
+    /// (tokenizers' stream decoding), so decoding an answer token by token costs time in
+    /// proportion to its length, not its square.
+    pub fn decode_next(
+        &self,
+        state: &mut IncrementalDecoder,
+        token: i64,
+    ) -> Result<Option<String>> {
+        state.all.push(token);
+        let mut window = (state.ids.clone(), state.prefix.clone(), state.prefix_index);
+        let stepped = tokenizers::tokenizer::step_decode_stream(
+            &self.inner,
+            vec![token as u32],
+            true,
+            &mut window.0,
+            &mut window.1,
+            &mut window.2,
+        );
+        if let Ok(piece) = stepped {
+            (state.ids, state.prefix, state.prefix_index) = window;
+            state.emitted += piece.as_ref().map_or(0, String::len);
+            return Ok(piece);
+        }
+        // A decoder whose text is not prefix-stable over the window: decode everything once,
+        // hand out what is new, and start the window afresh after it.
+        let whole = self.decode(&state.all, true)?;
+        let piece = whole.get(state.emitted..).unwrap_or_default().to_string();
+        state.ids = state.all.iter().map(|&id| id as u32).collect();
+        state.prefix_index = state.ids.len();
+        state.emitted = whole.len();
+        state.prefix = whole;
+        Ok(Some(piece))
+    }
+
+    /// What the tokens `state` has seen add beyond the text handed out: a trailing incomplete
+    /// character, as U+FFFD.
+    pub fn decode_rest(&self, state: &IncrementalDecoder) -> Result<String> {
+        let ids: Vec<i64> = state.ids.iter().map(|&id| i64::from(id)).collect();
+        let window = self.decode(&ids, true)?;
+        Ok(window
+            .strip_prefix(state.prefix.as_str())
+            .unwrap_or_default()
+            .to_string())
     }
 
     pub fn chat_template(&self) -> Option<&str> {

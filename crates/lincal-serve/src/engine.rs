@@ -141,8 +141,6 @@ struct Running {
     request: SequenceRequest,
     row: usize,
     rng: ChaCha8Rng,
-    /// Generated tokens, an end of sequence token excluded.
-    tokens: Vec<i64>,
     generated: usize,
     /// The token the next decode step feeds.
     next: i64,
@@ -353,7 +351,6 @@ impl Engine {
                 text: TextStream::new(&request.params.stop),
                 request,
                 row,
-                tokens: Vec::new(),
                 generated: 0,
                 next: 0,
             });
@@ -477,9 +474,8 @@ impl Engine {
         let reason = if self.eos_ids.contains(&token) {
             FinishReason::Eos
         } else {
-            running.tokens.push(token);
-            let piece = match self.tokenizer.decode(&running.tokens, true) {
-                Ok(text) => running.text.update(text),
+            let piece = match running.text.push(&self.tokenizer, token) {
+                Ok(piece) => piece,
                 Err(error) => return Some(Event::Failed(error.to_string())),
             };
             running.request.send(Event::Token {
@@ -497,8 +493,12 @@ impl Engine {
             }
         };
         self.stats.finished.fetch_add(1, Ordering::Relaxed);
+        let text = match running.text.finish(&self.tokenizer) {
+            Ok(text) => text,
+            Err(error) => return Some(Event::Failed(error.to_string())),
+        };
         Some(Event::Finished {
-            text: running.text.finish(),
+            text,
             reason,
             stop_sequence: running.text.stopped_by().map(str::to_string),
             completion_tokens: running.generated,

@@ -121,7 +121,6 @@ fn stream_one(
     params: &SamplingParams,
 ) -> Result<()> {
     let ids = encode(tokenizer, prompt, chat)?;
-    let mut tokens = Vec::new();
     let mut text = TextStream::new(&params.stop);
     let mut stdout = std::io::stdout();
     let eos = tokenizer.eos_token_ids();
@@ -129,9 +128,8 @@ fn stream_one(
         if eos.contains(&id) {
             return;
         }
-        tokens.push(id);
-        if let Ok(decoded) = tokenizer.decode(&tokens, true) {
-            let _ = write!(stdout, "{}", text.update(decoded));
+        if let Ok(piece) = text.push(tokenizer, id) {
+            let _ = write!(stdout, "{piece}");
             let _ = stdout.flush();
         }
     };
@@ -143,7 +141,7 @@ fn stream_one(
         params,
         Some(&mut on_token),
     )?;
-    print!("{}", text.finish());
+    print!("{}", text.finish(tokenizer)?);
     println!();
     Ok(())
 }
