@@ -98,7 +98,7 @@ pub fn bench_sft(model: &CausalLm, settings: &SftBenchSettings) -> Result<SftBen
             |hidden| labelled_loss_sum(model, hidden, &batch),
         );
         params.accumulate_grads();
-        params.step(1e-5, 1.0);
+        params.step(1e-5, 1.0)?;
     }
     synchronize(model.device());
     let seconds = started.elapsed().as_secs_f64();

@@ -210,7 +210,7 @@ impl Optimizer {
             });
         }
         let lr = self.config.learning_rate * self.schedule.factor(step);
-        let grad_norm = self.params.step(lr, self.config.max_grad_norm);
+        let grad_norm = self.params.step(lr, self.config.max_grad_norm)?;
         Ok((loss, tokens, lr, grad_norm))
     }
 }

@@ -262,7 +262,7 @@ impl GrpoLearner {
                     self.params.accumulate_grads();
                     stats.accumulate(&micro_stats);
                 }
-                grad_norm = self.params.step(learning_rate, c.max_grad_norm);
+                grad_norm = self.params.step(learning_rate, c.max_grad_norm)?;
             }
         }
         self.models.set_training(false);

@@ -334,7 +334,7 @@ impl Learner {
                     self.params.accumulate_grads();
                     stats.accumulate(&micro_stats);
                 }
-                grad_norm = self.params.step(learning_rate, c.max_grad_norm);
+                grad_norm = self.params.step(learning_rate, c.max_grad_norm)?;
             }
         }
         self.models.set_training(false);
