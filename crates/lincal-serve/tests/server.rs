@@ -708,3 +708,32 @@ async fn sixty_four_clients_are_all_answered_amid_bad_requests_and_hang_ups() {
         / metric(&server, "lincal_decode_steps_total").await;
     assert!(mean > 1.0, "mean batch occupancy {mean}");
 }
+
+/// A client that hangs up while waiting for a whole (not streamed) answer frees its row too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hang_up_before_a_whole_answer_frees_the_row() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start(|c| c.engine.max_context = 2048);
+    let body = json!({"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": 2000, "temperature": 0})
+        .to_string();
+    let mut connection = tokio::net::TcpStream::connect(server.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let request = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: lincal\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    connection.write_all(request.as_bytes()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&server, "lincal_generation_tokens_total").await < 2.0 {
+        assert!(Instant::now() < deadline, "the answer never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(connection);
+    while metric(&server, "lincal_requests_running").await > 0.0 {
+        assert!(Instant::now() < deadline, "the row was never freed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(metric(&server, "lincal_sequences_cancelled_total").await, 1.0);
+    assert!(metric(&server, "lincal_generation_tokens_total").await < 2000.0);
+}
