@@ -160,8 +160,8 @@ impl Decoder for GptNeoX {
         self.final_layer_norm.forward(x)
     }
 
-    fn logits(&self, hidden: &Tensor) -> Tensor {
-        hidden.matmul(&self.embed_out.as_ref().unwrap_or(&self.embed_in).tr())
+    fn output_weight(&self) -> &Tensor {
+        self.embed_out.as_ref().unwrap_or(&self.embed_in)
     }
 
     fn new_cache(&self, batch: i64, max_len: i64) -> KvCache {

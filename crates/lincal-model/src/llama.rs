@@ -198,8 +198,8 @@ impl Decoder for Llama {
         rms_norm(x, &self.norm, self.config.rms_norm_eps)
     }
 
-    fn logits(&self, hidden: &Tensor) -> Tensor {
-        hidden.matmul(&self.lm_head.as_ref().unwrap_or(&self.embed_tokens).tr())
+    fn output_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
     }
 
     fn new_cache(&self, batch: i64, max_len: i64) -> KvCache {

@@ -31,7 +31,9 @@ pub(crate) trait Decoder: Send {
         cache: Option<&mut KvCache>,
     ) -> Tensor;
     fn final_norm(&self, x: &Tensor) -> Tensor;
-    fn logits(&self, hidden: &Tensor) -> Tensor;
+    /// The `[V, hidden]` matrix that maps final hidden states to logits (tied to the input
+    /// embeddings when the checkpoint has no separate head).
+    fn output_weight(&self) -> &Tensor;
     fn new_cache(&self, batch: i64, max_len: i64) -> KvCache;
 }
 
@@ -291,8 +293,15 @@ impl CausalLm {
         }
     }
 
+    /// Next-token logits `[..., V]` of final hidden states `[..., hidden]`.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        self.decoder.logits(hidden)
+        hidden.matmul(&self.output_weight().tr())
+    }
+
+    /// The `[V, hidden]` weight behind [`Self::logits`], for losses that compute the logits
+    /// a slice at a time.
+    pub fn output_weight(&self) -> &Tensor {
+        self.decoder.output_weight()
     }
 
     pub fn new_cache(&self, batch: i64, max_len: i64) -> KvCache {

@@ -734,6 +734,9 @@ async fn a_hang_up_before_a_whole_answer_frees_the_row() {
         assert!(Instant::now() < deadline, "the row was never freed");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(metric(&server, "lincal_sequences_cancelled_total").await, 1.0);
+    assert_eq!(
+        metric(&server, "lincal_sequences_cancelled_total").await,
+        1.0
+    );
     assert!(metric(&server, "lincal_generation_tokens_total").await < 2000.0);
 }

@@ -9,6 +9,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod cross_entropy;
 pub mod data;
 pub mod error;
 pub mod grpo;

@@ -2,6 +2,7 @@
 //! target and EOS tokens of prompt + target, prompts masked, rows right-padded.
 
 use crate::config::SftConfig;
+use crate::cross_entropy::{cross_entropy_sum, rows_per_slice};
 use crate::data::{
     SftBatch, SftExample, TokenRow, collate_sft, pack_rows, rows_digest, tokenize_sft_set,
 };
@@ -14,7 +15,7 @@ use crate::training_run::TrainSummary;
 use lincal_data::artifact::Manifest;
 use lincal_model::CausalLm;
 use std::path::{Path, PathBuf};
-use tch::{Device, Kind, Reduction, Tensor};
+use tch::{Device, Tensor};
 
 /// Sum of the cross-entropy of every labelled next-token prediction in `batch`.
 pub fn causal_lm_loss_sum(model: &CausalLm, batch: &SftBatch) -> Tensor {
@@ -31,8 +32,9 @@ pub fn causal_lm_loss_sum(model: &CausalLm, batch: &SftBatch) -> Tensor {
 }
 
 /// [`causal_lm_loss_sum`] from the model's final hidden states over `batch`. Logits are
-/// computed only at labelled positions (prompts are often most of a row) and in f32, as
-/// transformers upcasts them before the loss.
+/// computed only at labelled positions (prompts are often most of a row), in f32 as
+/// transformers upcasts them before the loss, and a slice at a time
+/// ([`crate::cross_entropy`]).
 pub(crate) fn labelled_loss_sum(model: &CausalLm, hidden: &Tensor, batch: &SftBatch) -> Tensor {
     let width = batch.input_ids.size()[1];
     let hidden = hidden.narrow(1, 0, width - 1);
@@ -44,13 +46,12 @@ pub(crate) fn labelled_loss_sum(model: &CausalLm, hidden: &Tensor, batch: &SftBa
     let hidden = hidden
         .reshape([-1, hidden.size()[2]])
         .index_select(0, &labelled);
-    let logits = model.logits(&hidden).to_kind(Kind::Float);
-    logits.cross_entropy_loss::<Tensor>(
+    let weight = model.output_weight();
+    cross_entropy_sum(
+        &hidden,
+        weight,
         &targets.index_select(0, &labelled),
-        None,
-        Reduction::Sum,
-        crate::data::IGNORE_INDEX,
-        0.0,
+        rows_per_slice(weight.size()[0]),
     )
 }
 
@@ -243,6 +244,7 @@ impl SftTrainer {
 mod tests {
     use super::*;
     use crate::testutil::{quick_training, run_options, saved_tensors, tiny_model_dir};
+    use tch::Kind;
 
     fn examples() -> Vec<SftExample> {
         [
