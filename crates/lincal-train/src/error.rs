@@ -36,6 +36,9 @@ pub enum TrainError {
          or check the data and the precision"
     )]
     Diverged { step: u64, loss: f64 },
+    /// A collective of a data-parallel job failed (see [`crate::distributed`]).
+    #[error("data-parallel job: {0}")]
+    Collective(String),
     /// A PPO reward implemented outside this crate failed (e.g. an API reader).
     #[error("the reward could not be computed: {0}")]
     Reward(Box<dyn std::error::Error + Send + Sync>),

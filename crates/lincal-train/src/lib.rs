@@ -11,6 +11,7 @@ pub mod bench;
 pub mod config;
 pub mod cross_entropy;
 pub mod data;
+pub mod distributed;
 pub mod error;
 pub mod grpo;
 pub mod optim;

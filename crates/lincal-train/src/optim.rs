@@ -10,10 +10,12 @@
 //! in the model's precision, as `torch.optim.AdamW` over bf16 parameters.
 
 use crate::config::{Schedule, TrainingConfig};
+use crate::distributed::{Communicator, FlatShards, SingleProcess};
 use crate::error::{Result, TrainError};
 use lincal_model::checkpoint::write_safetensors_file;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 use tch::{Kind, Tensor};
 
 /// Learning-rate multiplier for the optimizer step taken after `step` completed steps, as
@@ -236,19 +238,34 @@ impl Member {
 
 /// Variables of one kind and one weight-decay rule, kept in flat buffers so that clipping,
 /// AdamW and the master-to-model copy are a handful of kernels instead of several per tensor
-/// (tch binds no foreach or fused optimizer kernels, and per-tensor launches cost about 10%
-/// of a small model's step).
+/// (per-tensor launches cost about 10% of a small model's step).
+///
+/// In a data-parallel job each rank updates one chunk of the flat buffers ([`FlatShards`]):
+/// the AdamW moments, and the f32 masters where there are any, exist only for that chunk
+/// (ZeRO stage 1); gradients and the weights the model computes with are whole on every
+/// rank. With one rank the chunk is the whole buffer.
 struct Group {
     members: Vec<Member>,
     decay: bool,
-    /// The weights AdamW updates: f32 masters of low-precision variables, or the variables'
-    /// own storage (f32 variables, or any without master weights).
+    shards: FlatShards,
+    /// The weights AdamW updates: this rank's chunk of the f32 masters of low-precision
+    /// variables, or (f32 variables, or any without master weights) the variables' own
+    /// storage, whole.
     weights: Tensor,
-    /// The low-precision copy the model computes with (`None` for f32 variables).
+    /// The low-precision copy the model computes with (`None` for f32 variables), whole.
     compute: Option<Tensor>,
-    /// Gradient summed over the micro-batches of a step, in the precision of `weights`.
+    /// Gradient summed over the micro-batches of a step (and, in a data-parallel job, over
+    /// the ranks), whole, in the precision of `weights`.
     grad: Tensor,
+    /// Moments of this rank's chunk.
     adam: AdamState,
+}
+
+impl Group {
+    /// This rank's chunk of a whole flat buffer.
+    fn owned(&self, flat: &Tensor, rank: usize) -> Tensor {
+        flat.narrow(0, self.shards.start(rank), self.shards.chunk)
+    }
 }
 
 pub const PARAMS_FILE: &str = "params.safetensors";
@@ -260,6 +277,7 @@ pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub struct TrainableParams {
     groups: Vec<Group>,
     config: AdamWConfig,
+    comm: Arc<dyn Communicator>,
 }
 
 impl TrainableParams {
@@ -267,6 +285,18 @@ impl TrainableParams {
     /// The variables' storage moves into the flat buffers (values unchanged). With
     /// `master_weights`, low-precision variables get f32 masters, gradients and moments.
     pub fn new(named: Vec<(String, Tensor)>, config: AdamWConfig, master_weights: bool) -> Self {
+        Self::sharded(named, config, master_weights, Arc::new(SingleProcess))
+    }
+
+    /// [`Self::new`] for one rank of the data-parallel job `comm`: every rank passes the same
+    /// variables with the same values, and [`Self::step`] sums the gradients over the ranks.
+    pub fn sharded(
+        named: Vec<(String, Tensor)>,
+        config: AdamWConfig,
+        master_weights: bool,
+        comm: Arc<dyn Communicator>,
+    ) -> Self {
+        let rank = comm.rank();
         // Grouped by (kind, decay) in order of first appearance.
         let mut grouped: Vec<((Kind, bool), Vec<Member>)> = Vec::new();
         for (name, var) in named {
@@ -289,10 +319,12 @@ impl TrainableParams {
                 member.offset = total;
                 total += member.shape.iter().product::<i64>();
             }
+            let shards = FlatShards::new(total, comm.world_size());
             let device = group_members[0].var.device();
             let master_kind = if master_weights { Kind::Float } else { kind };
-            let weights = Tensor::zeros([total], (master_kind, device));
-            let compute = (kind != master_kind).then(|| Tensor::zeros([total], (kind, device)));
+            let mut weights = Tensor::zeros([shards.padded], (master_kind, device));
+            let compute =
+                (kind != master_kind).then(|| Tensor::zeros([shards.padded], (kind, device)));
             tch::no_grad(|| {
                 for member in &mut group_members {
                     member.view(&weights).copy_(&member.var);
@@ -301,7 +333,11 @@ impl TrainableParams {
                     member.var.set_data(&member.view(storage));
                 }
             });
-            let grad = weights.zeros_like();
+            // Masters are kept for this rank's chunk alone (all of it with one rank).
+            if compute.is_some() && shards.chunk < shards.padded {
+                weights = weights.narrow(0, shards.start(rank), shards.chunk).copy();
+            }
+            let grad = Tensor::zeros([shards.padded], (master_kind, device));
             // A variable that is its own AdamW weight gets a gradient that is a view of the
             // accumulator before any backward pass, so that no pass makes a second copy of it.
             if compute.is_none() {
@@ -316,21 +352,26 @@ impl TrainableParams {
             if device.is_cuda() {
                 lincal_model::cuda_graph::empty_cache().expect("emptying libtorch's CUDA cache");
             }
-            let adam = AdamState::new(&weights);
+            let adam = AdamState::new(&grad.narrow(0, shards.start(rank), shards.chunk));
             groups.push(Group {
                 members: group_members,
                 decay,
+                shards,
                 grad,
                 weights,
                 compute,
                 adam,
             });
         }
-        TrainableParams { groups, config }
+        TrainableParams {
+            groups,
+            config,
+            comm,
+        }
     }
 
     pub fn num_parameters(&self) -> i64 {
-        self.groups.iter().map(|g| g.weights.numel() as i64).sum()
+        self.groups.iter().map(|g| g.shards.len).sum()
     }
 
     /// Adds the gradients of the last backward pass to the f32 accumulators of low-precision
@@ -350,67 +391,108 @@ impl TrainableParams {
         });
     }
 
-    /// Clips, applies one AdamW update at learning rate `lr`, refreshes the model weights
-    /// from the masters and clears the gradients. Returns the gradient norm before clipping.
+    /// Sums the gradients over the ranks, clips, applies one AdamW update at learning rate
+    /// `lr` to this rank's chunk, gathers the updated weights of every rank into the model's
+    /// and clears the gradients. Returns the gradient norm before clipping.
     pub fn step(&mut self, lr: f64, max_grad_norm: f64) -> Result<f64> {
-        let grads: Vec<Tensor> = self.groups.iter().map(|g| g.grad.shallow_clone()).collect();
+        let (rank, world) = (self.comm.rank(), self.comm.world_size());
+        let mut grads: Vec<Tensor> = self.groups.iter().map(|g| g.grad.shallow_clone()).collect();
+        if world > 1 {
+            for grad in &mut grads {
+                self.comm.all_reduce_sum(grad)?;
+            }
+        }
+        // Every rank holds the same summed gradients, hence the same norm and clipping.
         let norm = clip_grad_norm(&grads, max_grad_norm);
         for group in &mut self.groups {
+            let grad = group.owned(&group.grad, rank);
+            let mut updated = match group.compute {
+                Some(_) => group.weights.shallow_clone(),
+                None => group.owned(&group.weights, rank),
+            };
             adamw_step(
-                &mut group.weights,
-                &group.grad,
+                &mut updated,
+                &grad,
                 &mut group.adam,
                 lr,
                 &self.config,
                 group.decay,
             )?;
-            tch::no_grad(|| {
-                if let Some(compute) = &mut group.compute {
-                    compute.copy_(&group.weights);
+            let whole = match &group.compute {
+                Some(compute) => {
+                    let mut chunk = group.owned(compute, rank);
+                    tch::no_grad(|| chunk.copy_(&updated));
+                    compute.shallow_clone()
                 }
+                None => group.weights.shallow_clone(),
+            };
+            if world > 1 {
+                self.comm
+                    .all_gather(&group.owned(&whole, rank), &mut whole.shallow_clone())?;
+            }
+            tch::no_grad(|| {
                 let _ = group.grad.zero_();
             });
         }
         Ok(norm)
     }
 
-    /// The weights AdamW updates (f32 masters where there are any), by name.
-    pub fn weights(&self) -> BTreeMap<String, Tensor> {
-        self.groups
-            .iter()
-            .flat_map(|g| {
-                g.members
-                    .iter()
-                    .map(|m| (m.name.clone(), m.view(&g.weights)))
-            })
-            .collect()
+    /// A whole flat buffer from this rank's `chunk` of it (every rank calls this together).
+    fn gathered(&self, shards: &FlatShards, chunk: &Tensor) -> Result<Tensor> {
+        if chunk.numel() as i64 == shards.padded {
+            return Ok(chunk.shallow_clone());
+        }
+        let mut whole = Tensor::zeros([shards.padded], (chunk.kind(), chunk.device()));
+        self.comm.all_gather(chunk, &mut whole)?;
+        Ok(whole)
     }
 
-    /// Points each model variable at its f32 master (no copy), so that the model holds the
-    /// full-precision weights for the final save, as the reference's FSDP full state dict.
-    pub fn promote_to_masters(&mut self) {
-        for group in &mut self.groups {
-            if group.compute.take().is_some() {
-                for member in &mut group.members {
-                    member.var.set_data(&member.view(&group.weights));
-                }
+    /// The weights AdamW updates (f32 masters where there are any), whole, by name. In a
+    /// data-parallel job every rank calls this together (the masters are gathered).
+    pub fn weights(&self) -> Result<BTreeMap<String, Tensor>> {
+        let mut named = BTreeMap::new();
+        for group in &self.groups {
+            let whole = self.gathered(&group.shards, &group.weights)?;
+            for member in &group.members {
+                named.insert(member.name.clone(), member.view(&whole));
             }
         }
+        Ok(named)
     }
 
-    /// Writes the weights and AdamW state into `dir` (exact values).
+    /// Points each model variable at its f32 master (no copy with one rank), so that the
+    /// model holds the full-precision weights for the final save, as the reference's FSDP
+    /// full state dict. In a data-parallel job every rank calls this together.
+    pub fn promote_to_masters(&mut self) -> Result<()> {
+        for index in 0..self.groups.len() {
+            if self.groups[index].compute.is_none() {
+                continue;
+            }
+            let whole = self.gathered(&self.groups[index].shards, &self.groups[index].weights)?;
+            let group = &mut self.groups[index];
+            group.compute = None;
+            group.weights = whole;
+            for member in &mut group.members {
+                member.var.set_data(&member.view(&group.weights));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the weights and AdamW state, whole and by name, into `dir` (exact values), so
+    /// that any number of ranks can resume from them. In a data-parallel job every rank calls
+    /// this together and rank 0 writes.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        save_safetensors_named(dir, PARAMS_FILE, &self.weights())?;
+        let weights = self.weights()?;
         let mut state = BTreeMap::new();
         for group in &self.groups {
+            let exp_avg = self.gathered(&group.shards, &group.adam.exp_avg)?;
+            let exp_avg_sq = self.gathered(&group.shards, &group.adam.exp_avg_sq)?;
             for member in &group.members {
-                state.insert(
-                    format!("exp_avg.{}", member.name),
-                    member.view(&group.adam.exp_avg),
-                );
+                state.insert(format!("exp_avg.{}", member.name), member.view(&exp_avg));
                 state.insert(
                     format!("exp_avg_sq.{}", member.name),
-                    member.view(&group.adam.exp_avg_sq),
+                    member.view(&exp_avg_sq),
                 );
             }
         }
@@ -418,10 +500,15 @@ impl TrainableParams {
             "step".into(),
             Tensor::from(self.groups.first().map_or(0, |g| g.adam.step)),
         );
-        save_safetensors_named(dir, OPTIMIZER_FILE, &state)
+        if self.comm.rank() == 0 {
+            save_safetensors_named(dir, PARAMS_FILE, &weights)?;
+            save_safetensors_named(dir, OPTIMIZER_FILE, &state)?;
+        }
+        Ok(())
     }
 
-    /// Restores what [`Self::save`] wrote; names and shapes must match this run's.
+    /// Restores what [`Self::save`] wrote, at whatever world size it was written; names and
+    /// shapes must match this run's.
     pub fn load(&mut self, dir: &Path) -> Result<()> {
         let weights = read_safetensors(&dir.join(PARAMS_FILE))?;
         let state = read_safetensors(&dir.join(OPTIMIZER_FILE))?;
@@ -438,8 +525,17 @@ impl TrainableParams {
             .get("step")
             .ok_or_else(|| missing(OPTIMIZER_FILE, "step"))?
             .int64_value(&[]);
+        let rank = self.comm.rank();
         tch::no_grad(|| -> Result<()> {
             for group in &mut self.groups {
+                // Each stored buffer is rebuilt whole, then this rank keeps its chunk.
+                let whole =
+                    |kind: Kind| Tensor::zeros([group.shards.padded], (kind, group.grad.device()));
+                let (weights_whole, exp_avg, exp_avg_sq) = (
+                    whole(group.weights.kind()),
+                    whole(group.adam.exp_avg.kind()),
+                    whole(group.adam.exp_avg_sq.kind()),
+                );
                 for member in &group.members {
                     let stored = weights
                         .get(&member.name)
@@ -455,11 +551,8 @@ impl TrainableParams {
                             ),
                         ));
                     }
-                    member.view(&group.weights).f_copy_(stored)?;
-                    for (prefix, flat) in [
-                        ("exp_avg", &group.adam.exp_avg),
-                        ("exp_avg_sq", &group.adam.exp_avg_sq),
-                    ] {
+                    member.view(&weights_whole).f_copy_(stored)?;
+                    for (prefix, flat) in [("exp_avg", &exp_avg), ("exp_avg_sq", &exp_avg_sq)] {
                         let name = format!("{prefix}.{}", member.name);
                         member.view(flat).f_copy_(
                             state
@@ -468,9 +561,19 @@ impl TrainableParams {
                         )?;
                     }
                 }
-                if let Some(compute) = &mut group.compute {
-                    compute.f_copy_(&group.weights)?;
+                if group.weights.numel() as i64 == group.shards.padded {
+                    group.weights.f_copy_(&weights_whole)?;
+                } else {
+                    group.weights.f_copy_(&group.owned(&weights_whole, rank))?;
                 }
+                if let Some(compute) = &mut group.compute {
+                    compute.f_copy_(&weights_whole)?;
+                }
+                group.adam.exp_avg.f_copy_(&group.owned(&exp_avg, rank))?;
+                group
+                    .adam
+                    .exp_avg_sq
+                    .f_copy_(&group.owned(&exp_avg_sq, rank))?;
                 group.adam.step = step;
             }
             Ok(())
@@ -506,6 +609,7 @@ fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Device;
 
     #[test]
     fn cosine_and_linear_schedules_match_transformers() {
@@ -671,7 +775,7 @@ mod tests {
         let norm = params.step(1e-3, 0.0).unwrap();
         // Two passes of gradient 3 accumulate to 6 per entry: norm 6√2.
         assert!((norm - 6.0 * 2f64.sqrt()).abs() < 1e-5, "{norm}");
-        let master = params.weights()["w"].shallow_clone();
+        let master = params.weights().unwrap()["w"].shallow_clone();
         assert_eq!(master.kind(), Kind::Float);
         // The first Adam step moves each weight by lr (bf16 cannot show 0.999, the master can).
         assert!((master.double_value(&[0]) - (1.0 - 1e-3)).abs() < 1e-6);
@@ -686,7 +790,7 @@ mod tests {
         let mut restored =
             TrainableParams::new(vec![("w".into(), fresh.shallow_clone())], config, true);
         restored.load(dir.path()).unwrap();
-        assert!(restored.weights()["w"].equal(&master));
+        assert!(restored.weights().unwrap()["w"].equal(&master));
         assert_eq!(restored.groups[0].adam.step, 1);
         assert!(
             restored.groups[0]
@@ -785,5 +889,150 @@ mod tests {
             Vec::<f32>::try_from(var.to_kind(Kind::Float)).unwrap(),
             vec![0.75, -2.25]
         );
+    }
+
+    /// An f32 and a bf16 variable (with an f32 master) whose flat buffers (5 and 3 elements)
+    /// do not divide evenly among 2 or 3 ranks.
+    fn two_kinds(comm: Arc<dyn Communicator>) -> (TrainableParams, Vec<Tensor>) {
+        let a = Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.25, 1.5]).set_requires_grad(true);
+        let b = Tensor::from_slice(&[1.0f32, -0.5, 0.75])
+            .to_kind(Kind::BFloat16)
+            .set_requires_grad(true);
+        let config = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
+        let named = vec![
+            ("a.weight".to_string(), a.shallow_clone()),
+            ("b.weight".to_string(), b.shallow_clone()),
+        ];
+        (
+            TrainableParams::sharded(named, config, true, comm),
+            vec![a, b],
+        )
+    }
+
+    /// Optimizer steps `steps` of 6 examples each, this rank taking its share of every step;
+    /// example i's loss is (Σ a·cᵢ + Σ b·dᵢ)² / 6 with fixed coefficients.
+    fn train_share(params: &mut TrainableParams, vars: &[Tensor], steps: std::ops::Range<usize>) {
+        let (rank, world) = (params.comm.rank(), params.comm.world_size());
+        for step in steps {
+            for i in crate::distributed::share(6, world, rank) {
+                let x = (step * 6 + i) as f64;
+                let c = Tensor::arange(5, (Kind::Float, Device::Cpu)) * (0.1 * x) - 0.3;
+                let d = Tensor::arange(3, (Kind::Float, Device::Cpu)) * -0.2 + (0.05 * x);
+                let s = (&vars[0] * c).sum(Kind::Float)
+                    + (vars[1].to_kind(Kind::Float) * d).sum(Kind::Float);
+                (&s * &s / 6.0).backward();
+                params.accumulate_grads();
+            }
+            params.step(0.05, 1.0).unwrap();
+        }
+    }
+
+    fn masters(params: &TrainableParams) -> Vec<f32> {
+        let weights = params.weights().unwrap();
+        ["a.weight", "b.weight"]
+            .iter()
+            .flat_map(|name| Vec::<f32>::try_from(&weights[*name]).unwrap())
+            .collect()
+    }
+
+    fn assert_near(got: &[f32], want: &[f32], what: &str) {
+        let diff = got
+            .iter()
+            .zip(want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff < 1e-5, "{what}: {got:?} against {want:?}");
+    }
+
+    #[test]
+    fn zero1_ranks_hold_a_chunk_of_the_state_and_step_as_one_process() {
+        let one = crate::distributed::on_ranks(1, |comm| {
+            let (mut params, vars) = two_kinds(comm);
+            train_share(&mut params, &vars, 0..3);
+            masters(&params)
+        });
+        for world in [2, 3] {
+            let ranks = crate::distributed::on_ranks(world, |comm| {
+                let (mut params, vars) = two_kinds(comm);
+                train_share(&mut params, &vars, 0..3);
+                let moments: Vec<i64> = params
+                    .groups
+                    .iter()
+                    .map(|g| g.adam.exp_avg.numel() as i64)
+                    .collect();
+                let master_lens: Vec<i64> = params
+                    .groups
+                    .iter()
+                    .map(|g| g.weights.numel() as i64)
+                    .collect();
+                // The bf16 copy the model computes with is whole and the same on every rank.
+                let compute = Vec::<f32>::try_from(&vars[1].to_kind(Kind::Float)).unwrap();
+                (masters(&params), moments, master_lens, compute)
+            });
+            let chunks = |len: i64| FlatShards::new(len, world).chunk;
+            for (rank, (weights, moments, master_lens, compute)) in ranks.iter().enumerate() {
+                assert_near(weights, &one[0], &format!("rank {rank} of {world}"));
+                assert_eq!(
+                    moments,
+                    &vec![chunks(5), chunks(3)],
+                    "moments of rank {rank} of {world}"
+                );
+                // f32 variables are their own weights (whole); bf16 ones keep a master chunk.
+                assert_eq!(
+                    master_lens,
+                    &vec![FlatShards::new(5, world).padded, chunks(3)]
+                );
+                assert_eq!(compute, &ranks[0].3);
+            }
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_written_by_some_ranks_resumes_on_any_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let uninterrupted = crate::distributed::on_ranks(1, |comm| {
+            let (mut params, vars) = two_kinds(comm);
+            train_share(&mut params, &vars, 0..3);
+            masters(&params)
+        });
+        crate::distributed::on_ranks(2, |comm| {
+            let (mut params, vars) = two_kinds(comm);
+            train_share(&mut params, &vars, 0..2);
+            params.save(dir.path()).unwrap();
+        });
+        for world in [1, 3] {
+            let resumed = crate::distributed::on_ranks(world, |comm| {
+                let (mut params, vars) = two_kinds(comm);
+                params.load(dir.path()).unwrap();
+                train_share(&mut params, &vars, 2..3);
+                masters(&params)
+            });
+            for weights in &resumed {
+                assert_near(
+                    weights,
+                    &uninterrupted[0],
+                    &format!("resumed on {world} ranks"),
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_rank_that_dies_before_the_step_fails_the_others_step() {
+        let errors = crate::distributed::on_ranks(2, |comm| {
+            let (mut params, vars) = two_kinds(comm);
+            if params.comm.rank() == 1 {
+                return None;
+            }
+            (vars[0].sum(Kind::Float)).backward();
+            Some(params.step(0.05, 1.0).unwrap_err().to_string())
+        });
+        let message = errors[0].as_ref().unwrap();
+        assert!(message.contains("rank 1 left the group"), "{message}");
     }
 }

@@ -170,7 +170,7 @@ impl RunSteps for ObjectiveSteps<'_> {
     }
 
     fn save_final(&mut self, dir: &Path) -> Result<()> {
-        self.optimizer.params.promote_to_masters();
+        self.optimizer.params.promote_to_masters()?;
         self.objective.save_final(dir)
     }
 }

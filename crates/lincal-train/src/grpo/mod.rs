@@ -404,7 +404,7 @@ impl RunSteps for GrpoSteps {
     }
 
     fn save_final(&mut self, dir: &Path) -> Result<()> {
-        self.learner.params.promote_to_masters();
+        self.learner.params.promote_to_masters()?;
         self.learner
             .models
             .policy

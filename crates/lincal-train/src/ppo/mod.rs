@@ -841,7 +841,7 @@ impl RunSteps for PpoSteps {
 
     /// Only the policy, as the reference saves.
     fn save_final(&mut self, dir: &Path) -> Result<()> {
-        self.learner.params.promote_to_masters();
+        self.learner.params.promote_to_masters()?;
         self.learner
             .models
             .policy
