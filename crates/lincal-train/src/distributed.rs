@@ -14,9 +14,11 @@ use tch::{Device, Kind, Tensor};
 /// The collectives of a group of `world_size` ranks. Every rank calls the same collectives
 /// in the same order; a call returns once all ranks have made it, or fails if a rank left
 /// the group (it failed or was killed) before making it.
-pub trait Communicator: Send + Sync {
+pub trait Communicator: Send + Sync + std::fmt::Debug {
     fn rank(&self) -> usize;
     fn world_size(&self) -> usize;
+    /// Returns once every rank has called it.
+    fn barrier(&self) -> Result<()>;
     /// Sums `tensor` over the ranks in place. Every rank gets the same bits (the sum is taken
     /// in rank order).
     fn all_reduce_sum(&self, tensor: &mut Tensor) -> Result<()>;
@@ -27,6 +29,7 @@ pub trait Communicator: Send + Sync {
 
 /// The group of one: every collective is the identity, so that a trainer with this
 /// communicator is the plain trainer, bit for bit.
+#[derive(Debug)]
 pub struct SingleProcess;
 
 impl Communicator for SingleProcess {
@@ -36,6 +39,10 @@ impl Communicator for SingleProcess {
 
     fn world_size(&self) -> usize {
         1
+    }
+
+    fn barrier(&self) -> Result<()> {
+        Ok(())
     }
 
     fn all_reduce_sum(&self, _tensor: &mut Tensor) -> Result<()> {
@@ -135,6 +142,12 @@ pub struct ThreadRank {
     shared: Arc<Shared>,
 }
 
+impl std::fmt::Debug for ThreadRank {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "thread rank {} of {}", self.rank, self.world)
+    }
+}
+
 struct Shared {
     state: Mutex<Round>,
     changed: Condvar,
@@ -223,6 +236,11 @@ impl Communicator for ThreadRank {
 
     fn world_size(&self) -> usize {
         self.world
+    }
+
+    fn barrier(&self) -> Result<()> {
+        self.exchange(&Tensor::zeros([1], (Kind::Float, Device::Cpu)))
+            .map(drop)
     }
 
     fn all_reduce_sum(&self, tensor: &mut Tensor) -> Result<()> {

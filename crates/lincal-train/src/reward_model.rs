@@ -459,10 +459,11 @@ impl RewardModelTrainer {
         let mut head: Vec<(String, Tensor)> = model.head.vs.variables().into_iter().collect();
         head.sort_by(|a, b| a.0.cmp(&b.0));
         trainable.extend(head);
-        let params = TrainableParams::new(
+        let params = TrainableParams::sharded(
             trainable,
             AdamWConfig::from_training(&config.training),
             config.training.precision.master_weights(),
+            run.comm.clone(),
         );
         let manifest = Manifest {
             base_model: Some(model_dir.to_path_buf()),

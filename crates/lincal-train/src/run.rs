@@ -13,6 +13,7 @@
 //! ```
 //! Every file and directory appears under its final name complete or not at all.
 
+use crate::distributed::{Communicator, SingleProcess};
 use crate::error::{Result, TrainError};
 use crate::tensorboard::EventWriter;
 use lincal_data::artifact::{InputFile, MANIFEST_FILE, Manifest, timestamp};
@@ -21,6 +22,7 @@ use lincal_model::fsutil::{write_atomic, write_dir_atomic};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
@@ -37,14 +39,44 @@ pub struct RunOptions {
     pub input_files: Vec<PathBuf>,
     /// Show a progress bar on stderr (when it is a terminal).
     pub progress: bool,
+    /// The data-parallel job this process is one rank of ([`SingleProcess`] alone). Rank 0
+    /// writes the run directory; the other ranks read it and join every collective.
+    pub comm: Arc<dyn Communicator>,
 }
 
 impl RunOptions {
+    /// Refuses a data-parallel job for a method that trains in one process only.
+    pub fn require_one_process(&self, method: &str) -> Result<()> {
+        let world = self.comm.world_size();
+        if world > 1 {
+            return Err(TrainError::Collective(format!(
+                "{method} trains in one process; it was started as rank {} of {world}: \
+                 run it without a launcher",
+                self.comm.rank()
+            )));
+        }
+        Ok(())
+    }
+
     /// What a trainer checks before loading any model (minutes, for a large one): that it has
     /// `examples` to train on and that the run directory can be written (creating it).
+    /// Options for a run of one process in `dir`, without input files or progress bar.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        RunOptions {
+            dir: dir.into(),
+            input_files: Vec::new(),
+            progress: false,
+            comm: Arc::new(SingleProcess),
+        }
+    }
+
     pub fn check_before_loading(&self, examples: usize) -> Result<()> {
         if examples == 0 {
             return Err(TrainError::NoData("training"));
+        }
+        // Rank 0 writes the run directory (and alone probes it, so that ranks do not race).
+        if self.comm.rank() != 0 {
+            return Ok(());
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| TrainError::io(&self.dir, e))?;
         let probe = self.dir.join(".lincal-write-check");
@@ -95,6 +127,12 @@ impl TrainState {
 
 pub struct RunDir {
     dir: PathBuf,
+    /// `None` on the ranks of a data-parallel job other than 0: they read the directory and
+    /// write nothing (see [`RunDir::follow`]).
+    writer: Option<RunWriter>,
+}
+
+struct RunWriter {
     events: EventWriter,
     /// Held while the run writes: a second run on the directory is refused, naming this one.
     _lock: OutputLock,
@@ -177,8 +215,31 @@ impl RunDir {
         Ok(Opened::Active(
             RunDir {
                 dir: dir.clone(),
-                events,
-                _lock: lock,
+                writer: Some(RunWriter {
+                    events,
+                    _lock: lock,
+                }),
+            },
+            latest,
+        ))
+    }
+
+    /// What a rank other than 0 of a data-parallel job finds in `options.dir` once rank 0 has
+    /// opened it: the checkpoint to resume from, or the finished run. The directory it returns
+    /// writes nothing: its methods only call their `fill`, whose collectives every rank joins
+    /// (the steps' own writes happen on rank 0 alone).
+    pub fn follow(options: &RunOptions) -> Result<Opened> {
+        let dir = &options.dir;
+        if dir.join(FINAL_DIR).exists() {
+            return Ok(Opened::Finished(dir.join(FINAL_DIR)));
+        }
+        let latest = latest_checkpoint(dir)?
+            .map(|path| Ok::<_, TrainError>((path.clone(), read_json(&path.join(STATE_FILE))?)))
+            .transpose()?;
+        Ok(Opened::Active(
+            RunDir {
+                dir: dir.clone(),
+                writer: None,
             },
             latest,
         ))
@@ -191,6 +252,9 @@ impl RunDir {
     /// Drops metric records of steps after `step` (work that a resume redoes) and marks the
     /// restart for TensorBoard.
     pub fn rewind_to(&mut self, step: u64) -> Result<()> {
+        let Some(writer) = &mut self.writer else {
+            return Ok(());
+        };
         let path = self.dir.join(METRICS_FILE);
         if path.exists() {
             let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
@@ -207,12 +271,15 @@ impl RunDir {
                 .collect();
             write_atomic(&path, kept.as_bytes())?;
         }
-        self.events.session_start(step + 1)
+        writer.events.session_start(step + 1)
     }
 
     /// Appends one record to `metrics.jsonl` and its numeric fields (but `step`) to TensorBoard
     /// under `<group>/<name>`.
     pub fn log(&mut self, group: &str, record: &serde_json::Value) -> Result<()> {
+        let Some(writer) = &mut self.writer else {
+            return Ok(());
+        };
         let path = self.dir.join(METRICS_FILE);
         let mut file = std::fs::OpenOptions::new()
             .create(true)
@@ -229,7 +296,7 @@ impl RunDir {
             .filter_map(|(k, v)| v.as_f64().map(|v| (format!("{group}/{k}"), v)))
             .collect();
         let tags: Vec<(&str, f64)> = tags.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-        self.events.scalars(step, &tags)
+        writer.events.scalars(step, &tags)
     }
 
     /// Writes a checkpoint directory atomically (`fill` writes the tensors) and keeps only
@@ -244,6 +311,10 @@ impl RunDir {
             .dir
             .join(CHECKPOINTS_DIR)
             .join(format!("step-{:08}", state.step));
+        if self.writer.is_none() {
+            fill(&path)?;
+            return Ok(path);
+        }
         write_dir(&path, |tmp| {
             fill(tmp)?;
             Ok(write_atomic(
@@ -263,13 +334,17 @@ impl RunDir {
     /// Writes the weights-only snapshot of step `step` (`fill` writes the model) into
     /// `snapshots/step-N/`, atomically; a snapshot a killed run already wrote is replaced.
     pub fn save_snapshot(&self, step: u64, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-        write_dir(&snapshot_dir(&self.dir, step), fill)
+        let path = snapshot_dir(&self.dir, step);
+        match self.writer {
+            Some(_) => write_dir(&path, fill),
+            None => fill(&path),
+        }
     }
 
     /// Removes the resume checkpoints of a finished run; returns the bytes freed.
     pub fn remove_checkpoints(&self) -> Result<u64> {
         let dir = self.dir.join(CHECKPOINTS_DIR);
-        if !dir.exists() {
+        if self.writer.is_none() || !dir.exists() {
             return Ok(0);
         }
         let bytes = disk_usage(&dir);
@@ -281,6 +356,10 @@ impl RunDir {
     /// records the time.
     pub fn save_final(&self, fill: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
         let path = self.dir.join(FINAL_DIR);
+        if self.writer.is_none() {
+            fill(&path)?;
+            return Ok(path);
+        }
         write_dir(&path, fill)?;
         let mut manifest = Manifest::read(&self.dir)?;
         manifest.finished = Some(timestamp());

@@ -181,10 +181,11 @@ impl SftTrainer {
             train_rows: rows.len(),
             ..report
         };
-        let params = TrainableParams::new(
+        let params = TrainableParams::sharded(
             loaded.trainable(&[]),
             AdamWConfig::from_training(&config.training),
             config.training.precision.master_weights(),
+            run.comm.clone(),
         );
         let manifest = Manifest {
             base_model: Some(model_dir.to_path_buf()),
@@ -485,6 +486,98 @@ mod tests {
             .train(None)
             .unwrap();
         assert_eq!((again.steps, again.last("loss")), (6, None));
+    }
+
+    /// Ranks as threads ([`crate::distributed::thread_group`]): two ranks stopped after 2 of 4
+    /// steps, resumed by three, give the losses and final weights of one uninterrupted process
+    /// (within float summation order), and only rank 0 writes the run directory.
+    #[test]
+    fn data_parallel_ranks_train_as_one_process_and_resume_at_another_world_size() {
+        let model_dir = tiny_model_dir();
+        let data = examples();
+        let mut config = sft_config(1e-2, 2.0, 4, 1);
+        config.training.save_every = 1;
+        config.training.weight_decay = 0.1;
+        let train = |options: &RunOptions, stop: Option<u64>| {
+            SftTrainer::new(
+                model_dir.path(),
+                Device::Cpu,
+                &config,
+                &data,
+                &data[..3],
+                options,
+            )
+            .unwrap()
+            .train(stop)
+            .unwrap()
+        };
+        let single = tempfile::tempdir().unwrap();
+        train(&run_options(single.path()), None);
+        let parallel = tempfile::tempdir().unwrap();
+        for (world, stop) in [(2, Some(2)), (3, None)] {
+            let summaries = crate::distributed::on_ranks(world, |comm| {
+                train(
+                    &RunOptions {
+                        comm,
+                        ..run_options(parallel.path())
+                    },
+                    stop,
+                )
+            });
+            let steps: Vec<u64> = summaries.iter().map(|s| s.steps).collect();
+            assert_eq!(steps, vec![stop.unwrap_or(4); world]);
+        }
+        let records = |run: &Path, key: &str| -> Vec<f64> {
+            read_metrics(run)
+                .iter()
+                .filter_map(|m| m.get(key).and_then(|v| v.as_f64()))
+                .collect()
+        };
+        for key in ["loss", "grad_norm", "eval_loss"] {
+            let (want, got) = (records(single.path(), key), records(parallel.path(), key));
+            assert_eq!(want.len(), got.len(), "{key}: {got:?}");
+            for (w, g) in want.iter().zip(&got) {
+                assert!(
+                    (w - g).abs() < 1e-5 * w.abs().max(1.0),
+                    "{key}: {got:?} against {want:?}"
+                );
+            }
+        }
+        assert_eq!(records(parallel.path(), "loss").len(), 4);
+        let (a, b) = (
+            saved_tensors(&single.path().join("final")),
+            saved_tensors(&parallel.path().join("final")),
+        );
+        for (name, tensor) in &a {
+            let diff = (tensor - &b[name]).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "{name} differs by {diff}");
+        }
+    }
+
+    /// A rank that dies ends the job: the other rank's next collective fails naming it.
+    #[test]
+    fn a_dying_rank_stops_the_data_parallel_run() {
+        let model_dir = tiny_model_dir();
+        let data = examples();
+        let config = sft_config(1e-2, 1.0, 4, 1);
+        let run = tempfile::tempdir().unwrap();
+        let outcomes = crate::distributed::on_ranks(2, |comm| {
+            let options = RunOptions {
+                comm,
+                ..run_options(run.path())
+            };
+            let mut trainer =
+                SftTrainer::new(model_dir.path(), Device::Cpu, &config, &data, &[], &options)
+                    .unwrap();
+            if options.comm.rank() == 1 {
+                return None;
+            }
+            drop(options);
+            Some(trainer.train(None).unwrap_err().to_string())
+        });
+        let message = outcomes[0].as_ref().unwrap();
+        assert!(message.contains("rank 1 left the group"), "{message}");
+        assert!(!run.path().join("final").exists());
     }
 
     /// Two runs on one directory would interleave their checkpoints and metrics: the second is

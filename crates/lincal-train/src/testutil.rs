@@ -55,11 +55,7 @@ pub(crate) fn quick_training(
 }
 
 pub(crate) fn run_options(dir: &Path) -> RunOptions {
-    RunOptions {
-        dir: dir.to_path_buf(),
-        input_files: Vec::new(),
-        progress: false,
-    }
+    RunOptions::new(dir)
 }
 
 /// The tensors of a saved `model.safetensors`, by name.

@@ -4,6 +4,7 @@
 
 use crate::config::TrainingConfig;
 use crate::data::epoch_order;
+use crate::distributed::Communicator;
 use crate::error::{Result, TrainError};
 use crate::optim::{LrSchedule, TrainableParams};
 use crate::run::{RunOptions, TrainState};
@@ -11,6 +12,7 @@ use crate::training_run::{RunSteps, StepPlan, StepRecord, TrainSummary, Training
 use lincal_data::artifact::Manifest;
 use lincal_model::CausalLm;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Tensor};
 
@@ -44,6 +46,8 @@ struct Optimizer {
     params: TrainableParams,
     schedule: LrSchedule,
     device: Device,
+    /// The data-parallel job: each rank takes its share of every step's units.
+    comm: Arc<dyn Communicator>,
 }
 
 impl TrainLoop {
@@ -89,6 +93,7 @@ impl TrainLoop {
                 params,
                 schedule,
                 device,
+                comm: options.comm.clone(),
             },
         })
     }
@@ -171,6 +176,9 @@ impl RunSteps for ObjectiveSteps<'_> {
 
     fn save_final(&mut self, dir: &Path) -> Result<()> {
         self.optimizer.params.promote_to_masters()?;
+        if self.optimizer.comm.rank() != 0 {
+            return Ok(());
+        }
         self.objective.save_final(dir)
     }
 }
@@ -184,25 +192,43 @@ impl Optimizer {
         units: &[usize],
         step: u64,
     ) -> Result<(f64, usize, f64, f64)> {
-        // Dropout draws from libtorch's global generator; seeding it per step makes a resumed
-        // run draw the same masks as an uninterrupted one, and holding its lock for the step
-        // keeps other threads (tests run in parallel) from reseeding it in between.
-        let _rng = lincal_model::lock_libtorch_rng();
-        tch::manual_seed(self.config.seed.wrapping_add(step) as i64);
-        objective.set_training(true);
+        // The loss is averaged over the whole step's weight, on every rank, so that the
+        // gradients summed over ranks are those of one process taking the whole step.
         let total_weight: f64 = units.iter().map(|&u| objective.weight(u)).sum();
-        let mut loss_total: Option<Tensor> = None;
-        let mut tokens = 0;
-        for micro in units.chunks(self.config.micro_batch_size) {
-            let (loss_sum, micro_tokens) = objective.backward(micro, total_weight)?;
-            self.params.accumulate_grads();
-            loss_total = Some(match loss_total {
-                Some(total) => total + loss_sum,
-                None => loss_sum,
-            });
-            tokens += micro_tokens;
-        }
-        let loss = loss_total.map_or(0.0, |t| t.double_value(&[])) / total_weight;
+        let (rank, world) = (self.comm.rank(), self.comm.world_size());
+        let share = &units[crate::distributed::share(units.len(), world, rank)];
+        let (loss_sum, tokens) = {
+            // Dropout draws from libtorch's global generator; seeding it per step makes a
+            // resumed run draw the same masks as an uninterrupted one, and holding its lock
+            // over the passes keeps other threads (tests, or ranks as threads) from reseeding
+            // it in between. It is released before any collective, which waits for the others.
+            let _rng = lincal_model::lock_libtorch_rng();
+            tch::manual_seed(self.config.seed.wrapping_add(step) as i64);
+            objective.set_training(true);
+            let mut loss_total: Option<Tensor> = None;
+            let mut tokens = 0;
+            for micro in share.chunks(self.config.micro_batch_size) {
+                let (loss_sum, micro_tokens) = objective.backward(micro, total_weight)?;
+                self.params.accumulate_grads();
+                loss_total = Some(match loss_total {
+                    Some(total) => total + loss_sum,
+                    None => loss_sum,
+                });
+                tokens += micro_tokens;
+            }
+            (loss_total.map_or(0.0, |t| t.double_value(&[])), tokens)
+        };
+        let (loss_sum, tokens) = if world > 1 {
+            let mut totals = Tensor::from_slice(&[loss_sum, tokens as f64]).to_device(self.device);
+            self.comm.all_reduce_sum(&mut totals)?;
+            (
+                totals.double_value(&[0]),
+                totals.double_value(&[1]) as usize,
+            )
+        } else {
+            (loss_sum, tokens)
+        };
+        let loss = loss_sum / total_weight;
         if !loss.is_finite() {
             return Err(TrainError::Diverged {
                 step: step + 1,

@@ -115,7 +115,19 @@ impl TrainingRun {
         plan: StepPlan,
         params: &mut TrainableParams,
     ) -> Result<Self> {
-        let (dir, finished, resumed) = match RunDir::open(options, manifest)? {
+        // Rank 0 creates or checks the directory before the other ranks read it.
+        let comm = &options.comm;
+        let opened = if comm.rank() == 0 {
+            Some(RunDir::open(options, manifest)?)
+        } else {
+            None
+        };
+        comm.barrier()?;
+        let opened = match opened {
+            Some(opened) => opened,
+            None => RunDir::follow(options)?,
+        };
+        let (dir, finished, resumed) = match opened {
             Opened::Finished(dir) => {
                 state.step = state.total_steps;
                 (None, Some(dir), None)
@@ -130,7 +142,7 @@ impl TrainingRun {
                 params.load(&checkpoint)?;
                 run.rewind_to(saved.step)?;
                 state = saved;
-                if options.progress {
+                if options.progress && comm.rank() == 0 {
                     eprintln!(
                         "resuming {} from step {} of {} (checkpoint {})",
                         options.dir.display(),
@@ -148,7 +160,7 @@ impl TrainingRun {
             dir,
             finished,
             resumed,
-            progress: options.progress,
+            progress: options.progress && comm.rank() == 0,
         })
     }
 

@@ -132,9 +132,9 @@ impl Job {
             train,
             eval,
             options: RunOptions {
-                dir: args.out.clone(),
                 input_files,
                 progress: true,
+                ..RunOptions::new(&args.out)
             },
         }))
     }

@@ -182,9 +182,9 @@ fn run_options(args: &TrainArgs) -> RunOptions {
     input_files.extend(args.eval.iter().cloned());
     input_files.extend(args.run.trivia_qa.iter().cloned());
     RunOptions {
-        dir: args.out.clone(),
         input_files,
         progress: true,
+        ..RunOptions::new(&args.out)
     }
 }
 

@@ -109,6 +109,7 @@ impl GrpoTrainer {
         run: &RunOptions,
     ) -> Result<Self> {
         config.validate()?;
+        run.require_one_process("GRPO")?;
         run.check_before_loading(train.len())?;
         let custom = custom_reward.is_some();
         let kind_of = |device| config.precision.kind(device);

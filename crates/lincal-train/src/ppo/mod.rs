@@ -702,6 +702,7 @@ impl PpoTrainer {
         run: &RunOptions,
     ) -> Result<Self> {
         config.validate()?;
+        run.require_one_process("PPO")?;
         run.check_before_loading(train.len())?;
         let custom = custom_reward.is_some();
         let kind_of = |device| config.precision.kind(device);
