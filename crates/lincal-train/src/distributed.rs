@@ -9,7 +9,69 @@
 
 use crate::error::{Result, TrainError};
 use std::sync::{Arc, Condvar, Mutex};
+
+#[cfg(feature = "cuda")]
+mod nccl;
 use tch::{Device, Kind, Tensor};
+
+/// This process's rank in the job, set by `lincal launch`.
+pub const RANK_ENV: &str = "LINCAL_RANK";
+/// This process's rank among those of its node (which GPU it drives).
+pub const LOCAL_RANK_ENV: &str = "LINCAL_LOCAL_RANK";
+/// The number of ranks in the job.
+pub const WORLD_SIZE_ENV: &str = "LINCAL_WORLD_SIZE";
+/// `ADDR:PORT` where rank 0 meets the others.
+pub const MASTER_ENV: &str = "LINCAL_MASTER";
+
+/// The job this process is one rank of, from the `LINCAL_*` variables `lincal launch` sets;
+/// without them, the process alone.
+pub fn from_env() -> Result<Arc<dyn Communicator>> {
+    let read = |name: &str| -> Result<Option<usize>> {
+        match std::env::var(name) {
+            Err(_) => Ok(None),
+            Ok(value) => value.trim().parse().map(Some).map_err(|_| {
+                collective_error(format!(
+                    "environment variable {name}={value:?} is not a count; \
+                     start data-parallel runs with `lincal launch`"
+                ))
+            }),
+        }
+    };
+    let world = read(WORLD_SIZE_ENV)?.unwrap_or(1);
+    if world <= 1 {
+        return Ok(Arc::new(SingleProcess));
+    }
+    let rank = read(RANK_ENV)?.unwrap_or(usize::MAX);
+    if rank >= world {
+        return Err(collective_error(format!(
+            "{WORLD_SIZE_ENV}={world} needs {RANK_ENV} below it; start data-parallel runs \
+             with `lincal launch`"
+        )));
+    }
+    #[cfg(feature = "cuda")]
+    {
+        let master = std::env::var(MASTER_ENV).unwrap_or_else(|_| "127.0.0.1:29500".into());
+        Ok(Arc::new(nccl::NcclRank::connect(rank, world, &master)?))
+    }
+    #[cfg(not(feature = "cuda"))]
+    Err(without_cuda(world))
+}
+
+/// Refuses a job of `world` ranks in a build that cannot connect processes (one without
+/// CUDA), before any rank starts.
+pub fn check_collectives_available(world: usize) -> Result<()> {
+    if world > 1 && !cfg!(feature = "cuda") {
+        return Err(without_cuda(world));
+    }
+    Ok(())
+}
+
+fn without_cuda(world: usize) -> TrainError {
+    collective_error(format!(
+        "a data-parallel job of {world} ranks runs its collectives over NCCL between GPUs, \
+         and this lincal was built without CUDA: use the GPU build (`cargo xtask gpu-build`)"
+    ))
+}
 
 /// The collectives of a group of `world_size` ranks. Every rank calls the same collectives
 /// in the same order; a call returns once all ranks have made it, or fails if a rank left

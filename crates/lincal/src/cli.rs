@@ -1,7 +1,9 @@
 //! The command tree of `lincal`: `main.rs` parses it, and the pipeline runner dispatches its
 //! stages through the same [`run`], so a stage does exactly what its command line does.
 
-use crate::{bench, convert, data, distill, eval, generate, pipeline, ppo, select, serve, train};
+use crate::{
+    bench, convert, data, distill, eval, generate, launch, pipeline, ppo, select, serve, train,
+};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
@@ -38,6 +40,9 @@ pub enum Command {
     /// GRPO or RLOO, critic-free, on the same rewards (presets lc_grpo, factuality_grpo;
     /// `baseline = "grpo" | "dr_grpo" | "rloo"`).
     Grpo(ppo::PpoArgs),
+    /// Run `sft` or `reward-model` data-parallel: one process per GPU over NCCL, rank 0
+    /// writing the run (`lincal launch --gpus 8 -- sft ...`).
+    Launch(launch::LaunchArgs),
     /// Checkpoint selection: evaluate the PPO snapshots with the best validation reward with a
     /// chosen reader and export the best.
     Select(Box<select::SelectArgs>),
@@ -90,6 +95,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Score(args) => train::score(args),
         Command::Ppo(args) => ppo::run(args),
         Command::Grpo(args) => ppo::grpo(args),
+        Command::Launch(args) => launch::run(args),
         Command::Select(args) => select::run(*args),
         Command::Distill { what } => distill::run_distill(what),
         Command::Label { what } => distill::run_label(what),

@@ -9,6 +9,7 @@ pub mod data;
 pub mod distill;
 pub mod eval;
 pub mod generate;
+pub mod launch;
 pub mod local_llm;
 pub mod pipeline;
 pub mod ppo;

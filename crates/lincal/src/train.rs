@@ -125,26 +125,28 @@ pub fn sft(args: TrainArgs) -> Result<()> {
     let read = |path: &Path| read_sft(path, task.as_deref(), &args);
     let (train, eval) = train_eval(&args, read, schema::SFT_EVAL_QUESTIONS)?;
     let device = crate::parse_device(&args.run.device)?;
-    let mut trainer = SftTrainer::new(
-        &args.model,
-        device,
-        &config,
-        &train,
-        &eval,
-        &run_options(&args),
-    )?;
+    let options = run_options(&args)?;
+    let mut trainer = SftTrainer::new(&args.model, device, &config, &train, &eval, &options)?;
+    // In a data-parallel job, rank 0 reports for all.
+    let leader = options.comm.rank() == 0;
     let data = trainer.data_report();
-    eprintln!(
-        "{} training examples in {} rows, {} evaluation examples, {} target tokens; \
-         left out because truncation kept no target token: {} training, {} evaluation",
-        data.train_examples,
-        data.train_rows,
-        data.eval_examples,
-        data.target_tokens,
-        data.dropped_train.len(),
-        data.dropped_eval.len()
-    );
-    report(trainer.train(args.run.stop_at_step)?)
+    if leader {
+        eprintln!(
+            "{} training examples in {} rows, {} evaluation examples, {} target tokens; \
+             left out because truncation kept no target token: {} training, {} evaluation",
+            data.train_examples,
+            data.train_rows,
+            data.eval_examples,
+            data.target_tokens,
+            data.dropped_train.len(),
+            data.dropped_eval.len()
+        );
+    }
+    let summary = trainer.train(args.run.stop_at_step)?;
+    if !leader {
+        return Ok(());
+    }
+    report(summary)
 }
 
 pub fn reward_model(args: TrainArgs) -> Result<()> {
@@ -161,15 +163,14 @@ pub fn reward_model(args: TrainArgs) -> Result<()> {
     let read = |path: &Path| read_reward(path, task.as_deref(), &args);
     let (train, eval) = train_eval(&args, read, schema::REWARD_MODEL_EVAL_QUESTIONS)?;
     let device = crate::parse_device(&args.run.device)?;
-    let mut trainer = RewardModelTrainer::new(
-        &args.model,
-        device,
-        &config,
-        &train,
-        &eval,
-        &run_options(&args),
-    )?;
-    report(trainer.train(args.run.stop_at_step)?)
+    let options = run_options(&args)?;
+    let mut trainer =
+        RewardModelTrainer::new(&args.model, device, &config, &train, &eval, &options)?;
+    let summary = trainer.train(args.run.stop_at_step)?;
+    if options.comm.rank() != 0 {
+        return Ok(());
+    }
+    report(summary)
 }
 
 pub fn print_config<C: Serialize>(config: &C) -> Result<()> {
@@ -177,15 +178,17 @@ pub fn print_config<C: Serialize>(config: &C) -> Result<()> {
     Ok(())
 }
 
-fn run_options(args: &TrainArgs) -> RunOptions {
+/// The run's options; under `lincal launch`, this process's rank of the job.
+fn run_options(args: &TrainArgs) -> Result<RunOptions> {
     let mut input_files = vec![args.train.clone()];
     input_files.extend(args.eval.iter().cloned());
     input_files.extend(args.run.trivia_qa.iter().cloned());
-    RunOptions {
+    Ok(RunOptions {
         input_files,
         progress: true,
+        comm: lincal_train::distributed::from_env()?,
         ..RunOptions::new(&args.out)
-    }
+    })
 }
 
 /// Reads --train and --eval, or splits --train by question id when there is no --eval.

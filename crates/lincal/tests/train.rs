@@ -443,3 +443,75 @@ fn a_full_disk_during_a_checkpoint_leaves_nothing_half_written() {
     assert!(finished.contains("finished 4 of 4 steps"), "{finished}");
     assert_eq!(leftover_temporaries(&out), Vec::<std::path::PathBuf>::new());
 }
+
+/// `lincal launch --gpus 1` is the plain command: the same model, bit for bit, and the same
+/// losses, from the same data.
+#[test]
+fn launch_of_one_rank_is_the_plain_trainer_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (args, plain) = sft_command(dir.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(lincal(&args));
+    let launched = dir.path().join("launched");
+    let mut launch: Vec<&str> = vec!["launch", "--gpus", "1", "--"];
+    launch.extend(&args);
+    let out = args.iter().position(|a| *a == "--out").unwrap() + 1 + 4;
+    launch[out] = launched.to_str().unwrap();
+    ok(lincal(&launch));
+    let weights = |run: &Path| std::fs::read(run.join("final").join("model.safetensors")).unwrap();
+    assert!(
+        weights(&plain) == weights(&launched),
+        "the final weights differ"
+    );
+    let losses = |run: &Path| -> Vec<f64> {
+        common::read_jsonl(&run.join("metrics.jsonl"))
+            .iter()
+            .filter_map(|m| m.get("loss").and_then(|l| l.as_f64()))
+            .collect()
+    };
+    assert_eq!(losses(&plain).len(), 4);
+    assert_eq!(losses(&plain), losses(&launched));
+}
+
+/// What the launcher cannot run is refused before any rank starts, saying why.
+#[test]
+fn launch_refuses_what_it_cannot_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (args, out) = sft_command(dir.path());
+    let with = |launch: &[&str]| -> Vec<String> {
+        launch
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["--".to_string()])
+            .chain(args.iter().cloned())
+            .collect()
+    };
+    fn as_str(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    fails(
+        &as_str(&with(&["launch", "--gpus", "2"])),
+        "this lincal was built without CUDA",
+    );
+    fails(
+        &as_str(&with(&[
+            "launch",
+            "--gpus",
+            "1",
+            "--nodes",
+            "2",
+            "--node-rank",
+            "2",
+        ])),
+        "--node-rank 2 is not below --nodes 2",
+    );
+    fails(
+        &["launch", "--gpus", "2", "--", "ppo", "--out", "x"],
+        "`ppo` runs in one process",
+    );
+    fails(
+        &as_str(&with(&["launch", "--gpus", "0"])),
+        "--gpus and --nodes must be at least 1",
+    );
+    assert!(!out.exists(), "nothing ran");
+}
