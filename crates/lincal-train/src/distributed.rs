@@ -12,6 +12,8 @@ use std::sync::{Arc, Condvar, Mutex};
 
 #[cfg(feature = "cuda")]
 mod nccl;
+#[cfg(feature = "cuda")]
+pub use nccl::NcclRank;
 use tch::{Device, Kind, Tensor};
 
 /// This process's rank in the job, set by `lincal launch`.

@@ -136,3 +136,39 @@ fn sft_throughput_of_a_smollm2_shaped_model() {
         assert_eq!(result.parameters, 134_515_008);
     }
 }
+
+/// NCCL through the data-parallel communicator as a job of one rank (a job of several needs
+/// several GPUs): the library loads from PyTorch's wheel, the unique id reaches
+/// `ncclCommInitRank`, and all-reduce, an in-place all-gather and the barrier run on device
+/// tensors of three kinds.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn nccl_collectives_run_in_a_job_of_one() {
+    use crate::distributed::{Communicator, NcclRank};
+    let device = Device::Cuda(0);
+    let comm = NcclRank::connect(0, 1, "127.0.0.1:29511").unwrap();
+    for kind in [Kind::Float, Kind::BFloat16, Kind::Double] {
+        let values = tch::Tensor::from_slice(&[1.5f32, -2.0, 4.0]).to_kind(kind);
+        let mut summed = values.to_device(device);
+        comm.all_reduce_sum(&mut summed).unwrap();
+        assert!(summed.to_device(Device::Cpu).equal(&values), "{kind:?}");
+        let mut full = tch::Tensor::zeros([3], (kind, device));
+        comm.all_gather(&values.to_device(device), &mut full)
+            .unwrap();
+        assert!(full.to_device(Device::Cpu).equal(&values), "{kind:?}");
+        let mut whole = values.to_device(device);
+        comm.all_gather(&whole.shallow_clone(), &mut whole).unwrap();
+        assert!(
+            whole.to_device(Device::Cpu).equal(&values),
+            "in place, {kind:?}"
+        );
+    }
+    comm.barrier().unwrap();
+    let error = comm
+        .all_reduce_sum(&mut tch::Tensor::from_slice(&[1.0f32]))
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("needs a contiguous GPU tensor"),
+        "{error}"
+    );
+}
