@@ -611,6 +611,16 @@ mod tests {
     use super::*;
     use tch::Device;
 
+    /// torch.optim.AdamW's betas and epsilon with `weight_decay`.
+    fn torch_defaults(weight_decay: f64) -> AdamWConfig {
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+        }
+    }
+
     #[test]
     fn cosine_and_linear_schedules_match_transformers() {
         // 10 steps, warmup ratio 0.2 → 2 warmup steps: factors 0, 0.5, then decay over 8.
@@ -659,12 +669,7 @@ mod tests {
         // Step 2: p = 0.899000002·0.999 = 0.898101002; m = 0.02, v = 3.1225e-4; bias corrections
         //   0.19 and 0.001999 → p -= (0.1/0.19)·0.02 / (√3.1225e-4/√0.001999 + 1e-8) = 0.0266337.
         // Step 3: m = 0.118, v = 1.31193775e-3; bias corrections 0.271 and 0.002997001.
-        let config = AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-        };
+        let config = torch_defaults(0.01);
         // The fused kernel (the training path) and the element-wise reference, in f64.
         let update = |fused: bool, p: &mut Tensor, g: f64, state: &mut AdamState, decay: bool| {
             let g = Tensor::from_slice(&[g]);
@@ -704,12 +709,7 @@ mod tests {
     /// three steps with and without weight decay; the state counts the same steps.
     #[test]
     fn fused_adamw_equals_the_plain_update() {
-        let config = AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-        };
+        let config = torch_defaults(0.01);
         let start = Tensor::linspace(-1.0, 1.0, 1000, (Kind::Float, tch::Device::Cpu));
         for decay in [true, false] {
             let (mut plain, mut fused) = (start.copy(), start.copy());
@@ -760,12 +760,7 @@ mod tests {
         let var = Tensor::from_slice(&[1.0f32, -2.0])
             .to_kind(Kind::BFloat16)
             .set_requires_grad(true);
-        let config = AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        };
+        let config = torch_defaults(0.0);
         let mut params =
             TrainableParams::new(vec![("w".into(), var.shallow_clone())], config, true);
         for _ in 0..2 {
@@ -815,12 +810,7 @@ mod tests {
     #[test]
     fn own_weight_gradients_accumulate_in_place() {
         let var = Tensor::from_slice(&[1.0f32, -2.0, 0.5]).set_requires_grad(true);
-        let config = AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        };
+        let config = torch_defaults(0.0);
         let mut params =
             TrainableParams::new(vec![("w".into(), var.shallow_clone())], config, true);
         let accumulated =
@@ -846,12 +836,7 @@ mod tests {
         let var = Tensor::from_slice(&[1.0f32, -2.0])
             .to_kind(Kind::BFloat16)
             .set_requires_grad(true);
-        let config = AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        };
+        let config = torch_defaults(0.0);
         let mut params =
             TrainableParams::new(vec![("w".into(), var.shallow_clone())], config, false);
         let group = &params.groups[0];
@@ -898,12 +883,7 @@ mod tests {
         let b = Tensor::from_slice(&[1.0f32, -0.5, 0.75])
             .to_kind(Kind::BFloat16)
             .set_requires_grad(true);
-        let config = AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.1,
-        };
+        let config = torch_defaults(0.1);
         let named = vec![
             ("a.weight".to_string(), a.shallow_clone()),
             ("b.weight".to_string(), b.shallow_clone()),

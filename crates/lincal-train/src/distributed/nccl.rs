@@ -57,39 +57,16 @@ impl Library {
                     .into(),
             ));
         }
-        let symbol = |name: &CStr| -> Result<*mut c_void> {
-            // SAFETY: dlsym on the live handle with a NUL-terminated name.
-            let pointer = unsafe { libc::dlsym(handle, name.as_ptr()) };
-            if pointer.is_null() {
-                return Err(collective_error(format!(
-                    "libnccl.so.2 has no {}; use the NCCL of PyTorch's wheel (2.18 or later)",
-                    name.to_string_lossy()
-                )));
-            }
-            Ok(pointer)
-        };
-        // SAFETY: each symbol is the NCCL function of that name, whose C signature is the
-        // type it is cast to (nccl.h, stable across NCCL 2.x).
+        // SAFETY: each field's type is the C signature of the NCCL function of that name
+        // (nccl.h, stable across NCCL 2.x).
         unsafe {
             Ok(Library {
-                get_unique_id: std::mem::transmute::<*mut c_void, GetUniqueId>(symbol(
-                    c"ncclGetUniqueId",
-                )?),
-                comm_init_rank: std::mem::transmute::<*mut c_void, CommInitRank>(symbol(
-                    c"ncclCommInitRank",
-                )?),
-                all_reduce: std::mem::transmute::<*mut c_void, AllReduce>(symbol(
-                    c"ncclAllReduce",
-                )?),
-                all_gather: std::mem::transmute::<*mut c_void, AllGather>(symbol(
-                    c"ncclAllGather",
-                )?),
-                comm_abort: std::mem::transmute::<*mut c_void, CommAbort>(symbol(
-                    c"ncclCommAbort",
-                )?),
-                get_error_string: std::mem::transmute::<*mut c_void, GetErrorString>(symbol(
-                    c"ncclGetErrorString",
-                )?),
+                get_unique_id: function(handle, c"ncclGetUniqueId")?,
+                comm_init_rank: function(handle, c"ncclCommInitRank")?,
+                all_reduce: function(handle, c"ncclAllReduce")?,
+                all_gather: function(handle, c"ncclAllGather")?,
+                comm_abort: function(handle, c"ncclCommAbort")?,
+                get_error_string: function(handle, c"ncclGetErrorString")?,
             })
         }
     }
@@ -104,6 +81,23 @@ impl Library {
             "NCCL {what} failed: {text} (code {code})"
         )))
     }
+}
+
+/// The function `name` of the library `handle` as a `T`.
+///
+/// # Safety
+/// `handle` is a live `dlopen` handle and `T` is the function's C signature (a fn pointer).
+unsafe fn function<T: Copy>(handle: *mut c_void, name: &CStr) -> Result<T> {
+    // SAFETY: dlsym on a live handle with a NUL-terminated name.
+    let pointer = unsafe { libc::dlsym(handle, name.as_ptr()) };
+    if pointer.is_null() {
+        return Err(collective_error(format!(
+            "libnccl.so.2 has no {}; use the NCCL of PyTorch's wheel (2.18 or later)",
+            name.to_string_lossy()
+        )));
+    }
+    // SAFETY: the caller's promise that T is this symbol's function pointer type.
+    Ok(unsafe { std::mem::transmute_copy::<*mut c_void, T>(&pointer) })
 }
 
 /// How long ranks wait for rank 0 at the master address (it may still be loading).
