@@ -10,6 +10,7 @@
 
 use super::config::{PpoConfig, RewardConfig, RlType};
 use super::reward::{BinaryCorrectnessReward, DecisionReward, Reward};
+use crate::cross_entropy::rows_per_slice;
 use crate::error::{Result, TrainError};
 use crate::reward_model::{HeadInit, RewardModel, ScalarHead};
 use crate::setup::{LoadedModel, OUTPUT_EMBEDDINGS};
@@ -391,7 +392,9 @@ impl ForwardBatch {
 
 /// Log-probs `[b, W]` (f32) of the response tokens under `model` at `temperature` (logits
 /// divided by it, SPEC 2.4), 0 on padding; with `with_entropy` also the entropies `[b, W]`
-/// of those distributions.
+/// of those distributions. Without gradients (scoring rollouts), the f32 logits are formed a
+/// few rows at a time, at most [`rows_per_slice`]'s 256 MiB, so that large scoring batches
+/// fit; the update's pass, which back-propagates through them, forms them whole.
 pub(crate) fn response_logprobs(
     model: &CausalLm,
     batch: &ForwardBatch,
@@ -399,20 +402,49 @@ pub(crate) fn response_logprobs(
     with_entropy: bool,
 ) -> (Tensor, Option<Tensor>) {
     let hidden = model.forward(&batch.input_ids, &batch.positions, Some(&batch.mask), None);
-    let logits = model
-        .logits(&batch.response_states(&hidden))
-        .to_kind(Kind::Float)
-        / temperature;
-    let log_softmax = logits.log_softmax(-1, Kind::Float);
-    let chosen = log_softmax
-        .gather(-1, &batch.responses.unsqueeze(-1), false)
-        .squeeze_dim(-1)
-        * &batch.response_mask;
-    let entropy = with_entropy.then(|| {
-        -(log_softmax.exp() * &log_softmax).sum_dim_intlist(-1, false, Kind::Float)
-            * &batch.response_mask
-    });
-    (chosen, entropy)
+    let states = batch.response_states(&hidden);
+    let (rows, width) = (states.size()[0], states.size()[1]);
+    let slice_rows = if states.requires_grad() {
+        rows
+    } else {
+        (rows_per_slice(model.config().vocab_size()) / width.max(1)).max(1)
+    };
+    response_logprobs_of(model, &states, batch, temperature, with_entropy, slice_rows)
+}
+
+/// [`response_logprobs`] from the response states `[b, W, H]`, `slice_rows` rows at a time.
+fn response_logprobs_of(
+    model: &CausalLm,
+    states: &Tensor,
+    batch: &ForwardBatch,
+    temperature: f64,
+    with_entropy: bool,
+    slice_rows: i64,
+) -> (Tensor, Option<Tensor>) {
+    let rows = states.size()[0];
+    let (mut chosen, mut entropy) = (Vec::new(), Vec::new());
+    let mut start = 0;
+    while start < rows {
+        let len = slice_rows.min(rows - start);
+        let mask = batch.response_mask.narrow(0, start, len);
+        let logits = model
+            .logits(&states.narrow(0, start, len))
+            .to_kind(Kind::Float)
+            / temperature;
+        let log_softmax = logits.log_softmax(-1, Kind::Float);
+        let responses = batch.responses.narrow(0, start, len).unsqueeze(-1);
+        chosen.push(log_softmax.gather(-1, &responses, false).squeeze_dim(-1) * &mask);
+        if with_entropy {
+            entropy.push(
+                -(log_softmax.exp() * &log_softmax).sum_dim_intlist(-1, false, Kind::Float) * &mask,
+            );
+        }
+        start += len;
+    }
+    (
+        Tensor::cat(&chosen, 0),
+        with_entropy.then(|| Tensor::cat(&entropy, 0)),
+    )
 }
 
 /// Makes the frozen reference policy in full fine-tuning: the policy's checkpoint, grown to
@@ -583,4 +615,44 @@ pub(crate) fn load_models(
         }
     };
     Ok((models, reward))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lincal_model::testing::{random_model, tiny_llama};
+
+    /// Scoring's pass, a few rows at a time, gives the log-probs and entropies of the whole
+    /// batch at once (padding included, as 0).
+    #[test]
+    fn sliced_log_probs_equal_the_whole_batch() {
+        let model = random_model(tiny_llama(false), 3);
+        let queries: [&[i64]; 5] = [&[5, 6, 7], &[8], &[9, 10], &[11, 12, 13], &[14]];
+        let responses = [
+            vec![20, 21],
+            vec![22, 23, 24],
+            vec![25],
+            vec![26, 27, 28],
+            vec![29, 30],
+        ];
+        let seqs = Sequences::new(&queries, &responses, 3, 0, Device::Cpu);
+        let batch = seqs.batch(&[0, 1, 2, 3, 4]);
+        tch::no_grad(|| {
+            let hidden = model.forward(&batch.input_ids, &batch.positions, Some(&batch.mask), None);
+            let states = batch.response_states(&hidden);
+            let (whole, whole_entropy) =
+                response_logprobs_of(&model, &states, &batch, 0.7, true, 5);
+            let close = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]) < 1e-6;
+            for slice_rows in [1, 2, 3] {
+                let (sliced, entropy) =
+                    response_logprobs_of(&model, &states, &batch, 0.7, true, slice_rows);
+                assert!(close(&sliced, &whole), "{slice_rows} rows a slice");
+                assert!(close(&entropy.unwrap(), whole_entropy.as_ref().unwrap()));
+            }
+            assert_eq!(whole.double_value(&[2, 1]), 0.0, "padding");
+            assert!(whole.double_value(&[2, 0]) < 0.0);
+            let (public, _) = response_logprobs(&model, &batch, 0.7, false);
+            assert!(close(&public, &whole));
+        });
+    }
 }
