@@ -31,7 +31,7 @@ use crate::error::{Result, TrainError};
 use crate::optim::{AdamWConfig, TrainableParams};
 use crate::run::RunOptions;
 use crate::setup::{LoadedModel, OUTPUT_EMBEDDINGS, to_full_precision};
-use crate::train_loop::{Objective, TrainLoop, backward_loss};
+use crate::train_loop::{EvalSum, Objective, TrainLoop, backward_loss};
 use crate::training_run::TrainSummary;
 use lincal_data::artifact::Manifest;
 use lincal_model::checkpoint::{SafetensorsCheckpoint, save_safetensors};
@@ -41,6 +41,7 @@ use lincal_model::model::{DEFAULT_MAX_SHARD_BYTES, kind_from_name, kind_name};
 use lincal_model::{CausalLm, ModelConfig, ModelError, Tokenizer};
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::path::Path;
 use tch::{Device, Kind, Reduction, Tensor, nn};
 
@@ -336,14 +337,16 @@ impl Objective for RewardObjective {
         Ok((loss, batch.tokens))
     }
 
-    fn evaluate(&self) -> Result<Vec<(&'static str, f64)>> {
-        if self.eval.is_empty() {
-            return Ok(Vec::new());
-        }
+    fn eval_len(&self) -> usize {
+        self.eval.len()
+    }
+
+    fn evaluate(&self, examples: Range<usize>) -> Result<Vec<EvalSum>> {
+        let count = examples.len() as f64;
         let (mut loss, mut squared_error) = (0.0, 0.0);
         tch::no_grad(|| {
-            let all: Vec<usize> = (0..self.eval.len()).collect();
-            for units in all.chunks(self.eval_batch_size) {
+            let units: Vec<usize> = examples.collect();
+            for units in units.chunks(self.eval_batch_size) {
                 let (batch, labels) = self.batch(&self.eval, units);
                 let logits = self
                     .model
@@ -357,10 +360,17 @@ impl Objective for RewardObjective {
                     .double_value(&[]);
             }
         });
-        let n = self.eval.len() as f64;
         Ok(vec![
-            ("eval_loss", loss / n),
-            ("eval_mse", squared_error / n),
+            EvalSum {
+                name: "eval_loss",
+                sum: loss,
+                weight: count,
+            },
+            EvalSum {
+                name: "eval_mse",
+                sum: squared_error,
+                weight: count,
+            },
         ])
     }
 

@@ -10,10 +10,11 @@ use crate::error::Result;
 use crate::optim::{AdamWConfig, TrainableParams};
 use crate::run::RunOptions;
 use crate::setup::LoadedModel;
-use crate::train_loop::{Objective, TrainLoop, backward_loss};
+use crate::train_loop::{EvalSum, Objective, TrainLoop, backward_loss};
 use crate::training_run::TrainSummary;
 use lincal_data::artifact::Manifest;
 use lincal_model::CausalLm;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
@@ -98,20 +99,25 @@ impl Objective for SftObjective {
         Ok((loss, batch.tokens))
     }
 
-    fn evaluate(&self) -> Result<Vec<(&'static str, f64)>> {
-        if self.eval.is_empty() {
-            return Ok(Vec::new());
-        }
+    fn eval_len(&self) -> usize {
+        self.eval.len()
+    }
+
+    fn evaluate(&self, examples: Range<usize>) -> Result<Vec<EvalSum>> {
         let (mut loss, mut tokens) = (0.0, 0usize);
         tch::no_grad(|| {
-            for chunk in self.eval.chunks(self.eval_batch_size) {
+            for chunk in self.eval[examples].chunks(self.eval_batch_size) {
                 let rows: Vec<&TokenRow> = chunk.iter().collect();
                 let batch = collate_sft(&rows, self.loaded.pad_id, self.loaded.model.device());
                 loss += causal_lm_loss_sum(&self.loaded.model, &batch).double_value(&[]);
                 tokens += rows.iter().map(|r| r.target_tokens()).sum::<usize>();
             }
         });
-        Ok(vec![("eval_loss", loss / tokens as f64)])
+        Ok(vec![EvalSum {
+            name: "eval_loss",
+            sum: loss,
+            weight: tokens as f64,
+        }])
     }
 
     fn set_training(&self, training: bool) {

@@ -11,6 +11,7 @@ use crate::run::{RunOptions, TrainState};
 use crate::training_run::{RunSteps, StepPlan, StepRecord, TrainSummary, TrainingRun, synchronize};
 use lincal_data::artifact::Manifest;
 use lincal_model::CausalLm;
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,12 +27,24 @@ pub(crate) trait Objective {
     /// Forward and backward over one micro-batch: back-propagates the sum of its per-unit
     /// losses divided by `divisor`, and returns that sum (detached) and its real tokens.
     fn backward(&self, units: &[usize], divisor: f64) -> Result<(Tensor, usize)>;
-    /// Eval-set metrics, named as they should appear in `metrics.jsonl`.
-    fn evaluate(&self) -> Result<Vec<(&'static str, f64)>>;
+    /// Examples in the eval set.
+    fn eval_len(&self) -> usize;
+    /// Eval metrics over the eval examples `examples`, as sums with the weight each is
+    /// averaged over (`(name, sum, weight)`, named as in `metrics.jsonl`), so that the ranks
+    /// of a data-parallel job can each take a share. The same names in the same order for
+    /// any range, an empty one included.
+    fn evaluate(&self, examples: Range<usize>) -> Result<Vec<EvalSum>>;
     /// Dropout (LoRA) on or off.
     fn set_training(&self, training: bool);
     /// Writes the trained model (weights already promoted to full precision) into `dir`.
     fn save_final(&mut self, dir: &Path) -> Result<()>;
+}
+
+/// One eval metric's sum over some examples and the weight it is averaged over.
+pub(crate) struct EvalSum {
+    pub name: &'static str,
+    pub sum: f64,
+    pub weight: f64,
 }
 
 /// The SFT and reward-model training loop: an [`Objective`]'s optimizer steps in a run.
@@ -162,11 +175,24 @@ impl RunSteps for ObjectiveSteps<'_> {
 
     fn evaluate(&mut self, _done: u64, _run: &Path) -> Result<Vec<(String, f64)>> {
         self.objective.set_training(false);
-        Ok(self
-            .objective
-            .evaluate()?
-            .into_iter()
-            .map(|(name, value)| (name.to_string(), value))
+        let examples = self.objective.eval_len();
+        if examples == 0 {
+            return Ok(Vec::new());
+        }
+        // Each rank evaluates its share; the sums and weights are added over ranks.
+        let comm = &self.optimizer.comm;
+        let share = crate::distributed::share(examples, comm.world_size(), comm.rank());
+        let sums = self.objective.evaluate(share)?;
+        let mut totals: Vec<f64> = sums.iter().flat_map(|s| [s.sum, s.weight]).collect();
+        if comm.world_size() > 1 {
+            let mut reduced = Tensor::from_slice(&totals).to_device(self.optimizer.device);
+            comm.all_reduce_sum(&mut reduced)?;
+            totals = Vec::<f64>::try_from(&reduced.to_device(Device::Cpu))?;
+        }
+        Ok(sums
+            .iter()
+            .zip(totals.chunks(2))
+            .map(|(s, total)| (s.name.to_string(), total[0] / total[1]))
             .collect())
     }
 
