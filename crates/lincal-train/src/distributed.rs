@@ -1,7 +1,8 @@
 //! Data-parallel training's side of the world: the collective operations a trainer needs
-//! ([`Communicator`]), how a flat buffer and a step's examples are cut among ranks, and an
-//! in-process group of ranks as threads ([`thread_group`]) that the multi-rank logic is
-//! tested against, since NCCL needs several GPUs.
+//! ([`Communicator`]), the job a process belongs to ([`from_env`], set by `lincal launch`),
+//! how a flat buffer and a step's examples are cut among ranks, NCCL between GPU processes
+//! (`cuda` builds), and an in-process group of ranks as threads ([`thread_group`]) that the
+//! multi-rank logic is tested against, since NCCL needs several GPUs.
 //!
 //! Every rank runs the same program on its share of each step's data; gradients are summed
 //! over ranks (an all-reduce), and each rank updates only its slice of the weights with its
@@ -9,12 +10,12 @@
 
 use crate::error::{Result, TrainError};
 use std::sync::{Arc, Condvar, Mutex};
+use tch::{Device, Kind, Tensor};
 
 #[cfg(feature = "cuda")]
 mod nccl;
 #[cfg(feature = "cuda")]
 pub use nccl::NcclRank;
-use tch::{Device, Kind, Tensor};
 
 /// This process's rank in the job, set by `lincal launch`.
 pub const RANK_ENV: &str = "LINCAL_RANK";
