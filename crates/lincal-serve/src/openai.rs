@@ -107,6 +107,25 @@ fn finish_reason(reason: FinishReason) -> &'static str {
     }
 }
 
+/// A non-streamed answer: `object` (`chat.completion` or `text_completion`) with its choices.
+fn whole_answer(
+    state: &AppState,
+    id: &str,
+    object: &str,
+    choices: Vec<Value>,
+    usage: Value,
+) -> Response {
+    Json(json!({
+        "id": id,
+        "object": object,
+        "created": unix_now(),
+        "model": state.model_name,
+        "choices": choices,
+        "usage": usage,
+    }))
+    .into_response()
+}
+
 fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
     json!({
         "prompt_tokens": prompt_tokens,
@@ -218,15 +237,13 @@ async fn chat(state: Arc<AppState>, body: Body) -> Result<Response, ApiError> {
             })
         })
         .collect();
-    Ok(Json(json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": unix_now(),
-        "model": state.model_name,
-        "choices": choices,
-        "usage": usage(prompt_tokens, completion_tokens),
-    }))
-    .into_response())
+    Ok(whole_answer(
+        &state,
+        &id,
+        "chat.completion",
+        choices,
+        usage(prompt_tokens, completion_tokens),
+    ))
 }
 
 /// Chat log-probs: one entry per token with its text, bytes and alternatives.
@@ -385,15 +402,13 @@ async fn completion(state: Arc<AppState>, body: Body) -> Result<Response, ApiErr
             })
         })
         .collect();
-    Ok(Json(json!({
-        "id": id,
-        "object": "text_completion",
-        "created": unix_now(),
-        "model": state.model_name,
-        "choices": choices,
-        "usage": usage(prompt_tokens, completion_tokens),
-    }))
-    .into_response())
+    Ok(whole_answer(
+        &state,
+        &id,
+        "text_completion",
+        choices,
+        usage(prompt_tokens, completion_tokens),
+    ))
 }
 
 /// The legacy log-probs object: parallel lists of token texts, log-probs, alternatives (a
