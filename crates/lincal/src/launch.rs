@@ -65,6 +65,7 @@ pub fn run(args: LaunchArgs) -> Result<()> {
             DATA_PARALLEL.join(" and ")
         );
     }
+    check_device(&args.command)?;
     lincal_train::distributed::check_collectives_available(world)?;
     let visible = visible_devices();
     if let Some(list) = &visible
@@ -100,6 +101,25 @@ pub fn run(args: LaunchArgs) -> Result<()> {
     }
     forward_termination();
     supervise(ranks, STOP_GRACE)
+}
+
+/// Each rank sees its own GPU as `cuda:0`, so a command may leave `--device` out or name
+/// that one.
+fn check_device(command: &[String]) -> Result<()> {
+    let given = command.iter().enumerate().find_map(|(index, arg)| {
+        if arg == "--device" {
+            command.get(index + 1).map(String::as_str)
+        } else {
+            arg.strip_prefix("--device=")
+        }
+    });
+    match given {
+        None | Some("auto" | "cuda" | "cuda:0") => Ok(()),
+        Some(other) => bail!(
+            "--device {other}: under `lincal launch` each rank runs on its own GPU, which it \
+             sees as cuda:0; leave --device out (pick the GPUs with CUDA_VISIBLE_DEVICES)"
+        ),
+    }
 }
 
 /// The GPU local rank `local` uses: the `local`-th of an existing CUDA_VISIBLE_DEVICES list
@@ -219,6 +239,16 @@ mod tests {
     fn ranks_that_all_succeed_end_the_job_cleanly() {
         let ranks = vec![(0, shell("exit 0")), (1, shell("sleep 0.2"))];
         supervise(ranks, STOP_GRACE).unwrap();
+    }
+
+    #[test]
+    fn a_command_may_only_name_the_ranks_own_gpu() {
+        let command = |args: &[&str]| args.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        check_device(&command(&["sft", "--out", "x"])).unwrap();
+        check_device(&command(&["sft", "--device", "cuda:0"])).unwrap();
+        let error = check_device(&command(&["sft", "--device", "cpu"])).unwrap_err();
+        assert!(error.to_string().contains("--device cpu: under"), "{error}");
+        assert!(check_device(&command(&["sft", "--device=cuda:1"])).is_err());
     }
 
     #[test]

@@ -489,10 +489,20 @@ fn launch_refuses_what_it_cannot_run() {
     fn as_str(v: &[String]) -> Vec<&str> {
         v.iter().map(String::as_str).collect()
     }
+    // Each rank runs on its own GPU: a command for the CPU is refused, and without a device
+    // flag this build (no CUDA) cannot join ranks.
     fails(
         &as_str(&with(&["launch", "--gpus", "2"])),
-        "this lincal was built without CUDA",
+        "--device cpu: under `lincal launch` each rank runs on its own GPU",
     );
+    let device = args.iter().position(|a| a == "--device").unwrap();
+    let on_gpus: Vec<String> = ["launch", "--gpus", "2", "--"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(args[..device].iter().cloned())
+        .chain(args[device + 2..].iter().cloned())
+        .collect();
+    fails(&as_str(&on_gpus), "this lincal was built without CUDA");
     fails(
         &as_str(&with(&[
             "launch",
