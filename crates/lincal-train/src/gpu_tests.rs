@@ -5,8 +5,9 @@
 use crate::config::{Precision, RewardModelConfig, SftConfig};
 use crate::data::{RewardExample, SftExample};
 use crate::reward_model::RewardModelTrainer;
+use crate::run::RunOptions;
 use crate::sft::SftTrainer;
-use crate::testutil::{quick_training, run_options, tiny_model_dir};
+use crate::testutil::{quick_training, tiny_model_dir};
 use lincal_model::{CausalLm, ModelConfig};
 use tch::{Device, Kind};
 
@@ -44,7 +45,7 @@ fn bf16_sft_and_reward_model_train_on_the_gpu() {
         &config,
         &data,
         &data,
-        &run_options(run.path()),
+        &RunOptions::new(run.path()),
     )
     .unwrap();
     assert_eq!(trainer.model().kind(), Kind::BFloat16);
@@ -87,7 +88,7 @@ fn bf16_sft_and_reward_model_train_on_the_gpu() {
         &config,
         &examples,
         &examples,
-        &run_options(run.path()),
+        &RunOptions::new(run.path()),
     )
     .unwrap()
     .train(None)

@@ -3,8 +3,9 @@
 
 use crate::config::SftConfig;
 use crate::data::SftExample;
+use crate::run::RunOptions;
 use crate::sft::SftTrainer;
-use crate::testutil::{quick_training, run_options, saved_tensors, tiny_model_dir};
+use crate::testutil::{quick_training, saved_tensors, tiny_model_dir};
 use lincal_model::lora::{LoraAdapters, LoraConfig, with_lora};
 use lincal_model::testing::{random_model, tiny_llama, tiny_neox};
 use lincal_model::{CausalLm, ModelConfig};
@@ -226,7 +227,7 @@ fn lora_sft_trains_adapters_and_saves_merged_weights_and_the_adapter() {
         &config,
         &data,
         &data,
-        &run_options(run.path()),
+        &RunOptions::new(run.path()),
     )
     .unwrap();
     let summary = trainer.train(None).unwrap();

@@ -6,7 +6,7 @@
 use crate::config::{Precision, RewardModelConfig, SftConfig};
 use crate::data::{RewardExample, SftExample};
 use crate::run::RunOptions;
-use crate::testutil::{quick_training, run_options, tiny_model_dir};
+use crate::testutil::{quick_training, tiny_model_dir};
 use crate::training_run::TrainSummary;
 use crate::{RewardModelTrainer, SftTrainer};
 use lincal_model::lora::LoraConfig;
@@ -55,10 +55,14 @@ fn assert_resumes_exactly(
     train: &dyn Fn(&RunOptions, Option<u64>) -> TrainSummary,
 ) {
     let whole = tempfile::tempdir().unwrap();
-    assert_eq!(train(&run_options(whole.path()), None).steps, 6, "{label}");
+    assert_eq!(
+        train(&RunOptions::new(whole.path()), None).steps,
+        6,
+        "{label}"
+    );
 
     let killed = tempfile::tempdir().unwrap();
-    let options = run_options(killed.path());
+    let options = RunOptions::new(killed.path());
     let stopped = train(&options, Some(3));
     assert_eq!((stopped.steps, stopped.final_dir), (3, None), "{label}");
     let checkpoints = killed.path().join("checkpoints");

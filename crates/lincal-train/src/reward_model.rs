@@ -534,7 +534,7 @@ impl RewardModelTrainer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{quick_training, run_options, saved_tensors, tiny_model_dir};
+    use crate::testutil::{quick_training, saved_tensors, tiny_model_dir};
 
     fn examples() -> Vec<RewardExample> {
         [
@@ -577,7 +577,7 @@ mod tests {
                 &config,
                 &data,
                 &[],
-                &run_options(run.path()),
+                &RunOptions::new(run.path()),
             )
             .unwrap()
             .train(None)
@@ -613,7 +613,7 @@ mod tests {
             &config(1.0),
             &data,
             &data,
-            &run_options(run.path()),
+            &RunOptions::new(run.path()),
         )
         .unwrap();
         let texts: Vec<String> = data.iter().map(|e| e.prompt.clone()).collect();
@@ -680,7 +680,7 @@ mod tests {
             &config(80.0),
             &data,
             &data,
-            &run_options(run.path()),
+            &RunOptions::new(run.path()),
         )
         .unwrap();
         let summary = trainer.train(None).unwrap();
@@ -814,7 +814,7 @@ mod tests {
             &config(1.0),
             &data,
             &[],
-            &run_options(run.path()),
+            &RunOptions::new(run.path()),
         )
         .err()
         .unwrap()

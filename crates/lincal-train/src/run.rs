@@ -58,8 +58,6 @@ impl RunOptions {
         Ok(())
     }
 
-    /// What a trainer checks before loading any model (minutes, for a large one): that it has
-    /// `examples` to train on and that the run directory can be written (creating it).
     /// Options for a run of one process in `dir`, without input files or progress bar.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         RunOptions {
@@ -70,6 +68,9 @@ impl RunOptions {
         }
     }
 
+    /// What a trainer checks before loading any model (minutes, for a large one): that it has
+    /// `examples` to train on and that the run directory can be written (creating it; rank 0
+    /// alone in a data-parallel job).
     pub fn check_before_loading(&self, examples: usize) -> Result<()> {
         if examples == 0 {
             return Err(TrainError::NoData("training"));

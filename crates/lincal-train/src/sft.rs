@@ -250,7 +250,7 @@ impl SftTrainer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{quick_training, run_options, saved_tensors, tiny_model_dir};
+    use crate::testutil::{quick_training, saved_tensors, tiny_model_dir};
     use tch::Kind;
 
     fn examples() -> Vec<SftExample> {
@@ -311,7 +311,7 @@ mod tests {
             &config,
             data,
             data,
-            &run_options(run.path()),
+            &RunOptions::new(run.path()),
         )
         .unwrap();
         assert_eq!(trainer.total_steps(), 60);
@@ -399,7 +399,7 @@ mod tests {
                 &config,
                 &data,
                 &[],
-                &run_options(run.path()),
+                &RunOptions::new(run.path()),
             )
             .unwrap();
             assert_eq!(trainer.total_steps(), 1);
@@ -441,14 +441,14 @@ mod tests {
             &config,
             data,
             &[],
-            &run_options(whole.path()),
+            &RunOptions::new(whole.path()),
         )
         .unwrap()
         .train(None)
         .unwrap();
 
         let broken = tempfile::tempdir().unwrap();
-        let options = run_options(broken.path());
+        let options = RunOptions::new(broken.path());
         let mut trainer =
             SftTrainer::new(model_dir.path(), Device::Cpu, &config, data, &[], &options).unwrap();
         let summary = trainer.train(Some(3)).unwrap();
@@ -518,14 +518,14 @@ mod tests {
             .unwrap()
         };
         let single = tempfile::tempdir().unwrap();
-        train(&run_options(single.path()), None);
+        train(&RunOptions::new(single.path()), None);
         let parallel = tempfile::tempdir().unwrap();
         for (world, stop) in [(2, Some(2)), (3, None)] {
             let summaries = crate::distributed::on_ranks(world, |comm| {
                 train(
                     &RunOptions {
                         comm,
-                        ..run_options(parallel.path())
+                        ..RunOptions::new(parallel.path())
                     },
                     stop,
                 )
@@ -570,7 +570,7 @@ mod tests {
         let outcomes = crate::distributed::on_ranks(2, |comm| {
             let options = RunOptions {
                 comm,
-                ..run_options(run.path())
+                ..RunOptions::new(run.path())
             };
             let mut trainer =
                 SftTrainer::new(model_dir.path(), Device::Cpu, &config, &data, &[], &options)
@@ -592,7 +592,7 @@ mod tests {
     fn a_second_run_on_a_directory_in_use_is_refused() {
         let model_dir = tiny_model_dir();
         let run = tempfile::tempdir().unwrap();
-        let options = run_options(run.path());
+        let options = RunOptions::new(run.path());
         let data = &examples()[..4];
         let config = sft_config(1e-3, 1.0, 2, 1);
         let open = || SftTrainer::new(model_dir.path(), Device::Cpu, &config, data, &[], &options);
@@ -612,7 +612,7 @@ mod tests {
     fn a_run_directory_refuses_other_settings_and_other_data() {
         let model_dir = tiny_model_dir();
         let run = tempfile::tempdir().unwrap();
-        let options = run_options(run.path());
+        let options = RunOptions::new(run.path());
         let data = &examples()[..4];
         let mut config = sft_config(1e-3, 2.0, 2, 1);
         config.training.save_every = 1;
@@ -656,7 +656,7 @@ mod tests {
         let hashed = tempfile::tempdir().unwrap();
         let with_input = RunOptions {
             input_files: vec![file.clone()],
-            ..run_options(hashed.path())
+            ..RunOptions::new(hashed.path())
         };
         SftTrainer::new(
             model_dir.path(),
@@ -720,7 +720,7 @@ mod tests {
             &config,
             &[],
             &[],
-            &run_options(empty.path()),
+            &RunOptions::new(empty.path()),
         )
         .err()
         .unwrap()
@@ -738,7 +738,7 @@ mod tests {
             &config,
             data,
             &[],
-            &run_options(stray.path()),
+            &RunOptions::new(stray.path()),
         )
         .err()
         .unwrap()
@@ -767,7 +767,7 @@ mod tests {
             &config,
             data,
             &[],
-            &run_options(run.path()),
+            &RunOptions::new(run.path()),
         )
         .unwrap();
         assert_eq!(trainer.model().kind(), Kind::BFloat16);

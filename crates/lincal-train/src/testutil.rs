@@ -4,7 +4,6 @@ use crate::config::{Precision, Schedule, TrainingConfig};
 use crate::error::Result;
 use crate::ppo::{PpoModelPaths, Reward, RewardInput, RewardOutput, ScoreContext};
 use crate::reward_model::{HeadInit, RewardModel};
-use crate::run::RunOptions;
 use lincal_model::Tokenizer;
 use lincal_model::lora::LoraConfig;
 use lincal_model::testing::{random_model, tiny_llama, tiny_neox, write_tokenizer};
@@ -52,10 +51,6 @@ pub(crate) fn quick_training(
         gradient_checkpointing: false,
         max_steps: None,
     }
-}
-
-pub(crate) fn run_options(dir: &Path) -> RunOptions {
-    RunOptions::new(dir)
 }
 
 /// The tensors of a saved `model.safetensors`, by name.

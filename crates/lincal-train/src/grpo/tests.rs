@@ -4,7 +4,7 @@
 use super::*;
 use crate::config::Precision;
 use crate::testutil::{
-    TargetWordReward, fixture, read_jsonl, run_options, saved_tensors, tiny_lora, train_records,
+    TargetWordReward, fixture, read_jsonl, saved_tensors, tiny_lora, train_records,
 };
 
 /// 32 one-word prompts the test tokenizer knows.
@@ -45,7 +45,7 @@ fn trainer(config: &GrpoConfig, dir: &Path, fixture: &crate::testutil::Fixture) 
         Box::new(TargetWordReward),
         &prompts(),
         &prompts()[..2],
-        &run_options(dir),
+        &RunOptions::new(dir),
     )
     .unwrap()
 }

@@ -4,7 +4,7 @@
 use super::*;
 use crate::config::Precision;
 use crate::testutil::{
-    TargetWordReward, fixture, read_jsonl, run_options, saved_tensors, tiny_lora, train_records,
+    TargetWordReward, fixture, read_jsonl, saved_tensors, tiny_lora, train_records,
 };
 use lincal_data::parse::ExtractionParsing;
 use lincal_data::prompts::Templates;
@@ -66,7 +66,7 @@ fn the_first_update_has_zero_kl_and_unit_ratio() {
             &config,
             &prompts(),
             &prompts()[..3],
-            &run_options(run.path()),
+            &RunOptions::new(run.path()),
         )
         .unwrap();
         let summary = trainer.train(Some(1)).unwrap();
@@ -142,7 +142,7 @@ fn ppo_raises_a_toy_reward() {
         Box::new(TargetWordReward),
         &prompts,
         &[],
-        &run_options(run.path()),
+        &RunOptions::new(run.path()),
     )
     .unwrap();
     let summary = trainer.train(None).unwrap();
@@ -201,7 +201,7 @@ fn killed_run_resumes_bit_identical() {
             &config,
             &prompts(),
             &prompts()[..2],
-            &run_options(dir),
+            &RunOptions::new(dir),
         )
         .unwrap()
         .train(stop)
@@ -284,7 +284,7 @@ fn lora_mode_trains_adapters_on_shared_frozen_bases() {
         &config,
         &prompts(),
         &[],
-        &run_options(run.path()),
+        &RunOptions::new(run.path()),
     )
     .unwrap();
     let trainable = trainer.steps.learner.params.num_parameters();
@@ -363,7 +363,7 @@ fn snapshots_are_weights_only_policies_that_outlive_the_checkpoints() {
                 &config,
                 &prompts(),
                 &prompts()[..2],
-                &run_options(run.path()),
+                &RunOptions::new(run.path()),
             )
             .unwrap()
             .train(None)
@@ -531,7 +531,7 @@ fn reference_padding_and_dropped_prompts() {
         &config,
         &data,
         &[],
-        &run_options(run.path()),
+        &RunOptions::new(run.path()),
     )
     .unwrap();
     assert_eq!(
@@ -561,7 +561,7 @@ fn bad_settings_and_prompts_are_named() {
         &config(RlType::Factuality),
         &prompts()[..5],
         &[],
-        &run_options(run.path()),
+        &RunOptions::new(run.path()),
     )
     .err()
     .unwrap()
@@ -581,7 +581,7 @@ fn bad_settings_and_prompts_are_named() {
         &config(RlType::DecisionBased),
         &prompts(),
         &[],
-        &run_options(run.path()),
+        &RunOptions::new(run.path()),
     )
     .err()
     .unwrap()
@@ -681,7 +681,7 @@ fn ppo_trains_in_bf16_on_the_gpu() {
         &config,
         &prompts(),
         &prompts()[..4],
-        &run_options(run.path()),
+        &RunOptions::new(run.path()),
     )
     .unwrap();
     assert_eq!(trainer.policy().kind(), tch::Kind::BFloat16);
