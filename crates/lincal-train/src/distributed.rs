@@ -19,12 +19,12 @@ pub use nccl::NcclRank;
 
 /// This process's rank in the job, set by `lincal launch`.
 pub const RANK_ENV: &str = "LINCAL_RANK";
-/// This process's rank among those of its node (which GPU it drives).
-pub const LOCAL_RANK_ENV: &str = "LINCAL_LOCAL_RANK";
 /// The number of ranks in the job.
 pub const WORLD_SIZE_ENV: &str = "LINCAL_WORLD_SIZE";
 /// `ADDR:PORT` where rank 0 meets the others.
 pub const MASTER_ENV: &str = "LINCAL_MASTER";
+/// Where rank 0 listens unless told otherwise (torchrun's port).
+pub const DEFAULT_MASTER: &str = "127.0.0.1:29500";
 
 /// The job this process is one rank of, from the `LINCAL_*` variables `lincal launch` sets;
 /// without them, the process alone.
@@ -53,7 +53,7 @@ pub fn from_env() -> Result<Arc<dyn Communicator>> {
     }
     #[cfg(feature = "cuda")]
     {
-        let master = std::env::var(MASTER_ENV).unwrap_or_else(|_| "127.0.0.1:29500".into());
+        let master = std::env::var(MASTER_ENV).unwrap_or_else(|_| DEFAULT_MASTER.into());
         Ok(Arc::new(nccl::NcclRank::connect(rank, world, &master)?))
     }
     #[cfg(not(feature = "cuda"))]

@@ -6,7 +6,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser};
-use lincal_train::distributed::{LOCAL_RANK_ENV, MASTER_ENV, RANK_ENV, WORLD_SIZE_ENV};
+use lincal_train::distributed::{DEFAULT_MASTER, MASTER_ENV, RANK_ENV, WORLD_SIZE_ENV};
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ pub struct LaunchArgs {
     node_rank: usize,
     /// Where rank 0 meets the others: an address of node 0 that every node reaches, and a
     /// free port.
-    #[arg(long, default_value = "127.0.0.1:29500")]
+    #[arg(long, default_value = DEFAULT_MASTER)]
     master: String,
     /// The training command and its arguments, after `--`: sft or reward-model (ppo and grpo
     /// run in one process for now).
@@ -86,7 +86,6 @@ pub fn run(args: LaunchArgs) -> Result<()> {
         command
             .args(&args.command)
             .env(RANK_ENV, rank.to_string())
-            .env(LOCAL_RANK_ENV, local.to_string())
             .env(WORLD_SIZE_ENV, world.to_string())
             .env(MASTER_ENV, &args.master)
             // Each rank sees its own GPU as cuda:0.
@@ -94,10 +93,18 @@ pub fn run(args: LaunchArgs) -> Result<()> {
                 "CUDA_VISIBLE_DEVICES",
                 device_for(visible.as_deref(), local),
             );
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting rank {rank} ({})", exe.display()))?;
-        ranks.push((rank, child));
+        match command.spawn() {
+            Ok(child) => ranks.push((rank, child)),
+            Err(error) => {
+                // The ranks already started would wait for this one: stop them.
+                for (_, child) in &mut ranks {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                return Err(error)
+                    .with_context(|| format!("starting rank {rank} ({})", exe.display()));
+            }
+        }
     }
     forward_termination();
     supervise(ranks, STOP_GRACE)
@@ -163,16 +170,14 @@ fn send(child: &Child, signal: libc::c_int) {
 fn supervise(mut ranks: Vec<(usize, Child)>, grace: Duration) -> Result<()> {
     let mut failed: Option<(usize, ExitStatus)> = None;
     let mut stopping: Option<Instant> = None;
-    let mut running = ranks.len();
     let mut done = vec![false; ranks.len()];
-    while running > 0 {
+    while done.contains(&false) {
         for (index, (rank, child)) in ranks.iter_mut().enumerate() {
             if done[index] {
                 continue;
             }
             if let Some(status) = child.try_wait().context("waiting for a rank")? {
                 done[index] = true;
-                running -= 1;
                 if !status.success() && failed.is_none() && stopping.is_none() {
                     failed = Some((*rank, status));
                 }
