@@ -2,13 +2,14 @@
 # Runs GPU checks and benchmarks on the device machine, results under $OUT.
 # usage: bench/gpu/run.sh STEP...   STEP: parity:NAME | lincal:NAME | eager:NAME | hf:NAME
 #   | train-parity:NAME | sft:NAME | sft-ckpt:NAME | hf-sft:NAME | hf-sft-ckpt:NAME | ppo:NAME
-#   | ppo-large-batches:NAME | grpo:NAME | serve:NAME
+#   | ppo-large-batches:NAME | ppo-auto:NAME | grpo:NAME | grpo-auto:NAME | serve:NAME
 #   (NAME: smollm2-135m | llama2-7b; eager = lincal without CUDA graphs; -ckpt = with gradient
 #    checkpointing. The SFT benchmarks run 16 x 1024 tokens for SmolLM2 and 4 x 1024 for the 7B,
 #    which fits one 80 GB GPU only with gradient checkpointing and pure bf16 weights and AdamW
 #    state. ppo: one LC PPO step at 512 rollouts of 128 + 300 tokens, full fine-tuning for
 #    SmolLM2, LoRA for the 7B; ppo-large-batches generates, scores and updates in larger
-#    batches than the reference's (for SmolLM2, whose memory allows); grpo: one LC GRPO step at
+#    batches than the reference's (for SmolLM2, whose memory allows); ppo-auto and grpo-auto
+#    choose those batch sizes from free memory (auto_batch_sizes); grpo: one LC GRPO step at
 #    64 prompts x 8 responses, the same models and settings as ppo; serve: `lincal serve` in
 #    process under 1, 16, 64 and 256 streaming clients (128 + 300 tokens, 2 requests each),
 #    then `bench generate` at the same batch sizes. train-parity, ppo, grpo and serve need the SmolLM2 tokenizer carried in
@@ -44,13 +45,15 @@ for step in "$@"; do
     sft-ckpt) "$lincal" bench sft --model "$model" --label "$name" --batch $sft_batch --seq-len 1024 --device cuda --dtype bf16 "${sft_flags[@]}" --gradient-checkpointing --json "$OUT/sft.jsonl" ;;
     hf-sft) python3 bench/gpu/train.py bench "$model" $sft_batch 1024 "$OUT/sft.jsonl" "$name" $hf_precisions $hf_ckpt ;;
     hf-sft-ckpt) python3 bench/gpu/train.py bench "$model" $sft_batch 1024 "$OUT/sft.jsonl" "$name" $hf_precisions checkpointing ;;
-    ppo|ppo-large-batches)
+    ppo|ppo-large-batches|ppo-auto)
       [ -f "$model-ppo/config.json" ] || python3 bench/gpu/make_models.py "$name" "$model-ppo" "$PWD/.gpu/tokenizer"
-      [ $what = ppo ] || ppo_flags+=(--set generation_batch_size=512 --set forward_batch_size=64 --set micro_batch_size=16
+      [ $what = ppo-large-batches ] && ppo_flags+=(--set generation_batch_size=512 --set forward_batch_size=64 --set micro_batch_size=16
         --set reward.extractor_batch_size=512 --set reward.score_batch_size=128)
+      [ $what = ppo-auto ] && ppo_flags+=(--set auto_batch_sizes=true)
       "$lincal" bench ppo --model "$model-ppo" --label "$name" --preset lc_ppo --device cuda "${ppo_flags[@]}" --json "$OUT/ppo.jsonl" ;;
-    grpo)
+    grpo|grpo-auto)
       [ -f "$model-ppo/config.json" ] || python3 bench/gpu/make_models.py "$name" "$model-ppo" "$PWD/.gpu/tokenizer"
+      [ $what = grpo-auto ] && ppo_flags+=(--set auto_batch_sizes=true)
       "$lincal" bench grpo --model "$model-ppo" --label "$name" --preset lc_grpo --device cuda "${ppo_flags[@]}" --json "$OUT/grpo.jsonl" ;;
     serve)
       [ -f "$model-ppo/config.json" ] || python3 bench/gpu/make_models.py "$name" "$model-ppo" "$PWD/.gpu/tokenizer"

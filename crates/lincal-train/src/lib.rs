@@ -14,6 +14,7 @@ pub mod data;
 pub mod distributed;
 pub mod error;
 pub mod grpo;
+pub mod memory;
 pub mod optim;
 pub mod ppo;
 pub mod progress;

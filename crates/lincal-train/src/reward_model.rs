@@ -42,7 +42,7 @@ use lincal_model::{CausalLm, ModelConfig, ModelError, Tokenizer};
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Reduction, Tensor, nn};
 
 pub const BACKBONE_PREFIX: &str = "backbone_model.";
@@ -117,6 +117,19 @@ pub struct RewardModel {
     backbone_source: String,
 }
 
+/// The path of `DIR/config.json` and its JSON.
+fn read_json_config(dir: &Path) -> Result<(PathBuf, serde_json::Value)> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+    let value = serde_json::from_str(&text).map_err(|e| {
+        TrainError::Model(ModelError::Config {
+            path: path.clone(),
+            message: format!("malformed JSON ({e})"),
+        })
+    })?;
+    Ok((path, value))
+}
+
 impl RewardModel {
     /// A new head on `backbone`, in the backbone's precision and device.
     pub fn new(backbone: CausalLm, init: HeadInit, backbone_source: &str) -> Self {
@@ -128,19 +141,26 @@ impl RewardModel {
         }
     }
 
-    /// Reads the layout described in the module docs; `kind` `None` keeps the stored dtype.
-    pub fn load(dir: &Path, device: Device, kind: Option<Kind>) -> Result<Self> {
-        let config_path = dir.join("config.json");
-        let text =
-            std::fs::read_to_string(&config_path).map_err(|e| TrainError::io(&config_path, e))?;
+    /// Whether `dir` holds a reward model (its `config.json` says `model_type` "reward_model")
+    /// rather than a plain causal LM.
+    pub fn is_reward_model_dir(dir: &Path) -> Result<bool> {
+        Ok(read_json_config(dir)?
+            .1
+            .get("model_type")
+            .and_then(|t| t.as_str())
+            == Some("reward_model"))
+    }
+
+    /// The backbone's config of the reward model in `dir`, and where the backbone came from
+    /// (see the module docs).
+    pub fn read_backbone_config(dir: &Path) -> Result<(ModelConfig, String)> {
+        let (config_path, config) = read_json_config(dir)?;
         let bad = |message: String| {
             TrainError::Model(ModelError::Config {
                 path: config_path.clone(),
                 message,
             })
         };
-        let config: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| bad(format!("malformed JSON ({e})")))?;
         if config.get("model_type").and_then(|t| t.as_str()) != Some("reward_model") {
             return Err(bad(
                 "model_type is not \"reward_model\"; this is not a reward model directory \
@@ -167,6 +187,12 @@ impl RewardModel {
                 ));
             }
         };
+        Ok((backbone_config, source))
+    }
+
+    /// Reads the layout described in the module docs; `kind` `None` keeps the stored dtype.
+    pub fn load(dir: &Path, device: Device, kind: Option<Kind>) -> Result<Self> {
+        let (backbone_config, source) = Self::read_backbone_config(dir)?;
         let kind = kind.unwrap_or_else(|| {
             backbone_config
                 .torch_dtype()

@@ -129,6 +129,25 @@ pub(crate) fn train_records(run: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Asserts that two runs' training records hold the same statistics within `tolerance`
+/// (relative above 1; times are left out).
+pub(crate) fn assert_same_statistics(a: &Path, b: &Path, tolerance: f64) {
+    let (a, b) = (train_records(a), train_records(b));
+    assert_eq!(a.len(), b.len());
+    for (step, (a, b)) in a.iter().zip(&b).enumerate() {
+        for (name, value) in a.as_object().unwrap() {
+            let (Some(x), Some(y)) = (value.as_f64(), b[name].as_f64()) else {
+                continue;
+            };
+            assert!(
+                name.ends_with("seconds") || (x - y).abs() <= tolerance * (1.0 + x.abs()),
+                "step {} {name}: {x} against {y}",
+                step + 1
+            );
+        }
+    }
+}
+
 /// The toy task: the reward is the fraction of the response's words that are "t20".
 pub(crate) struct TargetWordReward;
 

@@ -298,6 +298,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 "generation_batch_size": config.generation_batch_size,
                 "forward_batch_size": config.forward_batch_size,
                 "micro_batch_size": config.micro_batch_size,
+                "auto_batch_sizes": config.auto_batch_sizes,
             });
             let setting = RlBenchSetting {
                 bench: "ppo",
@@ -325,6 +326,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 "generation_batch_size": config.generation_batch_size,
                 "forward_batch_size": config.forward_batch_size,
                 "micro_batch_size": config.micro_batch_size,
+                "auto_batch_sizes": config.auto_batch_sizes,
             });
             let setting = RlBenchSetting {
                 bench: "grpo",
@@ -535,6 +537,9 @@ fn rl_bench_record(
         result.first_step_kl,
         result.first_step_approx_kl
     );
+    if let Some(plan) = &result.batch_plan {
+        println!("auto batch sizes: {plan}");
+    }
     let mut measured = serde_json::json!({
         "bench": setting.bench,
         "engine": "lincal",

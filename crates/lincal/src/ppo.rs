@@ -8,6 +8,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 use lincal_data::schema::{self, TriviaQa};
 use lincal_train::grpo::{GrpoConfig, GrpoTrainer};
+use lincal_train::memory::BatchPlan;
 use lincal_train::ppo::{PpoConfig, PpoDataReport, PpoModelPaths, PpoPrompt, PpoTrainer};
 use lincal_train::{RunOptions, TrainSummary};
 use std::path::{Path, PathBuf};
@@ -60,7 +61,11 @@ pub fn run(args: PpoArgs) -> Result<()> {
         &job.eval,
         &job.options,
     )?;
-    describe(trainer.data_report(), config.query_len);
+    describe(
+        trainer.data_report(),
+        trainer.batch_plan(),
+        config.query_len,
+    );
     report(&trainer.train(args.run.stop_at_step)?);
     Ok(())
 }
@@ -84,7 +89,11 @@ pub fn grpo(args: PpoArgs) -> Result<()> {
         &job.eval,
         &job.options,
     )?;
-    describe(trainer.data_report(), config.query_len);
+    describe(
+        trainer.data_report(),
+        trainer.batch_plan(),
+        config.query_len,
+    );
     report(&trainer.train(args.run.stop_at_step)?);
     Ok(())
 }
@@ -140,12 +149,15 @@ impl Job {
     }
 }
 
-fn describe(data: &PpoDataReport, query_len: usize) {
+fn describe(data: &PpoDataReport, batch_plan: Option<&BatchPlan>, query_len: usize) {
     eprintln!(
         "{} training prompts ({} longer than query_len {query_len} left out), {} evaluation \
          prompts",
         data.train_prompts, data.dropped_long_prompts, data.eval_prompts
     );
+    if let Some(plan) = batch_plan {
+        eprintln!("auto batch sizes: {plan}");
+    }
 }
 
 /// JSONL prompts, or a reference `*_paragraph_generation` split joined with TriviaQA.

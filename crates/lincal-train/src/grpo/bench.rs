@@ -5,7 +5,7 @@
 use super::{GrpoConfig, GrpoLearner};
 use crate::error::Result;
 use crate::ppo::bench::{
-    RlStepBench, TimedStep, bench_inputs, bench_models, random_prompts, time_rl_steps,
+    RlStepBench, TimedStep, bench_inputs, bench_models, bench_paths, random_prompts, time_rl_steps,
 };
 use std::path::Path;
 use tch::Device;
@@ -21,9 +21,10 @@ pub fn bench_grpo(
     warmup_steps: usize,
 ) -> Result<RlStepBench> {
     config.validate()?;
+    let paths = bench_paths(model_dir, config.rl_type);
+    let (config, batch_plan) = &config.planned(&paths, device)?;
     let kind_of = |device| config.precision.kind(device);
-    let (mut models, mut reward) =
-        bench_models(model_dir, device, &config.model_settings(&kind_of))?;
+    let (mut models, mut reward) = bench_models(&paths, device, &config.model_settings(&kind_of))?;
     models.eos_ids.clear();
     let prompts = random_prompts(
         &models,
@@ -39,7 +40,7 @@ pub fn bench_grpo(
     let mut learner = GrpoLearner::new(config, models);
     let device = learner.models.policy.model.device();
     let parameters = learner.num_parameters();
-    time_rl_steps(
+    let bench = time_rl_steps(
         warmup_steps,
         device,
         (config.query_len, parameters),
@@ -49,5 +50,9 @@ pub fn bench_grpo(
             metrics: &outcome.metrics,
             update_seconds: outcome.update_seconds,
         },
-    )
+    )?;
+    Ok(RlStepBench {
+        batch_plan: batch_plan.clone(),
+        ..bench
+    })
 }

@@ -7,7 +7,9 @@ use super::advantages::GroupBaseline;
 use super::loss::LossAggregation;
 use crate::config::Precision;
 use crate::error::{Result, TrainError};
-use crate::ppo::models::ModelSettings;
+use crate::memory::BatchPlan;
+use crate::ppo::PpoModelPaths;
+use crate::ppo::models::{ModelSettings, PlannedStep, planned_config};
 use crate::ppo::{PpoConfig, RewardConfig, RlType};
 use lincal_model::lora::LoraConfig;
 
@@ -47,6 +49,9 @@ pub struct GrpoConfig {
     pub epochs_per_rollout: usize,
     pub generation_batch_size: usize,
     pub forward_batch_size: usize,
+    /// As PPO's: the generation, forward, micro and reward batch sizes from free memory.
+    #[serde(default)]
+    pub auto_batch_sizes: bool,
     /// Training prompts longer than this many tokens are dropped.
     pub query_len: usize,
     pub response_len: usize,
@@ -124,6 +129,7 @@ impl GrpoConfig {
             epochs_per_rollout: 1,
             generation_batch_size: ppo.generation_batch_size,
             forward_batch_size: ppo.forward_batch_size,
+            auto_batch_sizes: false,
             query_len: ppo.query_len,
             response_len: ppo.response_len,
             temperature: ppo.temperature,
@@ -187,6 +193,38 @@ impl GrpoConfig {
             save_after: (self.save_after as f64 * scale).round() as u64,
             ..self.clone()
         })
+    }
+
+    /// The config a run uses (see [`planned_config`]).
+    pub(crate) fn planned(
+        &self,
+        paths: &PpoModelPaths,
+        device: tch::Device,
+    ) -> Result<(GrpoConfig, Option<BatchPlan>)> {
+        let kind_of = |device| self.precision.kind(device);
+        let step = PlannedStep {
+            master_weights: self.precision.master_weights(),
+            query_len: self.query_len,
+            response_len: self.response_len,
+            rollouts: self.rollout_batch_size(),
+            step_batch_size: self.step_batch_size,
+        };
+        planned_config(
+            self,
+            self.auto_batch_sizes,
+            (paths, device),
+            (&self.model_settings(&kind_of), &step),
+            |c| {
+                (
+                    [
+                        &mut c.generation_batch_size,
+                        &mut c.forward_batch_size,
+                        &mut c.micro_batch_size,
+                    ],
+                    &mut c.reward,
+                )
+            },
+        )
     }
 
     /// What loading the run's models takes from this config: no value model.

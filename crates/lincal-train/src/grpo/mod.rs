@@ -26,6 +26,7 @@ pub use loss::{GrpoLossInputs, GrpoLossStats, LossAggregation, grpo_loss, k3_kl}
 use crate::config::Schedule;
 use crate::data::epoch_order;
 use crate::error::{Result, TrainError};
+use crate::memory::BatchPlan;
 use crate::optim::{AdamWConfig, LrSchedule, TrainableParams};
 use crate::ppo::models::{response_logprobs, row_index};
 use crate::ppo::reward::{self, Reward, ScoreContext};
@@ -45,6 +46,8 @@ pub struct GrpoTrainer {
     run: TrainingRun,
     steps: GrpoSteps,
     report: PpoDataReport,
+    /// The batch sizes `auto_batch_sizes` chose.
+    batch_plan: Option<BatchPlan>,
 }
 
 /// GRPO's side of a run: the learner, the reward and the prompts.
@@ -111,6 +114,9 @@ impl GrpoTrainer {
         config.validate()?;
         run.require_one_process("GRPO")?;
         run.check_before_loading(train.len())?;
+        // The manifest keeps the config as given; the run uses the planned batch sizes.
+        let given = config;
+        let (config, batch_plan) = &config.planned(paths, device)?;
         let custom = custom_reward.is_some();
         let kind_of = |device| config.precision.kind(device);
         let (models, reward, prompts) = load_rl_run(
@@ -125,7 +131,7 @@ impl GrpoTrainer {
         )?;
         let report = prompts.report();
         let mut learner = GrpoLearner::new(config, models);
-        let manifest = paths.manifest("grpo", config, custom);
+        let manifest = paths.manifest("grpo", given, custom);
         let kept = report.train_prompts;
         let state = TrainState::new(
             config.total_steps,
@@ -152,11 +158,17 @@ impl GrpoTrainer {
                 policy_dir: paths.policy.clone(),
             },
             report,
+            batch_plan: batch_plan.clone(),
         })
     }
 
     pub fn data_report(&self) -> &PpoDataReport {
         &self.report
+    }
+
+    /// The batch sizes `auto_batch_sizes` chose from free memory, if it is on.
+    pub fn batch_plan(&self) -> Option<&BatchPlan> {
+        self.batch_plan.as_ref()
     }
 
     pub fn total_steps(&self) -> u64 {

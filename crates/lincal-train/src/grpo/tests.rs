@@ -4,7 +4,8 @@
 use super::*;
 use crate::config::Precision;
 use crate::testutil::{
-    TargetWordReward, fixture, read_jsonl, saved_tensors, tiny_lora, train_records,
+    TargetWordReward, assert_same_statistics, fixture, read_jsonl, saved_tensors, tiny_lora,
+    train_records,
 };
 
 /// 32 one-word prompts the test tokenizer knows.
@@ -85,6 +86,41 @@ fn the_first_update_has_unit_ratio_and_zero_kl() {
         }
         assert_ne!(rollouts[0]["query"], rollouts[4]["query"]);
     }
+}
+
+/// `auto_batch_sizes` plans for all 16 responses of a step (4 prompts × 4) and trains as the
+/// configured micro-batches of 8 and forward passes of 16 do, within 1e-4 over two steps.
+#[test]
+fn auto_batch_sizes_plan_for_the_whole_step() {
+    let fixture = fixture();
+    let config = GrpoConfig {
+        total_steps: 2,
+        warmup_steps: 0,
+        learning_rate: 1e-3,
+        ..config()
+    };
+    let plain = tempfile::tempdir().unwrap();
+    let mut trainer_plain = trainer(&config, plain.path(), &fixture);
+    assert!(trainer_plain.batch_plan().is_none());
+    trainer_plain.train(None).unwrap();
+    let auto = tempfile::tempdir().unwrap();
+    let auto_config = GrpoConfig {
+        auto_batch_sizes: true,
+        ..config
+    };
+    let mut trainer_auto = trainer(&auto_config, auto.path(), &fixture);
+    let plan = trainer_auto.batch_plan().expect("a plan").clone();
+    assert_eq!(
+        (
+            plan.generation_batch_size,
+            plan.forward_batch_size,
+            plan.micro_batch_size
+        ),
+        (16, 16, 16),
+        "{plan}"
+    );
+    trainer_auto.train(None).unwrap();
+    assert_same_statistics(plain.path(), auto.path(), 1e-4);
 }
 
 /// The toy task from a random policy (the reward is the share of "t20" among the response's

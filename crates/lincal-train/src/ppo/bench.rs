@@ -9,6 +9,7 @@ use super::reward::Reward;
 use super::rollout::{RolloutPrompt, Rollouts};
 use super::{Learner, metric};
 use crate::error::{Result, TrainError};
+use crate::memory::BatchPlan;
 use crate::reward_model::{HeadInit, RewardModel};
 use crate::training_run::synchronize;
 use lincal_model::{CausalLm, Tokenizer};
@@ -41,6 +42,8 @@ pub struct RlStepBench {
     /// forward passes are deterministic.
     pub first_step_kl: f64,
     pub first_step_approx_kl: f64,
+    /// The batch sizes `auto_batch_sizes` chose, when it was on.
+    pub batch_plan: Option<BatchPlan>,
 }
 
 /// [`bench_ppo_step`] with the built-in reward of `config.rl_type`, every model made from the
@@ -55,20 +58,36 @@ pub fn bench_ppo(
     config: &PpoConfig,
     warmup_steps: usize,
 ) -> Result<RlStepBench> {
+    let paths = bench_paths(model_dir, config.rl_type);
+    let (config, batch_plan) = &config.planned(&paths, device)?;
     let kind_of = |device| config.precision.kind(device);
-    let (models, mut reward) = bench_models(model_dir, device, &config.model_settings(&kind_of))?;
-    bench_ppo_step(models, reward.as_mut(), config, warmup_steps)
+    let (models, mut reward) = bench_models(&paths, device, &config.model_settings(&kind_of))?;
+    let bench = bench_ppo_step(models, reward.as_mut(), config, warmup_steps)?;
+    Ok(RlStepBench {
+        batch_plan: batch_plan.clone(),
+        ..bench
+    })
 }
 
-/// Every model of an RL run made from the causal LM in `model_dir`, with the built-in reward:
-/// the policy, the reference or adapters, the reward model with a freshly initialised head
-/// (and PPO's value backbone), and for decision-based RL the answer extractor. Its tokenizer
-/// must have a pad token, so that policy and reward model share one vocabulary.
+/// Every model of a benchmark run is the causal LM in `model_dir`.
+pub(crate) fn bench_paths(model_dir: &Path, rl_type: RlType) -> PpoModelPaths {
+    PpoModelPaths {
+        policy: model_dir.to_path_buf(),
+        reward_model: model_dir.to_path_buf(),
+        answer_extractor: (rl_type == RlType::DecisionBased).then(|| model_dir.to_path_buf()),
+    }
+}
+
+/// Every model of an RL run made from the causal LM of [`bench_paths`], with the built-in
+/// reward: the policy, the reference or adapters, the reward model with a freshly initialised
+/// head (and PPO's value backbone), and for decision-based RL the answer extractor. Its
+/// tokenizer must have a pad token, so that policy and reward model share one vocabulary.
 pub(crate) fn bench_models(
-    model_dir: &Path,
+    paths: &PpoModelPaths,
     device: Device,
     settings: &ModelSettings<'_>,
 ) -> Result<(PpoModels, Box<dyn Reward>)> {
+    let model_dir = &paths.policy;
     let tokenizer = Tokenizer::from_dir(model_dir)?;
     if tokenizer
         .pad_token()
@@ -85,12 +104,6 @@ pub(crate) fn bench_models(
             ),
         ));
     }
-    let paths = PpoModelPaths {
-        policy: model_dir.to_path_buf(),
-        reward_model: model_dir.to_path_buf(),
-        answer_extractor: (settings.rl_type == RlType::DecisionBased)
-            .then(|| model_dir.to_path_buf()),
-    };
     let source = model_dir.display().to_string();
     let seed = settings.seed;
     let with_new_head = |dir: &Path, device: Device, kind: tch::Kind| {
@@ -100,7 +113,7 @@ pub(crate) fn bench_models(
             &source,
         ))
     };
-    load_models(&paths, device, settings, None, &with_new_head)
+    load_models(paths, device, settings, None, &with_new_head)
 }
 
 /// `count` random prompts of exactly `query_len` tokens of the policy's vocabulary, never its
@@ -219,5 +232,6 @@ pub(crate) fn time_rl_steps<O>(
         trainable_parameters: parameters,
         first_step_kl: first_step.0,
         first_step_approx_kl: first_step.1,
+        batch_plan: None,
     })
 }

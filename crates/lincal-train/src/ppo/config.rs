@@ -129,6 +129,12 @@ pub struct PpoConfig {
     pub generation_batch_size: usize,
     /// Rollouts per no-grad forward pass when scoring (policy and reference log-probs, values).
     pub forward_batch_size: usize,
+    /// Choose `generation_batch_size`, `forward_batch_size`, `micro_batch_size` and the
+    /// reward's batch sizes from the device's free memory when the run starts
+    /// ([`crate::memory`]), ignoring the configured ones. They bound memory only:
+    /// `step_batch_size`, and with it the optimisation, stays as configured.
+    #[serde(default)]
+    pub auto_batch_sizes: bool,
     /// Training prompts longer than this many tokens are dropped (evaluation keeps them).
     pub query_len: usize,
     /// Most tokens sampled per response.
@@ -235,6 +241,7 @@ impl PpoConfig {
             epochs_per_rollout: 1,
             generation_batch_size: 64,
             forward_batch_size: 16,
+            auto_batch_sizes: false,
             query_len: 128,
             response_len: 300,
             temperature: 0.7,

@@ -62,6 +62,7 @@ pub use rollout::{PpoPrompt, RolloutTiming};
 use crate::config::Schedule;
 use crate::data::epoch_order;
 use crate::error::{Result, TrainError};
+use crate::memory::BatchPlan;
 use crate::optim::{AdamWConfig, LrSchedule, TrainableParams};
 use crate::reward_model::RewardModel;
 use crate::run::{RunOptions, TrainState};
@@ -516,6 +517,8 @@ pub struct PpoTrainer {
     run: TrainingRun,
     steps: PpoSteps,
     report: PpoDataReport,
+    /// The batch sizes `auto_batch_sizes` chose.
+    batch_plan: Option<BatchPlan>,
 }
 
 /// PPO's side of a run: the learner, the reward and the tokenised prompts.
@@ -704,6 +707,9 @@ impl PpoTrainer {
         config.validate()?;
         run.require_one_process("PPO")?;
         run.check_before_loading(train.len())?;
+        // The manifest keeps the config as given; the run uses the planned batch sizes.
+        let given = config;
+        let (config, batch_plan) = &config.planned(paths, device)?;
         let custom = custom_reward.is_some();
         let kind_of = |device| config.precision.kind(device);
         let (models, reward, prompts) = load_rl_run(
@@ -720,7 +726,7 @@ impl PpoTrainer {
         let kept = report.train_prompts;
 
         let mut learner = Learner::new(config, models);
-        let manifest = paths.manifest("ppo", config, custom);
+        let manifest = paths.manifest("ppo", given, custom);
         let steps_per_epoch = (kept / config.rollout_batch_size) as u64;
         let state = TrainState::new(
             config.total_steps,
@@ -751,11 +757,17 @@ impl PpoTrainer {
             run: training_run,
             steps,
             report,
+            batch_plan: batch_plan.clone(),
         })
     }
 
     pub fn data_report(&self) -> &PpoDataReport {
         &self.report
+    }
+
+    /// The batch sizes `auto_batch_sizes` chose from free memory, if it is on.
+    pub fn batch_plan(&self) -> Option<&BatchPlan> {
+        self.batch_plan.as_ref()
     }
 
     pub fn total_steps(&self) -> u64 {

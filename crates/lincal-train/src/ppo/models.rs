@@ -12,6 +12,7 @@ use super::config::{PpoConfig, RewardConfig, RlType};
 use super::reward::{BinaryCorrectnessReward, DecisionReward, Reward};
 use crate::cross_entropy::rows_per_slice;
 use crate::error::{Result, TrainError};
+use crate::memory::{BatchPlan, ModelShape, RlMemoryModel, device_memory};
 use crate::reward_model::{HeadInit, RewardModel, ScalarHead};
 use crate::setup::{LoadedModel, OUTPUT_EMBEDDINGS};
 use lincal_data::prompts::Templates;
@@ -55,6 +56,78 @@ impl PpoModelPaths {
             ..lincal_data::artifact::Manifest::new(stage, config, Vec::new())
         }
     }
+}
+
+/// The step geometry that `auto_batch_sizes` plans for, besides the models.
+pub(crate) struct PlannedStep {
+    pub master_weights: bool,
+    pub query_len: usize,
+    pub response_len: usize,
+    /// Responses per step, and per optimizer step.
+    pub rollouts: usize,
+    pub step_batch_size: usize,
+}
+
+impl PpoModelPaths {
+    /// The batch sizes of `auto_batch_sizes` for a run on these models with `settings`: their
+    /// `config.json`s against the free memory of `device` now, before any model is loaded
+    /// (see [`crate::memory`]).
+    pub(crate) fn plan_batch_sizes(
+        &self,
+        device: Device,
+        settings: &ModelSettings<'_>,
+        step: &PlannedStep,
+    ) -> Result<BatchPlan> {
+        let extractor = match (settings.rl_type, &self.answer_extractor) {
+            (RlType::DecisionBased, Some(dir)) => Some(ModelShape::read(dir)?),
+            _ => None,
+        };
+        // A benchmark's reward model is a causal LM given a new head.
+        let reward_model = if RewardModel::is_reward_model_dir(&self.reward_model)? {
+            ModelShape::of(&RewardModel::read_backbone_config(&self.reward_model)?.0)
+        } else {
+            ModelShape::read(&self.reward_model)?
+        };
+        let model = RlMemoryModel {
+            policy: ModelShape::read(&self.policy)?,
+            reward_model,
+            extractor,
+            dtype_bytes: (settings.kind_of)(device).elt_size_in_bytes() as u64,
+            master_weights: step.master_weights,
+            lora_rank: settings.lora.map(|lora| lora.r as u64),
+            value: settings.value,
+            query_len: step.query_len as u64,
+            response_len: step.response_len as u64,
+            extractor_new_tokens: settings.reward.extractor_max_new_tokens.max(0) as u64,
+            rollouts: step.rollouts as u64,
+            step_batch_size: step.step_batch_size as u64,
+        };
+        model.plan(device_memory(device)?.free)
+    }
+}
+
+/// The config an RL run uses: with `auto_batch_sizes` (`auto`), a copy whose batch sizes
+/// (`batch_sizes` picks them out) are those planned for `paths` on `device`, and the plan;
+/// otherwise the config as it is.
+pub(crate) fn planned_config<C: Clone>(
+    config: &C,
+    auto: bool,
+    (paths, device): (&PpoModelPaths, Device),
+    (settings, step): (&ModelSettings<'_>, &PlannedStep),
+    batch_sizes: impl FnOnce(&mut C) -> ([&mut usize; 3], &mut RewardConfig),
+) -> Result<(C, Option<BatchPlan>)> {
+    if !auto {
+        return Ok((config.clone(), None));
+    }
+    let plan = paths.plan_batch_sizes(device, settings, step)?;
+    let mut config = config.clone();
+    let ([generation, forward, micro], reward) = batch_sizes(&mut config);
+    *generation = plan.generation_batch_size;
+    *forward = plan.forward_batch_size;
+    *micro = plan.micro_batch_size;
+    reward.extractor_batch_size = plan.extractor_batch_size;
+    reward.score_batch_size = plan.score_batch_size;
+    Ok((config, Some(plan)))
 }
 
 /// The critic: a reward-model backbone (shared with the frozen reward model in LoRA mode)
@@ -480,6 +553,38 @@ pub(crate) struct ModelSettings<'a> {
 }
 
 impl PpoConfig {
+    /// The config a run uses (see [`planned_config`]).
+    pub(crate) fn planned(
+        &self,
+        paths: &PpoModelPaths,
+        device: Device,
+    ) -> Result<(PpoConfig, Option<BatchPlan>)> {
+        let kind_of = |device| self.precision.kind(device);
+        let step = PlannedStep {
+            master_weights: self.precision.master_weights(),
+            query_len: self.query_len,
+            response_len: self.response_len,
+            rollouts: self.rollout_batch_size,
+            step_batch_size: self.step_batch_size,
+        };
+        planned_config(
+            self,
+            self.auto_batch_sizes,
+            (paths, device),
+            (&self.model_settings(&kind_of), &step),
+            |c| {
+                (
+                    [
+                        &mut c.generation_batch_size,
+                        &mut c.forward_batch_size,
+                        &mut c.micro_batch_size,
+                    ],
+                    &mut c.reward,
+                )
+            },
+        )
+    }
+
     pub(crate) fn model_settings<'a>(
         &'a self,
         kind_of: &'a dyn Fn(Device) -> Kind,

@@ -4,7 +4,8 @@
 use super::*;
 use crate::config::Precision;
 use crate::testutil::{
-    TargetWordReward, fixture, read_jsonl, saved_tensors, tiny_lora, train_records,
+    TargetWordReward, assert_same_statistics, fixture, read_jsonl, saved_tensors, tiny_lora,
+    train_records,
 };
 use lincal_data::parse::ExtractionParsing;
 use lincal_data::prompts::Templates;
@@ -265,6 +266,67 @@ fn killed_run_resumes_bit_identical() {
     }
     // A finished run is not trained again.
     assert_eq!(train(broken.path(), None).last_step, Vec::new());
+}
+
+/// `auto_batch_sizes` changes how many rows each pass takes, not what the steps compute:
+/// with the tiny models every phase takes all 8 rollouts at once (one micro-batch instead of
+/// four, one generation and extraction batch instead of two or three), and two steps, the
+/// second after an update, log the same statistics as the configured small batches within
+/// 1e-4 (f32; only the order of floating-point sums differs). The manifest keeps the config
+/// as given.
+#[test]
+fn auto_batch_sizes_give_the_statistics_of_the_configured_ones() {
+    let fixture = fixture();
+    let mut config = config(RlType::DecisionBased);
+    config.warmup_steps = 0;
+    config.learning_rate = 1e-3;
+    config.total_steps = 2;
+    let train = |config: &PpoConfig, dir: &Path| {
+        let mut trainer = PpoTrainer::new(
+            &fixture.paths,
+            Device::Cpu,
+            config,
+            &prompts(),
+            &prompts()[..2],
+            &RunOptions::new(dir),
+        )
+        .unwrap();
+        trainer.train(None).unwrap();
+        trainer.batch_plan().cloned()
+    };
+    let plain = tempfile::tempdir().unwrap();
+    assert_eq!(train(&config, plain.path()), None);
+    let auto = tempfile::tempdir().unwrap();
+    let auto_config = PpoConfig {
+        auto_batch_sizes: true,
+        ..config.clone()
+    };
+    let plan = train(&auto_config, auto.path()).expect("a plan");
+    assert_eq!(
+        (
+            plan.generation_batch_size,
+            plan.forward_batch_size,
+            plan.micro_batch_size,
+            plan.extractor_batch_size,
+            plan.score_batch_size
+        ),
+        (8, 8, 8, 8, 8),
+        "{plan}"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(auto.path().join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["config"]["auto_batch_sizes"], true);
+    assert_eq!(manifest["config"]["micro_batch_size"], 2);
+
+    assert_same_statistics(plain.path(), auto.path(), 1e-4);
+    // The update moved the policy: the second step's KL is not 0, so the comparison covers
+    // an update's effect.
+    let second = &train_records(plain.path())[1];
+    assert!(
+        second["kl_unclamped"].as_f64().unwrap().abs() > 0.0,
+        "{second}"
+    );
 }
 
 /// LoRA mode trains adapters only: the policy base stays as loaded, and the reward model,

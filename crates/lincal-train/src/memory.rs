@@ -1,0 +1,577 @@
+//! Batch sizes of an RL step chosen from free device memory (`auto_batch_sizes` of PPO and
+//! GRPO). Those batch sizes bound memory, not the result: the update averages its losses over
+//! the whole optimizer step (`step_batch_size`, which stays as configured), sampling and
+//! extraction seeds are per row, and scoring is row-wise. So they may be as large as the
+//! device allows, and small models then run a step in a few large batches instead of hundreds
+//! of launch-bound ones.
+//!
+//! The plan is arithmetic on the models' `config.json`s, made before any model is loaded: the
+//! weights and optimizer state are a fixed cost, every phase of a step (generation, scoring
+//! forward passes, the update's micro-batches, the reward's extraction and scoring) costs a
+//! number of bytes per row, and each phase, which runs alone, gets what the fixed cost leaves
+//! of the free memory, less a reserve and a margin for the caching allocator. The per-row
+//! costs count what the implementations keep: key/value caches, one layer's working set of a
+//! forward pass without gradients (logits are formed 256 MiB at a time there), every layer's
+//! saved activations and the response logits with their gradients in the update.
+
+use crate::error::{Result, TrainError};
+use lincal_model::ModelConfig;
+use std::path::Path;
+use tch::Device;
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// Free and total memory of a device, in bytes: the GPU's from the CUDA runtime, the host's
+/// available memory for the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceMemory {
+    pub free: u64,
+    pub total: u64,
+}
+
+/// The free memory of `device` now.
+pub fn device_memory(device: Device) -> Result<DeviceMemory> {
+    match device {
+        Device::Cuda(index) => cuda_memory(index),
+        _ => host_memory(Path::new("/proc/meminfo")),
+    }
+}
+
+/// `MemAvailable` and `MemTotal` of a `/proc/meminfo` file.
+fn host_memory(path: &Path) -> Result<DeviceMemory> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|rest| rest.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+            .ok_or_else(|| {
+                TrainError::config(
+                    "auto_batch_sizes",
+                    format!(
+                        "{} has no `{name}: N kB` line to size batches by; \
+                         set the batch sizes instead",
+                        path.display()
+                    ),
+                )
+            })
+    };
+    Ok(DeviceMemory {
+        free: field("MemAvailable")?,
+        total: field("MemTotal")?,
+    })
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_memory(index: usize) -> Result<DeviceMemory> {
+    use std::ffi::{CStr, c_int, c_void};
+    type SetDevice = unsafe extern "C" fn(c_int) -> c_int;
+    type MemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> c_int;
+    // libtorch_cuda has loaded the CUDA runtime; its symbols are in the global scope, so no
+    // library name (which changes with CUDA's major version) is needed.
+    let symbol = |name: &CStr| {
+        // SAFETY: dlsym with the process's global scope and a NUL-terminated name.
+        let pointer = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+        (!pointer.is_null()).then_some(pointer).ok_or_else(|| {
+            TrainError::config(
+                "auto_batch_sizes",
+                format!(
+                    "the CUDA runtime has no {} in this process; set the batch sizes instead",
+                    name.to_string_lossy()
+                ),
+            )
+        })
+    };
+    let set_device = symbol(c"cudaSetDevice")?;
+    let mem_get_info = symbol(c"cudaMemGetInfo")?;
+    // SAFETY: both are the CUDA runtime's functions with these C signatures.
+    let (set_device, mem_get_info) = unsafe {
+        (
+            std::mem::transmute::<*mut c_void, SetDevice>(set_device),
+            std::mem::transmute::<*mut c_void, MemGetInfo>(mem_get_info),
+        )
+    };
+    let (mut free, mut total) = (0usize, 0usize);
+    // SAFETY: plain CUDA runtime calls writing two integers this frame owns.
+    let status = unsafe {
+        match set_device(index as c_int) {
+            0 => mem_get_info(&mut free, &mut total),
+            error => error,
+        }
+    };
+    if status != 0 {
+        return Err(TrainError::config(
+            "auto_batch_sizes",
+            format!("the CUDA runtime could not report cuda:{index}'s memory (error {status})"),
+        ));
+    }
+    Ok(DeviceMemory {
+        free: free as u64,
+        total: total as u64,
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_memory(index: usize) -> Result<DeviceMemory> {
+    Err(TrainError::config(
+        "auto_batch_sizes",
+        format!("cuda:{index}: this build has no CUDA support (build with the `cuda` feature)"),
+    ))
+}
+
+/// What the memory arithmetic needs of a transformer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelShape {
+    pub layers: u64,
+    pub hidden: u64,
+    pub intermediate: u64,
+    /// Width of the queries (heads × head size).
+    pub attention: u64,
+    /// Width of the keys, and of the values (key/value heads × head size).
+    pub kv: u64,
+    pub vocab: u64,
+    pub parameters: u64,
+}
+
+impl ModelShape {
+    pub fn of(config: &ModelConfig) -> Self {
+        let u = |v: i64| v as u64;
+        match config {
+            ModelConfig::Llama(c) => {
+                let (h, i) = (u(c.hidden_size), u(c.intermediate_size));
+                let (a, kv) = (
+                    u(c.num_attention_heads * c.head_dim()),
+                    u(c.num_kv_heads() * c.head_dim()),
+                );
+                let attention_bias = if c.attention_bias { a + 2 * kv + h } else { 0 };
+                let mlp_bias = if c.mlp_bias { 2 * i + h } else { 0 };
+                let layer =
+                    h * (a + 2 * kv) + a * h + 3 * h * i + 2 * h + attention_bias + mlp_bias;
+                let embeddings = u(c.vocab_size) * h * if c.tie_word_embeddings { 1 } else { 2 };
+                ModelShape {
+                    layers: u(c.num_hidden_layers),
+                    hidden: h,
+                    intermediate: i,
+                    attention: a,
+                    kv,
+                    vocab: u(c.vocab_size),
+                    parameters: embeddings + u(c.num_hidden_layers) * layer + h,
+                }
+            }
+            ModelConfig::GptNeoX(c) => {
+                let (h, i) = (u(c.hidden_size), u(c.intermediate_size));
+                // Fused QKV and dense with biases, the MLP with biases, two layer norms.
+                let layer = 3 * h * h + 3 * h + h * h + h + 2 * h * i + i + h + 4 * h;
+                let embeddings = u(c.vocab_size) * h * if c.tie_word_embeddings { 1 } else { 2 };
+                ModelShape {
+                    layers: u(c.num_hidden_layers),
+                    hidden: h,
+                    intermediate: i,
+                    attention: h,
+                    kv: h,
+                    vocab: u(c.vocab_size),
+                    parameters: embeddings + u(c.num_hidden_layers) * layer + 2 * h,
+                }
+            }
+        }
+    }
+
+    /// The shape of the model in `dir` (its `config.json`).
+    pub fn read(dir: &Path) -> Result<Self> {
+        Ok(Self::of(&ModelConfig::from_file(&dir.join("config.json"))?))
+    }
+
+    /// Elements one layer of a forward pass without gradients holds at once, per token: its
+    /// input and normed input, queries, keys and values with their rotated copies, the
+    /// attention output and the MLP's gate, up and product.
+    fn forward_elements(&self) -> u64 {
+        4 * self.hidden + 2 * self.attention + 3 * self.kv + 3 * self.intermediate
+    }
+
+    /// Elements a layer saves for the backward pass, per token (attention through fused
+    /// kernels keeps no score matrix), plus LoRA's dropped-out adapter inputs.
+    fn saved_elements(&self, lora: bool) -> u64 {
+        let base = 5 * self.hidden + 2 * self.attention + 2 * self.kv + 4 * self.intermediate;
+        base + if lora {
+            5 * self.hidden + self.attention + self.intermediate
+        } else {
+            0
+        }
+    }
+
+    /// Bytes per token and layer of the f32 statistics of the two norms a layer saves.
+    fn saved_norm_bytes(&self) -> u64 {
+        8 * self.hidden
+    }
+}
+
+/// Everything an RL step's memory depends on besides the free memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RlMemoryModel {
+    pub policy: ModelShape,
+    /// The reward model (ForecastProbs or the correctness reader), also PPO's value backbone.
+    pub reward_model: ModelShape,
+    /// The ExtractAnswers model of decision-based RL.
+    pub extractor: Option<ModelShape>,
+    /// Bytes per element of the models' weights and activations.
+    pub dtype_bytes: u64,
+    /// f32 master weights beside the model weights (`training.precision`).
+    pub master_weights: bool,
+    /// LoRA rank, when the policy (and PPO's value model) are adapters on frozen bases.
+    pub lora_rank: Option<u64>,
+    /// PPO's value model is trained (a copy of the reward model in full fine-tuning).
+    pub value: bool,
+    pub query_len: u64,
+    pub response_len: u64,
+    pub extractor_new_tokens: u64,
+    /// Responses per step, and per optimizer step (micro-batches must divide it).
+    pub rollouts: u64,
+    pub step_batch_size: u64,
+}
+
+/// Batch sizes chosen for an RL step, and the arithmetic behind them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BatchPlan {
+    pub generation_batch_size: usize,
+    pub forward_batch_size: usize,
+    pub micro_batch_size: usize,
+    pub extractor_batch_size: usize,
+    pub score_batch_size: usize,
+    pub free_bytes: u64,
+    /// Weights, optimizer state and the reserve.
+    pub fixed_bytes: u64,
+    /// What each phase may use.
+    pub phase_bytes: u64,
+}
+
+impl std::fmt::Display for BatchPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "generation {}, forward {}, micro {}, extractor {}, score {} \
+             ({:.1} GiB free, {:.1} GiB for weights, optimizer state and reserve, \
+             {:.1} GiB a phase)",
+            self.generation_batch_size,
+            self.forward_batch_size,
+            self.micro_batch_size,
+            self.extractor_batch_size,
+            self.score_batch_size,
+            self.free_bytes as f64 / GIB,
+            self.fixed_bytes as f64 / GIB,
+            self.phase_bytes as f64 / GIB,
+        )
+    }
+}
+
+/// Kept free besides the plan: the CUDA context, the caching allocator's fragments, CUDA
+/// graphs' pools and the scoring pass's logit slices (3 × 256 MiB).
+const RESERVE_BYTES: u64 = 2 << 30;
+/// The share of the rest a phase may fill.
+const PHASE_SHARE: f64 = 0.85;
+/// f32 bytes per vocabulary entry of one sampling step: logits, scaled logits,
+/// probabilities and the sorted copy with its i64 indices.
+const SAMPLING_BYTES_PER_VOCAB: u64 = 32;
+
+impl RlMemoryModel {
+    /// Weights of every model, and the gradients and AdamW state of the trained parameters.
+    pub fn fixed_bytes(&self) -> u64 {
+        let b = self.dtype_bytes;
+        let (policy, reward) = (self.policy.parameters, self.reward_model.parameters);
+        let extractor = self.extractor.map_or(0, |e| e.parameters);
+        let (weights, trained) = match self.lora_rank {
+            // The frozen policy base is the reference; PPO's value adapters sit on the reward
+            // model itself.
+            Some(rank) => {
+                let adapters = |s: &ModelShape| {
+                    rank * s.layers
+                        * (2 * (s.hidden + s.attention)
+                            + 2 * (s.hidden + s.kv)
+                            + 3 * (s.hidden + s.intermediate))
+                };
+                let value = if self.value {
+                    adapters(&self.reward_model)
+                } else {
+                    0
+                };
+                (policy + reward + extractor, adapters(&self.policy) + value)
+            }
+            // A reference copy of the policy, and PPO's value model as a copy of the reward
+            // model.
+            None => {
+                let value = if self.value { reward } else { 0 };
+                (2 * policy + reward + value + extractor, policy + value)
+            }
+        };
+        // Masters: f32 weights, gradients and both moments; otherwise all three in the
+        // weights' type.
+        let state_bytes = if self.master_weights { 16 } else { 3 * b };
+        weights * b + trained * state_bytes + RESERVE_BYTES
+    }
+
+    /// Bytes per row of sampling `new_tokens` after `prompt` tokens: the key/value cache of
+    /// the whole sequence, the prompt's pass through one layer and a sampling step's logits.
+    fn generation_row(shape: &ModelShape, prompt: u64, new_tokens: u64, b: u64) -> u64 {
+        let cache = 2 * shape.layers * shape.kv * (prompt + new_tokens) * b;
+        let prefill = prompt * (shape.forward_elements() + shape.hidden) * b;
+        cache + prefill + shape.vocab * SAMPLING_BYTES_PER_VOCAB
+    }
+
+    /// Bytes per row of a forward pass without gradients over `tokens` tokens: one layer's
+    /// working set and the hidden states it returns.
+    fn forward_row(shape: &ModelShape, tokens: u64, b: u64) -> u64 {
+        tokens * (shape.forward_elements() + shape.hidden) * b
+    }
+
+    /// Bytes per row of the update: the saved activations of the policy (and of PPO's value
+    /// model) over the whole sequence, and the response logits in the weights' type and in f32
+    /// with their log-softmax and two gradients.
+    fn update_row(&self) -> u64 {
+        let tokens = self.query_len + self.response_len;
+        let lora = self.lora_rank.is_some();
+        let saved = |s: &ModelShape| {
+            s.layers * tokens * (s.saved_elements(lora) * self.dtype_bytes + s.saved_norm_bytes())
+        };
+        let logits = self.response_len * self.policy.vocab * (self.dtype_bytes + 16);
+        let value = if self.value {
+            saved(&self.reward_model)
+        } else {
+            0
+        };
+        saved(&self.policy) + logits + value
+    }
+
+    /// The largest batch sizes whose phases fit in `free` bytes. Fails when the weights and
+    /// optimizer state alone do not fit.
+    pub fn plan(&self, free: u64) -> Result<BatchPlan> {
+        let fixed = self.fixed_bytes();
+        if fixed >= free {
+            return Err(TrainError::config(
+                "auto_batch_sizes",
+                format!(
+                    "the models and optimizer state need about {:.1} GiB (with {:.1} GiB kept \
+                     in reserve) but {:.1} GiB are free; use LoRA or precision \"pure_bf16\", \
+                     or smaller models",
+                    fixed as f64 / GIB,
+                    RESERVE_BYTES as f64 / GIB,
+                    free as f64 / GIB
+                ),
+            ));
+        }
+        let phase = ((free - fixed) as f64 * PHASE_SHARE) as u64;
+        let b = self.dtype_bytes;
+        let sequence = self.query_len + self.response_len;
+        let rows = |row_bytes: u64| (phase / row_bytes.max(1)).max(1);
+        let generation = Self::generation_row(&self.policy, self.query_len, self.response_len, b);
+        // The reward reads prompts holding a question and the response: about a policy
+        // sequence.
+        let extractor = self.extractor.map_or(1, |e| {
+            Self::generation_row(&e, sequence, self.extractor_new_tokens, b)
+        });
+        let scoring = Self::forward_row(&self.policy, sequence, b).max(Self::forward_row(
+            &self.reward_model,
+            sequence,
+            b,
+        ));
+        Ok(BatchPlan {
+            generation_batch_size: even_batches(self.rollouts, rows(generation)),
+            forward_batch_size: even_batches(self.rollouts, rows(scoring)),
+            micro_batch_size: largest_divisor(self.step_batch_size, rows(self.update_row())),
+            extractor_batch_size: even_batches(self.rollouts, rows(extractor)),
+            score_batch_size: even_batches(
+                self.rollouts,
+                rows(Self::forward_row(&self.reward_model, sequence, b)),
+            ),
+            free_bytes: free,
+            fixed_bytes: fixed,
+            phase_bytes: phase,
+        })
+    }
+}
+
+/// The size of the fewest equal batches (the last may be smaller by less than their number)
+/// that cover `rows` rows with at most `cap` each.
+fn even_batches(rows: u64, cap: u64) -> usize {
+    let batches = rows.div_ceil(cap.max(1));
+    rows.div_ceil(batches.max(1)).max(1) as usize
+}
+
+/// The largest divisor of `n` not above `cap` (at least 1).
+fn largest_divisor(n: u64, cap: u64) -> usize {
+    (1..=cap.min(n).max(1))
+        .rev()
+        .find(|d| n.is_multiple_of(*d))
+        .unwrap_or(1) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Llama with 2 layers, hidden 8, intermediate 16, 2 heads of 4 and 1 key/value head,
+    /// vocabulary 10, tied embeddings.
+    fn tiny() -> ModelShape {
+        let config = ModelConfig::from_json(
+            r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+            "num_hidden_layers":2,"num_attention_heads":2,"num_key_value_heads":1,
+            "tie_word_embeddings":true}"#,
+        )
+        .unwrap();
+        ModelShape::of(&config)
+    }
+
+    #[test]
+    fn shapes_count_the_parameters_of_their_configs() {
+        // Embeddings 10·8; a layer: q 8·8, k and v 8·4 each, o 8·8, MLP 3·8·16, two norms of
+        // 8; the final norm 8.
+        let shape = tiny();
+        assert_eq!((shape.attention, shape.kv), (8, 4));
+        assert_eq!(
+            shape.parameters,
+            80 + 2 * (64 + 32 + 32 + 64 + 384 + 16) + 8
+        );
+        // SmolLM2-135M: 134,515,008 parameters (transformers' count).
+        let smollm2 = ModelConfig::from_json(
+            r#"{"model_type":"llama","vocab_size":49152,"hidden_size":576,
+            "intermediate_size":1536,"num_hidden_layers":30,"num_attention_heads":9,
+            "num_key_value_heads":3,"tie_word_embeddings":true}"#,
+        )
+        .unwrap();
+        assert_eq!(ModelShape::of(&smollm2).parameters, 134_515_008);
+        // Pythia-2.8B's layout (GPT-NeoX, untied): 2,775,208,960 parameters.
+        let neox = ModelConfig::from_json(
+            r#"{"model_type":"gpt_neox","vocab_size":50304,"hidden_size":2560,
+            "intermediate_size":10240,"num_hidden_layers":32,"num_attention_heads":32,
+            "rotary_pct":0.25,"tie_word_embeddings":false,"hidden_act":"gelu"}"#,
+        )
+        .unwrap();
+        assert_eq!(ModelShape::of(&neox).parameters, 2_775_208_960);
+    }
+
+    fn model() -> RlMemoryModel {
+        RlMemoryModel {
+            policy: tiny(),
+            reward_model: tiny(),
+            extractor: Some(tiny()),
+            dtype_bytes: 2,
+            master_weights: true,
+            lora_rank: None,
+            value: true,
+            query_len: 6,
+            response_len: 4,
+            extractor_new_tokens: 5,
+            rollouts: 12,
+            step_batch_size: 12,
+        }
+    }
+
+    #[test]
+    fn fixed_memory_is_weights_and_optimizer_state() {
+        let p = tiny().parameters;
+        let m = model();
+        // Policy, reference, reward model, value copy, extractor in bf16; policy and value
+        // trained with f32 masters, gradients and moments.
+        assert_eq!(m.fixed_bytes(), 5 * p * 2 + 2 * p * 16 + RESERVE_BYTES);
+        let pure = RlMemoryModel {
+            master_weights: false,
+            value: false,
+            extractor: None,
+            ..model()
+        };
+        assert_eq!(pure.fixed_bytes(), 3 * p * 2 + p * 6 + RESERVE_BYTES);
+        // LoRA r 2: bases only (no reference copy, value adapters on the reward model).
+        let lora = RlMemoryModel {
+            lora_rank: Some(2),
+            ..model()
+        };
+        let adapters = 2 * 2 * (2 * (8 + 8) + 2 * (8 + 4) + 3 * (8 + 16));
+        assert_eq!(
+            lora.fixed_bytes(),
+            3 * p * 2 + 2 * adapters * 16 + RESERVE_BYTES
+        );
+    }
+
+    #[test]
+    fn per_row_costs_are_the_hand_counted_bytes() {
+        let s = tiny();
+        // Forward elements per token: 4·8 + 2·8 + 3·4 + 3·16 = 108; plus the hidden output 8.
+        assert_eq!(RlMemoryModel::forward_row(&s, 10, 2), 10 * 116 * 2);
+        // Cache 2·2·4·(6+5)·2, prefill 6·116·2, sampling 10·32.
+        assert_eq!(RlMemoryModel::generation_row(&s, 6, 5, 2), 352 + 1392 + 320);
+        // Saved per token and layer: (5·8 + 2·8 + 2·4 + 4·16)·2 + 8·8 = 256 + 64 = 320 bytes;
+        // 2 layers × 10 tokens, for policy and value; logits 4 × 10 × (2 + 16).
+        assert_eq!(model().update_row(), 2 * (2 * 10 * 320) + 4 * 10 * 18);
+    }
+
+    #[test]
+    fn the_plan_fills_each_phase_and_keeps_the_step() {
+        let m = model();
+        let fixed = m.fixed_bytes();
+        // 10 update rows' worth for each phase.
+        let phase = 10 * m.update_row();
+        let free = fixed + (phase as f64 / PHASE_SHARE).ceil() as u64;
+        let plan = m.plan(free).unwrap();
+        assert_eq!(plan.fixed_bytes, fixed);
+        assert!(plan.phase_bytes.abs_diff(phase) <= 1);
+        // 10 rows fit (9 if rounding took a byte); the largest divisor of the step's 12 not
+        // above either is 6.
+        assert_eq!(plan.micro_batch_size, 6);
+        // Everything else is cheaper per row than the update here: all 12 rollouts at once.
+        assert_eq!(
+            (
+                plan.generation_batch_size,
+                plan.forward_batch_size,
+                plan.extractor_batch_size,
+                plan.score_batch_size
+            ),
+            (12, 12, 12, 12)
+        );
+        // With room for 5 generation rows (or 4), 12 rollouts go in 3 batches of 4, and the
+        // update in micro-batches of 1.
+        let gen_row = RlMemoryModel::generation_row(&m.policy, 6, 4, 2);
+        let tight = m
+            .plan(fixed + ((5 * gen_row) as f64 / PHASE_SHARE).ceil() as u64)
+            .unwrap();
+        assert_eq!(tight.generation_batch_size, 4);
+        assert_eq!(tight.micro_batch_size, 1);
+    }
+
+    #[test]
+    fn too_little_memory_is_an_error_that_says_what_to_do() {
+        let m = model();
+        let error = m.plan(m.fixed_bytes()).unwrap_err().to_string();
+        assert!(error.contains("auto_batch_sizes"), "{error}");
+        assert!(error.contains("pure_bf16"), "{error}");
+    }
+
+    #[test]
+    fn batch_rounding() {
+        assert_eq!(even_batches(512, 300), 256);
+        assert_eq!(even_batches(512, 1000), 512);
+        assert_eq!(even_batches(10, 3), 3);
+        assert_eq!(even_batches(7, 0), 1);
+        assert_eq!(largest_divisor(512, 100), 64);
+        assert_eq!(largest_divisor(12, 5), 4);
+        assert_eq!(largest_divisor(7, 6), 1);
+    }
+
+    #[test]
+    fn host_memory_reads_meminfo_and_names_a_missing_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meminfo");
+        std::fs::write(
+            &path,
+            "MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   12000000 kB\n",
+        )
+        .unwrap();
+        assert_eq!(
+            host_memory(&path).unwrap(),
+            DeviceMemory {
+                free: 12_000_000 * 1024,
+                total: 24_000_000 * 1024
+            }
+        );
+        std::fs::write(&path, "MemTotal: 5 kB\n").unwrap();
+        let error = host_memory(&path).unwrap_err().to_string();
+        assert!(error.contains("MemAvailable"), "{error}");
+    }
+}
