@@ -7,6 +7,7 @@ use crate::error::Result;
 use crate::ppo::bench::{
     RlStepBench, TimedStep, bench_inputs, bench_models, bench_paths, random_prompts, time_rl_steps,
 };
+use crate::ppo::ranks::Ranks;
 use std::path::Path;
 use tch::Device;
 
@@ -37,8 +38,8 @@ pub fn bench_grpo(
         .flat_map(|p| std::iter::repeat_n(p.clone(), config.group_size))
         .collect();
     let inputs = bench_inputs(&grouped);
-    let mut learner = GrpoLearner::new(config, models);
-    let device = learner.models.policy.model.device();
+    let device = models.policy.model.device();
+    let mut learner = GrpoLearner::new(config, models, Ranks::single(device));
     let parameters = learner.num_parameters();
     let bench = time_rl_steps(
         warmup_steps,

@@ -26,15 +26,16 @@ pub enum LossAggregation {
 }
 
 impl LossAggregation {
-    /// What the summed losses of an optimizer step are divided by: its tokens, its responses,
-    /// or its responses × `response_len`. `mask` is 1 on the response tokens of the step's
-    /// rows `[B, T]`.
+    /// What the summed losses of an optimizer step are divided by (once at least 1, after
+    /// summing over the ranks that share the step): its tokens, its responses, or its
+    /// responses × `response_len`. `mask` is 1 on the response tokens of the step's rows
+    /// `[B, T]`.
     pub fn units(self, mask: &Tensor, response_len: usize) -> f64 {
         let rows = mask.size()[0] as f64;
         match self {
-            LossAggregation::Token => mask.sum(Kind::Double).double_value(&[]).max(1.0),
-            LossAggregation::Sequence => rows.max(1.0),
-            LossAggregation::Constant => (rows * response_len as f64).max(1.0),
+            LossAggregation::Token => mask.sum(Kind::Double).double_value(&[]),
+            LossAggregation::Sequence => rows,
+            LossAggregation::Constant => rows * response_len as f64,
         }
     }
 

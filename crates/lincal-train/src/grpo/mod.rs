@@ -29,14 +29,17 @@ use crate::error::{Result, TrainError};
 use crate::memory::BatchPlan;
 use crate::optim::{AdamWConfig, LrSchedule, TrainableParams};
 use crate::ppo::models::{response_logprobs, row_index};
+use crate::ppo::ranks::{Ranks, local_rows};
 use crate::ppo::reward::{self, Reward, ScoreContext};
 use crate::ppo::rollout::{RolloutPrompt, RolloutSettings, collect_rollouts};
 use crate::ppo::{
-    PpoDataReport, PpoModelPaths, PpoModels, PpoPrompt, RunPrompts, Stream, load_rl_run,
-    rl_step_record, rollout_lines, rollout_metrics, row_sums, stream_seed, summed_kl, write_lines,
+    PpoDataReport, PpoModelPaths, PpoModels, PpoPrompt, RunPrompts, Stream, check_ranks,
+    load_rl_run, rl_step_record, rollout_lines, rollout_metrics, row_stats, row_sums, stream_seed,
+    summed_kl, write_gathered_lines,
 };
 use crate::run::{RunOptions, TrainState};
 use crate::training_run::{RunSteps, StepPlan, StepRecord, TrainSummary, TrainingRun, synchronize};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -64,11 +67,16 @@ pub(crate) struct GrpoLearner {
     models: PpoModels,
     params: TrainableParams,
     schedule: LrSchedule,
+    /// The data-parallel job: each rank takes whole groups of every step's responses.
+    ranks: Ranks,
 }
 
-/// What one step did: its rollouts and its metrics, named as logged.
+/// What one step did: its rollouts (this rank's share of the step's) and the whole step's
+/// metrics, named as logged.
 pub(crate) struct GrpoStepOutcome {
     pub rollouts: crate::ppo::rollout::Rollouts,
+    /// The step's responses this rank rolled out.
+    pub share: Range<usize>,
     pub kl_sums: Vec<f64>,
     pub metrics: Vec<(String, f64)>,
     pub update_seconds: f64,
@@ -112,8 +120,12 @@ impl GrpoTrainer {
         run: &RunOptions,
     ) -> Result<Self> {
         config.validate()?;
-        run.require_one_process("GRPO")?;
         run.check_before_loading(train.len())?;
+        check_ranks(
+            run.comm.world_size(),
+            ("prompts_per_step", config.prompts_per_step),
+            None,
+        )?;
         // The manifest keeps the config as given; the run uses the planned batch sizes.
         let given = config;
         let (config, batch_plan) = &config.planned(paths, device)?;
@@ -130,7 +142,7 @@ impl GrpoTrainer {
             ("prompts_per_step", config.prompts_per_step),
         )?;
         let report = prompts.report();
-        let mut learner = GrpoLearner::new(config, models);
+        let mut learner = GrpoLearner::new(config, models, Ranks::new(run.comm.clone(), device));
         let manifest = paths.manifest("grpo", given, custom);
         let kept = report.train_prompts;
         let state = TrainState::new(
@@ -182,15 +194,19 @@ impl GrpoTrainer {
 }
 
 impl GrpoLearner {
-    pub(crate) fn new(config: &GrpoConfig, models: PpoModels) -> Self {
+    pub(crate) fn new(config: &GrpoConfig, models: PpoModels, ranks: Ranks) -> Self {
         let adam = AdamWConfig {
             beta1: config.adam_beta1,
             beta2: config.adam_beta2,
             eps: config.adam_epsilon,
             weight_decay: config.weight_decay,
         };
-        let params =
-            TrainableParams::new(models.trainable(), adam, config.precision.master_weights());
+        let params = TrainableParams::sharded(
+            models.trainable(),
+            adam,
+            config.precision.master_weights(),
+            ranks.comm.clone(),
+        );
         let schedule = LrSchedule {
             schedule: Schedule::Linear,
             warmup_steps: config.warmup_steps,
@@ -201,6 +217,7 @@ impl GrpoLearner {
             models,
             params,
             schedule,
+            ranks,
         }
     }
 
@@ -220,19 +237,18 @@ impl GrpoLearner {
         }
     }
 
-    /// `epochs_per_rollout` passes over the responses in shuffled minibatches, one clipped
-    /// AdamW step each. Returns the loss statistics, the learning rate and the last gradient
-    /// norm.
+    /// `epochs_per_rollout` passes over the step's `rows` responses in shuffled minibatches,
+    /// one clipped AdamW step each; this rank passes over the minibatches' rows in its
+    /// `share`, which `rollouts` holds. Returns the loss statistics, the learning rate and
+    /// the last gradient norm.
     fn update(
         &mut self,
         rollouts: &crate::ppo::rollout::Rollouts,
         advantages: &Tensor,
         step: u64,
+        (rows, share): (usize, &Range<usize>),
     ) -> Result<(GrpoLossStats, f64, f64)> {
         let c = &self.config;
-        // As PPO's update: dropout draws from libtorch's generator, seeded per step.
-        let _rng = lincal_model::lock_libtorch_rng();
-        tch::manual_seed(c.seed.wrapping_add(step) as i64);
         self.models.set_training(true);
         let device = self.models.policy.model.device();
         let mask = &rollouts.seqs.response_mask;
@@ -240,42 +256,56 @@ impl GrpoLearner {
         let minibatch_seed = stream_seed(c.seed, Stream::Minibatches, step);
         let kl_in_loss = c.kl_placement == KlPlacement::Loss && c.kl_coef > 0.0;
         let (mut stats, mut grad_norm) = (GrpoLossStats::default(), 0.0);
+        let mut pass = 0;
         for epoch in 0..c.epochs_per_rollout {
-            let order = epoch_order(rollouts.seqs.rows(), minibatch_seed, epoch as u64);
+            let order = epoch_order(rows, minibatch_seed, epoch as u64);
             for minibatch in order.chunks(c.step_batch_size) {
-                let units = c.loss_aggregation.units(
-                    &mask.index_select(0, &row_index(minibatch, device)),
-                    c.response_len,
-                );
-                for micro in minibatch.chunks(c.micro_batch_size) {
-                    let batch = rollouts.seqs.batch(micro);
-                    let index = row_index(micro, device);
-                    let pick = |t: &Tensor| t.index_select(0, &index);
-                    let (logprobs, _) =
-                        response_logprobs(&self.models.policy.model, &batch, c.temperature, false);
-                    let ref_logprobs = pick(&rollouts.ref_logprobs);
-                    let inputs = GrpoLossInputs {
-                        logprobs: &logprobs,
-                        old_logprobs: &pick(&rollouts.logprobs),
-                        ref_logprobs: kl_in_loss.then_some(&ref_logprobs),
-                        advantages: &pick(advantages),
-                        mask: &pick(mask),
-                    };
-                    let (loss, micro_stats) =
-                        grpo_loss(&inputs, c.cliprange, c.kl_coef, c.loss_aggregation);
-                    let total = micro_stats.policy_loss + c.kl_coef * micro_stats.kl;
-                    if !total.is_finite() {
-                        self.models.set_training(false);
-                        return Err(TrainError::Diverged {
-                            step: step + 1,
-                            loss: total / micro_stats.tokens.max(1.0),
-                        });
+                let local = local_rows(minibatch, share);
+                let local_units = match local.is_empty() {
+                    true => 0.0,
+                    false => c.loss_aggregation.units(
+                        &mask.index_select(0, &row_index(&local, device)),
+                        c.response_len,
+                    ),
+                };
+                let units = self.ranks.sum(&[local_units])?[0].max(1.0);
+                {
+                    let _rng = self.ranks.seed_dropout(c.seed, step, pass);
+                    for micro in local.chunks(c.micro_batch_size) {
+                        let batch = rollouts.seqs.batch(micro);
+                        let index = row_index(micro, device);
+                        let pick = |t: &Tensor| t.index_select(0, &index);
+                        let (logprobs, _) = response_logprobs(
+                            &self.models.policy.model,
+                            &batch,
+                            c.temperature,
+                            false,
+                        );
+                        let ref_logprobs = pick(&rollouts.ref_logprobs);
+                        let inputs = GrpoLossInputs {
+                            logprobs: &logprobs,
+                            old_logprobs: &pick(&rollouts.logprobs),
+                            ref_logprobs: kl_in_loss.then_some(&ref_logprobs),
+                            advantages: &pick(advantages),
+                            mask: &pick(mask),
+                        };
+                        let (loss, micro_stats) =
+                            grpo_loss(&inputs, c.cliprange, c.kl_coef, c.loss_aggregation);
+                        let total = micro_stats.policy_loss + c.kl_coef * micro_stats.kl;
+                        if !total.is_finite() {
+                            self.models.set_training(false);
+                            return Err(TrainError::Diverged {
+                                step: step + 1,
+                                loss: total / micro_stats.tokens.max(1.0),
+                            });
+                        }
+                        (loss / units).backward();
+                        self.params.accumulate_grads();
+                        stats.accumulate(&micro_stats);
                     }
-                    (loss / units).backward();
-                    self.params.accumulate_grads();
-                    stats.accumulate(&micro_stats);
                 }
                 grad_norm = self.params.step(learning_rate, c.max_grad_norm)?;
+                pass += 1;
             }
         }
         self.models.set_training(false);
@@ -285,7 +315,7 @@ impl GrpoLearner {
 
 impl GrpoLearner {
     /// One step on `inputs`, each prompt `group_size` times in a row, after `step` completed
-    /// steps: rollouts, group advantages, the update.
+    /// steps: rollouts, group advantages, the update; this rank takes its share of the groups.
     pub(crate) fn step(
         &mut self,
         reward: &mut dyn Reward,
@@ -293,16 +323,18 @@ impl GrpoLearner {
         step: u64,
     ) -> Result<GrpoStepOutcome> {
         let c = self.config.clone();
+        let share = self.ranks.share(inputs.len(), c.group_size);
         let sampling = reward::row_seeds(stream_seed(c.seed, Stream::Sampling, step), inputs.len());
         let context = ScoreContext {
             seed: stream_seed(c.seed, Stream::Extraction, step),
+            first_row: share.start,
             evaluation: false,
         };
         let rollouts = collect_rollouts(
             &self.models,
             reward,
-            inputs,
-            &sampling,
+            &inputs[share.clone()],
+            &sampling[share.clone()],
             context,
             &self.settings(),
         )?;
@@ -313,36 +345,48 @@ impl GrpoLearner {
                 *reward -= c.kl_coef * log_ratio;
             }
         }
+        // Groups are whole on each rank: their advantages need no other rank.
         let advantages = group_advantages(&rewards, c.group_size, c.baseline)?;
         let device = self.models.policy.model.device();
         let advantages_tensor = Tensor::from_slice(&advantages)
             .to_kind(Kind::Float)
             .to_device(device);
         let started = Instant::now();
-        let (stats, learning_rate, grad_norm) = self.update(&rollouts, &advantages_tensor, step)?;
+        let (stats, learning_rate, grad_norm) =
+            self.update(&rollouts, &advantages_tensor, step, (inputs.len(), &share))?;
         synchronize(device);
         let update_seconds = started.elapsed().as_secs_f64();
         let k3 = k3_kl(&rollouts.logprobs, &rollouts.ref_logprobs) * &rollouts.seqs.response_mask;
-        let k3_sums = row_sums(&k3);
-        let n = rollouts.rewards.len() as f64;
-        let tokens = stats.tokens.max(1.0);
         // Groups whose rewards were all equal give no gradient: their share is worth watching.
         let flat_groups = rewards
             .chunks(c.group_size)
             .filter(|g| g.iter().all(|r| *r == g[0]))
-            .count() as f64
-            / (rewards.len() / c.group_size) as f64;
-        let mut metrics = rollout_metrics(&rollouts, &kl_sums, &log_ratio_sums, "");
+            .count() as f64;
+        let sums = self.ranks.sum(&[
+            row_sums(&k3).iter().sum::<f64>(),
+            advantages.iter().map(|a| a.abs()).sum::<f64>(),
+            flat_groups,
+            stats.policy_loss,
+            stats.clipfrac,
+            stats.approx_kl,
+            stats.tokens,
+        ])?;
+        let n = inputs.len() as f64;
+        let tokens = sums[6].max(1.0);
+        let rows = self
+            .ranks
+            .gather_all(row_stats(&rollouts, &kl_sums, &log_ratio_sums))?;
+        let mut metrics = rollout_metrics(&rows, "");
         metrics.extend([
-            ("kl_k3".to_string(), k3_sums.iter().sum::<f64>() / n),
+            ("kl_k3".to_string(), sums[0] / n),
+            ("advantage_abs".to_string(), sums[1] / n),
             (
-                "advantage_abs".to_string(),
-                advantages.iter().map(|a| a.abs()).sum::<f64>() / n,
+                "flat_groups".to_string(),
+                sums[2] / (inputs.len() / c.group_size) as f64,
             ),
-            ("flat_groups".to_string(), flat_groups),
-            ("policy_loss".to_string(), stats.policy_loss / tokens),
-            ("policy_clipfrac".to_string(), stats.clipfrac / tokens),
-            ("approx_kl".to_string(), stats.approx_kl / tokens),
+            ("policy_loss".to_string(), sums[3] / tokens),
+            ("policy_clipfrac".to_string(), sums[4] / tokens),
+            ("approx_kl".to_string(), sums[5] / tokens),
             ("learning_rate".to_string(), learning_rate),
             ("grad_norm".to_string(), grad_norm),
             (
@@ -358,6 +402,7 @@ impl GrpoLearner {
         ]);
         Ok(GrpoStepOutcome {
             rollouts,
+            share,
             kl_sums,
             metrics,
             update_seconds,
@@ -382,12 +427,12 @@ impl RunSteps for GrpoSteps {
         let (inputs, prompts) = self.prompts.train_inputs(&group_rows);
         let outcome = self.learner.step(self.reward.as_mut(), &inputs, step)?;
         if self.learner.config.dump_rollouts {
-            write_lines(
-                run,
-                "rollouts",
-                step + 1,
-                &rollout_lines(&outcome.rollouts, &prompts, &outcome.kl_sums),
-            )?;
+            let lines = rollout_lines(
+                &outcome.rollouts,
+                &prompts[outcome.share.clone()],
+                &outcome.kl_sums,
+            );
+            write_gathered_lines(&self.learner.ranks, run, "rollouts", step + 1, lines)?;
         }
         Ok(rl_step_record(
             &outcome.metrics,
@@ -405,6 +450,7 @@ impl RunSteps for GrpoSteps {
             &self.learner.models,
             self.reward.as_mut(),
             &self.learner.settings(),
+            &self.learner.ranks,
             self.learner.config.seed,
             step,
             run,
@@ -416,8 +462,12 @@ impl RunSteps for GrpoSteps {
         self.learner.params.save(dir)
     }
 
+    /// The policy (rank 0 writes).
     fn save_final(&mut self, dir: &Path) -> Result<()> {
         self.learner.params.promote_to_masters()?;
+        if !self.learner.ranks.writes() {
+            return Ok(());
+        }
         self.learner
             .models
             .policy
@@ -425,7 +475,10 @@ impl RunSteps for GrpoSteps {
     }
 
     fn save_snapshot(&self, dir: &Path) -> Result<()> {
-        self.learner.models.policy.save_snapshot(dir)
+        match self.learner.ranks.writes() {
+            true => self.learner.models.policy.save_snapshot(dir),
+            false => Ok(()),
+        }
     }
 }
 

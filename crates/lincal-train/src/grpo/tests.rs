@@ -123,6 +123,53 @@ fn auto_batch_sizes_plan_for_the_whole_step() {
     assert_same_statistics(plain.path(), auto.path(), 1e-4);
 }
 
+/// Two ranks as threads, each taking two whole groups of 4, train as one process: the same
+/// statistics over two steps (group advantages, the token normaliser and the metrics of the
+/// whole step) and final weights within 1e-4.
+#[test]
+fn data_parallel_ranks_train_as_one_process() {
+    let fixture = fixture();
+    let config = GrpoConfig {
+        total_steps: 2,
+        warmup_steps: 0,
+        learning_rate: 1e-3,
+        step_batch_size: 8,
+        micro_batch_size: 2,
+        ..config()
+    };
+    let single = tempfile::tempdir().unwrap();
+    trainer(&config, single.path(), &fixture)
+        .train(None)
+        .unwrap();
+    let parallel = tempfile::tempdir().unwrap();
+    crate::distributed::on_ranks(2, |comm| {
+        GrpoTrainer::with_reward(
+            &fixture.paths,
+            Device::Cpu,
+            &config,
+            Box::new(TargetWordReward),
+            &prompts(),
+            &prompts()[..2],
+            &RunOptions {
+                comm,
+                ..RunOptions::new(parallel.path())
+            },
+        )
+        .unwrap()
+        .train(None)
+        .unwrap();
+    });
+    assert_same_statistics(single.path(), parallel.path(), 1e-4);
+    let (a, b) = (
+        saved_tensors(&single.path().join("final")),
+        saved_tensors(&parallel.path().join("final")),
+    );
+    for (name, tensor) in &a {
+        let diff = (tensor - &b[name]).abs().max().double_value(&[]);
+        assert!(diff < 1e-4, "{name} differs by {diff}");
+    }
+}
+
 /// The toy task from a random policy (the reward is the share of "t20" among the response's
 /// words, about 0.02 at first): 20 steps of 8 prompts × 8 responses at learning rate 3e-3,
 /// β 0.01, take the mean reward from below 0.1 at step 1 to above 0.5 over steps 16-20, for

@@ -7,6 +7,8 @@
 //! (SPEC 8, item 5). Outside the weighted positions rewards, values, advantages and returns are
 //! 0, so GAE stops at each row's last real token.
 
+use crate::distributed::{Communicator, SingleProcess};
+use crate::error::Result;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -32,35 +34,53 @@ pub fn shape_rewards(scores: &[f64], kl: &Tensor, lengths: &[i64], kl_coef: f64)
     (kl * -kl_coef).scatter_add(1, &last, &scores)
 }
 
-/// `(x − μ)/(σ + 1e-8)` with μ and the population σ over the weighted positions, then `+ μ`
-/// again unless `shift_mean` (the reference's scale-only reward whitening); 0 elsewhere.
-pub fn whiten(values: &Tensor, weights: &Tensor, shift_mean: bool) -> Tensor {
-    let count = weights.sum(Kind::Float);
-    let mean = (values * weights).sum(Kind::Float) / &count;
+/// `(x − μ)/(σ + 1e-8)` with μ and the population σ over the weighted positions of every rank
+/// of `comm` (the sums are all-reduced), then `+ μ` again unless `shift_mean` (the reference's
+/// scale-only reward whitening); 0 elsewhere.
+pub fn whiten(
+    values: &Tensor,
+    weights: &Tensor,
+    shift_mean: bool,
+    comm: &dyn Communicator,
+) -> Result<Tensor> {
+    let mut sums = Tensor::stack(
+        &[
+            weights.sum(Kind::Float),
+            (values * weights).sum(Kind::Float),
+        ],
+        0,
+    );
+    comm.all_reduce_sum(&mut sums)?;
+    let (count, sum) = (sums.get(0), sums.get(1));
+    let mean = sum / &count;
     let centred = values - &mean;
-    let std = ((&centred * &centred * weights).sum(Kind::Float) / &count).sqrt();
+    let mut squares = (&centred * &centred * weights).sum(Kind::Float);
+    comm.all_reduce_sum(&mut squares)?;
+    let std = (squares / &count).sqrt();
     let whitened = centred / (std + WHITEN_EPSILON);
     let whitened = if shift_mean {
         whitened
     } else {
         whitened + mean
     };
-    whitened * weights
+    Ok(whitened * weights)
 }
 
-/// [`whiten`] over consecutive groups of `group` rows each, or over all rows (`None`).
+/// [`whiten`] over consecutive groups of `group` rows each, each within this rank's rows, or
+/// over the rows of every rank of `comm` (`None`).
 pub fn whiten_groups(
     values: &Tensor,
     weights: &Tensor,
     shift_mean: bool,
     group: Option<usize>,
-) -> Tensor {
+    comm: &dyn Communicator,
+) -> Result<Tensor> {
+    let Some(group) = group else {
+        return whiten(values, weights, shift_mean, comm);
+    };
     let rows = values.size()[0];
-    let group = group.map_or(rows, |g| g.max(1) as i64);
-    if group >= rows {
-        return whiten(values, weights, shift_mean);
-    }
-    let parts: Vec<Tensor> = (0..rows)
+    let group = group.max(1) as i64;
+    let parts = (0..rows)
         .step_by(group as usize)
         .map(|start| {
             let len = group.min(rows - start);
@@ -68,10 +88,11 @@ pub fn whiten_groups(
                 &values.narrow(0, start, len),
                 &weights.narrow(0, start, len),
                 shift_mean,
+                &SingleProcess,
             )
         })
-        .collect();
-    Tensor::cat(&parts, 0)
+        .collect::<Result<Vec<Tensor>>>()?;
+    Ok(Tensor::cat(&parts, 0))
 }
 
 /// Generalised advantage estimation over the positions of each row (`V` past the last
@@ -133,17 +154,19 @@ pub struct AdvantageSettings {
     pub lam: f64,
 }
 
-/// Shaping, optional scale-only reward whitening, GAE and advantage whitening (SPEC 2.5-2.6).
+/// Shaping, optional scale-only reward whitening, GAE and advantage whitening (SPEC 2.5-2.6),
+/// the whitening statistics over the rollouts of every rank of `comm`.
 pub fn estimate_advantages(
     inputs: &AdvantageInputs<'_>,
     settings: &AdvantageSettings,
-) -> Advantages {
+    comm: &dyn Communicator,
+) -> Result<Advantages> {
     let weights = inputs.weights;
     let shaped_rewards =
         shape_rewards(inputs.scores, inputs.kl, inputs.lengths, settings.kl_coef) * weights;
     let group = settings.whiten_group_size;
     let rewards = if settings.whiten_rewards {
-        whiten_groups(&shaped_rewards, weights, false, group)
+        whiten_groups(&shaped_rewards, weights, false, group, comm)?
     } else {
         shaped_rewards.shallow_clone()
     };
@@ -153,11 +176,11 @@ pub fn estimate_advantages(
         settings.gamma,
         settings.lam,
     );
-    Advantages {
-        advantages: whiten_groups(&advantages, weights, true, group),
+    Ok(Advantages {
+        advantages: whiten_groups(&advantages, weights, true, group, comm)?,
         returns: returns * weights,
         shaped_rewards,
-    }
+    })
 }
 
 /// The KL coefficient β: fixed, or adapted towards a target summed KL per sequence
@@ -226,18 +249,18 @@ mod tests {
         let mask = t2(&[&[1.0, 1.0], &[1.0, 0.0]]);
         let std = (2.0f64 / 3.0).sqrt() + 1e-8;
         close(
-            &values(&whiten(&x, &mask, true)),
+            &values(&whiten(&x, &mask, true, &SingleProcess).unwrap()),
             &[&[-1.0 / std, 0.0], &[1.0 / std, 0.0]],
         );
         close(
-            &values(&whiten(&x, &mask, false)),
+            &values(&whiten(&x, &mask, false, &SingleProcess).unwrap()),
             &[&[2.0 - 1.0 / std, 2.0], &[2.0 + 1.0 / std, 0.0]],
         );
         // The reference's padding counts every entry: mean 3.75, std √9.6875 = 3.112475.
         let all = x.ones_like();
         let std = 9.6875f64.sqrt() + 1e-8;
         close(
-            &values(&whiten(&x, &all, false)),
+            &values(&whiten(&x, &all, false, &SingleProcess).unwrap()),
             &[
                 &[3.75 - 2.75 / std, 3.75 - 1.75 / std],
                 &[3.75 - 0.75 / std, 3.75 + 5.25 / std],
@@ -282,7 +305,9 @@ mod tests {
                 weights: &mask,
             },
             &settings,
-        );
+            &SingleProcess,
+        )
+        .unwrap();
         // Row 0 stops at its last real token: A = (2 − 0.5, 2 − 0.25, 0); the pad's value 7 is
         // ignored.
         close(
@@ -308,7 +333,9 @@ mod tests {
                 weights: &all,
             },
             &settings,
-        );
+            &SingleProcess,
+        )
+        .unwrap();
         // The reference bootstraps through the pad: δ_1 = 2 + 7 − 0.25 and A_2 = −7, so A_1 and
         // the returns are unchanged, but the pad's advantage −7 enters the whitening.
         close(
@@ -344,7 +371,9 @@ mod tests {
                 weights: &ones,
             },
             &settings,
-        );
+            &SingleProcess,
+        )
+        .unwrap();
         close(&values(&a.shaped_rewards), &[&[0.0, 4.0]]);
         close(&values(&a.returns), &[&[4.0, 3.0]]);
     }
@@ -378,7 +407,7 @@ mod tests {
         let ones = x.ones_like();
         let eps = 1e-8;
         close(
-            &values(&whiten_groups(&x, &ones, true, Some(2))),
+            &values(&whiten_groups(&x, &ones, true, Some(2), &SingleProcess).unwrap()),
             &[
                 &[-1.0 / (1.0 + eps)],
                 &[1.0 / (1.0 + eps)],
@@ -387,11 +416,69 @@ mod tests {
             ],
         );
         // A group of 3 leaves a last group of one row, whitened alone (to 0).
-        let uneven = values(&whiten_groups(&x, &ones, true, Some(3)));
+        let uneven = values(&whiten_groups(&x, &ones, true, Some(3), &SingleProcess).unwrap());
         assert_eq!(uneven[3], vec![0.0]);
         // Groups as large as the batch, or none, are one whitening.
         for group in [None, Some(4), Some(100)] {
-            assert!(whiten_groups(&x, &ones, true, group).equal(&whiten(&x, &ones, true)));
+            assert!(
+                whiten_groups(&x, &ones, true, group, &SingleProcess)
+                    .unwrap()
+                    .equal(&whiten(&x, &ones, true, &SingleProcess).unwrap())
+            );
         }
+    }
+
+    /// Whitening over the ranks of a job is whitening of all their rows in one process: rows
+    /// 1, 3 on one rank and 10, 30 (a padded 99 left out) on the other.
+    #[test]
+    fn whitening_over_ranks_equals_one_process() {
+        // Tensors are not shared between threads: each rank makes its own.
+        let data = || {
+            (
+                t2(&[&[1.0, 2.0], &[3.0, 4.0], &[10.0, 99.0], &[30.0, 5.0]]),
+                t2(&[&[1.0, 1.0], &[1.0, 1.0], &[1.0, 0.0], &[1.0, 1.0]]),
+            )
+        };
+        let (x, mask) = data();
+        let whole = whiten(&x, &mask, false, &SingleProcess).unwrap();
+        let parts = crate::distributed::on_ranks(2, |comm| {
+            let (x, mask) = data();
+            let rows = 2 * comm.rank() as i64;
+            let part = whiten(
+                &x.narrow(0, rows, 2),
+                &mask.narrow(0, rows, 2),
+                false,
+                &*comm,
+            );
+            values(&part.unwrap())
+        });
+        let joined: Vec<Vec<f32>> = parts.into_iter().flatten().collect();
+        let whole = values(&whole);
+        for (a, b) in joined.iter().flatten().zip(whole.iter().flatten()) {
+            assert!((a - b).abs() < 1e-6, "{joined:?} vs {whole:?}");
+        }
+        // Groups stay within a rank: the whole-job statistics are not used.
+        let grouped = crate::distributed::on_ranks(2, |comm| {
+            let (x, mask) = data();
+            let rows = 2 * comm.rank() as i64;
+            let part = whiten_groups(
+                &x.narrow(0, rows, 2),
+                &mask.narrow(0, rows, 2),
+                false,
+                Some(2),
+                &*comm,
+            );
+            values(&part.unwrap())
+        });
+        let alone = values(
+            &whiten(
+                &x.narrow(0, 0, 2),
+                &mask.narrow(0, 0, 2),
+                false,
+                &SingleProcess,
+            )
+            .unwrap(),
+        );
+        assert_eq!(grouped[0], alone);
     }
 }

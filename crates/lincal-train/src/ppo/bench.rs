@@ -5,6 +5,7 @@
 use super::config::{PpoConfig, RlType};
 use super::models::PpoModels;
 use super::models::{ModelSettings, PpoModelPaths, load_models};
+use super::ranks::Ranks;
 use super::reward::Reward;
 use super::rollout::{RolloutPrompt, Rollouts};
 use super::{Learner, metric};
@@ -169,8 +170,8 @@ pub fn bench_ppo_step(
         config.seed,
     );
     let inputs = bench_inputs(&prompts);
-    let mut learner = Learner::new(config, models);
-    let device = learner.models.policy.model.device();
+    let device = models.policy.model.device();
+    let mut learner = Learner::new(config, models, Ranks::single(device));
     let parameters = learner.params.num_parameters();
     time_rl_steps(
         warmup_steps,

@@ -46,6 +46,7 @@ pub mod bench;
 pub mod config;
 pub mod loss;
 pub mod models;
+pub(crate) mod ranks;
 pub mod reward;
 pub mod rollout;
 #[cfg(test)]
@@ -74,9 +75,11 @@ use lincal_model::CausalLm;
 use loss::{LossInputs, LossStats, ppo_loss};
 use models::{load_models, response_logprobs, row_index, templates};
 use rand::{RngCore, SeedableRng};
+use ranks::{Ranks, local_rows};
 use rollout::{RolloutPrompt, RolloutSettings, Rollouts, TokenizedPrompts, collect_rollouts};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -108,11 +111,16 @@ pub(crate) struct Learner {
     params: TrainableParams,
     schedule: LrSchedule,
     kl: KlController,
+    /// The data-parallel job: each rank takes its share of every step's rollouts.
+    ranks: Ranks,
 }
 
-/// What one PPO step did: its rollouts and its metrics, named as logged.
+/// What one PPO step did: its rollouts (this rank's share of the step's) and the whole
+/// step's metrics, named as logged.
 pub(crate) struct StepOutcome {
     rollouts: Rollouts,
+    /// The step's rows this rank rolled out.
+    share: Range<usize>,
     /// Per rollout, the summed clamped KL to the reference (SPEC 2.4).
     kl_sums: Vec<f64>,
     metrics: Vec<(String, f64)>,
@@ -120,15 +128,19 @@ pub(crate) struct StepOutcome {
 }
 
 impl Learner {
-    fn new(config: &PpoConfig, models: PpoModels) -> Self {
+    fn new(config: &PpoConfig, models: PpoModels, ranks: Ranks) -> Self {
         let adam = AdamWConfig {
             beta1: config.adam_beta1,
             beta2: config.adam_beta2,
             eps: config.adam_epsilon,
             weight_decay: config.weight_decay,
         };
-        let params =
-            TrainableParams::new(models.trainable(), adam, config.precision.master_weights());
+        let params = TrainableParams::sharded(
+            models.trainable(),
+            adam,
+            config.precision.master_weights(),
+            ranks.comm.clone(),
+        );
         let schedule = LrSchedule {
             schedule: Schedule::Linear,
             warmup_steps: config.warmup_steps,
@@ -146,6 +158,7 @@ impl Learner {
             params,
             schedule,
             kl,
+            ranks,
         }
     }
 
@@ -171,7 +184,8 @@ impl Learner {
         }
     }
 
-    /// One PPO step on `prompts`, after `step` completed steps (SPEC 2.9).
+    /// One PPO step on `prompts`, after `step` completed steps (SPEC 2.9); this rank rolls
+    /// out and trains on its share of them.
     fn step(
         &mut self,
         reward: &mut dyn Reward,
@@ -180,16 +194,18 @@ impl Learner {
     ) -> Result<StepOutcome> {
         // Rollout: sample, score, forward passes.
         let seed = self.config.seed;
+        let share = self.ranks.share(prompts.len(), 1);
         let context = ScoreContext {
             seed: stream_seed(seed, Stream::Extraction, step),
+            first_row: share.start,
             evaluation: false,
         };
         let sampling = reward::row_seeds(stream_seed(seed, Stream::Sampling, step), prompts.len());
         let rollouts = collect_rollouts(
             &self.models,
             reward,
-            prompts,
-            &sampling,
+            &prompts[share.clone()],
+            &sampling[share.clone()],
             context,
             &self.settings(true),
         )?;
@@ -217,30 +233,53 @@ impl Learner {
                 gamma: c.gamma,
                 lam: c.lam,
             },
-        );
+            &*self.ranks.comm,
+        )?;
         // Update.
         let started = Instant::now();
-        let (stats, learning_rate, grad_norm) =
-            self.update(&rollouts, &advantages, &weights, step)?;
+        let (stats, learning_rate, grad_norm) = self.update(
+            &rollouts,
+            &advantages,
+            &weights,
+            step,
+            (prompts.len(), &share),
+        )?;
         synchronize(self.models.policy.model.device());
         let update_seconds = started.elapsed().as_secs_f64();
 
-        // Statistics, then the KL controller's step on the mean summed clamped KL, which the
-        // reference also logs as `kl`.
+        // Statistics of the whole step, then the KL controller's step on the mean summed
+        // clamped KL, which the reference also logs as `kl`.
         let (kl_sums, log_ratio_sums) = summed_kl(&rollouts);
-        let mut metrics = rollout_metrics(&rollouts, &kl_sums, &log_ratio_sums, "");
-        let weight_total = weights.sum(Kind::Double).double_value(&[]);
-        let weighted_mean =
-            |t: &Tensor| (t * &weights).sum(Kind::Double).double_value(&[]) / weight_total;
-        let penalty = row_sums(&(&kl * -self.kl.value));
+        let rows = self
+            .ranks
+            .gather_all(row_stats(&rollouts, &kl_sums, &log_ratio_sums))?;
+        let mut metrics = rollout_metrics(&rows, "");
+        let weighted = |t: &Tensor| (t * &weights).sum(Kind::Double).double_value(&[]);
+        let sums = self.ranks.sum(&[
+            weights.sum(Kind::Double).double_value(&[]),
+            weighted(values),
+            weighted(&advantages.returns),
+            stats.policy_loss,
+            stats.value_loss,
+            stats.policy_clipfrac,
+            stats.value_clipfrac,
+            stats.approx_kl,
+            stats.weight,
+        ])?;
+        let stats = LossStats {
+            policy_loss: sums[3],
+            value_loss: sums[4],
+            policy_clipfrac: sums[5],
+            value_clipfrac: sums[6],
+            approx_kl: sums[7],
+            weight: sums[8],
+        };
+        let kl_mean = rows.iter().map(|r| r.kl).sum::<f64>() / rows.len() as f64;
         metrics.extend([
-            (
-                "kl_penalty".to_string(),
-                penalty.iter().sum::<f64>() / penalty.len() as f64,
-            ),
+            ("kl_penalty".to_string(), -self.kl.value * kl_mean),
             ("kl_coef".to_string(), self.kl.value),
-            ("values".to_string(), weighted_mean(values)),
-            ("returns".to_string(), weighted_mean(&advantages.returns)),
+            ("values".to_string(), sums[1] / sums[0]),
+            ("returns".to_string(), sums[2] / sums[0]),
             ("learning_rate".to_string(), learning_rate),
             ("grad_norm".to_string(), grad_norm),
         ]);
@@ -257,18 +296,19 @@ impl Learner {
             ),
             ("update_seconds".to_string(), update_seconds),
         ]);
-        let kl_mean = kl_sums.iter().sum::<f64>() / kl_sums.len() as f64;
         self.kl.step(kl_mean);
         Ok(StepOutcome {
             rollouts,
+            share,
             kl_sums,
             metrics,
             update_seconds,
         })
     }
 
-    /// `epochs_per_rollout` passes over the rollouts in shuffled minibatches of
-    /// `step_batch_size`, one clipped AdamW step each (SPEC 2.7). Returns the loss statistics,
+    /// `epochs_per_rollout` passes over the step's `rows` rollouts in shuffled minibatches of
+    /// `step_batch_size`, one clipped AdamW step each (SPEC 2.7); this rank passes over the
+    /// minibatches' rows in its `share`, which `rollouts` holds. Returns the loss statistics,
     /// the learning rate and the last gradient norm.
     fn update(
         &mut self,
@@ -276,13 +316,9 @@ impl Learner {
         advantages: &advantages::Advantages,
         weights: &Tensor,
         step: u64,
+        (rows, share): (usize, &Range<usize>),
     ) -> Result<(LossStats, f64, f64)> {
         let c = &self.config;
-        // Dropout draws from libtorch's global generator; seeding it per step makes a resumed
-        // run draw the same masks as an uninterrupted one, and holding its lock for the update
-        // keeps other threads (tests run in parallel) from reseeding it in between.
-        let _rng = lincal_model::lock_libtorch_rng();
-        tch::manual_seed(c.seed.wrapping_add(step) as i64);
         self.models.set_training(true);
         let device = self.models.policy.model.device();
         let old_values = rollouts
@@ -292,50 +328,63 @@ impl Learner {
         let learning_rate = c.learning_rate * self.schedule.factor(step);
         let minibatch_seed = stream_seed(c.seed, Stream::Minibatches, step);
         let (mut stats, mut grad_norm) = (LossStats::default(), 0.0);
+        let mut pass = 0;
         for epoch in 0..c.epochs_per_rollout {
-            let order = epoch_order(rollouts.seqs.rows(), minibatch_seed, epoch as u64);
+            let order = epoch_order(rows, minibatch_seed, epoch as u64);
             for minibatch in order.chunks(c.step_batch_size) {
-                let total_weight = weights
-                    .index_select(0, &row_index(minibatch, device))
-                    .sum(Kind::Double)
-                    .double_value(&[])
-                    .max(1.0);
-                for micro in minibatch.chunks(c.micro_batch_size) {
-                    let batch = rollouts.seqs.batch(micro);
-                    let index = row_index(micro, device);
-                    let pick = |t: &Tensor| t.index_select(0, &index);
-                    let (logprobs, _) =
-                        response_logprobs(&self.models.policy.model, &batch, c.temperature, false);
-                    let values = self
-                        .models
-                        .value
-                        .as_ref()
-                        .expect("PPO's models have a value model")
-                        .forward(&batch);
-                    let inputs = LossInputs {
-                        logprobs: &logprobs,
-                        old_logprobs: &pick(&rollouts.logprobs),
-                        advantages: &pick(&advantages.advantages),
-                        values: &values,
-                        old_values: &pick(old_values),
-                        returns: &pick(&advantages.returns),
-                        weights: &pick(weights),
-                    };
-                    let (loss, micro_stats) =
-                        ppo_loss(&inputs, c.cliprange, c.cliprange_value, c.vf_coef);
-                    let total = micro_stats.policy_loss + c.vf_coef * micro_stats.value_loss;
-                    if !total.is_finite() {
-                        self.models.set_training(false);
-                        return Err(TrainError::Diverged {
-                            step: step + 1,
-                            loss: total / micro_stats.weight.max(1.0),
-                        });
+                let local = local_rows(minibatch, share);
+                let local_weight = match local.is_empty() {
+                    true => 0.0,
+                    false => weights
+                        .index_select(0, &row_index(&local, device))
+                        .sum(Kind::Double)
+                        .double_value(&[]),
+                };
+                let total_weight = self.ranks.sum(&[local_weight])?[0].max(1.0);
+                {
+                    let _rng = self.ranks.seed_dropout(c.seed, step, pass);
+                    for micro in local.chunks(c.micro_batch_size) {
+                        let batch = rollouts.seqs.batch(micro);
+                        let index = row_index(micro, device);
+                        let pick = |t: &Tensor| t.index_select(0, &index);
+                        let (logprobs, _) = response_logprobs(
+                            &self.models.policy.model,
+                            &batch,
+                            c.temperature,
+                            false,
+                        );
+                        let values = self
+                            .models
+                            .value
+                            .as_ref()
+                            .expect("PPO's models have a value model")
+                            .forward(&batch);
+                        let inputs = LossInputs {
+                            logprobs: &logprobs,
+                            old_logprobs: &pick(&rollouts.logprobs),
+                            advantages: &pick(&advantages.advantages),
+                            values: &values,
+                            old_values: &pick(old_values),
+                            returns: &pick(&advantages.returns),
+                            weights: &pick(weights),
+                        };
+                        let (loss, micro_stats) =
+                            ppo_loss(&inputs, c.cliprange, c.cliprange_value, c.vf_coef);
+                        let total = micro_stats.policy_loss + c.vf_coef * micro_stats.value_loss;
+                        if !total.is_finite() {
+                            self.models.set_training(false);
+                            return Err(TrainError::Diverged {
+                                step: step + 1,
+                                loss: total / micro_stats.weight.max(1.0),
+                            });
+                        }
+                        (loss / total_weight).backward();
+                        self.params.accumulate_grads();
+                        stats.accumulate(&micro_stats);
                     }
-                    (loss / total_weight).backward();
-                    self.params.accumulate_grads();
-                    stats.accumulate(&micro_stats);
                 }
                 grad_norm = self.params.step(learning_rate, c.max_grad_norm)?;
+                pass += 1;
             }
         }
         self.models.set_training(false);
@@ -361,42 +410,73 @@ pub(crate) fn summed_kl(rollouts: &Rollouts) -> (Vec<f64>, Vec<f64>) {
     )
 }
 
-/// Reward, its terms, KL (`kl` clamped, `kl_unclamped`), entropy and length statistics of
-/// rollouts, names prefixed.
-pub(crate) fn rollout_metrics(
+/// What the step's metrics need of one rollout; the ranks of a data-parallel job gather them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct RowStats {
+    pub score: f64,
+    pub terms: BTreeMap<String, f64>,
+    /// The summed clamped KL to the reference, and the summed log-ratio (unclamped).
+    pub kl: f64,
+    pub log_ratio: f64,
+    /// The response's summed per-token entropy.
+    pub entropy: f64,
+    pub tokens: i64,
+    pub eos: bool,
+}
+
+/// The [`RowStats`] of `rollouts`, with their summed KLs ([`summed_kl`]).
+pub(crate) fn row_stats(
     rollouts: &Rollouts,
     kl_sums: &[f64],
     log_ratio_sums: &[f64],
-    prefix: &str,
-) -> Vec<(String, f64)> {
-    let n = rollouts.rewards.len() as f64;
-    let scores = rollouts.scores();
-    let mean = scores.iter().sum::<f64>() / n;
-    let std = (scores.iter().map(|s| (s - mean) * (s - mean)).sum::<f64>() / n).sqrt();
+) -> Vec<RowStats> {
+    let entropy = row_sums(&rollouts.entropy);
+    (0..rollouts.rewards.len())
+        .map(|i| RowStats {
+            score: rollouts.rewards[i].reward,
+            terms: rollouts.rewards[i].terms.clone(),
+            kl: kl_sums[i],
+            log_ratio: log_ratio_sums[i],
+            entropy: entropy[i],
+            tokens: rollouts.seqs.lengths[i],
+            eos: rollouts.ended_with_eos[i],
+        })
+        .collect()
+}
+
+/// Reward, its terms, KL (`kl` clamped, `kl_unclamped`), entropy and length statistics of
+/// rollouts, names prefixed.
+pub(crate) fn rollout_metrics(rows: &[RowStats], prefix: &str) -> Vec<(String, f64)> {
+    let n = rows.len() as f64;
+    let mean_of = |value: fn(&RowStats) -> f64| rows.iter().map(value).sum::<f64>() / n;
+    let mean = mean_of(|r| r.score);
+    let std = (rows
+        .iter()
+        .map(|r| (r.score - mean) * (r.score - mean))
+        .sum::<f64>()
+        / n)
+        .sqrt();
     let mut terms: BTreeMap<&str, f64> = BTreeMap::new();
-    for output in &rollouts.rewards {
-        for (name, value) in &output.terms {
+    for row in rows {
+        for (name, value) in &row.terms {
             *terms.entry(name.as_str()).or_default() += value / n;
         }
     }
-    let tokens: i64 = rollouts.seqs.lengths.iter().sum();
-    let entropy = rollouts.entropy.sum(Kind::Double).double_value(&[]) / tokens.max(1) as f64;
+    let tokens: i64 = rows.iter().map(|r| r.tokens).sum();
+    let entropy = rows.iter().map(|r| r.entropy).sum::<f64>() / tokens.max(1) as f64;
     let mut metrics = vec![
         ("reward".to_string(), mean),
         ("reward_std".to_string(), std),
     ];
     metrics.extend(terms.into_iter().map(|(k, v)| (k.to_string(), v)));
     metrics.extend([
-        ("kl".to_string(), kl_sums.iter().sum::<f64>() / n),
-        (
-            "kl_unclamped".to_string(),
-            log_ratio_sums.iter().sum::<f64>() / n,
-        ),
+        ("kl".to_string(), mean_of(|r| r.kl)),
+        ("kl_unclamped".to_string(), mean_of(|r| r.log_ratio)),
         ("entropy".to_string(), entropy),
         ("response_length".to_string(), tokens as f64 / n),
         (
             "eos_fraction".to_string(),
-            rollouts.ended_with_eos.iter().filter(|&&e| e).count() as f64 / n,
+            rows.iter().filter(|r| r.eos).count() as f64 / n,
         ),
     ]);
     metrics
@@ -613,13 +693,19 @@ impl RunPrompts {
         (inputs, prompts)
     }
 
-    /// Samples and scores a response to every validation prompt with the current policy,
-    /// writes the rollouts to `eval/step-N.jsonl` and returns the means as `eval_*`.
+    /// Samples and scores a response to every validation prompt with the current policy (each
+    /// rank its share), writes the rollouts to `eval/step-N.jsonl` and returns the means as
+    /// `eval_*`.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the parts of an evaluation, each named"
+    )]
     pub(crate) fn evaluate(
         &self,
         models: &PpoModels,
         reward: &mut dyn Reward,
         settings: &RolloutSettings,
+        ranks: &Ranks,
         seed: u64,
         step: u64,
         run: &Path,
@@ -646,24 +732,33 @@ impl RunPrompts {
             .collect();
         let sampling =
             reward::row_seeds(stream_seed(seed, Stream::EvalSampling, step), inputs.len());
+        let share = ranks.share(inputs.len(), 1);
         let context = ScoreContext {
             seed: stream_seed(seed, Stream::EvalExtraction, step),
+            first_row: share.start,
             evaluation: true,
         };
-        let rollouts = collect_rollouts(models, reward, &inputs, &sampling, context, settings)?;
-        let (kl_sums, log_ratio_sums) = summed_kl(&rollouts);
-        write_lines(
-            run,
-            "eval",
-            step,
-            &rollout_lines(&rollouts, &prompts, &kl_sums),
-        )?;
-        Ok(rollout_metrics(
-            &rollouts,
-            &kl_sums,
-            &log_ratio_sums,
-            "eval_",
-        ))
+        // A rank without validation prompts still joins the gathers.
+        let (rows, lines) = if share.is_empty() {
+            (Vec::new(), String::new())
+        } else {
+            let rollouts = collect_rollouts(
+                models,
+                reward,
+                &inputs[share.clone()],
+                &sampling[share.clone()],
+                context,
+                settings,
+            )?;
+            let (kl_sums, log_ratio_sums) = summed_kl(&rollouts);
+            (
+                row_stats(&rollouts, &kl_sums, &log_ratio_sums),
+                rollout_lines(&rollouts, &prompts[share], &kl_sums),
+            )
+        };
+        let rows = ranks.gather_all(rows)?;
+        write_gathered_lines(ranks, run, "eval", step, lines)?;
+        Ok(rollout_metrics(&rows, "eval_"))
     }
 }
 
@@ -705,8 +800,14 @@ impl PpoTrainer {
         run: &RunOptions,
     ) -> Result<Self> {
         config.validate()?;
-        run.require_one_process("PPO")?;
         run.check_before_loading(train.len())?;
+        check_ranks(
+            run.comm.world_size(),
+            ("rollout_batch_size", config.rollout_batch_size),
+            config
+                .whiten_group_size
+                .map(|group| (config.rollout_batch_size, group)),
+        )?;
         // The manifest keeps the config as given; the run uses the planned batch sizes.
         let given = config;
         let (config, batch_plan) = &config.planned(paths, device)?;
@@ -725,7 +826,7 @@ impl PpoTrainer {
         let report = prompts.report();
         let kept = report.train_prompts;
 
-        let mut learner = Learner::new(config, models);
+        let mut learner = Learner::new(config, models, Ranks::new(run.comm.clone(), device));
         let manifest = paths.manifest("ppo", given, custom);
         let steps_per_epoch = (kept / config.rollout_batch_size) as u64;
         let state = TrainState::new(
@@ -799,12 +900,12 @@ impl RunSteps for PpoSteps {
         let (inputs, prompts) = self.prompts.train_inputs(&rows);
         let outcome = self.learner.step(self.reward.as_mut(), &inputs, step)?;
         if self.learner.config.dump_rollouts {
-            write_lines(
-                run,
-                "rollouts",
-                step + 1,
-                &rollout_lines(&outcome.rollouts, &prompts, &outcome.kl_sums),
-            )?;
+            let lines = rollout_lines(
+                &outcome.rollouts,
+                &prompts[outcome.share.clone()],
+                &outcome.kl_sums,
+            );
+            write_gathered_lines(&self.learner.ranks, run, "rollouts", step + 1, lines)?;
         }
         Ok(rl_step_record(
             &outcome.metrics,
@@ -825,15 +926,20 @@ impl RunSteps for PpoSteps {
             &self.learner.models,
             self.reward.as_mut(),
             &self.learner.settings(false),
+            &self.learner.ranks,
             self.learner.config.seed,
             step,
             run,
         )
     }
 
-    /// The policy and value weights, the optimizer and the KL controller.
+    /// The policy and value weights, the optimizer and the KL controller (rank 0 writes; the
+    /// others join the gathering of the optimizer state).
     fn save_checkpoint(&self, dir: &Path) -> Result<()> {
         self.learner.params.save(dir)?;
+        if !self.learner.ranks.writes() {
+            return Ok(());
+        }
         let kl = self.learner.kl.value;
         let state = PpoState {
             kl_coef: kl,
@@ -849,12 +955,18 @@ impl RunSteps for PpoSteps {
 
     /// The policy as it samples now, as the reference's snapshots every `save_steps`.
     fn save_snapshot(&self, dir: &Path) -> Result<()> {
-        self.learner.models.policy.save_snapshot(dir)
+        match self.learner.ranks.writes() {
+            true => self.learner.models.policy.save_snapshot(dir),
+            false => Ok(()),
+        }
     }
 
     /// Only the policy, as the reference saves.
     fn save_final(&mut self, dir: &Path) -> Result<()> {
         self.learner.params.promote_to_masters()?;
+        if !self.learner.ranks.writes() {
+            return Ok(());
+        }
         self.learner
             .models
             .policy
@@ -862,8 +974,58 @@ impl RunSteps for PpoSteps {
     }
 }
 
+/// Refuses a data-parallel job that cannot share a step: each of the `world` ranks needs at
+/// least one of the step's `units` (rollouts, or GRPO's prompts; `field` names the count), and
+/// per-rank whitening in groups of `group` of the step's `rows` rollouts needs groups that no
+/// rank boundary cuts.
+pub(crate) fn check_ranks(
+    world: usize,
+    (field, units): (&str, usize),
+    whitening: Option<(usize, usize)>,
+) -> Result<()> {
+    if world <= 1 {
+        return Ok(());
+    }
+    if units < world {
+        return Err(TrainError::config(
+            field,
+            format!("is {units}, too few to give each of the job's {world} ranks a share"),
+        ));
+    }
+    if let Some((rows, group)) = whitening
+        && !(rows.is_multiple_of(world) && (rows / world).is_multiple_of(group.max(1)))
+    {
+        return Err(TrainError::config(
+            "whiten_group_size",
+            format!(
+                "is {group}: with {world} ranks each rank rolls out {} of the {rows} rollouts, \
+                 which must be whole groups; use a divisor of that, or leave it unset to \
+                 whiten over the whole step",
+                rows as f64 / world as f64
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Gathers every rank's `lines` and writes them, in rank order, to `run/<folder>/step-N.jsonl`
+/// (rank 0).
+pub(crate) fn write_gathered_lines(
+    ranks: &Ranks,
+    run: &Path,
+    folder: &str,
+    step: u64,
+    lines: String,
+) -> Result<()> {
+    let lines = ranks.gather_all(vec![lines])?.concat();
+    match ranks.writes() {
+        true => write_lines(run, folder, step, &lines),
+        false => Ok(()),
+    }
+}
+
 /// Writes `run/<folder>/step-N.jsonl` atomically.
-pub(crate) fn write_lines(run: &Path, folder: &str, step: u64, lines: &str) -> Result<()> {
+fn write_lines(run: &Path, folder: &str, step: u64, lines: &str) -> Result<()> {
     let dir = run.join(folder);
     std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
     Ok(lincal_model::fsutil::write_atomic(

@@ -40,8 +40,11 @@ pub struct RewardOutput {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScoreContext {
     /// Seeds any sampling the reward does (answer extraction); row `i` of the batch draws from
-    /// `row_seeds(seed, n)[i]`, so a resumed run scores exactly as an uninterrupted one.
+    /// `row_seeds(seed, first_row + n)[first_row + i]`, so a resumed run scores exactly as an
+    /// uninterrupted one, and a rank of a data-parallel job as one process would.
     pub seed: u64,
+    /// The batch's first row among the step's (a data-parallel rank scores its share).
+    pub first_row: usize,
     /// Periodic evaluation rather than a training rollout (the reference extracts answers
     /// with other sampling settings then).
     pub evaluation: bool,
@@ -168,7 +171,7 @@ impl DecisionReward {
                 )?)
             })
             .collect::<Result<Vec<Vec<i64>>>>()?;
-        let seeds = row_seeds(context.seed, inputs.len());
+        let seeds = &row_seeds(context.seed, context.first_row + inputs.len())[context.first_row..];
         let mut texts = Vec::with_capacity(inputs.len());
         for (chunk, chunk_seeds) in prompts
             .chunks(c.extractor_batch_size)

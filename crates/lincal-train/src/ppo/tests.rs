@@ -329,6 +329,112 @@ fn auto_batch_sizes_give_the_statistics_of_the_configured_ones() {
     );
 }
 
+/// Ranks as threads: two ranks stopped after 2 of 3 steps, resumed by three, log the
+/// statistics, rollouts and evaluations of one uninterrupted process and end at its weights
+/// (within float summation order, 1e-4), with the built-in decision reward (extraction
+/// sampled per row), two minibatches a step, adaptive KL and whitening over the whole step.
+#[test]
+fn data_parallel_ranks_train_as_one_process_and_resume_at_another_world_size() {
+    let fixture = fixture();
+    let mut config = config(RlType::DecisionBased);
+    config.total_steps = 3;
+    config.step_batch_size = 4;
+    config.save_every = 1;
+    config.eval_every = 2;
+    config.warmup_steps = 0;
+    config.learning_rate = 1e-3;
+    config.adaptive_kl = true;
+    config.kl_target = 0.01;
+    let train = |options: &RunOptions, stop: Option<u64>| {
+        PpoTrainer::new(
+            &fixture.paths,
+            Device::Cpu,
+            &config,
+            &prompts(),
+            &prompts()[..3],
+            options,
+        )
+        .unwrap()
+        .train(stop)
+        .unwrap()
+    };
+    let single = tempfile::tempdir().unwrap();
+    train(&RunOptions::new(single.path()), None);
+    let parallel = tempfile::tempdir().unwrap();
+    for (world, stop) in [(2, Some(2)), (3, None)] {
+        let summaries = crate::distributed::on_ranks(world, |comm| {
+            let options = RunOptions {
+                comm,
+                ..RunOptions::new(parallel.path())
+            };
+            train(&options, stop).steps
+        });
+        assert_eq!(summaries, vec![stop.unwrap_or(3); world]);
+    }
+    assert_same_statistics(single.path(), parallel.path(), 1e-4);
+    let evals = |run: &Path| -> Vec<serde_json::Value> {
+        read_jsonl(&run.join("metrics.jsonl"))
+            .into_iter()
+            .filter(|m| m.get("eval_reward").is_some())
+            .collect()
+    };
+    let (a, b) = (evals(single.path()), evals(parallel.path()));
+    assert_eq!((a.len(), b.len()), (3, 3));
+    for (a, b) in a.iter().zip(&b) {
+        for name in [
+            "eval_reward",
+            "eval_kl",
+            "eval_entropy",
+            "eval_response_length",
+        ] {
+            let (x, y) = (a[name].as_f64().unwrap(), b[name].as_f64().unwrap());
+            assert!(
+                (x - y).abs() <= 1e-4 * (1.0 + x.abs()),
+                "{name}: {x} vs {y}"
+            );
+        }
+    }
+    // Every rank's rollouts, in the step's order, as one process wrote them.
+    for file in ["rollouts/step-00000003.jsonl", "eval/step-00000003.jsonl"] {
+        let texts = |run: &Path| -> Vec<(String, String)> {
+            read_jsonl(&run.join(file))
+                .iter()
+                .map(|r| (r["query"].to_string(), r["response"].to_string()))
+                .collect()
+        };
+        assert_eq!(texts(single.path()), texts(parallel.path()), "{file}");
+    }
+    let (a, b) = (
+        saved_tensors(&single.path().join("final")),
+        saved_tensors(&parallel.path().join("final")),
+    );
+    for (name, tensor) in &a {
+        let diff = (tensor - &b[name]).abs().max().double_value(&[]);
+        assert!(diff < 1e-4, "{name} differs by {diff}");
+    }
+}
+
+/// A data-parallel job refuses steps it cannot share and per-rank whitening groups that a
+/// rank boundary would cut, naming the field.
+#[test]
+fn data_parallel_jobs_refuse_steps_they_cannot_share() {
+    assert!(check_ranks(1, ("rollout_batch_size", 1), Some((1, 3))).is_ok());
+    let few = check_ranks(4, ("rollout_batch_size", 3), None).unwrap_err();
+    assert!(
+        few.to_string().contains("`rollout_batch_size`: is 3"),
+        "{few}"
+    );
+    let groups = check_ranks(3, ("prompts_per_step", 2), None).unwrap_err();
+    assert!(
+        groups.to_string().contains("`prompts_per_step`"),
+        "{groups}"
+    );
+    // 64 rollouts on 2 ranks: 32 each, whitened in groups of 16 (whole) but not of 24.
+    assert!(check_ranks(2, ("rollout_batch_size", 64), Some((64, 16))).is_ok());
+    let cut = check_ranks(2, ("rollout_batch_size", 64), Some((64, 24))).unwrap_err();
+    assert!(cut.to_string().contains("`whiten_group_size`"), "{cut}");
+}
+
 /// LoRA mode trains adapters only: the policy base stays as loaded, and the reward model,
 /// which shares its base with the value model, scores with the value adapters off.
 #[test]
@@ -502,6 +608,7 @@ fn the_decision_reward_combines_extraction_and_forecasts() {
     ];
     let context = ScoreContext {
         seed: 11,
+        first_row: 0,
         evaluation: false,
     };
     let outputs = reward.score(&inputs, context).unwrap();
