@@ -45,19 +45,6 @@ pub struct RunOptions {
 }
 
 impl RunOptions {
-    /// Refuses a data-parallel job for a method that trains in one process only.
-    pub fn require_one_process(&self, method: &str) -> Result<()> {
-        let world = self.comm.world_size();
-        if world > 1 {
-            return Err(TrainError::Collective(format!(
-                "{method} trains in one process; it was started as rank {} of {world}: \
-                 run it without a launcher",
-                self.comm.rank()
-            )));
-        }
-        Ok(())
-    }
-
     /// Options for a run of one process in `dir`, without input files or progress bar.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         RunOptions {

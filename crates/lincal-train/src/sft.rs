@@ -250,7 +250,9 @@ impl SftTrainer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{quick_training, saved_tensors, tiny_model_dir};
+    use crate::testutil::{
+        assert_same_final_weights, quick_training, saved_tensors, tiny_model_dir,
+    };
     use tch::Kind;
 
     fn examples() -> Vec<SftExample> {
@@ -550,14 +552,7 @@ mod tests {
             }
         }
         assert_eq!(records(parallel.path(), "loss").len(), 4);
-        let (a, b) = (
-            saved_tensors(&single.path().join("final")),
-            saved_tensors(&parallel.path().join("final")),
-        );
-        for (name, tensor) in &a {
-            let diff = (tensor - &b[name]).abs().max().double_value(&[]);
-            assert!(diff < 1e-5, "{name} differs by {diff}");
-        }
+        assert_same_final_weights(single.path(), parallel.path(), 1e-5);
     }
 
     /// A rank that dies ends the job: the other rank's next collective fails naming it.

@@ -129,6 +129,19 @@ pub(crate) fn train_records(run: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Asserts that the models two runs saved in `final/` hold the same tensors within `tolerance`.
+pub(crate) fn assert_same_final_weights(a: &Path, b: &Path, tolerance: f64) {
+    let (a, b) = (
+        saved_tensors(&a.join("final")),
+        saved_tensors(&b.join("final")),
+    );
+    assert_eq!(a.len(), b.len());
+    for (name, tensor) in &a {
+        let diff = (tensor - &b[name]).abs().max().double_value(&[]);
+        assert!(diff < tolerance, "{name} differs by {diff}");
+    }
+}
+
 /// Asserts that two runs' training records hold the same statistics within `tolerance`
 /// (relative above 1; times are left out).
 pub(crate) fn assert_same_statistics(a: &Path, b: &Path, tolerance: f64) {

@@ -26,14 +26,13 @@ pub struct LaunchArgs {
     /// free port.
     #[arg(long, default_value = DEFAULT_MASTER)]
     master: String,
-    /// The training command and its arguments, after `--`: sft or reward-model (ppo and grpo
-    /// run in one process for now).
+    /// The training command and its arguments, after `--`: sft, reward-model, ppo or grpo.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
 }
 
 /// The commands whose trainers run data-parallel.
-const DATA_PARALLEL: [&str; 2] = ["sft", "reward-model"];
+const DATA_PARALLEL: [&str; 4] = ["sft", "reward-model", "ppo", "grpo"];
 
 /// How long the other ranks get to end after a rank failed, before they are killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -62,7 +61,7 @@ pub fn run(args: LaunchArgs) -> Result<()> {
         bail!(
             "`lincal launch` runs {} over several GPUs; `{name}` runs in one process: \
              start it without the launcher, or with --gpus 1",
-            DATA_PARALLEL.join(" and ")
+            DATA_PARALLEL.join(", ")
         );
     }
     check_device(&args.command)?;

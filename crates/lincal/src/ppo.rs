@@ -61,12 +61,14 @@ pub fn run(args: PpoArgs) -> Result<()> {
         &job.eval,
         &job.options,
     )?;
-    describe(
-        trainer.data_report(),
-        trainer.batch_plan(),
-        config.query_len,
-    );
-    report(&trainer.train(args.run.stop_at_step)?);
+    if job.leads() {
+        describe(
+            trainer.data_report(),
+            trainer.batch_plan(),
+            config.query_len,
+        );
+    }
+    job.report(&trainer.train(args.run.stop_at_step)?);
     Ok(())
 }
 
@@ -89,12 +91,14 @@ pub fn grpo(args: PpoArgs) -> Result<()> {
         &job.eval,
         &job.options,
     )?;
-    describe(
-        trainer.data_report(),
-        trainer.batch_plan(),
-        config.query_len,
-    );
-    report(&trainer.train(args.run.stop_at_step)?);
+    if job.leads() {
+        describe(
+            trainer.data_report(),
+            trainer.batch_plan(),
+            config.query_len,
+        );
+    }
+    job.report(&trainer.train(args.run.stop_at_step)?);
     Ok(())
 }
 
@@ -108,6 +112,18 @@ struct Job {
 }
 
 impl Job {
+    /// Whether this process reports the run: in a data-parallel job rank 0 does, for all.
+    fn leads(&self) -> bool {
+        self.options.comm.rank() == 0
+    }
+
+    /// Reports a finished or stopped run, from rank 0 only.
+    fn report(&self, summary: &TrainSummary) {
+        if self.leads() {
+            report(summary);
+        }
+    }
+
     /// None when the command only prints its config.
     fn prepare<C: serde::Serialize>(args: &PpoArgs, config: &C) -> Result<Option<Job>> {
         crate::warn_if_recovered(
@@ -143,6 +159,7 @@ impl Job {
             options: RunOptions {
                 input_files,
                 progress: true,
+                comm: lincal_train::distributed::from_env()?,
                 ..RunOptions::new(&args.out)
             },
         }))

@@ -516,8 +516,8 @@ fn launch_refuses_what_it_cannot_run() {
         "--node-rank 2 is not below --nodes 2",
     );
     fails(
-        &["launch", "--gpus", "2", "--", "ppo", "--out", "x"],
-        "`ppo` runs in one process",
+        &["launch", "--gpus", "2", "--", "generate", "--out", "x"],
+        "`generate` runs in one process",
     );
     fails(
         &as_str(&with(&["launch", "--gpus", "0"])),

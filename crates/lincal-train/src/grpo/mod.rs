@@ -24,12 +24,11 @@ pub use config::{GRPO_PRESETS, GrpoConfig, KlPlacement};
 pub use loss::{GrpoLossInputs, GrpoLossStats, LossAggregation, grpo_loss, k3_kl};
 
 use crate::config::Schedule;
-use crate::data::epoch_order;
 use crate::error::{Result, TrainError};
 use crate::memory::BatchPlan;
 use crate::optim::{AdamWConfig, LrSchedule, TrainableParams};
 use crate::ppo::models::{response_logprobs, row_index};
-use crate::ppo::ranks::{Ranks, local_rows};
+use crate::ppo::ranks::{Ranks, minibatches};
 use crate::ppo::reward::{self, Reward, ScoreContext};
 use crate::ppo::rollout::{RolloutPrompt, RolloutSettings, collect_rollouts};
 use crate::ppo::{
@@ -256,57 +255,52 @@ impl GrpoLearner {
         let minibatch_seed = stream_seed(c.seed, Stream::Minibatches, step);
         let kl_in_loss = c.kl_placement == KlPlacement::Loss && c.kl_coef > 0.0;
         let (mut stats, mut grad_norm) = (GrpoLossStats::default(), 0.0);
-        let mut pass = 0;
-        for epoch in 0..c.epochs_per_rollout {
-            let order = epoch_order(rows, minibatch_seed, epoch as u64);
-            for minibatch in order.chunks(c.step_batch_size) {
-                let local = local_rows(minibatch, share);
-                let local_units = match local.is_empty() {
-                    true => 0.0,
-                    false => c.loss_aggregation.units(
-                        &mask.index_select(0, &row_index(&local, device)),
-                        c.response_len,
-                    ),
-                };
-                let units = self.ranks.sum(&[local_units])?[0].max(1.0);
-                {
-                    let _rng = self.ranks.seed_dropout(c.seed, step, pass);
-                    for micro in local.chunks(c.micro_batch_size) {
-                        let batch = rollouts.seqs.batch(micro);
-                        let index = row_index(micro, device);
-                        let pick = |t: &Tensor| t.index_select(0, &index);
-                        let (logprobs, _) = response_logprobs(
-                            &self.models.policy.model,
-                            &batch,
-                            c.temperature,
-                            false,
-                        );
-                        let ref_logprobs = pick(&rollouts.ref_logprobs);
-                        let inputs = GrpoLossInputs {
-                            logprobs: &logprobs,
-                            old_logprobs: &pick(&rollouts.logprobs),
-                            ref_logprobs: kl_in_loss.then_some(&ref_logprobs),
-                            advantages: &pick(advantages),
-                            mask: &pick(mask),
-                        };
-                        let (loss, micro_stats) =
-                            grpo_loss(&inputs, c.cliprange, c.kl_coef, c.loss_aggregation);
-                        let total = micro_stats.policy_loss + c.kl_coef * micro_stats.kl;
-                        if !total.is_finite() {
-                            self.models.set_training(false);
-                            return Err(TrainError::Diverged {
-                                step: step + 1,
-                                loss: total / micro_stats.tokens.max(1.0),
-                            });
-                        }
-                        (loss / units).backward();
-                        self.params.accumulate_grads();
-                        stats.accumulate(&micro_stats);
+        let passes = minibatches(
+            rows,
+            share,
+            (minibatch_seed, c.epochs_per_rollout, c.step_batch_size),
+        );
+        for (pass, local) in passes.iter().enumerate() {
+            let local_units = match local.is_empty() {
+                true => 0.0,
+                false => c.loss_aggregation.units(
+                    &mask.index_select(0, &row_index(local, device)),
+                    c.response_len,
+                ),
+            };
+            let units = self.ranks.sum(&[local_units])?[0].max(1.0);
+            {
+                let _rng = self.ranks.seed_dropout(c.seed, step, pass);
+                for micro in local.chunks(c.micro_batch_size) {
+                    let batch = rollouts.seqs.batch(micro);
+                    let index = row_index(micro, device);
+                    let pick = |t: &Tensor| t.index_select(0, &index);
+                    let (logprobs, _) =
+                        response_logprobs(&self.models.policy.model, &batch, c.temperature, false);
+                    let ref_logprobs = pick(&rollouts.ref_logprobs);
+                    let inputs = GrpoLossInputs {
+                        logprobs: &logprobs,
+                        old_logprobs: &pick(&rollouts.logprobs),
+                        ref_logprobs: kl_in_loss.then_some(&ref_logprobs),
+                        advantages: &pick(advantages),
+                        mask: &pick(mask),
+                    };
+                    let (loss, micro_stats) =
+                        grpo_loss(&inputs, c.cliprange, c.kl_coef, c.loss_aggregation);
+                    let total = micro_stats.policy_loss + c.kl_coef * micro_stats.kl;
+                    if !total.is_finite() {
+                        self.models.set_training(false);
+                        return Err(TrainError::Diverged {
+                            step: step + 1,
+                            loss: total / micro_stats.tokens.max(1.0),
+                        });
                     }
+                    (loss / units).backward();
+                    self.params.accumulate_grads();
+                    stats.accumulate(&micro_stats);
                 }
-                grad_norm = self.params.step(learning_rate, c.max_grad_norm)?;
-                pass += 1;
             }
+            grad_norm = self.params.step(learning_rate, c.max_grad_norm)?;
         }
         self.models.set_training(false);
         Ok((stats, learning_rate, grad_norm))

@@ -4,8 +4,8 @@
 use super::*;
 use crate::config::Precision;
 use crate::testutil::{
-    TargetWordReward, assert_same_statistics, fixture, read_jsonl, saved_tensors, tiny_lora,
-    train_records,
+    TargetWordReward, assert_same_final_weights, assert_same_statistics, fixture, read_jsonl,
+    saved_tensors, tiny_lora, train_records,
 };
 
 /// 32 one-word prompts the test tokenizer knows.
@@ -160,14 +160,7 @@ fn data_parallel_ranks_train_as_one_process() {
         .unwrap();
     });
     assert_same_statistics(single.path(), parallel.path(), 1e-4);
-    let (a, b) = (
-        saved_tensors(&single.path().join("final")),
-        saved_tensors(&parallel.path().join("final")),
-    );
-    for (name, tensor) in &a {
-        let diff = (tensor - &b[name]).abs().max().double_value(&[]);
-        assert!(diff < 1e-4, "{name} differs by {diff}");
-    }
+    assert_same_final_weights(single.path(), parallel.path(), 1e-4);
 }
 
 /// The toy task from a random policy (the reward is the share of "t20" among the response's

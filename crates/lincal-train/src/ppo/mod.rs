@@ -75,7 +75,7 @@ use lincal_model::CausalLm;
 use loss::{LossInputs, LossStats, ppo_loss};
 use models::{load_models, response_logprobs, row_index, templates};
 use rand::{RngCore, SeedableRng};
-use ranks::{Ranks, local_rows};
+use ranks::{Ranks, minibatches};
 use rollout::{RolloutPrompt, RolloutSettings, Rollouts, TokenizedPrompts, collect_rollouts};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -328,64 +328,59 @@ impl Learner {
         let learning_rate = c.learning_rate * self.schedule.factor(step);
         let minibatch_seed = stream_seed(c.seed, Stream::Minibatches, step);
         let (mut stats, mut grad_norm) = (LossStats::default(), 0.0);
-        let mut pass = 0;
-        for epoch in 0..c.epochs_per_rollout {
-            let order = epoch_order(rows, minibatch_seed, epoch as u64);
-            for minibatch in order.chunks(c.step_batch_size) {
-                let local = local_rows(minibatch, share);
-                let local_weight = match local.is_empty() {
-                    true => 0.0,
-                    false => weights
-                        .index_select(0, &row_index(&local, device))
-                        .sum(Kind::Double)
-                        .double_value(&[]),
-                };
-                let total_weight = self.ranks.sum(&[local_weight])?[0].max(1.0);
-                {
-                    let _rng = self.ranks.seed_dropout(c.seed, step, pass);
-                    for micro in local.chunks(c.micro_batch_size) {
-                        let batch = rollouts.seqs.batch(micro);
-                        let index = row_index(micro, device);
-                        let pick = |t: &Tensor| t.index_select(0, &index);
-                        let (logprobs, _) = response_logprobs(
-                            &self.models.policy.model,
-                            &batch,
-                            c.temperature,
-                            false,
-                        );
-                        let values = self
-                            .models
-                            .value
-                            .as_ref()
-                            .expect("PPO's models have a value model")
-                            .forward(&batch);
-                        let inputs = LossInputs {
-                            logprobs: &logprobs,
-                            old_logprobs: &pick(&rollouts.logprobs),
-                            advantages: &pick(&advantages.advantages),
-                            values: &values,
-                            old_values: &pick(old_values),
-                            returns: &pick(&advantages.returns),
-                            weights: &pick(weights),
-                        };
-                        let (loss, micro_stats) =
-                            ppo_loss(&inputs, c.cliprange, c.cliprange_value, c.vf_coef);
-                        let total = micro_stats.policy_loss + c.vf_coef * micro_stats.value_loss;
-                        if !total.is_finite() {
-                            self.models.set_training(false);
-                            return Err(TrainError::Diverged {
-                                step: step + 1,
-                                loss: total / micro_stats.weight.max(1.0),
-                            });
-                        }
-                        (loss / total_weight).backward();
-                        self.params.accumulate_grads();
-                        stats.accumulate(&micro_stats);
+        let passes = minibatches(
+            rows,
+            share,
+            (minibatch_seed, c.epochs_per_rollout, c.step_batch_size),
+        );
+        for (pass, local) in passes.iter().enumerate() {
+            let local_weight = match local.is_empty() {
+                true => 0.0,
+                false => weights
+                    .index_select(0, &row_index(local, device))
+                    .sum(Kind::Double)
+                    .double_value(&[]),
+            };
+            let total_weight = self.ranks.sum(&[local_weight])?[0].max(1.0);
+            {
+                let _rng = self.ranks.seed_dropout(c.seed, step, pass);
+                for micro in local.chunks(c.micro_batch_size) {
+                    let batch = rollouts.seqs.batch(micro);
+                    let index = row_index(micro, device);
+                    let pick = |t: &Tensor| t.index_select(0, &index);
+                    let (logprobs, _) =
+                        response_logprobs(&self.models.policy.model, &batch, c.temperature, false);
+                    let values = self
+                        .models
+                        .value
+                        .as_ref()
+                        .expect("PPO's models have a value model")
+                        .forward(&batch);
+                    let inputs = LossInputs {
+                        logprobs: &logprobs,
+                        old_logprobs: &pick(&rollouts.logprobs),
+                        advantages: &pick(&advantages.advantages),
+                        values: &values,
+                        old_values: &pick(old_values),
+                        returns: &pick(&advantages.returns),
+                        weights: &pick(weights),
+                    };
+                    let (loss, micro_stats) =
+                        ppo_loss(&inputs, c.cliprange, c.cliprange_value, c.vf_coef);
+                    let total = micro_stats.policy_loss + c.vf_coef * micro_stats.value_loss;
+                    if !total.is_finite() {
+                        self.models.set_training(false);
+                        return Err(TrainError::Diverged {
+                            step: step + 1,
+                            loss: total / micro_stats.weight.max(1.0),
+                        });
                     }
+                    (loss / total_weight).backward();
+                    self.params.accumulate_grads();
+                    stats.accumulate(&micro_stats);
                 }
-                grad_norm = self.params.step(learning_rate, c.max_grad_norm)?;
-                pass += 1;
             }
+            grad_norm = self.params.step(learning_rate, c.max_grad_norm)?;
         }
         self.models.set_training(false);
         Ok((stats, learning_rate, grad_norm))

@@ -6,6 +6,7 @@
 //! update is that of one process taking the whole step. With one rank every collective is the
 //! identity, and the trainer is the plain one.
 
+use crate::data::epoch_order;
 use crate::distributed::Communicator;
 use crate::error::{Result, TrainError};
 use serde::Serialize;
@@ -118,9 +119,28 @@ impl Ranks {
     }
 }
 
+/// This rank's rows of each minibatch of an update, in training order: `epochs` shuffles
+/// (seeded by `seed`) of the step's `rows` rows, each cut into minibatches of `size`, whose
+/// rows in this rank's `share` are given as indices into it (a minibatch may have none here).
+pub(crate) fn minibatches(
+    rows: usize,
+    share: &Range<usize>,
+    (seed, epochs, size): (u64, usize, usize),
+) -> Vec<Vec<usize>> {
+    (0..epochs)
+        .flat_map(|epoch| {
+            let order = epoch_order(rows, seed, epoch as u64);
+            order
+                .chunks(size)
+                .map(|minibatch| local_rows(minibatch, share))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// The rows of `minibatch` (rows of the whole step) in this rank's `share`, as indices into
 /// the share.
-pub(crate) fn local_rows(minibatch: &[usize], share: &Range<usize>) -> Vec<usize> {
+fn local_rows(minibatch: &[usize], share: &Range<usize>) -> Vec<usize> {
     minibatch
         .iter()
         .filter(|row| share.contains(row))

@@ -4,8 +4,8 @@
 use super::*;
 use crate::config::Precision;
 use crate::testutil::{
-    TargetWordReward, assert_same_statistics, fixture, read_jsonl, saved_tensors, tiny_lora,
-    train_records,
+    TargetWordReward, assert_same_final_weights, assert_same_statistics, fixture, read_jsonl,
+    saved_tensors, tiny_lora, train_records,
 };
 use lincal_data::parse::ExtractionParsing;
 use lincal_data::prompts::Templates;
@@ -404,14 +404,7 @@ fn data_parallel_ranks_train_as_one_process_and_resume_at_another_world_size() {
         };
         assert_eq!(texts(single.path()), texts(parallel.path()), "{file}");
     }
-    let (a, b) = (
-        saved_tensors(&single.path().join("final")),
-        saved_tensors(&parallel.path().join("final")),
-    );
-    for (name, tensor) in &a {
-        let diff = (tensor - &b[name]).abs().max().double_value(&[]);
-        assert!(diff < 1e-4, "{name} differs by {diff}");
-    }
+    assert_same_final_weights(single.path(), parallel.path(), 1e-4);
 }
 
 /// A data-parallel job refuses steps it cannot share and per-rank whitening groups that a
