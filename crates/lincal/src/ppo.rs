@@ -61,13 +61,11 @@ pub fn run(args: PpoArgs) -> Result<()> {
         &job.eval,
         &job.options,
     )?;
-    if job.leads() {
-        describe(
-            trainer.data_report(),
-            trainer.batch_plan(),
-            config.query_len,
-        );
-    }
+    job.describe(
+        trainer.data_report(),
+        trainer.batch_plan(),
+        config.query_len,
+    );
     job.report(&trainer.train(args.run.stop_at_step)?);
     Ok(())
 }
@@ -91,13 +89,11 @@ pub fn grpo(args: PpoArgs) -> Result<()> {
         &job.eval,
         &job.options,
     )?;
-    if job.leads() {
-        describe(
-            trainer.data_report(),
-            trainer.batch_plan(),
-            config.query_len,
-        );
-    }
+    job.describe(
+        trainer.data_report(),
+        trainer.batch_plan(),
+        config.query_len,
+    );
     job.report(&trainer.train(args.run.stop_at_step)?);
     Ok(())
 }
@@ -115,6 +111,22 @@ impl Job {
     /// Whether this process reports the run: in a data-parallel job rank 0 does, for all.
     fn leads(&self) -> bool {
         self.options.comm.rank() == 0
+    }
+
+    /// What the run trains on, and the batch sizes `auto_batch_sizes` chose, from rank 0
+    /// only.
+    fn describe(&self, data: &PpoDataReport, batch_plan: Option<&BatchPlan>, query_len: usize) {
+        if !self.leads() {
+            return;
+        }
+        eprintln!(
+            "{} training prompts ({} longer than query_len {query_len} left out), {} evaluation \
+             prompts",
+            data.train_prompts, data.dropped_long_prompts, data.eval_prompts
+        );
+        if let Some(plan) = batch_plan {
+            eprintln!("auto batch sizes: {plan}");
+        }
     }
 
     /// Reports a finished or stopped run, from rank 0 only.
@@ -163,17 +175,6 @@ impl Job {
                 ..RunOptions::new(&args.out)
             },
         }))
-    }
-}
-
-fn describe(data: &PpoDataReport, batch_plan: Option<&BatchPlan>, query_len: usize) {
-    eprintln!(
-        "{} training prompts ({} longer than query_len {query_len} left out), {} evaluation \
-         prompts",
-        data.train_prompts, data.dropped_long_prompts, data.eval_prompts
-    );
-    if let Some(plan) = batch_plan {
-        eprintln!("auto batch sizes: {plan}");
     }
 }
 
