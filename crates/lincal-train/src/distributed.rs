@@ -4,9 +4,10 @@
 //! (`cuda` builds), and an in-process group of ranks as threads ([`thread_group`]) that the
 //! multi-rank logic is tested against, since NCCL needs several GPUs.
 //!
-//! Every rank runs the same program on its share of each step's data; gradients are summed
-//! over ranks (an all-reduce), and each rank updates only its slice of the weights with its
-//! slice of the optimizer state (ZeRO stage 1), then the slices are gathered back.
+//! Every rank runs the same program on its share of each step's data; each rank receives the
+//! gradients of its slice of the weights summed over ranks (a reduce-scatter) and updates that
+//! slice with its slice of the optimizer state (ZeRO stage 1), then the slices are gathered
+//! back.
 
 use crate::error::{Result, TrainError};
 use std::sync::{Arc, Condvar, Mutex};
@@ -90,6 +91,11 @@ pub trait Communicator: Send + Sync + std::fmt::Debug {
     /// Fills the 1-D `full` with the 1-D `shard` of every rank in rank order; shards are of
     /// equal length, `full` is `world_size` times as long.
     fn all_gather(&self, shard: &Tensor, full: &mut Tensor) -> Result<()>;
+    /// Sums the 1-D `full` over the ranks and leaves this rank's part of the sum (its
+    /// `shard.numel()` elements from `rank × shard.numel()`) in `shard`, which may be that
+    /// slice of `full`; `full` is `world_size` times as long. Half the traffic of an
+    /// all-reduce, for a rank that needs only its part.
+    fn reduce_scatter_sum(&self, full: &Tensor, shard: &mut Tensor) -> Result<()>;
 }
 
 /// The group of one: every collective is the identity, so that a trainer with this
@@ -118,6 +124,14 @@ impl Communicator for SingleProcess {
         check_gather(shard, full, 1)?;
         if shard.data_ptr() != full.data_ptr() {
             tch::no_grad(|| full.f_copy_(shard))?;
+        }
+        Ok(())
+    }
+
+    fn reduce_scatter_sum(&self, full: &Tensor, shard: &mut Tensor) -> Result<()> {
+        check_gather(shard, full, 1)?;
+        if shard.data_ptr() != full.data_ptr() {
+            tch::no_grad(|| shard.f_copy_(full))?;
         }
         Ok(())
     }
@@ -324,6 +338,18 @@ impl Communicator for ThreadRank {
         tch::no_grad(|| full.f_copy_(&Tensor::cat(&all, 0)))?;
         Ok(())
     }
+
+    fn reduce_scatter_sum(&self, full: &Tensor, shard: &mut Tensor) -> Result<()> {
+        check_gather(shard, full, self.world)?;
+        let all = self.exchange(full)?;
+        let sum = all
+            .into_iter()
+            .reduce(|sum, t| sum + t)
+            .expect("a group has ranks");
+        let len = shard.numel() as i64;
+        tch::no_grad(|| shard.f_copy_(&sum.narrow(0, self.rank as i64 * len, len)))?;
+        Ok(())
+    }
 }
 
 impl Drop for ThreadRank {
@@ -402,6 +428,28 @@ mod tests {
             assert_eq!(summed, vec![3.0, 30.0]);
             assert_eq!(full, vec![0.0, -0.0, 1.0, -1.0, 2.0, -2.0]);
         }
+    }
+
+    /// Each rank gets its part of the sum, written into its own slice of the buffer in place
+    /// (as ZeRO-1 reduces gradients); one process keeps the buffer as it is.
+    #[test]
+    fn reduce_scatter_leaves_each_rank_its_part_of_the_sum() {
+        let results = on_ranks(3, |comm| {
+            let rank = comm.rank() as f32;
+            // Rank r holds (r, 1, 10r, 2, 100r, 3): sums (3, 3, 30, 6, 300, 9).
+            let full = Tensor::from_slice(&[rank, 1.0, 10.0 * rank, 2.0, 100.0 * rank, 3.0]);
+            let mut own = full.narrow(0, 2 * comm.rank() as i64, 2);
+            comm.reduce_scatter_sum(&full, &mut own).unwrap();
+            Vec::<f32>::try_from(&own).unwrap()
+        });
+        assert_eq!(
+            results,
+            vec![vec![3.0, 3.0], vec![30.0, 6.0], vec![300.0, 9.0]]
+        );
+        let full = Tensor::from_slice(&[1.0f32, 2.0]);
+        let mut copy = Tensor::zeros([2], (Kind::Float, Device::Cpu));
+        SingleProcess.reduce_scatter_sum(&full, &mut copy).unwrap();
+        assert_eq!(Vec::<f32>::try_from(&copy).unwrap(), vec![1.0, 2.0]);
     }
 
     #[test]

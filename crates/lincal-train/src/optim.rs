@@ -195,14 +195,21 @@ fn adamw_update(
 }
 
 /// Scales `grads` in place so that their global L2 norm is at most `max_norm` (0: no
-/// clipping), as `torch.nn.utils.clip_grad_norm_`, and returns the norm before clipping.
-pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> f64 {
+/// clipping), as `torch.nn.utils.clip_grad_norm_`, and returns the norm before clipping. In a
+/// data-parallel job each rank of `comm` holds disjoint parts of the gradients, and the norm
+/// is that of all of them.
+pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64, comm: &dyn Communicator) -> Result<f64> {
     if grads.is_empty() {
-        return 0.0;
+        return Ok(0.0);
     }
     tch::no_grad(|| {
         let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
-        let total = Tensor::stack(&norms, 0).norm();
+        let mut total = Tensor::stack(&norms, 0).norm();
+        if comm.world_size() > 1 {
+            let mut squares = &total * &total;
+            comm.all_reduce_sum(&mut squares)?;
+            total = squares.sqrt();
+        }
         if max_norm > 0.0 {
             // torch multiplies by the clamped coefficient even when it is 1.
             let coef = (max_norm / (&total + 1e-6)).clamp_max(1.0);
@@ -210,7 +217,7 @@ pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> f64 {
                 let _ = g.shallow_clone().g_mul_(&coef);
             }
         }
-        total.double_value(&[])
+        Ok(total.double_value(&[]))
     })
 }
 
@@ -396,16 +403,17 @@ impl TrainableParams {
     /// and clears the gradients. Returns the gradient norm before clipping.
     pub fn step(&mut self, lr: f64, max_grad_norm: f64) -> Result<f64> {
         let (rank, world) = (self.comm.rank(), self.comm.world_size());
-        let mut grads: Vec<Tensor> = self.groups.iter().map(|g| g.grad.shallow_clone()).collect();
+        // Each rank updates its slice only, so it needs the summed gradients of that slice: a
+        // reduce-scatter, in place. The norm for clipping is summed over the slices.
+        let grads: Vec<Tensor> = self.groups.iter().map(|g| g.owned(&g.grad, rank)).collect();
         if world > 1 {
-            for grad in &mut grads {
-                self.comm.all_reduce_sum(grad)?;
+            for (group, grad) in self.groups.iter().zip(&grads) {
+                self.comm
+                    .reduce_scatter_sum(&group.grad, &mut grad.shallow_clone())?;
             }
         }
-        // Every rank holds the same summed gradients, hence the same norm and clipping.
-        let norm = clip_grad_norm(&grads, max_grad_norm);
-        for group in &mut self.groups {
-            let grad = group.owned(&group.grad, rank);
+        let norm = clip_grad_norm(&grads, max_grad_norm, &*self.comm)?;
+        for (group, grad) in self.groups.iter_mut().zip(grads) {
             let mut updated = match group.compute {
                 Some(_) => group.weights.shallow_clone(),
                 None => group.owned(&group.weights, rank),
@@ -743,14 +751,14 @@ mod tests {
             Tensor::from_slice(&[3.0f64, 4.0]),
             Tensor::from_slice(&[12.0f64]),
         ];
-        let norm = clip_grad_norm(&grads, 1.0);
+        let norm = clip_grad_norm(&grads, 1.0, &SingleProcess).unwrap();
         assert_eq!(norm, 13.0);
         let scale = 1.0 / (13.0 + 1e-6);
         assert!((grads[0].double_value(&[0]) - 3.0 * scale).abs() < 1e-15);
         assert!((grads[1].double_value(&[0]) - 12.0 * scale).abs() < 1e-15);
         // Under the limit nothing changes.
         let small = [Tensor::from_slice(&[0.3f64, 0.4])];
-        assert!((clip_grad_norm(&small, 1.0) - 0.5).abs() < 1e-15);
+        assert!((clip_grad_norm(&small, 1.0, &SingleProcess).unwrap() - 0.5).abs() < 1e-15);
         assert_eq!(small[0].double_value(&[1]), 0.4);
     }
 

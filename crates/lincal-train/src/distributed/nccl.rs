@@ -29,6 +29,7 @@ type AllReduce =
     unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, c_int, Comm, Stream) -> c_int;
 type AllGather =
     unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, Comm, Stream) -> c_int;
+type ReduceScatter = AllReduce;
 type CommAbort = unsafe extern "C" fn(Comm) -> c_int;
 type GetErrorString = unsafe extern "C" fn(c_int) -> *const c_char;
 
@@ -41,6 +42,7 @@ struct Library {
     comm_init_rank: CommInitRank,
     all_reduce: AllReduce,
     all_gather: AllGather,
+    reduce_scatter: ReduceScatter,
     comm_abort: CommAbort,
     get_error_string: GetErrorString,
 }
@@ -65,6 +67,7 @@ impl Library {
                 comm_init_rank: function(handle, c"ncclCommInitRank")?,
                 all_reduce: function(handle, c"ncclAllReduce")?,
                 all_gather: function(handle, c"ncclAllGather")?,
+                reduce_scatter: function(handle, c"ncclReduceScatter")?,
                 comm_abort: function(handle, c"ncclCommAbort")?,
                 get_error_string: function(handle, c"ncclGetErrorString")?,
             })
@@ -270,6 +273,25 @@ impl Communicator for NcclRank {
                 full.data_ptr(),
                 shard.numel(),
                 data_type(shard.kind())?,
+                self.comm,
+                std::ptr::null_mut(),
+            )
+        })
+    }
+
+    fn reduce_scatter_sum(&self, full: &Tensor, shard: &mut Tensor) -> Result<()> {
+        super::check_gather(shard, full, self.world)?;
+        on_gpu(full, "reduce-scatter")?;
+        on_gpu(shard, "reduce-scatter")?;
+        // SAFETY: `full` and `shard` are live and contiguous, `full` world × shard long; NCCL
+        // allows `shard` to be this rank's slice of `full` (in place).
+        self.library.check("reduce-scatter", unsafe {
+            (self.library.reduce_scatter)(
+                full.data_ptr().cast_const(),
+                shard.data_ptr(),
+                shard.numel(),
+                data_type(full.kind())?,
+                SUM,
                 self.comm,
                 std::ptr::null_mut(),
             )
