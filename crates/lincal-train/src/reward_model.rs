@@ -141,23 +141,27 @@ impl RewardModel {
         }
     }
 
-    /// Whether `dir` holds a reward model (its `config.json` says `model_type` "reward_model")
-    /// rather than a plain causal LM.
-    pub fn is_reward_model_dir(dir: &Path) -> Result<bool> {
-        Ok(read_json_config(dir)?
-            .1
-            .get("model_type")
-            .and_then(|t| t.as_str())
-            == Some("reward_model"))
+    /// The config of the transformer that scores for the model in `dir`: a reward model's
+    /// backbone, or `dir`'s own config when it holds a plain causal LM (a benchmark's reward
+    /// model, which is given a new head). Reads `config.json` once.
+    pub fn scoring_model_config(dir: &Path) -> Result<ModelConfig> {
+        let (path, config) = read_json_config(dir)?;
+        if config.get("model_type").and_then(|t| t.as_str()) == Some("reward_model") {
+            return Ok(Self::backbone_config(&path, &config)?.0);
+        }
+        ModelConfig::from_json(&config.to_string())
+            .map_err(|message| TrainError::Model(ModelError::Config { path, message }))
     }
 
-    /// The backbone's config of the reward model in `dir`, and where the backbone came from
-    /// (see the module docs).
-    pub fn read_backbone_config(dir: &Path) -> Result<(ModelConfig, String)> {
-        let (config_path, config) = read_json_config(dir)?;
+    /// The backbone's config of a reward model's `config.json` (at `config_path`), and where
+    /// the backbone came from (see the module docs).
+    fn backbone_config(
+        config_path: &Path,
+        config: &serde_json::Value,
+    ) -> Result<(ModelConfig, String)> {
         let bad = |message: String| {
             TrainError::Model(ModelError::Config {
-                path: config_path.clone(),
+                path: config_path.to_path_buf(),
                 message,
             })
         };
@@ -192,7 +196,8 @@ impl RewardModel {
 
     /// Reads the layout described in the module docs; `kind` `None` keeps the stored dtype.
     pub fn load(dir: &Path, device: Device, kind: Option<Kind>) -> Result<Self> {
-        let (backbone_config, source) = Self::read_backbone_config(dir)?;
+        let (config_path, config) = read_json_config(dir)?;
+        let (backbone_config, source) = Self::backbone_config(&config_path, &config)?;
         let kind = kind.unwrap_or_else(|| {
             backbone_config
                 .torch_dtype()
@@ -849,6 +854,37 @@ mod tests {
             err,
             "train example 1: label 1.5 is outside [0, 1]; \
              labels are probabilities or 0/1 correctness"
+        );
+    }
+
+    /// The transformer that scores: a reward model's backbone (its embeddings grown to 65
+    /// rows with the pad token), a plain causal LM's own config, and a directory without a
+    /// config named in the error.
+    #[test]
+    fn scoring_model_config_reads_reward_models_and_plain_models() {
+        let fixture = crate::testutil::fixture();
+        let reward = RewardModel::scoring_model_config(&fixture.paths.reward_model).unwrap();
+        assert_eq!(
+            reward,
+            RewardModel::load(&fixture.paths.reward_model, Device::Cpu, None)
+                .unwrap()
+                .backbone
+                .config()
+                .clone()
+        );
+        assert_eq!(reward.vocab_size(), 65);
+        let policy = &fixture.paths.policy;
+        assert_eq!(
+            RewardModel::scoring_model_config(policy).unwrap(),
+            ModelConfig::from_file(&policy.join("config.json")).unwrap()
+        );
+        let empty = tempfile::tempdir().unwrap();
+        let error = RewardModel::scoring_model_config(empty.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(&empty.path().join("config.json").display().to_string()),
+            "{error}"
         );
     }
 }

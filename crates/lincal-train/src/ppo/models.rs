@@ -82,15 +82,9 @@ impl PpoModelPaths {
             (RlType::DecisionBased, Some(dir)) => Some(ModelShape::read(dir)?),
             _ => None,
         };
-        // A benchmark's reward model is a causal LM given a new head.
-        let reward_model = if RewardModel::is_reward_model_dir(&self.reward_model)? {
-            ModelShape::of(&RewardModel::read_backbone_config(&self.reward_model)?.0)
-        } else {
-            ModelShape::read(&self.reward_model)?
-        };
         let model = RlMemoryModel {
             policy: ModelShape::read(&self.policy)?,
-            reward_model,
+            reward_model: ModelShape::of(&RewardModel::scoring_model_config(&self.reward_model)?),
             extractor,
             dtype_bytes: (settings.kind_of)(device).elt_size_in_bytes() as u64,
             master_weights: step.master_weights,
