@@ -261,14 +261,12 @@ impl GrpoLearner {
             (minibatch_seed, c.epochs_per_rollout, c.step_batch_size),
         );
         for (pass, local) in passes.iter().enumerate() {
-            let local_units = match local.is_empty() {
-                true => 0.0,
-                false => c.loss_aggregation.units(
-                    &mask.index_select(0, &row_index(local, device)),
+            let units = self.ranks.step_total(local, |rows| {
+                c.loss_aggregation.units(
+                    &mask.index_select(0, &row_index(rows, device)),
                     c.response_len,
-                ),
-            };
-            let units = self.ranks.sum(&[local_units])?[0].max(1.0);
+                )
+            })?;
             {
                 let _rng = self.ranks.seed_dropout(c.seed, step, pass);
                 for micro in local.chunks(c.micro_batch_size) {

@@ -334,14 +334,12 @@ impl Learner {
             (minibatch_seed, c.epochs_per_rollout, c.step_batch_size),
         );
         for (pass, local) in passes.iter().enumerate() {
-            let local_weight = match local.is_empty() {
-                true => 0.0,
-                false => weights
-                    .index_select(0, &row_index(local, device))
+            let total_weight = self.ranks.step_total(local, |rows| {
+                weights
+                    .index_select(0, &row_index(rows, device))
                     .sum(Kind::Double)
-                    .double_value(&[]),
-            };
-            let total_weight = self.ranks.sum(&[local_weight])?[0].max(1.0);
+                    .double_value(&[])
+            })?;
             {
                 let _rng = self.ranks.seed_dropout(c.seed, step, pass);
                 for micro in local.chunks(c.micro_batch_size) {

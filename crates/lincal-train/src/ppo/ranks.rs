@@ -78,6 +78,13 @@ impl Ranks {
         Ok(Vec::<f64>::try_from(sums.to_device(Device::Cpu))?)
     }
 
+    /// An optimizer step's normaliser: `of` this rank's `rows` of the minibatch (0 where it
+    /// has none) summed over the ranks, at least 1.
+    pub fn step_total(&self, rows: &[usize], of: impl FnOnce(&[usize]) -> f64) -> Result<f64> {
+        let local = if rows.is_empty() { 0.0 } else { of(rows) };
+        Ok(self.sum(&[local])?[0].max(1.0))
+    }
+
     /// Every rank's `value`, in rank order (as JSON bytes: first their lengths, then the
     /// bytes padded to the longest).
     pub fn gather<T: Serialize + DeserializeOwned + Clone>(&self, value: &T) -> Result<Vec<T>> {
