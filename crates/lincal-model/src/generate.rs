@@ -328,12 +328,25 @@ pub fn generate_batch(
     let capacity = prompt_len + params.max_new_tokens;
     let eos = Tensor::from_slice(eos_ids).to_device(device);
     let mut finished = Tensor::zeros([batch], (Kind::Bool, device));
-    // Stop strings and streaming need each token on the host anyway; then the host decides
-    // which rows are done, otherwise the GPU does and is asked only now and then.
-    let track_on_host = !params.stop.is_empty() || on_token.is_some();
-    let mut row_done = vec![false; prompts.len()];
-    let mut stopped = vec![false; prompts.len()];
-    let mut host_tokens: Vec<Vec<i64>> = vec![Vec::new(); prompts.len()];
+    // Stop strings and streaming need the tokens on the host: streaming every token, stop
+    // strings only at each check (a row keeps sampling for a few steps after its stop string;
+    // those tokens are cut below, and its draws are its own, so no other row changes).
+    let mut watch = (!params.stop.is_empty() || on_token.is_some()).then(|| HostWatch {
+        streams: stop_tokenizer
+            .filter(|_| !params.stop.is_empty())
+            .map(|tokenizer| {
+                let streams = prompts.iter().map(|_| TextStream::new(&params.stop));
+                (tokenizer, streams.collect())
+            }),
+        ended: vec![false; prompts.len()],
+        stop_lengths: vec![None; prompts.len()],
+        seen: 0,
+    });
+    let check_interval = if on_token.is_some() {
+        1
+    } else {
+        FINISHED_CHECK_INTERVAL
+    };
     let (mut tokens, mut logprobs) = (Vec::new(), Vec::new());
     tch::no_grad(|| -> Result<()> {
         let key_mask = Tensor::zeros([batch, capacity], (Kind::Bool, device));
@@ -360,36 +373,21 @@ pub fn generate_batch(
             let next = next.where_self(&finished.logical_not(), &pad);
             tokens.push(next.shallow_clone());
             logprobs.push(logp.masked_fill(&finished, 0.0));
-            let all_finished = if track_on_host {
-                let ids = Vec::<i64>::try_from(&next).expect("ids on host");
-                for (row, &id) in ids.iter().enumerate() {
-                    if row_done[row] {
-                        continue;
-                    }
-                    host_tokens[row].push(id);
-                    if let Some(callback) = on_token.as_mut() {
-                        callback(row, id);
-                    }
-                    if eos_ids.contains(&id) {
-                        row_done[row] = true;
-                    } else if let Some(tokenizer) =
-                        stop_tokenizer.filter(|_| !params.stop.is_empty())
-                    {
-                        stopped[row] = stop_position(
-                            &tokenizer.decode(&host_tokens[row], true)?,
-                            &params.stop,
-                        )
-                        .is_some();
-                        row_done[row] = stopped[row];
-                    }
+            finished = finished.logical_or(&Tensor::isin(&next, &eos, false, false));
+            let last = step + 1 == params.max_new_tokens;
+            let all_finished = if (step + 1) % check_interval != 0 && !last {
+                false
+            } else if let Some(watch) = watch.as_mut() {
+                let stopped = watch.read(&tokens, eos_ids, &mut on_token)?;
+                if !stopped.is_empty() {
+                    let rows = Tensor::from_slice(&stopped).to_device(device);
+                    let _ = finished.index_fill_(0, &rows, 1);
                 }
-                finished = Tensor::from_slice(&row_done).to_device(device);
-                row_done.iter().all(|&d| d)
+                watch.ended.iter().all(|&ended| ended)
             } else {
-                finished = finished.logical_or(&Tensor::isin(&next, &eos, false, false));
-                (step + 1) % FINISHED_CHECK_INTERVAL == 0 && finished.all().int64_value(&[]) == 1
+                finished.all().int64_value(&[]) == 1
             };
-            if all_finished || step + 1 == params.max_new_tokens {
+            if all_finished || last {
                 break;
             }
             decoder.state.feed(&next);
@@ -398,9 +396,23 @@ pub fn generate_batch(
         }
         Ok(())
     })?;
-    let tokens = Tensor::stack(&tokens, 1);
-    let logprobs = Tensor::stack(&logprobs, 1);
-    let (lengths, finish_reasons) = row_ends(&tokens, eos_ids, pad_id, &stopped);
+    let mut tokens = Tensor::stack(&tokens, 1);
+    let mut logprobs = Tensor::stack(&logprobs, 1);
+    let stop_lengths = watch.map_or_else(|| vec![None; prompts.len()], |w| w.stop_lengths);
+    if stop_lengths.iter().any(Option::is_some) {
+        // What rows sampled after their stop string is not output.
+        let steps = tokens.size()[1];
+        let beyond: Vec<bool> = stop_lengths
+            .iter()
+            .flat_map(|&end| (0..steps).map(move |i| end.is_some_and(|end| i >= end)))
+            .collect();
+        let beyond = Tensor::from_slice(&beyond)
+            .view([batch, steps])
+            .to_device(device);
+        tokens = tokens.masked_fill(&beyond, pad_id);
+        logprobs = logprobs.masked_fill(&beyond, 0.0);
+    }
+    let (lengths, finish_reasons) = row_ends(&tokens, eos_ids, &stop_lengths);
     Ok(GeneratedBatch {
         tokens,
         logprobs,
@@ -414,29 +426,78 @@ pub(crate) fn window(written: i64, capacity: i64) -> i64 {
     ((written + WINDOW - 1) / WINDOW * WINDOW).min(capacity)
 }
 
-/// Length and finish reason of each row from the token matrix (trailing pads are not output).
+/// Length and finish reason of each row from the token matrix and the lengths of the rows a
+/// stop string ended.
 fn row_ends(
     tokens: &Tensor,
     eos_ids: &[i64],
-    pad_id: i64,
-    stopped: &[bool],
+    stop_lengths: &[Option<i64>],
 ) -> (Vec<i64>, Vec<FinishReason>) {
     let rows = Vec::<Vec<i64>>::try_from(tokens.to_device(tch::Device::Cpu)).expect("2-d ids");
     rows.iter()
-        .zip(stopped)
-        .map(
-            |(row, &stopped)| match row.iter().position(|id| eos_ids.contains(id)) {
-                Some(i) => (i as i64 + 1, FinishReason::Eos),
-                None if stopped => (
-                    row.iter()
-                        .rposition(|&id| id != pad_id)
-                        .map_or(0, |i| i as i64 + 1),
-                    FinishReason::Stop,
-                ),
-                None => (row.len() as i64, FinishReason::Length),
-            },
-        )
+        .zip(stop_lengths)
+        .map(|(row, &stop_length)| {
+            // A stopped row met no EOS before its stop string (the host would have ended it
+            // there); the padding after it may be the EOS token.
+            match (stop_length, row.iter().position(|id| eos_ids.contains(id))) {
+                (Some(length), _) => (length, FinishReason::Stop),
+                (None, Some(i)) => (i as i64 + 1, FinishReason::Eos),
+                (None, None) => (row.len() as i64, FinishReason::Length),
+            }
+        })
         .unzip()
+}
+
+/// What the host knows of each row of a generation: which have ended (EOS or a stop
+/// string) and where a stop string ended a row. It reads the tokens sampled since its last
+/// look in one copy from the device.
+struct HostWatch<'a> {
+    /// The tokenizer and each row's text, when there are stop strings.
+    streams: Option<(&'a Tokenizer, Vec<TextStream>)>,
+    ended: Vec<bool>,
+    /// Tokens a row output, its stop string's last token included, when one ended it.
+    stop_lengths: Vec<Option<i64>>,
+    /// Steps read so far.
+    seen: usize,
+}
+
+impl HostWatch<'_> {
+    /// Reads the steps after the last look, `steps[seen..]` (each `[B]` ids), passes each
+    /// token of a row still going to `on_token`, and returns the rows a stop string ended.
+    fn read(
+        &mut self,
+        steps: &[Tensor],
+        eos_ids: &[i64],
+        on_token: &mut Option<&mut dyn FnMut(usize, i64)>,
+    ) -> Result<Vec<i64>> {
+        let rows = Vec::<Vec<i64>>::try_from(
+            Tensor::stack(&steps[self.seen..], 1).to_device(tch::Device::Cpu),
+        )
+        .expect("2-d ids");
+        let mut stopped = Vec::new();
+        for (row, ids) in rows.iter().enumerate() {
+            for (offset, &id) in ids.iter().enumerate() {
+                if self.ended[row] {
+                    break;
+                }
+                if let Some(callback) = on_token.as_mut() {
+                    callback(row, id);
+                }
+                if eos_ids.contains(&id) {
+                    self.ended[row] = true;
+                } else if let Some((tokenizer, streams)) = self.streams.as_mut() {
+                    streams[row].push(tokenizer, id)?;
+                    if streams[row].stopped() {
+                        self.ended[row] = true;
+                        self.stop_lengths[row] = Some((self.seen + offset + 1) as i64);
+                        stopped.push(row as i64);
+                    }
+                }
+            }
+        }
+        self.seen = steps.len();
+        Ok(stopped)
+    }
 }
 
 /// Byte offset of the first stop string in `text`, if any.

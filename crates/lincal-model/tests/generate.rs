@@ -284,6 +284,92 @@ fn text_generation_decodes_and_cuts_at_stop_strings() {
     );
 }
 
+/// Without streaming, stop strings are looked for only every few steps: each row must still
+/// end exactly where looking after every token ends it (with the same tokens, log-probs and
+/// text), also when its stop string arrives between two looks, and rows that meet no stop
+/// string run on unchanged.
+#[test]
+fn stop_strings_found_between_checks_cut_rows_where_every_token_checks_do() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tokenizer(dir.path(), 64);
+    let tokenizer = Tokenizer::from_dir(dir.path()).unwrap();
+    let model = random_model(tiny_llama(true), 13);
+    let prompts = vec![vec![3i64, 4, 5], vec![7, 8], vec![20, 21, 22, 23], vec![9]];
+    let row_seeds = seeds(&prompts, 40);
+    let sampled = |stop: Vec<String>| SamplingParams {
+        temperature: 1.0,
+        max_new_tokens: 40,
+        stop,
+        ..Default::default()
+    };
+    let free = generate_text(
+        &model,
+        &tokenizer,
+        &prompts,
+        &row_seeds,
+        &sampled(vec![]),
+        None,
+    )
+    .unwrap();
+    // Row 0's stop string: a word whose first appearance ends a prefix of more than one check
+    // interval (16 steps) that is not a whole number of intervals.
+    let tokens_to_contain = |text_of: &dyn Fn(usize) -> String, stop: &str| {
+        (1..=40).find(|&n| text_of(n).contains(stop))
+    };
+    let row0 = |n: usize| tokenizer.decode(&free[0].tokens[..n], true).unwrap();
+    let (stop, stop_len) = free[0]
+        .text
+        .split(' ')
+        .filter_map(|word| Some((word.to_string(), tokens_to_contain(&row0, word)?)))
+        .find(|(_, n)| *n > 16 && n % 16 != 0)
+        .expect("a word first seen mid-interval");
+    let params = sampled(vec![stop.clone()]);
+    let checked_now_and_then =
+        generate_text(&model, &tokenizer, &prompts, &row_seeds, &params, None).unwrap();
+    let mut on_token = |_: usize, _: i64| {};
+    let checked_every_token = generate_text(
+        &model,
+        &tokenizer,
+        &prompts,
+        &row_seeds,
+        &params,
+        Some(&mut on_token),
+    )
+    .unwrap();
+    assert_eq!(checked_now_and_then[0].finish_reason, FinishReason::Stop);
+    assert_eq!(checked_now_and_then[0].tokens, free[0].tokens[..stop_len]);
+    for (row, (a, b)) in checked_now_and_then
+        .iter()
+        .zip(&checked_every_token)
+        .enumerate()
+    {
+        assert_eq!(a.tokens, b.tokens, "row {row}");
+        assert_eq!(a.logprobs, b.logprobs, "row {row}");
+        assert_eq!(
+            (&a.text, a.finish_reason),
+            (&b.text, b.finish_reason),
+            "row {row}"
+        );
+        let cut = free[row].text.find(&stop).unwrap_or(free[row].text.len());
+        assert_eq!(a.text, free[row].text[..cut], "row {row}");
+    }
+    // The batch's padded token matrix ends each stopped row with padding, log-prob 0.
+    let eos_ids = lincal_model::generate::eos_ids(&model, &tokenizer);
+    let pad_id = lincal_model::generate::pad_id(&model, &tokenizer, &eos_ids);
+    let request = BatchRequest {
+        eos_ids: &eos_ids,
+        pad_id,
+        stop_tokenizer: Some(&tokenizer),
+        ..BatchRequest::new(&prompts, &row_seeds, &params)
+    };
+    let batch = generate_batch(&model, &request, None).unwrap();
+    assert_eq!(batch.lengths[0], stop_len as i64);
+    let row0_ids = Vec::<i64>::try_from(batch.tokens.get(0)).unwrap();
+    let row0_logprobs = Vec::<f32>::try_from(batch.logprobs.get(0)).unwrap();
+    assert!(row0_ids[stop_len..].iter().all(|&id| id == pad_id));
+    assert!(row0_logprobs[stop_len..].iter().all(|&lp| lp == 0.0));
+}
+
 #[test]
 fn chat_template_renders_messages() {
     let dir = tempfile::tempdir().unwrap();
