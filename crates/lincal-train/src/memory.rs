@@ -12,7 +12,8 @@
 //! of the free memory, less a reserve and a margin for the caching allocator. The per-row
 //! costs count what the implementations keep: key/value caches, one layer's working set of a
 //! forward pass without gradients (logits are formed 256 MiB at a time there), every layer's
-//! saved activations and the response logits with their gradients in the update.
+//! saved activations and the response logits with their gradients in the update. A rank of a
+//! data-parallel job plans for its share of the rollouts and of the optimizer state.
 
 use crate::error::{Result, TrainError};
 use lincal_model::ModelConfig;
@@ -227,6 +228,9 @@ pub struct RlMemoryModel {
     /// Responses per step, and per optimizer step (micro-batches must divide it).
     pub rollouts: u64,
     pub step_batch_size: u64,
+    /// Processes of a data-parallel job: each rolls out its share of the step and keeps its
+    /// chunk of the masters and moments (ZeRO-1); the gradient buffer stays whole.
+    pub ranks: u64,
 }
 
 /// Batch sizes chosen for an RL step, and the arithmetic behind them.
@@ -302,10 +306,15 @@ impl RlMemoryModel {
                 (2 * policy + reward + value + extractor, policy + value)
             }
         };
-        // Masters: f32 weights, gradients and both moments; otherwise all three in the
-        // weights' type.
-        let state_bytes = if self.master_weights { 16 } else { 3 * b };
-        weights * b + trained * state_bytes + RESERVE_BYTES
+        // Masters: f32 weights, gradients and both moments; otherwise gradients and moments
+        // in the weights' type. A rank keeps its chunk of the masters and moments.
+        let ranks = self.ranks.max(1);
+        let state = if self.master_weights {
+            trained * 4 + (trained * 12).div_ceil(ranks)
+        } else {
+            trained * b + (trained * 2 * b).div_ceil(ranks)
+        };
+        weights * b + state + RESERVE_BYTES
     }
 
     /// Bytes per row of sampling `new_tokens` after `prompt` tokens: the key/value cache of
@@ -358,6 +367,8 @@ impl RlMemoryModel {
             ));
         }
         let phase = ((free - fixed) as f64 * PHASE_SHARE) as u64;
+        // A rank's rollouts (ranks share them in whole groups, so one may get a few more).
+        let rollouts = self.rollouts.div_ceil(self.ranks.max(1));
         let b = self.dtype_bytes;
         let sequence = self.query_len + self.response_len;
         let rows = |row_bytes: u64| (phase / row_bytes.max(1)).max(1);
@@ -373,12 +384,12 @@ impl RlMemoryModel {
             b,
         ));
         Ok(BatchPlan {
-            generation_batch_size: even_batches(self.rollouts, rows(generation)),
-            forward_batch_size: even_batches(self.rollouts, rows(scoring)),
+            generation_batch_size: even_batches(rollouts, rows(generation)),
+            forward_batch_size: even_batches(rollouts, rows(scoring)),
             micro_batch_size: largest_divisor(self.step_batch_size, rows(self.update_row())),
-            extractor_batch_size: even_batches(self.rollouts, rows(extractor)),
+            extractor_batch_size: even_batches(rollouts, rows(extractor)),
             score_batch_size: even_batches(
-                self.rollouts,
+                rollouts,
                 rows(Self::forward_row(&self.reward_model, sequence, b)),
             ),
             free_bytes: free,
@@ -461,6 +472,7 @@ mod tests {
             extractor_new_tokens: 5,
             rollouts: 12,
             step_batch_size: 12,
+            ranks: 1,
         }
     }
 
@@ -487,6 +499,48 @@ mod tests {
         assert_eq!(
             lora.fixed_bytes(),
             3 * p * 2 + 2 * adapters * 16 + RESERVE_BYTES
+        );
+    }
+
+    /// ZeRO-1: a rank of four keeps a quarter of the masters and moments (rounded up), the
+    /// whole gradient buffer, and plans batches for its share of the rollouts.
+    #[test]
+    fn a_rank_plans_for_its_share_of_the_state_and_the_rollouts() {
+        let p = tiny().parameters;
+        let ranks = RlMemoryModel {
+            ranks: 4,
+            ..model()
+        };
+        // Two trained models (policy, value): f32 gradients whole, masters and moments split.
+        assert_eq!(
+            ranks.fixed_bytes(),
+            5 * p * 2 + 2 * p * 4 + (2 * p * 12).div_ceil(4) + RESERVE_BYTES
+        );
+        let pure = RlMemoryModel {
+            master_weights: false,
+            ..ranks.clone()
+        };
+        assert_eq!(
+            pure.fixed_bytes(),
+            5 * p * 2 + 2 * p * 2 + (2 * p * 4).div_ceil(4) + RESERVE_BYTES
+        );
+        // Room for 2 generation rows: a rank's 3 of the 12 rollouts go in 2 batches of 2 (one
+        // process would need 6 batches of 2).
+        let gen_row = RlMemoryModel::generation_row(&ranks.policy, 6, 4, 2);
+        let free = ranks.fixed_bytes() + ((2 * gen_row) as f64 / PHASE_SHARE).ceil() as u64;
+        assert_eq!(ranks.plan(free).unwrap().generation_batch_size, 2);
+        // With room for everything, a rank takes its 3 rollouts at once; the optimizer step's
+        // micro-batch is planned as for one process.
+        let plan = ranks.plan(u64::MAX / 2).unwrap();
+        assert_eq!(
+            (
+                plan.generation_batch_size,
+                plan.forward_batch_size,
+                plan.extractor_batch_size,
+                plan.score_batch_size,
+                plan.micro_batch_size
+            ),
+            (3, 3, 3, 3, 12)
         );
     }
 

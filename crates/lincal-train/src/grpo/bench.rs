@@ -23,7 +23,7 @@ pub fn bench_grpo(
 ) -> Result<RlStepBench> {
     config.validate()?;
     let paths = bench_paths(model_dir, config.rl_type);
-    let (config, batch_plan) = &config.planned(&paths, device)?;
+    let (config, batch_plan) = &config.planned(&paths, device, 1)?;
     let kind_of = |device| config.precision.kind(device);
     let (mut models, mut reward) = bench_models(&paths, device, &config.model_settings(&kind_of))?;
     models.eos_ids.clear();

@@ -200,6 +200,7 @@ impl GrpoConfig {
         &self,
         paths: &PpoModelPaths,
         device: tch::Device,
+        ranks: usize,
     ) -> Result<(GrpoConfig, Option<BatchPlan>)> {
         let kind_of = |device| self.precision.kind(device);
         let step = PlannedStep {
@@ -208,6 +209,7 @@ impl GrpoConfig {
             response_len: self.response_len,
             rollouts: self.rollout_batch_size(),
             step_batch_size: self.step_batch_size,
+            ranks,
         };
         planned_config(
             self,

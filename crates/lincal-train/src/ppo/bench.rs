@@ -60,7 +60,7 @@ pub fn bench_ppo(
     warmup_steps: usize,
 ) -> Result<RlStepBench> {
     let paths = bench_paths(model_dir, config.rl_type);
-    let (config, batch_plan) = &config.planned(&paths, device)?;
+    let (config, batch_plan) = &config.planned(&paths, device, 1)?;
     let kind_of = |device| config.precision.kind(device);
     let (models, mut reward) = bench_models(&paths, device, &config.model_settings(&kind_of))?;
     let bench = bench_ppo_step(models, reward.as_mut(), config, warmup_steps)?;

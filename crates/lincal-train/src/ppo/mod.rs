@@ -803,7 +803,7 @@ impl PpoTrainer {
         )?;
         // The manifest keeps the config as given; the run uses the planned batch sizes.
         let given = config;
-        let (config, batch_plan) = &config.planned(paths, device)?;
+        let (config, batch_plan) = &config.planned(paths, device, run.comm.world_size())?;
         let custom = custom_reward.is_some();
         let kind_of = |device| config.precision.kind(device);
         let (models, reward, prompts) = load_rl_run(

@@ -66,6 +66,8 @@ pub(crate) struct PlannedStep {
     /// Responses per step, and per optimizer step.
     pub rollouts: usize,
     pub step_batch_size: usize,
+    /// Ranks of the data-parallel job (1 for one process).
+    pub ranks: usize,
 }
 
 impl PpoModelPaths {
@@ -95,6 +97,7 @@ impl PpoModelPaths {
             extractor_new_tokens: settings.reward.extractor_max_new_tokens.max(0) as u64,
             rollouts: step.rollouts as u64,
             step_batch_size: step.step_batch_size as u64,
+            ranks: step.ranks as u64,
         };
         model.plan(device_memory(device)?.free)
     }
@@ -552,6 +555,7 @@ impl PpoConfig {
         &self,
         paths: &PpoModelPaths,
         device: Device,
+        ranks: usize,
     ) -> Result<(PpoConfig, Option<BatchPlan>)> {
         let kind_of = |device| self.precision.kind(device);
         let step = PlannedStep {
@@ -560,6 +564,7 @@ impl PpoConfig {
             response_len: self.response_len,
             rollouts: self.rollout_batch_size,
             step_batch_size: self.step_batch_size,
+            ranks,
         };
         planned_config(
             self,
