@@ -1,0 +1,111 @@
+# Where a decode step of the Llama-2-7B shape at batch 256 spends its time, piece by piece:
+# attention over the KV cache as lincal runs it (SDPA with an additive mask over a window of
+# the [B, H, capacity, D] cache), the same attention by other kernels, and the step's matrix
+# products. Prints one JSON line per measurement and appends them to the file given.
+# usage: python3 decode_attention.py OUT.jsonl
+import json
+import math
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+B, H, D, LAYERS, HIDDEN, FFN, VOCAB = 256, 32, 128, 32, 4096, 11008, 32000
+PROMPT, NEW = 128, 300
+CAPACITY = PROMPT + NEW
+WINDOW = 128
+dev, kind = "cuda", torch.bfloat16
+out = open(sys.argv[1], "a")
+
+
+def timed(fn, iters=50):
+    for _ in range(3):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters
+
+
+def report(**record):
+    print(json.dumps(record), flush=True)
+    out.write(json.dumps(record) + "\n")
+
+
+torch.manual_seed(0)
+q = torch.randn(B, H, 1, D, device=dev, dtype=kind)
+# lincal's layout: [B, H, capacity, D]
+cache_k = torch.randn(B, H, CAPACITY, D, device=dev, dtype=kind)
+cache_v = torch.randn(B, H, CAPACITY, D, device=dev, dtype=kind)
+# flash's layout: [B, capacity, H, D], flattened to [B * capacity, H, D] for the varlen call
+flat_k = cache_k.transpose(1, 2).contiguous().view(B * CAPACITY, H, D)
+flat_v = cache_v.transpose(1, 2).contiguous().view(B * CAPACITY, H, D)
+cu_q = torch.arange(B + 1, device=dev, dtype=torch.int32)
+cu_k = torch.arange(B + 1, device=dev, dtype=torch.int32) * CAPACITY
+q_flat = q.view(B, H, D)
+
+for length in (160, 288, CAPACITY):
+    visible = min(math.ceil(length / WINDOW) * WINDOW, CAPACITY)
+    bias = torch.zeros(B, 1, 1, visible, device=dev, dtype=kind)
+    bias[..., length:] = float("-inf")
+    k, v = cache_k[:, :, :visible], cache_v[:, :, :visible]
+    needed_gb = B * length * H * D * 2 * 2 / 1e9
+    reference = F.scaled_dot_product_attention(
+        q.float(), cache_k[:, :, :length].float(), cache_v[:, :, :length].float())
+    for name, backends in [("sdpa-masked-window (lincal)", None),
+                           ("sdpa-masked-window efficient", [SDPBackend.EFFICIENT_ATTENTION]),
+                           ("sdpa-masked-window cudnn", [SDPBackend.CUDNN_ATTENTION]),
+                           ("sdpa-masked-window math", [SDPBackend.MATH])]:
+        try:
+            def run():
+                if backends is None:
+                    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+                with sdpa_kernel(backends):
+                    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+            error = (run().float() - reference).abs().max().item()
+            ms = timed(run)
+            report(kernel=name, length=length, visible=visible, ms_per_layer=ms,
+                   ms_per_step=ms * LAYERS, gb_per_s=needed_gb / ms * 1e3, max_error=error)
+        except Exception as e:  # a kernel that does not take this input
+            report(kernel=name, length=length, error=str(e)[:200])
+    used = torch.full((B,), length, device=dev, dtype=torch.int32)
+
+    def flash():
+        return torch.ops.aten._flash_attention_forward(
+            q_flat, flat_k, flat_v, cu_q, cu_k, 1, CAPACITY, 0.0, False, False,
+            seqused_k=used)[0]
+    try:
+        error = (flash().view(B, H, 1, D).float() - reference).abs().max().item()
+        ms = timed(flash)
+        report(kernel="flash varlen seqused_k", length=length, ms_per_layer=ms,
+               ms_per_step=ms * LAYERS, gb_per_s=needed_gb / ms * 1e3, max_error=error)
+    except Exception as e:
+        report(kernel="flash varlen seqused_k", length=length, error=str(e)[:200])
+
+# The step's matrix products at M = B rows: per layer q, k, v, o, gate, up, down; then the head.
+x = torch.randn(B, HIDDEN, device=dev, dtype=kind)
+h = torch.randn(B, FFN, device=dev, dtype=kind)
+w_attn = [torch.randn(HIDDEN, HIDDEN, device=dev, dtype=kind) for _ in range(4)]
+w_up = [torch.randn(FFN, HIDDEN, device=dev, dtype=kind) for _ in range(2)]
+w_down = torch.randn(HIDDEN, FFN, device=dev, dtype=kind)
+head = torch.randn(VOCAB, HIDDEN, device=dev, dtype=kind)
+
+
+def layer_matmuls():
+    for w in w_attn:
+        F.linear(x, w)
+    for w in w_up:
+        F.linear(x, w)
+    F.linear(h, w_down)
+
+
+ms_layer = timed(layer_matmuls)
+ms_head = timed(lambda: F.linear(x, head))
+weight_gb = (4 * HIDDEN * HIDDEN + 3 * HIDDEN * FFN) * 2 / 1e9
+report(kernel="matmuls", ms_per_layer=ms_layer, ms_per_step=ms_layer * LAYERS + ms_head,
+       head_ms=ms_head, weight_gb_per_s=weight_gb / ms_layer * 1e3)
