@@ -10,7 +10,8 @@
 #    SmolLM2, LoRA for the 7B; ppo-large-batches generates, scores and updates in larger
 #    batches than the reference's (for SmolLM2, whose memory allows); ppo-auto and grpo-auto
 #    choose those batch sizes from free memory (auto_batch_sizes); grpo: one LC GRPO step at
-#    64 prompts x 8 responses, the same models and settings as ppo; serve: `lincal serve` in
+#    64 prompts x 8 responses, the same models and settings as ppo (for llama2-7b both take the
+#    reference's extractor shape, RedPajama-INCITE-3B, a GPT-NeoX); serve: `lincal serve` in
 #    process under 1, 16, 64 and 256 streaming clients (128 + 300 tokens, 2 requests each),
 #    then `bench generate` at the same batch sizes. train-parity, ppo, grpo and serve need the SmolLM2 tokenizer carried in
 #    .gpu/tokenizer, which `cargo xtask gpu-build` copies there.)
@@ -20,6 +21,13 @@ set -uo pipefail
 export LD_LIBRARY_PATH=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib
 export PYTHONUNBUFFERED=1
 lincal=$PWD/.gpu/lincal
+# The 7B's RL steps extract answers with a model of the reference extractor's shape.
+extractor_for() {
+  [ "$1" = llama2-7b ] || return 0
+  local dir=/tmp/models/redpajama-3b-ppo
+  [ -f "$dir/config.json" ] || python3 bench/gpu/make_models.py redpajama-3b "$dir" "$PWD/.gpu/tokenizer"
+  ppo_flags+=(--extractor "$dir")
+}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/device.txt"
 for step in "$@"; do
   what=${step%%:*}; name=${step#*:}; model=/tmp/models/$name
@@ -47,12 +55,14 @@ for step in "$@"; do
     hf-sft-ckpt) python3 bench/gpu/train.py bench "$model" $sft_batch 1024 "$OUT/sft.jsonl" "$name" $hf_precisions checkpointing ;;
     ppo|ppo-large-batches|ppo-auto)
       [ -f "$model-ppo/config.json" ] || python3 bench/gpu/make_models.py "$name" "$model-ppo" "$PWD/.gpu/tokenizer"
+      extractor_for "$name"
       [ $what = ppo-large-batches ] && ppo_flags+=(--set generation_batch_size=512 --set forward_batch_size=64 --set micro_batch_size=16
         --set reward.extractor_batch_size=512 --set reward.score_batch_size=128)
       [ $what = ppo-auto ] && ppo_flags+=(--set auto_batch_sizes=true)
       "$lincal" bench ppo --model "$model-ppo" --label "$name" --preset lc_ppo --device cuda "${ppo_flags[@]}" --json "$OUT/ppo.jsonl" ;;
     grpo|grpo-auto)
       [ -f "$model-ppo/config.json" ] || python3 bench/gpu/make_models.py "$name" "$model-ppo" "$PWD/.gpu/tokenizer"
+      extractor_for "$name"
       [ $what = grpo-auto ] && ppo_flags+=(--set auto_batch_sizes=true)
       "$lincal" bench grpo --model "$model-ppo" --label "$name" --preset lc_grpo --device cuda "${ppo_flags[@]}" --json "$OUT/grpo.jsonl" ;;
     serve)

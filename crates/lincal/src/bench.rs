@@ -55,12 +55,8 @@ pub enum BenchCommand {
     /// timed by part: generation, scoring (the reward, then the policy, reference and value
     /// forward passes) and the update. Every model of the run is made from --model.
     Ppo {
-        /// A causal LM with its tokenizer, which must have a pad token (an SFT model does):
-        /// the policy, the reference (or LoRA adapters), the reward model and value backbone
-        /// (with a new head) and, for decision-based RL, the answer extractor. Random weights
-        /// of the shape to measure are fine.
-        #[arg(long)]
-        model: PathBuf,
+        #[command(flatten)]
+        models: RlBenchModels,
         /// The run's config: a preset (`lc_ppo`, `factuality_ppo`) or TOML file, with overrides
         /// such as `--set generation_batch_size=128`.
         #[command(flatten)]
@@ -77,10 +73,9 @@ pub enum BenchCommand {
     /// tokens by default), timed by part like `bench ppo`, on the same models but without a
     /// value model.
     Grpo {
-        /// As for `bench ppo`: the policy, reference (or adapters), reward model (with a new
-        /// head) and, for decision-based RL, the answer extractor.
-        #[arg(long)]
-        model: PathBuf,
+        /// As for `bench ppo`, without a value model.
+        #[command(flatten)]
+        models: RlBenchModels,
         /// The run's config: a preset (`lc_grpo`, `factuality_grpo`) or TOML file.
         #[command(flatten)]
         config: crate::train::ConfigArgs,
@@ -283,7 +278,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
             }))
         }
         BenchCommand::Ppo {
-            model,
+            models,
             config,
             warmup,
             device,
@@ -293,7 +288,13 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 c.scaled(scale)
             })?;
             let device = crate::parse_device(&device)?;
-            let result = lincal_train::ppo::bench_ppo(&model, device, &config, warmup)?;
+            let result = lincal_train::ppo::bench_ppo(
+                &models.model,
+                models.extractor.as_deref(),
+                device,
+                &config,
+                warmup,
+            )?;
             let batches = serde_json::json!({
                 "generation_batch_size": config.generation_batch_size,
                 "forward_batch_size": config.forward_batch_size,
@@ -304,12 +305,13 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 bench: "ppo",
                 rl_type: config.rl_type,
                 lora: config.lora.is_some(),
+                extractor: models.extractor.as_deref(),
                 device,
             };
             record.append(rl_bench_record(&setting, &result, batches)?)
         }
         BenchCommand::Grpo {
-            model,
+            models,
             config,
             warmup,
             device,
@@ -319,7 +321,13 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 c.scaled(scale)
             })?;
             let device = crate::parse_device(&device)?;
-            let result = lincal_train::grpo::bench_grpo(&model, device, &config, warmup)?;
+            let result = lincal_train::grpo::bench_grpo(
+                &models.model,
+                models.extractor.as_deref(),
+                device,
+                &config,
+                warmup,
+            )?;
             let batches = serde_json::json!({
                 "prompts_per_step": config.prompts_per_step,
                 "group_size": config.group_size,
@@ -332,6 +340,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 bench: "grpo",
                 rl_type: config.rl_type,
                 lora: config.lora.is_some(),
+                extractor: models.extractor.as_deref(),
                 device,
             };
             record.append(rl_bench_record(&setting, &result, batches)?)
@@ -505,16 +514,33 @@ impl RecordArgs {
 }
 
 /// What an RL step benchmark ran: the method, the reward, LoRA or full fine-tuning, the device.
-struct RlBenchSetting {
+/// The models of `bench ppo` and `bench grpo`.
+#[derive(clap::Args)]
+pub struct RlBenchModels {
+    /// A causal LM with its tokenizer, which must have a pad token (an SFT model does): the
+    /// policy, the reference (or LoRA adapters), the reward model and value backbone (with a
+    /// new head) and, for decision-based RL, the answer extractor. Random weights of the
+    /// shape to measure are fine.
+    #[arg(long)]
+    model: PathBuf,
+    /// Another causal LM with its tokenizer as the answer extractor of decision-based RL (the
+    /// reference's is a 3B GPT-NeoX beside a 7B policy).
+    #[arg(long)]
+    extractor: Option<PathBuf>,
+}
+
+struct RlBenchSetting<'a> {
     bench: &'static str,
     rl_type: lincal_train::ppo::RlType,
     lora: bool,
+    /// The answer extractor, when it is not the benchmark's model.
+    extractor: Option<&'a std::path::Path>,
     device: tch::Device,
 }
 
 /// Prints an RL step's times and returns its JSON record (the setting, `batches`, the times).
 fn rl_bench_record(
-    setting: &RlBenchSetting,
+    setting: &RlBenchSetting<'_>,
     result: &lincal_train::ppo::RlStepBench,
     batches: serde_json::Value,
 ) -> Result<serde_json::Value> {
@@ -545,6 +571,7 @@ fn rl_bench_record(
         "engine": "lincal",
         "rl_type": format!("{:?}", setting.rl_type),
         "lora": setting.lora,
+        "extractor": setting.extractor.map(|dir| dir.display().to_string()),
         "device": format!("{:?}", setting.device),
     });
     let object = measured.as_object_mut().expect("an object");

@@ -290,13 +290,16 @@ fn ppo_prints_its_config_and_names_bad_input() {
     );
 }
 
+/// PPO on one model for every role; GRPO with another model (a GPT-NeoX) as the answer
+/// extractor, which the record names.
 #[test]
 fn bench_ppo_and_grpo_time_one_step_and_append_json_lines() {
     let dir = tempfile::tempdir().unwrap();
-    let (policy, _, _) = models(dir.path());
+    let (policy, _, extractor) = models(dir.path());
     let json = dir.path().join("bench.jsonl");
-    let (policy, json_arg) = (
+    let (policy, extractor, json_arg) = (
         policy.to_str().unwrap().to_string(),
+        extractor.to_str().unwrap().to_string(),
         json.to_str().unwrap().to_string(),
     );
     let shared = [
@@ -335,6 +338,9 @@ fn bench_ppo_and_grpo_time_one_step_and_append_json_lines() {
         ];
         for setting in shared.iter().chain(&batch) {
             args.extend(["--set", setting]);
+        }
+        if bench == "grpo" {
+            args.extend(["--extractor", &extractor]);
         }
         let output = lincal(&args);
         let stdout = String::from_utf8_lossy(&output.stdout);
@@ -384,6 +390,26 @@ fn bench_ppo_and_grpo_time_one_step_and_append_json_lines() {
     // GRPO trains the policy alone; PPO the value model besides.
     let parameters = |i: usize| records[i]["trainable_parameters"].as_i64().unwrap();
     assert!(parameters(1) < parameters(0), "{records:?}");
+    assert_eq!(records[0]["extractor"], serde_json::Value::Null);
+    assert_eq!(records[1]["extractor"].as_str(), Some(extractor.as_str()));
+    // Factuality RL extracts no answers: an extractor is refused, naming the flag.
+    let output = lincal(&[
+        "bench",
+        "ppo",
+        "--model",
+        &policy,
+        "--extractor",
+        &extractor,
+        "--preset",
+        "factuality_ppo",
+        "--device",
+        "cpu",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("--extractor") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
 }
 
 /// `lincal select` on a 3-step run with a snapshot every step: the two snapshots with the

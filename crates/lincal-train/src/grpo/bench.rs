@@ -13,16 +13,17 @@ use tch::Device;
 
 /// Runs `warmup_steps + 1` steps of `prompts_per_step` random prompts of exactly `query_len`
 /// tokens, each answered `group_size` times to exactly `response_len` tokens (EOS does not end
-/// a response), on models made from `model_dir` (see [`crate::ppo::bench_ppo`]; no value
-/// model), and times the last step.
+/// a response), on models made from `model_dir` and `extractor` (see
+/// [`crate::ppo::bench_ppo`]; no value model), and times the last step.
 pub fn bench_grpo(
     model_dir: &Path,
+    extractor: Option<&Path>,
     device: Device,
     config: &GrpoConfig,
     warmup_steps: usize,
 ) -> Result<RlStepBench> {
     config.validate()?;
-    let paths = bench_paths(model_dir, config.rl_type);
+    let paths = bench_paths(model_dir, extractor, config.rl_type)?;
     let (config, batch_plan) = &config.planned(&paths, device, 1)?;
     let kind_of = |device| config.precision.kind(device);
     let (mut models, mut reward) = bench_models(&paths, device, &config.model_settings(&kind_of))?;

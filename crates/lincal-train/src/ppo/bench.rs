@@ -50,16 +50,18 @@ pub struct RlStepBench {
 /// [`bench_ppo_step`] with the built-in reward of `config.rl_type`, every model made from the
 /// causal LM in `model_dir` (random weights of the shape to measure are fine): the policy,
 /// the reference or adapters as `config.lora` says, the reward model and value backbone with
-/// a freshly initialised head, and for decision-based RL the answer extractor. The tokenizer
-/// in `model_dir` must have a pad token, so that policy and reward model share one
-/// vocabulary.
+/// a freshly initialised head, and for decision-based RL the answer extractor, unless
+/// `extractor` names another causal LM (with its tokenizer) for it, such as the reference's
+/// smaller GPT-NeoX. The tokenizer in `model_dir` must have a pad token, so that policy and
+/// reward model share one vocabulary.
 pub fn bench_ppo(
     model_dir: &Path,
+    extractor: Option<&Path>,
     device: Device,
     config: &PpoConfig,
     warmup_steps: usize,
 ) -> Result<RlStepBench> {
-    let paths = bench_paths(model_dir, config.rl_type);
+    let paths = bench_paths(model_dir, extractor, config.rl_type)?;
     let (config, batch_plan) = &config.planned(&paths, device, 1)?;
     let kind_of = |device| config.precision.kind(device);
     let (models, mut reward) = bench_models(&paths, device, &config.model_settings(&kind_of))?;
@@ -70,13 +72,26 @@ pub fn bench_ppo(
     })
 }
 
-/// Every model of a benchmark run is the causal LM in `model_dir`.
-pub(crate) fn bench_paths(model_dir: &Path, rl_type: RlType) -> PpoModelPaths {
-    PpoModelPaths {
+/// Every model of a benchmark run is the causal LM in `model_dir`, but the answer extractor
+/// of decision-based RL when `extractor` names one; Factuality RL has none to replace.
+pub(crate) fn bench_paths(
+    model_dir: &Path,
+    extractor: Option<&Path>,
+    rl_type: RlType,
+) -> Result<PpoModelPaths> {
+    if extractor.is_some() && rl_type != RlType::DecisionBased {
+        return Err(TrainError::config(
+            "extractor",
+            "only decision-based RL (rl_type = \"decision_based\") extracts answers; leave \
+             --extractor out for this config",
+        ));
+    }
+    Ok(PpoModelPaths {
         policy: model_dir.to_path_buf(),
         reward_model: model_dir.to_path_buf(),
-        answer_extractor: (rl_type == RlType::DecisionBased).then(|| model_dir.to_path_buf()),
-    }
+        answer_extractor: (rl_type == RlType::DecisionBased)
+            .then(|| extractor.unwrap_or(model_dir).to_path_buf()),
+    })
 }
 
 /// Every model of an RL run made from the causal LM of [`bench_paths`], with the built-in

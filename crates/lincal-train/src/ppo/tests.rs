@@ -781,7 +781,7 @@ fn bench_times_one_step_at_the_given_geometry() {
     config.query_len = 5;
     config.response_len = 3;
     config.lora = Some(tiny_lora());
-    let result = bench_ppo(&fixture.paths.policy, Device::Cpu, &config, 1).unwrap();
+    let result = bench_ppo(&fixture.paths.policy, None, Device::Cpu, &config, 1).unwrap();
     assert_eq!(
         (result.rollouts, result.query_len, result.response_len),
         (4, 5, 3)
@@ -811,6 +811,7 @@ fn bench_times_one_step_at_the_given_geometry() {
     // The extractor's tokenizer has no pad token: it cannot stand in for every model.
     let err = bench_ppo(
         fixture.paths.answer_extractor.as_ref().unwrap(),
+        None,
         Device::Cpu,
         &config,
         0,
