@@ -57,6 +57,14 @@ for length in (160, 288, CAPACITY):
     needed_gb = B * length * H * D * 2 * 2 / 1e9
     reference = F.scaled_dot_product_attention(
         q.float(), cache_k[:, :, :length].float(), cache_v[:, :, :length].float())
+    # Exactly the keys so far (no rounding up to a window), as lincal would with more graphs.
+    exact = bias[..., :length].contiguous()
+    run_exact = lambda: F.scaled_dot_product_attention(
+        q, cache_k[:, :, :length], cache_v[:, :, :length], attn_mask=exact)
+    ms = timed(run_exact)
+    report(kernel="sdpa-masked exact", length=length, visible=length, ms_per_layer=ms,
+           ms_per_step=ms * LAYERS, gb_per_s=needed_gb / ms * 1e3,
+           max_error=(run_exact().float() - reference).abs().max().item())
     for name, backends in [("sdpa-masked-window (lincal)", None),
                            ("sdpa-masked-window efficient", [SDPBackend.EFFICIENT_ATTENTION]),
                            ("sdpa-masked-window cudnn", [SDPBackend.CUDNN_ATTENTION]),
