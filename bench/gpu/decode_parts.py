@@ -1,8 +1,10 @@
-# Where a decode step of the Llama-2-7B shape at batch 256 spends its time, piece by piece:
+# Where a decode step spends its time, piece by piece, for the Llama-2-7B shape at batch 256:
 # attention over the KV cache as lincal runs it (SDPA with an additive mask over a window of
-# the [B, H, capacity, D] cache), the same attention by other kernels, and the step's matrix
-# products. Prints one JSON line per measurement and appends them to the file given.
-# usage: python3 decode_attention.py OUT.jsonl
+# the [B, H, capacity, D] cache), the same attention by other kernels, the step's matrix
+# products; then lincal's sampling step (generate.rs `sample_next`, the same operations) at
+# that shape and at the SmolLM2 extractor's (512 rows of 49,152), with and without top-p.
+# Prints one JSON line per measurement and appends them to the file given.
+# usage: python3 decode_parts.py OUT.jsonl
 import json
 import math
 import sys
@@ -117,3 +119,33 @@ ms_head = timed(lambda: F.linear(x, head))
 weight_gb = (4 * HIDDEN * HIDDEN + 3 * HIDDEN * FFN) * 2 / 1e9
 report(kernel="matmuls", ms_per_layer=ms_layer, ms_per_step=ms_layer * LAYERS + ms_head,
        head_ms=ms_head, weight_gb_per_s=weight_gb / ms_layer * 1e3)
+
+
+def sample_next(logits, uniform, temperature, top_p):
+    """generate.rs `sample_next`, operation for operation (top_k off)."""
+    logits = logits.float()
+    scaled = logits / temperature
+    logprobs_all = scaled.log_softmax(-1)
+    filtered = scaled
+    if top_p < 1.0:
+        sorted_, order = filtered.sort(-1, descending=True)
+        probs = sorted_.softmax(-1)
+        before = probs.cumsum(-1) - probs
+        drop_sorted = before > top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        filtered = filtered.masked_fill(drop, float("-inf"))
+    cdf = filtered.softmax(-1).cumsum(-1)
+    target = uniform.unsqueeze(-1) * cdf[:, -1:]
+    tokens = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_max(logits.shape[1] - 1)
+    return tokens, logprobs_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+for rows, vocab in ((256, 32000), (512, 49152)):
+    logits = torch.randn(rows, vocab, device=dev, dtype=kind)
+    uniform = torch.rand(rows, device=dev)
+    for temperature, top_p in ((0.7, 1.0), (0.3, 0.9)):
+        ms = timed(lambda: sample_next(logits, uniform, temperature, top_p))
+        report(kernel="sample_next", rows=rows, vocab=vocab, temperature=temperature, top_p=top_p,
+               ms_per_step=ms)
+    ms = timed(lambda: logits.float().sort(-1, descending=True))
+    report(kernel="sort alone", rows=rows, vocab=vocab, ms_per_step=ms)
