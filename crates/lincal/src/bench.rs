@@ -563,6 +563,14 @@ fn rl_bench_record(
         result.first_step_kl,
         result.first_step_approx_kl
     );
+    if !result.reward_parts_seconds.is_empty() {
+        let parts: Vec<String> = result
+            .reward_parts_seconds
+            .iter()
+            .map(|(part, seconds)| format!("{part} {seconds:.1} s"))
+            .collect();
+        println!("reward parts: {}", parts.join(", "));
+    }
     if let Some(plan) = &result.batch_plan {
         println!("auto batch sizes: {plan}");
     }

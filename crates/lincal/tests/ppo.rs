@@ -382,6 +382,14 @@ fn bench_ppo_and_grpo_time_one_step_and_append_json_lines() {
                 "{part} in {record}"
             );
         }
+        for part in ["extraction", "forecast"] {
+            assert!(
+                record["reward_parts_seconds"][part]
+                    .as_f64()
+                    .is_some_and(|s| s > 0.0),
+                "{part} in {record}"
+            );
+        }
         // Policy and reference are the same weights at the first step: their KL is 0 up to
         // the rounding of separate CPU matrix products (6e-8 seen).
         let kl = record["first_step_kl"].as_f64().unwrap();

@@ -381,17 +381,9 @@ impl GrpoLearner {
             ("approx_kl".to_string(), sums[5] / tokens),
             ("learning_rate".to_string(), learning_rate),
             ("grad_norm".to_string(), grad_norm),
-            (
-                "generation_seconds".to_string(),
-                rollouts.timing.generation_seconds,
-            ),
-            ("reward_seconds".to_string(), rollouts.timing.reward_seconds),
-            (
-                "forward_seconds".to_string(),
-                rollouts.timing.forward_seconds,
-            ),
             ("update_seconds".to_string(), update_seconds),
         ]);
+        metrics.extend(rollouts.timing.metrics());
         Ok(GrpoStepOutcome {
             rollouts,
             share,

@@ -16,6 +16,7 @@ use crate::training_run::synchronize;
 use lincal_model::{CausalLm, Tokenizer};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 use tch::Device;
@@ -33,6 +34,8 @@ pub struct RlStepBench {
     pub scoring_seconds: f64,
     /// The reward's share of scoring.
     pub reward_seconds: f64,
+    /// The reward's parts, as it reports them (LC: `extraction`, `forecast`).
+    pub reward_parts_seconds: BTreeMap<String, f64>,
     /// The update: forward and backward over every micro-batch, clipping and AdamW.
     pub update_seconds: f64,
     pub total_seconds: f64,
@@ -232,7 +235,7 @@ pub(crate) fn time_rl_steps<O>(
     }
     let (outcome, total_seconds) = timed.expect("at least one step ran");
     let outcome = view(&outcome);
-    let timing = outcome.rollouts.timing;
+    let timing = &outcome.rollouts.timing;
     let lengths = &outcome.rollouts.seqs.lengths;
     let generated: i64 = lengths.iter().sum();
     Ok(RlStepBench {
@@ -242,6 +245,11 @@ pub(crate) fn time_rl_steps<O>(
         generation_seconds: timing.generation_seconds,
         scoring_seconds: timing.reward_seconds + timing.forward_seconds,
         reward_seconds: timing.reward_seconds,
+        reward_parts_seconds: timing
+            .reward_parts
+            .iter()
+            .map(|(part, seconds)| (part.to_string(), *seconds))
+            .collect(),
         update_seconds: outcome.update_seconds,
         total_seconds,
         generated_tokens_per_second: generated as f64 / timing.generation_seconds.max(1e-9),

@@ -284,18 +284,8 @@ impl Learner {
             ("grad_norm".to_string(), grad_norm),
         ]);
         metrics.extend(stats.means().into_iter().map(|(k, v)| (k.to_string(), v)));
-        metrics.extend([
-            (
-                "generation_seconds".to_string(),
-                rollouts.timing.generation_seconds,
-            ),
-            ("reward_seconds".to_string(), rollouts.timing.reward_seconds),
-            (
-                "forward_seconds".to_string(),
-                rollouts.timing.forward_seconds,
-            ),
-            ("update_seconds".to_string(), update_seconds),
-        ]);
+        metrics.extend(rollouts.timing.metrics());
+        metrics.push(("update_seconds".to_string(), update_seconds));
         self.kl.step(kl_mean);
         Ok(StepOutcome {
             rollouts,

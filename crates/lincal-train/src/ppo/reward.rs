@@ -15,6 +15,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::time::Instant;
 
 /// One response to score, with what the reader is asked about (SPEC 1.7): the TriviaQA
 /// question, its gold answer (`answer.value`) and the decoded paragraph.
@@ -59,6 +60,12 @@ pub trait Reward {
         inputs: &[RewardInput<'_>],
         context: ScoreContext,
     ) -> Result<Vec<RewardOutput>>;
+
+    /// Seconds spent in each part of scoring since the last call, named (`extraction`, ...),
+    /// for the step's timing metrics; a reward of one part reports none.
+    fn take_timings(&mut self) -> Vec<(&'static str, f64)> {
+        Vec::new()
+    }
 }
 
 /// `n` sampling seeds drawn from `seed`.
@@ -105,6 +112,8 @@ pub struct DecisionReward {
     forecaster: Scorer,
     templates: Templates,
     config: RewardConfig,
+    /// Seconds in ExtractAnswers and in ForecastProbs since the last `take_timings`.
+    seconds: [f64; 2],
 }
 
 impl DecisionReward {
@@ -142,6 +151,7 @@ impl DecisionReward {
             forecaster,
             templates,
             config,
+            seconds: [0.0; 2],
         })
     }
 
@@ -203,7 +213,11 @@ impl Reward for DecisionReward {
         inputs: &[RewardInput<'_>],
         context: ScoreContext,
     ) -> Result<Vec<RewardOutput>> {
+        // Both parts end with their results on the host, so the clock needs no device sync.
+        let started = Instant::now();
         let extractions = self.extract(inputs, context)?;
+        self.seconds[0] += started.elapsed().as_secs_f64();
+        let started = Instant::now();
         let parsed: Vec<(Vec<String>, bool)> = extractions
             .iter()
             .map(|text| self.config.extraction_parsing.candidates(text))
@@ -221,6 +235,7 @@ impl Reward for DecisionReward {
             }
         }
         let mut probabilities = self.forecaster.probabilities(&texts)?.into_iter();
+        self.seconds[1] += started.elapsed().as_secs_f64();
         let mut outputs = Vec::with_capacity(inputs.len());
         for (extraction, (answers, parsed_ok)) in extractions.into_iter().zip(parsed) {
             let p_gt = probabilities.next().expect("one logit per candidate");
@@ -250,6 +265,11 @@ impl Reward for DecisionReward {
             });
         }
         Ok(outputs)
+    }
+
+    fn take_timings(&mut self) -> Vec<(&'static str, f64)> {
+        let [extraction, forecast] = std::mem::take(&mut self.seconds);
+        vec![("extraction", extraction), ("forecast", forecast)]
     }
 }
 

@@ -81,13 +81,34 @@ pub(crate) struct RolloutPrompt<'a> {
 }
 
 /// How long each part of a rollout took (device synchronised).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct RolloutTiming {
     pub generation_seconds: f64,
     /// The reward (answer extraction and forecasting for LC).
     pub reward_seconds: f64,
+    /// The reward's own parts, as it reports them ([`Reward::take_timings`]).
+    pub reward_parts: Vec<(&'static str, f64)>,
     /// Policy, reference and value forward passes.
     pub forward_seconds: f64,
+}
+
+impl RolloutTiming {
+    /// The step metrics: `generation_seconds`, `reward_seconds`, `reward_<part>_seconds` for
+    /// each part the reward reports, and `forward_seconds`.
+    pub fn metrics(&self) -> Vec<(String, f64)> {
+        let parts = self
+            .reward_parts
+            .iter()
+            .map(|(part, seconds)| (format!("reward_{part}_seconds"), *seconds));
+        [
+            ("generation_seconds".to_string(), self.generation_seconds),
+            ("reward_seconds".to_string(), self.reward_seconds),
+        ]
+        .into_iter()
+        .chain(parts)
+        .chain([("forward_seconds".to_string(), self.forward_seconds)])
+        .collect()
+    }
 }
 
 /// How rollouts are sampled and scored.
@@ -151,6 +172,7 @@ pub(crate) fn collect_rollouts(
         .collect::<Result<Vec<String>>>()?;
     let rewards = score_responses(models, reward, prompts, &texts, context)?;
     let reward_seconds = timed(started);
+    let reward_parts = reward.take_timings();
 
     let started = Instant::now();
     let width = if settings.full_width {
@@ -174,6 +196,7 @@ pub(crate) fn collect_rollouts(
         timing: RolloutTiming {
             generation_seconds,
             reward_seconds,
+            reward_parts,
             forward_seconds,
         },
     })

@@ -797,6 +797,20 @@ fn bench_times_one_step_at_the_given_geometry() {
                 >= result.generation_seconds + result.scoring_seconds + result.update_seconds
     );
     assert!(result.generated_tokens_per_second > 0.0);
+    // LC's reward reports its two parts, which lie within the reward's time.
+    let parts: Vec<&str> = result
+        .reward_parts_seconds
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(parts, ["extraction", "forecast"]);
+    let in_parts: f64 = result.reward_parts_seconds.values().sum();
+    assert!(
+        result.reward_parts_seconds.values().all(|&s| s > 0.0) && in_parts <= result.reward_seconds,
+        "{:?} of {}",
+        result.reward_parts_seconds,
+        result.reward_seconds
+    );
     // Trained: rank-4 adapters on q (32 → 32) and v (32 → 16) in 2 layers, for the policy and
     // the value backbone, 2 · 4 · (64 + 48) each, and the value head (32 weights, 1 bias).
     assert_eq!(result.trainable_parameters, 2 * 2 * 4 * (64 + 48) + 33);
