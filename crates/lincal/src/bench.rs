@@ -126,6 +126,14 @@ pub enum BenchCommand {
         new_tokens: i64,
         #[arg(long, default_value_t = 0.7)]
         temperature: f64,
+        /// Nucleus sampling (1.0: off), to measure its cost per step.
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f64,
+        /// Stop strings (repeatable), looked for in each row's decoded text as `lincal
+        /// generate` does; needs the tokenizer in --model. A string random text never holds
+        /// measures the cost of looking.
+        #[arg(long)]
+        stop: Vec<String>,
         #[command(flatten)]
         device: crate::DeviceArgs,
         #[command(flatten)]
@@ -351,12 +359,21 @@ pub fn run(command: BenchCommand) -> Result<()> {
             prompt_len,
             new_tokens,
             temperature,
+            top_p,
+            stop,
             device,
             record,
             no_cuda_graph,
             verify,
         } => {
             let (device, kind) = device.resolve()?;
+            let tokenizer = (!stop.is_empty())
+                .then(|| {
+                    lincal_model::Tokenizer::from_dir(&model).with_context(|| {
+                        format!("--stop needs the tokenizer of {}", model.display())
+                    })
+                })
+                .transpose()?;
             let mut model = CausalLm::load(&model, device, Some(kind))?;
             model.set_cuda_graphs(!no_cuda_graph);
             let vocab = model.config().vocab_size();
@@ -372,20 +389,24 @@ pub fn run(command: BenchCommand) -> Result<()> {
             };
             let params = SamplingParams {
                 temperature,
+                top_p,
                 max_new_tokens: new_tokens,
+                stop: stop.clone(),
                 ..Default::default()
             };
+            params.validate()?;
             // Warm-up: kernel selection and allocator growth stay out of the numbers.
+            let warmup = SamplingParams {
+                max_new_tokens: 8,
+                ..params.clone()
+            };
+            let warmup_prompts = prompts(2);
             generate_batch(
                 &model,
-                &BatchRequest::new(
-                    &prompts(2),
-                    &[0, 1],
-                    &SamplingParams {
-                        max_new_tokens: 8,
-                        ..params.clone()
-                    },
-                ),
+                &BatchRequest {
+                    stop_tokenizer: tokenizer.as_ref(),
+                    ..BatchRequest::new(&warmup_prompts, &[0, 1], &warmup)
+                },
                 None,
             )?;
             println!(
@@ -406,11 +427,11 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 let batch_prompts = prompts(size);
                 let seeds: Vec<u64> = (0..size as u64).collect();
                 let started = Instant::now();
-                let out = generate_batch(
-                    &model,
-                    &BatchRequest::new(&batch_prompts, &seeds, &params),
-                    None,
-                )?;
+                let request = BatchRequest {
+                    stop_tokenizer: tokenizer.as_ref(),
+                    ..BatchRequest::new(&batch_prompts, &seeds, &params)
+                };
+                let out = generate_batch(&model, &request, None)?;
                 let seconds = started.elapsed().as_secs_f64();
                 let generated: i64 = out.lengths.iter().sum();
                 let rate = generated as f64 / seconds;
@@ -434,6 +455,9 @@ pub fn run(command: BenchCommand) -> Result<()> {
                     "batch": size,
                     "prompt_len": prompt_len,
                     "new_tokens": new_tokens,
+                    "temperature": temperature,
+                    "top_p": top_p,
+                    "stop": stop,
                     "seconds": seconds,
                     "tokens_per_s": rate,
                     "cuda_graph": model.cuda_graphs(),

@@ -1,9 +1,10 @@
-//! Commands with no other test: `recover`, `bench logits` and `generate --chat`, each run as a
+//! Commands with no other test: `recover`, `bench logits`, `bench generate` and `generate
+//! --chat`, each run as a
 //! user runs it and checked against the library computing the same thing.
 
 mod common;
 
-use common::{fails, lincal, tiny_model_dir};
+use common::{fails, lincal, read_jsonl, tiny_model_dir};
 use lincal_model::testing::{random_model, tiny_llama};
 use lincal_model::{CausalLm, ChatTurn, SamplingParams, Tokenizer};
 use std::collections::BTreeMap;
@@ -200,6 +201,71 @@ fn bench_logits_writes_the_forward_pass_logits() {
             out.to_str().unwrap(),
         ],
         "ids.json: expected a JSON list",
+    );
+}
+
+/// `bench generate` counts the tokens rows produced: all of them without a stop string, one
+/// or a few with a stop string every word holds ("t": the tiny tokenizer's words are t0..t63);
+/// it records its sampling settings, and refuses --stop without a tokenizer.
+#[test]
+fn bench_generate_counts_tokens_and_honours_stop_strings() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = tiny_model_dir(dir.path());
+    let json = dir.path().join("generate.jsonl");
+    let json_arg = json.to_str().unwrap().to_string();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "generate",
+            "--model",
+            &model_dir,
+            "--batch",
+            "3",
+            "--prompt-len",
+            "4",
+            "--new-tokens",
+            "40",
+            "--temperature",
+            "1.0",
+            "--device",
+            "cpu",
+            "--json",
+            &json_arg,
+        ];
+        args.extend(extra);
+        succeeds(&args);
+    };
+    run(&[]);
+    run(&["--top-p", "0.9", "--stop", "t"]);
+    let records = read_jsonl(&json);
+    let generated = |r: &serde_json::Value| {
+        r["tokens_per_s"].as_f64().unwrap() * r["seconds"].as_f64().unwrap()
+    };
+    assert_eq!(generated(&records[0]).round(), 120.0, "{}", records[0]);
+    assert!(
+        (3.0..12.0).contains(&generated(&records[1]).round()),
+        "{}",
+        records[1]
+    );
+    assert_eq!(records[1]["stop"], serde_json::json!(["t"]));
+    assert_eq!(records[1]["top_p"].as_f64(), Some(0.9));
+    let bare = dir.path().join("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    random_model(tiny_llama(true), 1)
+        .save(&bare, usize::MAX)
+        .unwrap();
+    fails(
+        &[
+            "bench",
+            "generate",
+            "--model",
+            bare.to_str().unwrap(),
+            "--stop",
+            "x",
+            "--device",
+            "cpu",
+        ],
+        "--stop needs the tokenizer of",
     );
 }
 
