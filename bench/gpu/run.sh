@@ -3,6 +3,7 @@
 # usage: bench/gpu/run.sh STEP...   STEP: parity:NAME | lincal:NAME | eager:NAME | hf:NAME
 #   | train-parity:NAME | sft:NAME | sft-ckpt:NAME | hf-sft:NAME | hf-sft-ckpt:NAME | ppo:NAME
 #   | ppo-large-batches:NAME | ppo-auto:NAME | grpo:NAME | grpo-auto:NAME | serve:NAME
+#   | sampling:NAME
 #   (NAME: smollm2-135m | llama2-7b; eager = lincal without CUDA graphs; -ckpt = with gradient
 #    checkpointing. The SFT benchmarks run 16 x 1024 tokens for SmolLM2 and 4 x 1024 for the 7B,
 #    which fits one 80 GB GPU only with gradient checkpointing and pure bf16 weights and AdamW
@@ -13,7 +14,9 @@
 #    64 prompts x 8 responses, the same models and settings as ppo (for llama2-7b both take the
 #    reference's extractor shape, RedPajama-INCITE-3B, a GPT-NeoX); serve: `lincal serve` in
 #    process under 1, 16, 64 and 256 streaming clients (128 + 300 tokens, 2 requests each),
-#    then `bench generate` at the same batch sizes. train-parity, ppo, grpo and serve need the SmolLM2 tokenizer carried in
+#    then `bench generate` at the same batch sizes; sampling: `bench generate` at batch 256 as
+#    PPO samples (temperature 0.7), as the extractor does (0.3, top-p 0.9) and watching for a
+#    stop string that never comes. train-parity, ppo, grpo and serve need the SmolLM2 tokenizer carried in
 #    .gpu/tokenizer, which `cargo xtask gpu-build` copies there.)
 # Every step's peak device memory (nvidia-smi, sampled every 250 ms) goes to $OUT/memory.jsonl.
 # Needs .gpu/lincal from `cargo xtask gpu-build`, carried with the call.
@@ -32,7 +35,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 for step in "$@"; do
   what=${step%%:*}; name=${step#*:}; model=/tmp/models/$name
   # PPO runs on a copy with the tokenizer, made below.
-  [[ $what == ppo* || $what == grpo || $what == serve || -f "$model/config.json" ]] || python3 bench/gpu/make_models.py "$name" "$model"
+  [[ $what == ppo* || $what == grpo* || $what == serve || $what == sampling || -f "$model/config.json" ]] || python3 bench/gpu/make_models.py "$name" "$model"
   case $name in
     llama2-7b) sft_batch=4; sft_flags=(--gradient-checkpointing --no-master-weights); hf_precisions=bf16; hf_ckpt=checkpointing;
       ppo_flags=(--warmup 0 --set lora.r=16 --set lora.alpha=32 --set lora.dropout=0.05
@@ -69,6 +72,10 @@ for step in "$@"; do
       [ -f "$model-ppo/config.json" ] || python3 bench/gpu/make_models.py "$name" "$model-ppo" "$PWD/.gpu/tokenizer"
       "$lincal" bench serve --model "$model-ppo" --label "$name" --clients 1,16,64,256 --max-batch 256 --device cuda --dtype bf16 --json "$OUT/serve.jsonl" &&
       "$lincal" bench generate --model "$model-ppo" --label "$name" --batch 1,16,64,256 --device cuda --dtype bf16 --json "$OUT/generate.jsonl" ;;
+    sampling)
+      [ -f "$model-ppo/config.json" ] || python3 bench/gpu/make_models.py "$name" "$model-ppo" "$PWD/.gpu/tokenizer"
+      sample() { "$lincal" bench generate --model "$model-ppo" --label "$name" --batch 256 --device cuda --dtype bf16 "$@" --json "$OUT/generate.jsonl"; }
+      sample && sample --temperature 0.3 --top-p 0.9 && sample --stop NEVER-SEEN-STOP-STRING ;;
     hf) python3 bench/gpu/hf_generate.py "$model" "$name" 64,256 "$OUT/generate.jsonl" ;;
     *) echo "unknown step $step" ;;
   esac || echo "step $step failed"
