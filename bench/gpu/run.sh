@@ -15,8 +15,8 @@
 #    reference's extractor shape, RedPajama-INCITE-3B, a GPT-NeoX); serve: `lincal serve` in
 #    process under 1, 16, 64 and 256 streaming clients (128 + 300 tokens, 2 requests each),
 #    then `bench generate` at the same batch sizes; sampling: `bench generate` at batch 256 as
-#    PPO samples (temperature 0.7), as the extractor does (0.3, top-p 0.9) and watching for a
-#    stop string that never comes. train-parity, ppo, grpo and serve need the SmolLM2 tokenizer carried in
+#    PPO samples (temperature 0.7), as the extractor does in training (0.3, top-k 50) and in
+#    evaluation (0.3, top-p 0.9), and watching for a stop string that never comes. train-parity, ppo, grpo and serve need the SmolLM2 tokenizer carried in
 #    .gpu/tokenizer, which `cargo xtask gpu-build` copies there.)
 # Every step's peak device memory (nvidia-smi, sampled every 250 ms) goes to $OUT/memory.jsonl.
 # Needs .gpu/lincal from `cargo xtask gpu-build`, carried with the call.
@@ -75,7 +75,7 @@ for step in "$@"; do
     sampling)
       [ -f "$model-ppo/config.json" ] || python3 bench/gpu/make_models.py "$name" "$model-ppo" "$PWD/.gpu/tokenizer"
       sample() { "$lincal" bench generate --model "$model-ppo" --label "$name" --batch 256 --device cuda --dtype bf16 "$@" --json "$OUT/generate.jsonl"; }
-      sample && sample --temperature 0.3 --top-p 0.9 && sample --stop NEVER-SEEN-STOP-STRING ;;
+      sample && sample --temperature 0.3 --top-k 50 && sample --temperature 0.3 --top-p 0.9 && sample --stop NEVER-SEEN-STOP-STRING ;;
     hf) python3 bench/gpu/hf_generate.py "$model" "$name" 64,256 "$OUT/generate.jsonl" ;;
     *) echo "unknown step $step" ;;
   esac || echo "step $step failed"

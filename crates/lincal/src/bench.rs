@@ -129,6 +129,9 @@ pub enum BenchCommand {
         /// Nucleus sampling (1.0: off), to measure its cost per step.
         #[arg(long, default_value_t = 1.0)]
         top_p: f64,
+        /// Top-k sampling (0: off).
+        #[arg(long, default_value_t = 0)]
+        top_k: i64,
         /// Stop strings (repeatable), looked for in each row's decoded text as `lincal
         /// generate` does; needs the tokenizer in --model. A string random text never holds
         /// measures the cost of looking.
@@ -360,6 +363,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
             new_tokens,
             temperature,
             top_p,
+            top_k,
             stop,
             device,
             record,
@@ -390,6 +394,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
             let params = SamplingParams {
                 temperature,
                 top_p,
+                top_k,
                 max_new_tokens: new_tokens,
                 stop: stop.clone(),
                 ..Default::default()
@@ -457,6 +462,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
                     "new_tokens": new_tokens,
                     "temperature": temperature,
                     "top_p": top_p,
+                    "top_k": top_k,
                     "stop": stop,
                     "seconds": seconds,
                     "tokens_per_s": rate,

@@ -236,7 +236,7 @@ fn bench_generate_counts_tokens_and_honours_stop_strings() {
         succeeds(&args);
     };
     run(&[]);
-    run(&["--top-p", "0.9", "--stop", "t"]);
+    run(&["--top-p", "0.9", "--top-k", "5", "--stop", "t"]);
     let records = read_jsonl(&json);
     let generated = |r: &serde_json::Value| {
         r["tokens_per_s"].as_f64().unwrap() * r["seconds"].as_f64().unwrap()
@@ -249,6 +249,7 @@ fn bench_generate_counts_tokens_and_honours_stop_strings() {
     );
     assert_eq!(records[1]["stop"], serde_json::json!(["t"]));
     assert_eq!(records[1]["top_p"].as_f64(), Some(0.9));
+    assert_eq!(records[1]["top_k"].as_i64(), Some(5));
     let bare = dir.path().join("bare");
     std::fs::create_dir_all(&bare).unwrap();
     random_model(tiny_llama(true), 1)
