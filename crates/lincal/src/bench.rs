@@ -614,6 +614,17 @@ fn rl_bench_record(
     });
     let object = measured.as_object_mut().expect("an object");
     object.extend(batches.as_object().expect("an object").clone());
+    // With auto_batch_sizes the step ran at the planned sizes, not the config's.
+    if let Some(plan) = &result.batch_plan {
+        object.extend(
+            [
+                ("generation_batch_size", plan.generation_batch_size),
+                ("forward_batch_size", plan.forward_batch_size),
+                ("micro_batch_size", plan.micro_batch_size),
+            ]
+            .map(|(key, size)| (key.to_string(), serde_json::json!(size))),
+        );
+    }
     object.extend(
         serde_json::to_value(result)?
             .as_object()

@@ -314,9 +314,17 @@ fn bench_ppo_and_grpo_time_one_step_and_append_json_lines() {
         (
             "ppo",
             "lc_ppo",
-            ["rollout_batch_size=4", "step_batch_size=4"],
+            &["rollout_batch_size=4", "step_batch_size=4"][..],
         ),
-        ("grpo", "lc_grpo", ["prompts_per_step=2", "group_size=2"]),
+        (
+            "grpo",
+            "lc_grpo",
+            &[
+                "prompts_per_step=2",
+                "group_size=2",
+                "auto_batch_sizes=true",
+            ][..],
+        ),
     ] {
         let mut args: Vec<&str> = vec![
             "bench",
@@ -336,7 +344,7 @@ fn bench_ppo_and_grpo_time_one_step_and_append_json_lines() {
             "--set",
             "step_batch_size=4",
         ];
-        for setting in shared.iter().chain(&batch) {
+        for setting in shared.iter().chain(batch) {
             args.extend(["--set", setting]);
         }
         if bench == "grpo" {
@@ -399,6 +407,17 @@ fn bench_ppo_and_grpo_time_one_step_and_append_json_lines() {
     let parameters = |i: usize| records[i]["trainable_parameters"].as_i64().unwrap();
     assert!(parameters(1) < parameters(0), "{records:?}");
     assert_eq!(records[0]["extractor"], serde_json::Value::Null);
+    // GRPO chose its batch sizes from free memory: the record gives those it ran at (all 4
+    // rollouts in one micro-batch here, where the config's micro-batch is 2).
+    assert_eq!(records[0]["batch_plan"], serde_json::Value::Null);
+    for size in [
+        "generation_batch_size",
+        "forward_batch_size",
+        "micro_batch_size",
+    ] {
+        assert_eq!(records[1][size], records[1]["batch_plan"][size], "{size}");
+    }
+    assert_eq!(records[1]["micro_batch_size"].as_u64(), Some(4));
     assert_eq!(records[1]["extractor"].as_str(), Some(extractor.as_str()));
     // Factuality RL extracts no answers: an extractor is refused, naming the flag.
     let output = lincal(&[
