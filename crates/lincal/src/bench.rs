@@ -397,7 +397,6 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 top_k,
                 max_new_tokens: new_tokens,
                 stop: stop.clone(),
-                ..Default::default()
             };
             params.validate()?;
             // Warm-up: kernel selection and allocator growth stay out of the numbers.
