@@ -5,7 +5,6 @@
 # that shape and at the SmolLM2 extractor's (512 rows of 49,152), with and without top-p.
 # Prints one JSON line per measurement and appends them to the file given.
 # usage: python3 decode_parts.py OUT.jsonl
-import json
 import math
 import sys
 
@@ -13,30 +12,19 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+import timing
+from timing import reporter
+
 B, H, D, LAYERS, HIDDEN, FFN, VOCAB = 256, 32, 128, 32, 4096, 11008, 32000
 PROMPT, NEW = 128, 300
 CAPACITY = PROMPT + NEW
 WINDOW = 128
 dev, kind = "cuda", torch.bfloat16
-out = open(sys.argv[1], "a")
+report = reporter(sys.argv[1])
 
 
-def timed(fn, iters=50):
-    for _ in range(3):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
-
-
-def report(**record):
-    print(json.dumps(record), flush=True)
-    out.write(json.dumps(record) + "\n")
+def timed(fn):
+    return timing.timed(fn, iters=50, warmup=3)
 
 
 torch.manual_seed(0)

@@ -4,33 +4,21 @@
 # heads folded onto their key head for grouped attention) by each kernel, against plain causal
 # attention without a mask. Prints one JSON line per measurement and appends them to the file.
 # usage: python3 scoring_parts.py OUT.jsonl
-import json
 import sys
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+import timing
+from timing import reporter
+
 dev, kind = "cuda", torch.bfloat16
-out = open(sys.argv[1], "a")
+report = reporter(sys.argv[1])
 
 
-def timed(fn, iters=10):
-    for _ in range(2):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
-
-
-def report(**record):
-    print(json.dumps(record), flush=True)
-    out.write(json.dumps(record) + "\n")
+def timed(fn):
+    return timing.timed(fn, iters=10, warmup=2)
 
 
 torch.manual_seed(0)

@@ -1,0 +1,31 @@
+"""What the GPU micro-benchmarks share: CUDA-event timing and JSON-lines reports."""
+import json
+
+import torch
+
+
+def timed(fn, iters, warmup=3):
+    """Milliseconds per call of `fn`, timed by CUDA events after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters
+
+
+def reporter(path):
+    """A function that prints its keyword arguments as a JSON line and appends it to `path`."""
+    out = open(path, "a")
+
+    def report(**record):
+        line = json.dumps(record)
+        print(line, flush=True)
+        out.write(line + "\n")
+        out.flush()
+
+    return report
