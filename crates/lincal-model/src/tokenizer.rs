@@ -172,6 +172,46 @@ impl Tokenizer {
         Ok(encoding.get_ids().iter().map(|&id| id as i64).collect())
     }
 
+    /// [`Self::encode`] of each text, the texts spread over the host's cores (tokenizers'
+    /// thread pool; `TOKENIZERS_PARALLELISM=false` keeps it to one).
+    pub fn encode_batch<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        add_special_tokens: bool,
+    ) -> Result<Vec<Vec<i64>>> {
+        let texts: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
+        let encodings = self
+            .inner
+            .encode_batch(texts, add_special_tokens)
+            .map_err(|e| ModelError::Tokenizer {
+                path: self.path.clone(),
+                message: format!("encoding failed: {e}"),
+            })?;
+        Ok(encodings
+            .iter()
+            .map(|encoding| encoding.get_ids().iter().map(|&id| id as i64).collect())
+            .collect())
+    }
+
+    /// [`Self::decode`] of each row, the rows spread over the host's cores.
+    pub fn decode_batch<R: AsRef<[i64]>>(
+        &self,
+        rows: &[R],
+        skip_special_tokens: bool,
+    ) -> Result<Vec<String>> {
+        let ids: Vec<Vec<u32>> = rows
+            .iter()
+            .map(|row| row.as_ref().iter().map(|&id| id as u32).collect())
+            .collect();
+        let slices: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+        self.inner
+            .decode_batch(&slices, skip_special_tokens)
+            .map_err(|e| ModelError::Tokenizer {
+                path: self.path.clone(),
+                message: format!("decoding failed: {e}"),
+            })
+    }
+
     pub fn decode(&self, ids: &[i64], skip_special_tokens: bool) -> Result<String> {
         let ids: Vec<u32> = ids.iter().map(|&id| id as u32).collect();
         self.inner

@@ -370,6 +370,39 @@ fn stop_strings_found_between_checks_cut_rows_where_every_token_checks_do() {
     assert!(row0_logprobs[stop_len..].iter().all(|&lp| lp == 0.0));
 }
 
+/// Batch encoding and decoding (spread over threads) give each text what encoding it alone
+/// gives, in order, with and without special tokens; multi-byte characters split over byte
+/// tokens come back whole.
+#[test]
+fn batch_encoding_and_decoding_equal_one_text_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    lincal_model::testing::write_byte_tokenizer(dir.path());
+    let tokenizer = Tokenizer::from_dir(dir.path()).unwrap();
+    let texts: Vec<String> = (0..40)
+        .map(|i| format!("row {i}: café — naïve 日本 {}", "x".repeat(i)))
+        .collect();
+    for special in [false, true] {
+        let batch = tokenizer.encode_batch(&texts, special).unwrap();
+        let one_by_one: Vec<Vec<i64>> = texts
+            .iter()
+            .map(|t| tokenizer.encode(t, special).unwrap())
+            .collect();
+        assert_eq!(batch, one_by_one);
+        let decoded = tokenizer.decode_batch(&batch, special).unwrap();
+        let one_by_one: Vec<String> = batch
+            .iter()
+            .map(|ids| tokenizer.decode(ids, special).unwrap())
+            .collect();
+        assert_eq!(decoded, one_by_one);
+    }
+    assert_eq!(
+        tokenizer
+            .decode_batch(&tokenizer.encode_batch(&texts, false).unwrap(), true)
+            .unwrap(),
+        texts
+    );
+}
+
 #[test]
 fn chat_template_renders_messages() {
     let dir = tempfile::tempdir().unwrap();

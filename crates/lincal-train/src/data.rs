@@ -164,9 +164,18 @@ pub fn collate_sft(rows: &[&TokenRow], pad_id: i64, device: Device) -> SftBatch 
 
 /// Tokenises a reward-model text: special tokens added, truncated on the right to `max_len`.
 pub fn tokenize_reward(tokenizer: &Tokenizer, text: &str, max_len: usize) -> Result<Vec<i64>> {
-    let mut ids = tokenizer.encode(text, true)?;
-    ids.truncate(max_len);
-    Ok(ids)
+    Ok(tokenize_reward_texts(tokenizer, &[text], max_len)?.remove(0))
+}
+
+/// [`tokenize_reward`] of many texts, encoded on the host's cores.
+pub fn tokenize_reward_texts<S: AsRef<str>>(
+    tokenizer: &Tokenizer,
+    texts: &[S],
+    max_len: usize,
+) -> Result<Vec<Vec<i64>>> {
+    let mut rows = tokenizer.encode_batch(texts, true)?;
+    rows.iter_mut().for_each(|row| row.truncate(max_len));
+    Ok(rows)
 }
 
 /// A left-padded batch: the last position of every row is its last real token.

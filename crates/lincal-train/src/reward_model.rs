@@ -26,6 +26,7 @@
 use crate::config::RewardModelConfig;
 use crate::data::{
     LeftPaddedBatch, RewardExample, collate_left_padded, rows_digest, tokenize_reward,
+    tokenize_reward_texts,
 };
 use crate::error::{Result, TrainError};
 use crate::optim::{AdamWConfig, TrainableParams};
@@ -300,10 +301,7 @@ impl RewardModel {
         pad_id: i64,
         batch_size: usize,
     ) -> Result<Vec<f32>> {
-        let rows = texts
-            .iter()
-            .map(|t| tokenize_reward(tokenizer, t, max_len))
-            .collect::<Result<Vec<_>>>()?;
+        let rows = tokenize_reward_texts(tokenizer, texts, max_len)?;
         let mut logits = Vec::with_capacity(rows.len());
         tch::no_grad(|| -> Result<()> {
             for chunk in rows.chunks(batch_size.max(1)) {

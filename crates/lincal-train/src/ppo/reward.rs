@@ -173,14 +173,11 @@ impl DecisionReward {
         let prompts = inputs
             .iter()
             .map(|input| {
-                Ok(self.extractor_tokenizer.encode(
-                    &self
-                        .templates
-                        .extract_answers_model(input.question, input.paragraph)?,
-                    true,
-                )?)
+                self.templates
+                    .extract_answers_model(input.question, input.paragraph)
             })
-            .collect::<Result<Vec<Vec<i64>>>>()?;
+            .collect::<std::result::Result<Vec<String>, _>>()?;
+        let prompts = self.extractor_tokenizer.encode_batch(&prompts, true)?;
         let seeds = &row_seeds(context.seed, context.first_row + inputs.len())[context.first_row..];
         let mut texts = Vec::with_capacity(inputs.len());
         for (chunk, chunk_seeds) in prompts
@@ -194,14 +191,13 @@ impl DecisionReward {
             };
             let out = generate_batch(&self.extractor, &request, None)?;
             let tokens = Vec::<Vec<i64>>::try_from(out.tokens.to_device(tch::Device::Cpu))?;
-            for (row, &len) in tokens.iter().zip(&out.lengths) {
-                texts.push(
-                    self.extractor_tokenizer
-                        .decode(&row[..len as usize], true)?
-                        .trim()
-                        .to_string(),
-                );
-            }
+            let outputs: Vec<&[i64]> = tokens
+                .iter()
+                .zip(&out.lengths)
+                .map(|(row, &len)| &row[..len as usize])
+                .collect();
+            let decoded = self.extractor_tokenizer.decode_batch(&outputs, true)?;
+            texts.extend(decoded.iter().map(|text| text.trim().to_string()));
         }
         Ok(texts)
     }

@@ -166,10 +166,7 @@ pub(crate) fn collect_rollouts(
     let generation_seconds = timed(started);
 
     let started = Instant::now();
-    let texts = responses
-        .iter()
-        .map(|r| Ok(models.policy.tokenizer.decode(r, true)?))
-        .collect::<Result<Vec<String>>>()?;
+    let texts = models.policy.tokenizer.decode_batch(&responses, true)?;
     let rewards = score_responses(models, reward, prompts, &texts, context)?;
     let reward_seconds = timed(started);
     let reward_parts = reward.take_timings();
