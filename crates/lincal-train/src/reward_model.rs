@@ -292,7 +292,9 @@ impl RewardModel {
     }
 
     /// Logits of `texts`, tokenised with special tokens, truncated on the right to `max_len`
-    /// tokens and left-padded with `pad_id`, in batches of `batch_size`.
+    /// tokens and left-padded with `pad_id`, in batches of `batch_size`. Texts of like length
+    /// share a batch (a row's logit does not depend on its neighbours), so little of a batch
+    /// is padding; the logits come back in the order of `texts`.
     pub fn score_texts(
         &self,
         tokenizer: &Tokenizer,
@@ -302,16 +304,21 @@ impl RewardModel {
         batch_size: usize,
     ) -> Result<Vec<f32>> {
         let rows = tokenize_reward_texts(tokenizer, texts, max_len)?;
-        let mut logits = Vec::with_capacity(rows.len());
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_by_key(|&i| rows[i].len());
+        let mut logits = vec![0.0; rows.len()];
         tch::no_grad(|| -> Result<()> {
-            for chunk in rows.chunks(batch_size.max(1)) {
-                let refs: Vec<&[i64]> = chunk.iter().map(Vec::as_slice).collect();
+            for chunk in order.chunks(batch_size.max(1)) {
+                let refs: Vec<&[i64]> = chunk.iter().map(|&i| rows[i].as_slice()).collect();
                 let batch = collate_left_padded(&refs, pad_id, self.backbone.device());
-                logits.extend(Vec::<f32>::try_from(self.score(
+                let scores = Vec::<f32>::try_from(self.score(
                     &batch.input_ids,
                     &batch.positions,
                     &batch.mask,
-                ))?);
+                ))?;
+                for (&i, score) in chunk.iter().zip(scores) {
+                    logits[i] = score;
+                }
             }
             Ok(())
         })?;
@@ -815,6 +822,27 @@ mod tests {
             (alone[0] - batched[1]).abs() < 1e-5,
             "{alone:?} vs {batched:?}"
         );
+        // Texts batched by length (here 1, 2 | 3, 4 | 5 words) come back in their own order,
+        // each scored as it is alone.
+        let texts: Vec<String> = [
+            "t3 t4 t5 t6",
+            "t7",
+            "t8 t9 t10 t11 t12",
+            "t13 t14",
+            "t15 t16 t17",
+        ]
+        .map(String::from)
+        .to_vec();
+        let batched = model.score_texts(&tokenizer, &texts, 64, 0, 2).unwrap();
+        for (text, logit) in texts.iter().zip(&batched) {
+            let alone = model
+                .score_texts(&tokenizer, std::slice::from_ref(text), 64, 0, 1)
+                .unwrap();
+            assert!(
+                (alone[0] - logit).abs() < 1e-5,
+                "{text}: {alone:?} vs {logit}"
+            );
+        }
         // PPO's value model: the same backbone with a zero head scores every text 0.
         let value = model.with_head(HeadInit::Zero);
         assert_eq!(
