@@ -55,6 +55,19 @@ pub fn vocab_coverage_warning(tokens: usize, rows: i64) -> Option<String> {
     })
 }
 
+/// The ids of an encoding without the padding a `padding` section of tokenizer.json makes
+/// tokenizers add (to a batch's longest text, or to a fixed length): lincal pads its batches
+/// itself, so a text's ids are its own tokens, encoded alone or in a batch.
+fn unpadded_ids(encoding: &tokenizers::Encoding) -> Vec<i64> {
+    encoding
+        .get_ids()
+        .iter()
+        .zip(encoding.get_attention_mask())
+        .filter(|&(_, &attended)| attended == 1)
+        .map(|(&id, _)| id as i64)
+        .collect()
+}
+
 impl Tokenizer {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
@@ -162,14 +175,11 @@ impl Tokenizer {
     /// Token ids of `text`. With `add_special_tokens`, the tokenizer's post-processor adds what
     /// the model expects (for Llama, BOS).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<i64>> {
-        let encoding =
-            self.inner
-                .encode(text, add_special_tokens)
-                .map_err(|e| ModelError::Tokenizer {
-                    path: self.path.clone(),
-                    message: format!("encoding failed: {e}"),
-                })?;
-        Ok(encoding.get_ids().iter().map(|&id| id as i64).collect())
+        let encoding = self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(|e| self.failed("encoding", e))?;
+        Ok(unpadded_ids(&encoding))
     }
 
     /// [`Self::encode`] of each text, the texts spread over the host's cores (tokenizers'
@@ -183,14 +193,16 @@ impl Tokenizer {
         let encodings = self
             .inner
             .encode_batch(texts, add_special_tokens)
-            .map_err(|e| ModelError::Tokenizer {
-                path: self.path.clone(),
-                message: format!("encoding failed: {e}"),
-            })?;
-        Ok(encodings
-            .iter()
-            .map(|encoding| encoding.get_ids().iter().map(|&id| id as i64).collect())
-            .collect())
+            .map_err(|e| self.failed("encoding", e))?;
+        Ok(encodings.iter().map(unpadded_ids).collect())
+    }
+
+    /// The error of a failed tokenizers call (`what`: "encoding", "decoding").
+    fn failed(&self, what: &str, error: impl std::fmt::Display) -> ModelError {
+        ModelError::Tokenizer {
+            path: self.path.clone(),
+            message: format!("{what} failed: {error}"),
+        }
     }
 
     /// [`Self::decode`] of each row, the rows spread over the host's cores.
@@ -206,20 +218,14 @@ impl Tokenizer {
         let slices: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
         self.inner
             .decode_batch(&slices, skip_special_tokens)
-            .map_err(|e| ModelError::Tokenizer {
-                path: self.path.clone(),
-                message: format!("decoding failed: {e}"),
-            })
+            .map_err(|e| self.failed("decoding", e))
     }
 
     pub fn decode(&self, ids: &[i64], skip_special_tokens: bool) -> Result<String> {
         let ids: Vec<u32> = ids.iter().map(|&id| id as u32).collect();
         self.inner
             .decode(&ids, skip_special_tokens)
-            .map_err(|e| ModelError::Tokenizer {
-                path: self.path.clone(),
-                message: format!("decoding failed: {e}"),
-            })
+            .map_err(|e| self.failed("decoding", e))
     }
 
     /// The text `token` adds to the tokens `state` has seen, once it is whole (`None` while

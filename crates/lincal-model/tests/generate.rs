@@ -401,6 +401,34 @@ fn batch_encoding_and_decoding_equal_one_text_at_a_time() {
             .unwrap(),
         texts
     );
+    // A tokenizer.json that asks for padding (to a batch's longest text, or to a fixed
+    // length) changes neither: a text's ids are its own tokens.
+    let plain = tokenizer.encode_batch(&texts, true).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("tokenizer.json")).unwrap())
+            .unwrap();
+    for strategy in [
+        serde_json::json!("BatchLongest"),
+        serde_json::json!({"Fixed": 200}),
+    ] {
+        let mut padded = json.clone();
+        padded["padding"] = serde_json::json!({"strategy": strategy, "direction": "Left",
+            "pad_to_multiple_of": null, "pad_id": 33, "pad_type_id": 0, "pad_token": "!"});
+        let padded_dir = tempfile::tempdir().unwrap();
+        std::fs::write(padded_dir.path().join("tokenizer.json"), padded.to_string()).unwrap();
+        std::fs::write(padded_dir.path().join("tokenizer_config.json"), "{}").unwrap();
+        let padding = Tokenizer::from_dir(padded_dir.path()).unwrap();
+        assert_eq!(
+            padding.encode_batch(&texts, true).unwrap(),
+            plain,
+            "{strategy}"
+        );
+        assert_eq!(
+            padding.encode(&texts[3], true).unwrap(),
+            plain[3],
+            "{strategy}"
+        );
+    }
 }
 
 #[test]
