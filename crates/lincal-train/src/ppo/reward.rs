@@ -113,7 +113,8 @@ pub struct DecisionReward {
     templates: Templates,
     config: RewardConfig,
     /// Seconds in ExtractAnswers and in ForecastProbs since the last `take_timings`.
-    seconds: [f64; 2],
+    extraction_seconds: f64,
+    forecast_seconds: f64,
 }
 
 impl DecisionReward {
@@ -151,7 +152,8 @@ impl DecisionReward {
             forecaster,
             templates,
             config,
-            seconds: [0.0; 2],
+            extraction_seconds: 0.0,
+            forecast_seconds: 0.0,
         })
     }
 
@@ -212,7 +214,7 @@ impl Reward for DecisionReward {
         // Both parts end with their results on the host, so the clock needs no device sync.
         let started = Instant::now();
         let extractions = self.extract(inputs, context)?;
-        self.seconds[0] += started.elapsed().as_secs_f64();
+        self.extraction_seconds += started.elapsed().as_secs_f64();
         let started = Instant::now();
         let parsed: Vec<(Vec<String>, bool)> = extractions
             .iter()
@@ -231,7 +233,7 @@ impl Reward for DecisionReward {
             }
         }
         let mut probabilities = self.forecaster.probabilities(&texts)?.into_iter();
-        self.seconds[1] += started.elapsed().as_secs_f64();
+        self.forecast_seconds += started.elapsed().as_secs_f64();
         let mut outputs = Vec::with_capacity(inputs.len());
         for (extraction, (answers, parsed_ok)) in extractions.into_iter().zip(parsed) {
             let p_gt = probabilities.next().expect("one logit per candidate");
@@ -264,8 +266,10 @@ impl Reward for DecisionReward {
     }
 
     fn take_timings(&mut self) -> Vec<(&'static str, f64)> {
-        let [extraction, forecast] = std::mem::take(&mut self.seconds);
-        vec![("extraction", extraction), ("forecast", forecast)]
+        vec![
+            ("extraction", std::mem::take(&mut self.extraction_seconds)),
+            ("forecast", std::mem::take(&mut self.forecast_seconds)),
+        ]
     }
 }
 
