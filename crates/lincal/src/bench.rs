@@ -53,7 +53,8 @@ pub enum BenchCommand {
     },
     /// One PPO step at the reference geometry (512 rollouts, 128 + 300 tokens by default),
     /// timed by part: generation, scoring (the reward, then the policy, reference and value
-    /// forward passes) and the update. Every model of the run is made from --model.
+    /// forward passes) and the update. Every model of the run is made from --model, the
+    /// answer extractor from --extractor when it is given.
     Ppo {
         #[command(flatten)]
         models: RlBenchModels,
@@ -542,7 +543,6 @@ impl RecordArgs {
     }
 }
 
-/// What an RL step benchmark ran: the method, the reward, LoRA or full fine-tuning, the device.
 /// The models of `bench ppo` and `bench grpo`.
 #[derive(clap::Args)]
 pub struct RlBenchModels {
@@ -558,6 +558,8 @@ pub struct RlBenchModels {
     extractor: Option<PathBuf>,
 }
 
+/// What an RL step benchmark ran: the method, the reward, LoRA or full fine-tuning, the
+/// extractor, the device.
 struct RlBenchSetting<'a> {
     bench: &'static str,
     rl_type: lincal_train::ppo::RlType,
