@@ -16,7 +16,8 @@
 #    process under 1, 16, 64 and 256 streaming clients (128 + 300 tokens, 2 requests each),
 #    then `bench generate` at the same batch sizes; sampling: `bench generate` at batch 256 as
 #    PPO samples (temperature 0.7), as the extractor does in training (0.3, top-k 50) and in
-#    evaluation (0.3, top-p 0.9), and watching for a stop string that never comes. train-parity, ppo, grpo and serve need the SmolLM2 tokenizer carried in
+#    evaluation (0.3, top-p 0.9), and watching for a stop string that never comes.
+#    train-parity, ppo, grpo, serve and sampling need the SmolLM2 tokenizer carried in
 #    .gpu/tokenizer, which `cargo xtask gpu-build` copies there.)
 # Every step's peak device memory (nvidia-smi, sampled every 250 ms) goes to $OUT/memory.jsonl.
 # Needs .gpu/lincal from `cargo xtask gpu-build`, carried with the call.
@@ -34,8 +35,11 @@ extractor_for() {
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/device.txt"
 for step in "$@"; do
   what=${step%%:*}; name=${step#*:}; model=/tmp/models/$name
-  # PPO runs on a copy with the tokenizer, made below.
-  [[ $what == ppo* || $what == grpo* || $what == serve || $what == sampling || -f "$model/config.json" ]] || python3 bench/gpu/make_models.py "$name" "$model"
+  # RL, serving and sampling steps run on a copy with the SmolLM2 tokenizer, the rest on the bare model.
+  case $what in
+    ppo*|grpo*|serve|sampling) [ -f "$model-ppo/config.json" ] || python3 bench/gpu/make_models.py "$name" "$model-ppo" "$PWD/.gpu/tokenizer" ;;
+    *) [ -f "$model/config.json" ] || python3 bench/gpu/make_models.py "$name" "$model" ;;
+  esac
   case $name in
     llama2-7b) sft_batch=4; sft_flags=(--gradient-checkpointing --no-master-weights); hf_precisions=bf16; hf_ckpt=checkpointing;
       ppo_flags=(--warmup 0 --set lora.r=16 --set lora.alpha=32 --set lora.dropout=0.05
@@ -57,23 +61,19 @@ for step in "$@"; do
     hf-sft) python3 bench/gpu/train.py bench "$model" $sft_batch 1024 "$OUT/sft.jsonl" "$name" $hf_precisions $hf_ckpt ;;
     hf-sft-ckpt) python3 bench/gpu/train.py bench "$model" $sft_batch 1024 "$OUT/sft.jsonl" "$name" $hf_precisions checkpointing ;;
     ppo|ppo-large-batches|ppo-auto)
-      [ -f "$model-ppo/config.json" ] || python3 bench/gpu/make_models.py "$name" "$model-ppo" "$PWD/.gpu/tokenizer"
       extractor_for "$name"
       [ $what = ppo-large-batches ] && ppo_flags+=(--set generation_batch_size=512 --set forward_batch_size=64 --set micro_batch_size=16
         --set reward.extractor_batch_size=512 --set reward.score_batch_size=128)
       [ $what = ppo-auto ] && ppo_flags+=(--set auto_batch_sizes=true)
       "$lincal" bench ppo --model "$model-ppo" --label "$name" --preset lc_ppo --device cuda "${ppo_flags[@]}" --json "$OUT/ppo.jsonl" ;;
     grpo|grpo-auto)
-      [ -f "$model-ppo/config.json" ] || python3 bench/gpu/make_models.py "$name" "$model-ppo" "$PWD/.gpu/tokenizer"
       extractor_for "$name"
       [ $what = grpo-auto ] && ppo_flags+=(--set auto_batch_sizes=true)
       "$lincal" bench grpo --model "$model-ppo" --label "$name" --preset lc_grpo --device cuda "${ppo_flags[@]}" --json "$OUT/grpo.jsonl" ;;
     serve)
-      [ -f "$model-ppo/config.json" ] || python3 bench/gpu/make_models.py "$name" "$model-ppo" "$PWD/.gpu/tokenizer"
       "$lincal" bench serve --model "$model-ppo" --label "$name" --clients 1,16,64,256 --max-batch 256 --device cuda --dtype bf16 --json "$OUT/serve.jsonl" &&
       "$lincal" bench generate --model "$model-ppo" --label "$name" --batch 1,16,64,256 --device cuda --dtype bf16 --json "$OUT/generate.jsonl" ;;
     sampling)
-      [ -f "$model-ppo/config.json" ] || python3 bench/gpu/make_models.py "$name" "$model-ppo" "$PWD/.gpu/tokenizer"
       sample() { "$lincal" bench generate --model "$model-ppo" --label "$name" --batch 256 --device cuda --dtype bf16 "$@" --json "$OUT/generate.jsonl"; }
       sample && sample --temperature 0.3 --top-k 50 && sample --temperature 0.3 --top-p 0.9 && sample --stop NEVER-SEEN-STOP-STRING ;;
     hf) python3 bench/gpu/hf_generate.py "$model" "$name" 64,256 "$OUT/generate.jsonl" ;;
