@@ -127,11 +127,15 @@ impl Decoder for GptNeoX {
             .forward(&layer.input_layernorm.forward(x))
             .view([b, t, heads, 3 * head_dim])
             .transpose(1, 2);
-        let q = apply_rotary(&qkv.narrow(-1, 0, head_dim), &context.cos, &context.sin);
+        let q = apply_rotary(
+            &qkv.narrow(-1, 0, head_dim),
+            &context.cos,
+            &context.signed_sin,
+        );
         let k = apply_rotary(
             &qkv.narrow(-1, head_dim, head_dim),
             &context.cos,
-            &context.sin,
+            &context.signed_sin,
         );
         let v = qkv.narrow(-1, 2 * head_dim, head_dim);
         let attn = attend(&q, &k, &v, context.bias.as_ref(), cache.map(|c| (c, index)));

@@ -147,37 +147,44 @@ pub fn rotary_inv_freq(
     inv_freq
 }
 
-/// cos and sin tables `[B, 1, T, dim]` for integer `positions` `[B, T]`, computed in f32 and
-/// cast to `kind` as transformers does.
+/// cos and sine tables `[B, 1, T, dim]` for integer `positions` `[B, T]`, computed in f32 and
+/// cast to `kind` as transformers does, except that the sine's first half is negated: what
+/// transformers' `rotate_half` negates in every layer's queries and keys is negated here once
+/// per pass (see [`apply_rotary`]).
 pub fn rotary_cos_sin(inv_freq: &Tensor, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
     let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq.view([1, 1, -1]);
-    let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
-    (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
+    let (cos, sin) = (freqs.cos(), freqs.sin());
+    let cos = Tensor::cat(&[&cos, &cos], -1).unsqueeze(1);
+    let signed_sin = Tensor::cat(&[-&sin, sin], -1).unsqueeze(1);
+    (cos.to_kind(kind), signed_sin.to_kind(kind))
 }
 
 /// What every decoder layer of one forward pass reads besides its input: the rotary tables of
 /// the positions and the attention bias (`None`: plain causal attention).
 pub struct LayerContext {
     pub cos: Tensor,
-    pub sin: Tensor,
+    pub signed_sin: Tensor,
     pub bias: Option<Tensor>,
 }
 
 impl LayerContext {
     /// For `positions` `[B, T]` and a boolean `mask` (see [`attention_mask`]), in `kind`.
     pub fn new(inv_freq: &Tensor, positions: &Tensor, mask: Option<&Tensor>, kind: Kind) -> Self {
-        let (cos, sin) = rotary_cos_sin(inv_freq, positions, kind);
+        let (cos, signed_sin) = rotary_cos_sin(inv_freq, positions, kind);
         LayerContext {
             cos,
-            sin,
+            signed_sin,
             bias: mask.map(|m| attention_bias(m, kind)),
         }
     }
 }
 
 /// Rotates the first `cos.size()[-1]` channels of `x` `[B, heads, T, head_dim]` (all of them
-/// for Llama, a fraction for GPT-NeoX), "rotate half" layout.
-pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+/// for Llama, a fraction for GPT-NeoX), "rotate half" layout, with the tables of
+/// [`rotary_cos_sin`]. transformers computes `x·cos + cat(−x₂, x₁)·sin`; here
+/// `roll(x)·signed_sin = cat(x₂, x₁)·cat(−sin₁, sin₂)` gives the same products bit for bit
+/// (negation is exact) in one kernel fewer, which decode steps feel in every layer.
+pub fn apply_rotary(x: &Tensor, cos: &Tensor, signed_sin: &Tensor) -> Tensor {
     let rotary_dim = *cos.size().last().expect("cos has a last dim");
     let head_dim = *x.size().last().expect("x has a last dim");
     let (rot, pass) = if rotary_dim == head_dim {
@@ -188,9 +195,7 @@ pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
             Some(x.narrow(-1, rotary_dim, head_dim - rotary_dim)),
         )
     };
-    let half = rotary_dim / 2;
-    let rotated_half = Tensor::cat(&[-rot.narrow(-1, half, half), rot.narrow(-1, 0, half)], -1);
-    let out = &rot * cos + rotated_half * sin;
+    let out = &rot * cos + rot.roll([rotary_dim / 2], [-1]) * signed_sin;
     match pass {
         None => out,
         Some(pass) => Tensor::cat(&[out, pass], -1),
@@ -301,12 +306,13 @@ fn attend_grouped(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> 
         .reshape([b, heads, t, d])
 }
 
-/// RMSNorm as transformers computes it: normalise in f32, cast back, then scale.
+/// RMSNorm as transformers computes it: normalise in f32, round to the input's precision, then
+/// scale. PyTorch's `rms_norm` does the first two in one kernel on CUDA (eight element-wise
+/// kernels as written out; on CPUs it runs those same operations); the weight's product
+/// stays apart so that it rounds where transformers' does.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
-    let kind = x.kind();
-    let xf = x.to_kind(Kind::Float);
-    let variance = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
-    weight * (xf * (variance + eps).rsqrt()).to_kind(kind)
+    let hidden = *x.size().last().expect("x has a last dim");
+    weight * x.rms_norm([hidden], None::<Tensor>, eps)
 }
 
 #[cfg(test)]
@@ -427,9 +433,10 @@ mod tests {
     fn rotary_rotates_pairs_by_position_angle() {
         // One head, dim 2: (x0, x1) at position p rotates by p·inv_freq = p radians.
         let inv_freq = Tensor::from_slice(&[1.0f32]);
-        let (cos, sin) = rotary_cos_sin(&inv_freq, &Tensor::from_slice2(&[[2i64]]), Kind::Float);
+        let (cos, signed_sin) =
+            rotary_cos_sin(&inv_freq, &Tensor::from_slice2(&[[2i64]]), Kind::Float);
         let x = Tensor::from_slice(&[1.0f32, 0.0]).view([1, 1, 1, 2]);
-        let y = Vec::<f32>::try_from(apply_rotary(&x, &cos, &sin).flatten(0, -1)).unwrap();
+        let y = Vec::<f32>::try_from(apply_rotary(&x, &cos, &signed_sin).flatten(0, -1)).unwrap();
         assert!(
             (y[0] - 2f32.cos()).abs() < 1e-6 && (y[1] - 2f32.sin()).abs() < 1e-6,
             "{y:?}"
@@ -442,9 +449,10 @@ mod tests {
         // "rotate half" layout pairs channels (0, 2) at 1 radian and (1, 3) at 0.5 (interleaved
         // rotation would pair (0, 1) and (2, 3)); channels 4 and 5 pass through.
         let inv_freq = Tensor::from_slice(&[1.0f32, 0.5]);
-        let (cos, sin) = rotary_cos_sin(&inv_freq, &Tensor::from_slice2(&[[1i64]]), Kind::Float);
+        let (cos, signed_sin) =
+            rotary_cos_sin(&inv_freq, &Tensor::from_slice2(&[[1i64]]), Kind::Float);
         let x = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).view([1, 1, 1, 6]);
-        let y = Vec::<f32>::try_from(apply_rotary(&x, &cos, &sin).flatten(0, -1)).unwrap();
+        let y = Vec::<f32>::try_from(apply_rotary(&x, &cos, &signed_sin).flatten(0, -1)).unwrap();
         let (c1, s1, c5, s5) = (1f32.cos(), 1f32.sin(), 0.5f32.cos(), 0.5f32.sin());
         let expected = [
             c1 - 3.0 * s1,
@@ -456,6 +464,66 @@ mod tests {
         ];
         for (i, (a, b)) in y.iter().zip(expected).enumerate() {
             assert!((a - b).abs() < 1e-6, "channel {i}: {a} vs {b} ({y:?})");
+        }
+    }
+
+    /// transformers' rotary embedding: `x·cos + rotate_half(x)·sin` over the first
+    /// `rotary_dim` channels, every product rounded to `x`'s precision.
+    fn transformers_rotary(x: &Tensor, inv_freq: &Tensor, positions: &Tensor) -> Tensor {
+        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq.view([1, 1, -1]);
+        let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
+        let (cos, sin) = (emb.cos().to_kind(x.kind()), emb.sin().to_kind(x.kind()));
+        let rotary_dim = 2 * inv_freq.size()[0];
+        let head_dim = x.size()[3];
+        let half = rotary_dim / 2;
+        let rot = x.narrow(-1, 0, rotary_dim);
+        let rotated = Tensor::cat(&[-rot.narrow(-1, half, half), rot.narrow(-1, 0, half)], -1);
+        let out = &rot * &cos + rotated * &sin;
+        Tensor::cat(&[out, x.narrow(-1, rotary_dim, head_dim - rotary_dim)], -1)
+    }
+
+    #[test]
+    fn rotary_equals_transformers_rotate_half_bit_for_bit() {
+        tch::manual_seed(3);
+        let positions = Tensor::from_slice2(&[[0i64, 1, 2, 7, 300], [5, 6, 9, 11, 4095]]);
+        for (kind, head_dim, rotary_dim) in [
+            (Kind::BFloat16, 8, 8),
+            (Kind::BFloat16, 12, 4),
+            (Kind::Float, 8, 8),
+        ] {
+            let inv_freq = rotary_inv_freq(rotary_dim, 10_000.0, None);
+            let inv_freq = Tensor::from_slice(&inv_freq).to_kind(Kind::Float);
+            let x =
+                Tensor::randn([2, 3, 5, head_dim], (Kind::Float, tch::Device::Cpu)).to_kind(kind);
+            let (cos, signed_sin) = rotary_cos_sin(&inv_freq, &positions, kind);
+            let got = apply_rotary(&x, &cos, &signed_sin);
+            let want = transformers_rotary(&x, &inv_freq, &positions);
+            assert!(
+                got.equal(&want),
+                "{kind:?}, head {head_dim}, rotary {rotary_dim}: max difference {}",
+                (got.to_kind(Kind::Float) - want.to_kind(Kind::Float))
+                    .abs()
+                    .max()
+                    .double_value(&[])
+            );
+        }
+    }
+
+    #[test]
+    fn rms_norm_equals_transformers_formula_bit_for_bit_on_cpu() {
+        // transformers' LlamaRMSNorm, operation by operation.
+        let eps = 1e-5;
+        tch::manual_seed(4);
+        for kind in [Kind::BFloat16, Kind::Float] {
+            let x =
+                (Tensor::randn([3, 4, 64], (Kind::Float, tch::Device::Cpu)) * 7.0).to_kind(kind);
+            let weight = (Tensor::rand([64], (Kind::Float, tch::Device::Cpu)) + 0.5).to_kind(kind);
+            let xf = x.to_kind(Kind::Float);
+            let variance = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+            let want = &weight * (xf * (variance + eps).rsqrt()).to_kind(kind);
+            let got = rms_norm(&x, &weight, eps);
+            assert_eq!(got.kind(), kind);
+            assert!(got.equal(&want), "{kind:?}");
         }
     }
 }

@@ -181,7 +181,7 @@ impl Decoder for Llama {
         let h = layer.self_attn.forward(
             &h,
             &context.cos,
-            &context.sin,
+            &context.signed_sin,
             context.bias.as_ref(),
             cache.map(|c| (c, index)),
         );
@@ -220,7 +220,7 @@ impl Attention {
         &self,
         x: &Tensor,
         cos: &Tensor,
-        sin: &Tensor,
+        signed_sin: &Tensor,
         bias: Option<&Tensor>,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Tensor {
@@ -240,7 +240,10 @@ impl Attention {
             .forward(x)
             .view([b, t, self.num_kv_heads, self.head_dim])
             .transpose(1, 2);
-        let (q, k) = (apply_rotary(&q, cos, sin), apply_rotary(&k, cos, sin));
+        let (q, k) = (
+            apply_rotary(&q, cos, signed_sin),
+            apply_rotary(&k, cos, signed_sin),
+        );
         let out = attend(&q, &k, &v, bias, cache);
         self.o_proj.forward(
             &out.transpose(1, 2)
