@@ -145,10 +145,8 @@ pub fn sample_next(logits: &Tensor, params: &SamplingParams, uniform: &Tensor) -
 /// device synchronisation that stalls the launch pipeline, so it is not done every token.
 const FINISHED_CHECK_INTERVAL: i64 = 16;
 
-/// Decode steps attend over the cache in windows of this many slots: a window is fixed
-/// within a captured graph, and rounding up to it keeps the number of graphs small while
-/// reading little more of the cache than the tokens so far.
-const WINDOW: i64 = 128;
+/// The smallest step between attention windows (see [`window`]).
+const MIN_WINDOW_STEP: i64 = 32;
 
 /// The decode step's inputs and the cache it writes, held in tensors whose addresses never
 /// change, so the step can run eagerly or as a CUDA graph replayed every token.
@@ -421,9 +419,15 @@ pub fn generate_batch(
     })
 }
 
-/// The attention window of a step after `written` cache slots: rounded up to [`WINDOW`].
+/// The attention window of a step after `written` cache slots. A window is fixed within a
+/// captured graph, so it is rounded up, to a multiple of an eighth of the power of two at or
+/// above `written` (at least [`MIN_WINDOW_STEP`]): the cache read beyond the tokens so far is
+/// under a quarter of them (about an eighth on average), at four graphs per doubling of the
+/// length. Decode steps are bound by reading the cache, so that overshoot is their cost.
 pub(crate) fn window(written: i64, capacity: i64) -> i64 {
-    ((written + WINDOW - 1) / WINDOW * WINDOW).min(capacity)
+    let written = written.max(1);
+    let step = ((written as u64).next_power_of_two() as i64 / 8).max(MIN_WINDOW_STEP);
+    ((written + step - 1) / step * step).min(capacity)
 }
 
 /// Length and finish reason of each row from the token matrix and the lengths of the rows a
@@ -676,7 +680,34 @@ pub fn generate_text(
 
 #[cfg(test)]
 mod tests {
-    use super::TextStream;
+    use super::{TextStream, window};
+
+    #[test]
+    fn windows_round_up_by_an_eighth_of_the_next_power_of_two() {
+        // (written, capacity) -> window, by hand: steps of 32 up to 256 slots, then 64 up to
+        // 512, 128 up to 1024; never past the capacity.
+        for (written, capacity, want) in [
+            (0, 428, 32),
+            (1, 428, 32),
+            (32, 428, 32),
+            (33, 428, 64),
+            (129, 428, 160),
+            (256, 428, 256),
+            (257, 428, 320),
+            (300, 428, 320),
+            (385, 428, 428),
+            (513, 4096, 640),
+            (1000, 4096, 1024),
+            (20, 16, 16),
+        ] {
+            assert_eq!(window(written, capacity), want, "written {written}");
+        }
+        // Four graphs per doubling of the length at most, and the overshoot under a quarter.
+        let windows: std::collections::BTreeSet<i64> =
+            (1..=4096).map(|w| window(w, 4096)).collect();
+        assert_eq!(windows.len(), 8 + 4 * 4);
+        assert!((1..=4096).all(|w| window(w, 4096) - w < (w / 4).max(32)));
+    }
 
     /// Pieces handed out for text arriving in `chunks`, the rest at the end, and whether a
     /// stop string ended it.
