@@ -232,6 +232,21 @@ pub fn attention_mask(key_mask: &Tensor, first_query_slot: i64, query_len: i64) 
         .logical_or(&diagonal.unsqueeze(0).unsqueeze(0))
 }
 
+/// Boolean attention mask `[B, 1, T, T]` for rows that hold several sequences: causal over
+/// slots, and a token sees the earlier tokens of its own segment (`segments` `[B, T]`) and,
+/// when `shared` is given, those of that segment, a prefix the others continue. Every token
+/// sees itself.
+pub fn segment_mask(segments: &Tensor, shared: Option<i64>) -> Tensor {
+    let width = segments.size()[1];
+    let causal = Tensor::ones([width, width], (Kind::Bool, segments.device())).tril(0);
+    let keys = segments.unsqueeze(1);
+    let mut visible = segments.unsqueeze(2).eq_tensor(&keys);
+    if let Some(shared) = shared {
+        visible = visible.logical_or(&keys.eq(shared));
+    }
+    visible.logical_and(&causal).unsqueeze(1)
+}
+
 /// The boolean mask as an additive bias (0 where allowed, -inf where hidden) of the model's
 /// precision: converted once per forward pass instead of once per layer inside attention.
 pub fn attention_bias(mask: &Tensor, kind: Kind) -> Tensor {
@@ -362,6 +377,39 @@ mod tests {
 
     /// Folding query-head groups into the query axis computes the same attention as PyTorch's
     /// own grouped-query path, for a prefill (causal, padded) and a single decode query.
+    #[test]
+    fn segments_see_their_own_tokens_and_the_shared_prefix() {
+        // A prefix (0), two continuations of it (1, 2) and a pad (-1).
+        let segments = Tensor::from_slice2(&[[0i64, 0, 1, 1, 2, -1]]);
+        let seen = |mask: &Tensor| -> Vec<Vec<i64>> {
+            (0..6)
+                .map(|q| {
+                    let row = Vec::<bool>::try_from(mask.get(0).get(0).get(q)).unwrap();
+                    (0..6).filter(|&k| row[k as usize]).collect()
+                })
+                .collect()
+        };
+        // The pad sees the prefix too, and no other token sees the pad.
+        let shared = seen(&segment_mask(&segments, Some(0)));
+        assert_eq!(
+            shared,
+            vec![
+                vec![0],
+                vec![0, 1],
+                vec![0, 1, 2],
+                vec![0, 1, 2, 3],
+                vec![0, 1, 4],
+                vec![0, 1, 5]
+            ]
+        );
+        // Without a shared segment (SFT packing) each segment sees only itself.
+        let apart = seen(&segment_mask(&segments, None));
+        assert_eq!(
+            apart,
+            vec![vec![0], vec![0, 1], vec![2], vec![2, 3], vec![4], vec![5]]
+        );
+    }
+
     #[test]
     fn grouped_attention_matches_enable_gqa() {
         let _rng = crate::lock_libtorch_rng();

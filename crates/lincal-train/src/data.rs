@@ -2,11 +2,11 @@
 
 use crate::error::{Result, TrainError};
 use lincal_model::Tokenizer;
-use lincal_model::layers::{attention_mask, positions_from_mask};
+use lincal_model::layers::{attention_mask, positions_from_mask, segment_mask};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use sha2::{Digest, Sha256};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 /// Label of a position that carries no loss (PyTorch's `ignore_index`).
 pub const IGNORE_INDEX: i64 = -100;
@@ -148,10 +148,10 @@ pub fn collate_sft(rows: &[&TokenRow], pad_id: i64, device: Device) -> SftBatch 
     let shape = [rows.len() as i64, width as i64];
     let packed = rows.iter().any(|r| r.starts.len() > 1);
     let mask = packed.then(|| {
-        let segments = Tensor::from_slice(&segments).view(shape).to_device(device);
-        let same = segments.unsqueeze(2).eq_tensor(&segments.unsqueeze(1));
-        let causal = Tensor::ones([width as i64, width as i64], (Kind::Bool, device)).tril(0);
-        same.logical_and(&causal).unsqueeze(1)
+        segment_mask(
+            &Tensor::from_slice(&segments).view(shape).to_device(device),
+            None,
+        )
     });
     SftBatch {
         input_ids: Tensor::from_slice(&ids).view(shape).to_device(device),
@@ -201,6 +201,142 @@ pub fn collate_left_padded(rows: &[&[i64]], pad_id: i64, device: Device) -> Left
     }
 }
 
+/// Token rows of texts that begin alike, packed into one row: their common tokens once
+/// (segment 0), then each text's own tokens (segments 1, 2, ...) at the positions they have
+/// alone. Under [`segment_mask`] with shared segment 0 every text is computed as it is alone,
+/// and k ForecastProbs inputs of one paragraph, which differ only in their last few tokens,
+/// cost about one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedPrefixRow {
+    pub input_ids: Vec<i64>,
+    pub positions: Vec<i64>,
+    pub segments: Vec<i64>,
+    /// Each text of the row: its index among the texts packed, and where its last token is.
+    pub reads: Vec<(usize, usize)>,
+}
+
+/// Packs non-empty token `rows` (see [`SharedPrefixRow`]): in lexicographic order, a text
+/// joins the row before it when that makes fewer tokens than keeping it apart and the row
+/// stays within `max_len` tokens; otherwise it starts a row.
+pub fn pack_shared_prefixes(rows: &[Vec<i64>], max_len: usize) -> Vec<SharedPrefixRow> {
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by(|&a, &b| rows[a].cmp(&rows[b]).then(a.cmp(&b)));
+    // Tokens of a row holding `members` around a common prefix of `prefix` tokens.
+    let packed_len = |members: &[usize], prefix: usize| {
+        prefix
+            + members
+                .iter()
+                .map(|&m| rows[m].len() - prefix)
+                .sum::<usize>()
+    };
+    let mut packed = Vec::new();
+    let mut members: Vec<usize> = Vec::new();
+    let mut prefix = 0;
+    for i in order {
+        if let Some(&first) = members.first() {
+            let shared = prefix.min(common_prefix(&rows[first], &rows[i]));
+            members.push(i);
+            let joined = packed_len(&members, shared);
+            members.pop();
+            if joined < packed_len(&members, prefix) + rows[i].len() && joined <= max_len {
+                members.push(i);
+                prefix = shared;
+                continue;
+            }
+            packed.push(shared_prefix_row(rows, &members, prefix));
+            members.clear();
+        }
+        members.push(i);
+        prefix = rows[i].len();
+    }
+    if !members.is_empty() {
+        packed.push(shared_prefix_row(rows, &members, prefix));
+    }
+    packed
+}
+
+fn common_prefix(a: &[i64], b: &[i64]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// The row of `members`, which share their first `prefix` tokens (at least one).
+fn shared_prefix_row(rows: &[Vec<i64>], members: &[usize], prefix: usize) -> SharedPrefixRow {
+    let mut row = SharedPrefixRow {
+        input_ids: rows[members[0]][..prefix].to_vec(),
+        positions: (0..prefix as i64).collect(),
+        segments: vec![0; prefix],
+        reads: Vec::with_capacity(members.len()),
+    };
+    for (segment, &m) in (1..).zip(members) {
+        let own = &rows[m][prefix..];
+        row.input_ids.extend_from_slice(own);
+        row.positions
+            .extend(prefix as i64..(prefix + own.len()) as i64);
+        row.segments.extend(std::iter::repeat_n(segment, own.len()));
+        // A text that is all prefix ends where the prefix does.
+        let last = if own.is_empty() {
+            prefix - 1
+        } else {
+            row.input_ids.len() - 1
+        };
+        row.reads.push((m, last));
+    }
+    row
+}
+
+/// A batch of [`SharedPrefixRow`]s, right-padded (pads form segment -1, seen by no text).
+pub struct SharedPrefixBatch {
+    pub input_ids: Tensor,
+    pub positions: Tensor,
+    pub mask: Tensor,
+    /// Each text of the batch: its index among the texts packed, and where its last token is
+    /// in the batch's tokens flattened to `[B · T]`.
+    pub reads: Vec<(usize, i64)>,
+}
+
+pub fn collate_shared_prefixes(
+    rows: &[&SharedPrefixRow],
+    pad_id: i64,
+    device: Device,
+) -> SharedPrefixBatch {
+    let width = rows.iter().map(|r| r.input_ids.len()).max().unwrap_or(0);
+    let (mut ids, mut positions, mut segments, mut reads) = (vec![], vec![], vec![], vec![]);
+    for (b, row) in rows.iter().enumerate() {
+        let pad = width - row.input_ids.len();
+        ids.extend(
+            row.input_ids
+                .iter()
+                .copied()
+                .chain(std::iter::repeat_n(pad_id, pad)),
+        );
+        positions.extend(
+            row.positions
+                .iter()
+                .copied()
+                .chain(std::iter::repeat_n(0, pad)),
+        );
+        segments.extend(
+            row.segments
+                .iter()
+                .copied()
+                .chain(std::iter::repeat_n(-1, pad)),
+        );
+        reads.extend(
+            row.reads
+                .iter()
+                .map(|&(text, at)| (text, (b * width + at) as i64)),
+        );
+    }
+    let shape = [rows.len() as i64, width as i64];
+    let tensor = |values: &[i64]| Tensor::from_slice(values).view(shape).to_device(device);
+    SharedPrefixBatch {
+        input_ids: tensor(&ids),
+        positions: tensor(&positions),
+        mask: segment_mask(&tensor(&segments), Some(0)),
+        reads,
+    }
+}
+
 /// The order of the training units in `epoch`: a permutation drawn from its own ChaCha
 /// stream of `seed`, so any epoch's order is known without replaying the ones before (an
 /// exact resume needs no saved RNG state).
@@ -234,6 +370,57 @@ mod tests {
         lincal_model::testing::write_tokenizer(dir.path(), 64);
         let tokenizer = Tokenizer::from_dir(dir.path()).unwrap();
         (dir, tokenizer)
+    }
+
+    #[test]
+    fn texts_that_begin_alike_share_a_row_by_hand() {
+        let rows = vec![
+            vec![5, 6, 7, 8],
+            vec![9],
+            vec![5, 6, 7, 10, 11],
+            vec![5, 6],
+            vec![5, 6, 7, 8],
+            vec![1, 2, 3],
+        ];
+        // Lexicographic order: 5 | 3, 0, 4, 2 | 1. Text 3 is all prefix (it reads the
+        // prefix's last token); texts 0 and 4 repeat each other as segments of their own.
+        let row = |ids: &[i64], positions: &[i64], segments: &[i64], reads: &[(usize, usize)]| {
+            SharedPrefixRow {
+                input_ids: ids.to_vec(),
+                positions: positions.to_vec(),
+                segments: segments.to_vec(),
+                reads: reads.to_vec(),
+            }
+        };
+        assert_eq!(
+            pack_shared_prefixes(&rows, 64),
+            vec![
+                row(&[1, 2, 3], &[0, 1, 2], &[0, 0, 0], &[(5, 2)]),
+                row(
+                    &[5, 6, 7, 8, 7, 8, 7, 10, 11],
+                    &[0, 1, 2, 3, 2, 3, 2, 3, 4],
+                    &[0, 0, 2, 2, 3, 3, 4, 4, 4],
+                    &[(3, 1), (0, 3), (4, 5), (2, 8)]
+                ),
+                row(&[9], &[0], &[0], &[(1, 0)]),
+            ]
+        );
+        // A row stops before it would pass max_len: text 2 (9 tokens joined) goes alone.
+        let packed = pack_shared_prefixes(&rows, 8);
+        let lengths: Vec<usize> = packed.iter().map(|r| r.input_ids.len()).collect();
+        assert_eq!(lengths, [3, 6, 5, 1]);
+        assert_eq!(packed[2].reads, [(2, 4)]);
+        // Batched, each read points at its row's token in the flattened batch.
+        let batch = collate_shared_prefixes(&packed.iter().collect::<Vec<_>>(), 0, Device::Cpu);
+        assert_eq!(batch.input_ids.size(), [4, 6]);
+        let flat = Vec::<i64>::try_from(batch.input_ids.flatten(0, 1)).unwrap();
+        for (text, at) in batch.reads {
+            assert_eq!(
+                flat[at as usize],
+                *rows[text].last().unwrap(),
+                "text {text}"
+            );
+        }
     }
 
     #[test]

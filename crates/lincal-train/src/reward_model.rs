@@ -25,8 +25,8 @@
 
 use crate::config::RewardModelConfig;
 use crate::data::{
-    LeftPaddedBatch, RewardExample, collate_left_padded, rows_digest, tokenize_reward,
-    tokenize_reward_texts,
+    LeftPaddedBatch, RewardExample, collate_left_padded, collate_shared_prefixes,
+    pack_shared_prefixes, rows_digest, tokenize_reward, tokenize_reward_texts,
 };
 use crate::error::{Result, TrainError};
 use crate::optim::{AdamWConfig, TrainableParams};
@@ -291,10 +291,11 @@ impl RewardModel {
         self.head(&hidden.select(1, hidden.size()[1] - 1))
     }
 
-    /// Logits of `texts`, tokenised with special tokens, truncated on the right to `max_len`
-    /// tokens and left-padded with `pad_id`, in batches of `batch_size`. Texts of like length
-    /// share a batch (a row's logit does not depend on its neighbours), so little of a batch
-    /// is padding; the logits come back in the order of `texts`.
+    /// Logits of `texts`, tokenised with special tokens and truncated on the right to
+    /// `max_len` tokens, in batches of `batch_size` rows; the logits come back in the order of
+    /// `texts`. Texts that begin alike share a row, their common tokens run once
+    /// ([`pack_shared_prefixes`]: the ForecastProbs inputs of one paragraph's candidates), and
+    /// rows of like length share a batch; each text's logit is the one it has alone.
     pub fn score_texts(
         &self,
         tokenizer: &Tokenizer,
@@ -304,20 +305,35 @@ impl RewardModel {
         batch_size: usize,
     ) -> Result<Vec<f32>> {
         let rows = tokenize_reward_texts(tokenizer, texts, max_len)?;
-        let mut order: Vec<usize> = (0..rows.len()).collect();
-        order.sort_by_key(|&i| rows[i].len());
+        if let Some(index) = rows.iter().position(Vec::is_empty) {
+            return Err(TrainError::Data {
+                set: "scored",
+                index,
+                message: "the text has no tokens, and a reward model reads a text's last token"
+                    .into(),
+            });
+        }
+        let mut packed = pack_shared_prefixes(&rows, max_len);
+        packed.sort_by_key(|row| row.input_ids.len());
+        let device = self.backbone.device();
         let mut logits = vec![0.0; rows.len()];
         tch::no_grad(|| -> Result<()> {
-            for chunk in order.chunks(batch_size.max(1)) {
-                let refs: Vec<&[i64]> = chunk.iter().map(|&i| rows[i].as_slice()).collect();
-                let batch = collate_left_padded(&refs, pad_id, self.backbone.device());
-                let scores = Vec::<f32>::try_from(self.score(
+            for chunk in packed.chunks(batch_size.max(1)) {
+                let batch =
+                    collate_shared_prefixes(&chunk.iter().collect::<Vec<_>>(), pad_id, device);
+                let hidden = self.backbone.forward(
                     &batch.input_ids,
                     &batch.positions,
-                    &batch.mask,
-                ))?;
-                for (&i, score) in chunk.iter().zip(scores) {
-                    logits[i] = score;
+                    Some(&batch.mask),
+                    None,
+                );
+                let at: Vec<i64> = batch.reads.iter().map(|&(_, at)| at).collect();
+                let last_tokens = hidden
+                    .flatten(0, 1)
+                    .index_select(0, &Tensor::from_slice(&at).to_device(device));
+                let scores = Vec::<f32>::try_from(self.head(&last_tokens))?;
+                for (&(text, _), score) in batch.reads.iter().zip(scores) {
+                    logits[text] = score;
                 }
             }
             Ok(())
@@ -842,6 +858,34 @@ mod tests {
                 (alone[0] - logit).abs() < 1e-5,
                 "{text}: {alone:?} vs {logit}"
             );
+        }
+        // Texts that begin alike (as a paragraph's ForecastProbs candidates do) share rows,
+        // and each still scores as it does alone.
+        let texts: Vec<String> = [
+            "t3 t4 t5 t6",
+            "t3 t4 t5 t9 t10",
+            "t3 t4",
+            "t3 t4 t5 t6",
+            "t7",
+            "t3 t4 t8",
+        ]
+        .map(String::from)
+        .to_vec();
+        let rows = crate::data::tokenize_reward_texts(&tokenizer, &texts, 64).unwrap();
+        assert_eq!(pack_shared_prefixes(&rows, 64).len(), 2);
+        for batch_size in [1, 2] {
+            let shared = model
+                .score_texts(&tokenizer, &texts, 64, 0, batch_size)
+                .unwrap();
+            for (text, logit) in texts.iter().zip(&shared) {
+                let alone = model
+                    .score_texts(&tokenizer, std::slice::from_ref(text), 64, 0, 1)
+                    .unwrap();
+                assert!(
+                    (alone[0] - logit).abs() < 1e-5,
+                    "{text}: {alone:?} vs {logit}"
+                );
+            }
         }
         // PPO's value model: the same backbone with a zero head scores every text 0.
         let value = model.with_head(HeadInit::Zero);
