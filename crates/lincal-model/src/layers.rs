@@ -311,8 +311,13 @@ fn attend_grouped(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> 
         return Tensor::scaled_dot_product_attention(q, k, v, bias, 0.0, false, None, false);
     }
     let q = q.reshape([b, heads / group, group * t, d]);
+    // The folded query rows are (head, position) pairs, each needing its position's mask row;
+    // a decode step's single position broadcasts as it is (no copy in every layer).
     let bias = bias.map(|m| {
         let s = m.size();
+        if t == 1 {
+            return m.shallow_clone();
+        }
         m.unsqueeze(2)
             .expand([s[0], s[1], group, s[2], s[3]], false)
             .reshape([s[0], s[1], group * s[2], s[3]])
