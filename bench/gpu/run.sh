@@ -20,11 +20,12 @@
 #    train-parity, ppo, grpo, serve and sampling need the SmolLM2 tokenizer carried in
 #    .gpu/tokenizer, which `cargo xtask gpu-build` copies there.)
 # Every step's peak device memory (nvidia-smi, sampled every 250 ms) goes to $OUT/memory.jsonl.
-# Needs .gpu/lincal from `cargo xtask gpu-build`, carried with the call.
+# Needs .gpu/lincal from `cargo xtask gpu-build`, carried with the call. To compare two builds
+# in one call, LINCAL=PATH runs another binary, and BUILD=NAME adds "(NAME)" to its labels.
 set -uo pipefail
 export LD_LIBRARY_PATH=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib
 export PYTHONUNBUFFERED=1
-lincal=$PWD/.gpu/lincal
+lincal=${LINCAL:-$PWD/.gpu/lincal}
 # The 7B's RL steps extract answers with a model of the reference extractor's shape.
 extractor_for() {
   [ "$1" = llama2-7b ] || return 0
@@ -34,7 +35,7 @@ extractor_for() {
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/device.txt"
 for step in "$@"; do
-  what=${step%%:*}; name=${step#*:}; model=/tmp/models/$name
+  what=${step%%:*}; name=${step#*:}; model=/tmp/models/$name; label=$name${BUILD:+ ($BUILD)}
   # RL, serving and sampling steps run on a copy with the SmolLM2 tokenizer, the rest on the bare model.
   case $what in
     ppo*|grpo*|serve|sampling) [ -f "$model-ppo/config.json" ] || python3 bench/gpu/make_models.py "$name" "$model-ppo" "$PWD/.gpu/tokenizer" ;;
@@ -53,11 +54,11 @@ for step in "$@"; do
   # A failing step is reported and the next one runs.
   case $what in
     parity) python3 bench/gpu/parity.py "$model" "$name" "$lincal" "$OUT/parity.jsonl" ;;
-    lincal) "$lincal" bench generate --model "$model" --label "$name" --batch 64,256 --device cuda --dtype bf16 --verify --json "$OUT/generate.jsonl" ;;
-    eager) "$lincal" bench generate --model "$model" --label "$name" --batch 64,256 --device cuda --dtype bf16 --no-cuda-graph --verify --json "$OUT/generate.jsonl" ;;
+    lincal) "$lincal" bench generate --model "$model" --label "$label" --batch 64,256 --device cuda --dtype bf16 --verify --json "$OUT/generate.jsonl" ;;
+    eager) "$lincal" bench generate --model "$model" --label "$label" --batch 64,256 --device cuda --dtype bf16 --no-cuda-graph --verify --json "$OUT/generate.jsonl" ;;
     train-parity) python3 bench/gpu/train.py parity "$model" "$PWD/.gpu/tokenizer" "$lincal" "$OUT/train-parity.jsonl" ;;
-    sft) "$lincal" bench sft --model "$model" --label "$name" --batch $sft_batch --seq-len 1024 --device cuda --dtype bf16 "${sft_flags[@]}" --json "$OUT/sft.jsonl" ;;
-    sft-ckpt) "$lincal" bench sft --model "$model" --label "$name" --batch $sft_batch --seq-len 1024 --device cuda --dtype bf16 "${sft_flags[@]}" --gradient-checkpointing --json "$OUT/sft.jsonl" ;;
+    sft) "$lincal" bench sft --model "$model" --label "$label" --batch $sft_batch --seq-len 1024 --device cuda --dtype bf16 "${sft_flags[@]}" --json "$OUT/sft.jsonl" ;;
+    sft-ckpt) "$lincal" bench sft --model "$model" --label "$label" --batch $sft_batch --seq-len 1024 --device cuda --dtype bf16 "${sft_flags[@]}" --gradient-checkpointing --json "$OUT/sft.jsonl" ;;
     hf-sft) python3 bench/gpu/train.py bench "$model" $sft_batch 1024 "$OUT/sft.jsonl" "$name" $hf_precisions $hf_ckpt ;;
     hf-sft-ckpt) python3 bench/gpu/train.py bench "$model" $sft_batch 1024 "$OUT/sft.jsonl" "$name" $hf_precisions checkpointing ;;
     ppo|ppo-large-batches|ppo-auto)
@@ -65,16 +66,16 @@ for step in "$@"; do
       [ $what = ppo-large-batches ] && ppo_flags+=(--set generation_batch_size=512 --set forward_batch_size=64 --set micro_batch_size=16
         --set reward.extractor_batch_size=512 --set reward.score_batch_size=128)
       [ $what = ppo-auto ] && ppo_flags+=(--set auto_batch_sizes=true)
-      "$lincal" bench ppo --model "$model-ppo" --label "$name" --preset lc_ppo --device cuda "${ppo_flags[@]}" --json "$OUT/ppo.jsonl" ;;
+      "$lincal" bench ppo --model "$model-ppo" --label "$label" --preset lc_ppo --device cuda "${ppo_flags[@]}" --json "$OUT/ppo.jsonl" ;;
     grpo|grpo-auto)
       extractor_for "$name"
       [ $what = grpo-auto ] && ppo_flags+=(--set auto_batch_sizes=true)
-      "$lincal" bench grpo --model "$model-ppo" --label "$name" --preset lc_grpo --device cuda "${ppo_flags[@]}" --json "$OUT/grpo.jsonl" ;;
+      "$lincal" bench grpo --model "$model-ppo" --label "$label" --preset lc_grpo --device cuda "${ppo_flags[@]}" --json "$OUT/grpo.jsonl" ;;
     serve)
-      "$lincal" bench serve --model "$model-ppo" --label "$name" --clients 1,16,64,256 --max-batch 256 --device cuda --dtype bf16 --json "$OUT/serve.jsonl" &&
-      "$lincal" bench generate --model "$model-ppo" --label "$name" --batch 1,16,64,256 --device cuda --dtype bf16 --json "$OUT/generate.jsonl" ;;
+      "$lincal" bench serve --model "$model-ppo" --label "$label" --clients 1,16,64,256 --max-batch 256 --device cuda --dtype bf16 --json "$OUT/serve.jsonl" &&
+      "$lincal" bench generate --model "$model-ppo" --label "$label" --batch 1,16,64,256 --device cuda --dtype bf16 --json "$OUT/generate.jsonl" ;;
     sampling)
-      sample() { "$lincal" bench generate --model "$model-ppo" --label "$name" --batch 256 --device cuda --dtype bf16 "$@" --json "$OUT/generate.jsonl"; }
+      sample() { "$lincal" bench generate --model "$model-ppo" --label "$label" --batch 256 --device cuda --dtype bf16 "$@" --json "$OUT/generate.jsonl"; }
       sample && sample --temperature 0.3 --top-k 50 && sample --temperature 0.3 --top-p 0.9 && sample --stop NEVER-SEEN-STOP-STRING ;;
     hf) python3 bench/gpu/hf_generate.py "$model" "$name" 64,256 "$OUT/generate.jsonl" ;;
     *) echo "unknown step $step" ;;

@@ -838,8 +838,22 @@ mod tests {
             (alone[0] - batched[1]).abs() < 1e-5,
             "{alone:?} vs {batched:?}"
         );
-        // Texts batched by length (here 1, 2 | 3, 4 | 5 words) come back in their own order,
-        // each scored as it is alone.
+        // Each of `texts` scored in batches of `batch_size` as it is alone, in their order.
+        let scores_as_alone = |texts: &[String], batch_size: usize| {
+            let batched = model
+                .score_texts(&tokenizer, texts, 64, 0, batch_size)
+                .unwrap();
+            for (text, logit) in texts.iter().zip(&batched) {
+                let alone = model
+                    .score_texts(&tokenizer, std::slice::from_ref(text), 64, 0, 1)
+                    .unwrap();
+                assert!(
+                    (alone[0] - logit).abs() < 1e-5,
+                    "{text}: {alone:?} vs {logit}"
+                );
+            }
+        };
+        // Texts batched by length (here 1, 2 | 3, 4 | 5 words).
         let texts: Vec<String> = [
             "t3 t4 t5 t6",
             "t7",
@@ -849,16 +863,7 @@ mod tests {
         ]
         .map(String::from)
         .to_vec();
-        let batched = model.score_texts(&tokenizer, &texts, 64, 0, 2).unwrap();
-        for (text, logit) in texts.iter().zip(&batched) {
-            let alone = model
-                .score_texts(&tokenizer, std::slice::from_ref(text), 64, 0, 1)
-                .unwrap();
-            assert!(
-                (alone[0] - logit).abs() < 1e-5,
-                "{text}: {alone:?} vs {logit}"
-            );
-        }
+        scores_as_alone(&texts, 2);
         // Texts that begin alike (as a paragraph's ForecastProbs candidates do) share rows,
         // and each still scores as it does alone.
         let texts: Vec<String> = [
@@ -873,20 +878,8 @@ mod tests {
         .to_vec();
         let rows = crate::data::tokenize_reward_texts(&tokenizer, &texts, 64).unwrap();
         assert_eq!(pack_shared_prefixes(&rows, 64).len(), 2);
-        for batch_size in [1, 2] {
-            let shared = model
-                .score_texts(&tokenizer, &texts, 64, 0, batch_size)
-                .unwrap();
-            for (text, logit) in texts.iter().zip(&shared) {
-                let alone = model
-                    .score_texts(&tokenizer, std::slice::from_ref(text), 64, 0, 1)
-                    .unwrap();
-                assert!(
-                    (alone[0] - logit).abs() < 1e-5,
-                    "{text}: {alone:?} vs {logit}"
-                );
-            }
-        }
+        scores_as_alone(&texts, 1);
+        scores_as_alone(&texts, 2);
         // PPO's value model: the same backbone with a zero head scores every text 0.
         let value = model.with_head(HeadInit::Zero);
         assert_eq!(
