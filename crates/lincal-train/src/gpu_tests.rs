@@ -4,11 +4,11 @@
 
 use crate::config::{Precision, RewardModelConfig, SftConfig};
 use crate::data::{RewardExample, SftExample};
-use crate::reward_model::RewardModelTrainer;
+use crate::reward_model::{HeadInit, RewardModel, RewardModelTrainer};
 use crate::run::RunOptions;
 use crate::sft::SftTrainer;
 use crate::testutil::{quick_training, tiny_model_dir};
-use lincal_model::{CausalLm, ModelConfig};
+use lincal_model::{CausalLm, ModelConfig, Tokenizer};
 use tch::{Device, Kind};
 
 #[test]
@@ -103,6 +103,44 @@ fn bf16_sft_and_reward_model_train_on_the_gpu() {
             .1
             < 5e-3
     );
+}
+
+/// Reward-model scoring with texts that begin alike sharing rows (segment masks through the
+/// GPU's attention kernels) gives each text the logit it has alone, and the CPU's in f32.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn shared_prefix_scoring_equals_scoring_alone_on_the_gpu() {
+    let backbone = lincal_model::testing::random_model(lincal_model::testing::tiny_llama(false), 9);
+    let model = RewardModel::new(backbone, HeadInit::Default { seed: 1 }, "tiny");
+    let dir = tempfile::tempdir().unwrap();
+    model.save(dir.path()).unwrap();
+    lincal_model::testing::write_tokenizer(dir.path(), 64);
+    let tokenizer = Tokenizer::from_dir(dir.path()).unwrap();
+    let texts: Vec<String> = [
+        "t3 t4 t5 t6 t7 t8",
+        "t3 t4 t5 t6 t9",
+        "t3 t4 t5 t6 t7 t8 t10 t11",
+        "t12 t13",
+        "t3 t4",
+    ]
+    .map(String::from)
+    .to_vec();
+    let cpu = model.score_texts(&tokenizer, &texts, 64, 0, 8).unwrap();
+    for (kind, tolerance) in [(Kind::Float, 1e-4), (Kind::BFloat16, 3e-2)] {
+        let gpu = RewardModel::load(dir.path(), Device::Cuda(0), Some(kind)).unwrap();
+        let shared = gpu.score_texts(&tokenizer, &texts, 64, 0, 8).unwrap();
+        for (i, text) in texts.iter().enumerate() {
+            let alone = gpu
+                .score_texts(&tokenizer, std::slice::from_ref(text), 64, 0, 1)
+                .unwrap()[0];
+            let (to_alone, to_cpu) = ((shared[i] - alone).abs(), (shared[i] - cpu[i]).abs());
+            eprintln!("{kind:?} {text}: |shared - alone| {to_alone}, |shared - cpu f32| {to_cpu}");
+            assert!(
+                to_alone <= tolerance && to_cpu <= tolerance,
+                "{kind:?} {text}"
+            );
+        }
+    }
 }
 
 #[test]
