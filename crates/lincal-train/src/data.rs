@@ -216,8 +216,10 @@ pub struct SharedPrefixRow {
 }
 
 /// Packs non-empty token `rows` (see [`SharedPrefixRow`]): in lexicographic order, a text
-/// joins the row before it when that makes fewer tokens than keeping it apart and the row
-/// stays within `max_len` tokens; otherwise it starts a row.
+/// joins the row before it when the row's common prefix stays at least half of its longest
+/// text, the row has fewer tokens than keeping the text apart, and it stays within `max_len`
+/// tokens; otherwise the text starts a row. (Texts that share little, such as a first BOS
+/// token, stay apart: packing them would save a token and cost a longer row's attention.)
 pub fn pack_shared_prefixes(rows: &[Vec<i64>], max_len: usize) -> Vec<SharedPrefixRow> {
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_by(|&a, &b| rows[a].cmp(&rows[b]).then(a.cmp(&b)));
@@ -235,14 +237,15 @@ pub fn pack_shared_prefixes(rows: &[Vec<i64>], max_len: usize) -> Vec<SharedPref
     for i in order {
         if let Some(&first) = members.first() {
             let shared = prefix.min(common_prefix(&rows[first], &rows[i]));
+            let apart = packed_len(&members, prefix) + rows[i].len();
             members.push(i);
             let joined = packed_len(&members, shared);
-            members.pop();
-            if joined < packed_len(&members, prefix) + rows[i].len() && joined <= max_len {
-                members.push(i);
+            let longest = members.iter().map(|&m| rows[m].len()).max().unwrap_or(0);
+            if 2 * shared >= longest && joined < apart && joined <= max_len {
                 prefix = shared;
                 continue;
             }
+            members.pop();
             packed.push(shared_prefix_row(rows, &members, prefix));
             members.clear();
         }
@@ -377,7 +380,7 @@ mod tests {
         let rows = vec![
             vec![5, 6, 7, 8],
             vec![9],
-            vec![5, 6, 7, 10, 11],
+            vec![5, 6, 7, 10],
             vec![5, 6],
             vec![5, 6, 7, 8],
             vec![1, 2, 3],
@@ -397,19 +400,19 @@ mod tests {
             vec![
                 row(&[1, 2, 3], &[0, 1, 2], &[0, 0, 0], &[(5, 2)]),
                 row(
-                    &[5, 6, 7, 8, 7, 8, 7, 10, 11],
-                    &[0, 1, 2, 3, 2, 3, 2, 3, 4],
-                    &[0, 0, 2, 2, 3, 3, 4, 4, 4],
-                    &[(3, 1), (0, 3), (4, 5), (2, 8)]
+                    &[5, 6, 7, 8, 7, 8, 7, 10],
+                    &[0, 1, 2, 3, 2, 3, 2, 3],
+                    &[0, 0, 2, 2, 3, 3, 4, 4],
+                    &[(3, 1), (0, 3), (4, 5), (2, 7)]
                 ),
                 row(&[9], &[0], &[0], &[(1, 0)]),
             ]
         );
-        // A row stops before it would pass max_len: text 2 (9 tokens joined) goes alone.
-        let packed = pack_shared_prefixes(&rows, 8);
+        // A row stops before it would pass max_len: text 2 (8 tokens joined) goes alone.
+        let packed = pack_shared_prefixes(&rows, 7);
         let lengths: Vec<usize> = packed.iter().map(|r| r.input_ids.len()).collect();
-        assert_eq!(lengths, [3, 6, 5, 1]);
-        assert_eq!(packed[2].reads, [(2, 4)]);
+        assert_eq!(lengths, [3, 6, 4, 1]);
+        assert_eq!(packed[2].reads, [(2, 3)]);
         // Batched, each read points at its row's token in the flattened batch.
         let batch = collate_shared_prefixes(&packed.iter().collect::<Vec<_>>(), 0, Device::Cpu);
         assert_eq!(batch.input_ids.size(), [4, 6]);
@@ -421,6 +424,16 @@ mod tests {
                 "text {text}"
             );
         }
+        // Texts sharing less than half their length (here a first BOS-like token) stay apart,
+        // and so does a text that would take the row's prefix below half its longest text.
+        let little = vec![vec![1, 20, 21, 22], vec![1, 30, 31, 32]];
+        assert_eq!(pack_shared_prefixes(&little, 64).len(), 2);
+        let long = vec![vec![5, 6, 7, 8], vec![5, 6, 7, 9], vec![5, 6, 10, 11, 12]];
+        let lengths: Vec<usize> = pack_shared_prefixes(&long, 64)
+            .iter()
+            .map(|r| r.input_ids.len())
+            .collect();
+        assert_eq!(lengths, [5, 5]);
     }
 
     #[test]

@@ -867,12 +867,12 @@ mod tests {
         // Texts that begin alike (as a paragraph's ForecastProbs candidates do) share rows,
         // and each still scores as it does alone.
         let texts: Vec<String> = [
+            "t3 t4 t5 t6 t7 t8",
+            "t3 t4 t5 t6 t7 t9 t10",
             "t3 t4 t5 t6",
-            "t3 t4 t5 t9 t10",
-            "t3 t4",
-            "t3 t4 t5 t6",
-            "t7",
-            "t3 t4 t8",
+            "t3 t4 t5 t6 t7 t8",
+            "t11",
+            "t3 t4 t5 t6 t12",
         ]
         .map(String::from)
         .to_vec();
