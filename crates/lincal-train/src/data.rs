@@ -100,6 +100,12 @@ pub fn pack_rows(rows: &[TokenRow], max_len: usize) -> Vec<TokenRow> {
     packed
 }
 
+/// Appends `values` and then `pad` copies of `fill` (a right-padded row of a batch).
+fn extend_padded(out: &mut Vec<i64>, values: &[i64], fill: i64, pad: usize) {
+    out.extend_from_slice(values);
+    out.extend(std::iter::repeat_n(fill, pad));
+}
+
 /// A right-padded SFT batch on a device.
 pub struct SftBatch {
     pub input_ids: Tensor,
@@ -121,18 +127,8 @@ pub fn collate_sft(rows: &[&TokenRow], pad_id: i64, device: Device) -> SftBatch 
     let mut segments = Vec::with_capacity(rows.len() * width);
     for row in rows {
         let pad = width - row.input_ids.len();
-        ids.extend(
-            row.input_ids
-                .iter()
-                .copied()
-                .chain(std::iter::repeat_n(pad_id, pad)),
-        );
-        labels.extend(
-            row.labels
-                .iter()
-                .copied()
-                .chain(std::iter::repeat_n(IGNORE_INDEX, pad)),
-        );
+        extend_padded(&mut ids, &row.input_ids, pad_id, pad);
+        extend_padded(&mut labels, &row.labels, IGNORE_INDEX, pad);
         for (segment, &start) in row.starts.iter().enumerate() {
             let end = row
                 .starts
@@ -306,24 +302,9 @@ pub fn collate_shared_prefixes(
     let (mut ids, mut positions, mut segments, mut reads) = (vec![], vec![], vec![], vec![]);
     for (b, row) in rows.iter().enumerate() {
         let pad = width - row.input_ids.len();
-        ids.extend(
-            row.input_ids
-                .iter()
-                .copied()
-                .chain(std::iter::repeat_n(pad_id, pad)),
-        );
-        positions.extend(
-            row.positions
-                .iter()
-                .copied()
-                .chain(std::iter::repeat_n(0, pad)),
-        );
-        segments.extend(
-            row.segments
-                .iter()
-                .copied()
-                .chain(std::iter::repeat_n(-1, pad)),
-        );
+        extend_padded(&mut ids, &row.input_ids, pad_id, pad);
+        extend_padded(&mut positions, &row.positions, 0, pad);
+        extend_padded(&mut segments, &row.segments, -1, pad);
         reads.extend(
             row.reads
                 .iter()
