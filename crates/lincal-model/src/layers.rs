@@ -183,7 +183,8 @@ impl LayerContext {
 /// for Llama, a fraction for GPT-NeoX), "rotate half" layout, with the tables of
 /// [`rotary_cos_sin`]. transformers computes `x·cos + cat(−x₂, x₁)·sin`; here
 /// `roll(x)·signed_sin = cat(x₂, x₁)·cat(−sin₁, sin₂)` gives the same products bit for bit
-/// (negation is exact) in one kernel fewer, which decode steps feel in every layer.
+/// (negation is exact) in one kernel fewer where `x` is contiguous, as in decode steps, which
+/// feel it in every layer (`roll` copies a strided `x` first: no saving there, no loss).
 pub fn apply_rotary(x: &Tensor, cos: &Tensor, signed_sin: &Tensor) -> Tensor {
     let rotary_dim = *cos.size().last().expect("cos has a last dim");
     let head_dim = *x.size().last().expect("x has a last dim");
@@ -380,8 +381,6 @@ mod tests {
         );
     }
 
-    /// Folding query-head groups into the query axis computes the same attention as PyTorch's
-    /// own grouped-query path, for a prefill (causal, padded) and a single decode query.
     #[test]
     fn segments_see_their_own_tokens_and_the_shared_prefix() {
         // A prefix (0), two continuations of it (1, 2) and a pad (-1).
@@ -415,6 +414,8 @@ mod tests {
         );
     }
 
+    /// Folding query-head groups into the query axis computes the same attention as PyTorch's
+    /// own grouped-query path, for a prefill (causal, padded) and a single decode query.
     #[test]
     fn grouped_attention_matches_enable_gqa() {
         let _rng = crate::lock_libtorch_rng();

@@ -214,39 +214,37 @@ pub struct SharedPrefixRow {
 /// Packs non-empty token `rows` (see [`SharedPrefixRow`]): in lexicographic order, a text
 /// joins the row before it when the row's common prefix stays at least half of its longest
 /// text, the row has fewer tokens than keeping the text apart, and it stays within `max_len`
-/// tokens; otherwise the text starts a row. (Texts that share little, such as a first BOS
-/// token, stay apart: packing them would save a token and cost a longer row's attention.)
-pub fn pack_shared_prefixes(rows: &[Vec<i64>], max_len: usize) -> Vec<SharedPrefixRow> {
+/// tokens and twice its longest text; otherwise the text starts a row. (Texts that share
+/// little, such as a first BOS token, stay apart: packing them would save a token and cost a
+/// longer row's attention; rows stay near the lengths batch sizes are planned for.)
+pub(crate) fn pack_shared_prefixes(rows: &[Vec<i64>], max_len: usize) -> Vec<SharedPrefixRow> {
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_by(|&a, &b| rows[a].cmp(&rows[b]).then(a.cmp(&b)));
-    // Tokens of a row holding `members` around a common prefix of `prefix` tokens.
-    let packed_len = |members: &[usize], prefix: usize| {
-        prefix
-            + members
-                .iter()
-                .map(|&m| rows[m].len() - prefix)
-                .sum::<usize>()
-    };
     let mut packed = Vec::new();
+    // The row being filled: its texts, their common prefix, total and longest length.
     let mut members: Vec<usize> = Vec::new();
-    let mut prefix = 0;
+    let (mut prefix, mut total, mut longest) = (0, 0, 0);
     for i in order {
+        let len = rows[i].len();
         if let Some(&first) = members.first() {
+            let n = members.len();
             let shared = prefix.min(common_prefix(&rows[first], &rows[i]));
-            let apart = packed_len(&members, prefix) + rows[i].len();
-            members.push(i);
-            let joined = packed_len(&members, shared);
-            let longest = members.iter().map(|&m| rows[m].len()).max().unwrap_or(0);
-            if 2 * shared >= longest && joined < apart && joined <= max_len {
-                prefix = shared;
+            let apart = prefix + (total - n * prefix) + len;
+            let joined = shared + (total + len - (n + 1) * shared);
+            let joined_longest = longest.max(len);
+            if 2 * shared >= joined_longest
+                && joined < apart
+                && joined <= max_len.min(2 * joined_longest)
+            {
+                members.push(i);
+                (prefix, total, longest) = (shared, total + len, joined_longest);
                 continue;
             }
-            members.pop();
             packed.push(shared_prefix_row(rows, &members, prefix));
             members.clear();
         }
         members.push(i);
-        prefix = rows[i].len();
+        (prefix, total, longest) = (len, len, len);
     }
     if !members.is_empty() {
         packed.push(shared_prefix_row(rows, &members, prefix));
@@ -293,7 +291,7 @@ pub struct SharedPrefixBatch {
     pub reads: Vec<(usize, i64)>,
 }
 
-pub fn collate_shared_prefixes(
+pub(crate) fn collate_shared_prefixes(
     rows: &[&SharedPrefixRow],
     pad_id: i64,
     device: Device,
@@ -415,6 +413,14 @@ mod tests {
             .map(|r| r.input_ids.len())
             .collect();
         assert_eq!(lengths, [5, 5]);
+        // A row stays within twice its longest text: three texts of 4 shared and 3 own
+        // tokens fill 13 of 14, a fourth would make 16.
+        let wide: Vec<Vec<i64>> = (0..4).map(|k| vec![1, 2, 3, 4, 10 + k, 20, 30]).collect();
+        let lengths: Vec<usize> = pack_shared_prefixes(&wide, 64)
+            .iter()
+            .map(|r| r.input_ids.len())
+            .collect();
+        assert_eq!(lengths, [13, 7]);
     }
 
     #[test]

@@ -132,6 +132,11 @@ fn reward_model_scores_left_padded_rows_as_transformers() {
         tch::no_grad(|| reward_model.score(&batch.input_ids, &batch.positions, &batch.mask));
     let expected = Vec::<f32>::try_from(&golden["rm_scores"]).unwrap();
     let scores = Vec::<f32>::try_from(&scores).unwrap();
+    // Scoring's own path (shared-prefix rows, right padding) gives the same scores.
+    let rows_scores = reward_model.score_rows(&rows, 1024, 0, 16).unwrap();
+    for (i, (&a, &b)) in rows_scores.iter().zip(&scores).enumerate() {
+        assert!((a - b).abs() < 1e-5, "row {i}: score_rows {a} vs score {b}");
+    }
     for (i, (&score, &expected)) in scores.iter().zip(&expected).enumerate() {
         assert!(
             close(score.into(), expected.into()),

@@ -121,10 +121,13 @@ fn shared_prefix_scoring_equals_scoring_alone_on_the_gpu() {
         "t3 t4 t5 t6 t9",
         "t3 t4 t5 t6 t7 t8 t10 t11",
         "t12 t13",
-        "t3 t4",
+        "t3 t4 t5 t6",
     ]
     .map(String::from)
     .to_vec();
+    // Four texts share a row, one of them all prefix.
+    let rows = crate::data::tokenize_reward_texts(&tokenizer, &texts, 64).unwrap();
+    assert_eq!(crate::data::pack_shared_prefixes(&rows, 64).len(), 2);
     let cpu = model.score_texts(&tokenizer, &texts, 64, 0, 8).unwrap();
     for (kind, tolerance) in [(Kind::Float, 1e-4), (Kind::BFloat16, 3e-2)] {
         let gpu = RewardModel::load(dir.path(), Device::Cuda(0), Some(kind)).unwrap();

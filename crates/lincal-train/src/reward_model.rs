@@ -292,10 +292,7 @@ impl RewardModel {
     }
 
     /// Logits of `texts`, tokenised with special tokens and truncated on the right to
-    /// `max_len` tokens, in batches of `batch_size` rows; the logits come back in the order of
-    /// `texts`. Texts that begin alike share a row, their common tokens run once
-    /// ([`pack_shared_prefixes`]: the ForecastProbs inputs of one paragraph's candidates), and
-    /// rows of like length share a batch; each text's logit is the one it has alone.
+    /// `max_len` tokens, scored by [`Self::score_rows`] in the order of `texts`.
     pub fn score_texts(
         &self,
         tokenizer: &Tokenizer,
@@ -305,6 +302,21 @@ impl RewardModel {
         batch_size: usize,
     ) -> Result<Vec<f32>> {
         let rows = tokenize_reward_texts(tokenizer, texts, max_len)?;
+        self.score_rows(&rows, max_len, pad_id, batch_size)
+    }
+
+    /// Logits of token `rows` (at most `max_len` tokens each), in batches of `batch_size`
+    /// rows, in the order of `rows`. Texts that begin alike share a row, their common tokens
+    /// run once ([`pack_shared_prefixes`]: the ForecastProbs inputs of one paragraph's
+    /// candidates), and rows of like length share a batch; each text's logit is the one it
+    /// has alone.
+    pub fn score_rows(
+        &self,
+        rows: &[Vec<i64>],
+        max_len: usize,
+        pad_id: i64,
+        batch_size: usize,
+    ) -> Result<Vec<f32>> {
         if let Some(index) = rows.iter().position(Vec::is_empty) {
             return Err(TrainError::Data {
                 set: "scored",
@@ -313,7 +325,7 @@ impl RewardModel {
                     .into(),
             });
         }
-        let mut packed = pack_shared_prefixes(&rows, max_len);
+        let mut packed = pack_shared_prefixes(rows, max_len);
         packed.sort_by_key(|row| row.input_ids.len());
         let device = self.backbone.device();
         let mut logits = vec![0.0; rows.len()];

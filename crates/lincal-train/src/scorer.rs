@@ -1,6 +1,6 @@
 //! A reward model ready to score texts: the one place that knows how a ForecastProbs or
-//! Factuality model reads its input (left padding, truncation to `max_tokens`) and turns its
-//! logit into a probability. PPO's rewards, the surrogate reader of evaluation and
+//! Factuality model reads its input (truncation to `max_tokens`, its last token) and turns
+//! its logit into a probability. PPO's rewards, the surrogate reader of evaluation and
 //! `lincal score` all score through it.
 
 use crate::error::{Result, TrainError};
@@ -19,8 +19,8 @@ pub fn sigmoid(logit: f64) -> f64 {
     1.0 / (1.0 + (-logit).exp())
 }
 
-/// The id a tokenizer pads with: its pad token, else its EOS. Rows are left-padded and the
-/// padding is masked, so only the row length matters, not which id fills it.
+/// The id a tokenizer pads with: its pad token, else its EOS. The padding of a batch's rows
+/// is masked, so only the row length matters, not which id fills it.
 pub fn padding_id(tokenizer: &Tokenizer, what: &str) -> Result<i64> {
     tokenizer
         .pad_token()
