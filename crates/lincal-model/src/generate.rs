@@ -423,7 +423,8 @@ pub fn generate_batch(
 /// captured graph, so it is rounded up, to a multiple of an eighth of the power of two at or
 /// above `written` (at least [`MIN_WINDOW_STEP`]): the cache read beyond the tokens so far is
 /// under a quarter of them past 128 slots (about an eighth on average; below, under 32 slots),
-/// at four graphs per doubling of the length. Decode steps are bound by reading the cache, so that overshoot is their cost.
+/// at four graphs per doubling of the length. Decode steps are bound by reading the cache,
+/// so that overshoot is their cost.
 pub(crate) fn window(written: i64, capacity: i64) -> i64 {
     let written = written.max(1);
     let step = ((written as u64).next_power_of_two() as i64 / 8).max(MIN_WINDOW_STEP);

@@ -203,7 +203,7 @@ pub fn collate_left_padded(rows: &[&[i64]], pad_id: i64, device: Device) -> Left
 /// and k ForecastProbs inputs of one paragraph, which differ only in their last few tokens,
 /// cost about one.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SharedPrefixRow {
+pub(crate) struct SharedPrefixRow {
     pub input_ids: Vec<i64>,
     pub positions: Vec<i64>,
     pub segments: Vec<i64>,
@@ -282,7 +282,7 @@ fn shared_prefix_row(rows: &[Vec<i64>], members: &[usize], prefix: usize) -> Sha
 }
 
 /// A batch of [`SharedPrefixRow`]s, right-padded (pads form segment -1, seen by no text).
-pub struct SharedPrefixBatch {
+pub(crate) struct SharedPrefixBatch {
     pub input_ids: Tensor,
     pub positions: Tensor,
     pub mask: Tensor,
@@ -292,7 +292,7 @@ pub struct SharedPrefixBatch {
 }
 
 pub(crate) fn collate_shared_prefixes(
-    rows: &[&SharedPrefixRow],
+    rows: &[SharedPrefixRow],
     pad_id: i64,
     device: Device,
 ) -> SharedPrefixBatch {
@@ -393,7 +393,7 @@ mod tests {
         assert_eq!(lengths, [3, 6, 4, 1]);
         assert_eq!(packed[2].reads, [(2, 3)]);
         // Batched, each read points at its row's token in the flattened batch.
-        let batch = collate_shared_prefixes(&packed.iter().collect::<Vec<_>>(), 0, Device::Cpu);
+        let batch = collate_shared_prefixes(&packed, 0, Device::Cpu);
         assert_eq!(batch.input_ids.size(), [4, 6]);
         let flat = Vec::<i64>::try_from(batch.input_ids.flatten(0, 1)).unwrap();
         for (text, at) in batch.reads {

@@ -331,8 +331,7 @@ impl RewardModel {
         let mut logits = vec![0.0; rows.len()];
         tch::no_grad(|| -> Result<()> {
             for chunk in packed.chunks(batch_size.max(1)) {
-                let batch =
-                    collate_shared_prefixes(&chunk.iter().collect::<Vec<_>>(), pad_id, device);
+                let batch = collate_shared_prefixes(chunk, pad_id, device);
                 let hidden = self.backbone.forward(
                     &batch.input_ids,
                     &batch.positions,
