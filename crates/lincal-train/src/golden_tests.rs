@@ -7,7 +7,7 @@
 
 use crate::data::{IGNORE_INDEX, TokenRow, collate_left_padded, collate_sft};
 use crate::ppo::models::{Sequences, response_logprobs};
-use crate::reward_model::{HEAD_BIAS, HEAD_WEIGHT, HeadInit, RewardModel};
+use crate::reward_model::{BatchLimits, HEAD_BIAS, HEAD_WEIGHT, HeadInit, RewardModel};
 use crate::sft::causal_lm_loss_sum;
 use lincal_model::CausalLm;
 use std::collections::HashMap;
@@ -133,7 +133,9 @@ fn reward_model_scores_left_padded_rows_as_transformers() {
     let expected = Vec::<f32>::try_from(&golden["rm_scores"]).unwrap();
     let scores = Vec::<f32>::try_from(&scores).unwrap();
     // Scoring's own path (shared-prefix rows, right padding) gives the same scores.
-    let rows_scores = reward_model.score_rows(&rows, 1024, 0, 16).unwrap();
+    let rows_scores = reward_model
+        .score_rows(&rows, 1024, 0, BatchLimits::rows(16))
+        .unwrap();
     for (i, (&a, &b)) in rows_scores.iter().zip(&scores).enumerate() {
         assert!((a - b).abs() < 1e-5, "row {i}: score_rows {a} vs score {b}");
     }

@@ -4,7 +4,7 @@
 
 use crate::config::{Precision, RewardModelConfig, SftConfig};
 use crate::data::{RewardExample, SftExample};
-use crate::reward_model::{HeadInit, RewardModel, RewardModelTrainer};
+use crate::reward_model::{BatchLimits, HeadInit, RewardModel, RewardModelTrainer};
 use crate::run::RunOptions;
 use crate::sft::SftTrainer;
 use crate::testutil::{quick_training, tiny_model_dir};
@@ -128,13 +128,23 @@ fn shared_prefix_scoring_equals_scoring_alone_on_the_gpu() {
     // Four texts share a row, one of them all prefix.
     let rows = crate::data::tokenize_reward_texts(&tokenizer, &texts, 64).unwrap();
     assert_eq!(crate::data::pack_shared_prefixes(&rows, 64).len(), 2);
-    let cpu = model.score_texts(&tokenizer, &texts, 64, 0, 8).unwrap();
+    let cpu = model
+        .score_texts(&tokenizer, &texts, 64, 0, BatchLimits::rows(8))
+        .unwrap();
     for (kind, tolerance) in [(Kind::Float, 1e-4), (Kind::BFloat16, 3e-2)] {
         let gpu = RewardModel::load(dir.path(), Device::Cuda(0), Some(kind)).unwrap();
-        let shared = gpu.score_texts(&tokenizer, &texts, 64, 0, 8).unwrap();
+        let shared = gpu
+            .score_texts(&tokenizer, &texts, 64, 0, BatchLimits::rows(8))
+            .unwrap();
         for (i, text) in texts.iter().enumerate() {
             let alone = gpu
-                .score_texts(&tokenizer, std::slice::from_ref(text), 64, 0, 1)
+                .score_texts(
+                    &tokenizer,
+                    std::slice::from_ref(text),
+                    64,
+                    0,
+                    BatchLimits::rows(1),
+                )
                 .unwrap()[0];
             let (to_alone, to_cpu) = ((shared[i] - alone).abs(), (shared[i] - cpu[i]).abs());
             eprintln!("{kind:?} {text}: |shared - alone| {to_alone}, |shared - cpu f32| {to_cpu}");

@@ -45,7 +45,7 @@ pub use config::{
 };
 pub use data::{RewardExample, SftExample};
 pub use error::{Result, TrainError};
-pub use reward_model::{HeadInit, RewardModel, RewardModelTrainer};
+pub use reward_model::{BatchLimits, HeadInit, RewardModel, RewardModelTrainer};
 pub use run::RunOptions;
 pub use scorer::{Scorer, sigmoid};
 pub use sft::SftTrainer;

@@ -189,15 +189,24 @@ impl ModelShape {
         4 * self.hidden + 2 * self.attention + 3 * self.kv + 3 * self.intermediate
     }
 
-    /// Elements a layer saves for the backward pass, per token (attention through fused
-    /// kernels keeps no score matrix), plus LoRA's dropped-out adapter inputs.
-    fn saved_elements(&self, lora: bool) -> u64 {
+    /// Bytes a layer saves for the backward pass, per token, with `b`-byte activations
+    /// (attention through fused kernels keeps no score matrix); LoRA adds the adapters'
+    /// dropped-out inputs, in the adapters' f32.
+    fn saved_bytes(&self, lora: bool, b: u64) -> u64 {
         let base = 5 * self.hidden + 2 * self.attention + 2 * self.kv + 4 * self.intermediate;
-        base + if lora {
-            5 * self.hidden + self.attention + self.intermediate
-        } else {
-            0
-        }
+        base * b
+            + if lora {
+                4 * (5 * self.hidden + self.attention + self.intermediate)
+            } else {
+                0
+            }
+    }
+
+    /// Bytes per token that LoRA adds to a layer's forward pass without gradients: a
+    /// projection's input cast to the adapters' f32 (the widest is the MLP's down projection)
+    /// and its update and sum in f32.
+    fn lora_forward_bytes(&self) -> u64 {
+        4 * self.intermediate + 8 * self.hidden
     }
 
     /// Bytes per token and layer of the f32 statistics of the two norms a layer saves.
@@ -225,6 +234,9 @@ pub struct RlMemoryModel {
     pub query_len: u64,
     pub response_len: u64,
     pub extractor_new_tokens: u64,
+    /// Tokens a reward-model input is truncated to (`reward.model_max_length`): the width of
+    /// its scoring passes' masks at most.
+    pub reward_max_tokens: u64,
     /// Responses per step, and per optimizer step (micro-batches must divide it).
     pub rollouts: u64,
     pub step_batch_size: u64,
@@ -241,6 +253,10 @@ pub struct BatchPlan {
     pub micro_batch_size: usize,
     pub extractor_batch_size: usize,
     pub score_batch_size: usize,
+    /// Padded tokens per reward-model pass: its inputs (a prompt around the question and
+    /// response, shared-prefix rows) are longer than the policy sequences the rows are
+    /// counted in.
+    pub score_batch_tokens: usize,
     pub free_bytes: u64,
     /// Weights, optimizer state and the reserve.
     pub fixed_bytes: u64,
@@ -252,7 +268,7 @@ impl std::fmt::Display for BatchPlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "generation {}, forward {}, micro {}, extractor {}, score {} \
+            "generation {}, forward {}, micro {}, extractor {}, score {} (at most {} tokens) \
              ({:.1} GiB free, {:.1} GiB for weights, optimizer state and reserve, \
              {:.1} GiB a phase)",
             self.generation_batch_size,
@@ -260,6 +276,7 @@ impl std::fmt::Display for BatchPlan {
             self.micro_batch_size,
             self.extractor_batch_size,
             self.score_batch_size,
+            self.score_batch_tokens,
             self.free_bytes as f64 / GIB,
             self.fixed_bytes as f64 / GIB,
             self.phase_bytes as f64 / GIB,
@@ -275,6 +292,9 @@ const PHASE_SHARE: f64 = 0.85;
 /// f32 bytes per vocabulary entry of one sampling step: logits, scaled logits,
 /// probabilities and the sorted copy with its i64 indices.
 const SAMPLING_BYTES_PER_VOCAB: u64 = 32;
+/// Bytes per query and key of a scoring pass's mask: the boolean mask with the intermediates
+/// that build it, and the additive bias in the weights' type.
+const MASK_BYTES_PER_KEY: u64 = 8;
 
 impl RlMemoryModel {
     /// Weights of every model, and the gradients and AdamW state of the trained parameters.
@@ -318,17 +338,19 @@ impl RlMemoryModel {
     }
 
     /// Bytes per row of sampling `new_tokens` after `prompt` tokens: the key/value cache of
-    /// the whole sequence, the prompt's pass through one layer and a sampling step's logits.
-    fn generation_row(shape: &ModelShape, prompt: u64, new_tokens: u64, b: u64) -> u64 {
+    /// the whole sequence, the prompt's pass (with adapters when `lora`) and a sampling step's
+    /// logits.
+    fn generation_row(shape: &ModelShape, prompt: u64, new_tokens: u64, b: u64, lora: bool) -> u64 {
         let cache = 2 * shape.layers * shape.kv * (prompt + new_tokens) * b;
-        let prefill = prompt * (shape.forward_elements() + shape.hidden) * b;
+        let prefill = Self::forward_row(shape, prompt, b, lora);
         cache + prefill + shape.vocab * SAMPLING_BYTES_PER_VOCAB
     }
 
     /// Bytes per row of a forward pass without gradients over `tokens` tokens: one layer's
-    /// working set and the hidden states it returns.
-    fn forward_row(shape: &ModelShape, tokens: u64, b: u64) -> u64 {
-        tokens * (shape.forward_elements() + shape.hidden) * b
+    /// working set (with LoRA's when `lora`) and the hidden states it returns.
+    fn forward_row(shape: &ModelShape, tokens: u64, b: u64, lora: bool) -> u64 {
+        let lora = if lora { shape.lora_forward_bytes() } else { 0 };
+        tokens * ((shape.forward_elements() + shape.hidden) * b + lora)
     }
 
     /// Bytes per row of the update: the saved activations of the policy (and of PPO's value
@@ -338,7 +360,7 @@ impl RlMemoryModel {
         let tokens = self.query_len + self.response_len;
         let lora = self.lora_rank.is_some();
         let saved = |s: &ModelShape| {
-            s.layers * tokens * (s.saved_elements(lora) * self.dtype_bytes + s.saved_norm_bytes())
+            s.layers * tokens * (s.saved_bytes(lora, self.dtype_bytes) + s.saved_norm_bytes())
         };
         let logits = self.response_len * self.policy.vocab * (self.dtype_bytes + 16);
         let value = if self.value {
@@ -372,16 +394,21 @@ impl RlMemoryModel {
         let b = self.dtype_bytes;
         let sequence = self.query_len + self.response_len;
         let rows = |row_bytes: u64| (phase / row_bytes.max(1)).max(1);
-        let generation = Self::generation_row(&self.policy, self.query_len, self.response_len, b);
+        let lora = self.lora_rank.is_some();
+        let generation =
+            Self::generation_row(&self.policy, self.query_len, self.response_len, b, lora);
         // The reward reads prompts holding a question and the response: about a policy
         // sequence.
         let extractor = self.extractor.map_or(1, |e| {
-            Self::generation_row(&e, sequence, self.extractor_new_tokens, b)
+            Self::generation_row(&e, sequence, self.extractor_new_tokens, b, false)
         });
-        let scoring = Self::forward_row(&self.policy, sequence, b).max(Self::forward_row(
+        // The policy's and reference's log-probs, and the values (PPO's value adapters sit on
+        // the reward model), run with adapters in LoRA mode; the reward's scoring without.
+        let scoring = Self::forward_row(&self.policy, sequence, b, lora).max(Self::forward_row(
             &self.reward_model,
             sequence,
             b,
+            lora && self.value,
         ));
         Ok(BatchPlan {
             generation_batch_size: even_batches(rollouts, rows(generation)),
@@ -390,8 +417,12 @@ impl RlMemoryModel {
             extractor_batch_size: even_batches(rollouts, rows(extractor)),
             score_batch_size: even_batches(
                 rollouts,
-                rows(Self::forward_row(&self.reward_model, sequence, b)),
+                rows(Self::forward_row(&self.reward_model, sequence, b, false)),
             ),
+            score_batch_tokens: rows(
+                Self::forward_row(&self.reward_model, 1, b, false)
+                    + self.reward_max_tokens * MASK_BYTES_PER_KEY,
+            ) as usize,
             free_bytes: free,
             fixed_bytes: fixed,
             phase_bytes: phase,
@@ -470,6 +501,7 @@ mod tests {
             query_len: 6,
             response_len: 4,
             extractor_new_tokens: 5,
+            reward_max_tokens: 20,
             rollouts: 12,
             step_batch_size: 12,
             ranks: 1,
@@ -526,7 +558,7 @@ mod tests {
         );
         // Room for 2 generation rows: a rank's 3 of the 12 rollouts go in 2 batches of 2 (one
         // process would need 6 batches of 2).
-        let gen_row = RlMemoryModel::generation_row(&ranks.policy, 6, 4, 2);
+        let gen_row = RlMemoryModel::generation_row(&ranks.policy, 6, 4, 2, false);
         let free = ranks.fixed_bytes() + ((2 * gen_row) as f64 / PHASE_SHARE).ceil() as u64;
         assert_eq!(ranks.plan(free).unwrap().generation_batch_size, 2);
         // With room for everything, a rank takes its 3 rollouts at once; the optimizer step's
@@ -548,12 +580,31 @@ mod tests {
     fn per_row_costs_are_the_hand_counted_bytes() {
         let s = tiny();
         // Forward elements per token: 4·8 + 2·8 + 3·4 + 3·16 = 108; plus the hidden output 8.
-        assert_eq!(RlMemoryModel::forward_row(&s, 10, 2), 10 * 116 * 2);
+        assert_eq!(RlMemoryModel::forward_row(&s, 10, 2, false), 10 * 116 * 2);
         // Cache 2·2·4·(6+5)·2, prefill 6·116·2, sampling 10·32.
-        assert_eq!(RlMemoryModel::generation_row(&s, 6, 5, 2), 352 + 1392 + 320);
+        assert_eq!(
+            RlMemoryModel::generation_row(&s, 6, 5, 2, false),
+            352 + 1392 + 320
+        );
+        // LoRA adds per token and layer pass an f32 copy of the widest input (16) and an f32
+        // update and sum (2 · 8): 4 · 16 + 8 · 8 = 128 bytes.
+        assert_eq!(
+            RlMemoryModel::forward_row(&s, 10, 2, true),
+            10 * (116 * 2 + 128)
+        );
+        assert_eq!(
+            RlMemoryModel::generation_row(&s, 6, 5, 2, true),
+            352 + 6 * (116 * 2 + 128) + 320
+        );
         // Saved per token and layer: (5·8 + 2·8 + 2·4 + 4·16)·2 + 8·8 = 256 + 64 = 320 bytes;
         // 2 layers × 10 tokens, for policy and value; logits 4 × 10 × (2 + 16).
         assert_eq!(model().update_row(), 2 * (2 * 10 * 320) + 4 * 10 * 18);
+        // LoRA saves the adapters' dropped-out inputs in f32: 4 · (5·8 + 8 + 16) = 256 more.
+        let lora = RlMemoryModel {
+            lora_rank: Some(2),
+            ..model()
+        };
+        assert_eq!(lora.update_row(), 2 * (2 * 10 * (320 + 256)) + 4 * 10 * 18);
     }
 
     #[test]
@@ -579,9 +630,17 @@ mod tests {
             ),
             (12, 12, 12, 12)
         );
+        // A scoring pass's token costs 116 · 2 bytes of the forward pass and 20 · 8 of the
+        // mask over up to 20 keys: 135,200 / 392 = 344.9 tokens (343 if rounding took a byte).
+        assert_eq!(phase, 135_200);
+        assert!(
+            [343, 344].contains(&plan.score_batch_tokens),
+            "{}",
+            plan.score_batch_tokens
+        );
         // With room for 5 generation rows (or 4), 12 rollouts go in 3 batches of 4, and the
         // update in micro-batches of 1.
-        let gen_row = RlMemoryModel::generation_row(&m.policy, 6, 4, 2);
+        let gen_row = RlMemoryModel::generation_row(&m.policy, 6, 4, 2, false);
         let tight = m
             .plan(fixed + ((5 * gen_row) as f64 / PHASE_SHARE).ceil() as u64)
             .unwrap();

@@ -299,23 +299,22 @@ impl RewardModel {
         texts: &[String],
         max_len: usize,
         pad_id: i64,
-        batch_size: usize,
+        limits: BatchLimits,
     ) -> Result<Vec<f32>> {
         let rows = tokenize_reward_texts(tokenizer, texts, max_len)?;
-        self.score_rows(&rows, max_len, pad_id, batch_size)
+        self.score_rows(&rows, max_len, pad_id, limits)
     }
 
-    /// Logits of token `rows` (at most `max_len` tokens each), in batches of `batch_size`
-    /// rows, in the order of `rows`. Texts that begin alike share a row, their common tokens
-    /// run once ([`pack_shared_prefixes`]: the ForecastProbs inputs of one paragraph's
-    /// candidates), and rows of like length share a batch; each text's logit is the one it
-    /// has alone.
+    /// Logits of token `rows` (at most `max_len` tokens each), in batches within `limits`, in
+    /// the order of `rows`. Texts that begin alike share a row, their common tokens run once
+    /// ([`pack_shared_prefixes`]: the ForecastProbs inputs of one paragraph's candidates),
+    /// and rows of like length share a batch; each text's logit is the one it has alone.
     pub fn score_rows(
         &self,
         rows: &[Vec<i64>],
         max_len: usize,
         pad_id: i64,
-        batch_size: usize,
+        limits: BatchLimits,
     ) -> Result<Vec<f32>> {
         if let Some(index) = rows.iter().position(Vec::is_empty) {
             return Err(TrainError::Data {
@@ -327,11 +326,12 @@ impl RewardModel {
         }
         let mut packed = pack_shared_prefixes(rows, max_len);
         packed.sort_by_key(|row| row.input_ids.len());
+        let lengths: Vec<usize> = packed.iter().map(|row| row.input_ids.len()).collect();
         let device = self.backbone.device();
         let mut logits = vec![0.0; rows.len()];
         tch::no_grad(|| -> Result<()> {
-            for chunk in packed.chunks(batch_size.max(1)) {
-                let batch = collate_shared_prefixes(chunk, pad_id, device);
+            for range in limits.batches(&lengths) {
+                let batch = collate_shared_prefixes(&packed[range], pad_id, device);
                 let hidden = self.backbone.forward(
                     &batch.input_ids,
                     &batch.positions,
@@ -350,6 +350,43 @@ impl RewardModel {
             Ok(())
         })?;
         Ok(logits)
+    }
+}
+
+/// What one scoring forward pass may hold: `rows`, and `tokens` counted as the batch pads
+/// them (rows × the longest row). The token bound keeps memory in check where rows are longer
+/// than planned for, as shared-prefix rows and long reward prompts are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub rows: usize,
+    pub tokens: usize,
+}
+
+impl BatchLimits {
+    /// At most `rows` rows a batch, of any length.
+    pub fn rows(rows: usize) -> Self {
+        BatchLimits {
+            rows,
+            tokens: usize::MAX,
+        }
+    }
+
+    /// Consecutive batches of rows with these `lengths` (ascending): each as many rows as
+    /// fit both limits, and at least one (a row longer than `tokens` goes alone).
+    fn batches(&self, lengths: &[usize]) -> Vec<Range<usize>> {
+        let mut batches = Vec::new();
+        let mut start = 0;
+        for (i, &len) in lengths.iter().enumerate() {
+            let rows = i + 1 - start;
+            if rows > 1 && (rows > self.rows || rows.saturating_mul(len) > self.tokens) {
+                batches.push(start..i);
+                start = i;
+            }
+        }
+        if start < lengths.len() {
+            batches.push(start..lengths.len());
+        }
+        batches
     }
 }
 
@@ -684,7 +721,13 @@ mod tests {
             let objective = &trainer.objective;
             trainer
                 .model()
-                .score_texts(&objective.tokenizer, &texts, 64, objective.pad_id, 4)
+                .score_texts(
+                    &objective.tokenizer,
+                    &texts,
+                    64,
+                    objective.pad_id,
+                    BatchLimits::rows(4),
+                )
                 .unwrap()
         };
         let mean_cross_entropy = |scores: &[f32], labels: &mut dyn Iterator<Item = f64>| {
@@ -790,11 +833,13 @@ mod tests {
         let texts: Vec<String> = data.iter().map(|e| e.prompt.clone()).collect();
         let trained = trainer
             .model()
-            .score_texts(&tokenizer, &texts, 64, 64, 3)
+            .score_texts(&tokenizer, &texts, 64, 64, BatchLimits::rows(3))
             .unwrap();
         let reloaded = RewardModel::load(&final_dir, Device::Cpu, None).unwrap();
         assert_eq!(
-            reloaded.score_texts(&tokenizer, &texts, 64, 64, 3).unwrap(),
+            reloaded
+                .score_texts(&tokenizer, &texts, 64, 64, BatchLimits::rows(3))
+                .unwrap(),
             trained
         );
         for (logit, example) in trained.iter().zip(&data) {
@@ -815,7 +860,7 @@ mod tests {
         let reference = RewardModel::load(&final_dir, Device::Cpu, None).unwrap();
         assert_eq!(
             reference
-                .score_texts(&tokenizer, &texts, 64, 64, 3)
+                .score_texts(&tokenizer, &texts, 64, 64, BatchLimits::rows(3))
                 .unwrap(),
             trained
         );
@@ -834,7 +879,13 @@ mod tests {
         lincal_model::testing::write_tokenizer(dir.path(), 64);
         let tokenizer = Tokenizer::from_dir(dir.path()).unwrap();
         let alone = model
-            .score_texts(&tokenizer, &["t5 t6".to_string()], 64, 0, 1)
+            .score_texts(
+                &tokenizer,
+                &["t5 t6".to_string()],
+                64,
+                0,
+                BatchLimits::rows(1),
+            )
             .unwrap();
         let batched = model
             .score_texts(
@@ -842,21 +893,25 @@ mod tests {
                 &["t7 t8 t9 t10 t11".to_string(), "t5 t6".to_string()],
                 64,
                 0,
-                2,
+                BatchLimits::rows(2),
             )
             .unwrap();
         assert!(
             (alone[0] - batched[1]).abs() < 1e-5,
             "{alone:?} vs {batched:?}"
         );
-        // Each of `texts` scored in batches of `batch_size` as it is alone, in their order.
-        let scores_as_alone = |texts: &[String], batch_size: usize| {
-            let batched = model
-                .score_texts(&tokenizer, texts, 64, 0, batch_size)
-                .unwrap();
+        // Each of `texts` scored in batches within `limits` as it is alone, in their order.
+        let scores_as_alone = |texts: &[String], limits: BatchLimits| {
+            let batched = model.score_texts(&tokenizer, texts, 64, 0, limits).unwrap();
             for (text, logit) in texts.iter().zip(&batched) {
                 let alone = model
-                    .score_texts(&tokenizer, std::slice::from_ref(text), 64, 0, 1)
+                    .score_texts(
+                        &tokenizer,
+                        std::slice::from_ref(text),
+                        64,
+                        0,
+                        BatchLimits::rows(1),
+                    )
                     .unwrap();
                 assert!(
                     (alone[0] - logit).abs() < 1e-5,
@@ -874,7 +929,9 @@ mod tests {
         ]
         .map(String::from)
         .to_vec();
-        scores_as_alone(&texts, 2);
+        scores_as_alone(&texts, BatchLimits::rows(2));
+        // At most 6 padded tokens a batch: 1, 2 | 3 | 4 | 5 words.
+        scores_as_alone(&texts, BatchLimits { rows: 8, tokens: 6 });
         // Texts that begin alike (as a paragraph's ForecastProbs candidates do) share rows,
         // and each still scores as it does alone.
         let texts: Vec<String> = [
@@ -889,8 +946,8 @@ mod tests {
         .to_vec();
         let rows = crate::data::tokenize_reward_texts(&tokenizer, &texts, 64).unwrap();
         assert_eq!(pack_shared_prefixes(&rows, 64).len(), 2);
-        scores_as_alone(&texts, 1);
-        scores_as_alone(&texts, 2);
+        scores_as_alone(&texts, BatchLimits::rows(1));
+        scores_as_alone(&texts, BatchLimits::rows(2));
         // PPO's value model: the same backbone with a zero head scores every text 0.
         let value = model.with_head(HeadInit::Zero);
         assert_eq!(
@@ -900,11 +957,32 @@ mod tests {
                     &["t5 t6".to_string(), "t9".to_string()],
                     64,
                     0,
-                    2
+                    BatchLimits::rows(2)
                 )
                 .unwrap(),
             vec![0.0, 0.0]
         );
+    }
+
+    #[test]
+    fn scoring_batches_keep_within_rows_and_padded_tokens() {
+        let ranges = |limits: BatchLimits, lengths: &[usize]| limits.batches(lengths);
+        let lengths = [2, 3, 3, 5, 8, 20];
+        assert_eq!(ranges(BatchLimits::rows(4), &lengths), vec![0..4, 4..6]);
+        // 12 padded tokens a batch: 2, 3, 3 (9 padded) | 5 (with the 8: 16) | 8 | 20, alone
+        // though over the bound.
+        let limits = BatchLimits {
+            rows: 4,
+            tokens: 12,
+        };
+        assert_eq!(ranges(limits, &lengths), vec![0..3, 3..4, 4..5, 5..6]);
+        // The rows bound binds first where rows are short.
+        let limits = BatchLimits {
+            rows: 2,
+            tokens: 100,
+        };
+        assert_eq!(ranges(limits, &lengths), vec![0..2, 2..4, 4..6]);
+        assert!(ranges(limits, &[]).is_empty());
     }
 
     #[test]

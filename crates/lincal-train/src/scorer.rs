@@ -4,7 +4,7 @@
 //! `lincal score` all score through it.
 
 use crate::error::{Result, TrainError};
-use crate::reward_model::RewardModel;
+use crate::reward_model::{BatchLimits, RewardModel};
 use lincal_model::Tokenizer;
 use std::path::Path;
 use std::rc::Rc;
@@ -41,7 +41,7 @@ pub struct Scorer {
     tokenizer: Tokenizer,
     pad_id: i64,
     max_tokens: usize,
-    batch_size: usize,
+    limits: BatchLimits,
 }
 
 impl Scorer {
@@ -50,7 +50,7 @@ impl Scorer {
         model: Rc<RewardModel>,
         tokenizer: Tokenizer,
         max_tokens: usize,
-        batch_size: usize,
+        limits: BatchLimits,
         what: &str,
     ) -> Result<Self> {
         let pad_id = padding_id(&tokenizer, what)?;
@@ -59,7 +59,7 @@ impl Scorer {
             tokenizer,
             pad_id,
             max_tokens,
-            batch_size: batch_size.max(1),
+            limits,
         })
     }
 
@@ -69,7 +69,7 @@ impl Scorer {
         device: Device,
         kind: Option<Kind>,
         max_tokens: usize,
-        batch_size: usize,
+        limits: BatchLimits,
     ) -> Result<Self> {
         let model = RewardModel::load(dir, device, kind)?;
         let tokenizer = Tokenizer::from_dir(dir)?;
@@ -77,7 +77,7 @@ impl Scorer {
             Rc::new(model),
             tokenizer,
             max_tokens,
-            batch_size,
+            limits,
             &dir.display().to_string(),
         )
     }
@@ -93,7 +93,7 @@ impl Scorer {
             texts,
             self.max_tokens,
             self.pad_id,
-            self.batch_size,
+            self.limits,
         )
     }
 

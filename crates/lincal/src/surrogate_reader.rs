@@ -12,8 +12,8 @@ use lincal_data::prompts::Templates;
 use lincal_eval::readers::{ForecastInput, ItemResults, ReadInput, Reader, extract_with_model};
 use lincal_eval::{PipelineError, TeacherSettings};
 use lincal_llm::Llm;
-use lincal_train::Scorer;
 use lincal_train::scorer::DEFAULT_MAX_TOKENS;
+use lincal_train::{BatchLimits, Scorer};
 
 pub struct SurrogateReader<'a> {
     /// The ExtractAnswers model, behind the run's client (cache, batching).
@@ -51,7 +51,7 @@ impl<'a> SurrogateReader<'a> {
             device,
             Some(kind),
             DEFAULT_MAX_TOKENS,
-            batch_size,
+            BatchLimits::rows(batch_size),
         )
         .with_context(|| {
             format!(

@@ -377,7 +377,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         device,
         Some(kind),
         args.max_len,
-        args.batch_size,
+        lincal_train::BatchLimits::rows(args.batch_size),
     )?;
     let text = std::fs::read_to_string(&args.input)
         .with_context(|| format!("reading {}", args.input.display()))?;

@@ -323,7 +323,13 @@ fn the_surrogate_reader_forecasts_with_the_reward_model() {
             })
             .collect();
         let probabilities: Vec<f64> = rm
-            .score_texts(&tokenizer, &texts, 1024, 0, 16)
+            .score_texts(
+                &tokenizer,
+                &texts,
+                1024,
+                0,
+                lincal_train::BatchLimits::rows(16),
+            )
             .unwrap()
             .into_iter()
             .map(|l| lincal_train::sigmoid(f64::from(l)))

@@ -267,7 +267,15 @@ fn a_trained_reward_model_scores_texts_like_the_library() {
         .iter()
         .map(|l| l["prompt"].as_str().unwrap().to_string())
         .collect();
-    let expected = rm.score_texts(&tokenizer, &texts, 1024, pad, 16).unwrap();
+    let expected = rm
+        .score_texts(
+            &tokenizer,
+            &texts,
+            1024,
+            pad,
+            lincal_train::BatchLimits::rows(16),
+        )
+        .unwrap();
     for (line, expected) in lines.iter().zip(expected) {
         assert_eq!(line["score"].as_f64().unwrap() as f32, expected);
         let probability = line["probability"].as_f64().unwrap();

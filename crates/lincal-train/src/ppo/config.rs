@@ -3,6 +3,7 @@
 
 use crate::config::Precision;
 use crate::error::{Result, TrainError};
+use crate::reward_model::BatchLimits;
 use crate::scorer::DEFAULT_MAX_TOKENS;
 use lincal_data::parse::ExtractionParsing;
 use lincal_data::prompts::{EXTRACT_ANSWERS_MAX_TOKENS, EXTRACT_ANSWERS_TEMPERATURE};
@@ -35,6 +36,11 @@ pub struct RewardConfig {
     pub model_max_length: usize,
     /// Reward-model rows per forward pass (`eval_reward_model_per_device_batch_size`).
     pub score_batch_size: usize,
+    /// At most this many tokens per reward-model forward pass, counted as padded (rows × the
+    /// longest); no bound when unset. `auto_batch_sizes` sets it from free memory, since
+    /// reward inputs are longer than the policy's sequences.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_batch_tokens: Option<usize>,
     /// Extractor prompts per `generate` call.
     pub extractor_batch_size: usize,
     /// ExtractAnswers sampling during training: temperature 0.3 and the model's generation
@@ -89,6 +95,14 @@ impl ScoringRule {
 }
 
 impl RewardConfig {
+    /// The bounds of one reward-model forward pass.
+    pub fn score_limits(&self) -> BatchLimits {
+        BatchLimits {
+            rows: self.score_batch_size,
+            tokens: self.score_batch_tokens.unwrap_or(usize::MAX),
+        }
+    }
+
     fn reference(reward_offset: f64) -> Self {
         RewardConfig {
             reward_offset,
@@ -96,6 +110,7 @@ impl RewardConfig {
             cross_entropy_epsilon: 1e-4,
             model_max_length: DEFAULT_MAX_TOKENS,
             score_batch_size: 32,
+            score_batch_tokens: None,
             extractor_batch_size: 64,
             extractor_temperature: EXTRACT_ANSWERS_TEMPERATURE,
             extractor_top_k: 50,
@@ -350,6 +365,10 @@ impl PpoConfig {
             (
                 "reward.score_batch_size",
                 self.reward.score_batch_size as u64,
+            ),
+            (
+                "reward.score_batch_tokens",
+                self.reward.score_batch_tokens.map_or(1, |t| t as u64),
             ),
             (
                 "reward.extractor_batch_size",
@@ -654,6 +673,23 @@ mod tests {
                 "config field `reward.offset`: unknown field `offset`, expected one of \
                  `reward_offset`"
             ),
+            "{err}"
+        );
+        let tokens = set(&["reward.score_batch_tokens=4096"]).unwrap();
+        assert_eq!(
+            tokens.reward.score_limits(),
+            BatchLimits {
+                rows: 32,
+                tokens: 4096
+            }
+        );
+        let err = set(&["reward.score_batch_tokens=0"])
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("config field `reward.score_batch_tokens`"),
             "{err}"
         );
         // Snapshots are ranked by their step's evaluation: they must fall on evaluated steps,

@@ -95,6 +95,7 @@ impl PpoModelPaths {
             query_len: step.query_len as u64,
             response_len: step.response_len as u64,
             extractor_new_tokens: settings.reward.extractor_max_new_tokens.max(0) as u64,
+            reward_max_tokens: settings.reward.model_max_length as u64,
             rollouts: step.rollouts as u64,
             step_batch_size: step.step_batch_size as u64,
             ranks: step.ranks as u64,
@@ -124,6 +125,7 @@ pub(crate) fn planned_config<C: Clone>(
     *micro = plan.micro_batch_size;
     reward.extractor_batch_size = plan.extractor_batch_size;
     reward.score_batch_size = plan.score_batch_size;
+    reward.score_batch_tokens = Some(plan.score_batch_tokens);
     Ok((config, Some(plan)))
 }
 

@@ -141,7 +141,7 @@ impl DecisionReward {
             forecaster,
             forecaster_tokenizer,
             config.model_max_length,
-            config.score_batch_size,
+            config.score_limits(),
             "reward_model",
         )?;
         Ok(DecisionReward {
@@ -292,7 +292,7 @@ impl BinaryCorrectnessReward {
             model,
             tokenizer,
             config.model_max_length,
-            config.score_batch_size,
+            config.score_limits(),
             "reward_model",
         )?;
         Ok(BinaryCorrectnessReward {

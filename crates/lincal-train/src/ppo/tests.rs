@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::config::Precision;
+use crate::reward_model::BatchLimits;
 use crate::testutil::{
     TargetWordReward, assert_same_final_weights, assert_same_statistics, fixture, read_jsonl,
     saved_tensors, tiny_lora, train_records,
@@ -474,17 +475,25 @@ fn lora_mode_trains_adapters_on_shared_frozen_bases() {
     let texts = vec!["t5 t6 t7".to_string(), "t9".to_string()];
     let fresh = RewardModel::load(&fixture.paths.reward_model, Device::Cpu, None)
         .unwrap()
-        .score_texts(&tokenizer, &texts, 64, 64, 2)
+        .score_texts(&tokenizer, &texts, 64, 64, BatchLimits::rows(2))
         .unwrap();
     let shared = &value.backbone;
     assert_eq!(
         value
-            .without_adapters(|| shared.score_texts(&tokenizer, &texts, 64, 64, 2))
+            .without_adapters(|| shared.score_texts(
+                &tokenizer,
+                &texts,
+                64,
+                64,
+                BatchLimits::rows(2)
+            ))
             .unwrap(),
         fresh
     );
     assert_ne!(
-        shared.score_texts(&tokenizer, &texts, 64, 64, 2).unwrap(),
+        shared
+            .score_texts(&tokenizer, &texts, 64, 64, BatchLimits::rows(2))
+            .unwrap(),
         fresh
     );
     let summary = trainer.train(None).unwrap();
@@ -628,7 +637,7 @@ fn the_decision_reward_combines_extraction_and_forecasts() {
             })
             .collect();
         let probabilities: Vec<f64> = forecaster
-            .score_texts(&tokenizer, &texts, 1024, 64, 7)
+            .score_texts(&tokenizer, &texts, 1024, 64, BatchLimits::rows(7))
             .unwrap()
             .iter()
             .map(|&l| crate::sigmoid(f64::from(l)))
@@ -659,7 +668,7 @@ fn the_decision_reward_combines_extraction_and_forecasts() {
             .binary_correctness_model(input.question, input.paragraph, input.answer)
             .unwrap();
         let logit = forecaster
-            .score_texts(&tokenizer, &[text], 1024, 64, 1)
+            .score_texts(&tokenizer, &[text], 1024, 64, BatchLimits::rows(1))
             .unwrap()[0] as f64;
         assert_eq!(
             output.reward,
