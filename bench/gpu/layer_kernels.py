@@ -4,7 +4,7 @@
 # `cat` against a `roll` times a sine whose first half is negated. Each is timed replayed in a
 # CUDA graph (as decode steps run), with its kernel count from the profiler and how far its
 # output is from the plain form's (bf16). Training shapes also time forward plus backward.
-# usage: python3 kernels.py OUT.jsonl
+# usage: python3 layer_kernels.py OUT.jsonl
 import sys
 
 import torch
