@@ -22,6 +22,7 @@
 # Every step's peak device memory (nvidia-smi, sampled every 250 ms) goes to $OUT/memory.jsonl.
 # Needs .gpu/lincal from `cargo xtask gpu-build`, carried with the call. To compare two builds
 # in one call, LINCAL=PATH runs another binary, and BUILD=NAME adds "(NAME)" to its labels.
+# SFT_FLAGS adds flags to lincal's sft steps (e.g. "--recomputed-layers 8" for llama2-7b).
 set -uo pipefail
 export LD_LIBRARY_PATH=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib
 export PYTHONUNBUFFERED=1
@@ -57,7 +58,7 @@ for step in "$@"; do
     lincal) "$lincal" bench generate --model "$model" --label "$label" --batch 64,256 --device cuda --dtype bf16 --verify --json "$OUT/generate.jsonl" ;;
     eager) "$lincal" bench generate --model "$model" --label "$label" --batch 64,256 --device cuda --dtype bf16 --no-cuda-graph --verify --json "$OUT/generate.jsonl" ;;
     train-parity) python3 bench/gpu/train.py parity "$model" "$PWD/.gpu/tokenizer" "$lincal" "$OUT/train-parity.jsonl" ;;
-    sft) "$lincal" bench sft --model "$model" --label "$label" --batch $sft_batch --seq-len 1024 --device cuda --dtype bf16 "${sft_flags[@]}" --json "$OUT/sft.jsonl" ;;
+    sft) "$lincal" bench sft --model "$model" --label "$label" --batch $sft_batch --seq-len 1024 --device cuda --dtype bf16 "${sft_flags[@]}" ${SFT_FLAGS:-} --json "$OUT/sft.jsonl" ;;
     sft-ckpt) "$lincal" bench sft --model "$model" --label "$label" --batch $sft_batch --seq-len 1024 --device cuda --dtype bf16 "${sft_flags[@]}" --gradient-checkpointing --json "$OUT/sft.jsonl" ;;
     hf-sft) python3 bench/gpu/train.py bench "$model" $sft_batch 1024 "$OUT/sft.jsonl" "$name" $hf_precisions $hf_ckpt ;;
     hf-sft-ckpt) python3 bench/gpu/train.py bench "$model" $sft_batch 1024 "$OUT/sft.jsonl" "$name" $hf_precisions checkpointing ;;

@@ -49,12 +49,13 @@ pub struct CausalLm {
 pub struct Checkpoints {
     input_ids: Tensor,
     context: LayerContext,
-    /// The input of every decoder layer, without a graph.
+    /// The input of every recomputed decoder layer, without a graph.
     layer_inputs: Vec<Tensor>,
-    /// The last layer's output as a leaf: the loss's own backward pass stops there.
-    last: Tensor,
-    /// Layer `i` runs after reseeding libtorch's generator with `seed + i`, in both passes,
-    /// so that a recomputed layer draws the dropout masks (LoRA) of its first pass, as
+    /// The last recomputed layer's output as a leaf: the backward pass of the loss and the
+    /// kept layers stops there.
+    boundary: Tensor,
+    /// Layer `i` runs after reseeding libtorch's generator with `seed + i` (in both passes
+    /// when recomputed), so that a recomputed layer draws the dropout masks (LoRA) of its first pass, as
     /// torch's checkpointing restores the RNG state.
     seed: i64,
 }
@@ -208,23 +209,26 @@ impl CausalLm {
         mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
     ) -> Tensor {
-        let (x, _) = self.run_layers(input_ids, positions, mask, cache, |_, _| {});
+        let layers = self.decoder.num_layers();
+        let (x, _) = self.run_layers(input_ids, positions, mask, cache, layers, |_, _| {});
         self.decoder.final_norm(&x)
     }
 
-    /// Embeds `input_ids` and runs every decoder layer, calling `before_layer(index, input)`
-    /// first. Returns the last layer's output and the layers' shared context.
+    /// Embeds `input_ids` and runs the first `layers` decoder layers, calling
+    /// `before_layer(index, input)` before each. Returns the last one's output and the
+    /// layers' shared context.
     fn run_layers(
         &self,
         input_ids: &Tensor,
         positions: &Tensor,
         mask: Option<&Tensor>,
         mut cache: Option<&mut KvCache>,
+        layers: usize,
         mut before_layer: impl FnMut(usize, &Tensor),
     ) -> (Tensor, LayerContext) {
         let mut x = self.decoder.embed(input_ids);
         let context = self.decoder.layer_context(positions, mask, x.kind());
-        for index in 0..self.decoder.num_layers() {
+        for index in 0..layers {
             before_layer(index, &x);
             x = self
                 .decoder
@@ -233,51 +237,63 @@ impl CausalLm {
         (x, context)
     }
 
-    /// [`Self::forward`] (without a cache) for training with gradient checkpointing: only the
-    /// input of each decoder layer is kept, and the returned hidden states carry a graph
-    /// through the final norm alone. Back-propagate a loss computed from them with
-    /// [`Self::backward_checkpointed`], which recomputes one layer at a time.
+    /// [`Self::forward`] (without a cache) for training with gradient checkpointing: the first
+    /// `recomputed` decoder layers keep only their input and the layers above keep their
+    /// activations as a plain pass does (Megatron's recompute-num-layers; all layers when
+    /// `recomputed` is at least their number). Back-propagate a loss computed from the
+    /// returned hidden states with [`Self::backward_checkpointed`], which runs the kept layers'
+    /// backward pass and then recomputes the others one at a time.
     pub fn forward_checkpointed(
         &self,
         input_ids: &Tensor,
         positions: &Tensor,
         mask: Option<&Tensor>,
+        recomputed: usize,
     ) -> (Tensor, Checkpoints) {
         let seed = Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]);
-        let mut layer_inputs = Vec::with_capacity(self.decoder.num_layers());
-        let (last, context) = tch::no_grad(|| {
-            self.run_layers(input_ids, positions, mask, None, |index, x| {
+        let layers = self.decoder.num_layers();
+        let recomputed = recomputed.min(layers);
+        let mut layer_inputs = Vec::with_capacity(recomputed);
+        let (boundary, context) = tch::no_grad(|| {
+            self.run_layers(input_ids, positions, mask, None, recomputed, |index, x| {
                 seed_layer(seed, index);
                 layer_inputs.push(x.shallow_clone());
             })
         });
-        let last = last.set_requires_grad(true);
-        let hidden = self.decoder.final_norm(&last);
+        // A leaf: the kept layers' backward pass stops there and leaves its gradient.
+        let boundary = boundary.set_requires_grad(true);
+        let mut x = boundary.shallow_clone();
+        for index in recomputed..layers {
+            seed_layer(seed, index);
+            x = self.decoder.layer(index, &x, &context, None);
+        }
+        let hidden = self.decoder.final_norm(&x);
         (
             hidden,
             Checkpoints {
                 input_ids: input_ids.shallow_clone(),
                 context,
                 layer_inputs,
-                last,
+                boundary,
                 seed,
             },
         )
     }
 
     /// Back-propagates `loss`, computed from the hidden states of [`Self::forward_checkpointed`],
-    /// into every weight that requires grad: each layer is run again from its saved input, last
-    /// layer first, and its backward pass takes the gradient of the layer above.
+    /// into every weight that requires grad: through the kept layers, then each recomputed
+    /// layer is run again from its saved input, last layer first, and its backward pass takes
+    /// the gradient of the layer above.
     pub fn backward_checkpointed(&self, loss: &Tensor, checkpoints: Checkpoints) {
         let Checkpoints {
             input_ids,
             context,
             mut layer_inputs,
-            last,
+            boundary,
             seed,
         } = checkpoints;
         loss.backward();
-        let mut grad = last.grad();
+        let mut grad = boundary.grad();
         while let Some(input) = layer_inputs.pop() {
             let index = layer_inputs.len();
             let input = input.set_requires_grad(true);
@@ -429,7 +445,8 @@ mod tests {
     }
 
     /// Checkpointed training computes the gradients of the plain forward pass, for both
-    /// architectures, tied and untied embeddings, with padding.
+    /// architectures, tied and untied embeddings, with padding, whether it recomputes none,
+    /// some or all of the (two) layers.
     #[test]
     fn checkpointed_backward_gives_the_plain_gradients() {
         let (ids, positions, mask) = batch();
@@ -446,23 +463,26 @@ mod tests {
             let plain = gradients(&vars, || {
                 loss_of(&model, &model.forward(&ids, &positions, Some(&mask), None)).backward()
             });
-            let checkpointed = gradients(&vars, || {
-                let (hidden, checkpoints) =
-                    model.forward_checkpointed(&ids, &positions, Some(&mask));
-                model.backward_checkpointed(&loss_of(&model, &hidden), checkpoints);
-            });
             assert!(
                 plain
                     .iter()
                     .all(|(_, g)| g.abs().sum(Kind::Float).double_value(&[]) > 0.0),
                 "{label}: every weight gets a gradient"
             );
-            assert_close(&plain, &checkpointed);
+            for recomputed in [0, 1, 2, 3] {
+                let checkpointed = gradients(&vars, || {
+                    let (hidden, checkpoints) =
+                        model.forward_checkpointed(&ids, &positions, Some(&mask), recomputed);
+                    model.backward_checkpointed(&loss_of(&model, &hidden), checkpoints);
+                });
+                assert_close(&plain, &checkpointed);
+            }
         }
     }
 
     /// With LoRA dropout the recomputed layers draw the masks of the first pass: the gradients
-    /// are those of a plain pass that reseeds before each layer as the checkpointed one does.
+    /// are those of a plain pass that reseeds before each layer as the checkpointed one does,
+    /// whichever layers are recomputed.
     #[test]
     fn checkpointed_backward_replays_dropout_masks() {
         let lora = LoraConfig {
@@ -487,11 +507,14 @@ mod tests {
                 .for_each(|(_, v)| v.shallow_clone().copy_(&(Tensor::ones_like(v) * 0.1)))
         });
         let (ids, positions, mask) = batch();
-        tch::manual_seed(11);
-        let checkpointed = gradients(&vars, || {
-            let (hidden, checkpoints) = model.forward_checkpointed(&ids, &positions, Some(&mask));
-            model.backward_checkpointed(&loss_of(&model, &hidden), checkpoints);
-        });
+        let checkpointed = |seed: i64, recomputed: usize| {
+            tch::manual_seed(seed);
+            gradients(&vars, || {
+                let (hidden, checkpoints) =
+                    model.forward_checkpointed(&ids, &positions, Some(&mask), recomputed);
+                model.backward_checkpointed(&loss_of(&model, &hidden), checkpoints);
+            })
+        };
         tch::manual_seed(11);
         let seed = Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]);
         let reseeded = gradients(&vars, || {
@@ -505,14 +528,16 @@ mod tests {
             }
             loss_of(&model, &model.decoder.final_norm(&x)).backward();
         });
-        assert_close(&reseeded, &checkpointed);
+        for recomputed in [1, 2] {
+            assert_close(&reseeded, &checkpointed(11, recomputed));
+        }
         // A differently seeded pass draws other masks: the comparison above can fail.
-        tch::manual_seed(12);
-        let other = gradients(&vars, || {
-            let (hidden, checkpoints) = model.forward_checkpointed(&ids, &positions, Some(&mask));
-            model.backward_checkpointed(&loss_of(&model, &hidden), checkpoints);
-        });
+        let other = checkpointed(12, 2);
         let b = vars.iter().position(|(n, _)| n.contains("lora_B")).unwrap();
-        assert!(!other[b].1.allclose(&checkpointed[b].1, 1e-5, 1e-5, false));
+        assert!(
+            !other[b]
+                .1
+                .allclose(&checkpointed(11, 2)[b].1, 1e-5, 1e-5, false)
+        );
     }
 }

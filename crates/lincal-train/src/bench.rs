@@ -20,7 +20,8 @@ pub struct SftBenchSettings {
     /// Timed steps, after `warmup_steps` untimed ones.
     pub steps: usize,
     pub warmup_steps: usize,
-    pub gradient_checkpointing: bool,
+    /// Decoder layers recomputed by gradient checkpointing; `None`: no checkpointing.
+    pub recomputed: Option<usize>,
     /// f32 master weights for a low-precision model (see `Precision::master_weights`).
     pub master_weights: bool,
 }
@@ -45,7 +46,7 @@ pub fn bench_sft(model: &CausalLm, settings: &SftBenchSettings) -> Result<SftBen
         seq_len,
         steps,
         warmup_steps,
-        gradient_checkpointing,
+        recomputed,
         master_weights,
     } = *settings;
     if batch_size == 0 || steps == 0 || seq_len < 2 {
@@ -90,7 +91,7 @@ pub fn bench_sft(model: &CausalLm, settings: &SftBenchSettings) -> Result<SftBen
         }
         let _loss = backward_loss(
             model,
-            gradient_checkpointing,
+            recomputed,
             &batch.input_ids,
             &batch.positions,
             batch.mask.as_ref(),
@@ -126,7 +127,7 @@ mod tests {
             seq_len: 8,
             steps: 2,
             warmup_steps: 1,
-            gradient_checkpointing: true,
+            recomputed: Some(1),
             master_weights: true,
         };
         let result = bench_sft(&model, &settings).unwrap();

@@ -91,6 +91,12 @@ pub struct TrainingConfig {
     /// about one layer's worth for roughly a third more compute.
     #[serde(default)]
     pub gradient_checkpointing: bool,
+    /// With gradient checkpointing, recompute only the first this many decoder layers and
+    /// keep the activations of the layers above, as a plain pass does (Megatron's
+    /// `recompute_num_layers`): each kept layer saves its recomputation and costs its
+    /// activations' memory. Unset: every layer is recomputed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recomputed_layers: Option<usize>,
     /// Overrides the number of optimizer steps implied by `epochs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_steps: Option<u64>,
@@ -126,8 +132,16 @@ impl TrainingConfig {
             seed: 42,
             precision: Precision::Auto,
             gradient_checkpointing: false,
+            recomputed_layers: None,
             max_steps: None,
         }
+    }
+
+    /// The decoder layers a training pass recomputes: `None` without gradient checkpointing,
+    /// else `recomputed_layers` (every layer when unset).
+    pub fn recomputed(&self) -> Option<usize> {
+        self.gradient_checkpointing
+            .then(|| self.recomputed_layers.unwrap_or(usize::MAX))
     }
 
     /// Gradient-accumulation passes per optimizer step.
@@ -182,6 +196,13 @@ impl TrainingConfig {
             if v == 0 {
                 return Err(TrainError::config(field, "must be at least 1"));
             }
+        }
+        if self.recomputed_layers.is_some() && !self.gradient_checkpointing {
+            return Err(TrainError::config(
+                "training.recomputed_layers",
+                "applies to gradient checkpointing only; set training.gradient_checkpointing = \
+                 true, or leave recomputed_layers out",
+            ));
         }
         if !self.batch_size.is_multiple_of(self.micro_batch_size) {
             return Err(TrainError::config(
@@ -577,6 +598,19 @@ mod tests {
             config.validate().unwrap_err().to_string(),
             "config field `training.warmup_ratio`: must be in [0, 1), got 1.5"
         );
+        let mut config = SftConfig::preset("lc_sft").unwrap();
+        config.training.recomputed_layers = Some(20);
+        let error = config.validate().unwrap_err().to_string();
+        assert!(
+            error.starts_with("config field `training.recomputed_layers`: applies to gradient"),
+            "{error}"
+        );
+        assert_eq!(config.training.recomputed(), None);
+        config.training.gradient_checkpointing = true;
+        config.validate().unwrap();
+        assert_eq!(config.training.recomputed(), Some(20));
+        config.training.recomputed_layers = None;
+        assert_eq!(config.training.recomputed(), Some(usize::MAX));
     }
 
     /// NaN and infinity, from a TOML file or an override, are named as such (they read as

@@ -174,7 +174,7 @@ fn sft_throughput_of_a_smollm2_shaped_model() {
             seq_len: len,
             steps: 10,
             warmup_steps: 3,
-            gradient_checkpointing: false,
+            recomputed: None,
             master_weights: true,
         };
         let result = crate::bench::bench_sft(&model, &settings).unwrap();

@@ -398,7 +398,8 @@ struct RewardObjective {
     train: Vec<(Vec<i64>, f64)>,
     eval: Vec<(Vec<i64>, f64)>,
     eval_batch_size: usize,
-    gradient_checkpointing: bool,
+    /// Decoder layers recomputed in the backward pass (`TrainingConfig::recomputed`).
+    recomputed: Option<usize>,
 }
 
 impl RewardObjective {
@@ -423,7 +424,7 @@ impl Objective for RewardObjective {
         let (batch, labels) = self.batch(&self.train, units);
         let loss = backward_loss(
             &self.model.backbone,
-            self.gradient_checkpointing,
+            self.recomputed,
             &batch.input_ids,
             &batch.positions,
             Some(&batch.mask),
@@ -610,7 +611,7 @@ impl RewardModelTrainer {
             train: train_rows,
             eval: eval_rows,
             eval_batch_size: config.training.eval_batch_size,
-            gradient_checkpointing: config.training.gradient_checkpointing,
+            recomputed: config.training.recomputed(),
         };
         Ok(RewardModelTrainer {
             objective,

@@ -74,7 +74,8 @@ struct SftObjective {
     train: Vec<TokenRow>,
     eval: Vec<TokenRow>,
     eval_batch_size: usize,
-    gradient_checkpointing: bool,
+    /// Decoder layers recomputed in the backward pass (`TrainingConfig::recomputed`).
+    recomputed: Option<usize>,
     base_model: PathBuf,
 }
 
@@ -89,7 +90,7 @@ impl Objective for SftObjective {
         let batch = collate_sft(&rows, self.loaded.pad_id, model.device());
         let loss = backward_loss(
             model,
-            self.gradient_checkpointing,
+            self.recomputed,
             &batch.input_ids,
             &batch.positions,
             batch.mask.as_ref(),
@@ -219,7 +220,7 @@ impl SftTrainer {
             train: rows,
             eval: eval_rows,
             eval_batch_size: config.training.eval_batch_size,
-            gradient_checkpointing: config.training.gradient_checkpointing,
+            recomputed: config.training.recomputed(),
             base_model: model_dir.to_path_buf(),
         };
         Ok(SftTrainer {
@@ -385,16 +386,18 @@ mod tests {
     /// 8. The loss is averaged over the step's target tokens, so both compute the same gradient
     /// up to float rounding. Adam's first update is lr·g/(|g| + eps), a sign for tiny g, so eps
     /// is 1 here to keep rounding differences small: parameters agree within 1e-6. Gradient
-    /// checkpointing computes the same step too.
+    /// checkpointing of one or both layers computes the same step too.
     #[test]
     fn gradient_accumulation_equals_one_large_batch() {
         let model_dir = tiny_model_dir();
         let data = examples();
-        let run_step = |micro: usize, gradient_checkpointing: bool| {
+        // `recomputed`: the layers gradient checkpointing recomputes, if it is on.
+        let run_step = |micro: usize, recomputed: Option<usize>| {
             let run = tempfile::tempdir().unwrap();
             let mut config = sft_config(1e-2, 1.0, 8, micro);
             config.training.adam_epsilon = 1.0;
-            config.training.gradient_checkpointing = gradient_checkpointing;
+            config.training.gradient_checkpointing = recomputed.is_some();
+            config.training.recomputed_layers = recomputed;
             let mut trainer = SftTrainer::new(
                 model_dir.path(),
                 Device::Cpu,
@@ -408,12 +411,17 @@ mod tests {
             trainer.train(None).unwrap();
             saved_tensors(&run.path().join("final"))
         };
-        let accumulated = run_step(2, false);
-        let full = run_step(8, false);
-        let checkpointed = run_step(2, true);
+        let accumulated = run_step(2, None);
+        let full = run_step(8, None);
+        let checkpointed = run_step(2, Some(2));
+        let partly_checkpointed = run_step(2, Some(1));
         let initial = saved_tensors(model_dir.path());
         for (name, tensor) in &accumulated {
-            for (other, label) in [(&full, "one batch"), (&checkpointed, "checkpointed")] {
+            for (other, label) in [
+                (&full, "one batch"),
+                (&checkpointed, "checkpointed"),
+                (&partly_checkpointed, "one layer checkpointed"),
+            ] {
                 let diff = (tensor - &other[name]).abs().max().double_value(&[]);
                 assert!(diff < 1e-6, "{name}: {label} differs by {diff}");
             }

@@ -49,6 +49,7 @@ pub(crate) fn quick_training(
         seed: 42,
         precision: Precision::F32,
         gradient_checkpointing: false,
+        recomputed_layers: None,
         max_steps: None,
     }
 }

@@ -268,19 +268,21 @@ impl Optimizer {
 }
 
 /// Runs `model` over a batch, turns its final hidden states into a loss sum with `loss_of`
-/// and back-propagates that sum divided by `divisor`, with gradient checkpointing when
-/// `checkpointing`. Returns the loss sum, detached.
+/// and back-propagates that sum divided by `divisor`, with gradient checkpointing of the first
+/// `recomputed` layers when set ([`crate::config::TrainingConfig::recomputed`]). Returns the
+/// loss sum, detached.
 pub(crate) fn backward_loss(
     model: &CausalLm,
-    checkpointing: bool,
+    recomputed: Option<usize>,
     input_ids: &Tensor,
     positions: &Tensor,
     mask: Option<&Tensor>,
     divisor: f64,
     loss_of: impl FnOnce(&Tensor) -> Tensor,
 ) -> Tensor {
-    if checkpointing {
-        let (hidden, checkpoints) = model.forward_checkpointed(input_ids, positions, mask);
+    if let Some(recomputed) = recomputed {
+        let (hidden, checkpoints) =
+            model.forward_checkpointed(input_ids, positions, mask, recomputed);
         let loss = loss_of(&hidden);
         model.backward_checkpointed(&(&loss / divisor), checkpoints);
         loss.detach()

@@ -46,6 +46,10 @@ pub enum BenchCommand {
         /// (`training.gradient_checkpointing`).
         #[arg(long)]
         gradient_checkpointing: bool,
+        /// With --gradient-checkpointing, recompute only the first N decoder layers and keep
+        /// the activations of the rest (`training.recomputed_layers`).
+        #[arg(long, value_name = "N", requires = "gradient_checkpointing")]
+        recomputed_layers: Option<usize>,
         /// Keep weights, gradients and AdamW moments in the model's precision, with no f32
         /// master weights (`training.precision = "pure_bf16"`).
         #[arg(long)]
@@ -257,6 +261,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
             device,
             record,
             gradient_checkpointing,
+            recomputed_layers,
             no_master_weights,
         } => {
             let (device, kind) = device.resolve()?;
@@ -266,7 +271,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 seq_len,
                 steps,
                 warmup_steps: warmup,
-                gradient_checkpointing,
+                recomputed: gradient_checkpointing.then(|| recomputed_layers.unwrap_or(usize::MAX)),
                 master_weights: !no_master_weights,
             };
             let result = lincal_train::bench_sft(&model, &settings)?;
@@ -286,6 +291,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 "kind": format!("{kind:?}"),
                 "master_weights": !no_master_weights,
                 "gradient_checkpointing": gradient_checkpointing,
+                "recomputed_layers": recomputed_layers,
                 "device": format!("{device:?}"),
             }))
         }
