@@ -23,6 +23,9 @@
 # Needs .gpu/lincal from `cargo xtask gpu-build`, carried with the call. To compare two builds
 # in one call, LINCAL=PATH runs another binary, and BUILD=NAME adds "(NAME)" to its labels.
 # SFT_FLAGS adds flags to lincal's sft steps (e.g. "--recomputed-layers 8" for llama2-7b).
+# TRACE=1 traces the timed part of lincal's sft, ppo, grpo and lincal (generation, then at
+# batch 256 only) steps with PyTorch's profiler: each trace's kernels are totalled by
+# trace_summary.py into $OUT/trace_summary.jsonl and the trace is kept gzipped in $OUT.
 set -uo pipefail
 export LD_LIBRARY_PATH=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib
 export PYTHONUNBUFFERED=1
@@ -49,16 +52,19 @@ for step in "$@"; do
     *) sft_batch=16; sft_flags=(); hf_precisions=autocast-bf16,bf16; hf_ckpt=""; ppo_flags=(--warmup 1) ;;
   esac
   echo "== $step"
+  trace_file=$OUT/${step//[:]/-}${BUILD:+-$BUILD}.trace.json; trace_file=${trace_file// /_}
+  trace=(); gen_batch=64,256
+  [ -n "${TRACE:-}" ] && { trace=(--trace "$trace_file"); gen_batch=256; }
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 250 > /tmp/memory.txt 2>/dev/null &
   sampler=$!
   trap 'kill $sampler 2>/dev/null' EXIT
   # A failing step is reported and the next one runs.
   case $what in
     parity) python3 bench/gpu/parity.py "$model" "$name" "$lincal" "$OUT/parity.jsonl" ;;
-    lincal) "$lincal" bench generate --model "$model" --label "$label" --batch 64,256 --device cuda --dtype bf16 --verify --json "$OUT/generate.jsonl" ;;
+    lincal) "$lincal" bench generate --model "$model" --label "$label" --batch $gen_batch --device cuda --dtype bf16 --verify "${trace[@]}" --json "$OUT/generate.jsonl" ;;
     eager) "$lincal" bench generate --model "$model" --label "$label" --batch 64,256 --device cuda --dtype bf16 --no-cuda-graph --verify --json "$OUT/generate.jsonl" ;;
     train-parity) python3 bench/gpu/train.py parity "$model" "$PWD/.gpu/tokenizer" "$lincal" "$OUT/train-parity.jsonl" ;;
-    sft) "$lincal" bench sft --model "$model" --label "$label" --batch $sft_batch --seq-len 1024 --device cuda --dtype bf16 "${sft_flags[@]}" ${SFT_FLAGS:-} --json "$OUT/sft.jsonl" ;;
+    sft) "$lincal" bench sft --model "$model" --label "$label" --batch $sft_batch --seq-len 1024 --device cuda --dtype bf16 "${sft_flags[@]}" ${SFT_FLAGS:-} "${trace[@]}" --json "$OUT/sft.jsonl" ;;
     sft-ckpt) "$lincal" bench sft --model "$model" --label "$label" --batch $sft_batch --seq-len 1024 --device cuda --dtype bf16 "${sft_flags[@]}" --gradient-checkpointing --json "$OUT/sft.jsonl" ;;
     hf-sft) python3 bench/gpu/train.py bench "$model" $sft_batch 1024 "$OUT/sft.jsonl" "$name" $hf_precisions $hf_ckpt ;;
     hf-sft-ckpt) python3 bench/gpu/train.py bench "$model" $sft_batch 1024 "$OUT/sft.jsonl" "$name" $hf_precisions checkpointing ;;
@@ -67,11 +73,11 @@ for step in "$@"; do
       [ $what = ppo-large-batches ] && ppo_flags+=(--set generation_batch_size=512 --set forward_batch_size=64 --set micro_batch_size=16
         --set reward.extractor_batch_size=512 --set reward.score_batch_size=128)
       [ $what = ppo-auto ] && ppo_flags+=(--set auto_batch_sizes=true)
-      "$lincal" bench ppo --model "$model-ppo" --label "$label" --preset lc_ppo --device cuda "${ppo_flags[@]}" --json "$OUT/ppo.jsonl" ;;
+      "$lincal" bench ppo --model "$model-ppo" --label "$label" --preset lc_ppo --device cuda "${ppo_flags[@]}" "${trace[@]}" --json "$OUT/ppo.jsonl" ;;
     grpo|grpo-auto)
       extractor_for "$name"
       [ $what = grpo-auto ] && ppo_flags+=(--set auto_batch_sizes=true)
-      "$lincal" bench grpo --model "$model-ppo" --label "$label" --preset lc_grpo --device cuda "${ppo_flags[@]}" --json "$OUT/grpo.jsonl" ;;
+      "$lincal" bench grpo --model "$model-ppo" --label "$label" --preset lc_grpo --device cuda "${ppo_flags[@]}" "${trace[@]}" --json "$OUT/grpo.jsonl" ;;
     serve)
       "$lincal" bench serve --model "$model-ppo" --label "$label" --clients 1,16,64,256 --max-batch 256 --device cuda --dtype bf16 --json "$OUT/serve.jsonl" &&
       "$lincal" bench generate --model "$model-ppo" --label "$label" --batch 1,16,64,256 --device cuda --dtype bf16 --json "$OUT/generate.jsonl" ;;
@@ -82,6 +88,10 @@ for step in "$@"; do
     *) echo "unknown step $step" ;;
   esac || echo "step $step failed"
   kill $sampler; wait $sampler 2>/dev/null || true
+  if [ -f "$trace_file" ]; then
+    python3 bench/gpu/trace_summary.py "$trace_file" 30 "$OUT/trace_summary.jsonl"
+    gzip -f "$trace_file"
+  fi
   peak=$(sort -n /tmp/memory.txt | tail -1)
   echo "peak device memory: $peak MiB"
   echo "{\"step\": \"$step\", \"peak_device_mib\": $peak}" >> "$OUT/memory.jsonl"

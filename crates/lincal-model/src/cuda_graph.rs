@@ -69,14 +69,7 @@ pub struct CudaGraph {
 
 #[cfg(feature = "cuda")]
 fn shim_call<T>(call: impl FnOnce(*mut std::ffi::c_char, usize) -> Option<T>) -> Result<T> {
-    let mut error = [0 as std::ffi::c_char; 1024];
-    call(error.as_mut_ptr(), error.len()).ok_or_else(|| {
-        // SAFETY: the shim writes a NUL-terminated message into the buffer on failure.
-        let message = unsafe { std::ffi::CStr::from_ptr(error.as_ptr()) }
-            .to_string_lossy()
-            .into_owned();
-        ModelError::Invalid(format!("CUDA graph: {message}"))
-    })
+    crate::shim::call(call).map_err(|message| ModelError::Invalid(format!("CUDA graph: {message}")))
 }
 
 impl CudaGraph {

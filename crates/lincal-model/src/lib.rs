@@ -15,8 +15,10 @@ pub mod llama;
 pub mod lora;
 pub mod model;
 pub mod recover;
+pub mod shim;
 pub mod testing;
 pub mod tokenizer;
+pub mod trace;
 
 pub use config::{GptNeoXConfig, LlamaConfig, ModelConfig};
 pub use continuous::{DecodeSlots, Prefill};
@@ -41,6 +43,14 @@ pub fn lock_libtorch_rng() -> std::sync::MutexGuard<'static, ()> {
     LIBTORCH_RNG
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Waits for the work queued on `device` (a GPU's; the CPU runs it as it is called), so that
+/// wall-clock times and traces cover it.
+pub fn synchronize(device: tch::Device) {
+    if let tch::Device::Cuda(index) = device {
+        tch::Cuda::synchronize(index as i64);
+    }
 }
 
 /// The best device here: the first CUDA GPU when there is one.

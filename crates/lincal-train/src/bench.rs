@@ -8,8 +8,10 @@ use crate::sft::labelled_loss_sum;
 use crate::train_loop::backward_loss;
 use crate::training_run::synchronize;
 use lincal_model::CausalLm;
+use lincal_model::trace::Trace;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// What `bench_sft` runs.
@@ -24,6 +26,8 @@ pub struct SftBenchSettings {
     pub recomputed: Option<usize>,
     /// f32 master weights for a low-precision model (see `Precision::master_weights`).
     pub master_weights: bool,
+    /// Writes a profiler trace of the timed steps here ([`lincal_model::trace`]).
+    pub trace: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -48,6 +52,7 @@ pub fn bench_sft(model: &CausalLm, settings: &SftBenchSettings) -> Result<SftBen
         warmup_steps,
         recomputed,
         master_weights,
+        ref trace,
     } = *settings;
     if batch_size == 0 || steps == 0 || seq_len < 2 {
         return Err(TrainError::config(
@@ -84,9 +89,13 @@ pub fn bench_sft(model: &CausalLm, settings: &SftBenchSettings) -> Result<SftBen
         master_weights,
     );
     let mut started = Instant::now();
+    let mut recording = None;
     for step in 0..warmup_steps + steps {
         if step == warmup_steps {
             synchronize(model.device());
+            if let Some(path) = trace {
+                recording = Some(Trace::start(path, model.device())?);
+            }
             started = Instant::now();
         }
         let _loss = backward_loss(
@@ -103,6 +112,9 @@ pub fn bench_sft(model: &CausalLm, settings: &SftBenchSettings) -> Result<SftBen
     }
     synchronize(model.device());
     let seconds = started.elapsed().as_secs_f64();
+    if let Some(recording) = recording {
+        recording.finish()?;
+    }
     let tokens_per_step = batch_size * seq_len;
     Ok(SftBench {
         tokens_per_second: (tokens_per_step * steps) as f64 / seconds,
@@ -119,6 +131,7 @@ mod tests {
 
     #[test]
     fn bench_runs_training_steps_and_counts_tokens() {
+        let dir = tempfile::tempdir().unwrap();
         let model =
             lincal_model::testing::random_model(lincal_model::testing::tiny_llama(false), 1);
         let before = model.var_store().variables()["lm_head.weight"].copy();
@@ -129,12 +142,33 @@ mod tests {
             warmup_steps: 1,
             recomputed: Some(1),
             master_weights: true,
+            trace: Some(dir.path().join("trace.json")),
         };
         let result = bench_sft(&model, &settings).unwrap();
         assert_eq!((result.tokens_per_step, result.steps), (16, 2));
         assert!(result.tokens_per_second > 0.0);
         // Three AdamW steps moved the weights.
         assert!(!model.var_store().variables()["lm_head.weight"].equal(&before));
+        // The trace holds the timed steps only, not the warm-up step: two timed steps make
+        // twice the fused AdamW calls of one.
+        let traced_updates = |settings: &SftBenchSettings| {
+            bench_sft(&model, settings).unwrap();
+            let path = settings.trace.as_ref().unwrap();
+            let trace: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+            trace["traceEvents"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|event| event["name"] == "aten::_fused_adamw_")
+                .count()
+        };
+        let one_step = traced_updates(&SftBenchSettings {
+            steps: 1,
+            ..settings.clone()
+        });
+        assert!(one_step > 0);
+        assert_eq!(traced_updates(&settings), 2 * one_step);
         let err = bench_sft(
             &model,
             &SftBenchSettings {

@@ -176,6 +176,7 @@ fn sft_throughput_of_a_smollm2_shaped_model() {
             warmup_steps: 3,
             recomputed: None,
             master_weights: true,
+            trace: None,
         };
         let result = crate::bench::bench_sft(&model, &settings).unwrap();
         eprintln!(

@@ -127,7 +127,6 @@ pub fn adamw_step(
     let mut step = Tensor::from(state.step as f32).to_device(param.device());
     let mut grad = grad.shallow_clone();
     let weight_decay = if decay { config.weight_decay } else { 0.0 };
-    let mut error = [0 as std::ffi::c_char; 1024];
     let pointer = |t: &mut Tensor| t.as_mut_ptr().cast::<std::ffi::c_void>();
     let (mut p, mut g, mut m, mut v, mut s) = (
         pointer(param),
@@ -138,31 +137,27 @@ pub fn adamw_step(
     );
     // SAFETY: each pointer is a live tch tensor (a torch::Tensor*) for the call's duration;
     // the shim reads them, updates the tensors in place and reports failures in the buffer.
-    let failed = tch::no_grad(|| unsafe {
-        ffi::lincal_fused_adamw(
-            &mut p,
-            &mut g,
-            &mut m,
-            &mut v,
-            &mut s,
-            1,
-            lr,
-            config.beta1,
-            config.beta2,
-            weight_decay,
-            config.eps,
-            error.as_mut_ptr(),
-            error.len(),
-        )
-    }) != 0;
-    if failed {
-        // SAFETY: the shim wrote a NUL-terminated message.
-        let message = unsafe { std::ffi::CStr::from_ptr(error.as_ptr()) }.to_string_lossy();
-        return Err(TrainError::Torch(tch::TchError::Torch(format!(
-            "fused AdamW: {message}"
-        ))));
-    }
-    Ok(())
+    lincal_model::shim::call(|error, capacity| {
+        let failed = tch::no_grad(|| unsafe {
+            ffi::lincal_fused_adamw(
+                &mut p,
+                &mut g,
+                &mut m,
+                &mut v,
+                &mut s,
+                1,
+                lr,
+                config.beta1,
+                config.beta2,
+                weight_decay,
+                config.eps,
+                error,
+                capacity,
+            )
+        }) != 0;
+        (!failed).then_some(())
+    })
+    .map_err(|message| TrainError::Torch(tch::TchError::Torch(format!("fused AdamW: {message}"))))
 }
 
 /// One AdamW update in place, in the operation order of `torch.optim.AdamW`'s single-tensor

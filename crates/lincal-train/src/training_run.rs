@@ -12,7 +12,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lincal_data::artifact::Manifest;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tch::Device;
 
 /// What a training method does at each step of a run; [`TrainingRun::train`] does the rest.
 pub(crate) trait RunSteps {
@@ -363,9 +362,4 @@ fn progress_bar(enabled: bool, step: u64, total_steps: u64) -> ProgressBar {
     bar
 }
 
-/// Waits for queued GPU work, so that wall-clock times measure it.
-pub(crate) fn synchronize(device: Device) {
-    if let Device::Cuda(index) = device {
-        tch::Cuda::synchronize(index as i64);
-    }
-}
+pub(crate) use lincal_model::synchronize;

@@ -1,8 +1,9 @@
 //! `lincal bench ...`: speed measurements that print numbers (never timed tests).
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use lincal_model::generate::GeneratedBatch;
+use lincal_model::trace::Trace;
 use lincal_model::{BatchRequest, CausalLm, SamplingParams, generate_batch};
 use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
@@ -42,6 +43,8 @@ pub enum BenchCommand {
         device: crate::DeviceArgs,
         #[command(flatten)]
         record: RecordArgs,
+        #[command(flatten)]
+        trace: TraceArgs,
         /// Recompute each layer's activations in the backward pass
         /// (`training.gradient_checkpointing`).
         #[arg(long)]
@@ -73,6 +76,8 @@ pub enum BenchCommand {
         device: String,
         #[command(flatten)]
         record: RecordArgs,
+        #[command(flatten)]
+        trace: TraceArgs,
     },
     /// One GRPO step at the LC geometry (64 prompts × 8 responses = 512 rollouts, 128 + 300
     /// tokens by default), timed by part like `bench ppo`, on the same models but without a
@@ -91,6 +96,8 @@ pub enum BenchCommand {
         device: String,
         #[command(flatten)]
         record: RecordArgs,
+        #[command(flatten)]
+        trace: TraceArgs,
     },
     /// `lincal serve` under load: an in-process server and, for each client count, that many
     /// concurrent streaming clients sending random prompts; prints aggregate tokens/s and the
@@ -146,6 +153,8 @@ pub enum BenchCommand {
         device: crate::DeviceArgs,
         #[command(flatten)]
         record: RecordArgs,
+        #[command(flatten)]
+        trace: TraceArgs,
         /// Decode eagerly instead of replaying CUDA graphs (for comparison).
         #[arg(long)]
         no_cuda_graph: bool,
@@ -260,6 +269,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
             warmup,
             device,
             record,
+            trace,
             gradient_checkpointing,
             recomputed_layers,
             no_master_weights,
@@ -273,6 +283,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 warmup_steps: warmup,
                 recomputed: gradient_checkpointing.then(|| recomputed_layers.unwrap_or(usize::MAX)),
                 master_weights: !no_master_weights,
+                trace: trace.path,
             };
             let result = lincal_train::bench_sft(&model, &settings)?;
             println!(
@@ -301,6 +312,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
             warmup,
             device,
             record,
+            trace,
         } => {
             let config = config.resolve(lincal_train::ppo::PpoConfig::preset, |c, scale| {
                 c.scaled(scale)
@@ -311,7 +323,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 models.extractor.as_deref(),
                 device,
                 &config,
-                warmup,
+                (warmup, trace.path.as_deref()),
             )?;
             let batches = serde_json::json!({
                 "generation_batch_size": config.generation_batch_size,
@@ -334,6 +346,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
             warmup,
             device,
             record,
+            trace,
         } => {
             let config = config.resolve(lincal_train::grpo::GrpoConfig::preset, |c, scale| {
                 c.scaled(scale)
@@ -344,7 +357,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 models.extractor.as_deref(),
                 device,
                 &config,
-                warmup,
+                (warmup, trace.path.as_deref()),
             )?;
             let batches = serde_json::json!({
                 "prompts_per_step": config.prompts_per_step,
@@ -374,9 +387,13 @@ pub fn run(command: BenchCommand) -> Result<()> {
             stop,
             device,
             record,
+            trace,
             no_cuda_graph,
             verify,
         } => {
+            if trace.path.is_some() && batch.len() > 1 {
+                bail!("--trace records one timed run: give one --batch size");
+            }
             let (device, kind) = device.resolve()?;
             let tokenizer = (!stop.is_empty())
                 .then(|| {
@@ -437,6 +454,11 @@ pub fn run(command: BenchCommand) -> Result<()> {
             for &size in &batch {
                 let batch_prompts = prompts(size);
                 let seeds: Vec<u64> = (0..size as u64).collect();
+                let recording = trace
+                    .path
+                    .as_deref()
+                    .map(|path| Trace::start(path, device))
+                    .transpose()?;
                 let started = Instant::now();
                 let request = BatchRequest {
                     stop_tokenizer: tokenizer.as_ref(),
@@ -444,6 +466,9 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 };
                 let out = generate_batch(&model, &request, None)?;
                 let seconds = started.elapsed().as_secs_f64();
+                if let Some(recording) = recording {
+                    recording.finish()?;
+                }
                 let generated: i64 = out.lengths.iter().sum();
                 let rate = generated as f64 / seconds;
                 // Identical digests show two runs sampled identical tokens; different ones are not
@@ -530,6 +555,16 @@ pub struct RecordArgs {
     /// Name recorded with each measurement (e.g. the model shape).
     #[arg(long, default_value = "")]
     label: String,
+}
+
+/// A profiler trace of a benchmark's timed part.
+#[derive(clap::Args, Debug)]
+pub struct TraceArgs {
+    /// Write a Chrome trace of the timed part here (PyTorch's profiler: every operator, and
+    /// on a GPU every kernel with its time; `bench/gpu/trace_summary.py` totals them). Times
+    /// measured while tracing include the profiler's own overhead.
+    #[arg(long = "trace", value_name = "FILE")]
+    path: Option<PathBuf>,
 }
 
 impl RecordArgs {

@@ -206,7 +206,8 @@ fn bench_logits_writes_the_forward_pass_logits() {
 
 /// `bench generate` counts the tokens rows produced: all of them without a stop string, one
 /// or a few with a stop string every word holds ("t": the tiny tokenizer's words are t0..t63);
-/// it records its sampling settings, and refuses --stop without a tokenizer.
+/// it records its sampling settings, traces its timed run with --trace, and refuses --stop
+/// without a tokenizer and --trace over several batch sizes.
 #[test]
 fn bench_generate_counts_tokens_and_honours_stop_strings() {
     let dir = tempfile::tempdir().unwrap();
@@ -235,8 +236,15 @@ fn bench_generate_counts_tokens_and_honours_stop_strings() {
         args.extend(extra);
         succeeds(&args);
     };
-    run(&[]);
+    let trace = dir.path().join("trace.json");
+    run(&["--trace", trace.to_str().unwrap()]);
     run(&["--top-p", "0.9", "--top-k", "5", "--stop", "t"]);
+    let trace: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+    let ops = trace["traceEvents"].as_array().unwrap();
+    assert!(
+        ops.iter().any(|op| op["name"] == "aten::linear"),
+        "the model's forward passes are in the trace"
+    );
     let records = read_jsonl(&json);
     let generated = |r: &serde_json::Value| {
         r["tokens_per_s"].as_f64().unwrap() * r["seconds"].as_f64().unwrap()
@@ -267,6 +275,13 @@ fn bench_generate_counts_tokens_and_honours_stop_strings() {
             "cpu",
         ],
         "--stop needs the tokenizer of",
+    );
+    fails(
+        &[
+            "bench", "generate", "--model", &model_dir, "--batch", "1,2", "--trace", "t.json",
+            "--device", "cpu",
+        ],
+        "--trace records one timed run: give one --batch size",
     );
 }
 

@@ -14,13 +14,14 @@ use tch::Device;
 /// Runs `warmup_steps + 1` steps of `prompts_per_step` random prompts of exactly `query_len`
 /// tokens, each answered `group_size` times to exactly `response_len` tokens (EOS does not end
 /// a response), on models made from `model_dir` and `extractor` (see
-/// [`crate::ppo::bench_ppo`]; no value model), and times the last step.
+/// [`crate::ppo::bench_ppo`]; no value model), and times the last step (traced into `trace`
+/// when given).
 pub fn bench_grpo(
     model_dir: &Path,
     extractor: Option<&Path>,
     device: Device,
     config: &GrpoConfig,
-    warmup_steps: usize,
+    (warmup_steps, trace): (usize, Option<&Path>),
 ) -> Result<RlStepBench> {
     config.validate()?;
     let paths = bench_paths(model_dir, extractor, config.rl_type)?;
@@ -43,7 +44,7 @@ pub fn bench_grpo(
     let mut learner = GrpoLearner::new(config, models, Ranks::single(device));
     let parameters = learner.num_parameters();
     let bench = time_rl_steps(
-        warmup_steps,
+        (warmup_steps, trace),
         device,
         (config.query_len, parameters),
         |step| learner.step(reward.as_mut(), &inputs, step),

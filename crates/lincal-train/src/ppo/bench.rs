@@ -13,6 +13,7 @@ use crate::error::{Result, TrainError};
 use crate::memory::BatchPlan;
 use crate::reward_model::{HeadInit, RewardModel};
 use crate::training_run::synchronize;
+use lincal_model::trace::Trace;
 use lincal_model::{CausalLm, Tokenizer};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -62,13 +63,13 @@ pub fn bench_ppo(
     extractor: Option<&Path>,
     device: Device,
     config: &PpoConfig,
-    warmup_steps: usize,
+    (warmup_steps, trace): (usize, Option<&Path>),
 ) -> Result<RlStepBench> {
     let paths = bench_paths(model_dir, extractor, config.rl_type)?;
     let (config, batch_plan) = &config.planned(&paths, device, 1)?;
     let kind_of = |device| config.precision.kind(device);
     let (models, mut reward) = bench_models(&paths, device, &config.model_settings(&kind_of))?;
-    let bench = bench_ppo_step(models, reward.as_mut(), config, warmup_steps)?;
+    let bench = bench_ppo_step(models, reward.as_mut(), config, (warmup_steps, trace))?;
     Ok(RlStepBench {
         batch_plan: batch_plan.clone(),
         ..bench
@@ -171,13 +172,14 @@ pub(crate) fn bench_inputs(prompts: &[Vec<i64>]) -> Vec<RolloutPrompt<'_>> {
 /// Runs `warmup_steps + 1` PPO steps of `config.rollout_batch_size` random prompts of exactly
 /// `config.query_len` tokens, every response sampled to exactly `config.response_len` tokens
 /// (EOS does not end it), on `models` (whose weights it trains: use throwaway ones) with
-/// `reward`, and times the last step. Memory is bounded by `generation_batch_size`,
-/// `forward_batch_size`, `micro_batch_size` and the reward's batch sizes.
+/// `reward`, and times the last step (traced into `trace` when given). Memory is bounded by
+/// `generation_batch_size`, `forward_batch_size`, `micro_batch_size` and the reward's batch
+/// sizes.
 pub fn bench_ppo_step(
     mut models: PpoModels,
     reward: &mut dyn Reward,
     config: &PpoConfig,
-    warmup_steps: usize,
+    (warmup_steps, trace): (usize, Option<&Path>),
 ) -> Result<RlStepBench> {
     config.validate()?;
     models.eos_ids.clear();
@@ -192,7 +194,7 @@ pub fn bench_ppo_step(
     let mut learner = Learner::new(config, models, Ranks::single(device));
     let parameters = learner.params.num_parameters();
     time_rl_steps(
-        warmup_steps,
+        (warmup_steps, trace),
         device,
         (config.query_len, parameters),
         |step| learner.step(reward, &inputs, step),
@@ -212,10 +214,11 @@ pub(crate) struct TimedStep<'a> {
 }
 
 /// Runs `warmup_steps + 1` steps with `step` (given the completed steps) and times the last,
-/// by part; the first step's `kl` and `approx_kl` are reported too. `(query_len, parameters)`:
-/// the prompts' length and the trained parameters, for the record.
+/// by part, with a profiler trace of it written to `trace` when given; the first step's `kl`
+/// and `approx_kl` are reported too. `(query_len, parameters)`: the prompts' length and the
+/// trained parameters, for the record.
 pub(crate) fn time_rl_steps<O>(
-    warmup_steps: usize,
+    (warmup_steps, trace): (usize, Option<&Path>),
     device: Device,
     (query_len, parameters): (usize, i64),
     mut step: impl FnMut(u64) -> Result<O>,
@@ -225,13 +228,22 @@ pub(crate) fn time_rl_steps<O>(
     let mut first_step = (f64::NAN, f64::NAN);
     for done in 0..=warmup_steps as u64 {
         synchronize(device);
+        let recording = match trace {
+            Some(path) if done == warmup_steps as u64 => Some(Trace::start(path, device)?),
+            _ => None,
+        };
         let started = Instant::now();
         let outcome = step(done)?;
+        synchronize(device);
+        let seconds = started.elapsed().as_secs_f64();
+        if let Some(recording) = recording {
+            recording.finish()?;
+        }
         if done == 0 {
             let metrics = view(&outcome).metrics;
             first_step = (metric(metrics, "kl"), metric(metrics, "approx_kl"));
         }
-        timed = Some((outcome, started.elapsed().as_secs_f64()));
+        timed = Some((outcome, seconds));
     }
     let (outcome, total_seconds) = timed.expect("at least one step ran");
     let outcome = view(&outcome);

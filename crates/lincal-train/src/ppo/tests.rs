@@ -790,7 +790,7 @@ fn bench_times_one_step_at_the_given_geometry() {
     config.query_len = 5;
     config.response_len = 3;
     config.lora = Some(tiny_lora());
-    let result = bench_ppo(&fixture.paths.policy, None, Device::Cpu, &config, 1).unwrap();
+    let result = bench_ppo(&fixture.paths.policy, None, Device::Cpu, &config, (1, None)).unwrap();
     assert_eq!(
         (result.rollouts, result.query_len, result.response_len),
         (4, 5, 3)
@@ -837,7 +837,7 @@ fn bench_times_one_step_at_the_given_geometry() {
         None,
         Device::Cpu,
         &config,
-        0,
+        (0, None),
     )
     .err()
     .unwrap()
@@ -927,7 +927,7 @@ fn ppo_step_time_of_a_smollm2_shaped_model() {
         ppo.reward.clone(),
     )
     .unwrap();
-    let result = bench_ppo_step(models, &mut reward, &ppo, 1).unwrap();
+    let result = bench_ppo_step(models, &mut reward, &ppo, (1, None)).unwrap();
     eprintln!(
         "bench ppo smollm2-135m bf16: {}",
         serde_json::to_string(&result).unwrap()
