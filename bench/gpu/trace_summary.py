@@ -1,8 +1,9 @@
 # Where the time of a traced benchmark went (`lincal bench sft|generate|ppo|grpo --trace FILE`):
 # GPU kernels totalled by name and by kind (matrix products, attention, normalisation,
 # element-wise, reductions, copies, communication), with the share of the traced span the
-# device was busy; on a CPU trace, the operators' own time instead. Prints a table and, with
-# OUT.jsonl, appends one JSON line per row.
+# device was busy; on a CPU trace, the operators' inclusive time instead (an operator's time
+# holds the operators it calls, so those rows overlap). Prints a table and, with OUT.jsonl,
+# appends one JSON line per row.
 # usage: python3 trace_summary.py TRACE.json [TOP] [OUT.jsonl]
 import collections
 import json
@@ -33,6 +34,8 @@ def main(path, top=25, out=None):
     timed = [e for e in events if e.get("ph") == "X" and "dur" in e]
     kernels = [e for e in timed if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
     rows = kernels or [e for e in timed if e.get("cat") == "cpu_op"]
+    if not rows:
+        sys.exit(f"{path}: no kernel or operator events to total")
     what = "kernel" if kernels else "cpu operator (inclusive)"
     span = (max(e["ts"] + e["dur"] for e in timed) - min(e["ts"] for e in timed)) / 1e3
     by_name = collections.defaultdict(lambda: [0.0, 0])
@@ -42,6 +45,9 @@ def main(path, top=25, out=None):
     busy = sum(ms for ms, _ in by_name.values())
     records = []
     print(f"{path}: {len(rows)} {what} events, {busy:.1f} ms of them in a {span:.1f} ms span")
+    if kernels:
+        print(f"  the device was busy {100 * busy / span:.1f}% of the span")
+        records.append({"trace": path, "busy_ms": busy, "span_ms": span})
     if kernels:
         by_kind = collections.Counter()
         for name, (ms, _) in by_name.items():

@@ -3,19 +3,16 @@
 
 #[path = "../../build/libtorch.rs"]
 mod libtorch;
-
-use std::path::{Path, PathBuf};
+#[path = "../../build/shim.rs"]
+mod shim;
 
 fn main() {
     libtorch::link();
-    let libtorch = libtorch::libtorch_dir()
-        .expect("LIBTORCH must point at the torch package (see .cargo/config.toml)");
-    compile_shim(&libtorch, "trace", None);
-    println!("cargo:rustc-link-lib=dylib=torch_cpu");
-    println!("cargo:rustc-link-lib=dylib=c10");
+    shim::compile("trace", None);
     #[cfg(feature = "cuda")]
     {
         // The CUDA runtime headers come with the nvidia-cuda-runtime wheel beside torch.
+        let libtorch = libtorch::libtorch_dir().expect("LIBTORCH is set");
         let cuda_include = std::fs::read_dir(libtorch.join("../nvidia"))
             .into_iter()
             .flatten()
@@ -26,31 +23,8 @@ fn main() {
                 "cuda_runtime_api.h not found under LIBTORCH/../nvidia/*/include: \
                  run `cargo xtask setup`",
             );
-        compile_shim(&libtorch, "cuda_graph", Some(cuda_include));
+        shim::compile("cuda_graph", Some(cuda_include));
         println!("cargo:rustc-link-lib=dylib=torch_cuda");
         println!("cargo:rustc-link-lib=dylib=c10_cuda");
     }
-}
-
-/// Compiles `csrc/{name}.cpp` against libtorch's headers into `liblincal_{name}`.
-fn compile_shim(libtorch: &Path, name: &str, extra_include: Option<PathBuf>) {
-    let source = format!("csrc/{name}.cpp");
-    println!("cargo:rerun-if-changed={source}");
-    let mut build = cc::Build::new();
-    build
-        .cpp(true)
-        .std("c++17")
-        .file(&source)
-        .include(libtorch.join("include"))
-        .include(libtorch.join("include/torch/csrc/api/include"))
-        .define("_GLIBCXX_USE_CXX11_ABI", "1")
-        .flag("-w");
-    if let Some(dir) = extra_include {
-        build.include(dir);
-    }
-    build.compile(&format!("lincal_{name}"));
-    println!(
-        "cargo:rustc-link-search=native={}",
-        libtorch.join("lib").display()
-    );
 }

@@ -51,8 +51,8 @@ pub struct Checkpoints {
     context: LayerContext,
     /// The input of every recomputed decoder layer, without a graph.
     layer_inputs: Vec<Tensor>,
-    /// The last recomputed layer's output as a leaf: the backward pass of the loss and the
-    /// kept layers stops there.
+    /// The last recomputed layer's output (the embeddings' when none is) as a leaf: the
+    /// backward pass of the loss and the kept layers stops there.
     boundary: Tensor,
     /// Layer `i` runs after reseeding libtorch's generator with `seed + i` (in both passes
     /// when recomputed), so that a recomputed layer draws the dropout masks (LoRA) of its first pass, as
@@ -473,6 +473,8 @@ mod tests {
                 let checkpointed = gradients(&vars, || {
                     let (hidden, checkpoints) =
                         model.forward_checkpointed(&ids, &positions, Some(&mask), recomputed);
+                    // Only the recomputed layers keep their input.
+                    assert_eq!(checkpoints.layer_inputs.len(), recomputed.min(2));
                     model.backward_checkpointed(&loss_of(&model, &hidden), checkpoints);
                 });
                 assert_close(&plain, &checkpointed);
@@ -528,7 +530,7 @@ mod tests {
             }
             loss_of(&model, &model.decoder.final_norm(&x)).backward();
         });
-        for recomputed in [1, 2] {
+        for recomputed in [0, 1, 2] {
             assert_close(&reseeded, &checkpointed(11, recomputed));
         }
         // A differently seeded pass draws other masks: the comparison above can fail.

@@ -1,19 +1,22 @@
 //! Chrome traces from PyTorch's profiler (Kineto) around a benchmark's timed part: every
-//! operator the thread runs and, on a GPU, every kernel with its device time (kernels replayed
-//! from CUDA graphs included). Open one in Perfetto or `chrome://tracing`, or total its
-//! kernels by name with `bench/gpu/trace_summary.py`. Recording slows the host side, so
-//! times measured while tracing are the profiler's, not the benchmark's.
+//! operator the thread runs and, on a GPU, every kernel with its device time (whether kernels
+//! replayed from CUDA graphs appear one by one has not yet been seen on a GPU). Open one in
+//! Perfetto or `chrome://tracing`, or total its kernels by name with
+//! `bench/gpu/trace_summary.py`. Recording slows the host side, so times measured while
+//! tracing are the profiler's, not the benchmark's.
 
 use crate::error::{ModelError, Result};
 use crate::fsutil::write_file_atomic;
 use crate::shim;
 use std::ffi::{CString, c_char, c_int};
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tch::Device;
 
-/// Whether a trace records: libtorch keeps one profiler state per process, and enabling it
-/// again would silently restart the recording.
+/// Whether a trace records. libtorch does not refuse a second start (seen on the CPU), and its
+/// profiler state belongs to the thread that started it, so lincal allows one trace at a
+/// time in the process and keeps each on its thread.
 static RECORDING: AtomicBool = AtomicBool::new(false);
 
 mod ffi {
@@ -25,17 +28,26 @@ mod ffi {
     }
 }
 
-/// A profiler recording; [`Trace::finish`] writes it, dropping it discards it.
+/// A profiler recording; [`Trace::finish`] writes it, dropping it discards it. It stays on
+/// the thread that started it (it is not `Send`), where libtorch's profiler state is.
 pub struct Trace {
     path: PathBuf,
     device: Device,
     recording: bool,
+    thread_bound: PhantomData<*const ()>,
 }
 
 impl Trace {
     /// Starts recording what runs on `device` (its kernels too when it is a GPU), to be
-    /// written to `path`. One trace records at a time in a process.
+    /// written to `path`, whose directory must exist and take files (checked now, so that a
+    /// bad path fails before the work it would trace). One trace records at a time in a
+    /// process.
     pub fn start(path: &Path, device: Device) -> Result<Trace> {
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        tempfile::tempfile_in(dir).map_err(|e| ModelError::io(path, e))?;
         if RECORDING.swap(true, Ordering::SeqCst) {
             return Err(ModelError::Invalid(
                 "starting the profiler: another trace is recording in this process".into(),
@@ -54,6 +66,7 @@ impl Trace {
             path: path.to_path_buf(),
             device,
             recording: true,
+            thread_bound: PhantomData,
         })
     }
 
@@ -127,6 +140,14 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         // A dropped trace stops recording: the next one starts.
         drop(Trace::start(&path, Device::Cpu).unwrap());
+        Trace::start(&path, Device::Cpu).unwrap().finish().unwrap();
+        // A trace that could not be written fails at its start, naming the path.
+        let missing = dir.path().join("no/such/dir/trace.json");
+        let error = Trace::start(&missing, Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.starts_with(&missing.display().to_string()), "{error}");
         Trace::start(&path, Device::Cpu).unwrap().finish().unwrap();
     }
 }

@@ -1,13 +1,12 @@
 // PyTorch's fused AdamW kernel (torch.optim.AdamW(fused=True)), which tch does not bind:
 // one pass over parameters, gradients and both moments, on the CPU or a GPU, instead of
-// about ten element-wise kernels each reading and writing whole buffers. C++ exceptions are
-// caught and their text returned, since an exception must not unwind into Rust.
+// about ten element-wise kernels each reading and writing whole buffers.
 
 #include <ATen/ATen.h>
 
-#include <cstdio>
-#include <exception>
 #include <vector>
+
+#include "shim.h"
 
 extern "C" {
 
@@ -17,7 +16,7 @@ extern "C" {
 int lincal_fused_adamw(void** params, void** grads, void** exp_avgs, void** exp_avg_sqs,
                        void** steps, size_t count, double lr, double beta1, double beta2,
                        double weight_decay, double eps, char* error, size_t capacity) {
-  try {
+  return lincal_shim_try(error, capacity, [&] {
     auto list = [count](void** tensors) {
       std::vector<at::Tensor> out;
       out.reserve(count);
@@ -27,11 +26,7 @@ int lincal_fused_adamw(void** params, void** grads, void** exp_avgs, void** exp_
     at::_fused_adamw_(list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), {},
                       list(steps), lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false,
                       /*maximize=*/false);
-    return 0;
-  } catch (const std::exception& e) {
-    std::snprintf(error, capacity, "%s", e.what());
-    return 1;
-  }
+  });
 }
 
 }  // extern "C"

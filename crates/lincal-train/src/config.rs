@@ -102,6 +102,45 @@ pub struct TrainingConfig {
     pub max_steps: Option<u64>,
 }
 
+/// A count that must be at least 1.
+pub(crate) fn at_least_one(field: &str, v: u64) -> Result<()> {
+    if v >= 1 {
+        Ok(())
+    } else {
+        Err(TrainError::config(field, "must be at least 1"))
+    }
+}
+
+/// A finite number above 0.
+pub(crate) fn positive(field: &str, v: f64) -> Result<()> {
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err(TrainError::config(
+            field,
+            format!("must be a positive number, got {v}"),
+        ))
+    }
+}
+
+/// A finite number of at least 0.
+pub(crate) fn non_negative(field: &str, v: f64) -> Result<()> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(())
+    } else {
+        Err(TrainError::config(
+            field,
+            format!("must be a number >= 0, got {v}"),
+        ))
+    }
+}
+
+/// The decoder layers a training pass recomputes: `None` without gradient checkpointing,
+/// else `layers` (every layer when unset).
+pub fn recomputed_layers(gradient_checkpointing: bool, layers: Option<usize>) -> Option<usize> {
+    gradient_checkpointing.then(|| layers.unwrap_or(usize::MAX))
+}
+
 impl TrainingConfig {
     /// The settings common to the reference's SFT and reward-model scripts.
     fn reference(
@@ -137,11 +176,9 @@ impl TrainingConfig {
         }
     }
 
-    /// The decoder layers a training pass recomputes: `None` without gradient checkpointing,
-    /// else `recomputed_layers` (every layer when unset).
+    /// The decoder layers a training pass recomputes ([`recomputed_layers`]).
     pub fn recomputed(&self) -> Option<usize> {
-        self.gradient_checkpointing
-            .then(|| self.recomputed_layers.unwrap_or(usize::MAX))
+        recomputed_layers(self.gradient_checkpointing, self.recomputed_layers)
     }
 
     /// Gradient-accumulation passes per optimizer step.
@@ -174,16 +211,6 @@ impl TrainingConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        let positive = |field: &str, v: f64| {
-            if v.is_finite() && v > 0.0 {
-                Ok(())
-            } else {
-                Err(TrainError::config(
-                    field,
-                    format!("must be a positive number, got {v}"),
-                ))
-            }
-        };
         positive("training.learning_rate", self.learning_rate)?;
         positive("training.epochs", self.epochs)?;
         positive("training.adam_epsilon", self.adam_epsilon)?;
@@ -193,9 +220,7 @@ impl TrainingConfig {
             ("training.eval_batch_size", self.eval_batch_size),
             ("training.keep_checkpoints", self.keep_checkpoints),
         ] {
-            if v == 0 {
-                return Err(TrainError::config(field, "must be at least 1"));
-            }
+            at_least_one(field, v as u64)?;
         }
         if self.recomputed_layers.is_some() && !self.gradient_checkpointing {
             return Err(TrainError::config(
@@ -239,17 +264,8 @@ impl TrainingConfig {
                 ));
             }
         }
-        for (field, v) in [
-            ("training.weight_decay", self.weight_decay),
-            ("training.max_grad_norm", self.max_grad_norm),
-        ] {
-            if !(v.is_finite() && v >= 0.0) {
-                return Err(TrainError::config(
-                    field,
-                    format!("must be a number >= 0, got {v}"),
-                ));
-            }
-        }
+        non_negative("training.weight_decay", self.weight_decay)?;
+        non_negative("training.max_grad_norm", self.max_grad_norm)?;
         Ok(())
     }
 }

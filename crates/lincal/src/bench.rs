@@ -323,7 +323,10 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 models.extractor.as_deref(),
                 device,
                 &config,
-                (warmup, trace.path.as_deref()),
+                lincal_train::ppo::RlBenchSteps {
+                    warmup_steps: warmup,
+                    trace: trace.path.as_deref(),
+                },
             )?;
             let batches = serde_json::json!({
                 "generation_batch_size": config.generation_batch_size,
@@ -357,7 +360,10 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 models.extractor.as_deref(),
                 device,
                 &config,
-                (warmup, trace.path.as_deref()),
+                lincal_train::ppo::RlBenchSteps {
+                    warmup_steps: warmup,
+                    trace: trace.path.as_deref(),
+                },
             )?;
             let batches = serde_json::json!({
                 "prompts_per_step": config.prompts_per_step,

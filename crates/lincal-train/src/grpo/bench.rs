@@ -5,23 +5,24 @@
 use super::{GrpoConfig, GrpoLearner};
 use crate::error::Result;
 use crate::ppo::bench::{
-    RlStepBench, TimedStep, bench_inputs, bench_models, bench_paths, random_prompts, time_rl_steps,
+    RlBenchSteps, RlStepBench, TimedStep, bench_inputs, bench_models, bench_paths, random_prompts,
+    time_rl_steps,
 };
 use crate::ppo::ranks::Ranks;
 use std::path::Path;
 use tch::Device;
 
-/// Runs `warmup_steps + 1` steps of `prompts_per_step` random prompts of exactly `query_len`
-/// tokens, each answered `group_size` times to exactly `response_len` tokens (EOS does not end
-/// a response), on models made from `model_dir` and `extractor` (see
-/// [`crate::ppo::bench_ppo`]; no value model), and times the last step (traced into `trace`
-/// when given).
+/// Runs `steps.warmup_steps + 1` steps of `prompts_per_step` random prompts of exactly
+/// `query_len` tokens, each answered `group_size` times to exactly `response_len` tokens (EOS
+/// does not end a response), on models made from `model_dir` and `extractor` (see
+/// [`crate::ppo::bench_ppo`]; no value model), and times the last step (traced when
+/// `steps.trace` names a file).
 pub fn bench_grpo(
     model_dir: &Path,
     extractor: Option<&Path>,
     device: Device,
     config: &GrpoConfig,
-    (warmup_steps, trace): (usize, Option<&Path>),
+    steps: RlBenchSteps<'_>,
 ) -> Result<RlStepBench> {
     config.validate()?;
     let paths = bench_paths(model_dir, extractor, config.rl_type)?;
@@ -44,7 +45,7 @@ pub fn bench_grpo(
     let mut learner = GrpoLearner::new(config, models, Ranks::single(device));
     let parameters = learner.num_parameters();
     let bench = time_rl_steps(
-        (warmup_steps, trace),
+        steps,
         device,
         (config.query_len, parameters),
         |step| learner.step(reward.as_mut(), &inputs, step),

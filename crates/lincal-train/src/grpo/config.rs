@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::advantages::GroupBaseline;
 use super::loss::LossAggregation;
-use crate::config::Precision;
+use crate::config::{Precision, at_least_one};
 use crate::error::{Result, TrainError};
 use crate::memory::BatchPlan;
 use crate::ppo::PpoModelPaths;
@@ -266,10 +266,9 @@ impl GrpoConfig {
             ("save_every", self.save_every),
             ("keep_checkpoints", self.keep_checkpoints as u64),
         ] {
-            if value == 0 {
-                return Err(TrainError::config(field, "must be at least 1"));
-            }
+            at_least_one(field, value)?;
         }
+        self.reward.validate()?;
         if self.group_size < 2 {
             return Err(TrainError::config(
                 "group_size",

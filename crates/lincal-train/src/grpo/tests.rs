@@ -284,6 +284,14 @@ fn bad_settings_are_named() {
     bad.step_batch_size = 5;
     let err = bad.validate().unwrap_err().to_string();
     assert!(err.contains("must divide the 16 responses"), "{err}");
+    // The reward's settings are checked as PPO's are.
+    let mut bad = config();
+    bad.reward.score_batch_tokens = Some(0);
+    let err = bad.validate().unwrap_err().to_string();
+    assert!(
+        err.starts_with("config field `reward.score_batch_tokens`: must be at least 1"),
+        "{err}"
+    );
     assert!(GrpoConfig::preset("lc_ppo").is_err());
     let lc = GrpoConfig::preset("lc_grpo").unwrap();
     assert_eq!(

@@ -63,13 +63,13 @@ pub fn bench_ppo(
     extractor: Option<&Path>,
     device: Device,
     config: &PpoConfig,
-    (warmup_steps, trace): (usize, Option<&Path>),
+    steps: RlBenchSteps<'_>,
 ) -> Result<RlStepBench> {
     let paths = bench_paths(model_dir, extractor, config.rl_type)?;
     let (config, batch_plan) = &config.planned(&paths, device, 1)?;
     let kind_of = |device| config.precision.kind(device);
     let (models, mut reward) = bench_models(&paths, device, &config.model_settings(&kind_of))?;
-    let bench = bench_ppo_step(models, reward.as_mut(), config, (warmup_steps, trace))?;
+    let bench = bench_ppo_step(models, reward.as_mut(), config, steps)?;
     Ok(RlStepBench {
         batch_plan: batch_plan.clone(),
         ..bench
@@ -169,17 +169,17 @@ pub(crate) fn bench_inputs(prompts: &[Vec<i64>]) -> Vec<RolloutPrompt<'_>> {
         .collect()
 }
 
-/// Runs `warmup_steps + 1` PPO steps of `config.rollout_batch_size` random prompts of exactly
-/// `config.query_len` tokens, every response sampled to exactly `config.response_len` tokens
-/// (EOS does not end it), on `models` (whose weights it trains: use throwaway ones) with
-/// `reward`, and times the last step (traced into `trace` when given). Memory is bounded by
-/// `generation_batch_size`, `forward_batch_size`, `micro_batch_size` and the reward's batch
-/// sizes.
+/// Runs `steps.warmup_steps + 1` PPO steps of `config.rollout_batch_size` random prompts of
+/// exactly `config.query_len` tokens, every response sampled to exactly `config.response_len`
+/// tokens (EOS does not end it), on `models` (whose weights it trains: use throwaway ones)
+/// with `reward`, and times the last step (traced when `steps.trace` names a file). Memory is
+/// bounded by `generation_batch_size`, `forward_batch_size`, `micro_batch_size` and the
+/// reward's batch sizes.
 pub fn bench_ppo_step(
     mut models: PpoModels,
     reward: &mut dyn Reward,
     config: &PpoConfig,
-    (warmup_steps, trace): (usize, Option<&Path>),
+    steps: RlBenchSteps<'_>,
 ) -> Result<RlStepBench> {
     config.validate()?;
     models.eos_ids.clear();
@@ -194,7 +194,7 @@ pub fn bench_ppo_step(
     let mut learner = Learner::new(config, models, Ranks::single(device));
     let parameters = learner.params.num_parameters();
     time_rl_steps(
-        (warmup_steps, trace),
+        steps,
         device,
         (config.query_len, parameters),
         |step| learner.step(reward, &inputs, step),
@@ -206,6 +206,14 @@ pub fn bench_ppo_step(
     )
 }
 
+/// How an RL benchmark runs: `warmup_steps` untimed steps, then one timed step, of which a
+/// profiler trace is written to `trace` when it names a file ([`lincal_model::trace`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RlBenchSteps<'a> {
+    pub warmup_steps: usize,
+    pub trace: Option<&'a Path>,
+}
+
 /// What a benchmark reads of an RL step's outcome.
 pub(crate) struct TimedStep<'a> {
     pub rollouts: &'a Rollouts,
@@ -213,12 +221,12 @@ pub(crate) struct TimedStep<'a> {
     pub update_seconds: f64,
 }
 
-/// Runs `warmup_steps + 1` steps with `step` (given the completed steps) and times the last,
-/// by part, with a profiler trace of it written to `trace` when given; the first step's `kl`
-/// and `approx_kl` are reported too. `(query_len, parameters)`: the prompts' length and the
+/// Runs `steps.warmup_steps + 1` steps with `step` (given the completed steps) and times the
+/// last, by part, with a profiler trace of it when `steps.trace` names a file; the first
+/// step's `kl` and `approx_kl` are reported too. `(query_len, parameters)`: the prompts' length and the
 /// trained parameters, for the record.
 pub(crate) fn time_rl_steps<O>(
-    (warmup_steps, trace): (usize, Option<&Path>),
+    steps: RlBenchSteps<'_>,
     device: Device,
     (query_len, parameters): (usize, i64),
     mut step: impl FnMut(u64) -> Result<O>,
@@ -226,6 +234,10 @@ pub(crate) fn time_rl_steps<O>(
 ) -> Result<RlStepBench> {
     let mut timed = None;
     let mut first_step = (f64::NAN, f64::NAN);
+    let RlBenchSteps {
+        warmup_steps,
+        trace,
+    } = steps;
     for done in 0..=warmup_steps as u64 {
         synchronize(device);
         let recording = match trace {

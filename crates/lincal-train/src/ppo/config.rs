@@ -1,7 +1,7 @@
 //! The PPO config: one struct, TOML-friendly, with the presets of `lc_ppo.sh` and
 //! `factuality_ppo.sh` (SPEC 2 and 3). Every default is the reference's.
 
-use crate::config::Precision;
+use crate::config::{Precision, at_least_one, non_negative, positive};
 use crate::error::{Result, TrainError};
 use crate::reward_model::BatchLimits;
 use crate::scorer::DEFAULT_MAX_TOKENS;
@@ -95,6 +95,55 @@ impl ScoringRule {
 }
 
 impl RewardConfig {
+    /// Checks the reward's settings (errors name them as `reward.` fields).
+    pub fn validate(&self) -> Result<()> {
+        for (field, v) in [
+            ("reward.model_max_length", self.model_max_length as u64),
+            ("reward.score_batch_size", self.score_batch_size as u64),
+            (
+                "reward.score_batch_tokens",
+                self.score_batch_tokens.map_or(1, |t| t as u64),
+            ),
+            (
+                "reward.extractor_batch_size",
+                self.extractor_batch_size as u64,
+            ),
+            (
+                "reward.extractor_max_new_tokens",
+                self.extractor_max_new_tokens.max(0) as u64,
+            ),
+        ] {
+            at_least_one(field, v)?;
+        }
+        positive("reward.cross_entropy_epsilon", self.cross_entropy_epsilon)?;
+        positive("reward.extractor_temperature", self.extractor_temperature)?;
+        non_negative("reward.normalization_lambda", self.normalization_lambda)?;
+        if !self.reward_offset.is_finite() {
+            return Err(TrainError::config(
+                "reward.reward_offset",
+                format!("must be a finite number, got {}", self.reward_offset),
+            ));
+        }
+        for (field, v) in [
+            ("reward.extractor_top_p", self.extractor_top_p),
+            ("reward.extractor_eval_top_p", self.extractor_eval_top_p),
+        ] {
+            if !(v > 0.0 && v <= 1.0) {
+                return Err(TrainError::config(
+                    field,
+                    format!("must be in (0, 1], got {v}"),
+                ));
+            }
+        }
+        if self.extractor_top_k < 0 || self.extractor_eval_top_k < 0 {
+            return Err(TrainError::config(
+                "reward.extractor_top_k",
+                "must be >= 0 (0 disables top-k)",
+            ));
+        }
+        Ok(())
+    }
+
     /// The bounds of one reward-model forward pass.
     pub fn score_limits(&self) -> BatchLimits {
         BatchLimits {
@@ -334,13 +383,6 @@ impl PpoConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        let at_least_one = |field: &str, v: u64| {
-            if v >= 1 {
-                Ok(())
-            } else {
-                Err(TrainError::config(field, "must be at least 1"))
-            }
-        };
         for (field, v) in [
             ("total_steps", self.total_steps),
             ("rollout_batch_size", self.rollout_batch_size as u64),
@@ -358,29 +400,10 @@ impl PpoConfig {
                 "whiten_group_size",
                 self.whiten_group_size.map_or(1, |g| g as u64),
             ),
-            (
-                "reward.model_max_length",
-                self.reward.model_max_length as u64,
-            ),
-            (
-                "reward.score_batch_size",
-                self.reward.score_batch_size as u64,
-            ),
-            (
-                "reward.score_batch_tokens",
-                self.reward.score_batch_tokens.map_or(1, |t| t as u64),
-            ),
-            (
-                "reward.extractor_batch_size",
-                self.reward.extractor_batch_size as u64,
-            ),
-            (
-                "reward.extractor_max_new_tokens",
-                self.reward.extractor_max_new_tokens.max(0) as u64,
-            ),
         ] {
             at_least_one(field, v)?;
         }
+        self.reward.validate()?;
         if !self.rollout_batch_size.is_multiple_of(self.step_batch_size) {
             return Err(TrainError::config(
                 "rollout_batch_size",
@@ -417,38 +440,10 @@ impl PpoConfig {
                 "must be at least 1 when set",
             ));
         }
-        let positive = |field: &str, v: f64| {
-            if v.is_finite() && v > 0.0 {
-                Ok(())
-            } else {
-                Err(TrainError::config(
-                    field,
-                    format!("must be a positive number, got {v}"),
-                ))
-            }
-        };
         positive("temperature", self.temperature)?;
         positive("learning_rate", self.learning_rate)?;
         positive("adam_epsilon", self.adam_epsilon)?;
         positive("kl_target", self.kl_target)?;
-        positive(
-            "reward.cross_entropy_epsilon",
-            self.reward.cross_entropy_epsilon,
-        )?;
-        positive(
-            "reward.extractor_temperature",
-            self.reward.extractor_temperature,
-        )?;
-        let non_negative = |field: &str, v: f64| {
-            if v.is_finite() && v >= 0.0 {
-                Ok(())
-            } else {
-                Err(TrainError::config(
-                    field,
-                    format!("must be a number >= 0, got {v}"),
-                ))
-            }
-        };
         for (field, v) in [
             ("kl_coef", self.kl_coef),
             ("kl_k_beta", self.kl_k_beta),
@@ -457,28 +452,10 @@ impl PpoConfig {
             ("vf_coef", self.vf_coef),
             ("weight_decay", self.weight_decay),
             ("max_grad_norm", self.max_grad_norm),
-            (
-                "reward.normalization_lambda",
-                self.reward.normalization_lambda,
-            ),
         ] {
             non_negative(field, v)?;
         }
-        if !self.reward.reward_offset.is_finite() {
-            return Err(TrainError::config(
-                "reward.reward_offset",
-                format!("must be a finite number, got {}", self.reward.reward_offset),
-            ));
-        }
-        for (field, v) in [
-            ("gamma", self.gamma),
-            ("lam", self.lam),
-            ("reward.extractor_top_p", self.reward.extractor_top_p),
-            (
-                "reward.extractor_eval_top_p",
-                self.reward.extractor_eval_top_p,
-            ),
-        ] {
+        for (field, v) in [("gamma", self.gamma), ("lam", self.lam)] {
             if !(v > 0.0 && v <= 1.0) {
                 return Err(TrainError::config(
                     field,
@@ -496,12 +473,6 @@ impl PpoConfig {
                     format!("must be in [0, 1), got {v}"),
                 ));
             }
-        }
-        if self.reward.extractor_top_k < 0 || self.reward.extractor_eval_top_k < 0 {
-            return Err(TrainError::config(
-                "reward.extractor_top_k",
-                "must be >= 0 (0 disables top-k)",
-            ));
         }
         if self.pad_token.is_empty() {
             return Err(TrainError::config("pad_token", "must not be empty"));

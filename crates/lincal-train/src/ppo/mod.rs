@@ -52,7 +52,7 @@ pub mod rollout;
 #[cfg(test)]
 mod tests;
 
-pub use bench::{RlStepBench, bench_ppo, bench_ppo_step};
+pub use bench::{RlBenchSteps, RlStepBench, bench_ppo, bench_ppo_step};
 pub use config::{PPO_PRESETS, PpoConfig, RewardConfig, RlType, ScoringRule};
 pub use models::{PpoModelPaths, PpoModels, ValueModel};
 pub use reward::{

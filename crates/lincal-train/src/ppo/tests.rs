@@ -780,17 +780,40 @@ fn bad_settings_and_prompts_are_named() {
 }
 
 /// The PPO step benchmark makes every model of a decision-based run from one causal LM (here
-/// in LoRA mode) and times the trainer's step at the given geometry.
+/// in LoRA mode) and times the trainer's step at the given geometry, with a profiler trace of
+/// the timed step only.
 #[test]
 fn bench_times_one_step_at_the_given_geometry() {
     let fixture = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.json");
     let mut config = config(RlType::DecisionBased);
     config.rollout_batch_size = 4;
     config.step_batch_size = 4;
     config.query_len = 5;
     config.response_len = 3;
     config.lora = Some(tiny_lora());
-    let result = bench_ppo(&fixture.paths.policy, None, Device::Cpu, &config, (1, None)).unwrap();
+    // The fused AdamW calls in the trace of the timed step after `warmup_steps`.
+    let traced_updates = |warmup_steps: usize| {
+        let steps = RlBenchSteps {
+            warmup_steps,
+            trace: Some(&trace),
+        };
+        let result = bench_ppo(&fixture.paths.policy, None, Device::Cpu, &config, steps).unwrap();
+        let trace: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+        let updates = trace["traceEvents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|event| event["name"] == "aten::_fused_adamw_")
+            .count();
+        (result, updates)
+    };
+    let (_, one_step) = traced_updates(0);
+    let (result, updates) = traced_updates(1);
+    assert!(one_step > 0);
+    assert_eq!(updates, one_step, "the warm-up step is not traced");
     assert_eq!(
         (result.rollouts, result.query_len, result.response_len),
         (4, 5, 3)
@@ -837,7 +860,7 @@ fn bench_times_one_step_at_the_given_geometry() {
         None,
         Device::Cpu,
         &config,
-        (0, None),
+        RlBenchSteps::default(),
     )
     .err()
     .unwrap()
@@ -927,7 +950,11 @@ fn ppo_step_time_of_a_smollm2_shaped_model() {
         ppo.reward.clone(),
     )
     .unwrap();
-    let result = bench_ppo_step(models, &mut reward, &ppo, (1, None)).unwrap();
+    let steps = RlBenchSteps {
+        warmup_steps: 1,
+        trace: None,
+    };
+    let result = bench_ppo_step(models, &mut reward, &ppo, steps).unwrap();
     eprintln!(
         "bench ppo smollm2-135m bf16: {}",
         serde_json::to_string(&result).unwrap()
