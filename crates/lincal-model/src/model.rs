@@ -55,8 +55,8 @@ pub struct Checkpoints {
     /// backward pass of the loss and the kept layers stops there.
     boundary: Tensor,
     /// Layer `i` runs after reseeding libtorch's generator with `seed + i` (in both passes
-    /// when recomputed), so that a recomputed layer draws the dropout masks (LoRA) of its first pass, as
-    /// torch's checkpointing restores the RNG state.
+    /// when recomputed), so that a recomputed layer draws the dropout masks (LoRA) of its
+    /// first pass, as torch's checkpointing restores the RNG state.
     seed: i64,
 }
 

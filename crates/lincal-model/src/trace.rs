@@ -70,6 +70,11 @@ impl Trace {
         })
     }
 
+    /// [`Trace::start`] when `path` names a file, else no trace.
+    pub fn start_if(path: Option<&Path>, device: Device) -> Result<Option<Trace>> {
+        path.map(|path| Trace::start(path, device)).transpose()
+    }
+
     /// Waits for the device, stops recording and writes the trace (through a temporary file
     /// beside it, renamed into place).
     pub fn finish(mut self) -> Result<()> {

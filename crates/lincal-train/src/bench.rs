@@ -6,9 +6,8 @@ use crate::error::{Result, TrainError};
 use crate::optim::{AdamWConfig, TrainableParams};
 use crate::sft::labelled_loss_sum;
 use crate::train_loop::backward_loss;
-use crate::training_run::synchronize;
-use lincal_model::CausalLm;
 use lincal_model::trace::Trace;
+use lincal_model::{CausalLm, synchronize};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -93,9 +92,7 @@ pub fn bench_sft(model: &CausalLm, settings: &SftBenchSettings) -> Result<SftBen
     for step in 0..warmup_steps + steps {
         if step == warmup_steps {
             synchronize(model.device());
-            if let Some(path) = trace {
-                recording = Some(Trace::start(path, model.device())?);
-            }
+            recording = Trace::start_if(trace.as_deref(), model.device())?;
             started = Instant::now();
         }
         let _loss = backward_loss(

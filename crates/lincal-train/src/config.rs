@@ -135,6 +135,18 @@ pub(crate) fn non_negative(field: &str, v: f64) -> Result<()> {
     }
 }
 
+/// A number in (0, 1]: a fraction that cannot be nothing.
+pub(crate) fn in_unit_interval(field: &str, v: f64) -> Result<()> {
+    if v > 0.0 && v <= 1.0 {
+        Ok(())
+    } else {
+        Err(TrainError::config(
+            field,
+            format!("must be in (0, 1], got {v}"),
+        ))
+    }
+}
+
 /// The decoder layers a training pass recomputes: `None` without gradient checkpointing,
 /// else `layers` (every layer when unset).
 pub fn recomputed_layers(gradient_checkpointing: bool, layers: Option<usize>) -> Option<usize> {
@@ -191,12 +203,7 @@ impl TrainingConfig {
     /// times the steps, each of `scale` times the examples, and still evaluates and saves at
     /// the same fractions of training.
     pub fn scaled(&self, scale: f64) -> Result<Self> {
-        if !(scale > 0.0 && scale <= 1.0) {
-            return Err(TrainError::config(
-                "scale",
-                format!("must be in (0, 1], got {scale}"),
-            ));
-        }
+        in_unit_interval("scale", scale)?;
         let shrink = |n: f64| (n * scale).round().max(1.0);
         let batch = shrink(self.batch_size as f64) as usize;
         let micro = self.micro_batch_size.min(batch);

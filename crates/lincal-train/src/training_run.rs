@@ -361,5 +361,3 @@ fn progress_bar(enabled: bool, step: u64, total_steps: u64) -> ProgressBar {
     );
     bar
 }
-
-pub(crate) use lincal_model::synchronize;

@@ -281,7 +281,10 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 seq_len,
                 steps,
                 warmup_steps: warmup,
-                recomputed: gradient_checkpointing.then(|| recomputed_layers.unwrap_or(usize::MAX)),
+                recomputed: lincal_train::config::recomputed_layers(
+                    gradient_checkpointing,
+                    recomputed_layers,
+                ),
                 master_weights: !no_master_weights,
                 trace: trace.path,
             };
@@ -460,11 +463,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
             for &size in &batch {
                 let batch_prompts = prompts(size);
                 let seeds: Vec<u64> = (0..size as u64).collect();
-                let recording = trace
-                    .path
-                    .as_deref()
-                    .map(|path| Trace::start(path, device))
-                    .transpose()?;
+                let recording = Trace::start_if(trace.path.as_deref(), device)?;
                 let started = Instant::now();
                 let request = BatchRequest {
                     stop_tokenizer: tokenizer.as_ref(),
@@ -563,16 +562,6 @@ pub struct RecordArgs {
     label: String,
 }
 
-/// A profiler trace of a benchmark's timed part.
-#[derive(clap::Args, Debug)]
-pub struct TraceArgs {
-    /// Write a Chrome trace of the timed part here (PyTorch's profiler: every operator, and
-    /// on a GPU every kernel with its time; `bench/gpu/trace_summary.py` totals them). Times
-    /// measured while tracing include the profiler's own overhead.
-    #[arg(long = "trace", value_name = "FILE")]
-    path: Option<PathBuf>,
-}
-
 impl RecordArgs {
     /// Appends `measurement`, with the label as `model`, as one line of the --json file.
     fn append(&self, mut measurement: serde_json::Value) -> Result<()> {
@@ -588,6 +577,16 @@ impl RecordArgs {
             .with_context(|| format!("opening {}", path.display()))?;
         writeln!(file, "{measurement}").with_context(|| format!("writing {}", path.display()))
     }
+}
+
+/// A profiler trace of a benchmark's timed part.
+#[derive(clap::Args, Debug)]
+pub struct TraceArgs {
+    /// Write a Chrome trace of the timed part here (PyTorch's profiler: every operator, and
+    /// on a GPU every kernel with its time; `bench/gpu/trace_summary.py` totals them). Times
+    /// measured while tracing include the profiler's own overhead.
+    #[arg(long = "trace", value_name = "FILE")]
+    path: Option<PathBuf>,
 }
 
 /// The models of `bench ppo` and `bench grpo`.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::advantages::GroupBaseline;
 use super::loss::LossAggregation;
-use crate::config::{Precision, at_least_one};
+use crate::config::{Precision, at_least_one, in_unit_interval};
 use crate::error::{Result, TrainError};
 use crate::memory::BatchPlan;
 use crate::ppo::PpoModelPaths;
@@ -165,12 +165,7 @@ impl GrpoConfig {
     /// the largest whole number of micro-batches at most its scaled size that divides the
     /// responses of a step.
     pub fn scaled(&self, scale: f64) -> Result<Self> {
-        if !(0.0..=1.0).contains(&scale) || scale == 0.0 {
-            return Err(TrainError::config(
-                "scale",
-                format!("must be in (0, 1], got {scale}"),
-            ));
-        }
+        in_unit_interval("scale", scale)?;
         let shrink = |n: u64| ((n as f64 * scale).round() as u64).max(1);
         let prompts = shrink(self.prompts_per_step as u64) as usize;
         let rollouts = prompts * self.group_size;

@@ -37,7 +37,8 @@ use crate::ppo::{
     summed_kl, write_gathered_lines,
 };
 use crate::run::{RunOptions, TrainState};
-use crate::training_run::{RunSteps, StepPlan, StepRecord, TrainSummary, TrainingRun, synchronize};
+use crate::training_run::{RunSteps, StepPlan, StepRecord, TrainSummary, TrainingRun};
+use lincal_model::synchronize;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;

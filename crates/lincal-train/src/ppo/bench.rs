@@ -12,9 +12,8 @@ use super::{Learner, metric};
 use crate::error::{Result, TrainError};
 use crate::memory::BatchPlan;
 use crate::reward_model::{HeadInit, RewardModel};
-use crate::training_run::synchronize;
 use lincal_model::trace::Trace;
-use lincal_model::{CausalLm, Tokenizer};
+use lincal_model::{CausalLm, Tokenizer, synchronize};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -223,8 +222,8 @@ pub(crate) struct TimedStep<'a> {
 
 /// Runs `steps.warmup_steps + 1` steps with `step` (given the completed steps) and times the
 /// last, by part, with a profiler trace of it when `steps.trace` names a file; the first
-/// step's `kl` and `approx_kl` are reported too. `(query_len, parameters)`: the prompts' length and the
-/// trained parameters, for the record.
+/// step's `kl` and `approx_kl` are reported too. `(query_len, parameters)`: the prompts'
+/// length and the trained parameters, for the record.
 pub(crate) fn time_rl_steps<O>(
     steps: RlBenchSteps<'_>,
     device: Device,
@@ -240,10 +239,8 @@ pub(crate) fn time_rl_steps<O>(
     } = steps;
     for done in 0..=warmup_steps as u64 {
         synchronize(device);
-        let recording = match trace {
-            Some(path) if done == warmup_steps as u64 => Some(Trace::start(path, device)?),
-            _ => None,
-        };
+        let timed_step = done == warmup_steps as u64;
+        let recording = Trace::start_if(trace.filter(|_| timed_step), device)?;
         let started = Instant::now();
         let outcome = step(done)?;
         synchronize(device);

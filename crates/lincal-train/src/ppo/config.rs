@@ -1,7 +1,7 @@
 //! The PPO config: one struct, TOML-friendly, with the presets of `lc_ppo.sh` and
 //! `factuality_ppo.sh` (SPEC 2 and 3). Every default is the reference's.
 
-use crate::config::{Precision, at_least_one, non_negative, positive};
+use crate::config::{Precision, at_least_one, in_unit_interval, non_negative, positive};
 use crate::error::{Result, TrainError};
 use crate::reward_model::BatchLimits;
 use crate::scorer::DEFAULT_MAX_TOKENS;
@@ -124,17 +124,8 @@ impl RewardConfig {
                 format!("must be a finite number, got {}", self.reward_offset),
             ));
         }
-        for (field, v) in [
-            ("reward.extractor_top_p", self.extractor_top_p),
-            ("reward.extractor_eval_top_p", self.extractor_eval_top_p),
-        ] {
-            if !(v > 0.0 && v <= 1.0) {
-                return Err(TrainError::config(
-                    field,
-                    format!("must be in (0, 1], got {v}"),
-                ));
-            }
-        }
+        in_unit_interval("reward.extractor_top_p", self.extractor_top_p)?;
+        in_unit_interval("reward.extractor_eval_top_p", self.extractor_eval_top_p)?;
         if self.extractor_top_k < 0 || self.extractor_eval_top_k < 0 {
             return Err(TrainError::config(
                 "reward.extractor_top_k",
@@ -349,12 +340,7 @@ impl PpoConfig {
     /// intervals shrink by `scale` (rounded, at least 1); micro-batches shrink only as far as
     /// the batches require, and the batches are rounded down to whole micro-batches and steps.
     pub fn scaled(&self, scale: f64) -> Result<Self> {
-        if !(scale > 0.0 && scale <= 1.0) {
-            return Err(TrainError::config(
-                "scale",
-                format!("must be in (0, 1], got {scale}"),
-            ));
-        }
+        in_unit_interval("scale", scale)?;
         let shrink = |n: f64| (n * scale).round().max(1.0);
         let rollout = shrink(self.rollout_batch_size as f64) as usize;
         let step = (shrink(self.step_batch_size as f64) as usize).min(rollout);
@@ -455,14 +441,8 @@ impl PpoConfig {
         ] {
             non_negative(field, v)?;
         }
-        for (field, v) in [("gamma", self.gamma), ("lam", self.lam)] {
-            if !(v > 0.0 && v <= 1.0) {
-                return Err(TrainError::config(
-                    field,
-                    format!("must be in (0, 1], got {v}"),
-                ));
-            }
-        }
+        in_unit_interval("gamma", self.gamma)?;
+        in_unit_interval("lam", self.lam)?;
         for (field, v) in [
             ("adam_beta1", self.adam_beta1),
             ("adam_beta2", self.adam_beta2),

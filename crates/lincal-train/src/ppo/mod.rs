@@ -67,11 +67,12 @@ use crate::memory::BatchPlan;
 use crate::optim::{AdamWConfig, LrSchedule, TrainableParams};
 use crate::reward_model::RewardModel;
 use crate::run::{RunOptions, TrainState};
-use crate::training_run::{RunSteps, StepPlan, StepRecord, TrainSummary, TrainingRun, synchronize};
+use crate::training_run::{RunSteps, StepPlan, StepRecord, TrainSummary, TrainingRun};
 use advantages::{
     AdvantageInputs, AdvantageSettings, KlController, estimate_advantages, kl_penalty,
 };
 use lincal_model::CausalLm;
+use lincal_model::synchronize;
 use loss::{LossInputs, LossStats, ppo_loss};
 use models::{load_models, response_logprobs, row_index, templates};
 use rand::{RngCore, SeedableRng};

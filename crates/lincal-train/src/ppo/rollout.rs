@@ -5,10 +5,11 @@
 use super::models::{PpoModels, Sequences, response_logprobs};
 use super::reward::{Reward, RewardInput, RewardOutput, ScoreContext};
 use crate::error::{Result, TrainError};
-use crate::training_run::synchronize;
 use lincal_data::prompts::Templates;
 pub use lincal_data::schema::PpoPrompt;
-use lincal_model::{BatchRequest, FinishReason, SamplingParams, Tokenizer, generate_batch};
+use lincal_model::{
+    BatchRequest, FinishReason, SamplingParams, Tokenizer, generate_batch, synchronize,
+};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::time::Instant;
