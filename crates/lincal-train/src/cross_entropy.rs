@@ -34,27 +34,32 @@ pub fn cross_entropy_sum(hidden: &Tensor, weight: &Tensor, targets: &Tensor, row
     let (loss, grad_hidden, grad_weight) = tch::no_grad(|| {
         let mut loss = Tensor::zeros([], (Kind::Float, hidden.device()));
         let mut grad_hidden = Vec::new();
-        let mut grad_weight = weight_grad.then(|| weight.zeros_like().to_kind(Kind::Float));
+        let mut grad_weight =
+            weight_grad.then(|| Tensor::zeros(weight.size(), (Kind::Float, weight.device())));
         let (hidden, weight) = (hidden.detach(), weight.detach());
         let mut start = 0;
         while start < count {
             let len = rows.min(count - start);
             let h = hidden.narrow(0, start, len);
             let target = targets.narrow(0, start, len).unsqueeze(1);
-            let logits = h.matmul(&weight.tr()).to_kind(Kind::Float);
-            let log_norm = logits.logsumexp([-1], true);
-            loss += (&log_norm - logits.gather(1, &target, false)).sum(Kind::Float);
+            let log_probs = f32_product(&h, &weight.tr(), None).log_softmax(-1, Kind::Float);
+            loss -= log_probs.gather(1, &target, false).sum(Kind::Float);
             if hidden_grad || weight_grad {
-                // p − y, in the hidden states' kind for the two matmuls as autograd would.
-                let mut grad_logits = (logits - log_norm).exp_();
-                let minus_one = Tensor::full([len, 1], -1.0, (Kind::Float, h.device()));
-                let _ = grad_logits.scatter_add_(1, &target, &minus_one);
-                let grad_logits = grad_logits.to_kind(h.kind());
+                // p − y in the hidden states' kind for the two matmuls, as autograd would
+                // round it: p is written in that kind straight from the log-probabilities,
+                // then each target's entry becomes p − 1 computed in f32 (rounding p first
+                // would lose p − 1's digits where p is near 1).
+                let mut grad_logits =
+                    Tensor::empty([len, log_probs.size()[1]], (h.kind(), h.device()));
+                let _ = log_probs.exp_out(&grad_logits);
+                let target_grad =
+                    (log_probs.gather(1, &target, false).exp() - 1.0).to_kind(h.kind());
+                let _ = grad_logits.scatter_(1, &target, &target_grad);
                 if hidden_grad {
                     grad_hidden.push(grad_logits.matmul(&weight));
                 }
                 if let Some(grad_weight) = grad_weight.as_mut() {
-                    *grad_weight += grad_logits.tr().matmul(&h).to_kind(Kind::Float);
+                    *grad_weight = f32_product(&grad_logits.tr(), &h, Some(grad_weight));
                 }
             }
             start += len;
@@ -79,8 +84,25 @@ pub fn cross_entropy_sum(hidden: &Tensor, weight: &Tensor, targets: &Tensor, row
     }
 }
 
+/// `a b` (plus `accumulator`) in f32. Products of bf16 or f16 matrices accumulate in f32 on
+/// the GPU anyway: cuBLAS writes them as f32 directly, a pass less than rounding to the
+/// inputs' kind and casting back (and no rounding). Elsewhere the product is cast.
+fn f32_product(a: &Tensor, b: &Tensor, accumulator: Option<&Tensor>) -> Tensor {
+    if a.device().is_cuda() && a.kind() != Kind::Float {
+        return match accumulator {
+            Some(sum) => sum.addmm_dtype(a, b, Kind::Float),
+            None => a.mm_dtype(b, Kind::Float),
+        };
+    }
+    let product = a.matmul(b).to_kind(Kind::Float);
+    match accumulator {
+        Some(sum) => sum + product,
+        None => product,
+    }
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tch::{Device, Reduction};
 
@@ -120,6 +142,60 @@ mod tests {
     fn assert_close(a: &Tensor, b: &Tensor, what: &str) {
         let diff = (a - b).abs().max().double_value(&[]);
         assert!(diff < 1e-5, "{what}: max difference {diff}");
+    }
+
+    /// Relative differences (loss, hidden gradient, weight gradient) of the loss of bf16
+    /// inputs on `device` from autograd's plain loss of the same values computed on the CPU
+    /// in f32.
+    pub(crate) fn bf16_differences_from_f32(device: Device) -> (f64, f64, f64) {
+        tch::manual_seed(11);
+        let (rows, hidden, vocab) = (300, 64, 5000);
+        let h =
+            (Tensor::randn([rows, hidden], (Kind::Float, device)) * 2.0).to_kind(Kind::BFloat16);
+        let w =
+            (Tensor::randn([vocab, hidden], (Kind::Float, device)) * 0.3).to_kind(Kind::BFloat16);
+        let targets = Tensor::randint(vocab, [rows], (Kind::Int64, device));
+        let on_cpu = |t: &Tensor| t.to_kind(Kind::Double).to_device(Device::Cpu);
+        let grads_of = |loss: &Tensor, h: &Tensor, w: &Tensor| {
+            loss.backward();
+            (on_cpu(loss), on_cpu(&h.grad()), on_cpu(&w.grad()))
+        };
+        let (h32, w32) = (
+            h.to_device(Device::Cpu)
+                .to_kind(Kind::Float)
+                .set_requires_grad(true),
+            w.to_device(Device::Cpu)
+                .to_kind(Kind::Float)
+                .set_requires_grad(true),
+        );
+        let want = grads_of(
+            &plain(&h32, &w32, &targets.to_device(Device::Cpu)),
+            &h32,
+            &w32,
+        );
+        let (hb, wb) = (h.set_requires_grad(true), w.set_requires_grad(true));
+        // Uneven slices of 7 rows, so that several slices run.
+        let got = grads_of(&cross_entropy_sum(&hb, &wb, &targets, 7), &hb, &wb);
+        let relative = |a: &Tensor, b: &Tensor| ((a - b).norm() / b.norm()).double_value(&[]);
+        let loss = relative(&got.0, &want.0);
+        let (grad_h, grad_w) = (relative(&got.1, &want.1), relative(&got.2, &want.2));
+        eprintln!(
+            "{device:?}: relative differences: loss {loss:e}, gradients {grad_h:e}, {grad_w:e}"
+        );
+        (loss, grad_h, grad_w)
+    }
+
+    /// On the CPU the logits are rounded to bf16 before their f32 loss (as transformers'
+    /// bf16 head does), which moves the loss by a few 1e-5 and each softmax entry by up to
+    /// 2^-8 of its logit; the gradients are rounded to bf16 for the matmuls.
+    #[test]
+    fn bf16_inputs_give_the_f32_loss_and_gradients_within_rounding() {
+        let (loss, grad_h, grad_w) = bf16_differences_from_f32(Device::Cpu);
+        assert!(loss < 1e-4, "loss differs by {loss:e}");
+        assert!(
+            grad_h < 2e-2 && grad_w < 2e-2,
+            "gradients differ by {grad_h:e}, {grad_w:e}"
+        );
     }
 
     #[test]

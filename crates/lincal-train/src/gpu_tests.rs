@@ -156,6 +156,21 @@ fn shared_prefix_scoring_equals_scoring_alone_on_the_gpu() {
     }
 }
 
+/// The sliced cross-entropy in bf16 on the GPU (logits written in f32 by cuBLAS, gradients
+/// rounded to bf16 for the matmuls) against autograd's plain f32 loss of the same values.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn sliced_cross_entropy_in_bf16_on_the_gpu_equals_the_f32_loss() {
+    let (loss, grad_h, grad_w) =
+        crate::cross_entropy::tests::bf16_differences_from_f32(Device::Cuda(0));
+    // f32 logits: the loss within f32's rounding; gradients rounded to bf16 once.
+    assert!(loss < 1e-5, "loss differs by {loss:e}");
+    assert!(
+        grad_h < 1e-2 && grad_w < 1e-2,
+        "gradients differ by {grad_h:e}, {grad_w:e}"
+    );
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn sft_throughput_of_a_smollm2_shaped_model() {
