@@ -24,7 +24,7 @@
 # in one call, LINCAL=PATH runs another binary, and BUILD=NAME adds "(NAME)" to its labels.
 # SFT_FLAGS adds flags to lincal's sft steps (e.g. "--recomputed-layers 8" for llama2-7b).
 # TRACE=1 traces the timed part of lincal's sft, ppo, grpo and lincal (generation, then at
-# batch 256 only) steps with PyTorch's profiler: each trace's kernels are totalled by
+# batch 256 only) steps, and two steps of hf-sft, with PyTorch's profiler: each trace's kernels are totalled by
 # trace_summary.py into $OUT/trace_summary.jsonl and the trace is kept gzipped in $OUT.
 set -uo pipefail
 export LD_LIBRARY_PATH=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib
@@ -66,7 +66,7 @@ for step in "$@"; do
     train-parity) python3 bench/gpu/train.py parity "$model" "$PWD/.gpu/tokenizer" "$lincal" "$OUT/train-parity.jsonl" ;;
     sft) "$lincal" bench sft --model "$model" --label "$label" --batch $sft_batch --seq-len 1024 --device cuda --dtype bf16 "${sft_flags[@]}" ${SFT_FLAGS:-} "${trace[@]}" --json "$OUT/sft.jsonl" ;;
     sft-ckpt) "$lincal" bench sft --model "$model" --label "$label" --batch $sft_batch --seq-len 1024 --device cuda --dtype bf16 "${sft_flags[@]}" --gradient-checkpointing --json "$OUT/sft.jsonl" ;;
-    hf-sft) python3 bench/gpu/train.py bench "$model" $sft_batch 1024 "$OUT/sft.jsonl" "$name" $hf_precisions $hf_ckpt ;;
+    hf-sft) HF_TRACE_DIR=${TRACE:+$OUT} python3 bench/gpu/train.py bench "$model" $sft_batch 1024 "$OUT/sft.jsonl" "$name" $hf_precisions $hf_ckpt ;;
     hf-sft-ckpt) python3 bench/gpu/train.py bench "$model" $sft_batch 1024 "$OUT/sft.jsonl" "$name" $hf_precisions checkpointing ;;
     ppo|ppo-large-batches|ppo-auto)
       extractor_for "$name"
@@ -88,10 +88,11 @@ for step in "$@"; do
     *) echo "unknown step $step" ;;
   esac || echo "step $step failed"
   kill $sampler; wait $sampler 2>/dev/null || true
-  if [ -f "$trace_file" ]; then
-    python3 bench/gpu/trace_summary.py "$trace_file" 30 "$OUT/trace_summary.jsonl"
-    gzip -f "$trace_file"
-  fi
+  for traced in "$trace_file" "$OUT"/hf-sft-*.trace.json; do
+    [ -f "$traced" ] || continue
+    python3 bench/gpu/trace_summary.py "$traced" 30 "$OUT/trace_summary.jsonl"
+    gzip -f "$traced"
+  done
   peak=$(sort -n /tmp/memory.txt | tail -1)
   echo "peak device memory: $peak MiB"
   echo "{\"step\": \"$step\", \"peak_device_mib\": $peak}" >> "$OUT/memory.jsonl"

@@ -6,7 +6,8 @@
       transformers + PyTorch training steps (SDPA, fused torch AdamW) on random tokens, in the
       given precisions (default both): autocast-bf16, bf16 autocast over f32 weights (what
       lincal does by default: bf16 compute, f32 masters), and bf16, pure bf16 weights (lincal's
-      pure_bf16); with `checkpointing`, gradient checkpointing on."""
+      pure_bf16); with `checkpointing`, gradient checkpointing on. With HF_TRACE_DIR set, two
+      more steps of each precision are traced by PyTorch's profiler into that directory."""
 import json, os, shutil, subprocess, sys, time, torch, transformers
 from safetensors.torch import load_file
 
@@ -75,6 +76,7 @@ def parity(model_dir, tokenizer_dir, lincal, out):
     record(out, check="reward model in transformers (one text at a time vs lincal's left-padded batches)", dtype="f32", max_abs_err=(ours - ref).abs().max().item(), score_abs_max=ref.abs().max().item())
 
 def bench(model_dir, batch, seq_len, out, label, precisions="autocast-bf16,bf16", checkpointing=""):
+    trace_dir = os.environ.get("HF_TRACE_DIR")
     for precision in precisions.split(","):
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa").cuda().train()
@@ -99,6 +101,12 @@ def bench(model_dir, batch, seq_len, out, label, precisions="autocast-bf16,bf16"
             step()
         torch.cuda.synchronize()
         seconds = (time.perf_counter() - started) / steps
+        if trace_dir:  # two more steps under the profiler, summarised like lincal's traces
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as profiler:
+                for _ in range(2):
+                    step()
+                torch.cuda.synchronize()
+            profiler.export_chrome_trace(os.path.join(trace_dir, f"hf-sft-{label}-{precision}.trace.json"))
         record(out, bench="sft", engine=f"transformers {transformers.__version__} ({precision})", model=label, batch=batch, seq_len=seq_len, tokens_per_s=batch * seq_len / seconds, seconds_per_step=seconds,
                gradient_checkpointing=bool(checkpointing), peak_reserved_gib=torch.cuda.max_memory_reserved() / 2**30)
         del model, optimizer
