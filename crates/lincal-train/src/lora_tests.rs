@@ -58,6 +58,64 @@ fn fresh_adapters_change_nothing_and_switch_off_exactly() {
     assert!(adapters.enabled());
 }
 
+/// In a bf16 model the adapters' update runs in bf16, as under autocast: what the adapters
+/// add to the logits and the adapters' f32 gradients are the f32 model's within bf16's
+/// rounding (a wrong scale, or an update dropped, is off by far more).
+#[test]
+fn a_bf16_model_adapts_as_the_f32_model_within_rounding() {
+    let config = lora(4, 8.0, &["q_proj", "v_proj", "down_proj"]);
+    let (mut model, adapters) = adapted(tiny_llama(false), &config, 1);
+    perturb_b(&adapters);
+    let ids = Tensor::from_slice2(&[[3i64, 9, 27, 14, 5]]);
+    let positions = Tensor::arange(5, (Kind::Int64, Device::Cpu)).unsqueeze(0);
+    let run = |model: &CausalLm| {
+        for var in adapters.var_store().trainable_variables() {
+            let mut grad = var.grad();
+            if grad.defined() {
+                let _ = grad.zero_();
+            }
+        }
+        let logits = model
+            .logits(&model.forward(&ids, &positions, None, None))
+            .to_kind(Kind::Float);
+        logits
+            .log_softmax(-1, Kind::Float)
+            .narrow(2, 7, 1)
+            .sum(Kind::Float)
+            .backward();
+        let base = adapters.without_adapters(|| logits_of(model, &ids, &positions));
+        let grads: Vec<Tensor> = adapters
+            .var_store()
+            .trainable_variables()
+            .iter()
+            .map(|v| v.grad().copy())
+            .collect();
+        (logits.detach() - base, grads)
+    };
+    let (update32, grads32) = run(&model);
+    model.set_kind(Kind::BFloat16);
+    let (update16, grads16) = run(&model);
+    let relative = |a: &Tensor, b: &Tensor| ((a - b).norm() / b.norm()).double_value(&[]);
+    let update_gap = relative(&update16, &update32);
+    assert!(
+        update32.abs().max().double_value(&[]) > 1e-2,
+        "the adapters change the logits"
+    );
+    assert!(
+        update_gap < 5e-2,
+        "the adapters' change to the logits differs by {update_gap:e}"
+    );
+    for (g16, g32) in grads16.iter().zip(&grads32) {
+        assert_eq!(g16.kind(), Kind::Float);
+        let gap = relative(g16, g32);
+        assert!(gap < 5e-2, "an adapter's gradient differs by {gap:e}");
+    }
+}
+
+fn logits_of(model: &CausalLm, ids: &Tensor, positions: &Tensor) -> Tensor {
+    tch::no_grad(|| model.logits(&model.forward(ids, positions, None, None))).to_kind(Kind::Float)
+}
+
 #[test]
 fn merging_adds_the_scaled_low_rank_product() {
     // r 1, alpha 2: scaling 2. With A = [1, 2, 0, ...] and B = [3, 4, 0, ...]ᵀ the update

@@ -190,28 +190,27 @@ impl ModelShape {
     }
 
     /// Bytes a layer saves for the backward pass, per token, with `b`-byte activations
-    /// (attention through fused kernels keeps no score matrix); LoRA adds the adapters'
-    /// dropped-out inputs, in the adapters' f32.
-    fn saved_bytes(&self, lora: bool, b: u64) -> u64 {
+    /// (attention through fused kernels keeps no score matrix). LoRA of rank `r` adds, for
+    /// each adapted projection, its dropped-out input with dropout's mask (a byte an element)
+    /// and that input's product with A (`r` values; at most seven projections a layer).
+    fn saved_bytes(&self, lora_rank: Option<u64>, b: u64) -> u64 {
         let base = 5 * self.hidden + 2 * self.attention + 2 * self.kv + 4 * self.intermediate;
         base * b
-            + if lora {
-                4 * (5 * self.hidden + self.attention + self.intermediate)
-            } else {
-                0
-            }
+            + lora_rank.map_or(0, |r| {
+                (b + 1) * (5 * self.hidden + self.attention + self.intermediate) + 7 * b * r
+            })
     }
 
-    /// Bytes per token that LoRA adds to a layer's forward pass without gradients: an adapted
-    /// projection holds its input cast to the adapters' f32 while it forms its update and the
-    /// sum in f32, so the most of any projection (`4·in + 8·out`; every one may be adapted).
-    fn lora_forward_bytes(&self) -> u64 {
-        let (h, a, kv, i) = (self.hidden, self.attention, self.kv, self.intermediate);
-        [(h, a), (h, kv), (a, h), (h, i), (i, h)]
-            .iter()
-            .map(|(input, output)| 4 * input + 8 * output)
+    /// Bytes per token that LoRA of rank `r` adds to a layer's forward pass without
+    /// gradients: an adapted projection's product with A and the sum it forms beside the
+    /// base projection's output, both in the activations' type (the most of any projection:
+    /// every one may be adapted).
+    fn lora_forward_bytes(&self, r: u64, b: u64) -> u64 {
+        let widest = [self.attention, self.kv, self.hidden, self.intermediate]
+            .into_iter()
             .max()
-            .unwrap_or(0)
+            .unwrap_or(0);
+        b * (widest + r)
     }
 
     /// Bytes per token and layer of the f32 statistics of the two norms a layer saves.
@@ -345,16 +344,22 @@ impl RlMemoryModel {
     /// Bytes per row of sampling `new_tokens` after `prompt` tokens: the key/value cache of
     /// the whole sequence, the prompt's pass (with adapters when `lora`) and a sampling step's
     /// logits.
-    fn generation_row(shape: &ModelShape, prompt: u64, new_tokens: u64, b: u64, lora: bool) -> u64 {
+    fn generation_row(
+        shape: &ModelShape,
+        prompt: u64,
+        new_tokens: u64,
+        b: u64,
+        lora_rank: Option<u64>,
+    ) -> u64 {
         let cache = 2 * shape.layers * shape.kv * (prompt + new_tokens) * b;
-        let prefill = Self::forward_row(shape, prompt, b, lora);
+        let prefill = Self::forward_row(shape, prompt, b, lora_rank);
         cache + prefill + shape.vocab * SAMPLING_BYTES_PER_VOCAB
     }
 
     /// Bytes per row of a forward pass without gradients over `tokens` tokens: one layer's
     /// working set (with LoRA's when `lora`) and the hidden states it returns.
-    fn forward_row(shape: &ModelShape, tokens: u64, b: u64, lora: bool) -> u64 {
-        let lora = if lora { shape.lora_forward_bytes() } else { 0 };
+    fn forward_row(shape: &ModelShape, tokens: u64, b: u64, lora_rank: Option<u64>) -> u64 {
+        let lora = lora_rank.map_or(0, |r| shape.lora_forward_bytes(r, b));
         tokens * ((shape.forward_elements() + shape.hidden) * b + lora)
     }
 
@@ -363,9 +368,10 @@ impl RlMemoryModel {
     /// with their log-softmax and two gradients.
     fn update_row(&self) -> u64 {
         let tokens = self.query_len + self.response_len;
-        let lora = self.lora_rank.is_some();
         let saved = |s: &ModelShape| {
-            s.layers * tokens * (s.saved_bytes(lora, self.dtype_bytes) + s.saved_norm_bytes())
+            s.layers
+                * tokens
+                * (s.saved_bytes(self.lora_rank, self.dtype_bytes) + s.saved_norm_bytes())
         };
         let logits = self.response_len * self.policy.vocab * (self.dtype_bytes + 16);
         let value = if self.value {
@@ -399,13 +405,13 @@ impl RlMemoryModel {
         let b = self.dtype_bytes;
         let sequence = self.query_len + self.response_len;
         let rows = |row_bytes: u64| (phase / row_bytes.max(1)).max(1);
-        let lora = self.lora_rank.is_some();
+        let lora = self.lora_rank;
         let generation =
             Self::generation_row(&self.policy, self.query_len, self.response_len, b, lora);
         // The reward reads prompts holding a question and the response: about a policy
         // sequence.
         let extractor = self.extractor.map_or(1, |e| {
-            Self::generation_row(&e, sequence, self.extractor_new_tokens, b, false)
+            Self::generation_row(&e, sequence, self.extractor_new_tokens, b, None)
         });
         // In LoRA mode the policy's log-probs and PPO's values (whose adapters sit on the reward
         // model) run with adapters; the reference's log-probs and the reward's scoring without.
@@ -413,7 +419,7 @@ impl RlMemoryModel {
             &self.reward_model,
             sequence,
             b,
-            lora && self.value,
+            lora.filter(|_| self.value),
         ));
         Ok(BatchPlan {
             generation_batch_size: even_batches(rollouts, rows(generation)),
@@ -422,10 +428,10 @@ impl RlMemoryModel {
             extractor_batch_size: even_batches(rollouts, rows(extractor)),
             score_batch_size: even_batches(
                 rollouts,
-                rows(Self::forward_row(&self.reward_model, sequence, b, false)),
+                rows(Self::forward_row(&self.reward_model, sequence, b, None)),
             ),
             score_batch_tokens: rows(
-                Self::forward_row(&self.reward_model, 1, b, false)
+                Self::forward_row(&self.reward_model, 1, b, None)
                     + self.reward_max_tokens * MASK_BYTES_PER_KEY,
             ) as usize,
             free_bytes: free,
@@ -563,7 +569,7 @@ mod tests {
         );
         // Room for 2 generation rows: a rank's 3 of the 12 rollouts go in 2 batches of 2 (one
         // process would need 6 batches of 2).
-        let gen_row = RlMemoryModel::generation_row(&ranks.policy, 6, 4, 2, false);
+        let gen_row = RlMemoryModel::generation_row(&ranks.policy, 6, 4, 2, None);
         let free = ranks.fixed_bytes() + ((2 * gen_row) as f64 / PHASE_SHARE).ceil() as u64;
         assert_eq!(ranks.plan(free).unwrap().generation_batch_size, 2);
         // With room for everything, a rank takes its 3 rollouts at once; the optimizer step's
@@ -585,32 +591,32 @@ mod tests {
     fn per_row_costs_are_the_hand_counted_bytes() {
         let s = tiny();
         // Forward elements per token: 4·8 + 2·8 + 3·4 + 3·16 = 108; plus the hidden output 8.
-        assert_eq!(RlMemoryModel::forward_row(&s, 10, 2, false), 10 * 116 * 2);
+        assert_eq!(RlMemoryModel::forward_row(&s, 10, 2, None), 10 * 116 * 2);
         // Cache 2·2·4·(6+5)·2, prefill 6·116·2, sampling 10·32.
         assert_eq!(
-            RlMemoryModel::generation_row(&s, 6, 5, 2, false),
+            RlMemoryModel::generation_row(&s, 6, 5, 2, None),
             352 + 1392 + 320
         );
-        // LoRA adds per token the most any projection holds in f32: its input and its update
-        // and sum. The MLP's gate (8 -> 16): 4 · 8 + 8 · 16 = 160 bytes, above its down
-        // projection (4 · 16 + 8 · 8 = 128) and the attention's (at most 4 · 8 + 8 · 8 = 96).
+        // LoRA of rank 2 adds per token an adapted projection's product with A and its sum,
+        // in bf16, at the widest output (the MLP's 16): 2 · (16 + 2) = 36 bytes.
         assert_eq!(
-            RlMemoryModel::forward_row(&s, 10, 2, true),
-            10 * (116 * 2 + 160)
+            RlMemoryModel::forward_row(&s, 10, 2, Some(2)),
+            10 * (116 * 2 + 36)
         );
         assert_eq!(
-            RlMemoryModel::generation_row(&s, 6, 5, 2, true),
-            352 + 6 * (116 * 2 + 160) + 320
+            RlMemoryModel::generation_row(&s, 6, 5, 2, Some(2)),
+            352 + 6 * (116 * 2 + 36) + 320
         );
         // Saved per token and layer: (5·8 + 2·8 + 2·4 + 4·16)·2 + 8·8 = 256 + 64 = 320 bytes;
         // 2 layers × 10 tokens, for policy and value; logits 4 × 10 × (2 + 16).
         assert_eq!(model().update_row(), 2 * (2 * 10 * 320) + 4 * 10 * 18);
-        // LoRA saves the adapters' dropped-out inputs in f32: 4 · (5·8 + 8 + 16) = 256 more.
+        // LoRA saves the adapters' dropped-out inputs with their masks, (2 + 1) · (5·8 + 8 +
+        // 16) = 192 bytes, and their products with A, 7 · 2 · 2 = 28: 220 more.
         let lora = RlMemoryModel {
             lora_rank: Some(2),
             ..model()
         };
-        assert_eq!(lora.update_row(), 2 * (2 * 10 * (320 + 256)) + 4 * 10 * 18);
+        assert_eq!(lora.update_row(), 2 * (2 * 10 * (320 + 220)) + 4 * 10 * 18);
     }
 
     #[test]
@@ -642,7 +648,7 @@ mod tests {
         assert_eq!(plan.score_batch_tokens, 344);
         // With room for 5 generation rows (or 4), 12 rollouts go in 3 batches of 4, and the
         // update in micro-batches of 1.
-        let gen_row = RlMemoryModel::generation_row(&m.policy, 6, 4, 2, false);
+        let gen_row = RlMemoryModel::generation_row(&m.policy, 6, 4, 2, None);
         let tight = m
             .plan(fixed + ((5 * gen_row) as f64 / PHASE_SHARE).ceil() as u64)
             .unwrap();
