@@ -181,7 +181,8 @@ impl LayerContext {
 
 /// Rotates the first `cos.size()[-1]` channels of `x` `[B, heads, T, head_dim]` (all of them
 /// for Llama, a fraction for GPT-NeoX), "rotate half" layout, with the tables of
-/// [`rotary_cos_sin`]. transformers computes `x·cos + cat(−x₂, x₁)·sin`; here
+/// [`rotary_cos_sin`] (or of `x` `[B, T, heads, head_dim]` with those tables' axes 1 and 2
+/// swapped). transformers computes `x·cos + cat(−x₂, x₁)·sin`; here
 /// `roll(x)·signed_sin = cat(x₂, x₁)·cat(−sin₁, sin₂)` gives the same products bit for bit
 /// (negation is exact) in one kernel fewer where `x` is contiguous, as in decode steps, which
 /// feel it in every layer (`roll` copies a strided `x` first: no saving there, no loss).
@@ -537,7 +538,7 @@ mod tests {
     }
 
     #[test]
-    fn rotary_equals_transformers_rotate_half_bit_for_bit() {
+    fn rotary_equals_transformers_rotate_half_bit_for_bit_in_either_layout() {
         tch::manual_seed(3);
         let positions = Tensor::from_slice2(&[[0i64, 1, 2, 7, 300], [5, 6, 9, 11, 4095]]);
         for (kind, head_dim, rotary_dim) in [
@@ -552,6 +553,17 @@ mod tests {
             let (cos, signed_sin) = rotary_cos_sin(&inv_freq, &positions, kind);
             let got = apply_rotary(&x, &cos, &signed_sin);
             let want = transformers_rotary(&x, &inv_freq, &positions);
+            // The same values with positions ahead of heads (Llama's layout), the tables'
+            // axes swapped to match.
+            let positions_first = apply_rotary(
+                &x.transpose(1, 2).contiguous(),
+                &cos.transpose(1, 2),
+                &signed_sin.transpose(1, 2),
+            );
+            assert!(
+                positions_first.transpose(1, 2).equal(&want),
+                "{kind:?}, positions first"
+            );
             assert!(
                 got.equal(&want),
                 "{kind:?}, head {head_dim}, rotary {rotary_dim}: max difference {}",

@@ -225,26 +225,22 @@ impl Attention {
         cache: Option<(&mut KvCache, usize)>,
     ) -> Tensor {
         let (b, t) = (x.size()[0], x.size()[1]);
-        let q = self
-            .q_proj
-            .forward(x)
-            .view([b, t, self.num_heads, self.head_dim])
-            .transpose(1, 2);
-        let k = self
-            .k_proj
-            .forward(x)
-            .view([b, t, self.num_kv_heads, self.head_dim])
-            .transpose(1, 2);
-        let v = self
-            .v_proj
-            .forward(x)
-            .view([b, t, self.num_kv_heads, self.head_dim])
-            .transpose(1, 2);
-        let (q, k) = (
-            apply_rotary(&q, cos, signed_sin),
-            apply_rotary(&k, cos, signed_sin),
+        // Rotary embeddings on the projections' own [B, T, heads, D] layout, before the heads
+        // move ahead of the positions for attention: `roll` then reads contiguous rows instead
+        // of copying strided ones first, and attention returns its gradients in that layout.
+        let (cos, signed_sin) = (cos.transpose(1, 2), signed_sin.transpose(1, 2));
+        let split =
+            |proj: &lora::Linear, count: i64| proj.forward(x).view([b, t, count, self.head_dim]);
+        let q = apply_rotary(&split(&self.q_proj, self.num_heads), &cos, &signed_sin);
+        let k = apply_rotary(&split(&self.k_proj, self.num_kv_heads), &cos, &signed_sin);
+        let v = split(&self.v_proj, self.num_kv_heads);
+        let out = attend(
+            &q.transpose(1, 2),
+            &k.transpose(1, 2),
+            &v.transpose(1, 2),
+            bias,
+            cache,
         );
-        let out = attend(&q, &k, &v, bias, cache);
         self.o_proj.forward(
             &out.transpose(1, 2)
                 .reshape([b, t, self.num_heads * self.head_dim]),
