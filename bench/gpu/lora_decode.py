@@ -1,9 +1,10 @@
 # What LoRA adds to a decode step of the Llama-2-7B shape (batch 128, as the 7B PPO step's
 # generation runs, r = 16 on all seven projections): the seven projections of one layer in a
-# CUDA graph, without adapters, with lincal's adapters (lora.rs: f32 input copy, A, B, scale,
-# mixed add, cast back, as PEFT computes them), and with the update computed in bf16 (A and B
-# cast in the graph, the scale folded into the second product's addmm). Prints milliseconds
-# per layer and per 32-layer step, and the bf16 update's largest difference from the f32 one.
+# CUDA graph, without adapters, with the update in f32 as lincal computed it before SPEED.md
+# entry 15 (PEFT without autocast: f32 input copy, A, B, scale, mixed sum, cast back), and as
+# lora.rs computes it now (A and scale·B cast to bf16 in the graph, the sum formed by addmm).
+# Prints milliseconds per layer and per 32-layer step, and the bf16 update's largest
+# difference from the f32 one.
 # usage: python3 lora_decode.py OUT.jsonl
 import sys
 
@@ -41,8 +42,8 @@ def bf16_folded():
     outs = []
     for x, w, (a, b) in zip(inputs, weights, adapters):
         out = (x @ w.T).view(B, -1)
-        xa = x.view(B, -1) @ a.to(kind).T
-        outs.append(out.addmm_(xa, b.to(kind).T, alpha=scale).view(B, 1, -1))
+        down = x.view(B, -1) @ a.to(kind).T
+        outs.append(out.addmm(down, (b * scale).to(kind).T).view(B, 1, -1))
     return outs
 
 
@@ -60,7 +61,7 @@ def graphed(fn):
 
 reference = lincal_f32()
 error = max((a.float() - b.float()).abs().max().item() for a, b in zip(bf16_folded(), reference))
-for name, fn in [("plain", plain), ("lincal f32 adapters", lincal_f32), ("bf16 update, scale folded", bf16_folded)]:
+for name, fn in [("plain", plain), ("f32 update (before entry 15)", lincal_f32), ("bf16 update, scale in B (lora.rs)", bf16_folded)]:
     ms = timing.timed(graphed(fn), iters=200)
     report(part="lora decode projections", variant=name, batch=B, r=R, ms_per_layer=ms,
            ms_per_step=ms * LAYERS, max_abs_diff_from_f32=error if "bf16" in name else 0.0)

@@ -22,7 +22,9 @@ pub fn rows_per_slice(vocab: i64) -> i64 {
 
 /// Sum over rows of −log softmax(h Wᵀ)[target] for hidden states `hidden` `[N, H]`, output
 /// weight `weight` `[V, H]` and `targets` `[N]` (every target a valid token id), in f32 as
-/// transformers upcasts logits before its loss. The logits are formed `rows` rows at a time.
+/// transformers upcasts logits before its loss (on a GPU the logits of bf16 or f16 inputs are
+/// not rounded to that kind first, as transformers' are). The logits are formed `rows` rows
+/// at a time.
 ///
 /// Back-propagating the result gives `hidden` and `weight` (where they require grad) the
 /// gradient of the plain `cross_entropy_loss(.., Reduction::Sum)` of the full logits.
@@ -43,17 +45,17 @@ pub fn cross_entropy_sum(hidden: &Tensor, weight: &Tensor, targets: &Tensor, row
             let h = hidden.narrow(0, start, len);
             let target = targets.narrow(0, start, len).unsqueeze(1);
             let log_probs = f32_product(&h, &weight.tr(), None).log_softmax(-1, Kind::Float);
-            loss -= log_probs.gather(1, &target, false).sum(Kind::Float);
+            let target_log_probs = log_probs.gather(1, &target, false);
+            loss -= target_log_probs.sum(Kind::Float);
             if hidden_grad || weight_grad {
                 // p − y in the hidden states' kind for the two matmuls, as autograd would
                 // round it: p is written in that kind straight from the log-probabilities,
-                // then each target's entry becomes p − 1 computed in f32 (rounding p first
-                // would lose p − 1's digits where p is near 1).
+                // then each target's entry becomes p − 1 = expm1(log p) computed in f32
+                // (rounding p first would lose p − 1's digits where p is near 1).
                 let mut grad_logits =
                     Tensor::empty([len, log_probs.size()[1]], (h.kind(), h.device()));
                 let _ = log_probs.exp_out(&grad_logits);
-                let target_grad =
-                    (log_probs.gather(1, &target, false).exp() - 1.0).to_kind(h.kind());
+                let target_grad = target_log_probs.expm1().to_kind(h.kind());
                 let _ = grad_logits.scatter_(1, &target, &target_grad);
                 if hidden_grad {
                     grad_hidden.push(grad_logits.matmul(&weight));
@@ -88,7 +90,7 @@ pub fn cross_entropy_sum(hidden: &Tensor, weight: &Tensor, targets: &Tensor, row
 /// the GPU anyway: cuBLAS writes them as f32 directly, a pass less than rounding to the
 /// inputs' kind and casting back (and no rounding). Elsewhere the product is cast.
 fn f32_product(a: &Tensor, b: &Tensor, accumulator: Option<&Tensor>) -> Tensor {
-    if a.device().is_cuda() && a.kind() != Kind::Float {
+    if a.device().is_cuda() && matches!(a.kind(), Kind::BFloat16 | Kind::Half) {
         return match accumulator {
             Some(sum) => sum.addmm_dtype(a, b, Kind::Float),
             None => a.mm_dtype(b, Kind::Float),
@@ -176,7 +178,7 @@ pub(crate) mod tests {
         let (hb, wb) = (h.set_requires_grad(true), w.set_requires_grad(true));
         // Uneven slices of 7 rows, so that several slices run.
         let got = grads_of(&cross_entropy_sum(&hb, &wb, &targets, 7), &hb, &wb);
-        let relative = |a: &Tensor, b: &Tensor| ((a - b).norm() / b.norm()).double_value(&[]);
+        let relative = crate::testutil::relative_difference;
         let loss = relative(&got.0, &want.0);
         let (grad_h, grad_w) = (relative(&got.1, &want.1), relative(&got.2, &want.2));
         eprintln!(
@@ -195,6 +197,27 @@ pub(crate) mod tests {
         assert!(
             grad_h < 2e-2 && grad_w < 2e-2,
             "gradients differ by {grad_h:e}, {grad_w:e}"
+        );
+    }
+
+    /// Where the target's probability is near 1, its gradient entry p − 1 is far smaller than
+    /// p: computed in f32 it survives the rounding to bf16 (p = 0.99986 rounds to 1, and
+    /// bf16(p) − 1 would be 0, so the hidden state's gradient would vanish).
+    #[test]
+    fn a_confident_target_keeps_its_gradient_in_bf16() {
+        let hidden = Tensor::from_slice(&[1.0f32, 0.0]).view([1, 2]);
+        let weight = Tensor::from_slice(&[10.0f32, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]).view([4, 2]);
+        let targets = Tensor::from_slice(&[0i64]);
+        // p = e^10 / (e^10 + 3); the hidden gradient is (p − 1) · 10 in its first entry.
+        let p = 10f64.exp() / (10f64.exp() + 3.0);
+        let want = (p - 1.0) * 10.0;
+        let h = hidden.to_kind(Kind::BFloat16).set_requires_grad(true);
+        let w = weight.to_kind(Kind::BFloat16);
+        cross_entropy_sum(&h, &w, &targets, 1).backward();
+        let got = h.grad().to_kind(Kind::Double).double_value(&[0, 0]);
+        assert!(
+            (got - want).abs() < 1e-2 * want.abs(),
+            "{got} against {want}"
         );
     }
 

@@ -24,10 +24,15 @@ fn adapted(config: ModelConfig, lora: &LoraConfig, seed: u64) -> (CausalLm, Lora
     with_lora(lora, Device::Cpu, seed, || Ok(random_model(config, 5))).unwrap()
 }
 
-fn logits(model: &CausalLm) -> Tensor {
+/// The logits of a fixed five-token row, with autograd recording where it is on.
+fn forward_logits(model: &CausalLm) -> Tensor {
     let ids = Tensor::from_slice2(&[[3i64, 9, 27, 14, 5]]);
     let positions = Tensor::arange(5, (Kind::Int64, Device::Cpu)).unsqueeze(0);
-    tch::no_grad(|| model.logits(&model.forward(&ids, &positions, None, None)))
+    model.logits(&model.forward(&ids, &positions, None, None))
+}
+
+fn logits(model: &CausalLm) -> Tensor {
+    tch::no_grad(|| forward_logits(model))
 }
 
 /// Gives every `lora_B` random values, as training would.
@@ -66,8 +71,6 @@ fn a_bf16_model_adapts_as_the_f32_model_within_rounding() {
     let config = lora(4, 8.0, &["q_proj", "v_proj", "down_proj"]);
     let (mut model, adapters) = adapted(tiny_llama(false), &config, 1);
     perturb_b(&adapters);
-    let ids = Tensor::from_slice2(&[[3i64, 9, 27, 14, 5]]);
-    let positions = Tensor::arange(5, (Kind::Int64, Device::Cpu)).unsqueeze(0);
     let run = |model: &CausalLm| {
         for var in adapters.var_store().trainable_variables() {
             let mut grad = var.grad();
@@ -75,27 +78,25 @@ fn a_bf16_model_adapts_as_the_f32_model_within_rounding() {
                 let _ = grad.zero_();
             }
         }
-        let logits = model
-            .logits(&model.forward(&ids, &positions, None, None))
-            .to_kind(Kind::Float);
-        logits
+        let adapted = forward_logits(model).to_kind(Kind::Float);
+        adapted
             .log_softmax(-1, Kind::Float)
             .narrow(2, 7, 1)
             .sum(Kind::Float)
             .backward();
-        let base = adapters.without_adapters(|| logits_of(model, &ids, &positions));
+        let base = adapters.without_adapters(|| logits(model).to_kind(Kind::Float));
         let grads: Vec<Tensor> = adapters
             .var_store()
             .trainable_variables()
             .iter()
             .map(|v| v.grad().copy())
             .collect();
-        (logits.detach() - base, grads)
+        (adapted.detach() - base, grads)
     };
     let (update32, grads32) = run(&model);
     model.set_kind(Kind::BFloat16);
     let (update16, grads16) = run(&model);
-    let relative = |a: &Tensor, b: &Tensor| ((a - b).norm() / b.norm()).double_value(&[]);
+    let relative = crate::testutil::relative_difference;
     let update_gap = relative(&update16, &update32);
     assert!(
         update32.abs().max().double_value(&[]) > 1e-2,
@@ -110,10 +111,6 @@ fn a_bf16_model_adapts_as_the_f32_model_within_rounding() {
         let gap = relative(g16, g32);
         assert!(gap < 5e-2, "an adapter's gradient differs by {gap:e}");
     }
-}
-
-fn logits_of(model: &CausalLm, ids: &Tensor, positions: &Tensor) -> Tensor {
-    tch::no_grad(|| model.logits(&model.forward(ids, positions, None, None))).to_kind(Kind::Float)
 }
 
 #[test]

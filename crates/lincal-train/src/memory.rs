@@ -190,14 +190,16 @@ impl ModelShape {
     }
 
     /// Bytes a layer saves for the backward pass, per token, with `b`-byte activations
-    /// (attention through fused kernels keeps no score matrix). LoRA of rank `r` adds, for
-    /// each adapted projection, its dropped-out input with dropout's mask (a byte an element)
-    /// and that input's product with A (`r` values; at most seven projections a layer).
-    fn saved_bytes(&self, lora_rank: Option<u64>, b: u64) -> u64 {
+    /// (attention through fused kernels keeps no score matrix). LoRA of rank `r` adds each
+    /// adapted projection's input times A (`r` values; at most seven projections a layer)
+    /// and, with `lora_dropout`, its own dropped-out input and dropout's mask (a byte an
+    /// element); without dropout the input is the one the layer keeps anyway.
+    fn saved_bytes(&self, lora_rank: Option<u64>, lora_dropout: bool, b: u64) -> u64 {
         let base = 5 * self.hidden + 2 * self.attention + 2 * self.kv + 4 * self.intermediate;
+        let dropped_out = (b + 1) * (5 * self.hidden + self.attention + self.intermediate);
         base * b
             + lora_rank.map_or(0, |r| {
-                (b + 1) * (5 * self.hidden + self.attention + self.intermediate) + 7 * b * r
+                7 * b * r + if lora_dropout { dropped_out } else { 0 }
             })
     }
 
@@ -233,6 +235,9 @@ pub struct RlMemoryModel {
     pub master_weights: bool,
     /// LoRA rank, when the policy (and PPO's value model) are adapters on frozen bases.
     pub lora_rank: Option<u64>,
+    /// LoRA dropout is on (`lora.dropout > 0`): each adapted projection keeps its own
+    /// dropped-out input for the update.
+    pub lora_dropout: bool,
     /// PPO's value model is trained (a copy of the reward model in full fine-tuning).
     pub value: bool,
     pub query_len: u64,
@@ -342,7 +347,7 @@ impl RlMemoryModel {
     }
 
     /// Bytes per row of sampling `new_tokens` after `prompt` tokens: the key/value cache of
-    /// the whole sequence, the prompt's pass (with adapters when `lora`) and a sampling step's
+    /// the whole sequence, the prompt's pass (with adapters of `lora_rank`) and a sampling step's
     /// logits.
     fn generation_row(
         shape: &ModelShape,
@@ -357,7 +362,7 @@ impl RlMemoryModel {
     }
 
     /// Bytes per row of a forward pass without gradients over `tokens` tokens: one layer's
-    /// working set (with LoRA's when `lora`) and the hidden states it returns.
+    /// working set (with that of adapters of `lora_rank`) and the hidden states it returns.
     fn forward_row(shape: &ModelShape, tokens: u64, b: u64, lora_rank: Option<u64>) -> u64 {
         let lora = lora_rank.map_or(0, |r| shape.lora_forward_bytes(r, b));
         tokens * ((shape.forward_elements() + shape.hidden) * b + lora)
@@ -371,7 +376,8 @@ impl RlMemoryModel {
         let saved = |s: &ModelShape| {
             s.layers
                 * tokens
-                * (s.saved_bytes(self.lora_rank, self.dtype_bytes) + s.saved_norm_bytes())
+                * (s.saved_bytes(self.lora_rank, self.lora_dropout, self.dtype_bytes)
+                    + s.saved_norm_bytes())
         };
         let logits = self.response_len * self.policy.vocab * (self.dtype_bytes + 16);
         let value = if self.value {
@@ -508,6 +514,7 @@ mod tests {
             dtype_bytes: 2,
             master_weights: true,
             lora_rank: None,
+            lora_dropout: false,
             value: true,
             query_len: 6,
             response_len: 4,
@@ -610,13 +617,21 @@ mod tests {
         // Saved per token and layer: (5·8 + 2·8 + 2·4 + 4·16)·2 + 8·8 = 256 + 64 = 320 bytes;
         // 2 layers × 10 tokens, for policy and value; logits 4 × 10 × (2 + 16).
         assert_eq!(model().update_row(), 2 * (2 * 10 * 320) + 4 * 10 * 18);
-        // LoRA saves the adapters' dropped-out inputs with their masks, (2 + 1) · (5·8 + 8 +
-        // 16) = 192 bytes, and their products with A, 7 · 2 · 2 = 28: 220 more.
+        // LoRA saves the adapters' inputs times A, 7 · 2 · 2 = 28 bytes, and with dropout
+        // their own dropped-out inputs and masks, (2 + 1) · (5·8 + 8 + 16) = 192 more.
         let lora = RlMemoryModel {
             lora_rank: Some(2),
             ..model()
         };
-        assert_eq!(lora.update_row(), 2 * (2 * 10 * (320 + 220)) + 4 * 10 * 18);
+        assert_eq!(lora.update_row(), 2 * (2 * 10 * (320 + 28)) + 4 * 10 * 18);
+        let dropout = RlMemoryModel {
+            lora_dropout: true,
+            ..lora
+        };
+        assert_eq!(
+            dropout.update_row(),
+            2 * (2 * 10 * (320 + 220)) + 4 * 10 * 18
+        );
     }
 
     #[test]

@@ -34,8 +34,8 @@ pub fn causal_lm_loss_sum(model: &CausalLm, batch: &SftBatch) -> Tensor {
 
 /// [`causal_lm_loss_sum`] from the model's final hidden states over `batch`. Logits are
 /// computed only at labelled positions (prompts are often most of a row), in f32 as
-/// transformers upcasts them before the loss, and a slice at a time
-/// ([`crate::cross_entropy`]).
+/// transformers upcasts them before the loss (see [`crate::cross_entropy`] for the GPU's
+/// unrounded bf16 products), and a slice at a time.
 pub(crate) fn labelled_loss_sum(model: &CausalLm, hidden: &Tensor, batch: &SftBatch) -> Tensor {
     let width = batch.input_ids.size()[1];
     let hidden = hidden.narrow(1, 0, width - 1);

@@ -10,6 +10,11 @@ use lincal_model::testing::{random_model, tiny_llama, tiny_neox, write_tokenizer
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// `‖a − b‖ / ‖b‖`: how far `a` is from the reference `b`, for tolerances that scale with it.
+pub(crate) fn relative_difference(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
+    ((a - b).norm() / b.norm()).double_value(&[])
+}
+
 /// A 2-layer Llama (vocabulary 64, no pad token: the trainers add "[PAD]") and its tokenizer
 /// in a temporary directory.
 pub(crate) fn tiny_model_dir() -> tempfile::TempDir {

@@ -91,6 +91,7 @@ impl PpoModelPaths {
             dtype_bytes: (settings.kind_of)(device).elt_size_in_bytes() as u64,
             master_weights: step.master_weights,
             lora_rank: settings.lora.map(|lora| lora.r as u64),
+            lora_dropout: settings.lora.is_some_and(|lora| lora.dropout > 0.0),
             value: settings.value,
             query_len: step.query_len as u64,
             response_len: step.response_len as u64,
