@@ -1,5 +1,6 @@
 //! Links libtorch (shared set-up in `build/libtorch.rs`), builds the profiler shim and, with
-//! the `cuda` feature, the CUDA-graph shim against the same libtorch headers.
+//! the `cuda` feature, the CUDA-graph shim and lincal's runtime-compiled kernels against the
+//! same libtorch headers.
 
 #[path = "../../build/libtorch.rs"]
 mod libtorch;
@@ -23,7 +24,8 @@ fn main() {
                 "cuda_runtime_api.h not found under LIBTORCH/../nvidia/*/include: \
                  run `cargo xtask setup`",
             );
-        shim::compile("cuda_graph", Some(cuda_include));
+        shim::compile("cuda_graph", Some(cuda_include.clone()));
+        shim::compile("kernels", Some(cuda_include));
         println!("cargo:rustc-link-lib=dylib=torch_cuda");
         println!("cargo:rustc-link-lib=dylib=c10_cuda");
     }

@@ -186,7 +186,15 @@ impl LayerContext {
 /// `roll(x)·signed_sin = cat(x₂, x₁)·cat(−sin₁, sin₂)` gives the same products bit for bit
 /// (negation is exact) in one kernel fewer where `x` is contiguous, as in decode steps, which
 /// feel it in every layer (`roll` copies a strided `x` first: no saving there, no loss).
+/// On a GPU one kernel computes the same ([`crate::kernels::rotary`]; four kernels forward
+/// and four backward otherwise).
 pub fn apply_rotary(x: &Tensor, cos: &Tensor, signed_sin: &Tensor) -> Tensor {
+    crate::kernels::rotary(x, cos, signed_sin)
+        .unwrap_or_else(|| apply_rotary_unfused(x, cos, signed_sin))
+}
+
+/// [`apply_rotary`] by PyTorch's operations: the CPU's path and the fused kernel's reference.
+pub fn apply_rotary_unfused(x: &Tensor, cos: &Tensor, signed_sin: &Tensor) -> Tensor {
     let rotary_dim = *cos.size().last().expect("cos has a last dim");
     let head_dim = *x.size().last().expect("x has a last dim");
     let (rot, pass) = if rotary_dim == head_dim {

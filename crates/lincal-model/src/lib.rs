@@ -10,6 +10,7 @@ pub mod error;
 pub mod fsutil;
 pub mod generate;
 pub mod gpt_neox;
+pub mod kernels;
 pub mod layers;
 pub mod llama;
 pub mod lora;

@@ -180,3 +180,79 @@ fn attention_kernels_equal_written_out_attention() {
         "{errors:?}"
     );
 }
+
+/// The rotary kernel against PyTorch's operations on the GPU, forward and backward, bit for
+/// bit: in f32, bf16 and f16; in Llama's [B, T, heads, D] layout with the tables' axes
+/// swapped, in the [B, heads, T, D] layout of a strided slice (GPT-NeoX's fused projection)
+/// with partial rotation, and with a non-contiguous upstream gradient.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn rotary_kernel_equals_pytorch_operations_bit_for_bit() {
+    use lincal_model::layers::{apply_rotary_unfused, rotary_cos_sin, rotary_inv_freq};
+    tch::manual_seed(11);
+    let positions =
+        Tensor::from_slice2(&[[0i64, 1, 2, 7, 300, 9], [5, 6, 9, 11, 4095, 0]]).to_device(GPU);
+    for kind in [Kind::Float, Kind::BFloat16, Kind::Half] {
+        for (head_dim, rotary_dim, bthd) in [(64, 64, true), (64, 64, false), (24, 16, false)] {
+            let inv_freq = rotary_inv_freq(rotary_dim, 10_000.0, None);
+            let inv_freq = Tensor::from_slice(&inv_freq)
+                .to_kind(Kind::Float)
+                .to_device(GPU);
+            let (cos, signed_sin) = rotary_cos_sin(&inv_freq, &positions, kind);
+            // A projection's output: 3 heads of `head_dim`, then a strided slice of each head.
+            let projection =
+                Tensor::randn([2, 6, 3, 2 * head_dim], (kind, GPU)).set_requires_grad(true);
+            let (x, cos, signed_sin) = if bthd {
+                (
+                    projection.narrow(-1, 0, head_dim),
+                    cos.transpose(1, 2),
+                    signed_sin.transpose(1, 2),
+                )
+            } else {
+                (
+                    projection.narrow(-1, head_dim, head_dim).transpose(1, 2),
+                    cos,
+                    signed_sin,
+                )
+            };
+            let upstream = Tensor::randn(
+                [x.size()[3], x.size()[0], x.size()[1], x.size()[2]],
+                (kind, GPU),
+            )
+            .permute([1, 2, 3, 0]);
+            let run = |rotate: &dyn Fn(&Tensor, &Tensor, &Tensor) -> Tensor| {
+                let out = rotate(&x, &cos, &signed_sin);
+                let grad = Tensor::run_backward(
+                    &[(&out * &upstream).sum(Kind::Float)],
+                    &[&projection],
+                    false,
+                    false,
+                );
+                (out.detach(), grad[0].shallow_clone())
+            };
+            let (fused, fused_grad) = run(&|x: &Tensor, cos: &Tensor, sin: &Tensor| {
+                lincal_model::kernels::rotary(x, cos, sin).expect("the rotary kernel ran")
+            });
+            let (plain, plain_grad) = run(&apply_rotary_unfused);
+            let case =
+                format!("{kind:?}, head {head_dim}, rotary {rotary_dim}, [B, T, H, D] {bthd}");
+            assert_eq!(fused.size(), plain.size(), "{case}");
+            assert!(
+                fused
+                    .to_kind(Kind::Float)
+                    .equal(&plain.to_kind(Kind::Float)),
+                "{case}: outputs differ by {}",
+                max_abs_diff(&fused, &plain)
+            );
+            assert!(
+                fused_grad
+                    .to_kind(Kind::Float)
+                    .equal(&plain_grad.to_kind(Kind::Float)),
+                "{case}: gradients differ by {}",
+                max_abs_diff(&fused_grad, &plain_grad)
+            );
+            // The rotation moved something: the test would pass for a kernel that copies.
+            assert!(max_abs_diff(&fused, &x) > 0.1, "{case}");
+        }
+    }
+}
