@@ -346,53 +346,56 @@ pub fn generate_batch(
         FINISHED_CHECK_INTERVAL
     };
     let (mut tokens, mut logprobs) = (Vec::new(), Vec::new());
-    tch::no_grad(|| -> Result<()> {
-        let key_mask = Tensor::zeros([batch, capacity], (Kind::Bool, device));
-        key_mask.narrow(1, 0, prompt_len).copy_(&prompt_mask);
-        let positions = positions_from_mask(&prompt_mask);
-        let mut cache = model.new_cache(batch, capacity);
-        cache.set_window(
-            &Tensor::arange(prompt_len, (Kind::Int64, device)),
-            prompt_len,
-        );
-        let mask = attention_mask(&prompt_mask, 0, prompt_len);
-        let hidden = model.forward(&input_ids, &positions, Some(&mask), Some(&mut cache));
-        let mut logits = model.logits(&hidden.select(1, -1));
-        let state = DecodeState {
-            input_ids: Tensor::zeros([batch, 1], (Kind::Int64, device)),
-            positions: positions.narrow(1, prompt_len - 1, 1).contiguous(),
-            slots: Tensor::full([batch], prompt_len - 1, (Kind::Int64, device)),
-            key_mask,
-            cache,
-        };
-        let mut decoder = Decoder::new(model, state);
-        for step in 0..params.max_new_tokens {
-            let (next, logp) = sample_next(&logits, params, &draws.get(step));
-            let next = next.where_self(&finished.logical_not(), &pad);
-            tokens.push(next.shallow_clone());
-            logprobs.push(logp.masked_fill(&finished, 0.0));
-            finished = finished.logical_or(&Tensor::isin(&next, &eos, false, false));
-            let last = step + 1 == params.max_new_tokens;
-            let all_finished = if (step + 1) % check_interval != 0 && !last {
-                false
-            } else if let Some(watch) = watch.as_mut() {
-                let stopped = watch.read(&tokens, eos_ids, &mut on_token)?;
-                if !stopped.is_empty() {
-                    let rows = Tensor::from_slice(&stopped).to_device(device);
-                    let _ = finished.index_fill_(0, &rows, 1);
-                }
-                watch.ended.iter().all(|&ended| ended)
-            } else {
-                finished.all().int64_value(&[]) == 1
+    // Nothing trains while a batch generates: LoRA adapters cast their factors once.
+    crate::lora::with_frozen_adapters(|| {
+        tch::no_grad(|| -> Result<()> {
+            let key_mask = Tensor::zeros([batch, capacity], (Kind::Bool, device));
+            key_mask.narrow(1, 0, prompt_len).copy_(&prompt_mask);
+            let positions = positions_from_mask(&prompt_mask);
+            let mut cache = model.new_cache(batch, capacity);
+            cache.set_window(
+                &Tensor::arange(prompt_len, (Kind::Int64, device)),
+                prompt_len,
+            );
+            let mask = attention_mask(&prompt_mask, 0, prompt_len);
+            let hidden = model.forward(&input_ids, &positions, Some(&mask), Some(&mut cache));
+            let mut logits = model.logits(&hidden.select(1, -1));
+            let state = DecodeState {
+                input_ids: Tensor::zeros([batch, 1], (Kind::Int64, device)),
+                positions: positions.narrow(1, prompt_len - 1, 1).contiguous(),
+                slots: Tensor::full([batch], prompt_len - 1, (Kind::Int64, device)),
+                key_mask,
+                cache,
             };
-            if all_finished || last {
-                break;
+            let mut decoder = Decoder::new(model, state);
+            for step in 0..params.max_new_tokens {
+                let (next, logp) = sample_next(&logits, params, &draws.get(step));
+                let next = next.where_self(&finished.logical_not(), &pad);
+                tokens.push(next.shallow_clone());
+                logprobs.push(logp.masked_fill(&finished, 0.0));
+                finished = finished.logical_or(&Tensor::isin(&next, &eos, false, false));
+                let last = step + 1 == params.max_new_tokens;
+                let all_finished = if (step + 1) % check_interval != 0 && !last {
+                    false
+                } else if let Some(watch) = watch.as_mut() {
+                    let stopped = watch.read(&tokens, eos_ids, &mut on_token)?;
+                    if !stopped.is_empty() {
+                        let rows = Tensor::from_slice(&stopped).to_device(device);
+                        let _ = finished.index_fill_(0, &rows, 1);
+                    }
+                    watch.ended.iter().all(|&ended| ended)
+                } else {
+                    finished.all().int64_value(&[]) == 1
+                };
+                if all_finished || last {
+                    break;
+                }
+                decoder.state.feed(&next);
+                let written = prompt_len + step + 1;
+                logits = decoder.logits(model, batch, window(written, capacity))?;
             }
-            decoder.state.feed(&next);
-            let written = prompt_len + step + 1;
-            logits = decoder.logits(model, batch, window(written, capacity))?;
-        }
-        Ok(())
+            Ok(())
+        })
     })?;
     let mut tokens = Tensor::stack(&tokens, 1);
     let mut logprobs = Tensor::stack(&logprobs, 1);

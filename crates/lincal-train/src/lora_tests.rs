@@ -63,6 +63,28 @@ fn fresh_adapters_change_nothing_and_switch_off_exactly() {
     assert!(adapters.enabled());
 }
 
+/// In a `with_frozen_adapters` call (generation) each adapter casts its factors once: a
+/// change to an adapter inside it goes unseen, as the call's contract allows (this is what
+/// shows the factors are reused), while the next call, and every pass outside one, sees it.
+#[test]
+fn frozen_adapters_cast_their_factors_once_per_call() {
+    use lincal_model::lora::with_frozen_adapters;
+    let config = lora(4, 8.0, &["q_proj", "v_proj"]);
+    let (model, adapters) = adapted(tiny_llama(false), &config, 1);
+    perturb_b(&adapters);
+    let before = logits(&model);
+    let (inside_before, inside_after) = with_frozen_adapters(|| {
+        let first = logits(&model);
+        perturb_b(&adapters);
+        (first, logits(&model))
+    });
+    assert!(inside_before.equal(&before));
+    assert!(inside_after.equal(&before), "the factors were formed again");
+    let after = logits(&model);
+    assert!((&after - &before).abs().max().double_value(&[]) > 1e-4);
+    assert!(with_frozen_adapters(|| logits(&model)).equal(&after));
+}
+
 /// In a bf16 model the adapters' update runs in bf16, as under autocast: what the adapters
 /// add to the logits and the adapters' f32 gradients are the f32 model's within bf16's
 /// rounding (a wrong scale, or an update dropped, is off by far more).
