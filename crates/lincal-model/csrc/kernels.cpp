@@ -14,6 +14,7 @@
 #include <dlfcn.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <limits>
 #include <map>
 #include <mutex>
 #include <stdexcept>
@@ -149,11 +150,15 @@ struct F16 {
 // x and out are [d0, d1, d2, head_dim] with any strides but a unit last one; the tables are
 // [d0, d1, d2, rotary_dim] by strides (zero where they broadcast). Each thread writes one
 // rotated pair (channels i and i + rotary_dim / 2) or one channel past rotary_dim.
+// Indices are 32-bit (the host checks that they fit): 64-bit division costs a small kernel
+// several times its memory traffic.
 struct Geometry {
-  long long size[3];
   long long x_stride[3];
   long long table_stride[3];
   long long out_stride[3];
+  unsigned size[3];
+  unsigned count;    // threads: rows × per_row
+  unsigned per_row;  // rotary_dim / 2 pairs, then head_dim − rotary_dim channels passed through
   int head_dim;
   int rotary_dim;
 };
@@ -166,11 +171,10 @@ __device__ void rotary(const typename T::storage* x, const typename T::storage* 
                        const typename T::storage* sin, typename T::storage* out,
                        Geometry g, int backward) {
   const int half = g.rotary_dim / 2;
-  const long long per_row = half + (g.head_dim - g.rotary_dim);
-  const long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (index >= g.size[0] * g.size[1] * g.size[2] * per_row) return;
-  long long row = index / per_row;
-  const int k = (int)(index % per_row);
+  const unsigned index = blockIdx.x * blockDim.x + threadIdx.x;
+  if (index >= g.count) return;
+  unsigned row = index / g.per_row;
+  const int k = (int)(index - row * g.per_row);
   const long long i2 = row % g.size[2];
   row /= g.size[2];
   const long long i1 = row % g.size[1], i0 = row / g.size[1];
@@ -207,10 +211,12 @@ LINCAL_ROTARY(lincal_rotary_f16, F16)
 
 // Must match `Geometry` in kSource.
 struct Geometry {
-  long long size[3];
   long long x_stride[3];
   long long table_stride[3];
   long long out_stride[3];
+  unsigned size[3];
+  unsigned count;
+  unsigned per_row;
   int head_dim;
   int rotary_dim;
 };
@@ -277,14 +283,6 @@ CUfunction function(const at::Device& device, const char* name) {
   return fn;
 }
 
-// Leading sizes and strides of a 4-D tensor as the kernel reads them.
-void leading(const at::Tensor& t, long long* size, long long* stride) {
-  for (int d = 0; d < 3; ++d) {
-    if (size != nullptr) size[d] = t.size(d);
-    stride[d] = t.stride(d);
-  }
-}
-
 // Launches the rotary kernel (see kSource) and returns its output, a new contiguous tensor
 // shaped like `x`.
 at::Tensor rotate(const at::Tensor& x_in, const at::Tensor& cos, const at::Tensor& sin,
@@ -313,14 +311,21 @@ at::Tensor rotate(const at::Tensor& x_in, const at::Tensor& cos, const at::Tenso
                   cos_view.strides() == sin_view.strides(),
               "rotary: the tables must share one layout with a unit last stride");
   at::Tensor out = at::empty(x.sizes(), x.options());
-  const long long per_row = rotary_dim / 2 + (head_dim - rotary_dim);
-  const long long count = x.size(0) * x.size(1) * x.size(2) * per_row;
+  const int64_t per_row = rotary_dim / 2 + (head_dim - rotary_dim);
+  const int64_t count = x.size(0) * x.size(1) * x.size(2) * per_row;
   if (count == 0) return out;
+  TORCH_CHECK(count <= std::numeric_limits<int32_t>::max(),
+              "rotary: more than 2^31 rotated pairs in one tensor");
 
   Geometry geometry{};
-  leading(x, geometry.size, geometry.x_stride);
-  leading(cos_view, nullptr, geometry.table_stride);
-  leading(out, nullptr, geometry.out_stride);
+  for (int d = 0; d < 3; ++d) {
+    geometry.size[d] = static_cast<unsigned>(x.size(d));
+    geometry.x_stride[d] = x.stride(d);
+    geometry.table_stride[d] = cos_view.stride(d);
+    geometry.out_stride[d] = out.stride(d);
+  }
+  geometry.count = static_cast<unsigned>(count);
+  geometry.per_row = static_cast<unsigned>(per_row);
   geometry.head_dim = static_cast<int>(head_dim);
   geometry.rotary_dim = static_cast<int>(rotary_dim);
 
