@@ -5,7 +5,8 @@
 //
 // The kernels reproduce the roundings of the PyTorch operations they replace (every product
 // and sum rounded to the tensors' precision in the same order, no fused multiply-adds), so
-// their outputs and gradients equal the unfused path's bit for bit.
+// their outputs and gradients have the unfused path's values exactly (NaN payloads and the
+// sign of a zero gradient past a partial rotation aside).
 
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
@@ -229,8 +230,6 @@ CUmodule module_for(const at::Device& device) {
   auto found = modules.find(device.index());
   if (found != modules.end()) return found->second;
 
-  c10::DeviceGuard guard(device);
-  at::cuda::jit::initializeCudaContext();
   CUdevice handle = 0;
   int major = 0, minor = 0;
   check(driver().device_get(&handle, device.index()), "cuDeviceGet");
@@ -283,16 +282,30 @@ CUfunction function(const at::Device& device, const char* name) {
   return fn;
 }
 
-// Launches the rotary kernel (see kSource) and returns its output, a new contiguous tensor
-// shaped like `x`.
+// Whether the rotary kernel takes these inputs; where it does not, the caller runs PyTorch's
+// operations for this call.
+bool rotary_takes(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  if (x.dim() != 4 || cos.dim() != 4 || sin.dim() != 4 || !x.is_cuda()) return false;
+  if (cos.device() != x.device() || sin.device() != x.device()) return false;
+  const auto kind = x.scalar_type();
+  if (kind != at::kFloat && kind != at::kBFloat16 && kind != at::kHalf) return false;
+  if (cos.scalar_type() != kind || sin.scalar_type() != kind) return false;
+  // The tables are constants to the autograd function: it forms no gradient for them.
+  if (cos.requires_grad() || sin.requires_grad()) return false;
+  const int64_t rotary_dim = cos.size(3), head_dim = x.size(3);
+  if (rotary_dim % 2 != 0 || rotary_dim > head_dim || sin.sizes() != cos.sizes()) return false;
+  for (int d = 0; d < 3; ++d)
+    if (cos.size(d) != x.size(d) && cos.size(d) != 1) return false;
+  if (cos.stride(3) != 1 || cos.strides() != sin.strides()) return false;
+  const int64_t pairs = x.size(0) * x.size(1) * x.size(2) * (rotary_dim / 2 + head_dim - rotary_dim);
+  return pairs <= std::numeric_limits<int32_t>::max();
+}
+
+// Launches the rotary kernel (see kSource) on inputs `rotary_takes` (or gradients shaped like
+// them) and returns its output, a new contiguous tensor shaped like `x`.
 at::Tensor rotate(const at::Tensor& x_in, const at::Tensor& cos, const at::Tensor& sin,
                   bool backward) {
-  TORCH_CHECK(x_in.dim() == 4 && cos.dim() == 4 && sin.dim() == 4,
-              "rotary: x and the tables must be 4-D");
-  TORCH_CHECK(x_in.is_cuda() && cos.device() == x_in.device() && sin.device() == x_in.device(),
-              "rotary: x and the tables must be on one CUDA device");
-  TORCH_CHECK(cos.scalar_type() == x_in.scalar_type() && sin.scalar_type() == x_in.scalar_type(),
-              "rotary: x and the tables must have one dtype");
+  TORCH_CHECK(rotary_takes(x_in, cos, sin), "rotary: inputs the kernel does not take");
   const char* name = nullptr;
   switch (x_in.scalar_type()) {
     case at::kFloat: name = "lincal_rotary_f32"; break;
@@ -302,20 +315,13 @@ at::Tensor rotate(const at::Tensor& x_in, const at::Tensor& cos, const at::Tenso
   }
   const at::Tensor x = x_in.stride(3) == 1 ? x_in : x_in.contiguous();
   const int64_t rotary_dim = cos.size(3), head_dim = x.size(3);
-  TORCH_CHECK(rotary_dim % 2 == 0 && rotary_dim <= head_dim && sin.size(3) == rotary_dim,
-              "rotary: the tables' last size must be even and at most the head size");
   std::vector<int64_t> table_shape(x.sizes().begin(), x.sizes().end());
   table_shape[3] = rotary_dim;
   const at::Tensor cos_view = cos.expand(table_shape), sin_view = sin.expand(table_shape);
-  TORCH_CHECK(cos_view.stride(3) == 1 && sin_view.stride(3) == 1 &&
-                  cos_view.strides() == sin_view.strides(),
-              "rotary: the tables must share one layout with a unit last stride");
   at::Tensor out = at::empty(x.sizes(), x.options());
   const int64_t per_row = rotary_dim / 2 + (head_dim - rotary_dim);
   const int64_t count = x.size(0) * x.size(1) * x.size(2) * per_row;
   if (count == 0) return out;
-  TORCH_CHECK(count <= std::numeric_limits<int32_t>::max(),
-              "rotary: more than 2^31 rotated pairs in one tensor");
 
   Geometry geometry{};
   for (int d = 0; d < 3; ++d) {
@@ -330,6 +336,9 @@ at::Tensor rotate(const at::Tensor& x_in, const at::Tensor& cos, const at::Tenso
   geometry.rotary_dim = static_cast<int>(rotary_dim);
 
   c10::DeviceGuard guard(x.device());
+  // As PyTorch's own runtime-compiled kernels do before each launch: a thread that has not
+  // used this device yet may have no current driver context.
+  at::cuda::jit::initializeCudaContext();
   CUfunction fn = function(x.device(), name);
   const void* x_ptr = x.data_ptr();
   const void* cos_ptr = cos_view.data_ptr();
@@ -367,13 +376,17 @@ extern "C" {
 
 // Rotary embedding of `x` (a torch::Tensor*, [d0, d1, d2, head_dim]) with the cos and signed
 // sine tables (broadcastable to [d0, d1, d2, rotary_dim]); see kSource. Returns a new
-// torch::Tensor* that autograd can differentiate, or null with the error in `error`.
-void* lincal_rotary(void* x, void* cos, void* signed_sin, char* error, size_t capacity) {
+// torch::Tensor* that autograd can differentiate (first-order), or null: with `*unsupported`
+// set where the kernel does not take these inputs, else with the error in `error`.
+void* lincal_rotary(void* x, void* cos, void* signed_sin, int* unsupported, char* error,
+                    size_t capacity) {
   at::Tensor* out = nullptr;
   lincal_shim_try(error, capacity, [&] {
-    out = new at::Tensor(Rotary::apply(*static_cast<at::Tensor*>(x),
-                                       *static_cast<at::Tensor*>(cos),
-                                       *static_cast<at::Tensor*>(signed_sin)));
+    const auto& x_tensor = *static_cast<at::Tensor*>(x);
+    const auto& cos_tensor = *static_cast<at::Tensor*>(cos);
+    const auto& sin_tensor = *static_cast<at::Tensor*>(signed_sin);
+    *unsupported = rotary_takes(x_tensor, cos_tensor, sin_tensor) ? 0 : 1;
+    if (*unsupported == 0) out = new at::Tensor(Rotary::apply(x_tensor, cos_tensor, sin_tensor));
   });
   return out;
 }

@@ -174,58 +174,96 @@ struct Adapter {
     scaling: f64,
     dropout: f64,
     switches: Arc<Switches>,
-    /// `A` and `scaling·B` in the activations' precision, kept for the rest of one
-    /// [`with_frozen_adapters`] call (see [`Adapter::factors`]).
-    factors: Mutex<Option<(FactorsKey, Tensor, Tensor)>>,
+    /// `A` and `scaling·B` in the activations' precision, one entry for each
+    /// [`with_frozen_adapters`] call and precision (see [`Adapter::factors`]).
+    factors: Mutex<Vec<Factors>>,
 }
 
-/// The [`with_frozen_adapters`] call and the precision that cast factors were made for.
-type FactorsKey = (u64, Kind);
+/// An adapter's cast factors for one [`with_frozen_adapters`] call and precision.
+#[derive(Debug)]
+struct Factors {
+    scope: u64,
+    kind: Kind,
+    a: Tensor,
+    up: Tensor,
+}
 
 thread_local! {
     /// The [`with_frozen_adapters`] call running on this thread (0: none).
     static FROZEN_SCOPE: Cell<u64> = const { Cell::new(0) };
 }
 
-/// Runs `f`, in which the caller promises that no adapter changes and no gradient is needed
-/// (generation): each adapter casts its factors once for all of `f`'s passes instead of in
+/// The [`with_frozen_adapters`] calls running on any thread. Their factors must outlive
+/// them: CUDA graphs recorded in a call read the factors by address at every replay.
+static LIVE_SCOPES: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+/// Runs `f`, in which the caller promises that no adapter changes (generation): each adapter
+/// casts its factors once for all of `f`'s passes that record no gradient, instead of in
 /// every pass. A 7B decode step with seven adapted projections a layer would otherwise launch
-/// 672 small kernels to form them again, each time from the same values.
+/// 672 small kernels to form them again, each time from the same values. Calls may nest and
+/// run on several threads; each has its own factors.
 pub fn with_frozen_adapters<T>(f: impl FnOnce() -> T) -> T {
     static NEXT_SCOPE: AtomicU64 = AtomicU64::new(1);
     let scope = NEXT_SCOPE.fetch_add(1, Ordering::Relaxed);
     let outer = FROZEN_SCOPE.replace(scope);
-    struct Restore(u64);
-    impl Drop for Restore {
+    lock(&LIVE_SCOPES).push(scope);
+    struct End(u64, u64);
+    impl Drop for End {
         fn drop(&mut self) {
-            FROZEN_SCOPE.set(self.0);
+            lock(&LIVE_SCOPES).retain(|&live| live != self.0);
+            FROZEN_SCOPE.set(self.1);
         }
     }
-    let _restore = Restore(outer);
+    let _end = End(scope, outer);
     f()
+}
+
+/// A lock whose data stays usable after a panic elsewhere (nothing here is left half-written).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Whether autograd records operations on this thread (tch reads the flag only to set it).
+fn grad_enabled() -> bool {
+    // The C wrapper that tch's torch-sys compiles into every binary that uses tch.
+    unsafe extern "C" {
+        fn at_grad_set_enabled(enabled: std::ffi::c_int) -> std::ffi::c_int;
+    }
+    // SAFETY: sets the thread's grad mode and puts the previous value straight back.
+    unsafe {
+        let previous = at_grad_set_enabled(0);
+        at_grad_set_enabled(previous);
+        previous != 0
+    }
 }
 
 impl Adapter {
     /// `A` and `scaling·B` cast to `kind` for the update's products: formed in every pass
-    /// (the casts carry gradients back to the f32 adapters), or once in a
-    /// [`with_frozen_adapters`] call.
+    /// that records gradients (the casts carry them back to the f32 adapters) or runs outside
+    /// a [`with_frozen_adapters`] call, else once for that call. Factors of calls that have
+    /// ended are dropped here.
     fn factors(&self, kind: Kind) -> (Tensor, Tensor) {
         let form = || (self.a.to_kind(kind), (&self.b * self.scaling).to_kind(kind));
         let scope = FROZEN_SCOPE.get();
-        if scope == 0 {
+        if scope == 0 || grad_enabled() {
             return form();
         }
-        let mut cached = self
-            .factors
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((key, a, up)) = cached.as_ref()
-            && *key == (scope, kind)
-        {
-            return (a.shallow_clone(), up.shallow_clone());
+        let mut cached = lock(&self.factors);
+        let live = lock(&LIVE_SCOPES);
+        cached.retain(|f| live.contains(&f.scope));
+        drop(live);
+        if let Some(f) = cached.iter().find(|f| f.scope == scope && f.kind == kind) {
+            return (f.a.shallow_clone(), f.up.shallow_clone());
         }
         let (a, up) = form();
-        *cached = Some(((scope, kind), a.shallow_clone(), up.shallow_clone()));
+        cached.push(Factors {
+            scope,
+            kind,
+            a: a.shallow_clone(),
+            up: up.shallow_clone(),
+        });
         (a, up)
     }
 }
@@ -313,7 +351,7 @@ pub fn linear(path: nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> Linear {
             scaling: pending.config.scaling(),
             dropout: pending.config.dropout,
             switches: pending.switches.clone(),
-            factors: Mutex::new(None),
+            factors: Mutex::new(Vec::new()),
         })
     });
     Linear {

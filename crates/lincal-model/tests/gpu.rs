@@ -183,22 +183,33 @@ fn attention_kernels_equal_written_out_attention() {
 
 /// The rotary kernel against PyTorch's operations on the GPU, forward and backward, bit for
 /// bit: in f32, bf16 and f16; in Llama's [B, T, heads, D] layout with the tables' axes
-/// swapped, in the [B, heads, T, D] layout of a strided slice (GPT-NeoX's fused projection)
-/// with partial rotation, and with a non-contiguous upstream gradient.
+/// swapped and in the [B, heads, T, D] layout of a strided slice (GPT-NeoX's fused
+/// projection), each with full and partial rotation; with one row's tables broadcast over the
+/// batch, and with a non-contiguous upstream gradient. Inputs the kernel does not take fall
+/// back for that call only.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn rotary_kernel_equals_pytorch_operations_bit_for_bit() {
+    use lincal_model::kernels;
     use lincal_model::layers::{apply_rotary_unfused, rotary_cos_sin, rotary_inv_freq};
     tch::manual_seed(11);
     let positions =
         Tensor::from_slice2(&[[0i64, 1, 2, 7, 300, 9], [5, 6, 9, 11, 4095, 0]]).to_device(GPU);
+    let cases = [
+        (64, 64, true, false),
+        (64, 64, false, false),
+        (24, 16, false, false),
+        (24, 16, true, false),
+        (64, 64, true, true),
+    ];
     for kind in [Kind::Float, Kind::BFloat16, Kind::Half] {
-        for (head_dim, rotary_dim, bthd) in [(64, 64, true), (64, 64, false), (24, 16, false)] {
+        for (head_dim, rotary_dim, bthd, one_row_tables) in cases {
             let inv_freq = rotary_inv_freq(rotary_dim, 10_000.0, None);
             let inv_freq = Tensor::from_slice(&inv_freq)
                 .to_kind(Kind::Float)
                 .to_device(GPU);
-            let (cos, signed_sin) = rotary_cos_sin(&inv_freq, &positions, kind);
+            let rows = if one_row_tables { 1 } else { 2 };
+            let (cos, signed_sin) = rotary_cos_sin(&inv_freq, &positions.narrow(0, 0, rows), kind);
             // A projection's output: 3 heads of `head_dim`, then a strided slice of each head.
             let projection =
                 Tensor::randn([2, 6, 3, 2 * head_dim], (kind, GPU)).set_requires_grad(true);
@@ -231,28 +242,41 @@ fn rotary_kernel_equals_pytorch_operations_bit_for_bit() {
                 (out.detach(), grad[0].shallow_clone())
             };
             let (fused, fused_grad) = run(&|x: &Tensor, cos: &Tensor, sin: &Tensor| {
-                lincal_model::kernels::rotary(x, cos, sin).expect("the rotary kernel ran")
+                kernels::rotary(x, cos, sin).expect("the rotary kernel ran")
             });
             let (plain, plain_grad) = run(&apply_rotary_unfused);
-            let case =
-                format!("{kind:?}, head {head_dim}, rotary {rotary_dim}, [B, T, H, D] {bthd}");
+            let case = format!(
+                "{kind:?}, head {head_dim}, rotary {rotary_dim}, [B, T, H, D] {bthd}, \
+                 one row's tables {one_row_tables}"
+            );
             assert_eq!(fused.size(), plain.size(), "{case}");
-            assert!(
-                fused
-                    .to_kind(Kind::Float)
-                    .equal(&plain.to_kind(Kind::Float)),
-                "{case}: outputs differ by {}",
-                max_abs_diff(&fused, &plain)
-            );
-            assert!(
-                fused_grad
-                    .to_kind(Kind::Float)
-                    .equal(&plain_grad.to_kind(Kind::Float)),
-                "{case}: gradients differ by {}",
-                max_abs_diff(&fused_grad, &plain_grad)
-            );
+            for (what, a, b) in [
+                ("outputs", &fused, &plain),
+                ("gradients", &fused_grad, &plain_grad),
+            ] {
+                assert!(
+                    a.to_kind(Kind::Float).equal(&b.to_kind(Kind::Float)),
+                    "{case}: {what} differ by {}",
+                    max_abs_diff(a, b)
+                );
+            }
             // The rotation moved something: the test would pass for a kernel that copies.
             assert!(max_abs_diff(&fused, &x) > 0.1, "{case}");
         }
     }
+    let inv_freq = Tensor::from_slice(&rotary_inv_freq(8, 10_000.0, None)).to_device(GPU);
+    let (cos, sin) = rotary_cos_sin(&inv_freq.to_kind(Kind::Float), &positions, Kind::Double);
+    let x = Tensor::randn([2, 1, 6, 8], (Kind::Double, GPU));
+    assert!(kernels::rotary(&x, &cos, &sin).is_none(), "no f64 kernel");
+    let (cos, sin) = (cos.to_kind(Kind::Float), sin.to_kind(Kind::Float));
+    let x = x.to_kind(Kind::Float);
+    let cos_with_grad = cos.copy().set_requires_grad(true);
+    assert!(
+        kernels::rotary(&x, &cos_with_grad, &sin).is_none(),
+        "tables with gradients"
+    );
+    assert!(
+        kernels::rotary(&x, &cos, &sin).is_some(),
+        "refusals must not turn it off"
+    );
 }

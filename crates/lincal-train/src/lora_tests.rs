@@ -63,9 +63,11 @@ fn fresh_adapters_change_nothing_and_switch_off_exactly() {
     assert!(adapters.enabled());
 }
 
-/// In a `with_frozen_adapters` call (generation) each adapter casts its factors once: a
-/// change to an adapter inside it goes unseen, as the call's contract allows (this is what
-/// shows the factors are reused), while the next call, and every pass outside one, sees it.
+/// In a `with_frozen_adapters` call (generation) each adapter casts its factors once for the
+/// passes that record no gradient: a change to an adapter inside it goes unseen by them, as
+/// the call's contract allows (this is what shows the factors are reused), while a pass
+/// recording gradients, a nested call, the next call and every pass outside one see it, and
+/// the outer call keeps its own factors after a nested one.
 #[test]
 fn frozen_adapters_cast_their_factors_once_per_call() {
     use lincal_model::lora::with_frozen_adapters;
@@ -73,15 +75,22 @@ fn frozen_adapters_cast_their_factors_once_per_call() {
     let (model, adapters) = adapted(tiny_llama(false), &config, 1);
     perturb_b(&adapters);
     let before = logits(&model);
-    let (inside_before, inside_after) = with_frozen_adapters(|| {
+    let differs = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]) > 1e-4;
+    let (first, reused, with_grad, nested, reused_after_nested) = with_frozen_adapters(|| {
         let first = logits(&model);
         perturb_b(&adapters);
-        (first, logits(&model))
+        let reused = logits(&model);
+        let with_grad = forward_logits(&model);
+        let nested = with_frozen_adapters(|| logits(&model));
+        (first, reused, with_grad, nested, logits(&model))
     });
-    assert!(inside_before.equal(&before));
-    assert!(inside_after.equal(&before), "the factors were formed again");
+    assert!(first.equal(&before));
+    assert!(reused.equal(&before), "the factors were formed again");
+    assert!(differs(&with_grad, &before) && with_grad.requires_grad());
+    assert!(differs(&nested, &before));
+    assert!(reused_after_nested.equal(&before));
     let after = logits(&model);
-    assert!((&after - &before).abs().max().double_value(&[]) > 1e-4);
+    assert!(with_grad.detach().equal(&after) && nested.equal(&after));
     assert!(with_frozen_adapters(|| logits(&model)).equal(&after));
 }
 
