@@ -114,9 +114,31 @@ void check(CUresult result, const char* what) {
   throw std::runtime_error(std::string(what) + ": " + (text ? text : "unknown CUDA error"));
 }
 
+// The rotary kernel's launch geometry, one definition for the host and (as text) for the
+// compiled source. x and out are [d0, d1, d2, head_dim] with any strides but a unit last one;
+// the tables are [d0, d1, d2, rotary_dim] by strides (zero where they broadcast). Each of
+// `count` threads (rows × per_row) writes one rotated pair (channels i and i + rotary_dim / 2)
+// or, past the rotary_dim / 2 pairs of a row, one channel beyond rotary_dim. Indices are
+// 32-bit (the host checks that they fit): 64-bit division costs a small kernel several times
+// its memory traffic.
+#define LINCAL_GEOMETRY        \
+  struct Geometry {            \
+    long long x_stride[3];     \
+    long long table_stride[3]; \
+    long long out_stride[3];   \
+    unsigned size[3];          \
+    unsigned count;            \
+    unsigned per_row;          \
+    int head_dim;              \
+    int rotary_dim;            \
+  };
+LINCAL_GEOMETRY
+#define LINCAL_TEXT(...) #__VA_ARGS__
+#define LINCAL_STRING(...) LINCAL_TEXT(__VA_ARGS__)
+
 // The kernels' source. Storage types are plain integers and conversions are written out, so
 // the program needs no CUDA headers. `round` gives a float the value it has once stored.
-const char* kSource = R"(
+const std::string kSource = LINCAL_STRING(LINCAL_GEOMETRY) R"(
 struct F32 {
   typedef float storage;
   static __device__ float load(float v) { return v; }
@@ -146,22 +168,6 @@ struct F16 {
     return h;
   }
   static __device__ float round(float v) { return load(store(v)); }
-};
-
-// x and out are [d0, d1, d2, head_dim] with any strides but a unit last one; the tables are
-// [d0, d1, d2, rotary_dim] by strides (zero where they broadcast). Each thread writes one
-// rotated pair (channels i and i + rotary_dim / 2) or one channel past rotary_dim.
-// Indices are 32-bit (the host checks that they fit): 64-bit division costs a small kernel
-// several times its memory traffic.
-struct Geometry {
-  long long x_stride[3];
-  long long table_stride[3];
-  long long out_stride[3];
-  unsigned size[3];
-  unsigned count;    // threads: rows × per_row
-  unsigned per_row;  // rotary_dim / 2 pairs, then head_dim − rotary_dim channels passed through
-  int head_dim;
-  int rotary_dim;
 };
 
 // Forward: out = x·cos + roll(x, half)·signed_sin, each product and the sum rounded as
@@ -210,18 +216,6 @@ LINCAL_ROTARY(lincal_rotary_bf16, BF16)
 LINCAL_ROTARY(lincal_rotary_f16, F16)
 )";
 
-// Must match `Geometry` in kSource.
-struct Geometry {
-  long long x_stride[3];
-  long long table_stride[3];
-  long long out_stride[3];
-  unsigned size[3];
-  unsigned count;
-  unsigned per_row;
-  int head_dim;
-  int rotary_dim;
-};
-
 // The module of kSource for one device, compiled for its architecture on first use.
 CUmodule module_for(const at::Device& device) {
   static std::mutex mutex;
@@ -253,7 +247,7 @@ CUmodule module_for(const at::Device& device) {
     if (program != nullptr) api.destroy(&program);
     throw std::runtime_error(message);
   };
-  nvrtc_check(api.create(&program, kSource, "lincal_kernels.cu", 0, nullptr, nullptr),
+  nvrtc_check(api.create(&program, kSource.c_str(), "lincal_kernels.cu", 0, nullptr, nullptr),
               "nvrtcCreateProgram");
   nvrtc_check(api.compile(program, 3, options), "compiling lincal's CUDA kernels");
   size_t size = 0;
