@@ -198,6 +198,14 @@ impl Decoder for Llama {
         rms_norm(x, &self.norm, self.config.rms_norm_eps)
     }
 
+    fn store_projections_joined(&self) {
+        for layer in &self.layers {
+            let (attn, mlp) = (&layer.self_attn, &layer.mlp);
+            lora::store_joined(&[&attn.q_proj, &attn.k_proj, &attn.v_proj]);
+            lora::store_joined(&[&mlp.gate_proj, &mlp.up_proj]);
+        }
+    }
+
     fn output_weight(&self) -> &Tensor {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
     }
@@ -229,11 +237,14 @@ impl Attention {
         // move ahead of the positions for attention: `roll` then reads contiguous rows instead
         // of copying strided ones first, and attention returns its gradients in that layout.
         let (cos, signed_sin) = (cos.transpose(1, 2), signed_sin.transpose(1, 2));
-        let split =
-            |proj: &lora::Linear, count: i64| proj.forward(x).view([b, t, count, self.head_dim]);
-        let q = apply_rotary(&split(&self.q_proj, self.num_heads), &cos, &signed_sin);
-        let k = apply_rotary(&split(&self.k_proj, self.num_kv_heads), &cos, &signed_sin);
-        let v = split(&self.v_proj, self.num_kv_heads);
+        let [q, k, v]: [Tensor; 3] =
+            lora::forward_joined(&[&self.q_proj, &self.k_proj, &self.v_proj], x)
+                .try_into()
+                .expect("three projections give three outputs");
+        let split = |proj: Tensor, count: i64| proj.view([b, t, count, self.head_dim]);
+        let q = apply_rotary(&split(q, self.num_heads), &cos, &signed_sin);
+        let k = apply_rotary(&split(k, self.num_kv_heads), &cos, &signed_sin);
+        let v = split(v, self.num_kv_heads);
         let out = attend(
             &q.transpose(1, 2),
             &k.transpose(1, 2),
@@ -250,7 +261,9 @@ impl Attention {
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Tensor {
-        self.down_proj
-            .forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
+        let [gate, up]: [Tensor; 2] = lora::forward_joined(&[&self.gate_proj, &self.up_proj], x)
+            .try_into()
+            .expect("two projections give two outputs");
+        self.down_proj.forward(&(gate.silu() * up))
     }
 }

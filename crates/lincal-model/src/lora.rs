@@ -278,7 +278,14 @@ pub struct Linear {
 
 impl nn::Module for Linear {
     fn forward(&self, x: &Tensor) -> Tensor {
-        let out = x.linear(&self.weight, self.bias.as_ref());
+        self.add_update(x, x.linear(&self.weight, self.bias.as_ref()))
+    }
+}
+
+impl Linear {
+    /// `out`, this layer's base product for input `x`, plus its adapter's update when it has
+    /// one switched on.
+    fn add_update(&self, x: &Tensor, out: Tensor) -> Tensor {
         match &self.adapter {
             Some(adapter) if adapter.switches.enabled.load(Ordering::Relaxed) => {
                 // The update runs in the activations' precision, as PEFT's does under autocast
@@ -298,6 +305,103 @@ impl nn::Module for Linear {
             _ => out,
         }
     }
+}
+
+/// Moves the weights of `layers`, linear layers that read the same input (a Llama layer's
+/// q, k and v projections; its gate and up projections), into one buffer, back to back in
+/// this order, and their biases (when all have one) into another, so that [`forward_joined`]
+/// can compute them as one matrix product. Values, names and gradients stay each layer's.
+pub fn store_joined(layers: &[&Linear]) {
+    tch::no_grad(|| {
+        let weights: Vec<&Tensor> = layers.iter().map(|l| &l.weight).collect();
+        move_into_one_buffer(&weights);
+        let biases: Option<Vec<&Tensor>> = layers.iter().map(|l| l.bias.as_ref()).collect();
+        if let Some(biases) = biases {
+            move_into_one_buffer(&biases);
+        }
+    });
+}
+
+fn move_into_one_buffer(tensors: &[&Tensor]) {
+    let flat: Vec<Tensor> = tensors.iter().map(|t| t.reshape([-1])).collect();
+    let buffer = Tensor::cat(&flat, 0);
+    let mut offset = 0;
+    for t in tensors {
+        let numel = t.numel() as i64;
+        // `set_data` points every handle to the variable (the `VarStore`'s, this layer's) at
+        // the buffer; a later `set_data` (a cast, the optimizer's flat buffers) moves it away,
+        // which `joined` notices.
+        t.shallow_clone()
+            .set_data(&buffer.narrow(0, offset, numel).view(t.size().as_slice()));
+        offset += numel;
+    }
+}
+
+/// The outputs of `layers` (see [`store_joined`]) for the same input `x`, each with its
+/// adapter's update. One product over their joined weights while they lie back to back in
+/// one buffer and none of them records a gradient in this pass (generation, scoring, a frozen
+/// base under LoRA): at decode shapes (a few hundred rows) one wide product keeps more of the
+/// GPU busy than three narrow ones. Otherwise one product each, as [`Linear`]'s own forward.
+/// The two give the same values up to the order of the sums inside the matrix product, which
+/// the BLAS library may choose differently for a wider one.
+pub fn forward_joined(layers: &[&Linear], x: &Tensor) -> Vec<Tensor> {
+    let records_gradient = |t: &Tensor| t.requires_grad() && grad_enabled();
+    let frozen = layers
+        .iter()
+        .all(|l| !records_gradient(&l.weight) && !l.bias.as_ref().is_some_and(records_gradient));
+    let weights: Vec<&Tensor> = layers.iter().map(|l| &l.weight).collect();
+    let biases: Option<Vec<&Tensor>> = layers.iter().map(|l| l.bias.as_ref()).collect();
+    let joined_weight = frozen.then(|| joined(&weights)).flatten();
+    let joined_bias = match &biases {
+        Some(biases) => joined(biases).map(Some),
+        None if layers.iter().all(|l| l.bias.is_none()) => Some(None),
+        None => None,
+    };
+    let base: Vec<Tensor> = match (joined_weight, joined_bias) {
+        (Some(weight), Some(bias)) => {
+            let widths: Vec<i64> = weights.iter().map(|w| w.size()[0]).collect();
+            x.linear(&weight, bias.as_ref())
+                .split_with_sizes(&widths, -1)
+        }
+        _ => layers
+            .iter()
+            .map(|l| x.linear(&l.weight, l.bias.as_ref()))
+            .collect(),
+    };
+    layers
+        .iter()
+        .zip(base)
+        .map(|(layer, out)| layer.add_update(x, out))
+        .collect()
+}
+
+/// `tensors` (same kind, device and trailing shape, each contiguous) as one tensor joined
+/// along the first axis, without a copy, when they lie back to back in this order in one
+/// storage; `None` otherwise. The view carries no gradient.
+fn joined(tensors: &[&Tensor]) -> Option<Tensor> {
+    let first = tensors.first()?;
+    let (kind, device, trailing) = (first.kind(), first.device(), &first.size()[1..]);
+    let mut next = first.data_ptr() as usize;
+    for t in tensors {
+        let same_layout = t.kind() == kind
+            && t.device() == device
+            && t.size()[1..] == *trailing
+            && t.is_contiguous()
+            && t.data_ptr() as usize == next;
+        if !same_layout {
+            return None;
+        }
+        next += t.numel() * kind.elt_size_in_bytes();
+    }
+    let rows: i64 = tensors.iter().map(|t| t.size()[0]).sum();
+    let mut size = vec![rows];
+    size.extend_from_slice(trailing);
+    // Back to back in memory could still be two allocations side by side: the view over the
+    // first one's storage is then out of its bounds, which libtorch refuses.
+    first
+        .detach()
+        .f_as_strided(size.as_slice(), first.stride().as_slice(), None)
+        .ok()
 }
 
 /// The adapters being created by the model build running inside [`with_lora`] on this thread.
@@ -629,5 +733,139 @@ impl LoraAdapters {
             tch::no_grad(|| var.shallow_clone().f_copy_(tensor))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three layers reading 6 inputs, like q, k and v, with integer weights and biases, so
+    /// that every product is exact whatever order the BLAS library sums in.
+    fn projections(vs: &nn::VarStore, bias: bool) -> Vec<Linear> {
+        let layers: Vec<Linear> = [("q", 4), ("k", 2), ("v", 2)]
+            .into_iter()
+            .map(|(name, out)| linear(vs.root() / name, 6, out, bias))
+            .collect();
+        tch::no_grad(|| {
+            for (i, layer) in layers.iter().enumerate() {
+                let values = |t: &Tensor| {
+                    let n = t.numel() as i64;
+                    (Tensor::arange(n, (Kind::Float, Device::Cpu)) * (i as f64 + 1.0))
+                        .remainder(7.0)
+                        - 3.0
+                };
+                layer
+                    .weight
+                    .shallow_clone()
+                    .copy_(&values(&layer.weight).view_as(&layer.weight));
+                if let Some(b) = &layer.bias {
+                    b.shallow_clone().copy_(&values(b));
+                }
+            }
+        });
+        layers
+    }
+
+    fn input() -> Tensor {
+        (Tensor::arange(2 * 3 * 6, (Kind::Float, Device::Cpu)).remainder(5.0) - 2.0).view([2, 3, 6])
+    }
+
+    fn separate(layers: &[&Linear], x: &Tensor) -> Vec<Tensor> {
+        layers.iter().map(|l| nn::Module::forward(*l, x)).collect()
+    }
+
+    #[test]
+    fn joined_projections_are_one_product_with_each_layers_values() {
+        for bias in [false, true] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let layers = projections(&vs, bias);
+            let refs: Vec<&Linear> = layers.iter().collect();
+            let weights: Vec<&Tensor> = refs.iter().map(|l| &l.weight).collect();
+            assert!(
+                joined(&weights).is_none(),
+                "separately allocated weights are not joined"
+            );
+            let x = input();
+            let want = tch::no_grad(|| separate(&refs, &x));
+            store_joined(&refs);
+            let joined_weight = joined(&weights).expect("stored back to back");
+            assert_eq!(joined_weight.size(), [8, 6]);
+            assert!(joined_weight.equal(&Tensor::cat(&weights, 0)));
+            if bias {
+                let biases: Vec<&Tensor> = refs.iter().map(|l| l.bias.as_ref().unwrap()).collect();
+                assert!(joined(&biases).is_some(), "biases stored back to back");
+            }
+            // The VarStore's handles see the moved storage.
+            let stored = vs.variables();
+            assert_eq!(stored["k.weight"].data_ptr(), layers[1].weight.data_ptr());
+            let got = tch::no_grad(|| forward_joined(&refs, &x));
+            for (got, want) in got.iter().zip(&want) {
+                assert!(got.equal(want), "bias {bias}: {got:?} != {want:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn joined_projections_keep_each_weights_gradient_and_survive_a_moved_weight() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let layers = projections(&vs, true);
+        let refs: Vec<&Linear> = layers.iter().collect();
+        store_joined(&refs);
+        let x = input();
+        // A pass that records gradients computes each product on its own: every weight gets
+        // its gradient, the column sums of the input (the loss sums every output).
+        let outputs = forward_joined(&refs, &x);
+        Tensor::cat(&outputs, -1).sum(Kind::Float).backward();
+        let column_sums = x.sum_dim_intlist([0, 1].as_slice(), false, Kind::Float);
+        for layer in &layers {
+            let grad = layer.weight.grad();
+            assert!(grad.defined(), "a weight got no gradient");
+            assert!(grad.equal(&column_sums.expand_as(&layer.weight)));
+        }
+        // The optimizer's flat buffers move a weight elsewhere (`set_data`): the products are
+        // formed one by one again, with the same values.
+        let want = tch::no_grad(|| separate(&refs, &x));
+        tch::no_grad(|| {
+            let moved = layers[1].weight.copy();
+            layers[1].weight.shallow_clone().set_data(&moved);
+        });
+        let weights: Vec<&Tensor> = refs.iter().map(|l| &l.weight).collect();
+        assert!(joined(&weights).is_none());
+        let got = tch::no_grad(|| forward_joined(&refs, &x));
+        for (got, want) in got.iter().zip(&want) {
+            assert!(got.equal(want));
+        }
+    }
+
+    #[test]
+    fn joined_projections_add_each_layers_adapter() {
+        let config = LoraConfig {
+            r: 2,
+            alpha: 4.0,
+            dropout: 0.0,
+            target_modules: vec!["q".into(), "v".into()],
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let (layers, adapters) =
+            with_lora(&config, Device::Cpu, 3, || Ok(projections(&vs, false))).unwrap();
+        tch::no_grad(|| {
+            for (name, b) in adapters.var_store().variables() {
+                if name.contains("lora_B") {
+                    b.shallow_clone().copy_(&(b.ones_like() * 0.5));
+                }
+            }
+        });
+        let refs: Vec<&Linear> = layers.iter().collect();
+        let x = input();
+        let want = tch::no_grad(|| separate(&refs, &x));
+        let bare = adapters.without_adapters(|| tch::no_grad(|| separate(&refs, &x)));
+        store_joined(&refs);
+        let got = tch::no_grad(|| forward_joined(&refs, &x));
+        for (i, (got, want)) in got.iter().zip(&want).enumerate() {
+            assert!(got.equal(want), "layer {i}");
+            // q and v carry an update, k none.
+            assert_eq!(got.equal(&bare[i]), i == 1, "layer {i}");
+        }
     }
 }

@@ -31,6 +31,10 @@ pub(crate) trait Decoder: Send {
         cache: Option<&mut KvCache>,
     ) -> Tensor;
     fn final_norm(&self, x: &Tensor) -> Tensor;
+    /// Puts the weights of projections that read the same input back to back in memory, so
+    /// that passes without gradients compute them as one product (see
+    /// [`crate::lora::forward_joined`]). Called after the weights are created or cast.
+    fn store_projections_joined(&self) {}
     /// The `[V, hidden]` matrix that maps final hidden states to logits (tied to the input
     /// embeddings when the checkpoint has no separate head).
     fn output_weight(&self) -> &Tensor;
@@ -75,6 +79,7 @@ impl CausalLm {
                 ModelConfig::GptNeoX(c) => Box::new(GptNeoX::new(&root, c)),
             }
         };
+        decoder.store_projections_joined();
         CausalLm {
             config,
             vs,
@@ -178,6 +183,7 @@ impl CausalLm {
     /// Casts every weight to `kind` (e.g. bf16 for GPU work); the config follows.
     pub fn set_kind(&mut self, kind: Kind) {
         self.vs.set_kind(kind);
+        self.decoder.store_projections_joined();
         self.config.set_torch_dtype(kind_name(kind));
     }
 

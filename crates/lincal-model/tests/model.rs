@@ -283,3 +283,45 @@ fn nan_weights_are_refused_and_a_small_tokenizer_is_warned_about() {
         None
     );
 }
+
+/// A Llama layer's q, k, v and its gate, up projections lie back to back in memory (after the
+/// model is built and after a cast), and passes without gradients, which compute each group
+/// as one product, give the logits of passes with gradients, which compute them one by one
+/// (f32 and f64; the sums inside the products may run in another order).
+#[test]
+fn projections_reading_one_input_are_joined_in_passes_without_gradients() {
+    for (kind, tolerance) in [(Kind::Float, 1e-5), (Kind::Double, 1e-12)] {
+        let mut model = random_model(tiny_llama(false), 5);
+        model.set_kind(kind);
+        let vars = model.var_store().variables();
+        for layer in 0..2 {
+            for group in [
+                &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"][..],
+                &["mlp.gate_proj", "mlp.up_proj"],
+            ] {
+                let weights: Vec<&Tensor> = group
+                    .iter()
+                    .map(|m| &vars[&format!("model.layers.{layer}.{m}.weight")])
+                    .collect();
+                for pair in weights.windows(2) {
+                    let end =
+                        pair[0].data_ptr() as usize + pair[0].numel() * kind.elt_size_in_bytes();
+                    assert_eq!(
+                        end,
+                        pair[1].data_ptr() as usize,
+                        "{group:?} of layer {layer}"
+                    );
+                }
+            }
+        }
+        let ids = Tensor::from_slice(&[1i64, 7, 9, 30, 2, 11, 5, 63]).view([2, 4]);
+        let positions = Tensor::arange(4, (Kind::Int64, Device::Cpu))
+            .unsqueeze(0)
+            .expand_as(&ids);
+        let separate = model.logits(&model.forward(&ids, &positions, None, None));
+        assert!(separate.requires_grad(), "the pass recorded gradients");
+        let joined = full_logits(&model, &ids);
+        let diff = max_abs_diff(&separate.detach(), &joined);
+        assert!(diff < tolerance, "{kind:?}: logits differ by {diff}");
+    }
+}
