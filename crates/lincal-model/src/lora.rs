@@ -201,7 +201,8 @@ static LIVE_SCOPES: Mutex<Vec<u64>> = Mutex::new(Vec::new());
 /// casts its factors once for all of `f`'s passes that record no gradient, instead of in
 /// every pass. A 7B decode step with seven adapted projections a layer would otherwise launch
 /// 672 small kernels to form them again, each time from the same values. Calls may nest and
-/// run on several threads; each has its own factors.
+/// run on several threads; each has its own factors. Its passes without gradients also
+/// compute joined projections as one product (see [`joined_weights`]).
 pub fn with_frozen_adapters<T>(f: impl FnOnce() -> T) -> T {
     static NEXT_SCOPE: AtomicU64 = AtomicU64::new(1);
     let scope = NEXT_SCOPE.fetch_add(1, Ordering::Relaxed);
@@ -338,32 +339,17 @@ fn move_into_one_buffer(tensors: &[&Tensor]) {
 }
 
 /// The outputs of `layers` (see [`store_joined`]) for the same input `x`, each with its
-/// adapter's update. One product over their joined weights while they lie back to back in
-/// one buffer and none of them records a gradient in this pass (generation, scoring, a frozen
-/// base under LoRA): at decode shapes (a few hundred rows) one wide product keeps more of the
-/// GPU busy than three narrow ones. Otherwise one product each, as [`Linear`]'s own forward.
-/// The two give the same values up to the order of the sums inside the matrix product, which
-/// the BLAS library may choose differently for a wider one.
+/// adapter's update: one product over their joined weights where [`joined_weights`] gives
+/// them, else one product each, as [`Linear`]'s own forward. At decode shapes (a few hundred
+/// rows) one wide product keeps more of the GPU busy than three narrow ones.
 pub fn forward_joined(layers: &[&Linear], x: &Tensor) -> Vec<Tensor> {
-    let records_gradient = |t: &Tensor| t.requires_grad() && grad_enabled();
-    let frozen = layers
-        .iter()
-        .all(|l| !records_gradient(&l.weight) && !l.bias.as_ref().is_some_and(records_gradient));
-    let weights: Vec<&Tensor> = layers.iter().map(|l| &l.weight).collect();
-    let biases: Option<Vec<&Tensor>> = layers.iter().map(|l| l.bias.as_ref()).collect();
-    let joined_weight = frozen.then(|| joined(&weights)).flatten();
-    let joined_bias = match &biases {
-        Some(biases) => joined(biases).map(Some),
-        None if layers.iter().all(|l| l.bias.is_none()) => Some(None),
-        None => None,
-    };
-    let base: Vec<Tensor> = match (joined_weight, joined_bias) {
-        (Some(weight), Some(bias)) => {
-            let widths: Vec<i64> = weights.iter().map(|w| w.size()[0]).collect();
+    let base: Vec<Tensor> = match joined_weights(layers) {
+        Some((weight, bias)) => {
+            let widths: Vec<i64> = layers.iter().map(|l| l.weight.size()[0]).collect();
             x.linear(&weight, bias.as_ref())
                 .split_with_sizes(&widths, -1)
         }
-        _ => layers
+        None => layers
             .iter()
             .map(|l| x.linear(&l.weight, l.bias.as_ref()))
             .collect(),
@@ -373,6 +359,31 @@ pub fn forward_joined(layers: &[&Linear], x: &Tensor) -> Vec<Tensor> {
         .zip(base)
         .map(|(layer, out)| layer.add_update(x, out))
         .collect()
+}
+
+/// The joined weight (and bias) of `layers` when this pass computes them as one product: they
+/// lie back to back in one buffer, and either none of them is trainable (a frozen base under
+/// LoRA) or the pass is a generation's (inside [`with_frozen_adapters`], recording no
+/// gradient). Other passes over trainable weights take one product each, so that a pass that
+/// trains them and the passes that score for it (PPO's old log-probs) compute the same values
+/// bit for bit; a wider product may sum in another order.
+fn joined_weights(layers: &[&Linear]) -> Option<(Tensor, Option<Tensor>)> {
+    let trainable = layers
+        .iter()
+        .any(|l| l.weight.requires_grad() || l.bias.as_ref().is_some_and(Tensor::requires_grad));
+    let generating = FROZEN_SCOPE.get() != 0 && !grad_enabled();
+    if trainable && !generating {
+        return None;
+    }
+    let weights: Vec<&Tensor> = layers.iter().map(|l| &l.weight).collect();
+    let weight = joined(&weights)?;
+    let biases: Vec<&Tensor> = layers.iter().filter_map(|l| l.bias.as_ref()).collect();
+    let bias = match biases.len() {
+        0 => None,
+        n if n == layers.len() => Some(joined(&biases)?),
+        _ => return None,
+    };
+    Some((weight, bias))
 }
 
 /// `tensors` (same kind, device and trailing shape, each contiguous) as one tensor joined
@@ -775,47 +786,63 @@ mod tests {
         layers.iter().map(|l| nn::Module::forward(*l, x)).collect()
     }
 
+    /// Whether a pass without gradients in a generation call joins the products.
+    fn joins_in_generation(layers: &[&Linear]) -> bool {
+        with_frozen_adapters(|| tch::no_grad(|| joined_weights(layers).is_some()))
+    }
+
     #[test]
     fn joined_projections_are_one_product_with_each_layers_values() {
         for bias in [false, true] {
             let vs = nn::VarStore::new(Device::Cpu);
             let layers = projections(&vs, bias);
             let refs: Vec<&Linear> = layers.iter().collect();
-            let weights: Vec<&Tensor> = refs.iter().map(|l| &l.weight).collect();
             assert!(
-                joined(&weights).is_none(),
+                !joins_in_generation(&refs),
                 "separately allocated weights are not joined"
             );
             let x = input();
             let want = tch::no_grad(|| separate(&refs, &x));
             store_joined(&refs);
-            let joined_weight = joined(&weights).expect("stored back to back");
-            assert_eq!(joined_weight.size(), [8, 6]);
-            assert!(joined_weight.equal(&Tensor::cat(&weights, 0)));
-            if bias {
-                let biases: Vec<&Tensor> = refs.iter().map(|l| l.bias.as_ref().unwrap()).collect();
-                assert!(joined(&biases).is_some(), "biases stored back to back");
-            }
+            let (weight, joined_bias) = with_frozen_adapters(|| {
+                tch::no_grad(|| joined_weights(&refs)).expect("stored back to back")
+            });
+            let weights: Vec<&Tensor> = refs.iter().map(|l| &l.weight).collect();
+            assert!(weight.equal(&Tensor::cat(&weights, 0)));
+            assert_eq!(joined_bias.is_some(), bias);
             // The VarStore's handles see the moved storage.
-            let stored = vs.variables();
-            assert_eq!(stored["k.weight"].data_ptr(), layers[1].weight.data_ptr());
-            let got = tch::no_grad(|| forward_joined(&refs, &x));
+            assert_eq!(
+                vs.variables()["k.weight"].data_ptr(),
+                layers[1].weight.data_ptr()
+            );
+            let got = with_frozen_adapters(|| tch::no_grad(|| forward_joined(&refs, &x)));
             for (got, want) in got.iter().zip(&want) {
                 assert!(got.equal(want), "bias {bias}: {got:?} != {want:?}");
             }
         }
     }
 
+    /// Trainable weights are joined only in a generation call's passes without gradients;
+    /// frozen ones in every pass.
     #[test]
-    fn joined_projections_keep_each_weights_gradient_and_survive_a_moved_weight() {
-        let vs = nn::VarStore::new(Device::Cpu);
+    fn trainable_projections_are_joined_only_in_generation() {
+        let mut vs = nn::VarStore::new(Device::Cpu);
         let layers = projections(&vs, true);
         let refs: Vec<&Linear> = layers.iter().collect();
         store_joined(&refs);
-        let x = input();
+        assert!(joins_in_generation(&refs));
+        assert!(
+            tch::no_grad(|| joined_weights(&refs)).is_none(),
+            "outside generation"
+        );
+        assert!(
+            with_frozen_adapters(|| joined_weights(&refs)).is_none(),
+            "with gradients"
+        );
         // A pass that records gradients computes each product on its own: every weight gets
         // its gradient, the column sums of the input (the loss sums every output).
-        let outputs = forward_joined(&refs, &x);
+        let x = input();
+        let outputs = with_frozen_adapters(|| forward_joined(&refs, &x));
         Tensor::cat(&outputs, -1).sum(Kind::Float).backward();
         let column_sums = x.sum_dim_intlist([0, 1].as_slice(), false, Kind::Float);
         for layer in &layers {
@@ -823,16 +850,30 @@ mod tests {
             assert!(grad.defined(), "a weight got no gradient");
             assert!(grad.equal(&column_sums.expand_as(&layer.weight)));
         }
-        // The optimizer's flat buffers move a weight elsewhere (`set_data`): the products are
-        // formed one by one again, with the same values.
+        vs.freeze();
+        assert!(
+            joined_weights(&refs).is_some(),
+            "frozen weights, gradients recorded"
+        );
+        assert!(tch::no_grad(|| joined_weights(&refs)).is_some());
+    }
+
+    /// The optimizer's flat buffers move a weight elsewhere (`set_data`): the products are
+    /// formed one by one again, with the same values.
+    #[test]
+    fn a_moved_weight_is_no_longer_joined() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let layers = projections(&vs, false);
+        let refs: Vec<&Linear> = layers.iter().collect();
+        store_joined(&refs);
+        let x = input();
         let want = tch::no_grad(|| separate(&refs, &x));
         tch::no_grad(|| {
             let moved = layers[1].weight.copy();
             layers[1].weight.shallow_clone().set_data(&moved);
         });
-        let weights: Vec<&Tensor> = refs.iter().map(|l| &l.weight).collect();
-        assert!(joined(&weights).is_none());
-        let got = tch::no_grad(|| forward_joined(&refs, &x));
+        assert!(!joins_in_generation(&refs));
+        let got = with_frozen_adapters(|| tch::no_grad(|| forward_joined(&refs, &x)));
         for (got, want) in got.iter().zip(&want) {
             assert!(got.equal(want));
         }
@@ -861,7 +902,8 @@ mod tests {
         let want = tch::no_grad(|| separate(&refs, &x));
         let bare = adapters.without_adapters(|| tch::no_grad(|| separate(&refs, &x)));
         store_joined(&refs);
-        let got = tch::no_grad(|| forward_joined(&refs, &x));
+        assert!(joins_in_generation(&refs));
+        let got = with_frozen_adapters(|| tch::no_grad(|| forward_joined(&refs, &x)));
         for (i, (got, want)) in got.iter().zip(&want).enumerate() {
             assert!(got.equal(want), "layer {i}");
             // q and v carry an update, k none.

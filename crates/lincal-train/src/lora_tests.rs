@@ -90,8 +90,11 @@ fn frozen_adapters_cast_their_factors_once_per_call() {
     assert!(differs(&nested, &before));
     assert!(reused_after_nested.equal(&before));
     let after = logits(&model);
-    assert!(with_grad.detach().equal(&after) && nested.equal(&after));
-    assert!(with_frozen_adapters(|| logits(&model)).equal(&after));
+    assert!(with_grad.detach().equal(&after));
+    // A call's passes compute q, k, v and gate, up as one product each, passes outside one
+    // by one: the same values but for the order of sums inside the products.
+    assert!((&nested - &after).abs().max().double_value(&[]) < 1e-5);
+    assert!(with_frozen_adapters(|| logits(&model)).equal(&nested));
 }
 
 /// In a bf16 model the adapters' update runs in bf16, as under autocast: what the adapters
