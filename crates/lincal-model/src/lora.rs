@@ -361,18 +361,14 @@ pub fn forward_joined(layers: &[&Linear], x: &Tensor) -> Vec<Tensor> {
         .collect()
 }
 
-/// The joined weight (and bias) of `layers` when this pass computes them as one product: they
-/// lie back to back in one buffer, and either none of them is trainable (a frozen base under
-/// LoRA) or the pass is a generation's (inside [`with_frozen_adapters`], recording no
-/// gradient). Other passes over trainable weights take one product each, so that a pass that
-/// trains them and the passes that score for it (PPO's old log-probs) compute the same values
-/// bit for bit; a wider product may sum in another order.
+/// The joined weight (and bias) of `layers` when this pass computes them as one product: a
+/// generation's pass (inside [`with_frozen_adapters`], recording no gradient) while they lie
+/// back to back in one buffer. Every other pass takes one product each, so that passes that
+/// must agree bit for bit do (a pass that trains and the one that scored for it, PPO's old
+/// log-probs; a policy and its frozen reference copy): a wider product may sum in another
+/// order. Generation's own log-probs are compared with those passes only within rounding.
 fn joined_weights(layers: &[&Linear]) -> Option<(Tensor, Option<Tensor>)> {
-    let trainable = layers
-        .iter()
-        .any(|l| l.weight.requires_grad() || l.bias.as_ref().is_some_and(Tensor::requires_grad));
-    let generating = FROZEN_SCOPE.get() != 0 && !grad_enabled();
-    if trainable && !generating {
+    if FROZEN_SCOPE.get() == 0 || grad_enabled() {
         return None;
     }
     let weights: Vec<&Tensor> = layers.iter().map(|l| &l.weight).collect();
@@ -822,10 +818,11 @@ mod tests {
         }
     }
 
-    /// Trainable weights are joined only in a generation call's passes without gradients;
-    /// frozen ones in every pass.
+    /// Only a generation call's passes without gradients join the products, whether the
+    /// weights are trainable or frozen; a pass that records gradients computes each product
+    /// on its own and every weight gets its gradient.
     #[test]
-    fn trainable_projections_are_joined_only_in_generation() {
+    fn projections_are_joined_only_in_generation() {
         let mut vs = nn::VarStore::new(Device::Cpu);
         let layers = projections(&vs, true);
         let refs: Vec<&Linear> = layers.iter().collect();
@@ -839,8 +836,7 @@ mod tests {
             with_frozen_adapters(|| joined_weights(&refs)).is_none(),
             "with gradients"
         );
-        // A pass that records gradients computes each product on its own: every weight gets
-        // its gradient, the column sums of the input (the loss sums every output).
+        // The loss sums every output: each weight's gradient is the column sums of the input.
         let x = input();
         let outputs = with_frozen_adapters(|| forward_joined(&refs, &x));
         Tensor::cat(&outputs, -1).sum(Kind::Float).backward();
@@ -852,10 +848,10 @@ mod tests {
         }
         vs.freeze();
         assert!(
-            joined_weights(&refs).is_some(),
-            "frozen weights, gradients recorded"
+            tch::no_grad(|| joined_weights(&refs)).is_none(),
+            "frozen, outside generation"
         );
-        assert!(tch::no_grad(|| joined_weights(&refs)).is_some());
+        assert!(joins_in_generation(&refs));
     }
 
     /// The optimizer's flat buffers move a weight elsewhere (`set_data`): the products are
