@@ -23,18 +23,6 @@ SHAPES = {
 }
 
 
-def graphed(fn):
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
-
-
 for name, (hidden, q_dim, kv_dim, ffn, layers, vocab) in SHAPES.items():
     def w(o, i):
         return torch.randn(o, i, device=dev, dtype=kind) / i**0.5
@@ -77,7 +65,7 @@ for name, (hidden, q_dim, kv_dim, ffn, layers, vocab) in SHAPES.items():
         for library in ("cublas", "cublaslt"):
             torch.backends.cuda.preferred_blas_library(library)
             for variant, fn in (("separate", separate), ("fused", fused)):
-                ms = timing.timed(graphed(fn), iters=50)
+                ms = timing.timed(timing.graphed(fn), iters=50)
                 report(part="decode matrix products", shape=name, batch=batch, blas=library,
                        variant=variant, ms_per_step=round(ms, 3),
                        tflops=round(flop_per_row * batch / ms / 1e9, 1))

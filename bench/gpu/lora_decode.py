@@ -60,22 +60,10 @@ def bf16_factors_once():
     return outs
 
 
-def graphed(fn):
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
-
-
 reference = lincal_f32()
 error = max((a.float() - b.float()).abs().max().item() for a, b in zip(bf16_folded(), reference))
 for name, fn in [("plain", plain), ("f32 update (before entry 15)", lincal_f32), ("bf16 update, scale in B (entry 15)", bf16_folded),
                  ("bf16 update, factors cast once a call (entry 18)", bf16_factors_once)]:
-    ms = timing.timed(graphed(fn), iters=200)
+    ms = timing.timed(timing.graphed(fn), iters=200)
     report(part="lora decode projections", variant=name, batch=B, r=R, ms_per_layer=ms,
            ms_per_step=ms * LAYERS, max_abs_diff_from_f32=error if "bf16" in name else 0.0)
