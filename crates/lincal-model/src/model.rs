@@ -79,12 +79,23 @@ impl CausalLm {
                 ModelConfig::GptNeoX(c) => Box::new(GptNeoX::new(&root, c)),
             }
         };
-        decoder.store_projections_joined();
-        CausalLm {
+        let model = CausalLm {
             config,
             vs,
             decoder,
             cuda_graphs: true,
+        };
+        model.store_projections_joined();
+        model
+    }
+
+    /// See [`Decoder::store_projections_joined`]. The weights' old storage is free then, but
+    /// libtorch keeps it cached in blocks of their sizes (9 GB for a 7B), which the driver,
+    /// and the batch planner's reading of free memory, count as used: give it back.
+    fn store_projections_joined(&self) {
+        self.decoder.store_projections_joined();
+        if self.vs.device().is_cuda() {
+            crate::cuda_graph::empty_cache().expect("emptying libtorch's CUDA cache");
         }
     }
 
@@ -183,7 +194,7 @@ impl CausalLm {
     /// Casts every weight to `kind` (e.g. bf16 for GPU work); the config follows.
     pub fn set_kind(&mut self, kind: Kind) {
         self.vs.set_kind(kind);
-        self.decoder.store_projections_joined();
+        self.store_projections_joined();
         self.config.set_torch_dtype(kind_name(kind));
     }
 
