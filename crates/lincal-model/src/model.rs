@@ -90,8 +90,8 @@ impl CausalLm {
     }
 
     /// See [`Decoder::store_projections_joined`]. The weights' old storage is free then, but
-    /// libtorch keeps it cached in blocks of their sizes (9 GB for a 7B), which the driver,
-    /// and the batch planner's reading of free memory, count as used: give it back.
+    /// libtorch keeps it cached in blocks of their sizes (9 GB for a 7B), which later
+    /// allocations of other sizes rarely use and the driver counts as used: give it back.
     fn store_projections_joined(&self) {
         self.decoder.store_projections_joined();
         if self.vs.device().is_cuda() {
