@@ -323,7 +323,11 @@ pub fn store_joined(layers: &[&Linear]) {
     });
 }
 
+/// Moves `tensors` into one new buffer, back to back, unless they already lie so.
 fn move_into_one_buffer(tensors: &[&Tensor]) {
+    if joined(tensors).is_some() {
+        return;
+    }
     let flat: Vec<Tensor> = tensors.iter().map(|t| t.reshape([-1])).collect();
     let buffer = Tensor::cat(&flat, 0);
     let mut offset = 0;

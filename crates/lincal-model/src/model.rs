@@ -32,7 +32,7 @@ pub(crate) trait Decoder: Send {
     ) -> Tensor;
     fn final_norm(&self, x: &Tensor) -> Tensor;
     /// Puts the weights of projections that read the same input back to back in memory, so
-    /// that passes without gradients compute them as one product (see
+    /// that generation's passes compute them as one product (see
     /// [`crate::lora::forward_joined`]). Called after the weights are created or cast.
     fn store_projections_joined(&self) {}
     /// The `[V, hidden]` matrix that maps final hidden states to logits (tied to the input
@@ -191,10 +191,14 @@ impl CausalLm {
         &self.vs
     }
 
-    /// Casts every weight to `kind` (e.g. bf16 for GPU work); the config follows.
+    /// Casts every weight to `kind` (e.g. bf16 for GPU work); the config follows. A cast to
+    /// the weights' own kind leaves them where they are (after training, the optimizer's f32
+    /// masters, which joining would copy).
     pub fn set_kind(&mut self, kind: Kind) {
-        self.vs.set_kind(kind);
-        self.store_projections_joined();
+        if kind != self.kind() {
+            self.vs.set_kind(kind);
+            self.store_projections_joined();
+        }
         self.config.set_torch_dtype(kind_name(kind));
     }
 

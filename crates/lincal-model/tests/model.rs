@@ -284,10 +284,11 @@ fn nan_weights_are_refused_and_a_small_tokenizer_is_warned_about() {
     );
 }
 
-/// A Llama layer's q, k, v and its gate, up projections lie back to back in memory (after the
-/// model is built and after a cast), and a generation's passes, which compute each group as
-/// one product, give the logits of passes that compute them one by one (f32 and f64; the sums
-/// inside the products may run in another order).
+/// A Llama layer's q, k, v and its gate, up projections lie back to back in memory (as built,
+/// f32, and after a cast, f64), and a generation's passes, which compute each group as one
+/// product, give the logits of passes that compute them one by one (the sums inside the
+/// products may run in another order; a wrong split would be far off). Which passes join is
+/// tested in `lora.rs`.
 #[test]
 fn projections_reading_one_input_are_joined_in_generation() {
     for (kind, tolerance) in [(Kind::Float, 1e-5), (Kind::Double, 1e-12)] {
