@@ -67,9 +67,13 @@ pub fn serve(
     let engine_thread = std::thread::Builder::new()
         .name("lincal-engine".into())
         .spawn(move || {
-            let (engine, handle) = Engine::new(model, engine_tokenizer, engine_config);
-            let _ = handle_tx.send(handle);
-            engine.run();
+            // Nothing changes the served model: its passes may join projections and keep LoRA
+            // factors cast for as long as it serves.
+            lincal_model::lora::with_frozen_adapters(|| {
+                let (engine, handle) = Engine::new(model, engine_tokenizer, engine_config);
+                let _ = handle_tx.send(handle);
+                engine.run();
+            })
         })?;
     let handle = handle_rx
         .recv()
