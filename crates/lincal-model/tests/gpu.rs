@@ -1,6 +1,7 @@
 //! The GPU's fast paths against the plain ones, on tiny random models: CUDA-graph decoding
-//! against eager decoding, the flash-attention path (no mask) against the masked one, and the
-//! GPU forward against the CPU's. Compiled with the `cuda` feature only; `cargo xtask
+//! against eager decoding, the flash-attention path (no mask) against the masked one, the
+//! GPU forward against the CPU's, lincal's kernels and joined projections against PyTorch's
+//! operations. Compiled with the `cuda` feature only; `cargo xtask
 //! gpu-build` puts this binary in `.gpu/tests/` and `bench/gpu/test.sh` runs it on the device
 //! machine.
 #![cfg(feature = "cuda")]
@@ -279,4 +280,32 @@ fn rotary_kernel_equals_pytorch_operations_bit_for_bit() {
         kernels::rotary(&x, &cos, &sin).is_some(),
         "refusals must not turn it off"
     );
+}
+
+/// On the GPU too a generation's passes, which compute a Llama layer's q, k, v and gate, up
+/// as one product each over weights loaded back to back, give the logits of passes that
+/// compute them one by one: within f32 rounding, and in bf16 within its rounding (cuBLAS may
+/// pick another kernel for the wider product).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn joined_projections_equal_separate_ones_on_the_gpu() {
+    for (kind, tolerance) in [(Kind::Float, 1e-5), (Kind::BFloat16, 3e-2)] {
+        let model = gpu_model(tiny_llama(false), kind);
+        let vars = model.var_store().variables();
+        let (q, k) = (
+            &vars["model.layers.1.self_attn.q_proj.weight"],
+            &vars["model.layers.1.self_attn.k_proj.weight"],
+        );
+        assert_eq!(
+            q.data_ptr() as usize + q.numel() * kind.elt_size_in_bytes(),
+            k.data_ptr() as usize,
+            "q and k lie back to back after loading on the GPU"
+        );
+        let ids = ids(GPU);
+        let separate = logits(&model, &ids, None);
+        let joined = lincal_model::lora::with_frozen_adapters(|| logits(&model, &ids, None));
+        let diff = max_abs_diff(&separate, &joined);
+        println!("{kind:?}: joined vs separate logits {diff}");
+        assert!(diff < tolerance, "{kind:?}: {diff}");
+    }
 }
