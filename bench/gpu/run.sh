@@ -23,6 +23,7 @@
 # Needs .gpu/lincal from `cargo xtask gpu-build`, carried with the call. To compare two builds
 # in one call, LINCAL=PATH runs another binary, and BUILD=NAME adds "(NAME)" to its labels.
 # SFT_FLAGS adds flags to lincal's sft steps (e.g. "--recomputed-layers 8" for llama2-7b).
+# PPO_FLAGS adds flags to lincal's ppo and grpo steps (e.g. "--set gradient_checkpointing=true").
 # TRACE=1 traces the timed part of lincal's sft, ppo, grpo and lincal (generation, then at
 # batch 256 only) steps, and two steps of hf-sft, with PyTorch's profiler: each trace's kernels are totalled by
 # trace_summary.py into $OUT/trace_summary.jsonl and the trace is kept gzipped in $OUT.
@@ -73,11 +74,11 @@ for step in "$@"; do
       [ $what = ppo-large-batches ] && ppo_flags+=(--set generation_batch_size=512 --set forward_batch_size=64 --set micro_batch_size=16
         --set reward.extractor_batch_size=512 --set reward.score_batch_size=128)
       [ $what = ppo-auto ] && ppo_flags+=(--set auto_batch_sizes=true)
-      "$lincal" bench ppo --model "$model-ppo" --label "$label" --preset lc_ppo --device cuda "${ppo_flags[@]}" "${trace[@]}" --json "$OUT/ppo.jsonl" ;;
+      "$lincal" bench ppo --model "$model-ppo" --label "$label" --preset lc_ppo --device cuda "${ppo_flags[@]}" ${PPO_FLAGS:-} "${trace[@]}" --json "$OUT/ppo.jsonl" ;;
     grpo|grpo-auto)
       extractor_for "$name"
       [ $what = grpo-auto ] && ppo_flags+=(--set auto_batch_sizes=true)
-      "$lincal" bench grpo --model "$model-ppo" --label "$label" --preset lc_grpo --device cuda "${ppo_flags[@]}" "${trace[@]}" --json "$OUT/grpo.jsonl" ;;
+      "$lincal" bench grpo --model "$model-ppo" --label "$label" --preset lc_grpo --device cuda "${ppo_flags[@]}" ${PPO_FLAGS:-} "${trace[@]}" --json "$OUT/grpo.jsonl" ;;
     serve)
       "$lincal" bench serve --model "$model-ppo" --label "$label" --clients 1,16,64,256 --max-batch 256 --device cuda --dtype bf16 --json "$OUT/serve.jsonl" &&
       "$lincal" bench generate --model "$model-ppo" --label "$label" --batch 1,16,64,256 --device cuda --dtype bf16 --json "$OUT/generate.jsonl" ;;

@@ -306,6 +306,14 @@ impl CausalLm {
     /// layer is run again from its saved input, last layer first, and its backward pass takes
     /// the gradient of the layer above.
     pub fn backward_checkpointed(&self, loss: &Tensor, checkpoints: Checkpoints) {
+        loss.backward();
+        self.backward_recomputed(checkpoints);
+    }
+
+    /// The second half of [`Self::backward_checkpointed`], for a loss of several models' passes
+    /// (PPO's policy and value model): once the loss's backward pass has run, back-propagates
+    /// through this model's recomputed layers from the gradient it left at their boundary.
+    pub fn backward_recomputed(&self, checkpoints: Checkpoints) {
         let Checkpoints {
             input_ids,
             context,
@@ -313,7 +321,6 @@ impl CausalLm {
             boundary,
             seed,
         } = checkpoints;
-        loss.backward();
         let mut grad = boundary.grad();
         while let Some(input) = layer_inputs.pop() {
             let index = layer_inputs.len();

@@ -153,6 +153,25 @@ pub fn recomputed_layers(gradient_checkpointing: bool, layers: Option<usize>) ->
     gradient_checkpointing.then(|| layers.unwrap_or(usize::MAX))
 }
 
+/// `recomputed_layers` is set only with gradient checkpointing on (`prefix`: the fields' table,
+/// such as "training.", for the error).
+pub(crate) fn check_recomputed_layers(
+    prefix: &str,
+    gradient_checkpointing: bool,
+    layers: Option<usize>,
+) -> Result<()> {
+    if layers.is_some() && !gradient_checkpointing {
+        return Err(TrainError::config(
+            &format!("{prefix}recomputed_layers"),
+            format!(
+                "applies to gradient checkpointing only; set {prefix}gradient_checkpointing = \
+                 true, or leave recomputed_layers out"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl TrainingConfig {
     /// The settings common to the reference's SFT and reward-model scripts.
     fn reference(
@@ -229,13 +248,11 @@ impl TrainingConfig {
         ] {
             at_least_one(field, v as u64)?;
         }
-        if self.recomputed_layers.is_some() && !self.gradient_checkpointing {
-            return Err(TrainError::config(
-                "training.recomputed_layers",
-                "applies to gradient checkpointing only; set training.gradient_checkpointing = \
-                 true, or leave recomputed_layers out",
-            ));
-        }
+        check_recomputed_layers(
+            "training.",
+            self.gradient_checkpointing,
+            self.recomputed_layers,
+        )?;
         if !self.batch_size.is_multiple_of(self.micro_batch_size) {
             return Err(TrainError::config(
                 "training.batch_size",

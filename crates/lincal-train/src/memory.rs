@@ -238,6 +238,8 @@ pub struct RlMemoryModel {
     /// LoRA dropout is on (`lora.dropout > 0`): each adapted projection keeps its own
     /// dropped-out input for the update.
     pub lora_dropout: bool,
+    /// Decoder layers the update recomputes (gradient checkpointing), of each trained model.
+    pub recomputed_layers: Option<u64>,
     /// PPO's value model is trained (a copy of the reward model in full fine-tuning).
     pub value: bool,
     pub query_len: u64,
@@ -373,11 +375,17 @@ impl RlMemoryModel {
     /// with their log-softmax and two gradients.
     fn update_row(&self) -> u64 {
         let tokens = self.query_len + self.response_len;
+        let b = self.dtype_bytes;
+        // A recomputed layer keeps its input; the layers above keep all they save, and the
+        // backward pass holds one recomputed layer's activations at a time, after the kept
+        // layers' are freed.
         let saved = |s: &ModelShape| {
-            s.layers
-                * tokens
-                * (s.saved_bytes(self.lora_rank, self.lora_dropout, self.dtype_bytes)
-                    + s.saved_norm_bytes())
+            let recomputed = self.recomputed_layers.unwrap_or(0).min(s.layers);
+            let kept = (s.layers - recomputed).max(recomputed.min(1));
+            tokens
+                * (kept
+                    * (s.saved_bytes(self.lora_rank, self.lora_dropout, b) + s.saved_norm_bytes())
+                    + recomputed * s.hidden * b)
         };
         let logits = self.response_len * self.policy.vocab * (self.dtype_bytes + 16);
         let value = if self.value {
@@ -515,6 +523,7 @@ mod tests {
             master_weights: true,
             lora_rank: None,
             lora_dropout: false,
+            recomputed_layers: None,
             value: true,
             query_len: 6,
             response_len: 4,
@@ -632,6 +641,22 @@ mod tests {
             dropout.update_row(),
             2 * (2 * 10 * (320 + 220)) + 4 * 10 * 18
         );
+        // Recomputing 1 of the 2 layers keeps the other's 320 bytes and the recomputed one's
+        // input, 8 · 2 bytes, per token; recomputing both keeps their inputs and, in the
+        // backward pass, one layer's activations at a time.
+        let recomputed = |layers| RlMemoryModel {
+            recomputed_layers: Some(layers),
+            ..model()
+        };
+        assert_eq!(
+            recomputed(1).update_row(),
+            2 * (10 * (320 + 16)) + 4 * 10 * 18
+        );
+        assert_eq!(
+            recomputed(2).update_row(),
+            2 * (10 * (320 + 2 * 16)) + 4 * 10 * 18
+        );
+        assert_eq!(recomputed(9).update_row(), recomputed(2).update_row());
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::run::{RunOptions, TrainState};
 use crate::training_run::{RunSteps, StepPlan, StepRecord, TrainSummary, TrainingRun};
 use lincal_data::artifact::Manifest;
 use lincal_model::CausalLm;
+use lincal_model::model::Checkpoints;
 use lincal_model::synchronize;
 use std::ops::Range;
 use std::path::Path;
@@ -281,15 +282,52 @@ pub(crate) fn backward_loss(
     divisor: f64,
     loss_of: impl FnOnce(&Tensor) -> Tensor,
 ) -> Tensor {
-    if let Some(recomputed) = recomputed {
-        let (hidden, checkpoints) =
-            model.forward_checkpointed(input_ids, positions, mask, recomputed);
-        let loss = loss_of(&hidden);
-        model.backward_checkpointed(&(&loss / divisor), checkpoints);
-        loss.detach()
-    } else {
-        let loss = loss_of(&model.forward(input_ids, positions, mask, None));
-        (&loss / divisor).backward();
-        loss.detach()
+    let pass = TrainingPass::forward(model, recomputed, input_ids, positions, mask);
+    let loss = loss_of(&pass.hidden);
+    TrainingPass::backward(&(&loss / divisor), [pass]);
+    loss.detach()
+}
+
+/// A forward pass for training, to the final hidden states, with gradient checkpointing of
+/// the first `recomputed` layers when set; [`TrainingPass::backward`] back-propagates a loss
+/// of one or more such passes (PPO's update runs the policy and the value model).
+pub(crate) struct TrainingPass<'a> {
+    pub hidden: Tensor,
+    model: &'a CausalLm,
+    checkpoints: Option<Checkpoints>,
+}
+
+impl<'a> TrainingPass<'a> {
+    pub fn forward(
+        model: &'a CausalLm,
+        recomputed: Option<usize>,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Self {
+        let (hidden, checkpoints) = match recomputed {
+            Some(recomputed) => {
+                let (hidden, checkpoints) =
+                    model.forward_checkpointed(input_ids, positions, mask, recomputed);
+                (hidden, Some(checkpoints))
+            }
+            None => (model.forward(input_ids, positions, mask, None), None),
+        };
+        TrainingPass {
+            hidden,
+            model,
+            checkpoints,
+        }
+    }
+
+    /// Back-propagates `loss` into every weight of `passes` that requires grad: the loss's
+    /// graph first, then each pass's recomputed layers.
+    pub fn backward<const N: usize>(loss: &Tensor, passes: [TrainingPass<'_>; N]) {
+        loss.backward();
+        for pass in passes {
+            if let Some(checkpoints) = pass.checkpoints {
+                pass.model.backward_recomputed(checkpoints);
+            }
+        }
     }
 }

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use super::advantages::GroupBaseline;
 use super::loss::LossAggregation;
-use crate::config::{Precision, at_least_one, in_unit_interval};
+use crate::config::{
+    Precision, at_least_one, check_recomputed_layers, in_unit_interval, recomputed_layers,
+};
 use crate::error::{Result, TrainError};
 use crate::memory::BatchPlan;
 use crate::ppo::PpoModelPaths;
@@ -52,6 +54,17 @@ pub struct GrpoConfig {
     /// As PPO's: the generation, forward, micro and reward batch sizes from free memory.
     #[serde(default)]
     pub auto_batch_sizes: bool,
+    /// Keep only each decoder layer's input in the update's forward passes (policy, and PPO's
+    /// value model) and recompute the layer in the backward pass, as SFT's
+    /// `training.gradient_checkpointing`: the update's activation memory shrinks, so that
+    /// larger micro-batches fit (`auto_batch_sizes` plans for it), for about half a forward
+    /// pass more compute where the base weights are frozen (LoRA).
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
+    /// With gradient checkpointing, recompute only the first this many decoder layers of each
+    /// model (SFT's `training.recomputed_layers`). Unset: every layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recomputed_layers: Option<usize>,
     /// Training prompts longer than this many tokens are dropped.
     pub query_len: usize,
     pub response_len: usize,
@@ -130,6 +143,8 @@ impl GrpoConfig {
             generation_batch_size: ppo.generation_batch_size,
             forward_batch_size: ppo.forward_batch_size,
             auto_batch_sizes: false,
+            gradient_checkpointing: false,
+            recomputed_layers: None,
             query_len: ppo.query_len,
             response_len: ppo.response_len,
             temperature: ppo.temperature,
@@ -204,6 +219,7 @@ impl GrpoConfig {
             response_len: self.response_len,
             rollouts: self.rollout_batch_size(),
             step_batch_size: self.step_batch_size,
+            recomputed_layers: self.recomputed(),
             ranks,
         };
         planned_config(
@@ -246,6 +262,11 @@ impl GrpoConfig {
         self.prompts_per_step * self.group_size
     }
 
+    /// The decoder layers the update's passes recompute ([`recomputed_layers`]).
+    pub fn recomputed(&self) -> Option<usize> {
+        recomputed_layers(self.gradient_checkpointing, self.recomputed_layers)
+    }
+
     pub fn validate(&self) -> Result<()> {
         for (field, value) in [
             ("total_steps", self.total_steps),
@@ -263,6 +284,7 @@ impl GrpoConfig {
         ] {
             at_least_one(field, value)?;
         }
+        check_recomputed_layers("", self.gradient_checkpointing, self.recomputed_layers)?;
         self.reward.validate()?;
         if self.group_size < 2 {
             return Err(TrainError::config(

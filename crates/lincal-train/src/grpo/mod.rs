@@ -27,7 +27,7 @@ use crate::config::Schedule;
 use crate::error::{Result, TrainError};
 use crate::memory::BatchPlan;
 use crate::optim::{AdamWConfig, LrSchedule, TrainableParams};
-use crate::ppo::models::{response_logprobs, row_index};
+use crate::ppo::models::{logprobs_of_hidden, row_index};
 use crate::ppo::ranks::{Ranks, minibatches};
 use crate::ppo::reward::{self, Reward, ScoreContext};
 use crate::ppo::rollout::{RolloutPrompt, RolloutSettings, collect_rollouts};
@@ -37,6 +37,7 @@ use crate::ppo::{
     summed_kl, write_gathered_lines,
 };
 use crate::run::{RunOptions, TrainState};
+use crate::train_loop::TrainingPass;
 use crate::training_run::{RunSteps, StepPlan, StepRecord, TrainSummary, TrainingRun};
 use lincal_model::synchronize;
 use std::ops::Range;
@@ -274,8 +275,10 @@ impl GrpoLearner {
                     let batch = rollouts.seqs.batch(micro);
                     let index = row_index(micro, device);
                     let pick = |t: &Tensor| t.index_select(0, &index);
+                    let policy = &self.models.policy.model;
+                    let pass = batch.training_pass(policy, c.recomputed());
                     let (logprobs, _) =
-                        response_logprobs(&self.models.policy.model, &batch, c.temperature, false);
+                        logprobs_of_hidden(policy, &pass.hidden, &batch, c.temperature, false);
                     let ref_logprobs = pick(&rollouts.ref_logprobs);
                     let inputs = GrpoLossInputs {
                         logprobs: &logprobs,
@@ -294,7 +297,7 @@ impl GrpoLearner {
                             loss: total / micro_stats.tokens.max(1.0),
                         });
                     }
-                    (loss / units).backward();
+                    TrainingPass::backward(&(loss / units), [pass]);
                     self.params.accumulate_grads();
                     stats.accumulate(&micro_stats);
                 }

@@ -1,7 +1,10 @@
 //! The PPO config: one struct, TOML-friendly, with the presets of `lc_ppo.sh` and
 //! `factuality_ppo.sh` (SPEC 2 and 3). Every default is the reference's.
 
-use crate::config::{Precision, at_least_one, in_unit_interval, non_negative, positive};
+use crate::config::{
+    Precision, at_least_one, check_recomputed_layers, in_unit_interval, non_negative, positive,
+    recomputed_layers,
+};
 use crate::error::{Result, TrainError};
 use crate::reward_model::BatchLimits;
 use crate::scorer::DEFAULT_MAX_TOKENS;
@@ -190,6 +193,17 @@ pub struct PpoConfig {
     /// `step_batch_size`, and with it the optimisation, stays as configured.
     #[serde(default)]
     pub auto_batch_sizes: bool,
+    /// Keep only each decoder layer's input in the update's forward passes (policy, and PPO's
+    /// value model) and recompute the layer in the backward pass, as SFT's
+    /// `training.gradient_checkpointing`: the update's activation memory shrinks, so that
+    /// larger micro-batches fit (`auto_batch_sizes` plans for it), for about half a forward
+    /// pass more compute where the base weights are frozen (LoRA).
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
+    /// With gradient checkpointing, recompute only the first this many decoder layers of each
+    /// model (SFT's `training.recomputed_layers`). Unset: every layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recomputed_layers: Option<usize>,
     /// Training prompts longer than this many tokens are dropped (evaluation keeps them).
     pub query_len: usize,
     /// Most tokens sampled per response.
@@ -297,6 +311,8 @@ impl PpoConfig {
             generation_batch_size: 64,
             forward_batch_size: 16,
             auto_batch_sizes: false,
+            gradient_checkpointing: false,
+            recomputed_layers: None,
             query_len: 128,
             response_len: 300,
             temperature: 0.7,
@@ -368,6 +384,11 @@ impl PpoConfig {
         })
     }
 
+    /// The decoder layers the update's passes recompute ([`recomputed_layers`]).
+    pub fn recomputed(&self) -> Option<usize> {
+        recomputed_layers(self.gradient_checkpointing, self.recomputed_layers)
+    }
+
     pub fn validate(&self) -> Result<()> {
         for (field, v) in [
             ("total_steps", self.total_steps),
@@ -389,6 +410,7 @@ impl PpoConfig {
         ] {
             at_least_one(field, v)?;
         }
+        check_recomputed_layers("", self.gradient_checkpointing, self.recomputed_layers)?;
         self.reward.validate()?;
         if !self.rollout_batch_size.is_multiple_of(self.step_batch_size) {
             return Err(TrainError::config(

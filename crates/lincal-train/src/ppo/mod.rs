@@ -67,6 +67,7 @@ use crate::memory::BatchPlan;
 use crate::optim::{AdamWConfig, LrSchedule, TrainableParams};
 use crate::reward_model::RewardModel;
 use crate::run::{RunOptions, TrainState};
+use crate::train_loop::TrainingPass;
 use crate::training_run::{RunSteps, StepPlan, StepRecord, TrainSummary, TrainingRun};
 use advantages::{
     AdvantageInputs, AdvantageSettings, KlController, estimate_advantages, kl_penalty,
@@ -74,7 +75,7 @@ use advantages::{
 use lincal_model::CausalLm;
 use lincal_model::synchronize;
 use loss::{LossInputs, LossStats, ppo_loss};
-use models::{load_models, response_logprobs, row_index, templates};
+use models::{load_models, logprobs_of_hidden, row_index, templates};
 use rand::{RngCore, SeedableRng};
 use ranks::{Ranks, minibatches};
 use rollout::{RolloutPrompt, RolloutSettings, Rollouts, TokenizedPrompts, collect_rollouts};
@@ -337,14 +338,22 @@ impl Learner {
                     let batch = rollouts.seqs.batch(micro);
                     let index = row_index(micro, device);
                     let pick = |t: &Tensor| t.index_select(0, &index);
-                    let (logprobs, _) =
-                        response_logprobs(&self.models.policy.model, &batch, c.temperature, false);
-                    let values = self
+                    let policy = &self.models.policy.model;
+                    let value = self
                         .models
                         .value
                         .as_ref()
-                        .expect("PPO's models have a value model")
-                        .forward(&batch);
+                        .expect("PPO's models have a value model");
+                    let policy_pass = batch.training_pass(policy, c.recomputed());
+                    let value_pass = batch.training_pass(value.backbone.backbone(), c.recomputed());
+                    let (logprobs, _) = logprobs_of_hidden(
+                        policy,
+                        &policy_pass.hidden,
+                        &batch,
+                        c.temperature,
+                        false,
+                    );
+                    let values = value.values_of_hidden(&value_pass.hidden, &batch);
                     let inputs = LossInputs {
                         logprobs: &logprobs,
                         old_logprobs: &pick(&rollouts.logprobs),
@@ -364,7 +373,7 @@ impl Learner {
                             loss: total / micro_stats.weight.max(1.0),
                         });
                     }
-                    (loss / total_weight).backward();
+                    TrainingPass::backward(&(loss / total_weight), [policy_pass, value_pass]);
                     self.params.accumulate_grads();
                     stats.accumulate(&micro_stats);
                 }

@@ -15,6 +15,7 @@ use crate::error::{Result, TrainError};
 use crate::memory::{BatchPlan, ModelShape, RlMemoryModel, device_memory};
 use crate::reward_model::{HeadInit, RewardModel, ScalarHead};
 use crate::setup::{LoadedModel, OUTPUT_EMBEDDINGS};
+use crate::train_loop::TrainingPass;
 use lincal_data::prompts::Templates;
 use lincal_model::layers::{attention_mask, positions_from_mask};
 use lincal_model::lora::{LoraAdapters, LoraConfig, with_lora};
@@ -66,6 +67,8 @@ pub(crate) struct PlannedStep {
     /// Responses per step, and per optimizer step.
     pub rollouts: usize,
     pub step_batch_size: usize,
+    /// Decoder layers the update recomputes (gradient checkpointing).
+    pub recomputed_layers: Option<usize>,
     /// Ranks of the data-parallel job (1 for one process).
     pub ranks: usize,
 }
@@ -92,6 +95,7 @@ impl PpoModelPaths {
             master_weights: step.master_weights,
             lora_rank: settings.lora.map(|lora| lora.r as u64),
             lora_dropout: settings.lora.is_some_and(|lora| lora.dropout > 0.0),
+            recomputed_layers: step.recomputed_layers.map(|layers| layers as u64),
             value: settings.value,
             query_len: step.query_len as u64,
             response_len: step.response_len as u64,
@@ -159,7 +163,12 @@ impl ValueModel {
             Some(&batch.mask),
             None,
         );
-        self.head.forward(&batch.response_states(&hidden))
+        self.values_of_hidden(&hidden, batch)
+    }
+
+    /// [`Self::forward`] from the backbone's final hidden states `[b, T, H]` over `batch`.
+    pub(crate) fn values_of_hidden(&self, hidden: &Tensor, batch: &ForwardBatch) -> Tensor {
+        self.head.forward(&batch.response_states(hidden))
     }
 
     /// Runs `f` with the value adapters off, so that the shared backbone is the reward model's.
@@ -461,6 +470,21 @@ impl ForwardBatch {
     fn response_states(&self, hidden: &Tensor) -> Tensor {
         hidden.narrow(1, self.query_width - 1, self.responses.size()[1])
     }
+
+    /// `model`'s training pass over the batch (the update's), recomputing `recomputed` layers.
+    pub(crate) fn training_pass<'a>(
+        &self,
+        model: &'a CausalLm,
+        recomputed: Option<usize>,
+    ) -> TrainingPass<'a> {
+        TrainingPass::forward(
+            model,
+            recomputed,
+            &self.input_ids,
+            &self.positions,
+            Some(&self.mask),
+        )
+    }
 }
 
 /// Log-probs `[b, W]` (f32) of the response tokens under `model` at `temperature` (logits
@@ -475,7 +499,18 @@ pub(crate) fn response_logprobs(
     with_entropy: bool,
 ) -> (Tensor, Option<Tensor>) {
     let hidden = model.forward(&batch.input_ids, &batch.positions, Some(&batch.mask), None);
-    let states = batch.response_states(&hidden);
+    logprobs_of_hidden(model, &hidden, batch, temperature, with_entropy)
+}
+
+/// [`response_logprobs`] from the model's final hidden states `[b, T, H]` over `batch`.
+pub(crate) fn logprobs_of_hidden(
+    model: &CausalLm,
+    hidden: &Tensor,
+    batch: &ForwardBatch,
+    temperature: f64,
+    with_entropy: bool,
+) -> (Tensor, Option<Tensor>) {
+    let states = batch.response_states(hidden);
     let (rows, width) = (states.size()[0], states.size()[1]);
     let slice_rows = if states.requires_grad() {
         rows
@@ -567,6 +602,7 @@ impl PpoConfig {
             response_len: self.response_len,
             rollouts: self.rollout_batch_size,
             step_batch_size: self.step_batch_size,
+            recomputed_layers: self.recomputed(),
             ranks,
         };
         planned_config(

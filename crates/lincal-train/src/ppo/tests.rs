@@ -330,6 +330,63 @@ fn auto_batch_sizes_give_the_statistics_of_the_configured_ones() {
     );
 }
 
+/// Gradient checkpointing in the update (some layers of policy and value model recomputed, or
+/// all) trains as the plain update: the same statistics over two steps, the second after an
+/// update moved the policy, in full fine-tuning and in LoRA mode (no dropout, so both passes
+/// draw nothing); a recomputed-layers count without checkpointing is refused by name.
+#[test]
+fn gradient_checkpointing_gives_the_statistics_of_the_plain_update() {
+    let fixture = fixture();
+    let mut config = config(RlType::DecisionBased);
+    config.warmup_steps = 0;
+    config.learning_rate = 1e-3;
+    config.total_steps = 2;
+    let train = |config: &PpoConfig| {
+        let dir = tempfile::tempdir().unwrap();
+        PpoTrainer::new(
+            &fixture.paths,
+            Device::Cpu,
+            config,
+            &prompts(),
+            &[],
+            &RunOptions::new(dir.path()),
+        )
+        .unwrap()
+        .train(None)
+        .unwrap();
+        dir
+    };
+    for lora in [None, Some(tiny_lora())] {
+        let config = PpoConfig {
+            lora,
+            ..config.clone()
+        };
+        let plain = train(&config);
+        let second = &train_records(plain.path())[1];
+        assert!(
+            second["kl_unclamped"].as_f64().unwrap().abs() > 0.0,
+            "{second}"
+        );
+        for recomputed in [Some(1), None] {
+            let checkpointed = train(&PpoConfig {
+                gradient_checkpointing: true,
+                recomputed_layers: recomputed,
+                ..config.clone()
+            });
+            assert_same_statistics(plain.path(), checkpointed.path(), 1e-5);
+        }
+    }
+    let error = PpoConfig {
+        recomputed_layers: Some(1),
+        ..config
+    }
+    .validate()
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("`recomputed_layers`"), "{error}");
+    assert!(error.contains("gradient_checkpointing = true"), "{error}");
+}
+
 /// Ranks as threads: two ranks stopped after 2 of 3 steps, resumed by three, log the
 /// statistics, rollouts and evaluations of one uninterrupted process and end at its weights
 /// (within float summation order, 1e-4), with the built-in decision reward (extraction
