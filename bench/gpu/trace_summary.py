@@ -2,8 +2,10 @@
 # GPU kernels totalled by name and by kind (matrix products, attention, normalisation,
 # element-wise, reductions, copies, communication), with the share of the traced span the
 # device was busy; on a CPU trace, the operators' inclusive time instead (an operator's time
-# holds the operators it calls, so those rows overlap). Prints a table and, with OUT.jsonl,
-# appends one JSON line per row.
+# holds the operators it calls, so those rows overlap). Where the trace holds ranges of
+# lincal's timed parts (generation, reward/extraction, update, ...: `TimedPart`), each part's
+# kernels are also totalled by kind, a kernel going to the innermost part that launched it.
+# Prints a table and, with OUT.jsonl, appends one JSON line per row.
 # usage: python3 trace_summary.py TRACE.json [TOP] [OUT.jsonl]
 import collections
 import json
@@ -59,10 +61,57 @@ def main(path, top=25, out=None):
     for name, (ms, calls) in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:top]:
         print(f"{ms:10.2f} {calls:7d} {100 * ms / busy:5.1f}%  {name[:110]}")
         records.append({"trace": path, "name": name, "ms": ms, "calls": calls})
+    if kernels:
+        records += by_part(path, timed, kernels)
     if out:
         with open(out, "a") as f:
             for r in records:
                 f.write(json.dumps(r) + "\n")
+
+
+def by_part(path, timed, kernels):
+    """Each timed part's kernels by kind: a kernel belongs to the innermost part whose range
+    holds its launch (found through the launch's correlation id; the kernel's own start where
+    there is none, which parts allow since each waits for its kernels before it closes)."""
+    parts = sorted((e for e in timed if e.get("cat") == "user_annotation"),
+                   key=lambda e: (e["ts"], -e["dur"]))
+    if not parts:
+        return []
+    # Parts nest: a part's name is the path of the parts holding it.
+    names, open_parts = [], []
+    for e in parts:
+        while open_parts and open_parts[-1]["ts"] + open_parts[-1]["dur"] < e["ts"] + e["dur"]:
+            open_parts.pop()
+        names.append("/".join([o["name"] for o in open_parts] + [e["name"]]))
+        open_parts.append(e)
+    launches = {e["args"]["correlation"]: e["ts"] for e in timed
+                if e.get("cat") == "cuda_runtime" and "correlation" in e.get("args", {})}
+
+    def part_of(kernel):
+        ts = launches.get(kernel.get("args", {}).get("correlation"), kernel["ts"])
+        inner = None
+        for name, e in zip(names, parts):
+            if e["ts"] > ts:
+                break
+            if ts <= e["ts"] + e["dur"]:
+                inner = name
+        return inner or "(outside every part)"
+
+    totals = collections.defaultdict(collections.Counter)
+    for k in kernels:
+        totals[part_of(k)][kind_of(k["name"])] += k["dur"] / 1e3
+    spans = collections.defaultdict(float)
+    for name, e in zip(names, parts):
+        spans[name] += e["dur"] / 1e3
+    records = []
+    print("by part (kernel ms; the part's wall-clock span, summed over its ranges):")
+    for name in sorted(totals, key=lambda n: -sum(totals[n].values())):
+        busy = sum(totals[name].values())
+        kinds = ", ".join(f"{kind} {ms:.1f}" for kind, ms in totals[name].most_common())
+        print(f"  {name:<28} {busy:10.1f} ms of {spans.get(name, 0):10.1f} ms: {kinds}")
+        records.append({"trace": path, "part": name, "busy_ms": busy,
+                        "span_ms": spans.get(name), "kinds": dict(totals[name])})
+    return records
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 // PyTorch's profiler (Kineto), which tch does not bind: operators on the CPU and, when asked,
 // every CUDA kernel with its device time, saved as a Chrome trace.
 
+#include <ATen/record_function.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
 
+#include <memory>
 #include <set>
 
 #include "shim.h"
@@ -27,6 +29,24 @@ int lincal_trace_stop(const char* path, char* error, size_t capacity) {
     auto result = torch::autograd::profiler::disableProfiler();
     if (path != nullptr) result->save(path);
   });
+}
+
+// Opens a range named `name` in the recording profiler, as Python's `record_function` does;
+// `*range` becomes its handle for lincal_trace_range_end (null when nothing records, as
+// libtorch then runs no callbacks). `name` must outlive the range.
+int lincal_trace_range_begin(const char* name, void** range, char* error, size_t capacity) {
+  *range = nullptr;
+  return lincal_shim_try(error, capacity, [&] {
+    auto opened = std::make_unique<at::RecordFunction>(at::RecordScope::USER_SCOPE);
+    if (!opened->isActive()) return;
+    opened->before(std::string_view(name));
+    *range = opened.release();
+  });
+}
+
+// Closes a range of lincal_trace_range_begin (its destructor ends it).
+int lincal_trace_range_end(void* range, char* error, size_t capacity) {
+  return lincal_shim_try(error, capacity, [&] { delete static_cast<at::RecordFunction*>(range); });
 }
 
 }  // extern "C"

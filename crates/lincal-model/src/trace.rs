@@ -8,10 +8,11 @@
 use crate::error::{ModelError, Result};
 use crate::fsutil::write_file_atomic;
 use crate::shim;
-use std::ffi::{CString, c_char, c_int};
+use std::ffi::{CString, c_char, c_int, c_void};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 use tch::Device;
 
 /// Whether a trace records. libtorch does not refuse a second start (seen on the CPU), and its
@@ -20,11 +21,22 @@ use tch::Device;
 static RECORDING: AtomicBool = AtomicBool::new(false);
 
 mod ffi {
-    use std::ffi::{c_char, c_int};
+    use std::ffi::{c_char, c_int, c_void};
     unsafe extern "C" {
         pub fn lincal_trace_start(cuda: c_int, error: *mut c_char, capacity: usize) -> c_int;
         pub fn lincal_trace_stop(path: *const c_char, error: *mut c_char, capacity: usize)
         -> c_int;
+        pub fn lincal_trace_range_begin(
+            name: *const c_char,
+            range: *mut *mut c_void,
+            error: *mut c_char,
+            capacity: usize,
+        ) -> c_int;
+        pub fn lincal_trace_range_end(
+            range: *mut c_void,
+            error: *mut c_char,
+            capacity: usize,
+        ) -> c_int;
     }
 }
 
@@ -111,14 +123,82 @@ impl Drop for Trace {
     }
 }
 
+/// A timed part of a step (generation, scoring, the update, ...): its wall-clock seconds and,
+/// while a [`Trace`] records on this thread, a range of its name in the trace (what Python's
+/// `record_function` opens), so that `bench/gpu/trace_summary.py` totals each part's kernels
+/// apart. Parts may nest.
+pub struct TimedPart {
+    started: Instant,
+    /// The profiler's range, null when none was opened.
+    range: *mut c_void,
+    /// The range's name, which must outlive it.
+    _name: CString,
+}
+
+impl TimedPart {
+    pub fn start(name: &str) -> TimedPart {
+        let name = CString::new(name).unwrap_or_default();
+        let mut range = std::ptr::null_mut();
+        if RECORDING.load(Ordering::SeqCst) {
+            // A range only labels a trace: one that cannot be opened leaves the trace without
+            // it, and the work goes on.
+            // SAFETY: `name` is NUL-terminated and outlives the range (it is kept in `self`);
+            // the shim writes the handle or leaves it null.
+            let _ = shim::call(|error, capacity| {
+                let status = unsafe {
+                    ffi::lincal_trace_range_begin(name.as_ptr(), &mut range, error, capacity)
+                };
+                (status == 0).then_some(())
+            });
+        }
+        TimedPart {
+            started: Instant::now(),
+            range,
+            _name: name,
+        }
+    }
+
+    /// Seconds since the start, once `device` has run the work queued so far (kernels run
+    /// asynchronously); the range closes after that wait, so that it holds the part's kernels.
+    pub fn finish(mut self, device: Device) -> f64 {
+        crate::synchronize(device);
+        let seconds = self.started.elapsed().as_secs_f64();
+        self.close();
+        seconds
+    }
+
+    fn close(&mut self) {
+        let range = std::mem::replace(&mut self.range, std::ptr::null_mut());
+        if !range.is_null() {
+            // SAFETY: `range` came from lincal_trace_range_begin and is closed once (it is
+            // nulled above).
+            let _ = shim::call(|error, capacity| {
+                (unsafe { ffi::lincal_trace_range_end(range, error, capacity) } == 0).then_some(())
+            });
+        }
+    }
+}
+
+impl Drop for TimedPart {
+    /// A part left by an error closes its range.
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
     use tch::{Kind, Tensor};
+
+    /// One trace records at a time in the process: the tests take turns.
+    static ONE_TRACE: Mutex<()> = Mutex::new(());
 
     /// A trace holds the operators that ran while it recorded, and only one records at a time.
     #[test]
     fn a_trace_records_the_operators_run_while_it_records() {
+        let _turn = ONE_TRACE.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("trace.json");
         let a = Tensor::ones([8, 8], (Kind::Float, Device::Cpu));
@@ -154,5 +234,57 @@ mod tests {
             .to_string();
         assert!(error.starts_with(&missing.display().to_string()), "{error}");
         Trace::start(&path, Device::Cpu).unwrap().finish().unwrap();
+    }
+
+    /// A timed part opens a range of its name while a trace records, and the operators run
+    /// inside it lie within it (nested parts within theirs); without a trace it only times.
+    #[test]
+    fn timed_parts_are_ranges_of_the_trace_that_hold_their_operators() {
+        let _turn = ONE_TRACE.lock().unwrap_or_else(|e| e.into_inner());
+        let untraced = TimedPart::start("alone");
+        assert!(untraced.range.is_null());
+        assert!(untraced.finish(Device::Cpu) >= 0.0);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trace.json");
+        let a = Tensor::ones([8, 8], (Kind::Float, Device::Cpu));
+        let trace = Trace::start(&path, Device::Cpu).unwrap();
+        let outer = TimedPart::start("outer part");
+        let _ = a.matmul(&a);
+        let inner = TimedPart::start("inner part");
+        assert!(!inner.range.is_null());
+        let _ = a.softmax(-1, Kind::Float);
+        inner.finish(Device::Cpu);
+        // A part dropped without finishing (an error left it) still closes its range.
+        drop(TimedPart::start("dropped part"));
+        outer.finish(Device::Cpu);
+        trace.finish().unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let events = json["traceEvents"].as_array().unwrap();
+        let span = |name: &str| {
+            let event = events
+                .iter()
+                .find(|e| e["name"] == name)
+                .unwrap_or_else(|| panic!("{name} missing from the trace"));
+            let start = event["ts"].as_f64().unwrap();
+            (
+                start,
+                start + event["dur"].as_f64().unwrap(),
+                event["cat"].clone(),
+            )
+        };
+        let (outer, inner) = (span("outer part"), span("inner part"));
+        assert_eq!(outer.2, "user_annotation");
+        assert_eq!(inner.2, "user_annotation");
+        span("dropped part");
+        let within = |(start, end, _): &(f64, f64, serde_json::Value), op: &str| {
+            let (s, e, _) = span(op);
+            *start <= s && e <= *end
+        };
+        assert!(within(&outer, "aten::matmul"));
+        assert!(within(&inner, "aten::softmax"));
+        assert!(!within(&inner, "aten::matmul"));
+        assert!(within(&outer, "inner part"));
     }
 }

@@ -39,10 +39,9 @@ use crate::ppo::{
 use crate::run::{RunOptions, TrainState};
 use crate::train_loop::TrainingPass;
 use crate::training_run::{RunSteps, StepPlan, StepRecord, TrainSummary, TrainingRun};
-use lincal_model::synchronize;
+use lincal_model::trace::TimedPart;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 /// Trains a policy with GRPO or RLOO into a run directory.
@@ -347,11 +346,10 @@ impl GrpoLearner {
         let advantages_tensor = Tensor::from_slice(&advantages)
             .to_kind(Kind::Float)
             .to_device(device);
-        let started = Instant::now();
+        let part = TimedPart::start("update");
         let (stats, learning_rate, grad_norm) =
             self.update(&rollouts, &advantages_tensor, step, (inputs.len(), &share))?;
-        synchronize(device);
-        let update_seconds = started.elapsed().as_secs_f64();
+        let update_seconds = part.finish(device);
         let k3 = k3_kl(&rollouts.logprobs, &rollouts.ref_logprobs) * &rollouts.seqs.response_mask;
         // Groups whose rewards were all equal give no gradient: their share is worth watching.
         let flat_groups = rewards

@@ -73,7 +73,7 @@ use advantages::{
     AdvantageInputs, AdvantageSettings, KlController, estimate_advantages, kl_penalty,
 };
 use lincal_model::CausalLm;
-use lincal_model::synchronize;
+use lincal_model::trace::TimedPart;
 use loss::{LossInputs, LossStats, ppo_loss};
 use models::{load_models, logprobs_of_hidden, row_index, templates};
 use rand::{RngCore, SeedableRng};
@@ -83,7 +83,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 /// The checkpoint file holding the KL controller.
@@ -238,7 +237,7 @@ impl Learner {
             &*self.ranks.comm,
         )?;
         // Update.
-        let started = Instant::now();
+        let part = TimedPart::start("update");
         let (stats, learning_rate, grad_norm) = self.update(
             &rollouts,
             &advantages,
@@ -246,8 +245,7 @@ impl Learner {
             step,
             (prompts.len(), &share),
         )?;
-        synchronize(self.models.policy.model.device());
-        let update_seconds = started.elapsed().as_secs_f64();
+        let update_seconds = part.finish(self.models.policy.model.device());
 
         // Statistics of the whole step, then the KL controller's step on the mean summed
         // clamped KL, which the reference also logs as `kl`.

@@ -10,12 +10,12 @@ use crate::reward_model::RewardModel;
 use crate::scorer::{Scorer, padding_id, sigmoid};
 use lincal_data::prompts::Templates;
 use lincal_data::schema::cut_paragraph;
+use lincal_model::trace::TimedPart;
 use lincal_model::{BatchRequest, CausalLm, SamplingParams, Tokenizer, generate_batch};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::time::Instant;
 
 /// One response to score, with what the reader is asked about (SPEC 1.7): the TriviaQA
 /// question, its gold answer (`answer.value`) and the decoded paragraph.
@@ -211,11 +211,11 @@ impl Reward for DecisionReward {
         inputs: &[RewardInput<'_>],
         context: ScoreContext,
     ) -> Result<Vec<RewardOutput>> {
-        // Both parts end with their results on the host, so the clock needs no device sync.
-        let started = Instant::now();
+        let device = self.extractor.device();
+        let part = TimedPart::start("extraction");
         let extractions = self.extract(inputs, context)?;
-        self.extraction_seconds += started.elapsed().as_secs_f64();
-        let started = Instant::now();
+        self.extraction_seconds += part.finish(device);
+        let part = TimedPart::start("forecast");
         let parsed: Vec<(Vec<String>, bool)> = extractions
             .iter()
             .map(|text| self.config.extraction_parsing.candidates(text))
@@ -233,7 +233,7 @@ impl Reward for DecisionReward {
             }
         }
         let mut probabilities = self.forecaster.probabilities(&texts)?.into_iter();
-        self.forecast_seconds += started.elapsed().as_secs_f64();
+        self.forecast_seconds += part.finish(device);
         let mut outputs = Vec::with_capacity(inputs.len());
         for (extraction, (answers, parsed_ok)) in extractions.into_iter().zip(parsed) {
             let p_gt = probabilities.next().expect("one logit per candidate");

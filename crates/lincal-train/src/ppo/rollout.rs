@@ -7,12 +7,10 @@ use super::reward::{Reward, RewardInput, RewardOutput, ScoreContext};
 use crate::error::{Result, TrainError};
 use lincal_data::prompts::Templates;
 pub use lincal_data::schema::PpoPrompt;
-use lincal_model::{
-    BatchRequest, FinishReason, SamplingParams, Tokenizer, generate_batch, synchronize,
-};
+use lincal_model::trace::TimedPart;
+use lincal_model::{BatchRequest, FinishReason, SamplingParams, Tokenizer, generate_batch};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::time::Instant;
 use tch::Tensor;
 
 /// Prompts tokenised with the policy template.
@@ -158,21 +156,17 @@ pub(crate) fn collect_rollouts(
 ) -> Result<Rollouts> {
     let device = models.policy.model.device();
     models.set_training(false);
-    let timed = |started: Instant| {
-        synchronize(device);
-        started.elapsed().as_secs_f64()
-    };
-    let started = Instant::now();
+    let part = TimedPart::start("generation");
     let (responses, ended_with_eos) = sample_responses(models, prompts, sampling_seeds, settings)?;
-    let generation_seconds = timed(started);
+    let generation_seconds = part.finish(device);
 
-    let started = Instant::now();
+    let part = TimedPart::start("reward");
     let texts = models.policy.tokenizer.decode_batch(&responses, true)?;
     let rewards = score_responses(models, reward, prompts, &texts, context)?;
-    let reward_seconds = timed(started);
+    let reward_seconds = part.finish(device);
     let reward_parts = reward.take_timings();
 
-    let started = Instant::now();
+    let part = TimedPart::start("forward passes");
     let width = if settings.full_width {
         settings.response_len
     } else {
@@ -181,7 +175,7 @@ pub(crate) fn collect_rollouts(
     let queries: Vec<&[i64]> = prompts.iter().map(|p| p.ids).collect();
     let seqs = Sequences::new(&queries, &responses, width, models.policy.pad_id, device);
     let passes = forward_passes(models, &seqs, settings);
-    let forward_seconds = timed(started);
+    let forward_seconds = part.finish(device);
     Ok(Rollouts {
         seqs,
         responses: texts,
