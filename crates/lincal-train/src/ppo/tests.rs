@@ -959,6 +959,43 @@ fn ppo_trains_in_bf16_on_the_gpu() {
     assert!(summary.final_dir.is_some());
 }
 
+/// The update's gradient checkpointing on the GPU in bf16 (LoRA mode, every layer of policy
+/// and value model recomputed): the statistics of two steps are the plain update's, within
+/// bf16 rounding of the second step's weights.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gradient_checkpointing_trains_as_the_plain_update_on_the_gpu() {
+    let fixture = fixture();
+    let mut config = config(RlType::DecisionBased);
+    config.precision = Precision::Auto;
+    config.lora = Some(tiny_lora());
+    config.warmup_steps = 0;
+    config.learning_rate = 1e-3;
+    config.total_steps = 2;
+    let train = |config: &PpoConfig| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut trainer = PpoTrainer::new(
+            &fixture.paths,
+            Device::Cuda(0),
+            config,
+            &prompts(),
+            &[],
+            &RunOptions::new(dir.path()),
+        )
+        .unwrap();
+        assert_eq!(trainer.policy().kind(), tch::Kind::BFloat16);
+        trainer.train(None).unwrap();
+        dir
+    };
+    let plain = train(&config);
+    let checkpointed = train(&PpoConfig {
+        gradient_checkpointing: true,
+        ..config
+    });
+    assert_same_statistics(plain.path(), checkpointed.path(), 1e-2);
+}
+
 /// One PPO step at the reference geometry (512 rollouts, 128 + 300 tokens) on SmolLM2-135M-
 /// shaped random models in bf16, Factuality reward; the times are printed, not asserted.
 #[cfg(feature = "cuda")]
