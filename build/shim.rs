@@ -8,7 +8,11 @@ pub fn compile(name: &str, extra_include: Option<std::path::PathBuf>) {
     let libtorch = crate::libtorch::libtorch_dir()
         .expect("LIBTORCH must point at the torch package (see .cargo/config.toml)");
     let source = format!("csrc/{name}.cpp");
-    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../build");
+    // At run time: a build script reused from another checkout's build would name that one.
+    let shared = std::path::Path::new(
+        &std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
+    .join("../../build");
     println!("cargo:rerun-if-changed={source}");
     println!("cargo:rerun-if-changed={}", shared.join("shim.h").display());
     let mut build = cc::Build::new();
