@@ -85,7 +85,8 @@ def by_part(path, timed, kernels):
         names.append("/".join([o["name"] for o in open_parts] + [e["name"]]))
         open_parts.append(e)
     launches = {e["args"]["correlation"]: e["ts"] for e in timed
-                if e.get("cat") == "cuda_runtime" and "correlation" in e.get("args", {})}
+                if e.get("cat") in ("cuda_runtime", "cuda_driver")  # cuLaunchKernel: NVRTC, NCCL
+                and "correlation" in e.get("args", {})}
 
     def part_of(kernel):
         ts = launches.get(kernel.get("args", {}).get("correlation"), kernel["ts"])
@@ -104,7 +105,8 @@ def by_part(path, timed, kernels):
     for name, e in zip(names, parts):
         spans[name] += e["dur"] / 1e3
     records = []
-    print("by part (kernel ms; the part's wall-clock span, summed over its ranges):")
+    print("by part (its own kernels' ms, those of the parts inside it apart; its wall-clock span"
+          " summed over its ranges, the parts inside it included):")
     for name in sorted(totals, key=lambda n: -sum(totals[n].values())):
         busy = sum(totals[name].values())
         kinds = ", ".join(f"{kind} {ms:.1f}" for kind, ms in totals[name].most_common())

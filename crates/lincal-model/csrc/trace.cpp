@@ -31,9 +31,9 @@ int lincal_trace_stop(const char* path, char* error, size_t capacity) {
   });
 }
 
-// Opens a range named `name` in the recording profiler, as Python's `record_function` does;
-// `*range` becomes its handle for lincal_trace_range_end (null when nothing records, as
-// libtorch then runs no callbacks). `name` must outlive the range.
+// Opens a range named `name` (copied) in the recording profiler, as Python's
+// `record_function` does; `*range` becomes its handle for lincal_trace_range_end (null when
+// nothing records on this thread, as libtorch then runs no callbacks).
 int lincal_trace_range_begin(const char* name, void** range, char* error, size_t capacity) {
   *range = nullptr;
   return lincal_shim_try(error, capacity, [&] {
@@ -44,9 +44,8 @@ int lincal_trace_range_begin(const char* name, void** range, char* error, size_t
   });
 }
 
-// Closes a range of lincal_trace_range_begin (its destructor ends it).
-int lincal_trace_range_end(void* range, char* error, size_t capacity) {
-  return lincal_shim_try(error, capacity, [&] { delete static_cast<at::RecordFunction*>(range); });
-}
+// Closes a range of lincal_trace_range_begin (its destructor ends it), while the profiler
+// that opened it still records.
+void lincal_trace_range_end(void* range) { delete static_cast<at::RecordFunction*>(range); }
 
 }  // extern "C"

@@ -262,8 +262,8 @@ impl CausalLm {
     /// `recomputed` decoder layers keep only their input and the layers above keep their
     /// activations as a plain pass does (Megatron's recompute-num-layers; all layers when
     /// `recomputed` is at least their number). Back-propagate a loss computed from the
-    /// returned hidden states with [`Self::backward_checkpointed`], which runs the kept layers'
-    /// backward pass and then recomputes the others one at a time.
+    /// returned hidden states (of this and other models' passes) with `loss.backward()`, which
+    /// runs through the kept layers, then [`Self::backward_recomputed`] for each model.
     pub fn forward_checkpointed(
         &self,
         input_ids: &Tensor,
@@ -301,18 +301,12 @@ impl CausalLm {
         )
     }
 
-    /// Back-propagates `loss`, computed from the hidden states of [`Self::forward_checkpointed`],
-    /// into every weight that requires grad: through the kept layers, then each recomputed
-    /// layer is run again from its saved input, last layer first, and its backward pass takes
-    /// the gradient of the layer above.
-    pub fn backward_checkpointed(&self, loss: &Tensor, checkpoints: Checkpoints) {
-        loss.backward();
-        self.backward_recomputed(checkpoints);
-    }
-
-    /// The second half of [`Self::backward_checkpointed`], for a loss of several models' passes
-    /// (PPO's policy and value model): once the loss's backward pass has run, back-propagates
-    /// through this model's recomputed layers from the gradient it left at their boundary.
+    /// Once the backward pass of a loss computed from the hidden states of
+    /// [`Self::forward_checkpointed`] has run (through the kept layers, to the gradient it
+    /// leaves at their boundary), back-propagates into the recomputed layers' weights: each is
+    /// run again from its saved input, last layer first, and its backward pass takes the
+    /// gradient of the layer above. A loss of several models' passes (PPO's policy and value
+    /// model) takes one call per model.
     pub fn backward_recomputed(&self, checkpoints: Checkpoints) {
         let Checkpoints {
             input_ids,
@@ -503,7 +497,8 @@ mod tests {
                         model.forward_checkpointed(&ids, &positions, Some(&mask), recomputed);
                     // Only the recomputed layers keep their input.
                     assert_eq!(checkpoints.layer_inputs.len(), recomputed.min(2));
-                    model.backward_checkpointed(&loss_of(&model, &hidden), checkpoints);
+                    loss_of(&model, &hidden).backward();
+                    model.backward_recomputed(checkpoints);
                 });
                 assert_close(&plain, &checkpointed);
             }
@@ -542,7 +537,8 @@ mod tests {
             gradients(&vars, || {
                 let (hidden, checkpoints) =
                     model.forward_checkpointed(&ids, &positions, Some(&mask), recomputed);
-                model.backward_checkpointed(&loss_of(&model, &hidden), checkpoints);
+                loss_of(&model, &hidden).backward();
+                model.backward_recomputed(checkpoints);
             })
         };
         tch::manual_seed(11);

@@ -8,10 +8,10 @@
 use crate::error::{ModelError, Result};
 use crate::fsutil::write_file_atomic;
 use crate::shim;
-use std::ffi::{CString, c_char, c_int, c_void};
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 use tch::Device;
 
@@ -19,6 +19,9 @@ use tch::Device;
 /// profiler state belongs to the thread that started it, so lincal allows one trace at a
 /// time in the process and keeps each on its thread.
 static RECORDING: AtomicBool = AtomicBool::new(false);
+/// Traces started in the process: a [`TimedPart`] closes its range only in the trace that
+/// opened it (libtorch would write a stopped trace's range into freed state).
+static TRACES_STARTED: AtomicU64 = AtomicU64::new(0);
 
 mod ffi {
     use std::ffi::{c_char, c_int, c_void};
@@ -32,11 +35,7 @@ mod ffi {
             error: *mut c_char,
             capacity: usize,
         ) -> c_int;
-        pub fn lincal_trace_range_end(
-            range: *mut c_void,
-            error: *mut c_char,
-            capacity: usize,
-        ) -> c_int;
+        pub fn lincal_trace_range_end(range: *mut c_void);
     }
 }
 
@@ -74,6 +73,7 @@ impl Trace {
             RECORDING.store(false, Ordering::SeqCst);
             ModelError::Invalid(format!("starting the profiler: {message}"))
         })?;
+        TRACES_STARTED.fetch_add(1, Ordering::SeqCst);
         Ok(Trace {
             path: path.to_path_buf(),
             device,
@@ -129,21 +129,21 @@ impl Drop for Trace {
 /// apart. Parts may nest.
 pub struct TimedPart {
     started: Instant,
-    /// The profiler's range, null when none was opened.
+    /// The profiler's range and the trace it was opened in (see [`TRACES_STARTED`]); null
+    /// when none was opened.
     range: *mut c_void,
-    /// The range's name, which must outlive it.
-    _name: CString,
+    trace: u64,
 }
 
 impl TimedPart {
-    pub fn start(name: &str) -> TimedPart {
-        let name = CString::new(name).unwrap_or_default();
+    pub fn start(name: &CStr) -> TimedPart {
         let mut range = std::ptr::null_mut();
+        let trace = TRACES_STARTED.load(Ordering::SeqCst);
         if RECORDING.load(Ordering::SeqCst) {
             // A range only labels a trace: one that cannot be opened leaves the trace without
             // it, and the work goes on.
-            // SAFETY: `name` is NUL-terminated and outlives the range (it is kept in `self`);
-            // the shim writes the handle or leaves it null.
+            // SAFETY: `name` is NUL-terminated (libtorch copies it); the shim writes the
+            // handle or leaves it null.
             let _ = shim::call(|error, capacity| {
                 let status = unsafe {
                     ffi::lincal_trace_range_begin(name.as_ptr(), &mut range, error, capacity)
@@ -154,7 +154,7 @@ impl TimedPart {
         TimedPart {
             started: Instant::now(),
             range,
-            _name: name,
+            trace,
         }
     }
 
@@ -169,12 +169,14 @@ impl TimedPart {
 
     fn close(&mut self) {
         let range = std::mem::replace(&mut self.range, std::ptr::null_mut());
-        if !range.is_null() {
-            // SAFETY: `range` came from lincal_trace_range_begin and is closed once (it is
-            // nulled above).
-            let _ = shim::call(|error, capacity| {
-                (unsafe { ffi::lincal_trace_range_end(range, error, capacity) } == 0).then_some(())
-            });
+        let same_trace =
+            RECORDING.load(Ordering::SeqCst) && TRACES_STARTED.load(Ordering::SeqCst) == self.trace;
+        // A range whose trace has stopped is left unclosed (a few bytes): closing it would
+        // write into the stopped profiler's state.
+        if !range.is_null() && same_trace {
+            // SAFETY: `range` came from lincal_trace_range_begin in the trace still recording,
+            // and is closed once (it is nulled above).
+            unsafe { ffi::lincal_trace_range_end(range) };
         }
     }
 }
@@ -241,7 +243,7 @@ mod tests {
     #[test]
     fn timed_parts_are_ranges_of_the_trace_that_hold_their_operators() {
         let _turn = ONE_TRACE.lock().unwrap_or_else(|e| e.into_inner());
-        let untraced = TimedPart::start("alone");
+        let untraced = TimedPart::start(c"alone");
         assert!(untraced.range.is_null());
         assert!(untraced.finish(Device::Cpu) >= 0.0);
 
@@ -249,14 +251,16 @@ mod tests {
         let path = dir.path().join("trace.json");
         let a = Tensor::ones([8, 8], (Kind::Float, Device::Cpu));
         let trace = Trace::start(&path, Device::Cpu).unwrap();
-        let outer = TimedPart::start("outer part");
+        let outer = TimedPart::start(c"outer part");
         let _ = a.matmul(&a);
-        let inner = TimedPart::start("inner part");
+        let inner = TimedPart::start(c"inner part");
         assert!(!inner.range.is_null());
         let _ = a.softmax(-1, Kind::Float);
         inner.finish(Device::Cpu);
-        // A part dropped without finishing (an error left it) still closes its range.
-        drop(TimedPart::start("dropped part"));
+        // A part dropped without finishing (an error left it) still closes its range: what
+        // runs after the drop is outside it.
+        drop(TimedPart::start(c"dropped part"));
+        let _ = a.relu();
         outer.finish(Device::Cpu);
         trace.finish().unwrap();
         let json: serde_json::Value =
@@ -277,14 +281,30 @@ mod tests {
         let (outer, inner) = (span("outer part"), span("inner part"));
         assert_eq!(outer.2, "user_annotation");
         assert_eq!(inner.2, "user_annotation");
-        span("dropped part");
         let within = |(start, end, _): &(f64, f64, serde_json::Value), op: &str| {
             let (s, e, _) = span(op);
             *start <= s && e <= *end
         };
+        let dropped = span("dropped part");
+        assert!(dropped.1 >= dropped.0);
+        assert!(within(&outer, "dropped part"));
+        assert!(!within(&dropped, "aten::relu"));
         assert!(within(&outer, "aten::matmul"));
         assert!(within(&inner, "aten::softmax"));
         assert!(!within(&inner, "aten::matmul"));
         assert!(within(&outer, "inner part"));
+
+        // A part outliving its trace is left open, not closed into a stopped profiler or into
+        // the next trace: both traces are written, the second without it.
+        let trace = Trace::start(&path, Device::Cpu).unwrap();
+        let outliving = TimedPart::start(c"outliving part");
+        assert!(!outliving.range.is_null());
+        trace.finish().unwrap();
+        let next = dir.path().join("next.json");
+        let trace = Trace::start(&next, Device::Cpu).unwrap();
+        drop(outliving);
+        trace.finish().unwrap();
+        let text = std::fs::read_to_string(&next).unwrap();
+        assert!(!text.contains("outliving part"), "{text}");
     }
 }

@@ -153,23 +153,32 @@ pub fn recomputed_layers(gradient_checkpointing: bool, layers: Option<usize>) ->
     gradient_checkpointing.then(|| layers.unwrap_or(usize::MAX))
 }
 
-/// `recomputed_layers` is set only with gradient checkpointing on (`prefix`: the fields' table,
-/// such as "training.", for the error).
+/// `recomputed_layers` is set only with gradient checkpointing on, and to at least 1 (`prefix`:
+/// the fields' table, such as "training.", for the error).
 pub(crate) fn check_recomputed_layers(
     prefix: &str,
     gradient_checkpointing: bool,
     layers: Option<usize>,
 ) -> Result<()> {
-    if layers.is_some() && !gradient_checkpointing {
-        return Err(TrainError::config(
-            &format!("{prefix}recomputed_layers"),
+    let field = format!("{prefix}recomputed_layers");
+    match layers {
+        Some(_) if !gradient_checkpointing => Err(TrainError::config(
+            &field,
             format!(
                 "applies to gradient checkpointing only; set {prefix}gradient_checkpointing = \
                  true, or leave recomputed_layers out"
             ),
-        ));
+        )),
+        // None recomputed is the plain pass: say so rather than run it the checkpointed way.
+        Some(0) => Err(TrainError::config(
+            &field,
+            format!(
+                "must be at least 1; to recompute nothing, set {prefix}gradient_checkpointing = \
+                 false"
+            ),
+        )),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 impl TrainingConfig {
@@ -649,6 +658,12 @@ mod tests {
         config.training.gradient_checkpointing = true;
         config.validate().unwrap();
         assert_eq!(config.training.recomputed(), Some(20));
+        config.training.recomputed_layers = Some(0);
+        let error = config.validate().unwrap_err().to_string();
+        assert!(
+            error.starts_with("config field `training.recomputed_layers`: must be at least 1"),
+            "{error}"
+        );
         config.training.recomputed_layers = None;
         assert_eq!(config.training.recomputed(), Some(usize::MAX));
     }

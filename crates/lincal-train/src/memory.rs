@@ -372,28 +372,30 @@ impl RlMemoryModel {
 
     /// Bytes per row of the update: the saved activations of the policy (and of PPO's value
     /// model) over the whole sequence, and the response logits in the weights' type and in f32
-    /// with their log-softmax and two gradients.
+    /// with their log-softmax and two gradients. With gradient checkpointing a recomputed
+    /// layer keeps only its input; once the loss's backward pass has freed the logits and the
+    /// kept layers, one recomputed layer's activations (of one model) live at a time.
     fn update_row(&self) -> u64 {
         let tokens = self.query_len + self.response_len;
         let b = self.dtype_bytes;
-        // A recomputed layer keeps its input; the layers above keep all they save, and the
-        // backward pass holds one recomputed layer's activations at a time, after the kept
-        // layers' are freed.
-        let saved = |s: &ModelShape| {
-            let recomputed = self.recomputed_layers.unwrap_or(0).min(s.layers);
-            let kept = (s.layers - recomputed).max(recomputed.min(1));
-            tokens
-                * (kept
-                    * (s.saved_bytes(self.lora_rank, self.lora_dropout, b) + s.saved_norm_bytes())
-                    + recomputed * s.hidden * b)
-        };
-        let logits = self.response_len * self.policy.vocab * (self.dtype_bytes + 16);
-        let value = if self.value {
-            saved(&self.reward_model)
+        let models: &[&ModelShape] = if self.value {
+            &[&self.policy, &self.reward_model]
         } else {
-            0
+            &[&self.policy]
         };
-        saved(&self.policy) + logits + value
+        let (mut inputs, mut kept, mut one_layer) = (0, 0, 0);
+        for s in models {
+            let layer = tokens
+                * (s.saved_bytes(self.lora_rank, self.lora_dropout, b) + s.saved_norm_bytes());
+            let recomputed = self.recomputed_layers.unwrap_or(0).min(s.layers);
+            inputs += recomputed * tokens * s.hidden * b;
+            kept += (s.layers - recomputed) * layer;
+            if recomputed > 0 {
+                one_layer = one_layer.max(layer);
+            }
+        }
+        let logits = self.response_len * self.policy.vocab * (self.dtype_bytes + 16);
+        inputs + (kept + logits).max(one_layer)
     }
 
     /// The largest batch sizes whose phases fit in `free` bytes. Fails when the weights and
@@ -641,30 +643,35 @@ mod tests {
             dropout.update_row(),
             2 * (2 * 10 * (320 + 220)) + 4 * 10 * 18
         );
-        // Recomputing 1 of the 2 layers keeps the other's 320 bytes and the recomputed one's
-        // input, 8 · 2 bytes, per token; recomputing both keeps their inputs and, in the
-        // backward pass, one layer's activations at a time.
+        // Recomputing 1 of the 2 layers keeps, per token and model, the other's 320 bytes and
+        // the recomputed one's input, 8 · 2 bytes; recomputing both keeps their inputs, with
+        // the logits until the loss's backward pass and then one layer's activations of one
+        // model, 10 · 320 bytes, the larger here.
         let recomputed = |layers| RlMemoryModel {
             recomputed_layers: Some(layers),
             ..model()
         };
         assert_eq!(
             recomputed(1).update_row(),
-            2 * (10 * (320 + 16)) + 4 * 10 * 18
+            2 * 10 * 16 + 2 * 10 * 320 + 4 * 10 * 18
         );
-        assert_eq!(
-            recomputed(2).update_row(),
-            2 * (10 * (320 + 2 * 16)) + 4 * 10 * 18
-        );
+        assert_eq!(recomputed(2).update_row(), 2 * 2 * 10 * 16 + 10 * 320);
         assert_eq!(recomputed(9).update_row(), recomputed(2).update_row());
+        // Without a value model only the policy counts.
+        let policy_only = RlMemoryModel {
+            value: false,
+            ..recomputed(1)
+        };
+        assert_eq!(policy_only.update_row(), 10 * 16 + 10 * 320 + 4 * 10 * 18);
     }
 
     /// The 7B LoRA PPO step of `bench/gpu/run.sh ppo-auto:llama2-7b` on an 80 GB card (81,000
     /// MiB free): policy and reward model of Llama-2-7B's shape, the 3B GPT-NeoX extractor, r
     /// 16 on all seven projections with dropout. A row of the update keeps 7.85 GiB (32 layers
     /// × 428 tokens × 294.5 KiB, for two models, and the logits), so 38.8 GiB take 4 rows; with
-    /// every layer recomputed a row keeps one layer's activations and the layers' inputs,
-    /// 0.61 GiB, and 63 rows fit: micro-batches of 32, the largest divisor of 512.
+    /// every layer recomputed a row keeps the layers' inputs (2 × 107 MiB) and the logits
+    /// (165 MiB; one layer's activations, 123 MiB, come after them), 0.37 GiB, and 104 rows
+    /// fit: micro-batches of 64, the largest divisor of 512.
     #[test]
     fn recomputation_lets_the_7b_update_take_larger_micro_batches() {
         let llama = ModelShape::of(
@@ -708,7 +715,7 @@ mod tests {
             ..plain.clone()
         };
         let plan = recomputed.plan(free).unwrap();
-        assert_eq!(plan.micro_batch_size, 32);
+        assert_eq!(plan.micro_batch_size, 64);
         // Only the update's plan changes.
         let before = plain.plan(free).unwrap();
         assert_eq!(

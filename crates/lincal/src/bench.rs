@@ -336,6 +336,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 "forward_batch_size": config.forward_batch_size,
                 "micro_batch_size": config.micro_batch_size,
                 "auto_batch_sizes": config.auto_batch_sizes,
+                "recomputed_layers": config.recomputed(),
             });
             let setting = RlBenchSetting {
                 bench: "ppo",
@@ -375,6 +376,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 "forward_batch_size": config.forward_batch_size,
                 "micro_batch_size": config.micro_batch_size,
                 "auto_batch_sizes": config.auto_batch_sizes,
+                "recomputed_layers": config.recomputed(),
             });
             let setting = RlBenchSetting {
                 bench: "grpo",

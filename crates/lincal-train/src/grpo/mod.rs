@@ -275,9 +275,14 @@ impl GrpoLearner {
                     let index = row_index(micro, device);
                     let pick = |t: &Tensor| t.index_select(0, &index);
                     let policy = &self.models.policy.model;
-                    let pass = batch.training_pass(policy, c.recomputed());
-                    let (logprobs, _) =
-                        logprobs_of_hidden(policy, &pass.hidden, &batch, c.temperature, false);
+                    let policy_pass = batch.training_pass(policy, c.recomputed());
+                    let (logprobs, _) = logprobs_of_hidden(
+                        policy,
+                        &policy_pass.hidden,
+                        &batch,
+                        c.temperature,
+                        false,
+                    );
                     let ref_logprobs = pick(&rollouts.ref_logprobs);
                     let inputs = GrpoLossInputs {
                         logprobs: &logprobs,
@@ -296,7 +301,7 @@ impl GrpoLearner {
                             loss: total / micro_stats.tokens.max(1.0),
                         });
                     }
-                    TrainingPass::backward(&(loss / units), [pass]);
+                    TrainingPass::backward(&(loss / units), [policy_pass]);
                     self.params.accumulate_grads();
                     stats.accumulate(&micro_stats);
                 }
@@ -346,7 +351,7 @@ impl GrpoLearner {
         let advantages_tensor = Tensor::from_slice(&advantages)
             .to_kind(Kind::Float)
             .to_device(device);
-        let part = TimedPart::start("update");
+        let part = TimedPart::start(c"update");
         let (stats, learning_rate, grad_norm) =
             self.update(&rollouts, &advantages_tensor, step, (inputs.len(), &share))?;
         let update_seconds = part.finish(device);

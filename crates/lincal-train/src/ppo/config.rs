@@ -193,11 +193,12 @@ pub struct PpoConfig {
     /// `step_batch_size`, and with it the optimisation, stays as configured.
     #[serde(default)]
     pub auto_batch_sizes: bool,
-    /// Keep only each decoder layer's input in the update's forward passes (policy, and PPO's
-    /// value model) and recompute the layer in the backward pass, as SFT's
+    /// Keep only each decoder layer's input in the update's forward passes (policy and value
+    /// model) and recompute the layer in the backward pass, as SFT's
     /// `training.gradient_checkpointing`: the update's activation memory shrinks, so that
-    /// larger micro-batches fit (`auto_batch_sizes` plans for it), for about half a forward
-    /// pass more compute where the base weights are frozen (LoRA).
+    /// larger micro-batches fit (`auto_batch_sizes` plans for it), for a second forward pass
+    /// of the recomputed layers: about a third more compute in full fine-tuning, half more
+    /// in LoRA mode (frozen weights take no gradient, so backward costs about a forward).
     #[serde(default)]
     pub gradient_checkpointing: bool,
     /// With gradient checkpointing, recompute only the first this many decoder layers of each

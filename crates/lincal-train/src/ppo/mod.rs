@@ -237,7 +237,7 @@ impl Learner {
             &*self.ranks.comm,
         )?;
         // Update.
-        let part = TimedPart::start("update");
+        let part = TimedPart::start(c"update");
         let (stats, learning_rate, grad_norm) = self.update(
             &rollouts,
             &advantages,

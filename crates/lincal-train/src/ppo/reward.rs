@@ -212,10 +212,10 @@ impl Reward for DecisionReward {
         context: ScoreContext,
     ) -> Result<Vec<RewardOutput>> {
         let device = self.extractor.device();
-        let part = TimedPart::start("extraction");
+        let part = TimedPart::start(c"extraction");
         let extractions = self.extract(inputs, context)?;
         self.extraction_seconds += part.finish(device);
-        let part = TimedPart::start("forecast");
+        let part = TimedPart::start(c"forecast");
         let parsed: Vec<(Vec<String>, bool)> = extractions
             .iter()
             .map(|text| self.config.extraction_parsing.candidates(text))

@@ -156,17 +156,17 @@ pub(crate) fn collect_rollouts(
 ) -> Result<Rollouts> {
     let device = models.policy.model.device();
     models.set_training(false);
-    let part = TimedPart::start("generation");
+    let part = TimedPart::start(c"generation");
     let (responses, ended_with_eos) = sample_responses(models, prompts, sampling_seeds, settings)?;
     let generation_seconds = part.finish(device);
 
-    let part = TimedPart::start("reward");
+    let part = TimedPart::start(c"reward");
     let texts = models.policy.tokenizer.decode_batch(&responses, true)?;
     let rewards = score_responses(models, reward, prompts, &texts, context)?;
     let reward_seconds = part.finish(device);
     let reward_parts = reward.take_timings();
 
-    let part = TimedPart::start("forward passes");
+    let part = TimedPart::start(c"forward passes");
     let width = if settings.full_width {
         settings.response_len
     } else {

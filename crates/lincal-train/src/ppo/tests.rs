@@ -331,16 +331,17 @@ fn auto_batch_sizes_give_the_statistics_of_the_configured_ones() {
 }
 
 /// Gradient checkpointing in the update (some layers of policy and value model recomputed, or
-/// all) trains as the plain update: the same statistics over two steps, the second after an
-/// update moved the policy, in full fine-tuning and in LoRA mode (no dropout, so both passes
-/// draw nothing); a recomputed-layers count without checkpointing is refused by name.
+/// all) trains as the plain update: the same statistics over three steps, in full fine-tuning
+/// and in LoRA mode (no dropout, so both passes draw nothing). The value head starts at zero,
+/// so the value backbone first gets a gradient in the second update, which the third step's
+/// values show; a recomputed-layers count without checkpointing is refused by name.
 #[test]
 fn gradient_checkpointing_gives_the_statistics_of_the_plain_update() {
     let fixture = fixture();
     let mut config = config(RlType::DecisionBased);
     config.warmup_steps = 0;
     config.learning_rate = 1e-3;
-    config.total_steps = 2;
+    config.total_steps = 3;
     let train = |config: &PpoConfig| {
         let dir = tempfile::tempdir().unwrap();
         PpoTrainer::new(
@@ -960,8 +961,9 @@ fn ppo_trains_in_bf16_on_the_gpu() {
 }
 
 /// The update's gradient checkpointing on the GPU in bf16 (LoRA mode, every layer of policy
-/// and value model recomputed): the statistics of two steps are the plain update's, within
-/// bf16 rounding of the second step's weights.
+/// and value model recomputed): the statistics of three steps (the value backbone's first
+/// gradient comes in the second) are the plain update's, within bf16 rounding of the updated
+/// weights.
 #[cfg(feature = "cuda")]
 #[test]
 #[ignore = "needs a CUDA GPU"]
@@ -972,7 +974,7 @@ fn gradient_checkpointing_trains_as_the_plain_update_on_the_gpu() {
     config.lora = Some(tiny_lora());
     config.warmup_steps = 0;
     config.learning_rate = 1e-3;
-    config.total_steps = 2;
+    config.total_steps = 3;
     let train = |config: &PpoConfig| {
         let dir = tempfile::tempdir().unwrap();
         let mut trainer = PpoTrainer::new(
