@@ -27,7 +27,7 @@ use crate::config::Schedule;
 use crate::error::{Result, TrainError};
 use crate::memory::BatchPlan;
 use crate::optim::{AdamWConfig, LrSchedule, TrainableParams};
-use crate::ppo::models::{logprobs_of_hidden, row_index};
+use crate::ppo::models::row_index;
 use crate::ppo::ranks::{Ranks, minibatches};
 use crate::ppo::reward::{self, Reward, ScoreContext};
 use crate::ppo::rollout::{RolloutPrompt, RolloutSettings, collect_rollouts};
@@ -274,14 +274,10 @@ impl GrpoLearner {
                     let batch = rollouts.seqs.batch(micro);
                     let index = row_index(micro, device);
                     let pick = |t: &Tensor| t.index_select(0, &index);
-                    let policy = &self.models.policy.model;
-                    let policy_pass = batch.training_pass(policy, c.recomputed());
-                    let (logprobs, _) = logprobs_of_hidden(
-                        policy,
-                        &policy_pass.hidden,
-                        &batch,
+                    let (policy_pass, logprobs) = batch.policy_training_pass(
+                        &self.models.policy.model,
+                        c.recomputed(),
                         c.temperature,
-                        false,
                     );
                     let ref_logprobs = pick(&rollouts.ref_logprobs);
                     let inputs = GrpoLossInputs {

@@ -75,7 +75,7 @@ use advantages::{
 use lincal_model::CausalLm;
 use lincal_model::trace::TimedPart;
 use loss::{LossInputs, LossStats, ppo_loss};
-use models::{load_models, logprobs_of_hidden, row_index, templates};
+use models::{load_models, row_index, templates};
 use rand::{RngCore, SeedableRng};
 use ranks::{Ranks, minibatches};
 use rollout::{RolloutPrompt, RolloutSettings, Rollouts, TokenizedPrompts, collect_rollouts};
@@ -342,15 +342,9 @@ impl Learner {
                         .value
                         .as_ref()
                         .expect("PPO's models have a value model");
-                    let policy_pass = batch.training_pass(policy, c.recomputed());
+                    let (policy_pass, logprobs) =
+                        batch.policy_training_pass(policy, c.recomputed(), c.temperature);
                     let value_pass = batch.training_pass(value.backbone.backbone(), c.recomputed());
-                    let (logprobs, _) = logprobs_of_hidden(
-                        policy,
-                        &policy_pass.hidden,
-                        &batch,
-                        c.temperature,
-                        false,
-                    );
                     let values = value.values_of_hidden(&value_pass.hidden, &batch);
                     let inputs = LossInputs {
                         logprobs: &logprobs,

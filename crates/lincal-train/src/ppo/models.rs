@@ -471,6 +471,19 @@ impl ForwardBatch {
         hidden.narrow(1, self.query_width - 1, self.responses.size()[1])
     }
 
+    /// The policy's training pass over the batch (the update's) and its response log-probs at
+    /// `temperature` ([`response_logprobs`]).
+    pub(crate) fn policy_training_pass<'a>(
+        &self,
+        policy: &'a CausalLm,
+        recomputed: Option<usize>,
+        temperature: f64,
+    ) -> (TrainingPass<'a>, Tensor) {
+        let pass = self.training_pass(policy, recomputed);
+        let (logprobs, _) = logprobs_of_hidden(policy, &pass.hidden, self, temperature, false);
+        (pass, logprobs)
+    }
+
     /// `model`'s training pass over the batch (the update's), recomputing `recomputed` layers.
     pub(crate) fn training_pass<'a>(
         &self,
@@ -503,7 +516,7 @@ pub(crate) fn response_logprobs(
 }
 
 /// [`response_logprobs`] from the model's final hidden states `[b, T, H]` over `batch`.
-pub(crate) fn logprobs_of_hidden(
+fn logprobs_of_hidden(
     model: &CausalLm,
     hidden: &Tensor,
     batch: &ForwardBatch,
