@@ -505,6 +505,47 @@ mod tests {
         }
     }
 
+    /// One loss of two models' checkpointed passes (PPO's policy and value model) back-
+    /// propagated once, then each model's recomputed layers: every weight of both gets its
+    /// plain gradient, whichever layers each model recomputes.
+    #[test]
+    fn a_loss_of_two_checkpointed_passes_gives_both_models_their_gradients() {
+        let (ids, positions, mask) = batch();
+        let (a, b) = (
+            random_model(tiny_llama(false), 4),
+            random_model(tiny_llama(false), 5),
+        );
+        let _rng = lock_libtorch_rng();
+        let vars: Vec<(String, Tensor)> = [("a", &a), ("b", &b)]
+            .iter()
+            .flat_map(|(model_name, model)| {
+                model
+                    .var_store()
+                    .variables()
+                    .into_iter()
+                    .map(move |(name, var)| (format!("{model_name}.{name}"), var))
+            })
+            .collect();
+        // The two hidden states meet in the loss, so each model's gradient depends on both.
+        let loss = |ha: &Tensor, hb: &Tensor| {
+            loss_of(&a, ha) + loss_of(&b, hb) + (ha * hb).sum(Kind::Float)
+        };
+        let plain = gradients(&vars, || {
+            let forward = |m: &CausalLm| m.forward(&ids, &positions, Some(&mask), None);
+            loss(&forward(&a), &forward(&b)).backward()
+        });
+        for (ra, rb) in [(1, 2), (2, 0), (2, 2)] {
+            let checkpointed = gradients(&vars, || {
+                let (ha, ca) = a.forward_checkpointed(&ids, &positions, Some(&mask), ra);
+                let (hb, cb) = b.forward_checkpointed(&ids, &positions, Some(&mask), rb);
+                loss(&ha, &hb).backward();
+                a.backward_recomputed(ca);
+                b.backward_recomputed(cb);
+            });
+            assert_close(&plain, &checkpointed);
+        }
+    }
+
     /// With LoRA dropout the recomputed layers draw the masks of the first pass: the gradients
     /// are those of a plain pass that reseeds before each layer as the checkpointed one does,
     /// whichever layers are recomputed.
