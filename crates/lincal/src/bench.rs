@@ -336,7 +336,8 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 "forward_batch_size": config.forward_batch_size,
                 "micro_batch_size": config.micro_batch_size,
                 "auto_batch_sizes": config.auto_batch_sizes,
-                "recomputed_layers": config.recomputed(),
+                "gradient_checkpointing": config.gradient_checkpointing,
+                "recomputed_layers": config.recomputed_layers,
             });
             let setting = RlBenchSetting {
                 bench: "ppo",
@@ -376,7 +377,8 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 "forward_batch_size": config.forward_batch_size,
                 "micro_batch_size": config.micro_batch_size,
                 "auto_batch_sizes": config.auto_batch_sizes,
-                "recomputed_layers": config.recomputed(),
+                "gradient_checkpointing": config.gradient_checkpointing,
+                "recomputed_layers": config.recomputed_layers,
             });
             let setting = RlBenchSetting {
                 bench: "grpo",
