@@ -15,6 +15,7 @@ pub mod layers;
 pub mod llama;
 pub mod lora;
 pub mod model;
+mod offload;
 pub mod recover;
 pub mod shim;
 pub mod testing;

@@ -8,8 +8,10 @@ use crate::fsutil::write_atomic;
 use crate::gpt_neox::GptNeoX;
 use crate::layers::{KvCache, LayerContext};
 use crate::llama::Llama;
+use crate::offload::HostCopy;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor, nn};
 
 /// transformers' default shard size.
@@ -47,6 +49,8 @@ pub struct CausalLm {
     decoder: Box<dyn Decoder>,
     /// Whether generation replays CUDA graphs for decode steps (on a GPU, `cuda` builds).
     cuda_graphs: bool,
+    /// Set by [`CausalLm::keep_host_copy`].
+    host_copy: OnceLock<HostCopy>,
 }
 
 /// What [`CausalLm::forward_checkpointed`] keeps for the backward pass.
@@ -84,6 +88,7 @@ impl CausalLm {
             vs,
             decoder,
             cuda_graphs: true,
+            host_copy: OnceLock::new(),
         };
         model.store_projections_joined();
         model
@@ -200,6 +205,50 @@ impl CausalLm {
             self.store_projections_joined();
         }
         self.config.set_torch_dtype(kind_name(kind));
+    }
+
+    /// Keeps a copy of the weights in host memory (pinned on a GPU), so that
+    /// [`Self::offload`] can give their device memory to other work while the model idles and
+    /// [`Self::reload`] can bring them back. For a frozen model only: the copy is made once,
+    /// and the weights must not change afterwards. A second call does nothing.
+    pub fn keep_host_copy(&self) -> Result<()> {
+        if self.host_copy.get().is_none() {
+            let mut weights: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+            // Name order, so that the copy's layout does not depend on the map's.
+            weights.sort_by(|a, b| a.0.cmp(&b.0));
+            let copy = HostCopy::new(weights.into_iter().map(|(_, t)| t).collect(), self.device())?;
+            let _ = self.host_copy.set(copy);
+        }
+        Ok(())
+    }
+
+    /// Frees the weights' device memory (they point at the host copy until [`Self::reload`]);
+    /// running the model meanwhile is a programming error. Does nothing without a host copy
+    /// or when already offloaded.
+    pub fn offload(&self) {
+        if let Some(copy) = self.host_copy.get()
+            && copy.offload()
+            && self.device().is_cuda()
+        {
+            // Back to the driver: the freed blocks have the weights' sizes, which the next
+            // part's allocations (a KV cache's) rarely fit.
+            crate::cuda_graph::empty_cache().expect("emptying libtorch's CUDA cache");
+        }
+    }
+
+    /// Copies offloaded weights back to the model's device, generation's projections joined as
+    /// after loading. Does nothing when they are there.
+    pub fn reload(&self) {
+        if let Some(copy) = self.host_copy.get()
+            && copy.reload(self.device())
+        {
+            self.store_projections_joined();
+        }
+    }
+
+    /// Whether the weights wait in host memory ([`Self::offload`]).
+    pub fn is_offloaded(&self) -> bool {
+        self.host_copy.get().is_some_and(HostCopy::is_offloaded)
     }
 
     /// Turns CUDA-graph decoding on (the default) or off, e.g. to compare with eager decoding.
@@ -463,6 +512,56 @@ mod tests {
                 diff <= 1e-5 * scale,
                 "{name}: max abs diff {diff} (largest entry {scale})"
             );
+        }
+    }
+
+    /// A model offloaded to its host copy and reloaded computes exactly what it did, with a
+    /// Llama layer's q, k, v weights back to back again (generation's joined product); a
+    /// model without a host copy stays where it is.
+    #[test]
+    fn a_reloaded_model_computes_what_it_did() {
+        let (ids, positions, mask) = batch();
+        for config in [tiny_llama(true), tiny_neox()] {
+            let model = random_model(config, 6);
+            let forward = || tch::no_grad(|| model.forward(&ids, &positions, Some(&mask), None));
+            let before = forward();
+            let pointers = || -> Vec<(String, usize)> {
+                let mut vars: Vec<_> = model.var_store().variables().into_iter().collect();
+                vars.sort_by(|a, b| a.0.cmp(&b.0));
+                vars.into_iter()
+                    .map(|(n, t)| (n, t.data_ptr() as usize))
+                    .collect()
+            };
+            let loaded = pointers();
+            model.offload();
+            assert!(!model.is_offloaded(), "no host copy: nothing moves");
+            assert_eq!(pointers(), loaded);
+
+            model.keep_host_copy().unwrap();
+            model.offload();
+            assert!(model.is_offloaded());
+            // On the CPU an offloaded model still runs, from its host copy.
+            for ((name, old), (_, new)) in loaded.iter().zip(&pointers()) {
+                assert_ne!(old, new, "{name} points at its host copy");
+            }
+            assert!(forward().equal(&before));
+            model.reload();
+            assert!(!model.is_offloaded());
+            assert!(forward().equal(&before));
+            let reloaded = pointers();
+            for ((name, old), (_, new)) in loaded.iter().zip(&reloaded) {
+                assert_ne!(old, new, "{name} is in new memory");
+            }
+            if let ModelConfig::Llama(c) = model.config() {
+                let vars = model.var_store().variables();
+                for layer in 0..c.num_hidden_layers {
+                    let weight =
+                        |p: &str| &vars[&format!("model.layers.{layer}.self_attn.{p}_proj.weight")];
+                    let end = |t: &Tensor| t.data_ptr() as usize + t.numel() * 4;
+                    assert_eq!(end(weight("q")), weight("k").data_ptr() as usize);
+                    assert_eq!(end(weight("k")), weight("v").data_ptr() as usize);
+                }
+            }
         }
     }
 

@@ -20,7 +20,7 @@ use lincal_model::ModelConfig;
 use std::path::Path;
 use tch::Device;
 
-const GIB: f64 = (1u64 << 30) as f64;
+pub(crate) const GIB: f64 = (1u64 << 30) as f64;
 
 /// Free and total memory of a device, in bytes: the GPU's from the CUDA runtime, the host's
 /// available memory for the CPU.
@@ -240,6 +240,9 @@ pub struct RlMemoryModel {
     pub lora_dropout: bool,
     /// Decoder layers the update recomputes (gradient checkpointing), of each trained model.
     pub recomputed_layers: Option<u64>,
+    /// Frozen models wait in host memory while the parts of the step that do not run them do
+    /// (`offload_idle_models`): each part keeps only its own on the device.
+    pub offload_idle_models: bool,
     /// PPO's value model is trained (a copy of the reward model in full fine-tuning).
     pub value: bool,
     pub query_len: u64,
@@ -269,10 +272,14 @@ pub struct BatchPlan {
     /// counted in.
     pub score_batch_tokens: usize,
     pub free_bytes: u64,
-    /// Weights, optimizer state and the reserve.
+    /// Weights, optimizer state and the reserve: the most that any part keeps on the device
+    /// (with idle models offloaded, the parts keep different models).
     pub fixed_bytes: u64,
-    /// What each phase may use.
+    /// What a part may use: the least that any part has.
     pub phase_bytes: u64,
+    /// Idle frozen models wait in host memory, so the parts that run fewer models (generation,
+    /// extraction) have more than `phase_bytes`.
+    pub offload_idle_models: bool,
 }
 
 impl std::fmt::Display for BatchPlan {
@@ -281,7 +288,7 @@ impl std::fmt::Display for BatchPlan {
             f,
             "generation {}, forward {}, micro {}, extractor {}, score {} (at most {} tokens) \
              ({:.1} GiB free, {:.1} GiB for weights, optimizer state and reserve, \
-             {:.1} GiB a phase)",
+             {:.1} GiB a phase{})",
             self.generation_batch_size,
             self.forward_batch_size,
             self.micro_batch_size,
@@ -291,8 +298,34 @@ impl std::fmt::Display for BatchPlan {
             self.free_bytes as f64 / GIB,
             self.fixed_bytes as f64 / GIB,
             self.phase_bytes as f64 / GIB,
+            if self.offload_idle_models {
+                "; idle models offloaded: the most a part keeps, the least it has"
+            } else {
+                ""
+            },
         )
     }
+}
+
+/// The parts of an RL step, each with its batch size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Part {
+    Generation,
+    Extraction,
+    /// The reward model's passes.
+    Scoring,
+    /// The no-grad passes over the rollouts: log-probs, reference log-probs and values.
+    ForwardPasses,
+    Update,
+}
+
+/// One model's weights in a step.
+struct ModelBytes {
+    bytes: u64,
+    /// Trained weights never leave the device.
+    trained: bool,
+    /// The parts that run the model.
+    runs_in: &'static [Part],
 }
 
 /// Kept free besides the plan: the CUDA context, the caching allocator's fragments, CUDA
@@ -310,12 +343,76 @@ const MASK_BYTES_PER_KEY: u64 = 8;
 impl RlMemoryModel {
     /// Weights of every model, and the gradients and AdamW state of the trained parameters.
     pub fn fixed_bytes(&self) -> u64 {
+        self.state_bytes() + self.models().iter().map(|m| m.bytes).sum::<u64>()
+    }
+
+    /// What stays on the device while `part` runs: the trained state, the reserve and the
+    /// weights of every model, or with `offload_idle_models` of the trained ones and those
+    /// `part` runs.
+    fn resident_bytes(&self, part: Part) -> u64 {
+        let weights = self
+            .models()
+            .iter()
+            .filter(|m| !self.offload_idle_models || m.trained || m.runs_in.contains(&part))
+            .map(|m| m.bytes)
+            .sum::<u64>();
+        self.state_bytes() + weights
+    }
+
+    /// Each model's weights, and where it runs.
+    fn models(&self) -> Vec<ModelBytes> {
+        use Part::*;
         let b = self.dtype_bytes;
-        let (policy, reward) = (self.policy.parameters, self.reward_model.parameters);
-        let extractor = self.extractor.map_or(0, |e| e.parameters);
-        let (weights, trained) = match self.lora_rank {
-            // The frozen policy base is the reference; PPO's value adapters sit on the reward
-            // model itself.
+        let (policy, reward) = (self.policy.parameters * b, self.reward_model.parameters * b);
+        let lora = self.lora_rank.is_some();
+        let mut models = vec![
+            // The policy (its frozen base in LoRA mode, where it is the reference too).
+            ModelBytes {
+                bytes: policy,
+                trained: !lora,
+                runs_in: &[Generation, ForwardPasses, Update],
+            },
+            // The reward model; in LoRA mode PPO's value adapters sit on it.
+            ModelBytes {
+                bytes: reward,
+                trained: false,
+                runs_in: if lora && self.value {
+                    &[Scoring, ForwardPasses, Update]
+                } else {
+                    &[Scoring]
+                },
+            },
+        ];
+        if !lora {
+            // A reference copy of the policy, and PPO's value model as a copy of the reward
+            // model.
+            models.push(ModelBytes {
+                bytes: policy,
+                trained: false,
+                runs_in: &[ForwardPasses],
+            });
+            if self.value {
+                models.push(ModelBytes {
+                    bytes: reward,
+                    trained: true,
+                    runs_in: &[ForwardPasses, Update],
+                });
+            }
+        }
+        if let Some(extractor) = self.extractor {
+            models.push(ModelBytes {
+                bytes: extractor.parameters * b,
+                trained: false,
+                runs_in: &[Extraction],
+            });
+        }
+        models
+    }
+
+    /// The gradients and AdamW state of the trained parameters, and the reserve.
+    fn state_bytes(&self) -> u64 {
+        let b = self.dtype_bytes;
+        let trained = match self.lora_rank {
             Some(rank) => {
                 let adapters = |s: &ModelShape| {
                     rank * s.layers
@@ -328,13 +425,15 @@ impl RlMemoryModel {
                 } else {
                     0
                 };
-                (policy + reward + extractor, adapters(&self.policy) + value)
+                adapters(&self.policy) + value
             }
-            // A reference copy of the policy, and PPO's value model as a copy of the reward
-            // model.
             None => {
-                let value = if self.value { reward } else { 0 };
-                (2 * policy + reward + value + extractor, policy + value)
+                let value = if self.value {
+                    self.reward_model.parameters
+                } else {
+                    0
+                };
+                self.policy.parameters + value
             }
         };
         // Masters: f32 weights, gradients and both moments; otherwise gradients and moments
@@ -345,7 +444,7 @@ impl RlMemoryModel {
         } else {
             trained * b + (trained * 2 * b).div_ceil(ranks)
         };
-        weights * b + state + RESERVE_BYTES
+        state + RESERVE_BYTES
     }
 
     /// Bytes per row of sampling `new_tokens` after `prompt` tokens: the key/value cache of
@@ -401,26 +500,33 @@ impl RlMemoryModel {
     /// The largest batch sizes whose phases fit in `free` bytes. Fails when the weights and
     /// optimizer state alone do not fit.
     pub fn plan(&self, free: u64) -> Result<BatchPlan> {
-        let fixed = self.fixed_bytes();
+        use Part::*;
+        let parts = [Generation, Extraction, Scoring, ForwardPasses, Update];
+        let fixed = parts
+            .iter()
+            .map(|&part| self.resident_bytes(part))
+            .max()
+            .expect("parts");
         if fixed >= free {
             return Err(TrainError::config(
                 "auto_batch_sizes",
                 format!(
                     "the models and optimizer state need about {:.1} GiB (with {:.1} GiB kept \
                      in reserve) but {:.1} GiB are free; use LoRA or precision \"pure_bf16\", \
-                     or smaller models",
+                     smaller models, or offload_idle_models = true",
                     fixed as f64 / GIB,
                     RESERVE_BYTES as f64 / GIB,
                     free as f64 / GIB
                 ),
             ));
         }
-        let phase = ((free - fixed) as f64 * PHASE_SHARE) as u64;
+        // What each part may use.
+        let budget = |part| ((free - self.resident_bytes(part)) as f64 * PHASE_SHARE) as u64;
         // A rank's rollouts (ranks share them in whole groups, so one may get a few more).
         let rollouts = self.rollouts.div_ceil(self.ranks.max(1));
         let b = self.dtype_bytes;
         let sequence = self.query_len + self.response_len;
-        let rows = |row_bytes: u64| (phase / row_bytes.max(1)).max(1);
+        let rows = |part, row_bytes: u64| (budget(part) / row_bytes.max(1)).max(1);
         let lora = self.lora_rank;
         let generation =
             Self::generation_row(&self.policy, self.query_len, self.response_len, b, lora);
@@ -431,28 +537,36 @@ impl RlMemoryModel {
         });
         // In LoRA mode the policy's log-probs and PPO's values (whose adapters sit on the reward
         // model) run with adapters; the reference's log-probs and the reward's scoring without.
-        let scoring = Self::forward_row(&self.policy, sequence, b, lora).max(Self::forward_row(
+        let forward = Self::forward_row(&self.policy, sequence, b, lora).max(Self::forward_row(
             &self.reward_model,
             sequence,
             b,
             lora.filter(|_| self.value),
         ));
         Ok(BatchPlan {
-            generation_batch_size: even_batches(rollouts, rows(generation)),
-            forward_batch_size: even_batches(rollouts, rows(scoring)),
-            micro_batch_size: largest_divisor(self.step_batch_size, rows(self.update_row())),
-            extractor_batch_size: even_batches(rollouts, rows(extractor)),
+            generation_batch_size: even_batches(rollouts, rows(Generation, generation)),
+            forward_batch_size: even_batches(rollouts, rows(ForwardPasses, forward)),
+            micro_batch_size: largest_divisor(
+                self.step_batch_size,
+                rows(Update, self.update_row()),
+            ),
+            extractor_batch_size: even_batches(rollouts, rows(Extraction, extractor)),
             score_batch_size: even_batches(
                 rollouts,
-                rows(Self::forward_row(&self.reward_model, sequence, b, None)),
+                rows(
+                    Scoring,
+                    Self::forward_row(&self.reward_model, sequence, b, None),
+                ),
             ),
             score_batch_tokens: rows(
+                Scoring,
                 Self::forward_row(&self.reward_model, 1, b, None)
                     + self.reward_max_tokens * MASK_BYTES_PER_KEY,
             ) as usize,
             free_bytes: free,
             fixed_bytes: fixed,
-            phase_bytes: phase,
+            phase_bytes: parts.iter().map(|&part| budget(part)).min().expect("parts"),
+            offload_idle_models: self.offload_idle_models,
         })
     }
 }
@@ -526,6 +640,7 @@ mod tests {
             lora_rank: None,
             lora_dropout: false,
             recomputed_layers: None,
+            offload_idle_models: false,
             value: true,
             query_len: 6,
             response_len: 4,
@@ -699,6 +814,7 @@ mod tests {
             lora_rank: Some(16),
             lora_dropout: true,
             recomputed_layers: None,
+            offload_idle_models: false,
             value: true,
             query_len: 128,
             response_len: 300,
@@ -721,6 +837,65 @@ mod tests {
         assert_eq!(
             (plan.generation_batch_size, plan.extractor_batch_size),
             (before.generation_batch_size, before.extractor_batch_size)
+        );
+        // Offloading idle models gives generation the reward model's and the extractor's
+        // memory (17.7 GiB; 53.9 GiB for rows of about 0.23 GiB: 3 batches of 171 instead of
+        // 4 of 128), and extraction both 7Bs' (60.1 GiB for rows of about 0.25 GiB: the same);
+        // the update keeps both 7Bs and gains only the extractor's 5.2 GiB: still 4 rows.
+        let offloaded = RlMemoryModel {
+            offload_idle_models: true,
+            ..plain.clone()
+        }
+        .plan(free)
+        .unwrap();
+        assert_eq!(
+            (
+                offloaded.generation_batch_size,
+                offloaded.extractor_batch_size,
+                offloaded.micro_batch_size
+            ),
+            (171, 171, 4)
+        );
+    }
+
+    /// With idle models offloaded each part keeps the trained state, the reserve and the
+    /// weights of the trained models and of those it runs (hand-counted, in units of one
+    /// tiny model's bf16 weights).
+    #[test]
+    fn offloading_keeps_only_each_parts_models_on_the_device() {
+        use Part::*;
+        let p = tiny().parameters * 2;
+        let full = RlMemoryModel {
+            offload_idle_models: true,
+            ..model()
+        };
+        // Trained policy and value model with f32 masters, gradients and moments: 16 bytes a
+        // weight, 8 of these units each.
+        let state = 2 * 8 * p + RESERVE_BYTES;
+        let parts = [Generation, Extraction, Scoring, ForwardPasses, Update];
+        let resident = |m: &RlMemoryModel| parts.map(|part| m.resident_bytes(part) - state);
+        // The trained two always; the extractor, the frozen reward model, the reference.
+        assert_eq!(resident(&full), [2 * p, 3 * p, 3 * p, 3 * p, 2 * p]);
+        assert_eq!(full.fixed_bytes(), state + 5 * p);
+        // In LoRA mode nothing but the adapters is trained: the policy's base for
+        // generation, the extractor, the reward model for scoring, both bases for the
+        // forward passes (policy and value) and the update.
+        let lora = RlMemoryModel {
+            lora_rank: Some(2),
+            ..full.clone()
+        };
+        let adapters = lora.state_bytes();
+        let resident = parts.map(|part| lora.resident_bytes(part) - adapters);
+        assert_eq!(resident, [p, p, p, 2 * p, 2 * p]);
+        // Without offloading every part keeps every model.
+        let kept = RlMemoryModel {
+            offload_idle_models: false,
+            ..lora.clone()
+        };
+        assert!(
+            parts
+                .iter()
+                .all(|&part| kept.resident_bytes(part) == adapters + 3 * p)
         );
     }
 

@@ -66,6 +66,10 @@ pub struct GrpoConfig {
     /// `training.recomputed_layers`). Unset: every layer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recomputed_layers: Option<usize>,
+    /// As PPO's: each frozen model waits in pinned host memory while the step's other parts
+    /// run, for larger generation and extraction batches.
+    #[serde(default)]
+    pub offload_idle_models: bool,
     /// Training prompts longer than this many tokens are dropped.
     pub query_len: usize,
     pub response_len: usize,
@@ -146,6 +150,7 @@ impl GrpoConfig {
             auto_batch_sizes: false,
             gradient_checkpointing: false,
             recomputed_layers: None,
+            offload_idle_models: false,
             query_len: ppo.query_len,
             response_len: ppo.response_len,
             temperature: ppo.temperature,
@@ -255,6 +260,7 @@ impl GrpoConfig {
             reward: &self.reward,
             templates: self.templates.as_deref(),
             value: false,
+            offload_idle_models: self.offload_idle_models,
         }
     }
 

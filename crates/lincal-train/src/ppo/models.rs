@@ -12,7 +12,7 @@ use super::config::{PpoConfig, RewardConfig, RlType};
 use super::reward::{BinaryCorrectnessReward, DecisionReward, Reward};
 use crate::cross_entropy::rows_per_slice;
 use crate::error::{Result, TrainError};
-use crate::memory::{BatchPlan, ModelShape, RlMemoryModel, device_memory};
+use crate::memory::{BatchPlan, GIB, ModelShape, RlMemoryModel, device_memory};
 use crate::reward_model::{HeadInit, RewardModel, ScalarHead};
 use crate::setup::{LoadedModel, OUTPUT_EMBEDDINGS};
 use crate::train_loop::TrainingPass;
@@ -96,6 +96,7 @@ impl PpoModelPaths {
             lora_rank: settings.lora.map(|lora| lora.r as u64),
             lora_dropout: settings.lora.is_some_and(|lora| lora.dropout > 0.0),
             recomputed_layers: step.recomputed_layers.map(|layers| layers as u64),
+            offload_idle_models: settings.offload_idle_models,
             value: settings.value,
             query_len: step.query_len as u64,
             response_len: step.response_len as u64,
@@ -329,6 +330,35 @@ impl PpoModels {
         named
     }
 
+    /// The frozen models among these (the policy's and the value model's bases in LoRA mode,
+    /// else the reference) and `reward`'s, each once: those `offload_idle_models` keeps in
+    /// host memory while idle.
+    pub(crate) fn frozen_models<'a>(&'a self, reward: &'a dyn Reward) -> Vec<&'a CausalLm> {
+        let mut models: Vec<&CausalLm> = Vec::new();
+        if self.policy.lora.is_some() {
+            models.push(&self.policy.model);
+        }
+        models.extend(&self.reference);
+        if let Some(value) = self.value.as_ref().filter(|v| v.lora.is_some()) {
+            models.push(value.backbone.backbone());
+        }
+        for model in reward.models() {
+            if !models.iter().any(|m| std::ptr::eq(*m, model)) {
+                models.push(model);
+            }
+        }
+        models
+    }
+
+    /// The models of the forward passes over rollouts and of the update: the policy, the
+    /// reference and the value model's backbone.
+    pub(crate) fn forward_models(&self) -> Vec<&CausalLm> {
+        let mut models = vec![&self.policy.model];
+        models.extend(&self.reference);
+        models.extend(self.value.as_ref().map(|v| v.backbone.backbone()));
+        models
+    }
+
     /// LoRA dropout on (update) or off (sampling and scoring).
     pub(crate) fn set_training(&self, training: bool) {
         self.policy.set_training(training);
@@ -359,6 +389,48 @@ pub(crate) fn eos_ids(model: &CausalLm, tokenizer: &Tokenizer) -> Vec<i64> {
         }
     }
     ids
+}
+
+/// Brings the frozen models that a part of the step `runs` to the device, after moving every
+/// other one of `frozen` to host memory first (so that its memory is free for them); models
+/// without a host copy (`offload_idle_models` off, trained ones) stay where they are.
+pub(crate) fn keep_on_device(runs: &[&CausalLm], frozen: &[&CausalLm]) {
+    for model in frozen {
+        if !runs.iter().any(|r| std::ptr::eq(*r, *model)) {
+            model.offload();
+        }
+    }
+    for model in runs {
+        model.reload();
+    }
+}
+
+/// Host copies of the run's frozen models ([`PpoModels::frozen_models`]), when host memory
+/// holds them.
+fn keep_host_copies(models: &PpoModels, reward: &dyn Reward) -> Result<()> {
+    let frozen = models.frozen_models(reward);
+    let bytes: u64 = frozen
+        .iter()
+        .flat_map(|m| m.var_store().variables().into_values())
+        .map(|t| t.numel() as u64 * t.kind().elt_size_in_bytes() as u64)
+        .sum();
+    let available = device_memory(Device::Cpu)?.free;
+    // The copies are pinned (never swapped out): leave the rest of the system some room.
+    if bytes as f64 > 0.9 * available as f64 {
+        return Err(TrainError::config(
+            "offload_idle_models",
+            format!(
+                "the frozen models need {:.1} GiB of host memory for their copies, but {:.1} GiB \
+                 are available; set offload_idle_models = false or free host memory",
+                bytes as f64 / GIB,
+                available as f64 / GIB
+            ),
+        ));
+    }
+    for model in frozen {
+        model.keep_host_copy()?;
+    }
+    Ok(())
 }
 
 fn freeze(vars: impl IntoIterator<Item = Tensor>) {
@@ -598,6 +670,8 @@ pub(crate) struct ModelSettings<'a> {
     pub templates: Option<&'a Path>,
     /// Load PPO's value model; the critic-free methods train none.
     pub value: bool,
+    /// Keep host copies of the frozen models, which then wait in host memory while idle.
+    pub offload_idle_models: bool,
 }
 
 impl PpoConfig {
@@ -649,6 +723,7 @@ impl PpoConfig {
             reward: &self.reward,
             templates: self.templates.as_deref(),
             value: true,
+            offload_idle_models: self.offload_idle_models,
         }
     }
 }
@@ -770,6 +845,9 @@ pub(crate) fn load_models(
             }
         }
     };
+    if settings.offload_idle_models {
+        keep_host_copies(&models, reward.as_ref())?;
+    }
     Ok((models, reward))
 }
 

@@ -66,6 +66,13 @@ pub trait Reward {
     fn take_timings(&mut self) -> Vec<(&'static str, f64)> {
         Vec::new()
     }
+
+    /// The frozen models this reward runs. With `offload_idle_models` they wait in host
+    /// memory while the step's other parts run, and [`Reward::score`] brings back each one as
+    /// it needs it ([`CausalLm::reload`]); a reward of none has nothing to do.
+    fn models(&self) -> Vec<&CausalLm> {
+        Vec::new()
+    }
 }
 
 /// `n` sampling seeds drawn from `seed`.
@@ -212,10 +219,15 @@ impl Reward for DecisionReward {
         context: ScoreContext,
     ) -> Result<Vec<RewardOutput>> {
         let device = self.extractor.device();
+        let forecaster = self.forecaster.model().backbone();
         let part = TimedPart::start(c"extraction");
+        forecaster.offload();
+        self.extractor.reload();
         let extractions = self.extract(inputs, context)?;
+        self.extractor.offload();
         self.extraction_seconds += part.finish(device);
         let part = TimedPart::start(c"forecast");
+        forecaster.reload();
         let parsed: Vec<(Vec<String>, bool)> = extractions
             .iter()
             .map(|text| self.config.extraction_parsing.candidates(text))
@@ -271,6 +283,10 @@ impl Reward for DecisionReward {
             ("forecast", std::mem::take(&mut self.forecast_seconds)),
         ]
     }
+
+    fn models(&self) -> Vec<&CausalLm> {
+        vec![&self.extractor, self.forecaster.model().backbone()]
+    }
 }
 
 /// Factuality RL (SPEC 1.8): the binary-correctness reward model judges whether the paragraph
@@ -309,6 +325,7 @@ impl Reward for BinaryCorrectnessReward {
         inputs: &[RewardInput<'_>],
         _context: ScoreContext,
     ) -> Result<Vec<RewardOutput>> {
+        self.model.model().backbone().reload();
         // The reward model was trained on paragraphs cut to their first 2000 characters.
         let texts = inputs
             .iter()
@@ -336,6 +353,10 @@ impl Reward for BinaryCorrectnessReward {
                 }
             })
             .collect())
+    }
+
+    fn models(&self) -> Vec<&CausalLm> {
+        vec![self.model.model().backbone()]
     }
 }
 

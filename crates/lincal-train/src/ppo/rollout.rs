@@ -2,7 +2,7 @@
 //! longer than `query_len` dropped; responses sampled; the reward; and the no-grad forward
 //! passes that give the policy's and the reference's log-probs and the values.
 
-use super::models::{PpoModels, Sequences, response_logprobs};
+use super::models::{PpoModels, Sequences, keep_on_device, response_logprobs};
 use super::reward::{Reward, RewardInput, RewardOutput, ScoreContext};
 use crate::error::{Result, TrainError};
 use lincal_data::prompts::Templates;
@@ -156,17 +156,23 @@ pub(crate) fn collect_rollouts(
 ) -> Result<Rollouts> {
     let device = models.policy.model.device();
     models.set_training(false);
+    // Each part runs its frozen models; with `offload_idle_models` the others wait in host
+    // memory (the reward brings back its own as it runs them). The update runs the models of
+    // the forward passes.
     let part = TimedPart::start(c"generation");
+    keep_on_device(&[&models.policy.model], &models.frozen_models(reward));
     let (responses, ended_with_eos) = sample_responses(models, prompts, sampling_seeds, settings)?;
     let generation_seconds = part.finish(device);
 
     let part = TimedPart::start(c"reward");
+    keep_on_device(&[], &models.frozen_models(reward));
     let texts = models.policy.tokenizer.decode_batch(&responses, true)?;
     let rewards = score_responses(models, reward, prompts, &texts, context)?;
     let reward_seconds = part.finish(device);
     let reward_parts = reward.take_timings();
 
     let part = TimedPart::start(c"forward passes");
+    keep_on_device(&models.forward_models(), &models.frozen_models(reward));
     let width = if settings.full_width {
         settings.response_len
     } else {

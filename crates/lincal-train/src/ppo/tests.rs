@@ -388,6 +388,101 @@ fn gradient_checkpointing_gives_the_statistics_of_the_plain_update() {
     assert!(error.contains("gradient_checkpointing = true"), "{error}");
 }
 
+/// `offload_idle_models`: the frozen models wait in host memory while the step's other parts
+/// run. The reward's are there when scoring starts; after a step the extractor (and in full
+/// fine-tuning the frozen reward model) still are, the forward passes' models are back. Runs
+/// train exactly as with every model kept in place, in full fine-tuning and LoRA mode.
+#[test]
+fn offloaded_idle_models_train_exactly_as_resident_ones() {
+    let fixture = fixture();
+    let mut config = config(RlType::DecisionBased);
+    config.total_steps = 2;
+    let train = |config: &PpoConfig| {
+        let dir = tempfile::tempdir().unwrap();
+        PpoTrainer::new(
+            &fixture.paths,
+            Device::Cpu,
+            config,
+            &prompts(),
+            &[],
+            &RunOptions::new(dir.path()),
+        )
+        .unwrap()
+        .train(None)
+        .unwrap();
+        dir
+    };
+    for lora in [None, Some(tiny_lora())] {
+        let kept = PpoConfig {
+            lora,
+            ..config.clone()
+        };
+        let offloaded = PpoConfig {
+            offload_idle_models: true,
+            ..kept.clone()
+        };
+        assert_same_statistics(train(&kept).path(), train(&offloaded).path(), 0.0);
+
+        let kind_of = |device| offloaded.precision.kind(device);
+        let (models, reward) = models::load_models(
+            &fixture.paths,
+            Device::Cpu,
+            &offloaded.model_settings(&kind_of),
+            None,
+            &|dir, device, kind| RewardModel::load(dir, device, Some(kind)),
+        )
+        .unwrap();
+        let mut probe = ResidencyProbe {
+            inner: reward,
+            offloaded_when_scoring: Vec::new(),
+        };
+        let prompts = bench::random_prompts(&models, 8, 10, 1);
+        let mut learner = Learner::new(&offloaded, models, Ranks::single(Device::Cpu));
+        learner
+            .step(&mut probe, &bench::bench_inputs(&prompts), 0)
+            .unwrap();
+        assert_eq!(probe.offloaded_when_scoring, [true, true]);
+        let models = &learner.models;
+        let frozen = models.frozen_models(&probe);
+        assert_eq!(
+            frozen.len(),
+            3,
+            "the reference or policy base, reward model, extractor"
+        );
+        let forward = models.forward_models();
+        for model in frozen {
+            let runs = forward.iter().any(|m| std::ptr::eq(*m, model));
+            assert_eq!(model.is_offloaded(), !runs);
+        }
+    }
+}
+
+/// A reward that notes which of its models wait in host memory when scoring starts.
+struct ResidencyProbe {
+    inner: Box<dyn Reward>,
+    offloaded_when_scoring: Vec<bool>,
+}
+
+impl Reward for ResidencyProbe {
+    fn score(
+        &mut self,
+        inputs: &[RewardInput<'_>],
+        context: ScoreContext,
+    ) -> Result<Vec<reward::RewardOutput>> {
+        self.offloaded_when_scoring = self
+            .inner
+            .models()
+            .iter()
+            .map(|m| m.is_offloaded())
+            .collect();
+        self.inner.score(inputs, context)
+    }
+
+    fn models(&self) -> Vec<&CausalLm> {
+        self.inner.models()
+    }
+}
+
 /// Ranks as threads: two ranks stopped after 2 of 3 steps, resumed by three, log the
 /// statistics, rollouts and evaluations of one uninterrupted process and end at its weights
 /// (within float summation order, 1e-4), with the built-in decision reward (extraction
