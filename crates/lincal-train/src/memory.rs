@@ -469,32 +469,34 @@ impl RlMemoryModel {
         tokens * ((shape.forward_elements() + shape.hidden) * b + lora)
     }
 
-    /// Bytes per row of the update: the saved activations of the policy (and of PPO's value
-    /// model) over the whole sequence, and the response logits in the weights' type and in f32
-    /// with their log-softmax and two gradients. With gradient checkpointing a recomputed
-    /// layer keeps only its input; once the loss's backward pass has freed the logits and the
-    /// kept layers, one recomputed layer's activations (of one model) live at a time.
+    /// Bytes per row of the update, whose models run their micro-batches one model after the
+    /// other: the larger of the policy's (its saved activations over the whole sequence and
+    /// the response logits in the weights' type and in f32 with their log-softmax and two
+    /// gradients) and PPO's value model's (its saved activations). With gradient checkpointing
+    /// a recomputed layer keeps only its input; once the loss's backward pass has freed the
+    /// logits and the kept layers, one recomputed layer's activations live at a time.
     fn update_row(&self) -> u64 {
+        let logits = self.response_len * self.policy.vocab * (self.dtype_bytes + 16);
+        let policy = self.training_pass_row(&self.policy, logits);
+        if self.value {
+            policy.max(self.training_pass_row(&self.reward_model, 0))
+        } else {
+            policy
+        }
+    }
+
+    /// Bytes per row of one model's training pass over a rollout, with `head` bytes of its
+    /// output head's activations.
+    fn training_pass_row(&self, shape: &ModelShape, head: u64) -> u64 {
         let tokens = self.query_len + self.response_len;
         let b = self.dtype_bytes;
-        let models: &[&ModelShape] = if self.value {
-            &[&self.policy, &self.reward_model]
-        } else {
-            &[&self.policy]
-        };
-        let (mut inputs, mut kept, mut one_layer) = (0, 0, 0);
-        for s in models {
-            let layer = tokens
-                * (s.saved_bytes(self.lora_rank, self.lora_dropout, b) + s.saved_norm_bytes());
-            let recomputed = self.recomputed_layers.unwrap_or(0).min(s.layers);
-            inputs += recomputed * tokens * s.hidden * b;
-            kept += (s.layers - recomputed) * layer;
-            if recomputed > 0 {
-                one_layer = one_layer.max(layer);
-            }
-        }
-        let logits = self.response_len * self.policy.vocab * (self.dtype_bytes + 16);
-        inputs + (kept + logits).max(one_layer)
+        let layer = tokens
+            * (shape.saved_bytes(self.lora_rank, self.lora_dropout, b) + shape.saved_norm_bytes());
+        let recomputed = self.recomputed_layers.unwrap_or(0).min(shape.layers);
+        let inputs = recomputed * tokens * shape.hidden * b;
+        let kept = (shape.layers - recomputed) * layer;
+        let one_layer = if recomputed > 0 { layer } else { 0 };
+        inputs + (kept + head).max(one_layer)
     }
 
     /// The largest batch sizes whose phases fit in `free` bytes. Fails when the weights and
@@ -741,52 +743,58 @@ mod tests {
             352 + 6 * (116 * 2 + 36) + 320
         );
         // Saved per token and layer: (5·8 + 2·8 + 2·4 + 4·16)·2 + 8·8 = 256 + 64 = 320 bytes;
-        // 2 layers × 10 tokens, for policy and value; logits 4 × 10 × (2 + 16).
-        assert_eq!(model().update_row(), 2 * (2 * 10 * 320) + 4 * 10 * 18);
+        // 2 layers × 10 tokens, and the policy's logits 4 × 10 × (2 + 16). The models run
+        // their micro-batches one after the other: the value model's row (the same layers,
+        // no logits) is the smaller.
+        assert_eq!(model().update_row(), 2 * 10 * 320 + 4 * 10 * 18);
         // LoRA saves the adapters' inputs times A, 7 · 2 · 2 = 28 bytes, and with dropout
         // their own dropped-out inputs and masks, (2 + 1) · (5·8 + 8 + 16) = 192 more.
         let lora = RlMemoryModel {
             lora_rank: Some(2),
             ..model()
         };
-        assert_eq!(lora.update_row(), 2 * (2 * 10 * (320 + 28)) + 4 * 10 * 18);
+        assert_eq!(lora.update_row(), 2 * 10 * (320 + 28) + 4 * 10 * 18);
         let dropout = RlMemoryModel {
             lora_dropout: true,
             ..lora
         };
-        assert_eq!(
-            dropout.update_row(),
-            2 * (2 * 10 * (320 + 220)) + 4 * 10 * 18
-        );
-        // Recomputing 1 of the 2 layers keeps, per token and model, the other's 320 bytes and
-        // the recomputed one's input, 8 · 2 bytes; recomputing both keeps their inputs, with
-        // the logits until the loss's backward pass and then one layer's activations of one
-        // model, 10 · 320 bytes, the larger here.
+        assert_eq!(dropout.update_row(), 2 * 10 * (320 + 220) + 4 * 10 * 18);
+        // Recomputing 1 of the 2 layers keeps, per token, the other's 320 bytes and the
+        // recomputed one's input, 8 · 2 bytes; recomputing both keeps their inputs, with the
+        // logits until the loss's backward pass and then one layer's activations, 10 · 320
+        // bytes, the larger here.
         let recomputed = |layers| RlMemoryModel {
             recomputed_layers: Some(layers),
             ..model()
         };
-        assert_eq!(
-            recomputed(1).update_row(),
-            2 * 10 * 16 + 2 * 10 * 320 + 4 * 10 * 18
-        );
-        assert_eq!(recomputed(2).update_row(), 2 * 2 * 10 * 16 + 10 * 320);
+        assert_eq!(recomputed(1).update_row(), 10 * 16 + 10 * 320 + 4 * 10 * 18);
+        assert_eq!(recomputed(2).update_row(), 2 * 10 * 16 + 10 * 320);
         assert_eq!(recomputed(9).update_row(), recomputed(2).update_row());
-        // Without a value model only the policy counts.
+        // A value model of 4 layers keeps more than the policy: its row counts, unless there
+        // is no value model.
+        let deep_value = RlMemoryModel {
+            reward_model: ModelShape {
+                layers: 4,
+                ..tiny()
+            },
+            ..model()
+        };
+        assert_eq!(deep_value.update_row(), 4 * 10 * 320);
         let policy_only = RlMemoryModel {
             value: false,
-            ..recomputed(1)
+            ..deep_value
         };
-        assert_eq!(policy_only.update_row(), 10 * 16 + 10 * 320 + 4 * 10 * 18);
+        assert_eq!(policy_only.update_row(), 2 * 10 * 320 + 4 * 10 * 18);
     }
 
     /// The 7B LoRA PPO step of `bench/gpu/run.sh ppo-auto:llama2-7b` on an 80 GB card (81,000
     /// MiB free): policy and reward model of Llama-2-7B's shape, the 3B GPT-NeoX extractor, r
-    /// 16 on all seven projections with dropout. A row of the update keeps 7.85 GiB (32 layers
-    /// × 428 tokens × 294.5 KiB, for two models, and the logits), so 38.8 GiB take 4 rows; with
-    /// every layer recomputed a row keeps the layers' inputs (2 × 107 MiB) and the logits
-    /// (165 MiB; one layer's activations, 123 MiB, come after them), 0.37 GiB, and 104 rows
-    /// fit: micro-batches of 64, the largest divisor of 512.
+    /// 16 on all seven projections with dropout. A row of the update keeps 4.01 GiB (32 layers
+    /// × 428 tokens × 294.5 KiB of the policy, and its logits; the value model's pass comes
+    /// after), so 38.8 GiB take 9 rows: micro-batches of 8, the largest divisor of 512; with
+    /// every layer recomputed a row keeps the layers' inputs (107 MiB) and the logits (165 MiB;
+    /// one layer's activations, 123 MiB, come after them), 0.27 GiB, and about 145 rows fit:
+    /// micro-batches of 128.
     #[test]
     fn recomputation_lets_the_7b_update_take_larger_micro_batches() {
         let llama = ModelShape::of(
@@ -825,13 +833,13 @@ mod tests {
             ranks: 1,
         };
         let free = 81_000 << 20;
-        assert_eq!(plain.plan(free).unwrap().micro_batch_size, 4);
+        assert_eq!(plain.plan(free).unwrap().micro_batch_size, 8);
         let recomputed = RlMemoryModel {
             recomputed_layers: Some(u64::MAX),
             ..plain.clone()
         };
         let plan = recomputed.plan(free).unwrap();
-        assert_eq!(plan.micro_batch_size, 64);
+        assert_eq!(plan.micro_batch_size, 128);
         // Only the update's plan changes.
         let before = plain.plan(free).unwrap();
         assert_eq!(
@@ -841,7 +849,8 @@ mod tests {
         // Offloading idle models gives generation the reward model's and the extractor's
         // memory (17.7 GiB; 53.9 GiB for rows of about 0.23 GiB: 3 batches of 171 instead of
         // 4 of 128), and extraction both 7Bs' (60.1 GiB for rows of about 0.25 GiB: the same);
-        // the update keeps both 7Bs and gains only the extractor's 5.2 GiB: still 4 rows.
+        // the update keeps both 7Bs and gains only the extractor's 5.2 GiB: 10 rows, still
+        // micro-batches of 8.
         let offloaded = RlMemoryModel {
             offload_idle_models: true,
             ..plain.clone()
@@ -854,7 +863,7 @@ mod tests {
                 offloaded.extractor_batch_size,
                 offloaded.micro_batch_size
             ),
-            (171, 171, 4)
+            (171, 171, 8)
         );
     }
 
@@ -923,9 +932,9 @@ mod tests {
             (12, 12, 12, 12)
         );
         // A scoring pass's token costs 116 · 2 bytes of the forward pass and 20 · 8 of the
-        // mask over up to 20 keys: 135,200 / 392 = 344.9 tokens (as 135,199 / 392).
-        assert_eq!(phase, 135_200);
-        assert_eq!(plan.score_batch_tokens, 344);
+        // mask over up to 20 keys: 71,200 / 392 = 181.6 tokens (as 71,199 / 392).
+        assert_eq!(phase, 71_200);
+        assert_eq!(plan.score_batch_tokens, 181);
         // With room for 5 generation rows (or 4), 12 rollouts go in 3 batches of 4, and the
         // update in micro-batches of 1.
         let gen_row = RlMemoryModel::generation_row(&m.policy, 6, 4, 2, None);

@@ -1,7 +1,8 @@
 //! The PPO objective (SPEC 2.7): clipped policy loss, clipped value loss, and the statistics
 //! logged with them. Losses are sums over the weighted positions of a micro-batch; the trainer
 //! divides by the weight of the whole optimizer step, so gradient accumulation equals one
-//! large batch.
+//! large batch. The policy's and the value model's losses are computed apart: the trainer runs
+//! each model's passes on their own and adds `vf_coef` times the value loss's gradients.
 
 use tch::{Kind, Tensor};
 
@@ -72,11 +73,17 @@ impl LossStats {
     }
 }
 
-/// What one micro-batch of the update sees.
-pub struct LossInputs<'a> {
+/// What one micro-batch of the update gives the policy's loss.
+pub struct PolicyLossInputs<'a> {
     pub logprobs: &'a Tensor,
     pub old_logprobs: &'a Tensor,
     pub advantages: &'a Tensor,
+    /// 1 on the positions that count, 0 elsewhere.
+    pub weights: &'a Tensor,
+}
+
+/// What one micro-batch of the update gives the value loss.
+pub struct ValueLossInputs<'a> {
     pub values: &'a Tensor,
     pub old_values: &'a Tensor,
     pub returns: &'a Tensor,
@@ -84,40 +91,49 @@ pub struct LossInputs<'a> {
     pub weights: &'a Tensor,
 }
 
-/// The summed loss `Σ w·(policy + vf_coef·value)` (with its graph) and its statistics.
-pub fn ppo_loss(
-    inputs: &LossInputs,
-    cliprange: f64,
-    cliprange_value: f64,
-    vf_coef: f64,
-) -> (Tensor, LossStats) {
+/// The summed policy loss `Σ w·policy` (with its graph) and its statistics (those of the
+/// policy, and the weight).
+pub fn summed_policy_loss(inputs: &PolicyLossInputs, cliprange: f64) -> (Tensor, LossStats) {
     let w = inputs.weights;
-    let (policy, policy_clipped) = policy_loss(
+    let (policy, clipped) = policy_loss(
         inputs.logprobs,
         inputs.old_logprobs,
         inputs.advantages,
         cliprange,
     );
-    let (value, value_clipped) = value_loss(
+    let loss = (&policy * w).sum(Kind::Float);
+    let delta = (inputs.logprobs - inputs.old_logprobs).detach();
+    let stats = LossStats {
+        policy_loss: loss.double_value(&[]),
+        policy_clipfrac: weighted_sum(&clipped, w),
+        approx_kl: weighted_sum(&(delta.square() * 0.5), w),
+        weight: w.sum(Kind::Double).double_value(&[]),
+        ..LossStats::default()
+    };
+    (loss, stats)
+}
+
+/// The summed value loss `Σ w·value` (with its graph; PPO's loss weighs it by `vf_coef`) and
+/// its statistics.
+pub fn summed_value_loss(inputs: &ValueLossInputs, cliprange_value: f64) -> (Tensor, LossStats) {
+    let w = inputs.weights;
+    let (value, clipped) = value_loss(
         inputs.values,
         inputs.old_values,
         inputs.returns,
         cliprange_value,
     );
-    let policy_sum = (&policy * w).sum(Kind::Float);
-    let value_sum = (&value * w).sum(Kind::Float);
-    let total = &policy_sum + &value_sum * vf_coef;
-    let sum = |t: &Tensor| (t * w).sum(Kind::Double).double_value(&[]);
-    let delta = (inputs.logprobs - inputs.old_logprobs).detach();
+    let loss = (&value * w).sum(Kind::Float);
     let stats = LossStats {
-        policy_loss: policy_sum.double_value(&[]),
-        value_loss: value_sum.double_value(&[]),
-        policy_clipfrac: sum(&policy_clipped),
-        value_clipfrac: sum(&value_clipped),
-        approx_kl: sum(&(delta.square() * 0.5)),
-        weight: w.sum(Kind::Double).double_value(&[]),
+        value_loss: loss.double_value(&[]),
+        value_clipfrac: weighted_sum(&clipped, w),
+        ..LossStats::default()
     };
-    (total, stats)
+    (loss, stats)
+}
+
+fn weighted_sum(t: &Tensor, weights: &Tensor) -> f64 {
+    (t * weights).sum(Kind::Double).double_value(&[])
 }
 
 #[cfg(test)]
@@ -171,28 +187,39 @@ mod tests {
     }
 
     #[test]
-    fn the_combined_loss_sums_weighted_positions_and_counts_clip_fractions() {
+    fn the_summed_losses_sum_weighted_positions_and_count_clip_fractions() {
         let logprobs = row(&[0.5, -0.5, 0.0]);
         let zeros = row(&[0.0, 0.0, 0.0]);
         let ones = row(&[1.0, 1.0, 1.0]);
         let weights = row(&[1.0, 1.0, 0.0]);
         let values = row(&[1.0, 0.0, 5.0]);
-        let inputs = LossInputs {
-            logprobs: &logprobs,
-            old_logprobs: &zeros,
-            advantages: &ones,
-            values: &values,
-            old_values: &zeros,
-            returns: &ones,
-            weights: &weights,
-        };
-        let (total, stats) = ppo_loss(&inputs, 0.2, 0.2, 0.1);
+        let (policy_sum, policy_stats) = summed_policy_loss(
+            &PolicyLossInputs {
+                logprobs: &logprobs,
+                old_logprobs: &zeros,
+                advantages: &ones,
+                weights: &weights,
+            },
+            0.2,
+        );
+        let (value_sum, value_stats) = summed_value_loss(
+            &ValueLossInputs {
+                values: &values,
+                old_values: &zeros,
+                returns: &ones,
+                weights: &weights,
+            },
+            0.2,
+        );
         // Policy: −1.2 (clipped) and −e^-0.5 over the two weighted positions; value: position 0
         // max(0, 0.64)/2 = 0.32 (clipped), position 1 max(1, 0.64)/2 = 0.5; the third is padding.
         let policy = -1.2 - (-0.5f64).exp();
+        assert!((policy_sum.double_value(&[]) - policy).abs() < 1e-6);
+        assert!((value_sum.double_value(&[]) - 0.82).abs() < 1e-6);
+        let mut stats = policy_stats;
+        stats.accumulate(&value_stats);
         assert!((stats.policy_loss - policy).abs() < 1e-6);
         assert!((stats.value_loss - 0.82).abs() < 1e-6);
-        assert!((total.double_value(&[]) - (policy + 0.1 * 0.82)).abs() < 1e-6);
         assert_eq!(
             (stats.policy_clipfrac, stats.value_clipfrac, stats.weight),
             (1.0, 1.0, 2.0)

@@ -9,7 +9,9 @@
 //!    advantage whitening;
 //! 3. update: `epochs_per_rollout` passes over the rollouts in minibatches of
 //!    `step_batch_size` (micro-batches accumulated), clipped policy and value losses
-//!    ([`loss`]), one clipped AdamW step per minibatch; the learning rate follows a linear
+//!    ([`loss`]; they share no weights, so the policy's micro-batches run first, then the
+//!    value model's, and only one model's activations are held at a time), one clipped AdamW
+//!    step per minibatch; the learning rate follows a linear
 //!    warmup and decay stepped once per PPO step, and the KL controller steps after.
 //!
 //! Deliberate differences from the reference:
@@ -74,7 +76,7 @@ use advantages::{
 };
 use lincal_model::CausalLm;
 use lincal_model::trace::TimedPart;
-use loss::{LossInputs, LossStats, ppo_loss};
+use loss::{LossStats, PolicyLossInputs, ValueLossInputs, summed_policy_loss, summed_value_loss};
 use models::{load_models, row_index, templates};
 use rand::{RngCore, SeedableRng};
 use ranks::{Ranks, minibatches};
@@ -330,42 +332,47 @@ impl Learner {
                     .sum(Kind::Double)
                     .double_value(&[])
             })?;
+            // The policy's and the value model's losses share no weights: each model runs its
+            // micro-batches on its own, so that one model's activations live at a time (the
+            // memory plan counts the larger), and the gradients are those of the summed loss.
             {
                 let _rng = self.ranks.seed_dropout(c.seed, step, pass);
+                let policy = &self.models.policy.model;
                 for micro in local.chunks(c.micro_batch_size) {
                     let batch = rollouts.seqs.batch(micro);
-                    let index = row_index(micro, device);
-                    let pick = |t: &Tensor| t.index_select(0, &index);
-                    let policy = &self.models.policy.model;
-                    let value = self
-                        .models
-                        .value
-                        .as_ref()
-                        .expect("PPO's models have a value model");
+                    let pick = |t: &Tensor| t.index_select(0, &row_index(micro, device));
                     let (policy_pass, logprobs) =
                         batch.policy_training_pass(policy, c.recomputed(), c.temperature);
-                    let value_pass = batch.training_pass(value.backbone.backbone(), c.recomputed());
-                    let values = value.values_of_hidden(&value_pass.hidden, &batch);
-                    let inputs = LossInputs {
+                    let inputs = PolicyLossInputs {
                         logprobs: &logprobs,
                         old_logprobs: &pick(&rollouts.logprobs),
                         advantages: &pick(&advantages.advantages),
-                        values: &values,
+                        weights: &pick(weights),
+                    };
+                    let (loss, micro_stats) = summed_policy_loss(&inputs, c.cliprange);
+                    self.check_finite(micro_stats.policy_loss, inputs.weights, step)?;
+                    TrainingPass::backward(&(loss / total_weight), [policy_pass]);
+                    self.params.accumulate_grads();
+                    stats.accumulate(&micro_stats);
+                }
+                let value = self
+                    .models
+                    .value
+                    .as_ref()
+                    .expect("PPO's models have a value model");
+                for micro in local.chunks(c.micro_batch_size) {
+                    let batch = rollouts.seqs.batch(micro);
+                    let pick = |t: &Tensor| t.index_select(0, &row_index(micro, device));
+                    let value_pass = batch.training_pass(value.backbone.backbone(), c.recomputed());
+                    let inputs = ValueLossInputs {
+                        values: &value.values_of_hidden(&value_pass.hidden, &batch),
                         old_values: &pick(old_values),
                         returns: &pick(&advantages.returns),
                         weights: &pick(weights),
                     };
-                    let (loss, micro_stats) =
-                        ppo_loss(&inputs, c.cliprange, c.cliprange_value, c.vf_coef);
-                    let total = micro_stats.policy_loss + c.vf_coef * micro_stats.value_loss;
-                    if !total.is_finite() {
-                        self.models.set_training(false);
-                        return Err(TrainError::Diverged {
-                            step: step + 1,
-                            loss: total / micro_stats.weight.max(1.0),
-                        });
-                    }
-                    TrainingPass::backward(&(loss / total_weight), [policy_pass, value_pass]);
+                    let (loss, micro_stats) = summed_value_loss(&inputs, c.cliprange_value);
+                    self.check_finite(micro_stats.value_loss, inputs.weights, step)?;
+                    TrainingPass::backward(&(loss * c.vf_coef / total_weight), [value_pass]);
                     self.params.accumulate_grads();
                     stats.accumulate(&micro_stats);
                 }
@@ -374,6 +381,20 @@ impl Learner {
         }
         self.models.set_training(false);
         Ok((stats, learning_rate, grad_norm))
+    }
+
+    /// Stops the run before a loss that is not finite (`sum` over the positions of
+    /// `weights`) reaches the weights.
+    fn check_finite(&self, sum: f64, weights: &Tensor, step: u64) -> Result<()> {
+        if sum.is_finite() {
+            return Ok(());
+        }
+        self.models.set_training(false);
+        let weight = weights.sum(Kind::Double).double_value(&[]);
+        Err(TrainError::Diverged {
+            step: step + 1,
+            loss: sum / weight.max(1.0),
+        })
     }
 }
 
