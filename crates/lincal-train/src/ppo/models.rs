@@ -414,23 +414,28 @@ fn keep_host_copies(models: &PpoModels, reward: &dyn Reward) -> Result<()> {
         .flat_map(|m| m.var_store().variables().into_values())
         .map(|t| t.numel() as u64 * t.kind().elt_size_in_bytes() as u64)
         .sum();
-    let available = device_memory(Device::Cpu)?.free;
-    // The copies are pinned (never swapped out): leave the rest of the system some room.
-    if bytes as f64 > 0.9 * available as f64 {
-        return Err(TrainError::config(
-            "offload_idle_models",
-            format!(
-                "the frozen models need {:.1} GiB of host memory for their copies, but {:.1} GiB \
-                 are available; set offload_idle_models = false or free host memory",
-                bytes as f64 / GIB,
-                available as f64 / GIB
-            ),
-        ));
-    }
+    check_host_memory(bytes, device_memory(Device::Cpu)?.free)?;
     for model in frozen {
         model.keep_host_copy()?;
     }
     Ok(())
+}
+
+/// Host copies of `bytes` must fit in 90% of the `available` host memory: they are pinned
+/// (never swapped out), and the rest of the system needs some room.
+fn check_host_memory(bytes: u64, available: u64) -> Result<()> {
+    if bytes as f64 <= 0.9 * available as f64 {
+        return Ok(());
+    }
+    Err(TrainError::config(
+        "offload_idle_models",
+        format!(
+            "the frozen models need {:.1} GiB of host memory for their copies, but {:.1} GiB \
+             are available; set offload_idle_models = false or free host memory",
+            bytes as f64 / GIB,
+            available as f64 / GIB
+        ),
+    ))
 }
 
 fn freeze(vars: impl IntoIterator<Item = Tensor>) {
@@ -855,6 +860,20 @@ pub(crate) fn load_models(
 mod tests {
     use super::*;
     use lincal_model::testing::{random_model, tiny_llama};
+
+    /// Host copies fit in 90% of the available host memory; beyond, the error names the
+    /// setting and both sizes.
+    #[test]
+    fn host_copies_must_fit_in_host_memory() {
+        let gib = 1u64 << 30;
+        assert!(check_host_memory(9 * gib, 10 * gib).is_ok());
+        let error = check_host_memory(9 * gib + 1, 10 * gib)
+            .unwrap_err()
+            .to_string();
+        for part in ["offload_idle_models", "9.0 GiB", "10.0 GiB", "= false"] {
+            assert!(error.contains(part), "{error}");
+        }
+    }
 
     /// Scoring's pass, a few rows at a time, gives the log-probs and entropies of the whole
     /// batch at once (padding included, as 0).

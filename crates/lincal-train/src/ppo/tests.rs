@@ -5,8 +5,8 @@ use super::*;
 use crate::config::Precision;
 use crate::reward_model::BatchLimits;
 use crate::testutil::{
-    TargetWordReward, assert_same_final_weights, assert_same_statistics, fixture, read_jsonl,
-    saved_tensors, tiny_lora, train_records,
+    Fixture, TargetWordReward, assert_same_final_weights, assert_same_statistics, fixture,
+    read_jsonl, saved_tensors, tiny_lora, train_records,
 };
 use lincal_data::parse::ExtractionParsing;
 use lincal_data::prompts::Templates;
@@ -23,6 +23,23 @@ fn prompts() -> Vec<PpoPrompt> {
             answer: format!("t{}", 50 + i),
         })
         .collect()
+}
+
+/// A whole run of `config` on the fixture's models and [`prompts`], in a new directory.
+fn train_run(fixture: &Fixture, config: &PpoConfig) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    PpoTrainer::new(
+        &fixture.paths,
+        Device::Cpu,
+        config,
+        &prompts(),
+        &[],
+        &RunOptions::new(dir.path()),
+    )
+    .unwrap()
+    .train(None)
+    .unwrap();
+    dir
 }
 
 /// Small CPU settings: 8 rollouts of at most 6 tokens, one optimizer step per PPO step.
@@ -342,21 +359,7 @@ fn gradient_checkpointing_gives_the_statistics_of_the_plain_update() {
     config.warmup_steps = 0;
     config.learning_rate = 1e-3;
     config.total_steps = 3;
-    let train = |config: &PpoConfig| {
-        let dir = tempfile::tempdir().unwrap();
-        PpoTrainer::new(
-            &fixture.paths,
-            Device::Cpu,
-            config,
-            &prompts(),
-            &[],
-            &RunOptions::new(dir.path()),
-        )
-        .unwrap()
-        .train(None)
-        .unwrap();
-        dir
-    };
+    let train = |config: &PpoConfig| train_run(&fixture, config);
     for lora in [None, Some(tiny_lora())] {
         let config = PpoConfig {
             lora,
@@ -397,21 +400,7 @@ fn offloaded_idle_models_train_exactly_as_resident_ones() {
     let fixture = fixture();
     let mut config = config(RlType::DecisionBased);
     config.total_steps = 2;
-    let train = |config: &PpoConfig| {
-        let dir = tempfile::tempdir().unwrap();
-        PpoTrainer::new(
-            &fixture.paths,
-            Device::Cpu,
-            config,
-            &prompts(),
-            &[],
-            &RunOptions::new(dir.path()),
-        )
-        .unwrap()
-        .train(None)
-        .unwrap();
-        dir
-    };
+    let train = |config: &PpoConfig| train_run(&fixture, config);
     for lora in [None, Some(tiny_lora())] {
         let kept = PpoConfig {
             lora,
