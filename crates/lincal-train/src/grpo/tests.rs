@@ -123,6 +123,49 @@ fn auto_batch_sizes_plan_for_the_whole_step() {
     assert_same_statistics(plain.path(), auto.path(), 1e-4);
 }
 
+/// With the built-in Factuality reward (its reward model a frozen model of its own) and
+/// `offload_idle_models`, GRPO trains exactly as with every model kept in place, in full
+/// fine-tuning and LoRA mode, and the reward model waits in host memory after a step.
+#[test]
+fn offloaded_idle_models_train_exactly_as_resident_ones() {
+    let fixture = fixture();
+    for lora in [None, Some(tiny_lora())] {
+        let kept = GrpoConfig {
+            total_steps: 2,
+            lora,
+            ..config()
+        };
+        let offloaded = GrpoConfig {
+            offload_idle_models: true,
+            ..kept.clone()
+        };
+        let run = |config: &GrpoConfig| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut trainer = GrpoTrainer::new(
+                &fixture.paths,
+                Device::Cpu,
+                config,
+                &prompts(),
+                &[],
+                &RunOptions::new(dir.path()),
+            )
+            .unwrap();
+            trainer.train(None).unwrap();
+            let offloaded: Vec<bool> = (trainer.steps.reward.models().iter())
+                .map(|m| m.is_offloaded())
+                .collect();
+            (dir, offloaded)
+        };
+        let (kept_dir, kept_offloaded) = run(&kept);
+        let (offloaded_dir, offloaded_offloaded) = run(&offloaded);
+        assert_same_statistics(kept_dir.path(), offloaded_dir.path(), 0.0);
+        assert_eq!(
+            (kept_offloaded, offloaded_offloaded),
+            (vec![false], vec![true])
+        );
+    }
+}
+
 /// Two ranks as threads, each taking two whole groups of 4, train as one process: the same
 /// statistics over two steps (group advantages, the token normaliser and the metrics of the
 /// whole step) and final weights within 1e-4.
