@@ -210,7 +210,7 @@ pub struct PpoConfig {
     /// memory and free its device memory while the step's other parts run, so that generation
     /// and answer extraction have room for larger batches (`auto_batch_sizes` plans for it).
     /// Costs one host-to-device copy per model a step (~0.3 s for a 7B in bf16 on an H100) and
-    /// host memory the size of those models.
+    /// host memory the size of those models, in each process of a data-parallel job.
     #[serde(default)]
     pub offload_idle_models: bool,
     /// Training prompts longer than this many tokens are dropped (evaluation keeps them).
