@@ -609,23 +609,10 @@ impl LoraAdapters {
             ));
         }
         let weights = base.variables();
-        for module in &self.modules {
-            let name = format!("{module}.weight");
-            let mut weight = weights
-                .get(&name)
-                .ok_or_else(|| {
-                    ModelError::Invalid(format!(
-                        "the base model has no `{name}` to merge the adapter into; \
-                         merge into the model the adapters were built with"
-                    ))
-                })?
-                .shallow_clone();
-            let (a, b) = self.adapter_tensors(module);
-            tch::no_grad(|| {
-                let delta = b.matmul(&a) * self.config.scaling();
-                let _ = weight.g_add_(&delta.to_device(weight.device()));
-            });
-        }
+        self.add_products(
+            |name| weights.get(name).map(Tensor::shallow_clone),
+            "merge into the model the adapters were built with",
+        )?;
         self.merged = true;
         self.set_enabled(false);
         Ok(())
@@ -639,22 +626,31 @@ impl LoraAdapters {
         if self.merged {
             return Ok(());
         }
+        self.add_products(
+            |name| weights.get(name).map(Tensor::shallow_clone),
+            "merge into copies of the model the adapters were built with",
+        )
+    }
+
+    /// Adds `(alpha / r) · B A` in place to the weight of each adapted module, which
+    /// `weight_of` gives by name (a handle sharing its storage); `remedy` says what to do when
+    /// one is missing.
+    pub(crate) fn add_products(
+        &self,
+        weight_of: impl Fn(&str) -> Option<Tensor>,
+        remedy: &str,
+    ) -> Result<()> {
         for module in &self.modules {
             let name = format!("{module}.weight");
-            let weight = weights.get_mut(&name).ok_or_else(|| {
+            let mut weight = weight_of(&name).ok_or_else(|| {
                 ModelError::Invalid(format!(
-                    "the weights have no `{name}` to merge the adapter into; merge into copies \
-                     of the model the adapters were built with"
+                    "there is no `{name}` to merge the adapter into; {remedy}"
                 ))
             })?;
             let (a, b) = self.adapter_tensors(module);
             tch::no_grad(|| {
-                let delta = b
-                    .matmul(&a)
-                    .to_device(weight.device())
-                    .to_kind(weight.kind())
-                    * self.config.scaling();
-                let _ = weight.g_add_(&delta);
+                let delta = b.matmul(&a) * self.config.scaling();
+                let _ = weight.g_add_(&delta.to_device(weight.device()));
             });
         }
         Ok(())

@@ -8,6 +8,7 @@ use crate::fsutil::write_atomic;
 use crate::gpt_neox::GptNeoX;
 use crate::layers::{KvCache, LayerContext};
 use crate::llama::Llama;
+use crate::lora::LoraAdapters;
 use crate::offload::HostCopy;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -244,6 +245,30 @@ impl CausalLm {
         {
             self.store_projections_joined();
         }
+    }
+
+    /// Runs `f` (generation) with `adapters` merged into the weights and off: one product a
+    /// projection instead of the base product and the adapter's two. The merged weights then
+    /// go: the model is offloaded, its host copy holding the base, so the next
+    /// [`Self::reload`] brings back the exact base. Without a host copy (or when offloaded)
+    /// `f` runs with the adapters as they are.
+    pub fn with_merged_adapters<R>(
+        &self,
+        adapters: &LoraAdapters,
+        f: impl FnOnce() -> R,
+    ) -> Result<R> {
+        if self.host_copy.get().is_none() || self.is_offloaded() {
+            return Ok(f());
+        }
+        let weights = self.vs.variables();
+        let merged = adapters.add_products(
+            |name| weights.get(name).map(Tensor::shallow_clone),
+            "merge into the model the adapters were built with",
+        );
+        let result = merged.map(|()| adapters.without_adapters(f));
+        // Also after a failed merge, which may have changed some weights.
+        self.offload();
+        result
     }
 
     /// Whether the weights wait in host memory ([`Self::offload`]).
@@ -563,6 +588,51 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Generation's merged adapters compute what the adapters do (within f32 rounding);
+    /// afterwards the model waits offloaded and comes back with its exact base weights.
+    /// Without a host copy the adapters run as they are and nothing is merged.
+    #[test]
+    fn merged_adapters_compute_the_adapters_and_leave_the_base() {
+        let lora = LoraConfig {
+            r: 2,
+            alpha: 4.0,
+            dropout: 0.0,
+            target_modules: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
+        };
+        let (model, adapters) = with_lora(&lora, Device::Cpu, 1, || {
+            Ok(random_model(tiny_llama(false), 5))
+        })
+        .unwrap();
+        tch::no_grad(|| {
+            for (name, var) in adapters.var_store().variables() {
+                if name.contains("lora_B") {
+                    var.shallow_clone().copy_(&(Tensor::ones_like(&var) * 0.1));
+                }
+            }
+        });
+        let (ids, positions, mask) = batch();
+        let forward = || tch::no_grad(|| model.forward(&ids, &positions, Some(&mask), None));
+        let with_adapters = forward();
+        let base = adapters.without_adapters(forward);
+        assert!(!with_adapters.allclose(&base, 1e-3, 1e-3, false));
+
+        let plain = model.with_merged_adapters(&adapters, forward).unwrap();
+        assert!(
+            plain.equal(&with_adapters),
+            "no host copy: the adapters run"
+        );
+        assert!(!model.is_offloaded());
+
+        model.keep_host_copy().unwrap();
+        let merged = model.with_merged_adapters(&adapters, forward).unwrap();
+        let diff = (&merged - &with_adapters).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "merged differs from the adapters by {diff}");
+        assert!(model.is_offloaded() && adapters.enabled());
+        model.reload();
+        assert!(adapters.without_adapters(forward).equal(&base));
+        assert!(forward().equal(&with_adapters));
     }
 
     /// Checkpointed training computes the gradients of the plain forward pass, for both

@@ -215,30 +215,40 @@ fn sample_responses(
         max_new_tokens: settings.response_len as i64,
         stop: Vec::new(),
     };
-    let mut responses = Vec::with_capacity(prompts.len());
-    let mut ended_with_eos = Vec::with_capacity(prompts.len());
-    for (chunk, chunk_seeds) in prompts
-        .chunks(settings.generation_batch_size)
-        .zip(seeds.chunks(settings.generation_batch_size))
-    {
-        let ids: Vec<Vec<i64>> = chunk.iter().map(|p| p.ids.to_vec()).collect();
-        let request = BatchRequest {
-            eos_ids: &models.eos_ids,
-            pad_id: models.policy.pad_id,
-            ..BatchRequest::new(&ids, chunk_seeds, &params)
-        };
-        let out = generate_batch(&models.policy.model, &request, None)?;
-        let tokens = Vec::<Vec<i64>>::try_from(out.tokens.to_device(tch::Device::Cpu))?;
-        for ((row, &len), reason) in tokens
-            .into_iter()
-            .zip(&out.lengths)
-            .zip(&out.finish_reasons)
+    let policy = &models.policy;
+    let sample = || -> Result<(Vec<Vec<i64>>, Vec<bool>)> {
+        let mut responses = Vec::with_capacity(prompts.len());
+        let mut ended_with_eos = Vec::with_capacity(prompts.len());
+        for (chunk, chunk_seeds) in prompts
+            .chunks(settings.generation_batch_size)
+            .zip(seeds.chunks(settings.generation_batch_size))
         {
-            responses.push(row[..len as usize].to_vec());
-            ended_with_eos.push(*reason == FinishReason::Eos);
+            let ids: Vec<Vec<i64>> = chunk.iter().map(|p| p.ids.to_vec()).collect();
+            let request = BatchRequest {
+                eos_ids: &models.eos_ids,
+                pad_id: policy.pad_id,
+                ..BatchRequest::new(&ids, chunk_seeds, &params)
+            };
+            let out = generate_batch(&policy.model, &request, None)?;
+            let tokens = Vec::<Vec<i64>>::try_from(out.tokens.to_device(tch::Device::Cpu))?;
+            for ((row, &len), reason) in tokens
+                .into_iter()
+                .zip(&out.lengths)
+                .zip(&out.finish_reasons)
+            {
+                responses.push(row[..len as usize].to_vec());
+                ended_with_eos.push(*reason == FinishReason::Eos);
+            }
         }
+        Ok((responses, ended_with_eos))
+    };
+    match &policy.lora {
+        // With a host copy of the base (`offload_idle_models`) the adapters are merged into
+        // it for the whole generation, and the base comes back with the policy's next reload;
+        // the log-probs of the forward passes are the adapters' as ever.
+        Some(adapters) => policy.model.with_merged_adapters(adapters, sample)?,
+        None => sample(),
     }
-    Ok((responses, ended_with_eos))
 }
 
 /// The sequence reward of each decoded response. In LoRA mode the reward model shares its

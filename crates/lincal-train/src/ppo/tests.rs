@@ -394,7 +394,9 @@ fn gradient_checkpointing_gives_the_statistics_of_the_plain_update() {
 /// `offload_idle_models`: the frozen models wait in host memory while the step's other parts
 /// run. The reward's are there when scoring starts; after a step the extractor (and in full
 /// fine-tuning the frozen reward model) still are, the forward passes' models are back. Runs
-/// train exactly as with every model kept in place, in full fine-tuning and LoRA mode.
+/// train exactly as with every model kept in place, in full fine-tuning and LoRA mode (whose
+/// generation then runs with the adapters merged into the weights: other rounding, the same
+/// samples here).
 #[test]
 fn offloaded_idle_models_train_exactly_as_resident_ones() {
     let fixture = fixture();
