@@ -209,6 +209,8 @@ pub struct PpoConfig {
     /// ExtractAnswers; in LoRA mode the policy's and value model's frozen bases) in pinned host
     /// memory and free its device memory while the step's other parts run, so that generation
     /// and answer extraction have room for larger batches (`auto_batch_sizes` plans for it).
+    /// A LoRA policy then also generates with its adapters merged into the base weights (one
+    /// product a projection), which the host copy restores exactly.
     /// Costs one host-to-device copy per model a step (~0.3 s for a 7B in bf16 on an H100) and
     /// host memory the size of those models, in each process of a data-parallel job.
     #[serde(default)]
