@@ -416,7 +416,12 @@ fn keep_host_copies(models: &PpoModels, reward: &dyn Reward) -> Result<()> {
         .sum();
     check_host_memory(bytes, device_memory(Device::Cpu)?.free)?;
     for model in frozen {
-        model.keep_host_copy()?;
+        model.keep_host_copy().map_err(|e| {
+            TrainError::config(
+                "offload_idle_models",
+                format!("{e}; set offload_idle_models = false to keep every model on the device"),
+            )
+        })?;
     }
     Ok(())
 }
