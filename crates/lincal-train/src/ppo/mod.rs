@@ -340,7 +340,8 @@ impl Learner {
                 let policy = &self.models.policy.model;
                 for micro in local.chunks(c.micro_batch_size) {
                     let batch = rollouts.seqs.batch(micro);
-                    let pick = |t: &Tensor| t.index_select(0, &row_index(micro, device));
+                    let index = row_index(micro, device);
+                    let pick = |t: &Tensor| t.index_select(0, &index);
                     let (policy_pass, logprobs) =
                         batch.policy_training_pass(policy, c.recomputed(), c.temperature);
                     let inputs = PolicyLossInputs {
@@ -362,7 +363,8 @@ impl Learner {
                     .expect("PPO's models have a value model");
                 for micro in local.chunks(c.micro_batch_size) {
                     let batch = rollouts.seqs.batch(micro);
-                    let pick = |t: &Tensor| t.index_select(0, &row_index(micro, device));
+                    let index = row_index(micro, device);
+                    let pick = |t: &Tensor| t.index_select(0, &index);
                     let value_pass = batch.training_pass(value.backbone.backbone(), c.recomputed());
                     let inputs = ValueLossInputs {
                         values: &value.values_of_hidden(&value_pass.hidden, &batch),
