@@ -379,8 +379,8 @@ impl CausalLm {
     /// [`Self::forward_checkpointed`] has run (through the kept layers, to the gradient it
     /// leaves at their boundary), back-propagates into the recomputed layers' weights: each is
     /// run again from its saved input, last layer first, and its backward pass takes the
-    /// gradient of the layer above. A loss of several models' passes (PPO's policy and value
-    /// model) takes one call per model.
+    /// gradient of the layer above. A loss of several models' passes takes one call per
+    /// model.
     pub fn backward_recomputed(&self, checkpoints: Checkpoints) {
         let Checkpoints {
             input_ids,
@@ -674,9 +674,9 @@ mod tests {
         }
     }
 
-    /// One loss of two models' checkpointed passes (PPO's policy and value model) back-
-    /// propagated once, then each model's recomputed layers: every weight of both gets its
-    /// plain gradient, whichever layers each model recomputes.
+    /// One loss of two models' checkpointed passes back-propagated once, then each model's
+    /// recomputed layers: every weight of both gets its plain gradient, whichever layers each
+    /// model recomputes.
     #[test]
     fn a_loss_of_two_checkpointed_passes_gives_both_models_their_gradients() {
         let (ids, positions, mask) = batch();

@@ -284,13 +284,13 @@ pub(crate) fn backward_loss(
 ) -> Tensor {
     let pass = TrainingPass::forward(model, recomputed, input_ids, positions, mask);
     let loss = loss_of(&pass.hidden);
-    TrainingPass::backward(&(&loss / divisor), [pass]);
+    pass.backward(&(&loss / divisor));
     loss.detach()
 }
 
 /// A forward pass for training, to the final hidden states, with gradient checkpointing of
 /// the first `recomputed` layers when set; [`TrainingPass::backward`] back-propagates a loss
-/// of one or more such passes (PPO's update runs the policy and the value model).
+/// computed from it.
 pub(crate) struct TrainingPass<'a> {
     pub hidden: Tensor,
     model: &'a CausalLm,
@@ -320,14 +320,12 @@ impl<'a> TrainingPass<'a> {
         }
     }
 
-    /// Back-propagates `loss` into every weight of `passes` that requires grad: the loss's
-    /// graph first, then each pass's recomputed layers.
-    pub fn backward<const N: usize>(loss: &Tensor, passes: [TrainingPass<'_>; N]) {
+    /// Back-propagates `loss`, computed from the pass's `hidden` states, into every weight of
+    /// the model that requires grad: the loss's graph first, then the recomputed layers.
+    pub fn backward(self, loss: &Tensor) {
         loss.backward();
-        for pass in passes {
-            if let Some(checkpoints) = pass.checkpoints {
-                pass.model.backward_recomputed(checkpoints);
-            }
+        if let Some(checkpoints) = self.checkpoints {
+            self.model.backward_recomputed(checkpoints);
         }
     }
 }

@@ -37,7 +37,6 @@ use crate::ppo::{
     summed_kl, write_gathered_lines,
 };
 use crate::run::{RunOptions, TrainState};
-use crate::train_loop::TrainingPass;
 use crate::training_run::{RunSteps, StepPlan, StepRecord, TrainSummary, TrainingRun};
 use lincal_model::trace::TimedPart;
 use std::ops::Range;
@@ -297,7 +296,7 @@ impl GrpoLearner {
                             loss: total / micro_stats.tokens.max(1.0),
                         });
                     }
-                    TrainingPass::backward(&(loss / units), [policy_pass]);
+                    policy_pass.backward(&(loss / units));
                     self.params.accumulate_grads();
                     stats.accumulate(&micro_stats);
                 }

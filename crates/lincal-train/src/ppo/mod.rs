@@ -69,7 +69,6 @@ use crate::memory::BatchPlan;
 use crate::optim::{AdamWConfig, LrSchedule, TrainableParams};
 use crate::reward_model::RewardModel;
 use crate::run::{RunOptions, TrainState};
-use crate::train_loop::TrainingPass;
 use crate::training_run::{RunSteps, StepPlan, StepRecord, TrainSummary, TrainingRun};
 use advantages::{
     AdvantageInputs, AdvantageSettings, KlController, estimate_advantages, kl_penalty,
@@ -352,7 +351,7 @@ impl Learner {
                     };
                     let (loss, micro_stats) = summed_policy_loss(&inputs, c.cliprange);
                     self.check_finite(micro_stats.policy_loss, inputs.weights, step)?;
-                    TrainingPass::backward(&(loss / total_weight), [policy_pass]);
+                    policy_pass.backward(&(loss / total_weight));
                     self.params.accumulate_grads();
                     stats.accumulate(&micro_stats);
                 }
@@ -374,7 +373,7 @@ impl Learner {
                     };
                     let (loss, micro_stats) = summed_value_loss(&inputs, c.cliprange_value);
                     self.check_finite(micro_stats.value_loss, inputs.weights, step)?;
-                    TrainingPass::backward(&(loss * c.vf_coef / total_weight), [value_pass]);
+                    value_pass.backward(&(loss * c.vf_coef / total_weight));
                     self.params.accumulate_grads();
                     stats.accumulate(&micro_stats);
                 }
