@@ -54,16 +54,12 @@ pub struct GrpoConfig {
     /// As PPO's: the generation, forward, micro and reward batch sizes from free memory.
     #[serde(default)]
     pub auto_batch_sizes: bool,
-    /// Keep only each decoder layer's input in the update's forward pass of the policy and
-    /// recompute the layer in the backward pass, as SFT's `training.gradient_checkpointing`:
-    /// the update's activation memory shrinks, so that larger micro-batches fit
-    /// (`auto_batch_sizes` plans for it), for a second forward pass of the recomputed layers:
-    /// about a third more compute in full fine-tuning, half more in LoRA mode (frozen weights
-    /// take no gradient, so backward costs about a forward).
+    /// As PPO's: the update's policy pass recomputes its decoder layers in the backward pass,
+    /// so that larger micro-batches fit, for more compute.
     #[serde(default)]
     pub gradient_checkpointing: bool,
-    /// With gradient checkpointing, recompute only the first this many decoder layers (SFT's
-    /// `training.recomputed_layers`). Unset: every layer.
+    /// As PPO's: with gradient checkpointing, only the first this many layers. Unset: every
+    /// layer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recomputed_layers: Option<usize>,
     /// As PPO's: each frozen model waits in pinned host memory while the step's other parts
