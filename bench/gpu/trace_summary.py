@@ -104,16 +104,67 @@ def by_part(path, timed, kernels):
     spans = collections.defaultdict(float)
     for name, e in zip(names, parts):
         spans[name] += e["dur"] / 1e3
+    by_name = collections.defaultdict(collections.Counter)
+    for k in kernels:
+        by_name[part_of(k)][k["name"]] += k["dur"] / 1e3
+    idle = idle_by_part(timed, kernels, names, parts)
     records = []
     print("by part (its own kernels' ms, those of the parts inside it apart; its wall-clock span"
-          " summed over its ranges, the parts inside it included):")
+          " summed over its ranges, the parts inside it included), its top kernels, and where"
+          " the host was while the device idled in it (the innermost operator or CUDA call of"
+          " each thread, sampled every 10 us of idle time):")
     for name in sorted(totals, key=lambda n: -sum(totals[n].values())):
         busy = sum(totals[name].values())
         kinds = ", ".join(f"{kind} {ms:.1f}" for kind, ms in totals[name].most_common())
         print(f"  {name:<28} {busy:10.1f} ms of {spans.get(name, 0):10.1f} ms: {kinds}")
+        for kernel, ms in by_name[name].most_common(8):
+            print(f"      {ms:9.1f} ms  {kernel[:100]}")
+        idle_ms, hosts = idle.get(name, (0.0, collections.Counter()))
+        print(f"    idle {idle_ms:.1f} ms, the host meanwhile in:")
+        for host, ms in hosts.most_common(10):
+            print(f"      {ms:9.1f} ms  {host[:100]}")
         records.append({"trace": path, "part": name, "busy_ms": busy,
-                        "span_ms": spans.get(name), "kinds": dict(totals[name])})
+                        "span_ms": spans.get(name), "kinds": dict(totals[name]),
+                        "top_kernels": dict(by_name[name].most_common(8)),
+                        "idle_ms": idle_ms, "idle_host": dict(hosts.most_common(10))})
     return records
+
+
+def idle_by_part(timed, kernels, names, parts, step_us=10.0):
+    """Per part, the device's idle time inside its ranges (between kernels and copies, the
+    parts inside it apart) and, sampled every `step_us` of it, what each host thread was
+    doing: its innermost operator or CUDA runtime call (a thread's events nest)."""
+    busy = []
+    for start, end in sorted((k["ts"], k["ts"] + k["dur"]) for k in kernels):
+        if busy and start <= busy[-1][1]:
+            busy[-1][1] = max(busy[-1][1], end)
+        else:
+            busy.append([start, end])
+    host = sorted((e for e in timed if e.get("cat") in ("cpu_op", "cuda_runtime", "cuda_driver")),
+                  key=lambda e: (e["ts"], -e["dur"]))
+    result = collections.defaultdict(lambda: [0.0, collections.Counter()])
+    open_parts, next_part = [], 0
+    stacks, next_host = collections.defaultdict(list), 0
+    for (_, gap_start), (gap_end, _) in zip(busy, busy[1:]):
+        t = gap_start + step_us / 2
+        while t < gap_end:
+            # `parts` come sorted by start, a part before those inside it.
+            while next_part < len(parts) and parts[next_part]["ts"] <= t:
+                open_parts.append((parts[next_part], names[next_part]))
+                next_part += 1
+            open_parts = [(e, n) for e, n in open_parts if e["ts"] + e["dur"] >= t]
+            while next_host < len(host) and host[next_host]["ts"] <= t:
+                stacks[host[next_host]["tid"]].append(host[next_host])
+                next_host += 1
+            if open_parts:
+                r = result[open_parts[-1][1]]
+                r[0] += step_us / 1e3
+                for tid in stacks:
+                    stacks[tid] = [e for e in stacks[tid] if e["ts"] + e["dur"] >= t]
+                    if stacks[tid]:
+                        r[1][f"thread {tid}: {stacks[tid][-1]['name']}"] += step_us / 1e3
+            t += step_us
+    return {name: (ms, hosts) for name, (ms, hosts) in result.items()}
 
 
 if __name__ == "__main__":

@@ -499,6 +499,58 @@ impl RlMemoryModel {
         inputs + (kept + head).max(one_layer)
     }
 
+    /// [`Self::plan`] with idle models offloaded where that lets some part run the step in
+    /// fewer batches (or lets the models fit at all) and `host_available` bytes of host memory
+    /// hold copies of the frozen models; otherwise with every model kept on the device.
+    /// Offloading costs a host-to-device copy of each frozen model a step, which pays only
+    /// where batches get fewer.
+    pub fn plan_choosing_offload(&self, free: u64, host_available: u64) -> Result<BatchPlan> {
+        let offloaded = RlMemoryModel {
+            offload_idle_models: true,
+            ..self.clone()
+        };
+        let kept = RlMemoryModel {
+            offload_idle_models: false,
+            ..self.clone()
+        };
+        if check_host_memory(offloaded.frozen_bytes(), host_available).is_err() {
+            return kept.plan(free);
+        }
+        let Ok(kept_plan) = kept.plan(free) else {
+            return offloaded.plan(free);
+        };
+        let offloaded_plan = offloaded.plan(free)?;
+        let fewer = self
+            .batch_counts(&offloaded_plan)
+            .iter()
+            .zip(self.batch_counts(&kept_plan))
+            .any(|(offloaded, kept)| *offloaded < kept);
+        Ok(if fewer { offloaded_plan } else { kept_plan })
+    }
+
+    /// The weights of the models nothing trains: what host copies of them take.
+    pub fn frozen_bytes(&self) -> u64 {
+        self.models()
+            .iter()
+            .filter(|m| !m.trained)
+            .map(|m| m.bytes)
+            .sum()
+    }
+
+    /// The batches each part runs a step (a rank's share of it) in under `plan`: generation,
+    /// extraction, scoring, the forward passes and the update's micro-batches.
+    fn batch_counts(&self, plan: &BatchPlan) -> [u64; 5] {
+        let rollouts = self.rollouts.div_ceil(self.ranks.max(1));
+        let batches = |size: usize| rollouts.div_ceil(size.max(1) as u64);
+        [
+            batches(plan.generation_batch_size),
+            batches(plan.extractor_batch_size),
+            batches(plan.score_batch_size),
+            batches(plan.forward_batch_size),
+            batches(plan.micro_batch_size),
+        ]
+    }
+
     /// The largest batch sizes whose phases fit in `free` bytes. Fails when the weights and
     /// optimizer state alone do not fit.
     pub fn plan(&self, free: u64) -> Result<BatchPlan> {
@@ -514,11 +566,16 @@ impl RlMemoryModel {
                 "auto_batch_sizes",
                 format!(
                     "the models and optimizer state need about {:.1} GiB (with {:.1} GiB kept \
-                     in reserve) but {:.1} GiB are free; use LoRA or precision \"pure_bf16\", \
-                     smaller models, or offload_idle_models = true",
+                     in reserve) but {:.1} GiB are free; use LoRA or precision \"pure_bf16\" \
+                     or smaller models{}",
                     fixed as f64 / GIB,
                     RESERVE_BYTES as f64 / GIB,
-                    free as f64 / GIB
+                    free as f64 / GIB,
+                    if self.offload_idle_models {
+                        ""
+                    } else {
+                        ", or offload_idle_models = true"
+                    }
                 ),
             ));
         }
@@ -571,6 +628,23 @@ impl RlMemoryModel {
             offload_idle_models: self.offload_idle_models,
         })
     }
+}
+
+/// Host copies of `bytes` must fit in 90% of the `available` host memory: they are pinned
+/// (never swapped out), and the rest of the system needs some room.
+pub(crate) fn check_host_memory(bytes: u64, available: u64) -> Result<()> {
+    if bytes as f64 <= 0.9 * available as f64 {
+        return Ok(());
+    }
+    Err(TrainError::config(
+        "offload_idle_models",
+        format!(
+            "the frozen models need {:.1} GiB of host memory for their copies, but {:.1} GiB \
+             are available; set offload_idle_models = false or free host memory",
+            bytes as f64 / GIB,
+            available as f64 / GIB
+        ),
+    ))
 }
 
 /// The size of the fewest equal batches (the last may be smaller by less than their number)
@@ -787,16 +861,10 @@ mod tests {
         assert_eq!(policy_only.update_row(), 2 * 10 * 320 + 4 * 10 * 18);
     }
 
-    /// The 7B LoRA PPO step of `bench/gpu/run.sh ppo-auto:llama2-7b` on an 80 GB card (81,000
-    /// MiB free): policy and reward model of Llama-2-7B's shape, the 3B GPT-NeoX extractor, r
-    /// 16 on all seven projections with dropout. A row of the update keeps 4.01 GiB (32 layers
-    /// × 428 tokens × 294.5 KiB of the policy, and its logits; the value model's pass comes
-    /// after), so 38.8 GiB take 9 rows: micro-batches of 8, the largest divisor of 512; with
-    /// every layer recomputed a row keeps the layers' inputs (107 MiB) and the logits (165 MiB;
-    /// one layer's activations, 123 MiB, come after them), 0.27 GiB, and about 145 rows fit:
-    /// micro-batches of 128.
-    #[test]
-    fn recomputation_lets_the_7b_update_take_larger_micro_batches() {
+    /// The 7B LoRA PPO step of `bench/gpu/run.sh ppo-auto:llama2-7b`: policy and reward model
+    /// of Llama-2-7B's shape, the 3B GPT-NeoX extractor, r 16 on all seven projections with
+    /// dropout, every model kept on the device.
+    fn llama2_7b_lora_step() -> RlMemoryModel {
         let llama = ModelShape::of(
             &ModelConfig::from_json(
                 r#"{"model_type":"llama","vocab_size":32000,"hidden_size":4096,
@@ -813,7 +881,7 @@ mod tests {
             )
             .unwrap(),
         );
-        let plain = RlMemoryModel {
+        RlMemoryModel {
             policy: llama,
             reward_model: llama,
             extractor: Some(neox),
@@ -831,7 +899,18 @@ mod tests {
             rollouts: 512,
             step_batch_size: 512,
             ranks: 1,
-        };
+        }
+    }
+
+    /// [`llama2_7b_lora_step`] on an 80 GB card (81,000 MiB free). A row of the update keeps
+    /// 4.01 GiB (32 layers × 428 tokens × 294.5 KiB of the policy, and its logits; the value
+    /// model's pass comes after), so 38.8 GiB take 9 rows: micro-batches of 8, the largest
+    /// divisor of 512; with every layer recomputed a row keeps the layers' inputs (107 MiB)
+    /// and the logits (165 MiB; one layer's activations, 123 MiB, come after them), 0.27 GiB,
+    /// and about 145 rows fit: micro-batches of 128.
+    #[test]
+    fn recomputation_lets_the_7b_update_take_larger_micro_batches() {
+        let plain = llama2_7b_lora_step();
         let free = 81_000 << 20;
         assert_eq!(plain.plan(free).unwrap().micro_batch_size, 8);
         let recomputed = RlMemoryModel {
@@ -864,6 +943,48 @@ mod tests {
                 offloaded.micro_batch_size
             ),
             (171, 171, 8)
+        );
+    }
+
+    /// Unset, `offload_idle_models` is chosen where it saves batches: for the 7B LoRA step on
+    /// 81,000 MiB, generation and extraction in 3 batches instead of 4, given host memory for
+    /// the frozen 7B base, 7B reward model and 3B extractor (2 × 6,738,415,616 + 2,775,208,960
+    /// bf16 weights, 30.3 GiB: within 90% of 34 GiB, not of 33). A step whose parts each take every rollout at once without offloading
+    /// keeps its models; one whose models fit only with offloading offloads.
+    #[test]
+    fn offloading_is_chosen_where_it_saves_batches() {
+        let gib = 1u64 << 30;
+        let step = llama2_7b_lora_step();
+        assert_eq!(step.frozen_bytes(), 32_504_080_384);
+        let free = 81_000 << 20;
+        let chosen = step.plan_choosing_offload(free, 34 * gib).unwrap();
+        assert!(chosen.offload_idle_models);
+        assert_eq!(
+            (chosen.generation_batch_size, chosen.extractor_batch_size),
+            (171, 171)
+        );
+        let kept = step.plan_choosing_offload(free, 33 * gib).unwrap();
+        assert!(!kept.offload_idle_models);
+        assert_eq!(kept, step.plan(free).unwrap());
+        assert_eq!(
+            (kept.generation_batch_size, kept.extractor_batch_size),
+            (128, 128)
+        );
+        // Tiny models with room for every rollout in every part: nothing to gain.
+        let tiny_step = model();
+        let roomy = tiny_step.fixed_bytes() * 4;
+        let plan = tiny_step.plan_choosing_offload(roomy, u64::MAX).unwrap();
+        assert!(!plan.offload_idle_models);
+        assert_eq!(plan.generation_batch_size, 12);
+        // Every model (5 tiny ones) fits only when the parts keep 3 of them.
+        let p = tiny().parameters * 2;
+        let tight = tiny_step.fixed_bytes() - p;
+        assert!(tiny_step.plan(tight).is_err());
+        assert!(
+            tiny_step
+                .plan_choosing_offload(tight, u64::MAX)
+                .unwrap()
+                .offload_idle_models
         );
     }
 
@@ -951,6 +1072,29 @@ mod tests {
         let error = m.plan(m.fixed_bytes()).unwrap_err().to_string();
         assert!(error.contains("auto_batch_sizes"), "{error}");
         assert!(error.contains("pure_bf16"), "{error}");
+        assert!(error.contains("offload_idle_models = true"), "{error}");
+        // Offloading already, the plan does not suggest it.
+        let offloaded = RlMemoryModel {
+            offload_idle_models: true,
+            ..m
+        };
+        let error = offloaded.plan(0).unwrap_err().to_string();
+        assert!(error.contains("pure_bf16"), "{error}");
+        assert!(!error.contains("offload_idle_models"), "{error}");
+    }
+
+    /// Host copies fit in 90% of the available host memory; beyond, the error names the
+    /// setting and both sizes.
+    #[test]
+    fn host_copies_must_fit_in_host_memory() {
+        let gib = 1u64 << 30;
+        assert!(check_host_memory(9 * gib, 10 * gib).is_ok());
+        let error = check_host_memory(9 * gib + 1, 10 * gib)
+            .unwrap_err()
+            .to_string();
+        for part in ["offload_idle_models", "9.0 GiB", "10.0 GiB", "= false"] {
+            assert!(error.contains(part), "{error}");
+        }
     }
 
     #[test]

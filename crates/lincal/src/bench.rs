@@ -667,7 +667,7 @@ fn rl_bench_record(
     });
     let object = measured.as_object_mut().expect("an object");
     object.extend(batches.as_object().expect("an object").clone());
-    // With auto_batch_sizes the step ran at the planned sizes, not the config's.
+    // With auto_batch_sizes the step ran at the planned sizes and offloading, not the config's.
     if let Some(plan) = &result.batch_plan {
         object.extend(
             [
@@ -676,6 +676,10 @@ fn rl_bench_record(
                 ("micro_batch_size", plan.micro_batch_size),
             ]
             .map(|(key, size)| (key.to_string(), serde_json::json!(size))),
+        );
+        object.insert(
+            "offload_idle_models".to_string(),
+            serde_json::json!(plan.offload_idle_models),
         );
     }
     object.extend(

@@ -63,9 +63,9 @@ pub struct GrpoConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recomputed_layers: Option<usize>,
     /// As PPO's: each frozen model waits in pinned host memory while the step's other parts
-    /// run, for larger generation and extraction batches.
-    #[serde(default)]
-    pub offload_idle_models: bool,
+    /// run, for larger generation and extraction batches; unset, `auto_batch_sizes` chooses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload_idle_models: Option<bool>,
     /// Training prompts longer than this many tokens are dropped.
     pub query_len: usize,
     pub response_len: usize,
@@ -146,7 +146,7 @@ impl GrpoConfig {
             auto_batch_sizes: false,
             gradient_checkpointing: false,
             recomputed_layers: None,
-            offload_idle_models: false,
+            offload_idle_models: None,
             query_len: ppo.query_len,
             response_len: ppo.response_len,
             temperature: ppo.temperature,
@@ -222,6 +222,7 @@ impl GrpoConfig {
             rollouts: self.rollout_batch_size(),
             step_batch_size: self.step_batch_size,
             recomputed_layers: self.recomputed(),
+            offload_idle_models: self.offload_idle_models,
             ranks,
         };
         planned_config(
@@ -237,6 +238,7 @@ impl GrpoConfig {
                         &mut c.micro_batch_size,
                     ],
                     &mut c.reward,
+                    &mut c.offload_idle_models,
                 )
             },
         )
@@ -256,7 +258,7 @@ impl GrpoConfig {
             reward: &self.reward,
             templates: self.templates.as_deref(),
             value: false,
-            offload_idle_models: self.offload_idle_models,
+            offload_idle_models: self.offload_idle_models.unwrap_or(false),
         }
     }
 

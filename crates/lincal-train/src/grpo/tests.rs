@@ -136,7 +136,7 @@ fn offloaded_idle_models_train_exactly_as_resident_ones() {
             ..config()
         };
         let offloaded = GrpoConfig {
-            offload_idle_models: true,
+            offload_idle_models: Some(true),
             ..kept.clone()
         };
         let run = |config: &GrpoConfig| {

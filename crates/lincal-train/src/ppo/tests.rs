@@ -291,7 +291,7 @@ fn killed_run_resumes_bit_identical() {
 /// four, one generation and extraction batch instead of two or three), and two steps, the
 /// second after an update, log the same statistics as the configured small batches within
 /// 1e-4 (f32; only the order of floating-point sums differs). The manifest keeps the config
-/// as given.
+/// as given, `offload_idle_models` unset.
 #[test]
 fn auto_batch_sizes_give_the_statistics_of_the_configured_ones() {
     let fixture = fixture();
@@ -331,11 +331,14 @@ fn auto_batch_sizes_give_the_statistics_of_the_configured_ones() {
         (8, 8, 8, 8, 8),
         "{plan}"
     );
+    // Host copies make no room on a CPU: with `offload_idle_models` unset, none are kept.
+    assert!(!plan.offload_idle_models, "{plan}");
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(auto.path().join("manifest.json")).unwrap())
             .unwrap();
     assert_eq!(manifest["config"]["auto_batch_sizes"], true);
     assert_eq!(manifest["config"]["micro_batch_size"], 2);
+    assert_eq!(manifest["config"].get("offload_idle_models"), None);
 
     assert_same_statistics(plain.path(), auto.path(), 1e-4);
     // The update moved the policy: the second step's KL is not 0, so the comparison covers
@@ -409,7 +412,7 @@ fn offloaded_idle_models_train_exactly_as_resident_ones() {
             ..config.clone()
         };
         let offloaded = PpoConfig {
-            offload_idle_models: true,
+            offload_idle_models: Some(true),
             ..kept.clone()
         };
         assert_same_statistics(train(&kept).path(), train(&offloaded).path(), 0.0);
