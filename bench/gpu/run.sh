@@ -24,6 +24,8 @@
 # in one call, LINCAL=PATH runs another binary, and BUILD=NAME adds "(NAME)" to its labels.
 # SFT_FLAGS adds flags to lincal's sft steps (e.g. "--recomputed-layers 8" for llama2-7b).
 # PPO_FLAGS adds flags to lincal's ppo and grpo steps (e.g. "--set gradient_checkpointing=true").
+# WARMUP=N runs N untimed steps before the timed one of llama2-7b's ppo and grpo steps (default 0:
+# its first step, which also builds cuDNN plans and CUDA graphs; SmolLM2's run one).
 # TRACE=1 traces the timed part of lincal's sft, ppo, grpo and lincal (generation, then at
 # batch 256 only) steps, and two steps of hf-sft, with PyTorch's profiler: each trace's kernels are totalled by
 # trace_summary.py into $OUT/trace_summary.jsonl and the trace is kept gzipped in $OUT.
@@ -48,7 +50,7 @@ for step in "$@"; do
   esac
   case $name in
     llama2-7b) sft_batch=4; sft_flags=(--gradient-checkpointing --no-master-weights); hf_precisions=bf16; hf_ckpt=checkpointing;
-      ppo_flags=(--warmup 0 --set lora.r=16 --set lora.alpha=32 --set lora.dropout=0.05
+      ppo_flags=(--warmup "${WARMUP:-0}" --set lora.r=16 --set lora.alpha=32 --set lora.dropout=0.05
         --set 'lora.target_modules=["q_proj","k_proj","v_proj","o_proj","gate_proj","up_proj","down_proj"]' --set reward.extractor_batch_size=32) ;;
     *) sft_batch=16; sft_flags=(); hf_precisions=autocast-bf16,bf16; hf_ckpt=""; ppo_flags=(--warmup 1) ;;
   esac

@@ -4,8 +4,8 @@
 //! writes its own cache slot; the step itself is [`crate::generate`]'s, CUDA graphs included.
 
 use crate::error::{ModelError, Result};
-use crate::generate::{DecodeState, Decoder, left_pad, window};
-use crate::layers::{attention_mask, positions_from_mask};
+use crate::generate::{DecodeState, Decoder, PREFILL_TOKENS, left_pad, prefill, window};
+use crate::layers::positions_from_mask;
 use crate::model::CausalLm;
 use tch::{Kind, Tensor};
 
@@ -87,13 +87,21 @@ impl DecodeSlots {
         tch::no_grad(|| {
             let (input_ids, mask) = left_pad(&ids, self.pad_id, device);
             let width = input_ids.size()[1];
-            let mut cache = model.new_cache(prompts.len() as i64, width);
-            cache.set_window(&Tensor::arange(width, (Kind::Int64, device)), width);
-            let hidden = model.forward(
-                &input_ids,
-                &positions_from_mask(&mask),
-                Some(&attention_mask(&mask, 0, width)),
-                Some(&mut cache),
+            let cache = model.new_cache(prompts.len() as i64, width);
+            // The prompts' logits only where asked for (an empty tensor a pass otherwise).
+            let [next_logits, all_logits] = prefill(
+                model,
+                (&input_ids, &mask, &positions_from_mask(&mask)),
+                &cache,
+                PREFILL_TOKENS,
+                |hidden| {
+                    let all = if prompt_logits {
+                        model.logits(hidden)
+                    } else {
+                        Tensor::zeros([0], (Kind::Float, device))
+                    };
+                    [model.logits(&hidden.select(1, -1)), all]
+                },
             );
             let state = &mut self.decoder.state;
             for (i, &(row, prompt)) in prompts.iter().enumerate() {
@@ -107,8 +115,8 @@ impl DecodeSlots {
                 self.lengths[row] = len;
             }
             Ok(Prefill {
-                next_logits: model.logits(&hidden.select(1, -1)),
-                prompt_logits: prompt_logits.then(|| model.logits(&hidden)),
+                next_logits,
+                prompt_logits: prompt_logits.then_some(all_logits),
             })
         })
     }

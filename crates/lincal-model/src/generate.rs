@@ -1,5 +1,6 @@
-//! Batched sampling with a KV cache: prompts are left-padded, prefilled in one forward pass,
-//! then decoded one token per step for the whole batch.
+//! Batched sampling with a KV cache: prompts are left-padded, prefilled in forward passes of
+//! whole rows ([`PREFILL_TOKENS`] tokens at most), then decoded one token per step for the
+//! whole batch.
 
 use crate::cuda_graph::{self, CudaGraph};
 use crate::error::{ModelError, Result};
@@ -166,7 +167,7 @@ impl DecodeState {
     /// Logits `[rows, V]` of the next token of the first `rows` rows (the others are left
     /// alone), attending over the first `visible` cache slots.
     fn step(&mut self, model: &CausalLm, rows: i64, visible: i64) -> Tensor {
-        let mut cache = self.cache.first_rows(rows);
+        let mut cache = self.cache.rows(0, rows);
         cache.set_row_window(&self.slots.narrow(0, 0, rows), visible);
         let mask = self
             .key_mask
@@ -352,14 +353,14 @@ pub fn generate_batch(
             let key_mask = Tensor::zeros([batch, capacity], (Kind::Bool, device));
             key_mask.narrow(1, 0, prompt_len).copy_(&prompt_mask);
             let positions = positions_from_mask(&prompt_mask);
-            let mut cache = model.new_cache(batch, capacity);
-            cache.set_window(
-                &Tensor::arange(prompt_len, (Kind::Int64, device)),
-                prompt_len,
+            let cache = model.new_cache(batch, capacity);
+            let [mut logits] = prefill(
+                model,
+                (&input_ids, &prompt_mask, &positions),
+                &cache,
+                PREFILL_TOKENS,
+                |hidden| [model.logits(&hidden.select(1, -1))],
             );
-            let mask = attention_mask(&prompt_mask, 0, prompt_len);
-            let hidden = model.forward(&input_ids, &positions, Some(&mask), Some(&mut cache));
-            let mut logits = model.logits(&hidden.select(1, -1));
             let state = DecodeState {
                 input_ids: Tensor::zeros([batch, 1], (Kind::Int64, device)),
                 positions: positions.narrow(1, prompt_len - 1, 1).contiguous(),
@@ -420,6 +421,49 @@ pub fn generate_batch(
         lengths,
         finish_reasons,
     })
+}
+
+/// Most tokens of one prefill pass: a batch's prompts go through the model this many tokens
+/// (whole rows, at least one) at a time, so that a large batch holds one pass's activations at
+/// a time beside its cache; 16k tokens still make wide products.
+pub const PREFILL_TOKENS: i64 = 16_384;
+
+/// Rows of `prompt_len` tokens that one prefill pass takes.
+pub fn prefill_rows(prompt_len: i64) -> i64 {
+    (PREFILL_TOKENS / prompt_len.max(1)).max(1)
+}
+
+/// Writes the keys and values of left-padded prompts (`input_ids`, `mask` `[B, T]`, and the
+/// positions of their tokens) into slots `0..T` of `cache`'s rows, `max_tokens` tokens of
+/// whole rows a pass. `keep` maps a pass's final hidden states `[b, T, H]` to what the caller
+/// keeps of them, which comes back joined along the rows. Passes change no row's values: each
+/// row attends only to itself.
+pub(crate) fn prefill<const N: usize>(
+    model: &CausalLm,
+    (input_ids, mask, positions): (&Tensor, &Tensor, &Tensor),
+    cache: &KvCache,
+    max_tokens: i64,
+    mut keep: impl FnMut(&Tensor) -> [Tensor; N],
+) -> [Tensor; N] {
+    let (batch, width) = (input_ids.size()[0], input_ids.size()[1]);
+    let per_pass = (max_tokens / width.max(1)).max(1);
+    let slots = Tensor::arange(width, (Kind::Int64, input_ids.device()));
+    let mut kept: [Vec<Tensor>; N] = std::array::from_fn(|_| Vec::new());
+    for start in (0..batch).step_by(per_pass as usize) {
+        let rows = per_pass.min(batch - start);
+        let mut pass_cache = cache.rows(start, rows);
+        pass_cache.set_window(&slots, width);
+        let hidden = model.forward(
+            &input_ids.narrow(0, start, rows),
+            &positions.narrow(0, start, rows),
+            Some(&attention_mask(&mask.narrow(0, start, rows), 0, width)),
+            Some(&mut pass_cache),
+        );
+        for (all, part) in kept.iter_mut().zip(keep(&hidden)) {
+            all.push(part);
+        }
+    }
+    kept.map(|parts| Tensor::cat(&parts, 0))
 }
 
 /// The attention window of a step after `written` cache slots. A window is fixed within a
@@ -684,7 +728,58 @@ pub fn generate_text(
 
 #[cfg(test)]
 mod tests {
-    use super::{TextStream, window};
+    use super::{TextStream, left_pad, prefill, window};
+    use crate::layers::positions_from_mask;
+    use crate::testing::{random_model, tiny_llama, tiny_neox};
+    use tch::{Device, Tensor};
+
+    /// Prefilling in passes of 1, 2 or 3 rows (token budgets of 4, 8 and 15 for prompts padded
+    /// to 4, or of 1: still a row a pass) writes the cache and gives the last positions'
+    /// logits of one pass over all five rows, for a Llama and a GPT-NeoX (f32 on the CPU).
+    #[test]
+    fn prefill_in_passes_equals_one_pass() {
+        let prompts = vec![
+            vec![1, 2, 3],
+            vec![4, 5],
+            vec![6, 7, 8, 9],
+            vec![10],
+            vec![11, 12, 13],
+        ];
+        for config in [tiny_llama(false), tiny_neox()] {
+            let model = random_model(config, 3);
+            let (ids, mask) = left_pad(&prompts, 0, Device::Cpu);
+            let positions = positions_from_mask(&mask);
+            let run = |max_tokens| {
+                let cache = model.new_cache(5, 6);
+                let [logits] = tch::no_grad(|| {
+                    prefill(&model, (&ids, &mask, &positions), &cache, max_tokens, |h| {
+                        [model.logits(&h.select(1, -1))]
+                    })
+                });
+                (logits, cache)
+            };
+            let (whole, whole_cache) = run(1000);
+            assert_eq!(whole.size()[0], 5);
+            for max_tokens in [1, 4, 8, 15] {
+                let (logits, cache) = run(max_tokens);
+                let gap = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+                assert!(gap(&logits, &whole) < 1e-5, "{max_tokens} tokens a pass");
+                for ((k, v), (wk, wv)) in cache.layers().iter().zip(whole_cache.layers()) {
+                    assert!(gap(k, wk) < 1e-5 && gap(v, wv) < 1e-5, "{max_tokens}");
+                }
+                // Written: the 4 prompt slots of every row (padding's keys included).
+                assert!(
+                    cache.layers()[0]
+                        .0
+                        .narrow(2, 0, 4)
+                        .abs()
+                        .sum(tch::Kind::Float)
+                        .double_value(&[])
+                        > 0.0
+                );
+            }
+        }
+    }
 
     #[test]
     fn windows_round_up_by_an_eighth_of_the_next_power_of_two() {

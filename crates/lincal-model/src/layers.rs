@@ -52,6 +52,12 @@ impl KvCache {
         }
     }
 
+    /// Each layer's keys and values `[B, H, capacity, D]`.
+    #[cfg(test)]
+    pub(crate) fn layers(&self) -> &[(Tensor, Tensor)] {
+        &self.layers
+    }
+
     pub fn capacity(&self) -> i64 {
         self.layers.first().map_or(0, |(k, _)| k.size()[2])
     }
@@ -80,14 +86,14 @@ impl KvCache {
         self.visible = visible;
     }
 
-    /// The cache of the first `rows` rows: views sharing this cache's memory, so what a
+    /// The cache of rows `start..start + rows`: views sharing this cache's memory, so what a
     /// forward pass writes through them lands here.
-    pub fn first_rows(&self, rows: i64) -> KvCache {
+    pub fn rows(&self, start: i64, rows: i64) -> KvCache {
         KvCache {
             layers: self
                 .layers
                 .iter()
-                .map(|(k, v)| (k.narrow(0, 0, rows), v.narrow(0, 0, rows)))
+                .map(|(k, v)| (k.narrow(0, start, rows), v.narrow(0, start, rows)))
                 .collect(),
             slots: Slots::Shared(Tensor::zeros([0], (Kind::Int64, tch::Device::Cpu))),
             visible: 0,

@@ -17,6 +17,7 @@
 
 use crate::error::{Result, TrainError};
 use lincal_model::ModelConfig;
+use lincal_model::generate::prefill_rows;
 use std::path::Path;
 use tch::Device;
 
@@ -331,8 +332,11 @@ struct ModelBytes {
 /// Kept free besides the plan: the CUDA context, the caching allocator's fragments, CUDA
 /// graphs' pools and the scoring pass's logit slices (3 × 256 MiB).
 const RESERVE_BYTES: u64 = 2 << 30;
-/// The share of the rest a phase may fill.
+/// The share of the rest a phase may fill: room beside estimated working sets for what the
+/// estimate misses.
 const PHASE_SHARE: f64 = 0.85;
+/// The share a key/value cache may fill, which is allocated exactly as counted.
+const CACHE_SHARE: f64 = 0.95;
 /// f32 bytes per vocabulary entry of one sampling step: logits, scaled logits,
 /// probabilities and the sorted copy with its i64 indices.
 const SAMPLING_BYTES_PER_VOCAB: u64 = 32;
@@ -447,19 +451,23 @@ impl RlMemoryModel {
         state + RESERVE_BYTES
     }
 
-    /// Bytes per row of sampling `new_tokens` after `prompt` tokens: the key/value cache of
-    /// the whole sequence, the prompt's pass (with adapters of `lora_rank`) and a sampling step's
-    /// logits.
-    fn generation_row(
+    /// What sampling `new_tokens` after `prompt` tokens costs for up to `rows` rows, in a
+    /// part's budget (bytes within its [`PHASE_SHARE`]).
+    fn generation_cost(
         shape: &ModelShape,
-        prompt: u64,
-        new_tokens: u64,
+        (prompt, new_tokens): (u64, u64),
         b: u64,
         lora_rank: Option<u64>,
-    ) -> u64 {
+        rows: u64,
+    ) -> GenerationCost {
         let cache = 2 * shape.layers * shape.kv * (prompt + new_tokens) * b;
-        let prefill = Self::forward_row(shape, prompt, b, lora_rank);
-        cache + prefill + shape.vocab * SAMPLING_BYTES_PER_VOCAB
+        // The cache is allocated as counted, two tensors a layer: it may take CACHE_SHARE.
+        let cache = (cache as f64 * PHASE_SHARE / CACHE_SHARE).ceil() as u64;
+        let pass_rows = rows.min(prefill_rows(prompt as i64) as u64);
+        GenerationCost {
+            row: cache + shape.vocab * SAMPLING_BYTES_PER_VOCAB,
+            prefill: pass_rows * Self::forward_row(shape, prompt, b, lora_rank),
+        }
     }
 
     /// Bytes per row of a forward pass without gradients over `tokens` tokens: one layer's
@@ -587,12 +595,17 @@ impl RlMemoryModel {
         let sequence = self.query_len + self.response_len;
         let rows = |part, row_bytes: u64| (budget(part) / row_bytes.max(1)).max(1);
         let lora = self.lora_rank;
-        let generation =
-            Self::generation_row(&self.policy, self.query_len, self.response_len, b, lora);
+        let generation = Self::generation_cost(
+            &self.policy,
+            (self.query_len, self.response_len),
+            b,
+            lora,
+            rollouts,
+        );
         // The reward reads prompts holding a question and the response: about a policy
         // sequence.
-        let extractor = self.extractor.map_or(1, |e| {
-            Self::generation_row(&e, sequence, self.extractor_new_tokens, b, None)
+        let extractor = self.extractor.map_or(GenerationCost::default(), |e| {
+            Self::generation_cost(&e, (sequence, self.extractor_new_tokens), b, None, rollouts)
         });
         // In LoRA mode the policy's log-probs and PPO's values (whose adapters sit on the reward
         // model) run with adapters; the reference's log-probs and the reward's scoring without.
@@ -603,13 +616,13 @@ impl RlMemoryModel {
             lora.filter(|_| self.value),
         ));
         Ok(BatchPlan {
-            generation_batch_size: even_batches(rollouts, rows(Generation, generation)),
+            generation_batch_size: even_batches(rollouts, generation.rows(budget(Generation))),
             forward_batch_size: even_batches(rollouts, rows(ForwardPasses, forward)),
             micro_batch_size: largest_divisor(
                 self.step_batch_size,
                 rows(Update, self.update_row()),
             ),
-            extractor_batch_size: even_batches(rollouts, rows(Extraction, extractor)),
+            extractor_batch_size: even_batches(rollouts, extractor.rows(budget(Extraction))),
             score_batch_size: even_batches(
                 rollouts,
                 rows(
@@ -645,6 +658,23 @@ pub(crate) fn check_host_memory(bytes: u64, available: u64) -> Result<()> {
             available as f64 / GIB
         ),
     ))
+}
+
+/// What generation costs in a part's budget: bytes per row (the key/value cache of the whole
+/// sequence and a sampling step's logits), and those of one prefill pass (up to
+/// [`PREFILL_TOKENS`](lincal_model::generate::PREFILL_TOKENS) tokens of whole rows, with their
+/// activations), which runs beside the cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct GenerationCost {
+    row: u64,
+    prefill: u64,
+}
+
+impl GenerationCost {
+    /// The rows that fit in `budget` (at least one).
+    fn rows(&self, budget: u64) -> u64 {
+        (budget.saturating_sub(self.prefill) / self.row.max(1)).max(1)
+    }
 }
 
 /// The size of the fewest equal batches (the last may be smaller by less than their number)
@@ -778,8 +808,9 @@ mod tests {
         );
         // Room for 2 generation rows: a rank's 3 of the 12 rollouts go in 2 batches of 2 (one
         // process would need 6 batches of 2).
-        let gen_row = RlMemoryModel::generation_row(&ranks.policy, 6, 4, 2, None);
-        let free = ranks.fixed_bytes() + ((2 * gen_row) as f64 / PHASE_SHARE).ceil() as u64;
+        let generation = RlMemoryModel::generation_cost(&ranks.policy, (6, 4), 2, None, 3);
+        let room = 2 * generation.row + generation.prefill;
+        let free = ranks.fixed_bytes() + (room as f64 / PHASE_SHARE).ceil() as u64;
         assert_eq!(ranks.plan(free).unwrap().generation_batch_size, 2);
         // With room for everything, a rank takes its 3 rollouts at once; the optimizer step's
         // micro-batch is planned as for one process.
@@ -801,11 +832,23 @@ mod tests {
         let s = tiny();
         // Forward elements per token: 4·8 + 2·8 + 3·4 + 3·16 = 108; plus the hidden output 8.
         assert_eq!(RlMemoryModel::forward_row(&s, 10, 2, None), 10 * 116 * 2);
-        // Cache 2·2·4·(6+5)·2, prefill 6·116·2, sampling 10·32.
+        // Cache 2·2·4·(6+5)·2 = 352 bytes, counted at 0.85 / 0.95 of that (315), sampling
+        // 10·32; the prefill pass takes all 3 rows (16,384 tokens hold 2,730), 6·116·2 each.
         assert_eq!(
-            RlMemoryModel::generation_row(&s, 6, 5, 2, None),
-            352 + 1392 + 320
+            RlMemoryModel::generation_cost(&s, (6, 5), 2, None, 3),
+            GenerationCost {
+                row: 315 + 320,
+                prefill: 3 * 1392
+            }
         );
+        // Of 5,000 rows of 1,000-token prompts a pass takes 16.
+        assert_eq!(
+            RlMemoryModel::generation_cost(&s, (1000, 5), 2, None, 5000).prefill,
+            16 * RlMemoryModel::forward_row(&s, 1000, 2, None)
+        );
+        // What the prefill leaves for rows: (10,000 − 4,176) / 635 = 9.2; at least one.
+        let cost = RlMemoryModel::generation_cost(&s, (6, 5), 2, None, 3);
+        assert_eq!((cost.rows(10_000), cost.rows(100)), (9, 1));
         // LoRA of rank 2 adds per token an adapted projection's product with A and its sum,
         // in bf16, at the widest output (the MLP's 16): 2 · (16 + 2) = 36 bytes.
         assert_eq!(
@@ -813,8 +856,8 @@ mod tests {
             10 * (116 * 2 + 36)
         );
         assert_eq!(
-            RlMemoryModel::generation_row(&s, 6, 5, 2, Some(2)),
-            352 + 6 * (116 * 2 + 36) + 320
+            RlMemoryModel::generation_cost(&s, (6, 5), 2, Some(2), 3).prefill,
+            3 * 6 * (116 * 2 + 36)
         );
         // Saved per token and layer: (5·8 + 2·8 + 2·4 + 4·16)·2 + 8·8 = 256 + 64 = 320 bytes;
         // 2 layers × 10 tokens, and the policy's logits 4 × 10 × (2 + 16). The models run
@@ -925,11 +968,18 @@ mod tests {
             (plan.generation_batch_size, plan.extractor_batch_size),
             (before.generation_batch_size, before.extractor_batch_size)
         );
+        // Every model kept, generation has 38.8 GiB; a row's cache (214 MiB, of 428 tokens)
+        // counts at 0.85 / 0.95 of it, 192 MiB with sampling's logits, beside a prefill pass
+        // of 128 prompts (2.6 GiB): 192 rows, 3 batches of 171. Extraction: 185 rows of 205
+        // MiB (728 slots of the 3B) beside a pass of 38 prompts (1.7 GiB): also 171.
+        assert_eq!(
+            (before.generation_batch_size, before.extractor_batch_size),
+            (171, 171)
+        );
         // Offloading idle models gives generation the reward model's and the extractor's
-        // memory (17.7 GiB; 53.9 GiB for rows of about 0.23 GiB: 3 batches of 171 instead of
-        // 4 of 128), and extraction both 7Bs' (60.1 GiB for rows of about 0.25 GiB: the same);
-        // the update keeps both 7Bs and gains only the extractor's 5.2 GiB: 10 rows, still
-        // micro-batches of 8.
+        // memory (17.7 GiB; 53.9 GiB in all: 272 rows, 2 batches of 256), and extraction both
+        // 7Bs' (60.1 GiB: 291 rows, also 256); the update keeps both 7Bs and gains only the
+        // extractor's 5.2 GiB: 10 rows, still micro-batches of 8.
         let offloaded = RlMemoryModel {
             offload_idle_models: true,
             ..plain.clone()
@@ -942,15 +992,16 @@ mod tests {
                 offloaded.extractor_batch_size,
                 offloaded.micro_batch_size
             ),
-            (171, 171, 8)
+            (256, 256, 8)
         );
     }
 
     /// Unset, `offload_idle_models` is chosen where it saves batches: for the 7B LoRA step on
-    /// 81,000 MiB, generation and extraction in 3 batches instead of 4, given host memory for
+    /// 81,000 MiB, generation and extraction in 2 batches instead of 3, given host memory for
     /// the frozen 7B base, 7B reward model and 3B extractor (2 × 6,738,415,616 + 2,775,208,960
-    /// bf16 weights, 30.3 GiB: within 90% of 34 GiB, not of 33). A step whose parts each take every rollout at once without offloading
-    /// keeps its models; one whose models fit only with offloading offloads.
+    /// bf16 weights, 30.3 GiB: within 90% of 34 GiB, not of 33). A step whose parts each take
+    /// every rollout at once without offloading keeps its models; one whose models fit only
+    /// with offloading offloads.
     #[test]
     fn offloading_is_chosen_where_it_saves_batches() {
         let gib = 1u64 << 30;
@@ -961,14 +1012,14 @@ mod tests {
         assert!(chosen.offload_idle_models);
         assert_eq!(
             (chosen.generation_batch_size, chosen.extractor_batch_size),
-            (171, 171)
+            (256, 256)
         );
         let kept = step.plan_choosing_offload(free, 33 * gib).unwrap();
         assert!(!kept.offload_idle_models);
         assert_eq!(kept, step.plan(free).unwrap());
         assert_eq!(
             (kept.generation_batch_size, kept.extractor_batch_size),
-            (128, 128)
+            (171, 171)
         );
         // Tiny models with room for every rollout in every part: nothing to gain.
         let tiny_step = model();
@@ -1056,14 +1107,23 @@ mod tests {
         // mask over up to 20 keys: 71,200 / 392 = 181.6 tokens (as 71,199 / 392).
         assert_eq!(phase, 71_200);
         assert_eq!(plan.score_batch_tokens, 181);
-        // With room for 5 generation rows (or 4), 12 rollouts go in 3 batches of 4, and the
-        // update in micro-batches of 1.
-        let gen_row = RlMemoryModel::generation_row(&m.policy, 6, 4, 2, None);
+        // With room for 5 generation rows (or 4) beside the prefill of all 12 prompts, 12
+        // rollouts go in 3 batches of 4, and the update (7,120 bytes a row; 5 · 607 + 16,704
+        // = 19,739 in all) in micro-batches of 2.
+        let generation = RlMemoryModel::generation_cost(&m.policy, (6, 4), 2, None, 12);
+        assert_eq!(
+            generation,
+            GenerationCost {
+                row: 607,
+                prefill: 12 * 6 * 232
+            }
+        );
+        let room = 5 * generation.row + generation.prefill;
         let tight = m
-            .plan(fixed + ((5 * gen_row) as f64 / PHASE_SHARE).ceil() as u64)
+            .plan(fixed + (room as f64 / PHASE_SHARE).ceil() as u64)
             .unwrap();
         assert_eq!(tight.generation_batch_size, 4);
-        assert_eq!(tight.micro_batch_size, 1);
+        assert_eq!(tight.micro_batch_size, 2);
     }
 
     #[test]
