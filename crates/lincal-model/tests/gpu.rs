@@ -1,7 +1,7 @@
 //! The GPU's fast paths against the plain ones, on tiny random models: CUDA-graph decoding
 //! against eager decoding, the flash-attention path (no mask) against the masked one, the
 //! GPU forward against the CPU's, lincal's kernels and joined projections against PyTorch's
-//! operations. Compiled with the `cuda` feature only; `cargo xtask
+//! operations, a prefill in passes against one pass. Compiled with the `cuda` feature only; `cargo xtask
 //! gpu-build` puts this binary in `.gpu/tests/` and `bench/gpu/test.sh` runs it on the device
 //! machine.
 #![cfg(feature = "cuda")]
@@ -308,4 +308,32 @@ fn joined_projections_equal_separate_ones_on_the_gpu() {
         println!("{kind:?}: joined vs separate logits {diff}");
         assert!(diff < tolerance, "{kind:?}: {diff}");
     }
+}
+
+/// 60 prompts of 300 tokens prefill in two passes (`PREFILL_TOKENS` holds 54 such rows), the
+/// last 10 alone in one: rows 50–59 decode the same greedy tokens either way, log-probs
+/// within f32 rounding (1e-4), in the first pass's rows and the second's.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn prefill_passes_decode_as_one_pass_on_the_gpu() {
+    use lincal_model::generate::PREFILL_TOKENS;
+    let model = gpu_model(tiny_llama(false), Kind::Float);
+    let prompts: Vec<Vec<i64>> = (0..60)
+        .map(|row| (0..300).map(|i| (i * 7 + row * 13 + 3) % 64).collect())
+        .collect();
+    assert_eq!(PREFILL_TOKENS / 300, 54);
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_new_tokens: 8,
+        ..Default::default()
+    };
+    let generate = |prompts: &[Vec<i64>]| {
+        let seeds: Vec<u64> = (0..prompts.len() as u64).collect();
+        generate_batch(&model, &BatchRequest::new(prompts, &seeds, &params), None).unwrap()
+    };
+    let (all, last) = (generate(&prompts), generate(&prompts[50..]));
+    let rows = all.tokens.narrow(0, 50, 10);
+    assert!(rows.equal(&last.tokens), "the tokens differ");
+    let diff = max_abs_diff(&all.logprobs.narrow(0, 50, 10), &last.logprobs);
+    assert!(diff <= 1e-4, "log-probs differ by {diff}");
 }
