@@ -67,8 +67,8 @@ def scoring(rows, heads, head_dim, lengths):
 torch.zeros(1, device=dev)
 for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
     # Windows as lincal rounds them (an eighth of the power of two), capacities as a batch's
-    # longest prompt plus the new tokens: 7B generation (128 + 300), extraction (~520 + 300).
+    # longest prompt plus the new tokens: 7B generation (128 + 300), extraction (~410 + 300).
     case("decode 7B 171 rows", backend, decode(171, 32, 128, 428, [144, 160, 192, 224, 256, 288, 320, 384, 428]))
-    case("decode 3B 171 rows", backend, decode(171, 32, 80, 821, [576, 640, 704, 768, 821]))
+    case("decode 3B 171 rows", backend, decode(171, 32, 80, 710, [448, 512, 576, 640, 710]))
     case("scoring 7B 8 rows", backend, scoring(8, 32, 128, [600, 616, 632, 648]))
     torch.cuda.empty_cache()

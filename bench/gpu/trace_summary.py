@@ -99,20 +99,20 @@ def by_part(path, timed, kernels):
         return inner or "(outside every part)"
 
     totals = collections.defaultdict(collections.Counter)
+    by_name = collections.defaultdict(collections.Counter)
     for k in kernels:
-        totals[part_of(k)][kind_of(k["name"])] += k["dur"] / 1e3
+        part = part_of(k)
+        totals[part][kind_of(k["name"])] += k["dur"] / 1e3
+        by_name[part][k["name"]] += k["dur"] / 1e3
     spans = collections.defaultdict(float)
     for name, e in zip(names, parts):
         spans[name] += e["dur"] / 1e3
-    by_name = collections.defaultdict(collections.Counter)
-    for k in kernels:
-        by_name[part_of(k)][k["name"]] += k["dur"] / 1e3
     idle = idle_by_part(timed, kernels, names, parts)
     records = []
     print("by part (its own kernels' ms, those of the parts inside it apart; its wall-clock span"
           " summed over its ranges, the parts inside it included), its top kernels, and where"
           " the host was while the device idled in it (the innermost operator or CUDA call of"
-          " each thread, sampled every 10 us of idle time):")
+          " each thread, looked up every 10 us of idle time):")
     for name in sorted(totals, key=lambda n: -sum(totals[n].values())):
         busy = sum(totals[name].values())
         kinds = ", ".join(f"{kind} {ms:.1f}" for kind, ms in totals[name].most_common())
@@ -132,8 +132,9 @@ def by_part(path, timed, kernels):
 
 def idle_by_part(timed, kernels, names, parts, step_us=10.0):
     """Per part, the device's idle time inside its ranges (between kernels and copies, the
-    parts inside it apart) and, sampled every `step_us` of it, what each host thread was
-    doing: its innermost operator or CUDA runtime call (a thread's events nest)."""
+    parts inside it apart) and what each host thread was doing meanwhile: its innermost
+    operator or CUDA runtime call (a thread's events nest), looked up once per `step_us` of a
+    gap (and once in a shorter gap or remainder, which counts its own length)."""
     busy = []
     for start, end in sorted((k["ts"], k["ts"] + k["dur"]) for k in kernels):
         if busy and start <= busy[-1][1]:
@@ -146,8 +147,10 @@ def idle_by_part(timed, kernels, names, parts, step_us=10.0):
     open_parts, next_part = [], 0
     stacks, next_host = collections.defaultdict(list), 0
     for (_, gap_start), (gap_end, _) in zip(busy, busy[1:]):
-        t = gap_start + step_us / 2
-        while t < gap_end:
+        start = gap_start
+        while start < gap_end:
+            weight = min(step_us, gap_end - start)
+            t = start + weight / 2
             # `parts` come sorted by start, a part before those inside it.
             while next_part < len(parts) and parts[next_part]["ts"] <= t:
                 open_parts.append((parts[next_part], names[next_part]))
@@ -158,12 +161,12 @@ def idle_by_part(timed, kernels, names, parts, step_us=10.0):
                 next_host += 1
             if open_parts:
                 r = result[open_parts[-1][1]]
-                r[0] += step_us / 1e3
+                r[0] += weight / 1e3
                 for tid in stacks:
                     stacks[tid] = [e for e in stacks[tid] if e["ts"] + e["dur"] >= t]
                     if stacks[tid]:
-                        r[1][f"thread {tid}: {stacks[tid][-1]['name']}"] += step_us / 1e3
-            t += step_us
+                        r[1][f"thread {tid}: {stacks[tid][-1]['name']}"] += weight / 1e3
+            start += step_us
     return {name: (ms, hosts) for name, (ms, hosts) in result.items()}
 
 

@@ -58,15 +58,19 @@ impl DecodeSlots {
         self.lengths[row]
     }
 
-    /// Runs `prompts` (row, token ids) through the model in one forward pass and puts each in
-    /// its row, replacing what the row held. Returns the logits of the token after each prompt
-    /// and, with `prompt_logits`, those at every prompt position.
+    /// Runs `prompts` (row, token ids) through the model (in passes of at most
+    /// [`PREFILL_TOKENS`] tokens) and puts each in its row, replacing what the row held.
+    /// Returns the logits of the token after each prompt and, with `prompt_logits`, those at
+    /// every prompt position.
     pub fn prefill(
         &mut self,
         model: &CausalLm,
         prompts: &[(usize, &[i64])],
         prompt_logits: bool,
     ) -> Result<Prefill> {
+        if prompts.is_empty() {
+            return Err(ModelError::Invalid("no prompts to prefill".into()));
+        }
         for &(row, prompt) in prompts {
             if row >= self.rows() {
                 return Err(ModelError::Invalid(format!(

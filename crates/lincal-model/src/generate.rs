@@ -430,7 +430,12 @@ pub const PREFILL_TOKENS: i64 = 16_384;
 
 /// Rows of `prompt_len` tokens that one prefill pass takes.
 pub fn prefill_rows(prompt_len: i64) -> i64 {
-    (PREFILL_TOKENS / prompt_len.max(1)).max(1)
+    rows_per_pass(PREFILL_TOKENS, prompt_len)
+}
+
+/// Whole rows of `width` tokens within `max_tokens`, at least one.
+fn rows_per_pass(max_tokens: i64, width: i64) -> i64 {
+    (max_tokens / width.max(1)).max(1)
 }
 
 /// Writes the keys and values of left-padded prompts (`input_ids`, `mask` `[B, T]`, and the
@@ -446,7 +451,7 @@ pub(crate) fn prefill<const N: usize>(
     mut keep: impl FnMut(&Tensor) -> [Tensor; N],
 ) -> [Tensor; N] {
     let (batch, width) = (input_ids.size()[0], input_ids.size()[1]);
-    let per_pass = (max_tokens / width.max(1)).max(1);
+    let per_pass = rows_per_pass(max_tokens, width);
     let slots = Tensor::arange(width, (Kind::Int64, input_ids.device()));
     let mut kept: [Vec<Tensor>; N] = std::array::from_fn(|_| Vec::new());
     for start in (0..batch).step_by(per_pass as usize) {
@@ -463,7 +468,11 @@ pub(crate) fn prefill<const N: usize>(
             all.push(part);
         }
     }
-    kept.map(|parts| Tensor::cat(&parts, 0))
+    // One pass (the common case) keeps its tensors as they are, without a copy.
+    kept.map(|mut parts| match parts.len() {
+        1 => parts.remove(0),
+        _ => Tensor::cat(&parts, 0),
+    })
 }
 
 /// The attention window of a step after `written` cache slots. A window is fixed within a

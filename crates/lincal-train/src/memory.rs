@@ -509,9 +509,9 @@ impl RlMemoryModel {
 
     /// [`Self::plan`] with idle models offloaded where that lets some part run the step in
     /// fewer batches (or lets the models fit at all) and `host_available` bytes of host memory
-    /// hold copies of the frozen models; otherwise with every model kept on the device.
-    /// Offloading costs a host-to-device copy of each frozen model a step, which pays only
-    /// where batches get fewer.
+    /// hold copies of the frozen models for every process of the job (all on this host);
+    /// otherwise with every model kept on the device. Offloading costs a host-to-device copy
+    /// of each frozen model a step, which pays only where batches get fewer.
     pub fn plan_choosing_offload(&self, free: u64, host_available: u64) -> Result<BatchPlan> {
         let offloaded = RlMemoryModel {
             offload_idle_models: true,
@@ -521,8 +521,18 @@ impl RlMemoryModel {
             offload_idle_models: false,
             ..self.clone()
         };
-        if check_host_memory(offloaded.frozen_bytes(), host_available).is_err() {
-            return kept.plan(free);
+        let per_process = host_available / self.ranks.max(1);
+        if let Err(host) = check_host_memory(offloaded.frozen_bytes(), per_process) {
+            return kept.plan(free).map_err(|device| match (device, host) {
+                (
+                    TrainError::Config { field, message },
+                    TrainError::Config { message: host, .. },
+                ) => TrainError::Config {
+                    field,
+                    message: format!("{message}; offloading would not help either: {host}"),
+                },
+                (device, _) => device,
+            });
         }
         let Ok(kept_plan) = kept.plan(free) else {
             return offloaded.plan(free);
@@ -1034,6 +1044,31 @@ mod tests {
         assert!(
             tiny_step
                 .plan_choosing_offload(tight, u64::MAX)
+                .unwrap()
+                .offload_idle_models
+        );
+        // ... unless the host cannot hold the copies: the error says both.
+        let error = tiny_step
+            .plan_choosing_offload(tight, 0)
+            .unwrap_err()
+            .to_string();
+        for part in ["pure_bf16", "would not help", "host memory"] {
+            assert!(error.contains(part), "{error}");
+        }
+        // Each process of a job keeps its own copies: two need 60.6 GiB of the host's.
+        let two_ranks = RlMemoryModel {
+            ranks: 2,
+            ..step.clone()
+        };
+        assert!(
+            !two_ranks
+                .plan_choosing_offload(free, 34 * gib)
+                .unwrap()
+                .offload_idle_models
+        );
+        assert!(
+            two_ranks
+                .plan_choosing_offload(free, 68 * gib)
                 .unwrap()
                 .offload_idle_models
         );

@@ -338,7 +338,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 "auto_batch_sizes": config.auto_batch_sizes,
                 "gradient_checkpointing": config.gradient_checkpointing,
                 "recomputed_layers": config.recomputed_layers,
-                "offload_idle_models": config.offload_idle_models,
+                "offload_idle_models": config.offload_idle_models.unwrap_or(false),
             });
             let setting = RlBenchSetting {
                 bench: "ppo",
@@ -380,7 +380,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
                 "auto_batch_sizes": config.auto_batch_sizes,
                 "gradient_checkpointing": config.gradient_checkpointing,
                 "recomputed_layers": config.recomputed_layers,
-                "offload_idle_models": config.offload_idle_models,
+                "offload_idle_models": config.offload_idle_models.unwrap_or(false),
             });
             let setting = RlBenchSetting {
                 bench: "grpo",

@@ -215,7 +215,8 @@ pub struct PpoConfig {
     /// host memory the size of those models, in each process of a data-parallel job.
     /// Unset: `auto_batch_sizes` turns it on where it lets some part of the step run in fewer
     /// batches and host memory holds the copies (a 7B LoRA step on one 80 GB GPU); off
-    /// otherwise.
+    /// otherwise. (Runs started while it was `false` unless set, from b56e6d0 to 975ee37,
+    /// recorded `false`: resume them with `offload_idle_models = false`.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offload_idle_models: Option<bool>,
     /// Training prompts longer than this many tokens are dropped (evaluation keeps them).
