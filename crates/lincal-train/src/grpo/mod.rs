@@ -24,7 +24,7 @@ pub use config::{GRPO_PRESETS, GrpoConfig, KlPlacement};
 pub use loss::{GrpoLossInputs, GrpoLossStats, LossAggregation, grpo_loss, k3_kl};
 
 use crate::config::Schedule;
-use crate::error::{Result, TrainError};
+use crate::error::Result;
 use crate::memory::BatchPlan;
 use crate::optim::{AdamWConfig, LrSchedule, TrainableParams};
 use crate::ppo::models::row_index;
@@ -32,9 +32,9 @@ use crate::ppo::ranks::{Ranks, minibatches};
 use crate::ppo::reward::{self, Reward, ScoreContext};
 use crate::ppo::rollout::{RolloutPrompt, RolloutSettings, collect_rollouts};
 use crate::ppo::{
-    PpoDataReport, PpoModelPaths, PpoModels, PpoPrompt, RunPrompts, Stream, check_ranks,
-    load_rl_run, rl_step_record, rollout_lines, rollout_metrics, row_stats, row_sums, stream_seed,
-    summed_kl, write_gathered_lines,
+    PpoDataReport, PpoModelPaths, PpoModels, PpoPrompt, RunPrompts, Stream, check_finite,
+    check_ranks, load_rl_run, rl_step_record, rollout_lines, rollout_metrics, row_stats, row_sums,
+    stream_seed, summed_kl, write_gathered_lines,
 };
 use crate::run::{RunOptions, TrainState};
 use crate::training_run::{RunSteps, StepPlan, StepRecord, TrainSummary, TrainingRun};
@@ -289,13 +289,7 @@ impl GrpoLearner {
                     let (loss, micro_stats) =
                         grpo_loss(&inputs, c.cliprange, c.kl_coef, c.loss_aggregation);
                     let total = micro_stats.policy_loss + c.kl_coef * micro_stats.kl;
-                    if !total.is_finite() {
-                        self.models.set_training(false);
-                        return Err(TrainError::Diverged {
-                            step: step + 1,
-                            loss: total / micro_stats.tokens.max(1.0),
-                        });
-                    }
+                    check_finite(&self.models, total, step, || micro_stats.tokens)?;
                     policy_pass.backward(&(loss / units));
                     self.params.accumulate_grads();
                     stats.accumulate(&micro_stats);

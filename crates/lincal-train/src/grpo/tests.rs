@@ -362,3 +362,27 @@ fn scale_keeps_the_groups_and_whole_micro_batches() {
     assert!(scaled.validate().is_ok());
     assert!(GrpoConfig::preset("lc_grpo").unwrap().scaled(0.0).is_err());
 }
+
+/// As PPO's: a loss that overflows stops the run at its step (the first update's step logged,
+/// and every one before the failing one).
+#[test]
+fn a_diverging_update_stops_the_run_and_names_the_step() {
+    let fixture = fixture();
+    let config = GrpoConfig {
+        warmup_steps: 0,
+        learning_rate: 1e30,
+        total_steps: 3,
+        ..config()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let error = trainer(&config, dir.path(), &fixture)
+        .train(None)
+        .unwrap_err()
+        .to_string();
+    let logged = train_records(dir.path()).len();
+    assert!(logged >= 1);
+    assert!(
+        error.contains(&format!("diverged at step {}", logged + 1)),
+        "{logged} steps logged: {error}"
+    );
+}

@@ -350,7 +350,9 @@ impl Learner {
                         weights: &pick(weights),
                     };
                     let (loss, micro_stats) = summed_policy_loss(&inputs, c.cliprange);
-                    self.check_finite(micro_stats.policy_loss, inputs.weights, step)?;
+                    check_finite(&self.models, micro_stats.policy_loss, step, || {
+                        micro_stats.weight
+                    })?;
                     policy_pass.backward(&(loss / total_weight));
                     self.params.accumulate_grads();
                     stats.accumulate(&micro_stats);
@@ -372,7 +374,9 @@ impl Learner {
                         weights: &pick(weights),
                     };
                     let (loss, micro_stats) = summed_value_loss(&inputs, c.cliprange_value);
-                    self.check_finite(micro_stats.value_loss, inputs.weights, step)?;
+                    check_finite(&self.models, micro_stats.value_loss, step, || {
+                        inputs.weights.sum(Kind::Double).double_value(&[])
+                    })?;
                     value_pass.backward(&(loss * c.vf_coef / total_weight));
                     self.params.accumulate_grads();
                     stats.accumulate(&micro_stats);
@@ -383,20 +387,25 @@ impl Learner {
         self.models.set_training(false);
         Ok((stats, learning_rate, grad_norm))
     }
+}
 
-    /// Stops the run before a loss that is not finite (`sum` over the positions of
-    /// `weights`) reaches the weights.
-    fn check_finite(&self, sum: f64, weights: &Tensor, step: u64) -> Result<()> {
-        if sum.is_finite() {
-            return Ok(());
-        }
-        self.models.set_training(false);
-        let weight = weights.sum(Kind::Double).double_value(&[]);
-        Err(TrainError::Diverged {
-            step: step + 1,
-            loss: sum / weight.max(1.0),
-        })
+/// Stops an RL run's update (PPO's, GRPO's) before a loss that is not finite reaches the
+/// weights: `sum` is a micro-batch's summed loss, `weight` gives the positions it sums over
+/// (asked only on failure, for the error's mean), `step` the step counted from 0.
+pub(crate) fn check_finite(
+    models: &PpoModels,
+    sum: f64,
+    step: u64,
+    weight: impl FnOnce() -> f64,
+) -> Result<()> {
+    if sum.is_finite() {
+        return Ok(());
     }
+    models.set_training(false);
+    Err(TrainError::Diverged {
+        step: step + 1,
+        loss: sum / weight().max(1.0),
+    })
 }
 
 /// Row sums `[B]` of `[B, W]` (padding holds 0), on the host.

@@ -1161,3 +1161,30 @@ fn ppo_step_time_of_a_smollm2_shaped_model() {
         result.first_step_approx_kl
     );
 }
+
+/// A loss that overflows stops the run at its step with an error that says what to do, before
+/// it reaches the weights; the step before it stays logged.
+#[test]
+fn a_diverging_update_stops_the_run_and_names_the_step() {
+    let fixture = fixture();
+    let mut config = config(RlType::DecisionBased);
+    config.warmup_steps = 0;
+    config.learning_rate = 1e30;
+    config.total_steps = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let error = PpoTrainer::new(
+        &fixture.paths,
+        Device::Cpu,
+        &config,
+        &prompts(),
+        &[],
+        &RunOptions::new(dir.path()),
+    )
+    .unwrap()
+    .train(None)
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("diverged at step 2"), "{error}");
+    assert!(error.contains("lower the learning rate"), "{error}");
+    assert_eq!(train_records(dir.path()).len(), 1);
+}
