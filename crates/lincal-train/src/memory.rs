@@ -555,10 +555,16 @@ impl RlMemoryModel {
             .sum()
     }
 
+    /// A rank's rollouts of a step (ranks share them in whole groups, so one may get a few
+    /// more).
+    fn rank_rollouts(&self) -> u64 {
+        self.rollouts.div_ceil(self.ranks.max(1))
+    }
+
     /// The batches each part runs a step (a rank's share of it) in under `plan`: generation,
     /// extraction, scoring, the forward passes and the update's micro-batches.
     fn batch_counts(&self, plan: &BatchPlan) -> [u64; 5] {
-        let rollouts = self.rollouts.div_ceil(self.ranks.max(1));
+        let rollouts = self.rank_rollouts();
         let batches = |size: usize| rollouts.div_ceil(size.max(1) as u64);
         [
             batches(plan.generation_batch_size),
@@ -599,8 +605,7 @@ impl RlMemoryModel {
         }
         // What each part may use.
         let budget = |part| ((free - self.resident_bytes(part)) as f64 * PHASE_SHARE) as u64;
-        // A rank's rollouts (ranks share them in whole groups, so one may get a few more).
-        let rollouts = self.rollouts.div_ceil(self.ranks.max(1));
+        let rollouts = self.rank_rollouts();
         let b = self.dtype_bytes;
         let sequence = self.query_len + self.response_len;
         let rows = |part, row_bytes: u64| (budget(part) / row_bytes.max(1)).max(1);
